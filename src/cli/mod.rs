@@ -1,0 +1,287 @@
+//! The `cadang` command line: argument parsing (clap lives only here) and
+//! dispatch. Repository commands drive the engine directly, in restic's
+//! conventions; client commands for the daemon come with the daemon.
+
+mod output;
+mod repo_cmds;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use output::ExitCode;
+
+/// cadang — backup and restore for the colocation data center.
+#[derive(Parser, Debug)]
+#[command(name = "cadang", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every repository command accepts.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Repository: a directory, file://PATH, or s3://bucket/prefix.
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "CADANG_REPOSITORY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub repo: Option<String>,
+    /// Read the repository password from this file (else CADANG_PASSWORD, else a prompt).
+    #[arg(
+        long,
+        env = "CADANG_PASSWORD_FILE",
+        global = true,
+        hide_env_values = true
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Machine-readable output: JSON lines for progress, a JSON summary at the end.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print less (no progress bars).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log more (repeat for more detail); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// S3 endpoint for S3-compatible stores (MinIO, Garage, Ceph RGW).
+    #[arg(long, env = "CADANG_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// Argon2id memory for new key slots, KiB (default 65536).
+    #[arg(long, global = true, hide = true, env = "CADANG_KDF_MEMORY_KIB")]
+    pub kdf_memory_kib: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up files and directories.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the files of a snapshot.
+    Ls(LsArgs),
+    /// Show what changed between two snapshots.
+    Diff(DiffArgs),
+    /// Restore a snapshot into a directory.
+    Restore(RestoreArgs),
+    /// Check the repository for missing or damaged data.
+    Check(CheckArgs),
+    /// Remove snapshots according to a retention policy.
+    Forget(ForgetArgs),
+    /// Remove data that no snapshot needs.
+    Prune(PruneArgs),
+    /// Copy snapshots to another repository.
+    Copy(CopyArgs),
+    /// Manage key slots (passwords).
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Remove stale locks.
+    Unlock(UnlockArgs),
+    /// Repair repository metadata.
+    #[command(subcommand)]
+    Repair(RepairCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Share keys and chunker parameters with this repository (for replicas:
+    /// identical blob ids, so copies deduplicate and can stand in for each other).
+    #[arg(long)]
+    pub from_repo: Option<String>,
+    /// Password file of the --from-repo repository (else CADANG_FROM_PASSWORD).
+    #[arg(long, env = "CADANG_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files or directories to back up.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Exclude a glob pattern (repeatable).
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line.
+    #[arg(long = "exclude-file")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Stay on the file system of each given path.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Host name to record.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Parent snapshot (default: latest with the same host and paths).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read all files even if unchanged.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots with this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id (or prefix) or `latest`.
+    pub snapshot: String,
+    /// Only below this path.
+    pub path: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// First snapshot.
+    pub a: String,
+    /// Second snapshot.
+    pub b: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (or prefix) or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Only restore this path of the snapshot (repeatable).
+    #[arg(short, long = "include")]
+    pub includes: Vec<String>,
+    /// Re-read the restored files and compare them with the snapshot.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Download and verify every pack.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Download and verify a subset: N/T (partition N of T) or P% (random).
+    #[arg(long)]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// Keep the last N snapshots.
+    #[arg(long = "keep-last", default_value_t = 0)]
+    pub last: u32,
+    /// Keep the last N hourly snapshots.
+    #[arg(long = "keep-hourly", default_value_t = 0)]
+    pub hourly: u32,
+    /// Keep the last N daily snapshots.
+    #[arg(long = "keep-daily", default_value_t = 0)]
+    pub daily: u32,
+    /// Keep the last N weekly snapshots.
+    #[arg(long = "keep-weekly", default_value_t = 0)]
+    pub weekly: u32,
+    /// Keep the last N monthly snapshots.
+    #[arg(long = "keep-monthly", default_value_t = 0)]
+    pub monthly: u32,
+    /// Keep the last N yearly snapshots.
+    #[arg(long = "keep-yearly", default_value_t = 0)]
+    pub yearly: u32,
+    /// Keep snapshots within this duration of the newest (e.g. 30d, 1y6m).
+    #[arg(long = "keep-within")]
+    pub within: Option<String>,
+    /// Only consider snapshots with this tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Also remove snapshots given by id.
+    pub snapshots: Vec<String>,
+    /// Run prune afterwards.
+    #[arg(long)]
+    pub prune: bool,
+    /// Show what would be removed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Prune grace period (with --prune).
+    #[arg(long, default_value = "24h")]
+    pub grace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be removed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// How long marked data waits before deletion (must outlast any running
+    /// backup). `0h` deletes at once: only when nothing else writes.
+    #[arg(long, default_value = "24h")]
+    pub grace: String,
+    /// Repack packs with more than this percentage unused.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_unused: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots to copy (ids, prefixes or `latest`); none means all.
+    pub snapshots: Vec<String>,
+    /// Destination repository.
+    #[arg(long = "to", env = "CADANG_TO_REPOSITORY")]
+    pub to: String,
+    /// Destination password file (else CADANG_TO_PASSWORD).
+    #[arg(long, env = "CADANG_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Add a key slot (new password read from --new-password-file or a prompt).
+    Add {
+        /// File holding the new password.
+        #[arg(long, env = "CADANG_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List key slots.
+    List,
+    /// Remove a key slot.
+    Remove {
+        /// Key slot id or prefix.
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Remove all locks, even live ones.
+    #[arg(long)]
+    pub remove_all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCmd {
+    /// Rebuild the index from the packs.
+    Index,
+}
+
+/// Run a parsed command line. Returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    repo_cmds::run(cli)
+}

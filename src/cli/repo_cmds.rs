@@ -1,0 +1,885 @@
+//! Repository commands: thin adapters from parsed arguments to engine calls.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, anyhow};
+use serde_json::json;
+
+use super::output::{ExitCode, Reporter, Status, human_bytes, json_line};
+use super::{Cli, Command, GlobalArgs, KeyCmd, PolicyArgs, RepairCmd};
+use crate::engine::backup::{BackupOptions, BackupProgress};
+use crate::engine::check::{CheckOptions, ReadData};
+use crate::engine::crypto::KdfParams;
+use crate::engine::forget::{KeepPolicy, apply, jakarta, parse_duration};
+use crate::engine::id::SnapshotId;
+use crate::engine::prune::PruneOptions;
+use crate::engine::restore::{RestoreOptions, RestoreProgress};
+use crate::engine::tree::NodeKind;
+use crate::engine::{Error, OpenOptions, Repository, Store, StoreOptions};
+
+struct Ctx {
+    g: GlobalArgs,
+    handle: tokio::runtime::Handle,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Map an error to an exit code and print it as one clear line.
+fn report(e: &anyhow::Error) -> ExitCode {
+    eprintln!("cadang: error: {e:#}");
+    match e.downcast_ref::<Error>() {
+        Some(Error::NotARepository { .. }) => ExitCode::NoRepository,
+        Some(Error::WrongPassword { .. }) => ExitCode::WrongPassword,
+        Some(Error::Locked { .. }) => ExitCode::Locked,
+        Some(Error::Cancelled) => ExitCode::Interrupted,
+        _ => ExitCode::Failure,
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("cadang-io")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cadang: error: cannot start the I/O runtime: {e}");
+            return ExitCode::Failure;
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        // First Ctrl-C: stop at a safe point (uploaded data gets indexed).
+        let c = cancel.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "cadang: interrupted; stopping at a safe point (press Ctrl-C again to abort)"
+                );
+                c.store(true, Ordering::Relaxed);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(ExitCode::Interrupted as i32);
+                }
+            }
+        });
+    }
+    let ctx = Ctx {
+        g: cli.global,
+        handle: rt.handle().clone(),
+        cancel,
+    };
+    let res = match cli.command {
+        Command::Init(a) => init(&ctx, a),
+        Command::Backup(a) => backup(&ctx, a),
+        Command::Snapshots(a) => snapshots(&ctx, a),
+        Command::Ls(a) => ls(&ctx, a),
+        Command::Diff(a) => diff(&ctx, a),
+        Command::Restore(a) => restore(&ctx, a),
+        Command::Check(a) => check(&ctx, a),
+        Command::Forget(a) => forget(&ctx, a),
+        Command::Prune(a) => prune(&ctx, a),
+        Command::Copy(a) => copy(&ctx, a),
+        Command::Key(k) => key(&ctx, k),
+        Command::Unlock(a) => unlock(&ctx, a),
+        Command::Repair(RepairCmd::Index) => repair_index(&ctx),
+    };
+    let code = match res {
+        Ok(c) => c,
+        Err(e) => report(&e),
+    };
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
+}
+
+fn read_password_file(p: &Path) -> anyhow::Result<Vec<u8>> {
+    let s =
+        std::fs::read(p).with_context(|| format!("cannot read password file {}", p.display()))?;
+    let mut s = s;
+    while s.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+        s.pop();
+    }
+    Ok(s)
+}
+
+/// Password from a file, an environment variable, or a prompt.
+fn password(
+    file: Option<&Path>,
+    env: &str,
+    prompt: &str,
+    confirm: bool,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(f) = file {
+        return read_password_file(f);
+    }
+    if let Ok(p) = std::env::var(env) {
+        return Ok(p.into_bytes());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(anyhow!(
+            "no password given: set {env}, use a password file, or run on a terminal to be asked"
+        ));
+    }
+    let p = rpassword::prompt_password(prompt).context("reading password")?;
+    if confirm {
+        let again =
+            rpassword::prompt_password("enter the password again: ").context("reading password")?;
+        if again != p {
+            return Err(anyhow!("the passwords do not match"));
+        }
+    }
+    Ok(p.into_bytes())
+}
+
+impl Ctx {
+    fn open_opts(&self) -> OpenOptions {
+        let mut kdf = KdfParams::default();
+        if let Some(m) = self.g.kdf_memory_kib {
+            kdf.memory_kib = m;
+            kdf.iterations = 1;
+        }
+        OpenOptions { kdf, host: None }
+    }
+
+    fn store(&self, url: Option<&str>) -> anyhow::Result<Store> {
+        let url = url.ok_or_else(|| {
+            anyhow!("no repository given: use -r/--repo or set CADANG_REPOSITORY")
+        })?;
+        Ok(Store::open(
+            url,
+            &StoreOptions {
+                s3_endpoint: self.g.s3_endpoint.clone(),
+                s3_region: None,
+            },
+        )?)
+    }
+
+    fn open(&self) -> anyhow::Result<Repository> {
+        let store = self.store(self.g.repo.as_deref())?;
+        let pw = password(
+            self.g.password_file.as_deref(),
+            "CADANG_PASSWORD",
+            "repository password: ",
+            false,
+        )?;
+        Ok(Repository::open(
+            self.handle.clone(),
+            store,
+            &pw,
+            &self.open_opts(),
+        )?)
+    }
+
+    fn say(&self, msg: impl AsRef<str>) {
+        if !self.g.quiet && !self.g.json {
+            println!("{}", msg.as_ref());
+        }
+    }
+}
+
+fn init(ctx: &Ctx, a: super::InitArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store(ctx.g.repo.as_deref())?;
+    let location = store.location().to_string();
+    let pw = password(
+        ctx.g.password_file.as_deref(),
+        "CADANG_PASSWORD",
+        "enter a password for the new repository: ",
+        true,
+    )?;
+    let repo = if let Some(from) = &a.from_repo {
+        let from_store = ctx.store(Some(from))?;
+        let from_pw = password(
+            a.from_password_file.as_deref(),
+            "CADANG_FROM_PASSWORD",
+            "password of the source repository: ",
+            false,
+        )?;
+        let src = Repository::open(ctx.handle.clone(), from_store, &from_pw, &ctx.open_opts())?;
+        Repository::init_from(ctx.handle.clone(), store, &pw, &ctx.open_opts(), &src)?
+    } else {
+        Repository::init(ctx.handle.clone(), store, &pw, &ctx.open_opts())?
+    };
+    if ctx.g.json {
+        json_line(
+            &json!({"message_type": "initialized", "id": repo.config().id, "repository": location}),
+        );
+    } else {
+        ctx.say(format!(
+            "created cadang repository {} at {location}",
+            &repo.config().id[..10]
+        ));
+        ctx.say("Please note that knowledge of your password is required to access the repository. Losing your password means that your data is irrecoverably lost.");
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let mut excludes = a.excludes.clone();
+    for f in &a.exclude_files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read exclude file {}", f.display()))?;
+        excludes.extend(
+            text.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        );
+    }
+    let parent = match &a.parent {
+        Some(p) => Some(repo.find_snapshot(p)?),
+        None => None,
+    };
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        tags: a.tags.clone(),
+        excludes,
+        one_file_system: a.one_file_system,
+        host: a.host.clone(),
+        parent,
+        force: a.force,
+        cancel: Some(ctx.cancel.clone()),
+        ..Default::default()
+    };
+    let progress = Arc::new(BackupProgress::default());
+    let p2 = progress.clone();
+    let rep = Reporter::start(ctx.g.json, ctx.g.quiet, "backup", move || Status {
+        files_done: p2.files_done.load(Ordering::Relaxed),
+        total_files: p2.total_files.load(Ordering::Relaxed),
+        bytes_done: p2.bytes_done.load(Ordering::Relaxed),
+        total_bytes: p2.total_bytes.load(Ordering::Relaxed),
+        errors: p2.errors.load(Ordering::Relaxed),
+    });
+    let started = std::time::Instant::now();
+    let res = crate::engine::backup::backup(&repo, &opts, &progress);
+    rep.finish();
+    let r = res?;
+    let secs = started.elapsed().as_secs_f64();
+    let s = &r.snapshot.summary;
+    for e in &r.errors {
+        if ctx.g.json {
+            json_line(
+                &json!({"message_type": "error", "error": {"message": e.error}, "during": "archival", "item": e.path}),
+            );
+        } else {
+            eprintln!("error: {}: {}", e.path, e.error);
+        }
+    }
+    for p in &r.changed_during_read {
+        if ctx.g.json {
+            json_line(
+                &json!({"message_type": "warning", "message": "file changed while being read", "item": p}),
+            );
+        } else {
+            eprintln!(
+                "warning: {p}: file changed while being read; the snapshot holds what was read"
+            );
+        }
+    }
+    if ctx.g.json {
+        json_line(&json!({
+            "message_type": "summary",
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unmodified,
+            "files_failed": s.files_failed,
+            "dirs": s.dirs,
+            "data_blobs": s.data_blobs,
+            "tree_blobs": s.tree_blobs,
+            "data_added_raw": s.data_added_raw,
+            "data_added": s.data_added,
+            "total_files_processed": s.total_files_processed,
+            "total_bytes_processed": s.total_bytes_processed,
+            "duration_seconds": secs,
+            "snapshot_id": r.snapshot_id.to_hex(),
+            "partial": r.is_partial(),
+        }));
+    } else {
+        ctx.say(format!(
+            "Files: {} new, {} changed, {} unmodified{}",
+            s.files_new,
+            s.files_changed,
+            s.files_unmodified,
+            if s.files_failed > 0 {
+                format!(", {} unreadable (skipped)", s.files_failed)
+            } else {
+                String::new()
+            }
+        ));
+        ctx.say(format!("Dirs: {}", s.dirs));
+        ctx.say(format!(
+            "Added to the repository: {} ({} before compression)",
+            human_bytes(s.data_added),
+            human_bytes(s.data_added_raw)
+        ));
+        ctx.say(format!(
+            "processed {} files, {} in {:.1}s ({}/s)",
+            s.total_files_processed,
+            human_bytes(s.total_bytes_processed),
+            secs,
+            human_bytes((s.total_bytes_processed as f64 / secs.max(0.001)) as u64)
+        ));
+        ctx.say(format!("snapshot {} saved", r.snapshot_id.short()));
+    }
+    Ok(if r.is_partial() {
+        ExitCode::Partial
+    } else {
+        ExitCode::Ok
+    })
+}
+
+fn snapshots(ctx: &Ctx, a: super::SnapshotsArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let (snaps, bad) = repo.load_snapshots()?;
+    let snaps: Vec<_> = snaps
+        .into_iter()
+        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.hostname == h))
+        .filter(|(_, s)| a.tags.iter().all(|t| s.tags.contains(t)))
+        .collect();
+    for (id, e) in &bad {
+        eprintln!("warning: snapshot {} is unreadable: {e}", id.short());
+    }
+    if ctx.g.json {
+        let v: Vec<_> = snaps
+            .iter()
+            .map(|(id, s)| {
+                json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time, "hostname": s.hostname, "username": s.username,
+                       "paths": s.paths, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()), "tree": s.tree.to_hex(),
+                       "original": s.original.map(|p| p.to_hex()), "summary": s.summary})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!(
+            "{:<10} {:<20} {:<15} {:<15} Paths",
+            "ID", "Time", "Host", "Tags"
+        );
+        println!("{}", "-".repeat(80));
+        for (id, s) in &snaps {
+            println!(
+                "{:<10} {:<20} {:<15} {:<15} {}",
+                id.short(),
+                s.time.with_timezone(&jakarta()).format("%Y-%m-%d %H:%M:%S"),
+                s.hostname,
+                s.tags.join(","),
+                s.paths.join(", ")
+            );
+        }
+        println!("{}", "-".repeat(80));
+        println!("{} snapshots", snaps.len());
+    }
+    Ok(if bad.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Partial
+    })
+}
+
+fn kind_str(k: NodeKind) -> &'static str {
+    match k {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+        NodeKind::BlockDev => "dev",
+        NodeKind::CharDev => "chardev",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+    }
+}
+
+/// Walk a snapshot's tree, calling `f(path, node)` for every entry.
+fn walk_tree(
+    repo: &Repository,
+    index: &crate::engine::index::Index,
+    tree: &crate::engine::id::BlobId,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &crate::engine::tree::Node),
+) -> anyhow::Result<()> {
+    let t = repo.load_tree(index, tree)?;
+    for n in &t.nodes {
+        let p = format!("{prefix}/{}", n.display_name());
+        f(&p, n);
+        if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+            walk_tree(repo, index, &sub, &p, f)?;
+        }
+    }
+    Ok(())
+}
+
+fn ls(ctx: &Ctx, a: super::LsArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let id = repo.find_snapshot(&a.snapshot)?;
+    let snap = repo.load_snapshot(&id)?;
+    let (index, _) = repo.load_index()?;
+    let filter = a
+        .path
+        .as_deref()
+        .map(|p| p.trim_end_matches('/').to_string());
+    let mut out = Vec::new();
+    walk_tree(&repo, &index, &snap.tree, "", &mut |p, n| {
+        if let Some(f) = &filter
+            && !(p == f || p.starts_with(&format!("{f}/")))
+        {
+            return;
+        }
+        out.push((p.to_string(), n.clone()));
+    })?;
+    for (p, n) in out {
+        if ctx.g.json {
+            json_line(
+                &json!({"path": p, "type": kind_str(n.kind), "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size,
+                              "mtime_ns": n.mtime_ns, "link_target": n.link_target.as_ref().map(|t| String::from_utf8_lossy(t).into_owned())}),
+            );
+        } else {
+            let t = chrono::DateTime::from_timestamp(n.mtime_ns.div_euclid(1_000_000_000), 0)
+                .map(|t| {
+                    t.with_timezone(&jakarta())
+                        .format("%Y-%m-%d %H:%M:%S")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let link = n
+                .link_target
+                .as_ref()
+                .map(|l| format!(" -> {}", String::from_utf8_lossy(l)))
+                .unwrap_or_default();
+            println!(
+                "{:<8} {:>5o} {:>12} {} {p}{link}",
+                kind_str(n.kind),
+                n.mode,
+                n.size,
+                t
+            );
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn diff(ctx: &Ctx, a: super::DiffArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let (index, _) = repo.load_index()?;
+    let mut maps = Vec::new();
+    for spec in [&a.a, &a.b] {
+        let id = repo.find_snapshot(spec)?;
+        let s = repo.load_snapshot(&id)?;
+        let mut m = BTreeMap::new();
+        walk_tree(&repo, &index, &s.tree, "", &mut |p, n| {
+            m.insert(p.to_string(), n.clone());
+        })?;
+        maps.push(m);
+    }
+    let (old, new) = (&maps[0], &maps[1]);
+    let (mut added, mut removed, mut modified) = (0, 0, 0);
+    let emit = |mark: &str, p: &str| {
+        if ctx.g.json {
+            json_line(&json!({"message_type": "change", "path": p, "modifier": mark}));
+        } else {
+            println!("{mark}    {p}");
+        }
+    };
+    for (p, n) in old {
+        match new.get(p) {
+            None => {
+                removed += 1;
+                emit("-", p);
+            }
+            Some(m)
+                if m.kind != n.kind || m.content != n.content || m.link_target != n.link_target =>
+            {
+                modified += 1;
+                emit("M", p);
+            }
+            Some(m)
+                if m.mode != n.mode
+                    || m.uid != n.uid
+                    || m.gid != n.gid
+                    || m.mtime_ns != n.mtime_ns =>
+            {
+                modified += 1;
+                emit("U", p);
+            }
+            _ => {}
+        }
+    }
+    for p in new.keys() {
+        if !old.contains_key(p) {
+            added += 1;
+            emit("+", p);
+        }
+    }
+    if ctx.g.json {
+        json_line(
+            &json!({"message_type": "statistics", "added": added, "removed": removed, "changed": modified}),
+        );
+    } else {
+        println!("\n{added} added, {removed} removed, {modified} changed");
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let id: SnapshotId = repo.find_snapshot(&a.snapshot)?;
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.includes.clone(),
+        verify: a.verify,
+        cancel: Some(ctx.cancel.clone()),
+        threads: None,
+    };
+    let progress = Arc::new(RestoreProgress::default());
+    let p2 = progress.clone();
+    let rep = Reporter::start(ctx.g.json, ctx.g.quiet, "restore", move || Status {
+        files_done: p2.files_done.load(Ordering::Relaxed),
+        total_files: p2.total_files.load(Ordering::Relaxed),
+        bytes_done: p2.bytes_done.load(Ordering::Relaxed),
+        total_bytes: p2.total_bytes.load(Ordering::Relaxed),
+        errors: p2.errors.load(Ordering::Relaxed),
+    });
+    let started = std::time::Instant::now();
+    let res = crate::engine::restore::restore(&repo, &id, &opts, &progress);
+    rep.finish();
+    let r = res?;
+    let secs = started.elapsed().as_secs_f64();
+    if ctx.g.json {
+        for e in &r.errors {
+            json_line(
+                &json!({"message_type": "error", "item": e.path, "error": {"message": e.error}, "during": "restore"}),
+            );
+        }
+        let mut v = serde_json::to_value(&r)?;
+        v["message_type"] = json!("summary");
+        v["snapshot_id"] = json!(id.to_hex());
+        v["duration_seconds"] = json!(secs);
+        v["success"] = json!(r.is_success());
+        json_line(&v);
+    } else {
+        for e in &r.errors {
+            eprintln!("error: {}: {}", e.path, e.error);
+        }
+        ctx.say(format!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            id.short(),
+            a.target.display(),
+            r.files_restored,
+            r.dirs,
+            human_bytes(r.bytes_restored),
+            secs
+        ));
+        if let Some(v) = &r.verify {
+            for m in &v.mismatches {
+                eprintln!("verify: {}: {}", m.path, m.error);
+            }
+            ctx.say(format!(
+                "verified {} entries ({}): {} differ from the snapshot",
+                v.files_checked,
+                human_bytes(v.bytes_checked),
+                v.mismatches.len()
+            ));
+        }
+        if !r.damaged_blobs.is_empty() {
+            eprintln!("damaged or missing data ({}):", r.damaged_blobs.len());
+            for d in &r.damaged_blobs {
+                eprintln!("  {d}");
+            }
+        }
+        if !r.is_success() {
+            eprintln!(
+                "restore INCOMPLETE: {} entries failed; the other files were restored",
+                r.errors.len() + r.verify.as_ref().map_or(0, |v| v.mismatches.len())
+            );
+        }
+    }
+    Ok(if r.is_success() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Partial
+    })
+}
+
+fn check(ctx: &Ctx, a: super::CheckArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let read_data = if a.read_data {
+        ReadData::All
+    } else if let Some(s) = &a.read_data_subset {
+        s.parse::<ReadData>()
+            .map_err(|e| anyhow!("--read-data-subset {e}"))?
+    } else {
+        ReadData::None
+    };
+    let r = crate::engine::check::check(&repo, &CheckOptions { read_data })?;
+    if ctx.g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["message_type"] = json!("summary");
+        v["ok"] = json!(r.is_ok());
+        json_line(&v);
+    } else {
+        ctx.say(format!(
+            "checked {} snapshots, {} packs, {} blobs; read {} packs",
+            r.snapshots, r.packs, r.blobs, r.packs_read
+        ));
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        for d in &r.damaged_packs {
+            eprintln!("error: pack {}: {}", &d.pack[..8], d.problem);
+            if d.affected_files.is_empty() {
+                eprintln!("  affects no file of any snapshot");
+            }
+            for f in &d.affected_files {
+                eprintln!("  affects {f}");
+            }
+        }
+        if r.is_ok() {
+            ctx.say("no errors were found");
+        } else {
+            eprintln!(
+                "the repository has errors: {} problem(s), {} damaged pack(s)",
+                r.errors.len(),
+                r.damaged_packs.len()
+            );
+        }
+    }
+    Ok(if r.is_ok() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Failure
+    })
+}
+
+fn policy(p: &PolicyArgs) -> anyhow::Result<KeepPolicy> {
+    Ok(KeepPolicy {
+        last: p.last,
+        hourly: p.hourly,
+        daily: p.daily,
+        weekly: p.weekly,
+        monthly: p.monthly,
+        yearly: p.yearly,
+        within: p
+            .within
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| anyhow!("--keep-within {e}"))?,
+        tags: p.tags.clone(),
+    })
+}
+
+fn grace(s: &str) -> anyhow::Result<chrono::Duration> {
+    if s == "0" {
+        return Ok(chrono::Duration::zero());
+    }
+    parse_duration(s).map_err(|e| anyhow!("--grace {e}"))
+}
+
+fn forget(ctx: &Ctx, a: super::ForgetArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let pol = policy(&a.policy)?;
+    let (snaps, _) = repo.load_snapshots()?;
+    let mut remove: Vec<SnapshotId> = Vec::new();
+    for s in &a.snapshots {
+        remove.push(repo.find_snapshot(s)?);
+    }
+    if pol.is_empty() && remove.is_empty() {
+        return Err(anyhow!(
+            "no policy given: use --keep-* options or name snapshots; refusing to remove everything"
+        ));
+    }
+    let mut decisions = Vec::new();
+    if !pol.is_empty() {
+        decisions = apply(&pol, &snaps, jakarta());
+        remove.extend(decisions.iter().filter(|d| !d.keep).map(|d| d.id));
+    }
+    remove.sort();
+    remove.dedup();
+    if ctx.g.json {
+        json_line(
+            &json!({"message_type": "forget", "dry_run": a.dry_run, "decisions": decisions,
+                          "remove": remove.iter().map(|r| r.to_hex()).collect::<Vec<_>>()}),
+        );
+    } else {
+        for d in &decisions {
+            ctx.say(format!(
+                "{} {} {}",
+                if d.keep { "keep  " } else { "remove" },
+                d.id.short(),
+                if d.keep {
+                    d.reasons.join(",")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        ctx.say(format!(
+            "{} snapshot(s) to remove{}",
+            remove.len(),
+            if a.dry_run { " (dry run)" } else { "" }
+        ));
+    }
+    if a.dry_run {
+        return Ok(ExitCode::Ok);
+    }
+    for id in &remove {
+        repo.delete_snapshot(id)?;
+    }
+    if a.prune {
+        let rep = crate::engine::prune::prune(
+            &repo,
+            &PruneOptions {
+                grace: grace(&a.grace)?,
+                ..Default::default()
+            },
+        )?;
+        print_prune(ctx, &rep);
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn print_prune(ctx: &Ctx, rep: &crate::engine::prune::PruneReport) {
+    if ctx.g.json {
+        let mut v = serde_json::to_value(rep).unwrap_or_default();
+        v["message_type"] = json!("prune");
+        json_line(&v);
+    } else {
+        ctx.say(format!(
+            "prune: {} packs marked ({}), {} repacked, {} deleted ({}), {} put back",
+            rep.packs_marked,
+            human_bytes(rep.bytes_marked),
+            rep.packs_repacked,
+            rep.packs_deleted,
+            human_bytes(rep.bytes_deleted),
+            rep.packs_resurrected
+        ));
+        for n in &rep.notes {
+            ctx.say(format!("note: {n}"));
+        }
+    }
+}
+
+fn prune(ctx: &Ctx, a: super::PruneArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let rep = crate::engine::prune::prune(
+        &repo,
+        &PruneOptions {
+            dry_run: a.dry_run,
+            grace: grace(&a.grace)?,
+            max_unused_percent: a.max_unused,
+            ..Default::default()
+        },
+    )?;
+    print_prune(ctx, &rep);
+    Ok(ExitCode::Ok)
+}
+
+fn copy(ctx: &Ctx, a: super::CopyArgs) -> anyhow::Result<ExitCode> {
+    let src = ctx.open()?;
+    let dst_store = ctx.store(Some(&a.to))?;
+    let pw = password(
+        a.to_password_file.as_deref(),
+        "CADANG_TO_PASSWORD",
+        "password of the destination repository: ",
+        false,
+    )?;
+    let dst = Repository::open(ctx.handle.clone(), dst_store, &pw, &ctx.open_opts())?;
+    let ids: Vec<SnapshotId> = if a.snapshots.is_empty() {
+        src.load_snapshots()?.0.into_iter().map(|s| s.0).collect()
+    } else {
+        a.snapshots
+            .iter()
+            .map(|s| src.find_snapshot(s))
+            .collect::<Result<_, _>>()?
+    };
+    let rep = crate::engine::copy::copy(&src, &dst, &ids, None)?;
+    if ctx.g.json {
+        let mut v = serde_json::to_value(&rep)?;
+        v["message_type"] = json!("summary");
+        json_line(&v);
+    } else {
+        for (s, d) in &rep.copied {
+            ctx.say(format!("copied snapshot {} -> {}", &s[..8], &d[..8]));
+        }
+        ctx.say(format!(
+            "{} copied, {} already present; {} blobs, {} added",
+            rep.copied.len(),
+            rep.skipped.len(),
+            rep.blobs_copied,
+            human_bytes(rep.bytes_added)
+        ));
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn key(ctx: &Ctx, k: KeyCmd) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    match k {
+        KeyCmd::Add { new_password_file } => {
+            let pw = password(
+                new_password_file.as_deref(),
+                "CADANG_NEW_PASSWORD",
+                "new password: ",
+                true,
+            )?;
+            let id = repo.key_add(&pw)?;
+            if ctx.g.json {
+                json_line(&json!({"message_type": "key_added", "id": id.to_hex()}));
+            } else {
+                ctx.say(format!("added key slot {}", id.short()));
+            }
+        }
+        KeyCmd::List => {
+            let keys = repo.key_list()?;
+            if ctx.g.json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|k| json!({"id": k.id.to_hex(), "current": k.current, "host": k.host, "user": k.user, "created": k.created}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!(" {:<10} {:<12} {:<20} Created", "ID", "User", "Host");
+                for k in keys {
+                    println!(
+                        "{}{:<10} {:<12} {:<20} {}",
+                        if k.current { "*" } else { " " },
+                        k.id.short(),
+                        k.user,
+                        k.host,
+                        k.created
+                    );
+                }
+            }
+        }
+        KeyCmd::Remove { id } => {
+            let kid = repo.find_key(&id)?;
+            repo.key_remove(&kid)?;
+            ctx.say(format!("removed key slot {}", kid.short()));
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn unlock(ctx: &Ctx, a: super::UnlockArgs) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let n = crate::engine::lock::unlock(&repo, a.remove_all)?;
+    ctx.say(format!("removed {n} lock(s)"));
+    Ok(ExitCode::Ok)
+}
+
+fn repair_index(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let repo = ctx.open()?;
+    let (n, problems) = crate::engine::check::repair_index(&repo)?;
+    for p in &problems {
+        eprintln!("warning: {p}");
+    }
+    ctx.say(format!("index rebuilt from {n} packs"));
+    Ok(if problems.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Partial
+    })
+}

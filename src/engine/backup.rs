@@ -1,0 +1,708 @@
+//! Backup: walk source paths, chunk, deduplicate, pack, and commit a snapshot.
+//!
+//! Parallelism: directory entries are processed in parallel on a rayon pool
+//! sized to the machine; inside a large file, each buffer of chunks is hashed,
+//! compressed and encrypted in parallel too, so one big file keeps every core
+//! busy. Memory stays bounded: a 16 MiB read buffer per file being read,
+//! one open pack per blob type, and a fixed number of packs in flight.
+//!
+//! Unchanged files (same size, mtime, ctime and inode as in the parent
+//! snapshot) are not read again. Unreadable files are reported and skipped;
+//! the snapshot is still written (partial success). Files that change while
+//! being read are flagged.
+//!
+//! Commit order: packs → index → snapshot (see `docs/FORMAT.md`).
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+
+use super::error::{Error, Result};
+use super::id::{BlobId, BlobType, SnapshotId};
+use super::index::Index;
+use super::packer::{Packer, StepHook};
+use super::repo::Repository;
+use super::snapshot::{Snapshot, SnapshotSummary};
+use super::tree::{Node, NodeKind, Tree};
+
+/// What to back up and how.
+#[derive(Clone, Default)]
+pub struct BackupOptions {
+    /// Source paths (files or directories).
+    pub paths: Vec<PathBuf>,
+    /// Tags for the snapshot.
+    pub tags: Vec<String>,
+    /// Exclude patterns (globs; a pattern without `/` matches a name anywhere).
+    pub excludes: Vec<String>,
+    /// Do not cross file system boundaries.
+    pub one_file_system: bool,
+    /// Host name to record (default: this machine's).
+    pub host: Option<String>,
+    /// Parent snapshot; `None` picks the latest with the same host and paths.
+    pub parent: Option<SnapshotId>,
+    /// Read every file even if unchanged since the parent.
+    pub force: bool,
+    /// Snapshot time (default: now). Only trusted writers set this.
+    pub time: Option<DateTime<Utc>>,
+    /// Set to stop at the next safe point.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Worker threads (default: available cores).
+    pub threads: Option<usize>,
+    /// Test hook called after each durable commit step.
+    pub step_hook: Option<StepHook>,
+}
+
+/// Live progress, updated by the backup and read by whoever displays it.
+#[derive(Debug, Default)]
+pub struct BackupProgress {
+    /// Files found by the scanner so far.
+    pub total_files: AtomicU64,
+    /// Bytes found by the scanner so far.
+    pub total_bytes: AtomicU64,
+    /// Whether the scanner finished.
+    pub scan_done: AtomicBool,
+    /// Files processed.
+    pub files_done: AtomicU64,
+    /// Bytes processed (read or skipped as unchanged).
+    pub bytes_done: AtomicU64,
+    /// Bytes stored so far.
+    pub bytes_stored: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+}
+
+/// A file that could not be backed up.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileError {
+    /// The path.
+    pub path: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// The outcome of a backup.
+#[derive(Clone, Debug)]
+pub struct BackupResult {
+    /// The new snapshot.
+    pub snapshot_id: SnapshotId,
+    /// Its content.
+    pub snapshot: Snapshot,
+    /// Files skipped because they could not be read.
+    pub errors: Vec<FileError>,
+    /// Files that changed while being read (backed up as read).
+    pub changed_during_read: Vec<String>,
+}
+
+impl BackupResult {
+    /// Whether some files were skipped.
+    pub fn is_partial(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+const READ_BUF: usize = 16 << 20;
+
+struct Ctx<'a> {
+    repo: &'a Repository,
+    index: Index,
+    packer: Packer,
+    excludes: GlobSet,
+    one_fs: bool,
+    force: bool,
+    cancel: Option<Arc<AtomicBool>>,
+    progress: &'a BackupProgress,
+    errors: Mutex<Vec<FileError>>,
+    changed: Mutex<Vec<String>>,
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    hardlinks: Mutex<HashMap<(u64, u64), (u64, Vec<BlobId>)>>,
+}
+
+/// Build the exclude matcher.
+///
+/// # Errors
+/// `InvalidInput` naming a malformed pattern.
+pub fn build_excludes(patterns: &[String]) -> Result<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let p = p.trim();
+        if p.is_empty() || p.starts_with('#') {
+            continue;
+        }
+        let full = if p.contains('/') {
+            p.to_string()
+        } else {
+            format!("**/{p}")
+        };
+        let g = Glob::new(&full)
+            .map_err(|e| Error::InvalidInput(format!("exclude pattern `{p}`: {e}")))?;
+        b.add(g);
+        // A directory pattern also excludes what is below it.
+        if let Ok(g2) = Glob::new(&format!("{}/**", full.trim_end_matches('/'))) {
+            b.add(g2);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::InvalidInput(format!("exclude patterns: {e}")))
+}
+
+impl Ctx<'_> {
+    fn cancelled(&self) -> Result<()> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled);
+        }
+        self.packer.check_failed()
+    }
+
+    fn fail(&self, path: &Path, err: impl std::fmt::Display) {
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(path = %path.display(), error = %err, "skipping unreadable file");
+        self.errors.lock().expect("poisoned").push(FileError {
+            path: path.display().to_string(),
+            error: err.to_string(),
+        });
+    }
+
+    fn node_from_meta(name: &[u8], meta: &Metadata) -> Node {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            NodeKind::Dir
+        } else if ft.is_symlink() {
+            NodeKind::Symlink
+        } else if ft.is_block_device() {
+            NodeKind::BlockDev
+        } else if ft.is_char_device() {
+            NodeKind::CharDev
+        } else if ft.is_fifo() {
+            NodeKind::Fifo
+        } else if ft.is_socket() {
+            NodeKind::Socket
+        } else {
+            NodeKind::File
+        };
+        let mut n = Node::new(name.to_vec(), kind);
+        n.mode = meta.mode() & 0o7777;
+        n.uid = meta.uid();
+        n.gid = meta.gid();
+        n.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        n.ctime_ns = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
+        n.inode = meta.ino();
+        n.dev = meta.dev();
+        if matches!(kind, NodeKind::BlockDev | NodeKind::CharDev) {
+            n.rdev = meta.rdev();
+        }
+        if kind == NodeKind::File {
+            n.size = meta.len();
+            if meta.nlink() > 1 {
+                n.hardlink = Some(meta.ino() ^ meta.dev().rotate_left(32));
+            }
+        }
+        n
+    }
+
+    /// Store a tree blob (if new) and return its id.
+    fn save_tree(&self, tree: Tree) -> Result<BlobId> {
+        let raw = tree.encode();
+        let id = self.repo.keys().blob_id(&raw);
+        if self.packer.claim(&self.index, &id) {
+            self.packer.add(BlobType::Tree, id, &raw)?;
+        }
+        Ok(id)
+    }
+
+    fn parent_children(&self, parent: Option<&Node>) -> HashMap<Vec<u8>, Node> {
+        let Some(sub) = parent.and_then(|p| {
+            if p.kind == NodeKind::Dir {
+                p.subtree
+            } else {
+                None
+            }
+        }) else {
+            return HashMap::new();
+        };
+        match self.repo.load_tree(&self.index, &sub) {
+            Ok(t) => t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            Err(e) => {
+                // A damaged parent only costs re-reading; it must not fail the backup.
+                tracing::warn!(tree = %sub.short(), error = %e, "parent tree unreadable; reading files again");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Process one entry (any kind). `None` means skipped (error or excluded).
+    fn entry(
+        &self,
+        path: &Path,
+        name: &[u8],
+        meta: &Metadata,
+        parent: Option<&Node>,
+        root_dev: u64,
+    ) -> Result<Option<Node>> {
+        self.cancelled()?;
+        let mut node = Self::node_from_meta(name, meta);
+        match node.kind {
+            NodeKind::Dir => {
+                self.dirs.fetch_add(1, Ordering::Relaxed);
+                if self.one_fs && meta.dev() != root_dev {
+                    // Record the mount point itself, empty, like restic.
+                    node.subtree = Some(self.save_tree(Tree::default())?);
+                    return Ok(Some(node));
+                }
+                let children = self.parent_children(parent);
+                match self.dir(path, &children, root_dev) {
+                    Ok(tree) => node.subtree = Some(self.save_tree(tree)?),
+                    Err(Error::Io { path: p, source }) => {
+                        self.fail(&p, source);
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            NodeKind::Symlink => match std::fs::read_link(path) {
+                Ok(t) => node.link_target = Some(t.as_os_str().as_bytes().to_vec()),
+                Err(e) => {
+                    self.fail(path, e);
+                    return Ok(None);
+                }
+            },
+            NodeKind::File => {
+                self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                match self.file(path, meta, &mut node, parent) {
+                    Ok(()) => {}
+                    Err(Error::Io { source, .. }) => {
+                        self.fail(path, source);
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(node))
+    }
+
+    fn dir(
+        &self,
+        path: &Path,
+        parent_children: &HashMap<Vec<u8>, Node>,
+        root_dev: u64,
+    ) -> Result<Tree> {
+        let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+        let mut entries = Vec::new();
+        for ent in rd {
+            let ent = match ent {
+                Ok(e) => e,
+                Err(e) => {
+                    self.fail(path, e);
+                    continue;
+                }
+            };
+            let p = ent.path();
+            if self.excludes.is_match(&p) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) => entries.push((p, ent.file_name(), m)),
+                Err(e) => self.fail(&p, e),
+            }
+        }
+        entries.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+        let nodes: Vec<Result<Option<Node>>> = entries
+            .par_iter()
+            .map(|(p, name, m)| {
+                self.entry(
+                    p,
+                    name.as_bytes(),
+                    m,
+                    parent_children.get(name.as_bytes()),
+                    root_dev,
+                )
+            })
+            .collect();
+        let mut tree = Tree::default();
+        for n in nodes {
+            if let Some(n) = n? {
+                tree.nodes.push(n);
+            }
+        }
+        Ok(tree)
+    }
+
+    fn file(
+        &self,
+        path: &Path,
+        meta: &Metadata,
+        node: &mut Node,
+        parent: Option<&Node>,
+    ) -> Result<()> {
+        if !self.force
+            && let Some(p) = parent
+            && p.kind == NodeKind::File
+            && p.size == node.size
+            && p.mtime_ns == node.mtime_ns
+            && p.ctime_ns == node.ctime_ns
+            && p.inode == node.inode
+            && p.content.iter().all(|c| self.index.contains(c))
+        {
+            node.content = p.content.clone();
+            self.files_unmodified.fetch_add(1, Ordering::Relaxed);
+            self.progress
+                .bytes_done
+                .fetch_add(node.size, Ordering::Relaxed);
+            return Ok(());
+        }
+        if parent.is_some_and(|p| p.kind == NodeKind::File) {
+            self.files_changed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.files_new.fetch_add(1, Ordering::Relaxed);
+        }
+        if node.hardlink.is_some() {
+            let key = (meta.dev(), meta.ino());
+            if let Some((mt, content)) = self.hardlinks.lock().expect("poisoned").get(&key)
+                && *mt == node.mtime_ns as u64
+            {
+                node.content = content.clone();
+                self.progress
+                    .bytes_done
+                    .fetch_add(node.size, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut content = Vec::new();
+        let mut buf = vec![0u8; READ_BUF.min(node.size as usize + 1).max(1)];
+        let mut filled = 0usize;
+        let mut eof = false;
+        let mut read_total = 0u64;
+        let chunker = self.repo.chunker();
+        while !eof || filled > 0 {
+            // Fill the buffer (short reads are normal).
+            while !eof && filled < buf.len() {
+                match f.read(&mut buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        filled += n;
+                        read_total += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io(path, e)),
+                }
+                if !eof && filled == buf.len() && buf.len() < READ_BUF {
+                    // The file grew past its stat size: widen the buffer.
+                    buf.resize(READ_BUF, 0);
+                }
+            }
+            // Cut chunks; without EOF keep a tail of at least one max chunk
+            // so every cut is the one a streaming chunker would make.
+            let mut cuts = Vec::new();
+            let mut pos = 0;
+            loop {
+                let rest = filled - pos;
+                if rest == 0 || (!eof && rest < chunker.max_size()) {
+                    break;
+                }
+                let n = chunker.next_cut(&buf[pos..filled]);
+                cuts.push((pos, n));
+                pos += n;
+            }
+            let data = &buf[..filled];
+            let ids: Vec<Result<BlobId>> = cuts
+                .par_iter()
+                .map(|&(off, n)| {
+                    let chunk = &data[off..off + n];
+                    let id = self.repo.keys().blob_id(chunk);
+                    if self.packer.claim(&self.index, &id) {
+                        self.packer.add(BlobType::Data, id, chunk)?;
+                    }
+                    Ok(id)
+                })
+                .collect();
+            for id in ids {
+                content.push(id?);
+            }
+            self.progress
+                .bytes_done
+                .fetch_add(pos as u64, Ordering::Relaxed);
+            buf.copy_within(pos..filled, 0);
+            filled -= pos;
+            self.cancelled()?;
+            if eof && filled == 0 {
+                break;
+            }
+        }
+        // Detect a file modified while we read it.
+        if let Ok(after) = f.metadata() {
+            let mtime_after = after.mtime() * 1_000_000_000 + after.mtime_nsec();
+            if after.len() != node.size || mtime_after != node.mtime_ns || read_total != node.size {
+                self.changed
+                    .lock()
+                    .expect("poisoned")
+                    .push(path.display().to_string());
+                node.size = read_total;
+            }
+        }
+        if node.hardlink.is_some() {
+            self.hardlinks.lock().expect("poisoned").insert(
+                (meta.dev(), meta.ino()),
+                (node.mtime_ns as u64, content.clone()),
+            );
+        }
+        node.content = content;
+        Ok(())
+    }
+}
+
+/// Count files and bytes under the paths (for progress totals), honouring excludes.
+pub fn scan(paths: &[PathBuf], excludes: &GlobSet, progress: &BackupProgress) {
+    fn walk(p: &Path, ex: &GlobSet, pr: &BackupProgress) {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return;
+        };
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    let c = e.path();
+                    if !ex.is_match(&c) {
+                        walk(&c, ex, pr);
+                    }
+                }
+            }
+        } else if m.is_file() {
+            pr.total_files.fetch_add(1, Ordering::Relaxed);
+            pr.total_bytes.fetch_add(m.len(), Ordering::Relaxed);
+        }
+    }
+    for p in paths {
+        walk(p, excludes, progress);
+    }
+    progress.scan_done.store(true, Ordering::Relaxed);
+}
+
+/// Back up `opts.paths` into `repo`.
+///
+/// # Errors
+/// `InvalidInput` for missing source paths or bad patterns, `Cancelled`,
+/// and storage errors. Unreadable files are not errors: they are listed in
+/// the result, which is then partial.
+pub fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &BackupProgress,
+) -> Result<BackupResult> {
+    let start = Utc::now();
+    if opts.paths.is_empty() {
+        return Err(Error::InvalidInput(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let mut roots = Vec::new();
+    for p in &opts.paths {
+        let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+        let meta = std::fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        roots.push((abs, meta));
+    }
+    roots.sort_by(|a, b| a.0.cmp(&b.0));
+    roots.dedup_by(|a, b| a.0 == b.0);
+    let excludes = build_excludes(&opts.excludes)?;
+    let paths_str: Vec<String> = roots.iter().map(|r| r.0.display().to_string()).collect();
+    let host = opts.host.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+
+    let (index, bad_index) = repo.load_index()?;
+    for (id, e) in &bad_index {
+        tracing::warn!(index = %id.short(), error = %e, "ignoring unreadable index object; its chunks will be stored again");
+    }
+    let (snaps, _) = repo.load_snapshots()?;
+    let parent_id = match opts.parent {
+        Some(p) => Some(p),
+        None if opts.force => None,
+        None => snaps
+            .iter()
+            .rev()
+            .find(|(_, s)| s.hostname == host && s.paths == paths_str)
+            .map(|(id, _)| *id),
+    };
+    let parent_root = match parent_id {
+        Some(pid) => {
+            let s = repo.load_snapshot(&pid)?;
+            match repo.load_tree(&index, &s.tree) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent snapshot unreadable; reading all files");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+
+    let threads = opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cadang-backup-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let ctx = Ctx {
+        repo,
+        index,
+        packer: Packer::new(repo, 2.max(threads), opts.step_hook.clone()),
+        excludes: excludes.clone(),
+        one_fs: opts.one_file_system,
+        force: opts.force,
+        cancel: opts.cancel.clone(),
+        progress,
+        errors: Mutex::new(Vec::new()),
+        changed: Mutex::new(Vec::new()),
+        files_new: AtomicU64::new(0),
+        files_changed: AtomicU64::new(0),
+        files_unmodified: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+        hardlinks: Mutex::new(HashMap::new()),
+    };
+
+    let scan_paths: Vec<PathBuf> = roots.iter().map(|r| r.0.clone()).collect();
+    let tree = std::thread::scope(|s| -> Result<BlobId> {
+        s.spawn(|| scan(&scan_paths, &excludes, progress));
+        let res = pool.install(|| build_root(&ctx, &roots, parent_root.as_ref()));
+        match res {
+            Ok(root) => {
+                let tree = ctx.save_tree(root)?;
+                ctx.packer.finish()?;
+                Ok(tree)
+            }
+            Err(e) => {
+                // Index what landed so the next run does not upload it again.
+                if let Err(fe) = ctx.packer.flush() {
+                    tracing::warn!(error = %fe, "could not index the packs of the interrupted run");
+                }
+                Err(e)
+            }
+        }
+    })?;
+
+    let st = ctx.packer.stats();
+    let summary = SnapshotSummary {
+        backup_start: Some(start),
+        backup_end: Some(Utc::now()),
+        files_new: ctx.files_new.load(Ordering::Relaxed),
+        files_changed: ctx.files_changed.load(Ordering::Relaxed),
+        files_unmodified: ctx.files_unmodified.load(Ordering::Relaxed),
+        dirs: ctx.dirs.load(Ordering::Relaxed),
+        files_failed: ctx.errors.lock().expect("poisoned").len() as u64,
+        data_blobs: st.data_blobs.load(Ordering::Relaxed),
+        tree_blobs: st.tree_blobs.load(Ordering::Relaxed),
+        data_added_raw: st.raw_bytes.load(Ordering::Relaxed),
+        data_added: st.stored_bytes.load(Ordering::Relaxed),
+        total_files_processed: progress.files_done.load(Ordering::Relaxed),
+        total_bytes_processed: progress.bytes_done.load(Ordering::Relaxed),
+    };
+    progress
+        .bytes_stored
+        .store(summary.data_added, Ordering::Relaxed);
+    let snapshot = Snapshot {
+        version: 1,
+        time: opts.time.unwrap_or_else(|| repo.now()),
+        hostname: host,
+        username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        paths: paths_str,
+        tags: opts.tags.clone(),
+        parent: parent_id,
+        tree,
+        summary,
+        original: None,
+    };
+    // The commit point: everything the snapshot references is durable.
+    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    if let Some(h) = &opts.step_hook {
+        h("snapshot");
+    }
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+        errors: std::mem::take(&mut *ctx.errors.lock().expect("poisoned")),
+        changed_during_read: std::mem::take(&mut *ctx.changed.lock().expect("poisoned")),
+    })
+}
+
+/// Build the root tree: the absolute source paths as a hierarchy of
+/// directories (like restic), with each source fully processed at its leaf.
+fn build_root(
+    ctx: &Ctx<'_>,
+    roots: &[(PathBuf, Metadata)],
+    parent_root: Option<&Tree>,
+) -> Result<Tree> {
+    #[derive(Default)]
+    struct Trie {
+        children: std::collections::BTreeMap<Vec<u8>, Trie>,
+        leaf: Option<usize>,
+    }
+    let mut trie = Trie::default();
+    for (i, (p, _)) in roots.iter().enumerate() {
+        let mut t = &mut trie;
+        for c in p.components().skip(1) {
+            t = t
+                .children
+                .entry(c.as_os_str().as_bytes().to_vec())
+                .or_default();
+        }
+        t.leaf = Some(i);
+    }
+    fn build(
+        ctx: &Ctx<'_>,
+        roots: &[(PathBuf, Metadata)],
+        t: &Trie,
+        here: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<Tree> {
+        let parent_nodes: HashMap<&[u8], &Node> = parent
+            .map(|p| p.nodes.iter().map(|n| (n.name.as_slice(), n)).collect())
+            .unwrap_or_default();
+        let mut tree = Tree::default();
+        for (name, child) in &t.children {
+            let path = here.join(std::ffi::OsStr::from_bytes(name));
+            let pnode = parent_nodes.get(name.as_slice()).copied();
+            if let Some(i) = child.leaf {
+                let (p, m) = &roots[i];
+                if let Some(n) = ctx.entry(p, name, m, pnode, m.dev())? {
+                    tree.nodes.push(n);
+                }
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+            let sub_parent = match pnode.and_then(|n| n.subtree) {
+                Some(id) => ctx.repo.load_tree(&ctx.index, &id).ok(),
+                None => None,
+            };
+            let sub = build(ctx, roots, child, &path, sub_parent.as_ref())?;
+            let mut n = Ctx::node_from_meta(name, &meta);
+            n.kind = NodeKind::Dir;
+            n.subtree = Some(ctx.save_tree(sub)?);
+            tree.nodes.push(n);
+        }
+        Ok(tree)
+    }
+    build(ctx, roots, &trie, Path::new("/"), parent_root)
+}

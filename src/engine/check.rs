@@ -1,0 +1,410 @@
+//! Check: find what is missing or damaged, and name what it affects.
+//!
+//! A plain check reads the index, the list of packs, every snapshot and every
+//! tree; `--read-data` (or a subset) also downloads packs and verifies every
+//! blob. Damage is reported per pack with the snapshots and file paths it
+//! affects. Check never modifies the repository.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::error::{Error, Result};
+use super::id::{BlobId, PackId, SnapshotId};
+use super::index::Index;
+use super::pack::{open_blob, read_pack_header};
+use super::repo::{Repository, pack_key};
+use super::tree::NodeKind;
+
+/// Which packs to download and verify.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    #[default]
+    None,
+    /// Every pack.
+    All,
+    /// Partition `n` of `t` (1-based): over `t` runs with n = 1..t every pack
+    /// is read exactly once.
+    Subset { n: u32, t: u32 },
+    /// A random fraction of packs (0–100).
+    Percent(f64),
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p
+                .parse()
+                .map_err(|_| format!("`{s}`: expected a percentage like 10%"))?;
+            if !(0.0..=100.0).contains(&v) || v.is_nan() {
+                return Err(format!("`{s}`: percentage must be between 0 and 100"));
+            }
+            return Ok(Self::Percent(v));
+        }
+        let (n, t) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected N/T (e.g. 1/7) or P% (e.g. 5%)"))?;
+        let n: u32 = n.parse().map_err(|_| format!("`{s}`: N is not a number"))?;
+        let t: u32 = t.parse().map_err(|_| format!("`{s}`: T is not a number"))?;
+        if t == 0 || n == 0 || n > t {
+            return Err(format!("`{s}`: need 1 ≤ N ≤ T"));
+        }
+        Ok(Self::Subset { n, t })
+    }
+}
+
+impl ReadData {
+    /// Whether this setting selects `pack`.
+    pub fn selects(&self, pack: &PackId) -> bool {
+        match *self {
+            Self::None => false,
+            Self::All => true,
+            Self::Subset { n, t } => pack.prefix_u64() % t as u64 == (n - 1) as u64,
+            Self::Percent(p) => {
+                let r: [u8; 8] = super::id::random_bytes();
+                (u64::from_le_bytes(r) as f64 / u64::MAX as f64) * 100.0 < p
+            }
+        }
+    }
+}
+
+/// A damaged or missing pack and what it affects.
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedPack {
+    /// The pack.
+    pub pack: String,
+    /// What is wrong.
+    pub problem: String,
+    /// Affected files as `snapshot-short:/path`.
+    pub affected_files: Vec<String>,
+    /// Affected snapshots.
+    pub affected_snapshots: Vec<String>,
+}
+
+/// The outcome of a check.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Snapshots examined.
+    pub snapshots: usize,
+    /// Packs in the index.
+    pub packs: usize,
+    /// Blobs in the index.
+    pub blobs: usize,
+    /// Packs downloaded and verified.
+    pub packs_read: usize,
+    /// Errors: the repository is damaged.
+    pub errors: Vec<String>,
+    /// Non-fatal findings (unreferenced packs, transient read errors).
+    pub warnings: Vec<String>,
+    /// Packs missing or damaged, with the files they affect.
+    pub damaged_packs: Vec<DamagedPack>,
+}
+
+impl CheckReport {
+    /// Whether no error was found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty() && self.damaged_packs.is_empty()
+    }
+}
+
+/// Options for check.
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    /// Packs to download and verify.
+    pub read_data: ReadData,
+}
+
+/// Read one pack fully and verify it against the index. Retries twice so a
+/// one-off garbled read is not reported as damage.
+fn verify_pack(
+    repo: &Repository,
+    index_entries: &[super::pack::PackEntry],
+    pack: &PackId,
+) -> std::result::Result<bool, String> {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let res = (|| -> std::result::Result<(), String> {
+            let bytes = repo.read_pack(pack).map_err(|e| e.to_string())?;
+            let header = read_pack_header(repo.keys(), pack, &bytes).map_err(|e| e.to_string())?;
+            let in_header: HashMap<BlobId, &super::pack::PackEntry> =
+                header.iter().map(|e| (e.id, e)).collect();
+            for e in index_entries {
+                let Some(h) = in_header.get(&e.id) else {
+                    return Err(format!(
+                        "blob {} is indexed but not in the pack header",
+                        e.id.short()
+                    ));
+                };
+                if h.offset != e.offset || h.length != e.length || h.ty != e.ty {
+                    return Err(format!(
+                        "blob {} is indexed at a different place than the pack header says",
+                        e.id.short()
+                    ));
+                }
+            }
+            for e in &header {
+                let env = &bytes[e.offset as usize..e.offset as usize + e.length as usize];
+                open_blob(repo.keys(), e.ty, &e.id, e.raw_length, env)
+                    .map_err(|err| err.to_string())?;
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => return Ok(attempt > 0),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Check the repository.
+///
+/// # Errors
+/// Only storage errors that prevent listing; everything else is reported.
+pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    let mut rep = CheckReport::default();
+    let (snaps, bad_snaps) = repo.load_snapshots()?;
+    rep.snapshots = snaps.len();
+    for (id, e) in &bad_snaps {
+        rep.errors.push(format!("snapshot {}: {e}", id.short()));
+    }
+    let (index, bad_index) = repo.load_index()?;
+    for (id, e) in &bad_index {
+        rep.errors.push(format!(
+            "index {}: {e} (run `cadang repair index`)",
+            id.short()
+        ));
+    }
+    rep.packs = index.packs().len();
+    rep.blobs = index.len();
+    let by_pack = index.by_pack();
+    let listed = repo.list_objects("data")?;
+
+    // Structure: indexed packs exist and are long enough; unindexed packs are orphans.
+    let mut bad: BTreeMap<PackId, String> = BTreeMap::new();
+    for (pack, entries) in &by_pack {
+        let key = pack_key(pack);
+        match listed.get(&key) {
+            None => {
+                bad.insert(*pack, "pack is missing".into());
+            }
+            Some(info) => {
+                let need = entries
+                    .iter()
+                    .map(|e| e.offset as u64 + e.length as u64)
+                    .max()
+                    .unwrap_or(0)
+                    + 12;
+                if info.size < need {
+                    bad.insert(
+                        *pack,
+                        format!(
+                            "pack is truncated ({} bytes, needs at least {need})",
+                            info.size
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let indexed: HashSet<String> = by_pack.keys().map(pack_key).collect();
+    for key in listed.keys() {
+        if !indexed.contains(key) {
+            rep.warnings.push(format!("{key}: not referenced by any index (left by an interrupted run; `cadang prune` removes it)"));
+        }
+    }
+
+    // Data: download and verify the selected packs.
+    let selected: Vec<&PackId> = by_pack
+        .keys()
+        .filter(|p| !bad.contains_key(*p) && opts.read_data.selects(p))
+        .collect();
+    rep.packs_read = selected.len();
+    let results: Vec<(PackId, std::result::Result<bool, String>)> = selected
+        .par_iter()
+        .map(|p| (**p, verify_pack(repo, &by_pack[*p], p)))
+        .collect();
+    for (p, r) in results {
+        match r {
+            Ok(true) => rep.warnings.push(format!(
+                "pack {}: verified after re-reading (transient read error, not damage)",
+                p.short()
+            )),
+            Ok(false) => {}
+            Err(e) => {
+                bad.insert(p, e);
+            }
+        }
+    }
+
+    // Trees: every snapshot's trees load and every referenced blob is indexed.
+    let bad_blobs: HashMap<BlobId, PackId> = index
+        .iter()
+        .filter(|(_, p, _)| bad.contains_key(p))
+        .map(|(id, p, _)| (*id, p))
+        .collect();
+    let mut affected: HashMap<PackId, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
+    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    let mut missing_blobs = 0usize;
+    for (sid, snap) in &snaps {
+        walk(
+            repo,
+            &index,
+            sid,
+            &snap.tree,
+            "",
+            &bad_blobs,
+            &mut affected,
+            &mut seen_trees,
+            &mut rep.errors,
+            &mut missing_blobs,
+        );
+    }
+    for (pack, problem) in bad {
+        let (files, snaps) = affected.remove(&pack).unwrap_or_default();
+        rep.damaged_packs.push(DamagedPack {
+            pack: pack.to_hex(),
+            problem,
+            affected_files: files.into_iter().collect(),
+            affected_snapshots: snaps.into_iter().collect(),
+        });
+    }
+    Ok(rep)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    repo: &Repository,
+    index: &Index,
+    sid: &SnapshotId,
+    tree: &BlobId,
+    path: &str,
+    bad_blobs: &HashMap<BlobId, PackId>,
+    affected: &mut HashMap<PackId, (BTreeSet<String>, BTreeSet<String>)>,
+    seen: &mut HashSet<BlobId>,
+    errors: &mut Vec<String>,
+    missing: &mut usize,
+) {
+    // Trees are shared between snapshots; without damage one visit is enough,
+    // but damaged blobs must be attributed to every snapshot, so only skip a
+    // seen tree when nothing is damaged.
+    if bad_blobs.is_empty() && !seen.insert(*tree) {
+        return;
+    }
+    if let Some(p) = bad_blobs.get(tree) {
+        let e = affected.entry(*p).or_default();
+        e.0.insert(format!("{}:{}/ (directory listing)", sid.short(), path));
+        e.1.insert(sid.short());
+    }
+    let t = match repo.load_tree(index, tree) {
+        Ok(t) => t,
+        Err(e) => {
+            if !bad_blobs.contains_key(tree) {
+                errors.push(format!(
+                    "snapshot {}: directory {}/: {e}",
+                    sid.short(),
+                    path
+                ));
+            }
+            return;
+        }
+    };
+    for n in &t.nodes {
+        let p = format!("{path}/{}", n.display_name());
+        match n.kind {
+            NodeKind::Dir => {
+                if let Some(sub) = &n.subtree {
+                    walk(
+                        repo, index, sid, sub, &p, bad_blobs, affected, seen, errors, missing,
+                    );
+                }
+            }
+            NodeKind::File => {
+                for c in &n.content {
+                    if let Some(pack) = bad_blobs.get(c) {
+                        let e = affected.entry(*pack).or_default();
+                        e.0.insert(format!("{}:{p}", sid.short()));
+                        e.1.insert(sid.short());
+                    } else if !index.contains(c) {
+                        *missing += 1;
+                        errors.push(format!(
+                            "snapshot {}: {p}: chunk {} is not in any pack",
+                            sid.short(),
+                            c.short()
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Rebuild the index from the packs themselves: every pack's header is read
+/// and verified, and one new index object supersedes all existing ones.
+/// Packs whose header cannot be read are reported and left out.
+///
+/// # Errors
+/// Storage errors.
+pub fn repair_index(repo: &Repository) -> Result<(usize, Vec<String>)> {
+    let listed = repo.list_objects("data")?;
+    let old = repo.list_index_ids()?;
+    let results: Vec<std::result::Result<super::index::IndexPack, String>> = listed
+        .par_iter()
+        .filter_map(|(key, _)| {
+            let id = PackId::from_hex(key.rsplit('/').next()?).ok()?;
+            Some(id)
+        })
+        .map(|id| {
+            let bytes = repo
+                .read_pack(&id)
+                .map_err(|e| format!("pack {}: {e}", id.short()))?;
+            let header = read_pack_header(repo.keys(), &id, &bytes).map_err(|e| e.to_string())?;
+            Ok(super::index::IndexPack { id, blobs: header })
+        })
+        .collect();
+    let mut packs = Vec::new();
+    let mut problems = Vec::new();
+    for r in results {
+        match r {
+            Ok(p) => packs.push(p),
+            Err(e) => problems.push(e),
+        }
+    }
+    let n = packs.len();
+    let f = super::index::IndexFile {
+        version: 1,
+        packs,
+        supersedes: old.clone(),
+    };
+    repo.save_index_file(&f)?;
+    for id in old {
+        repo.block_on(repo.store().delete(&format!("index/{id}")))?;
+    }
+    Ok((n, problems))
+}
+
+/// Refuse destructive maintenance on a repository with missing packs.
+///
+/// # Errors
+/// `Refused` naming the missing packs.
+pub fn ensure_no_missing_packs(repo: &Repository, index: &Index) -> Result<()> {
+    let listed = repo.list_objects("data")?;
+    let missing: Vec<String> = index
+        .packs()
+        .iter()
+        .filter(|p| !listed.contains_key(&pack_key(p)))
+        .map(|p| p.short())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} indexed pack(s) are missing ({}); refusing to prune a damaged repository — run `cadang check` and restore the packs or `cadang repair index`",
+            missing.len(),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Keys and authenticated encryption.
+//!
+//! A repository has one random 32-byte *master secret*. Everything else is
+//! derived from it with BLAKE3's `derive_key` under fixed context strings, so
+//! that each purpose has an independent key:
+//!
+//! * the **id key** keys the BLAKE3 hash that names blobs (no unkeyed content
+//!   hash is ever stored, so ids do not confirm the presence of a known file);
+//! * the **chunker seed** perturbs the FastCDC gear table, so chunk boundaries
+//!   do not leak content either;
+//! * the **encryption key** drives XChaCha20-Poly1305 with random 192-bit nonces.
+//!
+//! The master secret never touches storage in clear: each key slot
+//! (`keys/<id>`) holds it sealed under a key stretched from a password with
+//! Argon2id. This module owns those derivations and the sealed envelope
+//! format `nonce(24) ‖ ciphertext ‖ tag(16)`; it does no I/O.
+
+use std::fmt;
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+use super::id::{BlobId, random_bytes};
+
+/// Bytes added by sealing: nonce plus tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+const CTX_ID: &str = "cadang 2026-11 blob id key v1";
+const CTX_ENC: &str = "cadang 2026-11 encryption key v1";
+const CTX_CHUNKER: &str = "cadang 2026-11 chunker seed v1";
+
+/// The repository's master secret. Redacted in `Debug`, zeroed on drop.
+#[derive(Clone)]
+pub struct MasterSecret([u8; 32]);
+
+impl MasterSecret {
+    /// A fresh random secret for a new repository.
+    pub fn generate() -> Self {
+        Self(random_bytes())
+    }
+
+    fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterSecret(<redacted>)")
+    }
+}
+
+impl Drop for MasterSecret {
+    fn drop(&mut self) {
+        // Best effort: volatile writes so the compiler keeps them.
+        for b in self.0.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+/// The capability to name content: the id key and the chunker seed, without
+/// the power to decrypt. This is what an agent on a colocated server may hold.
+#[derive(Clone)]
+pub struct IdKeys {
+    id_key: [u8; 32],
+    /// Seed XOR-ed into the FastCDC gear table.
+    pub chunker_seed: u64,
+}
+
+impl fmt::Debug for IdKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdKeys(<redacted>)")
+    }
+}
+
+impl IdKeys {
+    /// The keyed BLAKE3 id of a blob's plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
+        BlobId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+}
+
+/// All keys of an open repository.
+#[derive(Clone)]
+pub struct Keys {
+    secret: MasterSecret,
+    ids: IdKeys,
+    cipher: XChaCha20Poly1305,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+impl Keys {
+    /// Derive every sub-key from a master secret.
+    pub fn from_secret(secret: MasterSecret) -> Self {
+        let id_key = blake3::derive_key(CTX_ID, secret.bytes());
+        let enc_key = blake3::derive_key(CTX_ENC, secret.bytes());
+        let seed_bytes = blake3::derive_key(CTX_CHUNKER, secret.bytes());
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&seed_bytes[..8]);
+        let cipher = XChaCha20Poly1305::new(&enc_key.into());
+        Self {
+            secret,
+            ids: IdKeys {
+                id_key,
+                chunker_seed: u64::from_le_bytes(s),
+            },
+            cipher,
+        }
+    }
+
+    /// The master secret (needed to add a key slot or share keys with a replica).
+    pub fn secret(&self) -> &MasterSecret {
+        &self.secret
+    }
+
+    /// A fingerprint of the master secret, safe to compare and display:
+    /// two repositories with the same fingerprint share keys and blob ids.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        blake3::derive_key("cadang 2026-11 key fingerprint v1", self.secret.bytes())
+    }
+
+    /// The naming capability alone.
+    pub fn id_keys(&self) -> &IdKeys {
+        &self.ids
+    }
+
+    /// Keyed id of a blob's plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
+        self.ids.blob_id(plaintext)
+    }
+
+    /// Seal `plaintext` into a new buffer: `nonce ‖ ciphertext ‖ tag`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        self.seal_append(aad, plaintext, &mut out);
+        out
+    }
+
+    /// Seal `plaintext` and append the envelope to `out`, encrypting in place
+    /// inside `out` (no intermediate copy: this is the packer's hot path).
+    pub fn seal_append(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
+        out.extend_from_slice(&nonce_bytes);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let nonce = XNonce::from(nonce_bytes);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&nonce, aad, (&mut out[start..]).into())
+            .expect("XChaCha20-Poly1305 accepts messages far larger than a blob");
+        out.extend_from_slice(tag.as_slice());
+    }
+
+    /// Open an envelope made by [`Keys::seal`].
+    ///
+    /// # Errors
+    /// `Error::Corrupt` naming `what` when the envelope is too short or fails
+    /// authentication (wrong key, altered bytes, or a different `aad`).
+    pub fn open(&self, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(Error::corrupt(
+                what,
+                format!(
+                    "{} bytes is shorter than an encrypted envelope",
+                    sealed.len()
+                ),
+            ));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce = XNonce::try_from(nonce).map_err(|_| Error::corrupt(what, "bad nonce"))?;
+        let tag = Tag::try_from(tag).map_err(|_| Error::corrupt(what, "bad tag"))?;
+        let mut buf = ct.to_vec();
+        self.cipher
+            .decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag)
+            .map_err(|_| {
+                Error::corrupt(
+                    what,
+                    "authentication failed (data altered or not written by this repository)",
+                )
+            })?;
+        Ok(buf)
+    }
+}
+
+/// Argon2id cost parameters, stored in each key slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about a quarter of a second on a server core,
+    /// in line with OWASP's Argon2id guidance.
+    fn default() -> Self {
+        Self {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+/// A key slot as stored under `keys/<id>` (JSON, version 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySlot {
+    /// Encoding version of this slot.
+    pub version: u32,
+    /// When the slot was created (RFC 3339).
+    pub created: String,
+    /// Host that created it (informational).
+    pub host: String,
+    /// User that created it (informational).
+    pub user: String,
+    /// Always `argon2id`.
+    pub kdf: String,
+    /// Argon2id costs.
+    pub params: KdfParams,
+    /// Salt, hex.
+    pub salt: String,
+    /// The sealed master secret, hex (`nonce ‖ ciphertext ‖ tag`).
+    pub sealed_secret: String,
+}
+
+const KEY_SLOT_AAD: &[u8] = b"cadang key slot v1";
+
+fn stretch(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32]> {
+    let p = argon2::Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        Some(32),
+    )
+    .map_err(|e| Error::corrupt("key slot", format!("invalid Argon2 parameters: {e}")))?;
+    if params.memory_kib > 4 * 1024 * 1024 || params.iterations > 100 {
+        return Err(Error::corrupt(
+            "key slot",
+            "Argon2 parameters are implausibly large (refusing to spend that much memory or time)",
+        ));
+    }
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
+    let mut out = [0u8; 32];
+    a.hash_password_into(password, salt, &mut out)
+        .map_err(|e| Error::corrupt("key slot", format!("key derivation failed: {e}")))?;
+    Ok(out)
+}
+
+impl KeySlot {
+    /// Seal `secret` under `password`.
+    ///
+    /// # Errors
+    /// Only if the Argon2 parameters are invalid.
+    pub fn create(
+        secret: &MasterSecret,
+        password: &[u8],
+        params: KdfParams,
+        created: String,
+        host: String,
+        user: String,
+    ) -> Result<Self> {
+        let salt: [u8; 16] = random_bytes();
+        let wrapping = stretch(password, &salt, params)?;
+        let keys = Keys::from_secret(MasterSecret(wrapping));
+        // The wrapping key is used directly as an AEAD key via a throwaway
+        // `Keys`; its derived sub-keys are independent of the repository's.
+        let sealed = keys.seal(KEY_SLOT_AAD, secret.bytes());
+        Ok(Self {
+            version: 1,
+            created,
+            host,
+            user,
+            kdf: "argon2id".into(),
+            params,
+            salt: hex::encode(salt),
+            sealed_secret: hex::encode(sealed),
+        })
+    }
+
+    /// Try to unseal the master secret with `password`.
+    ///
+    /// # Errors
+    /// `Error::WrongPassword` when authentication fails, `Error::Corrupt` when
+    /// the slot itself is malformed.
+    pub fn open(&self, password: &[u8]) -> Result<MasterSecret> {
+        if self.version != 1 {
+            return Err(Error::UnsupportedVersion {
+                found: self.version,
+                supported: 1,
+            });
+        }
+        if self.kdf != "argon2id" {
+            return Err(Error::corrupt(
+                "key slot",
+                format!("unknown KDF `{}`", self.kdf),
+            ));
+        }
+        let salt =
+            hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot", "salt is not hex"))?;
+        let sealed = hex::decode(&self.sealed_secret)
+            .map_err(|_| Error::corrupt("key slot", "sealed secret is not hex"))?;
+        let wrapping = stretch(password, &salt, self.params)?;
+        let keys = Keys::from_secret(MasterSecret(wrapping));
+        let plain = keys
+            .open("key slot", KEY_SLOT_AAD, &sealed)
+            .map_err(|_| Error::WrongPassword { slots: 1 })?;
+        let arr: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::corrupt("key slot", "sealed secret has the wrong length"))?;
+        Ok(MasterSecret(arr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cheap() -> KdfParams {
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn key_slot_round_trip_and_wrong_password() {
+        let s = MasterSecret::generate();
+        let slot =
+            KeySlot::create(&s, b"pw", cheap(), "now".into(), "h".into(), "u".into()).unwrap();
+        assert_eq!(slot.open(b"pw").unwrap().0, s.0);
+        assert!(matches!(
+            slot.open(b"nope"),
+            Err(Error::WrongPassword { .. })
+        ));
+    }
+
+    #[test]
+    fn edited_key_slot_is_refused() {
+        let s = MasterSecret::generate();
+        let mut slot =
+            KeySlot::create(&s, b"pw", cheap(), "now".into(), "h".into(), "u".into()).unwrap();
+        let mut raw = hex::decode(&slot.sealed_secret).unwrap();
+        raw[30] ^= 1;
+        slot.sealed_secret = hex::encode(raw);
+        assert!(slot.open(b"pw").is_err());
+        slot.salt = "zz".into();
+        assert!(matches!(slot.open(b"pw"), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let k = Keys::from_secret(MasterSecret::generate());
+        let s = format!("{k:?} {:?} {:?}", k.secret(), k.id_keys());
+        assert!(s.contains("redacted"));
+        assert!(!s.contains(&hex::encode(k.secret().bytes())));
+    }
+
+    #[test]
+    fn different_secrets_give_different_ids_and_seeds() {
+        let a = Keys::from_secret(MasterSecret::generate());
+        let b = Keys::from_secret(MasterSecret::generate());
+        assert_ne!(a.blob_id(b"same"), b.blob_id(b"same"));
+        assert_ne!(a.id_keys().chunker_seed, b.id_keys().chunker_seed);
+        // and the id is not the unkeyed hash
+        assert_ne!(a.blob_id(b"same").0, *blake3::hash(b"same").as_bytes());
+    }
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..2048), aad in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let k = Keys::from_secret(MasterSecret::generate());
+            let sealed = k.seal(&aad, &data);
+            prop_assert_eq!(k.open("t", &aad, &sealed).unwrap(), data);
+        }
+
+        #[test]
+        fn any_flip_or_truncation_fails(data in proptest::collection::vec(any::<u8>(), 1..512), pos in any::<usize>(), cut in any::<usize>()) {
+            let k = Keys::from_secret(MasterSecret::generate());
+            let sealed = k.seal(b"a", &data);
+            let mut flipped = sealed.clone();
+            let i = pos % flipped.len();
+            flipped[i] ^= 0x40;
+            prop_assert!(k.open("t", b"a", &flipped).is_err());
+            let truncated = &sealed[..cut % sealed.len()];
+            prop_assert!(k.open("t", b"a", truncated).is_err());
+            prop_assert!(k.open("t", b"b", &sealed).is_err());
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Packing and uploading new blobs during a backup (or copy, or repack).
+//!
+//! Workers compress and encrypt blobs on their own threads, then append the
+//! sealed envelope to a shared pack under a short lock (a memcpy). A full
+//! pack is sealed and handed to an upload task on the tokio runtime; at most
+//! `max_in_flight` uploads run at once, which bounds memory. After every few
+//! landed packs an index object listing exactly those packs is written —
+//! never before they landed — so an interrupted run's chunks are reused by
+//! the next one.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::crypto::Keys;
+use super::error::{Error, Result};
+use super::format::{ObjectKind, blob_aad, encode_blob_payload, seal_postcard};
+use super::id::{BlobId, BlobType, IndexId, PackId};
+use super::index::{Index, IndexFile, IndexPack};
+use super::pack::{PackBuilder, PackEntry};
+use super::repo::{Repository, pack_key};
+use super::store::Store;
+
+/// Write an index object after this many packs have landed.
+const INDEX_EVERY_PACKS: usize = 4;
+
+/// Counters of what a packer stored.
+#[derive(Debug, Default)]
+pub struct PackerStats {
+    /// New data blobs.
+    pub data_blobs: AtomicU64,
+    /// New tree blobs.
+    pub tree_blobs: AtomicU64,
+    /// Plaintext bytes of new blobs.
+    pub raw_bytes: AtomicU64,
+    /// Bytes added to storage (envelopes, headers).
+    pub stored_bytes: AtomicU64,
+    /// Packs uploaded.
+    pub packs: AtomicU64,
+}
+
+struct Shared {
+    store: Store,
+    keys: Keys,
+    landed: Mutex<Vec<IndexPack>>,
+    written_indexes: Mutex<Vec<IndexId>>,
+    error: Mutex<Option<Error>>,
+    stats: PackerStats,
+}
+
+/// Hook for crash-point tests: called after each durable step of the commit
+/// protocol with its name (`pack`, `index`).
+pub type StepHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Shared packer for one backup (or copy) run.
+pub struct Packer {
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    data: Mutex<PackBuilder>,
+    tree: Mutex<PackBuilder>,
+    pending: Mutex<HashSet<BlobId>>,
+    sem: Arc<Semaphore>,
+    max_in_flight: usize,
+    pack_size: usize,
+    level: i32,
+    hook: Option<StepHook>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl Packer {
+    /// A packer writing to `repo`.
+    pub fn new(repo: &Repository, max_in_flight: usize, hook: Option<StepHook>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store: repo.store().clone(),
+                keys: repo.keys().clone(),
+                landed: Mutex::new(Vec::new()),
+                written_indexes: Mutex::new(Vec::new()),
+                error: Mutex::new(None),
+                stats: PackerStats::default(),
+            }),
+            handle: repo.handle().clone(),
+            data: Mutex::new(PackBuilder::new(0)),
+            tree: Mutex::new(PackBuilder::new(0)),
+            pending: Mutex::new(HashSet::new()),
+            sem: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            pack_size: repo.config().pack_size as usize,
+            level: repo.config().compression_level,
+            hook,
+        }
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> &PackerStats {
+        &self.shared.stats
+    }
+
+    /// Fail fast if an upload already failed.
+    ///
+    /// # Errors
+    /// The first upload error.
+    pub fn check_failed(&self) -> Result<()> {
+        let mut e = self.shared.error.lock().expect("poisoned");
+        match e.take() {
+            Some(err) => {
+                let msg = err.to_string();
+                *e = Some(Error::Storage {
+                    path: "upload".into(),
+                    message: msg,
+                    transient: false,
+                });
+                Err(err)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Claim a blob id for this run. Returns `false` when the blob is already
+    /// stored (per `index`) or being stored by another worker.
+    pub fn claim(&self, index: &Index, id: &BlobId) -> bool {
+        !index.contains(id) && self.pending.lock().expect("poisoned").insert(*id)
+    }
+
+    /// Compress, encrypt and pack a blob previously claimed with [`Packer::claim`].
+    ///
+    /// # Errors
+    /// An earlier upload failure.
+    pub fn add(&self, ty: BlobType, id: BlobId, data: &[u8]) -> Result<()> {
+        let keys = &self.shared.keys;
+        SCRATCH.with(|s| {
+            let (payload, env) = &mut *s.borrow_mut();
+            payload.clear();
+            env.clear();
+            encode_blob_payload(data, self.level, payload);
+            keys.seal_append(&blob_aad(ty, &id), payload, env);
+            self.add_sealed(ty, id, env, data.len() as u32)
+        })
+    }
+
+    /// Pack an already sealed envelope (same keys on both sides).
+    ///
+    /// # Errors
+    /// An earlier upload failure.
+    pub fn add_sealed(
+        &self,
+        ty: BlobType,
+        id: BlobId,
+        envelope: &[u8],
+        raw_len: u32,
+    ) -> Result<()> {
+        let st = &self.shared.stats;
+        match ty {
+            BlobType::Data => st.data_blobs.fetch_add(1, Ordering::Relaxed),
+            BlobType::Tree => st.tree_blobs.fetch_add(1, Ordering::Relaxed),
+        };
+        st.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
+        let full = {
+            let mut p = match ty {
+                BlobType::Data => self.data.lock(),
+                BlobType::Tree => self.tree.lock(),
+            }
+            .expect("poisoned");
+            p.add_sealed(ty, id, envelope, raw_len);
+            if p.len() >= self.pack_size {
+                Some(std::mem::replace(
+                    &mut *p,
+                    PackBuilder::new(self.pack_size + (1 << 20)),
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            self.upload(p)?;
+        }
+        self.check_failed()
+    }
+
+    fn upload(&self, p: PackBuilder) -> Result<()> {
+        let (id, bytes, entries) = p.finish(&self.shared.keys);
+        let permit = self
+            .handle
+            .block_on(self.sem.clone().acquire_owned())
+            .expect("semaphore never closed");
+        let shared = self.shared.clone();
+        let hook = self.hook.clone();
+        self.handle.spawn(async move {
+            let len = bytes.len() as u64;
+            let key = pack_key(&id);
+            let want = id.0;
+            let res = shared
+                .store
+                .put_create(&key, Bytes::from(bytes), move |e| {
+                    *blake3::hash(e).as_bytes() == want
+                })
+                .await;
+            match res {
+                Ok(()) => {
+                    shared.stats.stored_bytes.fetch_add(len, Ordering::Relaxed);
+                    shared.stats.packs.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = &hook {
+                        h("pack");
+                    }
+                    let batch = {
+                        let mut l = shared.landed.lock().expect("poisoned");
+                        l.push(IndexPack { id, blobs: entries });
+                        if l.len() >= INDEX_EVERY_PACKS {
+                            Some(std::mem::take(&mut *l))
+                        } else {
+                            None
+                        }
+                    };
+                    if let Some(b) = batch {
+                        if let Err(e) = write_index(&shared, b).await {
+                            shared.error.lock().expect("poisoned").get_or_insert(e);
+                        } else if let Some(h) = &hook {
+                            h("index");
+                        }
+                    }
+                }
+                Err(e) => {
+                    shared.error.lock().expect("poisoned").get_or_insert(e);
+                }
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Upload the partial packs, wait for every upload, and index what landed.
+    /// Returns the entries of every pack this packer stored.
+    ///
+    /// # Errors
+    /// The first upload or index error.
+    pub fn finish(&self) -> Result<Vec<IndexId>> {
+        for m in [&self.data, &self.tree] {
+            let p = std::mem::replace(&mut *m.lock().expect("poisoned"), PackBuilder::new(0));
+            if !p.is_empty() {
+                self.upload(p)?;
+            }
+        }
+        self.flush()?;
+        Ok(self
+            .shared
+            .written_indexes
+            .lock()
+            .expect("poisoned")
+            .clone())
+    }
+
+    /// Wait for in-flight uploads and index whatever landed (also used when a
+    /// run is cancelled, so its uploaded chunks are reused next time).
+    ///
+    /// # Errors
+    /// The first upload or index error.
+    pub fn flush(&self) -> Result<()> {
+        let all = self
+            .handle
+            .block_on(
+                self.sem
+                    .clone()
+                    .acquire_many_owned(self.max_in_flight as u32),
+            )
+            .expect("semaphore never closed");
+        drop(all);
+        let rest = std::mem::take(&mut *self.shared.landed.lock().expect("poisoned"));
+        if !rest.is_empty() {
+            self.handle.block_on(write_index(&self.shared, rest))?;
+            if let Some(h) = &self.hook {
+                h("index");
+            }
+        }
+        self.check_failed()
+    }
+
+    /// Pack entries are available to callers that need them (copy, repack).
+    pub fn entries_of(files: &[IndexFile]) -> Vec<(PackId, Vec<PackEntry>)> {
+        files
+            .iter()
+            .flat_map(|f| f.packs.iter().map(|p| (p.id, p.blobs.clone())))
+            .collect()
+    }
+}
+
+async fn write_index(shared: &Shared, packs: Vec<IndexPack>) -> Result<()> {
+    let f = IndexFile {
+        version: 1,
+        packs,
+        supersedes: Vec::new(),
+    };
+    let sealed = seal_postcard(&shared.keys, ObjectKind::Index, &f);
+    let id = IndexId(*blake3::hash(&sealed).as_bytes());
+    let want = id.0;
+    let len = sealed.len() as u64;
+    shared
+        .store
+        .put_create(&format!("index/{id}"), Bytes::from(sealed), move |e| {
+            *blake3::hash(e).as_bytes() == want
+        })
+        .await?;
+    shared.stats.stored_bytes.fetch_add(len, Ordering::Relaxed);
+    shared.written_indexes.lock().expect("poisoned").push(id);
+    Ok(())
+}

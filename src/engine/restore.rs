@@ -1,0 +1,851 @@
+//! Restore: write a snapshot (or part of it) into a target directory, verify
+//! every chunk on the way, and optionally re-read the result.
+//!
+//! The restore is organised by pack: each needed pack is read once (whole, or
+//! by ranges when only a little of it is needed), every blob is decrypted and
+//! checked against its keyed id, and its plaintext is written to every file
+//! offset that needs it. Damage never stops the other files: a file with a
+//! damaged or missing chunk is not put in place and is listed by path.
+//!
+//! Confinement: names come from a possibly hostile repository. Tree decoding
+//! already refuses `..`, `/` and NUL in names; here every directory is
+//! created or checked to be a real directory (never a symlink), files are
+//! written to temporary names opened with `O_NOFOLLOW` and renamed into
+//! place (a rename replaces a symlink, it does not follow it), and symlinks
+//! are created last, so no write ever passes through a link that the restore
+//! itself placed.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use super::backup::FileError;
+use super::error::{Error, Result};
+use super::id::{BlobId, BlobType, PackId, SnapshotId};
+use super::index::Index;
+use super::pack::open_blob;
+use super::repo::{Repository, pack_key};
+use super::tree::{Node, NodeKind};
+
+/// What to restore and where.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Target directory (created if missing).
+    pub target: PathBuf,
+    /// Only restore these paths of the snapshot (and what is below them).
+    pub includes: Vec<String>,
+    /// Re-read every restored file and compare it with the snapshot.
+    pub verify: bool,
+    /// Set to stop at the next safe point.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Worker threads (default: available cores).
+    pub threads: Option<usize>,
+}
+
+/// Live progress.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// Files to restore.
+    pub total_files: AtomicU64,
+    /// Bytes to restore.
+    pub total_bytes: AtomicU64,
+    /// Files done.
+    pub files_done: AtomicU64,
+    /// Bytes written.
+    pub bytes_done: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+}
+
+/// Result of re-reading the restored tree.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Files compared.
+    pub files_checked: u64,
+    /// Bytes compared.
+    pub bytes_checked: u64,
+    /// Files that differ from the snapshot, with the difference.
+    pub mismatches: Vec<FileError>,
+}
+
+/// Outcome of a restore.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestoreResult {
+    /// Regular files put in place.
+    pub files_restored: u64,
+    /// Directories created or updated.
+    pub dirs: u64,
+    /// Other entries (symlinks, devices, fifos).
+    pub others: u64,
+    /// Bytes of file content written.
+    pub bytes_restored: u64,
+    /// Files (or entries) that could not be restored, with the reason.
+    pub errors: Vec<FileError>,
+    /// Blobs found damaged or missing.
+    pub damaged_blobs: Vec<String>,
+    /// Present when verification was requested.
+    pub verify: Option<VerifyReport>,
+}
+
+impl RestoreResult {
+    /// Whether everything was restored and (if asked) verified.
+    pub fn is_success(&self) -> bool {
+        self.errors.is_empty() && self.verify.as_ref().is_none_or(|v| v.mismatches.is_empty())
+    }
+}
+
+struct Entry {
+    rel: PathBuf,
+    node: Node,
+}
+
+struct FileState {
+    rel: PathBuf,
+    tmp: PathBuf,
+    damaged: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn selected(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
+    // (restore this entry, descend into it)
+    if includes.is_empty() {
+        return (true, true);
+    }
+    for inc in includes {
+        if rel.starts_with(inc) {
+            return (true, true);
+        }
+        if inc.starts_with(rel) {
+            return (false, true);
+        }
+    }
+    (false, false)
+}
+
+fn collect(
+    repo: &Repository,
+    index: &Index,
+    tree: &BlobId,
+    rel: &Path,
+    includes: &[PathBuf],
+    out: &mut Vec<Entry>,
+    errors: &mut Vec<FileError>,
+    damaged: &mut Vec<String>,
+) {
+    let t = match repo.load_tree(index, tree) {
+        Ok(t) => t,
+        Err(e) => {
+            damaged.push(format!("tree {}: {e}", tree.short()));
+            errors.push(FileError {
+                path: if rel.as_os_str().is_empty() {
+                    "/".into()
+                } else {
+                    rel.display().to_string()
+                },
+                error: format!("directory listing unreadable: {e}"),
+            });
+            return;
+        }
+    };
+    for n in t.nodes {
+        let child = rel.join(OsStr::from_bytes(&n.name));
+        let (take, descend) = selected(&child, includes);
+        if n.kind == NodeKind::Dir && descend {
+            let sub = n.subtree.expect("validated by Tree::decode");
+            // Included directories and the ancestors of included paths are
+            // both created with their recorded metadata.
+            out.push(Entry {
+                rel: child.clone(),
+                node: n,
+            });
+            collect(repo, index, &sub, &child, includes, out, errors, damaged);
+        } else if take {
+            out.push(Entry {
+                rel: child,
+                node: n,
+            });
+        }
+    }
+}
+
+/// Make sure `dir` (under the target) is a real directory, creating it if
+/// needed. Refuses to go through a symlink.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(
+            "refusing to restore through a symbolic link",
+        )),
+        Ok(_) => Err(std::io::Error::other("a non-directory is in the way")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir),
+        Err(e) => Err(e),
+    }
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".cadang-restore");
+    path.with_file_name(name)
+}
+
+/// Set access and modification time without following a symlink and without
+/// opening the file (opening a FIFO would block).
+fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
+    let t = filetime::FileTime::from_unix_time(
+        mtime_ns.div_euclid(1_000_000_000),
+        mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_symlink_file_times(path, t, t)
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Restore snapshot `id` according to `opts`.
+///
+/// # Errors
+/// `InvalidInput` for an unusable target, storage errors while loading the
+/// snapshot or index, `Cancelled`. Damage is not an error: it is reported in
+/// the result, and the result is then not a success.
+pub fn restore(
+    repo: &Repository,
+    id: &SnapshotId,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreResult> {
+    let snap = repo.load_snapshot(id)?;
+    let (index, _) = repo.load_index()?;
+    restore_tree(repo, &index, &snap.tree, opts, progress)
+}
+
+/// Restore from a root tree with a given index (used by restore and by the
+/// replica fallback, which passes a merged index).
+///
+/// # Errors
+/// As [`restore`].
+pub fn restore_tree(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreResult> {
+    let target = &opts.target;
+    std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+    if !std::fs::symlink_metadata(target)
+        .map_err(|e| Error::io(target, e))?
+        .is_dir()
+    {
+        return Err(Error::InvalidInput(format!(
+            "target {} is not a directory",
+            target.display()
+        )));
+    }
+    let includes: Vec<PathBuf> = opts
+        .includes
+        .iter()
+        .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    let mut result = RestoreResult::default();
+    let mut entries = Vec::new();
+    collect(
+        repo,
+        index,
+        root,
+        Path::new(""),
+        &includes,
+        &mut entries,
+        &mut result.errors,
+        &mut result.damaged_blobs,
+    );
+    let owners = is_root();
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+
+    // 1. Directories, parents first (entries are in tree order).
+    let mut bad_dirs: Vec<PathBuf> = Vec::new();
+    for e in entries.iter().filter(|e| e.node.kind == NodeKind::Dir) {
+        if bad_dirs.iter().any(|b| e.rel.starts_with(b)) {
+            continue;
+        }
+        if let Err(err) = ensure_dir(&target.join(&e.rel)) {
+            result.errors.push(FileError {
+                path: e.rel.display().to_string(),
+                error: err.to_string(),
+            });
+            bad_dirs.push(e.rel.clone());
+        }
+    }
+    let in_bad_dir = |rel: &Path| bad_dirs.iter().any(|b| rel.starts_with(b) && rel != b);
+
+    // 2. Plan file content: blob -> destinations, grouped by pack.
+    let mut files: Vec<(FileState, &Node)> = Vec::new();
+    let mut hardlink_first: HashMap<u64, usize> = HashMap::new();
+    let mut hardlink_rest: Vec<(usize, &Entry)> = Vec::new();
+    for e in entries.iter().filter(|e| e.node.kind == NodeKind::File) {
+        if in_bad_dir(&e.rel) {
+            continue;
+        }
+        if let Some(h) = e.node.hardlink {
+            if let Some(&first) = hardlink_first.get(&h)
+                && files[first].1.content == e.node.content
+            {
+                hardlink_rest.push((first, e));
+                continue;
+            }
+            hardlink_first.insert(h, files.len());
+        }
+        let path = target.join(&e.rel);
+        files.push((
+            FileState {
+                rel: e.rel.clone(),
+                tmp: tmp_name(&path),
+                damaged: AtomicBool::new(false),
+                error: Mutex::new(None),
+            },
+            &e.node,
+        ));
+    }
+    progress
+        .total_files
+        .store(files.len() as u64, Ordering::Relaxed);
+    progress
+        .total_bytes
+        .store(files.iter().map(|f| f.1.size).sum(), Ordering::Relaxed);
+
+    let mut by_pack: HashMap<PackId, HashMap<BlobId, Vec<(usize, u64)>>> = HashMap::new();
+    for (fi, (fs, node)) in files.iter().enumerate() {
+        let mut off = 0u64;
+        let mut ok = true;
+        for c in &node.content {
+            match index.get(c) {
+                Some((pack, loc)) if loc.ty == BlobType::Data => {
+                    by_pack
+                        .entry(pack)
+                        .or_default()
+                        .entry(*c)
+                        .or_default()
+                        .push((fi, off));
+                    off += loc.raw_length as u64;
+                }
+                _ => {
+                    ok = false;
+                    result
+                        .damaged_blobs
+                        .push(format!("data blob {} (not in the index)", c.short()));
+                    *fs.error.lock().expect("poisoned") = Some(format!(
+                        "chunk {} is missing from the repository",
+                        c.short()
+                    ));
+                }
+            }
+        }
+        if ok && off != node.size {
+            ok = false;
+            *fs.error.lock().expect("poisoned") = Some(format!(
+                "chunks add up to {off} bytes but the file is recorded as {} bytes",
+                node.size
+            ));
+        }
+        if !ok {
+            fs.damaged.store(true, Ordering::Relaxed);
+            continue;
+        }
+        // Create the temporary file at its final size (holes stay holes).
+        let _ = std::fs::remove_file(&fs.tmp);
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&fs.tmp)
+            .and_then(|f| f.set_len(node.size));
+        if let Err(e) = created {
+            fs.damaged.store(true, Ordering::Relaxed);
+            *fs.error.lock().expect("poisoned") = Some(format!("cannot create: {e}"));
+        }
+    }
+
+    // 3. Read each pack once and write its blobs everywhere they go.
+    let threads = opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(2))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let damaged_blobs = Mutex::new(Vec::new());
+    let packs: Vec<(PackId, HashMap<BlobId, Vec<(usize, u64)>>)> = by_pack.into_iter().collect();
+    pool.install(|| {
+        packs.par_iter().for_each(|(pack, blobs)| {
+            if cancelled() {
+                return;
+            }
+            restore_pack(repo, index, pack, blobs, &files, progress, &damaged_blobs);
+        })
+    });
+    if cancelled() {
+        for (fs, _) in &files {
+            let _ = std::fs::remove_file(&fs.tmp);
+        }
+        return Err(Error::Cancelled);
+    }
+    result
+        .damaged_blobs
+        .extend(damaged_blobs.into_inner().expect("poisoned"));
+
+    // 4. Put files in place with their metadata.
+    for (fs, node) in &files {
+        let final_path = target.join(&fs.rel);
+        if fs.damaged.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&fs.tmp);
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+            result.errors.push(FileError {
+                path: fs.rel.display().to_string(),
+                error: fs
+                    .error
+                    .lock()
+                    .expect("poisoned")
+                    .clone()
+                    .unwrap_or_else(|| "damaged".into()),
+            });
+            continue;
+        }
+        let placed = (|| -> std::io::Result<()> {
+            if owners {
+                chown(&fs.tmp, node.uid, node.gid)?;
+            }
+            std::fs::set_permissions(&fs.tmp, std::fs::Permissions::from_mode(node.mode & 0o7777))?;
+            set_times(&fs.tmp, node.mtime_ns)?;
+            if let Ok(m) = std::fs::symlink_metadata(&final_path)
+                && m.is_dir()
+            {
+                return Err(std::io::Error::other("a directory is in the way"));
+            }
+            std::fs::rename(&fs.tmp, &final_path)
+        })();
+        match placed {
+            Ok(()) => {
+                result.files_restored += 1;
+                result.bytes_restored += node.size;
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&fs.tmp);
+                result.errors.push(FileError {
+                    path: fs.rel.display().to_string(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    for (first, e) in &hardlink_rest {
+        let (fs, _) = &files[*first];
+        if fs.damaged.load(Ordering::Relaxed) {
+            result.errors.push(FileError {
+                path: e.rel.display().to_string(),
+                error: "hard link to a damaged file".into(),
+            });
+            continue;
+        }
+        let dst = target.join(&e.rel);
+        let linked = (|| {
+            if let Ok(m) = std::fs::symlink_metadata(&dst) {
+                if m.is_dir() {
+                    return Err(std::io::Error::other("a directory is in the way"));
+                }
+                std::fs::remove_file(&dst)?;
+            }
+            std::fs::hard_link(target.join(&fs.rel), &dst)
+        })();
+        match linked {
+            Ok(()) => result.files_restored += 1,
+            Err(err) => result.errors.push(FileError {
+                path: e.rel.display().to_string(),
+                error: err.to_string(),
+            }),
+        }
+    }
+
+    // 5. Symlinks and special files, after every file write.
+    for e in entries
+        .iter()
+        .filter(|e| !matches!(e.node.kind, NodeKind::File | NodeKind::Dir))
+    {
+        if in_bad_dir(&e.rel) {
+            continue;
+        }
+        let path = target.join(&e.rel);
+        let res = restore_special(&path, &e.node, owners);
+        match res {
+            Ok(true) => result.others += 1,
+            Ok(false) => {}
+            Err(err) => result.errors.push(FileError {
+                path: e.rel.display().to_string(),
+                error: err.to_string(),
+            }),
+        }
+    }
+
+    // 6. Directory metadata, deepest first (writing inside a directory
+    // changes its mtime).
+    for e in entries
+        .iter()
+        .rev()
+        .filter(|e| e.node.kind == NodeKind::Dir)
+    {
+        if in_bad_dir(&e.rel) || bad_dirs.contains(&e.rel) {
+            continue;
+        }
+        let path = target.join(&e.rel);
+        let r = (|| -> std::io::Result<()> {
+            if owners {
+                chown(&path, e.node.uid, e.node.gid)?;
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.node.mode & 0o7777))?;
+            set_times(&path, e.node.mtime_ns)
+        })();
+        match r {
+            Ok(()) => result.dirs += 1,
+            Err(err) => result.errors.push(FileError {
+                path: e.rel.display().to_string(),
+                error: err.to_string(),
+            }),
+        }
+    }
+
+    if opts.verify {
+        let report = pool.install(|| verify_entries(repo, index, target, &entries, progress));
+        result.verify = Some(report);
+    }
+    result.damaged_blobs.sort();
+    result.damaged_blobs.dedup();
+    Ok(result)
+}
+
+fn restore_special(path: &Path, node: &Node, owners: bool) -> std::io::Result<bool> {
+    let tmp = tmp_name(path);
+    let _ = std::fs::remove_file(&tmp);
+    let made = match node.kind {
+        NodeKind::Symlink => {
+            let target = node.link_target.as_deref().unwrap_or_default();
+            std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
+            true
+        }
+        NodeKind::Fifo => {
+            mknod(&tmp, libc::S_IFIFO | (node.mode & 0o7777), 0)?;
+            true
+        }
+        NodeKind::BlockDev | NodeKind::CharDev if owners => {
+            let ty = if node.kind == NodeKind::BlockDev {
+                libc::S_IFBLK
+            } else {
+                libc::S_IFCHR
+            };
+            mknod(&tmp, ty | (node.mode & 0o7777), node.rdev)?;
+            true
+        }
+        // Devices need root; sockets are recreated by their servers.
+        _ => return Ok(false),
+    };
+    if made {
+        if let Ok(m) = std::fs::symlink_metadata(path)
+            && m.is_dir()
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(std::io::Error::other("a directory is in the way"));
+        }
+        if owners {
+            chown(&tmp, node.uid, node.gid)?;
+        }
+        if node.kind != NodeKind::Symlink {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(node.mode & 0o7777))?;
+        }
+        set_times(&tmp, node.mtime_ns)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(made)
+}
+
+fn mknod(path: &Path, mode: u32, dev: u64) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_pack(
+    repo: &Repository,
+    index: &Index,
+    pack: &PackId,
+    blobs: &HashMap<BlobId, Vec<(usize, u64)>>,
+    files: &[(FileState, &Node)],
+    progress: &RestoreProgress,
+    damaged: &Mutex<Vec<String>>,
+) {
+    // Skip blobs whose every destination is already known damaged.
+    let mut wanted: Vec<(BlobId, super::index::Location)> = blobs
+        .keys()
+        .filter_map(|b| index.get(b).map(|(_, l)| (*b, l)))
+        .collect();
+    wanted.sort_by_key(|(_, l)| l.offset);
+    let key = pack_key(pack);
+    let needed: u64 = wanted.iter().map(|(_, l)| l.length as u64).sum();
+    let span = wanted
+        .last()
+        .map(|(_, l)| l.offset as u64 + l.length as u64)
+        .unwrap_or(0);
+    // One read of the pack when most of it is needed; ranges otherwise.
+    let whole = if needed * 2 >= span {
+        repo.block_on(repo.store().get_range(&key, 0..span)).ok()
+    } else {
+        None
+    };
+    let mut zero = Vec::new();
+    for (id, loc) in &wanted {
+        let dests = &blobs[id];
+        if dests
+            .iter()
+            .all(|(fi, _)| files[*fi].0.damaged.load(Ordering::Relaxed))
+        {
+            continue;
+        }
+        let first = whole.as_ref().and_then(|w| {
+            let env = w.get(loc.offset as usize..loc.offset as usize + loc.length as usize)?;
+            open_blob(repo.keys(), BlobType::Data, id, loc.raw_length, env).ok()
+        });
+        // Fall back to the repository's verified read with retries.
+        let data = match first {
+            Some(d) => Ok(d),
+            None => repo.load_blob(index, BlobType::Data, id),
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                damaged.lock().expect("poisoned").push(format!(
+                    "data blob {} in pack {}: {e}",
+                    id.short(),
+                    pack.short()
+                ));
+                for (fi, _) in dests {
+                    let fs = &files[*fi].0;
+                    fs.damaged.store(true, Ordering::Relaxed);
+                    fs.error
+                        .lock()
+                        .expect("poisoned")
+                        .get_or_insert_with(|| format!("chunk {} is damaged: {e}", id.short()));
+                }
+                continue;
+            }
+        };
+        if zero.len() != data.len() {
+            zero = vec![0u8; data.len()];
+        }
+        let is_zero = data == zero;
+        for (fi, off) in dests {
+            let fs = &files[*fi].0;
+            if fs.damaged.load(Ordering::Relaxed) {
+                continue;
+            }
+            if !is_zero {
+                let w = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&fs.tmp)
+                    .and_then(|f| f.write_all_at(&data, *off));
+                if let Err(e) = w {
+                    fs.damaged.store(true, Ordering::Relaxed);
+                    fs.error
+                        .lock()
+                        .expect("poisoned")
+                        .get_or_insert_with(|| format!("write failed: {e}"));
+                    continue;
+                }
+            }
+            progress
+                .bytes_done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Re-read restored entries under `target` and compare them with the
+/// snapshot: file content chunk by chunk (keyed ids), sizes, symlink targets
+/// and entry types.
+fn verify_entries(
+    repo: &Repository,
+    index: &Index,
+    target: &Path,
+    entries: &[Entry],
+    _progress: &RestoreProgress,
+) -> VerifyReport {
+    let results: Vec<(u64, Option<FileError>)> = entries
+        .par_iter()
+        .filter(|e| {
+            matches!(
+                e.node.kind,
+                NodeKind::File | NodeKind::Symlink | NodeKind::Dir
+            )
+        })
+        .map(|e| {
+            let path = target.join(&e.rel);
+            let r = verify_one(repo, index, &path, &e.node);
+            match r {
+                Ok(n) => (n, None),
+                Err(msg) => (
+                    0,
+                    Some(FileError {
+                        path: e.rel.display().to_string(),
+                        error: msg,
+                    }),
+                ),
+            }
+        })
+        .collect();
+    let mut rep = VerifyReport::default();
+    for (n, err) in results {
+        rep.files_checked += 1;
+        rep.bytes_checked += n;
+        if let Some(e) = err {
+            rep.mismatches.push(e);
+        }
+    }
+    rep.mismatches.sort_by(|a, b| a.path.cmp(&b.path));
+    rep
+}
+
+fn verify_one(
+    repo: &Repository,
+    index: &Index,
+    path: &Path,
+    node: &Node,
+) -> std::result::Result<u64, String> {
+    let m = std::fs::symlink_metadata(path).map_err(|e| format!("missing after restore: {e}"))?;
+    match node.kind {
+        NodeKind::Dir => {
+            if !m.is_dir() {
+                return Err("is not a directory".into());
+            }
+            Ok(0)
+        }
+        NodeKind::Symlink => {
+            if !m.file_type().is_symlink() {
+                return Err("is not a symbolic link".into());
+            }
+            let t = std::fs::read_link(path).map_err(|e| e.to_string())?;
+            if Some(t.as_os_str().as_bytes()) != node.link_target.as_deref() {
+                return Err("symbolic link target differs".into());
+            }
+            Ok(0)
+        }
+        _ => {
+            if !m.is_file() {
+                return Err("is not a regular file".into());
+            }
+            if m.len() != node.size {
+                return Err(format!(
+                    "size {} differs from the snapshot's {}",
+                    m.len(),
+                    node.size
+                ));
+            }
+            let mut f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| e.to_string())?;
+            let mut buf = Vec::new();
+            for (i, c) in node.content.iter().enumerate() {
+                let len = index
+                    .get(c)
+                    .map(|(_, l)| l.raw_length as usize)
+                    .ok_or_else(|| format!("chunk {} unknown to the index", c.short()))?;
+                buf.resize(len, 0);
+                f.read_exact(&mut buf)
+                    .map_err(|e| format!("read failed at chunk {i}: {e}"))?;
+                if repo.keys().blob_id(&buf) != *c {
+                    return Err(format!("content differs from the snapshot in chunk {i}"));
+                }
+            }
+            let mut extra = [0u8; 1];
+            if f.read(&mut extra).map_err(|e| e.to_string())? != 0 {
+                return Err("file is longer than in the snapshot".into());
+            }
+            Ok(node.size)
+        }
+    }
+}
+
+/// Verify an already restored target against a snapshot without writing
+/// anything (the answer to "did the restore succeed?").
+///
+/// # Errors
+/// Storage errors loading the snapshot or index.
+pub fn verify_target(
+    repo: &Repository,
+    id: &SnapshotId,
+    target: &Path,
+    includes: &[String],
+) -> Result<VerifyReport> {
+    let snap = repo.load_snapshot(id)?;
+    let (index, _) = repo.load_index()?;
+    let includes: Vec<PathBuf> = includes
+        .iter()
+        .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    let mut damaged = Vec::new();
+    collect(
+        repo,
+        &index,
+        &snap.tree,
+        Path::new(""),
+        &includes,
+        &mut entries,
+        &mut errors,
+        &mut damaged,
+    );
+    let mut rep = verify_entries(repo, &index, target, &entries, &RestoreProgress::default());
+    rep.mismatches.extend(errors);
+    Ok(rep)
+}
+
+/// Read one file from a snapshot into memory (small files; used by tools).
+///
+/// # Errors
+/// Damage or a path that is not a file.
+pub fn read_file(repo: &Repository, index: &Index, node: &Node) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(node.size as usize);
+    for c in &node.content {
+        out.extend_from_slice(&repo.load_blob(index, BlobType::Data, c)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,386 @@
+//! Storage: the engine's only user of `object_store`.
+//!
+//! [`Store`] wraps any `ObjectStore` (local directory with fsync on,
+//! S3-compatible, in-memory, or a test decorator that injects faults) with
+//! the few operations the repository needs, error classification, and
+//! retries with backoff for transient failures.
+//!
+//! Create-only writes: content-addressed objects are written with
+//! `PutMode::Create`. If the store answers `AlreadyExists` — typically after
+//! a lost response to our own successful write — the existing object is read
+//! back and verified against its name instead of failing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::error::{Error, Result};
+
+/// Metadata of a listed object.
+#[derive(Clone, Debug)]
+pub struct ObjectInfo {
+    /// Key relative to the repository root, e.g. `snapshots/ab…`.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time as reported by the store (the store's clock).
+    pub last_modified: DateTime<Utc>,
+}
+
+/// Options for opening a location.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// S3 endpoint (for MinIO, Garage, Ceph RGW, …); `AWS_ENDPOINT_URL` otherwise.
+    pub s3_endpoint: Option<String>,
+    /// S3 region; `AWS_REGION` / `AWS_DEFAULT_REGION` otherwise.
+    pub s3_region: Option<String>,
+}
+
+/// A repository location with retrying, classified operations.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    location: String,
+    retries: u32,
+    create_supported: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.location)
+    }
+}
+
+impl Store {
+    /// Open a location: a local path (or `file://`), `s3://bucket[/prefix]`, or
+    /// `memory://` (a fresh in-memory store, for tests).
+    ///
+    /// # Errors
+    /// `Error::InvalidInput` for an unusable URL, `Error::Io` when a local
+    /// directory cannot be created.
+    pub fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
+        if url.is_empty() {
+            return Err(Error::InvalidInput(
+                "no repository given: use -r/--repo or set CADANG_REPOSITORY".into(),
+            ));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "`{url}`: no bucket name (expected s3://bucket/prefix)"
+                )));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(false)
+                .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 10,
+                    retry_timeout: Duration::from_secs(180),
+                    ..Default::default()
+                });
+            let endpoint = opts
+                .s3_endpoint
+                .clone()
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            if let Some(ep) = endpoint {
+                b = b
+                    .with_allow_http(ep.starts_with("http://"))
+                    .with_endpoint(ep);
+            }
+            if let Some(r) = opts.s3_region.clone() {
+                b = b.with_region(r);
+            } else if std::env::var("AWS_REGION").is_err()
+                && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
+                b = b.with_region("us-east-1");
+            }
+            let s3 = b
+                .build()
+                .map_err(|e| Error::InvalidInput(format!("S3 configuration for `{url}`: {e}")))?;
+            let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(
+                    s3,
+                    prefix.trim_matches('/'),
+                ))
+            };
+            return Ok(Self::from_object_store(inner, url));
+        }
+        if url == "memory://" {
+            return Ok(Self::from_object_store(
+                Arc::new(object_store::memory::InMemory::new()),
+                url,
+            ));
+        }
+        if url.contains("://") && !url.starts_with("file://") {
+            return Err(Error::InvalidInput(format!(
+                "`{url}`: unsupported repository location (use a local path, file://, or s3://bucket/prefix)"
+            )));
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        // fsync on: an acknowledged write must survive a power cut, because
+        // the snapshot written after it assumes it is there.
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+            .map_err(|e| Error::InvalidInput(format!("`{path}`: {e}")))?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
+        Ok(Self::from_object_store(Arc::new(fs), url))
+    }
+
+    /// Wrap an existing object store (tests use this to inject faults).
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, location: &str) -> Self {
+        Self {
+            inner,
+            location: location.to_string(),
+            retries: 4,
+            create_supported: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// The location as given by the user (never contains credentials: those
+    /// come from configuration or the environment).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn retry<T, F, Fut>(&self, key: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let err = classify(key, e);
+                    if err.is_transient() && attempt < self.retries {
+                        attempt += 1;
+                        tracing::warn!(key, attempt, error = %err, "transient storage error, retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 4).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Read a whole object.
+    ///
+    /// # Errors
+    /// `Error::MissingObject` when absent, `Error::Storage` otherwise.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let p = Path::from(key);
+        self.retry(key, || async { self.inner.get(&p).await?.bytes().await })
+            .await
+    }
+
+    /// Read part of an object.
+    ///
+    /// # Errors
+    /// As [`Store::get`]; also `Error::Corrupt` when the object is shorter than the range.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let p = Path::from(key);
+        let want = range.end - range.start;
+        let b = self
+            .retry(key, || self.inner.get_range(&p, range.clone()))
+            .await?;
+        if b.len() as u64 != want {
+            return Err(Error::corrupt(
+                key,
+                format!("short read: {} of {want} bytes", b.len()),
+            ));
+        }
+        Ok(b)
+    }
+
+    /// Size and time of an object, or `None` when absent.
+    ///
+    /// # Errors
+    /// `Error::Storage` on failure other than absence.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let p = Path::from(key);
+        match self.retry(key, || self.inner.head(&p)).await {
+            Ok(m) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: m.size,
+                last_modified: m.last_modified,
+            })),
+            Err(Error::MissingObject { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create an object that must not exist yet. When it already exists,
+    /// `verify_existing` decides whether the existing bytes are the ones we
+    /// meant to write (a lost response to our own earlier attempt): if so
+    /// this is success, otherwise `Error::Storage`.
+    ///
+    /// # Errors
+    /// `Error::Storage` when the write fails or a different object holds the name.
+    pub async fn put_create(
+        &self,
+        key: &str,
+        data: Bytes,
+        verify_existing: impl Fn(&[u8]) -> bool,
+    ) -> Result<()> {
+        let p = Path::from(key);
+        let use_create = self
+            .create_supported
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mode = if use_create {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let res = self
+            .retry(key, || {
+                self.inner.put_opts(
+                    &p,
+                    PutPayload::from_bytes(data.clone()),
+                    PutOptions {
+                        mode: mode.clone(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(Error::Storage { message, .. }) if message.starts_with("already exists") => {
+                let existing = self.get(key).await?;
+                if verify_existing(&existing) {
+                    Ok(())
+                } else {
+                    Err(Error::Storage {
+                        path: key.to_string(),
+                        message: "a different object already exists under this name".into(),
+                        transient: false,
+                    })
+                }
+            }
+            Err(Error::Storage { message, .. })
+                if use_create && message.starts_with("not implemented") =>
+            {
+                // The store has no create-only writes. Content-addressed
+                // objects make an overwrite with identical bytes harmless.
+                tracing::info!(location = %self.location, "store lacks create-only writes; using plain writes for content-addressed objects");
+                self.create_supported
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                Box::pin(self.put_create(key, data, verify_existing)).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write an object, replacing any existing one (only for objects whose
+    /// replacement is harmless, such as a lease lock we own).
+    ///
+    /// # Errors
+    /// `Error::Storage` on failure.
+    pub async fn put_overwrite(&self, key: &str, data: Bytes) -> Result<()> {
+        let p = Path::from(key);
+        self.retry(key, || {
+            self.inner.put(&p, PutPayload::from_bytes(data.clone()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Delete an object; deleting an absent object succeeds.
+    ///
+    /// # Errors
+    /// `Error::Storage` on failure.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let p = Path::from(key);
+        match self.retry(key, || self.inner.delete(&p)).await {
+            Ok(()) | Err(Error::MissingObject { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// List every object under a prefix (e.g. `snapshots`).
+    ///
+    /// # Errors
+    /// `Error::Storage` on failure.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let p = Path::from(prefix);
+        let mut attempt = 0;
+        loop {
+            let mut out = Vec::new();
+            let mut s = self.inner.list(Some(&p));
+            let mut failed = None;
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(m) => out.push(ObjectInfo {
+                        key: m.location.to_string(),
+                        size: m.size,
+                        last_modified: m.last_modified,
+                    }),
+                    Err(e) => {
+                        failed = Some(classify(prefix, e));
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Ok(out),
+                Some(e) if e.is_transient() && attempt < self.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Some(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Map an `object_store` error to the engine's classification.
+fn classify(key: &str, e: object_store::Error) -> Error {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => Error::MissingObject {
+            what: format!("object {key}"),
+        },
+        E::AlreadyExists { .. } => Error::Storage {
+            path: key.into(),
+            message: "already exists".into(),
+            transient: false,
+        },
+        E::NotImplemented { .. } | E::NotSupported { .. } => Error::Storage {
+            path: key.into(),
+            message: format!("not implemented by this store: {e}"),
+            transient: false,
+        },
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::Precondition { .. } => Error::Storage {
+            path: key.into(),
+            message: e.to_string(),
+            transient: false,
+        },
+        other => {
+            let msg = other.to_string();
+            // Disk full and read-only file systems do not heal by retrying.
+            let permanent = msg.contains("No space left") || msg.contains("Read-only file system");
+            Error::Storage {
+                path: key.into(),
+                message: msg,
+                transient: !permanent,
+            }
+        }
+    }
+}

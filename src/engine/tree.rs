@@ -1,0 +1,241 @@
+//! Trees: one blob per directory, listing its entries sorted by name.
+//!
+//! Names are raw bytes (Unix file names need not be UTF-8). Decoding
+//! validates every name, because a tree may come from a hostile or damaged
+//! repository and names are later joined onto a restore target: empty names,
+//! `.`, `..`, and names containing `/` or NUL are refused, as are duplicates.
+
+use serde::{Deserialize, Serialize};
+
+use super::id::BlobId;
+
+/// Kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// Regular file.
+    File,
+    /// Directory (see `subtree`).
+    Dir,
+    /// Symbolic link (see `link_target`).
+    Symlink,
+    /// Block device (see `rdev`).
+    BlockDev,
+    /// Character device (see `rdev`).
+    CharDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket (recorded; not recreated on restore).
+    Socket,
+}
+
+/// One directory entry with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// File name, raw bytes.
+    pub name: Vec<u8>,
+    /// Kind.
+    pub kind: NodeKind,
+    /// Permission bits and special bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch (change detection only).
+    pub ctime_ns: i64,
+    /// Inode number at backup time (change detection and hard links).
+    pub inode: u64,
+    /// Device of the containing file system at backup time.
+    pub dev: u64,
+    /// Size in bytes (files) or 0.
+    pub size: u64,
+    /// Content chunks, in order (files).
+    pub content: Vec<BlobId>,
+    /// The directory's own tree (directories).
+    pub subtree: Option<BlobId>,
+    /// Link target, raw bytes (symlinks).
+    pub link_target: Option<Vec<u8>>,
+    /// Device number (block and character devices).
+    pub rdev: u64,
+    /// Set on every path of a hard-linked file: the inode-derived group key;
+    /// paths sharing it are restored as hard links of one file.
+    pub hardlink: Option<u64>,
+}
+
+impl Node {
+    /// A node with all metadata zero, for building trees in tests and tools.
+    pub fn new(name: impl Into<Vec<u8>>, kind: NodeKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            dev: 0,
+            size: 0,
+            content: Vec::new(),
+            subtree: None,
+            link_target: None,
+            rdev: 0,
+            hardlink: None,
+        }
+    }
+
+    /// The name for display (lossy UTF-8).
+    pub fn display_name(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+}
+
+/// A directory listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Encoding version (1).
+    pub version: u8,
+    /// Entries sorted by name bytes.
+    pub nodes: Vec<Node>,
+}
+
+/// Why a name is unsafe to restore.
+pub fn check_name(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty file name".into());
+    }
+    if name == b"." || name == b".." {
+        return Err(format!(
+            "file name `{}` is not allowed",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(format!(
+            "file name `{}` contains a path separator or NUL",
+            String::from_utf8_lossy(name).escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// Encode (sorting the nodes by name first).
+    pub fn encode(mut self) -> Vec<u8> {
+        self.version = 1;
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        postcard::to_stdvec(&self).expect("trees always serialize")
+    }
+
+    /// Decode and validate a tree blob.
+    ///
+    /// # Errors
+    /// A message naming the problem: undecodable bytes, unknown version,
+    /// an unsafe or duplicate name, or a node missing its required field.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let t: Tree = postcard::from_bytes(bytes).map_err(|e| format!("undecodable tree: {e}"))?;
+        if t.version != 1 {
+            return Err(format!("unknown tree version {}", t.version));
+        }
+        for (i, n) in t.nodes.iter().enumerate() {
+            check_name(&n.name)?;
+            if i > 0 && t.nodes[i - 1].name >= n.name {
+                return Err(format!(
+                    "tree entries unsorted or duplicated at `{}`",
+                    n.display_name()
+                ));
+            }
+            match n.kind {
+                NodeKind::Dir if n.subtree.is_none() => {
+                    return Err(format!("directory `{}` has no subtree", n.display_name()));
+                }
+                NodeKind::Symlink if n.link_target.is_none() => {
+                    return Err(format!("symlink `{}` has no target", n.display_name()));
+                }
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::id::random_bytes;
+    use proptest::prelude::*;
+
+    fn arb_node() -> impl Strategy<Value = Node> {
+        (
+            proptest::collection::vec(1u8..=255, 1..20)
+                .prop_filter("safe", |n| check_name(n).is_ok()),
+            0u8..7,
+            any::<u32>(),
+            any::<i64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..4),
+        )
+            .prop_map(|(name, k, mode, t, size, content)| {
+                let kind = [
+                    NodeKind::File,
+                    NodeKind::Dir,
+                    NodeKind::Symlink,
+                    NodeKind::BlockDev,
+                    NodeKind::CharDev,
+                    NodeKind::Fifo,
+                    NodeKind::Socket,
+                ][k as usize];
+                let mut n = Node::new(name, kind);
+                n.mode = mode;
+                n.mtime_ns = t;
+                n.size = size;
+                n.content = content.into_iter().map(BlobId).collect();
+                if kind == NodeKind::Dir {
+                    n.subtree = Some(BlobId(random_bytes()));
+                }
+                if kind == NodeKind::Symlink {
+                    n.link_target = Some(b"../x".to_vec());
+                }
+                n
+            })
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [&b".."[..], b".", b"", b"a/b", b"/etc", b"x\0y"] {
+            let t = Tree {
+                version: 1,
+                nodes: vec![Node::new(bad.to_vec(), NodeKind::File)],
+            };
+            let raw = postcard::to_stdvec(&t).unwrap();
+            assert!(Tree::decode(&raw).is_err(), "{bad:?} accepted");
+        }
+        let dup = Tree {
+            version: 1,
+            nodes: vec![
+                Node::new("a", NodeKind::File),
+                Node::new("a", NodeKind::File),
+            ],
+        };
+        assert!(Tree::decode(&postcard::to_stdvec(&dup).unwrap()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn tree_round_trip(nodes in proptest::collection::vec(arb_node(), 0..10)) {
+            let mut nodes = nodes;
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes.dedup_by(|a, b| a.name == b.name);
+            let t = Tree { version: 1, nodes };
+            let enc = t.clone().encode();
+            prop_assert_eq!(Tree::decode(&enc).unwrap(), t);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..500)) {
+            let _ = Tree::decode(&data);
+        }
+    }
+}

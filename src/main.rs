@@ -1,0 +1,20 @@
+//! `cadang`: parse the command line, set up logging, run.
+
+use clap::Parser;
+
+fn main() {
+    let cli = cadang::cli::Cli::parse();
+    let default = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CADANG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let code = cadang::cli::run(cli);
+    std::process::exit(code as i32);
+}
