@@ -201,7 +201,7 @@ mod tests {
             "chunk boundaries changed: {cuts:?}"
         );
     }
-    const GOLDEN_SMALL: &str = "8f0d0b0f3e7c1b62";
+    const GOLDEN_SMALL: &str = "247b7ec29b05d2d2";
 
     #[test]
     fn seed_changes_boundaries() {

@@ -366,6 +366,17 @@ mod tests {
     }
 
     #[test]
+    fn key_derivation_is_frozen() {
+        // Pinned: changing a context string or the derivation would make every
+        // existing repository unreadable. Never "fix" by updating the values.
+        let k = Keys::from_secret(MasterSecret([7u8; 32]));
+        assert_eq!(k.blob_id(b"cadang").to_hex()[..16], *PINNED_ID);
+        assert_eq!(k.id_keys().chunker_seed, PINNED_SEED);
+    }
+    const PINNED_ID: &str = "cb3c798ba32802ae";
+    const PINNED_SEED: u64 = 7581740276526407372;
+
+    #[test]
     fn debug_never_shows_secrets() {
         let k = Keys::from_secret(MasterSecret::generate());
         let s = format!("{k:?} {:?} {:?}", k.secret(), k.id_keys());
