@@ -14,6 +14,7 @@ use super::error::{Error, Result};
 use super::id::{BlobId, PackId, SnapshotId};
 use super::index::Index;
 use super::pack::{open_blob, read_pack_header};
+
 use super::repo::{Repository, pack_key};
 use super::tree::NodeKind;
 
@@ -117,45 +118,54 @@ pub struct CheckOptions {
     pub read_data: ReadData,
 }
 
-/// Read one pack fully and verify it against the index. Retries twice so a
-/// one-off garbled read is not reported as damage.
-fn verify_pack(
-    repo: &Repository,
-    index_entries: &[super::pack::PackEntry],
-    pack: &PackId,
-) -> std::result::Result<bool, String> {
-    let mut last = String::new();
+/// Read one pack fully and verify it: its hash, its header, and every
+/// indexed blob on its own, so damage is attributed to exactly the blobs
+/// (and so files) it hits. Retries twice so a one-off garbled read is not
+/// reported as damage. On failure returns the problem and the damaged blobs.
+fn verify_pack(repo: &Repository, index_entries: &[super::pack::PackEntry], pack: &PackId) -> std::result::Result<bool, (String, Vec<BlobId>)> {
+    let mut last = (String::new(), Vec::new());
     for attempt in 0..3 {
-        let res = (|| -> std::result::Result<(), String> {
-            let bytes = repo.read_pack(pack).map_err(|e| e.to_string())?;
-            let header = read_pack_header(repo.keys(), pack, &bytes).map_err(|e| e.to_string())?;
-            let in_header: HashMap<BlobId, &super::pack::PackEntry> =
-                header.iter().map(|e| (e.id, e)).collect();
-            for e in index_entries {
-                let Some(h) = in_header.get(&e.id) else {
-                    return Err(format!(
-                        "blob {} is indexed but not in the pack header",
-                        e.id.short()
-                    ));
-                };
-                if h.offset != e.offset || h.length != e.length || h.ty != e.ty {
-                    return Err(format!(
-                        "blob {} is indexed at a different place than the pack header says",
-                        e.id.short()
-                    ));
+        let bytes = match repo.read_pack(pack) {
+            Ok(b) => b,
+            Err(e) => {
+                last = (e.to_string(), index_entries.iter().map(|e| e.id).collect());
+                continue;
+            }
+        };
+        let mut problems = Vec::new();
+        if *blake3::hash(&bytes).as_bytes() != pack.0 {
+            problems.push("content does not match its name (hash mismatch)".to_string());
+        }
+        match super::pack::parse_header(repo.keys(), "pack", &bytes) {
+            Ok(header) => {
+                let in_header: HashMap<BlobId, &super::pack::PackEntry> = header.iter().map(|e| (e.id, e)).collect();
+                let disagree = index_entries
+                    .iter()
+                    .filter(|e| in_header.get(&e.id).is_none_or(|h| h.offset != e.offset || h.length != e.length || h.ty != e.ty))
+                    .count();
+                if disagree > 0 {
+                    problems.push(format!("{disagree} indexed blob(s) disagree with the pack header"));
                 }
             }
-            for e in &header {
-                let env = &bytes[e.offset as usize..e.offset as usize + e.length as usize];
-                open_blob(repo.keys(), e.ty, &e.id, e.raw_length, env)
-                    .map_err(|err| err.to_string())?;
-            }
-            Ok(())
-        })();
-        match res {
-            Ok(()) => return Ok(attempt > 0),
-            Err(e) => last = e,
+            Err(e) => problems.push(format!("header unreadable: {e}")),
         }
+        let bad: Vec<BlobId> = index_entries
+            .iter()
+            .filter(|e| {
+                let env = bytes.get(e.offset as usize..e.offset as usize + e.length as usize);
+                env.is_none_or(|env| open_blob(repo.keys(), e.ty, &e.id, e.raw_length, env).is_err())
+            })
+            .map(|e| e.id)
+            .collect();
+        if problems.is_empty() && bad.is_empty() {
+            return Ok(attempt > 0);
+        }
+        if bad.is_empty() {
+            problems.push("all blobs are intact (only the pack's header or trailer is damaged)".into());
+        } else {
+            problems.push(format!("{} of {} blobs damaged", bad.len(), index_entries.len()));
+        }
+        last = (problems.join("; "), bad);
     }
     Err(last)
 }
@@ -185,6 +195,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
 
     // Structure: indexed packs exist and are long enough; unindexed packs are orphans.
     let mut bad: BTreeMap<PackId, String> = BTreeMap::new();
+    let mut bad_blobs: HashMap<BlobId, PackId> = HashMap::new();
     for (pack, entries) in &by_pack {
         let key = pack_key(pack);
         match listed.get(&key) {
@@ -223,7 +234,8 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         .filter(|p| !bad.contains_key(*p) && opts.read_data.selects(p))
         .collect();
     rep.packs_read = selected.len();
-    let results: Vec<(PackId, std::result::Result<bool, String>)> = selected
+    let selected_set: HashSet<PackId> = selected.iter().map(|p| **p).collect();
+    let results: Vec<(PackId, std::result::Result<bool, (String, Vec<BlobId>)>)> = selected
         .par_iter()
         .map(|p| (**p, verify_pack(repo, &by_pack[*p], p)))
         .collect();
@@ -234,18 +246,20 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
                 p.short()
             )),
             Ok(false) => {}
-            Err(e) => {
+            Err((e, blobs)) => {
                 bad.insert(p, e);
+                bad_blobs.extend(blobs.into_iter().map(|b| (b, p)));
             }
         }
     }
 
     // Trees: every snapshot's trees load and every referenced blob is indexed.
-    let bad_blobs: HashMap<BlobId, PackId> = index
-        .iter()
-        .filter(|(_, p, _)| bad.contains_key(p))
-        .map(|(id, p, _)| (*id, p))
-        .collect();
+    // Missing and truncated packs lose every blob they hold.
+    for (id, p, _) in index.iter() {
+        if bad.contains_key(&p) && !bad_blobs.contains_key(id) && !selected_set.contains(&p) {
+            bad_blobs.insert(*id, p);
+        }
+    }
     let mut affected: HashMap<PackId, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     let mut missing_blobs = 0usize;

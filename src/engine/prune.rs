@@ -307,11 +307,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
     if !marked.is_empty() || old_ids.len() > 1 {
-        let (now_index, _) = repo.load_index()?;
         old_ids = repo.list_index_ids()?;
         let marked_ids: HashSet<PackId> = marked.iter().map(|m| m.id).collect();
-        let mut grouped: HashMap<PackId, Vec<PackEntry>> = now_index.by_pack();
-        grouped.retain(|p, _| !marked_ids.contains(p));
+        let (now_index, _) = repo.load_index_filtered(|p| !marked_ids.contains(p))?;
+        let grouped: HashMap<PackId, Vec<PackEntry>> = now_index.by_pack();
         let consolidated = IndexFile {
             version: 1,
             packs: grouped

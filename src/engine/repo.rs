@@ -485,6 +485,16 @@ impl Repository {
     /// # Errors
     /// Storage errors while listing.
     pub fn load_index(&self) -> Result<(Index, Vec<(IndexId, Error)>)> {
+        self.load_index_filtered(|_| true)
+    }
+
+    /// Load the index, leaving out packs for which `keep` is false (prune
+    /// uses this to build an index without the packs it marks, so that a
+    /// blob copied to a new pack is found there and not at its old place).
+    ///
+    /// # Errors
+    /// Storage errors while listing.
+    pub fn load_index_filtered(&self, keep: impl Fn(&PackId) -> bool) -> Result<(Index, Vec<(IndexId, Error)>)> {
         let ids = self.list_index_ids()?;
         let mut files = Vec::new();
         let mut bad = Vec::new();
@@ -501,7 +511,9 @@ impl Repository {
         let mut idx = Index::new();
         for (id, f) in &files {
             if !superseded.contains(id) {
-                idx.add_file(f);
+                for p in f.packs.iter().filter(|p| keep(&p.id)) {
+                    idx.add_pack(p.id, &p.blobs);
+                }
             }
         }
         Ok((idx, bad))

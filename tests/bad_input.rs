@@ -1,0 +1,140 @@
+//! Bad input gets a clear message and the right exit code.
+
+mod common;
+use common::*;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn wrong_password_missing_repo_and_unknown_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = repo.to_str().unwrap();
+    // Not a repository: exit 10.
+    let o = run(cadang(r).arg("snapshots"), 10);
+    assert!(stderr(&o).contains("not a cadang repository"));
+    run(cadang(r).arg("init"), 0);
+    // Wrong password: exit 12, and the password never appears.
+    let o = run(cadang(r).arg("snapshots").env("CADANG_PASSWORD", "hunter2-wrong"), 12);
+    assert!(stderr(&o).contains("wrong password"));
+    assert!(!stderr(&o).contains("hunter2"));
+    // Password from a file works; a missing file is explained.
+    let pwf = tmp.path().join("pw");
+    std::fs::write(&pwf, format!("{PASSWORD}\n")).unwrap();
+    run(cadang(r).arg("snapshots").env_remove("CADANG_PASSWORD").arg("--password-file").arg(&pwf), 0);
+    let o = run(cadang(r).arg("snapshots").env_remove("CADANG_PASSWORD").arg("--password-file").arg(tmp.path().join("nope")), 1);
+    assert!(stderr(&o).contains("cannot read password file"));
+    // No password and no terminal.
+    let o = run(cadang(r).arg("snapshots").env_remove("CADANG_PASSWORD"), 1);
+    assert!(stderr(&o).contains("no password given"));
+    // A future format version is refused before any key is tried.
+    let cfg = repo.join("config");
+    let mut b = std::fs::read(&cfg).unwrap();
+    b[8] = 2;
+    std::fs::write(&cfg, &b).unwrap();
+    let o = run(cadang(r).arg("snapshots"), 1);
+    assert!(stderr(&o).contains("format version 2 is not supported"), "{}", stderr(&o));
+    b[8] = 1;
+    std::fs::write(&cfg, &b).unwrap();
+    // An edited key slot: the repository cannot be opened, clearly.
+    for e in std::fs::read_dir(repo.join("keys")).unwrap() {
+        let p = e.unwrap().path();
+        let s = std::fs::read_to_string(&p).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let sealed = v["sealed_secret"].as_str().unwrap();
+        let flipped = format!("{}{}", if sealed.starts_with('0') { "1" } else { "0" }, &sealed[1..]);
+        std::fs::write(&p, s.replace(sealed, &flipped)).unwrap();
+    }
+    let o = run(cadang(r).arg("snapshots"), 12);
+    assert!(stderr(&o).contains("no key slot matches"));
+}
+
+#[test]
+fn unreadable_and_missing_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("repo");
+    let r = r.to_str().unwrap();
+    run(cadang(r).arg("init"), 0);
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("ok"), b"fine").unwrap();
+    // A file whose read fails. As root, permissions do not stop reads, so
+    // use /proc/self/mem (reading offset 0 fails with EIO) in that case.
+    let bad = if unsafe { libc::geteuid() } == 0 {
+        std::path::PathBuf::from("/proc/self/mem")
+    } else {
+        let p = src.join("locked");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        p
+    };
+    let o = run(cadang(r).args(["backup", "--json"]).arg(&src).arg(&bad), 3);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("\"message_type\":\"error\""), "{text}");
+    assert!(text.contains(bad.to_str().unwrap()));
+    let sum = last_json(&o);
+    assert_eq!(sum["files_failed"], 1);
+    assert_eq!(sum["partial"], true);
+    // The snapshot still holds the readable file.
+    let o = run(cadang(r).args(["ls", "latest"]), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/ok"));
+
+    // A source path that does not exist: failure, named.
+    let o = run(cadang(r).arg("backup").arg(tmp.path().join("nope")), 1);
+    assert!(stderr(&o).contains("nope"));
+    // Malformed options are explained.
+    let o = run(cadang(r).args(["check", "--read-data-subset", "5/3"]), 1);
+    assert!(stderr(&o).contains("1 ≤ N ≤ T"));
+    let o = run(cadang(r).args(["forget"]), 1);
+    assert!(stderr(&o).contains("no policy given"));
+    let o = run(cadang(r).args(["forget", "--keep-within", "3x"]), 1);
+    assert!(stderr(&o).contains("unknown unit"));
+    let o = run(cadang(r).args(["restore", "zz", "--target", "/tmp/x"]), 1);
+    assert!(stderr(&o).contains("not a snapshot id"));
+    let o = run(cadang(r).args(["backup", "--exclude", "a[", "/tmp"]), 1);
+    assert!(stderr(&o).contains("exclude pattern"));
+    let o = run(cadang("ftp://example/x").arg("snapshots"), 1);
+    assert!(stderr(&o).contains("unsupported repository location"));
+}
+
+#[test]
+fn keys_add_list_remove_and_forget_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("repo");
+    let r = r.to_str().unwrap();
+    run(cadang(r).arg("init"), 0);
+    let np = tmp.path().join("np");
+    std::fs::write(&np, "second password").unwrap();
+    run(cadang(r).args(["key", "add", "--new-password-file"]).arg(&np), 0);
+    run(cadang(r).arg("snapshots").env("CADANG_PASSWORD", "second password"), 0);
+    let keys = last_json(&run(cadang(r).args(["key", "list", "--json"]), 0));
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let current = keys.iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let other = keys.iter().find(|k| k["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
+    let o = run(cadang(r).args(["key", "remove", &current]), 1);
+    assert!(stderr(&o).contains("refusing to remove"));
+    run(cadang(r).args(["key", "remove", &other[..8]]), 0);
+    run(cadang(r).arg("snapshots").env("CADANG_PASSWORD", "second password"), 12);
+
+    // forget: keep-last 2 of 4 snapshots, dry run first changes nothing.
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..4 {
+        std::fs::write(src.join("f"), format!("v{i}")).unwrap();
+        run(cadang(r).args(["backup", "-q"]).arg(&src), 0);
+    }
+    run(cadang(r).args(["forget", "--keep-last", "2", "--dry-run"]), 0);
+    assert_eq!(last_json(&run(cadang(r).args(["snapshots", "--json"]), 0)).as_array().unwrap().len(), 4);
+    run(cadang(r).args(["forget", "--keep-last", "2", "--prune", "--grace", "0"]), 0);
+    let snaps = last_json(&run(cadang(r).args(["snapshots", "--json"]), 0));
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    run(cadang(r).args(["check", "--read-data"]), 0);
+    let t = tmp.path().join("out");
+    run(cadang(r).args(["restore", "latest", "--target"]).arg(&t), 0);
+    assert_eq!(std::fs::read_to_string(restored_path(&t, &src).join("f")).unwrap(), "v3");
+    // unlock with no locks is fine.
+    run(cadang(r).args(["unlock"]), 0);
+}

@@ -1,0 +1,96 @@
+//! The same round trip against a real S3 protocol server (s3s-fs) started by
+//! the test on 127.0.0.1, through the real binary and object_store's S3 client.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+
+/// Start an S3 server over a directory; returns its address. The server
+/// lives on its own runtime thread until the process ends.
+fn start_s3(root: &std::path::Path) -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+    let root = root.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let fs = s3s_fs::FileSystem::new(&root).unwrap();
+            let mut b = s3s::service::S3ServiceBuilder::new(fs);
+            b.set_auth(s3s::auth::SimpleAuth::from_single("testkey", "testsecret"));
+            let service = b.build();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                let conn = http.serve_connection(TokioIo::new(sock), service.clone()).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn s3_cmd(repo: &str, addr: SocketAddr) -> std::process::Command {
+    let mut c = cadang(repo);
+    c.env("AWS_ACCESS_KEY_ID", "testkey")
+        .env("AWS_SECRET_ACCESS_KEY", "testsecret")
+        .env("AWS_REGION", "us-east-1")
+        .env("CADANG_S3_ENDPOINT", format!("http://{addr}"));
+    c
+}
+
+#[test]
+fn round_trip_on_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3root = tmp.path().join("s3");
+    std::fs::create_dir_all(s3root.join("backups")).unwrap();
+    let addr = start_s3(&s3root);
+    let src = tmp.path().join("src");
+    edge_case_tree(&src, 40);
+    let repo = "s3://backups/agency-a/main";
+
+    run(s3_cmd(repo, addr).arg("init"), 0);
+    // A second init must refuse to overwrite.
+    let out = run(s3_cmd(repo, addr).arg("init"), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = run(s3_cmd(repo, addr).args(["backup", "--json"]).arg(&src), 0);
+    assert_eq!(last_json(&out)["files_failed"], 0);
+    // Objects really are in the bucket, under the prefix, with the documented layout.
+    let base = s3root.join("backups/agency-a/main");
+    assert!(base.join("config").is_file());
+    assert!(base.join("keys").read_dir().unwrap().count() == 1);
+    assert!(base.join("data").read_dir().unwrap().count() >= 1);
+    assert!(base.join("index").read_dir().unwrap().count() >= 1);
+    assert!(base.join("snapshots").read_dir().unwrap().count() == 1);
+
+    let target = tmp.path().join("restore");
+    let out = run(s3_cmd(repo, addr).args(["restore", "latest", "--verify", "--json", "--target"]).arg(&target), 0);
+    assert_eq!(last_json(&out)["success"], true);
+    assert_same_tree(&src, &restored_path(&target, &src));
+    run(s3_cmd(repo, addr).args(["check", "--read-data"]), 0);
+
+    // Copy to a local replica that shares keys, then restore from the replica.
+    let replica = tmp.path().join("replica");
+    let replica = replica.to_str().unwrap();
+    let mut c = cadang(replica);
+    c.args(["init", "--from-repo", repo])
+        .env("CADANG_FROM_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", "testkey")
+        .env("AWS_SECRET_ACCESS_KEY", "testsecret")
+        .env("CADANG_S3_ENDPOINT", format!("http://{addr}"));
+    run(&mut c, 0);
+    let out = run(s3_cmd(repo, addr).args(["copy", "--json", "--to", replica]).env("CADANG_TO_PASSWORD", PASSWORD), 0);
+    assert_eq!(last_json(&out)["copied"].as_array().unwrap().len(), 1);
+    // Copying again adds nothing.
+    let out = run(s3_cmd(repo, addr).args(["copy", "--json", "--to", replica]).env("CADANG_TO_PASSWORD", PASSWORD), 0);
+    assert_eq!(last_json(&out)["copied"].as_array().unwrap().len(), 0);
+    let t2 = tmp.path().join("from-replica");
+    run(cadang(replica).args(["restore", "latest", "--verify", "--target"]).arg(&t2), 0);
+    assert_same_tree(&src, &restored_path(&t2, &src));
+    run(cadang(replica).args(["check", "--read-data"]), 0);
+}
