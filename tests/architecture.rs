@@ -11,7 +11,10 @@ fn sources(dir: &str) -> Vec<(String, String)> {
             if p.is_dir() {
                 walk(&p, out);
             } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
             }
         }
     }
@@ -23,8 +26,22 @@ fn sources(dir: &str) -> Vec<(String, String)> {
 #[test]
 fn engine_imports_nothing_above_it() {
     for (path, text) in sources("src/engine") {
-        for banned in ["crate::cli", "crate::workflow", "crate::catalog", "crate::app", "crate::rpc", "clap::", "sqlx", "tonic", "tokio_cron_scheduler", "indicatif"] {
-            assert!(!text.contains(banned), "{path} mentions `{banned}`: the engine must not depend on upper layers");
+        for banned in [
+            "crate::cli",
+            "crate::workflow",
+            "crate::catalog",
+            "crate::app",
+            "crate::rpc",
+            "clap::",
+            "sqlx",
+            "tonic",
+            "tokio_cron_scheduler",
+            "indicatif",
+        ] {
+            assert!(
+                !text.contains(banned),
+                "{path} mentions `{banned}`: the engine must not depend on upper layers"
+            );
         }
     }
 }
@@ -35,8 +52,21 @@ fn workflow_is_pure() {
         if path.ends_with("tests.rs") {
             continue; // tests load the TOML files from disk
         }
-        for banned in ["std::fs", "tokio", "Utc::now", "Local::now", "SystemTime::now", "crate::engine", "crate::cli", "sqlx", "std::net"] {
-            assert!(!text.contains(banned), "{path} mentions `{banned}`: the workflow must stay pure (no I/O, no clock)");
+        for banned in [
+            "std::fs",
+            "tokio",
+            "Utc::now",
+            "Local::now",
+            "SystemTime::now",
+            "crate::engine",
+            "crate::cli",
+            "sqlx",
+            "std::net",
+        ] {
+            assert!(
+                !text.contains(banned),
+                "{path} mentions `{banned}`: the workflow must stay pure (no I/O, no clock)"
+            );
         }
     }
 }

@@ -17,14 +17,33 @@ fn wrong_password_missing_repo_and_unknown_version() {
     assert!(stderr(&o).contains("not a cadang repository"));
     run(cadang(r).arg("init"), 0);
     // Wrong password: exit 12, and the password never appears.
-    let o = run(cadang(r).arg("snapshots").env("CADANG_PASSWORD", "hunter2-wrong"), 12);
+    let o = run(
+        cadang(r)
+            .arg("snapshots")
+            .env("CADANG_PASSWORD", "hunter2-wrong"),
+        12,
+    );
     assert!(stderr(&o).contains("wrong password"));
     assert!(!stderr(&o).contains("hunter2"));
     // Password from a file works; a missing file is explained.
     let pwf = tmp.path().join("pw");
     std::fs::write(&pwf, format!("{PASSWORD}\n")).unwrap();
-    run(cadang(r).arg("snapshots").env_remove("CADANG_PASSWORD").arg("--password-file").arg(&pwf), 0);
-    let o = run(cadang(r).arg("snapshots").env_remove("CADANG_PASSWORD").arg("--password-file").arg(tmp.path().join("nope")), 1);
+    run(
+        cadang(r)
+            .arg("snapshots")
+            .env_remove("CADANG_PASSWORD")
+            .arg("--password-file")
+            .arg(&pwf),
+        0,
+    );
+    let o = run(
+        cadang(r)
+            .arg("snapshots")
+            .env_remove("CADANG_PASSWORD")
+            .arg("--password-file")
+            .arg(tmp.path().join("nope")),
+        1,
+    );
     assert!(stderr(&o).contains("cannot read password file"));
     // No password and no terminal.
     let o = run(cadang(r).arg("snapshots").env_remove("CADANG_PASSWORD"), 1);
@@ -35,7 +54,11 @@ fn wrong_password_missing_repo_and_unknown_version() {
     b[8] = 2;
     std::fs::write(&cfg, &b).unwrap();
     let o = run(cadang(r).arg("snapshots"), 1);
-    assert!(stderr(&o).contains("format version 2 is not supported"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("format version 2 is not supported"),
+        "{}",
+        stderr(&o)
+    );
     b[8] = 1;
     std::fs::write(&cfg, &b).unwrap();
     // An edited key slot: the repository cannot be opened, clearly.
@@ -44,7 +67,11 @@ fn wrong_password_missing_repo_and_unknown_version() {
         let s = std::fs::read_to_string(&p).unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         let sealed = v["sealed_secret"].as_str().unwrap();
-        let flipped = format!("{}{}", if sealed.starts_with('0') { "1" } else { "0" }, &sealed[1..]);
+        let flipped = format!(
+            "{}{}",
+            if sealed.starts_with('0') { "1" } else { "0" },
+            &sealed[1..]
+        );
         std::fs::write(&p, s.replace(sealed, &flipped)).unwrap();
     }
     let o = run(cadang(r).arg("snapshots"), 12);
@@ -107,17 +134,38 @@ fn keys_add_list_remove_and_forget_policy() {
     run(cadang(r).arg("init"), 0);
     let np = tmp.path().join("np");
     std::fs::write(&np, "second password").unwrap();
-    run(cadang(r).args(["key", "add", "--new-password-file"]).arg(&np), 0);
-    run(cadang(r).arg("snapshots").env("CADANG_PASSWORD", "second password"), 0);
+    run(
+        cadang(r)
+            .args(["key", "add", "--new-password-file"])
+            .arg(&np),
+        0,
+    );
+    run(
+        cadang(r)
+            .arg("snapshots")
+            .env("CADANG_PASSWORD", "second password"),
+        0,
+    );
     let keys = last_json(&run(cadang(r).args(["key", "list", "--json"]), 0));
     let keys = keys.as_array().unwrap();
     assert_eq!(keys.len(), 2);
-    let current = keys.iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
-    let other = keys.iter().find(|k| k["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
+    let current = keys.iter().find(|k| k["current"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = keys.iter().find(|k| k["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let o = run(cadang(r).args(["key", "remove", &current]), 1);
     assert!(stderr(&o).contains("refusing to remove"));
     run(cadang(r).args(["key", "remove", &other[..8]]), 0);
-    run(cadang(r).arg("snapshots").env("CADANG_PASSWORD", "second password"), 12);
+    run(
+        cadang(r)
+            .arg("snapshots")
+            .env("CADANG_PASSWORD", "second password"),
+        12,
+    );
 
     // forget: keep-last 2 of 4 snapshots, dry run first changes nothing.
     let src = tmp.path().join("src");
@@ -126,15 +174,30 @@ fn keys_add_list_remove_and_forget_policy() {
         std::fs::write(src.join("f"), format!("v{i}")).unwrap();
         run(cadang(r).args(["backup", "-q"]).arg(&src), 0);
     }
-    run(cadang(r).args(["forget", "--keep-last", "2", "--dry-run"]), 0);
-    assert_eq!(last_json(&run(cadang(r).args(["snapshots", "--json"]), 0)).as_array().unwrap().len(), 4);
-    run(cadang(r).args(["forget", "--keep-last", "2", "--prune", "--grace", "0"]), 0);
+    run(
+        cadang(r).args(["forget", "--keep-last", "2", "--dry-run"]),
+        0,
+    );
+    assert_eq!(
+        last_json(&run(cadang(r).args(["snapshots", "--json"]), 0))
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    run(
+        cadang(r).args(["forget", "--keep-last", "2", "--prune", "--grace", "0"]),
+        0,
+    );
     let snaps = last_json(&run(cadang(r).args(["snapshots", "--json"]), 0));
     assert_eq!(snaps.as_array().unwrap().len(), 2);
     run(cadang(r).args(["check", "--read-data"]), 0);
     let t = tmp.path().join("out");
     run(cadang(r).args(["restore", "latest", "--target"]).arg(&t), 0);
-    assert_eq!(std::fs::read_to_string(restored_path(&t, &src).join("f")).unwrap(), "v3");
+    assert_eq!(
+        std::fs::read_to_string(restored_path(&t, &src).join("f")).unwrap(),
+        "v3"
+    );
     // unlock with no locks is fine.
     run(cadang(r).args(["unlock"]), 0);
 }

@@ -14,7 +14,11 @@ fn setup(tmp: &Path) -> (std::path::PathBuf, String) {
     std::fs::create_dir_all(&src).unwrap();
     // 24 distinct incompressible files of 5 MiB: several 16 MiB packs.
     for i in 0..24 {
-        std::fs::write(src.join(format!("file{i:02}.bin")), bytes(5 << 20, 1000 + i)).unwrap();
+        std::fs::write(
+            src.join(format!("file{i:02}.bin")),
+            bytes(5 << 20, 1000 + i),
+        )
+        .unwrap();
     }
     std::fs::write(src.join("small.txt"), b"small").unwrap();
     let repo = tmp.join("repo").to_str().unwrap().to_string();
@@ -80,7 +84,10 @@ fn byte_flips_are_detected_named_and_contained() {
     let rep = last_json(&out);
     let damaged = rep["damaged_packs"].as_array().unwrap();
     assert_eq!(damaged.len(), 4, "{rep}");
-    let damaged_names: BTreeSet<String> = damaged.iter().map(|d| d["pack"].as_str().unwrap().to_string()).collect();
+    let damaged_names: BTreeSet<String> = damaged
+        .iter()
+        .map(|d| d["pack"].as_str().unwrap().to_string())
+        .collect();
     for v in victims {
         assert!(damaged_names.contains(v.file_name().unwrap().to_str().unwrap()));
     }
@@ -94,35 +101,65 @@ fn byte_flips_are_detected_named_and_contained() {
             assert!(files.is_empty(), "{d}");
             continue;
         }
-        assert!(!files.is_empty(), "damage must name the affected files: {d}");
+        assert!(
+            !files.is_empty(),
+            "damage must name the affected files: {d}"
+        );
         for f in files {
             let f = f.as_str().unwrap();
             assert!(f.contains("/file"), "{f}");
             affected.insert(f.rsplit('/').next().unwrap().to_string());
         }
     }
-    assert_eq!(snapshot_of_repo(&repo), before, "check must not change the repository");
+    assert_eq!(
+        snapshot_of_repo(&repo),
+        before,
+        "check must not change the repository"
+    );
 
     // Restore: exit 3 (partial), damaged files listed and absent, all others identical.
     let target = tmp.path().join("out");
-    let out = run(cadang(&repo).args(["restore", "latest", "--verify", "--json", "--target"]).arg(&target), 3);
+    let out = run(
+        cadang(&repo)
+            .args(["restore", "latest", "--verify", "--json", "--target"])
+            .arg(&target),
+        3,
+    );
     let r = last_json(&out);
     assert_eq!(r["success"], false);
     let failed: BTreeSet<String> = r["errors"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .map(|e| {
+            e["path"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(failed, affected, "restore must report exactly the files check names");
+    assert_eq!(
+        failed, affected,
+        "restore must report exactly the files check names"
+    );
     let restored = restored_path(&target, &src);
     for e in std::fs::read_dir(&src).unwrap() {
         let name = e.unwrap().file_name().to_str().unwrap().to_string();
         let got = restored.join(&name);
         if failed.contains(&name) {
-            assert!(!got.exists(), "damaged file {name} must not be put in place");
+            assert!(
+                !got.exists(),
+                "damaged file {name} must not be put in place"
+            );
         } else {
-            assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(src.join(&name)).unwrap(), "{name}");
+            assert_eq!(
+                std::fs::read(&got).unwrap(),
+                std::fs::read(src.join(&name)).unwrap(),
+                "{name}"
+            );
         }
     }
 }
@@ -137,9 +174,20 @@ fn missing_and_truncated_packs_found_without_reading_data() {
     std::fs::write(&packs[1], &b[..10]).unwrap();
     let out = run(cadang(&repo).args(["check", "--json"]), 1);
     let rep = last_json(&out);
-    let problems: Vec<String> = rep["damaged_packs"].as_array().unwrap().iter().map(|d| d["problem"].as_str().unwrap().to_string()).collect();
-    assert!(problems.iter().any(|p| p.contains("missing")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("truncated")), "{problems:?}");
+    let problems: Vec<String> = rep["damaged_packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["problem"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("missing")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("truncated")),
+        "{problems:?}"
+    );
     // Prune refuses to touch a damaged repository.
     let out = run(cadang(&repo).args(["prune", "--grace", "0"]), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
@@ -160,6 +208,11 @@ fn corrupted_index_is_reported_and_repaired_from_packs() {
     run(cadang(&repo).args(["repair", "index"]), 0);
     run(cadang(&repo).args(["check", "--read-data"]), 0);
     let target = tmp.path().join("out");
-    run(cadang(&repo).args(["restore", "latest", "--verify", "--target"]).arg(&target), 0);
+    run(
+        cadang(&repo)
+            .args(["restore", "latest", "--verify", "--target"])
+            .arg(&target),
+        0,
+    );
     assert_same_tree(&src, &restored_path(&target, &src));
 }

@@ -15,7 +15,11 @@ use cadang::engine::{OpenOptions, Repository, Store, StoreOptions};
 fn repo_at(rt: &tokio::runtime::Runtime, path: &std::path::Path) -> Repository {
     let store = Store::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
     let opts = OpenOptions {
-        kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
         host: None,
     };
     Repository::init(rt.handle().clone(), store, PASSWORD.as_bytes(), &opts).unwrap()
@@ -74,12 +78,25 @@ fn dot_dot_and_absolute_names_cannot_escape() {
     let repo = repo_at(&rt, &repo_path);
     store_data(&repo, b"pwned");
     let target = tmp.path().join("a/b/target");
-    for name in [&b"../../escaped"[..], b"/tmp/escaped-abs", b"..", b"x/../../escaped2"] {
+    for name in [
+        &b"../../escaped"[..],
+        b"/tmp/escaped-abs",
+        b"..",
+        b"x/../../escaped2",
+    ] {
         let (n, _) = file_node(&repo, name, b"pwned");
         let id = plant(&repo, vec![n], vec![]);
-        let out = run(cadang(repo_path.to_str().unwrap()).args(["restore", &id, "--target"]).arg(&target), 3);
+        let out = run(
+            cadang(repo_path.to_str().unwrap())
+                .args(["restore", &id, "--target"])
+                .arg(&target),
+            3,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not allowed") || err.contains("separator"), "{err}");
+        assert!(
+            err.contains("not allowed") || err.contains("separator"),
+            "{err}"
+        );
     }
     assert!(!tmp.path().join("a/escaped").exists());
     assert!(!tmp.path().join("escaped").exists());
@@ -103,7 +120,10 @@ fn symlink_planted_by_a_restore_is_never_written_through() {
     let s1 = plant(&repo, vec![link], vec![]);
     // Snapshot 2: `a` is a directory holding `x`.
     let (x, _) = file_node(&repo, b"x", b"pwned");
-    let sub = Tree { version: 1, nodes: vec![x] };
+    let sub = Tree {
+        version: 1,
+        nodes: vec![x],
+    };
     let sub_id = repo.blob_id(&postcard::to_stdvec(&sub).unwrap());
     let mut dir = Node::new("a", NodeKind::Dir);
     dir.mode = 0o755;
@@ -113,10 +133,22 @@ fn symlink_planted_by_a_restore_is_never_written_through() {
     let target = tmp.path().join("target");
     let r = repo_path.to_str().unwrap();
     run(cadang(r).args(["restore", &s1, "--target"]).arg(&target), 0);
-    assert!(std::fs::symlink_metadata(target.join("a")).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(target.join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let out = run(cadang(r).args(["restore", &s2, "--target"]).arg(&target), 3);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!outside.join("x").exists(), "restore wrote through a symlink");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !outside.join("x").exists(),
+        "restore wrote through a symlink"
+    );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
@@ -135,8 +167,17 @@ fn a_file_replaced_by_symlink_is_replaced_not_followed() {
     std::os::unix::fs::symlink(&victim, target.join("f")).unwrap();
     let (n, _) = file_node(&repo, b"f", b"fresh");
     let id = plant(&repo, vec![n], vec![]);
-    run(cadang(repo_path.to_str().unwrap()).args(["restore", &id, "--verify", "--target"]).arg(&target), 0);
+    run(
+        cadang(repo_path.to_str().unwrap())
+            .args(["restore", &id, "--verify", "--target"])
+            .arg(&target),
+        0,
+    );
     assert_eq!(std::fs::read(&victim).unwrap(), b"original");
-    assert!(std::fs::symlink_metadata(target.join("f")).unwrap().is_file());
+    assert!(
+        std::fs::symlink_metadata(target.join("f"))
+            .unwrap()
+            .is_file()
+    );
     assert_eq!(std::fs::read(target.join("f")).unwrap(), b"fresh");
 }

@@ -19,7 +19,11 @@ use common::*;
 fn open_new(rt: &tokio::runtime::Runtime, path: &std::path::Path) -> Repository {
     let store = Store::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
     let opts = OpenOptions {
-        kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
         host: None,
     };
     Repository::init(rt.handle().clone(), store, b"pw", &opts).unwrap()
@@ -51,15 +55,36 @@ fn cancelled_backup_is_resumed_without_reupload() {
     };
     let r = backup(&repo, &opts, &BackupProgress::default());
     assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
-    assert!(repo.load_snapshots().unwrap().0.is_empty(), "no snapshot may be committed by a cancelled run");
+    assert!(
+        repo.load_snapshots().unwrap().0.is_empty(),
+        "no snapshot may be committed by a cancelled run"
+    );
     let uploaded = packs.load(Ordering::SeqCst);
     assert!(uploaded >= 5);
     // The repository is valid, and the landed packs are indexed (no orphans).
-    let rep = check(&repo, &CheckOptions { read_data: ReadData::All }).unwrap();
+    let rep = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
     assert!(rep.is_ok(), "{rep:?}");
-    assert!(rep.warnings.iter().all(|w| !w.contains("not referenced")), "{:?}", rep.warnings);
+    assert!(
+        rep.warnings.iter().all(|w| !w.contains("not referenced")),
+        "{:?}",
+        rep.warnings
+    );
 
-    let r2 = backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }, &BackupProgress::default()).unwrap();
+    let r2 = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
     let total = 120u64 << 20;
     let added = r2.snapshot.summary.data_added;
     assert!(
@@ -67,7 +92,17 @@ fn cancelled_backup_is_resumed_without_reupload() {
         "resumed backup added {added} bytes although {uploaded} packs had landed"
     );
     let target = tmp.path().join("out");
-    let res = restore(&repo, &r2.snapshot_id, &RestoreOptions { target: target.clone(), verify: true, ..Default::default() }, &RestoreProgress::default()).unwrap();
+    let res = restore(
+        &repo,
+        &r2.snapshot_id,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
     assert!(res.is_success());
     assert_same_tree(&src, &restored_path(&target, &src));
 }
@@ -81,13 +116,28 @@ fn prune_two_phases_keep_data_of_a_concurrent_backup() {
     std::fs::write(src.join("a"), bytes(5 << 20, 1)).unwrap();
     std::fs::write(src.join("b"), bytes(5 << 20, 2)).unwrap();
     let repo = open_new(&rt, &tmp.path().join("repo"));
-    let b1 = backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }, &BackupProgress::default()).unwrap();
+    let b1 = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
     let snap1: Snapshot = repo.load_snapshot(&b1.snapshot_id).unwrap();
 
     // Forget the only snapshot, then prune phase 1: packs are marked, not deleted.
     repo.delete_snapshot(&b1.snapshot_id).unwrap();
     let t0 = chrono::Utc::now();
-    let r = prune(&repo, &PruneOptions { now: t0, ..Default::default() }).unwrap();
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            now: t0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(r.packs_marked >= 1);
     assert_eq!(r.packs_deleted, 0);
     let data_before = repo.list_objects("data").unwrap().len();
@@ -100,23 +150,67 @@ fn prune_two_phases_keep_data_of_a_concurrent_backup() {
     let late_id = repo.save_snapshot(&late).unwrap();
 
     // Within the grace period nothing is deleted.
-    let r = prune(&repo, &PruneOptions { now: t0 + chrono::Duration::hours(2), ..Default::default() }).unwrap();
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            now: t0 + chrono::Duration::hours(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.packs_deleted, 0);
     // After it, the used packs are put back instead of deleted.
-    let r = prune(&repo, &PruneOptions { now: t0 + chrono::Duration::hours(25), ..Default::default() }).unwrap();
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            now: t0 + chrono::Duration::hours(25),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(r.packs_resurrected >= 1, "{r:?}");
     assert_eq!(r.packs_deleted, 0, "{r:?}");
-    let rep = check(&repo, &CheckOptions { read_data: ReadData::All }).unwrap();
+    let rep = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
     assert!(rep.is_ok(), "{rep:?}");
     let target = tmp.path().join("out");
-    let res = restore(&repo, &late_id, &RestoreOptions { target: target.clone(), verify: true, ..Default::default() }, &RestoreProgress::default()).unwrap();
+    let res = restore(
+        &repo,
+        &late_id,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
     assert!(res.is_success(), "{res:?}");
     assert_same_tree(&src, &restored_path(&target, &src));
 
     // Now really forget everything: after the grace period the space is freed.
     repo.delete_snapshot(&late_id).unwrap();
-    prune(&repo, &PruneOptions { now: t0 + chrono::Duration::hours(26), ..Default::default() }).unwrap();
-    let r = prune(&repo, &PruneOptions { now: t0 + chrono::Duration::hours(51), ..Default::default() }).unwrap();
+    prune(
+        &repo,
+        &PruneOptions {
+            now: t0 + chrono::Duration::hours(26),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            now: t0 + chrono::Duration::hours(51),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(r.packs_deleted >= 1, "{r:?}");
     assert_eq!(repo.list_objects("data").unwrap().len(), 0);
     assert!(check(&repo, &CheckOptions::default()).unwrap().is_ok());
@@ -130,12 +224,30 @@ fn prune_refuses_a_repository_with_a_missing_pack() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a"), bytes(1 << 20, 1)).unwrap();
     let repo = open_new(&rt, &tmp.path().join("repo"));
-    backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }, &BackupProgress::default()).unwrap();
+    backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
     let data = repo.list_objects("data").unwrap();
     let key = data.keys().next().unwrap().clone();
     std::fs::remove_file(tmp.path().join("repo").join(&key)).unwrap();
     let before = repo.list_objects("").unwrap().len();
-    let r = prune(&repo, &PruneOptions { grace: chrono::Duration::zero(), ..Default::default() });
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            grace: chrono::Duration::zero(),
+            ..Default::default()
+        },
+    );
     assert!(matches!(r, Err(Error::Refused(_))), "{r:?}");
-    assert_eq!(repo.list_objects("").unwrap().len(), before, "a refused prune must not delete anything");
+    assert_eq!(
+        repo.list_objects("").unwrap().len(),
+        before,
+        "a refused prune must not delete anything"
+    );
 }

@@ -14,7 +14,11 @@ fn start_s3(root: &std::path::Path) -> SocketAddr {
     let root = root.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let fs = s3s_fs::FileSystem::new(&root).unwrap();
             let mut b = s3s::service::S3ServiceBuilder::new(fs);
@@ -25,7 +29,9 @@ fn start_s3(root: &std::path::Path) -> SocketAddr {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
                 let (sock, _) = listener.accept().await.unwrap();
-                let conn = http.serve_connection(TokioIo::new(sock), service.clone()).into_owned();
+                let conn = http
+                    .serve_connection(TokioIo::new(sock), service.clone())
+                    .into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -69,7 +75,12 @@ fn round_trip_on_s3() {
     assert!(base.join("snapshots").read_dir().unwrap().count() == 1);
 
     let target = tmp.path().join("restore");
-    let out = run(s3_cmd(repo, addr).args(["restore", "latest", "--verify", "--json", "--target"]).arg(&target), 0);
+    let out = run(
+        s3_cmd(repo, addr)
+            .args(["restore", "latest", "--verify", "--json", "--target"])
+            .arg(&target),
+        0,
+    );
     assert_eq!(last_json(&out)["success"], true);
     assert_same_tree(&src, &restored_path(&target, &src));
     run(s3_cmd(repo, addr).args(["check", "--read-data"]), 0);
@@ -84,13 +95,28 @@ fn round_trip_on_s3() {
         .env("AWS_SECRET_ACCESS_KEY", "testsecret")
         .env("CADANG_S3_ENDPOINT", format!("http://{addr}"));
     run(&mut c, 0);
-    let out = run(s3_cmd(repo, addr).args(["copy", "--json", "--to", replica]).env("CADANG_TO_PASSWORD", PASSWORD), 0);
+    let out = run(
+        s3_cmd(repo, addr)
+            .args(["copy", "--json", "--to", replica])
+            .env("CADANG_TO_PASSWORD", PASSWORD),
+        0,
+    );
     assert_eq!(last_json(&out)["copied"].as_array().unwrap().len(), 1);
     // Copying again adds nothing.
-    let out = run(s3_cmd(repo, addr).args(["copy", "--json", "--to", replica]).env("CADANG_TO_PASSWORD", PASSWORD), 0);
+    let out = run(
+        s3_cmd(repo, addr)
+            .args(["copy", "--json", "--to", replica])
+            .env("CADANG_TO_PASSWORD", PASSWORD),
+        0,
+    );
     assert_eq!(last_json(&out)["copied"].as_array().unwrap().len(), 0);
     let t2 = tmp.path().join("from-replica");
-    run(cadang(replica).args(["restore", "latest", "--verify", "--target"]).arg(&t2), 0);
+    run(
+        cadang(replica)
+            .args(["restore", "latest", "--verify", "--target"])
+            .arg(&t2),
+        0,
+    );
     assert_same_tree(&src, &restored_path(&t2, &src));
     run(cadang(replica).args(["check", "--read-data"]), 0);
 }

@@ -122,7 +122,11 @@ pub struct CheckOptions {
 /// indexed blob on its own, so damage is attributed to exactly the blobs
 /// (and so files) it hits. Retries twice so a one-off garbled read is not
 /// reported as damage. On failure returns the problem and the damaged blobs.
-fn verify_pack(repo: &Repository, index_entries: &[super::pack::PackEntry], pack: &PackId) -> std::result::Result<bool, (String, Vec<BlobId>)> {
+fn verify_pack(
+    repo: &Repository,
+    index_entries: &[super::pack::PackEntry],
+    pack: &PackId,
+) -> std::result::Result<bool, (String, Vec<BlobId>)> {
     let mut last = (String::new(), Vec::new());
     for attempt in 0..3 {
         let bytes = match repo.read_pack(pack) {
@@ -138,13 +142,20 @@ fn verify_pack(repo: &Repository, index_entries: &[super::pack::PackEntry], pack
         }
         match super::pack::parse_header(repo.keys(), "pack", &bytes) {
             Ok(header) => {
-                let in_header: HashMap<BlobId, &super::pack::PackEntry> = header.iter().map(|e| (e.id, e)).collect();
+                let in_header: HashMap<BlobId, &super::pack::PackEntry> =
+                    header.iter().map(|e| (e.id, e)).collect();
                 let disagree = index_entries
                     .iter()
-                    .filter(|e| in_header.get(&e.id).is_none_or(|h| h.offset != e.offset || h.length != e.length || h.ty != e.ty))
+                    .filter(|e| {
+                        in_header.get(&e.id).is_none_or(|h| {
+                            h.offset != e.offset || h.length != e.length || h.ty != e.ty
+                        })
+                    })
                     .count();
                 if disagree > 0 {
-                    problems.push(format!("{disagree} indexed blob(s) disagree with the pack header"));
+                    problems.push(format!(
+                        "{disagree} indexed blob(s) disagree with the pack header"
+                    ));
                 }
             }
             Err(e) => problems.push(format!("header unreadable: {e}")),
@@ -153,7 +164,9 @@ fn verify_pack(repo: &Repository, index_entries: &[super::pack::PackEntry], pack
             .iter()
             .filter(|e| {
                 let env = bytes.get(e.offset as usize..e.offset as usize + e.length as usize);
-                env.is_none_or(|env| open_blob(repo.keys(), e.ty, &e.id, e.raw_length, env).is_err())
+                env.is_none_or(|env| {
+                    open_blob(repo.keys(), e.ty, &e.id, e.raw_length, env).is_err()
+                })
             })
             .map(|e| e.id)
             .collect();
@@ -161,9 +174,14 @@ fn verify_pack(repo: &Repository, index_entries: &[super::pack::PackEntry], pack
             return Ok(attempt > 0);
         }
         if bad.is_empty() {
-            problems.push("all blobs are intact (only the pack's header or trailer is damaged)".into());
+            problems
+                .push("all blobs are intact (only the pack's header or trailer is damaged)".into());
         } else {
-            problems.push(format!("{} of {} blobs damaged", bad.len(), index_entries.len()));
+            problems.push(format!(
+                "{} of {} blobs damaged",
+                bad.len(),
+                index_entries.len()
+            ));
         }
         last = (problems.join("; "), bad);
     }

@@ -11,11 +11,15 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::error::Result;
-use super::id::{BlobId, BlobType, SnapshotId};
-use super::index::Index;
+use rayon::prelude::*;
+
+use super::error::{Error, Result};
+use super::id::{BlobId, BlobType, PackId, SnapshotId};
+use super::index::{Index, Location};
+use super::pack::open_blob;
 use super::packer::{Packer, StepHook};
 use super::repo::Repository;
+use super::repo::pack_key;
 use super::snapshot::Snapshot;
 use super::tree::{NodeKind, Tree};
 
@@ -37,41 +41,107 @@ struct Copier<'a> {
     dst: &'a Repository,
     src_index: Index,
     dst_index: Index,
-    same_keys: bool,
     packer: Packer,
-    tree_map: HashMap<BlobId, BlobId>,
+    /// Source chunk id → destination chunk id (identity when keys are shared).
     chunk_map: HashMap<BlobId, BlobId>,
+    tree_map: HashMap<BlobId, BlobId>,
 }
 
 impl Copier<'_> {
-    fn chunk(&mut self, id: &BlobId) -> Result<BlobId> {
-        if self.same_keys {
-            if self.dst_index.contains(id) {
-                return Ok(*id);
+    /// Collect the data blobs reachable from `tree` that the destination lacks.
+    fn collect(
+        &self,
+        tree: &BlobId,
+        seen: &mut HashSet<BlobId>,
+        need: &mut HashSet<BlobId>,
+        same_keys: bool,
+    ) -> Result<()> {
+        if !seen.insert(*tree) || (same_keys && self.dst_index.contains(tree)) {
+            return Ok(());
+        }
+        let t = self.src.load_tree(&self.src_index, tree)?;
+        for n in &t.nodes {
+            match n.kind {
+                NodeKind::Dir => {
+                    if let Some(sub) = &n.subtree {
+                        self.collect(sub, seen, need, same_keys)?;
+                    }
+                }
+                NodeKind::File => {
+                    for c in &n.content {
+                        if !same_keys || !self.dst_index.contains(c) {
+                            need.insert(*c);
+                        }
+                    }
+                }
+                _ => {}
             }
-            if self.packer.claim(&self.dst_index, id) {
-                let data = self.src.load_blob(&self.src_index, BlobType::Data, id)?;
-                self.packer.add(BlobType::Data, *id, &data)?;
-            }
-            return Ok(*id);
         }
-        if let Some(m) = self.chunk_map.get(id) {
-            return Ok(*m);
-        }
-        let data = self.src.load_blob(&self.src_index, BlobType::Data, id)?;
-        let new = self.dst.blob_id(&data);
-        if self.packer.claim(&self.dst_index, &new) {
-            self.packer.add(BlobType::Data, new, &data)?;
-        }
-        self.chunk_map.insert(*id, new);
-        Ok(new)
+        Ok(())
     }
 
-    fn tree(&mut self, id: &BlobId) -> Result<BlobId> {
+    /// Read each source pack once, verify every needed blob, and store it in
+    /// the destination (re-identified when the keys differ).
+    fn copy_data(&mut self, need: &HashSet<BlobId>, same_keys: bool) -> Result<()> {
+        let mut by_pack: HashMap<PackId, Vec<(BlobId, Location)>> = HashMap::new();
+        for id in need {
+            let (pack, loc) = self.src_index.get(id).ok_or_else(|| Error::MissingObject {
+                what: format!("data blob {} (not in the source index)", id.short()),
+            })?;
+            by_pack.entry(pack).or_default().push((*id, loc));
+        }
+        let packs: Vec<(PackId, Vec<(BlobId, Location)>)> = by_pack.into_iter().collect();
+        let (src, dst, src_index, dst_index, packer) = (
+            self.src,
+            self.dst,
+            &self.src_index,
+            &self.dst_index,
+            &self.packer,
+        );
+        let maps: Vec<Result<Vec<(BlobId, BlobId)>>> = packs
+            .par_iter()
+            .map(|(pack, blobs)| {
+                let span = blobs
+                    .iter()
+                    .map(|(_, l)| l.offset as u64 + l.length as u64)
+                    .max()
+                    .unwrap_or(0);
+                let bytes = src
+                    .block_on(src.store().get_range(&pack_key(pack), 0..span))
+                    .ok();
+                let mut out = Vec::with_capacity(blobs.len());
+                for (id, l) in blobs {
+                    let env = bytes.as_ref().and_then(|b| {
+                        b.get(l.offset as usize..l.offset as usize + l.length as usize)
+                    });
+                    // Verified read; on any problem fall back to the repository's retrying read.
+                    let data = match env
+                        .map(|e| open_blob(src.keys(), BlobType::Data, id, l.raw_length, e))
+                    {
+                        Some(Ok(d)) => d,
+                        _ => src.load_blob(src_index, BlobType::Data, id)?,
+                    };
+                    let new = if same_keys { *id } else { dst.blob_id(&data) };
+                    if packer.claim(dst_index, &new) {
+                        packer.add(BlobType::Data, new, &data)?;
+                    }
+                    out.push((*id, new));
+                }
+                Ok(out)
+            })
+            .collect();
+        for m in maps {
+            self.chunk_map.extend(m?);
+        }
+        Ok(())
+    }
+
+    /// Write the tree (and its subtrees) into the destination with mapped ids.
+    fn tree(&mut self, id: &BlobId, same_keys: bool) -> Result<BlobId> {
         if let Some(m) = self.tree_map.get(id) {
             return Ok(*m);
         }
-        if self.same_keys && self.dst_index.contains(id) {
+        if same_keys && self.dst_index.contains(id) {
             return Ok(*id);
         }
         let mut t: Tree = self.src.load_tree(&self.src_index, id)?;
@@ -79,15 +149,15 @@ impl Copier<'_> {
             match n.kind {
                 NodeKind::Dir => {
                     if let Some(sub) = n.subtree {
-                        n.subtree = Some(self.tree(&sub)?);
+                        n.subtree = Some(self.tree(&sub, same_keys)?);
                     }
                 }
                 NodeKind::File => {
-                    let mut content = Vec::with_capacity(n.content.len());
-                    for c in &n.content {
-                        content.push(self.chunk(c)?);
-                    }
-                    n.content = content;
+                    n.content = n
+                        .content
+                        .iter()
+                        .map(|c| *self.chunk_map.get(c).unwrap_or(c))
+                        .collect();
                 }
                 _ => {}
             }
@@ -124,12 +194,12 @@ pub fn copy(
     let (dst_index, _) = dst.load_index()?;
     let (dst_snaps, _) = dst.load_snapshots()?;
     let present: HashSet<SnapshotId> = dst_snaps.iter().filter_map(|(_, s)| s.original).collect();
+    let same_keys = src.keys().fingerprint() == dst.keys().fingerprint();
     let mut c = Copier {
         src,
         dst,
         src_index,
         dst_index,
-        same_keys: src.keys().fingerprint() == dst.keys().fingerprint(),
         packer: Packer::new(dst, 2, hook.clone()),
         tree_map: HashMap::new(),
         chunk_map: HashMap::new(),
@@ -149,9 +219,15 @@ pub fn copy(
         }
         todo.push((*id, s));
     }
+    let mut seen = HashSet::new();
+    let mut need = HashSet::new();
+    for (_, s) in &todo {
+        c.collect(&s.tree, &mut seen, &mut need, same_keys)?;
+    }
+    c.copy_data(&need, same_keys)?;
     let mut new_snaps = Vec::new();
     for (id, s) in todo {
-        let tree = c.tree(&s.tree)?;
+        let tree = c.tree(&s.tree, same_keys)?;
         let mut n = s.clone();
         n.tree = tree;
         n.parent = None;

@@ -91,6 +91,27 @@ struct PrunePlan {
     packs: Vec<IndexPack>,
 }
 
+/// Packs marked for deletion by a prune plan and not yet swept.
+///
+/// # Errors
+/// Storage errors. Unreadable plans are skipped (and reported by prune).
+pub fn pending_packs(repo: &Repository) -> Result<Vec<IndexPack>> {
+    let mut out = Vec::new();
+    for info in repo.list_objects("prune")?.into_values() {
+        let raw = match repo.block_on(repo.store().get(&info.key)) {
+            Ok(r) => r,
+            Err(Error::MissingObject { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Ok(p) =
+            open_postcard::<PrunePlan>(repo.keys(), ObjectKind::PrunePlan, "prune plan", &raw)
+        {
+            out.extend(p.packs);
+        }
+    }
+    Ok(out)
+}
+
 fn used_blobs(repo: &Repository, index: &super::index::Index) -> Result<(HashSet<u64>, usize)> {
     let (snaps, bad) = repo.load_snapshots()?;
     if let Some((id, e)) = bad.first() {
@@ -135,7 +156,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         Some(super::lock::acquire(repo, "prune")?)
     };
     let mut rep = PruneReport::default();
-    let (index, bad_index) = repo.load_index()?;
+    // `index`: the index objects, which prune rewrites; `read_index`: also
+    // the packs pending deletion, which snapshots may still use.
+    let (index, bad_index) = repo.load_index_filtered(|_| true)?;
+    let (read_index, _) = repo.load_index()?;
     if let Some((id, e)) = bad_index.first() {
         return Err(Error::Refused(format!(
             "index {} is unreadable ({e}); run `cadang repair index` before pruning",
@@ -143,7 +167,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         )));
     }
     ensure_no_missing_packs(repo, &index)?;
-    let (used, nsnaps) = used_blobs(repo, &index)?;
+    let (used, nsnaps) = used_blobs(repo, &read_index)?;
     rep.snapshots = nsnaps;
     rep.packs = index.packs().len();
     let listed = repo.list_objects("data")?;

@@ -484,17 +484,30 @@ impl Repository {
     ///
     /// # Errors
     /// Storage errors while listing.
+    ///
+    /// Packs that a prune has marked for deletion but not yet deleted are
+    /// included: a backup that started before the prune may have committed a
+    /// snapshot that uses them, and such a snapshot must stay readable until
+    /// the next prune puts the packs back.
     pub fn load_index(&self) -> Result<(Index, Vec<(IndexId, Error)>)> {
-        self.load_index_filtered(|_| true)
+        let (mut idx, bad) = self.load_index_filtered(|_| true)?;
+        for p in super::prune::pending_packs(self)? {
+            idx.add_pack(p.id, &p.blobs);
+        }
+        Ok((idx, bad))
     }
 
-    /// Load the index, leaving out packs for which `keep` is false (prune
+    /// Load the index objects alone (without packs pending deletion),
+    /// leaving out packs for which `keep` is false (prune
     /// uses this to build an index without the packs it marks, so that a
     /// blob copied to a new pack is found there and not at its old place).
     ///
     /// # Errors
     /// Storage errors while listing.
-    pub fn load_index_filtered(&self, keep: impl Fn(&PackId) -> bool) -> Result<(Index, Vec<(IndexId, Error)>)> {
+    pub fn load_index_filtered(
+        &self,
+        keep: impl Fn(&PackId) -> bool,
+    ) -> Result<(Index, Vec<(IndexId, Error)>)> {
         let ids = self.list_index_ids()?;
         let mut files = Vec::new();
         let mut bad = Vec::new();

@@ -627,7 +627,6 @@ fn restore_pack(
     } else {
         None
     };
-    let mut zero = Vec::new();
     for (id, loc) in &wanted {
         let dests = &blobs[id];
         if dests
@@ -664,21 +663,17 @@ fn restore_pack(
                 continue;
             }
         };
-        if zero.len() != data.len() {
-            zero = vec![0u8; data.len()];
-        }
-        let is_zero = data == zero;
         for (fi, off) in dests {
             let fs = &files[*fi].0;
             if fs.damaged.load(Ordering::Relaxed) {
                 continue;
             }
-            if !is_zero {
+            {
                 let w = OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&fs.tmp)
-                    .and_then(|f| f.write_all_at(&data, *off));
+                    .and_then(|f| write_sparse(&f, &data, *off));
                 if let Err(e) = w {
                     fs.damaged.store(true, Ordering::Relaxed);
                     fs.error
@@ -693,6 +688,32 @@ fn restore_pack(
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Write `data` at `off`, leaving 4 KiB blocks of zeros unwritten so they
+/// stay holes in the (pre-sized) file: sparse files restore sparse, and
+/// zero runs cost no disk.
+fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + BLOCK).min(data.len());
+        let zero = data[pos..end].iter().all(|b| *b == 0);
+        match (zero, start) {
+            (false, None) => start = Some(pos),
+            (true, Some(s)) => {
+                f.write_all_at(&data[s..pos], off + s as u64)?;
+                start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(s) = start {
+        f.write_all_at(&data[s..], off + s as u64)?;
+    }
+    Ok(())
 }
 
 /// Re-read restored entries under `target` and compare them with the

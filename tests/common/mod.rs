@@ -28,7 +28,15 @@ pub fn cadang(repo: &str) -> Command {
 
 /// Run and return output, printing it when the exit code is unexpected.
 pub fn run(c: &mut Command, expect: i32) -> Output {
+    let t = std::time::Instant::now();
     let out = c.output().expect("run cadang");
+    if std::env::var("CADANG_TEST_TIMING").is_ok() {
+        eprintln!(
+            "{:?} took {:?}",
+            c.get_args().collect::<Vec<_>>(),
+            t.elapsed()
+        );
+    }
     let code = out.status.code().unwrap_or(-1);
     if code != expect {
         panic!(
@@ -43,7 +51,11 @@ pub fn run(c: &mut Command, expect: i32) -> Output {
 /// Last JSON line of stdout.
 pub fn last_json(out: &Output) -> serde_json::Value {
     let s = String::from_utf8_lossy(&out.stdout);
-    let line = s.lines().rev().find(|l| l.starts_with('{') || l.starts_with('[')).expect("a JSON line");
+    let line = s
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') || l.starts_with('['))
+        .expect("a JSON line");
     serde_json::from_str(line).expect("valid JSON")
 }
 
@@ -73,7 +85,11 @@ pub fn edge_case_tree(root: &Path, big_mib: usize) {
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join("bottom.txt"), b"at the bottom").unwrap();
     std::fs::write(root.join("ünïcödé – ファイル.txt"), "unicode name").unwrap();
-    std::fs::write(root.join(OsStr::from_bytes(b"odd\xff\xfe bytes \x01\x7f")), b"non-UTF-8 name").unwrap();
+    std::fs::write(
+        root.join(OsStr::from_bytes(b"odd\xff\xfe bytes \x01\x7f")),
+        b"non-UTF-8 name",
+    )
+    .unwrap();
     std::fs::write(root.join("with\nnewline"), b"newline in name").unwrap();
     std::fs::write(root.join("spaces and 'quotes'"), b"q").unwrap();
     std::os::unix::fs::symlink("ünïcödé – ファイル.txt", root.join("link-ok")).unwrap();
@@ -98,7 +114,11 @@ pub fn edge_case_tree(root: &Path, big_mib: usize) {
     std::fs::set_permissions(root.join("private"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::create_dir(root.join("restricted-dir")).unwrap();
     std::fs::write(root.join("restricted-dir/inner"), b"inner").unwrap();
-    std::fs::set_permissions(root.join("restricted-dir"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(
+        root.join("restricted-dir"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     // A FIFO.
     let c = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
     // SAFETY: valid C string.
@@ -113,7 +133,11 @@ pub fn edge_case_tree(root: &Path, big_mib: usize) {
         std::fs::write(d.join(format!("f{i}.txt")), body).unwrap();
     }
     // Compressible and incompressible medium files, and a large one.
-    std::fs::write(root.join("text.log"), "2026-11-29 INFO request served in 12 ms\n".repeat(50_000)).unwrap();
+    std::fs::write(
+        root.join("text.log"),
+        "2026-11-29 INFO request served in 12 ms\n".repeat(50_000),
+    )
+    .unwrap();
     std::fs::write(root.join("random.bin"), bytes(3 << 20, 1)).unwrap();
     if big_mib > 0 {
         let mut big = Vec::with_capacity(big_mib << 20);
@@ -122,8 +146,11 @@ pub fn edge_case_tree(root: &Path, big_mib: usize) {
             if i % 4 == 3 {
                 big.extend(std::iter::repeat_n(0u8, 1 << 20));
             } else {
+                // A VM-image-like file: mostly repeated blocks, a few edited.
                 let mut b = block.clone();
-                b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                if i % 16 == 5 {
+                    b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                }
                 big.extend_from_slice(&b);
             }
         }
@@ -153,7 +180,10 @@ pub struct Fingerprint {
 pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Fingerprint>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let m = std::fs::symlink_metadata(&p).unwrap();
@@ -167,8 +197,16 @@ pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
             } else {
                 "special"
             };
-            let content = ft.is_file().then(|| *blake3::hash(&std::fs::read(&p).unwrap()).as_bytes());
-            let link = ft.is_symlink().then(|| std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec());
+            let content = ft
+                .is_file()
+                .then(|| *blake3::hash(&std::fs::read(&p).unwrap()).as_bytes());
+            let link = ft.is_symlink().then(|| {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            });
             out.insert(
                 p.strip_prefix(root).unwrap().to_path_buf(),
                 Fingerprint {
@@ -204,7 +242,11 @@ pub fn assert_same_tree(src: &Path, restored: &Path) {
         }
     }
     for p in b.keys() {
-        assert!(a.contains_key(p), "{} appeared in the restore but is not in the source", p.display());
+        assert!(
+            a.contains_key(p),
+            "{} appeared in the restore but is not in the source",
+            p.display()
+        );
     }
 }
 
