@@ -127,6 +127,9 @@ pub struct BackupArgs {
     /// Read all files even if unchanged.
     #[arg(long)]
     pub force: bool,
+    /// zstd level for new data in this run (0 = off; default: the repository's, 3).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compression_level: Option<i32>,
 }
 
 #[derive(Args, Debug)]

@@ -241,6 +241,7 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
         host: a.host.clone(),
         parent,
         force: a.force,
+        compression_level: a.compression_level,
         cancel: Some(ctx.cancel.clone()),
         ..Default::default()
     };

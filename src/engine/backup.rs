@@ -57,6 +57,8 @@ pub struct BackupOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Worker threads (default: available cores).
     pub threads: Option<usize>,
+    /// zstd level for this run (default: the repository's).
+    pub compression_level: Option<i32>,
     /// Test hook called after each durable commit step.
     pub step_hook: Option<StepHook>,
 }
@@ -109,7 +111,9 @@ impl BackupResult {
     }
 }
 
-const READ_BUF: usize = 16 << 20;
+/// Read buffer per file being read: two maximum-size chunks, so a cut is
+/// always found before the buffer must be refilled.
+const READ_BUF: usize = 8 << 20;
 
 struct Ctx<'a> {
     repo: &'a Repository,
@@ -568,7 +572,7 @@ pub fn backup(
     let ctx = Ctx {
         repo,
         index,
-        packer: Packer::new(repo, 2.max(threads), opts.step_hook.clone()),
+        packer: Packer::new(repo, 2, opts.step_hook.clone()).with_level(opts.compression_level),
         excludes: excludes.clone(),
         one_fs: opts.one_file_system,
         force: opts.force,

@@ -34,7 +34,7 @@ pub enum ChunkerAlgorithm {
 }
 
 impl Default for ChunkerParams {
-    /// 512 KiB / 1 MiB / 8 MiB, normalization 1 — chosen by benchmark
+    /// 512 KiB / 1 MiB / 4 MiB, normalization 1 — chosen by benchmark
     /// (see README "Performance"): large enough that per-chunk costs (index
     /// entries, AEAD nonces, lookups) stay negligible, small enough that a day
     /// of edits in a database file re-uploads little.
@@ -43,7 +43,7 @@ impl Default for ChunkerParams {
             algorithm: ChunkerAlgorithm::FastCdc2020,
             min_size: 512 * 1024,
             avg_size: 1024 * 1024,
-            max_size: 8 * 1024 * 1024,
+            max_size: 4 * 1024 * 1024,
             normalization: 1,
         }
     }

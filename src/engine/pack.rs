@@ -60,6 +60,19 @@ impl PackBuilder {
         }
     }
 
+    /// Make room for `n` more bytes without the allocator's doubling
+    /// overshooting far past one pack (memory stays about one pack per builder).
+    pub fn reserve_for(&mut self, n: usize, pack_size: usize) {
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            let want = need
+                .max(self.buf.capacity() * 2)
+                .min(pack_size + n + 64 * 1024)
+                .max(need);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
+    }
+
     /// Bytes of blob data so far.
     pub fn len(&self) -> usize {
         self.buf.len()

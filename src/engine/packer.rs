@@ -88,6 +88,7 @@ impl Packer {
             handle: repo.handle().clone(),
             data: Mutex::new(PackBuilder::new(0)),
             tree: Mutex::new(PackBuilder::new(0)),
+            // (builders grow to at most one pack plus one blob; see PackBuilder)
             pending: Mutex::new(HashSet::new()),
             sem: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
@@ -95,6 +96,14 @@ impl Packer {
             level: repo.config().compression_level,
             hook,
         }
+    }
+
+    /// Use another zstd level than the repository's default for this run.
+    pub fn with_level(mut self, level: Option<i32>) -> Self {
+        if let Some(l) = level {
+            self.level = l.clamp(0, 22);
+        }
+        self
     }
 
     /// Statistics so far.
@@ -167,6 +176,7 @@ impl Packer {
                 BlobType::Tree => self.tree.lock(),
             }
             .expect("poisoned");
+            p.reserve_for(envelope.len(), self.pack_size);
             p.add_sealed(ty, id, envelope, raw_len);
             if p.len() >= self.pack_size {
                 Some(std::mem::replace(

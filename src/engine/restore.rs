@@ -297,6 +297,15 @@ pub fn restore_tree(
     }
     let in_bad_dir = |rel: &Path| bad_dirs.iter().any(|b| rel.starts_with(b) && rel != b);
 
+    let threads = opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(2))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
     // 2. Plan file content: blob -> destinations, grouped by pack.
     let mut files: Vec<(FileState, &Node)> = Vec::new();
     let mut hardlink_first: HashMap<u64, usize> = HashMap::new();
@@ -368,33 +377,31 @@ pub fn restore_tree(
         }
         if !ok {
             fs.damaged.store(true, Ordering::Relaxed);
-            continue;
-        }
-        // Create the temporary file at its final size (holes stay holes).
-        let _ = std::fs::remove_file(&fs.tmp);
-        let created = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&fs.tmp)
-            .and_then(|f| f.set_len(node.size));
-        if let Err(e) = created {
-            fs.damaged.store(true, Ordering::Relaxed);
-            *fs.error.lock().expect("poisoned") = Some(format!("cannot create: {e}"));
         }
     }
 
-    // 3. Read each pack once and write its blobs everywhere they go.
-    let threads = opts.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
+    // Create the temporary files at their final size (holes stay holes).
+    pool.install(|| {
+        files.par_iter().for_each(|(fs, node)| {
+            if fs.damaged.load(Ordering::Relaxed) {
+                return;
+            }
+            let _ = std::fs::remove_file(&fs.tmp);
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&fs.tmp)
+                .and_then(|f| f.set_len(node.size));
+            if let Err(e) = created {
+                fs.damaged.store(true, Ordering::Relaxed);
+                *fs.error.lock().expect("poisoned") = Some(format!("cannot create: {e}"));
+            }
+        })
     });
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(2))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+
+    // 3. Read each pack once and write its blobs everywhere they go.
     let damaged_blobs = Mutex::new(Vec::new());
     let packs: Vec<(PackId, HashMap<BlobId, Vec<(usize, u64)>>)> = by_pack.into_iter().collect();
     pool.install(|| {
@@ -415,49 +422,63 @@ pub fn restore_tree(
         .damaged_blobs
         .extend(damaged_blobs.into_inner().expect("poisoned"));
 
-    // 4. Put files in place with their metadata.
-    for (fs, node) in &files {
-        let final_path = target.join(&fs.rel);
-        if fs.damaged.load(Ordering::Relaxed) {
-            let _ = std::fs::remove_file(&fs.tmp);
-            progress.errors.fetch_add(1, Ordering::Relaxed);
-            result.errors.push(FileError {
-                path: fs.rel.display().to_string(),
-                error: fs
-                    .error
-                    .lock()
-                    .expect("poisoned")
-                    .clone()
-                    .unwrap_or_else(|| "damaged".into()),
-            });
-            continue;
-        }
-        let placed = (|| -> std::io::Result<()> {
-            if owners {
-                chown(&fs.tmp, node.uid, node.gid)?;
-            }
-            std::fs::set_permissions(&fs.tmp, std::fs::Permissions::from_mode(node.mode & 0o7777))?;
-            set_times(&fs.tmp, node.mtime_ns)?;
-            if let Ok(m) = std::fs::symlink_metadata(&final_path)
-                && m.is_dir()
-            {
-                return Err(std::io::Error::other("a directory is in the way"));
-            }
-            std::fs::rename(&fs.tmp, &final_path)
-        })();
-        match placed {
-            Ok(()) => {
-                result.files_restored += 1;
-                result.bytes_restored += node.size;
-                progress.files_done.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&fs.tmp);
-                result.errors.push(FileError {
+    // 4. Put files in place with their metadata (in parallel: each file is
+    // independent, and on many small files this is mostly system calls).
+    let placed: Vec<std::result::Result<u64, FileError>> = pool.install(|| {
+        files
+            .par_iter()
+            .map(|(fs, node)| {
+                let err = |e: String| FileError {
                     path: fs.rel.display().to_string(),
-                    error: e.to_string(),
-                });
+                    error: e,
+                };
+                if fs.damaged.load(Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(&fs.tmp);
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(err(fs
+                        .error
+                        .lock()
+                        .expect("poisoned")
+                        .clone()
+                        .unwrap_or_else(|| "damaged".into())));
+                }
+                let final_path = target.join(&fs.rel);
+                let r = (|| -> std::io::Result<()> {
+                    if owners {
+                        chown(&fs.tmp, node.uid, node.gid)?;
+                    }
+                    std::fs::set_permissions(
+                        &fs.tmp,
+                        std::fs::Permissions::from_mode(node.mode & 0o7777),
+                    )?;
+                    set_times(&fs.tmp, node.mtime_ns)?;
+                    if let Ok(m) = std::fs::symlink_metadata(&final_path)
+                        && m.is_dir()
+                    {
+                        return Err(std::io::Error::other("a directory is in the way"));
+                    }
+                    std::fs::rename(&fs.tmp, &final_path)
+                })();
+                match r {
+                    Ok(()) => {
+                        progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        Ok(node.size)
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&fs.tmp);
+                        Err(err(e.to_string()))
+                    }
+                }
+            })
+            .collect()
+    });
+    for p in placed {
+        match p {
+            Ok(size) => {
+                result.files_restored += 1;
+                result.bytes_restored += size;
             }
+            Err(e) => result.errors.push(e),
         }
     }
     for (first, e) in &hardlink_rest {
