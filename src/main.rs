@@ -3,6 +3,14 @@
 use clap::Parser;
 
 fn main() {
+    // glibc raises its mmap threshold after large frees, after which 8–16 MiB
+    // pack and read buffers come from the heap and are never returned: peak
+    // memory would grow with the data set. A fixed threshold keeps such
+    // buffers mmapped and released on free.
+    // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
     let cli = cadang::cli::Cli::parse();
     let default = match cli.global.verbose {
         0 => "warn",

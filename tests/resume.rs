@@ -251,3 +251,79 @@ fn prune_refuses_a_repository_with_a_missing_pack() {
         "a refused prune must not delete anything"
     );
 }
+
+#[test]
+fn prune_repacks_partly_used_packs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("keep"), bytes(3 << 20, 1)).unwrap();
+    std::fs::write(src.join("drop"), bytes(3 << 20, 2)).unwrap();
+    let repo = open_new(&rt, &tmp.path().join("repo"));
+    let b1 = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+    std::fs::remove_file(src.join("drop")).unwrap();
+    let b2 = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+    repo.delete_snapshot(&b1.snapshot_id).unwrap();
+    let size = |repo: &Repository| -> u64 {
+        repo.list_objects("data")
+            .unwrap()
+            .values()
+            .map(|i| i.size)
+            .sum()
+    };
+    let before = size(&repo);
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            grace: chrono::Duration::zero(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.packs_repacked >= 1, "{r:?}");
+    assert!(r.packs_deleted >= 1, "{r:?}");
+    let after = size(&repo);
+    assert!(
+        after + (2 << 20) < before,
+        "prune freed too little: {before} -> {after}"
+    );
+    let rep = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
+    assert!(rep.is_ok() && rep.warnings.is_empty(), "{rep:?}");
+    let target = tmp.path().join("out");
+    let res = restore(
+        &repo,
+        &b2.snapshot_id,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    assert!(res.is_success(), "{res:?}");
+    assert_same_tree(&src, &restored_path(&target, &src));
+}

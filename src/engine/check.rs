@@ -440,3 +440,41 @@ pub fn ensure_no_missing_packs(repo: &Repository, index: &Index) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::id::random_bytes;
+
+    #[test]
+    fn subsets_partition_every_pack_exactly_once() {
+        let packs: Vec<PackId> = (0..2000).map(|_| PackId(random_bytes())).collect();
+        for t in [1u32, 2, 7, 30] {
+            for p in &packs {
+                let hits = (1..=t)
+                    .filter(|n| ReadData::Subset { n: *n, t }.selects(p))
+                    .count();
+                assert_eq!(hits, 1, "pack selected {hits} times over {t} runs");
+            }
+        }
+        assert!(packs.iter().all(|p| ReadData::All.selects(p)));
+        assert!(!packs.iter().any(|p| ReadData::None.selects(p)));
+        let some = packs
+            .iter()
+            .filter(|p| ReadData::Percent(10.0).selects(p))
+            .count();
+        assert!((100..=300).contains(&some), "10% of 2000 selected {some}");
+    }
+
+    #[test]
+    fn subset_syntax() {
+        assert_eq!(
+            "2/7".parse::<ReadData>().unwrap(),
+            ReadData::Subset { n: 2, t: 7 }
+        );
+        assert_eq!("5%".parse::<ReadData>().unwrap(), ReadData::Percent(5.0));
+        for bad in ["0/3", "4/3", "x/3", "3", "150%", "-1%", "1/0"] {
+            assert!(bad.parse::<ReadData>().is_err(), "{bad}");
+        }
+    }
+}

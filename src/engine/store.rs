@@ -384,3 +384,58 @@ fn classify(key: &str, e: object_store::Error) -> Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn create_only_resolves_a_lost_response_by_verifying() {
+        let rt = rt();
+        let s = Store::open("memory://", &StoreOptions::default()).unwrap();
+        rt.block_on(async {
+            let data = Bytes::from_static(b"content");
+            s.put_create("data/aa/x", data.clone(), |_| false)
+                .await
+                .unwrap();
+            // Our earlier write landed but we never heard back: the retry sees
+            // AlreadyExists, reads the object back, and accepts identical bytes.
+            s.put_create("data/aa/x", data.clone(), |e| e == b"content")
+                .await
+                .unwrap();
+            // A different object under the name is an error, never an overwrite.
+            let err = s
+                .put_create("data/aa/x", Bytes::from_static(b"other"), |e| e == b"other")
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("different object"), "{err}");
+            assert_eq!(&s.get("data/aa/x").await.unwrap()[..], b"content");
+            assert!(matches!(
+                s.get("nope").await,
+                Err(Error::MissingObject { .. })
+            ));
+            assert!(s.head("nope").await.unwrap().is_none());
+            s.delete("nope").await.unwrap();
+            assert_eq!(s.list("data").await.unwrap().len(), 1);
+        });
+    }
+
+    #[test]
+    fn bad_locations_are_explained() {
+        for (url, msg) in [
+            ("", "no repository given"),
+            ("ftp://x/y", "unsupported"),
+            ("s3://", "no bucket"),
+        ] {
+            let e = Store::open(url, &StoreOptions::default()).unwrap_err();
+            assert!(e.to_string().contains(msg), "{url}: {e}");
+        }
+    }
+}

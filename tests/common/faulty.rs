@@ -1,0 +1,211 @@
+//! A fault-injecting `ObjectStore` wrapper for tests (after kopia's
+//! `FaultyStorage` and restic's error backends): per operation and key, inject
+//! transient or permanent errors, a write whose response is lost, garbled or
+//! truncated reads, once or always.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+/// Which operation a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get,
+    List,
+}
+
+/// What goes wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A 5xx-like error the caller may retry.
+    Transient,
+    /// An error retrying does not fix (permission denied).
+    Permanent,
+    /// The write lands, but the caller sees an error (a lost response).
+    LostResponse,
+    /// The read returns data with one byte flipped.
+    Garble,
+    /// The read returns 10 bytes fewer.
+    Truncate,
+}
+
+/// A fault rule: applies to `op` on keys containing `key`, `times` times
+/// (`None`: always).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub op: Op,
+    pub key: String,
+    pub fault: Fault,
+    pub times: Option<u32>,
+}
+
+/// The wrapper.
+pub struct FaultyStore {
+    inner: std::sync::Arc<dyn ObjectStore>,
+    rules: Mutex<Vec<Rule>>,
+    /// How many faults were injected.
+    pub injected: AtomicU64,
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl FaultyStore {
+    pub fn new(inner: std::sync::Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    pub fn add(&self, op: Op, key: &str, fault: Fault, times: Option<u32>) {
+        self.rules.lock().unwrap().push(Rule {
+            op,
+            key: key.to_string(),
+            fault,
+            times,
+        });
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    fn take(&self, op: Op, key: &Path) -> Option<Fault> {
+        let mut rules = self.rules.lock().unwrap();
+        for r in rules.iter_mut() {
+            if r.op == op && key.as_ref().contains(&r.key) {
+                match &mut r.times {
+                    Some(0) => continue,
+                    Some(n) => *n -= 1,
+                    None => {}
+                }
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                return Some(r.fault);
+            }
+        }
+        None
+    }
+}
+
+fn transient(op: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faulty",
+        source: format!("injected transient failure in {op} (503 Slow Down)").into(),
+    }
+}
+
+fn permanent(key: &Path) -> object_store::Error {
+    object_store::Error::PermissionDenied {
+        path: key.to_string(),
+        source: "injected permanent failure".into(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        match self.take(Op::Put, location) {
+            Some(Fault::Transient) => Err(transient("put")),
+            Some(Fault::Permanent) => Err(permanent(location)),
+            Some(Fault::LostResponse) => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(transient("put (response lost after the write landed)"))
+            }
+            _ => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let fault = if options.head {
+            None
+        } else {
+            self.take(Op::Get, location)
+        };
+        match fault {
+            Some(Fault::Transient) => Err(transient("get")),
+            Some(Fault::Permanent) => Err(permanent(location)),
+            Some(f @ (Fault::Garble | Fault::Truncate)) => {
+                let r = self.inner.get_opts(location, options).await?;
+                let (meta, range, attributes) =
+                    (r.meta.clone(), r.range.clone(), r.attributes.clone());
+                let mut data = r.bytes().await?.to_vec();
+                if f == Fault::Garble && !data.is_empty() {
+                    let i = data.len() / 2;
+                    data[i] ^= 0x01;
+                } else {
+                    data.truncate(data.len().saturating_sub(10));
+                }
+                let b = Bytes::from(data);
+                Ok(GetResult {
+                    payload: GetResultPayload::Stream(
+                        futures::stream::once(async move { Ok(b) }).boxed(),
+                    ),
+                    meta,
+                    range,
+                    attributes,
+                    extensions: Default::default(),
+                })
+            }
+            _ => self.inner.get_opts(location, options).await,
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let p = prefix.cloned().unwrap_or_default();
+        match self.take(Op::List, &p) {
+            Some(Fault::Transient) => {
+                futures::stream::once(async { Err(transient("list")) }).boxed()
+            }
+            _ => self.inner.list(prefix),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}

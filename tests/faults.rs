@@ -1,0 +1,232 @@
+//! Storage faults: transient errors are retried, a lost write response is
+//! resolved by verifying the object, one-off garbled reads are not reported
+//! as damage while persistent ones always are, and a permanent failure gives
+//! a clear error and leaves the repository valid.
+
+mod common;
+#[path = "common/faulty.rs"]
+mod faulty;
+
+use std::sync::Arc;
+
+use cadang::engine::backup::{BackupOptions, BackupProgress, backup};
+use cadang::engine::check::{CheckOptions, ReadData, check};
+use cadang::engine::crypto::KdfParams;
+use cadang::engine::restore::{RestoreOptions, RestoreProgress, restore};
+use cadang::engine::{OpenOptions, Repository, Store};
+use common::*;
+use faulty::{Fault, FaultyStore, Op};
+
+fn setup(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<FaultyStore>, Repository) {
+    std::fs::create_dir_all(dir).unwrap();
+    let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .unwrap()
+        .with_fsync(true);
+    let faulty = Arc::new(FaultyStore::new(Arc::new(local)));
+    let store = Store::from_object_store(faulty.clone(), "faulty://test");
+    let opts = OpenOptions {
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        host: None,
+    };
+    let repo = Repository::init(rt.handle().clone(), store, b"pw", &opts).unwrap();
+    (faulty, repo)
+}
+
+fn source(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        std::fs::write(src.join(format!("f{i}")), bytes(5 << 20, 50 + i)).unwrap();
+    }
+    src
+}
+
+#[test]
+fn transient_errors_and_lost_responses_are_absorbed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path());
+    let (faulty, repo) = setup(&rt, &tmp.path().join("repo"));
+    faulty.add(Op::Put, "data/", Fault::Transient, Some(3));
+    faulty.add(Op::Put, "data/", Fault::LostResponse, Some(2));
+    faulty.add(Op::Put, "index/", Fault::LostResponse, Some(1));
+    faulty.add(Op::Put, "snapshots/", Fault::LostResponse, Some(1));
+    faulty.add(Op::List, "snapshots", Fault::Transient, Some(1));
+    let r = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+    assert!(faulty.injected.load(std::sync::atomic::Ordering::Relaxed) >= 7);
+    faulty.clear();
+    assert_eq!(
+        repo.load_snapshots().unwrap().0.len(),
+        1,
+        "exactly one snapshot, no double commit"
+    );
+    let rep = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
+    assert!(rep.is_ok() && rep.warnings.is_empty(), "{rep:?}");
+    let target = tmp.path().join("out");
+    let res = restore(
+        &repo,
+        &r.snapshot_id,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    assert!(res.is_success());
+    assert_same_tree(&src, &restored_path(&target, &src));
+}
+
+#[test]
+fn one_off_garbled_reads_are_not_damage_persistent_ones_are() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path());
+    let (faulty, repo) = setup(&rt, &tmp.path().join("repo"));
+    let r = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+
+    // One pack garbled once, another truncated once: check re-reads them
+    // and reports no damage (a transient note only).
+    let packs: Vec<String> = repo.list_objects("data").unwrap().into_keys().collect();
+    assert!(packs.len() >= 2);
+    faulty.add(Op::Get, &packs[0], Fault::Garble, Some(1));
+    faulty.add(Op::Get, &packs[1], Fault::Truncate, Some(1));
+    let rep = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
+    assert!(
+        rep.is_ok(),
+        "transient read errors reported as damage: {rep:?}"
+    );
+    assert!(
+        rep.warnings.iter().any(|w| w.contains("transient")),
+        "{:?}",
+        rep.warnings
+    );
+    // Restore through one-off garbled reads succeeds and verifies.
+    faulty.add(Op::Get, &packs[0], Fault::Garble, Some(1));
+    faulty.add(Op::Get, &packs[1], Fault::Garble, Some(1));
+    let target = tmp.path().join("out");
+    let res = restore(
+        &repo,
+        &r.snapshot_id,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    assert!(res.is_success(), "{res:?}");
+    assert_same_tree(&src, &restored_path(&target, &src));
+
+    // Always garbled: damage, every time, naming files.
+    faulty.clear();
+    let packs = repo.list_objects("data").unwrap();
+    let victim = packs
+        .keys()
+        .find(|k| packs[*k].size > 4 << 20)
+        .unwrap()
+        .clone();
+    faulty.add(Op::Get, &victim, Fault::Garble, None);
+    let rep = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
+    assert_eq!(rep.damaged_packs.len(), 1, "{rep:?}");
+    assert!(!rep.damaged_packs[0].affected_files.is_empty());
+    let t2 = tmp.path().join("out2");
+    let res = restore(
+        &repo,
+        &r.snapshot_id,
+        &RestoreOptions {
+            target: t2,
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    assert!(!res.is_success());
+    assert!(!res.errors.is_empty());
+}
+
+#[test]
+fn permanent_write_failure_is_clear_and_harmless() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path());
+    let (faulty, repo) = setup(&rt, &tmp.path().join("repo"));
+    faulty.add(Op::Put, "data/", Fault::Permanent, None);
+    let err = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("injected permanent failure"),
+        "{err}"
+    );
+    faulty.clear();
+    assert!(repo.load_snapshots().unwrap().0.is_empty());
+    assert!(check(&repo, &CheckOptions::default()).unwrap().is_ok());
+    // And the next backup succeeds.
+    backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+    assert!(
+        check(
+            &repo,
+            &CheckOptions {
+                read_data: ReadData::All
+            }
+        )
+        .unwrap()
+        .is_ok()
+    );
+}
