@@ -17,7 +17,7 @@ open(f"{d}/text", "wb").write(out[: n << 20])
 PY
 for f in text random; do
   for l in 1 3; do
-    zstd -b$l -T1 -i3 "$tmp/$f" 2>&1 | tail -1 | sed "s/^/zstd -$l $f: /"
+    zstd -b$l -T1 -i3 "$tmp/$f" 2>&1 | tr "\r" "\n" | grep -E "MB/s, " | tail -1 | sed -E "s/^.*\(x/zstd -$l $f (x/"
   done
 done
 if command -v b3sum >/dev/null; then

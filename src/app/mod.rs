@@ -50,7 +50,7 @@ pub use requests::{EventOutcome, IssuedDocument, RequestView};
 pub use secrets::{MasterKey, SecretString};
 
 use crate::catalog::{Account, Catalog, Tx};
-use crate::workflow::{Actor, Registry, Role, WorkCalendar};
+use crate::workflow::{Registry, Role, WorkCalendar};
 use audit::AuditEntry;
 use secrets::Sealer;
 
@@ -249,12 +249,6 @@ impl Work<'_> {
         self.account
             .as_ref()
             .ok_or_else(|| AppError::internal("a user use case ran without an account"))
-    }
-
-    /// The workflow actor of the account.
-    fn actor(&self) -> Result<Actor, AppError> {
-        let account = self.account()?;
-        Ok(Actor::new(account.username.clone(), account.roles.iter().copied()))
     }
 
     /// Requires one of `allowed`; records it as the acting role.

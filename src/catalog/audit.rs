@@ -191,7 +191,7 @@ impl Tx {
                 .bind(actor)
                 .bind(seq)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -206,7 +206,7 @@ impl Tx {
                 .bind(from)
                 .bind(to)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Tx {
             .bind(&row.hash)
             .bind(row.seq)
             .execute(&mut *conn)
-            .await?
+            .await?;
         });
         Ok(())
     }
@@ -250,7 +250,7 @@ impl Tx {
                 .bind(to)
                 .bind(from)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -271,7 +271,7 @@ impl Tx {
                 .bind(&row.prev_hash)
                 .bind(&row.hash)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -282,7 +282,7 @@ impl Tx {
                 .bind(seq)
                 .bind(hash)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }

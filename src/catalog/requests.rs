@@ -257,7 +257,7 @@ impl Tx {
                 .bind(&definition.content_hash)
                 .bind(instant(definition.loaded_at))
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -450,7 +450,7 @@ impl Tx {
                 .bind(server.0)
                 .bind(id.0)
                 .execute(&mut *conn)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -523,7 +523,7 @@ impl Tx {
                     .bind(&documents)
                     .bind(record.time_standard.to_string())
                     .execute(&mut *conn)
-                    .await?
+                    .await?;
             });
         }
         Ok(())

@@ -181,9 +181,12 @@ impl Keys {
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| Error::corrupt(what, "bad nonce"))?;
         let tag = Tag::try_from(tag).map_err(|_| Error::corrupt(what, "bad tag"))?;
-        let mut buf = ct.to_vec();
+        // Decrypt out of place: one pass from the stored bytes into the result.
+        let mut buf = vec![0u8; ct.len()];
+        let inout = chacha20poly1305::aead::inout::InOutBuf::new(ct, &mut buf)
+            .map_err(|_| Error::corrupt(what, "buffer size mismatch"))?;
         self.cipher
-            .decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag)
+            .decrypt_inout_detached(&nonce, aad, inout, &tag)
             .map_err(|_| {
                 Error::corrupt(
                     what,

@@ -299,6 +299,22 @@ pub fn encode_blob_payload(data: &[u8], level: i32, out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
+/// Decode a blob payload in place: raw payloads lose their codec byte
+/// without a new allocation; compressed ones are decompressed.
+///
+/// # Errors
+/// As [`decode_blob_payload`].
+pub fn decode_blob_payload_owned(mut payload: Vec<u8>, raw_len: usize) -> std::result::Result<Vec<u8>, String> {
+    if payload.first() == Some(&CODEC_RAW) {
+        payload.remove(0);
+        if payload.len() != raw_len {
+            return Err(format!("stored {} bytes, index says {raw_len}", payload.len()));
+        }
+        return Ok(payload);
+    }
+    decode_blob_payload(&payload, raw_len)
+}
+
 /// Decode a blob payload produced by [`encode_blob_payload`].
 ///
 /// # Errors
@@ -306,7 +322,8 @@ pub fn encode_blob_payload(data: &[u8], level: i32, out: &mut Vec<u8>) {
 /// exactly `raw_len` bytes.
 pub fn decode_blob_payload(payload: &[u8], raw_len: usize) -> std::result::Result<Vec<u8>, String> {
     match payload.first() {
-        Some(&CODEC_RAW) => Ok(payload[1..].to_vec()),
+        Some(&CODEC_RAW) if payload.len() - 1 == raw_len => Ok(payload[1..].to_vec()),
+        Some(&CODEC_RAW) => Err(format!("stored {} bytes, index says {raw_len}", payload.len() - 1)),
         Some(&CODEC_ZSTD) => {
             let out =
                 zstd::bulk::decompress(&payload[1..], raw_len).map_err(|e| format!("zstd: {e}"))?;

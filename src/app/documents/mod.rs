@@ -402,7 +402,7 @@ pub fn title(kind: DocumentKind) -> &'static str {
 }
 
 /// The request a document is issued for, as the use case sees it.
-pub(crate) struct RequestContext<'a> {
+pub(in crate::app) struct RequestContext<'a> {
     pub record: &'a RequestRecord,
     pub details: &'a RequestDetails,
     /// The state after the event (the decision being recorded is in it).
@@ -529,7 +529,7 @@ fn mismatch_context(kind: DocumentKind, details: &RequestDetails) -> AppError {
 }
 
 /// Reads everything a document needs from the catalog and the request.
-pub(crate) async fn gather(
+pub(in crate::app) async fn gather(
     work: &mut Work<'_>,
     kind: DocumentKind,
     context: &RequestContext<'_>,
@@ -979,7 +979,7 @@ fn local_date(work: &Work<'_>, at: DateTime<Utc>) -> NaiveDate {
 
 /// Issues a document for a request: draws its number, renders it, stores it and queues
 /// its audit row — all in the use case's transaction.
-pub(crate) async fn issue(
+pub(in crate::app) async fn issue(
     work: &mut Work<'_>,
     kind: DocumentKind,
     context: &RequestContext<'_>,

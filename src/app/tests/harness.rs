@@ -15,7 +15,7 @@ use crate::app::{
 };
 use crate::catalog::{
     Agency, AgencyKind, Catalog, HardwareSpec, NewAgency, NewRack, Person, PostgresOptions,
-    PowerFeed, Rack, RequestId, Server, SqliteOptions, Uplink,
+    Rack, RequestId, Server, SqliteOptions, Uplink,
 };
 use crate::workflow::{Answer, Event, Role};
 
@@ -148,7 +148,6 @@ pub(crate) struct Env {
     pub kendal: Agency,
     /// The Dinas Kesehatan's responsible person.
     pub responsible: Person,
-    pub feed: Option<PowerFeed>,
     pub racks: Vec<Rack>,
     pub uplink: Option<Uplink>,
 }
@@ -264,7 +263,7 @@ impl Env {
             .await
             .expect("account");
         }
-        let (feed, racks, uplink) = match capacity {
+        let (racks, uplink) = match capacity {
             Capacity::Standard => {
                 let feed = app
                     .add_power_feed(ADMIN, "PLN-A", 20_000, start)
@@ -293,7 +292,7 @@ impl Env {
                     .add_uplink(ADMIN, "ISP-A", 1000, start)
                     .await
                     .expect("uplink");
-                (Some(feed), racks, Some(uplink))
+                (racks, Some(uplink))
             }
             Capacity::OneRack { u, watts } => {
                 let rack = app
@@ -315,7 +314,7 @@ impl Env {
                     .add_uplink(ADMIN, "ISP-A", 100_000, start)
                     .await
                     .expect("uplink");
-                (None, vec![rack], Some(uplink))
+                (vec![rack], Some(uplink))
             }
         };
         Env {
@@ -324,7 +323,6 @@ impl Env {
             dinkes,
             kendal,
             responsible,
-            feed,
             racks,
             uplink,
         }
