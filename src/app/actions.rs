@@ -41,9 +41,8 @@ pub struct ActionJob {
 const SCAN: u32 = 500;
 
 fn job(record: &PendingActionRecord) -> Result<ActionJob, AppError> {
-    let action: SystemAction = serde_json::from_str(&record.action_json).map_err(|error| {
-        AppError::internal(format!("pending action {}: {error}", record.id))
-    })?;
+    let action: SystemAction = serde_json::from_str(&record.action_json)
+        .map_err(|error| AppError::internal(format!("pending action {}: {error}", record.id)))?;
     let trigger = match record.trigger.as_str() {
         "enter" => Trigger::Enter,
         "complete" => Trigger::Complete,
@@ -87,9 +86,14 @@ impl App {
             if !actions.contains(&record.action.as_str()) {
                 continue;
             }
-            if work.tx.claim_pending_action(record.id, &worker, now).await? {
+            if work
+                .tx
+                .claim_pending_action(record.id, &worker, now)
+                .await?
+            {
                 let job = job(&record)?;
-                work.audit("action.claim", "request", record.request_id).after =
+                work.audit("action.claim", "request", record.request_id)
+                    .after =
                     Some(serde_json::json!({ "pending_action": record.id, "worker": worker }));
                 claimed.push(job);
             }
@@ -124,7 +128,8 @@ impl App {
         work.tx
             .finish_pending_action(id, status, &report.to_string(), now)
             .await?;
-        work.audit("action.finish", "request", record.request_id).after = Some(serde_json::json!({
+        work.audit("action.finish", "request", record.request_id)
+            .after = Some(serde_json::json!({
             "pending_action": id,
             "status": status,
             "report": report,

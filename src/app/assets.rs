@@ -117,7 +117,12 @@ fn canonical_ips(ips: &[String]) -> Result<Vec<String>, AppError> {
 }
 
 /// The declared values of a server, by field name, for comparison.
-fn declared_fields(hardware: &HardwareSpec, u_size: i64, power_w: i64, ips: &[String]) -> Vec<(&'static str, String)> {
+fn declared_fields(
+    hardware: &HardwareSpec,
+    u_size: i64,
+    power_w: i64,
+    ips: &[String],
+) -> Vec<(&'static str, String)> {
     let mut sorted_ips = ips.to_vec();
     sorted_ips.sort();
     vec![
@@ -258,7 +263,9 @@ fn pick(observed: Option<&String>, declared: &str) -> String {
 fn normalize_observation(observed: ObservedServer) -> Result<ObservedServer, AppError> {
     let clean = |value: &Option<String>| optional(value);
     if observed.u_size.is_some_and(|u| u < 0) || observed.power_draw_w.is_some_and(|w| w < 0) {
-        return Err(AppError::invalid("observed height and power draw cannot be negative"));
+        return Err(AppError::invalid(
+            "observed height and power draw cannot be negative",
+        ));
     }
     Ok(ObservedServer {
         name: clean(&observed.name),
@@ -317,7 +324,10 @@ pub(crate) async fn register_handover(
             None => None,
         };
         let hardware = HardwareSpec {
-            serial_number: pick(seen.serial_number.as_ref(), &declared.hardware.serial_number),
+            serial_number: pick(
+                seen.serial_number.as_ref(),
+                &declared.hardware.serial_number,
+            ),
             server_type: pick(seen.server_type.as_ref(), &declared.hardware.server_type),
             brand: pick(seen.brand.as_ref(), &declared.hardware.brand),
             processor: pick(seen.processor.as_ref(), &declared.hardware.processor),
@@ -367,7 +377,9 @@ pub(crate) async fn register_handover(
                 other => other,
             })?;
         if let Some(allocation) = reservation {
-            work.tx.activate_allocation(allocation.id, server.id).await?;
+            work.tx
+                .activate_allocation(allocation.id, server.id)
+                .await?;
         }
         work.audit("asset.register", "server", server.id).after = Some(json(&server));
         servers.push(server);
@@ -391,7 +403,10 @@ pub(crate) async fn register_handover(
             .await?;
     }
     // Servers that were declared but not delivered give their reservation back.
-    let released = work.tx.release_request_reservations(request, work.now).await?;
+    let released = work
+        .tx
+        .release_request_reservations(request, work.now)
+        .await?;
     work.audit("asset.handover_check", "request", request).after = Some(serde_json::json!({
         "observation": observation.id,
         "servers_registered": servers.iter().map(|server| server.id).collect::<Vec<_>>(),
@@ -408,7 +423,9 @@ pub(crate) async fn register_withdrawal(
     application: &WithdrawalApplication,
 ) -> Result<Server, AppError> {
     let before = work.tx.server(application.server_id).await?;
-    work.tx.withdraw_server(application.server_id, work.now).await?;
+    work.tx
+        .withdraw_server(application.server_id, work.now)
+        .await?;
     let released = work
         .tx
         .release_server_allocations(application.server_id, work.now)
@@ -563,7 +580,10 @@ impl App {
         let name = required("the server name", &server.name)?;
         let label = format!("server {name}");
         let hardware = HardwareSpec {
-            serial_number: required(&format!("{label}: the serial number"), &server.hardware.serial_number)?,
+            serial_number: required(
+                &format!("{label}: the serial number"),
+                &server.hardware.serial_number,
+            )?,
             server_type: required(&format!("{label}: the type"), &server.hardware.server_type)?,
             brand: required(&format!("{label}: the brand"), &server.hardware.brand)?,
             processor: server.hardware.processor.trim().to_owned(),
@@ -597,7 +617,9 @@ impl App {
             if let Some(uplink) = server.uplink_id
                 && !uplinks.iter().any(|candidate| candidate.id == uplink)
             {
-                return Err(AppError::NotFound(format!("uplink {uplink} does not exist")));
+                return Err(AppError::NotFound(format!(
+                    "uplink {uplink} does not exist"
+                )));
             }
             if u_start < 1 || u_start + server.u_size - 1 > rack.u_size {
                 return Err(AppError::invalid(format!(
@@ -627,7 +649,10 @@ impl App {
             }
             noc = Some(rack.noc.clone());
         }
-        let secret = match server.host_admin_password.filter(|password| !password.is_blank()) {
+        let secret = match server
+            .host_admin_password
+            .filter(|password| !password.is_blank())
+        {
             Some(password) => {
                 if optional(&server.host_admin_user).is_none() {
                     return Err(AppError::invalid(format!(
@@ -679,10 +704,22 @@ impl App {
                         server_name: stored.name.clone(),
                         rack_id: stored.rack_id,
                         u_start: stored.u_position,
-                        u_count: if stored.rack_id.is_some() { stored.u_size } else { 0 },
-                        power_w: if stored.rack_id.is_some() { stored.power_draw_w } else { 0 },
+                        u_count: if stored.rack_id.is_some() {
+                            stored.u_size
+                        } else {
+                            0
+                        },
+                        power_w: if stored.rack_id.is_some() {
+                            stored.power_draw_w
+                        } else {
+                            0
+                        },
                         uplink_id: server.uplink_id,
-                        bandwidth_mbps: if server.uplink_id.is_some() { stored.bandwidth_mbps } else { 0 },
+                        bandwidth_mbps: if server.uplink_id.is_some() {
+                            stored.bandwidth_mbps
+                        } else {
+                            0
+                        },
                         status: AllocationStatus::Active,
                     },
                     now,
@@ -782,7 +819,9 @@ impl App {
         let allowed = self.config().reveal_roles.clone();
         work.require(&allowed, "set a host admin password")?;
         if password.is_blank() {
-            return Err(AppError::invalid("the host admin password must not be empty"));
+            return Err(AppError::invalid(
+                "the host admin password must not be empty",
+            ));
         }
         let registered = work.tx.server(server).await?;
         if registered.status != ServerStatus::Active || registered.host_admin_user.is_none() {

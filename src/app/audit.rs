@@ -426,91 +426,6 @@ pub async fn verify(
     Ok(result)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(seq: i64, prev: &str) -> AuditRow {
-        let mut row = AuditRow {
-            seq,
-            at: "2026-01-05T01:30:00.000000Z".into(),
-            actor: "kasi".into(),
-            role: Some("KASI_INFRAS".into()),
-            action: "request.decide".into(),
-            entity: "request".into(),
-            entity_id: "7".into(),
-            before_json: Some("{\"a\":1}".into()),
-            after_json: None,
-            prev_hash: prev.into(),
-            hash: String::new(),
-        };
-        row.hash = row_hash(&row);
-        row
-    }
-
-    #[test]
-    fn every_field_changes_the_hash() {
-        let base = row(1, GENESIS_HASH);
-        let variants: Vec<AuditRow> = vec![
-            AuditRow { seq: 2, ..base.clone() },
-            AuditRow { prev_hash: "1".repeat(64), ..base.clone() },
-            AuditRow { at: "2026-01-05T01:30:00.000001Z".into(), ..base.clone() },
-            AuditRow { actor: "kasj".into(), ..base.clone() },
-            AuditRow { role: None, ..base.clone() },
-            AuditRow { action: "request.decidE".into(), ..base.clone() },
-            AuditRow { entity: "server".into(), ..base.clone() },
-            AuditRow { entity_id: "8".into(), ..base.clone() },
-            AuditRow { before_json: None, ..base.clone() },
-            AuditRow { after_json: Some(String::new()), ..base.clone() },
-        ];
-        for variant in variants {
-            assert_ne!(row_hash(&variant), base.hash, "{variant:?}");
-        }
-    }
-
-    #[test]
-    fn field_boundaries_are_unambiguous() {
-        let a = AuditRow { actor: "ab".into(), action: "c".into(), ..row(1, GENESIS_HASH) };
-        let b = AuditRow { actor: "a".into(), action: "bc".into(), ..row(1, GENESIS_HASH) };
-        assert_ne!(row_hash(&a), row_hash(&b));
-        // An absent value and an empty one differ.
-        let c = AuditRow { after_json: None, ..row(1, GENESIS_HASH) };
-        let d = AuditRow { after_json: Some(String::new()), ..row(1, GENESIS_HASH) };
-        assert_ne!(row_hash(&c), row_hash(&d));
-    }
-
-    #[test]
-    fn the_hash_is_pinned() {
-        // A golden value: if this changes, existing chains no longer verify — that is a
-        // new chain format (a new CHAIN_CONTEXT), never a refactoring.
-        assert_eq!(
-            row(1, GENESIS_HASH).hash,
-            "64c0301779239d55e2bf0059ccf50f1ae41b027371516c8cc0578566c570af3d"
-        );
-    }
-
-    #[test]
-    fn checkpoints_round_trip_and_reject_other_formats() {
-        let checkpoint = AuditCheckpoint {
-            format: CHECKPOINT_FORMAT.into(),
-            seq: 12,
-            hash: "ab".repeat(32),
-            exported_at: DateTime::parse_from_rfc3339("2026-01-05T01:30:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
-        };
-        assert_eq!(AuditCheckpoint::from_json(&checkpoint.to_json()).unwrap(), checkpoint);
-        let other = checkpoint.to_json().replace(CHECKPOINT_FORMAT, "v0");
-        assert!(AuditCheckpoint::from_json(&other).is_err());
-        assert!(AuditCheckpoint::from_json("{").is_err());
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.checkpoint.json");
-        checkpoint.write_file(&path).unwrap();
-        assert_eq!(AuditCheckpoint::read_file(&path).unwrap(), checkpoint);
-    }
-}
-
 impl super::App {
     /// Verifies the whole audit chain (and, given one, against a checkpoint kept
     /// elsewhere). Problems are reported in the result, not as errors.
@@ -557,5 +472,137 @@ impl super::App {
     ) -> Result<Vec<AuditRow>, AppError> {
         let mut tx = self.catalog().begin_read().await?;
         Ok(tx.audit_rows_for(entity, entity_id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, prev: &str) -> AuditRow {
+        let mut row = AuditRow {
+            seq,
+            at: "2026-01-05T01:30:00.000000Z".into(),
+            actor: "kasi".into(),
+            role: Some("KASI_INFRAS".into()),
+            action: "request.decide".into(),
+            entity: "request".into(),
+            entity_id: "7".into(),
+            before_json: Some("{\"a\":1}".into()),
+            after_json: None,
+            prev_hash: prev.into(),
+            hash: String::new(),
+        };
+        row.hash = row_hash(&row);
+        row
+    }
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let base = row(1, GENESIS_HASH);
+        let variants: Vec<AuditRow> = vec![
+            AuditRow {
+                seq: 2,
+                ..base.clone()
+            },
+            AuditRow {
+                prev_hash: "1".repeat(64),
+                ..base.clone()
+            },
+            AuditRow {
+                at: "2026-01-05T01:30:00.000001Z".into(),
+                ..base.clone()
+            },
+            AuditRow {
+                actor: "kasj".into(),
+                ..base.clone()
+            },
+            AuditRow {
+                role: None,
+                ..base.clone()
+            },
+            AuditRow {
+                action: "request.decidE".into(),
+                ..base.clone()
+            },
+            AuditRow {
+                entity: "server".into(),
+                ..base.clone()
+            },
+            AuditRow {
+                entity_id: "8".into(),
+                ..base.clone()
+            },
+            AuditRow {
+                before_json: None,
+                ..base.clone()
+            },
+            AuditRow {
+                after_json: Some(String::new()),
+                ..base.clone()
+            },
+        ];
+        for variant in variants {
+            assert_ne!(row_hash(&variant), base.hash, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn field_boundaries_are_unambiguous() {
+        let a = AuditRow {
+            actor: "ab".into(),
+            action: "c".into(),
+            ..row(1, GENESIS_HASH)
+        };
+        let b = AuditRow {
+            actor: "a".into(),
+            action: "bc".into(),
+            ..row(1, GENESIS_HASH)
+        };
+        assert_ne!(row_hash(&a), row_hash(&b));
+        // An absent value and an empty one differ.
+        let c = AuditRow {
+            after_json: None,
+            ..row(1, GENESIS_HASH)
+        };
+        let d = AuditRow {
+            after_json: Some(String::new()),
+            ..row(1, GENESIS_HASH)
+        };
+        assert_ne!(row_hash(&c), row_hash(&d));
+    }
+
+    #[test]
+    fn the_hash_is_pinned() {
+        // A golden value: if this changes, existing chains no longer verify — that is a
+        // new chain format (a new CHAIN_CONTEXT), never a refactoring.
+        assert_eq!(
+            row(1, GENESIS_HASH).hash,
+            "64c0301779239d55e2bf0059ccf50f1ae41b027371516c8cc0578566c570af3d"
+        );
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_reject_other_formats() {
+        let checkpoint = AuditCheckpoint {
+            format: CHECKPOINT_FORMAT.into(),
+            seq: 12,
+            hash: "ab".repeat(32),
+            exported_at: DateTime::parse_from_rfc3339("2026-01-05T01:30:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        assert_eq!(
+            AuditCheckpoint::from_json(&checkpoint.to_json()).unwrap(),
+            checkpoint
+        );
+        let other = checkpoint.to_json().replace(CHECKPOINT_FORMAT, "v0");
+        assert!(AuditCheckpoint::from_json(&other).is_err());
+        assert!(AuditCheckpoint::from_json("{").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.checkpoint.json");
+        checkpoint.write_file(&path).unwrap();
+        assert_eq!(AuditCheckpoint::read_file(&path).unwrap(), checkpoint);
     }
 }

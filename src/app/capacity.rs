@@ -74,7 +74,10 @@ impl CapacityNeeds {
 
     /// Total Mbps.
     pub fn total_bandwidth_mbps(&self) -> i64 {
-        self.servers.iter().map(|server| server.bandwidth_mbps).sum()
+        self.servers
+            .iter()
+            .map(|server| server.bandwidth_mbps)
+            .sum()
     }
 }
 
@@ -167,7 +170,7 @@ pub(crate) fn thousands(value: i64) -> String {
     let digits = value.unsigned_abs().to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push('.');
         }
         out.push(digit);
@@ -192,8 +195,10 @@ pub(crate) fn plan(
         .collect();
 
     // Power drawn per feed, over all its racks.
-    let rack_feed: HashMap<RackId, Option<PowerFeedId>> =
-        racks.iter().map(|rack| (rack.id, rack.power_feed_id)).collect();
+    let rack_feed: HashMap<RackId, Option<PowerFeedId>> = racks
+        .iter()
+        .map(|rack| (rack.id, rack.power_feed_id))
+        .collect();
     let mut feed_used: HashMap<PowerFeedId, i64> = HashMap::new();
     for allocation in &live {
         if let Some(Some(feed)) = allocation.rack_id.and_then(|rack| rack_feed.get(&rack)) {
@@ -213,7 +218,10 @@ pub(crate) fn plan(
                 power_used_w += allocation.power_w;
                 if let Some(start) = allocation.u_start {
                     for u in start..start + allocation.u_count {
-                        if let Some(slot) = usize::try_from(u - 1).ok().and_then(|i| occupied.get_mut(i)) {
+                        if let Some(slot) = usize::try_from(u - 1)
+                            .ok()
+                            .and_then(|i| occupied.get_mut(i))
+                        {
                             *slot = true;
                         }
                     }
@@ -227,7 +235,8 @@ pub(crate) fn plan(
                     .map(|feed| feed.capacity_w - feed_used.get(&feed.id).copied().unwrap_or(0))
             });
             let rack_headroom = rack.power_budget_w - power_used_w;
-            let power_headroom_w = feed_headroom.map_or(rack_headroom, |feed| rack_headroom.min(feed));
+            let power_headroom_w =
+                feed_headroom.map_or(rack_headroom, |feed| rack_headroom.min(feed));
             let fits = first_fit_u.is_some() && power_headroom_w >= need_w;
             RackCapacity {
                 rack_id: rack.id,
@@ -331,8 +340,16 @@ pub(crate) fn plan(
         _ => {
             let (mut id, mut en) = (Vec::new(), Vec::new());
             if rack.is_none() {
-                let best_block = rack_lines.iter().map(|r| r.largest_free_block).max().unwrap_or(0);
-                let best_power = rack_lines.iter().map(|r| r.power_headroom_w).max().unwrap_or(0);
+                let best_block = rack_lines
+                    .iter()
+                    .map(|r| r.largest_free_block)
+                    .max()
+                    .unwrap_or(0);
+                let best_power = rack_lines
+                    .iter()
+                    .map(|r| r.power_headroom_w)
+                    .max()
+                    .unwrap_or(0);
                 if rack_lines.is_empty() {
                     id.push("belum ada rak yang terdaftar".to_owned());
                     en.push("no rack is registered".to_owned());
@@ -463,7 +480,8 @@ pub(crate) async fn reserve(
     let held: Vec<&Allocation> = allocations
         .iter()
         .filter(|allocation| {
-            allocation.request_id == Some(request) && allocation.status == AllocationStatus::Reserved
+            allocation.request_id == Some(request)
+                && allocation.status == AllocationStatus::Reserved
         })
         .collect();
     let report = plan(&needs, &feeds, &racks, &uplinks, &allocations);
@@ -505,7 +523,10 @@ pub(crate) async fn reserve(
 
 /// Releases what a request reserved (it was rejected or cancelled).
 pub(crate) async fn release(work: &mut Work<'_>, request: RequestId) -> Result<(), AppError> {
-    let released = work.tx.release_request_reservations(request, work.now).await?;
+    let released = work
+        .tx
+        .release_request_reservations(request, work.now)
+        .await?;
     if released > 0 {
         work.audit("capacity.release", "request", request).after =
             Some(serde_json::json!({ "released_allocations": released }));
@@ -530,7 +551,9 @@ impl App {
         work.require(&CAPACITY_ROLES, "manage the capacity model")?;
         let name = super::required("the feed name", name)?;
         if capacity_w <= 0 {
-            return Err(AppError::invalid("a power feed's capacity must be more than 0 W"));
+            return Err(AppError::invalid(
+                "a power feed's capacity must be more than 0 W",
+            ));
         }
         let feed = work.tx.insert_power_feed(&name, capacity_w, now).await?;
         work.audit("capacity.add_feed", "power_feed", feed.id).after = Some(json(&feed));
@@ -559,7 +582,9 @@ impl App {
             )));
         }
         if rack.power_budget_w <= 0 {
-            return Err(AppError::invalid("a rack's power budget must be more than 0 W"));
+            return Err(AppError::invalid(
+                "a rack's power budget must be more than 0 W",
+            ));
         }
         let rack = NewRack {
             name: super::required("the rack name", &rack.name)?,
@@ -570,7 +595,9 @@ impl App {
         if let Some(feed) = rack.power_feed_id {
             let (feeds, _, _) = work.tx.capacity_model().await?;
             if !feeds.iter().any(|candidate| candidate.id == feed) {
-                return Err(AppError::NotFound(format!("power feed {feed} does not exist")));
+                return Err(AppError::NotFound(format!(
+                    "power feed {feed} does not exist"
+                )));
             }
         }
         let stored = work.tx.insert_rack(&rack, now).await?;
@@ -594,7 +621,9 @@ impl App {
         work.require(&CAPACITY_ROLES, "manage the capacity model")?;
         let name = super::required("the uplink name", name)?;
         if capacity_mbps <= 0 {
-            return Err(AppError::invalid("an uplink's capacity must be more than 0 Mbps"));
+            return Err(AppError::invalid(
+                "an uplink's capacity must be more than 0 Mbps",
+            ));
         }
         let uplink = work.tx.insert_uplink(&name, capacity_mbps, now).await?;
         work.audit("capacity.add_uplink", "uplink", uplink.id).after = Some(json(&uplink));
@@ -655,7 +684,14 @@ mod tests {
         }
     }
 
-    fn held(rack: i64, start: i64, count: i64, watts: i64, uplink: Option<i64>, mbps: i64) -> Allocation {
+    fn held(
+        rack: i64,
+        start: i64,
+        count: i64,
+        watts: i64,
+        uplink: Option<i64>,
+        mbps: i64,
+    ) -> Allocation {
         Allocation {
             id: AllocationId(start),
             request_id: None,
@@ -701,43 +737,91 @@ mod tests {
     fn best_fit_rack_and_roomiest_uplink_are_chosen() {
         let racks = [rack(1, 42, 5000, None), rack(2, 10, 5000, None)];
         let uplinks = [
-            Uplink { id: UplinkId(1), name: "ISP-A".into(), capacity_mbps: 1000 },
-            Uplink { id: UplinkId(2), name: "ISP-B".into(), capacity_mbps: 2000 },
+            Uplink {
+                id: UplinkId(1),
+                name: "ISP-A".into(),
+                capacity_mbps: 1000,
+            },
+            Uplink {
+                id: UplinkId(2),
+                name: "ISP-B".into(),
+                capacity_mbps: 2000,
+            },
         ];
         let allocations = [held(2, 1, 6, 1000, Some(2), 500)];
-        let report = plan(&needs(&[(2, 400, 100), (1, 300, 50)]), &[], &racks, &uplinks, &allocations);
+        let report = plan(
+            &needs(&[(2, 400, 100), (1, 300, 50)]),
+            &[],
+            &racks,
+            &uplinks,
+            &allocations,
+        );
         assert_eq!(report.proposal, Answer::Yes);
-        assert_eq!(report.rack, Some(RackId(2)), "rack 2 has 4 U free: the tightest fit");
+        assert_eq!(
+            report.rack,
+            Some(RackId(2)),
+            "rack 2 has 4 U free: the tightest fit"
+        );
         assert_eq!(report.u_start, Some(7));
-        assert_eq!(report.uplink, Some(UplinkId(2)), "1500 Mbps free beats 1000");
+        assert_eq!(
+            report.uplink,
+            Some(UplinkId(2)),
+            "1500 Mbps free beats 1000"
+        );
         assert!(report.reason_id.contains("U7–U9"), "{}", report.reason_id);
-        assert!(report.reason_id.contains("sisa daya 4.000 W"), "{}", report.reason_id);
+        assert!(
+            report.reason_id.contains("sisa daya 4.000 W"),
+            "{}",
+            report.reason_id
+        );
     }
 
     #[test]
     fn a_shared_feed_caps_the_rack_budget() {
-        let feeds = [PowerFeed { id: PowerFeedId(1), name: "PLN-A".into(), capacity_w: 3000 }];
+        let feeds = [PowerFeed {
+            id: PowerFeedId(1),
+            name: "PLN-A".into(),
+            capacity_w: 3000,
+        }];
         let racks = [rack(1, 42, 5000, Some(1)), rack(2, 42, 5000, Some(1))];
         let allocations = [held(1, 1, 2, 2500, None, 0)];
         let report = plan(&needs(&[(1, 600, 0)]), &feeds, &racks, &[], &allocations);
         assert_eq!(report.proposal, Answer::No);
         assert!(report.racks.iter().all(|rack| rack.power_headroom_w == 500));
-        assert!(report.reason_en.contains("power: largest headroom 500 W, 600 W needed"), "{}", report.reason_en);
+        assert!(
+            report
+                .reason_en
+                .contains("power: largest headroom 500 W, 600 W needed"),
+            "{}",
+            report.reason_en
+        );
     }
 
     #[test]
     fn shortages_are_named_with_numbers() {
         let racks = [rack(1, 4, 1000, None)];
-        let uplinks = [Uplink { id: UplinkId(1), name: "ISP-A".into(), capacity_mbps: 100 }];
+        let uplinks = [Uplink {
+            id: UplinkId(1),
+            name: "ISP-A".into(),
+            capacity_mbps: 100,
+        }];
         let report = plan(&needs(&[(5, 2000, 200)]), &[], &racks, &uplinks, &[]);
         assert_eq!(report.proposal, Answer::No);
         assert_eq!(report.rack, None);
-        for expected in ["largest free block 4 U, 5 U needed", "largest headroom 1.000 W, 2.000 W needed", "largest headroom 100 Mbps, 200 Mbps needed"] {
+        for expected in [
+            "largest free block 4 U, 5 U needed",
+            "largest headroom 1.000 W, 2.000 W needed",
+            "largest headroom 100 Mbps, 200 Mbps needed",
+        ] {
             assert!(report.reason_en.contains(expected), "{}", report.reason_en);
         }
         assert!(report.reason_id.starts_with("Kapasitas tidak tersedia"));
         let none = plan(&needs(&[(1, 1, 0)]), &[], &[], &[], &[]);
-        assert!(none.reason_id.contains("belum ada rak"), "{}", none.reason_id);
+        assert!(
+            none.reason_id.contains("belum ada rak"),
+            "{}",
+            none.reason_id
+        );
     }
 
     #[test]
@@ -745,7 +829,10 @@ mod tests {
         let racks = [rack(1, 2, 1000, None)];
         let mut gone = held(1, 1, 2, 1000, None, 0);
         gone.status = AllocationStatus::Released;
-        assert_eq!(plan(&needs(&[(2, 1000, 0)]), &[], &racks, &[], &[gone]).proposal, Answer::Yes);
+        assert_eq!(
+            plan(&needs(&[(2, 1000, 0)]), &[], &racks, &[], &[gone]).proposal,
+            Answer::Yes
+        );
     }
 
     #[test]

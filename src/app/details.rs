@@ -197,7 +197,9 @@ pub(crate) fn normalize(details: RequestDetails) -> Result<RequestDetails, AppEr
         }
         RequestDetails::Backup(backup) => {
             if backup.estimated_size_gb.is_some_and(|size| size < 0) {
-                return Err(AppError::invalid("the estimated backup size cannot be negative"));
+                return Err(AppError::invalid(
+                    "the estimated backup size cannot be negative",
+                ));
             }
             RequestDetails::Backup(BackupApplication {
                 server_id: backup.server_id,
@@ -246,7 +248,10 @@ fn normalize_colocation(
     for (index, server) in application.servers.into_iter().enumerate() {
         let label = format!("server {} ({})", index + 1, server.name.trim());
         let name = required(&format!("the name of server {}", index + 1), &server.name)?;
-        if servers.iter().any(|other: &DeclaredServer| other.name == name) {
+        if servers
+            .iter()
+            .any(|other: &DeclaredServer| other.name == name)
+        {
             return Err(AppError::invalid(format!(
                 "two declared servers are named `{name}`: server names must be unique in a request"
             )));
@@ -265,15 +270,17 @@ fn normalize_colocation(
         }
         let mut ip_addresses = Vec::with_capacity(server.ip_addresses.len());
         for ip in &server.ip_addresses {
-            let address =
-                parse_server_ip(ip).map_err(|error| AppError::invalid(format!("{label}: {error}")))?;
+            let address = parse_server_ip(ip)
+                .map_err(|error| AppError::invalid(format!("{label}: {error}")))?;
             let canonical = address.to_string();
             if !ip_addresses.contains(&canonical) {
                 ip_addresses.push(canonical);
             }
         }
         let host_admin_user = optional(&server.host_admin_user);
-        let host_admin_password = server.host_admin_password.filter(|password| !password.is_blank());
+        let host_admin_password = server
+            .host_admin_password
+            .filter(|password| !password.is_blank());
         if host_admin_password.is_some() && host_admin_user.is_none() {
             return Err(AppError::invalid(format!(
                 "{label}: a host admin password needs its host admin user"

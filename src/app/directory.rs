@@ -103,8 +103,7 @@ impl App {
                 now,
             )
             .await?;
-        work.audit("account.bootstrap", "account", account.id)
-            .after = Some(json(&account));
+        work.audit("account.bootstrap", "account", account.id).after = Some(json(&account));
         work.commit().await?;
         Ok(account)
     }
@@ -129,15 +128,16 @@ impl App {
             address: required("the agency address", &agency.address)?,
             phone: optional(&agency.phone),
         };
-        let stored = work.tx.insert_agency(&agency, now).await.map_err(|error| {
-            match AppError::from(error) {
-                AppError::Conflict(_) => AppError::Conflict(format!(
-                    "agency code `{}` is already registered",
-                    agency.code
-                )),
-                other => other,
-            }
-        })?;
+        let stored =
+            work.tx.insert_agency(&agency, now).await.map_err(|error| {
+                match AppError::from(error) {
+                    AppError::Conflict(_) => AppError::Conflict(format!(
+                        "agency code `{}` is already registered",
+                        agency.code
+                    )),
+                    other => other,
+                }
+            })?;
         work.audit("agency.create", "agency", stored.id).after = Some(json(&stored));
         work.commit().await?;
         Ok(stored)
@@ -210,7 +210,12 @@ impl App {
         if let Some(agency) = account.agency_id {
             work.tx.agency(agency).await?;
         }
-        if work.tx.account_by_username(&account.username).await?.is_some() {
+        if work
+            .tx
+            .account_by_username(&account.username)
+            .await?
+            .is_some()
+        {
             return Err(AppError::Conflict(format!(
                 "user name `{}` is taken",
                 account.username

@@ -19,7 +19,9 @@ pub enum NipError {
         found: usize,
     },
     /// A character that is neither a digit nor a separating space.
-    #[error("NIP `{input}` contains `{character}`; a NIP has only digits (spaces between groups are allowed)")]
+    #[error(
+        "NIP `{input}` contains `{character}`; a NIP has only digits (spaces between groups are allowed)"
+    )]
     NotADigit {
         /// What was typed.
         input: String,
@@ -27,7 +29,9 @@ pub enum NipError {
         character: char,
     },
     /// Digits 1–8 are not a calendar date.
-    #[error("NIP `{input}`: digits 1–8 must be the birth date as YYYYMMDD; `{digits}` is not a valid date")]
+    #[error(
+        "NIP `{input}`: digits 1–8 must be the birth date as YYYYMMDD; `{digits}` is not a valid date"
+    )]
     BirthDate {
         /// What was typed.
         input: String,
@@ -47,7 +51,9 @@ pub enum NipError {
         max: i32,
     },
     /// Digits 9–14 are not a year and month.
-    #[error("NIP `{input}`: digits 9–14 must be the appointment date as YYYYMM; `{digits}` is not a valid month")]
+    #[error(
+        "NIP `{input}`: digits 9–14 must be the appointment date as YYYYMM; `{digits}` is not a valid month"
+    )]
     Appointment {
         /// What was typed.
         input: String,
@@ -56,7 +62,9 @@ pub enum NipError {
     },
     /// Appointed before the age of 18 or after 60 (the civil service age limits, with a
     /// year of slack).
-    #[error("NIP `{input}`: appointed in {appointed} at age {age}, which is not plausible (expected 17–60)")]
+    #[error(
+        "NIP `{input}`: appointed in {appointed} at age {age}, which is not plausible (expected 17–60)"
+    )]
     AppointmentAge {
         /// What was typed.
         input: String,
@@ -66,7 +74,9 @@ pub enum NipError {
         age: i32,
     },
     /// Digit 15 is not 1 (male) or 2 (female).
-    #[error("NIP `{input}`: digit 15 is the sex code and must be 1 (male) or 2 (female), not {digit}")]
+    #[error(
+        "NIP `{input}`: digit 15 is the sex code and must be 1 (male) or 2 (female), not {digit}"
+    )]
     Sex {
         /// What was typed.
         input: String,
@@ -117,12 +127,11 @@ impl Nip {
             });
         }
         let birth_digits = &digits[0..8];
-        let birth = NaiveDate::parse_from_str(birth_digits, "%Y%m%d").map_err(|_| {
-            NipError::BirthDate {
+        let birth =
+            NaiveDate::parse_from_str(birth_digits, "%Y%m%d").map_err(|_| NipError::BirthDate {
                 input: owned(),
                 digits: birth_digits.to_owned(),
-            }
-        })?;
+            })?;
         if !(MIN_BIRTH_YEAR..=MAX_BIRTH_YEAR).contains(&birth.year()) {
             return Err(NipError::BirthYear {
                 input: owned(),
@@ -206,7 +215,9 @@ impl From<Nip> for String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpError {
     /// Not an address at all.
-    #[error("`{0}` is not a valid IP address (expected IPv4 like 10.20.30.40, each part 0–255 without leading zeros, or IPv6 like 2001:db8::1)")]
+    #[error(
+        "`{0}` is not a valid IP address (expected IPv4 like 10.20.30.40, each part 0–255 without leading zeros, or IPv6 like 2001:db8::1)"
+    )]
     Syntax(String),
     /// 0.0.0.0 or ::.
     #[error("`{0}` is the unspecified address and cannot be a server's address")]
@@ -258,7 +269,9 @@ pub enum DomainError {
     #[error("domain `{0}` is longer than 253 characters")]
     TooLong(String),
     /// A single label, like `localhost`.
-    #[error("domain `{0}` needs at least two labels separated by dots (e.g. diskominfo.jatengprov.go.id)")]
+    #[error(
+        "domain `{0}` needs at least two labels separated by dots (e.g. diskominfo.jatengprov.go.id)"
+    )]
     SingleLabel(String),
     /// An empty label (`a..b`, a leading dot).
     #[error("domain `{0}` has an empty label (two dots in a row, or a leading dot)")]
@@ -272,7 +285,9 @@ pub enum DomainError {
         label: String,
     },
     /// A character outside letters, digits and `-`.
-    #[error("domain `{domain}`: `{character}` is not allowed; use letters a–z, digits and `-` (internationalised names in their xn-- form)")]
+    #[error(
+        "domain `{domain}`: `{character}` is not allowed; use letters a–z, digits and `-` (internationalised names in their xn-- form)"
+    )]
     BadCharacter {
         /// The domain.
         domain: String,
@@ -304,7 +319,10 @@ impl DomainName {
     /// A [`DomainError`] naming the problem.
     pub fn parse(input: &str) -> Result<DomainName, DomainError> {
         let trimmed = input.trim();
-        let name = trimmed.strip_suffix('.').unwrap_or(trimmed).to_ascii_lowercase();
+        let name = trimmed
+            .strip_suffix('.')
+            .unwrap_or(trimmed)
+            .to_ascii_lowercase();
         if name.is_empty() {
             return Err(DomainError::Empty);
         }
@@ -398,7 +416,10 @@ mod tests {
             ("18901026 191009 2 001", "birth year 1890 is not plausible"),
             ("19641026 198913 2 001", "`198913` is not a valid month"),
             ("19641026 197509 2 001", "at age 10"),
-            ("19641026 198909 3 001", "must be 1 (male) or 2 (female), not 3"),
+            (
+                "19641026 198909 3 001",
+                "must be 1 (male) or 2 (female), not 3",
+            ),
             ("19641026 198909 2 000", "cannot be 000"),
         ];
         for (input, expected) in cases {
@@ -433,7 +454,9 @@ mod tests {
     #[test]
     fn domains_are_checked() {
         assert_eq!(
-            DomainName::parse("Diskominfo.JatengProv.go.id.").unwrap().as_str(),
+            DomainName::parse("Diskominfo.JatengProv.go.id.")
+                .unwrap()
+                .as_str(),
             "diskominfo.jatengprov.go.id"
         );
         assert!(DomainName::parse("xn--bcher-kva.example").is_ok());

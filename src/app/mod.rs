@@ -39,8 +39,8 @@ pub use assets::{ObservedServer, RegisterServer, SpecDifference};
 pub use audit::{AuditCheckpoint, AuditProblem, AuditVerification};
 pub use capacity::{CapacityNeeds, CapacityReport, RackCapacity, ServerNeed, UplinkCapacity};
 pub use details::{
-    BackupApplication, ColocationApplication, DeclaredServer, MaintenanceApplication,
-    OpenRequest, RequestDetails, RestoreApplication, Validity, WithdrawalApplication,
+    BackupApplication, ColocationApplication, DeclaredServer, MaintenanceApplication, OpenRequest,
+    RequestDetails, RestoreApplication, Validity, WithdrawalApplication,
 };
 pub use directory::{NewAccountInput, NewPersonInput};
 pub use documents::{DocumentNumbering, OfficeIdentity, Signatory};
@@ -203,7 +203,11 @@ impl App {
     }
 
     /// Starts a unit of work done by the system itself (no account).
-    async fn system_work(&self, actor_name: &str, now: DateTime<Utc>) -> Result<Work<'_>, AppError> {
+    async fn system_work(
+        &self,
+        actor_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Work<'_>, AppError> {
         Ok(Work {
             app: self,
             tx: self.catalog().begin().await?,
@@ -254,7 +258,11 @@ impl Work<'_> {
     /// Requires one of `allowed`; records it as the acting role.
     fn require(&mut self, allowed: &[Role], what: &str) -> Result<Role, AppError> {
         let account = self.account()?;
-        match allowed.iter().copied().find(|role| account.roles.contains(role)) {
+        match allowed
+            .iter()
+            .copied()
+            .find(|role| account.roles.contains(role))
+        {
             Some(role) => {
                 self.role = Some(role);
                 Ok(role)
@@ -273,12 +281,7 @@ impl Work<'_> {
     }
 
     /// Queues an audit entry by the acting user and role.
-    fn audit(
-        &mut self,
-        action: &str,
-        entity: &str,
-        entity_id: impl ToString,
-    ) -> &mut AuditEntry {
+    fn audit(&mut self, action: &str, entity: &str, entity_id: impl ToString) -> &mut AuditEntry {
         self.audit.push(AuditEntry::new(
             self.now,
             self.actor_name.clone(),
@@ -308,7 +311,10 @@ fn describe(roles: &[Role]) -> String {
         [only] => only.code().to_owned(),
         [init @ .., last] => format!(
             "{} or {}",
-            init.iter().map(|role| role.code()).collect::<Vec<_>>().join(", "),
+            init.iter()
+                .map(|role| role.code())
+                .collect::<Vec<_>>()
+                .join(", "),
             last.code()
         ),
     }

@@ -71,7 +71,10 @@ pub struct EventOutcome {
 /// Decodes a stored request's application data.
 pub(crate) fn decode_details(record: &RequestRecord) -> Result<RequestDetails, AppError> {
     serde_json::from_str(&record.details_json).map_err(|error| {
-        AppError::internal(format!("request {}: unreadable application data: {error}", record.id))
+        AppError::internal(format!(
+            "request {}: unreadable application data: {error}",
+            record.id
+        ))
     })
 }
 
@@ -198,7 +201,12 @@ fn scoped(account: &Account, agency: AgencyId) -> ScopedActor {
     }
 }
 
-fn explain(rejection: Rejection, actor: &ScopedActor, account: &Account, agency: AgencyId) -> AppError {
+fn explain(
+    rejection: Rejection,
+    actor: &ScopedActor,
+    account: &Account,
+    agency: AgencyId,
+) -> AppError {
     if let Rejection::WrongRole { allowed, .. } = &rejection
         && actor.foreign_skpd
         && allowed.contains(&Role::Skpd)
@@ -316,7 +324,11 @@ async fn run_actions(
 /// What happens when a request ends: reserved capacity is given back unless the request
 /// completed (a completed handover has already handed it to the servers), and a
 /// maintenance record is closed.
-async fn on_finished(work: &mut Work<'_>, record: &RequestRecord, state: &RequestState) -> Result<(), AppError> {
+async fn on_finished(
+    work: &mut Work<'_>,
+    record: &RequestRecord,
+    state: &RequestState,
+) -> Result<(), AppError> {
     let Some(outcome) = state.outcome() else {
         return Ok(());
     };
@@ -419,9 +431,11 @@ impl App {
             )));
         }
         let mut details = details::normalize(input.details)?;
-        self.check_references(&mut work, &agency.id, &mut details).await?;
-        let details_json = serde_json::to_string(&details)
-            .map_err(|error| AppError::internal(format!("cannot encode application data: {error}")))?;
+        self.check_references(&mut work, &agency.id, &mut details)
+            .await?;
+        let details_json = serde_json::to_string(&details).map_err(|error| {
+            AppError::internal(format!("cannot encode application data: {error}"))
+        })?;
 
         let record = work
             .tx
@@ -459,7 +473,15 @@ impl App {
             servers: Vec::new(),
             queued: Vec::new(),
         };
-        run_actions(&mut work, definition, &record, &details, &decision, &mut outcome).await?;
+        run_actions(
+            &mut work,
+            definition,
+            &record,
+            &details,
+            &decision,
+            &mut outcome,
+        )
+        .await?;
         work.commit().await?;
         Ok(outcome)
     }
@@ -574,8 +596,9 @@ impl App {
             .map_err(|error| AppError::internal(error.to_string()))?;
         let account = work.account()?.clone();
         let actor = scoped(&account, record.agency_id);
-        let decision = workflow::decide(definition, &record.state, event.clone(), &actor.actor, now)
-            .map_err(|rejection| explain(rejection, &actor, &account, record.agency_id))?;
+        let decision =
+            workflow::decide(definition, &record.state, event.clone(), &actor.actor, now)
+                .map_err(|rejection| explain(rejection, &actor, &account, record.agency_id))?;
 
         let current = record
             .state
@@ -623,7 +646,15 @@ impl App {
             "event": json(&event),
             "state": json(&decision.state),
         }));
-        run_actions(&mut work, definition, &record, &details, &decision, &mut outcome).await?;
+        run_actions(
+            &mut work,
+            definition,
+            &record,
+            &details,
+            &decision,
+            &mut outcome,
+        )
+        .await?;
         on_finished(&mut work, &record, &decision.state).await?;
         work.commit().await?;
 

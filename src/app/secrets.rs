@@ -307,6 +307,9 @@ mod tests {
         );
         let error = MasterKey::from_hex("zz-not-a-key").unwrap_err().to_string();
         assert!(!error.contains("zz-not-a-key"));
-        assert_ne!(MasterKey::generate().unwrap().fingerprint(), MasterKey::generate().unwrap().fingerprint());
+        assert_ne!(
+            MasterKey::generate().unwrap().fingerprint(),
+            MasterKey::generate().unwrap().fingerprint()
+        );
     }
 }

@@ -60,15 +60,10 @@ impl Tx {
     /// # Errors
     /// [`CatalogError::Corrupt`] when the head row is missing.
     pub async fn lock_audit_head(&mut self) -> Result<(i64, String), CatalogError> {
-        let head: Option<(i64, String)> = with_conn_sql!(
-            self,
-            sql = (SELECT_HEAD, LOCK_HEAD),
-            |conn| {
-                sqlx::query_as(sql)
-                    .fetch_optional(&mut *conn)
-                    .await?
-            }
-        );
+        let head: Option<(i64, String)> =
+            with_conn_sql!(self, sql = (SELECT_HEAD, LOCK_HEAD), |conn| {
+                sqlx::query_as(sql).fetch_optional(&mut *conn).await?
+            });
         head.ok_or_else(|| CatalogError::corrupt("audit_head", "the chain head row is missing"))
     }
 
@@ -256,7 +251,10 @@ impl Tx {
     }
 
     /// Inserts a row without touching the head.
-    pub(crate) async fn tamper_insert_audit_row(&mut self, row: &AuditRow) -> Result<(), CatalogError> {
+    pub(crate) async fn tamper_insert_audit_row(
+        &mut self,
+        row: &AuditRow,
+    ) -> Result<(), CatalogError> {
         with_conn!(self, |conn| {
             sqlx::query(INSERT_ROW)
                 .bind(row.seq)
@@ -276,7 +274,11 @@ impl Tx {
         Ok(())
     }
 
-    pub(crate) async fn tamper_audit_head(&mut self, seq: i64, hash: &str) -> Result<(), CatalogError> {
+    pub(crate) async fn tamper_audit_head(
+        &mut self,
+        seq: i64,
+        hash: &str,
+    ) -> Result<(), CatalogError> {
         with_conn!(self, |conn| {
             sqlx::query(UPDATE_HEAD)
                 .bind(seq)

@@ -203,7 +203,9 @@ impl Tx {
                 .fetch_optional(&mut *conn)
                 .await?
         });
-        Ok(row.ok_or_else(|| CatalogError::not_found("rack", id))?.into())
+        Ok(row
+            .ok_or_else(|| CatalogError::not_found("rack", id))?
+            .into())
     }
 
     /// Adds an uplink.

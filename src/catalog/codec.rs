@@ -63,7 +63,10 @@ pub fn parse_opt_date(
 ///
 /// # Errors
 /// [`CatalogError::Corrupt`] when serialization fails (a map with non-string keys).
-pub fn to_json<T: Serialize + ?Sized>(table: &'static str, value: &T) -> Result<String, CatalogError> {
+pub fn to_json<T: Serialize + ?Sized>(
+    table: &'static str,
+    value: &T,
+) -> Result<String, CatalogError> {
     serde_json::to_string(value)
         .map_err(|error| CatalogError::corrupt(table, format!("cannot encode JSON: {error}")))
 }

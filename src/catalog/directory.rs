@@ -143,7 +143,9 @@ impl Tx {
     /// From the driver, or [`CatalogError::Corrupt`].
     pub async fn agencies(&mut self) -> Result<Vec<Agency>, CatalogError> {
         let rows: Vec<AgencyRow> = with_conn!(self, |conn| {
-            sqlx::query_as(SELECT_AGENCIES).fetch_all(&mut *conn).await?
+            sqlx::query_as(SELECT_AGENCIES)
+                .fetch_all(&mut *conn)
+                .await?
         });
         rows.into_iter().map(AgencyRow::decode).collect()
     }

@@ -179,7 +179,10 @@ impl Catalog {
     /// [`CatalogError::InvalidConfig`] when the directory cannot be created;
     /// [`CatalogError::Migration`] when the schema cannot be brought up to date; others
     /// from the driver.
-    pub async fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> Result<Self, CatalogError> {
+    pub async fn open_sqlite(
+        data_dir: &Path,
+        options: &SqliteOptions,
+    ) -> Result<Self, CatalogError> {
         std::fs::create_dir_all(data_dir).map_err(|error| {
             CatalogError::InvalidConfig(format!(
                 "cannot create the data directory {}: {error}",
@@ -193,7 +196,10 @@ impl Catalog {
     ///
     /// # Errors
     /// As [`Catalog::open_sqlite`].
-    pub async fn open_sqlite_file(path: &Path, options: &SqliteOptions) -> Result<Self, CatalogError> {
+    pub async fn open_sqlite_file(
+        path: &Path,
+        options: &SqliteOptions,
+    ) -> Result<Self, CatalogError> {
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -256,7 +262,10 @@ impl Catalog {
     /// [`CatalogError::InvalidConfig`] for another scheme; otherwise as the `open_*`
     /// function for the scheme.
     pub async fn open_url(url: &str) -> Result<Self, CatalogError> {
-        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             Self::open_sqlite_file(Path::new(path), &SqliteOptions::default()).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Self::open_postgres(url, &PostgresOptions::default()).await
@@ -401,6 +410,22 @@ impl Tx {
     }
 }
 
+/// Drops a PostgreSQL schema and everything in it: the end of a test that ran in its own
+/// schema.
+#[cfg(test)]
+pub(crate) async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), CatalogError> {
+    check_schema_name(schema)?;
+    let connect = PgConnectOptions::from_str(url)
+        .map_err(|error| CatalogError::InvalidConfig(format!("bad PostgreSQL URL: {error}")))?;
+    let mut conn = PgConnection::connect_with(&connect).await?;
+    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,20 +446,4 @@ mod tests {
         );
         assert_eq!(redact_url("mysql://host/db"), "mysql://host/db");
     }
-}
-
-/// Drops a PostgreSQL schema and everything in it: the end of a test that ran in its own
-/// schema.
-#[cfg(test)]
-pub(crate) async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), CatalogError> {
-    check_schema_name(schema)?;
-    let connect = PgConnectOptions::from_str(url)
-        .map_err(|error| CatalogError::InvalidConfig(format!("bad PostgreSQL URL: {error}")))?;
-    let mut conn = PgConnection::connect_with(&connect).await?;
-    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-    sqlx::query(sqlx::AssertSqlSafe(drop))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    Ok(())
 }

@@ -471,7 +471,10 @@ impl fmt::Debug for SecretRecord {
         f.debug_struct("SecretRecord")
             .field("id", &self.id)
             .field("purpose", &self.purpose)
-            .field("sealed", &format_args!("<{} sealed bytes>", self.sealed.len()))
+            .field(
+                "sealed",
+                &format_args!("<{} sealed bytes>", self.sealed.len()),
+            )
             .finish()
     }
 }

@@ -11,9 +11,7 @@ use super::{
     PendingActionRecord, PendingStatus, RequestFilter, RequestId, RequestRecord, RequestSummary,
     ServerId, StoredDefinition, Tx,
 };
-use crate::workflow::{
-    PendingAction, ProcedureCode, RequestState, Revision, StepRecord, Trigger,
-};
+use crate::workflow::{PendingAction, ProcedureCode, RequestState, Revision, StepRecord, Trigger};
 
 #[derive(sqlx::FromRow)]
 struct DefinitionRow {
@@ -235,7 +233,11 @@ const FINISH_PENDING: &str = "UPDATE pending_actions SET status = $1, finished_a
 fn projection(state: &RequestState) -> (&'static str, Option<i64>, Option<&'static str>) {
     match state.current_step() {
         Some(step) => ("active", Some(i64::from(step.0)), None),
-        None => ("finished", None, state.outcome().map(|outcome| outcome.code())),
+        None => (
+            "finished",
+            None,
+            state.outcome().map(|outcome| outcome.code()),
+        ),
     }
 }
 

@@ -263,6 +263,10 @@ thread_local! {
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Encode a blob's plaintext: codec byte then payload. Compression is kept
 /// only when it saves at least 1/32 of the size; otherwise the data is stored
 /// raw and costs nothing to read back.
@@ -304,11 +308,17 @@ pub fn encode_blob_payload(data: &[u8], level: i32, out: &mut Vec<u8>) {
 ///
 /// # Errors
 /// As [`decode_blob_payload`].
-pub fn decode_blob_payload_owned(mut payload: Vec<u8>, raw_len: usize) -> std::result::Result<Vec<u8>, String> {
+pub fn decode_blob_payload_owned(
+    mut payload: Vec<u8>,
+    raw_len: usize,
+) -> std::result::Result<Vec<u8>, String> {
     if payload.first() == Some(&CODEC_RAW) {
         payload.remove(0);
         if payload.len() != raw_len {
-            return Err(format!("stored {} bytes, index says {raw_len}", payload.len()));
+            return Err(format!(
+                "stored {} bytes, index says {raw_len}",
+                payload.len()
+            ));
         }
         return Ok(payload);
     }
@@ -323,7 +333,10 @@ pub fn decode_blob_payload_owned(mut payload: Vec<u8>, raw_len: usize) -> std::r
 pub fn decode_blob_payload(payload: &[u8], raw_len: usize) -> std::result::Result<Vec<u8>, String> {
     match payload.first() {
         Some(&CODEC_RAW) if payload.len() - 1 == raw_len => Ok(payload[1..].to_vec()),
-        Some(&CODEC_RAW) => Err(format!("stored {} bytes, index says {raw_len}", payload.len() - 1)),
+        Some(&CODEC_RAW) => Err(format!(
+            "stored {} bytes, index says {raw_len}",
+            payload.len() - 1
+        )),
         Some(&CODEC_ZSTD) => {
             let out =
                 zstd::bulk::decompress(&payload[1..], raw_len).map_err(|e| format!("zstd: {e}"))?;

@@ -83,7 +83,9 @@ impl Default for OfficeIdentity {
 impl OfficeIdentity {
     /// The signatory configured for a role.
     pub fn signatory(&self, role: Role) -> Option<&Signatory> {
-        self.signatories.iter().find(|signatory| signatory.role == role)
+        self.signatories
+            .iter()
+            .find(|signatory| signatory.role == role)
     }
 }
 
@@ -158,12 +160,15 @@ impl DocumentNumbering {
         }
         let mut rest = self.pattern.as_str();
         while let Some(open) = rest.find('{') {
-            let close = rest[open..].find('}').map(|offset| open + offset).ok_or_else(|| {
-                AppError::invalid(format!(
-                    "the document number pattern `{}` has an unclosed `{{`",
-                    self.pattern
-                ))
-            })?;
+            let close = rest[open..]
+                .find('}')
+                .map(|offset| open + offset)
+                .ok_or_else(|| {
+                    AppError::invalid(format!(
+                        "the document number pattern `{}` has an unclosed `{{`",
+                        self.pattern
+                    ))
+                })?;
             let placeholder = &rest[open..=close];
             if !PLACEHOLDERS.contains(&placeholder) {
                 return Err(AppError::invalid(format!(
@@ -414,10 +419,7 @@ pub(in crate::app) struct RequestContext<'a> {
 }
 
 /// The last finished record of a step: its decision, reason and note.
-fn finished_record<'a>(
-    state: &'a RequestState,
-    step: u32,
-) -> Option<&'a crate::workflow::StepRecord> {
+fn finished_record(state: &RequestState, step: u32) -> Option<&crate::workflow::StepRecord> {
     state
         .steps
         .iter()
@@ -435,7 +437,9 @@ fn latest_decision(state: &RequestState) -> Option<(Answer, String)> {
 }
 
 fn grouped_nip(nip: &str) -> String {
-    Nip::parse(nip).map(|nip| nip.grouped()).unwrap_or_else(|_| nip.to_owned())
+    Nip::parse(nip)
+        .map(|nip| nip.grouped())
+        .unwrap_or_else(|_| nip.to_owned())
 }
 
 fn location_of(rack: &crate::catalog::Rack, u_start: Option<i64>, u_count: i64) -> String {
@@ -477,7 +481,10 @@ async fn server_entry(
     let (noc, location) = match server.rack_id {
         Some(rack) => {
             let rack = work.tx.rack(rack).await?;
-            (rack.noc.clone(), location_of(&rack, server.u_position, server.u_size))
+            (
+                rack.noc.clone(),
+                location_of(&rack, server.u_position, server.u_size),
+            )
         }
         None => (server.noc.clone().unwrap_or_default(), String::new()),
     };
@@ -493,7 +500,10 @@ async fn server_entry(
             noc,
             location,
             serial_number: server.hardware.serial_number.clone(),
-            type_and_brand: format!("{} / {}", server.hardware.server_type, server.hardware.brand),
+            type_and_brand: format!(
+                "{} / {}",
+                server.hardware.server_type, server.hardware.brand
+            ),
             domain,
             host_admin_user: server.host_admin_user.clone(),
             password_on_file: server.host_admin_secret_id.is_some(),
@@ -546,7 +556,11 @@ pub(in crate::app) async fn gather(
         address: Some(agency.address.clone()),
         phone: agency.phone.clone(),
     };
-    let letter_signer = context.step_roles.first().copied().unwrap_or(Role::KabidTik);
+    let letter_signer = context
+        .step_roles
+        .first()
+        .copied()
+        .unwrap_or(Role::KabidTik);
     let (signatory_role, body) = match (kind, context.details) {
         (DocumentKind::ApplicationForm, RequestDetails::Colocation(application)) => {
             let person = work.tx.person(application.responsible_person).await?;
@@ -569,11 +583,17 @@ pub(in crate::app) async fn gather(
         (DocumentKind::ApprovalForm, RequestDetails::Colocation(application)) => {
             let (approved, considerations) = finished_record(context.state, context.step.0)
                 .and_then(|record| {
-                    record
-                        .decision
-                        .map(|answer| (answer == Answer::Yes, record.reason.clone().unwrap_or_default()))
+                    record.decision.map(|answer| {
+                        (
+                            answer == Answer::Yes,
+                            record.reason.clone().unwrap_or_default(),
+                        )
+                    })
                 })
-                .or_else(|| latest_decision(context.state).map(|(answer, reason)| (answer == Answer::Yes, reason)))
+                .or_else(|| {
+                    latest_decision(context.state)
+                        .map(|(answer, reason)| (answer == Answer::Yes, reason))
+                })
                 .unwrap_or((false, String::new()));
             let mut colocation = Vec::new();
             let mut data_center = None;
@@ -736,8 +756,14 @@ pub(in crate::app) async fn gather(
                 .unwrap_or_default();
             let mut facts = vec![
                 ("Nomor permohonan".to_owned(), record.id.to_string()),
-                ("Nama Domain/Sub-Domain".to_owned(), application.domain.clone()),
-                ("Jumlah server".to_owned(), application.servers.len().to_string()),
+                (
+                    "Nama Domain/Sub-Domain".to_owned(),
+                    application.domain.clone(),
+                ),
+                (
+                    "Jumlah server".to_owned(),
+                    application.servers.len().to_string(),
+                ),
             ];
             if !placement.is_empty() {
                 facts.push(("Letak Server".to_owned(), placement.join("; ")));
@@ -761,28 +787,41 @@ pub(in crate::app) async fn gather(
             )
         }
         (DocumentKind::LetterCapacityUnavailable, RequestDetails::Colocation(application)) => {
-            let report: Option<CapacityReport> = match work.tx.latest_capacity_check(record.id).await? {
-                Some(check) => serde_json::from_str(&check.report_json).ok(),
-                None => None,
-            };
+            let report: Option<CapacityReport> =
+                match work.tx.latest_capacity_check(record.id).await? {
+                    Some(check) => serde_json::from_str(&check.report_json).ok(),
+                    None => None,
+                };
             let needs = super::capacity::CapacityNeeds::of(application);
             let reason = latest_decision(context.state)
                 .map(|(_, reason)| reason)
                 .unwrap_or_default();
             let mut facts = vec![
-                ("Nama Domain/Sub-Domain".to_owned(), application.domain.clone()),
-                ("Kebutuhan tempat".to_owned(), format!("{} U", needs.total_u())),
+                (
+                    "Nama Domain/Sub-Domain".to_owned(),
+                    application.domain.clone(),
+                ),
+                (
+                    "Kebutuhan tempat".to_owned(),
+                    format!("{} U", needs.total_u()),
+                ),
                 (
                     "Kebutuhan listrik".to_owned(),
                     format!("{} W", super::capacity::thousands(needs.total_power_w())),
                 ),
                 (
                     "Kebutuhan bandwidth".to_owned(),
-                    format!("{} Mbps", super::capacity::thousands(needs.total_bandwidth_mbps())),
+                    format!(
+                        "{} Mbps",
+                        super::capacity::thousands(needs.total_bandwidth_mbps())
+                    ),
                 ),
             ];
             if let Some(report) = &report {
-                facts.push(("Hasil pengecekan kapasitas".to_owned(), report.reason_id.clone()));
+                facts.push((
+                    "Hasil pengecekan kapasitas".to_owned(),
+                    report.reason_id.clone(),
+                ));
             }
             (
                 letter_signer,
@@ -815,7 +854,13 @@ pub(in crate::app) async fn gather(
             ];
             if let Some(server) = backup.server_id {
                 let server = work.tx.server(server).await?;
-                facts.insert(1, ("Server".to_owned(), format!("{} (S/N {})", server.name, server.hardware.serial_number)));
+                facts.insert(
+                    1,
+                    (
+                        "Server".to_owned(),
+                        format!("{} (S/N {})", server.name, server.hardware.serial_number),
+                    ),
+                );
             }
             (
                 letter_signer,
@@ -938,10 +983,21 @@ pub(in crate::app) async fn gather(
             ];
             if let Some(server) = maintenance.server_id {
                 let server = work.tx.server(server).await?;
-                facts.push(("Server".to_owned(), format!("{} (S/N {})", server.name, server.hardware.serial_number)));
+                facts.push((
+                    "Server".to_owned(),
+                    format!("{} (S/N {})", server.name, server.hardware.serial_number),
+                ));
             }
-            let visits = context.state.steps.iter().filter(|record| record.step.0 == 3).count();
-            facts.push(("Jumlah pelaksanaan perawatan".to_owned(), visits.to_string()));
+            let visits = context
+                .state
+                .steps
+                .iter()
+                .filter(|record| record.step.0 == 3)
+                .count();
+            facts.push((
+                "Jumlah pelaksanaan perawatan".to_owned(),
+                visits.to_string(),
+            ));
             (
                 letter_signer,
                 DocumentBody::Letter {

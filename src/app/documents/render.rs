@@ -161,7 +161,14 @@ pub fn render(data: &DocumentData) -> String {
             domain,
             domain_activation,
             validity,
-        } => application(&mut html, data, applicant, domain, *domain_activation, *validity),
+        } => application(
+            &mut html,
+            data,
+            applicant,
+            domain,
+            *domain_activation,
+            *validity,
+        ),
         DocumentBody::Approval {
             domain,
             approved,
@@ -186,13 +193,22 @@ pub fn render(data: &DocumentData) -> String {
             servers,
             checked,
             mismatches,
-        } => handover(&mut html, data, day, handing, receiving, servers, *checked, mismatches),
+        } => handover(
+            &mut html, data, day, handing, receiving, servers, *checked, mismatches,
+        ),
         DocumentBody::Withdrawal {
             domain,
             data_center,
             colocation,
             considerations,
-        } => withdrawal(&mut html, data, domain, data_center, colocation, considerations),
+        } => withdrawal(
+            &mut html,
+            data,
+            domain,
+            data_center,
+            colocation,
+            considerations,
+        ),
         DocumentBody::Letter {
             recipient,
             subject,
@@ -225,7 +241,9 @@ fn form_head(html: &mut Html, data: &DocumentData) {
 fn signatory_lines(html: &mut Html, office: &OfficeIdentity, role: Role) {
     match office.signatory(role) {
         Some(signatory) => {
-            html.raw("<p><strong><u>").text(&signatory.name).raw("</u></strong>");
+            html.raw("<p><strong><u>")
+                .text(&signatory.name)
+                .raw("</u></strong>");
             if let Some(rank) = &signatory.rank {
                 html.raw("<br>").text(rank);
             }
@@ -304,7 +322,10 @@ fn placement_fields(html: &mut Html, placement: Option<&Placement>) {
     html.raw("<table class=\"fields\">\n")
         .field("NOC", placement.map(|p| p.noc.as_str()))
         .field("Letak Server", placement.map(|p| p.location.as_str()))
-        .field("Nama Domain/Sub-Domain", placement.map(|p| p.domain.as_str()))
+        .field(
+            "Nama Domain/Sub-Domain",
+            placement.map(|p| p.domain.as_str()),
+        )
         .raw("</table>\n");
 }
 
@@ -458,9 +479,13 @@ fn withdrawal(
     considerations: &str,
 ) {
     form_head(html, data);
-    html.raw("<p class=\"subtitle\">(Permohonan Penarikan Colocation)</p>\n<table class=\"fields\">\n")
-        .field("Nama Domain/Sub-domain", Some(domain))
-        .raw("</table>\n<p>Telah mengajukan permohonan penarikan colocation</p>\n<h2>Data Center</h2>\n");
+    html.raw(
+        "<p class=\"subtitle\">(Permohonan Penarikan Colocation)</p>\n<table class=\"fields\">\n",
+    )
+    .field("Nama Domain/Sub-domain", Some(domain))
+    .raw(
+        "</table>\n<p>Telah mengajukan permohonan penarikan colocation</p>\n<h2>Data Center</h2>\n",
+    );
     placement_fields(html, Some(data_center));
     html.raw("<h2>Colocation</h2>\n");
     colocation_fields(html, colocation, false);

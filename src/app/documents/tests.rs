@@ -115,14 +115,20 @@ fn letter(kind: DocumentKind, facts: Vec<(&str, &str)>, paragraphs: Vec<&str>) -
 
 fn check(name: &str, data: &DocumentData) {
     let html = render(data);
-    assert!(!html.contains("<script>"), "{name}: unescaped markup from data");
+    assert!(
+        !html.contains("<script>"),
+        "{name}: unescaped markup from data"
+    );
     assert!(
         html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"),
         "{name}: the hostile unit name is not shown escaped"
     );
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains("size: A4"));
-    assert!(!html.contains("<link") && !html.contains("src="), "{name}: not self-contained");
+    assert!(
+        !html.contains("<link") && !html.contains("src="),
+        "{name}: not self-contained"
+    );
     golden(name, &html);
 }
 
@@ -173,7 +179,10 @@ fn form_2_approval() {
         colocation: vec![entry()],
     };
     let html = render(&rejected_data);
-    assert!(html.contains("tersimpan tersegel"), "the password is never printed");
+    assert!(
+        html.contains("tersimpan tersegel"),
+        "the password is never printed"
+    );
     check("form2_approval_approved", &rejected_data);
 }
 
@@ -254,7 +263,10 @@ fn letter_request_approved() {
             vec![
                 ("Nomor permohonan", "12"),
                 ("Nama Domain/Sub-Domain", "simkes.jatengprov.go.id"),
-                ("Letak Server", "simkes-web-01: Ruang Server Lt. 2, rak R01, U7–U8"),
+                (
+                    "Letak Server",
+                    "simkes-web-01: Ruang Server Lt. 2, rak R01, U7–U8",
+                ),
             ],
             vec![
                 "Menindaklanjuti surat permohonan colocation server, dengan ini kami sampaikan bahwa permohonan tersebut telah disetujui.",
@@ -289,7 +301,10 @@ fn letter_backup_stopped() {
         "letter_backup_stopped",
         &letter(
             DocumentKind::LetterBackupStopped,
-            vec![("Cakupan back up", "/var/www, database simkes"), ("Tanggal penghentian", "2 Maret 2026")],
+            vec![
+                ("Cakupan back up", "/var/www, database simkes"),
+                ("Tanggal penghentian", "2 Maret 2026"),
+            ],
             vec!["Pelaksanaan back up data telah dihentikan."],
         ),
     );
@@ -343,5 +358,11 @@ fn numbering_follows_the_pattern() {
         codes: [("invoice".to_owned(), "X".to_owned())].into(),
         ..DocumentNumbering::default()
     };
-    assert!(bad_kind.validate().unwrap_err().to_string().contains("unknown document kind"));
+    assert!(
+        bad_kind
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown document kind")
+    );
 }

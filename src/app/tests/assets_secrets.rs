@@ -9,10 +9,17 @@ use crate::catalog::{Catalog, SqliteOptions};
 pub(crate) async fn passwords_are_sealed_and_revealed_only_with_audit(catalog: Catalog) {
     let env = Env::new(catalog.clone()).await;
     let opened = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open");
-    assert!(!format!("{opened:?}").contains(PASSWORD), "no secret in Debug output");
+    assert!(
+        !format!("{opened:?}").contains(PASSWORD),
+        "no secret in Debug output"
+    );
     let (_, servers) = env.handed_over().await;
     let web = &servers[0];
     assert!(web.host_admin_secret_id.is_some());
@@ -20,7 +27,10 @@ pub(crate) async fn passwords_are_sealed_and_revealed_only_with_audit(catalog: C
 
     let mut tx = env.app.catalog().begin_read().await.expect("read");
     for text in tx.all_stored_texts().await.expect("texts") {
-        assert!(!text.contains(PASSWORD), "a stored text holds the password: {text}");
+        assert!(
+            !text.contains(PASSWORD),
+            "a stored text holds the password: {text}"
+        );
     }
     let sealed = tx.all_sealed_blobs().await.expect("blobs");
     assert_eq!(sealed.len(), 2, "one per request that declared it");
@@ -64,7 +74,10 @@ pub(crate) async fn passwords_are_sealed_and_revealed_only_with_audit(catalog: C
         .iter()
         .map(|row| (row.action.as_str(), row.actor.as_str()))
         .collect();
-    assert!(actions.contains(&("secret.reveal_denied", SKPD)), "{actions:?}");
+    assert!(
+        actions.contains(&("secret.reveal_denied", SKPD)),
+        "{actions:?}"
+    );
     assert!(actions.contains(&("secret.reveal", PETUGAS)), "{actions:?}");
     for row in &trail {
         for json in [&row.before_json, &row.after_json].into_iter().flatten() {
@@ -107,7 +120,10 @@ pub(crate) async fn passwords_are_sealed_and_revealed_only_with_audit(catalog: C
         .reveal_host_admin_password(PETUGAS, web.id, "cek", env.now())
         .await
         .expect_err("another key");
-    assert!(matches!(error, crate::app::AppError::Internal(_)), "{error:?}");
+    assert!(
+        matches!(error, crate::app::AppError::Internal(_)),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("sealed with key"), "{error}");
     env.assert_audit_intact().await;
 }
@@ -152,7 +168,12 @@ pub(crate) async fn agent_reports_record_mismatches(catalog: Catalog) {
     );
     assert_error(
         env.app
-            .record_agent_observation("x", crate::catalog::ServerId(4242), ObservedServer::default(), env.now())
+            .record_agent_observation(
+                "x",
+                crate::catalog::ServerId(4242),
+                ObservedServer::default(),
+                env.now(),
+            )
             .await,
         not_found,
         "server 4242 does not exist",
@@ -220,8 +241,18 @@ pub(crate) async fn servers_predating_cadang_are_registered(catalog: Catalog) {
     let live = env.app.live_allocations().await.expect("allocations");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].server_id, Some(stored.id));
-    assert_eq!((live[0].u_start, live[0].power_w, live[0].bandwidth_mbps), (Some(10), 350, 20));
-    assert_eq!(env.app.servers_of(env.kendal.id).await.expect("servers").len(), 1);
+    assert_eq!(
+        (live[0].u_start, live[0].power_w, live[0].bandwidth_mbps),
+        (Some(10), 350, 20)
+    );
+    assert_eq!(
+        env.app
+            .servers_of(env.kendal.id)
+            .await
+            .expect("servers")
+            .len(),
+        1
+    );
 }
 
 /// SQLite only: the database file and its write-ahead log, byte for byte, never contain

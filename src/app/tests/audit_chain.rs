@@ -24,9 +24,16 @@ async fn problem(env: &Env, checkpoint: Option<&AuditCheckpoint>) -> Option<Audi
 pub(crate) async fn a_clean_chain_verifies_and_links_every_change(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let before = rows(&env).await.len();
-    assert!(before >= 15, "the fixture's setup is audited ({before} rows)");
+    assert!(
+        before >= 15,
+        "the fixture's setup is audited ({before} rows)"
+    );
     let opened = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open");
     let id = opened.request.id;
@@ -77,7 +84,11 @@ pub(crate) async fn an_edited_field_is_detected(catalog: Catalog) {
     assert_eq!(found, AuditProblem::HashMismatch { seq: 5 });
     assert_eq!(found.first_bad_seq(), 5);
     assert!(found.to_string().contains("row 5"), "{found}");
-    assert_error(env.app.audit_checkpoint(env.now()).await, conflict, "audit row 5");
+    assert_error(
+        env.app.audit_checkpoint(env.now()).await,
+        conflict,
+        "audit row 5",
+    );
 }
 
 pub(crate) async fn a_deleted_middle_row_is_detected(catalog: Catalog) {
@@ -99,7 +110,9 @@ pub(crate) async fn a_deleted_middle_row_is_detected(catalog: Catalog) {
     let mut tx = env.app.catalog().begin().await.expect("tx");
     let last = rows(&env).await.last().expect("rows").seq;
     for seq in 8..=last {
-        tx.tamper_renumber_audit_row(seq, seq - 1).await.expect("renumber");
+        tx.tamper_renumber_audit_row(seq, seq - 1)
+            .await
+            .expect("renumber");
     }
     tx.commit().await.expect("commit");
     assert_eq!(
@@ -113,12 +126,18 @@ pub(crate) async fn two_swapped_rows_are_detected(catalog: Catalog) {
     let all = rows(&env).await;
     let (fifth, sixth) = (all[4].clone(), all[5].clone());
     let mut tx = env.app.catalog().begin().await.expect("tx");
-    tx.tamper_overwrite_audit_row(&AuditRow { seq: 5, ..sixth.clone() })
-        .await
-        .expect("tamper");
-    tx.tamper_overwrite_audit_row(&AuditRow { seq: 6, ..fifth.clone() })
-        .await
-        .expect("tamper");
+    tx.tamper_overwrite_audit_row(&AuditRow {
+        seq: 5,
+        ..sixth.clone()
+    })
+    .await
+    .expect("tamper");
+    tx.tamper_overwrite_audit_row(&AuditRow {
+        seq: 6,
+        ..fifth.clone()
+    })
+    .await
+    .expect("tamper");
     tx.commit().await.expect("commit");
     assert_eq!(
         problem(&env, None).await,
@@ -163,20 +182,32 @@ pub(crate) async fn an_inserted_row_is_detected(catalog: Catalog) {
 
 pub(crate) async fn tail_truncation_is_detected_against_a_checkpoint(catalog: Catalog) {
     let env = Env::new(catalog).await;
-    let checkpoint = env.app.audit_checkpoint(env.now()).await.expect("checkpoint");
+    let checkpoint = env
+        .app
+        .audit_checkpoint(env.now())
+        .await
+        .expect("checkpoint");
     let directory = tempfile::tempdir().expect("dir");
     let path = directory.path().join("audit-head.json");
     checkpoint.write_file(&path).expect("written");
     let kept = AuditCheckpoint::read_file(&path).expect("read back");
     assert_eq!(kept, checkpoint);
-    assert!(env.app.verify_audit(Some(&kept)).await.expect("verify").is_intact());
+    assert!(
+        env.app
+            .verify_audit(Some(&kept))
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 
     // Remove the last three rows.
     let all = rows(&env).await;
     let last = all.last().expect("rows").seq;
     assert_eq!(last, checkpoint.seq);
     let mut tx = env.app.catalog().begin().await.expect("tx");
-    tx.tamper_delete_audit_rows(last - 2, last).await.expect("tamper");
+    tx.tamper_delete_audit_rows(last - 2, last)
+        .await
+        .expect("tamper");
     tx.commit().await.expect("commit");
     // The stored head still names the old last row…
     assert_eq!(
@@ -208,7 +239,11 @@ pub(crate) async fn tail_truncation_is_detected_against_a_checkpoint(catalog: Ca
 
 pub(crate) async fn a_rewritten_history_is_detected_against_a_checkpoint(catalog: Catalog) {
     let env = Env::new(catalog).await;
-    let checkpoint = env.app.audit_checkpoint(env.now()).await.expect("checkpoint");
+    let checkpoint = env
+        .app
+        .audit_checkpoint(env.now())
+        .await
+        .expect("checkpoint");
     // Rewrite row 4 and recompute every hash after it, and the head: a consistent chain.
     let mut all = rows(&env).await;
     all[3].actor = "mallory".into();
@@ -216,10 +251,14 @@ pub(crate) async fn a_rewritten_history_is_detected_against_a_checkpoint(catalog
     for index in 3..all.len() {
         all[index].prev_hash = all[index - 1].hash.clone();
         all[index].hash = row_hash(&all[index]);
-        tx.tamper_overwrite_audit_row(&all[index]).await.expect("tamper");
+        tx.tamper_overwrite_audit_row(&all[index])
+            .await
+            .expect("tamper");
     }
     let last = all.last().expect("rows");
-    tx.tamper_audit_head(last.seq, &last.hash).await.expect("tamper");
+    tx.tamper_audit_head(last.seq, &last.hash)
+        .await
+        .expect("tamper");
     tx.commit().await.expect("commit");
     assert_eq!(problem(&env, None).await, None);
     assert_eq!(

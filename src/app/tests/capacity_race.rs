@@ -9,10 +9,23 @@ use crate::workflow::{Answer, DocumentKind, Event, StepNumber};
 
 pub(crate) async fn concurrent_approvals_cannot_over_commit_a_rack(catalog: Catalog) {
     // One 10 U rack; five requests of 4 U each: only two fit.
-    let env = Env::with(catalog, Capacity::OneRack { u: 10, watts: 10_000 }).await;
+    let env = Env::with(
+        catalog,
+        Capacity::OneRack {
+            u: 10,
+            watts: 10_000,
+        },
+    )
+    .await;
     let mut requests = Vec::new();
     for index in 0..5 {
-        let server = Env::server(&format!("srv-{index}"), &format!("SN-RACE-{index}"), 4, 500, 10);
+        let server = Env::server(
+            &format!("srv-{index}"),
+            &format!("SN-RACE-{index}"),
+            4,
+            500,
+            10,
+        );
         let id = env.colocation_at_step_4(vec![server]).await;
         let report = env.app.capacity_report(id).await.expect("checked");
         assert_eq!(report.proposal, Answer::Yes, "each alone fits");
@@ -23,8 +36,13 @@ pub(crate) async fn concurrent_approvals_cannot_over_commit_a_rack(catalog: Cata
     for id in requests.clone() {
         let app = env.app.clone();
         tasks.push(tokio::spawn(async move {
-            app.submit(KASI, id, Event::decide(4, Answer::Yes, "kapasitas tersedia"), now)
-                .await
+            app.submit(
+                KASI,
+                id,
+                Event::decide(4, Answer::Yes, "kapasitas tersedia"),
+                now,
+            )
+            .await
         }));
     }
     let mut approved = 0;
@@ -38,7 +56,10 @@ pub(crate) async fn concurrent_approvals_cannot_over_commit_a_rack(catalog: Cata
             Err(AppError::Conflict(message)) => {
                 refused += 1;
                 assert!(message.contains("no longer available"), "{message}");
-                assert!(message.contains("largest free block 2 U, 4 U needed"), "{message}");
+                assert!(
+                    message.contains("largest free block 2 U, 4 U needed"),
+                    "{message}"
+                );
             }
             Err(other) => panic!("unexpected error: {other:?}"),
         }
@@ -57,7 +78,10 @@ pub(crate) async fn concurrent_approvals_cannot_over_commit_a_rack(catalog: Cata
         })
         .collect();
     ranges.sort();
-    assert!(ranges[0].1 < ranges[1].0, "no two reservations overlap: {ranges:?}");
+    assert!(
+        ranges[0].1 < ranges[1].0,
+        "no two reservations overlap: {ranges:?}"
+    );
     assert!(ranges.iter().all(|(start, end)| *start >= 1 && *end <= 10));
 
     // The refused requests are still at step 4 and can take the other branch.
@@ -67,14 +91,24 @@ pub(crate) async fn concurrent_approvals_cannot_over_commit_a_rack(catalog: Cata
             let letter = env
                 .decide(KASI, id, 4, Answer::No, "rak sudah terisi")
                 .await;
-            assert_eq!(letter.documents[0].kind, DocumentKind::LetterCapacityUnavailable);
+            assert_eq!(
+                letter.documents[0].kind,
+                DocumentKind::LetterCapacityUnavailable
+            );
         }
     }
     env.assert_audit_intact().await;
 }
 
 pub(crate) async fn a_taken_rack_turns_yes_into_a_conflict(catalog: Catalog) {
-    let env = Env::with(catalog, Capacity::OneRack { u: 10, watts: 10_000 }).await;
+    let env = Env::with(
+        catalog,
+        Capacity::OneRack {
+            u: 10,
+            watts: 10_000,
+        },
+    )
+    .await;
     let first = env
         .colocation_at_step_4(vec![Env::server("a", "SN-A", 8, 500, 10)])
         .await;
@@ -92,12 +126,19 @@ pub(crate) async fn a_taken_rack_turns_yes_into_a_conflict(catalog: Catalog) {
     let report = taken.capacity.expect("reservation report");
     assert_eq!(report.u_start, Some(1));
     assert_error(
-        env.try_decide(KASI, second, 4, Answer::Yes, "tersedia").await,
+        env.try_decide(KASI, second, 4, Answer::Yes, "tersedia")
+            .await,
         conflict,
         "the capacity is no longer available, answer step 4 \"no\"",
     );
-    env.decide(KASI, second, 4, Answer::No, "rak terisi oleh permohonan lain")
-        .await;
+    env.decide(
+        KASI,
+        second,
+        4,
+        Answer::No,
+        "rak terisi oleh permohonan lain",
+    )
+    .await;
     // The first request gives its room back when the Head of Agency refuses it.
     env.decide(KADIN, first, 5, Answer::No, "ditolak").await;
     let mut tx = env.app.catalog().begin_read().await.expect("read");
@@ -124,12 +165,21 @@ pub(crate) async fn the_capacity_check_reports_numbers(catalog: Catalog) {
     assert_eq!(report.proposal, Answer::Yes);
     assert_eq!(report.rack, Some(env.racks[0].id), "12 U only fit in R01");
     let r01 = report.chosen_rack().expect("R01");
-    assert_eq!((r01.free_u, r01.largest_free_block, r01.power_headroom_w), (42, 42, 5000));
+    assert_eq!(
+        (r01.free_u, r01.largest_free_block, r01.power_headroom_w),
+        (42, 42, 5000)
+    );
     let r02 = &report.racks[1];
     assert!(!r02.fits);
     assert_eq!(report.chosen_uplink().expect("ISP-A").free_mbps, 1000);
     assert!(report.reason_id.contains("rak R01"), "{}", report.reason_id);
-    assert!(report.reason_id.contains("bandwidth ISP-A tersisa 1.000 Mbps"), "{}", report.reason_id);
+    assert!(
+        report
+            .reason_id
+            .contains("bandwidth ISP-A tersisa 1.000 Mbps"),
+        "{}",
+        report.reason_id
+    );
 
     // Fill the uplink: the same needs now fail on bandwidth, with the numbers.
     env.handed_over().await;

@@ -48,7 +48,9 @@ pub(crate) async fn the_first_admin_is_bootstrapped_once(catalog: Catalog) {
 pub(crate) async fn only_admins_manage_the_directory(catalog: Catalog) {
     let env = Env::new(catalog).await;
     assert_error(
-        env.app.create_agency(KASI, agency("BAPENDA"), env.now()).await,
+        env.app
+            .create_agency(KASI, agency("BAPENDA"), env.now())
+            .await,
         forbidden,
         "only ADMIN may register agencies (`kasi` holds: KASI_INFRAS)",
     );
@@ -76,19 +78,27 @@ pub(crate) async fn only_admins_manage_the_directory(catalog: Catalog) {
         "only ADMIN may create accounts",
     );
     assert_error(
-        env.app.add_rack(PETUGAS, crate::catalog::NewRack {
-            name: "R09".into(),
-            noc: "NOC-1".into(),
-            location: "Lt. 2".into(),
-            u_size: 42,
-            power_budget_w: 1000,
-            power_feed_id: None,
-        }, env.now()).await,
+        env.app
+            .add_rack(
+                PETUGAS,
+                crate::catalog::NewRack {
+                    name: "R09".into(),
+                    noc: "NOC-1".into(),
+                    location: "Lt. 2".into(),
+                    u_size: 42,
+                    power_budget_w: 1000,
+                    power_feed_id: None,
+                },
+                env.now(),
+            )
+            .await,
         forbidden,
         "only ADMIN or KASI_INFRAS may manage the capacity model",
     );
     assert_error(
-        env.app.create_agency("nobody", agency("X"), env.now()).await,
+        env.app
+            .create_agency("nobody", agency("X"), env.now())
+            .await,
         forbidden,
         "there is no account `nobody`",
     );
@@ -106,10 +116,16 @@ pub(crate) async fn nip_errors_are_clear(catalog: Catalog) {
     for (nip, expected) in [
         ("1980010120050110", "has 16 digits; a NIP has exactly 18"),
         ("19800101-200501-1-001", "contains `-`"),
-        ("19801301 200501 1 001", "digits 1–8 must be the birth date as YYYYMMDD; `19801301` is not a valid date"),
+        (
+            "19801301 200501 1 001",
+            "digits 1–8 must be the birth date as YYYYMMDD; `19801301` is not a valid date",
+        ),
         ("19800101 200513 1 001", "`200513` is not a valid month"),
         ("19800101 199001 1 001", "at age 10"),
-        ("19800101 200501 7 001", "must be 1 (male) or 2 (female), not 7"),
+        (
+            "19800101 200501 7 001",
+            "must be 1 (male) or 2 (female), not 7",
+        ),
         ("19800101 200501 1 000", "cannot be 000"),
     ] {
         assert_error(
@@ -150,7 +166,9 @@ pub(crate) async fn duplicates_are_conflicts(catalog: Catalog) {
         "NIP 19750812 200003 2 004 is already registered to dr. Siti Rahayu",
     );
     assert_error(
-        env.app.create_agency(ADMIN, agency("DINKES"), env.now()).await,
+        env.app
+            .create_agency(ADMIN, agency("DINKES"), env.now())
+            .await,
         conflict,
         "agency code `DINKES` is already registered",
     );
@@ -207,7 +225,11 @@ pub(crate) async fn skpd_accounts_belong_to_an_agency(catalog: Catalog) {
     );
     assert_error(
         env.app
-            .create_account(ADMIN, account("Bad Name", None, vec![Role::Kadin]), env.now())
+            .create_account(
+                ADMIN,
+                account("Bad Name", None, vec![Role::Kadin]),
+                env.now(),
+            )
             .await,
         invalid,
         "user name `Bad Name` is not valid",
@@ -216,7 +238,11 @@ pub(crate) async fn skpd_accounts_belong_to_an_agency(catalog: Catalog) {
         env.app
             .create_account(
                 ADMIN,
-                account("skpd.y", Some(crate::catalog::AgencyId(404)), vec![Role::Skpd]),
+                account(
+                    "skpd.y",
+                    Some(crate::catalog::AgencyId(404)),
+                    vec![Role::Skpd],
+                ),
                 env.now(),
             )
             .await,
@@ -226,14 +252,24 @@ pub(crate) async fn skpd_accounts_belong_to_an_agency(catalog: Catalog) {
     let kasi = env.app.account(KASI).await.expect("kasi");
     assert_error(
         env.app
-            .set_account_roles(ADMIN, kasi.id, vec![Role::KasiInfras, Role::Skpd], env.now())
+            .set_account_roles(
+                ADMIN,
+                kasi.id,
+                vec![Role::KasiInfras, Role::Skpd],
+                env.now(),
+            )
             .await,
         invalid,
         "must belong to an agency",
     );
     let changed = env
         .app
-        .set_account_roles(ADMIN, kasi.id, vec![Role::KasiInfras, Role::Petugas], env.now())
+        .set_account_roles(
+            ADMIN,
+            kasi.id,
+            vec![Role::KasiInfras, Role::Petugas],
+            env.now(),
+        )
         .await
         .expect("roles change");
     assert_eq!(changed.roles, vec![Role::KasiInfras, Role::Petugas]);
@@ -242,7 +278,11 @@ pub(crate) async fn skpd_accounts_belong_to_an_agency(catalog: Catalog) {
 pub(crate) async fn disabled_accounts_cannot_act(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let opened = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open");
     let kadin = env.app.account(KADIN).await.expect("kadin");
@@ -257,7 +297,9 @@ pub(crate) async fn disabled_accounts_cannot_act(catalog: Catalog) {
     );
     let admin = env.app.account(ADMIN).await.expect("admin");
     assert_error(
-        env.app.set_account_active(ADMIN, admin.id, false, env.now()).await,
+        env.app
+            .set_account_active(ADMIN, admin.id, false, env.now())
+            .await,
         conflict,
         "cannot disable your own account",
     );

@@ -11,7 +11,11 @@ use crate::workflow::DocumentKind;
 pub(crate) async fn numbers_are_unique_and_yearly(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open")
         .request
@@ -41,7 +45,10 @@ pub(crate) async fn numbers_are_unique_and_yearly(catalog: Catalog) {
         .issue_document(KABID, id, DocumentKind::ApplicationForm, env.now())
         .await
         .expect("a copy");
-    assert_eq!(second.number, "002/FPC/DISKOMINFO/2026", "refused issues used no number");
+    assert_eq!(
+        second.number, "002/FPC/DISKOMINFO/2026",
+        "refused issues used no number"
+    );
     // 1 January 2027, 09:00 WIB: a new year starts again at 1.
     let next_year = wib(2027, 1, 1, 9, 0);
     let third = env
@@ -96,7 +103,11 @@ pub(crate) async fn numbers_are_unique_and_yearly(catalog: Catalog) {
 pub(crate) async fn concurrent_issuance_never_reuses_a_number(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open")
         .request
@@ -113,7 +124,11 @@ pub(crate) async fn concurrent_issuance_never_reuses_a_number(catalog: Catalog) 
     let mut numbers = BTreeSet::new();
     for task in tasks {
         let issued = task.await.expect("task").expect("issued");
-        assert!(numbers.insert(issued.number.clone()), "{} twice", issued.number);
+        assert!(
+            numbers.insert(issued.number.clone()),
+            "{} twice",
+            issued.number
+        );
     }
     let expected: BTreeSet<String> = (1..=8)
         .map(|seq| format!("{seq:03}/FPC/DISKOMINFO/2026"))
@@ -177,6 +192,8 @@ pub(crate) async fn documents_escape_user_data(catalog: Catalog) {
     assert!(!html.contains("<b>Tebal"));
     assert!(!html.contains("<i>Miring"));
     assert!(html.contains("Ir. &lt;i&gt;Miring&lt;/i&gt;"));
-    assert!(html.contains("Badan &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;Co&quot;"));
+    assert!(
+        html.contains("Badan &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;Co&quot;")
+    );
     assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
 }

@@ -19,13 +19,21 @@ async fn audit_rows(env: &Env) -> i64 {
 pub(crate) async fn wrong_roles_are_forbidden(catalog: Catalog) {
     let env = Env::new(catalog).await;
     assert_error(
-        env.open(PETUGAS, "colocation_handover", env.colocation(Env::two_servers()))
-            .await,
+        env.open(
+            PETUGAS,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
+        .await,
         forbidden,
         "only SKPD, KADIN or ADMIN may start this request (you hold: PETUGAS)",
     );
     let id = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open")
         .request
@@ -36,12 +44,17 @@ pub(crate) async fn wrong_roles_are_forbidden(catalog: Catalog) {
         forbidden,
         "only KADIN may act on step 1 (you hold: PETUGAS)",
     );
-    assert_error(env.try_complete(SKPD, id, 1).await, forbidden, "only KADIN may act on step 1");
+    assert_error(
+        env.try_complete(SKPD, id, 1).await,
+        forbidden,
+        "only KADIN may act on step 1",
+    );
     env.complete(KADIN, id, 1).await;
     env.complete(KASI, id, 2).await;
     env.complete(PETUGAS, id, 3).await;
     assert_error(
-        env.try_decide(KADIN, id, 4, Answer::Yes, "saya setujui").await,
+        env.try_decide(KADIN, id, 4, Answer::Yes, "saya setujui")
+            .await,
         forbidden,
         "only KASI_INFRAS may act on step 4",
     );
@@ -71,8 +84,12 @@ pub(crate) async fn wrong_roles_are_forbidden(catalog: Catalog) {
 pub(crate) async fn skpd_acts_only_for_its_own_agency(catalog: Catalog) {
     let env = Env::new(catalog).await;
     assert_error(
-        env.open(SKPD_OTHER, "colocation_handover", env.colocation(Env::two_servers()))
-            .await,
+        env.open(
+            SKPD_OTHER,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
+        .await,
         forbidden,
         "`skpd.kendal` is an SKPD account of agency",
     );
@@ -98,7 +115,8 @@ pub(crate) async fn skpd_acts_only_for_its_own_agency(catalog: Catalog) {
     env.complete(PETUGAS, id, 2).await;
     env.complete(PETUGAS, id, 3).await;
     assert_error(
-        env.try_decide(SKPD_OTHER, id, 4, Answer::Yes, "beres").await,
+        env.try_decide(SKPD_OTHER, id, 4, Answer::Yes, "beres")
+            .await,
         forbidden,
         "cannot act on a request of agency",
     );
@@ -117,7 +135,14 @@ pub(crate) async fn decisions_need_a_reason(catalog: Catalog) {
     );
     assert_error(
         env.app
-            .submit(KADIN, id, Event::Cancel { reason: String::new() }, env.now())
+            .submit(
+                KADIN,
+                id,
+                Event::Cancel {
+                    reason: String::new(),
+                },
+                env.now(),
+            )
             .await,
         invalid,
         "a reason is required to cancel this request",
@@ -147,7 +172,8 @@ pub(crate) async fn events_on_finished_requests_conflict(catalog: Catalog) {
         .id;
     env.complete(KADIN, id, 1).await;
     env.complete(KASI, id, 2).await;
-    env.decide(KABID, id, 3, Answer::No, "tidak ada back up").await;
+    env.decide(KABID, id, 3, Answer::No, "tidak ada back up")
+        .await;
     let rows = audit_rows(&env).await;
     assert_error(
         env.try_complete(PETUGAS, id, 4).await,
@@ -156,13 +182,21 @@ pub(crate) async fn events_on_finished_requests_conflict(catalog: Catalog) {
     );
     assert_error(
         env.app
-            .submit(KADIN, id, Event::Cancel { reason: "batal".into() }, env.now())
+            .submit(
+                KADIN,
+                id,
+                Event::Cancel {
+                    reason: "batal".into(),
+                },
+                env.now(),
+            )
             .await,
         conflict,
         "finished",
     );
     assert_error(
-        env.try_decide(KABID, id, 3, Answer::Yes, "ubah keputusan").await,
+        env.try_decide(KABID, id, 3, Answer::Yes, "ubah keputusan")
+            .await,
         conflict,
         "finished",
     );
@@ -172,7 +206,11 @@ pub(crate) async fn events_on_finished_requests_conflict(catalog: Catalog) {
 pub(crate) async fn events_on_other_steps_conflict(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open")
         .request
@@ -340,7 +378,8 @@ pub(crate) async fn application_data_must_fit_the_procedure(catalog: Catalog) {
     );
     let mut nameless = env.colocation(vec![Env::server("x", " ", 1, 1, 1)]);
     assert_error(
-        env.open(SKPD, "colocation_handover", nameless.clone()).await,
+        env.open(SKPD, "colocation_handover", nameless.clone())
+            .await,
         invalid,
         "server 1 (x): the serial number (S/N) must not be empty",
     );
@@ -357,7 +396,10 @@ pub(crate) async fn application_data_must_fit_the_procedure(catalog: Catalog) {
 pub(crate) async fn ip_and_domain_errors_are_clear(catalog: Catalog) {
     let env = Env::new(catalog).await;
     for (ip, expected) in [
-        ("300.1.2.3", "server 1 (web-01): `300.1.2.3` is not a valid IP address"),
+        (
+            "300.1.2.3",
+            "server 1 (web-01): `300.1.2.3` is not a valid IP address",
+        ),
         ("10.020.30.40", "`10.020.30.40` is not a valid IP address"),
         ("127.0.0.1", "`127.0.0.1` is a loopback address"),
         ("0.0.0.0", "unspecified address"),
@@ -381,7 +423,11 @@ pub(crate) async fn ip_and_domain_errors_are_clear(catalog: Catalog) {
         if let RequestDetails::Colocation(application) = &mut input.details {
             application.domain = domain.into();
         }
-        assert_error(env.open(SKPD, "colocation_handover", input).await, invalid, expected);
+        assert_error(
+            env.open(SKPD, "colocation_handover", input).await,
+            invalid,
+            expected,
+        );
     }
     let id = env.colocation_at_step_4(Env::two_servers()).await;
     env.decide(KASI, id, 4, Answer::Yes, "ok").await;
@@ -453,7 +499,11 @@ pub(crate) async fn handover_needs_the_observed_specification(catalog: Catalog) 
         .expect("observation");
     let done = env.complete(PETUGAS, id, 7).await;
     assert_eq!(done.documents[0].number, "003/FSTC/DISKOMINFO/2026");
-    assert_eq!(done.servers.len(), 1, "only the delivered server is registered");
+    assert_eq!(
+        done.servers.len(),
+        1,
+        "only the delivered server is registered"
+    );
     let mut tx = env.app.catalog().begin_read().await.expect("read");
     let mismatches = tx.mismatches_for_request(id).await.expect("mismatches");
     assert_eq!(mismatches.len(), 1);
@@ -482,7 +532,11 @@ fn restore_r2() -> String {
         "roles = [\"KADIN\"]\ninputs = [{ id = \"Berita acara Klarifikasi\"",
         1,
     );
-    assert_ne!(revised, text.replacen("revision = 1", "revision = 2", 1), "step 3 changed");
+    assert_ne!(
+        revised,
+        text.replacen("revision = 1", "revision = 2", 1),
+        "step 3 changed"
+    );
     revised
 }
 
@@ -545,9 +599,15 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
 
     // After a restart with only the revision 1 files, revision 2 comes from the catalog
     // and the new request can go on.
-    let restarted = App::open(catalog, sop_files(), test_config(), &master_key(), env.now())
-        .await
-        .expect("reopens");
+    let restarted = App::open(
+        catalog,
+        sop_files(),
+        test_config(),
+        &master_key(),
+        env.now(),
+    )
+    .await
+    .expect("reopens");
     assert_eq!(
         restarted
             .registry()
@@ -557,7 +617,12 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
         Revision(2)
     );
     restarted
-        .submit(KADIN, new, Event::decide(3, Answer::Yes, "setuju"), env.now())
+        .submit(
+            KADIN,
+            new,
+            Event::decide(3, Answer::Yes, "setuju"),
+            env.now(),
+        )
         .await
         .expect("revision 2 rules after the restart");
     env.assert_audit_intact().await;
@@ -572,7 +637,14 @@ pub(crate) async fn a_changed_revision_is_refused(catalog: Catalog) {
         }
     }
     assert_error(
-        App::open(catalog.clone(), files, test_config(), &master_key(), env.now()).await,
+        App::open(
+            catalog.clone(),
+            files,
+            test_config(),
+            &master_key(),
+            env.now(),
+        )
+        .await,
         invalid,
         "restore_request r1 differs from the revision stored in the catalog",
     );

@@ -14,8 +14,8 @@ use crate::app::{
     SecretString, Signatory, Validity,
 };
 use crate::catalog::{
-    Agency, AgencyKind, Catalog, HardwareSpec, NewAgency, NewRack, Person, PostgresOptions,
-    Rack, RequestId, Server, SqliteOptions, Uplink,
+    Agency, AgencyKind, Catalog, HardwareSpec, NewAgency, NewRack, Person, PostgresOptions, Rack,
+    RequestId, Server, SqliteOptions, Uplink,
 };
 use crate::workflow::{Answer, Event, Role};
 
@@ -45,7 +45,10 @@ pub(crate) fn sop_files() -> Vec<(String, String)> {
                 .expect("a file name")
                 .to_string_lossy()
                 .into_owned();
-            (name, std::fs::read_to_string(&path).expect("readable definition"))
+            (
+                name,
+                std::fs::read_to_string(&path).expect("readable definition"),
+            )
         })
         .collect();
     files.sort();
@@ -335,7 +338,13 @@ impl Env {
     }
 
     /// A declared server.
-    pub(crate) fn server(name: &str, serial: &str, u: i64, watts: i64, mbps: i64) -> DeclaredServer {
+    pub(crate) fn server(
+        name: &str,
+        serial: &str,
+        u: i64,
+        watts: i64,
+        mbps: i64,
+    ) -> DeclaredServer {
         DeclaredServer {
             name: name.into(),
             hardware: HardwareSpec {
@@ -393,7 +402,9 @@ impl Env {
         procedure: &str,
         input: OpenRequest,
     ) -> Result<EventOutcome, AppError> {
-        self.app.open_request(user, procedure, input, self.now()).await
+        self.app
+            .open_request(user, procedure, input, self.now())
+            .await
     }
 
     pub(crate) async fn try_complete(
@@ -422,7 +433,12 @@ impl Env {
         reason: &str,
     ) -> Result<EventOutcome, AppError> {
         self.app
-            .submit(user, request, Event::decide(step, answer, reason), self.now())
+            .submit(
+                user,
+                request,
+                Event::decide(step, answer, reason),
+                self.now(),
+            )
             .await
     }
 
@@ -456,7 +472,8 @@ impl Env {
     /// and the registered servers.
     pub(crate) async fn handed_over(&self) -> (RequestId, Vec<Server>) {
         let id = self.colocation_at_step_4(Env::two_servers()).await;
-        self.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia").await;
+        self.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia")
+            .await;
         self.decide(KADIN, id, 5, Answer::Yes, "disetujui").await;
         self.complete(KABID, id, 6).await;
         self.app

@@ -26,9 +26,19 @@ async fn kinds(env: &Env, request: RequestId) -> Vec<DocumentKind> {
 
 async fn finished(env: &Env, request: RequestId, outcome: Outcome, steps: &[u32]) {
     let view = env.app.request(request).await.expect("request");
-    assert_eq!(view.state.outcome(), Some(outcome), "{:?}", view.state.progress);
+    assert_eq!(
+        view.state.outcome(),
+        Some(outcome),
+        "{:?}",
+        view.state.progress
+    );
     assert_eq!(view.state.path(), path(steps));
-    assert!(view.state.steps.iter().all(|record| record.finished_at.is_some()));
+    assert!(
+        view.state
+            .steps
+            .iter()
+            .all(|record| record.finished_at.is_some())
+    );
     let mut tx = env.app.catalog().begin_read().await.expect("read");
     assert_eq!(
         tx.count_step_records(request).await.expect("count"),
@@ -42,7 +52,11 @@ async fn finished(env: &Env, request: RequestId, outcome: Outcome, steps: &[u32]
 pub(crate) async fn colocation_approved_and_handed_over(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let opened = env
-        .open(SKPD, "colocation_handover", env.colocation(Env::two_servers()))
+        .open(
+            SKPD,
+            "colocation_handover",
+            env.colocation(Env::two_servers()),
+        )
         .await
         .expect("open");
     let id = opened.request.id;
@@ -57,15 +71,23 @@ pub(crate) async fn colocation_approved_and_handed_over(catalog: Catalog) {
 
     env.complete(KADIN, id, 1).await;
     let checked = env.complete(KASI, id, 2).await;
-    let report = checked.capacity.expect("entering step 3 runs the capacity check");
+    let report = checked
+        .capacity
+        .expect("entering step 3 runs the capacity check");
     assert_eq!(report.proposal, Answer::Yes);
-    assert_eq!(report.rack, Some(env.racks[1].id), "R02 is the tightest fit");
+    assert_eq!(
+        report.rack,
+        Some(env.racks[1].id),
+        "R02 is the tightest fit"
+    );
     assert_eq!(report.u_start, Some(1));
     assert!(report.reason_id.contains("U1–U3"), "{}", report.reason_id);
     assert_eq!(env.app.capacity_report(id).await.expect("stored"), report);
 
     env.complete(PETUGAS, id, 3).await;
-    let reserved = env.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia").await;
+    let reserved = env
+        .decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia")
+        .await;
     assert!(reserved.capacity.is_some());
     let allocations = env.app.live_allocations().await.expect("allocations");
     let held: Vec<_> = allocations
@@ -73,24 +95,41 @@ pub(crate) async fn colocation_approved_and_handed_over(catalog: Catalog) {
         .filter(|allocation| allocation.request_id == Some(id))
         .collect();
     assert_eq!(held.len(), 2);
-    assert!(held.iter().all(|allocation| allocation.status == AllocationStatus::Reserved));
+    assert!(
+        held.iter()
+            .all(|allocation| allocation.status == AllocationStatus::Reserved)
+    );
     assert_eq!(
-        held.iter().map(|a| (a.u_start, a.u_count)).collect::<Vec<_>>(),
+        held.iter()
+            .map(|a| (a.u_start, a.u_count))
+            .collect::<Vec<_>>(),
         vec![(Some(1), 2), (Some(3), 1)]
     );
 
-    let approved = env.decide(KADIN, id, 5, Answer::Yes, "disetujui Kepala Dinas").await;
+    let approved = env
+        .decide(KADIN, id, 5, Answer::Yes, "disetujui Kepala Dinas")
+        .await;
     let issued: Vec<DocumentKind> = approved.documents.iter().map(|d| d.kind).collect();
     assert_eq!(
         issued,
-        vec![DocumentKind::ApprovalForm, DocumentKind::LetterRequestApproved]
+        vec![
+            DocumentKind::ApprovalForm,
+            DocumentKind::LetterRequestApproved
+        ]
     );
     assert_eq!(approved.documents[0].number, "001/FPSC/DISKOMINFO/2026");
     assert_eq!(approved.documents[1].number, "002/555/DISKOMINFO/2026");
-    let form2 = env.app.document(&approved.documents[0].number).await.expect("form 2");
+    let form2 = env
+        .app
+        .document(&approved.documents[0].number)
+        .await
+        .expect("form 2");
     assert!(form2.html.contains("FORMULIR PERSETUJUAN COLOCATION"));
     assert!(form2.html.contains("disetujui Kepala Dinas"));
-    assert!(form2.html.contains("rak R02, U1–U2"), "placement of the web server");
+    assert!(
+        form2.html.contains("rak R02, U1–U2"),
+        "placement of the web server"
+    );
     assert!(!form2.html.contains(PASSWORD));
     assert_eq!(
         form2.content_hash,
@@ -125,7 +164,10 @@ pub(crate) async fn colocation_approved_and_handed_over(catalog: Catalog) {
     assert_eq!(handed.documents[0].kind, DocumentKind::HandoverForm);
     let web = &handed.servers[0];
     assert_eq!(web.status, ServerStatus::Active);
-    assert_eq!(web.hardware.ram, "32 GB", "the register holds what is in the room");
+    assert_eq!(
+        web.hardware.ram, "32 GB",
+        "the register holds what is in the room"
+    );
     assert_eq!(web.rack_id, Some(env.racks[1].id));
     assert_eq!(web.u_position, Some(1));
     assert_eq!(web.noc.as_deref(), Some("NOC-1"));
@@ -138,11 +180,25 @@ pub(crate) async fn colocation_approved_and_handed_over(catalog: Catalog) {
     assert_eq!(mismatches[0].mismatch.field, "ram");
     assert_eq!(mismatches[0].mismatch.declared.as_deref(), Some("64 GB"));
     assert_eq!(mismatches[0].mismatch.observed.as_deref(), Some("32 GB"));
-    let form3 = env.app.document(&handed.documents[0].number).await.expect("form 3");
-    assert!(form3.html.contains("Hasil Pengecekan Kesesuaian Spesifikasi Server"));
+    let form3 = env
+        .app
+        .document(&handed.documents[0].number)
+        .await
+        .expect("form 3");
+    assert!(
+        form3
+            .html
+            .contains("Hasil Pengecekan Kesesuaian Spesifikasi Server")
+    );
     assert!(form3.html.contains("Ditemukan 1 ketidaksesuaian"));
-    assert!(form3.html.contains("Rudi Hartono, S.Kom."), "the receiving officer");
-    assert!(form3.html.contains("19750812 200003 2 004"), "the handing person's NIP");
+    assert!(
+        form3.html.contains("Rudi Hartono, S.Kom."),
+        "the receiving officer"
+    );
+    assert!(
+        form3.html.contains("19750812 200003 2 004"),
+        "the handing person's NIP"
+    );
 
     let allocations = env.app.live_allocations().await.expect("allocations");
     let active: Vec<_> = allocations
@@ -150,7 +206,11 @@ pub(crate) async fn colocation_approved_and_handed_over(catalog: Catalog) {
         .filter(|allocation| allocation.request_id == Some(id))
         .collect();
     assert_eq!(active.len(), 2);
-    assert!(active.iter().all(|a| a.status == AllocationStatus::Active && a.server_id.is_some()));
+    assert!(
+        active
+            .iter()
+            .all(|a| a.status == AllocationStatus::Active && a.server_id.is_some())
+    );
     assert_eq!(
         kinds(&env, id).await,
         vec![
@@ -167,10 +227,16 @@ pub(crate) async fn colocation_capacity_unavailable(catalog: Catalog) {
     let id = env
         .colocation_at_step_4(vec![Env::server("big-storage", "SN-BIG-1", 45, 900, 100)])
         .await;
-    let report = env.app.capacity_report(id).await.expect("checked at step 3");
+    let report = env
+        .app
+        .capacity_report(id)
+        .await
+        .expect("checked at step 3");
     assert_eq!(report.proposal, Answer::No);
     assert!(
-        report.reason_en.contains("space: largest free block 42 U, 45 U needed"),
+        report
+            .reason_en
+            .contains("space: largest free block 42 U, 45 U needed"),
         "{}",
         report.reason_en
     );
@@ -183,8 +249,16 @@ pub(crate) async fn colocation_capacity_unavailable(catalog: Catalog) {
         .decide(KASI, id, 4, Answer::No, "rak tidak cukup untuk 45 U")
         .await;
     assert_eq!(letter.documents.len(), 1);
-    assert_eq!(letter.documents[0].kind, DocumentKind::LetterCapacityUnavailable);
-    let html = env.app.document(&letter.documents[0].number).await.expect("letter").html;
+    assert_eq!(
+        letter.documents[0].kind,
+        DocumentKind::LetterCapacityUnavailable
+    );
+    let html = env
+        .app
+        .document(&letter.documents[0].number)
+        .await
+        .expect("letter")
+        .html;
     assert!(html.contains("45 U"));
     assert!(html.contains("blok kosong terbesar 42 U, dibutuhkan 45 U"));
     assert!(html.contains("rak tidak cukup untuk 45 U"));
@@ -203,13 +277,19 @@ pub(crate) async fn colocation_capacity_unavailable(catalog: Catalog) {
 pub(crate) async fn colocation_rejected_by_the_head_of_agency(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = env.colocation_at_step_4(Env::two_servers()).await;
-    env.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia").await;
+    env.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia")
+        .await;
     let rejected = env
         .decide(KADIN, id, 5, Answer::No, "domain belum diverifikasi")
         .await;
     assert_eq!(rejected.documents.len(), 1);
     assert_eq!(rejected.documents[0].kind, DocumentKind::ApprovalForm);
-    let html = env.app.document(&rejected.documents[0].number).await.expect("form 2").html;
+    let html = env
+        .app
+        .document(&rejected.documents[0].number)
+        .await
+        .expect("form 2")
+        .html;
     assert!(html.contains("&#9744;</span> menyetujui <span class=\"box\">&#9745;</span> menolak"));
     assert!(html.contains("domain belum diverifikasi"));
     let mut tx = env.app.catalog().begin_read().await.expect("read");
@@ -259,10 +339,20 @@ pub(crate) async fn backup_continued_then_stopped(catalog: Catalog) {
         .id;
     env.complete(KADIN, id, 1).await;
     let started = env.complete(KASI, id, 2).await;
-    assert_eq!(started.queued.len(), 1, "entering B3 queues start_backup_plan");
+    assert_eq!(
+        started.queued.len(),
+        1,
+        "entering B3 queues start_backup_plan"
+    );
     env.complete(PETUGAS, id, 3).await;
-    let continued = env.decide(KASI, id, 4, Answer::Yes, "data bertambah setiap hari").await;
-    assert_eq!(continued.queued.len(), 1, "entering B5 queues start_backup_plan");
+    let continued = env
+        .decide(KASI, id, 4, Answer::Yes, "data bertambah setiap hari")
+        .await;
+    assert_eq!(
+        continued.queued.len(),
+        1,
+        "entering B5 queues start_backup_plan"
+    );
     env.complete(PETUGAS, id, 5).await;
     // B6 waits for the agency's stop letter; its time runs from the letter's arrival.
     env.app
@@ -281,17 +371,28 @@ pub(crate) async fn backup_continued_then_stopped(catalog: Catalog) {
     env.complete(PETUGAS, id, 7).await;
     let stopped = env.app.request(id).await.expect("request");
     assert_eq!(stopped.state.current_step(), Some(StepNumber(8)));
-    assert_eq!(kinds(&env, id).await, vec![DocumentKind::LetterBackupStopped]);
+    assert_eq!(
+        kinds(&env, id).await,
+        vec![DocumentKind::LetterBackupStopped]
+    );
     let letter = env.app.documents_of(id).await.expect("documents").remove(0);
     assert!(letter.html.contains("Pemberitahuan Penghentian Back up"));
     assert!(letter.html.contains("simkes-arsip (S/N SN-ARS-1)"));
     env.complete(KABID, id, 8).await;
     assert_eq!(
         queued_actions(&env, id).await,
-        vec!["start_backup_plan@3", "start_backup_plan@5", "stop_backup_plan@7"]
+        vec![
+            "start_backup_plan@3",
+            "start_backup_plan@5",
+            "stop_backup_plan@7"
+        ]
     );
     let record = env.app.request(id).await.expect("request");
-    assert_eq!(record.state.steps[5].documents.len(), 1, "B6 holds the stop letter");
+    assert_eq!(
+        record.state.steps[5].documents.len(),
+        1,
+        "B6 holds the stop letter"
+    );
     finished(&env, id, Outcome::Completed, &[1, 2, 3, 4, 5, 6, 7, 8]).await;
 }
 
@@ -306,7 +407,8 @@ pub(crate) async fn backup_not_continued(catalog: Catalog) {
     env.complete(KADIN, id, 1).await;
     env.complete(KASI, id, 2).await;
     env.complete(PETUGAS, id, 3).await;
-    env.decide(KASI, id, 4, Answer::No, "cukup satu kali back up").await;
+    env.decide(KASI, id, 4, Answer::No, "cukup satu kali back up")
+        .await;
     env.complete(KADIN, id, 6).await;
     env.complete(PETUGAS, id, 7).await;
     env.complete(KABID, id, 8).await;
@@ -314,7 +416,10 @@ pub(crate) async fn backup_not_continued(catalog: Catalog) {
         queued_actions(&env, id).await,
         vec!["start_backup_plan@3", "stop_backup_plan@7"]
     );
-    assert_eq!(kinds(&env, id).await, vec![DocumentKind::LetterBackupStopped]);
+    assert_eq!(
+        kinds(&env, id).await,
+        vec![DocumentKind::LetterBackupStopped]
+    );
     finished(&env, id, Outcome::Completed, &[1, 2, 3, 4, 6, 7, 8]).await;
 }
 
@@ -348,7 +453,8 @@ async fn restore_at_step_3(env: &Env) -> RequestId {
 pub(crate) async fn restore_rejected(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = restore_at_step_3(&env).await;
-    env.decide(KABID, id, 3, Answer::No, "titik restore tidak tersedia").await;
+    env.decide(KABID, id, 3, Answer::No, "titik restore tidak tersedia")
+        .await;
     assert!(queued_actions(&env, id).await.is_empty());
     assert!(kinds(&env, id).await.is_empty());
     finished(&env, id, Outcome::Rejected, &[1, 2, 3]).await;
@@ -357,13 +463,28 @@ pub(crate) async fn restore_rejected(catalog: Catalog) {
 pub(crate) async fn restore_succeeds_first_time(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = restore_at_step_3(&env).await;
-    env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui").await;
+    env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui")
+        .await;
     env.complete(PETUGAS, id, 4).await;
     let confirmed = env
-        .decide(PETUGAS, id, 5, Answer::Yes, "checksum cocok, aplikasi berjalan")
+        .decide(
+            PETUGAS,
+            id,
+            5,
+            Answer::Yes,
+            "checksum cocok, aplikasi berjalan",
+        )
         .await;
-    assert_eq!(confirmed.documents[0].kind, DocumentKind::LetterRestoreResult);
-    let html = env.app.document(&confirmed.documents[0].number).await.expect("letter").html;
+    assert_eq!(
+        confirmed.documents[0].kind,
+        DocumentKind::LetterRestoreResult
+    );
+    let html = env
+        .app
+        .document(&confirmed.documents[0].number)
+        .await
+        .expect("letter")
+        .html;
     assert!(html.contains("proses restore data berhasil"));
     assert!(html.contains("checksum cocok, aplikasi berjalan"));
     env.complete(KASI, id, 7).await;
@@ -377,15 +498,28 @@ pub(crate) async fn restore_succeeds_first_time(catalog: Catalog) {
 pub(crate) async fn restore_falls_back_then_confirms(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = restore_at_step_3(&env).await;
-    env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui").await;
+    env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui")
+        .await;
     env.complete(PETUGAS, id, 4).await;
     let fallback = env
         .decide(PETUGAS, id, 5, Answer::No, "database tidak bisa dibuka")
         .await;
-    assert_eq!(fallback.queued.len(), 1, "entering C6 queues fallback_restore");
+    assert_eq!(
+        fallback.queued.len(),
+        1,
+        "entering C6 queues fallback_restore"
+    );
     let confirmed = env.complete(PETUGAS, id, 6).await;
-    let html = env.app.document(&confirmed.documents[0].number).await.expect("letter").html;
-    assert!(html.contains("langkah-langkah pemulihan"), "the letter tells the fallback");
+    let html = env
+        .app
+        .document(&confirmed.documents[0].number)
+        .await
+        .expect("letter")
+        .html;
+    assert!(
+        html.contains("langkah-langkah pemulihan"),
+        "the letter tells the fallback"
+    );
     env.complete(PETUGAS, id, 7).await;
     assert_eq!(
         queued_actions(&env, id).await,
@@ -415,14 +549,28 @@ pub(crate) async fn withdrawal_approved(catalog: Catalog) {
         .expect("open")
         .request
         .id;
-    assert_eq!(env.app.request(id).await.expect("view").server_id, Some(web.id));
+    assert_eq!(
+        env.app.request(id).await.expect("view").server_id,
+        Some(web.id)
+    );
     env.complete(KADIN, id, 1).await;
     env.complete(KASI, id, 2).await;
     let approved = env
-        .decide(KABID, id, 3, Answer::Yes, "seluruh syarat penarikan terpenuhi")
+        .decide(
+            KABID,
+            id,
+            3,
+            Answer::Yes,
+            "seluruh syarat penarikan terpenuhi",
+        )
         .await;
     assert_eq!(approved.documents[0].kind, DocumentKind::WithdrawalForm);
-    let form4 = env.app.document(&approved.documents[0].number).await.expect("form 4").html;
+    let form4 = env
+        .app
+        .document(&approved.documents[0].number)
+        .await
+        .expect("form 4")
+        .html;
     assert!(form4.html_contains_all(&[
         "permohonan penarikan colocation",
         "CN7016389F0012",
@@ -432,7 +580,10 @@ pub(crate) async fn withdrawal_approved(catalog: Catalog) {
     let withdrawn = env.complete(PETUGAS, id, 4).await;
     assert_eq!(withdrawn.servers[0].status, ServerStatus::Withdrawn);
     assert!(withdrawn.servers[0].withdrawn_at.is_some());
-    assert_eq!(withdrawn.documents[0].kind, DocumentKind::LetterWithdrawalDone);
+    assert_eq!(
+        withdrawn.documents[0].kind,
+        DocumentKind::LetterWithdrawalDone
+    );
     assert!(
         env.app
             .live_allocations()
@@ -445,7 +596,8 @@ pub(crate) async fn withdrawal_approved(catalog: Catalog) {
     env.complete(KABID, id, 5).await;
     // A withdrawn server cannot be withdrawn twice.
     assert_error(
-        env.open(SKPD, "colocation_withdrawal", withdrawal(&env, web.id)).await,
+        env.open(SKPD, "colocation_withdrawal", withdrawal(&env, web.id))
+            .await,
         conflict,
         "is already withdrawn",
     );
@@ -456,7 +608,11 @@ pub(crate) async fn withdrawal_rejected(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let (_, servers) = env.handed_over().await;
     let id = env
-        .open(SKPD, "colocation_withdrawal", withdrawal(&env, servers[0].id))
+        .open(
+            SKPD,
+            "colocation_withdrawal",
+            withdrawal(&env, servers[0].id),
+        )
         .await
         .expect("open")
         .request
@@ -466,8 +622,16 @@ pub(crate) async fn withdrawal_rejected(catalog: Catalog) {
     let refused = env
         .decide(KABID, id, 3, Answer::No, "masih ada kontrak layanan aktif")
         .await;
-    assert_eq!(refused.documents[0].kind, DocumentKind::LetterWithdrawalRejected);
-    let html = env.app.document(&refused.documents[0].number).await.expect("letter").html;
+    assert_eq!(
+        refused.documents[0].kind,
+        DocumentKind::LetterWithdrawalRejected
+    );
+    let html = env
+        .app
+        .document(&refused.documents[0].number)
+        .await
+        .expect("letter")
+        .html;
     assert!(html.contains("masih ada kontrak layanan aktif"));
     env.complete(KABID, id, 6).await;
     assert_eq!(
@@ -498,7 +662,11 @@ pub(crate) async fn maintenance_loops_until_confirmed(catalog: Catalog) {
         .request
         .id;
     let mut tx = env.app.catalog().begin_read().await.expect("read");
-    let record = tx.maintenance_for_request(id).await.expect("read").expect("recorded");
+    let record = tx
+        .maintenance_for_request(id)
+        .await
+        .expect("read")
+        .expect("recorded");
     assert_eq!(record.status, "open");
     assert_eq!(record.server_id, Some(server.id));
     drop(tx);
@@ -517,16 +685,26 @@ pub(crate) async fn maintenance_loops_until_confirmed(catalog: Catalog) {
         .await
         .expect("assessment");
     env.complete(PETUGAS, id, 3).await;
-    env.decide(SKPD, id, 4, Answer::No, "masih restart sekali").await;
+    env.decide(SKPD, id, 4, Answer::No, "masih restart sekali")
+        .await;
     env.complete(PETUGAS, id, 3).await;
     let closing = env.decide(SKPD, id, 4, Answer::Yes, "sudah stabil").await;
     assert_eq!(closing.documents[0].kind, DocumentKind::MaintenanceReport);
-    let html = env.app.document(&closing.documents[0].number).await.expect("report").html;
+    let html = env
+        .app
+        .document(&closing.documents[0].number)
+        .await
+        .expect("report")
+        .html;
     assert!(html.contains("Langkah 2: kipas PSU rusak"));
     assert!(html.contains("Langkah 4: masih restart sekali"));
     env.complete(KASI, id, 5).await;
     let mut tx = env.app.catalog().begin_read().await.expect("read");
-    let record = tx.maintenance_for_request(id).await.expect("read").expect("recorded");
+    let record = tx
+        .maintenance_for_request(id)
+        .await
+        .expect("read")
+        .expect("recorded");
     assert_eq!(record.status, "closed");
     assert!(record.closed_at.is_some());
     drop(tx);
@@ -536,10 +714,18 @@ pub(crate) async fn maintenance_loops_until_confirmed(catalog: Catalog) {
 pub(crate) async fn cancel_releases_the_reservation(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = env.colocation_at_step_4(Env::two_servers()).await;
-    env.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia").await;
+    env.decide(KASI, id, 4, Answer::Yes, "kapasitas tersedia")
+        .await;
     assert_error(
         env.app
-            .submit(PETUGAS, id, Event::Cancel { reason: "salah input".into() }, env.now())
+            .submit(
+                PETUGAS,
+                id,
+                Event::Cancel {
+                    reason: "salah input".into(),
+                },
+                env.now(),
+            )
             .await,
         forbidden,
         "only KADIN or ADMIN may cancel this request",
@@ -566,7 +752,11 @@ pub(crate) async fn cancel_releases_the_reservation(catalog: Catalog) {
             .all(|allocation| allocation.status == AllocationStatus::Released)
     );
     drop(tx);
-    let trail = env.app.audit_trail("request", &id.to_string()).await.expect("trail");
+    let trail = env
+        .app
+        .audit_trail("request", &id.to_string())
+        .await
+        .expect("trail");
     assert!(trail.iter().any(|row| row.action == "capacity.release"));
     finished(&env, id, Outcome::Cancelled, &[1, 2, 3, 4, 5]).await;
 }

@@ -32,16 +32,27 @@ pub(crate) async fn overruns_are_reported_on_the_working_calendar(catalog: Catal
     let id = opened.request.id;
     let at = |day, hour, minute| wib(2026, 3, day, hour, minute);
     // C1 "1 jam": done after 2 h 30 — late by 1 h 30.
-    app.submit(KADIN, id, Event::complete(1), at(2, 10, 30)).await.expect("C1");
-    // C2 "3 jam": done after 30 min.
-    app.submit(KASI, id, Event::complete(2), at(2, 11, 0)).await.expect("C2");
-    // C3 "2 jam": done after 30 min.
-    app.submit(KABID, id, Event::decide(3, Answer::Yes, "ok"), at(2, 11, 30))
+    app.submit(KADIN, id, Event::complete(1), at(2, 10, 30))
         .await
-        .expect("C3");
+        .expect("C1");
+    // C2 "3 jam": done after 30 min.
+    app.submit(KASI, id, Event::complete(2), at(2, 11, 0))
+        .await
+        .expect("C2");
+    // C3 "2 jam": done after 30 min.
+    app.submit(
+        KABID,
+        id,
+        Event::decide(3, Answer::Yes, "ok"),
+        at(2, 11, 30),
+    )
+    .await
+    .expect("C3");
     // C4 "1 hari" entered Monday 11:30: due after 8 h 30 of office time, i.e. Tuesday
     // 11:30 (Monday 11:30–16:00 and Tuesday 07:30–11:30). Done Tuesday 11:00: on time.
-    app.submit(PETUGAS, id, Event::complete(4), at(3, 11, 0)).await.expect("C4");
+    app.submit(PETUGAS, id, Event::complete(4), at(3, 11, 0))
+        .await
+        .expect("C4");
     // C5 "2 jam": still open on Wednesday 09:00 — late, measured to now.
     let now = at(4, 9, 0);
 
@@ -67,7 +78,10 @@ pub(crate) async fn overruns_are_reported_on_the_working_calendar(catalog: Catal
         .await
         .expect("overruns");
     assert_eq!(all.len(), 2);
-    assert!(all.iter().all(|overrun| overrun.request_id == id && overrun.agency_id == env.dinkes.id));
+    assert!(
+        all.iter()
+            .all(|overrun| overrun.request_id == id && overrun.agency_id == env.dinkes.id)
+    );
     assert_eq!(all[0].step, StepNumber(1));
     assert_eq!(all[1].finished_at, None, "C5 is still open");
     let finished_only = app
@@ -134,7 +148,12 @@ pub(crate) async fn outbox_actions_are_claimed_and_finished(catalog: Catalog) {
     );
     assert_error(
         env.app
-            .finish_action("scheduler-2", jobs[0].id, Ok(serde_json::json!({})), env.now())
+            .finish_action(
+                "scheduler-2",
+                jobs[0].id,
+                Ok(serde_json::json!({})),
+                env.now(),
+            )
             .await,
         conflict,
         "is not claimed by scheduler-2",
@@ -151,7 +170,12 @@ pub(crate) async fn outbox_actions_are_claimed_and_finished(catalog: Catalog) {
     let outbox = env.app.pending_actions_of(id).await.expect("outbox");
     assert_eq!(outbox[0].status, PendingStatus::Done);
     assert_eq!(outbox[0].claimed_by.as_deref(), Some("scheduler-1"));
-    assert!(outbox[0].result_json.as_deref().is_some_and(|json| json.contains("simkes-daily")));
+    assert!(
+        outbox[0]
+            .result_json
+            .as_deref()
+            .is_some_and(|json| json.contains("simkes-daily"))
+    );
     assert_error(
         env.app
             .finish_action("scheduler-1", jobs[0].id, Err("again".into()), env.now())
@@ -159,7 +183,11 @@ pub(crate) async fn outbox_actions_are_claimed_and_finished(catalog: Catalog) {
         conflict,
         "is not claimed",
     );
-    let trail = env.app.audit_trail("request", &id.to_string()).await.expect("trail");
+    let trail = env
+        .app
+        .audit_trail("request", &id.to_string())
+        .await
+        .expect("trail");
     let actions: Vec<&str> = trail.iter().map(|row| row.action.as_str()).collect();
     assert!(actions.contains(&"action.queue"));
     assert!(actions.contains(&"action.claim"));
