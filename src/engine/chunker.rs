@@ -34,10 +34,11 @@ pub enum ChunkerAlgorithm {
 }
 
 impl Default for ChunkerParams {
-    /// 512 KiB / 1 MiB / 4 MiB, normalization 1 — chosen by benchmark
-    /// (see README "Performance"): large enough that per-chunk costs (index
-    /// entries, AEAD nonces, lookups) stay negligible, small enough that a day
-    /// of edits in a database file re-uploads little.
+    /// 512 KiB / 1 MiB / 4 MiB, normalization 1: restic's proven 1 MiB
+    /// average (per-chunk costs — index entries, nonces, lookups — stay
+    /// negligible, and a day of edits in a database file re-uploads little:
+    /// 0.94× restic's incremental growth in the benchmark), with a 4 MiB cap
+    /// so that an 8 MiB read buffer per file always holds a cut.
     fn default() -> Self {
         Self {
             algorithm: ChunkerAlgorithm::FastCdc2020,

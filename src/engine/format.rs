@@ -80,9 +80,12 @@ impl RepoConfig {
     }
 }
 
-/// zstd level 3 by default: chosen by benchmark (see README).
+/// zstd level 3 by default, chosen by benchmark (README "Performance"):
+/// level 1 backs up ~15% faster but leaves the repository 8% larger than
+/// restic's; level 2 saves only ~5% time.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
-/// 16 MiB packs by default: one PUT each, few objects, cheap partial reads.
+/// 16 MiB packs by default (restic's default too): one PUT each, few objects
+/// per terabyte, and partial reads stay cheap.
 pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
 
 /// Kinds of sealed objects; the name is bound into the AEAD.
