@@ -13,7 +13,7 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const FILES: u64 = 5;
+const FILES: u64 = 12;
 const FILE_SIZE: usize = 4 << 20;
 
 fn seed() -> u64 {
@@ -84,7 +84,9 @@ fn sigkill_during_backup_leaves_a_valid_repository() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let delay = Duration::from_micros(x % (full.as_micros() as u64 * 6 / 5 + 1));
+        // Kill somewhere within the first 80% of a full run, so that nearly every
+        // trial interrupts a backup in flight.
+        let delay = Duration::from_micros(x % (full.as_micros() as u64 * 4 / 5 + 1));
         let mut child = cadang(repo)
             .args(["backup", "-q"])
             .arg(&src)
