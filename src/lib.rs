@@ -3,8 +3,13 @@
 //! * [`engine`] — the deduplicating, encrypted repository engine (a library
 //!   that knows nothing of the layers above it);
 //! * [`workflow`] — the data center's SOP as pure state machines;
+//! * [`catalog`] — the only SQL: the catalog on SQLite or PostgreSQL;
+//! * [`app`] — use cases: load, decide with the workflow, persist with an
+//!   audit row in one transaction;
 //! * [`cli`] — the `cadang` command line.
 
+pub mod app;
+pub mod catalog;
 pub mod cli;
 pub mod engine;
 pub mod workflow;

@@ -88,6 +88,13 @@ impl AppConfig {
     /// [`AppError::InvalidInput`] naming the setting.
     pub fn validate(&self) -> Result<(), AppError> {
         self.numbering.validate()?;
+        for signatory in &self.office.signatories {
+            if let Some(nip) = &signatory.nip {
+                identifiers::Nip::parse(nip).map_err(|error| {
+                    AppError::invalid(format!("office.signatories ({}): {error}", signatory.role))
+                })?;
+            }
+        }
         if self.reveal_roles.is_empty() {
             return Err(AppError::invalid(
                 "reveal_roles must name at least one role (or nobody could read a sealed password)",
@@ -345,4 +352,49 @@ fn optional(value: &Option<String>) -> Option<String> {
         .map(str::trim)
         .filter(|text| !text.is_empty())
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_and_round_trips_through_toml() {
+        let config = AppConfig::default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        let back: AppConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut config = AppConfig::default();
+        config.office.signatories.push(Signatory {
+            role: Role::KabidTik,
+            name: "X".into(),
+            nip: Some("123".into()),
+            rank: None,
+        });
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("office.signatories (KABID_TIK)"), "{error}");
+        let config = AppConfig {
+            reveal_roles: vec![],
+            ..AppConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("reveal_roles")
+        );
+        let partial: AppConfig = toml::from_str(
+            "reveal_roles = [\"PETUGAS\"]\n[numbering]\npattern = \"{seq}/{code}/DISKOMINFO/{roman_month}/{year}\"\n",
+        )
+        .unwrap();
+        partial.validate().unwrap();
+        assert_eq!(partial.reveal_roles, vec![Role::Petugas]);
+        assert_eq!(partial.numbering.seq_width, 3);
+    }
 }

@@ -139,22 +139,26 @@ async fn store_definition(
     definition: &ProcedureDefinition,
 ) -> Result<bool, AppError> {
     let (text, hash) = definition_json(definition)?;
+    let refuse_changed = |kept: &StoredDefinition| {
+        AppError::invalid(format!(
+            "{}: {} {} differs from the revision stored in the catalog (first loaded from {}); requests may run under it, so give the changed procedure a new revision number",
+            definition.source(),
+            definition.code(),
+            definition.revision(),
+            kept.source
+        ))
+    };
     if let Some(kept) = stored
         .iter()
         .find(|kept| &kept.code == definition.code() && kept.revision == definition.revision())
     {
         if kept.content_hash != hash {
-            return Err(AppError::invalid(format!(
-                "{}: {} {} differs from the revision stored in the catalog (first loaded from {}); requests may run under it, so give the changed procedure a new revision number",
-                definition.source(),
-                definition.code(),
-                definition.revision(),
-                kept.source
-            )));
+            return Err(refuse_changed(kept));
         }
         return Ok(false);
     }
-    work.tx
+    let inserted = work
+        .tx
         .insert_definition(&StoredDefinition {
             code: definition.code().clone(),
             revision: definition.revision(),
@@ -164,6 +168,18 @@ async fn store_definition(
             loaded_at: work.now,
         })
         .await?;
+    if !inserted {
+        // Another daemon stored this revision since we read: it must be the same text.
+        let kept = work
+            .tx
+            .definition(definition.code(), definition.revision())
+            .await?
+            .ok_or_else(|| AppError::internal("a stored definition vanished"))?;
+        if kept.content_hash != hash {
+            return Err(refuse_changed(&kept));
+        }
+        return Ok(false);
+    }
     work.audit(
         "definition.load",
         "procedure",

@@ -10,7 +10,7 @@
 //! (`crate::app`) does, and calls the catalog inside one [`Tx`] per use case.
 //!
 //! One codebase serves both backends: every query is written once with `$N` placeholders
-//! (numbered in order of first use, which SQLite requires), and the [`with_conn!`] macro
+//! (numbered in order of first use, which SQLite requires), and the `with_conn!` macro
 //! expands each method body once per backend, so both are type-checked by the compiler.
 //! Where the SQL must differ (row locks), the method says so.
 //!
@@ -48,7 +48,7 @@ macro_rules! with_conn {
     };
 }
 
-/// Like [`with_conn!`], with a different SQL text per backend (`$sqlite`, `$postgres`)
+/// Like `with_conn!`, with a different SQL text per backend (`$sqlite`, `$postgres`)
 /// bound to `$sql` inside the body.
 macro_rules! with_conn_sql {
     ($tx:expr, $sql:ident = ($sqlite:expr, $postgres:expr), |$conn:ident| $body:expr) => {

@@ -162,9 +162,11 @@ impl PendingRow {
     }
 }
 
+// DO NOTHING rather than an error: two daemons starting at once may both store the same
+// revision, and on PostgreSQL a failed insert would abort the whole transaction.
 const INSERT_DEFINITION: &str = "INSERT INTO procedure_definitions \
      (code, revision, source, definition_json, content_hash, loaded_at) \
-     VALUES ($1, $2, $3, $4, $5, $6)";
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code, revision) DO NOTHING";
 const SELECT_DEFINITIONS: &str = "SELECT code, revision, source, definition_json, content_hash, loaded_at \
      FROM procedure_definitions ORDER BY code, revision";
 const SELECT_DEFINITION: &str = "SELECT code, revision, source, definition_json, content_hash, loaded_at \
@@ -242,15 +244,16 @@ fn projection(state: &RequestState) -> (&'static str, Option<i64>, Option<&'stat
 }
 
 impl Tx {
-    /// Stores a procedure revision.
+    /// Stores a procedure revision unless one with its code and revision is stored
+    /// already; returns whether it was stored.
     ///
     /// # Errors
-    /// [`CatalogError::Conflict`] when this code and revision are already stored.
+    /// From the driver.
     pub async fn insert_definition(
         &mut self,
         definition: &StoredDefinition,
-    ) -> Result<(), CatalogError> {
-        with_conn!(self, |conn| {
+    ) -> Result<bool, CatalogError> {
+        let affected = with_conn!(self, |conn| {
             sqlx::query(INSERT_DEFINITION)
                 .bind(definition.code.as_str())
                 .bind(i64::from(definition.revision.0))
@@ -259,9 +262,10 @@ impl Tx {
                 .bind(&definition.content_hash)
                 .bind(instant(definition.loaded_at))
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected()
         });
-        Ok(())
+        Ok(affected == 1)
     }
 
     /// Every stored procedure revision.

@@ -3,7 +3,7 @@
 //! transaction and rendered as printable, self-contained A4 HTML with the SOP's
 //! Indonesian labels.
 //!
-//! Gathering ([`gather`]) reads the catalog; rendering ([`render::render`]) is pure and
+//! Gathering (`gather`) reads the catalog; rendering ([`render::render`]) is pure and
 //! golden-tested; numbering ([`DocumentNumbering`]) follows a configurable pattern and a
 //! running number per year drawn inside the transaction, so a number is used exactly once
 //! and only by a committed document. An issued document is stored with its HTML and a
