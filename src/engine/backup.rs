@@ -176,10 +176,13 @@ impl Ctx<'_> {
     fn fail(&self, path: &Path, err: impl std::fmt::Display) {
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(path = %path.display(), error = %err, "skipping unreadable file");
-        self.errors.lock().expect("poisoned").push(FileError {
-            path: path.display().to_string(),
-            error: err.to_string(),
-        });
+        self.errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(FileError {
+                path: path.display().to_string(),
+                error: err.to_string(),
+            });
     }
 
     fn node_from_meta(name: &[u8], meta: &Metadata) -> Node {
@@ -378,7 +381,11 @@ impl Ctx<'_> {
         }
         if node.hardlink.is_some() {
             let key = (meta.dev(), meta.ino());
-            if let Some((mt, content)) = self.hardlinks.lock().expect("poisoned").get(&key)
+            if let Some((mt, content)) = self
+                .hardlinks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&key)
                 && *mt == node.mtime_ns as u64
             {
                 node.content = content.clone();
@@ -456,16 +463,19 @@ impl Ctx<'_> {
             if after.len() != node.size || mtime_after != node.mtime_ns || read_total != node.size {
                 self.changed
                     .lock()
-                    .expect("poisoned")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(path.display().to_string());
                 node.size = read_total;
             }
         }
         if node.hardlink.is_some() {
-            self.hardlinks.lock().expect("poisoned").insert(
-                (meta.dev(), meta.ino()),
-                (node.mtime_ns as u64, content.clone()),
-            );
+            self.hardlinks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    (meta.dev(), meta.ino()),
+                    (node.mtime_ns as u64, content.clone()),
+                );
         }
         node.content = content;
         Ok(())
@@ -615,7 +625,11 @@ pub fn backup(
         files_changed: ctx.files_changed.load(Ordering::Relaxed),
         files_unmodified: ctx.files_unmodified.load(Ordering::Relaxed),
         dirs: ctx.dirs.load(Ordering::Relaxed),
-        files_failed: ctx.errors.lock().expect("poisoned").len() as u64,
+        files_failed: ctx
+            .errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64,
         data_blobs: st.data_blobs.load(Ordering::Relaxed),
         tree_blobs: st.tree_blobs.load(Ordering::Relaxed),
         data_added_raw: st.raw_bytes.load(Ordering::Relaxed),
@@ -646,8 +660,18 @@ pub fn backup(
     Ok(BackupResult {
         snapshot_id,
         snapshot,
-        errors: std::mem::take(&mut *ctx.errors.lock().expect("poisoned")),
-        changed_during_read: std::mem::take(&mut *ctx.changed.lock().expect("poisoned")),
+        errors: std::mem::take(
+            &mut *ctx
+                .errors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
+        changed_during_read: std::mem::take(
+            &mut *ctx
+                .changed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
     })
 }
 

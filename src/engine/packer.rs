@@ -116,7 +116,11 @@ impl Packer {
     /// # Errors
     /// The first upload error.
     pub fn check_failed(&self) -> Result<()> {
-        let mut e = self.shared.error.lock().expect("poisoned");
+        let mut e = self
+            .shared
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match e.take() {
             Some(err) => {
                 let msg = err.to_string();
@@ -134,7 +138,12 @@ impl Packer {
     /// Claim a blob id for this run. Returns `false` when the blob is already
     /// stored (per `index`) or being stored by another worker.
     pub fn claim(&self, index: &Index, id: &BlobId) -> bool {
-        !index.contains(id) && self.pending.lock().expect("poisoned").insert(*id)
+        !index.contains(id)
+            && self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(*id)
     }
 
     /// Compress, encrypt and pack a blob previously claimed with [`Packer::claim`].
@@ -175,7 +184,7 @@ impl Packer {
                 BlobType::Data => self.data.lock(),
                 BlobType::Tree => self.tree.lock(),
             }
-            .expect("poisoned");
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
             p.reserve_for(envelope.len(), self.pack_size);
             p.add_sealed(ty, id, envelope, raw_len);
             if p.len() >= self.pack_size {
@@ -219,7 +228,10 @@ impl Packer {
                         h("pack");
                     }
                     let batch = {
-                        let mut l = shared.landed.lock().expect("poisoned");
+                        let mut l = shared
+                            .landed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         l.push(IndexPack { id, blobs: entries });
                         if l.len() >= INDEX_EVERY_PACKS {
                             Some(std::mem::take(&mut *l))
@@ -229,14 +241,22 @@ impl Packer {
                     };
                     if let Some(b) = batch {
                         if let Err(e) = write_index(&shared, b).await {
-                            shared.error.lock().expect("poisoned").get_or_insert(e);
+                            shared
+                                .error
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .get_or_insert(e);
                         } else if let Some(h) = &hook {
                             h("index");
                         }
                     }
                 }
                 Err(e) => {
-                    shared.error.lock().expect("poisoned").get_or_insert(e);
+                    shared
+                        .error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert(e);
                 }
             }
             drop(permit);
@@ -251,7 +271,10 @@ impl Packer {
     /// The first upload or index error.
     pub fn finish(&self) -> Result<Vec<IndexId>> {
         for m in [&self.data, &self.tree] {
-            let p = std::mem::replace(&mut *m.lock().expect("poisoned"), PackBuilder::new(0));
+            let p = std::mem::replace(
+                &mut *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                PackBuilder::new(0),
+            );
             if !p.is_empty() {
                 self.upload(p)?;
             }
@@ -261,7 +284,7 @@ impl Packer {
             .shared
             .written_indexes
             .lock()
-            .expect("poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone())
     }
 
@@ -280,7 +303,13 @@ impl Packer {
             )
             .expect("semaphore never closed");
         drop(all);
-        let rest = std::mem::take(&mut *self.shared.landed.lock().expect("poisoned"));
+        let rest = std::mem::take(
+            &mut *self
+                .shared
+                .landed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if !rest.is_empty() {
             self.handle.block_on(write_index(&self.shared, rest))?;
             if let Some(h) = &self.hook {
@@ -316,6 +345,10 @@ async fn write_index(shared: &Shared, packs: Vec<IndexPack>) -> Result<()> {
         })
         .await?;
     shared.stats.stored_bytes.fetch_add(len, Ordering::Relaxed);
-    shared.written_indexes.lock().expect("poisoned").push(id);
+    shared
+        .written_indexes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(id);
     Ok(())
 }

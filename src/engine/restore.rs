@@ -361,7 +361,9 @@ pub fn restore_tree(
                     result
                         .damaged_blobs
                         .push(format!("data blob {} (not in the index)", c.short()));
-                    *fs.error.lock().expect("poisoned") = Some(format!(
+                    *fs.error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!(
                         "chunk {} is missing from the repository",
                         c.short()
                     ));
@@ -370,7 +372,9 @@ pub fn restore_tree(
         }
         if ok && off != node.size {
             ok = false;
-            *fs.error.lock().expect("poisoned") = Some(format!(
+            *fs.error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!(
                 "chunks add up to {off} bytes but the file is recorded as {} bytes",
                 node.size
             ));
@@ -396,7 +400,10 @@ pub fn restore_tree(
                 .and_then(|f| f.set_len(node.size));
             if let Err(e) = created {
                 fs.damaged.store(true, Ordering::Relaxed);
-                *fs.error.lock().expect("poisoned") = Some(format!("cannot create: {e}"));
+                *fs.error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(format!("cannot create: {e}"));
             }
         })
     });
@@ -418,9 +425,11 @@ pub fn restore_tree(
         }
         return Err(Error::Cancelled);
     }
-    result
-        .damaged_blobs
-        .extend(damaged_blobs.into_inner().expect("poisoned"));
+    result.damaged_blobs.extend(
+        damaged_blobs
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
 
     // 4. Put files in place with their metadata (in parallel: each file is
     // independent, and on many small files this is mostly system calls).
@@ -438,7 +447,7 @@ pub fn restore_tree(
                     return Err(err(fs
                         .error
                         .lock()
-                        .expect("poisoned")
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone()
                         .unwrap_or_else(|| "damaged".into())));
                 }
@@ -668,17 +677,20 @@ fn restore_pack(
         let data = match data {
             Ok(d) => d,
             Err(e) => {
-                damaged.lock().expect("poisoned").push(format!(
-                    "data blob {} in pack {}: {e}",
-                    id.short(),
-                    pack.short()
-                ));
+                damaged
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(format!(
+                        "data blob {} in pack {}: {e}",
+                        id.short(),
+                        pack.short()
+                    ));
                 for (fi, _) in dests {
                     let fs = &files[*fi].0;
                     fs.damaged.store(true, Ordering::Relaxed);
                     fs.error
                         .lock()
-                        .expect("poisoned")
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .get_or_insert_with(|| format!("chunk {} is damaged: {e}", id.short()));
                 }
                 continue;
@@ -699,7 +711,7 @@ fn restore_pack(
                     fs.damaged.store(true, Ordering::Relaxed);
                     fs.error
                         .lock()
-                        .expect("poisoned")
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .get_or_insert_with(|| format!("write failed: {e}"));
                     continue;
                 }
