@@ -104,8 +104,16 @@ fn unreadable_and_missing_sources() {
     let sum = last_json(&o);
     assert_eq!(sum["files_failed"], 1);
     assert_eq!(sum["partial"], true);
+    // A file whose content differs from what stat said (sizes of /proc files
+    // are 0) is flagged as changed while being read, and backed up as read.
+    let o = run(cadang(r).args(["backup", "--json", "/proc/self/status"]), 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("file changed while being read"), "{text}");
+
     // The snapshot still holds the readable file.
-    let o = run(cadang(r).args(["ls", "latest"]), 0);
+    let snaps = last_json(&run(cadang(r).args(["snapshots", "--json"]), 0));
+    let first = snaps[0]["id"].as_str().unwrap().to_string();
+    let o = run(cadang(r).args(["ls", &first]), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("/ok"));
 
     // A source path that does not exist: failure, named.

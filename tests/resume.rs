@@ -327,3 +327,59 @@ fn prune_repacks_partly_used_packs() {
     assert!(res.is_success(), "{res:?}");
     assert_same_tree(&src, &restored_path(&target, &src));
 }
+
+#[test]
+fn copy_between_repositories_with_different_keys() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    edge_case_tree(&src, 0);
+    let a = open_new(&rt, &tmp.path().join("a"));
+    let b = open_new(&rt, &tmp.path().join("b"));
+    let r = backup(
+        &a,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+    let rep = cadang::engine::copy::copy(&a, &b, &[r.snapshot_id], None).unwrap();
+    assert_eq!(rep.copied.len(), 1);
+    // Different id keys: no blob id is shared between the two repositories.
+    let (ia, _) = a.load_index().unwrap();
+    let (ib, _) = b.load_index().unwrap();
+    assert!(
+        ia.iter().all(|(id, _, _)| !ib.contains(id)),
+        "ids leaked across keys"
+    );
+    let again = cadang::engine::copy::copy(&a, &b, &[r.snapshot_id], None).unwrap();
+    assert!(again.copied.is_empty() && again.skipped.len() == 1);
+    assert!(
+        check(
+            &b,
+            &CheckOptions {
+                read_data: ReadData::All
+            }
+        )
+        .unwrap()
+        .is_ok()
+    );
+    let (snaps, _) = b.load_snapshots().unwrap();
+    assert_eq!(snaps[0].1.original, Some(r.snapshot_id));
+    let target = tmp.path().join("out");
+    let res = restore(
+        &b,
+        &snaps[0].0,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            ..Default::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    assert!(res.is_success(), "{res:?}");
+    assert_same_tree(&src, &restored_path(&target, &src));
+}
