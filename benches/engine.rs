@@ -34,7 +34,7 @@ fn data(n: usize, text: bool) -> Vec<u8> {
         x ^= x << 17;
         if text {
             v.extend_from_slice(words[(x % 10) as usize].as_bytes());
-            v.push(if x % 7 == 0 { b'\n' } else { b' ' });
+            v.push(if x.is_multiple_of(7) { b'\n' } else { b' ' });
         } else {
             v.extend_from_slice(&x.to_le_bytes());
         }

@@ -115,6 +115,9 @@ impl BackupResult {
 /// always found before the buffer must be refilled.
 const READ_BUF: usize = 8 << 20;
 
+/// Content already read for a hard-linked inode: (dev, ino) → (mtime, chunks).
+type HardlinkContent = HashMap<(u64, u64), (u64, Vec<BlobId>)>;
+
 struct Ctx<'a> {
     repo: &'a Repository,
     index: Index,
@@ -130,7 +133,7 @@ struct Ctx<'a> {
     files_changed: AtomicU64,
     files_unmodified: AtomicU64,
     dirs: AtomicU64,
-    hardlinks: Mutex<HashMap<(u64, u64), (u64, Vec<BlobId>)>>,
+    hardlinks: Mutex<HardlinkContent>,
 }
 
 /// Build the exclude matcher.

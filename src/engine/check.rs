@@ -118,6 +118,9 @@ pub struct CheckOptions {
     pub read_data: ReadData,
 }
 
+/// Outcome of verifying one pack: `Ok(retried)` or the problem and the damaged blobs.
+type PackVerdict = std::result::Result<bool, (String, Vec<BlobId>)>;
+
 /// Read one pack fully and verify it: its hash, its header, and every
 /// indexed blob on its own, so damage is attributed to exactly the blobs
 /// (and so files) it hits. Retries twice so a one-off garbled read is not
@@ -253,7 +256,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         .collect();
     rep.packs_read = selected.len();
     let selected_set: HashSet<PackId> = selected.iter().map(|p| **p).collect();
-    let results: Vec<(PackId, std::result::Result<bool, (String, Vec<BlobId>)>)> = selected
+    let results: Vec<(PackId, PackVerdict)> = selected
         .par_iter()
         .map(|p| (**p, verify_pack(repo, &by_pack[*p], p)))
         .collect();

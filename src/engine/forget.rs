@@ -100,6 +100,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+type SnapshotEntry = (SnapshotId, Snapshot);
+/// Maps a local time to its period (hour, day, week, month, year).
+type Bucket = fn(DateTime<FixedOffset>) -> i64;
+
 /// Apply a policy. Buckets use `tz` (the data center's local time, Asia/Jakarta
 /// by default), so "daily" means local days.
 pub fn apply(
@@ -107,7 +111,8 @@ pub fn apply(
     snaps: &[(SnapshotId, Snapshot)],
     tz: FixedOffset,
 ) -> Vec<Decision> {
-    let mut groups: BTreeMap<(String, Vec<String>), Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
+    // Groups by (host, paths), as restic does.
+    let mut groups: BTreeMap<(String, Vec<String>), Vec<&SnapshotEntry>> = BTreeMap::new();
     let mut out = Vec::new();
     for s in snaps {
         if !policy.tags.iter().all(|t| s.1.tags.contains(t)) {
@@ -132,7 +137,7 @@ pub fn apply(
             let _ = i;
             r.push("last".into());
         }
-        let rules: [(&str, u32, fn(DateTime<FixedOffset>) -> i64); 5] = [
+        let rules: [(&str, u32, Bucket); 5] = [
             ("hourly", policy.hourly, |t| {
                 t.year() as i64 * 1_000_000 + t.ordinal() as i64 * 100 + t.hour() as i64
             }),
@@ -178,7 +183,7 @@ pub fn apply(
             });
         }
     }
-    out.sort_by(|a, b| a.time.cmp(&b.time));
+    out.sort_by_key(|d| d.time);
     out
 }
 

@@ -154,7 +154,7 @@ mod tests {
 
     fn entry(i: u32) -> PackEntry {
         PackEntry {
-            ty: if i % 3 == 0 {
+            ty: if i.is_multiple_of(3) {
                 BlobType::Tree
             } else {
                 BlobType::Data

@@ -28,6 +28,9 @@ pub fn pack_key(id: &PackId) -> String {
     format!("data/{}/{}", &h[..2], h)
 }
 
+/// Readable snapshots sorted by time, and the unreadable ones with their error.
+pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>);
+
 /// Options for opening or creating a repository.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -390,9 +393,7 @@ impl Repository {
     ///
     /// # Errors
     /// Storage errors while listing.
-    pub fn load_snapshots(
-        &self,
-    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>)> {
+    pub fn load_snapshots(&self) -> Result<SnapshotList> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for (id, _) in self.list_snapshot_ids()? {

@@ -102,6 +102,9 @@ impl RestoreResult {
     }
 }
 
+/// For one pack: each needed blob and the (file index, offset) pairs it fills.
+type BlobDestinations = HashMap<BlobId, Vec<(usize, u64)>>;
+
 struct Entry {
     rel: PathBuf,
     node: Node,
@@ -135,6 +138,7 @@ fn selected(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
     (false, false)
 }
 
+#[allow(clippy::too_many_arguments)] // a recursive walk threading its accumulators
 fn collect(
     repo: &Repository,
     index: &Index,
@@ -410,7 +414,7 @@ pub fn restore_tree(
 
     // 3. Read each pack once and write its blobs everywhere they go.
     let damaged_blobs = Mutex::new(Vec::new());
-    let packs: Vec<(PackId, HashMap<BlobId, Vec<(usize, u64)>>)> = by_pack.into_iter().collect();
+    let packs: Vec<(PackId, BlobDestinations)> = by_pack.into_iter().collect();
     pool.install(|| {
         packs.par_iter().for_each(|(pack, blobs)| {
             if cancelled() {
