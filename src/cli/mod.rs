@@ -53,7 +53,8 @@ pub struct GlobalArgs {
     /// S3 endpoint for S3-compatible stores (MinIO, Garage, Ceph RGW).
     #[arg(long, env = "CADANG_S3_ENDPOINT", global = true)]
     pub s3_endpoint: Option<String>,
-    /// Argon2id memory for new key slots, KiB (default 65536).
+    /// Argon2id memory for new key slots, KiB (default 65536 with 3 passes;
+    /// a lower value uses 2 passes and is raised to at least 19456).
     #[arg(long, global = true, hide = true, env = "CADANG_KDF_MEMORY_KIB")]
     pub kdf_memory_kib: Option<u32>,
 }

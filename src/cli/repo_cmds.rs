@@ -139,8 +139,10 @@ impl Ctx {
     fn open_opts(&self) -> OpenOptions {
         let mut kdf = KdfParams::default();
         if let Some(m) = self.g.kdf_memory_kib {
-            kdf.memory_kib = m;
-            kdf.iterations = 1;
+            // Lower costs (for tests and small machines) never go below
+            // OWASP's Argon2id floor: 19 MiB, 2 passes.
+            kdf.memory_kib = m.max(19 * 1024);
+            kdf.iterations = 2;
         }
         OpenOptions { kdf, host: None }
     }
