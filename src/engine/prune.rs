@@ -350,14 +350,17 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
 
-    // Sweep.
+    // Sweep. The plans go first: readers treat planned packs as present,
+    // so a crash between deleting a pack and deleting its plan would leave
+    // an indexed pack missing. The other way round, a crash leaves packs
+    // in no index and no plan, which the next prune sweeps as orphans.
+    for key in done_plans {
+        repo.block_on(repo.store().delete(&key))?;
+    }
     for (id, size) in &delete {
         repo.block_on(repo.store().delete(&pack_key(id)))?;
         rep.packs_deleted += 1;
         rep.bytes_deleted += size;
-    }
-    for key in done_plans {
-        repo.block_on(repo.store().delete(&key))?;
     }
     if rep.packs_marked > 0 && opts.grace > Duration::zero() {
         rep.notes.push(format!(

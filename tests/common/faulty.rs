@@ -1,7 +1,8 @@
 //! A fault-injecting `ObjectStore` wrapper for tests (after kopia's
 //! `FaultyStorage` and restic's error backends): per operation and key, inject
 //! transient or permanent errors, a write whose response is lost, garbled or
-//! truncated reads, once or always.
+//! truncated reads, once or always; or a crash after the n-th write.
+#![allow(dead_code)] // each test file uses the parts it needs
 
 use std::fmt;
 use std::sync::Mutex;
@@ -53,6 +54,11 @@ pub struct Rule {
 pub struct FaultyStore {
     inner: std::sync::Arc<dyn ObjectStore>,
     rules: Mutex<Vec<Rule>>,
+    /// Writes (puts and deletes) still allowed before every further write
+    /// fails: simulates a crash right after that many durable steps.
+    write_budget: std::sync::Arc<Mutex<Option<u64>>>,
+    /// Writes performed (puts and deletes that reached the inner store).
+    pub writes: std::sync::Arc<AtomicU64>,
     /// How many faults were injected.
     pub injected: AtomicU64,
 }
@@ -74,6 +80,8 @@ impl FaultyStore {
         Self {
             inner,
             rules: Mutex::new(Vec::new()),
+            write_budget: std::sync::Arc::new(Mutex::new(None)),
+            writes: std::sync::Arc::new(AtomicU64::new(0)),
             injected: AtomicU64::new(0),
         }
     }
@@ -89,6 +97,24 @@ impl FaultyStore {
 
     pub fn clear(&self) {
         self.rules.lock().unwrap().clear();
+        *self.write_budget.lock().unwrap() = None;
+    }
+
+    /// Allow `n` more writes, then fail every write ("the process died here").
+    pub fn crash_after_writes(&self, n: u64) {
+        *self.write_budget.lock().unwrap() = Some(n);
+    }
+
+    fn spend_write(budget: &Mutex<Option<u64>>) -> bool {
+        let mut b = budget.lock().unwrap();
+        match &mut *b {
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => true,
+        }
     }
 
     fn take(&self, op: Op, key: &Path) -> Option<Fault> {
@@ -130,6 +156,10 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        if !Self::spend_write(&self.write_budget) {
+            return Err(permanent(location));
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
         match self.take(Op::Put, location) {
             Some(Fault::Transient) => Err(transient("put")),
             Some(Fault::Permanent) => Err(permanent(location)),
@@ -188,7 +218,29 @@ impl ObjectStore for FaultyStore {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        let inner = self.inner.clone();
+        let budget = self.write_budget.clone();
+        let writes = self.writes.clone();
+        locations
+            .then(move |p| {
+                let inner = inner.clone();
+                let budget = budget.clone();
+                let writes = writes.clone();
+                async move {
+                    let p = p?;
+                    if !Self::spend_write(&budget) {
+                        return Err(permanent(&p));
+                    }
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    let mut one =
+                        inner.delete_stream(futures::stream::once(async move { Ok(p) }).boxed());
+                    match one.next().await {
+                        Some(r) => r,
+                        None => Err(transient("delete")),
+                    }
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
