@@ -10,39 +10,15 @@ mod common;
 mod faulty;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use cadang::engine::Repository;
 use cadang::engine::backup::{BackupOptions, BackupProgress, backup};
 use cadang::engine::check::{CheckOptions, ReadData, check};
 use cadang::engine::copy::copy;
-use cadang::engine::crypto::KdfParams;
 use cadang::engine::prune::{PruneOptions, prune};
-use cadang::engine::restore::{RestoreOptions, RestoreProgress, restore};
-use cadang::engine::{OpenOptions, Repository, Store};
 use common::*;
-use faulty::FaultyStore;
-
-fn repo(rt: &tokio::runtime::Runtime, dir: &Path) -> (Arc<FaultyStore>, Repository) {
-    std::fs::create_dir_all(dir).unwrap();
-    let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
-        .unwrap()
-        .with_fsync(true);
-    let faulty = Arc::new(FaultyStore::new(Arc::new(local)));
-    let store = Store::from_object_store(faulty.clone(), "faulty://crash-points");
-    let opts = OpenOptions {
-        kdf: KdfParams {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        },
-        host: None,
-    };
-    (
-        faulty,
-        Repository::init(rt.handle().clone(), store, b"pw", &opts).unwrap(),
-    )
-}
+use faulty::faulty_repo;
 
 fn source(dir: &Path, version: u64) -> std::path::PathBuf {
     let src = dir.join(format!("src{version}"));
@@ -86,19 +62,7 @@ fn verify(repo: &Repository, tmp: &Path, sources: &[std::path::PathBuf]) {
             .find(|p| s.paths[0] == p.display().to_string())
             .unwrap();
         let target = tmp.join(format!("r-{}", id.short()));
-        let r = restore(
-            repo,
-            &id,
-            &RestoreOptions {
-                target: target.clone(),
-                verify: true,
-                ..Default::default()
-            },
-            &RestoreProgress::default(),
-        )
-        .unwrap();
-        assert!(r.is_success(), "{r:?}");
-        assert_same_tree(src, &restored_path(&target, src));
+        restore_and_compare(repo, &id, src, &target);
         std::fs::remove_dir_all(&target).unwrap();
     }
 }
@@ -108,7 +72,7 @@ fn backup_crash_points() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path(), 1);
-    let (f, r) = repo(&rt, &tmp.path().join("count"));
+    let (f, r) = faulty_repo(&rt, &tmp.path().join("count"));
     let before = f.writes.load(Ordering::Relaxed);
     bk(&r, &src).unwrap();
     let steps = f.writes.load(Ordering::Relaxed) - before;
@@ -118,7 +82,7 @@ fn backup_crash_points() {
     );
     for k in 0..steps {
         let dir = tmp.path().join(format!("b{k}"));
-        let (f, r) = repo(&rt, &dir);
+        let (f, r) = faulty_repo(&rt, &dir);
         f.crash_after_writes(k);
         assert!(
             bk(&r, &src).is_err(),
@@ -142,7 +106,7 @@ fn prune_crash_points() {
     let s1 = source(tmp.path(), 1);
     let s2 = source(tmp.path(), 2);
     let setup = |dir: &Path| {
-        let (f, r) = repo(&rt, dir);
+        let (f, r) = faulty_repo(&rt, dir);
         let b1 = bk(&r, &s1).unwrap();
         bk(&r, &s2).unwrap();
         r.delete_snapshot(&b1.snapshot_id).unwrap();
@@ -178,16 +142,16 @@ fn copy_crash_points() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path(), 1);
-    let (_, a) = repo(&rt, &tmp.path().join("a"));
+    let (_, a) = faulty_repo(&rt, &tmp.path().join("a"));
     let b1 = bk(&a, &src).unwrap();
-    let (f, b) = repo(&rt, &tmp.path().join("count"));
+    let (f, b) = faulty_repo(&rt, &tmp.path().join("count"));
     let before = f.writes.load(Ordering::Relaxed);
     copy(&a, &b, &[b1.snapshot_id], None).unwrap();
     let steps = f.writes.load(Ordering::Relaxed) - before;
     assert!(steps >= 3);
     for k in 0..steps {
         let dir = tmp.path().join(format!("c{k}"));
-        let (f, b) = repo(&rt, &dir);
+        let (f, b) = faulty_repo(&rt, &dir);
         f.crash_after_writes(k);
         assert!(
             copy(&a, &b, &[b1.snapshot_id], None).is_err(),

@@ -7,34 +7,11 @@ mod common;
 #[path = "common/faulty.rs"]
 mod faulty;
 
-use std::sync::Arc;
-
 use cadang::engine::backup::{BackupOptions, BackupProgress, backup};
 use cadang::engine::check::{CheckOptions, ReadData, check};
-use cadang::engine::crypto::KdfParams;
 use cadang::engine::restore::{RestoreOptions, RestoreProgress, restore};
-use cadang::engine::{OpenOptions, Repository, Store};
 use common::*;
-use faulty::{Fault, FaultyStore, Op};
-
-fn setup(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<FaultyStore>, Repository) {
-    std::fs::create_dir_all(dir).unwrap();
-    let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
-        .unwrap()
-        .with_fsync(true);
-    let faulty = Arc::new(FaultyStore::new(Arc::new(local)));
-    let store = Store::from_object_store(faulty.clone(), "faulty://test");
-    let opts = OpenOptions {
-        kdf: KdfParams {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        },
-        host: None,
-    };
-    let repo = Repository::init(rt.handle().clone(), store, b"pw", &opts).unwrap();
-    (faulty, repo)
-}
+use faulty::{Fault, Op, faulty_repo};
 
 fn source(dir: &std::path::Path) -> std::path::PathBuf {
     let src = dir.join("src");
@@ -50,7 +27,7 @@ fn transient_errors_and_lost_responses_are_absorbed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path());
-    let (faulty, repo) = setup(&rt, &tmp.path().join("repo"));
+    let (faulty, repo) = faulty_repo(&rt, &tmp.path().join("repo"));
     faulty.add(Op::Put, "data/", Fault::Transient, Some(3));
     faulty.add(Op::Put, "data/", Fault::LostResponse, Some(2));
     faulty.add(Op::Put, "index/", Fault::LostResponse, Some(1));
@@ -72,28 +49,8 @@ fn transient_errors_and_lost_responses_are_absorbed() {
         1,
         "exactly one snapshot, no double commit"
     );
-    let rep = check(
-        &repo,
-        &CheckOptions {
-            read_data: ReadData::All,
-        },
-    )
-    .unwrap();
-    assert!(rep.is_ok() && rep.warnings.is_empty(), "{rep:?}");
-    let target = tmp.path().join("out");
-    let res = restore(
-        &repo,
-        &r.snapshot_id,
-        &RestoreOptions {
-            target: target.clone(),
-            verify: true,
-            ..Default::default()
-        },
-        &RestoreProgress::default(),
-    )
-    .unwrap();
-    assert!(res.is_success());
-    assert_same_tree(&src, &restored_path(&target, &src));
+    assert_check_clean(&repo);
+    restore_and_compare(&repo, &r.snapshot_id, &src, &tmp.path().join("out"));
 }
 
 #[test]
@@ -101,7 +58,7 @@ fn one_off_garbled_reads_are_not_damage_persistent_ones_are() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path());
-    let (faulty, repo) = setup(&rt, &tmp.path().join("repo"));
+    let (faulty, repo) = faulty_repo(&rt, &tmp.path().join("repo"));
     let r = backup(
         &repo,
         &BackupOptions {
@@ -137,20 +94,7 @@ fn one_off_garbled_reads_are_not_damage_persistent_ones_are() {
     // Restore through one-off garbled reads succeeds and verifies.
     faulty.add(Op::Get, &packs[0], Fault::Garble, Some(1));
     faulty.add(Op::Get, &packs[1], Fault::Garble, Some(1));
-    let target = tmp.path().join("out");
-    let res = restore(
-        &repo,
-        &r.snapshot_id,
-        &RestoreOptions {
-            target: target.clone(),
-            verify: true,
-            ..Default::default()
-        },
-        &RestoreProgress::default(),
-    )
-    .unwrap();
-    assert!(res.is_success(), "{res:?}");
-    assert_same_tree(&src, &restored_path(&target, &src));
+    restore_and_compare(&repo, &r.snapshot_id, &src, &tmp.path().join("out"));
 
     // Always garbled: damage, every time, naming files.
     faulty.clear();
@@ -191,7 +135,7 @@ fn permanent_write_failure_is_clear_and_harmless() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path());
-    let (faulty, repo) = setup(&rt, &tmp.path().join("repo"));
+    let (faulty, repo) = faulty_repo(&rt, &tmp.path().join("repo"));
     faulty.add(Op::Put, "data/", Fault::Permanent, None);
     let err = backup(
         &repo,

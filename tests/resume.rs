@@ -91,20 +91,7 @@ fn cancelled_backup_is_resumed_without_reupload() {
         added + (uploaded as u64 - 1) * (16 << 20) <= total + (2 << 20),
         "resumed backup added {added} bytes although {uploaded} packs had landed"
     );
-    let target = tmp.path().join("out");
-    let res = restore(
-        &repo,
-        &r2.snapshot_id,
-        &RestoreOptions {
-            target: target.clone(),
-            verify: true,
-            ..Default::default()
-        },
-        &RestoreProgress::default(),
-    )
-    .unwrap();
-    assert!(res.is_success());
-    assert_same_tree(&src, &restored_path(&target, &src));
+    restore_and_compare(&repo, &r2.snapshot_id, &src, &tmp.path().join("out"));
 }
 
 #[test]
@@ -178,20 +165,7 @@ fn prune_two_phases_keep_data_of_a_concurrent_backup() {
     )
     .unwrap();
     assert!(rep.is_ok(), "{rep:?}");
-    let target = tmp.path().join("out");
-    let res = restore(
-        &repo,
-        &late_id,
-        &RestoreOptions {
-            target: target.clone(),
-            verify: true,
-            ..Default::default()
-        },
-        &RestoreProgress::default(),
-    )
-    .unwrap();
-    assert!(res.is_success(), "{res:?}");
-    assert_same_tree(&src, &restored_path(&target, &src));
+    restore_and_compare(&repo, &late_id, &src, &tmp.path().join("out"));
 
     // Now really forget everything: after the grace period the space is freed.
     repo.delete_snapshot(&late_id).unwrap();
@@ -304,28 +278,8 @@ fn prune_repacks_partly_used_packs() {
         after + (2 << 20) < before,
         "prune freed too little: {before} -> {after}"
     );
-    let rep = check(
-        &repo,
-        &CheckOptions {
-            read_data: ReadData::All,
-        },
-    )
-    .unwrap();
-    assert!(rep.is_ok() && rep.warnings.is_empty(), "{rep:?}");
-    let target = tmp.path().join("out");
-    let res = restore(
-        &repo,
-        &b2.snapshot_id,
-        &RestoreOptions {
-            target: target.clone(),
-            verify: true,
-            ..Default::default()
-        },
-        &RestoreProgress::default(),
-    )
-    .unwrap();
-    assert!(res.is_success(), "{res:?}");
-    assert_same_tree(&src, &restored_path(&target, &src));
+    assert_check_clean(&repo);
+    restore_and_compare(&repo, &b2.snapshot_id, &src, &tmp.path().join("out"));
 }
 
 #[test]

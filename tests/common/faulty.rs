@@ -261,3 +261,27 @@ impl ObjectStore for FaultyStore {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+/// A new repository in `dir` behind a fault-injecting store (cheap key
+/// stretching: these tests are about storage, not passwords).
+pub fn faulty_repo(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+) -> (std::sync::Arc<FaultyStore>, cadang::engine::Repository) {
+    std::fs::create_dir_all(dir).unwrap();
+    let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .unwrap()
+        .with_fsync(true);
+    let faulty = std::sync::Arc::new(FaultyStore::new(std::sync::Arc::new(local)));
+    let store = cadang::engine::Store::from_object_store(faulty.clone(), "faulty://test");
+    let opts = cadang::engine::OpenOptions {
+        kdf: cadang::engine::crypto::KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        host: None,
+    };
+    let repo = cadang::engine::Repository::init(rt.handle().clone(), store, b"pw", &opts).unwrap();
+    (faulty, repo)
+}

@@ -260,3 +260,35 @@ pub fn restored_path(target: &Path, src: &Path) -> PathBuf {
 pub fn allocated_bytes(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks() * 512
 }
+
+/// Restore `id` with `--verify` into `target` and compare it with `src` on
+/// every attribute (library-level tests).
+pub fn restore_and_compare(
+    repo: &cadang::engine::Repository,
+    id: &cadang::engine::id::SnapshotId,
+    src: &Path,
+    target: &Path,
+) {
+    use cadang::engine::restore::{RestoreOptions, RestoreProgress, restore};
+    let opts = RestoreOptions {
+        target: target.to_path_buf(),
+        verify: true,
+        ..Default::default()
+    };
+    let res = restore(repo, id, &opts, &RestoreProgress::default()).expect("restore runs");
+    assert!(res.is_success(), "{res:?}");
+    assert_same_tree(src, &restored_path(target, src));
+}
+
+/// `check --read-data` finds nothing, not even a warning.
+pub fn assert_check_clean(repo: &cadang::engine::Repository) {
+    use cadang::engine::check::{CheckOptions, ReadData, check};
+    let rep = check(
+        repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .expect("check runs");
+    assert!(rep.is_ok() && rep.warnings.is_empty(), "{rep:?}");
+}
