@@ -91,7 +91,23 @@ fn cancelled_backup_is_resumed_without_reupload() {
         added + (uploaded as u64 - 1) * (16 << 20) <= total + (2 << 20),
         "resumed backup added {added} bytes although {uploaded} packs had landed"
     );
-    restore_and_compare(&repo, &r2.snapshot_id, &src, &tmp.path().join("out"));
+    let target = tmp.path().join("out");
+    restore_and_compare(&repo, &r2.snapshot_id, &src, &target);
+    // Verifying an existing restore target: clean, then one changed byte is named.
+    let verify = |t: &std::path::Path| {
+        cadang::engine::restore::verify_target(&repo, &r2.snapshot_id, t, &[]).unwrap()
+    };
+    assert!(verify(&target).mismatches.is_empty());
+    let f = restored_path(&target, &src).join("f3");
+    let mut b = std::fs::read(&f).unwrap();
+    b[12345] ^= 1;
+    std::fs::write(&f, b).unwrap();
+    let rep = verify(&target);
+    assert_eq!(rep.mismatches.len(), 1, "{rep:?}");
+    assert!(
+        rep.mismatches[0].path.ends_with("f3")
+            && rep.mismatches[0].error.contains("content differs")
+    );
 }
 
 #[test]

@@ -116,18 +116,6 @@ impl ObjectKind {
             Self::Lock => b"cadang v1 lock",
         }
     }
-
-    /// Human name used in error messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Config => "config",
-            Self::Index => "index",
-            Self::Snapshot => "snapshot",
-            Self::PackHeader => "pack header",
-            Self::PrunePlan => "prune plan",
-            Self::Lock => "lock",
-        }
-    }
 }
 
 /// Seal a serializable value as JSON (small, evolvable objects).

@@ -18,9 +18,9 @@ use tokio::sync::Semaphore;
 use super::crypto::Keys;
 use super::error::{Error, Result};
 use super::format::{ObjectKind, blob_aad, encode_blob_payload, seal_postcard};
-use super::id::{BlobId, BlobType, IndexId, PackId};
+use super::id::{BlobId, BlobType, IndexId};
 use super::index::{Index, IndexFile, IndexPack};
-use super::pack::{PackBuilder, PackEntry};
+use super::pack::PackBuilder;
 use super::repo::{Repository, pack_key};
 use super::store::Store;
 
@@ -317,14 +317,6 @@ impl Packer {
             }
         }
         self.check_failed()
-    }
-
-    /// Pack entries are available to callers that need them (copy, repack).
-    pub fn entries_of(files: &[IndexFile]) -> Vec<(PackId, Vec<PackEntry>)> {
-        files
-            .iter()
-            .flat_map(|f| f.packs.iter().map(|p| (p.id, p.blobs.clone())))
-            .collect()
     }
 }
 

@@ -897,15 +897,3 @@ pub fn verify_target(
     rep.mismatches.extend(errors);
     Ok(rep)
 }
-
-/// Read one file from a snapshot into memory (small files; used by tools).
-///
-/// # Errors
-/// Damage or a path that is not a file.
-pub fn read_file(repo: &Repository, index: &Index, node: &Node) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(node.size as usize);
-    for c in &node.content {
-        out.extend_from_slice(&repo.load_blob(index, BlobType::Data, c)?);
-    }
-    Ok(out)
-}
