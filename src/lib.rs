@@ -6,10 +6,15 @@
 //! * [`catalog`] — the only SQL: the catalog on SQLite or PostgreSQL;
 //! * [`app`] — use cases: load, decide with the workflow, persist with an
 //!   audit row in one transaction;
+//! * [`rpc`] — the gRPC control plane, thin adapters over [`app`];
+//! * [`daemon`] — the daemon's composition root and lifecycle; [`config`] its settings;
 //! * [`cli`] — the `cadang` command line.
 
 pub mod app;
 pub mod catalog;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod rpc;
 pub mod workflow;

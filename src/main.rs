@@ -11,18 +11,27 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
+    // One TLS crypto provider for the whole process (tonic, object_store and sqlx all use
+    // rustls); installing it first avoids a runtime choice between two.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = cadang::cli::Cli::parse();
+    let json_logs = cadang::cli::wants_json_logs(&cli);
     let default = match cli.global.verbose {
+        0 if cadang::cli::is_daemon(&cli) => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CADANG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let code = cadang::cli::run(cli);
     std::process::exit(code as i32);
 }

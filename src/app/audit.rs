@@ -461,6 +461,15 @@ impl super::App {
         })
     }
 
+    /// A page of the whole trail: at most `limit` rows after sequence number `after`.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn audit_rows(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, AppError> {
+        let mut tx = self.catalog().begin_read().await?;
+        Ok(tx.audit_rows_after(after, limit).await?)
+    }
+
     /// Every audit row about one entity (`request`, `server`, …), oldest first.
     ///
     /// # Errors

@@ -52,8 +52,8 @@ pub struct DeclaredServer {
     /// Host admin user (form 2).
     pub host_admin_user: Option<String>,
     /// Host admin password as entered; sealed when the request is stored and never
-    /// serialized.
-    #[serde(skip)]
+    /// serialized (it may only arrive).
+    #[serde(default, skip_serializing)]
     pub host_admin_password: Option<SecretString>,
     /// The sealed password, once stored.
     pub host_admin_secret: Option<SecretId>,

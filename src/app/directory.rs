@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{AuditEntry, json};
 use super::identifiers::Nip;
-use super::{App, AppError, optional, required};
+use super::{App, AppError, IssuedToken, optional, required};
 use crate::catalog::{
     Account, AccountId, Agency, AgencyId, NewAccount, NewAgency, NewPerson, Person, PersonId,
 };
@@ -74,7 +74,8 @@ fn check_agency_code(code: &str) -> Result<String, AppError> {
 }
 
 impl App {
-    /// Creates the first administrator account, when no account exists yet.
+    /// Creates the first administrator account, when no account exists yet, with a
+    /// first token (labelled `bootstrap`) for it. The token's secret is returned once.
     ///
     /// # Errors
     /// [`AppError::Conflict`] once any account exists; [`AppError::InvalidInput`] for a bad
@@ -83,7 +84,7 @@ impl App {
         &self,
         username: &str,
         now: DateTime<Utc>,
-    ) -> Result<Account, AppError> {
+    ) -> Result<(Account, IssuedToken), AppError> {
         check_username(username)?;
         let mut work = self.system_work("system", now).await?;
         if work.tx.count_accounts().await? > 0 {
@@ -104,8 +105,11 @@ impl App {
             )
             .await?;
         work.audit("account.bootstrap", "account", account.id).after = Some(json(&account));
+        let token = self
+            .issue_token(&mut work, &account, "bootstrap", None)
+            .await?;
         work.commit().await?;
-        Ok(account)
+        Ok((account, token))
     }
 
     /// Registers an agency (SKPD, regency or city). ADMIN only.

@@ -18,6 +18,10 @@ pub enum AppError {
     /// The input is malformed or incomplete; the message says what to fix.
     #[error("{0}")]
     InvalidInput(String),
+    /// The caller could not be identified: no token, an unknown, expired or revoked one,
+    /// or a disabled account. The message never repeats the token.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The user may not do this; the message says who may.
     #[error("{0}")]
     Forbidden(String),

@@ -25,6 +25,8 @@ pub mod identifiers;
 mod reports;
 mod requests;
 pub mod secrets;
+mod tokens;
+mod views;
 
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,8 @@ pub use error::AppError;
 pub use reports::{RequestOverruns, StepOverrun};
 pub use requests::{EventOutcome, IssuedDocument, RequestView};
 pub use secrets::{MasterKey, SecretString};
+pub use tokens::{Caller, IssuedToken};
+pub use views::MAX_PAGE;
 
 use crate::catalog::{Account, Catalog, Tx};
 use crate::workflow::{Registry, Role, WorkCalendar};
@@ -109,6 +113,7 @@ struct Inner {
     registry: RwLock<Arc<Registry>>,
     config: AppConfig,
     sealer: Sealer,
+    token_key: [u8; 32],
 }
 
 /// The application: the catalog, the loaded procedure definitions, the settings and the
@@ -155,6 +160,7 @@ impl App {
                 registry: RwLock::new(Arc::new(Registry::new())),
                 config,
                 sealer: Sealer::new(master_key),
+                token_key: master_key.derive(tokens::TOKEN_HASH_CONTEXT),
             }),
         };
         let registry = requests::sync_definitions(&app, from_files, now).await?;

@@ -530,6 +530,14 @@ impl App {
                     )));
                 }
                 for server in &mut application.servers {
+                    // Only the daemon names sealed secrets: a reference supplied with the
+                    // application could point at another server's password.
+                    if server.host_admin_secret.is_some() {
+                        return Err(AppError::invalid(format!(
+                            "server {}: host_admin_secret is set by cadang; send host_admin_password instead",
+                            server.name
+                        )));
+                    }
                     if let Some(password) = server.host_admin_password.take() {
                         server.host_admin_secret = Some(
                             self.sealer()

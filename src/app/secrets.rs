@@ -56,6 +56,17 @@ impl MasterKey {
         Ok(MasterKey(random_bytes()?))
     }
 
+    /// The key as 64 hex digits (how the key file keeps it).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A sub-key for one purpose, named by a context string unique to that purpose, so
+    /// the master key serves several purposes without two sharing a key.
+    pub(crate) fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
+
     /// A short fingerprint, safe to store and show: which key sealed a value.
     pub fn fingerprint(&self) -> String {
         let derived = blake3::derive_key(FINGERPRINT_CONTEXT, &self.0);
@@ -104,6 +115,14 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// A secret may arrive in input (a form sent to the daemon); it is never written out, so
+/// there is deliberately no `Serialize`.
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(SecretString::new)
+    }
+}
+
 impl Drop for SecretString {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.0).into_bytes();
@@ -119,7 +138,7 @@ fn wipe(bytes: &mut [u8]) {
     }
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], AppError> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], AppError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes)
         .map_err(|error| AppError::internal(format!("no operating system randomness: {error}")))?;

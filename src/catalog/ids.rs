@@ -29,6 +29,8 @@ row_id! {
     PersonId,
     /// A user account.
     AccountId,
+    /// A bearer token of an account.
+    TokenId,
     /// A request running through a procedure.
     RequestId,
     /// An official document (form or letter).

@@ -77,10 +77,12 @@ mod error;
 mod ids;
 pub mod model;
 mod requests;
+mod tokens;
 
 pub use error::CatalogError;
 pub use ids::*;
 pub use model::*;
+pub use tokens::{NewToken, TokenRecord};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -338,7 +340,7 @@ fn check_schema_name(schema: &str) -> Result<(), CatalogError> {
 }
 
 /// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];

@@ -1,9 +1,12 @@
 //! The `cadang` command line: argument parsing (clap lives only here) and
 //! dispatch. Repository commands drive the engine directly, in restic's
-//! conventions; client commands for the daemon come with the daemon.
+//! conventions; `daemon` and `admin` run the control plane on this host; the client
+//! commands (request, step, asset, ...) talk to a daemon over gRPC.
 
+mod client;
 mod output;
 mod repo_cmds;
+mod server_cmds;
 
 use std::path::PathBuf;
 
@@ -17,6 +20,8 @@ pub use output::ExitCode;
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    #[command(flatten)]
+    pub conn: client::ConnArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,6 +94,48 @@ pub enum Command {
     /// Repair repository metadata.
     #[command(subcommand)]
     Repair(RepairCmd),
+
+    /// Run the daemon: the SOP's control plane (gRPC) on this host.
+    Daemon(server_cmds::DaemonArgs),
+    /// Administer this host's daemon directly (first administrator, matrix).
+    #[command(subcommand)]
+    Admin(server_cmds::AdminCmd),
+    /// Show who the token belongs to.
+    #[command(name = "whoami")]
+    WhoAmI,
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(client::TokenCmd),
+    /// Manage accounts (ADMIN).
+    #[command(subcommand)]
+    User(client::UserCmd),
+    /// Manage agencies.
+    #[command(subcommand)]
+    Agency(client::AgencyCmd),
+    /// Manage people (with NIP).
+    #[command(subcommand)]
+    Person(client::PersonCmd),
+    /// Submit, list and show requests of the SOP.
+    #[command(subcommand)]
+    Request(client::RequestCmd),
+    /// Complete, decide or attach to a request's current step.
+    #[command(subcommand)]
+    Step(client::StepCmd),
+    /// The asset register.
+    #[command(subcommand)]
+    Asset(client::AssetCmd),
+    /// Rack space, power and bandwidth.
+    #[command(subcommand)]
+    Capacity(client::CapacityCmd),
+    /// Reports for the heads of section and division.
+    #[command(subcommand)]
+    Report(client::ReportCmd),
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(client::AuditCmd),
+    /// Forms and letters issued by the SOP.
+    #[command(subcommand)]
+    Form(client::FormCmd),
 }
 
 #[derive(Args, Debug)]
@@ -287,5 +334,37 @@ pub enum RepairCmd {
 
 /// Run a parsed command line. Returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    repo_cmds::run(cli)
+    use client::ClientCommand as C;
+    let json = cli.global.json;
+    let client = match cli.command {
+        Command::Daemon(args) => return server_cmds::daemon(args),
+        Command::Admin(command) => return server_cmds::admin(command),
+        Command::WhoAmI => C::WhoAmI,
+        Command::Token(command) => C::Token(command),
+        Command::User(command) => C::User(command),
+        Command::Agency(command) => C::Agency(command),
+        Command::Person(command) => C::Person(command),
+        Command::Request(command) => C::Request(command),
+        Command::Step(command) => C::Step(command),
+        Command::Asset(command) => C::Asset(command),
+        Command::Capacity(command) => C::Capacity(command),
+        Command::Report(command) => C::Report(command),
+        Command::Audit(command) => C::Audit(command),
+        Command::Form(command) => C::Form(command),
+        _ => return repo_cmds::run(cli),
+    };
+    client::run(&cli.conn, json, client)
+}
+
+/// Whether this runs the daemon (which logs at `info` by default).
+pub fn is_daemon(cli: &Cli) -> bool {
+    matches!(cli.command, Command::Daemon(_))
+}
+
+/// Whether log lines should be JSON: `--log-json`, or the daemon's configured format.
+pub fn wants_json_logs(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Daemon(args) => server_cmds::json_logs(args),
+        _ => false,
+    }
 }

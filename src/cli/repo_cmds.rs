@@ -87,6 +87,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Key(k) => key(&ctx, k),
         Command::Unlock(a) => unlock(&ctx, a),
         Command::Repair(RepairCmd::Index) => repair_index(&ctx),
+        // Dispatched by `cli::run` before this point.
+        _ => Err(anyhow::anyhow!("not a repository command")),
     };
     let code = match res {
         Ok(c) => c,

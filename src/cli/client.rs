@@ -1,0 +1,1597 @@
+//! Client commands: the officers' and agencies' side of the SOP, over gRPC to the daemon.
+//!
+//! The daemon's address, CA and token come from flags, then the environment
+//! (`CADANG_SERVER`, `CADANG_CA`, `CADANG_TOKEN`), then `~/.config/cadang/cli.toml`
+//! (`server`, `ca`, `token`). Output is a readable table, or JSON with `--json`; an error
+//! is one line with the gRPC status and a non-zero exit code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+use super::ExitCode;
+use crate::rpc::pb::{self, *};
+
+/// How to reach the daemon.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Daemon connection")]
+pub struct ConnArgs {
+    /// Daemon address, such as https://backup.dc.local:7420 (default http://127.0.0.1:7420).
+    #[arg(long, env = "CADANG_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Bearer token (prefer CADANG_TOKEN or cli.toml: flags show in `ps`).
+    #[arg(long, env = "CADANG_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the daemon's certificate.
+    #[arg(long, env = "CADANG_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), when the daemon asks for one.
+    #[arg(long, env = "CADANG_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) of --client-cert.
+    #[arg(long, env = "CADANG_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// `~/.config/cadang/cli.toml`.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct CliFile {
+    server: Option<String>,
+    token: Option<String>,
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+}
+
+fn cli_file() -> anyhow::Result<CliFile> {
+    let path = match std::env::var_os("CADANG_CLI_CONFIG") {
+        Some(path) => PathBuf::from(path),
+        None => match std::env::var_os("XDG_CONFIG_HOME") {
+            Some(base) => PathBuf::from(base).join("cadang/cli.toml"),
+            None => match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home).join(".config/cadang/cli.toml"),
+                None => return Ok(CliFile::default()),
+            },
+        },
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(CliFile::default()),
+        Err(error) => Err(anyhow!("cannot read {}: {error}", path.display())),
+    }
+}
+
+/// A connection: the channel and the bearer header.
+pub struct Conn {
+    channel: Channel,
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Conn {
+    /// Connects (lazily: the first call dials).
+    ///
+    /// # Errors
+    /// Bad addresses, unreadable certificates, a token that is not text.
+    pub fn open(args: &ConnArgs) -> anyhow::Result<Conn> {
+        let file = cli_file()?;
+        let server = args
+            .server
+            .clone()
+            .or(file.server)
+            .unwrap_or_else(|| format!("http://{}", crate::config::DEFAULT_LISTEN));
+        let server = if server.contains("://") {
+            server
+        } else {
+            format!("http://{server}")
+        };
+        let mut endpoint = Endpoint::from_shared(server.clone())
+            .with_context(|| format!("bad daemon address `{server}`"))?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120));
+        let ca = args.ca.clone().or(file.ca);
+        let cert = args.client_cert.clone().or(file.client_cert);
+        let key = args.client_key.clone().or(file.client_key);
+        if server.starts_with("https://") {
+            let ca = ca.ok_or_else(|| {
+                anyhow!("{server} uses TLS: give the CA that signed its certificate with --ca or CADANG_CA")
+            })?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca)?));
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(Identity::from_pem(read(&cert)?, read(&key)?));
+                }
+                (None, None) => {}
+                _ => bail!("--client-cert and --client-key go together"),
+            }
+            endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+        } else if ca.is_some() && args.ca.is_some() {
+            bail!("--ca is given but {server} is not https://");
+        }
+        let token = args.token.clone().or(file.token);
+        let bearer = match token {
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .map_err(|_| anyhow!("the token holds characters a header cannot carry"))?,
+            ),
+            None => None,
+        };
+        Ok(Conn {
+            channel: endpoint.connect_lazy(),
+            bearer,
+        })
+    }
+
+    fn req<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+        request
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// A failed call, printed as one line.
+fn rpc_error(status: Status) -> anyhow::Error {
+    let code = match status.code() {
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        _ => "ERROR",
+    };
+    let message = if status.code() == tonic::Code::Unavailable && status.message().is_empty() {
+        "the daemon cannot be reached".to_owned()
+    } else {
+        status.message().to_owned()
+    };
+    anyhow!("{code}: {message}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Command line.
+
+/// `cadang token ...`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// Account the token acts as (default: yourself; others need ADMIN).
+        #[arg(long)]
+        user: Option<String>,
+        /// Label to recognise it by.
+        #[arg(long)]
+        label: String,
+        /// Lifetime such as 90d, 12h or 30m (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this account's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Include revoked and expired ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// Token id.
+        id: i64,
+    },
+}
+
+/// `cadang user ...`.
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create an account.
+    Add {
+        /// Login name.
+        username: String,
+        /// Role (repeat): KADIN, KABID_TIK, KASI_INFRAS, PETUGAS, SKPD, ADMIN.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Agency of an SKPD account.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// The person behind it.
+        #[arg(long)]
+        person: Option<i64>,
+    },
+    /// List accounts.
+    List,
+    /// Disable an account (its tokens stop working at once).
+    Disable {
+        /// Login name.
+        username: String,
+    },
+    /// Enable a disabled account.
+    Enable {
+        /// Login name.
+        username: String,
+    },
+    /// Replace an account's roles.
+    Roles {
+        /// Login name.
+        username: String,
+        /// Role (repeat).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+}
+
+/// `cadang agency ...`.
+#[derive(Subcommand, Debug)]
+pub enum AgencyCmd {
+    /// Register an agency.
+    Add {
+        /// Short code, such as DINKES.
+        #[arg(long)]
+        code: String,
+        /// Full name.
+        #[arg(long)]
+        name: String,
+        /// skpd, kabupaten or kota.
+        #[arg(long, default_value = "skpd")]
+        kind: String,
+        /// Postal address.
+        #[arg(long)]
+        address: String,
+        /// Telephone.
+        #[arg(long)]
+        phone: Option<String>,
+    },
+    /// List agencies.
+    List,
+}
+
+/// `cadang person ...`.
+#[derive(Subcommand, Debug)]
+pub enum PersonCmd {
+    /// Register a person with a NIP.
+    Add {
+        /// Full name with titles.
+        #[arg(long)]
+        name: String,
+        /// NIP (18 digits, spaces allowed).
+        #[arg(long)]
+        nip: String,
+        /// Position.
+        #[arg(long)]
+        position: Option<String>,
+        /// Agency (omit for the data center's staff).
+        #[arg(long)]
+        agency: Option<i64>,
+        /// Telephone.
+        #[arg(long)]
+        phone: Option<String>,
+    },
+}
+
+/// `cadang request <procedure> submit`.
+#[derive(Args, Debug)]
+pub struct ProcedureCmd {
+    #[command(subcommand)]
+    action: ProcedureAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProcedureAction {
+    /// Submit a request of this procedure.
+    Submit(SubmitArgs),
+}
+
+/// Fields of `request <procedure> submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Requesting agency id.
+    #[arg(long)]
+    agency: i64,
+    /// Subject (perihal).
+    #[arg(long)]
+    subject: String,
+    /// The form's fields as a TOML or JSON file (see docs/API.md).
+    #[arg(long)]
+    form: PathBuf,
+}
+
+/// `cadang request ...`.
+#[derive(Subcommand, Debug)]
+pub enum RequestCmd {
+    /// Colocation handover (procedure A).
+    Colocation(ProcedureCmd),
+    /// Backup request (procedure B).
+    Backup(ProcedureCmd),
+    /// Restore request (procedure C).
+    Restore(ProcedureCmd),
+    /// Withdrawal of a colocated server.
+    Withdrawal(ProcedureCmd),
+    /// Maintenance of a colocated server.
+    Maintenance(ProcedureCmd),
+    /// List requests.
+    List {
+        /// Only this procedure (colocation_handover, backup_request, ...).
+        #[arg(long)]
+        procedure: Option<String>,
+        /// Only active requests.
+        #[arg(long)]
+        active: bool,
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// Page after this id.
+        #[arg(long)]
+        after: Option<i64>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one request with its steps.
+    Show {
+        /// Request id.
+        id: i64,
+    },
+    /// Cancel an active request.
+    Cancel {
+        /// Request id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `cadang step ...`.
+#[derive(Subcommand, Debug)]
+pub enum StepCmd {
+    /// Complete the current task step.
+    Complete {
+        /// Request id.
+        request: i64,
+        /// Step number (must be the current one).
+        step: u32,
+        /// A note for the record.
+        #[arg(long)]
+        note: Option<String>,
+        /// Reference of a document handed in (repeat).
+        #[arg(long = "attach")]
+        attach: Vec<String>,
+    },
+    /// Answer the current decision step.
+    Decide {
+        /// Request id.
+        request: i64,
+        /// Step number (must be the current one).
+        step: u32,
+        /// Answer yes (ya).
+        #[arg(long, conflicts_with = "no", required_unless_present = "no")]
+        yes: bool,
+        /// Answer no (tidak).
+        #[arg(long)]
+        no: bool,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// Reference of a supporting document (repeat).
+        #[arg(long = "attach")]
+        attach: Vec<String>,
+    },
+    /// Attach a document reference to the current step.
+    Attach {
+        /// Request id.
+        request: i64,
+        /// Step number.
+        step: u32,
+        /// Document reference.
+        document: String,
+    },
+}
+
+/// `cadang asset ...`.
+#[derive(Subcommand, Debug)]
+pub enum AssetCmd {
+    /// List an agency's servers.
+    List {
+        /// Agency (default: your own).
+        #[arg(long)]
+        agency: Option<i64>,
+    },
+    /// Show a server with its specification mismatches.
+    Show {
+        /// Server id.
+        id: i64,
+    },
+    /// Record the servers measured at a handover (procedure A step 7).
+    Observe {
+        /// The colocation request.
+        request: i64,
+        /// JSON file: an array of observed servers.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Reveal a server's host admin password (audited).
+    RevealPassword {
+        /// Server id.
+        id: i64,
+        /// Why it is needed.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `cadang capacity ...`.
+#[derive(Subcommand, Debug)]
+pub enum CapacityCmd {
+    /// Free rack space, power and bandwidth, and live allocations.
+    Show,
+    /// Add a power feed.
+    AddFeed {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Watts.
+        #[arg(long)]
+        watts: i64,
+    },
+    /// Add a rack.
+    AddRack {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// NOC.
+        #[arg(long)]
+        noc: String,
+        /// Room or row.
+        #[arg(long)]
+        location: String,
+        /// Height in U.
+        #[arg(long)]
+        units: i64,
+        /// Power budget in watts.
+        #[arg(long)]
+        watts: i64,
+        /// Power feed id.
+        #[arg(long)]
+        feed: Option<i64>,
+    },
+    /// Add an uplink.
+    AddUplink {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Mbit/s.
+        #[arg(long)]
+        mbps: i64,
+    },
+}
+
+/// `cadang report ...`.
+#[derive(Subcommand, Debug)]
+pub enum ReportCmd {
+    /// Steps past their time standard.
+    Overruns {
+        /// Only this procedure.
+        #[arg(long)]
+        procedure: Option<String>,
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+    },
+}
+
+/// `cadang audit ...`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify the hash chain of the audit trail.
+    Verify {
+        /// A checkpoint saved earlier: also detect truncation or rewriting since.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Save a new checkpoint here (keep it away from the catalog).
+        #[arg(long)]
+        save_checkpoint: Option<PathBuf>,
+    },
+    /// Export the trail as JSON lines.
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `cadang form ...`.
+#[derive(Subcommand, Debug)]
+pub enum FormCmd {
+    /// List the documents issued for a request.
+    List {
+        /// Request id.
+        request: i64,
+    },
+    /// Write a request's form or letter as HTML.
+    Render {
+        /// Request id.
+        request: i64,
+        /// Which document: its kind (handover_minutes, ...) or its number.
+        #[arg(long)]
+        form: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The client command families.
+#[derive(Debug)]
+pub enum ClientCommand {
+    /// whoami
+    WhoAmI,
+    /// token
+    Token(TokenCmd),
+    /// user
+    User(UserCmd),
+    /// agency
+    Agency(AgencyCmd),
+    /// person
+    Person(PersonCmd),
+    /// request
+    Request(RequestCmd),
+    /// step
+    Step(StepCmd),
+    /// asset
+    Asset(AssetCmd),
+    /// capacity
+    Capacity(CapacityCmd),
+    /// report
+    Report(ReportCmd),
+    /// audit
+    Audit(AuditCmd),
+    /// form
+    Form(FormCmd),
+}
+
+// ---------------------------------------------------------------------------------------
+// Running.
+
+/// Runs a client command.
+pub fn run(conn: &ConnArgs, json: bool, command: ClientCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cadang: error: cannot start the I/O runtime: {error}");
+            return ExitCode::Failure;
+        }
+    };
+    let result = runtime.block_on(async {
+        let conn = Conn::open(conn)?;
+        dispatch(&conn, json, command).await
+    });
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(error) => {
+            eprintln!("cadang: error: {error:#}");
+            ExitCode::Failure
+        }
+    }
+}
+
+fn parse_ttl(text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: i64 = number.parse().map_err(|_| {
+        anyhow!("bad --ttl `{text}`: use a number and a unit, such as 90d, 12h or 30m")
+    })?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" | "" => 1,
+        _ => bail!("bad --ttl `{text}`: the unit is d, h, m or s"),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|seconds| *seconds > 0)
+        .ok_or_else(|| anyhow!("bad --ttl `{text}`: must be positive"))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("cadang: error: cannot print JSON: {error}"),
+    }
+}
+
+/// A table with aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!(
+        "{}",
+        line(headers.iter().map(|h| (*h).to_owned()).collect())
+    );
+    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for row in rows {
+        println!("{}", line(row));
+    }
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn form_json(procedure: &str, path: &Path) -> anyhow::Result<String> {
+    let kind = match procedure {
+        "colocation_handover" => "colocation",
+        "backup_request" => "backup",
+        "restore_request" => "restore",
+        "colocation_withdrawal" => "withdrawal",
+        _ => "maintenance",
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut value: serde_json::Value = if path.extension().is_some_and(|ext| ext == "json") {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?
+    } else {
+        let table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        serde_json::to_value(table)?
+    };
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("{} must hold a table of fields", path.display()))?;
+    object.insert("kind".into(), serde_json::Value::String(kind.into()));
+    Ok(serde_json::to_string(&value)?)
+}
+
+fn print_outcome(json: bool, outcome: &RequestOutcome) {
+    if json {
+        print_json(&outcome_json(outcome));
+        return;
+    }
+    if let Some(request) = &outcome.request {
+        if request.status == "finished" {
+            println!(
+                "request {} ({}) finished: {}",
+                request.id, request.procedure, request.outcome
+            );
+        } else {
+            println!(
+                "request {} ({}) now at step {}",
+                request.id, request.procedure, request.current_step
+            );
+        }
+    }
+    for document in &outcome.documents {
+        println!("issued {} {}", document.kind, document.number);
+    }
+    if !outcome.servers.is_empty() {
+        println!("servers registered: {:?}", outcome.servers);
+    }
+    if !outcome.queued_actions.is_empty() {
+        println!("actions queued: {:?}", outcome.queued_actions);
+    }
+}
+
+fn parse_json_text(text: &str) -> serde_json::Value {
+    if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+    }
+}
+
+fn request_json(request: &pb::Request) -> serde_json::Value {
+    serde_json::json!({
+        "id": request.id,
+        "procedure": request.procedure,
+        "revision": request.revision,
+        "sop_number": request.sop_number,
+        "agency_id": request.agency_id,
+        "server_id": request.server_id,
+        "subject": request.subject,
+        "status": request.status,
+        "current_step": request.current_step,
+        "outcome": request.outcome,
+        "version": request.version,
+        "application": parse_json_text(&request.application_json),
+        "state": parse_json_text(&request.state_json),
+    })
+}
+
+fn outcome_json(outcome: &RequestOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "request": outcome.request.as_ref().map(request_json),
+        "documents": outcome.documents.iter().map(|d| serde_json::json!({"kind": d.kind, "number": d.number})).collect::<Vec<_>>(),
+        "capacity": parse_json_text(&outcome.capacity_json),
+        "servers": outcome.servers,
+        "queued_actions": outcome.queued_actions,
+    })
+}
+
+fn token_json(token: &TokenInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": token.id, "username": token.username, "label": token.label,
+        "created_at": token.created_at, "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at, "last_used_at": token.last_used_at,
+    })
+}
+
+fn account_json(account: &pb::Account) -> serde_json::Value {
+    serde_json::json!({
+        "id": account.id, "username": account.username, "person_id": account.person_id,
+        "agency_id": account.agency_id, "roles": account.roles, "active": account.active,
+        "created_at": account.created_at,
+    })
+}
+
+fn print_accounts(json: bool, accounts: &[pb::Account]) {
+    if json {
+        print_json(&accounts.iter().map(account_json).collect::<Vec<_>>());
+    } else {
+        table(
+            &["USER", "ROLES", "AGENCY", "ACTIVE"],
+            accounts
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.username.clone(),
+                        a.roles.join(","),
+                        if a.agency_id == 0 {
+                            "-".into()
+                        } else {
+                            a.agency_id.to_string()
+                        },
+                        if a.active { "yes".into() } else { "no".into() },
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Result<()> {
+    let channel = conn.channel.clone();
+    let mut auth = auth_service_client::AuthServiceClient::new(channel.clone());
+    let mut directory = directory_service_client::DirectoryServiceClient::new(channel.clone());
+    let mut requests = request_service_client::RequestServiceClient::new(channel.clone());
+    let mut assets = asset_service_client::AssetServiceClient::new(channel.clone());
+    let mut capacity = capacity_service_client::CapacityServiceClient::new(channel.clone());
+    let mut documents = document_service_client::DocumentServiceClient::new(channel.clone());
+    let mut audit = audit_service_client::AuditServiceClient::new(channel.clone());
+    let mut reports = report_service_client::ReportServiceClient::new(channel);
+    match command {
+        ClientCommand::WhoAmI => {
+            let me = auth
+                .who_am_i(conn.req(WhoAmIRequest {}))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "username": me.username, "roles": me.roles, "agency_id": me.agency_id,
+                    "token_id": me.token_id, "token_expires_at": me.token_expires_at,
+                }));
+            } else {
+                println!(
+                    "{} ({}){}",
+                    me.username,
+                    me.roles.join(", "),
+                    if me.agency_id == 0 {
+                        String::new()
+                    } else {
+                        format!(", agency {}", me.agency_id)
+                    }
+                );
+            }
+        }
+        ClientCommand::Token(TokenCmd::Create { user, label, ttl }) => {
+            let ttl_seconds = match ttl {
+                Some(ttl) => parse_ttl(&ttl)?,
+                None => 0,
+            };
+            let created = auth
+                .create_token(conn.req(CreateTokenRequest {
+                    username: user.unwrap_or_default(),
+                    label,
+                    ttl_seconds,
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                let mut value = created.info.as_ref().map(token_json).unwrap_or_default();
+                value["token"] = serde_json::Value::String(created.token.clone());
+                print_json(&value);
+            } else {
+                println!("{}", created.token);
+                if let Some(info) = &created.info {
+                    eprintln!(
+                        "token {} for {} created; store it now, it cannot be shown again",
+                        info.id, info.username
+                    );
+                }
+            }
+        }
+        ClientCommand::Token(TokenCmd::List { user, all }) => {
+            let tokens = auth
+                .list_tokens(conn.req(ListTokensRequest {
+                    username: user.unwrap_or_default(),
+                    include_inactive: all,
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .tokens;
+            if json {
+                print_json(&tokens.iter().map(token_json).collect::<Vec<_>>());
+            } else {
+                table(
+                    &[
+                        "ID",
+                        "USER",
+                        "LABEL",
+                        "CREATED",
+                        "EXPIRES",
+                        "REVOKED",
+                        "LAST USED",
+                    ],
+                    tokens
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.id.to_string(),
+                                t.username.clone(),
+                                t.label.clone(),
+                                t.created_at.clone(),
+                                or_dash(&t.expires_at),
+                                or_dash(&t.revoked_at),
+                                or_dash(&t.last_used_at),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        ClientCommand::Token(TokenCmd::Revoke { id }) => {
+            auth.revoke_token(conn.req(RevokeTokenRequest { token_id: id }))
+                .await
+                .map_err(rpc_error)?;
+            if !json {
+                println!("token {id} revoked");
+            } else {
+                print_json(&serde_json::json!({"revoked": id}));
+            }
+        }
+        ClientCommand::User(cmd) => match cmd {
+            UserCmd::Add {
+                username,
+                roles,
+                agency,
+                person,
+            } => {
+                let account = directory
+                    .create_account(conn.req(CreateAccountRequest {
+                        username,
+                        person_id: person.unwrap_or(0),
+                        agency_id: agency.unwrap_or(0),
+                        roles,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_accounts(json, &[account]);
+            }
+            UserCmd::List => {
+                let accounts = directory
+                    .list_accounts(conn.req(ListAccountsRequest {}))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner()
+                    .accounts;
+                print_accounts(json, &accounts);
+            }
+            UserCmd::Disable { username } => {
+                let account = directory
+                    .set_account_active(conn.req(SetAccountActiveRequest {
+                        username,
+                        active: false,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_accounts(json, &[account]);
+            }
+            UserCmd::Enable { username } => {
+                let account = directory
+                    .set_account_active(conn.req(SetAccountActiveRequest {
+                        username,
+                        active: true,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_accounts(json, &[account]);
+            }
+            UserCmd::Roles { username, roles } => {
+                let account = directory
+                    .set_account_roles(conn.req(SetAccountRolesRequest { username, roles }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_accounts(json, &[account]);
+            }
+        },
+        ClientCommand::Agency(AgencyCmd::Add {
+            code,
+            name,
+            kind,
+            address,
+            phone,
+        }) => {
+            let agency = directory
+                .create_agency(conn.req(CreateAgencyRequest {
+                    code,
+                    name,
+                    kind,
+                    address,
+                    phone: phone.unwrap_or_default(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_agencies(json, &[agency]);
+        }
+        ClientCommand::Agency(AgencyCmd::List) => {
+            let agencies = directory
+                .list_agencies(conn.req(ListAgenciesRequest {}))
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .agencies;
+            print_agencies(json, &agencies);
+        }
+        ClientCommand::Person(PersonCmd::Add {
+            name,
+            nip,
+            position,
+            agency,
+            phone,
+        }) => {
+            let person = directory
+                .create_person(conn.req(CreatePersonRequest {
+                    name,
+                    nip,
+                    position: position.unwrap_or_default(),
+                    agency_id: agency.unwrap_or(0),
+                    phone: phone.unwrap_or_default(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                print_json(
+                    &serde_json::json!({"id": person.id, "name": person.name, "nip": person.nip, "agency_id": person.agency_id}),
+                );
+            } else {
+                println!("person {} {} (NIP {})", person.id, person.name, person.nip);
+            }
+        }
+        ClientCommand::Request(cmd) => match cmd {
+            RequestCmd::Colocation(form) => {
+                submit(conn, json, &mut requests, "colocation_handover", form).await?
+            }
+            RequestCmd::Backup(form) => {
+                submit(conn, json, &mut requests, "backup_request", form).await?
+            }
+            RequestCmd::Restore(form) => {
+                submit(conn, json, &mut requests, "restore_request", form).await?
+            }
+            RequestCmd::Withdrawal(form) => {
+                submit(conn, json, &mut requests, "colocation_withdrawal", form).await?
+            }
+            RequestCmd::Maintenance(form) => {
+                submit(conn, json, &mut requests, "maintenance_request", form).await?
+            }
+            RequestCmd::List {
+                procedure,
+                active,
+                agency,
+                after,
+                limit,
+            } => {
+                let list = requests
+                    .list_requests(conn.req(ListRequestsRequest {
+                        procedure: procedure.unwrap_or_default(),
+                        active_only: active,
+                        agency_id: agency.unwrap_or(0),
+                        after: after.unwrap_or(0),
+                        limit,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner()
+                    .requests;
+                if json {
+                    print_json(&list.iter().map(|r| serde_json::json!({
+                        "id": r.id, "procedure": r.procedure, "revision": r.revision, "agency_id": r.agency_id,
+                        "subject": r.subject, "status": r.status, "current_step": r.current_step,
+                        "outcome": r.outcome, "opened_at": r.opened_at,
+                    })).collect::<Vec<_>>());
+                } else {
+                    table(
+                        &[
+                            "ID",
+                            "PROCEDURE",
+                            "AGENCY",
+                            "STATUS",
+                            "STEP",
+                            "OPENED",
+                            "SUBJECT",
+                        ],
+                        list.iter()
+                            .map(|r| {
+                                vec![
+                                    r.id.to_string(),
+                                    r.procedure.clone(),
+                                    r.agency_id.to_string(),
+                                    if r.status == "finished" {
+                                        r.outcome.clone()
+                                    } else {
+                                        r.status.clone()
+                                    },
+                                    if r.current_step == 0 {
+                                        "-".into()
+                                    } else {
+                                        r.current_step.to_string()
+                                    },
+                                    r.opened_at.clone(),
+                                    r.subject.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            RequestCmd::Show { id } => {
+                let request = requests
+                    .get_request(conn.req(GetRequestRequest { request_id: id }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                if json {
+                    print_json(&request_json(&request));
+                } else {
+                    print_request(&request);
+                }
+            }
+            RequestCmd::Cancel { id, reason } => {
+                let outcome = requests
+                    .cancel_request(conn.req(CancelRequestRequest {
+                        request_id: id,
+                        reason,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_outcome(json, &outcome);
+            }
+        },
+        ClientCommand::Step(cmd) => {
+            let outcome = match cmd {
+                StepCmd::Complete {
+                    request,
+                    step,
+                    note,
+                    attach,
+                } => {
+                    requests
+                        .complete_step(conn.req(CompleteStepRequest {
+                            request_id: request,
+                            step,
+                            note: note.unwrap_or_default(),
+                            documents: attach,
+                        }))
+                        .await
+                }
+                StepCmd::Decide {
+                    request,
+                    step,
+                    yes,
+                    no: _,
+                    reason,
+                    attach,
+                } => {
+                    requests
+                        .decide_step(conn.req(DecideStepRequest {
+                            request_id: request,
+                            step,
+                            yes,
+                            reason,
+                            documents: attach,
+                        }))
+                        .await
+                }
+                StepCmd::Attach {
+                    request,
+                    step,
+                    document,
+                } => {
+                    requests
+                        .attach_document(conn.req(AttachDocumentRequest {
+                            request_id: request,
+                            step,
+                            document,
+                        }))
+                        .await
+                }
+            }
+            .map_err(rpc_error)?
+            .into_inner();
+            print_outcome(json, &outcome);
+        }
+        ClientCommand::Asset(cmd) => match cmd {
+            AssetCmd::List { agency } => {
+                let servers = assets
+                    .list_servers(conn.req(ListServersRequest {
+                        agency_id: agency.unwrap_or(0),
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner()
+                    .servers;
+                if json {
+                    print_json(
+                        &servers
+                            .iter()
+                            .map(|s| parse_json_text(&s.detail_json))
+                            .collect::<Vec<_>>(),
+                    );
+                } else {
+                    table(
+                        &["ID", "AGENCY", "NAME", "STATUS"],
+                        servers
+                            .iter()
+                            .map(|s| {
+                                vec![
+                                    s.id.to_string(),
+                                    s.agency_id.to_string(),
+                                    s.name.clone(),
+                                    s.status.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            AssetCmd::Show { id } => {
+                let server = assets
+                    .get_server(conn.req(GetServerRequest { server_id: id }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                let value = serde_json::json!({
+                    "server": parse_json_text(&server.detail_json),
+                    "mismatches": parse_json_text(&server.mismatches_json),
+                });
+                print_json(&value);
+            }
+            AssetCmd::Observe { request, file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                assets
+                    .record_observation(conn.req(RecordObservationRequest {
+                        request_id: request,
+                        observed_json: text,
+                    }))
+                    .await
+                    .map_err(rpc_error)?;
+                if json {
+                    print_json(&serde_json::json!({"recorded": request}));
+                } else {
+                    println!("observation recorded for request {request}");
+                }
+            }
+            AssetCmd::RevealPassword { id, reason } => {
+                let revealed = assets
+                    .reveal_host_password(conn.req(RevealHostPasswordRequest {
+                        server_id: id,
+                        reason,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                if json {
+                    print_json(
+                        &serde_json::json!({"user": revealed.user, "password": revealed.password}),
+                    );
+                } else {
+                    println!(
+                        "user: {}\npassword: {}",
+                        or_dash(&revealed.user),
+                        revealed.password
+                    );
+                }
+            }
+        },
+        ClientCommand::Capacity(cmd) => {
+            let added = match cmd {
+                CapacityCmd::Show => {
+                    let shown = capacity.show_capacity(conn.req(ShowCapacityRequest {})).await.map_err(rpc_error)?.into_inner();
+                    let capacity = parse_json_text(&shown.capacity_json);
+                    if json {
+                        print_json(&serde_json::json!({"capacity": capacity, "allocations": parse_json_text(&shown.allocations_json)}));
+                    } else {
+                        print_capacity(&capacity);
+                    }
+                    return Ok(());
+                }
+                CapacityCmd::AddFeed { name, watts } => capacity.add_power_feed(conn.req(AddPowerFeedRequest { name, capacity_w: watts })).await,
+                CapacityCmd::AddRack { name, noc, location, units, watts, feed } => capacity.add_rack(conn.req(AddRackRequest {
+                    name, noc, location, u_size: units, power_budget_w: watts, power_feed_id: feed.unwrap_or(0),
+                })).await,
+                CapacityCmd::AddUplink { name, mbps } => capacity.add_uplink(conn.req(AddUplinkRequest { name, capacity_mbps: mbps })).await,
+            }
+            .map_err(rpc_error)?
+            .into_inner();
+            if json {
+                print_json(&serde_json::json!({"id": added.id, "name": added.name}));
+            } else {
+                println!("added {} (id {})", added.name, added.id);
+            }
+        }
+        ClientCommand::Report(ReportCmd::Overruns { procedure, agency }) => {
+            let report = reports
+                .overruns(conn.req(OverrunsRequest {
+                    procedure: procedure.unwrap_or_default(),
+                    agency_id: agency.unwrap_or(0),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let value = parse_json_text(&report.overruns_json);
+            if json {
+                print_json(&value);
+            } else {
+                let rows = value.as_array().cloned().unwrap_or_default();
+                table(
+                    &["REQUEST", "PROCEDURE", "AGENCY", "STEP", "LATE BY"],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r["request_id"].to_string(),
+                                r["procedure"].as_str().unwrap_or("").to_owned(),
+                                r["agency_id"].to_string(),
+                                r["step"].to_string(),
+                                format_seconds(r["late_by_seconds"].as_i64().unwrap_or(0)),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        ClientCommand::Audit(AuditCmd::Verify {
+            checkpoint,
+            save_checkpoint,
+        }) => {
+            let checkpoint_json = match &checkpoint {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => String::new(),
+            };
+            let verdict = audit
+                .verify_audit(conn.req(VerifyAuditRequest { checkpoint_json }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if let Some(path) = &save_checkpoint {
+                std::fs::write(path, &verdict.checkpoint_json)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if json {
+                print_json(
+                    &serde_json::json!({"intact": verdict.intact, "rows_checked": verdict.rows_checked, "last_seq": verdict.last_seq, "last_hash": verdict.last_hash, "problem": verdict.problem}),
+                );
+            } else if verdict.intact {
+                println!(
+                    "audit trail intact: {} rows, last #{} {}",
+                    verdict.rows_checked, verdict.last_seq, verdict.last_hash
+                );
+            } else {
+                println!("audit trail BROKEN: {}", verdict.problem);
+            }
+            if !verdict.intact {
+                bail!("the audit trail does not verify");
+            }
+        }
+        ClientCommand::Audit(AuditCmd::Export { out }) => {
+            let mut lines = String::new();
+            let mut after = 0;
+            loop {
+                let page = audit
+                    .export_audit(conn.req(ExportAuditRequest {
+                        after_seq: after,
+                        limit: 1000,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner()
+                    .rows;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for row in &page {
+                    let value = serde_json::json!({
+                        "seq": row.seq, "at": row.at, "actor": row.actor, "role": row.role, "action": row.action,
+                        "entity": row.entity, "entity_id": row.entity_id,
+                        "before": parse_json_text(&row.before_json), "after": parse_json_text(&row.after_json),
+                        "prev_hash": row.prev_hash, "hash": row.hash,
+                    });
+                    lines.push_str(&value.to_string());
+                    lines.push('\n');
+                }
+            }
+            match out {
+                Some(path) => std::fs::write(&path, lines)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{lines}"),
+            }
+        }
+        ClientCommand::Form(FormCmd::List { request }) => {
+            let list = documents
+                .list_documents(conn.req(ListDocumentsRequest {
+                    request_id: request,
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .documents;
+            if json {
+                print_json(&list.iter().map(|d| serde_json::json!({"kind": d.kind, "number": d.number, "title": d.title, "step": d.step, "issued_at": d.issued_at, "issued_by": d.issued_by})).collect::<Vec<_>>());
+            } else {
+                table(
+                    &["NUMBER", "KIND", "STEP", "ISSUED", "TITLE"],
+                    list.iter()
+                        .map(|d| {
+                            vec![
+                                d.number.clone(),
+                                d.kind.clone(),
+                                d.step.to_string(),
+                                d.issued_at.clone(),
+                                d.title.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        ClientCommand::Form(FormCmd::Render { request, form, out }) => {
+            let list = documents
+                .list_documents(conn.req(ListDocumentsRequest {
+                    request_id: request,
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .documents;
+            let found: Vec<_> = list
+                .iter()
+                .filter(|d| d.kind == form || d.number == form)
+                .collect();
+            let chosen = match found.as_slice() {
+                [] => bail!(
+                    "request {request} has no document `{form}`; it has: {}",
+                    list.iter()
+                        .map(|d| d.kind.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                // A step visited twice issues its form twice: the latest is the one in force.
+                several => several[several.len() - 1],
+            };
+            let document = documents
+                .get_document(conn.req(GetDocumentRequest {
+                    number: chosen.number.clone(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            std::fs::write(&out, &document.html)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            if json {
+                print_json(
+                    &serde_json::json!({"number": document.number, "kind": document.kind, "out": out}),
+                );
+            } else {
+                println!(
+                    "{} {} written to {}",
+                    document.kind,
+                    document.number,
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn submit(
+    conn: &Conn,
+    json: bool,
+    requests: &mut request_service_client::RequestServiceClient<Channel>,
+    procedure: &str,
+    form: ProcedureCmd,
+) -> anyhow::Result<()> {
+    let ProcedureAction::Submit(args) = form.action;
+    let application_json = form_json(procedure, &args.form)?;
+    let outcome = requests
+        .open_request(conn.req(OpenRequestRequest {
+            procedure: procedure.into(),
+            agency_id: args.agency,
+            subject: args.subject,
+            application_json,
+        }))
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_outcome(json, &outcome);
+    Ok(())
+}
+
+fn format_seconds(seconds: i64) -> String {
+    let hours = seconds / 3600;
+    let minutes = (seconds % 3600) / 60;
+    if hours >= 24 {
+        format!("{}d {}h", hours / 24, hours % 24)
+    } else {
+        format!("{hours}h {minutes}m")
+    }
+}
+
+fn print_agencies(json: bool, agencies: &[pb::Agency]) {
+    if json {
+        print_json(&agencies.iter().map(|a| serde_json::json!({"id": a.id, "code": a.code, "name": a.name, "kind": a.kind, "address": a.address, "phone": a.phone})).collect::<Vec<_>>());
+    } else {
+        table(
+            &["ID", "CODE", "KIND", "NAME"],
+            agencies
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.id.to_string(),
+                        a.code.clone(),
+                        a.kind.clone(),
+                        a.name.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+fn print_request(request: &pb::Request) {
+    println!(
+        "request {}  {} r{} (SOP {})",
+        request.id, request.procedure, request.revision, request.sop_number
+    );
+    println!("subject: {}", request.subject);
+    println!("agency:  {}", request.agency_id);
+    if request.status == "finished" {
+        println!("status:  finished ({})", request.outcome);
+    } else {
+        println!("status:  active, at step {}", request.current_step);
+    }
+    let state = parse_json_text(&request.state_json);
+    if let Some(steps) = state["steps"].as_array() {
+        println!();
+        table(
+            &[
+                "STEP",
+                "STARTED",
+                "FINISHED",
+                "BY",
+                "ROLE",
+                "DECISION",
+                "REASON/NOTE",
+            ],
+            steps
+                .iter()
+                .map(|s| {
+                    vec![
+                        s["step"].to_string(),
+                        s["started_at"].as_str().unwrap_or("-").to_owned(),
+                        s["finished_at"].as_str().unwrap_or("-").to_owned(),
+                        s["actor"].as_str().unwrap_or("-").to_owned(),
+                        s["role"].as_str().unwrap_or("-").to_owned(),
+                        s["decision"].as_str().unwrap_or("-").to_owned(),
+                        s["reason"]
+                            .as_str()
+                            .or(s["note"].as_str())
+                            .unwrap_or("")
+                            .to_owned(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+fn print_capacity(capacity: &serde_json::Value) {
+    let racks = capacity["racks"].as_array().cloned().unwrap_or_default();
+    table(
+        &[
+            "RACK",
+            "NOC",
+            "U FREE",
+            "U SIZE",
+            "LARGEST BLOCK",
+            "POWER BUDGET W",
+        ],
+        racks
+            .iter()
+            .map(|r| {
+                vec![
+                    r["name"].as_str().unwrap_or("").to_owned(),
+                    r["noc"].as_str().unwrap_or("").to_owned(),
+                    r["free_u"].to_string(),
+                    r["u_size"].to_string(),
+                    r["largest_free_block"].to_string(),
+                    r["power_budget_w"].to_string(),
+                ]
+            })
+            .collect(),
+    );
+    let uplinks = capacity["uplinks"].as_array().cloned().unwrap_or_default();
+    if !uplinks.is_empty() {
+        println!();
+        table(
+            &["UPLINK", "DETAIL"],
+            uplinks
+                .iter()
+                .map(|u| vec![u["name"].as_str().unwrap_or("").to_owned(), u.to_string()])
+                .collect(),
+        );
+    }
+}

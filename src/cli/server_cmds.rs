@@ -1,0 +1,129 @@
+//! `cadang daemon` and `cadang admin`: commands run on the daemon's own host.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::ExitCode;
+use crate::config::{Config, LogFormat};
+use crate::daemon;
+
+/// `cadang daemon`.
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Configuration file (default: built-in defaults — SQLite catalog and local
+    /// repositories under ./var, listening on 127.0.0.1:7420).
+    #[arg(long, env = "CADANG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen here instead of [daemon] listen (port 0: any free port, printed on start).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory instead of [daemon] data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `cadang admin ...`.
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Create the first administrator and print its token once.
+    Bootstrap {
+        /// Configuration file of the daemon.
+        #[arg(long, env = "CADANG_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory instead of [daemon] data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Login name of the administrator.
+        #[arg(long, default_value = "admin")]
+        username: String,
+    },
+    /// Print the authorisation matrix (Markdown; docs/AUTHORIZATION.md is this output).
+    AuthzMatrix,
+}
+
+fn load(
+    config: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<Config, String> {
+    let mut config =
+        Config::load(config.map(PathBuf::as_path)).map_err(|error| error.to_string())?;
+    if let Some(dir) = data_dir {
+        config.daemon.data_dir = Some(dir);
+    }
+    if let Some(listen) = listen {
+        config.daemon.listen = listen;
+        config.revalidate().map_err(|error| error.to_string())?;
+    }
+    Ok(config)
+}
+
+/// Whether the daemon's configuration asks for JSON logs.
+pub fn json_logs(args: &DaemonArgs) -> bool {
+    Config::load(args.config.as_deref())
+        .map(|config| config.daemon.log_format == LogFormat::Json)
+        .unwrap_or(false)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cadang-daemon")
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))
+}
+
+/// Runs the daemon.
+pub fn daemon(args: DaemonArgs) -> ExitCode {
+    let result = load(args.config.as_ref(), args.data_dir, args.listen).and_then(|config| {
+        runtime()?
+            .block_on(daemon::run(config))
+            .map_err(|error| error.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(error) => {
+            tracing::error!(%error, "the daemon stopped");
+            eprintln!("cadang: error: {error}");
+            ExitCode::Failure
+        }
+    }
+}
+
+/// Runs an admin command.
+pub fn admin(command: AdminCmd) -> ExitCode {
+    let result = match command {
+        AdminCmd::Bootstrap { config, data_dir, username } => {
+            load(config.as_ref(), data_dir, None).and_then(|config| {
+                runtime()?.block_on(async {
+                    let app = daemon::open_app(&config).await.map_err(|error| error.to_string())?;
+                    let (account, token) = app
+                        .bootstrap_admin(&username, chrono::Utc::now())
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    println!("{}", token.secret.expose());
+                    eprintln!(
+                        "administrator `{}` created with token {}; store the token now, it cannot be shown again",
+                        account.username, token.record.id
+                    );
+                    app.catalog().close().await;
+                    Ok(())
+                })
+            })
+        }
+        AdminCmd::AuthzMatrix => daemon::definitions(None)
+            .map_err(|error| error.to_string())
+            .and_then(|definitions| {
+                crate::workflow::Registry::from_sources(definitions).map_err(|error| error.to_string())
+            })
+            .map(|registry| print!("{}", crate::rpc::authz::render_markdown(&registry))),
+    };
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(error) => {
+            eprintln!("cadang: error: {error}");
+            ExitCode::Failure
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! `cadang daemon`: the composition root and lifecycle of the control plane.
+//!
+//! Start: data directory → master key → catalog (migrated) → procedure definitions →
+//! application → gRPC server (with health, reflection, the auth layer, TLS when
+//! configured) → `READY=1` to systemd. Stop: SIGTERM or SIGINT → health turns
+//! NOT_SERVING and `STOPPING=1` → no new calls are accepted, running calls get
+//! `shutdown_grace_secs` to finish (every use case is one transaction, so a call cut
+//! short leaves the catalog as it was) → the pool is closed.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::app::{App, MasterKey};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::rpc::{self, AuthLayer, Ctx};
+
+/// The procedure definitions built into the binary, so the daemon runs from any
+/// directory; `[daemon] sop_dir` adds more (new revisions, local procedures).
+pub const BUILTIN_DEFINITIONS: &[(&str, &str)] = &[
+    (
+        "colocation_handover.r1.toml",
+        include_str!("../config/sop/colocation_handover.r1.toml"),
+    ),
+    (
+        "backup_request.r1.toml",
+        include_str!("../config/sop/backup_request.r1.toml"),
+    ),
+    (
+        "restore_request.r1.toml",
+        include_str!("../config/sop/restore_request.r1.toml"),
+    ),
+    (
+        "colocation_withdrawal.r1.toml",
+        include_str!("../config/sop/colocation_withdrawal.r1.toml"),
+    ),
+    (
+        "maintenance_request.r1.toml",
+        include_str!("../config/sop/maintenance_request.r1.toml"),
+    ),
+];
+
+/// The daemon could not start or stopped on an error. The message names what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DaemonError(pub String);
+
+fn fail(context: impl std::fmt::Display) -> impl FnOnce(String) -> DaemonError {
+    move |cause| DaemonError(format!("{context}: {cause}"))
+}
+
+/// The built-in definitions plus those in `sop_dir`.
+///
+/// # Errors
+/// [`DaemonError`] when the directory cannot be read.
+pub fn definitions(sop_dir: Option<&Path>) -> Result<Vec<(String, String)>, DaemonError> {
+    let mut definitions: Vec<(String, String)> = BUILTIN_DEFINITIONS
+        .iter()
+        .map(|(name, text)| ((*name).to_owned(), (*text).to_owned()))
+        .collect();
+    if let Some(dir) = sop_dir {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|error| {
+                fail(format!("cannot read sop_dir {}", dir.display()))(error.to_string())
+            })?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|error| {
+                fail(format!("cannot read {}", path.display()))(error.to_string())
+            })?;
+            let name = path.display().to_string();
+            // A file with the same content as a built-in one is the same definition.
+            if !definitions.iter().any(|(_, known)| *known == text) {
+                definitions.push((name, text));
+            }
+        }
+    }
+    Ok(definitions)
+}
+
+/// Creates the data directory (mode 0700: it holds the master key and the catalog).
+fn prepare_data_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| {
+            fail(format!(
+                "cannot create the data directory {}",
+                dir.display()
+            ))(error.to_string())
+        })
+}
+
+/// The master key: `CADANG_MASTER_KEY`, or the key file, created with fresh randomness
+/// (mode 0600, synced, directory synced) on first start.
+///
+/// # Errors
+/// [`DaemonError`] for an unreadable or malformed key or an unwritable file.
+pub fn master_key(config: &Config) -> Result<MasterKey, DaemonError> {
+    if let Ok(hex) = std::env::var("CADANG_MASTER_KEY")
+        && !hex.trim().is_empty()
+    {
+        return MasterKey::from_hex(&hex)
+            .map_err(|error| DaemonError(format!("CADANG_MASTER_KEY: {error}")));
+    }
+    let path = config.master_key_file();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => MasterKey::from_hex(&text)
+            .map_err(|error| DaemonError(format!("{}: {error}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate().map_err(|error| DaemonError(error.to_string()))?;
+            write_new_key(&path, &key)?;
+            tracing::warn!(path = %path.display(), "created a new master key: back it up apart from the catalog; sealed secrets cannot be read without it");
+            Ok(key)
+        }
+        Err(error) => Err(DaemonError(format!(
+            "cannot read the master key {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+fn write_new_key(path: &Path, key: &MasterKey) -> Result<(), DaemonError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let context = format!("cannot create the master key {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| fail(&context)(error.to_string()))?;
+    file.write_all(key.to_hex().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|error| fail(&context)(error.to_string()))?;
+    // The key file must survive a crash right after first start: sync its directory
+    // entry too, or a power loss could leave a catalog whose secrets nothing can open.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|error| fail(&context)(error.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Opens the catalog and the application as the daemon would (also used by
+/// `cadang admin`).
+///
+/// # Errors
+/// [`DaemonError`] naming what failed.
+pub async fn open_app(config: &Config) -> Result<App, DaemonError> {
+    prepare_data_dir(&config.data_dir())?;
+    let key = master_key(config)?;
+    let url = config.catalog_url();
+    let catalog = Catalog::open_url(&url)
+        .await
+        .map_err(|error| DaemonError(format!("cannot open the catalog: {error}")))?;
+    let definitions = definitions(config.daemon.sop_dir.as_deref())?;
+    App::open(catalog, definitions, config.app.clone(), &key, Utc::now())
+        .await
+        .map_err(|error| DaemonError(format!("cannot start the application: {error}")))
+}
+
+async fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, DaemonError> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|error| DaemonError(format!("[tls] cannot read {}: {error}", path.display())))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Tells systemd we are alive, every half watchdog interval, as long as the catalog
+/// answers: a daemon whose database is gone is restarted rather than left hanging.
+async fn watchdog(app: App) {
+    let Some(interval) = sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero())
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tick.tick().await;
+        match app.catalog().begin_read().await {
+            Ok(tx) => {
+                drop(tx);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Err(error) => tracing::warn!(%error, "catalog unreachable; not feeding the watchdog"),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// Prints `cadang daemon listening on ADDR` on standard output once it accepts calls
+/// (`listen` may use port 0; the line has the real port).
+///
+/// # Errors
+/// [`DaemonError`] when it cannot start; serving errors.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let app = open_app(&config).await?;
+    tracing::info!(
+        catalog = %crate::catalog::redact_url(&config.catalog_url()),
+        data_dir = %config.data_dir().display(),
+        definitions = app.registry().len(),
+        "cadang daemon starting"
+    );
+    if let Some(addr) = config.daemon.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|error| DaemonError(format!("cannot serve metrics on {addr}: {error}")))?;
+        tracing::info!(%addr, "Prometheus metrics at /metrics");
+    }
+    let ctx = Ctx::new(app.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| DaemonError(format!("cannot build server reflection: {error}")))?;
+
+    let mut builder = Server::builder()
+        .timeout(Duration::from_secs(config.daemon.request_timeout_secs))
+        .concurrency_limit_per_connection(64)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls_config(&config).await? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|error| DaemonError(format!("[tls] {error}")))?;
+    }
+    let router = builder
+        .layer(AuthLayer::new(ctx.clone()))
+        .add_routes(rpc::routes(&ctx))
+        .add_service(health_service)
+        .add_service(reflection);
+
+    let listener = TcpListener::bind(config.daemon.listen)
+        .await
+        .map_err(|error| {
+            DaemonError(format!(
+                "cannot listen on {}: {error}",
+                config.daemon.listen
+            ))
+        })?;
+    let bound: SocketAddr = listener
+        .local_addr()
+        .map_err(|error| DaemonError(error.to_string()))?;
+    tracing::info!(addr = %bound, tls = config.tls_enabled(), "control plane listening");
+    println!("cadang daemon listening on {bound}");
+    let _ = std::io::stdout().flush();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(watchdog(app.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(serve);
+    let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
+    let result = tokio::select! {
+        result = &mut serve => result,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down: no new calls; running calls get {}s", grace.as_secs());
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(grace, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("calls still running after the grace period were cut off (their transactions roll back)");
+                    Ok(())
+                }
+            }
+        }
+    };
+    watchdog.abort();
+    app.catalog().close().await;
+    tracing::info!("cadang daemon stopped");
+    result.map_err(|error| DaemonError(format!("serving failed: {error}")))
+}

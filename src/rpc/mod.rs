@@ -1,0 +1,218 @@
+//! The gRPC control plane: thin adapters between tonic and the use cases in
+//! [`crate::app`]. Each handler decodes its message, calls one use case and encodes the
+//! answer; nothing here decides anything.
+//!
+//! * [`AuthLayer`] sits in front of every service: it authenticates the bearer token and
+//!   applies the authorisation matrix ([`authz`]) before a handler runs, so no handler can
+//!   forget to;
+//! * [`status`] is the single mapping from [`AppError`] to a gRPC status.
+
+pub mod authz;
+mod convert;
+mod services;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use tonic::Status;
+use tonic::codegen::http;
+
+use crate::app::{App, AppError, Caller};
+
+pub use services::routes;
+
+/// The generated messages, services and clients of `proto/cadang/v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("cadang.v1");
+    /// The encoded descriptors of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cadang_descriptor");
+}
+
+/// Where handlers get the time: the one place the control plane reads the clock.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The use cases.
+    pub app: App,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl Ctx {
+    /// A context reading the system clock.
+    pub fn new(app: App) -> Self {
+        Ctx {
+            app,
+            clock: Arc::new(Utc::now),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Authenticates the token in `headers` and applies the matrix to `path`.
+    async fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Caller, Status> {
+        let Some(rule) = authz::rule(path) else {
+            // A method of a service without a row: refuse rather than guess.
+            return Err(Status::unimplemented(format!("unknown method {path}")));
+        };
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "no bearer token: pass one with --token, CADANG_TOKEN or cli.toml",
+                )
+            })?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let secret = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+            })?
+            .trim();
+        let caller = self
+            .app
+            .authenticate(secret, self.now())
+            .await
+            .map_err(status)?;
+        if !rule.roles.iter().any(|role| caller.has(*role)) {
+            return Err(Status::permission_denied(format!(
+                "`{}` ({}) may not call {}: it needs {}",
+                caller.account.username,
+                roles_of(&caller),
+                path.trim_start_matches("/cadang.v1."),
+                rule.roles
+                    .iter()
+                    .map(|role| role.code())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(caller)
+    }
+}
+
+fn roles_of(caller: &Caller) -> String {
+    if caller.account.roles.is_empty() {
+        "no role".to_owned()
+    } else {
+        caller
+            .account
+            .roles
+            .iter()
+            .map(|role| role.code())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The one mapping from use-case errors to gRPC statuses. Messages of the first five kinds
+/// are written for the person at the terminal; an internal error's cause stays in the log.
+pub fn status(error: AppError) -> Status {
+    match error {
+        AppError::NotFound(message) => Status::not_found(message),
+        AppError::Conflict(message) => Status::failed_precondition(message),
+        AppError::InvalidInput(message) => Status::invalid_argument(message),
+        AppError::Unauthenticated(message) => Status::unauthenticated(message),
+        AppError::Forbidden(message) => Status::permission_denied(message),
+        AppError::Unavailable(message) => Status::unavailable(message),
+        AppError::Internal(message) => {
+            tracing::error!(%message, "internal error answered to a client");
+            Status::internal("internal error; the daemon's log has the cause")
+        }
+    }
+}
+
+/// The caller admitted by [`AuthLayer`].
+fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request bypassed authentication"))
+}
+
+/// A tower layer that authenticates and authorises every call (see the module docs).
+#[derive(Clone)]
+pub struct AuthLayer {
+    ctx: Ctx,
+}
+
+impl AuthLayer {
+    /// The layer over `ctx`.
+    pub fn new(ctx: Ctx) -> Self {
+        AuthLayer { ctx }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            ctx: self.ctx.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    ctx: Ctx,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this call; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let path = request.uri().path().to_owned();
+            let started = Instant::now();
+            if !authz::is_public(&path) {
+                match ctx.admit(&path, request.headers()).await {
+                    Ok(caller) => {
+                        request.extensions_mut().insert(caller);
+                    }
+                    Err(refusal) => {
+                        tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "call refused");
+                        metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
+                        return Ok(refusal.into_http());
+                    }
+                }
+            }
+            let response = inner.call(request).await;
+            metrics::histogram!("cadang_rpc_duration_seconds", "method" => path)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}

@@ -1,0 +1,1398 @@
+//! End-to-end tests of the daemon: the real `cadang` binary runs `daemon` on a free port
+//! with a temporary data directory, and the real CLI drives the SOP against it as
+//! different users. Procedures A (both branches), B and C are walked to the end, with a
+//! daemon restart in the middle; the authorisation matrix is exercised over every RPC ×
+//! every role × (no token, bad token, revoked token, disabled account); TLS refuses
+//! plaintext; the same walk runs on PostgreSQL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cadang");
+
+/// The daemon's log, beside its data directory (appended across restarts).
+fn log_file(data: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .expect("the log file opens")
+}
+
+/// Every byte the daemon left on disk: catalog, WAL, key file, log.
+fn bytes_under(path: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            all.extend(bytes_under(&entry.unwrap().path()));
+        }
+    } else if let Ok(bytes) = std::fs::read(path) {
+        all.extend(bytes);
+    }
+    all
+}
+
+/// A running daemon; stopped with SIGTERM on drop.
+struct Daemon {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    env: Vec<(String, String)>,
+    config: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn start(data: &Path, env: &[(&str, &str)], config: Option<&Path>) -> Daemon {
+        let mut command = Command::new(BIN);
+        command.arg("daemon").arg("--data-dir").arg(data);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        } else {
+            command.arg("--listen").arg("127.0.0.1:0");
+        }
+        command
+            .env_remove("CADANG_CATALOG_URL")
+            .env_remove("CADANG_MASTER_KEY")
+            .env("CADANG_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file(data));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the daemon starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the daemon prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("cadang daemon listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
+            .to_owned();
+        Daemon {
+            child,
+            addr,
+            data: data.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            config: config.map(Path::to_owned),
+        }
+    }
+
+    /// Stops with SIGTERM and waits; returns whether it exited cleanly.
+    fn stop(&mut self) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    fn restart(&mut self) {
+        assert!(self.stop(), "the daemon stops cleanly on SIGTERM");
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let next = Daemon::start(&self.data, &env, self.config.as_deref());
+        *self = next;
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn bootstrap(data: &Path, env: &[(&str, &str)]) -> String {
+        let mut command = Command::new(BIN);
+        command
+            .args(["admin", "bootstrap", "--username", "admin", "--data-dir"])
+            .arg(data)
+            .env_remove("CADANG_CATALOG_URL")
+            .env_remove("CADANG_MASTER_KEY");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("bootstrap runs");
+        assert!(
+            output.status.success(),
+            "bootstrap: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Runs the CLI against `server` with `token`.
+fn cli(server: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--server")
+        .arg(server)
+        .arg("--json")
+        .args(args)
+        .env("CADANG_TOKEN", token)
+        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
+        .env_remove("CADANG_SERVER")
+        .env_remove("CADANG_CA")
+        .output()
+        .expect("the CLI runs")
+}
+
+/// Runs the CLI and expects success; returns its JSON output.
+fn ok(server: &str, token: &str, args: &[&str]) -> Value {
+    let output = cli(server, token, args);
+    assert!(
+        output.status.success(),
+        "`cadang {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()))
+}
+
+/// Runs the CLI and expects failure with `code` in its one-line error.
+fn refused(server: &str, token: &str, args: &[&str], code: &str) -> String {
+    let output = cli(server, token, args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "`cadang {}` should fail with {code}",
+        args.join(" ")
+    );
+    assert!(
+        stderr.contains(code),
+        "`cadang {}`: expected {code}, got: {stderr}",
+        args.join(" ")
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+/// The tokens of a fully set-up directory.
+struct Site {
+    admin: String,
+    kadin: String,
+    kabid: String,
+    kasi: String,
+    petugas: String,
+    skpd: String,
+    skpd_other: String,
+    dinkes: i64,
+    kendal: i64,
+    responsible: i64,
+}
+
+fn token_for(server: &str, admin: &str, user: &str) -> String {
+    let created = ok(
+        server,
+        admin,
+        &["token", "create", "--user", user, "--label", "e2e"],
+    );
+    created["token"].as_str().expect("a token").to_owned()
+}
+
+/// Directory, accounts, tokens and capacity through the CLI, as ADMIN and KASI_INFRAS.
+fn set_up(server: &str, admin: &str) -> Site {
+    let dinkes = ok(
+        server,
+        admin,
+        &[
+            "agency",
+            "add",
+            "--code",
+            "DINKES",
+            "--name",
+            "Dinas Kesehatan Provinsi Jawa Tengah",
+            "--address",
+            "Jl. Piere Tendean No. 24, Semarang",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap();
+    let kendal = ok(
+        server,
+        admin,
+        &[
+            "agency",
+            "add",
+            "--code",
+            "KAB-KENDAL",
+            "--kind",
+            "kabupaten",
+            "--name",
+            "Diskominfo Kabupaten Kendal",
+            "--address",
+            "Jl. Soekarno-Hatta No. 193, Kendal",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap();
+    let responsible = ok(
+        server,
+        admin,
+        &[
+            "person",
+            "add",
+            "--name",
+            "dr. Siti Rahayu, M.Kes.",
+            "--nip",
+            "19750812 200003 2 004",
+            "--agency",
+            &dinkes.to_string(),
+        ],
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let dinkes_s = dinkes.to_string();
+    let kendal_s = kendal.to_string();
+    for (user, role, agency) in [
+        ("kadin", "KADIN", None),
+        ("kabid", "KABID_TIK", None),
+        ("kasi", "KASI_INFRAS", None),
+        ("petugas", "PETUGAS", None),
+        ("skpd-dinkes", "SKPD", Some(dinkes_s.as_str())),
+        ("skpd-kendal", "SKPD", Some(kendal_s.as_str())),
+    ] {
+        let mut args = vec!["user", "add", user, "--role", role];
+        if let Some(agency) = agency {
+            args.extend(["--agency", agency]);
+        }
+        ok(server, admin, &args);
+    }
+    let site = Site {
+        admin: admin.to_owned(),
+        kadin: token_for(server, admin, "kadin"),
+        kabid: token_for(server, admin, "kabid"),
+        kasi: token_for(server, admin, "kasi"),
+        petugas: token_for(server, admin, "petugas"),
+        skpd: token_for(server, admin, "skpd-dinkes"),
+        skpd_other: token_for(server, admin, "skpd-kendal"),
+        dinkes,
+        kendal,
+        responsible,
+    };
+    let feed = ok(
+        server,
+        admin,
+        &[
+            "capacity", "add-feed", "--name", "PLN-A", "--watts", "20000",
+        ],
+    )["id"]
+        .as_i64()
+        .unwrap();
+    ok(
+        server,
+        &site.kasi,
+        &[
+            "capacity",
+            "add-rack",
+            "--name",
+            "R01",
+            "--noc",
+            "NOC-1",
+            "--location",
+            "Ruang Server Lt. 2",
+            "--units",
+            "42",
+            "--watts",
+            "5000",
+            "--feed",
+            &feed.to_string(),
+        ],
+    );
+    ok(
+        server,
+        admin,
+        &[
+            "capacity",
+            "add-uplink",
+            "--name",
+            "ISP-A",
+            "--mbps",
+            "1000",
+        ],
+    );
+    site
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn colocation_form(dir: &Path, site: &Site, serial: &str) -> String {
+    write(
+        dir,
+        &format!("colocation-{serial}.toml"),
+        &format!(
+            r#"
+responsible_person = {responsible}
+contact_number = "0812-2800-1234"
+domain = "simkes.jatengprov.go.id"
+domain_activation_date = "2026-04-01"
+validity = {{ type = "permanent" }}
+contact_person = "Andi (0812-2800-1234)"
+
+[[servers]]
+name = "simkes-web-01"
+u_size = 2
+power_draw_w = 400
+bandwidth_mbps = 100
+ip_addresses = ["103.9.227.10"]
+host_admin_user = "root"
+host_admin_password = "Rahasia-Server-2026!"
+
+[servers.hardware]
+serial_number = "{serial}"
+server_type = "PowerEdge R740"
+brand = "Dell"
+processor = "Intel Xeon Silver 4214"
+ram = "64 GB"
+motherboard = "Dell 0WXD1Y"
+storage = "2 x 1.2 TB SAS"
+psu = "2 x 750 W"
+"#,
+            responsible = site.responsible
+        ),
+    )
+}
+
+fn step(server: &str, token: &str, request: i64, verb: &str, number: u32, extra: &[&str]) -> Value {
+    let request = request.to_string();
+    let number = number.to_string();
+    let mut args = vec!["step", verb, request.as_str(), number.as_str()];
+    args.extend_from_slice(extra);
+    ok(server, token, &args)
+}
+
+fn request_state(server: &str, token: &str, id: i64) -> Value {
+    ok(server, token, &["request", "show", &id.to_string()])
+}
+
+/// Walks A (approved and rejected), B and C; restarts the daemon mid-procedure. Returns
+/// the secrets it handled (tokens, the host password).
+fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
+    let env: Vec<(String, String)> = daemon.env.clone();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let admin = Daemon::bootstrap(&daemon.data, &env);
+    assert!(admin.starts_with("cdg_") && admin.len() == 68, "{admin}");
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let who = ok(&server, &site.skpd, &["whoami"]);
+    assert_eq!(who["username"], "skpd-dinkes");
+    assert_eq!(who["agency_id"], site.dinkes);
+
+    // Procedure A, approved: SKPD applies, KADIN disposes, KASI checks capacity...
+    let form = colocation_form(dir, &site, "CN7016389F0012");
+    let dinkes = site.dinkes.to_string();
+    let opened = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "colocation",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "Permohonan colocation server SIMKES",
+            "--form",
+            &form,
+        ],
+    );
+    let a = opened["request"]["id"].as_i64().unwrap();
+    assert_eq!(opened["request"]["current_step"], 1);
+    let shown = request_state(&server, &site.skpd, a);
+    assert!(
+        !shown.to_string().contains("Rahasia-Server-2026!"),
+        "the host password never comes back"
+    );
+    step(&server, &site.kadin, a, "complete", 1, &[]);
+    step(&server, &site.kasi, a, "complete", 2, &[]);
+    step(&server, &site.petugas, a, "complete", 3, &[]);
+    step(
+        &server,
+        &site.kasi,
+        a,
+        "decide",
+        4,
+        &["--yes", "--reason", "kapasitas tersedia"],
+    );
+
+    // The daemon goes down in the middle of the procedure and comes back.
+    daemon.restart();
+    let server = daemon.url();
+    step(
+        &server,
+        &site.kadin,
+        a,
+        "decide",
+        5,
+        &["--yes", "--reason", "disetujui Kepala Dinas"],
+    );
+    step(&server, &site.kabid, a, "complete", 6, &[]);
+    let observed = write(
+        dir,
+        "observed.json",
+        r#"[{"serial_number": "CN7016389F0012", "ram": "32 GB"}]"#,
+    );
+    ok(
+        &server,
+        &site.petugas,
+        &["asset", "observe", &a.to_string(), "--file", &observed],
+    );
+    let done = step(&server, &site.petugas, a, "complete", 7, &[]);
+    assert_eq!(done["request"]["status"], "finished");
+    assert_eq!(done["request"]["outcome"], "completed");
+    let server_id = done["servers"][0].as_i64().expect("a registered server");
+
+    // The asset register shows the measured mismatch; the minutes render.
+    let asset = ok(
+        &server,
+        &site.skpd,
+        &["asset", "show", &server_id.to_string()],
+    );
+    assert!(asset["mismatches"].to_string().contains("32 GB"), "{asset}");
+    let forms = ok(&server, &site.skpd, &["form", "list", &a.to_string()]);
+    let kinds: Vec<&str> = forms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    let minutes = dir.join("handover.html");
+    ok(
+        &server,
+        &site.kasi,
+        &[
+            "form",
+            "render",
+            &a.to_string(),
+            "--form",
+            kinds.last().unwrap(),
+            "--out",
+            &minutes.display().to_string(),
+        ],
+    );
+    assert!(std::fs::read_to_string(&minutes).unwrap().contains("<html"));
+
+    // The password is revealed to a reveal role, with a reason; never to the agency.
+    let revealed = ok(
+        &server,
+        &site.petugas,
+        &[
+            "asset",
+            "reveal-password",
+            &server_id.to_string(),
+            "--reason",
+            "pemeliharaan terjadwal",
+        ],
+    );
+    assert_eq!(revealed["password"], "Rahasia-Server-2026!");
+    refused(
+        &server,
+        &site.skpd,
+        &[
+            "asset",
+            "reveal-password",
+            &server_id.to_string(),
+            "--reason",
+            "x",
+        ],
+        "PERMISSION_DENIED",
+    );
+
+    // Procedure A, rejected by the head of agency at step 5.
+    let form = colocation_form(dir, &site, "CN-REJECTED-1");
+    let rejected = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "colocation",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "Permohonan colocation server arsip",
+            "--form",
+            &form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(&server, &site.kadin, rejected, "complete", 1, &[]);
+    step(&server, &site.kasi, rejected, "complete", 2, &[]);
+    step(&server, &site.petugas, rejected, "complete", 3, &[]);
+    step(
+        &server,
+        &site.kasi,
+        rejected,
+        "decide",
+        4,
+        &["--yes", "--reason", "kapasitas tersedia"],
+    );
+    let no = step(
+        &server,
+        &site.kadin,
+        rejected,
+        "decide",
+        5,
+        &["--no", "--reason", "domain belum diverifikasi"],
+    );
+    assert_eq!(no["request"]["status"], "finished");
+    assert_eq!(no["request"]["outcome"], "rejected");
+
+    // Procedure B to the end: continued, then stopped.
+    let backup_form = write(
+        dir,
+        "backup.toml",
+        &format!(
+            "server_id = {server_id}\nscope = \"/var/www dan database simkes\"\nschedule = \"harian 02:00\"\nretention = \"30 hari\"\nestimated_size_gb = 120\n"
+        ),
+    );
+    let b = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "Permintaan back up database SIMKES",
+            "--form",
+            &backup_form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(&server, &site.kadin, b, "complete", 1, &[]);
+    step(
+        &server,
+        &site.kasi,
+        b,
+        "complete",
+        2,
+        &["--attach", "notulen-klarifikasi-01.pdf"],
+    );
+    step(&server, &site.petugas, b, "complete", 3, &[]);
+    step(
+        &server,
+        &site.kasi,
+        b,
+        "decide",
+        4,
+        &["--yes", "--reason", "data bertambah setiap hari"],
+    );
+    step(&server, &site.petugas, b, "complete", 5, &[]);
+    step(&server, &site.kadin, b, "complete", 6, &[]);
+    step(&server, &site.petugas, b, "complete", 7, &[]);
+    let stopped = step(&server, &site.kabid, b, "complete", 8, &[]);
+    assert_eq!(stopped["request"]["outcome"], "completed");
+
+    // Procedure C to the end.
+    let restore_form = write(
+        dir,
+        "restore.toml",
+        &format!(
+            "server_id = {server_id}\nbackup_request = {b}\nrestore_point = \"2026-02-28 02:00\"\ntarget = \"server simkes-web-01\"\nreason = \"data terhapus tidak sengaja\"\n"
+        ),
+    );
+    let c = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "restore",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "Permintaan restore database SIMKES",
+            "--form",
+            &restore_form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(&server, &site.kadin, c, "complete", 1, &[]);
+    step(&server, &site.petugas, c, "complete", 2, &[]);
+    step(
+        &server,
+        &site.kabid,
+        c,
+        "decide",
+        3,
+        &["--yes", "--reason", "rencana restore disetujui"],
+    );
+    step(&server, &site.petugas, c, "complete", 4, &[]);
+    step(
+        &server,
+        &site.petugas,
+        c,
+        "decide",
+        5,
+        &["--yes", "--reason", "checksum cocok, aplikasi berjalan"],
+    );
+    let confirmed = step(&server, &site.kasi, c, "complete", 7, &[]);
+    assert_eq!(confirmed["request"]["outcome"], "completed");
+
+    // Wrong roles are refused by the workflow with a reason.
+    let late = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "Back up kedua",
+            "--form",
+            &backup_form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    let why = refused(
+        &server,
+        &site.petugas,
+        &["step", "complete", &late.to_string(), "1"],
+        "PERMISSION_DENIED",
+    );
+    assert!(why.contains("KADIN"), "the refusal names who may: {why}");
+
+    // Another agency sees and touches nothing of Dinkes.
+    let other = &site.skpd_other;
+    for args in [
+        vec!["request", "show", &a.to_string()],
+        vec!["form", "list", &a.to_string()],
+        vec!["asset", "show", &server_id.to_string()],
+        vec!["asset", "list", "--agency", &dinkes],
+        vec!["request", "list", "--agency", &dinkes],
+        vec!["step", "complete", &late.to_string(), "1"],
+    ] {
+        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
+        refused(&server, other, &args, "PERMISSION_DENIED");
+    }
+    refused(
+        &server,
+        other,
+        &[
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "x",
+            "--form",
+            &backup_form,
+        ],
+        "PERMISSION_DENIED",
+    );
+    let mine = ok(&server, other, &["request", "list"]);
+    assert_eq!(
+        mine.as_array().unwrap().len(),
+        0,
+        "Kendal sees none of Dinkes' requests"
+    );
+    let all = ok(&server, &site.kasi, &["request", "list"]);
+    assert_eq!(all.as_array().unwrap().len(), 5);
+    let agencies = ok(&server, other, &["agency", "list"]);
+    assert_eq!(agencies.as_array().unwrap().len(), 1);
+    assert_eq!(agencies[0]["id"], site.kendal);
+
+    // Bad input: clear errors, nothing changed.
+    refused(
+        &server,
+        &site.kasi,
+        &["request", "show", "999999"],
+        "NOT_FOUND",
+    );
+    let bad_nip = refused(
+        &server,
+        &site.admin,
+        &["person", "add", "--name", "X", "--nip", "12345"],
+        "INVALID_ARGUMENT",
+    );
+    assert!(bad_nip.contains("NIP"), "{bad_nip}");
+    let bad_ip = write(
+        dir,
+        "bad-ip.toml",
+        &colocation_toml_with_ip(&site, "300.1.2.3"),
+    );
+    let why = refused(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "colocation",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "x",
+            "--form",
+            &bad_ip,
+        ],
+        "INVALID_ARGUMENT",
+    );
+    assert!(why.contains("300.1.2.3"), "{why}");
+    refused(
+        &server,
+        &site.kasi,
+        &["step", "complete", &late.to_string(), "9"],
+        "FAILED_PRECONDITION",
+    );
+
+    // The audit trail verifies, and a checkpoint taken now verifies too.
+    let checkpoint = dir.join("audit.checkpoint");
+    let verdict = ok(
+        &server,
+        &site.kabid,
+        &[
+            "audit",
+            "verify",
+            "--save-checkpoint",
+            &checkpoint.display().to_string(),
+        ],
+    );
+    assert_eq!(verdict["intact"], true, "{verdict}");
+    let again = ok(
+        &server,
+        &site.kabid,
+        &[
+            "audit",
+            "verify",
+            "--checkpoint",
+            &checkpoint.display().to_string(),
+        ],
+    );
+    assert_eq!(again["intact"], true);
+    let export = dir.join("audit.jsonl");
+    ok(
+        &server,
+        &site.kabid,
+        &["audit", "export", "--out", &export.display().to_string()],
+    );
+    let trail = std::fs::read_to_string(&export).unwrap();
+    assert!(trail.lines().count() > 40);
+    for secret in [
+        &site.skpd,
+        &site.kasi,
+        &admin,
+        &"Rahasia-Server-2026!".to_owned(),
+    ] {
+        assert!(
+            !trail.contains(secret.as_str()),
+            "no secret in the audit trail"
+        );
+    }
+    refused(
+        &server,
+        &site.skpd,
+        &["audit", "verify"],
+        "PERMISSION_DENIED",
+    );
+    vec![
+        admin,
+        site.kadin,
+        site.kabid,
+        site.kasi,
+        site.petugas,
+        site.skpd,
+        site.skpd_other,
+        "Rahasia-Server-2026!".to_owned(),
+    ]
+}
+
+/// Asserts that none of `secrets` appears in any byte under `dir`.
+fn assert_no_secret_under(dir: &Path, secrets: &[String]) {
+    let bytes = bytes_under(dir);
+    assert!(bytes.len() > 10_000, "the daemon left a catalog and a log");
+    for secret in secrets {
+        let found = bytes
+            .windows(secret.len())
+            .any(|window| window == secret.as_bytes());
+        assert!(
+            !found,
+            "a secret was written in clear under {}",
+            dir.display()
+        );
+    }
+}
+
+fn colocation_toml_with_ip(site: &Site, ip: &str) -> String {
+    format!(
+        r#"
+responsible_person = {}
+contact_number = "0812"
+domain = "simkes.jatengprov.go.id"
+validity = {{ type = "permanent" }}
+[[servers]]
+name = "x"
+u_size = 1
+power_draw_w = 100
+bandwidth_mbps = 10
+ip_addresses = ["{ip}"]
+[servers.hardware]
+serial_number = "S"
+server_type = "T"
+brand = "B"
+processor = "P"
+ram = "R"
+motherboard = "M"
+storage = "S"
+psu = "P"
+"#,
+        site.responsible
+    )
+}
+
+#[test]
+fn the_sop_end_to_end_on_sqlite_with_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let mut daemon = Daemon::start(&data, &[], None);
+    let secrets = walk_the_sop(&mut daemon, dir.path());
+    assert!(daemon.stop(), "clean shutdown");
+    // Not in the catalog (tokens are hashed, the password sealed), not in the log (which
+    // ran at debug level), nowhere on disk.
+    std::fs::copy(data.with_extension("log"), data.join("daemon.log")).unwrap();
+    assert_no_secret_under(&data, &secrets);
+    let key = std::fs::metadata(data.join("master.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn the_sop_end_to_end_on_postgresql() {
+    let Ok(base) = std::env::var("CADANG_TEST_POSTGRES_URL") else {
+        eprintln!("CADANG_TEST_POSTGRES_URL is not set; skipping the PostgreSQL end-to-end run");
+        return;
+    };
+    let database = format!("cadang_e2e_{}", std::process::id());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&base)
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database}"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    let url = match base.rfind('/') {
+        Some(slash) => format!("{}/{database}", &base[..slash]),
+        None => panic!("CADANG_TEST_POSTGRES_URL has no database part"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    {
+        let mut daemon = Daemon::start(&data, &[("CADANG_CATALOG_URL", &url)], None);
+        let secrets = walk_the_sop(&mut daemon, dir.path());
+        assert!(daemon.stop());
+        std::fs::copy(data.with_extension("log"), data.join("daemon.log")).unwrap();
+        assert_no_secret_under(&data, &secrets);
+    }
+    assert!(
+        !data.join("catalog.db").exists(),
+        "the catalog lived in PostgreSQL"
+    );
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&base).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    });
+}
+
+/// A raw unary call of `path` with an empty message: what every RPC answers to a caller
+/// before it looks at the message is all the matrix test needs.
+async fn raw_call(
+    channel: tonic::transport::Channel,
+    path: &str,
+    token: Option<&str>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("the channel is ready");
+    let mut request = tonic::Request::new(());
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc.unary(request, path, codec).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+/// Every RPC of the API, from the compiled descriptors.
+fn every_rpc() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(cadang::rpc::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in set.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    methods.sort();
+    methods
+}
+
+#[test]
+fn every_rpc_has_a_row_in_the_matrix_and_the_documentation_is_current() {
+    let rpcs = every_rpc();
+    let rows: Vec<String> = cadang::rpc::authz::MATRIX
+        .iter()
+        .map(|rule| rule.method.to_owned())
+        .collect();
+    for rpc in &rpcs {
+        assert!(
+            rows.contains(rpc),
+            "{rpc} has no row in the authorisation matrix"
+        );
+    }
+    for row in &rows {
+        assert!(
+            rpcs.contains(row),
+            "the matrix names {row}, which the API does not have"
+        );
+    }
+    let output = Command::new(BIN)
+        .args(["admin", "authz-matrix"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let documented = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/AUTHORIZATION.md"
+    ))
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        documented,
+        "docs/AUTHORIZATION.md is stale: regenerate it with `cargo run -- admin authz-matrix > docs/AUTHORIZATION.md`"
+    );
+}
+
+#[test]
+fn the_authorisation_matrix_is_enforced_for_every_rpc_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let daemon = Daemon::start(&data, &[], None);
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    // A revoked token, and a token of an account that is then disabled.
+    let revoked = token_for(&server, &admin, "kasi");
+    let revoked_id = ok(&server, &revoked, &["whoami"])["token_id"]
+        .as_i64()
+        .unwrap();
+    ok(
+        &server,
+        &admin,
+        &["token", "revoke", &revoked_id.to_string()],
+    );
+    ok(
+        &server,
+        &admin,
+        &["user", "add", "leaver", "--role", "PETUGAS"],
+    );
+    let disabled = token_for(&server, &admin, "leaver");
+    ok(&server, &admin, &["user", "disable", "leaver"]);
+    let expired = ok(
+        &server,
+        &admin,
+        &["token", "create", "--label", "short", "--ttl", "1s"],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let callers: Vec<(&str, &str)> = vec![
+        ("ADMIN", site.admin.as_str()),
+        ("KADIN", site.kadin.as_str()),
+        ("KABID_TIK", site.kabid.as_str()),
+        ("KASI_INFRAS", site.kasi.as_str()),
+        ("PETUGAS", site.petugas.as_str()),
+        ("SKPD", site.skpd.as_str()),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut checked = 0;
+        for rpc in every_rpc() {
+            let rule = cadang::rpc::authz::rule(&rpc).expect("a row");
+            for (what, token) in [
+                ("no token", None),
+                ("a malformed token", Some("not-a-token")),
+                (
+                    "an unknown token",
+                    Some("cdg_0000000000000000000000000000000000000000000000000000000000000000"),
+                ),
+                ("a revoked token", Some(revoked.as_str())),
+                ("an expired token", Some(expired.as_str())),
+                ("a disabled account's token", Some(disabled.as_str())),
+            ] {
+                let status = raw_call(channel.clone(), &rpc, token).await;
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::Unauthenticated,
+                    "{rpc} with {what}: {status:?}"
+                );
+                if let Some(token) = token {
+                    assert!(
+                        !status.message().contains(token),
+                        "the refusal never repeats the token"
+                    );
+                }
+                checked += 1;
+            }
+            for (role, token) in &callers {
+                let status = raw_call(channel.clone(), &rpc, Some(token)).await;
+                let admitted = rule.roles.iter().any(|r| r.code() == *role);
+                if admitted {
+                    assert!(
+                        !(status.code() == tonic::Code::PermissionDenied
+                            && status.message().contains("may not call")),
+                        "{rpc} must admit {role}: {status:?}"
+                    );
+                    assert_ne!(
+                        status.code(),
+                        tonic::Code::Unauthenticated,
+                        "{rpc} as {role}"
+                    );
+                    assert_ne!(
+                        status.code(),
+                        tonic::Code::Internal,
+                        "{rpc} as {role}: {status:?}"
+                    );
+                } else {
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::PermissionDenied,
+                        "{rpc} must refuse {role}: {status:?}"
+                    );
+                    assert!(status.message().contains("may not call"), "{status:?}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 31 * 12, "{checked} checks");
+    });
+    // Health and reflection need no token.
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers without a token");
+        assert_eq!(
+            answer.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    });
+    // Tokens are one's own unless ADMIN.
+    refused(
+        &server,
+        &site.kasi,
+        &["token", "create", "--user", "kadin", "--label", "x"],
+        "PERMISSION_DENIED",
+    );
+    refused(
+        &server,
+        &site.kasi,
+        &["token", "list", "--user", "kadin"],
+        "PERMISSION_DENIED",
+    );
+    let kadin_token = ok(&server, &site.kadin, &["whoami"])["token_id"]
+        .as_i64()
+        .unwrap();
+    refused(
+        &server,
+        &site.kasi,
+        &["token", "revoke", &kadin_token.to_string()],
+        "PERMISSION_DENIED",
+    );
+    let own = ok(
+        &server,
+        &site.kasi,
+        &["token", "create", "--label", "laptop"],
+    );
+    let own_token = own["token"].as_str().unwrap().to_owned();
+    ok(
+        &server,
+        &own_token,
+        &["token", "revoke", &own["id"].to_string()],
+    );
+    refused(&server, &own_token, &["whoami"], "UNAUTHENTICATED");
+    let listed = ok(&server, &admin, &["token", "list", "--all"]).to_string();
+    assert!(!listed.contains(&own_token), "listings never show secrets");
+
+    // Oversized messages are refused, not buffered.
+    runtime.block_on(async {
+        use cadang::rpc::pb::request_service_client::RequestServiceClient;
+        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = RequestServiceClient::new(channel).max_encoding_message_size(64 << 20);
+        let mut request = tonic::Request::new(cadang::rpc::pb::OpenRequestRequest {
+            procedure: "backup_request".into(),
+            agency_id: site.dinkes,
+            subject: "x".into(),
+            application_json: "x".repeat(5 << 20),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", site.skpd).parse().unwrap(),
+        );
+        let status = client.open_request(request).await.unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::ResourceExhausted
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::Internal
+                    | tonic::Code::Unknown
+            ),
+            "{status:?}"
+        );
+    });
+    // The daemon is still healthy after all that.
+    ok(&server, &site.kasi, &["whoami"]);
+    let _ = site.kendal;
+}
+
+#[test]
+fn a_step_completed_twice_at_once_is_won_by_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let daemon = Daemon::start(&data, &[], None);
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    ok(
+        &server,
+        &admin,
+        &["user", "add", "kadin2", "--role", "KADIN"],
+    );
+    let kadin2 = token_for(&server, &admin, "kadin2");
+    let form = write(
+        dir.path(),
+        "backup.toml",
+        "scope = \"/srv\"\nschedule = \"harian\"\nretention = \"7 hari\"\n",
+    );
+    for round in 0..4 {
+        let id = ok(
+            &server,
+            &site.skpd,
+            &[
+                "request",
+                "backup",
+                "submit",
+                "--agency",
+                &site.dinkes.to_string(),
+                "--subject",
+                &format!("Back up {round}"),
+                "--form",
+                &form,
+            ],
+        )["request"]["id"]
+            .as_i64()
+            .unwrap();
+        let id = id.to_string();
+        let (first, second) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| cli(&server, &site.kadin, &["step", "complete", &id, "1"]));
+            let b = scope.spawn(|| cli(&server, &kadin2, &["step", "complete", &id, "1"]));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let wins = [&first, &second]
+            .iter()
+            .filter(|o| o.status.success())
+            .count();
+        assert_eq!(wins, 1, "round {round}: exactly one completion wins");
+        let loser = if first.status.success() {
+            &second
+        } else {
+            &first
+        };
+        let message = String::from_utf8_lossy(&loser.stderr);
+        assert!(
+            message.contains("FAILED_PRECONDITION") || message.contains("UNAVAILABLE"),
+            "{message}"
+        );
+        let state = request_state(&server, &site.kasi, id.parse().unwrap());
+        assert_eq!(state["current_step"], 2);
+        let finished_1 = state["state"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["step"] == 1)
+            .count();
+        assert_eq!(finished_1, 1, "step 1 was recorded once");
+    }
+}
+
+#[test]
+fn tls_is_required_beyond_loopback_and_plaintext_clients_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    // Certificates made for the test: a CA and a daemon certificate for 127.0.0.1.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cadang test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let ca_path = write(dir.path(), "ca.pem", &ca_cert.pem());
+    let cert_path = write(dir.path(), "daemon.pem", &leaf.pem());
+    let key_path = write(dir.path(), "daemon.key", &leaf_key.serialize_pem());
+
+    // Beyond loopback without TLS: refused at start, with the reason.
+    let plain = write(
+        dir.path(),
+        "plain.toml",
+        "[daemon]\nlisten = \"0.0.0.0:0\"\n",
+    );
+    let output = Command::new(BIN)
+        .args(["daemon", "--config", &plain, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("beyond loopback"));
+
+    let config = write(
+        dir.path(),
+        "tls.toml",
+        &format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{cert_path}\"\nkey = \"{key_path}\"\n"
+        ),
+    );
+    let daemon = Daemon::start(&data, &[], Some(Path::new(&config)));
+    let admin = Daemon::bootstrap(&data, &[]);
+    let port = daemon.addr.rsplit(':').next().unwrap().to_owned();
+    // Plaintext against TLS: fails.
+    let output = cli(&format!("http://127.0.0.1:{port}"), &admin, &["whoami"]);
+    assert!(
+        !output.status.success(),
+        "a plaintext client must fail against TLS"
+    );
+    // https without the CA: refused by the client.
+    let output = cli(&format!("https://127.0.0.1:{port}"), &admin, &["whoami"]);
+    assert!(!output.status.success());
+    // With the right CA: works.
+    let output = Command::new(BIN)
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--ca",
+            &ca_path,
+            "--json",
+            "whoami",
+        ])
+        .env("CADANG_TOKEN", &admin)
+        .env("CADANG_CLI_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"admin\""));
+    // A CA that did not sign the daemon's certificate: refused.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = write(
+        dir.path(),
+        "other-ca.pem",
+        &other_params.self_signed(&other_key).unwrap().pem(),
+    );
+    let output = Command::new(BIN)
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--ca",
+            &other_ca,
+            "whoami",
+        ])
+        .env("CADANG_TOKEN", &admin)
+        .env("CADANG_CLI_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}
