@@ -31,8 +31,50 @@ pub struct Config {
     pub tls: TlsSection,
     /// The master key.
     pub secrets: SecretsSection,
+    /// The agencies' repositories.
+    pub repositories: RepositoriesSection,
+    /// Scheduled runs.
+    pub scheduler: SchedulerSection,
     /// Letterhead, numbering, calendar, reveal roles.
     pub app: AppConfig,
+}
+
+/// `[repositories]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepositoriesSection {
+    /// Where each agency's repository is made: a directory (default
+    /// `<data_dir>/repositories`) or `s3://bucket/prefix`; the agency's code is appended.
+    pub root: Option<String>,
+    /// Endpoint of an S3-compatible store (MinIO, Garage, Ceph RGW); credentials come
+    /// from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub s3_endpoint: Option<String>,
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Whether this daemon runs scheduled work at all.
+    pub enabled: bool,
+    /// Seconds between looks for due work.
+    pub tick_secs: u64,
+    /// Seconds a claimed run's lease lasts; another daemon takes the run over after that
+    /// if this one stops renewing it.
+    pub lease_secs: u64,
+    /// Runs this daemon executes at once.
+    pub max_parallel_runs: usize,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        SchedulerSection {
+            enabled: true,
+            tick_secs: 10,
+            lease_secs: 300,
+            max_parallel_runs: 2,
+        }
+    }
 }
 
 /// `[daemon]`.
@@ -194,6 +236,16 @@ impl Config {
                 self.daemon.listen
             )));
         }
+        if self.scheduler.tick_secs == 0 || self.scheduler.max_parallel_runs == 0 {
+            return Err(ConfigError(
+                "[scheduler] tick_secs and max_parallel_runs must be at least 1".into(),
+            ));
+        }
+        if self.scheduler.lease_secs < 3 * self.scheduler.tick_secs.max(1) {
+            return Err(ConfigError(
+                "[scheduler] lease_secs must be at least three ticks".into(),
+            ));
+        }
         if self.daemon.request_timeout_secs == 0 {
             return Err(ConfigError(
                 "[daemon] request_timeout_secs must be at least 1".into(),
@@ -234,6 +286,14 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir().join("catalog.db").display()),
         }
+    }
+
+    /// Where the agencies' repositories are made.
+    pub fn repository_root(&self) -> String {
+        self.repositories
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("repositories").display().to_string())
     }
 
     /// The master key file.

@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -20,7 +21,13 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::app::{App, MasterKey};
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::engine::store::StoreOptions;
+use crate::jobs::Repositories;
 use crate::rpc::{self, AuthLayer, Ctx};
+use crate::scheduler::{self, SchedulerOptions};
+
+/// Context of the sub-key from which agency repository passwords are derived.
+pub const REPOSITORY_PASSWORD_CONTEXT: &str = "cadang 2026 agency repository passwords v1";
 
 /// The procedure definitions built into the binary, so the daemon runs from any
 /// directory; `[daemon] sop_dir` adds more (new revisions, local procedures).
@@ -188,6 +195,63 @@ async fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, DaemonEr
     Ok(Some(tls))
 }
 
+/// The agencies' repositories as configured, with passwords derived from the master key.
+///
+/// # Errors
+/// [`DaemonError`] when the master key cannot be read.
+pub fn repositories(config: &Config) -> Result<Repositories, DaemonError> {
+    let key = master_key(config)?;
+    Ok(Repositories::new(
+        config.repository_root(),
+        key.derive(REPOSITORY_PASSWORD_CONTEXT),
+        StoreOptions {
+            s3_endpoint: config.repositories.s3_endpoint.clone(),
+            ..StoreOptions::default()
+        },
+    ))
+}
+
+/// This daemon's name in run leases: host, process and start time.
+fn daemon_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        Utc::now().timestamp_millis()
+    )
+}
+
+/// On SQLite one daemon runs alone: a second one sharing the catalog file is refused
+/// with the reason (several daemons need PostgreSQL). The returned file holds the lock
+/// for the life of the process.
+fn single_daemon_guard(config: &Config) -> Result<Option<std::fs::File>, DaemonError> {
+    let url = config.catalog_url();
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    let lock_path = PathBuf::from(format!("{path}.daemon-lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| DaemonError(format!("cannot open {}: {error}", lock_path.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor we own; the lock lives as long as the file.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Err(DaemonError(format!(
+            "another cadang daemon is running on the SQLite catalog {path}: SQLite serves one daemon;              use PostgreSQL ([catalog] url) to run several"
+        )));
+    }
+    Ok(Some(file))
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let terminate = async {
@@ -249,6 +313,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .map_err(|error| DaemonError(format!("cannot serve metrics on {addr}: {error}")))?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
+    let _single = single_daemon_guard(&config)?;
     let ctx = Ctx::new(app.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -292,13 +357,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = std::io::stdout().flush();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = tokio::spawn(watchdog(app.clone()));
+    let (stop_scheduler, scheduler_stop) = tokio::sync::watch::channel(false);
+    let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
+    let scheduler = if config.scheduler.enabled {
+        let repositories = Arc::new(repositories(&config)?);
+        let options = SchedulerOptions {
+            owner: daemon_name(),
+            tick: Duration::from_secs(config.scheduler.tick_secs),
+            lease: Duration::from_secs(config.scheduler.lease_secs),
+            max_parallel: config.scheduler.max_parallel_runs,
+        };
+        tracing::info!(owner = %options.owner, root = %config.repository_root(), "scheduler running");
+        Some(tokio::spawn(scheduler::run(
+            app.clone(),
+            repositories,
+            options,
+            scheduler_stop,
+            grace,
+        )))
+    } else {
+        None
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
         let _ = stop_rx.await;
     });
     tokio::pin!(serve);
-    let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
     let result = tokio::select! {
         result = &mut serve => result,
         () = shutdown_signal() => {
@@ -306,6 +391,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());
+            let _ = stop_scheduler.send(true);
             match tokio::time::timeout(grace, &mut serve).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -316,6 +402,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     watchdog.abort();
+    let _ = stop_scheduler.send(true);
+    if let Some(scheduler) = scheduler {
+        let _ = tokio::time::timeout(grace + Duration::from_secs(5), scheduler).await;
+    }
     app.catalog().close().await;
     tracing::info!("cadang daemon stopped");
     result.map_err(|error| DaemonError(format!("serving failed: {error}")))

@@ -7,6 +7,8 @@
 //! * [`app`] — use cases: load, decide with the workflow, persist with an
 //!   audit row in one transaction;
 //! * [`rpc`] — the gRPC control plane, thin adapters over [`app`];
+//! * [`scheduler`] and [`jobs`] — scheduled runs of backup plans, executed through the
+//!   engine into one repository per agency;
 //! * [`daemon`] — the daemon's composition root and lifecycle; [`config`] its settings;
 //! * [`cli`] — the `cadang` command line.
 
@@ -16,5 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod jobs;
 pub mod rpc;
+pub mod scheduler;
 pub mod workflow;

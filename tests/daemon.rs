@@ -19,7 +19,10 @@ fn log_file(data: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(data.with_extension("log"))
+        .open(match std::env::var_os("CADANG_E2E_LOG") {
+            Some(path) => PathBuf::from(path),
+            None => data.with_extension("log"),
+        })
         .expect("the log file opens")
 }
 
@@ -49,11 +52,20 @@ impl Daemon {
     fn start(data: &Path, env: &[(&str, &str)], config: Option<&Path>) -> Daemon {
         let mut command = Command::new(BIN);
         command.arg("daemon").arg("--data-dir").arg(data);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        } else {
-            command.arg("--listen").arg("127.0.0.1:0");
-        }
+        let config = match config {
+            Some(config) => config.to_owned(),
+            None => {
+                // Tests do not wait ten seconds for a scheduler tick.
+                let path = data.with_extension("toml");
+                std::fs::write(
+                    &path,
+                    "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n",
+                )
+                .unwrap();
+                path
+            }
+        };
+        command.arg("--config").arg(&config);
         command
             .env_remove("CADANG_CATALOG_URL")
             .env_remove("CADANG_MASTER_KEY")
@@ -82,7 +94,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            config: config.map(Path::to_owned),
+            config: Some(config),
         }
     }
 
@@ -594,6 +606,49 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         .as_i64()
         .unwrap();
     step(&server, &site.kadin, b, "complete", 1, &[]);
+    // B2 cannot be completed before the plan exists: B3 would have nothing to run.
+    refused(
+        &server,
+        &site.kasi,
+        &["step", "complete", &b.to_string(), "2"],
+        "FAILED_PRECONDITION",
+    );
+    // The plan agreed at the clarification: what, when, how long.
+    let source = dir.join("simkes-data");
+    write_source(&source);
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "simkes-harian",
+            "--path",
+            &source.display().to_string(),
+            "--exclude",
+            "*.tmp",
+            "--schedule",
+            "0 2 * * *",
+            "--keep-daily",
+            "30",
+            "--retention-schedule",
+            "0 4 * * 0",
+            "--verify-schedule",
+            "0 5 * * *",
+        ],
+    )[0]
+    .clone();
+    let plan_id = plan["id"].as_i64().unwrap().to_string();
+    assert_eq!(plan["status"], "approved");
+    refused(
+        &server,
+        &site.skpd,
+        &["plan", "run-now", &plan_id],
+        "PERMISSION_DENIED",
+    );
     step(
         &server,
         &site.kasi,
@@ -602,6 +657,16 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         2,
         &["--attach", "notulen-klarifikasi-01.pdf"],
     );
+    // B3: the backup runs once, by the daemon's scheduler, into Dinkes' own repository.
+    let first = wait_for_run(&server, &site.kasi, &plan_id, 1);
+    assert_eq!(first["status"], "ok", "{first}");
+    assert_eq!(first["trigger"], "request");
+    assert_eq!(first["step"], 3);
+    assert!(
+        first["stats"]["files_new"].as_u64().unwrap() >= 3,
+        "{first}"
+    );
+    assert_eq!(first["snapshot_id"].as_str().unwrap().len(), 64);
     step(&server, &site.petugas, b, "complete", 3, &[]);
     step(
         &server,
@@ -611,11 +676,50 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         4,
         &["--yes", "--reason", "data bertambah setiap hari"],
     );
+    // B5: on schedule from now on.
     step(&server, &site.petugas, b, "complete", 5, &[]);
+    let active = wait_for_plan_status(&server, &site.kasi, &plan_id, "active");
+    assert!(!active["next_backup_at"].as_str().unwrap().is_empty());
+    // An ad-hoc run deduplicates against the first: unchanged files are not stored again.
+    ok(&server, &site.petugas, &["plan", "run-now", &plan_id]);
+    let second = wait_for_run(&server, &site.kasi, &plan_id, 2);
+    assert_eq!(second["status"], "ok", "{second}");
+    assert_eq!(second["stats"]["files_new"], 0, "{second}");
+    assert!(
+        second["stats"]["bytes_added"].as_u64().unwrap() < 4096,
+        "{second}"
+    );
+    ok(&server, &site.kasi, &["plan", "pause", &plan_id]);
+    ok(&server, &site.kasi, &["plan", "resume", &plan_id]);
+    // The agency sees its own plan and runs, another agency none.
+    assert_eq!(
+        ok(&server, &site.skpd, &["run", "list", "--plan", &plan_id])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    refused(
+        &server,
+        &site.skpd_other,
+        &["plan", "show", &plan_id],
+        "PERMISSION_DENIED",
+    );
+    assert!(
+        ok(&server, &site.skpd_other, &["run", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     step(&server, &site.kadin, b, "complete", 6, &[]);
+    // B7: the schedule ends; the snapshots stay.
     step(&server, &site.petugas, b, "complete", 7, &[]);
+    wait_for_plan_status(&server, &site.kasi, &plan_id, "stopped");
     let stopped = step(&server, &site.kabid, b, "complete", 8, &[]);
     assert_eq!(stopped["request"]["outcome"], "completed");
+    // Each agency has its own repository: Dinkes' exists, Kendal's was never made.
+    assert!(daemon.data.join("repositories/dinkes/config").exists());
+    assert!(!daemon.data.join("repositories/kab-kendal").exists());
 
     // Procedure C to the end.
     let restore_form = write(
@@ -851,6 +955,55 @@ fn assert_no_secret_under(dir: &Path, secrets: &[String]) {
     }
 }
 
+/// A small source tree for the daemon to back up.
+fn write_source(dir: &Path) {
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::write(
+        dir.join("index.php"),
+        "<?php echo 'SIMKES'; ?>\n".repeat(100),
+    )
+    .unwrap();
+    let sql: String = (0..20_000)
+        .map(|n| format!("INSERT INTO pasien VALUES ({n});\n"))
+        .collect();
+    std::fs::write(dir.join("db/simkes.sql"), sql).unwrap();
+    let noise: Vec<u8> = (0..300_000u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(dir.join("db/blob.bin"), noise).unwrap();
+    std::fs::write(dir.join("cache.tmp"), "excluded").unwrap();
+}
+
+/// Waits until the plan has at least `count` runs and the newest has finished.
+fn wait_for_run(server: &str, token: &str, plan: &str, count: usize) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let runs = ok(server, token, &["run", "list", "--plan", plan]);
+        let runs = runs.as_array().unwrap();
+        if runs.len() >= count
+            && !["queued", "running"].contains(&runs[0]["status"].as_str().unwrap())
+        {
+            return runs[0].clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = ok(server, token, &["run", "list", "--plan", plan]);
+    panic!("plan {plan} did not finish run {count} in time: {runs}");
+}
+
+/// Waits until the plan has `status`.
+fn wait_for_plan_status(server: &str, token: &str, plan: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let shown = ok(server, token, &["plan", "show", plan]);
+        if shown["plan"]["status"] == status {
+            return shown["plan"].clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("plan {plan} did not become {status}");
+}
+
 fn colocation_toml_with_ip(site: &Site, ip: &str) -> String {
     format!(
         r#"
@@ -887,7 +1040,7 @@ fn the_sop_end_to_end_on_sqlite_with_a_restart() {
     assert!(daemon.stop(), "clean shutdown");
     // Not in the catalog (tokens are hashed, the password sealed), not in the log (which
     // ran at debug level), nowhere on disk.
-    std::fs::copy(data.with_extension("log"), data.join("daemon.log")).unwrap();
+    let _ = std::fs::copy(data.with_extension("log"), data.join("daemon.log"));
     assert_no_secret_under(&data, &secrets);
     let key = std::fs::metadata(data.join("master.key")).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -928,7 +1081,7 @@ fn the_sop_end_to_end_on_postgresql() {
         let mut daemon = Daemon::start(&data, &[("CADANG_CATALOG_URL", &url)], None);
         let secrets = walk_the_sop(&mut daemon, dir.path());
         assert!(daemon.stop());
-        std::fs::copy(data.with_extension("log"), data.join("daemon.log")).unwrap();
+        let _ = std::fs::copy(data.with_extension("log"), data.join("daemon.log"));
         assert_no_secret_under(&data, &secrets);
     }
     assert!(

@@ -22,6 +22,7 @@ mod directory;
 pub mod documents;
 mod error;
 pub mod identifiers;
+mod plans;
 mod reports;
 mod requests;
 pub mod secrets;
@@ -47,6 +48,7 @@ pub use details::{
 pub use directory::{NewAccountInput, NewPersonInput};
 pub use documents::{DocumentNumbering, OfficeIdentity, Signatory};
 pub use error::AppError;
+pub use plans::{PlanSpec, PlanView, Retention, Schedule, spec_of};
 pub use reports::{RequestOverruns, StepOverrun};
 pub use requests::{EventOutcome, IssuedDocument, RequestView};
 pub use secrets::{MasterKey, SecretString};

@@ -314,6 +314,16 @@ async fn run_actions(
                     .push(documents::issue(work, document, &context).await?);
             }
             SystemAction::StartBackupPlan
+                if work.tx.plans_of_request(record.id).await?.is_empty() =>
+            {
+                // The step that starts the backup needs the plan it runs: refuse the step
+                // with what to do rather than queue an action that can only fail.
+                return Err(AppError::Conflict(format!(
+                    "request {} has no backup plan yet: create it first with `cadang plan create --request {}` (paths, schedule, retention)",
+                    record.id, record.id
+                )));
+            }
+            SystemAction::StartBackupPlan
             | SystemAction::StopBackupPlan
             | SystemAction::RunRestore
             | SystemAction::VerifyRestore

@@ -31,6 +31,10 @@ row_id! {
     AccountId,
     /// A bearer token of an account.
     TokenId,
+    /// A backup plan.
+    PlanId,
+    /// A run of a plan.
+    RunId,
     /// A request running through a procedure.
     RequestId,
     /// An official document (form or letter).

@@ -76,12 +76,14 @@ mod documents;
 mod error;
 mod ids;
 pub mod model;
+mod plans;
 mod requests;
 mod tokens;
 
 pub use error::CatalogError;
 pub use ids::*;
 pub use model::*;
+pub use plans::{NewPlan, NewRun, PlanRecord, RunEnd, RunRecord};
 pub use tokens::{NewToken, TokenRecord};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

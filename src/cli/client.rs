@@ -540,6 +540,104 @@ pub enum FormCmd {
     },
 }
 
+/// `cadang plan ...`.
+#[derive(Subcommand, Debug)]
+pub enum PlanCmd {
+    /// Create a backup plan for a backup request (procedure B, step 2).
+    Create {
+        /// The backup request.
+        #[arg(long)]
+        request: i64,
+        /// Plan name (unique within the agency).
+        #[arg(long)]
+        name: String,
+        /// Path to back up (repeat; absolute).
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// Exclude glob (repeat).
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// Backup schedule, cron: `0 2 * * *` is 02:00 daily.
+        #[arg(long)]
+        schedule: String,
+        /// Time zone of the schedules.
+        #[arg(long, default_value = "Asia/Jakarta")]
+        time_zone: String,
+        /// Keep the newest N snapshots.
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        /// Keep one per day for N days.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep one per week for N weeks.
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        /// Keep one per month for N months.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Keep one per year for N years.
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// When retention (forget + prune) runs, cron.
+        #[arg(long)]
+        retention_schedule: Option<String>,
+        /// When verification runs, cron.
+        #[arg(long)]
+        verify_schedule: Option<String>,
+        /// Verification reads 1/N of the data per run.
+        #[arg(long, default_value_t = 7)]
+        verify_parts: u32,
+    },
+    /// List plans.
+    List {
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+    },
+    /// Show a plan with its latest runs.
+    Show {
+        /// Plan id.
+        id: i64,
+    },
+    /// Queue a backup now.
+    RunNow {
+        /// Plan id.
+        id: i64,
+    },
+    /// Pause an active plan.
+    Pause {
+        /// Plan id.
+        id: i64,
+    },
+    /// Resume a paused plan.
+    Resume {
+        /// Plan id.
+        id: i64,
+    },
+}
+
+/// `cadang run ...`.
+#[derive(Subcommand, Debug)]
+pub enum RunCmd {
+    /// List runs, newest first.
+    List {
+        /// Only this plan.
+        #[arg(long)]
+        plan: Option<i64>,
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one run.
+    Show {
+        /// Run id.
+        id: i64,
+    },
+}
+
 /// The client command families.
 #[derive(Debug)]
 pub enum ClientCommand {
@@ -567,6 +665,10 @@ pub enum ClientCommand {
     Audit(AuditCmd),
     /// form
     Form(FormCmd),
+    /// plan
+    Plan(PlanCmd),
+    /// run
+    Run(RunCmd),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -802,7 +904,9 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
     let mut capacity = capacity_service_client::CapacityServiceClient::new(channel.clone());
     let mut documents = document_service_client::DocumentServiceClient::new(channel.clone());
     let mut audit = audit_service_client::AuditServiceClient::new(channel.clone());
-    let mut reports = report_service_client::ReportServiceClient::new(channel);
+    let mut reports = report_service_client::ReportServiceClient::new(channel.clone());
+    let mut plans = plan_service_client::PlanServiceClient::new(channel.clone());
+    let mut runs = run_service_client::RunServiceClient::new(channel);
     match command {
         ClientCommand::WhoAmI => {
             let me = auth
@@ -1379,6 +1483,123 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 None => print!("{lines}"),
             }
         }
+        ClientCommand::Plan(cmd) => match cmd {
+            PlanCmd::Create {
+                request,
+                name,
+                paths,
+                excludes,
+                schedule,
+                time_zone,
+                keep_last,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                keep_yearly,
+                retention_schedule,
+                verify_schedule,
+                verify_parts,
+            } => {
+                let spec = serde_json::json!({
+                    "paths": paths, "excludes": excludes, "schedule": schedule, "time_zone": time_zone,
+                    "retention": {"last": keep_last, "daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly},
+                    "retention_schedule": retention_schedule, "verify_schedule": verify_schedule, "verify_parts": verify_parts,
+                });
+                let plan = plans
+                    .create_plan(conn.req(CreatePlanRequest {
+                        request_id: request,
+                        name,
+                        spec_json: spec.to_string(),
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_plans(json, &[plan]);
+            }
+            PlanCmd::List { agency } => {
+                let list = plans
+                    .list_plans(conn.req(ListPlansRequest {
+                        agency_id: agency.unwrap_or(0),
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner()
+                    .plans;
+                print_plans(json, &list);
+            }
+            PlanCmd::Show { id } => {
+                let shown = plans
+                    .get_plan(conn.req(GetPlanRequest {
+                        plan_id: id,
+                        runs: 20,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                if json {
+                    print_json(&serde_json::json!({
+                        "plan": shown.plan.as_ref().map(plan_json),
+                        "runs": shown.runs.iter().map(run_json).collect::<Vec<_>>(),
+                    }));
+                } else {
+                    if let Some(plan) = &shown.plan {
+                        print_plans(false, std::slice::from_ref(plan));
+                        println!("\n{}", plan.spec_json);
+                    }
+                    println!();
+                    print_runs(false, &shown.runs);
+                }
+            }
+            PlanCmd::RunNow { id } => {
+                let run = plans
+                    .run_now(conn.req(RunNowRequest { plan_id: id }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_runs(json, &[run]);
+            }
+            PlanCmd::Pause { id } => {
+                let plan = plans
+                    .pause_plan(conn.req(PausePlanRequest { plan_id: id }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_plans(json, &[plan]);
+            }
+            PlanCmd::Resume { id } => {
+                let plan = plans
+                    .resume_plan(conn.req(ResumePlanRequest { plan_id: id }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                print_plans(json, &[plan]);
+            }
+        },
+        ClientCommand::Run(RunCmd::List {
+            plan,
+            agency,
+            limit,
+        }) => {
+            let list = runs
+                .list_runs(conn.req(ListRunsRequest {
+                    plan_id: plan.unwrap_or(0),
+                    agency_id: agency.unwrap_or(0),
+                    limit,
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .runs;
+            print_runs(json, &list);
+        }
+        ClientCommand::Run(RunCmd::Show { id }) => {
+            let run = runs
+                .get_run(conn.req(GetRunRequest { run_id: id }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_json(&run_json(&run));
+        }
         ClientCommand::Form(FormCmd::List { request }) => {
             let list = documents
                 .list_documents(conn.req(ListDocumentsRequest {
@@ -1478,6 +1699,72 @@ async fn submit(
         .into_inner();
     print_outcome(json, &outcome);
     Ok(())
+}
+
+fn plan_json(plan: &pb::Plan) -> serde_json::Value {
+    serde_json::json!({
+        "id": plan.id, "agency_id": plan.agency_id, "request_id": plan.request_id, "name": plan.name,
+        "status": plan.status, "spec": parse_json_text(&plan.spec_json),
+        "next_backup_at": plan.next_backup_at, "next_retention_at": plan.next_retention_at,
+        "next_verify_at": plan.next_verify_at,
+    })
+}
+
+fn run_json(run: &pb::Run) -> serde_json::Value {
+    serde_json::json!({
+        "id": run.id, "plan_id": run.plan_id, "kind": run.kind, "trigger": run.trigger, "due_at": run.due_at,
+        "status": run.status, "attempts": run.attempts, "queued_at": run.queued_at, "started_at": run.started_at,
+        "finished_at": run.finished_at, "stats": parse_json_text(&run.stats_json), "snapshot_id": run.snapshot_id,
+        "error": run.error, "request_id": run.request_id, "step": run.step, "lease_owner": run.lease_owner,
+    })
+}
+
+fn print_plans(json: bool, plans: &[pb::Plan]) {
+    if json {
+        print_json(&plans.iter().map(plan_json).collect::<Vec<_>>());
+    } else {
+        table(
+            &["ID", "AGENCY", "NAME", "STATUS", "NEXT BACKUP"],
+            plans
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.to_string(),
+                        p.agency_id.to_string(),
+                        p.name.clone(),
+                        p.status.clone(),
+                        or_dash(&p.next_backup_at),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+fn print_runs(json: bool, runs: &[pb::Run]) {
+    if json {
+        print_json(&runs.iter().map(run_json).collect::<Vec<_>>());
+    } else {
+        table(
+            &[
+                "ID", "PLAN", "KIND", "TRIGGER", "DUE", "STATUS", "SNAPSHOT", "ERROR",
+            ],
+            runs.iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.plan_id.to_string(),
+                        r.kind.clone(),
+                        r.trigger.clone(),
+                        r.due_at.clone(),
+                        r.status.clone(),
+                        or_dash(&r.snapshot_id.chars().take(12).collect::<String>()),
+                        r.error.chars().take(60).collect(),
+                    ]
+                })
+                .collect(),
+        );
+    }
 }
 
 fn format_seconds(seconds: i64) -> String {

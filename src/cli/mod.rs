@@ -136,6 +136,12 @@ pub enum Command {
     /// Forms and letters issued by the SOP.
     #[command(subcommand)]
     Form(client::FormCmd),
+    /// Backup plans (procedure B): create, list, show, run now, pause, resume.
+    #[command(subcommand)]
+    Plan(client::PlanCmd),
+    /// Runs of backup plans.
+    #[command(subcommand)]
+    Run(client::RunCmd),
 }
 
 #[derive(Args, Debug)]
@@ -351,6 +357,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Report(command) => C::Report(command),
         Command::Audit(command) => C::Audit(command),
         Command::Form(command) => C::Form(command),
+        Command::Plan(command) => C::Plan(command),
+        Command::Run(command) => C::Run(command),
         _ => return repo_cmds::run(cli),
     };
     client::run(&cli.conn, json, client)

@@ -40,6 +40,20 @@ pub enum AdminCmd {
     },
     /// Print the authorisation matrix (Markdown; docs/AUTHORIZATION.md is this output).
     AuthzMatrix,
+    /// Break glass: print an agency repository's location and password, for the engine's
+    /// own commands (`cadang -r LOCATION snapshots`) when the daemon cannot be used.
+    /// Needs the master key, so it works only on the daemon's host.
+    Repository {
+        /// Configuration file of the daemon.
+        #[arg(long, env = "CADANG_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory instead of [daemon] data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The agency's code (DINKES).
+        #[arg(long)]
+        agency: String,
+    },
 }
 
 fn load(
@@ -110,6 +124,15 @@ pub fn admin(command: AdminCmd) -> ExitCode {
                     app.catalog().close().await;
                     Ok(())
                 })
+            })
+        }
+        AdminCmd::Repository { config, data_dir, agency } => {
+            load(config.as_ref(), data_dir, None).and_then(|config| {
+                let repositories = daemon::repositories(&config).map_err(|error| error.to_string())?;
+                println!("{}", repositories.location(&agency));
+                println!("{}", repositories.password(&agency).expose());
+                eprintln!("line 1: the repository (-r); line 2: its password (CADANG_PASSWORD). Keep the password out of shell history and logs.");
+                Ok(())
             })
         }
         AdminCmd::AuthzMatrix => daemon::definitions(None)

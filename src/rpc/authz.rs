@@ -34,6 +34,8 @@ const OVERSIGHT: &[Role] = &[Kadin, KabidTik, KasiInfras, Admin];
 const INFRA: &[Role] = &[KasiInfras, Admin];
 /// Those who may open sealed host passwords (the default `reveal_roles`).
 const REVEAL: &[Role] = &[KabidTik, KasiInfras, Petugas];
+/// Those who plan and steer backups.
+const PLANNERS: &[Role] = &[KasiInfras, Petugas, Admin];
 /// The administrator alone.
 const ADMIN: &[Role] = &[Admin];
 
@@ -42,162 +44,47 @@ const STEP_ROLES: &str =
     "the step's roles in the procedure definition; an agency's account only for its own agency";
 
 /// The matrix.
+#[rustfmt::skip]
 pub const MATRIX: &[Rule] = &[
-    Rule {
-        method: "/cadang.v1.AuthService/WhoAmI",
-        roles: EVERYONE,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.AuthService/CreateToken",
-        roles: EVERYONE,
-        scope: "for oneself; ADMIN for any account",
-    },
-    Rule {
-        method: "/cadang.v1.AuthService/ListTokens",
-        roles: EVERYONE,
-        scope: "one's own; ADMIN any account's",
-    },
-    Rule {
-        method: "/cadang.v1.AuthService/RevokeToken",
-        roles: EVERYONE,
-        scope: "one's own; ADMIN any",
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/CreateAgency",
-        roles: ADMIN,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/ListAgencies",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/CreatePerson",
-        roles: ADMIN,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/CreateAccount",
-        roles: ADMIN,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/ListAccounts",
-        roles: ADMIN,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/SetAccountActive",
-        roles: ADMIN,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.DirectoryService/SetAccountRoles",
-        roles: ADMIN,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/OpenRequest",
-        roles: SOP_ACTORS,
-        scope: "the procedure's start roles; an agency's account only for its own agency",
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/GetRequest",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/ListRequests",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/CompleteStep",
-        roles: SOP_ACTORS,
-        scope: STEP_ROLES,
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/DecideStep",
-        roles: SOP_ACTORS,
-        scope: STEP_ROLES,
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/AttachDocument",
-        roles: SOP_ACTORS,
-        scope: "the step's roles or the procedure's attach roles; own agency",
-    },
-    Rule {
-        method: "/cadang.v1.RequestService/CancelRequest",
-        roles: SOP_ACTORS,
-        scope: "the procedure's cancel roles; own agency",
-    },
-    Rule {
-        method: "/cadang.v1.AssetService/ListServers",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.AssetService/GetServer",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.AssetService/RecordObservation",
-        roles: STAFF,
-        scope: "the roles of the handover step",
-    },
-    Rule {
-        method: "/cadang.v1.AssetService/RevealHostPassword",
-        roles: REVEAL,
-        scope: "the configured reveal_roles; every attempt audited",
-    },
-    Rule {
-        method: "/cadang.v1.CapacityService/AddPowerFeed",
-        roles: INFRA,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.CapacityService/AddRack",
-        roles: INFRA,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.CapacityService/AddUplink",
-        roles: INFRA,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.CapacityService/ShowCapacity",
-        roles: STAFF,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.DocumentService/ListDocuments",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.DocumentService/GetDocument",
-        roles: EVERYONE,
-        scope: OWN_AGENCY,
-    },
-    Rule {
-        method: "/cadang.v1.AuditService/VerifyAudit",
-        roles: OVERSIGHT,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.AuditService/ExportAudit",
-        roles: OVERSIGHT,
-        scope: "",
-    },
-    Rule {
-        method: "/cadang.v1.ReportService/Overruns",
-        roles: OVERSIGHT,
-        scope: "",
-    },
+    Rule { method: "/cadang.v1.AuthService/WhoAmI", roles: EVERYONE, scope: "" },
+    Rule { method: "/cadang.v1.AuthService/CreateToken", roles: EVERYONE, scope: "for oneself; ADMIN for any account" },
+    Rule { method: "/cadang.v1.AuthService/ListTokens", roles: EVERYONE, scope: "one's own; ADMIN any account's" },
+    Rule { method: "/cadang.v1.AuthService/RevokeToken", roles: EVERYONE, scope: "one's own; ADMIN any" },
+    Rule { method: "/cadang.v1.DirectoryService/CreateAgency", roles: ADMIN, scope: "" },
+    Rule { method: "/cadang.v1.DirectoryService/ListAgencies", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.DirectoryService/CreatePerson", roles: ADMIN, scope: "" },
+    Rule { method: "/cadang.v1.DirectoryService/CreateAccount", roles: ADMIN, scope: "" },
+    Rule { method: "/cadang.v1.DirectoryService/ListAccounts", roles: ADMIN, scope: "" },
+    Rule { method: "/cadang.v1.DirectoryService/SetAccountActive", roles: ADMIN, scope: "" },
+    Rule { method: "/cadang.v1.DirectoryService/SetAccountRoles", roles: ADMIN, scope: "" },
+    Rule { method: "/cadang.v1.RequestService/OpenRequest", roles: SOP_ACTORS, scope: "the procedure's start roles; an agency's account only for its own agency" },
+    Rule { method: "/cadang.v1.RequestService/GetRequest", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RequestService/ListRequests", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RequestService/CompleteStep", roles: SOP_ACTORS, scope: STEP_ROLES },
+    Rule { method: "/cadang.v1.RequestService/DecideStep", roles: SOP_ACTORS, scope: STEP_ROLES },
+    Rule { method: "/cadang.v1.RequestService/AttachDocument", roles: SOP_ACTORS, scope: "the step's roles or the procedure's attach roles; own agency" },
+    Rule { method: "/cadang.v1.RequestService/CancelRequest", roles: SOP_ACTORS, scope: "the procedure's cancel roles; own agency" },
+    Rule { method: "/cadang.v1.AssetService/ListServers", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.AssetService/GetServer", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.AssetService/RecordObservation", roles: STAFF, scope: "the roles of the handover step" },
+    Rule { method: "/cadang.v1.AssetService/RevealHostPassword", roles: REVEAL, scope: "the configured reveal_roles; every attempt audited" },
+    Rule { method: "/cadang.v1.CapacityService/AddPowerFeed", roles: INFRA, scope: "" },
+    Rule { method: "/cadang.v1.CapacityService/AddRack", roles: INFRA, scope: "" },
+    Rule { method: "/cadang.v1.CapacityService/AddUplink", roles: INFRA, scope: "" },
+    Rule { method: "/cadang.v1.CapacityService/ShowCapacity", roles: STAFF, scope: "" },
+    Rule { method: "/cadang.v1.DocumentService/ListDocuments", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.DocumentService/GetDocument", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.AuditService/VerifyAudit", roles: OVERSIGHT, scope: "" },
+    Rule { method: "/cadang.v1.AuditService/ExportAudit", roles: OVERSIGHT, scope: "" },
+    Rule { method: "/cadang.v1.ReportService/Overruns", roles: OVERSIGHT, scope: "" },
+    Rule { method: "/cadang.v1.PlanService/CreatePlan", roles: PLANNERS, scope: "for an active backup request" },
+    Rule { method: "/cadang.v1.PlanService/ListPlans", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.PlanService/GetPlan", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.PlanService/RunNow", roles: PLANNERS, scope: "" },
+    Rule { method: "/cadang.v1.PlanService/PausePlan", roles: PLANNERS, scope: "" },
+    Rule { method: "/cadang.v1.PlanService/ResumePlan", roles: PLANNERS, scope: "" },
+    Rule { method: "/cadang.v1.RunService/ListRuns", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RunService/GetRun", roles: EVERYONE, scope: OWN_AGENCY },
 ];
 
 /// Paths served without a token: health checks and server reflection (they reveal the

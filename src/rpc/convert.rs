@@ -218,3 +218,40 @@ pub fn document(document: &DocumentRecord, with_html: bool) -> pb::Document {
         },
     }
 }
+
+/// A plan message.
+pub fn plan(plan: &crate::app::PlanView) -> Result<pb::Plan, Status> {
+    Ok(pb::Plan {
+        id: plan.id.0,
+        agency_id: plan.agency_id.0,
+        request_id: plan.request_id.map_or(0, |id| id.0),
+        name: plan.name.clone(),
+        status: plan.status.clone(),
+        spec_json: to_json(&plan.spec)?,
+        next_backup_at: opt_time(plan.next[0]),
+        next_retention_at: opt_time(plan.next[1]),
+        next_verify_at: opt_time(plan.next[2]),
+    })
+}
+
+/// A run message.
+pub fn run(run: &crate::catalog::RunRecord) -> pb::Run {
+    pb::Run {
+        id: run.id.0,
+        plan_id: run.plan_id.0,
+        kind: run.kind.clone(),
+        trigger: run.trigger.clone(),
+        due_at: time(run.due_at),
+        status: run.status.clone(),
+        attempts: run.attempts,
+        queued_at: time(run.queued_at),
+        started_at: opt_time(run.started_at),
+        finished_at: opt_time(run.finished_at),
+        stats_json: run.stats_json.clone().unwrap_or_default(),
+        snapshot_id: run.snapshot_id.clone().unwrap_or_default(),
+        error: run.error.clone().unwrap_or_default(),
+        request_id: run.request_id.map_or(0, |id| id.0),
+        step: run.step.unwrap_or(0),
+        lease_owner: run.lease_owner.clone().unwrap_or_default(),
+    }
+}

@@ -10,8 +10,8 @@ use crate::app::{
     AuditCheckpoint, NewAccountInput, NewPersonInput, ObservedServer, OpenRequest, RequestDetails,
 };
 use crate::catalog::{
-    AccountId, AgencyId, NewAgency, NewRack, PowerFeedId, RequestFilter, RequestId, ServerId,
-    TokenId,
+    AccountId, AgencyId, NewAgency, NewRack, PlanId, PowerFeedId, RequestFilter, RequestId, RunId,
+    ServerId, TokenId,
 };
 use crate::workflow::{Answer, DocumentRef, Event, StepNumber};
 
@@ -61,6 +61,14 @@ pub fn routes(ctx: &Ctx) -> tonic::service::Routes {
     .add_service(limited!(
         report_service_server::ReportServiceServer,
         Reports(ctx.clone())
+    ))
+    .add_service(limited!(
+        plan_service_server::PlanServiceServer,
+        Plans(ctx.clone())
+    ))
+    .add_service(limited!(
+        run_service_server::RunServiceServer,
+        Runs(ctx.clone())
     ))
 }
 
@@ -820,5 +828,148 @@ impl report_service_server::ReportService for Reports {
         Ok(Response::new(OverrunsResponse {
             overruns_json: to_json(&overruns)?,
         }))
+    }
+}
+
+struct Plans(Ctx);
+
+#[tonic::async_trait]
+impl plan_service_server::PlanService for Plans {
+    async fn create_plan(&self, request: Request<CreatePlanRequest>) -> Reply<pb::Plan> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let backup = RequestId(id("request_id", message.request_id)?);
+        let spec: crate::app::PlanSpec = json_field("spec_json", &message.spec_json)?;
+        let plan = self
+            .0
+            .app
+            .create_plan(
+                &caller.account.username,
+                backup,
+                &message.name,
+                spec,
+                self.0.now(),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::plan(&plan)?))
+    }
+
+    async fn list_plans(&self, request: Request<ListPlansRequest>) -> Reply<ListPlansResponse> {
+        let caller = caller(&request)?;
+        let agency = opt_id("agency_id", request.get_ref().agency_id)?.map(AgencyId);
+        let plans = self
+            .0
+            .app
+            .plans_for(&caller, agency)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ListPlansResponse {
+            plans: plans.iter().map(convert::plan).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    async fn get_plan(&self, request: Request<GetPlanRequest>) -> Reply<GetPlanResponse> {
+        let caller = caller(&request)?;
+        let plan = PlanId(id("plan_id", request.get_ref().plan_id)?);
+        let runs = match request.get_ref().runs {
+            0 => 20,
+            n => n.min(crate::app::MAX_PAGE),
+        };
+        let (plan, runs) = self
+            .0
+            .app
+            .plan_for(&caller, plan, runs)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GetPlanResponse {
+            plan: Some(convert::plan(&plan)?),
+            runs: runs.iter().map(convert::run).collect(),
+        }))
+    }
+
+    async fn run_now(&self, request: Request<RunNowRequest>) -> Reply<pb::Run> {
+        let caller = caller(&request)?;
+        let plan = PlanId(id("plan_id", request.get_ref().plan_id)?);
+        self.0
+            .app
+            .plan_for(&caller, plan, 0)
+            .await
+            .map_err(status)?;
+        let run = self
+            .0
+            .app
+            .run_now(&caller.account.username, plan, self.0.now())
+            .await
+            .map_err(status)?;
+        let run = self.0.app.run_for(&caller, run).await.map_err(status)?;
+        Ok(Response::new(convert::run(&run)))
+    }
+
+    async fn pause_plan(&self, request: Request<PausePlanRequest>) -> Reply<pb::Plan> {
+        let caller = caller(&request)?;
+        let plan = PlanId(id("plan_id", request.get_ref().plan_id)?);
+        self.0
+            .app
+            .plan_for(&caller, plan, 0)
+            .await
+            .map_err(status)?;
+        let plan = self
+            .0
+            .app
+            .set_plan_running(&caller.account.username, plan, false, self.0.now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::plan(&plan)?))
+    }
+
+    async fn resume_plan(&self, request: Request<ResumePlanRequest>) -> Reply<pb::Plan> {
+        let caller = caller(&request)?;
+        let plan = PlanId(id("plan_id", request.get_ref().plan_id)?);
+        self.0
+            .app
+            .plan_for(&caller, plan, 0)
+            .await
+            .map_err(status)?;
+        let plan = self
+            .0
+            .app
+            .set_plan_running(&caller.account.username, plan, true, self.0.now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::plan(&plan)?))
+    }
+}
+
+struct Runs(Ctx);
+
+#[tonic::async_trait]
+impl run_service_server::RunService for Runs {
+    async fn list_runs(&self, request: Request<ListRunsRequest>) -> Reply<ListRunsResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let plan = opt_id("plan_id", message.plan_id)?.map(PlanId);
+        let agency = opt_id("agency_id", message.agency_id)?.map(AgencyId);
+        let limit = if message.limit == 0 {
+            100
+        } else {
+            message.limit
+        };
+        let runs = self
+            .0
+            .app
+            .runs_for(&caller, plan, agency, limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ListRunsResponse {
+            runs: runs.iter().map(convert::run).collect(),
+        }))
+    }
+
+    async fn get_run(&self, request: Request<GetRunRequest>) -> Reply<pb::Run> {
+        let caller = caller(&request)?;
+        let run = RunId(id("run_id", request.get_ref().run_id)?);
+        let run = self.0.app.run_for(&caller, run).await.map_err(status)?;
+        Ok(Response::new(convert::run(&run)))
     }
 }

@@ -534,6 +534,29 @@ impl Env {
             .expect("the server is registered")
     }
 
+    /// A backup plan for a backup request (B2 needs one before it is completed).
+    pub(crate) async fn backup_plan(&self, request: RequestId) {
+        self.app
+            .create_plan(
+                KASI,
+                request,
+                &format!("plan-{request}"),
+                crate::app::PlanSpec {
+                    paths: vec!["/srv/simkes".into()],
+                    excludes: vec![],
+                    schedule: "0 2 * * *".into(),
+                    time_zone: "Asia/Jakarta".into(),
+                    retention: crate::app::Retention::default(),
+                    retention_schedule: None,
+                    verify_schedule: None,
+                    verify_parts: 7,
+                },
+                self.now(),
+            )
+            .await
+            .expect("the backup plan is created");
+    }
+
     /// Asserts the audit chain is intact.
     pub(crate) async fn assert_audit_intact(&self) {
         let verification = self.app.verify_audit(None).await.expect("verify");

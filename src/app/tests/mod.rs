@@ -10,6 +10,7 @@ mod directory;
 mod documents_numbering;
 mod guards;
 mod harness;
+mod plans;
 mod procedures;
 mod reports;
 
@@ -53,6 +54,11 @@ macro_rules! conformance {
 }
 
 conformance! {
+    plans: [
+        the_backup_request_steers_its_plan,
+        a_lapsed_lease_is_taken_over,
+        racing_daemons_run_every_slot_exactly_once,
+    ],
     audit_chain: [
         a_clean_chain_verifies_and_links_every_change,
         an_edited_field_is_detected,

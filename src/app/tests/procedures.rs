@@ -338,6 +338,13 @@ pub(crate) async fn backup_continued_then_stopped(catalog: Catalog) {
         .request
         .id;
     env.complete(KADIN, id, 1).await;
+    // Completing B2 without a plan is refused: B3 would have nothing to run.
+    assert_error(
+        env.try_complete(KASI, id, 2).await,
+        conflict,
+        "no backup plan yet",
+    );
+    env.backup_plan(id).await;
     let started = env.complete(KASI, id, 2).await;
     assert_eq!(
         started.queued.len(),
@@ -405,6 +412,7 @@ pub(crate) async fn backup_not_continued(catalog: Catalog) {
         .request
         .id;
     env.complete(KADIN, id, 1).await;
+    env.backup_plan(id).await;
     env.complete(KASI, id, 2).await;
     env.complete(PETUGAS, id, 3).await;
     env.decide(KASI, id, 4, Answer::No, "cukup satu kali back up")

@@ -120,6 +120,7 @@ pub(crate) async fn outbox_actions_are_claimed_and_finished(catalog: Catalog) {
         .request
         .id;
     env.complete(KADIN, id, 1).await;
+    env.backup_plan(id).await;
     env.complete(KASI, id, 2).await;
     assert!(
         env.app

@@ -1,0 +1,795 @@
+//! Backup plans (procedure B) and their runs: creating a plan for a backup request,
+//! starting and stopping it when the request's steps say so, pausing, resuming, running
+//! it at once, and the schedule itself — which slots are due, caught up once after a
+//! downtime, claimed by exactly one daemon under a lease that another takes over when it
+//! lapses.
+//!
+//! Time is always an input: the schedule is computed from `now`, so it is tested with a
+//! manual clock. The work of a run (the engine) is not here: see `crate::jobs`.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::{Deserialize, Serialize};
+
+use super::{App, AppError, Caller};
+use crate::catalog::{
+    AgencyId, NewPlan, NewRun, PlanId, PlanRecord, RequestId, RunEnd, RunId, RunRecord,
+};
+use crate::workflow::{Role, StepNumber, SystemAction};
+
+/// Who may create and steer plans.
+const PLAN_ROLES: [Role; 3] = [Role::KasiInfras, Role::Petugas, Role::Admin];
+
+/// Most missed slots examined when catching up (a plan down for years still catches up
+/// once; this only bounds the loop).
+const MAX_CATCH_UP_SLOTS: usize = 100_000;
+
+/// What a plan backs up, when, and what it keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// Absolute paths on the daemon's host (an agent's paths once agents exist).
+    pub paths: Vec<String>,
+    /// Exclude globs.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Backup schedule: a cron expression of 5 fields (minute hour day month weekday) or 6
+    /// (with seconds first), such as `0 2 * * *` for 02:00 every day.
+    pub schedule: String,
+    /// Time zone of the schedules (IANA name).
+    #[serde(default = "jakarta")]
+    pub time_zone: String,
+    /// What retention keeps.
+    #[serde(default)]
+    pub retention: Retention,
+    /// When retention (forget + prune) runs; none for never.
+    #[serde(default)]
+    pub retention_schedule: Option<String>,
+    /// When verification runs; none for never.
+    #[serde(default)]
+    pub verify_schedule: Option<String>,
+    /// Verification reads 1/N of the data per run, so N runs read it all.
+    #[serde(default = "seven")]
+    pub verify_parts: u32,
+}
+
+fn jakarta() -> String {
+    "Asia/Jakarta".to_owned()
+}
+
+fn seven() -> u32 {
+    7
+}
+
+/// Snapshots to keep (restic's policy; days are days in the plan's time zone).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// The newest N.
+    pub last: u32,
+    /// One per hour, N hours.
+    pub hourly: u32,
+    /// One per day, N days.
+    pub daily: u32,
+    /// One per week, N weeks.
+    pub weekly: u32,
+    /// One per month, N months.
+    pub monthly: u32,
+    /// One per year, N years.
+    pub yearly: u32,
+}
+
+impl Retention {
+    /// Whether it keeps nothing (retention then refuses to run).
+    pub fn is_empty(&self) -> bool {
+        self.last + self.hourly + self.daily + self.weekly + self.monthly + self.yearly == 0
+    }
+}
+
+/// What a schedule has due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The slot to run now.
+    pub slot: DateTime<Utc>,
+    /// Whether earlier slots were missed (the run is a catch-up).
+    pub missed: bool,
+    /// The next slot after now.
+    pub next: DateTime<Utc>,
+}
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    zone: Tz,
+}
+
+impl Schedule {
+    /// Parses a cron expression in a time zone.
+    ///
+    /// # Errors
+    /// [`AppError::InvalidInput`] naming the expression.
+    pub fn parse(expression: &str, zone: &str) -> Result<Schedule, AppError> {
+        let cron: Cron = expression.parse().map_err(|error| {
+            AppError::invalid(format!(
+                "schedule `{expression}` is not a cron expression ({error}); for example `0 2 * * *` is 02:00 daily"
+            ))
+        })?;
+        let zone: Tz = zone.parse().map_err(|_| {
+            AppError::invalid(format!(
+                "unknown time zone `{zone}`; for example Asia/Jakarta"
+            ))
+        })?;
+        Ok(Schedule { cron, zone })
+    }
+
+    /// The first slot strictly after `after`.
+    ///
+    /// # Errors
+    /// [`AppError::InvalidInput`] when the expression never fires.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Result<DateTime<Utc>, AppError> {
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&self.zone), false)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|error| AppError::invalid(format!("the schedule never fires: {error}")))
+    }
+
+    /// Given the stored next slot, what is due at `now`: `None` when nothing; else the
+    /// slot to run (the latest one passed: missed slots are caught up once, not once
+    /// each), whether slots were missed, and the next slot after `now`.
+    ///
+    /// # Errors
+    /// As [`Schedule::next_after`].
+    pub fn due(&self, next: DateTime<Utc>, now: DateTime<Utc>) -> Result<Option<Due>, AppError> {
+        if next > now {
+            return Ok(None);
+        }
+        let mut latest = next;
+        let mut missed = false;
+        for _ in 0..MAX_CATCH_UP_SLOTS {
+            let following = self.next_after(latest)?;
+            if following > now {
+                return Ok(Some(Due {
+                    slot: latest,
+                    missed,
+                    next: following,
+                }));
+            }
+            latest = following;
+            missed = true;
+        }
+        Ok(Some(Due {
+            slot: latest,
+            missed: true,
+            next: self.next_after(now)?,
+        }))
+    }
+}
+
+impl PlanSpec {
+    /// Checks the specification.
+    ///
+    /// # Errors
+    /// [`AppError::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<(), AppError> {
+        if self.paths.is_empty() {
+            return Err(AppError::invalid(
+                "a plan needs at least one path to back up",
+            ));
+        }
+        for path in &self.paths {
+            if !path.starts_with('/') || path.split('/').any(|part| part == "..") {
+                return Err(AppError::invalid(format!(
+                    "path `{path}` must be absolute and without `..`"
+                )));
+            }
+        }
+        Schedule::parse(&self.schedule, &self.time_zone)?;
+        for expression in [&self.retention_schedule, &self.verify_schedule]
+            .into_iter()
+            .flatten()
+        {
+            Schedule::parse(expression, &self.time_zone)?;
+        }
+        if self.retention_schedule.is_some() && self.retention.is_empty() {
+            return Err(AppError::invalid(
+                "a retention schedule needs a retention policy that keeps something (for example retention.daily = 30)",
+            ));
+        }
+        if !(1..=365).contains(&self.verify_parts) {
+            return Err(AppError::invalid("verify_parts must be between 1 and 365"));
+        }
+        Ok(())
+    }
+
+    /// The three schedules: backup, retention, verification.
+    fn schedules(&self) -> Result<[Option<Schedule>; 3], AppError> {
+        let parse = |expression: &Option<String>| {
+            expression
+                .as_deref()
+                .map(|expression| Schedule::parse(expression, &self.time_zone))
+                .transpose()
+        };
+        Ok([
+            Some(Schedule::parse(&self.schedule, &self.time_zone)?),
+            parse(&self.retention_schedule)?,
+            parse(&self.verify_schedule)?,
+        ])
+    }
+}
+
+/// A plan as the application shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanView {
+    /// Id.
+    pub id: PlanId,
+    /// Agency.
+    pub agency_id: AgencyId,
+    /// Backup request.
+    pub request_id: Option<RequestId>,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: String,
+    /// Specification.
+    pub spec: PlanSpec,
+    /// Next backup, retention and verification slots.
+    pub next: [Option<DateTime<Utc>>; 3],
+}
+
+fn view(record: &PlanRecord) -> Result<PlanView, AppError> {
+    Ok(PlanView {
+        id: record.id,
+        agency_id: record.agency_id,
+        request_id: record.request_id,
+        name: record.name.clone(),
+        status: record.status.clone(),
+        spec: spec_of(record)?,
+        next: [
+            record.next_due_at,
+            record.next_retention_at,
+            record.next_verify_at,
+        ],
+    })
+}
+
+/// The specification of a stored plan.
+///
+/// # Errors
+/// [`AppError::Internal`] when the stored JSON does not decode.
+pub fn spec_of(record: &PlanRecord) -> Result<PlanSpec, AppError> {
+    serde_json::from_str(&record.spec_json)
+        .map_err(|error| AppError::internal(format!("plan {}: {error}", record.id)))
+}
+
+const KINDS: [&str; 3] = ["backup", "retention", "verify"];
+
+impl App {
+    /// Creates a plan for an active backup request (procedure B, from the clarification
+    /// at B2). It is scheduled only when the request's steps start it.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::InvalidInput`] for a bad specification or a
+    /// request that is not an active backup request; [`AppError::Conflict`] for a taken
+    /// name.
+    pub async fn create_plan(
+        &self,
+        username: &str,
+        request: RequestId,
+        name: &str,
+        spec: PlanSpec,
+        now: DateTime<Utc>,
+    ) -> Result<PlanView, AppError> {
+        let mut work = self.work(username, now).await?;
+        work.require(&PLAN_ROLES, "create backup plans")?;
+        let name = super::required("the plan name", name)?;
+        spec.validate()?;
+        let record = work.tx.request(request).await?;
+        if record.state.procedure.as_str() != "backup_request" || record.state.is_finished() {
+            return Err(AppError::invalid(format!(
+                "request {request} is not an active backup request"
+            )));
+        }
+        let spec_json = serde_json::to_string(&spec)
+            .map_err(|error| AppError::internal(format!("cannot encode a plan: {error}")))?;
+        let plan = work
+            .tx
+            .insert_plan(
+                &NewPlan {
+                    agency_id: record.agency_id,
+                    request_id: Some(request),
+                    name,
+                    spec_json,
+                    created_by: username.to_owned(),
+                },
+                now,
+            )
+            .await?;
+        work.audit("plan.create", "plan", plan.id).after = Some(serde_json::json!({
+            "request": request, "agency": plan.agency_id, "name": plan.name, "spec": spec,
+        }));
+        work.commit().await?;
+        view(&plan)
+    }
+
+    /// Plans the caller may see (of one agency, or all).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`] for another agency.
+    pub async fn plans_for(
+        &self,
+        caller: &Caller,
+        agency: Option<AgencyId>,
+    ) -> Result<Vec<PlanView>, AppError> {
+        if let Some(agency) = agency {
+            caller.check_agency(agency, &format!("agency {agency}"))?;
+        }
+        let agency = caller.confined_to().or(agency);
+        let mut tx = self.catalog().begin_read().await?;
+        tx.plans(agency).await?.iter().map(view).collect()
+    }
+
+    /// A plan with its latest runs, if the caller may see it.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`]; [`AppError::Forbidden`].
+    pub async fn plan_for(
+        &self,
+        caller: &Caller,
+        id: PlanId,
+        runs: u32,
+    ) -> Result<(PlanView, Vec<RunRecord>), AppError> {
+        let mut tx = self.catalog().begin_read().await?;
+        let plan = tx.plan(id).await?;
+        caller.check_agency(plan.agency_id, &format!("plan {id}"))?;
+        let runs = tx.runs(Some(id), None, runs).await?;
+        Ok((view(&plan)?, runs))
+    }
+
+    /// Runs the caller may see, newest first.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::NotFound`] for an unknown plan.
+    pub async fn runs_for(
+        &self,
+        caller: &Caller,
+        plan: Option<PlanId>,
+        agency: Option<AgencyId>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, AppError> {
+        let mut tx = self.catalog().begin_read().await?;
+        if let Some(plan) = plan {
+            let plan = tx.plan(plan).await?;
+            caller.check_agency(plan.agency_id, &format!("plan {}", plan.id))?;
+        }
+        if let Some(agency) = agency {
+            caller.check_agency(agency, &format!("agency {agency}"))?;
+        }
+        let agency = if plan.is_some() {
+            None
+        } else {
+            caller.confined_to().or(agency)
+        };
+        Ok(tx
+            .runs(plan, agency, limit.clamp(1, super::MAX_PAGE))
+            .await?)
+    }
+
+    /// A run, if the caller may see it.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`]; [`AppError::Forbidden`].
+    pub async fn run_for(&self, caller: &Caller, id: RunId) -> Result<RunRecord, AppError> {
+        let mut tx = self.catalog().begin_read().await?;
+        let run = tx.run(id).await?;
+        let plan = tx.plan(run.plan_id).await?;
+        caller.check_agency(plan.agency_id, &format!("run {id}"))?;
+        Ok(run)
+    }
+
+    /// Queues a backup of a plan now (`ad_hoc`).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::Conflict`] for a stopped plan or a run
+    /// already queued for this instant.
+    pub async fn run_now(
+        &self,
+        username: &str,
+        plan: PlanId,
+        now: DateTime<Utc>,
+    ) -> Result<RunId, AppError> {
+        let mut work = self.work(username, now).await?;
+        work.require(&PLAN_ROLES, "run backup plans")?;
+        let record = work.tx.plan_for_update(plan).await?;
+        if record.status == "stopped" {
+            return Err(AppError::Conflict(format!("plan {plan} is stopped")));
+        }
+        let id = work
+            .tx
+            .insert_run(
+                &NewRun {
+                    plan_id: plan,
+                    kind: "backup",
+                    trigger: "ad_hoc",
+                    due_at: now,
+                    request_id: None,
+                    step: None,
+                },
+                now,
+            )
+            .await?
+            .ok_or_else(|| {
+                AppError::Conflict(format!(
+                    "plan {plan} already has a run queued for this instant"
+                ))
+            })?;
+        work.audit("plan.run_now", "plan", plan).after = Some(serde_json::json!({ "run": id }));
+        work.commit().await?;
+        Ok(id)
+    }
+
+    /// Pauses (`false`) or resumes (`true`) an active plan. Resuming schedules from now:
+    /// the slots missed while paused are not caught up (that is what pausing means).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::Conflict`] when the plan is not active
+    /// (pausing) or not paused (resuming).
+    pub async fn set_plan_running(
+        &self,
+        username: &str,
+        plan: PlanId,
+        running: bool,
+        now: DateTime<Utc>,
+    ) -> Result<PlanView, AppError> {
+        let mut work = self.work(username, now).await?;
+        work.require(&PLAN_ROLES, "pause or resume backup plans")?;
+        let record = work.tx.plan_for_update(plan).await?;
+        let (from, to, next) = if running {
+            ("paused", "active", next_slots(&spec_of(&record)?, now)?)
+        } else {
+            ("active", "paused", [None, None, None])
+        };
+        if record.status != from {
+            return Err(AppError::Conflict(format!(
+                "plan {plan} is {}, not {from}",
+                record.status
+            )));
+        }
+        work.tx.update_plan(plan, to, next, now).await?;
+        work.audit(
+            if running { "plan.resume" } else { "plan.pause" },
+            "plan",
+            plan,
+        )
+        .after = Some(serde_json::json!({ "status": to }));
+        let updated = work.tx.plan(plan).await?;
+        work.commit().await?;
+        view(&updated)
+    }
+
+    /// Queues the runs that are due at `now` (the scheduler calls this every tick, from
+    /// every daemon). Each plan is locked while its slots advance, and a slot's run is
+    /// unique, so every due run is queued exactly once. Returns the runs queued.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn queue_due_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, AppError> {
+        let due = {
+            let mut tx = self.catalog().begin_read().await?;
+            tx.due_plans(now, 500).await?
+        };
+        let mut queued = Vec::new();
+        for plan in due {
+            let mut tx = self.catalog().begin().await?;
+            let record = tx.plan_for_update(plan).await?;
+            if record.status != "active" {
+                continue;
+            }
+            let spec = match spec_of(&record) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    tracing::error!(plan = %plan, %error, "plan cannot be scheduled");
+                    continue;
+                }
+            };
+            let schedules = spec.schedules()?;
+            let mut next = [
+                record.next_due_at,
+                record.next_retention_at,
+                record.next_verify_at,
+            ];
+            for (slot, schedule) in schedules.iter().enumerate() {
+                let (Some(schedule), Some(stored)) = (schedule, next[slot]) else {
+                    continue;
+                };
+                if let Some(due) = schedule.due(stored, now)? {
+                    let following = due.next;
+                    let run = NewRun {
+                        plan_id: plan,
+                        kind: KINDS[slot],
+                        trigger: if due.missed { "catch_up" } else { "schedule" },
+                        due_at: due.slot,
+                        request_id: None,
+                        step: None,
+                    };
+                    if let Some(id) = tx.insert_run(&run, now).await? {
+                        queued.push(id);
+                    }
+                    next[slot] = Some(following);
+                }
+            }
+            tx.update_plan(plan, &record.status, next, now).await?;
+            tx.commit().await?;
+        }
+        Ok(queued)
+    }
+
+    /// Claims one run for `owner` with a lease of `lease`, if any is claimable.
+    ///
+    /// # Errors
+    /// Catalog errors (a simultaneous claim of the same plan is reported as nothing).
+    pub async fn claim_run(
+        &self,
+        owner: &str,
+        lease: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(RunRecord, PlanRecord, String)>, AppError> {
+        let mut tx = self.catalog().begin().await?;
+        let run = match tx.claim_run(owner, now + lease, now).await {
+            Ok(Some(run)) => run,
+            Ok(None) => return Ok(None),
+            // Another daemon started a run of the same plan at this instant: the unique
+            // index refused ours. Nothing was claimed; the next tick looks again.
+            Err(crate::catalog::CatalogError::Conflict(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let plan = tx.plan(run.plan_id).await?;
+        let agency = tx.agency(plan.agency_id).await?;
+        tx.commit().await?;
+        Ok(Some((run, plan, agency.code)))
+    }
+
+    /// Extends a lease; `false` when it was lost (taken over).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn renew_lease(
+        &self,
+        run: RunId,
+        owner: &str,
+        lease: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AppError> {
+        let mut tx = self.catalog().begin().await?;
+        let held = tx.renew_lease(run, owner, now + lease).await?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Records the end of a run; `false` when the lease was lost and another daemon's
+    /// result stands.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn finish_run(
+        &self,
+        run: RunId,
+        owner: &str,
+        end: &RunEnd,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AppError> {
+        let mut tx = self.catalog().begin().await?;
+        let recorded = tx.finish_run(run, owner, end, now).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// Carries out the plan actions of procedure B from the outbox: `start_backup_plan`
+    /// (B3: the first start runs the plan once; B5: later starts put it on its
+    /// schedule) and `stop_backup_plan` (B7: the schedule ends, queued runs are
+    /// cancelled, snapshots stay under retention).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn apply_plan_actions(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AppError> {
+        let jobs = self
+            .claim_actions(worker, &["start_backup_plan", "stop_backup_plan"], 50, now)
+            .await?;
+        let count = jobs.len();
+        for job in jobs {
+            let result = self
+                .apply_plan_action(job.request_id, job.step, job.action, now)
+                .await;
+            let report = result.map_err(|error| error.to_string());
+            self.finish_action(worker, job.id, report, now).await?;
+        }
+        Ok(count)
+    }
+
+    async fn apply_plan_action(
+        &self,
+        request: RequestId,
+        step: StepNumber,
+        action: SystemAction,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value, AppError> {
+        let mut work = self.system_work("scheduler", now).await?;
+        let plans = work.tx.plans_of_request(request).await?;
+        if plans.is_empty() {
+            return Err(AppError::Conflict(format!(
+                "request {request} has no backup plan: create one with `cadang plan create --request {request}`, then run it with `cadang plan run-now`"
+            )));
+        }
+        let mut report = Vec::new();
+        for plan in plans {
+            let plan = work.tx.plan_for_update(plan.id).await?;
+            match action {
+                SystemAction::StartBackupPlan
+                    if plan.status == "approved"
+                        && work.tx.runs(Some(plan.id), None, 1).await?.is_empty() =>
+                {
+                    let run = work
+                        .tx
+                        .insert_run(
+                            &NewRun {
+                                plan_id: plan.id,
+                                kind: "backup",
+                                trigger: "request",
+                                due_at: now,
+                                request_id: Some(request),
+                                step: Some(i64::from(step.0)),
+                            },
+                            now,
+                        )
+                        .await?;
+                    report.push(serde_json::json!({ "plan": plan.id, "queued_run": run }));
+                }
+                SystemAction::StartBackupPlan if plan.status != "stopped" => {
+                    let next = next_slots(&spec_of(&plan)?, now)?;
+                    work.tx.update_plan(plan.id, "active", next, now).await?;
+                    work.audit("plan.activate", "plan", plan.id).after =
+                        Some(serde_json::json!({ "request": request, "step": step, "next": next }));
+                    report.push(serde_json::json!({ "plan": plan.id, "status": "active", "next_backup": next[0] }));
+                }
+                SystemAction::StopBackupPlan => {
+                    work.tx
+                        .update_plan(plan.id, "stopped", [None, None, None], now)
+                        .await?;
+                    let cancelled = work
+                        .tx
+                        .cancel_queued_runs(
+                            plan.id,
+                            &format!("the plan was stopped at step {step} of request {request}"),
+                            now,
+                        )
+                        .await?;
+                    work.audit("plan.stop", "plan", plan.id).after = Some(
+                        serde_json::json!({ "request": request, "step": step, "cancelled_runs": cancelled }),
+                    );
+                    report.push(serde_json::json!({ "plan": plan.id, "status": "stopped" }));
+                }
+                _ => report.push(serde_json::json!({ "plan": plan.id, "unchanged": plan.status })),
+            }
+        }
+        work.commit().await?;
+        Ok(serde_json::Value::Array(report))
+    }
+}
+
+/// The first slots after `now` of a plan's schedules.
+fn next_slots(spec: &PlanSpec, now: DateTime<Utc>) -> Result<[Option<DateTime<Utc>>; 3], AppError> {
+    let schedules = spec.schedules()?;
+    let mut next = [None, None, None];
+    for (slot, schedule) in schedules.iter().enumerate() {
+        if let Some(schedule) = schedule {
+            next[slot] = Some(schedule.next_after(now)?);
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn daily_schedules_fire_in_jakarta_time() {
+        let daily = Schedule::parse("0 2 * * *", "Asia/Jakarta").unwrap();
+        // 02:00 WIB is 19:00 UTC the day before.
+        assert_eq!(
+            daily.next_after(at("2026-03-01T12:00:00Z")).unwrap(),
+            at("2026-03-01T19:00:00Z")
+        );
+        assert_eq!(
+            daily.next_after(at("2026-03-01T19:00:00Z")).unwrap(),
+            at("2026-03-02T19:00:00Z"),
+            "strictly after"
+        );
+    }
+
+    #[test]
+    fn missed_slots_are_caught_up_once() {
+        let hourly = Schedule::parse("0 * * * *", "Asia/Jakarta").unwrap();
+        assert_eq!(
+            hourly
+                .due(at("2026-03-01T10:00:00Z"), at("2026-03-01T09:59:59Z"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            hourly
+                .due(at("2026-03-01T10:00:00Z"), at("2026-03-01T10:00:00Z"))
+                .unwrap(),
+            Some(Due {
+                slot: at("2026-03-01T10:00:00Z"),
+                missed: false,
+                next: at("2026-03-01T11:00:00Z")
+            })
+        );
+        // Down from 09:30 to 15:20: five slots missed, one run for the latest of them.
+        assert_eq!(
+            hourly
+                .due(at("2026-03-01T10:00:00Z"), at("2026-03-01T15:20:00Z"))
+                .unwrap(),
+            Some(Due {
+                slot: at("2026-03-01T15:00:00Z"),
+                missed: true,
+                next: at("2026-03-01T16:00:00Z")
+            })
+        );
+    }
+
+    #[test]
+    fn bad_specifications_are_named() {
+        let spec = |schedule: &str| PlanSpec {
+            paths: vec!["/srv/data".into()],
+            excludes: vec![],
+            schedule: schedule.into(),
+            time_zone: jakarta(),
+            retention: Retention::default(),
+            retention_schedule: None,
+            verify_schedule: None,
+            verify_parts: 7,
+        };
+        spec("0 2 * * *").validate().unwrap();
+        let error = spec("every night").validate().unwrap_err().to_string();
+        assert!(error.contains("every night"), "{error}");
+        let mut relative = spec("0 2 * * *");
+        relative.paths = vec!["srv/../etc".into()];
+        assert!(
+            relative
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
+        let mut no_policy = spec("0 2 * * *");
+        no_policy.retention_schedule = Some("0 4 * * 0".into());
+        assert!(
+            no_policy
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("retention")
+        );
+        let mut zone = spec("0 2 * * *");
+        zone.time_zone = "Mars/Olympus".into();
+        assert!(
+            zone.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("Mars/Olympus")
+        );
+    }
+}

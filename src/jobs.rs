@@ -1,0 +1,330 @@
+//! The work of a run: a backup, a retention pass or a verification of one agency's
+//! repository, through the engine. Each agency's backups live in their own repository
+//! (`<root>/<agency code>`), with its own keys, so deduplication never crosses agencies
+//! and no agency's data is readable with another's key.
+//!
+//! A repository's password is derived from the daemon's master key and the agency
+//! code, so the daemon needs no stored repository secret and the catalog holds none;
+//! the password has 256 bits of entropy, so its key slot uses Argon2id's lowest cost.
+//!
+//! Everything here blocks (the engine's API is blocking): the scheduler runs it on a
+//! blocking thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::runtime::Handle;
+
+use crate::app::{PlanSpec, SecretString};
+use crate::catalog::{RunEnd, RunRecord};
+use crate::engine::backup::{BackupOptions, BackupProgress, backup};
+use crate::engine::check::{CheckOptions, ReadData, check};
+use crate::engine::crypto::KdfParams;
+use crate::engine::forget::{KeepPolicy, apply, jakarta};
+use crate::engine::prune::{PruneOptions, prune};
+use crate::engine::repo::{OpenOptions, Repository};
+use crate::engine::store::{Store, StoreOptions};
+
+/// Where the agencies' repositories live and how they are opened.
+pub struct Repositories {
+    root: String,
+    key: [u8; 32],
+    store: StoreOptions,
+}
+
+impl std::fmt::Debug for Repositories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repositories")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repositories {
+    /// Repositories under `root` (a directory or `s3://bucket/prefix`), with passwords
+    /// derived from `key` (a sub-key of the master key for this purpose only).
+    pub fn new(root: String, key: [u8; 32], store: StoreOptions) -> Self {
+        Repositories { root, key, store }
+    }
+
+    /// The location of an agency's repository.
+    pub fn location(&self, agency_code: &str) -> String {
+        format!(
+            "{}/{}",
+            self.root.trim_end_matches('/'),
+            agency_code.to_ascii_lowercase()
+        )
+    }
+
+    /// An agency's repository password.
+    pub fn password(&self, agency_code: &str) -> SecretString {
+        let derived = blake3::keyed_hash(&self.key, agency_code.to_ascii_lowercase().as_bytes());
+        SecretString::new(derived.to_hex().to_string())
+    }
+
+    /// Opens an agency's repository, creating it on first use.
+    ///
+    /// # Errors
+    /// Engine errors, as text for the run record.
+    pub fn open(&self, handle: &Handle, agency_code: &str) -> Result<Repository, String> {
+        let location = self.location(agency_code);
+        if !location.contains("://") {
+            std::fs::create_dir_all(&location)
+                .map_err(|error| format!("cannot create {location}: {error}"))?;
+        }
+        let store = Store::open(&location, &self.store).map_err(|error| error.to_string())?;
+        let password = self.password(agency_code);
+        let options = OpenOptions {
+            kdf: KdfParams {
+                memory_kib: 19 * 1024,
+                iterations: 2,
+                parallelism: 1,
+            },
+            host: Some("cadang-daemon".into()),
+        };
+        match Repository::open(
+            handle.clone(),
+            store.clone(),
+            password.expose().as_bytes(),
+            &options,
+        ) {
+            Ok(repository) => Ok(repository),
+            Err(crate::engine::error::Error::NotARepository { .. }) => Repository::init(
+                handle.clone(),
+                store,
+                password.expose().as_bytes(),
+                &options,
+            )
+            .map_err(|error| format!("cannot create the repository at {location}: {error}")),
+            Err(error) => Err(format!("cannot open the repository at {location}: {error}")),
+        }
+    }
+}
+
+/// Runs one run to its end and says how it ended. Never panics on bad data: every
+/// failure becomes a `failed` record with the reason.
+pub fn execute(
+    repositories: &Repositories,
+    handle: &Handle,
+    agency_code: &str,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    cancel: Arc<AtomicBool>,
+    now: DateTime<Utc>,
+) -> RunEnd {
+    let started = std::time::Instant::now();
+    let cancelled = cancel.clone();
+    let outcome = repositories
+        .open(handle, agency_code)
+        .and_then(|repository| match run.kind.as_str() {
+            "backup" => run_backup(&repository, spec, run, cancel, now),
+            "retention" => run_retention(&repository, spec, now),
+            "verify" => run_verify(&repository, spec, run),
+            other => Err(format!("unknown run kind `{other}`")),
+        });
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(mut end) => {
+            if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+                stats["duration_seconds"] = json!(seconds);
+                end.stats_json = stats.to_string();
+            }
+            end
+        }
+        Err(error) => RunEnd {
+            status: if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                "cancelled"
+            } else {
+                "failed"
+            },
+            stats_json: json!({ "duration_seconds": seconds }).to_string(),
+            snapshot_id: None,
+            error: Some(error),
+        },
+    }
+}
+
+fn run_backup(
+    repository: &Repository,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    cancel: Arc<AtomicBool>,
+    now: DateTime<Utc>,
+) -> Result<RunEnd, String> {
+    let run_tag = format!("run:{}", run.id);
+    // A run taken over from a daemon that died after committing its snapshot but before
+    // recording it: adopt that snapshot instead of backing up twice.
+    if run.attempts > 1 {
+        let (snapshots, _) = repository
+            .load_snapshots()
+            .map_err(|error| error.to_string())?;
+        if let Some((id, _)) = snapshots
+            .iter()
+            .find(|(_, snapshot)| snapshot.tags.contains(&run_tag))
+        {
+            return Ok(RunEnd {
+                status: "ok",
+                stats_json: json!({ "adopted_snapshot": true }).to_string(),
+                snapshot_id: Some(id.to_hex()),
+                error: None,
+            });
+        }
+    }
+    let options = BackupOptions {
+        paths: spec.paths.iter().map(PathBuf::from).collect(),
+        tags: vec![format!("plan:{}", run.plan_id), run_tag],
+        excludes: spec.excludes.clone(),
+        host: Some("cadang-daemon".into()),
+        // The daemon's clock, not the source's, dates the snapshot: retention is steered
+        // by trusted time.
+        time: Some(now),
+        cancel: Some(cancel.clone()),
+        ..BackupOptions::default()
+    };
+    let progress = BackupProgress::default();
+    let result = backup(repository, &options, &progress).map_err(|error| error.to_string())?;
+    let summary = &result.snapshot.summary;
+    let read = progress
+        .bytes_done
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let seconds = summary
+        .backup_end
+        .zip(summary.backup_start)
+        .map(|(end, start)| (end - start).num_milliseconds() as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let stats = json!({
+        "files_new": summary.files_new,
+        "files_changed": summary.files_changed,
+        "files_unchanged": summary.files_unmodified,
+        "files_failed": summary.files_failed,
+        "bytes_read": read,
+        "bytes_added_raw": summary.data_added_raw,
+        "bytes_added": summary.data_added,
+        "dedup_ratio": if summary.data_added > 0 { read as f64 / summary.data_added as f64 } else { 0.0 },
+        "throughput_bytes_per_second": if seconds > 0.0 { read as f64 / seconds } else { 0.0 },
+    });
+    let cancelled = cancel.load(std::sync::atomic::Ordering::Relaxed);
+    let (status, error) = if cancelled {
+        (
+            "cancelled",
+            Some("stopped at a safe point (shutdown or window end)".to_owned()),
+        )
+    } else if result.is_partial() {
+        let mut problems: Vec<String> = result
+            .errors
+            .iter()
+            .take(20)
+            .map(|error| format!("{error:?}"))
+            .collect();
+        problems.extend(
+            result
+                .changed_during_read
+                .iter()
+                .take(20)
+                .map(|path| format!("{path}: changed while read")),
+        );
+        ("partial", Some(problems.join("; ")))
+    } else {
+        ("ok", None)
+    };
+    Ok(RunEnd {
+        status,
+        stats_json: stats.to_string(),
+        snapshot_id: Some(result.snapshot_id.to_hex()),
+        error,
+    })
+}
+
+fn run_retention(
+    repository: &Repository,
+    spec: &PlanSpec,
+    now: DateTime<Utc>,
+) -> Result<RunEnd, String> {
+    let retention = &spec.retention;
+    if retention.is_empty() {
+        return Err(
+            "the plan's retention policy keeps nothing; refusing to remove every snapshot".into(),
+        );
+    }
+    let policy = KeepPolicy {
+        last: retention.last,
+        hourly: retention.hourly,
+        daily: retention.daily,
+        weekly: retention.weekly,
+        monthly: retention.monthly,
+        yearly: retention.yearly,
+        ..KeepPolicy::default()
+    };
+    let (snapshots, _) = repository
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    let decisions = apply(&policy, &snapshots, jakarta());
+    let mut removed = 0u64;
+    for decision in decisions.iter().filter(|decision| !decision.keep) {
+        repository
+            .delete_snapshot(&decision.id)
+            .map_err(|error| error.to_string())?;
+        removed += 1;
+    }
+    let report = prune(
+        repository,
+        &PruneOptions {
+            now,
+            ..PruneOptions::default()
+        },
+    )
+    .map_err(|error| error.to_string())?;
+    Ok(RunEnd {
+        status: "ok",
+        stats_json: json!({
+            "snapshots_kept": decisions.len() as u64 - removed,
+            "snapshots_removed": removed,
+            "packs_deleted": report.packs_deleted,
+            "packs_repacked": report.packs_repacked,
+            "bytes_deleted": report.bytes_deleted,
+        })
+        .to_string(),
+        snapshot_id: None,
+        error: None,
+    })
+}
+
+fn run_verify(repository: &Repository, spec: &PlanSpec, run: &RunRecord) -> Result<RunEnd, String> {
+    // Part n of t, chosen from the slot, so consecutive runs read consecutive parts and a
+    // full cycle reads every pack once.
+    let t = spec.verify_parts.max(1);
+    let cycle = u64::try_from(run.due_at.timestamp()).unwrap_or(0) / 60;
+    let n = u32::try_from(cycle % u64::from(t)).unwrap_or(0) + 1;
+    let report = check(
+        repository,
+        &CheckOptions {
+            read_data: ReadData::Subset { n, t },
+        },
+    )
+    .map_err(|error| error.to_string())?;
+    let ok = report.is_ok();
+    Ok(RunEnd {
+        status: if ok { "ok" } else { "verify_differences" },
+        stats_json: json!({
+            "part": format!("{n}/{t}"),
+            "snapshots": report.snapshots,
+            "packs": report.packs,
+            "packs_read": report.packs_read,
+            "errors": report.errors.len(),
+        })
+        .to_string(),
+        snapshot_id: None,
+        error: (!ok).then(|| {
+            report
+                .errors
+                .iter()
+                .take(50)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        }),
+    })
+}

@@ -1,0 +1,187 @@
+//! The daemon's scheduler: every tick it queues the runs that fell due (the catalog
+//! decides which, exactly once across daemons), carries out the plan actions of
+//! procedure B from the outbox, and claims runs to execute while it has room. A claimed
+//! run holds a lease that is renewed while it runs; if this daemon dies, another takes
+//! the run over once the lease lapses.
+//!
+//! On shutdown no new run is claimed, running backups are asked to stop at a safe point
+//! (their run is recorded `cancelled`; the repository stays valid), and the scheduler
+//! waits for them up to the grace period.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::app::{App, spec_of};
+use crate::catalog::{RunEnd, RunRecord};
+use crate::jobs::{Repositories, execute};
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// This daemon's name in leases (unique per daemon).
+    pub owner: String,
+    /// How often to look for due work.
+    pub tick: Duration,
+    /// How long a claimed run's lease lasts without renewal.
+    pub lease: Duration,
+    /// Runs executed at once by this daemon.
+    pub max_parallel: usize,
+}
+
+/// Runs the scheduler until `shutdown` turns true, then drains for at most `grace`.
+pub async fn run(
+    app: App,
+    repositories: Arc<Repositories>,
+    options: SchedulerOptions,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let lease = TimeDelta::from_std(options.lease).unwrap_or(TimeDelta::minutes(5));
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut cancels: Vec<Arc<AtomicBool>> = Vec::new();
+    let mut tick = tokio::time::interval(options.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        while running.try_join_next().is_some() {}
+        cancels.retain(|flag| Arc::strong_count(flag) > 1);
+        let now = Utc::now();
+        match app.queue_due_runs(now).await {
+            Ok(queued) if !queued.is_empty() => tracing::info!(runs = ?queued, "runs queued"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot queue due runs"),
+        }
+        if let Err(error) = app.apply_plan_actions(&options.owner, now).await {
+            tracing::warn!(%error, "cannot apply plan actions");
+        }
+        while running.len() < options.max_parallel {
+            let claimed = match app.claim_run(&options.owner, lease, Utc::now()).await {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim a run");
+                    break;
+                }
+            };
+            let cancel = Arc::new(AtomicBool::new(false));
+            cancels.push(cancel.clone());
+            running.spawn(execute_claimed(
+                app.clone(),
+                repositories.clone(),
+                options.owner.clone(),
+                lease,
+                claimed,
+                cancel,
+            ));
+        }
+    }
+    if !running.is_empty() {
+        tracing::info!(
+            runs = running.len(),
+            "asking running runs to stop at a safe point"
+        );
+        for flag in &cancels {
+            flag.store(true, Ordering::Relaxed);
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "runs still going after the grace period; their leases will lapse and another daemon takes them over"
+            );
+            running.abort_all();
+        }
+    }
+}
+
+async fn execute_claimed(
+    app: App,
+    repositories: Arc<Repositories>,
+    owner: String,
+    lease: TimeDelta,
+    (run, plan, agency_code): (RunRecord, crate::catalog::PlanRecord, String),
+    cancel: Arc<AtomicBool>,
+) {
+    let started = std::time::Instant::now();
+    tracing::info!(run = %run.id, plan = %plan.id, kind = %run.kind, trigger = %run.trigger, attempt = run.attempts, "run started");
+    metrics::gauge!("cadang_runs_running").increment(1.0);
+    let handle = tokio::runtime::Handle::current();
+    let work = {
+        let run = run.clone();
+        let cancel = cancel.clone();
+        let spec = spec_of(&plan);
+        tokio::task::spawn_blocking(move || match spec {
+            Ok(spec) => execute(
+                &repositories,
+                &handle,
+                &agency_code,
+                &spec,
+                &run,
+                cancel,
+                Utc::now(),
+            ),
+            Err(error) => RunEnd {
+                status: "failed",
+                stats_json: "{}".into(),
+                snapshot_id: None,
+                error: Some(error.to_string()),
+            },
+        })
+    };
+    tokio::pin!(work);
+    // Renew the lease at a third of its length while the work goes on.
+    let period = (lease / 3).to_std().unwrap_or(Duration::from_secs(60));
+    let mut renew = tokio::time::interval(period);
+    renew.tick().await;
+    let end = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = renew.tick() => {
+                match app.renew_lease(run.id, &owner, lease, Utc::now()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(run = %run.id, "lease lost (taken over); stopping this attempt");
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    Err(error) => tracing::warn!(run = %run.id, %error, "cannot renew the lease"),
+                }
+            }
+        }
+    };
+    metrics::gauge!("cadang_runs_running").decrement(1.0);
+    let end = match end {
+        Ok(end) => end,
+        Err(error) => RunEnd {
+            status: "failed",
+            stats_json: "{}".into(),
+            snapshot_id: None,
+            error: Some(format!("the run's task failed: {error}")),
+        },
+    };
+    metrics::counter!("cadang_runs_total", "kind" => run.kind.clone(), "status" => end.status)
+        .increment(1);
+    metrics::histogram!("cadang_run_duration_seconds", "kind" => run.kind.clone())
+        .record(started.elapsed().as_secs_f64());
+    match app.finish_run(run.id, &owner, &end, Utc::now()).await {
+        Ok(true) => {
+            tracing::info!(run = %run.id, status = end.status, error = end.error.as_deref().unwrap_or(""), "run finished")
+        }
+        Ok(false) => {
+            tracing::warn!(run = %run.id, "run finished after its lease was taken over; the other daemon's result stands")
+        }
+        Err(error) => tracing::error!(run = %run.id, %error, "cannot record the end of a run"),
+    }
+}
