@@ -1549,3 +1549,81 @@ fn tls_is_required_beyond_loopback_and_plaintext_clients_are_refused() {
         .unwrap();
     assert!(!output.status.success());
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping_and_metrics_are_served() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write(
+        dir.path(),
+        "metrics.toml",
+        &format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n"
+        ),
+    );
+    let socket_text = socket_path.display().to_string();
+    let mut daemon = Daemon::start(
+        &data,
+        &[
+            ("NOTIFY_SOCKET", socket_text.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        Some(Path::new(&config)),
+    );
+    let mut heard = Vec::new();
+    let mut buffer = [0u8; 512];
+    while !(heard.iter().any(|m: &String| m.contains("READY=1"))
+        && heard.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = socket
+            .recv(&mut buffer)
+            .expect("the daemon notifies systemd");
+        heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    // A call, then its latency is in the metrics.
+    let admin = Daemon::bootstrap(&data, &[]);
+    ok(&daemon.url(), &admin, &["whoami"]);
+    refused(&daemon.url(), "cdg_nothing", &["whoami"], "UNAUTHENTICATED");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    assert!(page.contains("cadang_rpc_duration_seconds"), "{page}");
+    assert!(page.contains("cadang_rpc_refused_total"), "{page}");
+    assert!(!page.contains(&admin), "no token in the metrics");
+    assert!(daemon.stop());
+    loop {
+        let n = socket.recv(&mut buffer).expect("STOPPING=1 before exit");
+        if String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_sqlite_catalog_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let _first = Daemon::start(&data, &[], None);
+    let output = Command::new(BIN)
+        .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+}

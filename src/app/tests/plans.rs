@@ -351,10 +351,8 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
             for minute in 1..=minutes {
                 let now = start + TimeDelta::minutes(minute) + TimeDelta::seconds(1);
                 app.queue_due_runs(now).await.unwrap();
-                while let Some((run, _, _)) = app
-                    .claim_run(name, TimeDelta::hours(2), now)
-                    .await
-                    .unwrap()
+                while let Some((run, _, _)) =
+                    app.claim_run(name, TimeDelta::hours(2), now).await.unwrap()
                 {
                     assert!(app.finish_run(run.id, name, &ok(), now).await.unwrap());
                     done += 1;
