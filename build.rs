@@ -6,6 +6,8 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // The catalog's migrations are embedded by `sqlx::migrate!`; a new one must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     let mut files: Vec<PathBuf> = fs::read_dir("proto/cadang/v1")?
         .map(|entry| entry.map(|entry| entry.path()))
         .collect::<Result<_, _>>()?;

@@ -5,6 +5,7 @@
 //! Environment overrides (they win over the file):
 //! * `CADANG_CATALOG_URL` — the catalog URL (it may hold a PostgreSQL password);
 //! * `CADANG_MASTER_KEY` — the master key, 64 hex digits, instead of `master_key_file`;
+//! * `CADANG_WEBHOOK_TOKEN`, `CADANG_SMTP_PASSWORD` — the notification channels' secrets;
 //! * `STATE_DIRECTORY` — set by systemd's `StateDirectory=`; the default data directory.
 
 use std::fmt;
@@ -35,6 +36,8 @@ pub struct Config {
     pub repositories: RepositoriesSection,
     /// Scheduled runs.
     pub scheduler: SchedulerSection,
+    /// Notifications (webhook, email).
+    pub notify: crate::notify::NotifySection,
     /// Letterhead, numbering, calendar, reveal roles.
     pub app: AppConfig,
 }

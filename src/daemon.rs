@@ -23,6 +23,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::engine::store::StoreOptions;
 use crate::jobs::Repositories;
+use crate::notify::Notifier;
 use crate::rpc::{self, AuthLayer, Ctx};
 use crate::scheduler::{self, SchedulerOptions};
 
@@ -175,7 +176,11 @@ pub async fn open_app(config: &Config) -> Result<App, DaemonError> {
         .await
         .map_err(|error| DaemonError(format!("cannot open the catalog: {error}")))?;
     let definitions = definitions(config.daemon.sop_dir.as_deref())?;
-    App::open(catalog, definitions, config.app.clone(), &key, Utc::now())
+    let mut settings = config.app.clone();
+    settings.notify_channels = notifier(config)?
+        .map(|notifier| notifier.channels())
+        .unwrap_or_default();
+    App::open(catalog, definitions, settings, &key, Utc::now())
         .await
         .map_err(|error| DaemonError(format!("cannot start the application: {error}")))
 }
@@ -195,6 +200,14 @@ async fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, DaemonEr
     Ok(Some(tls))
 }
 
+/// The notifier of the `[notify]` section, if it sets a channel.
+///
+/// # Errors
+/// [`DaemonError`] naming the setting at fault.
+pub fn notifier(config: &Config) -> Result<Option<Notifier>, DaemonError> {
+    Notifier::new(&config.notify, |name| std::env::var(name).ok()).map_err(DaemonError)
+}
+
 /// The agencies' repositories as configured, with passwords derived from the master key.
 ///
 /// # Errors
@@ -208,7 +221,8 @@ pub fn repositories(config: &Config) -> Result<Repositories, DaemonError> {
             s3_endpoint: config.repositories.s3_endpoint.clone(),
             ..StoreOptions::default()
         },
-    ))
+    )
+    .with_scratch(config.data_dir().join("drills")))
 }
 
 /// This daemon's name in run leases: host, process and start time.
@@ -368,9 +382,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             max_parallel: config.scheduler.max_parallel_runs,
         };
         tracing::info!(owner = %options.owner, root = %config.repository_root(), "scheduler running");
+        let notifier = notifier(&config)?.map(Arc::new);
+        if let Some(notifier) = &notifier {
+            tracing::info!(channels = ?notifier.channels(), "notifications on");
+        }
         Some(tokio::spawn(scheduler::run(
             app.clone(),
             repositories,
+            notifier,
             options,
             scheduler_stop,
             grace,

@@ -1,5 +1,5 @@
-//! The work of a run: a backup, a retention pass or a verification of one agency's
-//! repository, through the engine. Each agency's backups live in their own repository
+//! The work of a run: a backup, a retention pass, a verification or a restore drill of
+//! one agency's repository, through the engine. Each agency's backups live in their own repository
 //! (`<root>/<agency code>`), with its own keys, so deduplication never crosses agencies
 //! and no agency's data is readable with another's key.
 //!
@@ -10,7 +10,7 @@
 //! Everything here blocks (the engine's API is blocking): the scheduler runs it on a
 //! blocking thread.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -26,6 +26,7 @@ use crate::engine::crypto::KdfParams;
 use crate::engine::forget::{KeepPolicy, apply, jakarta};
 use crate::engine::prune::{PruneOptions, prune};
 use crate::engine::repo::{OpenOptions, Repository};
+use crate::engine::restore::{RestoreOptions, RestoreProgress, restore};
 use crate::engine::store::{Store, StoreOptions};
 
 /// Where the agencies' repositories live and how they are opened.
@@ -33,6 +34,7 @@ pub struct Repositories {
     root: String,
     key: [u8; 32],
     store: StoreOptions,
+    scratch: PathBuf,
 }
 
 impl std::fmt::Debug for Repositories {
@@ -46,8 +48,22 @@ impl std::fmt::Debug for Repositories {
 impl Repositories {
     /// Repositories under `root` (a directory or `s3://bucket/prefix`), with passwords
     /// derived from `key` (a sub-key of the master key for this purpose only).
+    /// Restore drills write under the system's temporary directory until
+    /// [`Repositories::with_scratch`] says otherwise.
     pub fn new(root: String, key: [u8; 32], store: StoreOptions) -> Self {
-        Repositories { root, key, store }
+        Repositories {
+            root,
+            key,
+            store,
+            scratch: std::env::temp_dir().join("cadang-drills"),
+        }
+    }
+
+    /// Where restore drills put their restored trees (each removed after its check).
+    #[must_use]
+    pub fn with_scratch(mut self, scratch: PathBuf) -> Self {
+        self.scratch = scratch;
+        self
     }
 
     /// The location of an agency's repository.
@@ -65,17 +81,26 @@ impl Repositories {
         SecretString::new(derived.to_hex().to_string())
     }
 
-    /// Opens an agency's repository, creating it on first use.
+    /// Opens an agency's repository, creating it on first use; new objects are written
+    /// at most `upload_limit` bytes per second when one is given.
     ///
     /// # Errors
     /// Engine errors, as text for the run record.
-    pub fn open(&self, handle: &Handle, agency_code: &str) -> Result<Repository, String> {
+    pub fn open(
+        &self,
+        handle: &Handle,
+        agency_code: &str,
+        upload_limit: Option<u64>,
+    ) -> Result<Repository, String> {
         let location = self.location(agency_code);
         if !location.contains("://") {
             std::fs::create_dir_all(&location)
                 .map_err(|error| format!("cannot create {location}: {error}"))?;
         }
-        let store = Store::open(&location, &self.store).map_err(|error| error.to_string())?;
+        let mut store = Store::open(&location, &self.store).map_err(|error| error.to_string())?;
+        if let Some(limit) = upload_limit {
+            store = store.with_upload_limit(limit);
+        }
         let password = self.password(agency_code);
         let options = OpenOptions {
             kdf: KdfParams {
@@ -117,12 +142,18 @@ pub fn execute(
 ) -> RunEnd {
     let started = std::time::Instant::now();
     let cancelled = cancel.clone();
+    let limit = (run.kind == "backup")
+        .then(|| spec.bandwidth_limit_kib.map(|kib| kib.saturating_mul(1024)))
+        .flatten();
     let outcome = repositories
-        .open(handle, agency_code)
+        .open(handle, agency_code, limit)
         .and_then(|repository| match run.kind.as_str() {
-            "backup" => run_backup(&repository, spec, run, cancel, now),
-            "retention" => run_retention(&repository, spec, now),
+            "backup" => run_backup(&repository, spec, run, cancel, now)
+                .map(|end| with_repository_size(&repository, end)),
+            "retention" => run_retention(&repository, spec, now)
+                .map(|end| with_repository_size(&repository, end)),
             "verify" => run_verify(&repository, spec, run),
+            "drill" => run_drill(&repository, &repositories.scratch, run, cancel),
             other => Err(format!("unknown run kind `{other}`")),
         });
     let seconds = started.elapsed().as_secs_f64();
@@ -201,6 +232,7 @@ fn run_backup(
         "files_unchanged": summary.files_unmodified,
         "files_failed": summary.files_failed,
         "bytes_read": read,
+        "bytes_total": summary.total_bytes_processed,
         "bytes_added_raw": summary.data_added_raw,
         "bytes_added": summary.data_added,
         "dedup_ratio": if summary.data_added > 0 { read as f64 / summary.data_added as f64 } else { 0.0 },
@@ -326,5 +358,103 @@ fn run_verify(repository: &Repository, spec: &PlanSpec, run: &RunRecord) -> Resu
                 .collect::<Vec<_>>()
                 .join("; ")
         }),
+    })
+}
+
+/// Adds the repository's size after a run to its statistics (the storage report's
+/// source): bytes stored (compressed and encrypted) and the unique data they hold.
+fn with_repository_size(repository: &Repository, mut end: RunEnd) -> RunEnd {
+    let Ok((index, _)) = repository.load_index() else {
+        return end;
+    };
+    let (mut stored, mut raw) = (0u64, 0u64);
+    for (_, _, location) in index.iter() {
+        stored += u64::from(location.length);
+        raw += u64::from(location.raw_length);
+    }
+    if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+        stats["repository_stored_bytes"] = json!(stored);
+        stats["repository_raw_bytes"] = json!(raw);
+        end.stats_json = stats.to_string();
+    }
+    end
+}
+
+/// A restore drill: the plan's latest snapshot restored to a scratch directory, every
+/// file re-read and compared with the snapshot, the scratch copy removed. Proves the
+/// backups can be restored instead of assuming it.
+fn run_drill(
+    repository: &Repository,
+    scratch: &Path,
+    run: &RunRecord,
+    cancel: Arc<AtomicBool>,
+) -> Result<RunEnd, String> {
+    let tag = format!("plan:{}", run.plan_id);
+    let (snapshots, _) = repository
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    let (id, snapshot) = snapshots
+        .iter()
+        .filter(|(_, snapshot)| snapshot.tags.contains(&tag))
+        .max_by_key(|(_, snapshot)| snapshot.time)
+        .ok_or_else(|| format!("plan {} has no snapshot to restore yet", run.plan_id))?;
+    let target = scratch.join(format!("run-{}", run.id));
+    // A drill taken over from a daemon that died leaves its half-restored tree.
+    if target.exists() {
+        std::fs::remove_dir_all(&target)
+            .map_err(|error| format!("cannot clear {}: {error}", target.display()))?;
+    }
+    let started = std::time::Instant::now();
+    let progress = RestoreProgress::default();
+    let outcome = restore(
+        repository,
+        id,
+        &RestoreOptions {
+            target: target.clone(),
+            verify: true,
+            cancel: Some(cancel),
+            ..RestoreOptions::default()
+        },
+        &progress,
+    );
+    // The restored data is the agency's: never leave it lying in scratch.
+    let cleaned = std::fs::remove_dir_all(&target);
+    let result = outcome.map_err(|error| error.to_string())?;
+    if let Err(error) = cleaned {
+        tracing::warn!(target = %target.display(), %error, "cannot remove a drill's scratch copy");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let verify = result.verify.clone().unwrap_or_default();
+    let ok = result.is_success() && result.damaged_blobs.is_empty();
+    let mut problems: Vec<String> = result
+        .errors
+        .iter()
+        .chain(verify.mismatches.iter())
+        .take(50)
+        .map(|error| format!("{error:?}"))
+        .collect();
+    problems.extend(
+        result
+            .damaged_blobs
+            .iter()
+            .take(20)
+            .map(|blob| format!("damaged blob {blob}")),
+    );
+    Ok(RunEnd {
+        status: if ok { "ok" } else { "verify_differences" },
+        stats_json: json!({
+            "snapshot_time": snapshot.time,
+            "files_restored": result.files_restored,
+            "bytes_restored": result.bytes_restored,
+            "files_verified": verify.files_checked,
+            "bytes_verified": verify.bytes_checked,
+            "mismatches": verify.mismatches.len(),
+            "errors": result.errors.len(),
+            "damaged_blobs": result.damaged_blobs.len(),
+            "throughput_bytes_per_second": if seconds > 0.0 { result.bytes_restored as f64 / seconds } else { 0.0 },
+        })
+        .to_string(),
+        snapshot_id: Some(id.to_hex()),
+        error: (!ok).then(|| problems.join("; ")),
     })
 }

@@ -8,7 +8,7 @@
 //!   audit row in one transaction;
 //! * [`rpc`] — the gRPC control plane, thin adapters over [`app`];
 //! * [`scheduler`] and [`jobs`] — scheduled runs of backup plans, executed through the
-//!   engine into one repository per agency;
+//!   engine into one repository per agency; [`notify`] delivers their notifications;
 //! * [`daemon`] — the daemon's composition root and lifecycle; [`config`] its settings;
 //! * [`cli`] — the `cadang` command line.
 
@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod jobs;
+pub mod notify;
 pub mod rpc;
 pub mod scheduler;
 pub mod workflow;

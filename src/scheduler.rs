@@ -4,6 +4,9 @@
 //! run holds a lease that is renewed while it runs; if this daemon dies, another takes
 //! the run over once the lease lapses.
 //!
+//! Each tick also delivers what the notification outbox holds, and every few minutes
+//! looks for overdue plans and SOP steps to notify about.
+//!
 //! On shutdown no new run is claimed, running backups are asked to stop at a safe point
 //! (their run is recorded `cancelled`; the repository stays valid), and the scheduler
 //! waits for them up to the grace period.
@@ -16,9 +19,13 @@ use chrono::{TimeDelta, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::app::{App, spec_of};
-use crate::catalog::{RunEnd, RunRecord};
+use crate::app::{App, ClaimedRun, spec_of};
+use crate::catalog::RunEnd;
 use crate::jobs::{Repositories, execute};
+use crate::notify::{Notifier, deliver_due};
+
+/// How often overdue plans and steps are looked for.
+const OVERDUE_SCAN: TimeDelta = TimeDelta::minutes(5);
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -37,6 +44,7 @@ pub struct SchedulerOptions {
 pub async fn run(
     app: App,
     repositories: Arc<Repositories>,
+    notifier: Option<Arc<Notifier>>,
     options: SchedulerOptions,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -46,6 +54,7 @@ pub async fn run(
     let mut cancels: Vec<Arc<AtomicBool>> = Vec::new();
     let mut tick = tokio::time::interval(options.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_scan: Option<chrono::DateTime<Utc>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -64,6 +73,19 @@ pub async fn run(
         }
         if let Err(error) = app.apply_plan_actions(&options.owner, now).await {
             tracing::warn!(%error, "cannot apply plan actions");
+        }
+        if let Some(notifier) = &notifier {
+            if last_scan.is_none_or(|at| now - at >= OVERDUE_SCAN) {
+                last_scan = Some(now);
+                match app.queue_overdue_notifications(now).await {
+                    Ok(0) => {}
+                    Ok(new) => tracing::info!(events = new, "overdue plans or steps to notify"),
+                    Err(error) => tracing::warn!(%error, "cannot look for overdue work"),
+                }
+            }
+            if let Err(error) = deliver_due(&app, notifier, now).await {
+                tracing::warn!(%error, "cannot deliver notifications");
+            }
         }
         while running.len() < options.max_parallel {
             let claimed = match app.claim_run(&options.owner, lease, Utc::now()).await {
@@ -112,9 +134,15 @@ async fn execute_claimed(
     repositories: Arc<Repositories>,
     owner: String,
     lease: TimeDelta,
-    (run, plan, agency_code): (RunRecord, crate::catalog::PlanRecord, String),
+    claimed: ClaimedRun,
     cancel: Arc<AtomicBool>,
 ) {
+    let ClaimedRun {
+        run,
+        plan,
+        agency_code,
+        window_closes_at,
+    } = claimed;
     let started = std::time::Instant::now();
     tracing::info!(run = %run.id, plan = %plan.id, kind = %run.kind, trigger = %run.trigger, attempt = run.attempts, "run started");
     metrics::gauge!("cadang_runs_running").increment(1.0);
@@ -146,9 +174,21 @@ async fn execute_claimed(
     let period = (lease / 3).to_std().unwrap_or(Duration::from_secs(60));
     let mut renew = tokio::time::interval(period);
     renew.tick().await;
+    // The end of the backup window, as a timer (far away when there is no window).
+    let window_left = window_closes_at
+        .map(|closes| (closes - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+        .unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+    let window_end = tokio::time::sleep(window_left);
+    tokio::pin!(window_end);
+    let mut cut_off = false;
     let end = loop {
         tokio::select! {
             result = &mut work => break result,
+            () = &mut window_end, if !cut_off => {
+                tracing::warn!(run = %run.id, "the backup window closed; stopping the run at a safe point");
+                cut_off = true;
+                cancel.store(true, Ordering::Relaxed);
+            }
             _ = renew.tick() => {
                 match app.renew_lease(run.id, &owner, lease, Utc::now()).await {
                     Ok(true) => {}
@@ -163,6 +203,17 @@ async fn execute_claimed(
     };
     metrics::gauge!("cadang_runs_running").decrement(1.0);
     let end = match end {
+        Ok(mut end) if cut_off && end.status == "cancelled" => {
+            if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+                stats["window_cut_off"] = serde_json::json!(true);
+                end.stats_json = stats.to_string();
+            }
+            end.error = Some(format!(
+                "stopped at a safe point when the backup window closed at {}; nothing of this run was committed, the next run starts over",
+                window_closes_at.map_or_else(String::new, |at| at.to_rfc3339())
+            ));
+            end
+        }
         Ok(end) => end,
         Err(error) => RunEnd {
             status: "failed",

@@ -22,7 +22,10 @@ mod directory;
 pub mod documents;
 mod error;
 pub mod identifiers;
+pub mod notify;
+mod operations;
 mod plans;
+pub mod report_html;
 mod reports;
 mod requests;
 pub mod secrets;
@@ -48,7 +51,13 @@ pub use details::{
 pub use directory::{NewAccountInput, NewPersonInput};
 pub use documents::{DocumentNumbering, OfficeIdentity, Signatory};
 pub use error::AppError;
-pub use plans::{PlanSpec, PlanView, Retention, Schedule, spec_of};
+pub use operations::{
+    AgencyStorage, PlanRuns, RunFilter, RunLine, RunsReport, ScheduleLine, ScheduleReport,
+    SizePoint, SlaGroup, SlaReport, StorageReport,
+};
+pub use plans::{
+    ClaimedRun, PlanSpec, PlanView, Retention, Schedule, Window, WindowState, spec_of,
+};
 pub use reports::{RequestOverruns, StepOverrun};
 pub use requests::{EventOutcome, IssuedDocument, RequestView};
 pub use secrets::{MasterKey, SecretString};
@@ -72,6 +81,13 @@ pub struct AppConfig {
     pub calendar: WorkCalendar,
     /// Roles that may reveal a sealed host admin password.
     pub reveal_roles: Vec<Role>,
+    /// How late a plan's backup may be, past the slot its schedule promised, before it
+    /// is reported overdue (minutes).
+    pub overdue_grace_minutes: u32,
+    /// The channels notifications are queued for (`webhook`, `email`), set by the daemon
+    /// from its `[notify]` section; none queues nothing.
+    #[serde(skip)]
+    pub notify_channels: Vec<String>,
 }
 
 impl Default for AppConfig {
@@ -83,6 +99,8 @@ impl Default for AppConfig {
             numbering: DocumentNumbering::default(),
             calendar: WorkCalendar::default(),
             reveal_roles: vec![Role::KabidTik, Role::KasiInfras, Role::Petugas],
+            overdue_grace_minutes: 60,
+            notify_channels: Vec::new(),
         }
     }
 }

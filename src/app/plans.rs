@@ -52,6 +52,113 @@ pub struct PlanSpec {
     /// Verification reads 1/N of the data per run, so N runs read it all.
     #[serde(default = "seven")]
     pub verify_parts: u32,
+    /// When a restore drill runs (the latest snapshot restored to a scratch directory
+    /// and every file verified); none for never.
+    #[serde(default)]
+    pub drill_schedule: Option<String>,
+    /// The hours backups may run in; a backup due outside waits for the window to open,
+    /// and one still going when it closes is stopped at a safe point.
+    #[serde(default)]
+    pub window: Option<Window>,
+    /// Most bytes per second a backup writes to the repository (KiB/s); none for no
+    /// limit.
+    #[serde(default)]
+    pub bandwidth_limit_kib: Option<u64>,
+}
+
+/// A daily backup window in the plan's time zone, such as 22:00–05:00 (crossing
+/// midnight is allowed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Opens at (HH:MM).
+    pub start: String,
+    /// Closes at (HH:MM).
+    pub end: String,
+}
+
+/// Whether a window is open at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    /// Open until the instant given.
+    Open {
+        /// When it closes.
+        closes_at: DateTime<Utc>,
+    },
+    /// Closed until the instant given.
+    Closed {
+        /// When it opens.
+        opens_at: DateTime<Utc>,
+    },
+}
+
+impl Window {
+    fn times(&self) -> Result<(chrono::NaiveTime, chrono::NaiveTime), AppError> {
+        let parse = |text: &str, which: &str| {
+            chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
+                AppError::invalid(format!(
+                    "window {which} `{text}` is not a time of day as HH:MM, such as 22:00"
+                ))
+            })
+        };
+        let (start, end) = (parse(&self.start, "start")?, parse(&self.end, "end")?);
+        if start == end {
+            return Err(AppError::invalid(
+                "a window must not start and end at the same time (omit it to allow backups at any hour)",
+            ));
+        }
+        Ok((start, end))
+    }
+
+    /// Whether the window is open at `now` in time zone `zone`, and until when.
+    ///
+    /// # Errors
+    /// [`AppError::InvalidInput`] for a malformed window or zone.
+    pub fn state(&self, zone: &str, now: DateTime<Utc>) -> Result<WindowState, AppError> {
+        let (start, end) = self.times()?;
+        let zone: Tz = zone
+            .parse()
+            .map_err(|_| AppError::invalid(format!("unknown time zone `{zone}`")))?;
+        let local = now.with_timezone(&zone);
+        // The instant of a local time on a local date (the earlier one when a clock
+        // change makes it ambiguous, an hour later when it does not exist).
+        let at = |date: chrono::NaiveDate, time: chrono::NaiveTime| {
+            let naive = date.and_time(time);
+            naive
+                .and_local_timezone(zone)
+                .earliest()
+                .or_else(|| {
+                    (naive + TimeDelta::hours(1))
+                        .and_local_timezone(zone)
+                        .earliest()
+                })
+                .map(|at| at.with_timezone(&Utc))
+                .ok_or_else(|| AppError::invalid("the window's time does not exist in its zone"))
+        };
+        let today = local.date_naive();
+        let yesterday = today.pred_opt().unwrap_or(today);
+        let tomorrow = today.succ_opt().unwrap_or(today);
+        // Occurrences that could contain `now`: the one opening yesterday and today.
+        for day in [yesterday, today] {
+            let opens = at(day, start)?;
+            let closes = if end > start {
+                at(day, end)?
+            } else {
+                at(day.succ_opt().unwrap_or(day), end)?
+            };
+            if opens <= now && now < closes {
+                return Ok(WindowState::Open { closes_at: closes });
+            }
+        }
+        let opens_today = at(today, start)?;
+        Ok(WindowState::Closed {
+            opens_at: if opens_today > now {
+                opens_today
+            } else {
+                at(tomorrow, start)?
+            },
+        })
+    }
 }
 
 fn jakarta() -> String {
@@ -186,9 +293,13 @@ impl PlanSpec {
             }
         }
         Schedule::parse(&self.schedule, &self.time_zone)?;
-        for expression in [&self.retention_schedule, &self.verify_schedule]
-            .into_iter()
-            .flatten()
+        for expression in [
+            &self.retention_schedule,
+            &self.verify_schedule,
+            &self.drill_schedule,
+        ]
+        .into_iter()
+        .flatten()
         {
             Schedule::parse(expression, &self.time_zone)?;
         }
@@ -200,11 +311,19 @@ impl PlanSpec {
         if !(1..=365).contains(&self.verify_parts) {
             return Err(AppError::invalid("verify_parts must be between 1 and 365"));
         }
+        if let Some(window) = &self.window {
+            window.times()?;
+        }
+        if self.bandwidth_limit_kib == Some(0) {
+            return Err(AppError::invalid(
+                "bandwidth_limit_kib must be at least 1 (omit it for no limit)",
+            ));
+        }
         Ok(())
     }
 
-    /// The three schedules: backup, retention, verification.
-    fn schedules(&self) -> Result<[Option<Schedule>; 3], AppError> {
+    /// The four schedules: backup, retention, verification, drill.
+    fn schedules(&self) -> Result<[Option<Schedule>; 4], AppError> {
         let parse = |expression: &Option<String>| {
             expression
                 .as_deref()
@@ -215,6 +334,7 @@ impl PlanSpec {
             Some(Schedule::parse(&self.schedule, &self.time_zone)?),
             parse(&self.retention_schedule)?,
             parse(&self.verify_schedule)?,
+            parse(&self.drill_schedule)?,
         ])
     }
 }
@@ -234,8 +354,8 @@ pub struct PlanView {
     pub status: String,
     /// Specification.
     pub spec: PlanSpec,
-    /// Next backup, retention and verification slots.
-    pub next: [Option<DateTime<Utc>>; 3],
+    /// Next backup, retention, verification and drill slots.
+    pub next: [Option<DateTime<Utc>>; 4],
 }
 
 fn view(record: &PlanRecord) -> Result<PlanView, AppError> {
@@ -250,6 +370,7 @@ fn view(record: &PlanRecord) -> Result<PlanView, AppError> {
             record.next_due_at,
             record.next_retention_at,
             record.next_verify_at,
+            record.next_drill_at,
         ],
     })
 }
@@ -263,7 +384,23 @@ pub fn spec_of(record: &PlanRecord) -> Result<PlanSpec, AppError> {
         .map_err(|error| AppError::internal(format!("plan {}: {error}", record.id)))
 }
 
-const KINDS: [&str; 3] = ["backup", "retention", "verify"];
+const KINDS: [&str; 4] = ["backup", "retention", "verify", "drill"];
+
+/// A run claimed by a daemon, with what it needs to carry it out.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    /// The run.
+    pub run: RunRecord,
+    /// Its plan.
+    pub plan: PlanRecord,
+    /// The plan's agency code (names its repository).
+    pub agency_code: String,
+    /// When the plan's backup window closes (the run is stopped then), if it has one.
+    pub window_closes_at: Option<DateTime<Utc>>,
+}
+
+/// Most claimed runs put back for a closed window in one claim.
+const MAX_DEFERRALS: usize = 20;
 
 impl App {
     /// Creates a plan for an active backup request (procedure B, from the clarification
@@ -448,7 +585,7 @@ impl App {
         let (from, to, next) = if running {
             ("paused", "active", next_slots(&spec_of(&record)?, now)?)
         } else {
-            ("active", "paused", [None, None, None])
+            ("active", "paused", [None, None, None, None])
         };
         if record.status != from {
             return Err(AppError::Conflict(format!(
@@ -498,6 +635,7 @@ impl App {
                 record.next_due_at,
                 record.next_retention_at,
                 record.next_verify_at,
+                record.next_drill_at,
             ];
             for (slot, schedule) in schedules.iter().enumerate() {
                 let (Some(schedule), Some(stored)) = (schedule, next[slot]) else {
@@ -525,7 +663,8 @@ impl App {
         Ok(queued)
     }
 
-    /// Claims one run for `owner` with a lease of `lease`, if any is claimable.
+    /// Claims one run for `owner` with a lease of `lease`, if any is claimable. A backup
+    /// whose plan's window is closed goes back to the queue until the window opens.
     ///
     /// # Errors
     /// Catalog errors (a simultaneous claim of the same plan is reported as nothing).
@@ -534,20 +673,44 @@ impl App {
         owner: &str,
         lease: TimeDelta,
         now: DateTime<Utc>,
-    ) -> Result<Option<(RunRecord, PlanRecord, String)>, AppError> {
-        let mut tx = self.catalog().begin().await?;
-        let run = match tx.claim_run(owner, now + lease, now).await {
-            Ok(Some(run)) => run,
-            Ok(None) => return Ok(None),
-            // Another daemon started a run of the same plan at this instant: the unique
-            // index refused ours. Nothing was claimed; the next tick looks again.
-            Err(crate::catalog::CatalogError::Conflict(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        let plan = tx.plan(run.plan_id).await?;
-        let agency = tx.agency(plan.agency_id).await?;
-        tx.commit().await?;
-        Ok(Some((run, plan, agency.code)))
+    ) -> Result<Option<ClaimedRun>, AppError> {
+        for _ in 0..MAX_DEFERRALS {
+            let mut tx = self.catalog().begin().await?;
+            let run = match tx.claim_run(owner, now + lease, now).await {
+                Ok(Some(run)) => run,
+                Ok(None) => return Ok(None),
+                // Another daemon started a run of the same plan at this instant: the
+                // unique index refused ours. Nothing was claimed; the next tick looks
+                // again.
+                Err(crate::catalog::CatalogError::Conflict(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            let plan = tx.plan(run.plan_id).await?;
+            let agency = tx.agency(plan.agency_id).await?;
+            let mut window_closes_at = None;
+            if run.kind == "backup"
+                && let Ok(spec) = spec_of(&plan)
+                && let Some(window) = &spec.window
+            {
+                match window.state(&spec.time_zone, now)? {
+                    WindowState::Open { closes_at } => window_closes_at = Some(closes_at),
+                    WindowState::Closed { opens_at } => {
+                        tx.defer_run(run.id, owner, opens_at).await?;
+                        tx.commit().await?;
+                        tracing::info!(run = %run.id, plan = %plan.id, %opens_at, "backup window closed; the run waits for it");
+                        continue;
+                    }
+                }
+            }
+            tx.commit().await?;
+            return Ok(Some(ClaimedRun {
+                run,
+                plan,
+                agency_code: agency.code,
+                window_closes_at,
+            }));
+        }
+        Ok(None)
     }
 
     /// Extends a lease; `false` when it was lost (taken over).
@@ -567,8 +730,9 @@ impl App {
         Ok(held)
     }
 
-    /// Records the end of a run; `false` when the lease was lost and another daemon's
-    /// result stands.
+    /// Records the end of a run, and queues its notification when it ended badly, in
+    /// one transaction; `false` when the lease was lost and another daemon's result
+    /// stands.
     ///
     /// # Errors
     /// Catalog errors.
@@ -581,6 +745,15 @@ impl App {
     ) -> Result<bool, AppError> {
         let mut tx = self.catalog().begin().await?;
         let recorded = tx.finish_run(run, owner, end, now).await?;
+        if recorded && !self.config().notify_channels.is_empty() {
+            let run = tx.run(run).await?;
+            let plan = tx.plan(run.plan_id).await?;
+            let agency = tx.agency(plan.agency_id).await?;
+            if let Some(event) = super::notify::run_event(&run, &plan, &agency.code) {
+                super::notify::queue_event(&mut tx, &self.config().notify_channels, &event, now)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(recorded)
     }
@@ -658,7 +831,7 @@ impl App {
                 }
                 SystemAction::StopBackupPlan => {
                     work.tx
-                        .update_plan(plan.id, "stopped", [None, None, None], now)
+                        .update_plan(plan.id, "stopped", [None, None, None, None], now)
                         .await?;
                     let cancelled = work
                         .tx
@@ -682,9 +855,9 @@ impl App {
 }
 
 /// The first slots after `now` of a plan's schedules.
-fn next_slots(spec: &PlanSpec, now: DateTime<Utc>) -> Result<[Option<DateTime<Utc>>; 3], AppError> {
+fn next_slots(spec: &PlanSpec, now: DateTime<Utc>) -> Result<[Option<DateTime<Utc>>; 4], AppError> {
     let schedules = spec.schedules()?;
-    let mut next = [None, None, None];
+    let mut next = [None, None, None, None];
     for (slot, schedule) in schedules.iter().enumerate() {
         if let Some(schedule) = schedule {
             next[slot] = Some(schedule.next_after(now)?);
@@ -751,6 +924,71 @@ mod tests {
     }
 
     #[test]
+    fn windows_open_and_close_across_midnight_in_jakarta() {
+        let night = Window {
+            start: "22:00".into(),
+            end: "05:00".into(),
+        };
+        // 22:00 WIB is 15:00 UTC; 05:00 WIB is 22:00 UTC.
+        assert_eq!(
+            night
+                .state("Asia/Jakarta", at("2026-03-01T14:59:59Z"))
+                .unwrap(),
+            WindowState::Closed {
+                opens_at: at("2026-03-01T15:00:00Z")
+            }
+        );
+        assert_eq!(
+            night
+                .state("Asia/Jakarta", at("2026-03-01T15:00:00Z"))
+                .unwrap(),
+            WindowState::Open {
+                closes_at: at("2026-03-01T22:00:00Z")
+            }
+        );
+        // 03:00 WIB on the 2nd belongs to the window that opened on the 1st.
+        assert_eq!(
+            night
+                .state("Asia/Jakarta", at("2026-03-01T20:00:00Z"))
+                .unwrap(),
+            WindowState::Open {
+                closes_at: at("2026-03-01T22:00:00Z")
+            }
+        );
+        assert_eq!(
+            night
+                .state("Asia/Jakarta", at("2026-03-01T22:00:00Z"))
+                .unwrap(),
+            WindowState::Closed {
+                opens_at: at("2026-03-02T15:00:00Z")
+            }
+        );
+        let office = Window {
+            start: "08:00".into(),
+            end: "16:00".into(),
+        };
+        // 17:00 WIB: closed until 08:00 WIB tomorrow (01:00 UTC).
+        assert_eq!(
+            office
+                .state("Asia/Jakarta", at("2026-03-02T10:00:00Z"))
+                .unwrap(),
+            WindowState::Closed {
+                opens_at: at("2026-03-03T01:00:00Z")
+            }
+        );
+        let bad = Window {
+            start: "25:00".into(),
+            end: "05:00".into(),
+        };
+        assert!(
+            bad.state("Asia/Jakarta", at("2026-03-01T00:00:00Z"))
+                .unwrap_err()
+                .to_string()
+                .contains("25:00")
+        );
+    }
+
+    #[test]
     fn bad_specifications_are_named() {
         let spec = |schedule: &str| PlanSpec {
             paths: vec!["/srv/data".into()],
@@ -761,6 +999,9 @@ mod tests {
             retention_schedule: None,
             verify_schedule: None,
             verify_parts: 7,
+            drill_schedule: None,
+            window: None,
+            bandwidth_limit_kib: None,
         };
         spec("0 2 * * *").validate().unwrap();
         let error = spec("every night").validate().unwrap_err().to_string();

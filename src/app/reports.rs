@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{App, AppError};
 use crate::catalog::{AgencyId, RequestFilter, RequestId};
-use crate::workflow::{OverrunReport, StepNumber, TimeStandard, overrun_report};
+use crate::workflow::{OverrunReport, Role, StepNumber, TimeStandard, overrun_report};
 
 /// The timing report of one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct StepOverrun {
     pub visit: usize,
     /// The time standard.
     pub time_standard: TimeStandard,
+    /// Who does the step (*pelaksana*).
+    #[serde(default)]
+    pub roles: Vec<Role>,
     /// When the clock started.
     pub started_at: Option<DateTime<Utc>>,
     /// When the step was due.
@@ -77,6 +80,7 @@ impl App {
         now: DateTime<Utc>,
     ) -> Result<Vec<StepOverrun>, AppError> {
         let calendar = &self.config().calendar;
+        let registry = self.registry();
         let mut tx = self.catalog().begin_read().await?;
         let mut found = Vec::new();
         let mut after = None;
@@ -87,6 +91,7 @@ impl App {
             for summary in &page {
                 let record = tx.request(summary.id).await?;
                 let report = overrun_report(&record.state, calendar, now);
+                let definition = registry.for_request(&record.state).ok();
                 for timing in report.overruns() {
                     found.push(StepOverrun {
                         request_id: record.id,
@@ -95,6 +100,10 @@ impl App {
                         step: timing.step,
                         visit: timing.visit,
                         time_standard: timing.time_standard,
+                        roles: definition
+                            .and_then(|definition| definition.step(timing.step))
+                            .map(|step| step.roles.clone())
+                            .unwrap_or_default(),
                         started_at: timing.clock_started_at,
                         deadline: timing.deadline,
                         finished_at: timing.finished_at,

@@ -76,6 +76,7 @@ mod documents;
 mod error;
 mod ids;
 pub mod model;
+mod notifications;
 mod plans;
 mod requests;
 mod tokens;
@@ -83,6 +84,7 @@ mod tokens;
 pub use error::CatalogError;
 pub use ids::*;
 pub use model::*;
+pub use notifications::{NewNotification, NotificationRecord};
 pub use plans::{NewPlan, NewRun, PlanRecord, RunEnd, RunRecord};
 pub use tokens::{NewToken, TokenRecord};
 

@@ -27,6 +27,8 @@ pub struct PlanRecord {
     pub next_retention_at: Option<DateTime<Utc>>,
     /// The next scheduled verification run, while active.
     pub next_verify_at: Option<DateTime<Utc>>,
+    /// The next scheduled restore drill, while active.
+    pub next_drill_at: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// Who created it.
@@ -87,6 +89,8 @@ pub struct RunRecord {
     pub request_id: Option<RequestId>,
     /// The step of that request.
     pub step: Option<i64>,
+    /// A run waiting for its backup window: not started before this instant.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// A run to queue.
@@ -130,6 +134,7 @@ struct PlanRow {
     next_due_at: Option<String>,
     next_retention_at: Option<String>,
     next_verify_at: Option<String>,
+    next_drill_at: Option<String>,
     created_at: String,
     created_by: String,
     updated_at: String,
@@ -150,6 +155,7 @@ impl PlanRow {
                 self.next_retention_at.as_deref(),
             )?,
             next_verify_at: parse_opt_instant("backup_plans", self.next_verify_at.as_deref())?,
+            next_drill_at: parse_opt_instant("backup_plans", self.next_drill_at.as_deref())?,
             created_at: parse_instant("backup_plans", &self.created_at)?,
             created_by: self.created_by,
             updated_at: parse_instant("backup_plans", &self.updated_at)?,
@@ -176,6 +182,7 @@ struct RunRow {
     error: Option<String>,
     request_id: Option<i64>,
     step: Option<i64>,
+    not_before: Option<String>,
 }
 
 impl RunRow {
@@ -198,6 +205,7 @@ impl RunRow {
             error: self.error,
             request_id: self.request_id.map(RequestId),
             step: self.step,
+            not_before: parse_opt_instant("runs", self.not_before.as_deref())?,
         })
     }
 }
@@ -205,7 +213,7 @@ impl RunRow {
 macro_rules! select_plans {
     ($tail:literal) => {
         concat!(
-            "SELECT id, agency_id, request_id, name, spec_json, status, next_due_at, next_retention_at, next_verify_at, ",
+            "SELECT id, agency_id, request_id, name, spec_json, status, next_due_at, next_retention_at, next_verify_at, next_drill_at, ",
             "created_at, created_by, updated_at FROM backup_plans ",
             $tail
         )
@@ -217,7 +225,7 @@ macro_rules! select_runs {
         concat!(
             "SELECT r.id, r.plan_id, r.kind, r.trigger, r.due_at, r.status, r.lease_owner, ",
             "r.lease_expires_at, r.attempts, r.queued_at, r.started_at, r.finished_at, ",
-            "r.stats_json, r.snapshot_id, r.error, r.request_id, r.step FROM runs r ",
+            "r.stats_json, r.snapshot_id, r.error, r.request_id, r.step, r.not_before FROM runs r ",
             $tail
         )
     };
@@ -226,7 +234,7 @@ macro_rules! select_runs {
 const INSERT_PLAN: &str = "INSERT INTO backup_plans (agency_id, request_id, name, spec_json, status, \
      next_due_at, created_at, created_by, updated_at) VALUES ($1, $2, $3, $4, 'approved', NULL, $5, $6, $5) RETURNING id";
 const UPDATE_PLAN: &str = "UPDATE backup_plans SET status = $1, next_due_at = $2, next_retention_at = $3, \
-     next_verify_at = $4, updated_at = $5 WHERE id = $6";
+     next_verify_at = $4, next_drill_at = $5, updated_at = $6 WHERE id = $7";
 const INSERT_RUN: &str = "INSERT INTO runs (plan_id, kind, trigger, due_at, status, queued_at, request_id, step) \
      VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) ON CONFLICT (plan_id, kind, due_at) DO NOTHING RETURNING id";
 /// Claims the oldest claimable run: an expired lease first (its daemon died), then a
@@ -235,19 +243,23 @@ const CLAIM_RUN_SQLITE: &str = "UPDATE runs SET status = 'running', lease_owner 
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = (\
      SELECT r.id FROM runs r JOIN backup_plans p ON p.id = r.plan_id \
      WHERE (r.status = 'running' AND r.lease_expires_at < $3) \
-        OR (r.status = 'queued' AND r.due_at <= $3 AND p.status IN ('approved', 'active') \
+        OR (r.status = 'queued' AND r.due_at <= $3 AND (r.not_before IS NULL OR r.not_before <= $3) \
+            AND p.status IN ('approved', 'active') \
             AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.plan_id = r.plan_id AND o.status = 'running')) \
      ORDER BY r.status DESC, r.due_at, r.id LIMIT 1) RETURNING id";
 const CLAIM_RUN_POSTGRES: &str = "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = (\
      SELECT r.id FROM runs r JOIN backup_plans p ON p.id = r.plan_id \
      WHERE (r.status = 'running' AND r.lease_expires_at < $3) \
-        OR (r.status = 'queued' AND r.due_at <= $3 AND p.status IN ('approved', 'active') \
+        OR (r.status = 'queued' AND r.due_at <= $3 AND (r.not_before IS NULL OR r.not_before <= $3) \
+            AND p.status IN ('approved', 'active') \
             AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.plan_id = r.plan_id AND o.status = 'running')) \
      ORDER BY r.status DESC, r.due_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED) RETURNING id";
 const RENEW_LEASE: &str = "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'";
 const FINISH_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, stats_json = $3, snapshot_id = $4, error = $5, \
      lease_owner = NULL, lease_expires_at = NULL WHERE id = $6 AND lease_owner = $7 AND status = 'running'";
+const DEFER_RUN: &str = "UPDATE runs SET status = 'queued', not_before = $1, lease_owner = NULL, \
+     lease_expires_at = NULL, attempts = attempts - 1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'";
 const CANCEL_QUEUED: &str = "UPDATE runs SET status = 'cancelled', finished_at = $1, error = $2 \
      WHERE plan_id = $3 AND status = 'queued'";
 
@@ -364,7 +376,8 @@ impl Tx {
         let ids: Vec<i64> = with_conn!(self, |conn| {
             sqlx::query_scalar(
                 "SELECT id FROM backup_plans WHERE status = 'active' AND (next_due_at <= $1 \
-                 OR next_retention_at <= $1 OR next_verify_at <= $1) ORDER BY id LIMIT $2",
+                 OR next_retention_at <= $1 OR next_verify_at <= $1 OR next_drill_at <= $1) \
+                 ORDER BY id LIMIT $2",
             )
             .bind(instant(now))
             .bind(i64::from(limit))
@@ -374,7 +387,7 @@ impl Tx {
         Ok(ids.into_iter().map(PlanId).collect())
     }
 
-    /// Sets a plan's status and next slots (backup, retention, verification).
+    /// Sets a plan's status and next slots (backup, retention, verification, drill).
     ///
     /// # Errors
     /// [`CatalogError::NotFound`].
@@ -382,7 +395,7 @@ impl Tx {
         &mut self,
         id: PlanId,
         status: &str,
-        next: [Option<DateTime<Utc>>; 3],
+        next: [Option<DateTime<Utc>>; 4],
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError> {
         let affected = with_conn!(self, |conn| {
@@ -391,6 +404,7 @@ impl Tx {
                 .bind(next[0].map(instant))
                 .bind(next[1].map(instant))
                 .bind(next[2].map(instant))
+                .bind(next[3].map(instant))
                 .bind(instant(now))
                 .bind(id.0)
                 .execute(&mut *conn)
@@ -503,6 +517,29 @@ impl Tx {
         Ok(affected > 0)
     }
 
+    /// Puts a claimed run back in the queue until `not_before` (its backup window is
+    /// closed), undoing the claim; `false` when `owner` no longer held it.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn defer_run(
+        &mut self,
+        id: RunId,
+        owner: &str,
+        not_before: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        let affected = with_conn!(self, |conn| {
+            sqlx::query(DEFER_RUN)
+                .bind(instant(not_before))
+                .bind(id.0)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
     /// Cancels the queued runs of a plan; returns how many.
     ///
     /// # Errors
@@ -577,5 +614,61 @@ impl Tx {
             }),
         };
         rows.into_iter().map(RunRow::decode).collect()
+    }
+}
+
+impl Tx {
+    /// Runs due in `[since, until)`, of one plan or one agency's plans or all, oldest
+    /// first (reports).
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn runs_between(
+        &mut self,
+        plan: Option<PlanId>,
+        agency: Option<AgencyId>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, CatalogError> {
+        let rows: Vec<RunRow> = with_conn!(self, |conn| {
+            sqlx::query_as(select_runs!(
+                "JOIN backup_plans p ON p.id = r.plan_id WHERE ($1 IS NULL OR r.plan_id = $1) \
+                 AND ($2 IS NULL OR p.agency_id = $2) AND r.due_at >= $3 AND r.due_at < $4 \
+                 ORDER BY r.due_at, r.id LIMIT $5"
+            ))
+            .bind(plan.map(|id| id.0))
+            .bind(agency.map(|id| id.0))
+            .bind(instant(since))
+            .bind(instant(until))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?
+        });
+        rows.into_iter().map(RunRow::decode).collect()
+    }
+
+    /// The newest run of a plan of one kind with one of `statuses`, if any.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn last_run_of(
+        &mut self,
+        plan: PlanId,
+        kind: &str,
+        ok_only: bool,
+    ) -> Result<Option<RunRecord>, CatalogError> {
+        let row: Option<RunRow> = with_conn!(self, |conn| {
+            sqlx::query_as(select_runs!(
+                "WHERE r.plan_id = $1 AND r.kind = $2 AND r.status NOT IN ('queued', 'running') \
+                 AND ($3 = 0 OR r.status = 'ok') ORDER BY r.due_at DESC, r.id DESC LIMIT 1"
+            ))
+            .bind(plan.0)
+            .bind(kind)
+            .bind(i64::from(ok_only))
+            .fetch_optional(&mut *conn)
+            .await?
+        });
+        row.map(RunRow::decode).transpose()
     }
 }

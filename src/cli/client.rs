@@ -497,6 +497,108 @@ pub enum ReportCmd {
         #[arg(long)]
         agency: Option<i64>,
     },
+    /// Runs per plan (failures first): status, duration, bytes, dedup ratio, throughput.
+    Runs {
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// Only this plan.
+        #[arg(long)]
+        plan: Option<i64>,
+        /// From this date (YYYY-MM-DD, Asia/Jakarta) or instant (RFC 3339); default 30 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this date (exclusive) or instant; default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Also write the report as an HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// SOP steps past their time standard, by procedure and role.
+    Sla {
+        /// Also write the report as an HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// Repository size per agency, growth, deduplication and compression savings.
+    Storage {
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// History from this date or instant; default 90 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// Also write the report as an HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// Plans whose last good backup is older than their schedule promises.
+    Schedule {
+        /// Only this agency.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// Also write the report as an HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+}
+
+/// An instant for a report: `YYYY-MM-DD` is midnight in Asia/Jakarta.
+fn report_instant(flag: &str, text: Option<String>) -> anyhow::Result<String> {
+    let Some(text) = text else {
+        return Ok(String::new());
+    };
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&text) {
+        return Ok(at.to_rfc3339());
+    }
+    let date = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+        anyhow!("--{flag} `{text}` is neither a date (2026-03-01) nor an RFC 3339 instant")
+    })?;
+    let midnight = date
+        .and_hms_opt(0, 0, 0)
+        .and_then(|naive| {
+            naive
+                .and_local_timezone(chrono_tz::Asia::Jakarta)
+                .earliest()
+        })
+        .ok_or_else(|| anyhow!("--{flag} `{text}` is not a valid date"))?;
+    Ok(midnight.to_rfc3339())
+}
+
+/// Writes a report's HTML page, and prints it as JSON or a table.
+fn emit_report(
+    json: bool,
+    reply: ReportResponse,
+    html: Option<&Path>,
+    table_of: impl FnOnce(&serde_json::Value),
+) -> anyhow::Result<()> {
+    if let Some(path) = html {
+        std::fs::write(path, &reply.html)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let value = parse_json_text(&reply.report_json);
+    if json {
+        print_json(&value);
+    } else {
+        table_of(&value);
+    }
+    Ok(())
+}
+
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "—".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn size(value: &serde_json::Value) -> String {
+    value
+        .as_u64()
+        .map_or_else(|| "—".to_owned(), crate::app::report_html::bytes)
 }
 
 /// `cadang audit ...`.
@@ -587,6 +689,15 @@ pub enum PlanCmd {
         /// Verification reads 1/N of the data per run.
         #[arg(long, default_value_t = 7)]
         verify_parts: u32,
+        /// When a restore drill (latest snapshot restored to scratch and verified) runs, cron.
+        #[arg(long)]
+        drill_schedule: Option<String>,
+        /// Hours backups may run in, local time: `22:00-05:00`.
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        window: Option<String>,
+        /// Most KiB per second a backup writes to the repository.
+        #[arg(long, value_name = "KIB")]
+        bandwidth_limit: Option<u64>,
     },
     /// List plans.
     List {
@@ -1417,6 +1528,177 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 );
             }
         }
+        ClientCommand::Report(ReportCmd::Runs {
+            agency,
+            plan,
+            since,
+            until,
+            html,
+        }) => {
+            let reply = reports
+                .runs_report(conn.req(RunsReportRequest {
+                    agency_id: agency.unwrap_or(0),
+                    plan_id: plan.unwrap_or(0),
+                    since: report_instant("since", since)?,
+                    until: report_instant("until", until)?,
+                    include_html: html.is_some(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            emit_report(json, reply, html.as_deref(), |report| {
+                let mut rows = Vec::new();
+                for plan in report["plans"].as_array().into_iter().flatten() {
+                    for run in plan["runs"].as_array().into_iter().flatten() {
+                        rows.push(vec![
+                            text(&plan["agency_code"]),
+                            format!("{} {}", plan["plan_id"], text(&plan["plan_name"])),
+                            text(&run["id"]),
+                            text(&run["kind"]),
+                            text(&run["status"]),
+                            text(&run["due_at"]),
+                            run["duration_seconds"]
+                                .as_f64()
+                                .map_or_else(|| "—".into(), |s| format_seconds(s.round() as i64)),
+                            size(&run["bytes_read"]),
+                            size(&run["bytes_added"]),
+                            run["dedup_ratio"]
+                                .as_f64()
+                                .map_or_else(|| "—".into(), |r| format!("{r:.1}x")),
+                            text(&run["error"]),
+                        ]);
+                    }
+                }
+                table(
+                    &[
+                        "AGENCY", "PLAN", "RUN", "KIND", "STATUS", "DUE", "DURATION", "READ",
+                        "ADDED", "DEDUP", "ERROR",
+                    ],
+                    rows,
+                );
+            })?;
+        }
+        ClientCommand::Report(ReportCmd::Sla { html }) => {
+            let reply = reports
+                .sla_report(conn.req(SlaReportRequest {
+                    include_html: html.is_some(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            emit_report(json, reply, html.as_deref(), |report| {
+                table(
+                    &["PROCEDURE", "ROLE", "OVERRUNS", "OPEN", "WORST"],
+                    report["groups"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|group| {
+                            vec![
+                                text(&group["procedure"]),
+                                text(&group["role"]),
+                                text(&group["overruns"]),
+                                text(&group["open"]),
+                                format_seconds(group["max_late_seconds"].as_i64().unwrap_or(0)),
+                            ]
+                        })
+                        .collect(),
+                );
+            })?;
+        }
+        ClientCommand::Report(ReportCmd::Storage {
+            agency,
+            since,
+            html,
+        }) => {
+            let reply = reports
+                .storage_report(conn.req(StorageReportRequest {
+                    agency_id: agency.unwrap_or(0),
+                    since: report_instant("since", since)?,
+                    include_html: html.is_some(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            emit_report(json, reply, html.as_deref(), |report| {
+                table(
+                    &[
+                        "AGENCY",
+                        "STORED",
+                        "UNIQUE",
+                        "SNAPSHOTS",
+                        "DEDUP SAVES",
+                        "COMPRESSION SAVES",
+                        "GROWTH",
+                    ],
+                    report["agencies"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|agency| {
+                            vec![
+                                text(&agency["agency_code"]),
+                                size(&agency["stored_bytes"]),
+                                size(&agency["unique_bytes"]),
+                                size(&agency["logical_bytes"]),
+                                format!(
+                                    "{:.0}%",
+                                    agency["dedup_savings"].as_f64().unwrap_or(0.0) * 100.0
+                                ),
+                                format!(
+                                    "{:.0}%",
+                                    agency["compression_savings"].as_f64().unwrap_or(0.0) * 100.0
+                                ),
+                                text(&agency["growth_bytes"]),
+                            ]
+                        })
+                        .collect(),
+                );
+            })?;
+        }
+        ClientCommand::Report(ReportCmd::Schedule { agency, html }) => {
+            let reply = reports
+                .schedule_report(conn.req(ScheduleReportRequest {
+                    agency_id: agency.unwrap_or(0),
+                    include_html: html.is_some(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            emit_report(json, reply, html.as_deref(), |report| {
+                table(
+                    &[
+                        "AGENCY",
+                        "PLAN",
+                        "STATUS",
+                        "LAST GOOD",
+                        "PROMISED BY",
+                        "LATE BY",
+                        "LAST RUN",
+                    ],
+                    report["plans"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|plan| {
+                            vec![
+                                text(&plan["agency_code"]),
+                                format!("{} {}", plan["plan_id"], text(&plan["plan_name"])),
+                                text(&plan["status"]),
+                                text(&plan["last_good_at"]),
+                                text(&plan["expected_by"]),
+                                if plan["overdue"] == serde_json::json!(true) {
+                                    format_seconds(plan["late_by_seconds"].as_i64().unwrap_or(0))
+                                } else {
+                                    "on time".to_owned()
+                                },
+                                text(&plan["last_status"]),
+                            ]
+                        })
+                        .collect(),
+                );
+            })?;
+        }
         ClientCommand::Audit(AuditCmd::Verify {
             checkpoint,
             save_checkpoint,
@@ -1499,11 +1781,25 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 retention_schedule,
                 verify_schedule,
                 verify_parts,
+                drill_schedule,
+                window,
+                bandwidth_limit,
             } => {
+                let window = window
+                    .map(|window| match window.split_once('-') {
+                        Some((start, end)) => {
+                            Ok(serde_json::json!({ "start": start.trim(), "end": end.trim() }))
+                        }
+                        None => Err(anyhow!(
+                            "--window `{window}` must be two times of day, such as 22:00-05:00"
+                        )),
+                    })
+                    .transpose()?;
                 let spec = serde_json::json!({
                     "paths": paths, "excludes": excludes, "schedule": schedule, "time_zone": time_zone,
                     "retention": {"last": keep_last, "daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly},
                     "retention_schedule": retention_schedule, "verify_schedule": verify_schedule, "verify_parts": verify_parts,
+                    "drill_schedule": drill_schedule, "window": window, "bandwidth_limit_kib": bandwidth_limit,
                 });
                 let plan = plans
                     .create_plan(conn.req(CreatePlanRequest {

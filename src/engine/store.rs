@@ -48,6 +48,32 @@ pub struct Store {
     location: String,
     retries: u32,
     create_supported: Arc<std::sync::atomic::AtomicBool>,
+    upload_limit: Option<Arc<RateLimit>>,
+}
+
+/// Paces writes to at most `bytes_per_second` on average: each write reserves its
+/// share of time after the previous ones and waits for its turn, so the long-run rate
+/// stays under the limit while a single object still goes out at full speed.
+#[derive(Debug)]
+struct RateLimit {
+    bytes_per_second: u64,
+    next_free: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimit {
+    async fn pace(&self, bytes: usize) {
+        let cost = std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        let start = {
+            let mut next = self
+                .next_free
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + cost;
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -143,7 +169,19 @@ impl Store {
             location: location.to_string(),
             retries: 4,
             create_supported: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            upload_limit: None,
         }
+    }
+
+    /// Limits the rate of new objects written through this handle (and its clones) to
+    /// `bytes_per_second` on average, for a backup that must leave bandwidth to others.
+    #[must_use]
+    pub fn with_upload_limit(mut self, bytes_per_second: u64) -> Self {
+        self.upload_limit = Some(Arc::new(RateLimit {
+            bytes_per_second: bytes_per_second.max(1),
+            next_free: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }));
+        self
     }
 
     /// The location as given by the user (never contains credentials: those
@@ -236,6 +274,9 @@ impl Store {
         data: Bytes,
         verify_existing: impl Fn(&[u8]) -> bool,
     ) -> Result<()> {
+        if let Some(limit) = &self.upload_limit {
+            limit.pace(data.len()).await;
+        }
         let p = Path::from(key);
         let use_create = self
             .create_supported
@@ -394,6 +435,33 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn an_upload_limit_paces_writes_to_the_rate() {
+        let rt = rt();
+        let s = Store::open("memory://", &StoreOptions::default())
+            .unwrap()
+            .with_upload_limit(256 * 1024);
+        rt.block_on(async {
+            let started = std::time::Instant::now();
+            for n in 0..5 {
+                s.put_create(
+                    &format!("data/aa/{n}"),
+                    Bytes::from(vec![n; 64 * 1024]),
+                    |_| false,
+                )
+                .await
+                .unwrap();
+            }
+            // The first write goes at once; each further 64 KiB waits a quarter second.
+            let elapsed = started.elapsed();
+            assert!(
+                elapsed >= std::time::Duration::from_millis(990),
+                "{elapsed:?}"
+            );
+            assert_eq!(s.list("data").await.unwrap().len(), 5);
+        });
     }
 
     #[test]

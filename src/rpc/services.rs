@@ -8,6 +8,7 @@ use super::pb::{self, *};
 use super::{Ctx, caller, status};
 use crate::app::{
     AuditCheckpoint, NewAccountInput, NewPersonInput, ObservedServer, OpenRequest, RequestDetails,
+    report_html,
 };
 use crate::catalog::{
     AccountId, AgencyId, NewAgency, NewRack, PlanId, PowerFeedId, RequestFilter, RequestId, RunId,
@@ -829,6 +830,103 @@ impl report_service_server::ReportService for Reports {
             overruns_json: to_json(&overruns)?,
         }))
     }
+
+    async fn runs_report(&self, request: Request<RunsReportRequest>) -> Reply<ReportResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let filter = crate::app::RunFilter {
+            agency: opt_id("agency_id", message.agency_id)?.map(AgencyId),
+            plan: opt_id("plan_id", message.plan_id)?.map(PlanId),
+            since: opt_instant("since", &message.since)?,
+            until: opt_instant("until", &message.until)?,
+        };
+        let report = self
+            .0
+            .app
+            .runs_report(&caller, &filter, self.0.now())
+            .await
+            .map_err(status)?;
+        report_reply(&report, message.include_html, report_html::runs_html)
+    }
+
+    async fn sla_report(&self, request: Request<SlaReportRequest>) -> Reply<ReportResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let report = self
+            .0
+            .app
+            .sla_report(&caller, self.0.now())
+            .await
+            .map_err(status)?;
+        report_reply(&report, message.include_html, report_html::sla_html)
+    }
+
+    async fn storage_report(
+        &self,
+        request: Request<StorageReportRequest>,
+    ) -> Reply<ReportResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let report = self
+            .0
+            .app
+            .storage_report(
+                &caller,
+                opt_id("agency_id", message.agency_id)?.map(AgencyId),
+                opt_instant("since", &message.since)?,
+                self.0.now(),
+            )
+            .await
+            .map_err(status)?;
+        report_reply(&report, message.include_html, report_html::storage_html)
+    }
+
+    async fn schedule_report(
+        &self,
+        request: Request<ScheduleReportRequest>,
+    ) -> Reply<ReportResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let report = self
+            .0
+            .app
+            .schedule_report(
+                &caller,
+                opt_id("agency_id", message.agency_id)?.map(AgencyId),
+                self.0.now(),
+            )
+            .await
+            .map_err(status)?;
+        report_reply(&report, message.include_html, report_html::schedule_html)
+    }
+}
+
+fn report_reply<T: serde::Serialize>(
+    report: &T,
+    include_html: bool,
+    html: fn(&T) -> String,
+) -> Reply<ReportResponse> {
+    Ok(Response::new(ReportResponse {
+        report_json: to_json(report)?,
+        html: if include_html {
+            html(report)
+        } else {
+            String::new()
+        },
+    }))
+}
+
+fn opt_instant(field: &str, text: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|at| Some(at.with_timezone(&chrono::Utc)))
+        .map_err(|_| {
+            Status::invalid_argument(format!(
+                "{field} `{text}` is not an RFC 3339 instant, such as 2026-03-01T00:00:00+07:00"
+            ))
+        })
 }
 
 struct Plans(Ctx);

@@ -178,6 +178,7 @@ pub(crate) fn test_config() -> AppConfig {
         nip: Some("197001011995031001".into()),
         rank: Some("Pembina Tk. I".into()),
     }];
+    config.notify_channels = vec!["webhook".into(), "email".into()];
     config
 }
 
@@ -550,6 +551,9 @@ impl Env {
                     retention_schedule: None,
                     verify_schedule: None,
                     verify_parts: 7,
+                    drill_schedule: None,
+                    window: None,
+                    bandwidth_limit_kib: None,
                 },
                 self.now(),
             )

@@ -10,6 +10,7 @@ mod directory;
 mod documents_numbering;
 mod guards;
 mod harness;
+mod operations;
 mod plans;
 mod procedures;
 mod reports;
@@ -58,6 +59,11 @@ conformance! {
         the_backup_request_steers_its_plan,
         a_lapsed_lease_is_taken_over,
         racing_daemons_run_every_slot_exactly_once,
+    ],
+    operations: [
+        a_backup_waits_for_its_window,
+        bad_runs_notify_once_and_delivery_retries,
+        reports_show_failures_overdue_plans_and_storage,
     ],
     audit_chain: [
         a_clean_chain_verifies_and_links_every_change,

@@ -7,10 +7,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::*;
 use crate::app::{PlanSpec, Retention};
-use crate::catalog::{Catalog, PlanId, RequestId, RunEnd};
+use crate::catalog::{Catalog, PlanId, RequestId, RunEnd, RunRecord};
 use crate::workflow::Answer;
 
-fn spec(schedule: &str) -> PlanSpec {
+pub(super) fn spec(schedule: &str) -> PlanSpec {
     PlanSpec {
         paths: vec!["/srv/simkes".into()],
         excludes: vec!["*.tmp".into()],
@@ -23,10 +23,19 @@ fn spec(schedule: &str) -> PlanSpec {
         retention_schedule: Some("0 4 * * 0".into()),
         verify_schedule: None,
         verify_parts: 7,
+        drill_schedule: None,
+        window: None,
+        bandwidth_limit_kib: None,
     }
 }
 
-fn ok() -> RunEnd {
+pub(super) fn parts(
+    claimed: crate::app::ClaimedRun,
+) -> (RunRecord, crate::catalog::PlanRecord, String) {
+    (claimed.run, claimed.plan, claimed.agency_code)
+}
+
+pub(super) fn ok() -> RunEnd {
     RunEnd {
         status: "ok",
         stats_json: "{}".into(),
@@ -35,7 +44,7 @@ fn ok() -> RunEnd {
     }
 }
 
-async fn backup_request(env: &Env) -> RequestId {
+pub(super) async fn backup_request(env: &Env) -> RequestId {
     env.open(
         SKPD,
         "backup_request",
@@ -57,7 +66,7 @@ async fn backup_request(env: &Env) -> RequestId {
     .id
 }
 
-async fn runs_of(env: &Env, plan: PlanId) -> Vec<crate::catalog::RunRecord> {
+pub(super) async fn runs_of(env: &Env, plan: PlanId) -> Vec<crate::catalog::RunRecord> {
     let mut tx = env.app.catalog().begin_read().await.unwrap();
     tx.runs(Some(plan), None, 1000).await.unwrap()
 }
@@ -80,7 +89,7 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
         .await
         .expect("the plan is created");
     assert_eq!(plan.status, "approved");
-    assert_eq!(plan.next, [None, None, None], "not scheduled before B5");
+    assert_eq!(plan.next, [None; 4], "not scheduled before B5");
 
     // Entering B3 (B2 done): the first start runs the plan once.
     env.complete(KASI, id, 2).await;
@@ -100,6 +109,7 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
         .claim_run("d1", TimeDelta::minutes(5), now)
         .await
         .unwrap()
+        .map(parts)
         .expect("claimable");
     assert_eq!(agency, "DINKES");
     assert!(env.app.finish_run(run.id, "d1", &ok(), now).await.unwrap());
@@ -147,6 +157,7 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
         .claim_run("d1", TimeDelta::minutes(90), first)
         .await
         .unwrap()
+        .map(parts)
         .unwrap();
     let second = first + TimeDelta::hours(1);
     assert_eq!(env.app.queue_due_runs(second).await.unwrap().len(), 1);
@@ -155,6 +166,7 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
             .claim_run("d2", TimeDelta::minutes(5), second)
             .await
             .unwrap()
+            .map(parts)
             .is_none()
     );
     assert!(
@@ -168,6 +180,7 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
         .claim_run("d2", TimeDelta::minutes(5), second)
         .await
         .unwrap()
+        .map(parts)
         .unwrap();
     assert_eq!(next.due_at, second);
     assert!(
@@ -268,6 +281,7 @@ pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
         .claim_run("dead", TimeDelta::minutes(1), now)
         .await
         .unwrap()
+        .map(parts)
         .unwrap();
     // While the lease holds, nobody else gets it.
     assert!(
@@ -275,6 +289,7 @@ pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
             .claim_run("alive", TimeDelta::minutes(1), now + TimeDelta::seconds(30))
             .await
             .unwrap()
+            .map(parts)
             .is_none()
     );
     // The holder died: after the lease lapses the run is taken over, not lost, not doubled.
@@ -284,6 +299,7 @@ pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
         .claim_run("alive", TimeDelta::minutes(1), later)
         .await
         .unwrap()
+        .map(parts)
         .unwrap();
     assert_eq!(taken.id, run.id);
     assert_eq!(taken.attempts, 2);
@@ -331,7 +347,7 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
             tx.update_plan(
                 *plan,
                 "active",
-                [Some(start + TimeDelta::minutes(1)), None, None],
+                [Some(start + TimeDelta::minutes(1)), None, None, None],
                 start,
             )
             .await
@@ -351,8 +367,11 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
             for minute in 1..=minutes {
                 let now = start + TimeDelta::minutes(minute) + TimeDelta::seconds(1);
                 app.queue_due_runs(now).await.unwrap();
-                while let Some((run, _, _)) =
-                    app.claim_run(name, TimeDelta::hours(2), now).await.unwrap()
+                while let Some((run, _, _)) = app
+                    .claim_run(name, TimeDelta::hours(2), now)
+                    .await
+                    .unwrap()
+                    .map(parts)
                 {
                     assert!(app.finish_run(run.id, name, &ok(), now).await.unwrap());
                     done += 1;
@@ -381,7 +400,7 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
     }
 }
 
-async fn caller(env: &Env, username: &str) -> crate::app::Caller {
+pub(super) async fn caller(env: &Env, username: &str) -> crate::app::Caller {
     let issued = env
         .app
         .create_token(username, None, "test", None, env.now())
