@@ -458,3 +458,161 @@ fn run_drill(
         error: (!ok).then(|| problems.join("; ")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Retention;
+    use crate::catalog::{PlanId, RunId};
+
+    fn spec(source: &Path) -> PlanSpec {
+        PlanSpec {
+            paths: vec![source.display().to_string()],
+            excludes: vec![],
+            schedule: "0 2 * * *".into(),
+            time_zone: "Asia/Jakarta".into(),
+            retention: Retention::default(),
+            retention_schedule: None,
+            verify_schedule: None,
+            verify_parts: 7,
+            drill_schedule: Some("0 3 * * 0".into()),
+            window: None,
+            bandwidth_limit_kib: None,
+        }
+    }
+
+    fn run(id: i64, kind: &str) -> RunRecord {
+        let now = Utc::now();
+        RunRecord {
+            id: RunId(id),
+            plan_id: PlanId(7),
+            kind: kind.into(),
+            trigger: "schedule".into(),
+            due_at: now,
+            status: "running".into(),
+            lease_owner: Some("test".into()),
+            lease_expires_at: None,
+            attempts: 1,
+            queued_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            stats_json: None,
+            snapshot_id: None,
+            error: None,
+            request_id: None,
+            step: None,
+            not_before: None,
+        }
+    }
+
+    fn stats(end: &RunEnd) -> serde_json::Value {
+        serde_json::from_str(&end.stats_json).unwrap()
+    }
+
+    #[test]
+    fn a_drill_restores_and_verifies_the_latest_snapshot_and_reports_damage() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(source.join("db")).unwrap();
+        for n in 0..20u8 {
+            let content: Vec<u8> = (0..40_000u32)
+                .map(|i| (i as u8) ^ n.wrapping_mul(31))
+                .collect();
+            std::fs::write(source.join("db").join(format!("table{n}.dat")), content).unwrap();
+        }
+        let scratch = dir.path().join("drills");
+        let repositories = Repositories::new(
+            dir.path().join("repositories").display().to_string(),
+            [9; 32],
+            StoreOptions::default(),
+        )
+        .with_scratch(scratch.clone());
+        let spec = spec(&source);
+        let cancel = || Arc::new(AtomicBool::new(false));
+        let handle = runtime.handle();
+
+        // Nothing to drill before the first backup.
+        let early = execute(
+            &repositories,
+            handle,
+            "DINKES",
+            &spec,
+            &run(1, "drill"),
+            cancel(),
+            Utc::now(),
+        );
+        assert_eq!(early.status, "failed");
+        assert!(
+            early.error.as_deref().unwrap().contains("no snapshot"),
+            "{early:?}"
+        );
+
+        let backup = execute(
+            &repositories,
+            handle,
+            "DINKES",
+            &spec,
+            &run(2, "backup"),
+            cancel(),
+            Utc::now(),
+        );
+        assert_eq!(backup.status, "ok", "{backup:?}");
+        let backup_stats = stats(&backup);
+        assert!(backup_stats["repository_stored_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(backup_stats["bytes_total"], serde_json::json!(800_000));
+
+        let drill = execute(
+            &repositories,
+            handle,
+            "DINKES",
+            &spec,
+            &run(3, "drill"),
+            cancel(),
+            Utc::now(),
+        );
+        assert_eq!(drill.status, "ok", "{drill:?}");
+        assert_eq!(drill.snapshot_id, backup.snapshot_id);
+        let drill_stats = stats(&drill);
+        assert_eq!(drill_stats["files_restored"], serde_json::json!(20));
+        assert_eq!(drill_stats["bytes_verified"], serde_json::json!(800_000));
+        assert!(
+            std::fs::read_dir(&scratch).unwrap().next().is_none(),
+            "the agency's data does not stay in scratch"
+        );
+
+        // Damage every pack: the drill says so instead of passing.
+        let data = dir.path().join("repositories").join("dinkes").join("data");
+        for entry in walk(&data) {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&entry, bytes).unwrap();
+        }
+        let damaged = execute(
+            &repositories,
+            handle,
+            "DINKES",
+            &spec,
+            &run(4, "drill"),
+            cancel(),
+            Utc::now(),
+        );
+        assert_ne!(damaged.status, "ok", "{damaged:?}");
+        assert!(damaged.error.is_some());
+        assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
+    }
+}

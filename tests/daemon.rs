@@ -689,6 +689,60 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         second["stats"]["bytes_added"].as_u64().unwrap() < 4096,
         "{second}"
     );
+    // A restore drill on demand: the latest snapshot restored to scratch and verified.
+    ok(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan_id, "--kind", "drill"],
+    );
+    let drill = wait_for_run(&server, &site.kasi, &plan_id, 3);
+    assert_eq!(
+        (drill["kind"].as_str(), drill["status"].as_str()),
+        (Some("drill"), Some("ok")),
+        "{drill}"
+    );
+    assert!(
+        drill["stats"]["bytes_verified"].as_u64().unwrap() > 0,
+        "{drill}"
+    );
+    refused(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan_id, "--kind", "defrag"],
+        "INVALID_ARGUMENT",
+    );
+    // The reports, through the real daemon: the agency's runs, storage with a chart,
+    // the schedule promise; another agency sees none of it.
+    let runs = ok(&server, &site.kasi, &["report", "runs", "--plan", &plan_id]);
+    assert_eq!(
+        runs["plans"][0]["runs"].as_array().unwrap().len(),
+        3,
+        "{runs}"
+    );
+    let page = dir.join("storage.html");
+    let storage = ok(
+        &server,
+        &site.kasi,
+        &["report", "storage", "--html", page.to_str().unwrap()],
+    );
+    assert_eq!(storage["agencies"][0]["agency_code"], "DINKES", "{storage}");
+    assert!(
+        storage["agencies"][0]["stored_bytes"].as_u64().unwrap() > 0,
+        "{storage}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("DINKES") && !html.contains("<script"),
+        "{html}"
+    );
+    let schedule = ok(&server, &site.kasi, &["report", "schedule"]);
+    assert_eq!(schedule["plans"][0]["overdue"], false, "{schedule}");
+    let foreign = ok(&server, &site.skpd_other, &["report", "storage"]);
+    assert!(
+        foreign["agencies"].as_array().unwrap().is_empty(),
+        "{foreign}"
+    );
+    ok(&server, &site.kasi, &["report", "sla"]);
     ok(&server, &site.kasi, &["plan", "pause", &plan_id]);
     ok(&server, &site.kasi, &["plan", "resume", &plan_id]);
     // The agency sees its own plan and runs, another agency none.
@@ -697,7 +751,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
             .as_array()
             .unwrap()
             .len(),
-        2
+        3
     );
     refused(
         &server,

@@ -536,18 +536,43 @@ impl App {
         plan: PlanId,
         now: DateTime<Utc>,
     ) -> Result<RunId, AppError> {
+        self.run_now_kind(username, plan, "backup", now).await
+    }
+
+    /// Queues a run of one kind (`backup`, `verify`, `retention`, `drill`) now.
+    ///
+    /// # Errors
+    /// As [`App::run_now`]; [`AppError::InvalidInput`] for an unknown kind, or
+    /// retention without a policy that keeps something.
+    pub async fn run_now_kind(
+        &self,
+        username: &str,
+        plan: PlanId,
+        kind: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RunId, AppError> {
+        let kind: &'static str = KINDS.iter().find(|known| **known == kind).ok_or_else(|| {
+            AppError::invalid(format!(
+                "unknown run kind `{kind}`; one of backup, retention, verify, drill"
+            ))
+        })?;
         let mut work = self.work(username, now).await?;
         work.require(&PLAN_ROLES, "run backup plans")?;
         let record = work.tx.plan_for_update(plan).await?;
         if record.status == "stopped" {
             return Err(AppError::Conflict(format!("plan {plan} is stopped")));
         }
+        if kind == "retention" && spec_of(&record)?.retention.is_empty() {
+            return Err(AppError::invalid(format!(
+                "plan {plan} has no retention policy that keeps something; retention would remove every snapshot"
+            )));
+        }
         let id = work
             .tx
             .insert_run(
                 &NewRun {
                     plan_id: plan,
-                    kind: "backup",
+                    kind,
                     trigger: "ad_hoc",
                     due_at: now,
                     request_id: None,
@@ -561,7 +586,8 @@ impl App {
                     "plan {plan} already has a run queued for this instant"
                 ))
             })?;
-        work.audit("plan.run_now", "plan", plan).after = Some(serde_json::json!({ "run": id }));
+        work.audit("plan.run_now", "plan", plan).after =
+            Some(serde_json::json!({ "run": id, "kind": kind }));
         work.commit().await?;
         Ok(id)
     }

@@ -353,7 +353,7 @@ pub fn storage_html(report: &StorageReport) -> String {
         })
         .collect();
     body.push_str(&line_chart(&series));
-    body.push_str("<h2>Savings</h2>\n");
+    body.push_str("<h2>Stored now</h2>\n");
     let rows: Vec<_> = report
         .agencies
         .iter()
@@ -452,4 +452,196 @@ pub fn schedule_html(report: &ScheduleReport) -> String {
         report.generated_at,
         &body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! Golden files: each report rendered from fixed data is compared byte for byte with
+    //! `src/app/golden/report_<name>.html`; set `CADANG_UPDATE_GOLDEN=1` to rewrite them
+    //! after an intended change, and review the diff.
+
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::app::operations::{
+        AgencyStorage, PlanRuns, RunLine, ScheduleLine, SizePoint, SlaGroup,
+    };
+    use crate::catalog::{AgencyId, PlanId, RunId};
+
+    fn golden(name: &str, html: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/app/golden")
+            .join(format!("report_{name}.html"));
+        if std::env::var_os("CADANG_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, html).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error} (CADANG_UPDATE_GOLDEN=1 writes it)",
+                path.display()
+            )
+        });
+        assert!(
+            html == expected,
+            "report {name} differs from {} (set CADANG_UPDATE_GOLDEN=1 to accept an intended change)",
+            path.display()
+        );
+    }
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap()
+    }
+
+    fn run(id: i64, status: &str, day: u32, error: Option<&str>) -> RunLine {
+        RunLine {
+            id: RunId(id),
+            kind: "backup".into(),
+            trigger: "schedule".into(),
+            status: status.into(),
+            due_at: at(day, 19),
+            started_at: Some(at(day, 19)),
+            finished_at: Some(at(day, 20)),
+            duration_seconds: Some(1830.0),
+            bytes_read: Some(52_428_800_000),
+            bytes_added: Some(1_310_720_000),
+            dedup_ratio: Some(40.0),
+            throughput_bytes_per_second: Some(28_650_000.0),
+            snapshot_id: Some("ab".repeat(32)),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_runs_report_matches_its_golden_file() {
+        let mut counts = BTreeMap::new();
+        counts.insert("failed".to_owned(), 1);
+        counts.insert("ok".to_owned(), 2);
+        let report = RunsReport {
+            generated_at: at(10, 1),
+            since: at(1, 0),
+            until: at(10, 0),
+            plans: vec![PlanRuns {
+                plan_id: PlanId(3),
+                plan_name: "simkes <harian>".into(),
+                agency_id: AgencyId(1),
+                agency_code: "DINKES".into(),
+                counts,
+                bytes_added: 2_621_440_000,
+                runs: vec![
+                    run(
+                        12,
+                        "failed",
+                        4,
+                        Some("cannot read /srv/simkes: permission denied"),
+                    ),
+                    run(13, "ok", 5, None),
+                    run(11, "ok", 3, None),
+                ],
+            }],
+        };
+        golden("runs", &runs_html(&report));
+    }
+
+    #[test]
+    fn the_sla_report_matches_its_golden_file() {
+        let report = SlaReport {
+            generated_at: at(10, 1),
+            groups: vec![
+                SlaGroup {
+                    procedure: "colocation_handover".into(),
+                    role: "KASI_INFRAS".into(),
+                    overruns: 3,
+                    open: 1,
+                    max_late_seconds: 200_000,
+                },
+                SlaGroup {
+                    procedure: "restore_request".into(),
+                    role: "PETUGAS".into(),
+                    overruns: 1,
+                    open: 0,
+                    max_late_seconds: 5400,
+                },
+            ],
+            overruns: vec![],
+        };
+        golden("sla", &sla_html(&report));
+    }
+
+    #[test]
+    fn the_storage_report_matches_its_golden_file() {
+        let history = |base: u64| {
+            (1..=5)
+                .map(|day| SizePoint {
+                    at: at(day, 20),
+                    stored_bytes: base + u64::from(day) * 1_073_741_824,
+                })
+                .collect::<Vec<_>>()
+        };
+        let report = StorageReport {
+            generated_at: at(10, 1),
+            since: at(1, 0),
+            agencies: vec![
+                AgencyStorage {
+                    agency_id: AgencyId(1),
+                    agency_code: "DINKES".into(),
+                    stored_bytes: 6 * 1_073_741_824,
+                    unique_bytes: 10 * 1_073_741_824,
+                    logical_bytes: 50 * 1_073_741_824,
+                    dedup_savings: 0.8,
+                    compression_savings: 0.4,
+                    growth_bytes: 4 * 1_073_741_824,
+                    history: history(1_073_741_824),
+                },
+                AgencyStorage {
+                    agency_id: AgencyId(2),
+                    agency_code: "KAB-KENDAL".into(),
+                    stored_bytes: 3 * 1_073_741_824,
+                    unique_bytes: 4 * 1_073_741_824,
+                    logical_bytes: 9 * 1_073_741_824,
+                    dedup_savings: 0.55,
+                    compression_savings: 0.25,
+                    growth_bytes: 4 * 1_073_741_824,
+                    history: history(0),
+                },
+            ],
+        };
+        golden("storage", &storage_html(&report));
+    }
+
+    #[test]
+    fn the_schedule_report_matches_its_golden_file() {
+        let line = |id: i64, overdue: bool, late: i64| ScheduleLine {
+            plan_id: PlanId(id),
+            plan_name: format!("plan-{id}"),
+            agency_id: AgencyId(1),
+            agency_code: "DINKES".into(),
+            status: "active".into(),
+            schedule: "0 2 * * * (Asia/Jakarta)".into(),
+            last_good_at: Some(at(6, 19)),
+            expected_by: Some(at(7, 19)),
+            overdue,
+            late_by_seconds: late,
+            last_status: Some(if overdue { "failed" } else { "ok" }.into()),
+        };
+        let report = ScheduleReport {
+            generated_at: at(10, 1),
+            grace_minutes: 60,
+            plans: vec![line(4, true, 190_800), line(5, false, 0)],
+        };
+        golden("schedule", &schedule_html(&report));
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(duration(3725), "1h 02m");
+    }
 }

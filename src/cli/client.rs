@@ -714,6 +714,9 @@ pub enum PlanCmd {
     RunNow {
         /// Plan id.
         id: i64,
+        /// What to run: backup, verify, retention or drill (a test restore, verified).
+        #[arg(long, default_value = "backup")]
+        kind: String,
     },
     /// Pause an active plan.
     Pause {
@@ -1846,9 +1849,9 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     print_runs(false, &shown.runs);
                 }
             }
-            PlanCmd::RunNow { id } => {
+            PlanCmd::RunNow { id, kind } => {
                 let run = plans
-                    .run_now(conn.req(RunNowRequest { plan_id: id }))
+                    .run_now(conn.req(RunNowRequest { plan_id: id, kind }))
                     .await
                     .map_err(rpc_error)?
                     .into_inner();

@@ -989,6 +989,7 @@ impl plan_service_server::PlanService for Plans {
     async fn run_now(&self, request: Request<RunNowRequest>) -> Reply<pb::Run> {
         let caller = caller(&request)?;
         let plan = PlanId(id("plan_id", request.get_ref().plan_id)?);
+        let kind = opt_text(&request.get_ref().kind).unwrap_or_else(|| "backup".to_owned());
         self.0
             .app
             .plan_for(&caller, plan, 0)
@@ -997,7 +998,7 @@ impl plan_service_server::PlanService for Plans {
         let run = self
             .0
             .app
-            .run_now(&caller.account.username, plan, self.0.now())
+            .run_now_kind(&caller.account.username, plan, &kind, self.0.now())
             .await
             .map_err(status)?;
         let run = self.0.app.run_for(&caller, run).await.map_err(status)?;
