@@ -82,7 +82,8 @@ impl Repositories {
     }
 
     /// Opens an agency's repository, creating it on first use; new objects are written
-    /// at most `upload_limit` bytes per second when one is given.
+    /// at most `upload_limit` bytes per second when one is given (a write waiting for
+    /// its turn gives up when `cancel` is set).
     ///
     /// # Errors
     /// Engine errors, as text for the run record.
@@ -91,6 +92,7 @@ impl Repositories {
         handle: &Handle,
         agency_code: &str,
         upload_limit: Option<u64>,
+        cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Repository, String> {
         let location = self.location(agency_code);
         if !location.contains("://") {
@@ -99,7 +101,7 @@ impl Repositories {
         }
         let mut store = Store::open(&location, &self.store).map_err(|error| error.to_string())?;
         if let Some(limit) = upload_limit {
-            store = store.with_upload_limit(limit);
+            store = store.with_upload_limit(limit, cancel);
         }
         let password = self.password(agency_code);
         let options = OpenOptions {
@@ -117,13 +119,26 @@ impl Repositories {
             &options,
         ) {
             Ok(repository) => Ok(repository),
-            Err(crate::engine::error::Error::NotARepository { .. }) => Repository::init(
-                handle.clone(),
-                store,
-                password.expose().as_bytes(),
-                &options,
-            )
-            .map_err(|error| format!("cannot create the repository at {location}: {error}")),
+            Err(crate::engine::error::Error::NotARepository { .. }) => {
+                match Repository::init(
+                    handle.clone(),
+                    store.clone(),
+                    password.expose().as_bytes(),
+                    &options,
+                ) {
+                    Ok(repository) => Ok(repository),
+                    // Another daemon (or run) created it at the same moment: use theirs.
+                    Err(init_error) => Repository::open(
+                        handle.clone(),
+                        store,
+                        password.expose().as_bytes(),
+                        &options,
+                    )
+                    .map_err(|_| {
+                        format!("cannot create the repository at {location}: {init_error}")
+                    }),
+                }
+            }
             Err(error) => Err(format!("cannot open the repository at {location}: {error}")),
         }
     }
@@ -131,12 +146,15 @@ impl Repositories {
 
 /// Runs one run to its end and says how it ended. Never panics on bad data: every
 /// failure becomes a `failed` record with the reason.
+/// `sequence` is the run's place among its plan's runs of the same kind.
+#[allow(clippy::too_many_arguments)]
 pub fn execute(
     repositories: &Repositories,
     handle: &Handle,
     agency_code: &str,
     spec: &PlanSpec,
     run: &RunRecord,
+    sequence: u64,
     cancel: Arc<AtomicBool>,
     now: DateTime<Utc>,
 ) -> RunEnd {
@@ -146,13 +164,13 @@ pub fn execute(
         .then(|| spec.bandwidth_limit_kib.map(|kib| kib.saturating_mul(1024)))
         .flatten();
     let outcome = repositories
-        .open(handle, agency_code, limit)
+        .open(handle, agency_code, limit, Some(cancel.clone()))
         .and_then(|repository| match run.kind.as_str() {
             "backup" => run_backup(&repository, spec, run, cancel, now)
                 .map(|end| with_repository_size(&repository, end)),
             "retention" => run_retention(&repository, spec, now)
                 .map(|end| with_repository_size(&repository, end)),
-            "verify" => run_verify(&repository, spec, run),
+            "verify" => run_verify(&repository, spec, sequence),
             "drill" => run_drill(&repository, &repositories.scratch, run, cancel),
             other => Err(format!("unknown run kind `{other}`")),
         });
@@ -324,12 +342,16 @@ fn run_retention(
     })
 }
 
-fn run_verify(repository: &Repository, spec: &PlanSpec, run: &RunRecord) -> Result<RunEnd, String> {
-    // Part n of t, chosen from the slot, so consecutive runs read consecutive parts and a
-    // full cycle reads every pack once.
-    let t = spec.verify_parts.max(1);
-    let cycle = u64::try_from(run.due_at.timestamp()).unwrap_or(0) / 60;
-    let n = u32::try_from(cycle % u64::from(t)).unwrap_or(0) + 1;
+/// The part (`n` of `t`) the `sequence`-th verification reads: consecutive runs read
+/// consecutive parts, so every `t` runs read every pack once, whatever the schedule.
+pub fn verify_part(sequence: u64, parts: u32) -> (u32, u32) {
+    let t = parts.max(1);
+    let n = u32::try_from(sequence % u64::from(t)).unwrap_or(0) + 1;
+    (n, t)
+}
+
+fn run_verify(repository: &Repository, spec: &PlanSpec, sequence: u64) -> Result<RunEnd, String> {
+    let (n, t) = verify_part(sequence, spec.verify_parts);
     let report = check(
         repository,
         &CheckOptions {
@@ -539,6 +561,7 @@ mod tests {
             "DINKES",
             &spec,
             &run(1, "drill"),
+            0,
             cancel(),
             Utc::now(),
         );
@@ -554,6 +577,7 @@ mod tests {
             "DINKES",
             &spec,
             &run(2, "backup"),
+            0,
             cancel(),
             Utc::now(),
         );
@@ -568,6 +592,7 @@ mod tests {
             "DINKES",
             &spec,
             &run(3, "drill"),
+            0,
             cancel(),
             Utc::now(),
         );
@@ -595,12 +620,25 @@ mod tests {
             "DINKES",
             &spec,
             &run(4, "drill"),
+            0,
             cancel(),
             Utc::now(),
         );
         assert_ne!(damaged.status, "ok", "{damaged:?}");
         assert!(damaged.error.is_some());
         assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn consecutive_verifications_read_every_part_once_per_cycle() {
+        for parts in [1, 2, 6, 7, 30] {
+            let mut seen: Vec<u32> = (0..u64::from(parts))
+                .map(|sequence| verify_part(sequence, parts).0)
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (1..=parts).collect::<Vec<_>>(), "t = {parts}");
+        }
+        assert_eq!(verify_part(7, 7), (1, 7), "the next cycle starts over");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

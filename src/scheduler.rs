@@ -142,6 +142,7 @@ async fn execute_claimed(
         plan,
         agency_code,
         window_closes_at,
+        sequence,
     } = claimed;
     let started = std::time::Instant::now();
     tracing::info!(run = %run.id, plan = %plan.id, kind = %run.kind, trigger = %run.trigger, attempt = run.attempts, "run started");
@@ -158,6 +159,7 @@ async fn execute_claimed(
                 &agency_code,
                 &spec,
                 &run,
+                sequence,
                 cancel,
                 Utc::now(),
             ),
@@ -234,5 +236,121 @@ async fn execute_claimed(
             tracing::warn!(run = %run.id, "run finished after its lease was taken over; the other daemon's result stands")
         }
         Err(error) => tracing::error!(run = %run.id, %error, "cannot record the end of a run"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Window;
+    use crate::app::tests::plans::{backup_request, spec};
+    use crate::app::tests::{Env, KADIN, KASI, on_sqlite};
+    use crate::engine::store::StoreOptions;
+
+    /// 48 files of 1 MiB that do not compress.
+    fn incompressible(dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for n in 0..48 {
+            let bytes: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()[3]
+                })
+                .collect();
+            std::fs::write(dir.join(format!("f{n:02}")), bytes).unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_still_running_when_its_window_closes_is_stopped_and_marked() {
+        on_sqlite(|catalog| async move {
+            let env = Env::new(catalog).await;
+            let dir = tempfile::tempdir().unwrap();
+            let source = dir.path().join("source");
+            incompressible(&source);
+            let mut plan_spec = spec("0 23 * * *");
+            plan_spec.paths = vec![source.display().to_string()];
+            plan_spec.excludes = vec![];
+            plan_spec.window = Some(Window {
+                start: "06:00".into(),
+                end: "20:00".into(),
+            });
+            // 48 MiB at 4 MiB/s: at least eight seconds of work.
+            plan_spec.bandwidth_limit_kib = Some(4096);
+            let request = backup_request(&env).await;
+            env.complete(KADIN, request, 1).await;
+            let plan = env
+                .app
+                .create_plan(KASI, request, "siang", plan_spec, env.now())
+                .await
+                .unwrap();
+            // Office hours: the window is open.
+            let now = env.now();
+            let run = env.app.run_now(KASI, plan.id, now).await.unwrap();
+            let mut claimed = env
+                .app
+                .claim_run("d1", TimeDelta::minutes(5), now)
+                .await
+                .unwrap()
+                .expect("claimable inside the window");
+            assert!(claimed.window_closes_at.is_some());
+            // Let it close a second from now, on the clock the scheduler watches.
+            claimed.window_closes_at = Some(Utc::now() + TimeDelta::seconds(1));
+            let repositories = Arc::new(Repositories::new(
+                dir.path().join("repositories").display().to_string(),
+                [3; 32],
+                StoreOptions::default(),
+            ));
+            let started = std::time::Instant::now();
+            execute_claimed(
+                env.app.clone(),
+                repositories.clone(),
+                "d1".into(),
+                TimeDelta::minutes(5),
+                claimed,
+                Arc::new(AtomicBool::new(false)),
+            )
+            .await;
+            let elapsed = started.elapsed();
+            assert!(
+                elapsed < Duration::from_secs(8),
+                "stopped when the window closed, not at the end: {elapsed:?}"
+            );
+            let mut tx = env.app.catalog().begin_read().await.unwrap();
+            let record = tx.run(run).await.unwrap();
+            assert_eq!(record.status, "cancelled", "{record:?}");
+            let stats: serde_json::Value =
+                serde_json::from_str(record.stats_json.as_deref().unwrap()).unwrap();
+            assert_eq!(stats["window_cut_off"], serde_json::json!(true));
+            assert!(record.error.as_deref().unwrap().contains("window closed"));
+            assert!(record.snapshot_id.is_none());
+            let notified = tx.notifications(10).await.unwrap();
+            assert!(
+                notified.iter().any(|n| n.kind == "run_window_cut_off"),
+                "{notified:?}"
+            );
+            drop(tx);
+            // Nothing half-made: the repository has no snapshot and checks clean.
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let repository = repositories.open(&handle, "DINKES", None, None).unwrap();
+                let (snapshots, _) = repository.load_snapshots().unwrap();
+                assert!(snapshots.is_empty());
+                let report = crate::engine::check::check(
+                    &repository,
+                    &crate::engine::check::CheckOptions {
+                        read_data: crate::engine::check::ReadData::None,
+                    },
+                )
+                .unwrap();
+                assert!(report.is_ok(), "{report:?}");
+            })
+            .await
+            .unwrap();
+        })
+        .await;
     }
 }

@@ -209,3 +209,27 @@ fn keys_add_list_remove_and_forget_policy() {
     // unlock with no locks is fine.
     run(cadang(r).args(["unlock"]), 0);
 }
+
+/// Two initialisations of one location at once (two daemons making an agency's
+/// repository for their first runs): one wins, and a key slot left by the loser, which
+/// opens with the same password but wraps another master secret, does not stop the
+/// repository from opening.
+#[test]
+fn a_stray_key_slot_from_a_lost_init_race_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let winner = tmp.path().join("winner");
+    let loser = tmp.path().join("loser");
+    run(cadang(winner.to_str().unwrap()).arg("init"), 0);
+    run(cadang(loser.to_str().unwrap()).arg("init"), 0);
+    // The loser's slot lands in the winner's keys/ (its config write was refused).
+    for entry in std::fs::read_dir(loser.join("keys")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), winner.join("keys").join(entry.file_name())).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(winner.join("keys")).unwrap().count(), 2);
+    let o = run(
+        cadang(winner.to_str().unwrap()).args(["snapshots", "--json"]),
+        0,
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+}

@@ -5,6 +5,7 @@
 //! every role × (no token, bad token, revoked token, disabled account); TLS refuses
 //! plaintext; the same walk runs on PostgreSQL.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1680,4 +1681,498 @@ fn a_second_daemon_on_the_same_sqlite_catalog_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
+}
+
+/// Creates a fresh PostgreSQL database for one test; returns its URL.
+fn fresh_database(runtime: &tokio::runtime::Runtime, base: &str, database: &str) -> String {
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(base)
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    match base.rfind('/') {
+        Some(slash) => format!("{}/{database}", &base[..slash]),
+        None => panic!("CADANG_TEST_POSTGRES_URL has no database part"),
+    }
+}
+
+fn drop_database(runtime: &tokio::runtime::Runtime, base: &str, database: &str) {
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(base).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    });
+}
+
+/// Three daemon processes on one PostgreSQL catalog and one repository root, with eight
+/// plans due every two seconds: every run is executed exactly once (one snapshot per
+/// run), the work spreads over the daemons, and when one daemon is killed with SIGKILL
+/// in the middle its runs are taken over once their leases lapse — none lost, none
+/// doubled.
+#[test]
+fn several_daemons_on_one_postgresql_run_each_due_run_exactly_once() {
+    let Ok(base) = std::env::var("CADANG_TEST_POSTGRES_URL") else {
+        eprintln!("CADANG_TEST_POSTGRES_URL is not set; skipping the several-daemons run");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = format!("cadang_multi_{}", std::process::id());
+    let url = fresh_database(&runtime, &base, &database);
+    let dir = tempfile::tempdir().unwrap();
+    let repositories = dir.path().join("repositories");
+    let key = "5a".repeat(32);
+    let env = [
+        ("CADANG_CATALOG_URL", url.as_str()),
+        ("CADANG_MASTER_KEY", key.as_str()),
+    ];
+    let config = |n: usize| {
+        let path = dir.path().join(format!("d{n}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 3\nmax_parallel_runs = 2\n[repositories]\nroot = \"{}\"\n",
+                repositories.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let admin = Daemon::bootstrap(&dir.path().join("d0"), &env);
+    let mut daemons: Vec<Daemon> = (0..3)
+        .map(|n| Daemon::start(&dir.path().join(format!("d{n}")), &env, Some(&config(n))))
+        .collect();
+    let server = daemons[0].url();
+    let site = set_up(&server, &admin);
+    let source = dir.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("catatan.txt"), "rekam medis\n".repeat(50)).unwrap();
+    let form = write(
+        dir.path(),
+        "backup.toml",
+        "scope = \"/srv/arsip\"\nschedule = \"setiap 2 detik\"\nretention = \"7 hari\"\n",
+    );
+    let b = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &site.dinkes.to_string(),
+            "--subject",
+            "Back up arsip",
+            "--form",
+            &form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(&server, &site.kadin, b, "complete", 1, &[]);
+    let plans: Vec<String> = (0..8)
+        .map(|n| {
+            ok(
+                &server,
+                &site.kasi,
+                &[
+                    "plan",
+                    "create",
+                    "--request",
+                    &b.to_string(),
+                    "--name",
+                    &format!("arsip-{n}"),
+                    "--path",
+                    &source.display().to_string(),
+                    "--schedule",
+                    "*/2 * * * * *",
+                ],
+            )[0]["id"]
+                .as_i64()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // One slow plan, run on demand, paced to 4 MiB/s: it is the run the daemon that
+    // gets killed is sure to be holding.
+    let slow_source = dir.path().join("slow");
+    std::fs::create_dir_all(&slow_source).unwrap();
+    std::fs::write(slow_source.join("kecil.txt"), "awal\n").unwrap();
+    let slow = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "lambat",
+            "--path",
+            &slow_source.display().to_string(),
+            "--schedule",
+            "0 0 1 1 *",
+            "--bandwidth-limit",
+            "4096",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    for plan in plans.iter().chain([&slow]) {
+        assert_eq!(wait_for_run(&server, &site.kasi, plan, 1)["status"], "ok");
+    }
+    step(&server, &site.petugas, b, "complete", 3, &[]);
+    step(
+        &server,
+        &site.kasi,
+        b,
+        "decide",
+        4,
+        &["--yes", "--reason", "lanjut"],
+    );
+    step(&server, &site.petugas, b, "complete", 5, &[]);
+
+    let finished = |server: &str| -> Vec<Value> {
+        ok(server, &site.kasi, &["run", "list", "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let count_done = |runs: &[Value]| {
+        runs.iter()
+            .filter(|run| !["queued", "running"].contains(&run["status"].as_str().unwrap()))
+            .count()
+    };
+    // Let the daemons work, kill the one running the slow plan in the middle, let the
+    // others finish its runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut killed: Option<usize> = None;
+    let mut survivor = daemons[0].url();
+    loop {
+        let runs = finished(&survivor);
+        let done = count_done(&runs);
+        if killed.is_none() && done >= 60 {
+            // 32 MiB that do not compress: at least four seconds at 4 MiB/s.
+            let mut state = 0x2545_f491_4f6c_dd1d_u64;
+            let big: Vec<u8> = (0..32 << 20)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()[5]
+                })
+                .collect();
+            std::fs::write(slow_source.join("besar.bin"), big).unwrap();
+            ok(&survivor, &site.kasi, &["plan", "run-now", &slow]);
+            let holder = loop {
+                let newest =
+                    ok(&survivor, &site.kasi, &["run", "list", "--plan", &slow])[0].clone();
+                if newest["status"] == "running" {
+                    let pid: u32 = newest["lease_owner"]
+                        .as_str()
+                        .unwrap()
+                        .split(':')
+                        .nth(1)
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    break daemons
+                        .iter()
+                        .position(|daemon| daemon.child.id() == pid)
+                        .expect("a daemon holds it");
+                }
+                assert_ne!(
+                    newest["status"], "ok",
+                    "the slow run finished before it could be interrupted"
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slow run never started"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let _ = daemons[holder].child.kill();
+            let _ = daemons[holder].child.wait();
+            killed = Some(holder);
+            survivor = daemons[(holder + 1) % 3].url();
+        }
+        if done >= 180 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {done} runs done in time"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let killed = killed.expect("a daemon was killed");
+    for plan in plans.iter().chain([&slow]) {
+        ok(&survivor, &site.kasi, &["plan", "pause", plan]);
+    }
+    // Nothing stays running: the dead daemon's leases lapse and are taken over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs = finished(&survivor);
+        if runs.iter().all(|run| run["status"] != "running") {
+            break runs;
+        }
+        assert!(std::time::Instant::now() < deadline, "runs stuck running");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let done: Vec<&Value> = runs
+        .iter()
+        .filter(|run| run["status"] != "queued")
+        .collect();
+    assert!(done.len() >= 180);
+    for run in &done {
+        assert_eq!(run["status"], "ok", "{run}");
+        assert_eq!(run["kind"], "backup");
+    }
+    // One run per slot and plan.
+    let mut slots = std::collections::HashSet::new();
+    for run in &runs {
+        assert!(
+            slots.insert((run["plan_id"].to_string(), run["due_at"].to_string())),
+            "slot run twice: {run}"
+        );
+    }
+    // The killed daemon's slow run was taken over and finished by another.
+    let slow_run = ok(&survivor, &site.kasi, &["run", "list", "--plan", &slow])[0].clone();
+    assert_eq!(slow_run["status"], "ok", "{slow_run}");
+    assert!(slow_run["attempts"].as_i64().unwrap() >= 2, "{slow_run}");
+    // Exactly once in the repository: one snapshot per run, and one per ok run.
+    let printed = Command::new(BIN)
+        .args(["admin", "repository", "--agency", "DINKES", "--data-dir"])
+        .arg(dir.path().join("d0"))
+        .arg("--config")
+        .arg(config(0))
+        .env("CADANG_CATALOG_URL", &url)
+        .env("CADANG_MASTER_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let mut lines = printed.lines();
+    let (location, password) = (lines.next().unwrap(), lines.next().unwrap());
+    let listed = Command::new(BIN)
+        .args(["snapshots", "--json", "-r", location])
+        .env("CADANG_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let snapshots: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let mut per_run: HashMap<String, usize> = HashMap::new();
+    for snapshot in snapshots.as_array().unwrap() {
+        for tag in snapshot["tags"].as_array().unwrap() {
+            if let Some(run) = tag.as_str().unwrap().strip_prefix("run:") {
+                *per_run.entry(run.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    for run in &done {
+        assert_eq!(
+            per_run.get(&run["id"].to_string()),
+            Some(&1),
+            "run {} has one snapshot",
+            run["id"]
+        );
+    }
+    assert_eq!(per_run.len(), done.len(), "no snapshot without its run");
+    // The work spread over the daemons.
+    for n in (0..3).filter(|n| *n != killed) {
+        let log = std::fs::read_to_string(dir.path().join(format!("d{n}.log"))).unwrap();
+        assert!(log.contains("run finished"), "daemon {n} executed runs too");
+    }
+    for daemon in daemons.iter_mut() {
+        if let Ok(None) = daemon.child.try_wait() {
+            assert!(daemon.stop());
+        }
+    }
+    drop(daemons);
+    drop_database(&runtime, &base, &database);
+}
+
+/// A webhook receiver on a local port: answers 200 and hands over each request's body.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/cadang", listener.local_addr().unwrap());
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut length, mut headers) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                headers.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = send.send((headers, String::from_utf8_lossy(&body).into_owned()));
+        }
+    });
+    (url, receive)
+}
+
+/// A run that fails is notified by the real daemon to a webhook, with its error; the
+/// notification log shows it sent; `admin notify-test` reaches the same receiver.
+#[test]
+fn a_failed_run_reaches_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let (url, received) = webhook_receiver();
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n[notify]\nwebhook_url = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let token = "hook-token-0123456789";
+    let env = [("CADANG_WEBHOOK_TOKEN", token)];
+    let admin = Daemon::bootstrap(&data, &env);
+    let daemon = Daemon::start(&data, &env, Some(&config));
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let form = write(
+        dir.path(),
+        "backup.toml",
+        "scope = \"/srv/hilang\"\nschedule = \"harian\"\nretention = \"7 hari\"\n",
+    );
+    let b = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &site.dinkes.to_string(),
+            "--subject",
+            "Back up",
+            "--form",
+            &form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(&server, &site.kadin, b, "complete", 1, &[]);
+    let missing = dir.path().join("no-such-directory");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "hilang",
+            "--path",
+            &missing.display().to_string(),
+            "--schedule",
+            "0 2 * * *",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    let run = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(run["status"], "failed", "{run}");
+    let (headers, body) = received
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the webhook is called");
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["event"], "run_failed", "{event}");
+    assert_eq!(event["run"]["id"], run["id"]);
+    assert_eq!(event["agency"]["code"], "DINKES");
+    assert!(
+        event["run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-directory"),
+        "{event}"
+    );
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains(&format!("authorization: bearer {token}"))
+    );
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("x-cadang-event: run_failed")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = ok(&server, &site.kasi, &["report", "notifications"]);
+        if log[0]["status"] == "sent" {
+            assert_eq!(log[0]["kind"], "run_failed");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Only the data center's oversight reads the log.
+    refused(
+        &server,
+        &site.skpd,
+        &["report", "notifications"],
+        "PERMISSION_DENIED",
+    );
+    // The test message of an operator setting notifications up.
+    let tested = Command::new(BIN)
+        .args(["admin", "notify-test", "--config"])
+        .arg(&config)
+        .env("CADANG_WEBHOOK_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        tested.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(String::from_utf8_lossy(&tested.stdout).contains("webhook: delivered"));
+    let (_, body) = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(body.contains("\"test\""));
+    // The token never reaches the daemon's disk.
+    assert!(
+        !String::from_utf8_lossy(&bytes_under(&data)).contains(token),
+        "the webhook token is not written anywhere"
+    );
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(!log.contains(token), "nor logged");
 }

@@ -33,7 +33,7 @@ mod tokens;
 mod views;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::{Arc, RwLock};
 

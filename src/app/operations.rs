@@ -4,6 +4,7 @@
 //! for `--json` and gRPC); `report_html` draws them for print.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -287,9 +288,8 @@ impl App {
         for run in &runs {
             if !plans.contains_key(&run.plan_id) {
                 let plan = tx.plan(run.plan_id).await?;
-                if !codes.contains_key(&plan.agency_id) {
-                    let code = tx.agency(plan.agency_id).await?.code;
-                    codes.insert(plan.agency_id, code);
+                if let Entry::Vacant(vacant) = codes.entry(plan.agency_id) {
+                    vacant.insert(tx.agency(plan.agency_id).await?.code);
                 }
                 plans.insert(
                     plan.id,
@@ -404,22 +404,19 @@ impl App {
         let mut last_measured: BTreeMap<AgencyId, DateTime<Utc>> = BTreeMap::new();
         let epoch = DateTime::<Utc>::UNIX_EPOCH;
         for plan in &plans {
-            if !agencies.contains_key(&plan.agency_id) {
+            if let Entry::Vacant(vacant) = agencies.entry(plan.agency_id) {
                 let code = tx.agency(plan.agency_id).await?.code;
-                agencies.insert(
-                    plan.agency_id,
-                    AgencyStorage {
-                        agency_id: plan.agency_id,
-                        agency_code: code,
-                        stored_bytes: 0,
-                        unique_bytes: 0,
-                        logical_bytes: 0,
-                        dedup_savings: 0.0,
-                        compression_savings: 0.0,
-                        growth_bytes: 0,
-                        history: Vec::new(),
-                    },
-                );
+                vacant.insert(AgencyStorage {
+                    agency_id: plan.agency_id,
+                    agency_code: code,
+                    stored_bytes: 0,
+                    unique_bytes: 0,
+                    logical_bytes: 0,
+                    dedup_savings: 0.0,
+                    compression_savings: 0.0,
+                    growth_bytes: 0,
+                    history: Vec::new(),
+                });
             }
             let Some(entry) = agencies.get_mut(&plan.agency_id) else {
                 continue;
@@ -519,9 +516,8 @@ impl App {
             let Ok(schedule) = Schedule::parse(&spec.schedule, &spec.time_zone) else {
                 continue;
             };
-            if !codes.contains_key(&plan.agency_id) {
-                let code = tx.agency(plan.agency_id).await?.code;
-                codes.insert(plan.agency_id, code);
+            if let Entry::Vacant(vacant) = codes.entry(plan.agency_id) {
+                vacant.insert(tx.agency(plan.agency_id).await?.code);
             }
             let last_good = tx.last_run_of(plan.id, "backup", true).await?;
             let last = tx.last_run_of(plan.id, "backup", false).await?;

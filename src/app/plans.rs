@@ -397,6 +397,9 @@ pub struct ClaimedRun {
     pub agency_code: String,
     /// When the plan's backup window closes (the run is stopped then), if it has one.
     pub window_closes_at: Option<DateTime<Utc>>,
+    /// How many runs of this kind the plan had before this one (verification reads
+    /// part `sequence mod t + 1` of `t`, so consecutive runs cover every pack).
+    pub sequence: u64,
 }
 
 /// Most claimed runs put back for a closed window in one claim.
@@ -728,12 +731,16 @@ impl App {
                     }
                 }
             }
+            let sequence = tx
+                .count_earlier_runs(plan.id, &run.kind, run.due_at)
+                .await?;
             tx.commit().await?;
             return Ok(Some(ClaimedRun {
                 run,
                 plan,
                 agency_code: agency.code,
                 window_closes_at,
+                sequence,
             }));
         }
         Ok(None)

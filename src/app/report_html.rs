@@ -88,8 +88,15 @@ fn colour(status: &str) -> &'static str {
     }
 }
 
+/// One segment of a bar: value, colour, tooltip.
+type Segment = (f64, &'static str, String);
+/// A labelled bar.
+type Bar = (String, Vec<Segment>);
+/// A labelled series of (instant, value) points.
+type Series = (String, Vec<(DateTime<Utc>, u64)>);
+
 /// A horizontal bar chart: one row per label, segments of (value, colour, title).
-fn bar_chart(rows: &[(String, Vec<(f64, &'static str, String)>)], unit: &str) -> String {
+fn bar_chart(rows: &[Bar], unit: &str) -> String {
     if rows.is_empty() {
         return "<p>Nothing to chart.</p>\n".to_owned();
     }
@@ -143,7 +150,7 @@ fn bar_chart(rows: &[(String, Vec<(f64, &'static str, String)>)], unit: &str) ->
 }
 
 /// A line chart of (instant, value) points, one series per label.
-fn line_chart(series: &[(String, Vec<(DateTime<Utc>, u64)>)]) -> String {
+fn line_chart(series: &[Series]) -> String {
     let points: Vec<&(DateTime<Utc>, u64)> = series.iter().flat_map(|(_, p)| p).collect();
     let (Some(first), Some(last)) = (
         points.iter().map(|(at, _)| *at).min(),

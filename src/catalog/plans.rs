@@ -648,7 +648,31 @@ impl Tx {
         rows.into_iter().map(RunRow::decode).collect()
     }
 
-    /// The newest run of a plan of one kind with one of `statuses`, if any.
+    /// How many runs of a plan of one kind serve slots before `due_at` (a run's place in
+    /// its sequence: verification reads part `sequence mod t`).
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn count_earlier_runs(
+        &mut self,
+        plan: PlanId,
+        kind: &str,
+        due_at: DateTime<Utc>,
+    ) -> Result<u64, CatalogError> {
+        let count: i64 = with_conn!(self, |conn| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM runs WHERE plan_id = $1 AND kind = $2 AND due_at < $3",
+            )
+            .bind(plan.0)
+            .bind(kind)
+            .bind(instant(due_at))
+            .fetch_one(&mut *conn)
+            .await?
+        });
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// The newest finished run of a plan of one kind (only `ok` ones with `ok_only`).
     ///
     /// # Errors
     /// From the driver.

@@ -533,6 +533,12 @@ pub enum ReportCmd {
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
+    /// The notification log: sent, waiting for a retry, given up.
+    Notifications {
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Plans whose last good backup is older than their schedule promises.
     Schedule {
         /// Only this agency.
@@ -643,6 +649,8 @@ pub enum FormCmd {
 }
 
 /// `cadang plan ...`.
+// Parsed once per process: the size of the `create` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum PlanCmd {
     /// Create a backup plan for a backup request (procedure B, step 2).
@@ -1658,6 +1666,55 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                         .collect(),
                 );
             })?;
+        }
+        ClientCommand::Report(ReportCmd::Notifications { limit }) => {
+            let log = reports
+                .list_notifications(conn.req(ListNotificationsRequest { limit }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .notifications;
+            if json {
+                print_json(
+                    &log.iter()
+                        .map(|n| {
+                            serde_json::json!({
+                                "id": n.id, "event_key": n.event_key, "channel": n.channel, "kind": n.kind,
+                                "agency_id": n.agency_id, "subject": n.subject, "status": n.status,
+                                "attempts": n.attempts, "next_attempt_at": n.next_attempt_at,
+                                "last_error": n.last_error, "created_at": n.created_at, "sent_at": n.sent_at,
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            } else {
+                table(
+                    &[
+                        "ID",
+                        "CHANNEL",
+                        "KIND",
+                        "STATUS",
+                        "ATTEMPTS",
+                        "CREATED",
+                        "SUBJECT",
+                        "LAST ERROR",
+                    ],
+                    log.iter()
+                        .map(|n| {
+                            vec![
+                                n.id.to_string(),
+                                n.channel.clone(),
+                                n.kind.clone(),
+                                n.status.clone(),
+                                n.attempts.to_string(),
+                                n.created_at.clone(),
+                                n.subject.clone(),
+                                or_dash(&n.last_error),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
         }
         ClientCommand::Report(ReportCmd::Schedule { agency, html }) => {
             let reply = reports

@@ -54,6 +54,13 @@ pub enum AdminCmd {
         #[arg(long)]
         agency: String,
     },
+    /// Send a test message on every channel of `[notify]` and say how each went (run it
+    /// after configuring the webhook or SMTP relay).
+    NotifyTest {
+        /// Configuration file of the daemon.
+        #[arg(long, env = "CADANG_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load(
@@ -135,6 +142,49 @@ pub fn admin(command: AdminCmd) -> ExitCode {
                 Ok(())
             })
         }
+        AdminCmd::NotifyTest { config } => load(config.as_ref(), None, None).and_then(|config| {
+            let notifier = daemon::notifier(&config)
+                .map_err(|error| error.to_string())?
+                .ok_or("[notify] sets no channel: set webhook_url or smtp_host")?;
+            runtime()?.block_on(async {
+                let now = chrono::Utc::now();
+                let mut failed = false;
+                for channel in notifier.channels() {
+                    let test = crate::catalog::NotificationRecord {
+                        id: 0,
+                        event_key: format!("test:{}", now.timestamp()),
+                        channel: channel.clone(),
+                        kind: "test".into(),
+                        agency_id: None,
+                        subject: "[cadang] test notification".into(),
+                        body_json: serde_json::json!({
+                            "event": "test",
+                            "subject": "[cadang] test notification",
+                            "at": now,
+                        })
+                        .to_string(),
+                        status: "pending".into(),
+                        attempts: 1,
+                        next_attempt_at: now,
+                        last_error: None,
+                        created_at: now,
+                        sent_at: None,
+                    };
+                    match notifier.send(&test).await {
+                        Ok(()) => println!("{channel}: delivered"),
+                        Err(error) => {
+                            failed = true;
+                            println!("{channel}: NOT delivered: {error}");
+                        }
+                    }
+                }
+                if failed {
+                    Err("a channel did not deliver".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+        }),
         AdminCmd::AuthzMatrix => daemon::definitions(None)
             .map_err(|error| error.to_string())
             .and_then(|definitions| {

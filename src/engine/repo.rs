@@ -165,7 +165,14 @@ impl Repository {
             |_| false,
         ))?;
         let cfg_bytes = format::encode_config(&keys, &config);
-        handle.block_on(store.put_create("config", Bytes::from(cfg_bytes), |_| false))?;
+        if let Err(error) =
+            handle.block_on(store.put_create("config", Bytes::from(cfg_bytes), |_| false))
+        {
+            // Another initialisation of the same location won the race for `config`:
+            // take back our key slot, which wraps a master secret nobody will use.
+            let _ = handle.block_on(store.delete(&format!("keys/{key_id}")));
+            return Err(error);
+        }
         let chunker = Chunker::new(&config.chunker, keys.id_keys().chunker_seed);
         Ok(Self {
             store,
@@ -218,7 +225,19 @@ impl Repository {
             match slot.open(password) {
                 Ok(secret) => {
                     let keys = Keys::from_secret(secret);
-                    let config = format::decode_config(&keys, &cfg_bytes)?;
+                    // A slot that opens with the password but does not unlock the
+                    // config is a stray from an initialisation that lost a race (or a
+                    // planted one): skip it, another slot may be the right one.
+                    let config = match format::decode_config(&keys, &cfg_bytes) {
+                        Ok(config) => config,
+                        Err(e) => {
+                            damaged.push(format!(
+                                "{}: opens with this password but does not unlock the config ({e})",
+                                info.key
+                            ));
+                            continue;
+                        }
+                    };
                     let chunker = Chunker::new(&config.chunker, keys.id_keys().chunker_seed);
                     return Ok(Self {
                         store,

@@ -53,15 +53,17 @@ pub struct Store {
 
 /// Paces writes to at most `bytes_per_second` on average: each write reserves its
 /// share of time after the previous ones and waits for its turn, so the long-run rate
-/// stays under the limit while a single object still goes out at full speed.
+/// stays under the limit while a single object still goes out at full speed. A wait
+/// ends early, with `Error::Cancelled`, when the operation's cancel flag is set.
 #[derive(Debug)]
 struct RateLimit {
     bytes_per_second: u64,
     next_free: std::sync::Mutex<tokio::time::Instant>,
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RateLimit {
-    async fn pace(&self, bytes: usize) {
+    async fn pace(&self, bytes: usize) -> Result<()> {
         let cost = std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
         let start = {
             let mut next = self
@@ -72,7 +74,21 @@ impl RateLimit {
             *next = start + cost;
             start
         };
-        tokio::time::sleep_until(start).await;
+        let Some(cancel) = &self.cancel else {
+            tokio::time::sleep_until(start).await;
+            return Ok(());
+        };
+        // Look at the cancel flag a few times a second while waiting.
+        loop {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= start {
+                return Ok(());
+            }
+            tokio::time::sleep_until(start.min(now + std::time::Duration::from_millis(100))).await;
+        }
     }
 }
 
@@ -175,11 +191,18 @@ impl Store {
 
     /// Limits the rate of new objects written through this handle (and its clones) to
     /// `bytes_per_second` on average, for a backup that must leave bandwidth to others.
+    /// A write waiting for its turn gives up with `Error::Cancelled` once `cancel` is
+    /// set, so a paced backup stops as promptly as an unpaced one.
     #[must_use]
-    pub fn with_upload_limit(mut self, bytes_per_second: u64) -> Self {
+    pub fn with_upload_limit(
+        mut self,
+        bytes_per_second: u64,
+        cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
         self.upload_limit = Some(Arc::new(RateLimit {
             bytes_per_second: bytes_per_second.max(1),
             next_free: std::sync::Mutex::new(tokio::time::Instant::now()),
+            cancel,
         }));
         self
     }
@@ -275,7 +298,7 @@ impl Store {
         verify_existing: impl Fn(&[u8]) -> bool,
     ) -> Result<()> {
         if let Some(limit) = &self.upload_limit {
-            limit.pace(data.len()).await;
+            limit.pace(data.len()).await?;
         }
         let p = Path::from(key);
         let use_create = self
@@ -442,7 +465,7 @@ mod tests {
         let rt = rt();
         let s = Store::open("memory://", &StoreOptions::default())
             .unwrap()
-            .with_upload_limit(256 * 1024);
+            .with_upload_limit(256 * 1024, None);
         rt.block_on(async {
             let started = std::time::Instant::now();
             for n in 0..5 {

@@ -81,6 +81,7 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.ReportService/SlaReport", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.ReportService/StorageReport", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.ReportService/ScheduleReport", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.ReportService/ListNotifications", roles: OVERSIGHT, scope: "" },
     Rule { method: "/cadang.v1.PlanService/CreatePlan", roles: PLANNERS, scope: "for an active backup request" },
     Rule { method: "/cadang.v1.PlanService/ListPlans", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.PlanService/GetPlan", roles: EVERYONE, scope: OWN_AGENCY },

@@ -899,6 +899,42 @@ impl report_service_server::ReportService for Reports {
             .map_err(status)?;
         report_reply(&report, message.include_html, report_html::schedule_html)
     }
+
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Reply<ListNotificationsResponse> {
+        let caller = caller(&request)?;
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            limit => limit,
+        };
+        let log = self
+            .0
+            .app
+            .notifications_for(&caller, limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ListNotificationsResponse {
+            notifications: log
+                .iter()
+                .map(|n| pb::Notification {
+                    id: n.id,
+                    event_key: n.event_key.clone(),
+                    channel: n.channel.clone(),
+                    kind: n.kind.clone(),
+                    agency_id: n.agency_id.map_or(0, |id| id.0),
+                    subject: n.subject.clone(),
+                    status: n.status.clone(),
+                    attempts: n.attempts,
+                    next_attempt_at: convert::time(n.next_attempt_at),
+                    last_error: n.last_error.clone().unwrap_or_default(),
+                    created_at: convert::time(n.created_at),
+                    sent_at: convert::opt_time(n.sent_at),
+                })
+                .collect(),
+        }))
+    }
 }
 
 fn report_reply<T: serde::Serialize>(

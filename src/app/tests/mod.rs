@@ -11,7 +11,7 @@ mod documents_numbering;
 mod guards;
 mod harness;
 mod operations;
-mod plans;
+pub(crate) mod plans;
 mod procedures;
 mod reports;
 

@@ -10,7 +10,7 @@ use crate::app::{PlanSpec, Retention};
 use crate::catalog::{Catalog, PlanId, RequestId, RunEnd, RunRecord};
 use crate::workflow::Answer;
 
-pub(super) fn spec(schedule: &str) -> PlanSpec {
+pub(crate) fn spec(schedule: &str) -> PlanSpec {
     PlanSpec {
         paths: vec!["/srv/simkes".into()],
         excludes: vec!["*.tmp".into()],
@@ -29,13 +29,13 @@ pub(super) fn spec(schedule: &str) -> PlanSpec {
     }
 }
 
-pub(super) fn parts(
+pub(crate) fn parts(
     claimed: crate::app::ClaimedRun,
 ) -> (RunRecord, crate::catalog::PlanRecord, String) {
     (claimed.run, claimed.plan, claimed.agency_code)
 }
 
-pub(super) fn ok() -> RunEnd {
+pub(crate) fn ok() -> RunEnd {
     RunEnd {
         status: "ok",
         stats_json: "{}".into(),
@@ -44,7 +44,7 @@ pub(super) fn ok() -> RunEnd {
     }
 }
 
-pub(super) async fn backup_request(env: &Env) -> RequestId {
+pub(crate) async fn backup_request(env: &Env) -> RequestId {
     env.open(
         SKPD,
         "backup_request",
@@ -66,7 +66,7 @@ pub(super) async fn backup_request(env: &Env) -> RequestId {
     .id
 }
 
-pub(super) async fn runs_of(env: &Env, plan: PlanId) -> Vec<crate::catalog::RunRecord> {
+pub(crate) async fn runs_of(env: &Env, plan: PlanId) -> Vec<crate::catalog::RunRecord> {
     let mut tx = env.app.catalog().begin_read().await.unwrap();
     tx.runs(Some(plan), None, 1000).await.unwrap()
 }
@@ -400,7 +400,7 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
     }
 }
 
-pub(super) async fn caller(env: &Env, username: &str) -> crate::app::Caller {
+pub(crate) async fn caller(env: &Env, username: &str) -> crate::app::Caller {
     let issued = env
         .app
         .create_token(username, None, "test", None, env.now())
