@@ -402,6 +402,10 @@ pub struct ClaimedRun {
     pub sequence: u64,
 }
 
+/// How long a plan action may stay claimed before it is taken for abandoned (applying
+/// one takes milliseconds; a claim this old belongs to a daemon that stopped).
+const STALE_CLAIM: TimeDelta = TimeDelta::minutes(10);
+
 /// Most claimed runs put back for a closed window in one claim.
 const MAX_DEFERRALS: usize = 20;
 
@@ -798,32 +802,66 @@ impl App {
     ///
     /// # Errors
     /// Catalog errors.
+    /// An action's effect and its `done` mark commit in one transaction, so it is applied
+    /// exactly once: an action claimed by a daemon that died before committing is put
+    /// back after [`STALE_CLAIM`] and applied by another; a passing failure (the
+    /// catalog busy or unreachable) leaves it for the next tick; a permanent one is
+    /// recorded `failed` with the reason.
+    ///
+    /// # Errors
+    /// Catalog errors.
     pub async fn apply_plan_actions(
         &self,
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<usize, AppError> {
-        let jobs = self
-            .claim_actions(worker, &["start_backup_plan", "stop_backup_plan"], 50, now)
-            .await?;
-        let count = jobs.len();
-        for job in jobs {
-            let result = self
-                .apply_plan_action(job.request_id, job.step, job.action, now)
-                .await;
-            let report = result.map_err(|error| error.to_string());
-            self.finish_action(worker, job.id, report, now).await?;
+        const ACTIONS: [&str; 2] = ["start_backup_plan", "stop_backup_plan"];
+        {
+            let mut tx = self.catalog().begin().await?;
+            let mut released = 0;
+            for action in ACTIONS {
+                released += tx.release_stale_actions(action, now - STALE_CLAIM).await?;
+            }
+            tx.commit().await?;
+            if released > 0 {
+                tracing::warn!(
+                    released,
+                    "plan actions claimed by a daemon that stopped are put back"
+                );
+            }
         }
-        Ok(count)
+        let jobs = self.claim_actions(worker, &ACTIONS, 50, now).await?;
+        let mut applied = 0;
+        for job in jobs {
+            match self
+                .apply_plan_action(worker, job.id, job.request_id, job.step, job.action, now)
+                .await
+            {
+                Ok(()) => applied += 1,
+                Err(error @ (AppError::Unavailable(_) | AppError::Internal(_))) => {
+                    tracing::warn!(action = %job.id, %error, "plan action not applied; retried on the next tick");
+                    let mut tx = self.catalog().begin().await?;
+                    tx.release_pending_action(job.id, worker).await?;
+                    tx.commit().await?;
+                }
+                Err(error) => {
+                    self.finish_action(worker, job.id, Err(error.to_string()), now)
+                        .await?;
+                }
+            }
+        }
+        Ok(applied)
     }
 
     async fn apply_plan_action(
         &self,
+        worker: &str,
+        job: crate::catalog::PendingActionId,
         request: RequestId,
         step: StepNumber,
         action: SystemAction,
         now: DateTime<Utc>,
-    ) -> Result<serde_json::Value, AppError> {
+    ) -> Result<(), AppError> {
         let mut work = self.system_work("scheduler", now).await?;
         let plans = work.tx.plans_of_request(request).await?;
         if plans.is_empty() {
@@ -882,8 +920,27 @@ impl App {
                 _ => report.push(serde_json::json!({ "plan": plan.id, "unchanged": plan.status })),
             }
         }
+        let report = serde_json::Value::Array(report);
+        // Done in the same transaction as the effect: never applied twice.
+        let held = work.tx.pending_action(job).await?;
+        if held.claimed_by.as_deref() != Some(worker) {
+            return Err(AppError::Conflict(format!(
+                "pending action {job} is no longer claimed by {worker}"
+            )));
+        }
+        work.tx
+            .finish_pending_action(
+                job,
+                crate::catalog::PendingStatus::Done,
+                &report.to_string(),
+                now,
+            )
+            .await?;
+        work.audit("action.finish", "request", request).after = Some(serde_json::json!({
+            "pending_action": job, "status": "done", "report": report,
+        }));
         work.commit().await?;
-        Ok(serde_json::Value::Array(report))
+        Ok(())
     }
 }
 

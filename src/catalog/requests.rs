@@ -228,6 +228,10 @@ const PENDING_BY_ID: &str = "SELECT id, request_id, step, trigger_on, action, \
      FROM pending_actions WHERE id = $1";
 const CLAIM_PENDING: &str = "UPDATE pending_actions SET status = 'claimed', claimed_by = $1, \
      claimed_at = $2 WHERE id = $3 AND status = 'pending'";
+const RELEASE_STALE_PENDING: &str = "UPDATE pending_actions SET status = 'pending', claimed_by = NULL, \
+     claimed_at = NULL WHERE status = 'claimed' AND action = $1 AND claimed_at < $2";
+const RELEASE_PENDING: &str = "UPDATE pending_actions SET status = 'pending', claimed_by = NULL, \
+     claimed_at = NULL WHERE id = $1 AND status = 'claimed' AND claimed_by = $2";
 const FINISH_PENDING: &str = "UPDATE pending_actions SET status = $1, finished_at = $2, \
      result_json = $3 WHERE id = $4 AND status = 'claimed'";
 
@@ -707,6 +711,47 @@ impl Tx {
                 .bind(worker)
                 .bind(instant(now))
                 .bind(id.0)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected == 1)
+    }
+
+    /// Puts back in the queue the entries of `action` claimed before `before` and never
+    /// finished (their worker died); returns how many.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn release_stale_actions(
+        &mut self,
+        action: &str,
+        before: DateTime<Utc>,
+    ) -> Result<u64, CatalogError> {
+        Ok(with_conn!(self, |conn| {
+            sqlx::query(RELEASE_STALE_PENDING)
+                .bind(action)
+                .bind(instant(before))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Puts a claimed entry back in the queue (its worker could not carry it out for a
+    /// passing reason); `false` when `worker` did not hold it.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn release_pending_action(
+        &mut self,
+        id: PendingActionId,
+        worker: &str,
+    ) -> Result<bool, CatalogError> {
+        let affected = with_conn!(self, |conn| {
+            sqlx::query(RELEASE_PENDING)
+                .bind(id.0)
+                .bind(worker)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected()

@@ -59,6 +59,7 @@ conformance! {
         the_backup_request_steers_its_plan,
         a_lapsed_lease_is_taken_over,
         racing_daemons_run_every_slot_exactly_once,
+        a_plan_action_of_a_dead_daemon_is_applied_once_by_another,
     ],
     operations: [
         a_backup_waits_for_its_window,

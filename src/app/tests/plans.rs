@@ -411,3 +411,60 @@ pub(crate) async fn caller(env: &Env, username: &str) -> crate::app::Caller {
         .await
         .unwrap()
 }
+
+pub(crate) async fn a_plan_action_of_a_dead_daemon_is_applied_once_by_another(catalog: Catalog) {
+    let env = Env::new(catalog).await;
+    let id = backup_request(&env).await;
+    env.complete(KADIN, id, 1).await;
+    let plan = env
+        .app
+        .create_plan(KASI, id, "arsip", spec("0 * * * *"), env.now())
+        .await
+        .unwrap();
+    env.complete(KASI, id, 2).await;
+    // A daemon claims B3's start and dies before applying it.
+    let claimed_at = env.now();
+    let claimed = env
+        .app
+        .claim_actions("dead", &["start_backup_plan"], 10, claimed_at)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // While the claim is fresh, nobody else touches it.
+    assert_eq!(
+        env.app
+            .apply_plan_actions("alive", claimed_at + TimeDelta::minutes(5))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(runs_of(&env, plan.id).await.is_empty());
+    // Once it is stale it is put back and applied, once.
+    let later = claimed_at + TimeDelta::minutes(11);
+    assert_eq!(env.app.apply_plan_actions("alive", later).await.unwrap(), 1);
+    assert_eq!(
+        env.app
+            .apply_plan_actions("alive", later + TimeDelta::minutes(30))
+            .await
+            .unwrap(),
+        0
+    );
+    let runs = runs_of(&env, plan.id).await;
+    assert_eq!(runs.len(), 1, "B3 runs the plan once");
+    assert_eq!(runs[0].trigger, "request");
+    let actions = env.app.pending_actions_of(id).await.unwrap();
+    let start = actions
+        .iter()
+        .find(|action| action.action == "start_backup_plan")
+        .unwrap();
+    assert_eq!(start.claimed_by.as_deref(), Some("alive"));
+    assert_eq!(start.status, crate::catalog::PendingStatus::Done);
+    // The dead daemon's late finish is refused: the action is another's now.
+    assert!(
+        env.app
+            .finish_action("dead", claimed[0].id, Ok(serde_json::json!({})), later)
+            .await
+            .is_err()
+    );
+    env.assert_audit_intact().await;
+}
