@@ -1110,26 +1110,7 @@ fn the_sop_end_to_end_on_postgresql() {
     };
     let database = format!("cadang_e2e_{}", std::process::id());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let pool = sqlx::PgPool::connect(&base)
-            .await
-            .expect("PostgreSQL is reachable");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {database}"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-    });
-    let url = match base.rfind('/') {
-        Some(slash) => format!("{}/{database}", &base[..slash]),
-        None => panic!("CADANG_TEST_POSTGRES_URL has no database part"),
-    };
+    let url = fresh_database(&runtime, &base, &database);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
     {
@@ -1143,15 +1124,7 @@ fn the_sop_end_to_end_on_postgresql() {
         !data.join("catalog.db").exists(),
         "the catalog lived in PostgreSQL"
     );
-    runtime.block_on(async {
-        let pool = sqlx::PgPool::connect(&base).await.unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await;
-        pool.close().await;
-    });
+    drop_database(&runtime, &base, &database);
 }
 
 /// A raw unary call of `path` with an empty message: what every RPC answers to a caller
