@@ -67,6 +67,9 @@ pub struct SchedulerSection {
     pub lease_secs: u64,
     /// Runs this daemon executes at once.
     pub max_parallel_runs: usize,
+    /// How long a backup or restore through an agent waits for the agent to connect
+    /// (or to come back after its connection dropped) before it fails.
+    pub agent_wait_secs: u64,
 }
 
 impl Default for SchedulerSection {
@@ -76,6 +79,7 @@ impl Default for SchedulerSection {
             tick_secs: 10,
             lease_secs: 300,
             max_parallel_runs: 2,
+            agent_wait_secs: 300,
         }
     }
 }

@@ -267,7 +267,7 @@ fn single_daemon_guard(config: &Config) -> Result<Option<std::fs::File>, DaemonE
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -328,7 +328,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let _single = single_daemon_guard(&config)?;
-    let ctx = Ctx::new(app.clone());
+    let hub: crate::hub::Hub = Arc::default();
+    let shared_repositories = Arc::new(repositories(&config)?);
+    let ctx = Ctx::new(app.clone()).with_agents(hub.clone(), shared_repositories.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -374,12 +376,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (stop_scheduler, scheduler_stop) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
     let scheduler = if config.scheduler.enabled {
-        let repositories = Arc::new(repositories(&config)?);
+        let repositories = shared_repositories.clone();
         let options = SchedulerOptions {
             owner: daemon_name(),
             tick: Duration::from_secs(config.scheduler.tick_secs),
             lease: Duration::from_secs(config.scheduler.lease_secs),
             max_parallel: config.scheduler.max_parallel_runs,
+            agent_wait: Duration::from_secs(config.scheduler.agent_wait_secs),
         };
         tracing::info!(owner = %options.owner, root = %config.repository_root(), "scheduler running");
         let notifier = notifier(&config)?.map(Arc::new);
@@ -389,6 +392,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Some(tokio::spawn(scheduler::run(
             app.clone(),
             repositories,
+            hub.clone(),
             notifier,
             options,
             scheduler_stop,

@@ -489,6 +489,7 @@ mod tests {
 
     fn spec(source: &Path) -> PlanSpec {
         PlanSpec {
+            server: None,
             paths: vec![source.display().to_string()],
             excludes: vec![],
             schedule: "0 2 * * *".into(),

@@ -12,14 +12,17 @@
 //! * [`daemon`] — the daemon's composition root and lifecycle; [`config`] its settings;
 //! * [`cli`] — the `cadang` command line.
 
+pub mod agent;
 pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod hub;
 pub mod jobs;
 pub mod notify;
+pub mod remote;
 pub mod rpc;
 pub mod scheduler;
 pub mod workflow;

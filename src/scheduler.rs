@@ -19,10 +19,12 @@ use chrono::{TimeDelta, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::app::{App, ClaimedRun, spec_of};
-use crate::catalog::RunEnd;
+use crate::app::{App, ClaimedRun, RestoreEnd, spec_of};
+use crate::catalog::{RestoreRecord, RunEnd};
+use crate::hub::Hub;
 use crate::jobs::{Repositories, execute};
 use crate::notify::{Notifier, deliver_due};
+use crate::remote::{Progress, RemoteOptions, backup_via_agent, restore_to_agent};
 
 /// How often overdue plans and steps are looked for.
 const OVERDUE_SCAN: TimeDelta = TimeDelta::minutes(5);
@@ -38,17 +40,28 @@ pub struct SchedulerOptions {
     pub lease: Duration,
     /// Runs executed at once by this daemon.
     pub max_parallel: usize,
+    /// How long a backup through an agent waits for the agent to connect.
+    pub agent_wait: Duration,
 }
 
+/// How often a running job's live progress is written to the catalog.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 /// Runs the scheduler until `shutdown` turns true, then drains for at most `grace`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     app: App,
     repositories: Arc<Repositories>,
+    hub: Hub,
     notifier: Option<Arc<Notifier>>,
     options: SchedulerOptions,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    let remote = RemoteOptions {
+        reconnect_wait: options.agent_wait,
+    };
+    let agent_wait = TimeDelta::from_std(options.agent_wait).unwrap_or(TimeDelta::minutes(5));
     let lease = TimeDelta::from_std(options.lease).unwrap_or(TimeDelta::minutes(5));
     let mut running: JoinSet<()> = JoinSet::new();
     let mut cancels: Vec<Arc<AtomicBool>> = Vec::new();
@@ -88,7 +101,37 @@ pub async fn run(
             }
         }
         while running.len() < options.max_parallel {
-            let claimed = match app.claim_run(&options.owner, lease, Utc::now()).await {
+            let here = |server| hub.connected_server(server);
+            let restore = match app
+                .claim_restore(&options.owner, lease, Utc::now(), &here)
+                .await
+            {
+                Ok(restore) => restore,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim a restore");
+                    None
+                }
+            };
+            let Some(restore) = restore else { break };
+            let cancel = Arc::new(AtomicBool::new(false));
+            cancels.push(cancel.clone());
+            running.spawn(execute_restore(
+                app.clone(),
+                repositories.clone(),
+                hub.clone(),
+                options.owner.clone(),
+                lease,
+                restore,
+                cancel,
+                remote,
+            ));
+        }
+        while running.len() < options.max_parallel {
+            let here = |server| hub.connected_server(server);
+            let claimed = match app
+                .claim_run_here(&options.owner, lease, Utc::now(), &here, agent_wait)
+                .await
+            {
                 Ok(Some(claimed)) => claimed,
                 Ok(None) => break,
                 Err(error) => {
@@ -101,10 +144,12 @@ pub async fn run(
             running.spawn(execute_claimed(
                 app.clone(),
                 repositories.clone(),
+                hub.clone(),
                 options.owner.clone(),
                 lease,
                 claimed,
                 cancel,
+                remote,
             ));
         }
     }
@@ -129,13 +174,16 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn execute_claimed(
     app: App,
     repositories: Arc<Repositories>,
+    hub: Hub,
     owner: String,
     lease: TimeDelta,
     claimed: ClaimedRun,
     cancel: Arc<AtomicBool>,
+    remote: RemoteOptions,
 ) {
     let ClaimedRun {
         run,
@@ -148,11 +196,45 @@ async fn execute_claimed(
     tracing::info!(run = %run.id, plan = %plan.id, kind = %run.kind, trigger = %run.trigger, attempt = run.attempts, "run started");
     metrics::gauge!("cadang_runs_running").increment(1.0);
     let handle = tokio::runtime::Handle::current();
+    let progress: Progress = Arc::default();
+    let spec = spec_of(&plan);
+    // A backup through an agent needs the server's record (its name dates the snapshot).
+    let agent_server = match spec.as_ref().ok().and_then(|spec| spec.server) {
+        Some(server) if run.kind == "backup" => match app.server(server).await {
+            Ok(record) => Some(record),
+            Err(error) => {
+                tracing::warn!(run = %run.id, %error, "cannot load the plan's server");
+                None
+            }
+        },
+        _ => None,
+    };
     let work = {
         let run = run.clone();
         let cancel = cancel.clone();
-        let spec = spec_of(&plan);
+        let progress = progress.clone();
         tokio::task::spawn_blocking(move || match spec {
+            Ok(spec) if spec.server.is_some() && run.kind == "backup" => match agent_server {
+                Some(server) => backup_via_agent(
+                    &repositories,
+                    &hub,
+                    &handle,
+                    &agency_code,
+                    &server,
+                    &spec,
+                    &run,
+                    cancel,
+                    Utc::now(),
+                    &progress,
+                    remote,
+                ),
+                None => RunEnd {
+                    status: "failed",
+                    stats_json: "{}".into(),
+                    snapshot_id: None,
+                    error: Some("the plan's server is not in the register".into()),
+                },
+            },
             Ok(spec) => execute(
                 &repositories,
                 &handle,
@@ -183,9 +265,18 @@ async fn execute_claimed(
     let window_end = tokio::time::sleep(window_left);
     tokio::pin!(window_end);
     let mut cut_off = false;
+    let mut report = tokio::time::interval(PROGRESS_EVERY);
     let end = loop {
         tokio::select! {
             result = &mut work => break result,
+            _ = report.tick() => {
+                let current = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                if let Some(current) = current
+                    && let Err(error) = app.run_progress(run.id, &owner, &current).await
+                {
+                    tracing::warn!(run = %run.id, %error, "cannot record progress");
+                }
+            }
             () = &mut window_end, if !cut_off => {
                 tracing::warn!(run = %run.id, "the backup window closed; stopping the run at a safe point");
                 cut_off = true;
@@ -236,6 +327,107 @@ async fn execute_claimed(
             tracing::warn!(run = %run.id, "run finished after its lease was taken over; the other daemon's result stands")
         }
         Err(error) => tracing::error!(run = %run.id, %error, "cannot record the end of a run"),
+    }
+}
+
+/// Carries out a claimed restore to an agent connected here.
+#[allow(clippy::too_many_arguments)]
+async fn execute_restore(
+    app: App,
+    repositories: Arc<Repositories>,
+    hub: Hub,
+    owner: String,
+    lease: TimeDelta,
+    restore: RestoreRecord,
+    cancel: Arc<AtomicBool>,
+    remote: RemoteOptions,
+) {
+    tracing::info!(restore = %restore.id, server = %restore.server_id, target = %restore.target_server_id, "restore started");
+    let loaded = async {
+        let source = app.server(restore.server_id).await?;
+        let target = app.server(restore.target_server_id).await?;
+        let code = app.agency_code(restore.agency_id).await?;
+        Ok::<_, crate::app::AppError>((source, target, code))
+    }
+    .await;
+    let (source, target, code) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            let end = RestoreEnd {
+                status: "failed".into(),
+                stats_json: "{}".into(),
+                error: Some(error.to_string()),
+            };
+            let _ = app
+                .finish_restore(restore.id, &owner, &end, Utc::now())
+                .await;
+            return;
+        }
+    };
+    let progress: Progress = Arc::default();
+    let handle = tokio::runtime::Handle::current();
+    let work = {
+        let restore = restore.clone();
+        let cancel = cancel.clone();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            restore_to_agent(
+                &repositories,
+                &hub,
+                &handle,
+                &code,
+                &source,
+                &target,
+                &restore,
+                cancel,
+                &progress,
+                remote,
+            )
+        })
+    };
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval((lease / 3).to_std().unwrap_or(Duration::from_secs(60)));
+    renew.tick().await;
+    let mut report = tokio::time::interval(PROGRESS_EVERY);
+    let outcome = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = report.tick() => {
+                let current = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                if let Some(current) = current {
+                    let snapshot = current["snapshot"].as_str().unwrap_or(&restore.snapshot).to_owned();
+                    if let Err(error) = app.restore_progress(restore.id, &owner, &snapshot, &current).await {
+                        tracing::warn!(restore = %restore.id, %error, "cannot record progress");
+                    }
+                }
+            }
+            _ = renew.tick() => {
+                if let Ok(false) = app.renew_restore_lease(restore.id, &owner, lease, Utc::now()).await {
+                    tracing::warn!(restore = %restore.id, "restore lease lost; stopping");
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let end = match outcome {
+        Ok((end, _)) => end,
+        Err(error) => RestoreEnd {
+            status: "failed".into(),
+            stats_json: "{}".into(),
+            error: Some(format!("the restore's task failed: {error}")),
+        },
+    };
+    metrics::counter!("cadang_restores_total", "status" => end.status.clone()).increment(1);
+    match app
+        .finish_restore(restore.id, &owner, &end, Utc::now())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(restore = %restore.id, status = %end.status, error = end.error.as_deref().unwrap_or(""), "restore finished")
+        }
+        Err(error) => {
+            tracing::error!(restore = %restore.id, %error, "cannot record the end of a restore")
+        }
     }
 }
 

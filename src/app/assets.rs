@@ -287,6 +287,56 @@ fn normalize_observation(observed: ObservedServer) -> Result<ObservedServer, App
     })
 }
 
+/// Records a specification measured on a registered server (by its agent) in `work`,
+/// compares it with the register and records every mismatch. Returns the differences.
+pub(crate) async fn agent_observation(
+    work: &mut Work<'_>,
+    server: ServerId,
+    observed: ObservedServer,
+) -> Result<Vec<SpecDifference>, AppError> {
+    let registered = work.tx.server(server).await?;
+    let observed = normalize_observation(observed)?;
+    let fields = declared_fields(
+        &registered.hardware,
+        registered.u_size,
+        registered.power_draw_w,
+        &registered.ip_addresses,
+    );
+    let differences = compare_one(&registered.name, &fields, &observed);
+    let spec_json =
+        serde_json::to_string(&observed).map_err(|error| AppError::internal(error.to_string()))?;
+    let id = work
+        .tx
+        .insert_observation(&NewObservation {
+            request_id: None,
+            server_id: Some(server),
+            source: ObservationSource::Agent,
+            observed_by: work.actor_name.clone(),
+            observed_at: work.now,
+            spec_json,
+        })
+        .await?;
+    for difference in &differences {
+        work.tx
+            .insert_mismatch(&NewMismatch {
+                request_id: None,
+                server_id: Some(server),
+                server_name: difference.server_name.clone(),
+                field: difference.field.clone(),
+                declared: difference.declared.clone(),
+                observed: difference.observed.clone(),
+                source: ObservationSource::Agent,
+                detected_at: work.now,
+            })
+            .await?;
+    }
+    work.audit("asset.agent_report", "server", server).after = Some(serde_json::json!({
+        "observation": id,
+        "mismatches": differences,
+    }));
+    Ok(differences)
+}
+
 /// A7 (on completion): compares the officer's observation with the declared servers,
 /// records the mismatches, enters the delivered servers in the register, hands their
 /// reserved capacity over to them, and releases what undelivered servers had reserved.
@@ -517,46 +567,7 @@ impl App {
     ) -> Result<Vec<SpecDifference>, AppError> {
         let agent = required("the agent name", agent)?;
         let mut work = self.system_work(&format!("agent:{agent}"), now).await?;
-        let registered = work.tx.server(server).await?;
-        let observed = normalize_observation(observed)?;
-        let fields = declared_fields(
-            &registered.hardware,
-            registered.u_size,
-            registered.power_draw_w,
-            &registered.ip_addresses,
-        );
-        let differences = compare_one(&registered.name, &fields, &observed);
-        let spec_json = serde_json::to_string(&observed)
-            .map_err(|error| AppError::internal(error.to_string()))?;
-        let id = work
-            .tx
-            .insert_observation(&NewObservation {
-                request_id: None,
-                server_id: Some(server),
-                source: ObservationSource::Agent,
-                observed_by: work.actor_name.clone(),
-                observed_at: now,
-                spec_json,
-            })
-            .await?;
-        for difference in &differences {
-            work.tx
-                .insert_mismatch(&NewMismatch {
-                    request_id: None,
-                    server_id: Some(server),
-                    server_name: difference.server_name.clone(),
-                    field: difference.field.clone(),
-                    declared: difference.declared.clone(),
-                    observed: difference.observed.clone(),
-                    source: ObservationSource::Agent,
-                    detected_at: now,
-                })
-                .await?;
-        }
-        work.audit("asset.agent_report", "server", server).after = Some(serde_json::json!({
-            "observation": id,
-            "mismatches": differences,
-        }));
+        let differences = agent_observation(&mut work, server, observed).await?;
         work.commit().await?;
         Ok(differences)
     }

@@ -14,6 +14,7 @@
 //! input: every use case takes `now`.
 
 mod actions;
+mod agents;
 mod assets;
 pub mod audit;
 mod capacity;
@@ -41,6 +42,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use actions::ActionJob;
+pub use agents::{
+    AgentCaller, InventoryView, MAX_FAILED_LISTED, RestoreEnd, StartRestore,
+    observed_from_inventory,
+};
 pub use assets::{ObservedServer, RegisterServer, SpecDifference};
 pub use audit::{AuditCheckpoint, AuditProblem, AuditVerification};
 pub use capacity::{CapacityNeeds, CapacityReport, RackCapacity, ServerNeed, UplinkCapacity};

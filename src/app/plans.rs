@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{App, AppError, Caller};
 use crate::catalog::{
-    AgencyId, NewPlan, NewRun, PlanId, PlanRecord, RequestId, RunEnd, RunId, RunRecord,
+    AgencyId, NewPlan, NewRun, PlanId, PlanRecord, RequestId, RunEnd, RunId, RunRecord, ServerId,
 };
 use crate::workflow::{Role, StepNumber, SystemAction};
 
@@ -29,8 +29,11 @@ const MAX_CATCH_UP_SLOTS: usize = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
-    /// Absolute paths on the daemon's host (an agent's paths once agents exist).
+    /// Absolute paths: on the daemon's host, or on `server`'s when the plan names one.
     pub paths: Vec<String>,
+    /// The colocated server whose agent reads the paths; none for the daemon's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerId>,
     /// Exclude globs.
     #[serde(default)]
     pub excludes: Vec<String>,
@@ -406,6 +409,10 @@ pub struct ClaimedRun {
 /// one takes milliseconds; a claim this old belongs to a daemon that stopped).
 const STALE_CLAIM: TimeDelta = TimeDelta::minutes(10);
 
+/// How long a backup whose agent is connected to another daemon (or none) waits before
+/// it is offered again.
+const AGENT_ELSEWHERE_RETRY: TimeDelta = TimeDelta::seconds(5);
+
 /// Most claimed runs put back for a closed window in one claim.
 const MAX_DEFERRALS: usize = 20;
 
@@ -434,6 +441,14 @@ impl App {
             return Err(AppError::invalid(format!(
                 "request {request} is not an active backup request"
             )));
+        }
+        if let Some(server) = spec.server {
+            let server_record = work.tx.server(server).await?;
+            if server_record.agency_id != record.agency_id {
+                return Err(AppError::forbidden(format!(
+                    "server {server} belongs to another agency than request {request}"
+                )));
+            }
         }
         let spec_json = serde_json::to_string(&spec)
             .map_err(|error| AppError::internal(format!("cannot encode a plan: {error}")))?;
@@ -707,6 +722,25 @@ impl App {
         lease: TimeDelta,
         now: DateTime<Utc>,
     ) -> Result<Option<ClaimedRun>, AppError> {
+        self.claim_run_here(owner, lease, now, &|_| false, TimeDelta::zero())
+            .await
+    }
+
+    /// Claims the next due run like [`App::claim_run`], where `here` says which servers'
+    /// agents are connected to this daemon: a backup through an agent connected
+    /// elsewhere goes back to the queue for a few seconds (the daemon holding the agent
+    /// takes it), and one whose agent stays away for `agent_wait` fails with the reason.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn claim_run_here(
+        &self,
+        owner: &str,
+        lease: TimeDelta,
+        now: DateTime<Utc>,
+        here: &(dyn Fn(ServerId) -> bool + Sync),
+        agent_wait: TimeDelta,
+    ) -> Result<Option<ClaimedRun>, AppError> {
         for _ in 0..MAX_DEFERRALS {
             let mut tx = self.catalog().begin().await?;
             let run = match tx.claim_run(owner, now + lease, now).await {
@@ -734,6 +768,30 @@ impl App {
                         continue;
                     }
                 }
+            }
+            if run.kind == "backup"
+                && let Ok(spec) = spec_of(&plan)
+                && let Some(server) = spec.server
+                && !here(server)
+            {
+                if now - run.queued_at >= agent_wait {
+                    tx.commit().await?;
+                    let end = RunEnd {
+                        status: "failed",
+                        stats_json: "{}".into(),
+                        snapshot_id: None,
+                        error: Some(format!(
+                            "the agent of server {server} did not connect within {} minutes of the run being due",
+                            agent_wait.num_minutes()
+                        )),
+                    };
+                    self.finish_run(run.id, owner, &end, now).await?;
+                    continue;
+                }
+                tx.defer_run(run.id, owner, now + AGENT_ELSEWHERE_RETRY)
+                    .await?;
+                tx.commit().await?;
+                continue;
             }
             let sequence = tx
                 .count_earlier_runs(plan.id, &run.kind, run.due_at)
@@ -1081,6 +1139,7 @@ mod tests {
     #[test]
     fn bad_specifications_are_named() {
         let spec = |schedule: &str| PlanSpec {
+            server: None,
             paths: vec!["/srv/data".into()],
             excludes: vec![],
             schedule: schedule.into(),

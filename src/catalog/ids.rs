@@ -61,4 +61,8 @@ row_id! {
     MismatchId,
     /// A recorded server observation.
     ObservationId,
+    /// An agent on a colocated server.
+    AgentId,
+    /// A restore to an agent.
+    RestoreId,
 }

@@ -67,6 +67,7 @@ macro_rules! with_conn_sql {
     };
 }
 
+mod agents;
 mod assets;
 mod audit;
 mod capacity;
@@ -81,6 +82,7 @@ mod plans;
 mod requests;
 mod tokens;
 
+pub use agents::{AgentRecord, InventoryRecord, NewAgent, NewRestore, RestoreRecord};
 pub use error::CatalogError;
 pub use ids::*;
 pub use model::*;

@@ -128,7 +128,12 @@ impl Conn {
         })
     }
 
-    fn req<T>(&self, message: T) -> Request<T> {
+    /// The channel to the daemon.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub(crate) fn req<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(bearer) = &self.bearer {
             request
@@ -144,7 +149,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// A failed call, printed as one line.
-fn rpc_error(status: Status) -> anyhow::Error {
+pub(crate) fn rpc_error(status: Status) -> anyhow::Error {
     let code = match status.code() {
         tonic::Code::Unauthenticated => "UNAUTHENTICATED",
         tonic::Code::PermissionDenied => "PERMISSION_DENIED",
@@ -421,6 +426,16 @@ pub enum AssetCmd {
         /// Server id.
         id: i64,
     },
+    /// Enter a server colocated before cadang in the register (KASI_INFRAS, ADMIN).
+    Register {
+        /// Owning agency.
+        #[arg(long)]
+        agency: i64,
+        /// JSON file: name, serial_number, server_type, brand, processor, ram,
+        /// motherboard, storage, psu, ip_addresses, u_size, power_draw_w, bandwidth_mbps.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Record the servers measured at a handover (procedure A step 7).
     Observe {
         /// The colocation request.
@@ -661,9 +676,13 @@ pub enum PlanCmd {
         /// Plan name (unique within the agency).
         #[arg(long)]
         name: String,
-        /// Path to back up (repeat; absolute).
+        /// Path to back up (repeat; absolute): on the daemon's host, or with --server on
+        /// that server, read by its agent.
         #[arg(long = "path", required = true)]
         paths: Vec<String>,
+        /// The colocated server (register id) whose agent backs the paths up.
+        #[arg(long)]
+        server: Option<i64>,
         /// Exclude glob (repeat).
         #[arg(long = "exclude")]
         excludes: Vec<String>,
@@ -843,7 +862,7 @@ fn parse_ttl(text: &str) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow!("bad --ttl `{text}`: must be positive"))
 }
 
-fn print_json<T: serde::Serialize>(value: &T) {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(error) => eprintln!("cadang: error: cannot print JSON: {error}"),
@@ -851,7 +870,7 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 /// A table with aligned columns.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -878,7 +897,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn or_dash(text: &str) -> String {
+pub(crate) fn or_dash(text: &str) -> String {
     if text.is_empty() {
         "-".to_owned()
     } else {
@@ -1445,6 +1464,25 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 });
                 print_json(&value);
             }
+            AssetCmd::Register { agency, file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let server = assets
+                    .register_server(conn.req(RegisterServerRequest {
+                        agency_id: agency,
+                        server_json: text,
+                    }))
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                if json {
+                    print_json(
+                        &serde_json::json!({"id": server.id, "agency_id": server.agency_id, "name": server.name, "status": server.status}),
+                    );
+                } else {
+                    println!("server {} registered as {}", server.name, server.id);
+                }
+            }
             AssetCmd::Observe { request, file } => {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -1830,6 +1868,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 request,
                 name,
                 paths,
+                server,
                 excludes,
                 schedule,
                 time_zone,
@@ -1860,6 +1899,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     "retention": {"last": keep_last, "daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly},
                     "retention_schedule": retention_schedule, "verify_schedule": verify_schedule, "verify_parts": verify_parts,
                     "drill_schedule": drill_schedule, "window": window, "bandwidth_limit_kib": bandwidth_limit,
+                    "server": server,
                 });
                 let plan = plans
                     .create_plan(conn.req(CreatePlanRequest {

@@ -3,6 +3,7 @@
 //! conventions; `daemon` and `admin` run the control plane on this host; the client
 //! commands (request, step, asset, ...) talk to a daemon over gRPC.
 
+mod agent_cmds;
 mod client;
 mod output;
 mod repo_cmds;
@@ -142,6 +143,13 @@ pub enum Command {
     /// Runs of backup plans.
     #[command(subcommand)]
     Run(client::RunCmd),
+    /// Agents on colocated servers: enrolment tokens, enrolment, the agent process,
+    /// inventories.
+    #[command(subcommand)]
+    Agent(agent_cmds::AgentCmd),
+    /// Restores of servers' backups through their agents, verified file by file.
+    #[command(subcommand, name = "restore-job")]
+    RestoreJob(agent_cmds::RestoreJobCmd),
 }
 
 #[derive(Args, Debug)]
@@ -359,6 +367,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Form(command) => C::Form(command),
         Command::Plan(command) => C::Plan(command),
         Command::Run(command) => C::Run(command),
+        Command::Agent(command) => return agent_cmds::agent(&cli.conn, json, command),
+        Command::RestoreJob(command) => return agent_cmds::restore_job(&cli.conn, json, command),
         _ => return repo_cmds::run(cli),
     };
     client::run(&cli.conn, json, client)
@@ -366,7 +376,11 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Whether this runs the daemon (which logs at `info` by default).
 pub fn is_daemon(cli: &Cli) -> bool {
-    matches!(cli.command, Command::Daemon(_))
+    match &cli.command {
+        Command::Daemon(_) => true,
+        Command::Agent(command) => agent_cmds::is_agent_process(command),
+        _ => false,
+    }
 }
 
 /// Whether log lines should be JSON: `--log-json`, or the daemon's configured format.

@@ -80,6 +80,19 @@ impl fmt::Debug for IdKeys {
 }
 
 impl IdKeys {
+    /// The capability as bytes, to hand to an agent: the id key and the chunker seed.
+    pub fn to_parts(&self) -> ([u8; 32], u64) {
+        (self.id_key, self.chunker_seed)
+    }
+
+    /// The capability received from the daemon.
+    pub fn from_parts(id_key: [u8; 32], chunker_seed: u64) -> Self {
+        Self {
+            id_key,
+            chunker_seed,
+        }
+    }
+
     /// The keyed BLAKE3 id of a blob's plaintext.
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
         BlobId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())

@@ -16,6 +16,7 @@ pub mod forget;
 pub mod format;
 pub mod id;
 pub mod index;
+pub mod ingest;
 pub mod lock;
 pub mod pack;
 pub mod packer;

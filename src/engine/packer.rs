@@ -166,6 +166,33 @@ impl Packer {
     ///
     /// # Errors
     /// An earlier upload failure.
+    /// Whether `id` was claimed by this packer (stored or on its way).
+    pub fn is_pending(&self, id: &BlobId) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
+    }
+
+    /// Add a blob whose payload (codec byte and data, as [`encode_blob_payload`] makes
+    /// it) was prepared elsewhere — by an agent — and checked by the caller against `id`.
+    /// Only the encryption happens here.
+    pub fn add_payload(
+        &self,
+        ty: BlobType,
+        id: BlobId,
+        payload: &[u8],
+        raw_len: u32,
+    ) -> Result<()> {
+        let keys = &self.shared.keys;
+        SCRATCH.with(|s| {
+            let (_, env) = &mut *s.borrow_mut();
+            env.clear();
+            keys.seal_append(&blob_aad(ty, &id), payload, env);
+            self.add_sealed(ty, id, env, raw_len)
+        })
+    }
+
     pub fn add_sealed(
         &self,
         ty: BlobType,

@@ -38,6 +38,13 @@ const REVEAL: &[Role] = &[KabidTik, KasiInfras, Petugas];
 const PLANNERS: &[Role] = &[KasiInfras, Petugas, Admin];
 /// The administrator alone.
 const ADMIN: &[Role] = &[Admin];
+/// Those who hand servers over and look after their agents.
+const AGENT_OFFICERS: &[Role] = &[KasiInfras, Petugas, Admin];
+/// No person: the method is for agents, with their own credential.
+const AGENTS_ONLY: &[Role] = &[];
+
+const AGENT_CREDENTIAL: &str =
+    "agents only, with their own credential (`cdga_…`); a person's token is refused";
 
 const OWN_AGENCY: &str = "an agency's account sees only its own agency's objects";
 const STEP_ROLES: &str =
@@ -67,6 +74,7 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.AssetService/ListServers", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.AssetService/GetServer", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.AssetService/RecordObservation", roles: STAFF, scope: "the roles of the handover step" },
+    Rule { method: "/cadang.v1.AssetService/RegisterServer", roles: INFRA, scope: "" },
     Rule { method: "/cadang.v1.AssetService/RevealHostPassword", roles: REVEAL, scope: "the configured reveal_roles; every attempt audited" },
     Rule { method: "/cadang.v1.CapacityService/AddPowerFeed", roles: INFRA, scope: "" },
     Rule { method: "/cadang.v1.CapacityService/AddRack", roles: INFRA, scope: "" },
@@ -90,6 +98,17 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.PlanService/ResumePlan", roles: PLANNERS, scope: "" },
     Rule { method: "/cadang.v1.RunService/ListRuns", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RunService/GetRun", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.AgentService/Enroll", roles: AGENTS_ONLY, scope: "no bearer: the one-time enrolment token in the message, usable once" },
+    Rule { method: "/cadang.v1.AgentService/ReportInventory", roles: AGENTS_ONLY, scope: AGENT_CREDENTIAL },
+    Rule { method: "/cadang.v1.AgentService/Jobs", roles: AGENTS_ONLY, scope: "agents only, with their own credential; only the jobs the daemon gives the agent's own server" },
+    Rule { method: "/cadang.v1.AgentAdminService/CreateEnrollmentToken", roles: AGENT_OFFICERS, scope: "" },
+    Rule { method: "/cadang.v1.AgentAdminService/ListAgents", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.AgentAdminService/RevokeAgent", roles: AGENT_OFFICERS, scope: "" },
+    Rule { method: "/cadang.v1.AgentAdminService/GetInventory", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/StartRestore", roles: PLANNERS, scope: "source and target servers of one agency" },
+    Rule { method: "/cadang.v1.RestoreService/GetRestore", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/ListRestores", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/ListServerSnapshots", roles: EVERYONE, scope: OWN_AGENCY },
 ];
 
 /// Paths served without a token: health checks and server reflection (they reveal the
@@ -98,6 +117,16 @@ pub fn is_public(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Paths called by agents with their own credential (not by people).
+pub fn is_agent_path(path: &str) -> bool {
+    path.starts_with("/cadang.v1.AgentService/") && !is_enrolment(path)
+}
+
+/// The enrolment call: authenticated by the one-time token in its message.
+pub fn is_enrolment(path: &str) -> bool {
+    path == "/cadang.v1.AgentService/Enroll"
 }
 
 /// The rule of a method path.
@@ -115,7 +144,9 @@ pub fn render_markdown(registry: &Registry) -> String {
          Every call needs a valid bearer token (none, unknown, expired, revoked, or a disabled \
          account: `UNAUTHENTICATED`). A role outside a method's row gets `PERMISSION_DENIED` \
          before the call reaches a use case; so does an agency's account (SKPD) naming another \
-         agency's object. Health checks and server reflection need no token.\n\n",
+         agency's object. Health checks and server reflection need no token. The agents' \
+         methods (a row without roles) take no person's token: an agent enrols with a \
+         one-time token and then calls with its own credential.\n\n",
     );
     out.push_str("## Methods\n\n| method | ");
     out.push_str(

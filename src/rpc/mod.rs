@@ -7,6 +7,7 @@
 //!   forget to;
 //! * [`status`] is the single mapping from [`AppError`] to a gRPC status.
 
+mod agents;
 pub mod authz;
 mod convert;
 mod services;
@@ -42,19 +43,66 @@ pub struct Ctx {
     pub app: App,
     /// The clock.
     pub clock: Clock,
+    /// Connected agents.
+    pub hub: crate::hub::Hub,
+    /// The agencies' repositories (for listing servers' snapshots), when configured.
+    pub repositories: Option<Arc<crate::jobs::Repositories>>,
 }
 
 impl Ctx {
-    /// A context reading the system clock.
+    /// A context reading the system clock, with no agent connected yet and no
+    /// repositories.
     pub fn new(app: App) -> Self {
         Ctx {
             app,
             clock: Arc::new(Utc::now),
+            hub: Arc::default(),
+            repositories: None,
         }
+    }
+
+    /// The same context with the daemon's agent hub and repositories.
+    #[must_use]
+    pub fn with_agents(
+        mut self,
+        hub: crate::hub::Hub,
+        repositories: Arc<crate::jobs::Repositories>,
+    ) -> Self {
+        self.hub = hub;
+        self.repositories = Some(repositories);
+        self
     }
 
     fn now(&self) -> DateTime<Utc> {
         (self.clock)()
+    }
+
+    /// Authenticates an agent's credential for an agent path. A person's valid token is
+    /// refused with `PERMISSION_DENIED`: people do not speak for agents.
+    async fn admit_agent(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<crate::app::AgentCaller, Status> {
+        let secret = bearer_of(headers)?;
+        if secret.starts_with("cdga_") {
+            return self
+                .app
+                .authenticate_agent(secret, self.now())
+                .await
+                .map_err(status);
+        }
+        let caller = self
+            .app
+            .authenticate(secret, self.now())
+            .await
+            .map_err(status)?;
+        Err(Status::permission_denied(format!(
+            "`{}` ({}) may not call {}: it needs an agent's credential (`cadang agent enroll`)",
+            caller.account.username,
+            roles_of(&caller),
+            path.trim_start_matches("/cadang.v1.")
+        )))
     }
 
     /// Authenticates the token in `headers` and applies the matrix to `path`.
@@ -63,22 +111,7 @@ impl Ctx {
             // A method of a service without a row: refuse rather than guess.
             return Err(Status::unimplemented(format!("unknown method {path}")));
         };
-        let header = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "no bearer token: pass one with --token, CADANG_TOKEN or cli.toml",
-                )
-            })?
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-        let secret = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <token>`")
-            })?
-            .trim();
+        let secret = bearer_of(headers)?;
         let caller = self
             .app
             .authenticate(secret, self.now())
@@ -98,6 +131,29 @@ impl Ctx {
             )));
         }
         Ok(caller)
+    }
+}
+
+/// The bearer secret of a request.
+fn bearer_of(headers: &http::HeaderMap) -> Result<&str, Status> {
+    {
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "no bearer token: pass one with --token, CADANG_TOKEN or cli.toml",
+                )
+            })?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let secret = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+            })?
+            .trim();
+        Ok(secret)
     }
 }
 
@@ -197,7 +253,18 @@ where
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             let started = Instant::now();
-            if !authz::is_public(&path) {
+            if authz::is_agent_path(&path) {
+                match ctx.admit_agent(&path, request.headers()).await {
+                    Ok(agent) => {
+                        request.extensions_mut().insert(agent);
+                    }
+                    Err(refusal) => {
+                        tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "agent call refused");
+                        metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
+                        return Ok(refusal.into_http());
+                    }
+                }
+            } else if !authz::is_public(&path) && !authz::is_enrolment(&path) {
                 match ctx.admit(&path, request.headers()).await {
                     Ok(caller) => {
                         request.extensions_mut().insert(caller);

@@ -71,6 +71,20 @@ pub fn routes(ctx: &Ctx) -> tonic::service::Routes {
         run_service_server::RunServiceServer,
         Runs(ctx.clone())
     ))
+    .add_service(
+        // Chunks of up to 4 MiB that do not compress travel on the agents' stream.
+        agent_service_server::AgentServiceServer::new(super::agents::Agents(ctx.clone()))
+            .max_decoding_message_size(crate::agent::MAX_STREAM_MESSAGE)
+            .max_encoding_message_size(crate::agent::MAX_STREAM_MESSAGE),
+    )
+    .add_service(limited!(
+        agent_admin_service_server::AgentAdminServiceServer,
+        super::agents::AgentAdmin(ctx.clone())
+    ))
+    .add_service(limited!(
+        restore_service_server::RestoreServiceServer,
+        super::agents::Restores(ctx.clone())
+    ))
 }
 
 fn json_field<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, Status> {
@@ -542,6 +556,92 @@ impl asset_service_server::AssetService for Assets {
             status: server.status.to_string(),
             detail_json: to_json(&server)?,
             mismatches_json: to_json(&mismatches)?,
+        }))
+    }
+
+    async fn register_server(&self, request: Request<RegisterServerRequest>) -> Reply<pb::Server> {
+        /// The JSON of a server to register.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Entry {
+            name: String,
+            serial_number: String,
+            #[serde(default)]
+            server_type: String,
+            #[serde(default)]
+            brand: String,
+            #[serde(default)]
+            processor: String,
+            #[serde(default)]
+            ram: String,
+            #[serde(default)]
+            motherboard: String,
+            #[serde(default)]
+            storage: String,
+            #[serde(default)]
+            psu: String,
+            #[serde(default)]
+            ip_addresses: Vec<String>,
+            #[serde(default = "one")]
+            u_size: i64,
+            #[serde(default)]
+            power_draw_w: i64,
+            #[serde(default)]
+            bandwidth_mbps: i64,
+            #[serde(default)]
+            domain: Option<String>,
+            #[serde(default)]
+            contact: Option<String>,
+        }
+        fn one() -> i64 {
+            1
+        }
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let agency = AgencyId(id("agency_id", message.agency_id)?);
+        let entry: Entry = json_field("server_json", &message.server_json)?;
+        let server = self
+            .0
+            .app
+            .register_server(
+                &caller.account.username,
+                crate::app::RegisterServer {
+                    agency_id: agency,
+                    name: entry.name,
+                    hardware: crate::catalog::HardwareSpec {
+                        serial_number: entry.serial_number,
+                        server_type: entry.server_type,
+                        brand: entry.brand,
+                        processor: entry.processor,
+                        ram: entry.ram,
+                        motherboard: entry.motherboard,
+                        storage: entry.storage,
+                        psu: entry.psu,
+                    },
+                    ip_addresses: entry.ip_addresses,
+                    domain: entry.domain,
+                    domain_activated_on: None,
+                    placement: None,
+                    uplink_id: None,
+                    u_size: entry.u_size,
+                    power_draw_w: entry.power_draw_w,
+                    bandwidth_mbps: entry.bandwidth_mbps,
+                    validity: crate::app::Validity::Permanent,
+                    host_admin_user: None,
+                    host_admin_password: None,
+                    contact: entry.contact,
+                },
+                self.0.now(),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Server {
+            id: server.id.0,
+            agency_id: server.agency_id.0,
+            name: server.name.clone(),
+            status: server.status.to_string(),
+            detail_json: to_json(&server)?,
+            mismatches_json: "[]".into(),
         }))
     }
 

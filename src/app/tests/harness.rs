@@ -543,6 +543,7 @@ impl Env {
                 request,
                 &format!("plan-{request}"),
                 crate::app::PlanSpec {
+                    server: None,
                     paths: vec!["/srv/simkes".into()],
                     excludes: vec![],
                     schedule: "0 2 * * *".into(),

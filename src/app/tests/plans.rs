@@ -12,6 +12,7 @@ use crate::workflow::Answer;
 
 pub(crate) fn spec(schedule: &str) -> PlanSpec {
     PlanSpec {
+        server: None,
         paths: vec!["/srv/simkes".into()],
         excludes: vec!["*.tmp".into()],
         schedule: schedule.into(),

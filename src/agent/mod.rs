@@ -1,0 +1,621 @@
+//! The agent process on a colocated server (`cadang agent run`, unit
+//! `cadang-agent.service`).
+//!
+//! It connects out to the daemon — the server needs no open port — with the credential
+//! it received at enrolment, reports its hardware inventory at start and daily, and keeps
+//! one stream open on which the daemon sends it backups ([`walk`]) and restores
+//! ([`restore`]). A dropped stream is dialled again with back-off; the daemon resumes an
+//! interrupted backup on the new stream, and chunks already stored are not sent again.
+//!
+//! What the agent keeps in its state directory (mode 0700): `agent.toml` (daemon address,
+//! CA, ids), `credential` (mode 0600) and the files caches under `cache/`. It never holds
+//! a repository's encryption key.
+
+pub mod inventory;
+pub mod restore;
+pub mod walk;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::rpc::pb;
+use crate::rpc::pb::agent_message::Body as Up;
+use crate::rpc::pb::agent_service_client::AgentServiceClient;
+use crate::rpc::pb::daemon_message::Body as Down;
+
+/// The agent's version, sent at enrolment and in every hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How often the inventory is reported.
+const INVENTORY_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// Longest wait between two dials.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest message on the stream (a 4 MiB chunk that does not compress, and headers).
+pub const MAX_STREAM_MESSAGE: usize = 16 << 20;
+
+/// `agent.toml`: where the daemon is and who this agent is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Daemon address (`https://…` or `http://` on loopback).
+    pub server: String,
+    /// CA certificate (PEM) of the daemon's certificate, for `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// This agent's id.
+    pub agent_id: i64,
+    /// The server it runs on.
+    pub server_id: i64,
+    /// Its agency.
+    pub agency_id: i64,
+}
+
+/// The state directory: configuration, credential, caches.
+#[derive(Debug, Clone)]
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    fn config_path(&self) -> PathBuf {
+        self.0.join("agent.toml")
+    }
+    fn credential_path(&self) -> PathBuf {
+        self.0.join("credential")
+    }
+    fn cache_dir(&self) -> PathBuf {
+        self.0.join("cache")
+    }
+
+    /// Reads `agent.toml` and the credential.
+    ///
+    /// # Errors
+    /// Missing files (not enrolled), unreadable ones, or a credential readable by others.
+    pub fn load(&self) -> anyhow::Result<(AgentConfig, String)> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = std::fs::read_to_string(self.config_path()).with_context(|| {
+            format!(
+                "{} is missing: enrol first with `cadang agent enroll`",
+                self.config_path().display()
+            )
+        })?;
+        let config: AgentConfig =
+            toml::from_str(&text).with_context(|| format!("{}", self.config_path().display()))?;
+        let path = self.credential_path();
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+        let credential = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .trim()
+            .to_owned();
+        Ok((config, credential))
+    }
+
+    /// Writes `agent.toml` and the credential (mode 0600, directory 0700).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, config: &AgentConfig, credential: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)
+            .with_context(|| format!("cannot create {}", self.0.display()))?;
+        let write = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        };
+        write(&self.credential_path(), credential.as_bytes())?;
+        write(
+            &self.config_path(),
+            toml::to_string(config)
+                .map_err(|e| anyhow!("cannot encode agent.toml: {e}"))?
+                .as_bytes(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Dials the daemon (no per-call deadline: the job stream lives for days).
+///
+/// # Errors
+/// A bad address or CA.
+pub fn channel(server: &str, ca: Option<&Path>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("bad daemon address `{server}`"))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if server.starts_with("https://") {
+        let ca = ca.ok_or_else(|| anyhow!("{server} uses TLS: give its CA with --ca"))?;
+        let pem = std::fs::read(ca).with_context(|| format!("{}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .context("TLS settings")?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+fn bearer<T>(message: T, credential: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}")
+            .parse()
+            .map_err(|_| anyhow!("the credential holds characters a header cannot carry"))?,
+    );
+    Ok(request)
+}
+
+fn client(channel: Channel) -> AgentServiceClient<Channel> {
+    AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_STREAM_MESSAGE)
+        .max_encoding_message_size(MAX_STREAM_MESSAGE)
+}
+
+fn hostname() -> String {
+    inventory::collect_local()
+        .hostname
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Enrols with a one-time token, stores the credential, and reports the inventory.
+///
+/// # Errors
+/// The daemon's refusal (used, expired or unknown token) or I/O errors.
+pub async fn enroll(
+    state: &StateDir,
+    server: &str,
+    ca: Option<&Path>,
+    token: &str,
+) -> anyhow::Result<AgentConfig> {
+    let channel = channel(server, ca)?;
+    let answer = client(channel.clone())
+        .enroll(pb::EnrollRequest {
+            enrollment_token: token.trim().to_owned(),
+            hostname: hostname(),
+            agent_version: VERSION.into(),
+        })
+        .await
+        .map_err(|status| anyhow!("enrolment refused: {}", status.message()))?
+        .into_inner();
+    let config = AgentConfig {
+        server: server.to_owned(),
+        ca: ca.map(Path::to_path_buf),
+        agent_id: answer.agent_id,
+        server_id: answer.server_id,
+        agency_id: answer.agency_id,
+    };
+    state.save(&config, &answer.credential)?;
+    report_inventory(channel, &answer.credential).await?;
+    Ok(config)
+}
+
+/// Reports this machine's inventory; returns the mismatches the daemon found.
+///
+/// # Errors
+/// The daemon's refusal or a transport error.
+pub async fn report_inventory(
+    channel: Channel,
+    credential: &str,
+) -> anyhow::Result<Vec<pb::SpecMismatch>> {
+    let inventory = tokio::task::spawn_blocking(inventory::collect_local).await?;
+    let json = serde_json::to_string(&inventory)?;
+    let answer = client(channel)
+        .report_inventory(bearer(
+            pb::ReportInventoryRequest {
+                inventory_json: json,
+            },
+            credential,
+        )?)
+        .await
+        .map_err(|status| anyhow!("inventory refused: {}", status.message()))?
+        .into_inner();
+    Ok(answer.mismatches)
+}
+
+/// Runs the agent until `shutdown` turns true: dial, serve jobs, dial again on loss.
+///
+/// # Errors
+/// Not enrolled, or the credential refused (revoked): those do not heal by retrying.
+pub async fn run(state: StateDir, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let (config, credential) = state.load()?;
+    let mut backoff = Duration::from_secs(1);
+    let mut next_inventory = tokio::time::Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let channel = channel(&config.server, config.ca.as_deref())?;
+        match session(
+            &state,
+            channel,
+            &credential,
+            &mut shutdown,
+            &mut next_inventory,
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(SessionError::Refused(message)) => {
+                bail!("the daemon refused this agent: {message}")
+            }
+            Err(SessionError::Lost(message)) => {
+                tracing::warn!(%message, retry_in = ?backoff, "connection to the daemon lost");
+            }
+            Err(SessionError::Served) => backoff = Duration::from_secs(1),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum SessionError {
+    /// Authentication failed: stop.
+    Refused(String),
+    /// The stream broke before it carried anything.
+    Lost(String),
+    /// The stream worked for a while, then broke: dial again at once.
+    Served,
+}
+
+fn classify(status: &tonic::Status) -> SessionError {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            SessionError::Refused(status.message().to_owned())
+        }
+        _ => SessionError::Lost(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+/// What the job threads receive from the stream.
+enum ToBackup {
+    Have(pb::HaveAnswer),
+    End(pb::JobEnd),
+}
+
+struct BackupHandle {
+    job_id: String,
+    to_job: std::sync::mpsc::Sender<ToBackup>,
+    cancel: Arc<AtomicBool>,
+}
+
+struct RestoreHandle {
+    job_id: String,
+    to_job: mpsc::Sender<Down>,
+}
+
+/// The walker's view of the stream.
+struct StreamLink {
+    up: mpsc::Sender<pb::AgentMessage>,
+    from_stream: std::sync::mpsc::Receiver<ToBackup>,
+    next_query: u64,
+    sent: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+    end: Option<pb::JobEnd>,
+}
+
+impl walk::Link for StreamLink {
+    fn send(&mut self, body: Up) -> Result<(), walk::WalkError> {
+        let message = pb::AgentMessage { body: Some(body) };
+        self.sent
+            .fetch_add(message.encoded_len() as u64, Ordering::Relaxed);
+        self.up
+            .blocking_send(message)
+            .map_err(|_| walk::WalkError::Disconnected)
+    }
+
+    fn have(&mut self, job_id: &str, ids: Vec<[u8; 32]>) -> Result<Vec<u32>, walk::WalkError> {
+        self.next_query += 1;
+        let query_id = self.next_query;
+        self.send(Up::Have(pb::HaveQuery {
+            job_id: job_id.to_owned(),
+            query_id,
+            ids: ids.iter().map(|id| id.to_vec()).collect(),
+        }))?;
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(walk::WalkError::Cancelled);
+            }
+            match self.from_stream.recv_timeout(Duration::from_millis(500)) {
+                Ok(ToBackup::Have(answer)) if answer.query_id == query_id => {
+                    if answer.missing.iter().any(|i| *i as usize >= ids.len()) {
+                        return Err(walk::WalkError::Invalid(
+                            "the daemon answered with a position outside the query".into(),
+                        ));
+                    }
+                    return Ok(answer.missing);
+                }
+                Ok(ToBackup::Have(_)) => {}
+                Ok(ToBackup::End(end)) => {
+                    // The daemon ended the job early (it failed on its side).
+                    self.end = Some(end);
+                    return Err(walk::WalkError::Cancelled);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(walk::WalkError::Disconnected);
+                }
+            }
+        }
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// One backup job on a blocking thread: walk, report, wait for the commit, keep the cache.
+fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
+    let job_id = job.job_id.clone();
+    let fail = |link: &mut StreamLink, error: String| {
+        let _ = walk::Link::send(
+            link,
+            Up::Failed(pb::JobFailed {
+                job_id: job_id.clone(),
+                error,
+            }),
+        );
+    };
+    let decoded = match walk::Job::from_message(&job) {
+        Ok(decoded) => decoded,
+        Err(error) => return fail(&mut link, error.to_string()),
+    };
+    let cache_path =
+        walk::FilesCache::path_for(&cache_dir, &job.repository_fingerprint, &job.paths);
+    let cache = walk::FilesCache::load(&cache_path);
+    tracing::info!(job = %job_id, paths = ?job.paths, cached_files = cache.len(), resumed = job.resumed, "backup started");
+    let cancel = link.cancel.clone();
+    let outcome = match walk::run(&decoded, &mut link, cache, cancel) {
+        Ok(outcome) => outcome,
+        Err(walk::WalkError::Disconnected) => {
+            tracing::warn!(job = %job_id, "stream lost during the backup; the daemon resumes it");
+            return;
+        }
+        Err(error) => return fail(&mut link, error.to_string()),
+    };
+    let bytes_sent = walk::Link::bytes_sent(&link);
+    if walk::Link::send(
+        &mut link,
+        Up::WalkDone(pb::WalkDone {
+            job_id: job_id.clone(),
+            files: outcome.files,
+            bytes: outcome.bytes,
+            problems: outcome.problems.clone(),
+            files_unchanged: outcome.files_unchanged,
+            bytes_sent,
+        }),
+    )
+    .is_err()
+    {
+        return;
+    }
+    // Keep the new cache only once the snapshot that matches it is committed.
+    loop {
+        match link.from_stream.recv() {
+            Ok(ToBackup::End(end)) if end.ok => {
+                if let Err(error) = outcome.cache.save(&cache_path) {
+                    tracing::warn!(%error, "cannot save the files cache; the next backup reads every file");
+                }
+                tracing::info!(job = %job_id, snapshot = %end.snapshot_id, files = outcome.files, bytes_sent, "backup committed");
+                return;
+            }
+            Ok(ToBackup::End(end)) => {
+                tracing::warn!(job = %job_id, error = %end.error, "the daemon could not commit the backup");
+                return;
+            }
+            Ok(ToBackup::Have(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// One restore on a blocking thread: entries and chunks in, results out.
+fn restore_job(
+    job: pb::RestoreJob,
+    mut from_stream: mpsc::Receiver<Down>,
+    up: mpsc::Sender<pb::AgentMessage>,
+) {
+    let send = |body: Up| {
+        up.blocking_send(pb::AgentMessage { body: Some(body) })
+            .is_ok()
+    };
+    let mut writer = match restore::RestoreWriter::new(&job.target_dir, &job.id_key) {
+        Ok(writer) => writer,
+        Err(error) => {
+            send(Up::Failed(pb::JobFailed {
+                job_id: job.job_id.clone(),
+                error,
+            }));
+            return;
+        }
+    };
+    tracing::info!(job = %job.job_id, target = %job.target_dir, snapshot = %job.snapshot_id, "restore started");
+    let mut entries = 0u64;
+    while let Some(message) = from_stream.blocking_recv() {
+        match message {
+            Down::RestoreEntry(entry) => {
+                writer.entry(entry);
+                entries += 1;
+                if entries % 500 == 0 {
+                    let (failed, verified) = writer.take_results();
+                    if !send(Up::RestoreResults(pb::RestoreResults {
+                        job_id: job.job_id.clone(),
+                        failed,
+                        verified,
+                    })) {
+                        return;
+                    }
+                }
+            }
+            Down::RestoreChunk(chunk) => writer.chunk(chunk),
+            Down::RestoreEnd(end) => {
+                let (summary, failed, verified) = writer.finish();
+                tracing::info!(job = %job.job_id, verified = summary.files_verified, failed = summary.files_failed, unreadable = end.unreadable.len(), "restore finished");
+                send(Up::RestoreResults(pb::RestoreResults {
+                    job_id: job.job_id.clone(),
+                    failed,
+                    verified,
+                }));
+                send(Up::RestoreDone(pb::RestoreDone {
+                    job_id: job.job_id.clone(),
+                    files_verified: summary.files_verified,
+                    files_failed: summary.files_failed,
+                    bytes: summary.bytes,
+                }));
+                return;
+            }
+            _ => {}
+        }
+    }
+    tracing::warn!(job = %job.job_id, "stream lost during the restore");
+}
+
+async fn session(
+    state: &StateDir,
+    channel: Channel,
+    credential: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    next_inventory: &mut tokio::time::Instant,
+) -> Result<(), SessionError> {
+    let (up, up_rx) = mpsc::channel::<pb::AgentMessage>(64);
+    let hello = pb::AgentMessage {
+        body: Some(Up::Hello(pb::AgentHello {
+            version: VERSION.into(),
+            hostname: hostname(),
+        })),
+    };
+    up.send(hello)
+        .await
+        .map_err(|_| SessionError::Lost("cannot queue the hello".into()))?;
+    let request = bearer(
+        tokio_stream::wrappers::ReceiverStream::new(up_rx),
+        credential,
+    )
+    .map_err(|e| SessionError::Refused(e.to_string()))?;
+    let mut inbound = client(channel.clone())
+        .jobs(request)
+        .await
+        .map_err(|status| classify(&status))?
+        .into_inner();
+    tracing::info!("connected to the daemon; waiting for work");
+    let mut backup: Option<BackupHandle> = None;
+    let mut restore: Option<RestoreHandle> = None;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut served = false;
+    loop {
+        let inventory_due = tokio::time::sleep_until(*next_inventory);
+        tokio::select! {
+            message = inbound.message() => {
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => {
+                        return Err(if served { SessionError::Served } else { SessionError::Lost("the daemon closed the stream".into()) });
+                    }
+                    Err(status) => {
+                        if let Some(handle) = &backup { handle.cancel.store(true, Ordering::Relaxed); }
+                        return Err(match classify(&status) {
+                            SessionError::Lost(_) if served => SessionError::Served,
+                            other => other,
+                        });
+                    }
+                };
+                served = true;
+                match message.body {
+                    Some(Down::Backup(job)) => {
+                        if let Some(old) = backup.take() { old.cancel.store(true, Ordering::Relaxed); }
+                        let (to_job, from_stream) = std::sync::mpsc::channel();
+                        let cancel = Arc::new(AtomicBool::new(false));
+                        backup = Some(BackupHandle { job_id: job.job_id.clone(), to_job, cancel: cancel.clone() });
+                        let link = StreamLink {
+                            up: up.clone(),
+                            from_stream,
+                            next_query: 0,
+                            sent: sent.clone(),
+                            cancel,
+                            end: None,
+                        };
+                        let cache_dir = state.cache_dir();
+                        tokio::task::spawn_blocking(move || backup_job(job, link, cache_dir));
+                    }
+                    Some(Down::Have(answer)) => {
+                        if let Some(handle) = &backup { let _ = handle.to_job.send(ToBackup::Have(answer)); }
+                    }
+                    Some(Down::JobEnd(end)) => {
+                        if let Some(handle) = backup.take_if(|h| h.job_id == end.job_id) {
+                            let _ = handle.to_job.send(ToBackup::End(end));
+                        }
+                    }
+                    Some(Down::Cancel(cancel)) => {
+                        if let Some(handle) = backup.take_if(|h| h.job_id == cancel.job_id) {
+                            tracing::info!(job = %cancel.job_id, reason = %cancel.reason, "job cancelled by the daemon");
+                            handle.cancel.store(true, Ordering::Relaxed);
+                        }
+                        if restore.as_ref().is_some_and(|h| h.job_id == cancel.job_id) {
+                            restore = None;
+                        }
+                    }
+                    Some(Down::Restore(job)) => {
+                        let (to_job, from_stream) = mpsc::channel(64);
+                        restore = Some(RestoreHandle { job_id: job.job_id.clone(), to_job });
+                        let up = up.clone();
+                        tokio::task::spawn_blocking(move || restore_job(job, from_stream, up));
+                    }
+                    Some(body @ (Down::RestoreEntry(_) | Down::RestoreChunk(_) | Down::RestoreEnd(_))) => {
+                        let end = matches!(body, Down::RestoreEnd(_));
+                        if let Some(handle) = &restore
+                            && handle.to_job.send(body).await.is_err()
+                        {
+                            restore = None;
+                        }
+                        if end { restore = None; }
+                    }
+                    None => {}
+                }
+            }
+            () = inventory_due => {
+                *next_inventory = tokio::time::Instant::now() + INVENTORY_EVERY;
+                match report_inventory(channel.clone(), credential).await {
+                    Ok(mismatches) if mismatches.is_empty() => tracing::info!("inventory reported; it matches the asset register"),
+                    Ok(mismatches) => tracing::warn!(count = mismatches.len(), "inventory reported; it differs from the asset register"),
+                    Err(error) => tracing::warn!(%error, "cannot report the inventory; trying again in an hour"),
+                }
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    if let Some(handle) = &backup { handle.cancel.store(true, Ordering::Relaxed); }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

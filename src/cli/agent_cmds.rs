@@ -1,0 +1,573 @@
+//! `cadang agent …` (enrolment tokens, the agent process, inventories) and
+//! `cadang restore-job …` (restores to agents).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::client::{Conn, ConnArgs, or_dash, print_json, rpc_error, table};
+use super::output::ExitCode;
+use crate::agent::{self, StateDir};
+use crate::rpc::pb;
+use crate::rpc::pb::agent_admin_service_client::AgentAdminServiceClient;
+use crate::rpc::pb::restore_service_client::RestoreServiceClient;
+
+/// Where the agent keeps its state unless told otherwise (systemd's StateDirectory).
+const DEFAULT_STATE_DIR: &str = "/var/lib/cadang-agent";
+
+/// `cadang agent …`
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// Create a one-time enrolment token for a server in the asset register (officers).
+    EnrollToken {
+        /// Server id in the asset register.
+        server: i64,
+        /// Hours the token stays valid (default 24).
+        #[arg(long)]
+        hours: Option<i64>,
+    },
+    /// Enrol this machine with a one-time token and store its credential (on the server).
+    Enroll {
+        /// Daemon address, such as https://backup.dc.local:7420.
+        #[arg(long = "server")]
+        daemon: String,
+        /// The one-time enrolment token (prefer CADANG_ENROLL_TOKEN: flags show in `ps`).
+        #[arg(long, env = "CADANG_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// CA certificate (PEM) of the daemon's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// State directory (credential, caches).
+        #[arg(long, env = "CADANG_AGENT_STATE", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Run the agent: connect to the daemon and carry out its backups and restores.
+    Run {
+        /// State directory written by `cadang agent enroll`.
+        #[arg(long, env = "CADANG_AGENT_STATE", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// List agents.
+    List {
+        /// Only this agency's.
+        #[arg(long)]
+        agency: Option<i64>,
+    },
+    /// Revoke an agent: its credential is refused from now on.
+    Revoke {
+        /// Agent id.
+        id: i64,
+    },
+    /// A server's latest hardware inventory and its differences from the register; with
+    /// --local, this machine's inventory (no daemon needed).
+    Inventory {
+        /// Server id in the asset register.
+        #[arg(required_unless_present = "local")]
+        server: Option<i64>,
+        /// Read this machine's inventory instead.
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+/// `cadang restore-job …`
+#[derive(Subcommand, Debug)]
+pub enum RestoreJobCmd {
+    /// Restore a server's snapshot through an agent, verifying every file.
+    Start {
+        /// The server whose backups are restored.
+        #[arg(long)]
+        server: i64,
+        /// Snapshot id (prefix) or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Absolute directory on the target server to restore into.
+        #[arg(long)]
+        target: String,
+        /// Only this path of the snapshot (repeatable).
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// Restore to another server of the same agency.
+        #[arg(long)]
+        to_server: Option<i64>,
+        /// The restore request (procedure C) it serves.
+        #[arg(long)]
+        request: Option<i64>,
+        /// Wait for the result, showing progress; exit 3 when files failed verification.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List restores.
+    List {
+        /// Only this agency's.
+        #[arg(long)]
+        agency: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one restore with its failed files.
+    Show {
+        /// Restore id.
+        id: i64,
+        /// Wait until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the snapshots of a server's backups.
+    Snapshots {
+        /// Server id.
+        #[arg(long)]
+        server: i64,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("cadang: error: {error:#}");
+            ExitCode::Failure
+        }
+    }
+}
+
+/// Whether the command runs the long-lived agent (logs at `info`).
+pub fn is_agent_process(command: &AgentCmd) -> bool {
+    matches!(command, AgentCmd::Run { .. })
+}
+
+/// Runs `cadang agent …`.
+pub fn agent(conn: &ConnArgs, json: bool, command: AgentCmd) -> ExitCode {
+    finish(runtime().and_then(|rt| rt.block_on(agent_async(conn, json, command))))
+}
+
+async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::Result<ExitCode> {
+    match command {
+        AgentCmd::Enroll {
+            daemon,
+            token,
+            ca,
+            state_dir,
+        } => {
+            let state = StateDir(state_dir.clone());
+            let config = agent::enroll(&state, &daemon, ca.as_deref(), &token).await?;
+            if json {
+                print_json(&json!({
+                    "agent_id": config.agent_id, "server_id": config.server_id,
+                    "agency_id": config.agency_id, "state_dir": state_dir,
+                }));
+            } else {
+                println!(
+                    "enrolled as agent {} of server {}; credential stored in {} (mode 0600). Start the agent with `systemctl enable --now cadang-agent` or `cadang agent run`.",
+                    config.agent_id,
+                    config.server_id,
+                    state_dir.display()
+                );
+            }
+            Ok(ExitCode::Ok)
+        }
+        AgentCmd::Run { state_dir } => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                crate::daemon::shutdown_signal().await;
+                tracing::info!("stopping the agent");
+                let _ = stop.send(true);
+            });
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            agent::run(StateDir(state_dir), stopped).await?;
+            Ok(ExitCode::Ok)
+        }
+        AgentCmd::Inventory { local: true, .. } => {
+            let inventory = tokio::task::spawn_blocking(agent::inventory::collect_local).await?;
+            if json {
+                print_json(&inventory);
+            } else {
+                for (label, value) in inventory.summary_lines() {
+                    println!("{label:<14} {value}");
+                }
+            }
+            Ok(ExitCode::Ok)
+        }
+        command => {
+            let conn = Conn::open(conn)?;
+            let mut admin = AgentAdminServiceClient::new(conn.channel());
+            match command {
+                AgentCmd::EnrollToken { server, hours } => {
+                    let token = admin
+                        .create_enrollment_token(conn.req(pb::CreateEnrollmentTokenRequest {
+                            server_id: server,
+                            valid_hours: hours.unwrap_or(0),
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        print_json(&json!({
+                            "agent_id": token.agent_id, "token": token.token, "expires_at": token.expires_at,
+                        }));
+                    } else {
+                        println!("{}", token.token);
+                        eprintln!(
+                            "one-time enrolment token for server {server} (agent {}), valid until {}. On the server: CADANG_ENROLL_TOKEN=… cadang agent enroll --server URL",
+                            token.agent_id, token.expires_at
+                        );
+                    }
+                }
+                AgentCmd::List { agency } => {
+                    let agents = admin
+                        .list_agents(conn.req(pb::ListAgentsRequest {
+                            agency_id: agency.unwrap_or(0),
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner()
+                        .agents;
+                    if json {
+                        print_json(&agents.iter().map(agent_json).collect::<Vec<_>>());
+                    } else {
+                        table(
+                            &[
+                                "ID",
+                                "SERVER",
+                                "AGENCY",
+                                "STATUS",
+                                "CONNECTED",
+                                "HOSTNAME",
+                                "VERSION",
+                                "LAST SEEN",
+                            ],
+                            agents
+                                .iter()
+                                .map(|a| {
+                                    vec![
+                                        a.id.to_string(),
+                                        a.server_id.to_string(),
+                                        a.agency_id.to_string(),
+                                        a.status.clone(),
+                                        if a.connected { "yes" } else { "no" }.into(),
+                                        or_dash(&a.hostname),
+                                        or_dash(&a.version),
+                                        or_dash(&a.last_seen_at),
+                                    ]
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                AgentCmd::Revoke { id } => {
+                    let agent = admin
+                        .revoke_agent(conn.req(pb::RevokeAgentRequest { agent_id: id }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        print_json(&agent_json(&agent));
+                    } else {
+                        println!("agent {} revoked", agent.id);
+                    }
+                }
+                AgentCmd::Inventory { server, .. } => {
+                    let report = admin
+                        .get_inventory(conn.req(pb::GetInventoryRequest {
+                            server_id: server.unwrap_or(0),
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    let inventory: serde_json::Value =
+                        serde_json::from_str(&report.inventory_json).unwrap_or_default();
+                    let mismatches: Vec<serde_json::Value> = report
+                        .mismatches
+                        .iter()
+                        .map(|m| json!({"field": m.field, "declared": m.declared, "observed": m.observed}))
+                        .collect();
+                    if json {
+                        print_json(&json!({
+                            "server_id": report.server_id, "reported_at": report.reported_at,
+                            "reports": report.reports, "inventory": inventory, "mismatches": mismatches,
+                        }));
+                    } else if report.reported_at.is_empty() {
+                        println!(
+                            "server {} has no inventory yet: enrol its agent",
+                            report.server_id
+                        );
+                    } else {
+                        let parsed: agent::inventory::Inventory =
+                            serde_json::from_str(&report.inventory_json).unwrap_or_default();
+                        println!(
+                            "reported {} ({} reports kept)",
+                            report.reported_at, report.reports
+                        );
+                        for (label, value) in parsed.summary_lines() {
+                            println!("{label:<14} {value}");
+                        }
+                        if report.mismatches.is_empty() {
+                            println!("\nmatches the asset register");
+                        } else {
+                            println!("\ndifferences from the asset register:");
+                            table(
+                                &["FIELD", "REGISTER", "MEASURED"],
+                                report
+                                    .mismatches
+                                    .iter()
+                                    .map(|m| {
+                                        vec![
+                                            m.field.clone(),
+                                            m.declared.clone(),
+                                            m.observed.clone(),
+                                        ]
+                                    })
+                                    .collect(),
+                            );
+                        }
+                    }
+                }
+                AgentCmd::Enroll { .. } | AgentCmd::Run { .. } => {}
+            }
+            Ok(ExitCode::Ok)
+        }
+    }
+}
+
+fn agent_json(agent: &pb::Agent) -> serde_json::Value {
+    json!({
+        "id": agent.id, "server_id": agent.server_id, "agency_id": agent.agency_id,
+        "status": agent.status, "connected": agent.connected, "hostname": agent.hostname,
+        "version": agent.version, "enrolled_at": agent.enrolled_at,
+        "last_seen_at": agent.last_seen_at, "revoked_at": agent.revoked_at,
+    })
+}
+
+fn restore_json(restore: &pb::Restore) -> serde_json::Value {
+    json!({
+        "id": restore.id, "agency_id": restore.agency_id, "server_id": restore.server_id,
+        "target_server_id": restore.target_server_id, "snapshot": restore.snapshot,
+        "paths": restore.paths, "target_dir": restore.target_dir, "status": restore.status,
+        "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
+        "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
+        "finished_at": restore.finished_at, "requested_by": restore.requested_by,
+        "request_id": restore.request_id,
+    })
+}
+
+fn finished(status: &str) -> bool {
+    !matches!(status, "queued" | "running")
+}
+
+fn exit_for(status: &str) -> ExitCode {
+    match status {
+        "ok" => ExitCode::Ok,
+        "verify_differences" => ExitCode::Partial,
+        _ => ExitCode::Failure,
+    }
+}
+
+async fn wait(
+    restores: &mut RestoreServiceClient<tonic::transport::Channel>,
+    conn: &Conn,
+    id: i64,
+    json: bool,
+) -> anyhow::Result<pb::Restore> {
+    let bar = (!json).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    loop {
+        let restore = restores
+            .get_restore(conn.req(pb::GetRestoreRequest { id }))
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        if finished(&restore.status) {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return Ok(restore);
+        }
+        if let Some(bar) = &bar {
+            let stats: serde_json::Value =
+                serde_json::from_str(&restore.stats_json).unwrap_or_default();
+            bar.set_message(format!(
+                "restore {id}: {} — {} of {} entries sent, {} files verified",
+                restore.status,
+                stats["entries_sent"].as_u64().unwrap_or(0),
+                stats["entries"].as_u64().unwrap_or(0),
+                stats["files_verified"].as_u64().unwrap_or(0),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_restore(json: bool, restore: &pb::Restore) {
+    if json {
+        print_json(&restore_json(restore));
+        return;
+    }
+    let stats: serde_json::Value = serde_json::from_str(&restore.stats_json).unwrap_or_default();
+    println!("restore {} — {}", restore.id, restore.status);
+    println!(
+        "  server {} → server {} into {}",
+        restore.server_id, restore.target_server_id, restore.target_dir
+    );
+    println!("  snapshot {}", restore.snapshot);
+    if !restore.paths.is_empty() {
+        println!("  paths {}", restore.paths.join(", "));
+    }
+    if let Some(verified) = stats["files_verified"].as_u64() {
+        println!(
+            "  {verified} files verified, {} failed, {} bytes written",
+            stats["files_failed"].as_u64().unwrap_or(0),
+            stats["bytes"].as_u64().unwrap_or(0)
+        );
+    }
+    if let Some(failed) = stats["failed"].as_array() {
+        for item in failed {
+            println!(
+                "  FAILED {}: {}",
+                item["path"].as_str().unwrap_or(""),
+                item["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if !restore.error.is_empty() {
+        println!("  {}", restore.error);
+    }
+}
+
+/// Runs `cadang restore-job …`.
+pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitCode {
+    finish(runtime().and_then(|rt| {
+        rt.block_on(async {
+            let conn = Conn::open(conn)?;
+            let mut restores = RestoreServiceClient::new(conn.channel());
+            match command {
+                RestoreJobCmd::Start {
+                    server,
+                    snapshot,
+                    target,
+                    paths,
+                    to_server,
+                    request,
+                    wait: wait_for_it,
+                } => {
+                    let restore = restores
+                        .start_restore(conn.req(pb::StartRestoreRequest {
+                            server_id: server,
+                            snapshot,
+                            paths,
+                            target_server_id: to_server.unwrap_or(0),
+                            target_dir: target,
+                            request_id: request.unwrap_or(0),
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if wait_for_it {
+                        let done = wait(&mut restores, &conn, restore.id, json).await?;
+                        print_restore(json, &done);
+                        return Ok(exit_for(&done.status));
+                    }
+                    if json {
+                        print_json(&restore_json(&restore));
+                    } else {
+                        println!("restore {} queued; follow it with `cadang restore-job show {} --wait`", restore.id, restore.id);
+                    }
+                    Ok(ExitCode::Ok)
+                }
+                RestoreJobCmd::Show { id, wait: wait_for_it } => {
+                    let restore = if wait_for_it {
+                        wait(&mut restores, &conn, id, json).await?
+                    } else {
+                        restores
+                            .get_restore(conn.req(pb::GetRestoreRequest { id }))
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner()
+                    };
+                    print_restore(json, &restore);
+                    Ok(if finished(&restore.status) { exit_for(&restore.status) } else { ExitCode::Ok })
+                }
+                RestoreJobCmd::List { agency, limit } => {
+                    let list = restores
+                        .list_restores(conn.req(pb::ListRestoresRequest {
+                            agency_id: agency.unwrap_or(0),
+                            limit,
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner()
+                        .restores;
+                    if json {
+                        print_json(&list.iter().map(restore_json).collect::<Vec<_>>());
+                    } else {
+                        table(
+                            &["ID", "SERVER", "TARGET", "STATUS", "SNAPSHOT", "DIRECTORY", "QUEUED"],
+                            list.iter()
+                                .map(|r| {
+                                    vec![
+                                        r.id.to_string(),
+                                        r.server_id.to_string(),
+                                        r.target_server_id.to_string(),
+                                        r.status.clone(),
+                                        r.snapshot.chars().take(12).collect(),
+                                        r.target_dir.clone(),
+                                        r.queued_at.clone(),
+                                    ]
+                                })
+                                .collect(),
+                        );
+                    }
+                    Ok(ExitCode::Ok)
+                }
+                RestoreJobCmd::Snapshots { server } => {
+                    let list = restores
+                        .list_server_snapshots(conn.req(pb::ListServerSnapshotsRequest {
+                            server_id: server,
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner()
+                        .snapshots;
+                    if json {
+                        print_json(
+                            &list
+                                .iter()
+                                .map(|s| json!({"id": s.id, "time": s.time, "paths": s.paths, "files": s.files, "bytes": s.bytes, "run_id": s.run_id}))
+                                .collect::<Vec<_>>(),
+                        );
+                    } else {
+                        table(
+                            &["ID", "TIME", "FILES", "BYTES", "RUN", "PATHS"],
+                            list.iter()
+                                .map(|s| {
+                                    vec![
+                                        s.id.chars().take(12).collect(),
+                                        s.time.clone(),
+                                        s.files.to_string(),
+                                        s.bytes.to_string(),
+                                        s.run_id.to_string(),
+                                        s.paths.join(" "),
+                                    ]
+                                })
+                                .collect(),
+                        );
+                    }
+                    Ok(ExitCode::Ok)
+                }
+            }
+        })
+    }))
+}

@@ -1,0 +1,463 @@
+//! Ingest: a backup whose files are read elsewhere — by an agent on a colocated server —
+//! and whose chunks, already cut, named and compressed there, arrive here to be checked,
+//! encrypted, packed and committed as a snapshot.
+//!
+//! The remote side holds only the naming capability ([`super::crypto::IdKeys`]): it can
+//! say what content is called, never decrypt anything. Nothing it sends is trusted:
+//! every chunk is decompressed and its keyed id recomputed before it is stored (a
+//! dishonest sender could otherwise plant wrong content under an id another server will
+//! later deduplicate against), every entry's name is checked like a tree read from disk,
+//! and every chunk an entry references must be in the repository or received in this
+//! session. The snapshot's time is the caller's, never the sender's.
+//!
+//! Commit order is the local backup's: packs → index → snapshot. An interrupted session
+//! flushes what landed into the index ([`Ingest::flush`]), so a resumed one is answered
+//! "present" for those chunks and they are not sent again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+use super::error::{Error, Result};
+use super::format::decode_blob_payload;
+use super::id::{BlobId, BlobType, SnapshotId};
+use super::index::Index;
+use super::packer::Packer;
+use super::repo::Repository;
+use super::snapshot::{Snapshot, SnapshotSummary};
+use super::tree::{Node, NodeKind, Tree, check_name};
+
+/// What the session received and stored.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Chunks received.
+    pub chunks_received: AtomicU64,
+    /// Payload bytes received (compressed, as on the wire).
+    pub payload_bytes: AtomicU64,
+    /// Uncompressed bytes of the chunks received.
+    pub raw_bytes: AtomicU64,
+    /// Chunks received that another sender had stored in the meantime.
+    pub chunks_duplicate: AtomicU64,
+    /// Entries received.
+    pub entries: AtomicU64,
+}
+
+/// What the caller says about the snapshot to write.
+#[derive(Debug, Clone)]
+pub struct IngestCommit {
+    /// The snapshot's time (the daemon's clock).
+    pub time: DateTime<Utc>,
+    /// Host name recorded (the server's name in the register).
+    pub hostname: String,
+    /// The backed-up paths, as given to the sender.
+    pub paths: Vec<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The previous snapshot of the same source, for the record.
+    pub parent: Option<SnapshotId>,
+    /// When the session started.
+    pub started: DateTime<Utc>,
+    /// Files the sender read or took from its cache, and their bytes.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Files the sender found unchanged.
+    pub files_unchanged: u64,
+    /// Files the sender could not read.
+    pub files_failed: u64,
+}
+
+/// A backup session fed from elsewhere. Blocking, like the rest of the engine.
+pub struct Ingest<'a> {
+    repo: &'a Repository,
+    index: Index,
+    packer: Packer,
+    max_chunk: u32,
+    /// Entries by the absolute path of their directory (`/` for the root).
+    children: BTreeMap<Vec<u8>, Vec<Node>>,
+    paths: HashSet<Vec<u8>>,
+    stats: IngestStats,
+}
+
+/// Splits an absolute path into its directory and name, checking every component.
+fn split_path(path: &[u8]) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
+    if path.first() != Some(&b'/') || path.len() > 4096 {
+        return Err(format!(
+            "`{}` is not an absolute path",
+            String::from_utf8_lossy(path)
+        ));
+    }
+    let trimmed = &path[1..];
+    let mut parts: Vec<&[u8]> = trimmed.split(|b| *b == b'/').collect();
+    let name = parts.pop().unwrap_or_default();
+    check_name(name)?;
+    for part in &parts {
+        check_name(part)?;
+    }
+    let dir = if parts.is_empty() {
+        b"/".to_vec()
+    } else {
+        let mut dir = Vec::with_capacity(trimmed.len());
+        for part in &parts {
+            dir.push(b'/');
+            dir.extend_from_slice(part);
+        }
+        dir
+    };
+    Ok((dir, name.to_vec()))
+}
+
+impl<'a> Ingest<'a> {
+    /// Starts a session on `repo` (loads its index).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn new(repo: &'a Repository) -> Result<Self> {
+        let (index, bad) = repo.load_index()?;
+        for (id, e) in &bad {
+            tracing::warn!(index = %id.short(), error = %e, "ignoring unreadable index object; its chunks will be asked for again");
+        }
+        Ok(Self {
+            repo,
+            index,
+            packer: Packer::new(repo, 2, None),
+            max_chunk: repo.config().chunker.max_size,
+            children: BTreeMap::new(),
+            paths: HashSet::new(),
+            stats: IngestStats::default(),
+        })
+    }
+
+    /// What was received so far.
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    /// Bytes stored in new packs so far.
+    pub fn stored_bytes(&self) -> u64 {
+        self.packer.stats().stored_bytes.load(Ordering::Relaxed)
+    }
+
+    fn known(&self, id: &BlobId) -> bool {
+        self.index.contains(id) || self.packer.is_pending(id)
+    }
+
+    /// Positions in `ids` of the chunks the repository lacks.
+    pub fn missing(&self, ids: &[BlobId]) -> Vec<u32> {
+        ids.iter()
+            .enumerate()
+            .filter(|(_, id)| !self.known(id))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    /// Checks a chunk against its id and stores it if it is new.
+    ///
+    /// # Errors
+    /// `Refused` when the payload does not decode to `raw_len` bytes named `id` or is
+    /// larger than the repository's largest chunk; storage errors.
+    pub fn add_chunk(&self, id: BlobId, raw_len: u32, payload: &[u8]) -> Result<()> {
+        if raw_len > self.max_chunk || payload.len() > self.max_chunk as usize + 64 {
+            return Err(Error::Refused(format!(
+                "chunk {} is {raw_len} bytes, larger than this repository's chunks ({})",
+                id.short(),
+                self.max_chunk
+            )));
+        }
+        let plain = decode_blob_payload(payload, raw_len as usize)
+            .map_err(|e| Error::Refused(format!("chunk {}: {e}", id.short())))?;
+        if self.repo.keys().blob_id(&plain) != id {
+            return Err(Error::Refused(format!(
+                "chunk {} does not match its id: the sender's content or key is wrong",
+                id.short()
+            )));
+        }
+        self.stats.chunks_received.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .payload_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        self.stats
+            .raw_bytes
+            .fetch_add(u64::from(raw_len), Ordering::Relaxed);
+        if self.packer.claim(&self.index, &id) {
+            self.packer
+                .add_payload(BlobType::Data, id, payload, raw_len)
+        } else {
+            self.stats.chunks_duplicate.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Records one walked entry at the absolute `path`.
+    ///
+    /// # Errors
+    /// `Refused` for a bad or repeated path, or a file referencing a chunk that is
+    /// neither in the repository nor received.
+    pub fn add_entry(&mut self, path: &[u8], mut node: Node) -> Result<()> {
+        let (dir, name) = split_path(path).map_err(Error::Refused)?;
+        if !self.paths.insert(path.to_vec()) {
+            return Err(Error::Refused(format!(
+                "`{}` was sent twice",
+                String::from_utf8_lossy(path)
+            )));
+        }
+        if node.kind == NodeKind::File {
+            if let Some(missing) = node.content.iter().find(|id| !self.known(id)) {
+                return Err(Error::Refused(format!(
+                    "`{}` references chunk {} that was never sent",
+                    String::from_utf8_lossy(path),
+                    missing.short()
+                )));
+            }
+        } else {
+            node.content.clear();
+        }
+        node.subtree = None;
+        node.name = name;
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        self.children.entry(dir).or_default().push(node);
+        Ok(())
+    }
+
+    /// Forgets the entries received (a resumed sender walks again); chunks stay.
+    pub fn reset_entries(&mut self) {
+        self.children.clear();
+        self.paths.clear();
+    }
+
+    /// Makes what landed durable and indexed, so the chunks are known after a restart.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn flush(&self) -> Result<()> {
+        self.packer.flush()
+    }
+
+    fn save_tree(&self, tree: Tree) -> Result<BlobId> {
+        let raw = tree.encode();
+        let id = self.repo.keys().blob_id(&raw);
+        if self.packer.claim(&self.index, &id) {
+            self.packer.add(BlobType::Tree, id, &raw)?;
+        }
+        Ok(id)
+    }
+
+    fn build(&self, dir: &[u8], pending: &mut HashMap<Vec<u8>, Vec<Node>>) -> Result<BlobId> {
+        let mut nodes = pending.remove(dir).unwrap_or_default();
+        for node in &mut nodes {
+            if node.kind == NodeKind::Dir {
+                let mut child = if dir == b"/" {
+                    Vec::new()
+                } else {
+                    dir.to_vec()
+                };
+                child.push(b'/');
+                child.extend_from_slice(&node.name);
+                node.subtree = Some(self.build(&child, pending)?);
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.save_tree(Tree { version: 1, nodes })
+    }
+
+    /// Builds the trees, writes the last packs and the index, then the snapshot.
+    ///
+    /// # Errors
+    /// `Refused` when entries were sent whose directory was not; storage errors.
+    pub fn commit(mut self, meta: &IngestCommit) -> Result<(SnapshotId, Snapshot)> {
+        let mut pending: HashMap<Vec<u8>, Vec<Node>> =
+            std::mem::take(&mut self.children).into_iter().collect();
+        let dirs = pending
+            .values()
+            .flatten()
+            .filter(|n| n.kind == NodeKind::Dir)
+            .count() as u64;
+        let tree = self.build(b"/", &mut pending)?;
+        if let Some(orphan) = pending.keys().next() {
+            return Err(Error::Refused(format!(
+                "entries under `{}` were sent without that directory",
+                String::from_utf8_lossy(orphan)
+            )));
+        }
+        self.packer.finish()?;
+        let st = self.packer.stats();
+        let summary = SnapshotSummary {
+            backup_start: Some(meta.started),
+            backup_end: Some(meta.time.max(meta.started)),
+            files_new: meta.files.saturating_sub(meta.files_unchanged),
+            files_changed: 0,
+            files_unmodified: meta.files_unchanged,
+            dirs,
+            files_failed: meta.files_failed,
+            data_blobs: st.data_blobs.load(Ordering::Relaxed),
+            tree_blobs: st.tree_blobs.load(Ordering::Relaxed),
+            data_added_raw: st.raw_bytes.load(Ordering::Relaxed),
+            data_added: st.stored_bytes.load(Ordering::Relaxed),
+            total_files_processed: meta.files,
+            total_bytes_processed: meta.bytes,
+        };
+        let snapshot = Snapshot {
+            version: 1,
+            time: meta.time,
+            hostname: meta.hostname.clone(),
+            username: "cadang-agent".into(),
+            paths: meta.paths.clone(),
+            tags: meta.tags.clone(),
+            parent: meta.parent,
+            tree,
+            summary,
+            original: None,
+        };
+        // The commit point: everything the snapshot references is durable.
+        let id = self.repo.save_snapshot(&snapshot)?;
+        Ok((id, snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::format::encode_blob_payload;
+    use crate::engine::repo::OpenOptions;
+    use crate::engine::store::{Store, StoreOptions};
+
+    fn repo(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Repository {
+        let store = Store::open(dir.to_str().unwrap(), &StoreOptions::default()).unwrap();
+        Repository::init(
+            rt.handle().clone(),
+            store,
+            b"pw",
+            &OpenOptions {
+                kdf: crate::engine::crypto::KdfParams {
+                    memory_kib: 1024,
+                    iterations: 1,
+                    parallelism: 1,
+                },
+                host: None,
+            },
+        )
+        .unwrap()
+    }
+
+    fn payload(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_blob_payload(data, 3, &mut out);
+        out
+    }
+
+    #[test]
+    fn split_path_checks_every_component() {
+        assert_eq!(
+            split_path(b"/srv/data/a.txt").unwrap(),
+            (b"/srv/data".to_vec(), b"a.txt".to_vec())
+        );
+        assert_eq!(
+            split_path(b"/srv").unwrap(),
+            (b"/".to_vec(), b"srv".to_vec())
+        );
+        for bad in [
+            &b"srv/a"[..],
+            b"/srv/../etc",
+            b"/srv//a",
+            b"/",
+            b"/a/.",
+            b"",
+        ] {
+            assert!(
+                split_path(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_are_checked_against_their_ids_and_a_snapshot_restores() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path(), &rt);
+        let content = b"hello from a colocated server".repeat(100);
+        let id = repo.keys().blob_id(&content);
+        let mut ingest = Ingest::new(&repo).unwrap();
+        assert_eq!(ingest.missing(&[id]), vec![0]);
+        // A chunk under a wrong id is refused and not stored.
+        let wrong = repo.keys().blob_id(b"other");
+        let refused = ingest.add_chunk(wrong, content.len() as u32, &payload(&content));
+        assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+        assert_eq!(ingest.missing(&[wrong]), vec![0]);
+        // A lying length is refused.
+        assert!(ingest.add_chunk(id, 7, &payload(&content)).is_err());
+        ingest
+            .add_chunk(id, content.len() as u32, &payload(&content))
+            .unwrap();
+        assert!(ingest.missing(&[id]).is_empty());
+        // An entry referencing an unsent chunk is refused.
+        let mut ghost = Node::new("ghost", NodeKind::File);
+        ghost.content = vec![wrong];
+        assert!(ingest.add_entry(b"/srv/ghost", ghost).is_err());
+        let srv = Node::new("srv", NodeKind::Dir);
+        ingest.add_entry(b"/srv", srv.clone()).unwrap();
+        assert!(ingest.add_entry(b"/srv", srv).is_err(), "a path twice");
+        let mut file = Node::new("f", NodeKind::File);
+        file.size = content.len() as u64;
+        file.content = vec![id];
+        ingest.add_entry(b"/srv/f", file).unwrap();
+        let now = Utc::now();
+        let (snap_id, snap) = ingest
+            .commit(&IngestCommit {
+                time: now,
+                hostname: "web-01".into(),
+                paths: vec!["/srv".into()],
+                tags: vec!["server:1".into()],
+                parent: None,
+                started: now,
+                files: 1,
+                bytes: content.len() as u64,
+                files_unchanged: 0,
+                files_failed: 0,
+            })
+            .unwrap();
+        assert_eq!(repo.load_snapshot(&snap_id).unwrap().time, snap.time);
+        let target = tempfile::tempdir().unwrap();
+        let result = crate::engine::restore::restore(
+            &repo,
+            &snap_id,
+            &crate::engine::restore::RestoreOptions {
+                target: target.path().to_path_buf(),
+                verify: true,
+                ..Default::default()
+            },
+            &crate::engine::restore::RestoreProgress::default(),
+        )
+        .unwrap();
+        assert!(result.is_success());
+        assert_eq!(std::fs::read(target.path().join("srv/f")).unwrap(), content);
+    }
+
+    #[test]
+    fn entries_without_their_directory_are_refused_at_commit() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path(), &rt);
+        let mut ingest = Ingest::new(&repo).unwrap();
+        ingest
+            .add_entry(b"/srv/orphan", Node::new("x", NodeKind::Fifo))
+            .unwrap();
+        let now = Utc::now();
+        let refused = ingest.commit(&IngestCommit {
+            time: now,
+            hostname: "h".into(),
+            paths: vec!["/srv".into()],
+            tags: vec![],
+            parent: None,
+            started: now,
+            files: 0,
+            bytes: 0,
+            files_unchanged: 0,
+            files_failed: 0,
+        });
+        assert!(matches!(refused, Err(Error::Refused(_))));
+        assert!(repo.load_snapshots().unwrap().0.is_empty(), "no snapshot");
+    }
+}

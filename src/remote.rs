@@ -1,0 +1,948 @@
+//! The daemon's side of work done by agents: a backup whose files an agent reads
+//! (chunks checked, encrypted and stored here through [`crate::engine::ingest`]), and a
+//! restore streamed from the repository to an agent, which writes and verifies it.
+//!
+//! A backup survives a dropped stream: what landed is indexed, the runner waits for the
+//! agent to dial again, and sends the job once more marked resumed — the agent walks
+//! again, but chunks already stored are answered "present" and not sent twice. A daemon
+//! that dies mid-backup loses its lease; the daemon that takes the run over resumes the
+//! same way (packs are indexed every few packs, so little is sent again).
+//!
+//! Everything here blocks (the engine's API does); the scheduler runs it on a blocking
+//! thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use serde_json::json;
+use tokio::runtime::Handle;
+
+use crate::app::{MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
+use crate::catalog::{RestoreRecord, RunEnd, RunRecord, Server};
+use crate::engine::Repository;
+use crate::engine::format::encode_blob_payload;
+use crate::engine::id::{BlobId, BlobType, SnapshotId};
+use crate::engine::index::Index;
+use crate::engine::ingest::{Ingest, IngestCommit};
+use crate::engine::snapshot::Snapshot;
+use crate::engine::tree::{Node, NodeKind};
+use crate::hub::{AgentHub, JobLink};
+use crate::jobs::Repositories;
+use crate::rpc::pb;
+use crate::rpc::pb::agent_message::Body as Up;
+use crate::rpc::pb::daemon_message::Body as Down;
+
+/// How long a job waits for its agent to (re)connect.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteOptions {
+    /// Waiting for the agent before a job starts or after its stream dropped.
+    pub reconnect_wait: Duration,
+}
+
+impl Default for RemoteOptions {
+    /// Five minutes.
+    fn default() -> Self {
+        RemoteOptions {
+            reconnect_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Live progress shared with whoever records it.
+pub type Progress = Arc<Mutex<Option<serde_json::Value>>>;
+
+fn set_progress(progress: &Progress, value: serde_json::Value) {
+    *progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+}
+
+fn send(handle: &Handle, link: &JobLink, body: Down) -> bool {
+    handle
+        .block_on(
+            link.outbound
+                .send(Ok(pb::DaemonMessage { body: Some(body) })),
+        )
+        .is_ok()
+}
+
+enum Received {
+    Message(pb::AgentMessage),
+    Idle,
+    Closed,
+}
+
+fn receive(handle: &Handle, link: &mut JobLink) -> Received {
+    match handle.block_on(tokio::time::timeout(
+        Duration::from_millis(500),
+        link.inbound.recv(),
+    )) {
+        Ok(Some(message)) => Received::Message(message),
+        Ok(None) => Received::Closed,
+        Err(_) => Received::Idle,
+    }
+}
+
+fn open_link(
+    handle: &Handle,
+    hub: &AgentHub,
+    server: &Server,
+    job: &str,
+    wait: Duration,
+) -> Option<JobLink> {
+    if let Some(link) = hub.open_job(server.id, job) {
+        return Some(link);
+    }
+    if handle.block_on(hub.wait_for(server.id, wait)) {
+        hub.open_job(server.id, job)
+    } else {
+        None
+    }
+}
+
+fn node_from_entry(entry: &pb::FileEntry) -> Result<Node, String> {
+    let kind = match entry.kind.as_str() {
+        "file" => NodeKind::File,
+        "dir" => NodeKind::Dir,
+        "symlink" => NodeKind::Symlink,
+        "blockdev" => NodeKind::BlockDev,
+        "chardev" => NodeKind::CharDev,
+        "fifo" => NodeKind::Fifo,
+        "socket" => NodeKind::Socket,
+        other => return Err(format!("unknown entry kind `{other}`")),
+    };
+    let mut node = Node::new(Vec::new(), kind);
+    node.mode = entry.mode & 0o7777;
+    node.uid = entry.uid;
+    node.gid = entry.gid;
+    node.mtime_ns = entry.mtime_ns;
+    node.ctime_ns = entry.ctime_ns;
+    node.inode = entry.inode;
+    node.dev = entry.dev;
+    node.size = entry.size;
+    node.rdev = entry.rdev;
+    node.hardlink = (entry.hardlink != 0).then_some(entry.hardlink);
+    if kind == NodeKind::Symlink {
+        node.link_target = Some(entry.link_target.clone());
+    }
+    node.content = entry
+        .content
+        .iter()
+        .map(|id| {
+            <[u8; 32]>::try_from(id.as_slice())
+                .map(BlobId)
+                .map_err(|_| "a chunk id is not 32 bytes".to_owned())
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(node)
+}
+
+fn blob_id(bytes: &[u8]) -> Result<BlobId, String> {
+    <[u8; 32]>::try_from(bytes)
+        .map(BlobId)
+        .map_err(|_| "a chunk id is not 32 bytes".to_owned())
+}
+
+fn failed(error: String, stats: serde_json::Value) -> RunEnd {
+    RunEnd {
+        status: "failed",
+        stats_json: stats.to_string(),
+        snapshot_id: None,
+        error: Some(error),
+    }
+}
+
+/// The snapshots of one server, oldest first.
+pub fn server_snapshots(
+    repository: &Repository,
+    server: &Server,
+) -> Result<Vec<(SnapshotId, Snapshot)>, String> {
+    let tag = format!("server:{}", server.id);
+    let (snapshots, _) = repository
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    Ok(snapshots
+        .into_iter()
+        .filter(|(_, snapshot)| snapshot.tags.contains(&tag))
+        .collect())
+}
+
+/// Runs a backup of `spec.paths` on `server` through its agent. Never panics on what the
+/// agent sends: a bad chunk or entry fails the run with the reason.
+#[allow(clippy::too_many_arguments)]
+pub fn backup_via_agent(
+    repositories: &Repositories,
+    hub: &AgentHub,
+    handle: &Handle,
+    agency_code: &str,
+    server: &Server,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    cancel: Arc<AtomicBool>,
+    now: DateTime<Utc>,
+    progress: &Progress,
+    options: RemoteOptions,
+) -> RunEnd {
+    let started = std::time::Instant::now();
+    let repository = match repositories.open(handle, agency_code, None, Some(cancel.clone())) {
+        Ok(repository) => repository,
+        Err(error) => return failed(error, json!({})),
+    };
+    let run_tag = format!("run:{}", run.id);
+    let server_tag = format!("server:{}", server.id);
+    let earlier = match server_snapshots(&repository, server) {
+        Ok(snapshots) => snapshots,
+        Err(error) => return failed(error, json!({})),
+    };
+    // A run taken over from a daemon that died after committing its snapshot: adopt it.
+    if run.attempts > 1
+        && let Some((id, _)) = earlier.iter().find(|(_, s)| s.tags.contains(&run_tag))
+    {
+        return RunEnd {
+            status: "ok",
+            stats_json: json!({ "adopted_snapshot": true, "agent": true }).to_string(),
+            snapshot_id: Some(id.to_hex()),
+            error: None,
+        };
+    }
+    let parent = earlier
+        .iter()
+        .rev()
+        .find(|(_, s)| s.paths == spec.paths)
+        .map(|(id, _)| *id);
+    let mut ingest = match Ingest::new(&repository) {
+        Ok(ingest) => ingest,
+        Err(error) => return failed(error.to_string(), json!({})),
+    };
+    let config = repository.config();
+    let (id_key, seed) = repository.keys().id_keys().to_parts();
+    let job_id = format!("run:{}", run.id);
+    let mut resumed = u64::from(run.attempts > 1);
+    let mut wire_bytes = 0u64;
+    let mut agent_sent = 0u64;
+    let mut seen_progress = json!({});
+    let stats = |ingest: &Ingest<'_>, wire: u64, resumed: u64, extra: serde_json::Value| {
+        let st = ingest.stats();
+        let mut value = json!({
+            "agent": true,
+            "server": server.id,
+            "wire_bytes": wire,
+            "chunks_received": st.chunks_received.load(Ordering::Relaxed),
+            "bytes_received_raw": st.raw_bytes.load(Ordering::Relaxed),
+            "resumed": resumed,
+            "duration_seconds": started.elapsed().as_secs_f64(),
+        });
+        if let (Some(target), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+            for (key, item) in extra {
+                target.insert(key.clone(), item.clone());
+            }
+        }
+        value
+    };
+    loop {
+        let Some(mut link) = open_link(handle, hub, server, &job_id, options.reconnect_wait) else {
+            let _ = ingest.flush();
+            return failed(
+                format!(
+                    "the agent of server {} ({}) is not connected to this daemon; it did not dial in within {} s",
+                    server.id,
+                    server.name,
+                    options.reconnect_wait.as_secs()
+                ),
+                stats(&ingest, wire_bytes, resumed, json!({})),
+            );
+        };
+        let job = pb::BackupJob {
+            job_id: job_id.clone(),
+            paths: spec.paths.clone(),
+            excludes: spec.excludes.clone(),
+            chunker: "fastcdc-v2020".into(),
+            chunk_min: config.chunker.min_size,
+            chunk_avg: config.chunker.avg_size,
+            chunk_max: config.chunker.max_size,
+            chunk_normalization: u32::from(config.chunker.normalization),
+            chunker_seed: seed,
+            id_key: id_key.to_vec(),
+            compression_level: config.compression_level,
+            bandwidth_limit: spec
+                .bandwidth_limit_kib
+                .map_or(0, |kib| kib.saturating_mul(1024)),
+            resumed: resumed > 0,
+            repository_fingerprint: repository.keys().fingerprint().to_vec(),
+        };
+        if !send(handle, &link, Down::Backup(job)) {
+            hub.close_job(server.id, &job_id);
+            resumed += 1;
+            continue;
+        }
+        let outcome: Result<Option<pb::WalkDone>, String> = loop {
+            if cancel.load(Ordering::Relaxed) {
+                send(
+                    handle,
+                    &link,
+                    Down::Cancel(pb::CancelJob {
+                        job_id: job_id.clone(),
+                        reason: "the daemon stops the run at a safe point".into(),
+                    }),
+                );
+                break Err("cancelled".into());
+            }
+            let message = match receive(handle, &mut link) {
+                Received::Message(message) => message,
+                Received::Idle => continue,
+                Received::Closed => break Ok(None),
+            };
+            wire_bytes += message.encoded_len() as u64;
+            match message.body {
+                Some(Up::Have(query)) => {
+                    let ids: Result<Vec<BlobId>, String> =
+                        query.ids.iter().map(|id| blob_id(id)).collect();
+                    let ids = match ids {
+                        Ok(ids) => ids,
+                        Err(error) => break Err(format!("the agent sent a bad query: {error}")),
+                    };
+                    let missing = ingest.missing(&ids);
+                    if !send(
+                        handle,
+                        &link,
+                        Down::Have(pb::HaveAnswer {
+                            query_id: query.query_id,
+                            missing,
+                        }),
+                    ) {
+                        break Ok(None);
+                    }
+                }
+                Some(Up::Chunk(chunk)) => {
+                    let result = blob_id(&chunk.id).and_then(|id| {
+                        ingest
+                            .add_chunk(id, chunk.raw_len, &chunk.payload)
+                            .map_err(|error| error.to_string())
+                    });
+                    if let Err(error) = result {
+                        break Err(format!("the agent sent a chunk that was refused: {error}"));
+                    }
+                }
+                Some(Up::Entries(batch)) => {
+                    let mut refused = None;
+                    for entry in &batch.entries {
+                        let result = node_from_entry(entry).and_then(|node| {
+                            ingest
+                                .add_entry(&entry.path, node)
+                                .map_err(|error| error.to_string())
+                        });
+                        if let Err(error) = result {
+                            refused = Some(error);
+                            break;
+                        }
+                    }
+                    if let Some(error) = refused {
+                        break Err(format!("the agent sent an entry that was refused: {error}"));
+                    }
+                }
+                Some(Up::Progress(p)) => {
+                    seen_progress = json!({
+                        "files": p.files, "bytes": p.bytes, "bytes_sent": p.bytes_sent,
+                        "rate_bytes_per_second": p.rate,
+                    });
+                    set_progress(
+                        progress,
+                        stats(
+                            &ingest,
+                            wire_bytes,
+                            resumed,
+                            json!({ "progress": seen_progress }),
+                        ),
+                    );
+                }
+                Some(Up::WalkDone(done)) => break Ok(Some(done)),
+                Some(Up::Failed(failure)) => {
+                    break Err(format!("the agent could not back up: {}", failure.error));
+                }
+                _ => {}
+            }
+        };
+        match outcome {
+            Ok(None) => {
+                // The stream dropped: keep what landed, wait for the agent, go again.
+                hub.close_job(server.id, &job_id);
+                if let Err(error) = ingest.flush() {
+                    return failed(
+                        format!("cannot index what the interrupted attempt stored: {error}"),
+                        stats(&ingest, wire_bytes, resumed, json!({})),
+                    );
+                }
+                ingest.reset_entries();
+                resumed += 1;
+                tracing::warn!(run = %run.id, server = %server.id, resumed, "agent stream lost mid-backup; waiting for it to come back");
+                continue;
+            }
+            Err(error) => {
+                hub.close_job(server.id, &job_id);
+                let _ = ingest.flush();
+                let cancelled = cancel.load(Ordering::Relaxed);
+                if !cancelled {
+                    send(
+                        handle,
+                        &link,
+                        Down::JobEnd(pb::JobEnd {
+                            job_id: job_id.clone(),
+                            ok: false,
+                            snapshot_id: String::new(),
+                            error: error.clone(),
+                        }),
+                    );
+                }
+                return RunEnd {
+                    status: if cancelled { "cancelled" } else { "failed" },
+                    stats_json: stats(&ingest, wire_bytes, resumed, json!({})).to_string(),
+                    snapshot_id: None,
+                    error: Some(if cancelled {
+                        "stopped at a safe point (shutdown or window end); what was sent is kept and not sent again".into()
+                    } else {
+                        error
+                    }),
+                };
+            }
+            Ok(Some(done)) => {
+                agent_sent += done.bytes_sent;
+                let final_stats = stats(
+                    &ingest,
+                    wire_bytes,
+                    resumed,
+                    json!({
+                        "files_new": done.files.saturating_sub(done.files_unchanged),
+                        "files_unchanged": done.files_unchanged,
+                        "files_failed": done.problems.len(),
+                        "bytes_read": done.bytes,
+                        "bytes_total": done.bytes,
+                        "agent_bytes_sent": agent_sent,
+                    }),
+                );
+                let commit = IngestCommit {
+                    time: now,
+                    hostname: server.name.clone(),
+                    paths: spec.paths.clone(),
+                    tags: vec![
+                        format!("plan:{}", run.plan_id),
+                        run_tag.clone(),
+                        server_tag.clone(),
+                    ],
+                    parent,
+                    started: now,
+                    files: done.files,
+                    bytes: done.bytes,
+                    files_unchanged: done.files_unchanged,
+                    files_failed: done.problems.len() as u64,
+                };
+                let stored_before_commit = ingest.stored_bytes();
+                let committed = ingest.commit(&commit);
+                hub.close_job(server.id, &job_id);
+                let (status, snapshot, error) = match &committed {
+                    Ok((id, _)) if done.problems.is_empty() => ("ok", Some(id.to_hex()), None),
+                    Ok((id, _)) => (
+                        "partial",
+                        Some(id.to_hex()),
+                        Some(
+                            done.problems
+                                .iter()
+                                .take(20)
+                                .map(|p| format!("{}: {}", p.path, p.reason))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ),
+                    ),
+                    Err(error) => ("failed", None, Some(error.to_string())),
+                };
+                send(
+                    handle,
+                    &link,
+                    Down::JobEnd(pb::JobEnd {
+                        job_id: job_id.clone(),
+                        ok: committed.is_ok(),
+                        snapshot_id: snapshot.clone().unwrap_or_default(),
+                        error: error.clone().unwrap_or_default(),
+                    }),
+                );
+                let mut final_stats = final_stats;
+                if let Ok((_, snap)) = &committed {
+                    final_stats["bytes_added"] = json!(snap.summary.data_added);
+                    final_stats["bytes_added_raw"] = json!(snap.summary.data_added_raw);
+                    let seconds = started.elapsed().as_secs_f64();
+                    final_stats["throughput_bytes_per_second"] = json!(if seconds > 0.0 {
+                        done.bytes as f64 / seconds
+                    } else {
+                        0.0
+                    });
+                } else {
+                    final_stats["bytes_added"] = json!(stored_before_commit);
+                }
+                return RunEnd {
+                    status,
+                    stats_json: final_stats.to_string(),
+                    snapshot_id: snapshot,
+                    error,
+                };
+            }
+        }
+    }
+}
+
+/// Takes in what the agent reports during a restore.
+fn absorb(
+    message: pb::AgentMessage,
+    failed: &mut Vec<pb::FileProblem>,
+    verified: &mut u64,
+    done: &mut Option<pb::RestoreDone>,
+    agent_failure: &mut Option<String>,
+) {
+    match message.body {
+        Some(Up::RestoreResults(results)) => {
+            *verified += results.verified;
+            failed.extend(results.failed);
+        }
+        Some(Up::RestoreDone(d)) => *done = Some(d),
+        Some(Up::Failed(failure)) => *agent_failure = Some(failure.error),
+        _ => {}
+    }
+}
+
+/// A file, directory or link to send, with its path relative to the restore target.
+struct Item {
+    rel: Vec<u8>,
+    node: Node,
+}
+
+/// Whether `abs` (absolute path in the snapshot) is selected by `paths`: equal to or
+/// under one (restored with all it holds), or above one (a directory on the way).
+fn selected(abs: &[u8], paths: &[String]) -> (bool, bool) {
+    if paths.is_empty() {
+        return (true, true);
+    }
+    let mut on_way = false;
+    for path in paths {
+        let path = path.trim_end_matches('/').as_bytes();
+        if abs == path || (abs.starts_with(path) && abs.get(path.len()) == Some(&b'/')) {
+            return (true, true);
+        }
+        if path.starts_with(abs) && path.get(abs.len()) == Some(&b'/') {
+            on_way = true;
+        }
+    }
+    (on_way, false)
+}
+
+fn collect(
+    repository: &Repository,
+    index: &Index,
+    tree: &BlobId,
+    prefix: &[u8],
+    paths: &[String],
+    whole: bool,
+    out: &mut Vec<Item>,
+    unreadable: &mut Vec<pb::FileProblem>,
+) {
+    let tree_data = match repository.load_tree(index, tree) {
+        Ok(tree) => tree,
+        Err(error) => {
+            unreadable.push(pb::FileProblem {
+                path: format!("/{}", String::from_utf8_lossy(prefix)),
+                reason: format!("directory unreadable in the repository: {error}"),
+            });
+            return;
+        }
+    };
+    for node in tree_data.nodes {
+        let mut rel = prefix.to_vec();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(&node.name);
+        let mut abs = b"/".to_vec();
+        abs.extend_from_slice(&rel);
+        let (take, all) = if whole {
+            (true, true)
+        } else {
+            selected(&abs, paths)
+        };
+        if !take {
+            continue;
+        }
+        let subtree = node.subtree;
+        let is_dir = node.kind == NodeKind::Dir;
+        // A directory on the way to a selected path is sent without its other content.
+        out.push(Item {
+            rel: rel.clone(),
+            node,
+        });
+        if is_dir && let Some(subtree) = subtree {
+            collect(
+                repository, index, &subtree, &rel, paths, all, out, unreadable,
+            );
+        }
+    }
+}
+
+fn kind_name(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+        NodeKind::BlockDev => "blockdev",
+        NodeKind::CharDev => "chardev",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+    }
+}
+
+/// Streams a snapshot of `source` to the agent of `target`, which writes and verifies
+/// it. Returns how it ended and the snapshot restored (when resolved).
+#[allow(clippy::too_many_arguments)]
+pub fn restore_to_agent(
+    repositories: &Repositories,
+    hub: &AgentHub,
+    handle: &Handle,
+    agency_code: &str,
+    source: &Server,
+    target: &Server,
+    restore: &RestoreRecord,
+    cancel: Arc<AtomicBool>,
+    progress: &Progress,
+    options: RemoteOptions,
+) -> (RestoreEnd, Option<String>) {
+    let end = |status: &str, stats: serde_json::Value, error: Option<String>| RestoreEnd {
+        status: status.to_owned(),
+        stats_json: stats.to_string(),
+        error,
+    };
+    let repository = match repositories.open(handle, agency_code, None, Some(cancel.clone())) {
+        Ok(repository) => repository,
+        Err(error) => return (end("failed", json!({}), Some(error)), None),
+    };
+    let snapshots = match server_snapshots(&repository, source) {
+        Ok(snapshots) => snapshots,
+        Err(error) => return (end("failed", json!({}), Some(error)), None),
+    };
+    let chosen = if restore.snapshot == "latest" {
+        snapshots.last()
+    } else {
+        let matching: Vec<_> = snapshots
+            .iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&restore.snapshot))
+            .collect();
+        if matching.len() > 1 {
+            return (
+                end(
+                    "failed",
+                    json!({}),
+                    Some(format!("snapshot `{}` is ambiguous", restore.snapshot)),
+                ),
+                None,
+            );
+        }
+        matching.into_iter().next()
+    };
+    let Some((snapshot_id, snapshot)) = chosen else {
+        return (
+            end(
+                "failed",
+                json!({}),
+                Some(format!(
+                    "server {} has no snapshot `{}`",
+                    source.id, restore.snapshot
+                )),
+            ),
+            None,
+        );
+    };
+    let snapshot_hex = snapshot_id.to_hex();
+    let paths: Vec<String> = serde_json::from_str(&restore.paths_json).unwrap_or_default();
+    let (index, _) = match repository.load_index() {
+        Ok(index) => index,
+        Err(error) => {
+            return (
+                end("failed", json!({}), Some(error.to_string())),
+                Some(snapshot_hex),
+            );
+        }
+    };
+    let mut items = Vec::new();
+    let mut unreadable = Vec::new();
+    collect(
+        &repository,
+        &index,
+        &snapshot.tree,
+        b"",
+        &paths,
+        false,
+        &mut items,
+        &mut unreadable,
+    );
+    let job_id = format!("restore:{}", restore.id);
+    let Some(mut link) = open_link(handle, hub, target, &job_id, options.reconnect_wait) else {
+        return (
+            end(
+                "failed",
+                json!({}),
+                Some(format!(
+                    "the agent of server {} is not connected to this daemon",
+                    target.id
+                )),
+            ),
+            Some(snapshot_hex),
+        );
+    };
+    let (id_key, _) = repository.keys().id_keys().to_parts();
+    let lost = || {
+        (
+            RestoreEnd {
+                status: "failed".into(),
+                stats_json: "{}".into(),
+                error: Some(
+                    "the agent's stream ended during the restore; start it again (restored files are replaced atomically, so a second run is safe)".into(),
+                ),
+            },
+            Some(snapshot_id.to_hex()),
+        )
+    };
+    if !send(
+        handle,
+        &link,
+        Down::Restore(pb::RestoreJob {
+            job_id: job_id.clone(),
+            target_dir: restore.target_dir.clone(),
+            id_key: id_key.to_vec(),
+            snapshot_id: snapshot_hex.clone(),
+        }),
+    ) {
+        return lost();
+    }
+    let mut failed: Vec<pb::FileProblem> = Vec::new();
+    let mut verified = 0u64;
+    let mut done: Option<pb::RestoreDone> = None;
+    let mut agent_failure: Option<String> = None;
+    let total = items.len() as u64;
+    let mut bytes_sent = 0u64;
+    for (n, item) in items.into_iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            send(
+                handle,
+                &link,
+                Down::Cancel(pb::CancelJob {
+                    job_id: job_id.clone(),
+                    reason: "the daemon stops".into(),
+                }),
+            );
+            hub.close_job(target.id, &job_id);
+            return (
+                end(
+                    "cancelled",
+                    json!({ "snapshot": snapshot_hex }),
+                    Some("stopped by the daemon".into()),
+                ),
+                Some(snapshot_hex),
+            );
+        }
+        // Drain what the agent said so far, so neither side waits on a full stream.
+        while let Ok(message) = link.inbound.try_recv() {
+            absorb(
+                message,
+                &mut failed,
+                &mut verified,
+                &mut done,
+                &mut agent_failure,
+            );
+        }
+        if agent_failure.is_some() {
+            break;
+        }
+        let node = item.node;
+        let mut lengths = Vec::with_capacity(node.content.len());
+        for id in &node.content {
+            lengths.push(index.get(id).map_or(0, |(_, loc)| loc.raw_length));
+        }
+        let entry = pb::RestoreEntry {
+            path: item.rel.clone(),
+            kind: kind_name(node.kind).into(),
+            mode: node.mode,
+            uid: node.uid,
+            gid: node.gid,
+            mtime_ns: node.mtime_ns,
+            size: node.size,
+            content: if node.kind == NodeKind::File {
+                node.content.iter().map(|id| id.0.to_vec()).collect()
+            } else {
+                Vec::new()
+            },
+            lengths: if node.kind == NodeKind::File {
+                lengths
+            } else {
+                Vec::new()
+            },
+            link_target: node.link_target.clone().unwrap_or_default(),
+        };
+        if !send(handle, &link, Down::RestoreEntry(entry)) {
+            return lost();
+        }
+        if node.kind == NodeKind::File {
+            let mut file_unreadable = false;
+            for id in &node.content {
+                let chunk = if file_unreadable {
+                    pb::RestoreChunk::default()
+                } else {
+                    match repository.load_blob(&index, BlobType::Data, id) {
+                        Ok(data) => {
+                            let mut payload = Vec::with_capacity(data.len() / 2);
+                            encode_blob_payload(&data, 1, &mut payload);
+                            bytes_sent += payload.len() as u64;
+                            pb::RestoreChunk {
+                                payload,
+                                raw_len: data.len() as u32,
+                            }
+                        }
+                        Err(error) => {
+                            file_unreadable = true;
+                            unreadable.push(pb::FileProblem {
+                                path: format!("/{}", String::from_utf8_lossy(&item.rel)),
+                                reason: format!(
+                                    "chunk {} unreadable in the repository: {error}",
+                                    id.short()
+                                ),
+                            });
+                            pb::RestoreChunk::default()
+                        }
+                    }
+                };
+                if !send(handle, &link, Down::RestoreChunk(chunk)) {
+                    return lost();
+                }
+            }
+        }
+        if n % 200 == 0 {
+            set_progress(
+                progress,
+                json!({ "snapshot": snapshot_hex, "entries_sent": n, "entries": total,
+                        "bytes_sent": bytes_sent, "files_verified": verified }),
+            );
+        }
+    }
+    if agent_failure.is_none()
+        && !send(
+            handle,
+            &link,
+            Down::RestoreEnd(pb::RestoreEnd {
+                job_id: job_id.clone(),
+                entries: total,
+                unreadable: unreadable.clone(),
+            }),
+        )
+    {
+        return lost();
+    }
+    while done.is_none() && agent_failure.is_none() {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        match receive(handle, &mut link) {
+            Received::Message(message) => absorb(
+                message,
+                &mut failed,
+                &mut verified,
+                &mut done,
+                &mut agent_failure,
+            ),
+            Received::Idle => {}
+            Received::Closed => return lost(),
+        }
+    }
+    hub.close_job(target.id, &job_id);
+    if let Some(error) = agent_failure {
+        return (
+            end(
+                "failed",
+                json!({ "snapshot": snapshot_hex }),
+                Some(format!("the agent could not restore: {error}")),
+            ),
+            Some(snapshot_hex),
+        );
+    }
+    let Some(done) = done else {
+        return (
+            end(
+                "cancelled",
+                json!({ "snapshot": snapshot_hex }),
+                Some("stopped by the daemon".into()),
+            ),
+            Some(snapshot_hex),
+        );
+    };
+    // Unreadable content fails its file on the agent too; list each problem once.
+    let mut listed: Vec<serde_json::Value> = Vec::new();
+    for problem in unreadable
+        .iter()
+        .chain(failed.iter())
+        .take(MAX_FAILED_LISTED)
+    {
+        listed.push(json!({ "path": problem.path, "reason": problem.reason }));
+    }
+    // A file with unreadable content fails on the agent too; a directory that could
+    // not be read is only known here.
+    let unreadable_dirs = unreadable
+        .iter()
+        .filter(|problem| problem.reason.starts_with("directory unreadable"))
+        .count() as u64;
+    let files_failed = done.files_failed + unreadable_dirs;
+    let ok = files_failed == 0 && unreadable.is_empty();
+    let stats = json!({
+        "snapshot": snapshot_hex,
+        "entries": total,
+        "files_verified": done.files_verified,
+        "files_failed": files_failed,
+        "bytes": done.bytes,
+        "bytes_sent": bytes_sent,
+        "failed": listed,
+    });
+    (
+        end(
+            if ok { "ok" } else { "verify_differences" },
+            stats,
+            (!ok).then(|| {
+                format!("{files_failed} file(s) could not be restored and verified; see the list")
+            }),
+        ),
+        Some(snapshot_hex),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_selection_takes_what_is_under_and_the_directories_on_the_way() {
+        let paths = vec!["/srv/data".to_owned()];
+        assert_eq!(selected(b"/srv", &paths), (true, false));
+        assert_eq!(selected(b"/srv/data", &paths), (true, true));
+        assert_eq!(selected(b"/srv/data/x", &paths), (true, true));
+        assert_eq!(selected(b"/srv/database", &paths), (false, false));
+        assert_eq!(selected(b"/etc", &paths), (false, false));
+        assert_eq!(selected(b"/anything", &[]), (true, true));
+    }
+
+    #[test]
+    fn entries_with_bad_kinds_or_ids_are_refused() {
+        let mut entry = pb::FileEntry {
+            kind: "file".into(),
+            content: vec![vec![0; 31]],
+            ..Default::default()
+        };
+        assert!(node_from_entry(&entry).is_err());
+        entry.content = vec![vec![0; 32]];
+        assert!(node_from_entry(&entry).is_ok());
+        entry.kind = "door".into();
+        assert!(node_from_entry(&entry).is_err());
+    }
+}

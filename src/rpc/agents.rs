@@ -1,0 +1,381 @@
+//! Thin adapters for the agents' API (enrolment, inventory, the job stream), the officers'
+//! agent administration, and restores to agents.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, id, opt_id};
+use super::pb::{self, *};
+use super::{Ctx, caller, status};
+use crate::app::{AgentCaller, SpecDifference, StartRestore};
+use crate::catalog::{
+    AgencyId, AgentId, AgentRecord, RequestId, RestoreId, RestoreRecord, ServerId,
+};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// How often a connected agent's credential is checked again (a revoked agent is also
+/// cut off at once by the revocation itself when it is connected to the same daemon).
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+fn agent_caller<T>(request: &Request<T>) -> Result<AgentCaller, Status> {
+    request
+        .extensions()
+        .get::<AgentCaller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request bypassed agent authentication"))
+}
+
+fn mismatches(differences: &[SpecDifference]) -> Vec<SpecMismatch> {
+    differences
+        .iter()
+        .map(|difference| SpecMismatch {
+            field: difference.field.clone(),
+            declared: difference.declared.clone().unwrap_or_default(),
+            observed: difference.observed.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn agent(record: &AgentRecord, connected: bool, now: chrono::DateTime<chrono::Utc>) -> pb::Agent {
+    pb::Agent {
+        id: record.id.0,
+        server_id: record.server_id.0,
+        agency_id: record.agency_id.0,
+        status: record.status(now).into(),
+        hostname: record.hostname.clone().unwrap_or_default(),
+        version: record.version.clone().unwrap_or_default(),
+        enrolled_at: convert::opt_time(record.enrolled_at),
+        last_seen_at: convert::opt_time(record.last_seen_at),
+        connected,
+        revoked_at: convert::opt_time(record.revoked_at),
+    }
+}
+
+/// The wire form of a restore.
+pub fn restore(record: &RestoreRecord) -> pb::Restore {
+    pb::Restore {
+        id: record.id.0,
+        agency_id: record.agency_id.0,
+        server_id: record.server_id.0,
+        target_server_id: record.target_server_id.0,
+        snapshot: record.snapshot.clone(),
+        paths: serde_json::from_str(&record.paths_json).unwrap_or_default(),
+        target_dir: record.target_dir.clone(),
+        status: record.status.clone(),
+        stats_json: record.stats_json.clone().unwrap_or_else(|| "{}".into()),
+        error: record.error.clone().unwrap_or_default(),
+        queued_at: convert::time(record.queued_at),
+        started_at: convert::opt_time(record.started_at),
+        finished_at: convert::opt_time(record.finished_at),
+        requested_by: record.requested_by.clone(),
+        request_id: record.request_id.map_or(0, |id| id.0),
+    }
+}
+
+/// The agents' service.
+pub struct Agents(pub Ctx);
+
+type DownStream = Pin<Box<dyn Stream<Item = Result<DaemonMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl agent_service_server::AgentService for Agents {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Reply<EnrollResponse> {
+        let message = request.into_inner();
+        let (record, credential) = self
+            .0
+            .app
+            .enroll_agent(
+                &message.enrollment_token,
+                &message.hostname,
+                &message.agent_version,
+                self.0.now(),
+            )
+            .await
+            .map_err(status)?;
+        tracing::info!(agent = %record.id, server = %record.server_id, hostname = %message.hostname, "agent enrolled");
+        Ok(Response::new(EnrollResponse {
+            agent_id: record.id.0,
+            server_id: record.server_id.0,
+            agency_id: record.agency_id.0,
+            credential: credential.expose().to_owned(),
+        }))
+    }
+
+    async fn report_inventory(
+        &self,
+        request: Request<ReportInventoryRequest>,
+    ) -> Reply<ReportInventoryResponse> {
+        let agent = agent_caller(&request)?;
+        let message = request.into_inner();
+        let differences = self
+            .0
+            .app
+            .record_inventory(&agent, &message.inventory_json, self.0.now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReportInventoryResponse {
+            mismatches: mismatches(&differences),
+        }))
+    }
+
+    type JobsStream = DownStream;
+
+    async fn jobs(&self, request: Request<Streaming<AgentMessage>>) -> Reply<Self::JobsStream> {
+        let agent = agent_caller(&request)?.agent;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its hello"))?;
+        let Some(agent_message::Body::Hello(hello)) = first.body else {
+            return Err(Status::invalid_argument(
+                "the first message must be `hello`",
+            ));
+        };
+        let (outbound, receiver) = tokio::sync::mpsc::channel(64);
+        let hub = self.0.hub.clone();
+        let connection = hub.register(agent.id, agent.server_id, outbound.clone());
+        tracing::info!(agent = %agent.id, server = %agent.server_id, version = %hello.version, hostname = %hello.hostname, "agent connected");
+        let app = self.0.app.clone();
+        tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(RECHECK_EVERY);
+            recheck.tick().await;
+            loop {
+                tokio::select! {
+                    message = inbound.next() => {
+                        let message = match message {
+                            Some(Ok(message)) => message,
+                            Some(Err(error)) => {
+                                tracing::info!(agent = %agent.id, %error, "agent stream broke");
+                                break;
+                            }
+                            None => break,
+                        };
+                        if let Err(refusal) = hub.route(agent.id, connection, message).await {
+                            tracing::warn!(agent = %agent.id, message = refusal.message(), "agent sent a message outside its jobs; closing its stream");
+                            let _ = outbound.send(Err(refusal)).await;
+                            break;
+                        }
+                    }
+                    _ = recheck.tick() => {
+                        if !app.agent_active(agent.id).await.unwrap_or(true) {
+                            let _ = outbound.send(Err(Status::unauthenticated(format!("agent {} was revoked", agent.id)))).await;
+                            break;
+                        }
+                    }
+                }
+            }
+            hub.unregister(agent.id, connection);
+            tracing::info!(agent = %agent.id, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// The officers' agent administration.
+pub struct AgentAdmin(pub Ctx);
+
+#[tonic::async_trait]
+impl agent_admin_service_server::AgentAdminService for AgentAdmin {
+    async fn create_enrollment_token(
+        &self,
+        request: Request<CreateEnrollmentTokenRequest>,
+    ) -> Reply<EnrollmentToken> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let server = ServerId(id("server_id", message.server_id)?);
+        let hours = (message.valid_hours != 0).then_some(message.valid_hours);
+        let (record, secret) = self
+            .0
+            .app
+            .create_enrollment_token(&caller.account.username, server, hours, self.0.now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(EnrollmentToken {
+            agent_id: record.id.0,
+            token: secret.expose().to_owned(),
+            expires_at: convert::time(record.enrollment_expires_at),
+        }))
+    }
+
+    async fn list_agents(&self, request: Request<ListAgentsRequest>) -> Reply<ListAgentsResponse> {
+        let caller = caller(&request)?;
+        let agency = opt_id("agency_id", request.get_ref().agency_id)?.map(AgencyId);
+        let records = self
+            .0
+            .app
+            .agents_for(&caller, agency)
+            .await
+            .map_err(status)?;
+        let now = self.0.now();
+        Ok(Response::new(ListAgentsResponse {
+            agents: records
+                .iter()
+                .map(|record| agent(record, self.0.hub.connected_agent(record.id), now))
+                .collect(),
+        }))
+    }
+
+    async fn revoke_agent(&self, request: Request<RevokeAgentRequest>) -> Reply<pb::Agent> {
+        let caller = caller(&request)?;
+        let agent_id = AgentId(id("agent_id", request.get_ref().agent_id)?);
+        let record = self
+            .0
+            .app
+            .revoke_agent(&caller.account.username, agent_id, self.0.now())
+            .await
+            .map_err(status)?;
+        self.0
+            .hub
+            .kick(agent_id, &format!("agent {agent_id} was revoked"));
+        Ok(Response::new(agent(&record, false, self.0.now())))
+    }
+
+    async fn get_inventory(&self, request: Request<GetInventoryRequest>) -> Reply<InventoryReport> {
+        let caller = caller(&request)?;
+        let server = ServerId(id("server_id", request.get_ref().server_id)?);
+        let view = self
+            .0
+            .app
+            .inventory_for(&caller, server)
+            .await
+            .map_err(status)?;
+        let (reported_at, inventory_json, mismatches_found) = match &view.latest {
+            Some(latest) => (
+                convert::time(latest.reported_at),
+                latest.inventory_json.clone(),
+                serde_json::from_str::<Vec<SpecDifference>>(&latest.mismatches_json)
+                    .unwrap_or_default(),
+            ),
+            None => (String::new(), String::new(), Vec::new()),
+        };
+        Ok(Response::new(InventoryReport {
+            server_id: server.0,
+            reported_at,
+            inventory_json,
+            mismatches: mismatches(&mismatches_found),
+            reports: view.reports,
+        }))
+    }
+}
+
+/// Restores to agents.
+pub struct Restores(pub Ctx);
+
+#[tonic::async_trait]
+impl restore_service_server::RestoreService for Restores {
+    async fn start_restore(&self, request: Request<StartRestoreRequest>) -> Reply<pb::Restore> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let server = ServerId(id("server_id", message.server_id)?);
+        let target = opt_id("target_server_id", message.target_server_id)?.map_or(server, ServerId);
+        let record = self
+            .0
+            .app
+            .start_restore(
+                &caller,
+                StartRestore {
+                    server_id: server,
+                    snapshot: message.snapshot,
+                    paths: message.paths,
+                    target_server_id: target,
+                    target_dir: message.target_dir,
+                    request_id: opt_id("request_id", message.request_id)?.map(RequestId),
+                },
+                self.0.now(),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(restore(&record)))
+    }
+
+    async fn get_restore(&self, request: Request<GetRestoreRequest>) -> Reply<pb::Restore> {
+        let caller = caller(&request)?;
+        let restore_id = RestoreId(id("id", request.get_ref().id)?);
+        let record = self
+            .0
+            .app
+            .restore_for(&caller, restore_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(restore(&record)))
+    }
+
+    async fn list_restores(
+        &self,
+        request: Request<ListRestoresRequest>,
+    ) -> Reply<ListRestoresResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let agency = opt_id("agency_id", message.agency_id)?.map(AgencyId);
+        let limit = if message.limit == 0 {
+            100
+        } else {
+            message.limit
+        };
+        let records = self
+            .0
+            .app
+            .restores_for(&caller, agency, limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ListRestoresResponse {
+            restores: records.iter().map(restore).collect(),
+        }))
+    }
+
+    async fn list_server_snapshots(
+        &self,
+        request: Request<ListServerSnapshotsRequest>,
+    ) -> Reply<ListServerSnapshotsResponse> {
+        let caller = caller(&request)?;
+        let server = ServerId(id("server_id", request.get_ref().server_id)?);
+        let (record, code) = self
+            .0
+            .app
+            .server_with_agency_code(&caller, server)
+            .await
+            .map_err(status)?;
+        let Some(repositories) = self.0.repositories.clone() else {
+            return Err(Status::unavailable(
+                "this daemon has no repositories configured",
+            ));
+        };
+        let handle = tokio::runtime::Handle::current();
+        let listed = tokio::task::spawn_blocking(move || {
+            let repository = repositories.open(&handle, &code, None, None)?;
+            crate::remote::server_snapshots(&repository, &record)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(|error| {
+            tracing::warn!(%error, "cannot list a server's snapshots");
+            Status::unavailable(
+                "the agency's repository cannot be read now; the daemon's log has the cause",
+            )
+        })?;
+        Ok(Response::new(ListServerSnapshotsResponse {
+            snapshots: listed
+                .iter()
+                .map(|(id, snapshot)| ServerSnapshot {
+                    id: id.to_hex(),
+                    time: convert::time(snapshot.time),
+                    paths: snapshot.paths.clone(),
+                    files: snapshot.summary.total_files_processed as i64,
+                    bytes: snapshot.summary.total_bytes_processed as i64,
+                    run_id: snapshot
+                        .tags
+                        .iter()
+                        .find_map(|tag| tag.strip_prefix("run:")?.parse().ok())
+                        .unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+}
