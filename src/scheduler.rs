@@ -500,10 +500,12 @@ mod tests {
             execute_claimed(
                 env.app.clone(),
                 repositories.clone(),
+                Hub::default(),
                 "d1".into(),
                 TimeDelta::minutes(5),
                 claimed,
                 Arc::new(AtomicBool::new(false)),
+                RemoteOptions::default(),
             )
             .await;
             let elapsed = started.elapsed();

@@ -1288,7 +1288,11 @@ fn the_authorisation_matrix_is_enforced_for_every_rpc_and_role() {
             for (role, token) in &callers {
                 let status = raw_call(channel.clone(), &rpc, Some(token)).await;
                 let admitted = rule.roles.iter().any(|r| r.code() == *role);
-                if admitted {
+                if cadang::rpc::authz::is_enrolment(&rpc) {
+                    // Enrolment ignores bearers: only a one-time token in the message
+                    // counts, and a person has none.
+                    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{rpc} as {role}");
+                } else if admitted {
                     assert!(
                         !(status.code() == tonic::Code::PermissionDenied
                             && status.message().contains("may not call")),
@@ -2148,4 +2152,452 @@ fn a_failed_run_reaches_the_webhook() {
     );
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert!(!log.contains(token), "nor logged");
+}
+
+// ---------------------------------------------------------------------------------------
+// Agents
+
+/// A TCP relay between agents and the daemon whose connections the test can cut.
+struct Relay {
+    addr: String,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: &str) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> =
+            std::sync::Arc::default();
+        let target = target.to_owned();
+        let tracked = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut list = tracked.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(upstream.try_clone().unwrap());
+                drop(list);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, open }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every connection through the relay.
+    fn cut(&self) -> usize {
+        let mut list = self.open.lock().unwrap();
+        for stream in list.iter() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        let n = list.len() / 2;
+        list.clear();
+        n
+    }
+}
+
+/// A running `cadang agent run`; killed on drop.
+struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    fn start(state: &Path, log: &Path) -> AgentProcess {
+        let child = Command::new(BIN)
+            .args(["agent", "run", "--state-dir"])
+            .arg(state)
+            .env("CADANG_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("the agent starts");
+        AgentProcess { child }
+    }
+
+    /// Waits up to `limit` for the agent to exit; its status if it did.
+    fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn enroll(server: &str, token: &str, state: &Path) -> Output {
+    Command::new(BIN)
+        .args(["agent", "enroll", "--server", server, "--state-dir"])
+        .arg(state)
+        .env("CADANG_ENROLL_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+fn register_server(dir: &Path, server: &str, token: &str, agency: i64, name: &str, serial: &str) -> i64 {
+    let file = write(
+        dir,
+        &format!("{name}.json"),
+        &format!(
+            "{{\"name\": \"{name}\", \"serial_number\": \"{serial}\", \"server_type\": \"PowerEdge R740\", \"brand\": \"Dell\", \"processor\": \"Intel Xeon Silver 4214\", \"ram\": \"16 GB\", \"ip_addresses\": [\"10.20.30.40\"], \"u_size\": 2, \"power_draw_w\": 450, \"bandwidth_mbps\": 100}}"
+        ),
+    );
+    ok(
+        server,
+        token,
+        &["asset", "register", "--agency", &agency.to_string(), "--file", &file],
+    )["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Pseudo-random bytes that do not compress (so wire and storage figures mean something).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn active_backup_request(server: &str, site: &Site, agency: i64, dir: &Path, name: &str) -> i64 {
+    let form = write(
+        dir,
+        &format!("{name}.toml"),
+        "scope = \"/srv\"\nschedule = \"harian 01:00\"\nretention = \"7 hari\"\n",
+    );
+    let token = if agency == site.dinkes {
+        &site.skpd
+    } else {
+        &site.skpd_other
+    };
+    let b = ok(
+        server,
+        token,
+        &[
+            "request", "backup", "submit", "--agency", &agency.to_string(), "--subject",
+            name, "--form", &form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(server, &site.kadin, b, "complete", 1, &[]);
+    b
+}
+
+/// Every file under `root` with its bytes, by relative path (symlinks by target).
+fn tree_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, p: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(p).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), Vec::new());
+                walk(base, &path, out);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("-> {}", target.display()).into_bytes());
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let daemon = Daemon::start(&data, &[], None);
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let web = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-web-01", "SN-WEB-01");
+    let kendal_db = register_server(dir.path(), &server, &site.kasi, site.kendal, "kendal-db-01", "SN-KDL-01");
+
+    // Enrolment: one-time tokens, credential stored 0600, a second use refused.
+    let token_web = ok(&server, &site.petugas, &["agent", "enroll-token", &web.to_string()])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token_kendal = ok(&server, &site.petugas, &["agent", "enroll-token", &kendal_db.to_string()])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    refused(&server, &site.skpd, &["agent", "enroll-token", &web.to_string()], "PERMISSION_DENIED");
+    let state_web = dir.path().join("agent-web");
+    let state_kendal = dir.path().join("agent-kendal");
+    let enrolled = enroll(&server, &token_web, &state_web);
+    assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
+    let mode = std::fs::metadata(state_web.join("credential")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = enroll(&server, &token_web, &dir.path().join("thief"));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("used already"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(!dir.path().join("thief/credential").exists());
+    assert!(enroll(&server, &token_kendal, &state_kendal).status.success());
+
+    // The inventory was reported at enrolment and compared with the register.
+    let inventory = ok(&server, &site.kasi, &["agent", "inventory", &web.to_string()]);
+    assert_eq!(inventory["reports"], 1);
+    assert!(inventory["inventory"]["kernel"].is_string(), "{inventory}");
+    let fields: Vec<&str> = inventory["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"ram"), "the test machine has no 16 GB declared: {inventory}");
+    refused(&server, &site.skpd_other, &["agent", "inventory", &web.to_string()], "PERMISSION_DENIED");
+
+    let _agent_web = AgentProcess::start(&state_web, &dir.path().join("agent-web.log"));
+    let mut agent_kendal = AgentProcess::start(&state_kendal, &dir.path().join("agent-kendal.log"));
+
+    // Data on "the servers" (directories of this machine read by each agent).
+    let source = dir.path().join("srv-web");
+    std::fs::create_dir_all(source.join("html/img")).unwrap();
+    std::fs::write(source.join("html/index.html"), "<h1>SIMKES</h1>\n".repeat(200)).unwrap();
+    std::fs::write(source.join("html/img/logo.bin"), noise(1, 3 << 20)).unwrap();
+    std::fs::write(source.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("html/index.html", source.join("index")).unwrap();
+    let kendal_source = dir.path().join("srv-kendal");
+    std::fs::create_dir_all(&kendal_source).unwrap();
+    std::fs::write(kendal_source.join("dump.sql"), noise(2, 1 << 20)).unwrap();
+
+    let b_web = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
+    let b_kendal = active_backup_request(&server, &site, site.kendal, dir.path(), "kendal");
+    // A plan cannot name another agency's server.
+    refused(
+        &server,
+        &site.kasi,
+        &["plan", "create", "--request", &b_web.to_string(), "--name", "curang", "--path", "/srv", "--on-server", &kendal_db.to_string(), "--schedule", "0 1 * * *"],
+        "PERMISSION_DENIED",
+    );
+    let plan_web = ok(
+        &server,
+        &site.kasi,
+        &["plan", "create", "--request", &b_web.to_string(), "--name", "web", "--path", &source.display().to_string(), "--on-server", &web.to_string(), "--schedule", "0 1 * * *"],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let plan_kendal = ok(
+        &server,
+        &site.kasi,
+        &["plan", "create", "--request", &b_kendal.to_string(), "--name", "db", "--path", &kendal_source.display().to_string(), "--on-server", &kendal_db.to_string(), "--schedule", "0 1 * * *"],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    // B3: the first backup of each runs through its agent.
+    step(&server, &site.kasi, b_web, "complete", 2, &[]);
+    step(&server, &site.kasi, b_kendal, "complete", 2, &[]);
+    let first = wait_for_run(&server, &site.kasi, &plan_web, 1);
+    assert_eq!(first["status"], "ok", "{first}");
+    let stats: Value = first["stats"].clone();
+    assert_eq!(stats["agent"], true, "{first}");
+    let size = (3 << 20) + 16 * 200;
+    assert!(stats["wire_bytes"].as_u64().unwrap() >= 3 << 20, "{stats}");
+    assert!(stats["wire_bytes"].as_u64().unwrap() < size as u64 * 12 / 10, "{stats}");
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan_kendal, 1)["status"], "ok");
+
+    // Incremental: unchanged files come from the agent's cache; only the change travels.
+    std::fs::write(source.join("html/new.txt"), "baru\n").unwrap();
+    ok(&server, &site.petugas, &["plan", "run-now", &plan_web]);
+    let second = wait_for_run(&server, &site.kasi, &plan_web, 2);
+    assert_eq!(second["status"], "ok", "{second}");
+    let stats = second["stats"].clone();
+    assert!(stats["files_unchanged"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(stats["wire_bytes"].as_u64().unwrap() < 64 << 10, "almost nothing on the wire: {stats}");
+
+    // Restore to another directory of the same server: byte for byte, verified.
+    let snapshots = ok(&server, &site.skpd, &["restore-job", "snapshots", &web.to_string()]);
+    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+    refused(&server, &site.skpd_other, &["restore-job", "snapshots", &web.to_string()], "PERMISSION_DENIED");
+    let target = dir.path().join("restored");
+    let restore = ok(
+        &server,
+        &site.petugas,
+        &["restore-job", "start", "--source", &web.to_string(), "--target", &target.display().to_string(), "--wait"],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    assert_eq!(restore["stats"]["files_failed"], 0);
+    let restored_root = target.join(source.strip_prefix("/").unwrap());
+    assert_eq!(tree_of(&source), tree_of(&restored_root));
+    // A subset, from the first snapshot.
+    let first_snapshot = snapshots[0]["id"].as_str().unwrap();
+    let subset = dir.path().join("subset");
+    let restore = ok(
+        &server,
+        &site.petugas,
+        &["restore-job", "start", "--source", &web.to_string(), "--snapshot", &first_snapshot[..8], "--path", &source.join("html/img").display().to_string(), "--target", &subset.display().to_string(), "--wait"],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    let subset_root = subset.join(source.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(subset_root.join("html/img/logo.bin")).unwrap(), noise(1, 3 << 20));
+    assert!(!subset_root.join("html/index.html").exists());
+    assert!(!subset_root.join("html/new.txt").exists());
+
+    // Isolation: a restore never crosses agencies; agents and people hold different keys.
+    refused(
+        &server,
+        &site.petugas,
+        &["restore-job", "start", "--source", &web.to_string(), "--to-server", &kendal_db.to_string(), "--target", "/tmp/x"],
+        "PERMISSION_DENIED",
+    );
+    let credential_web = std::fs::read_to_string(state_web.join("credential")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server.clone()).unwrap().connect().await.unwrap();
+        // An agent's credential opens none of the people's calls…
+        for rpc in ["/cadang.v1.RunService/ListRuns", "/cadang.v1.RestoreService/ListServerSnapshots", "/cadang.v1.PlanService/RunNow"] {
+            let status = raw_call(channel.clone(), rpc, Some(credential_web.trim())).await;
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{rpc}: {status:?}");
+        }
+        // …a forged one opens nothing, and a person's token is no agent's.
+        let forged = format!("cdga_{}", "0".repeat(64));
+        let status = raw_call(channel.clone(), "/cadang.v1.AgentService/ReportInventory", Some(&forged)).await;
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let status = raw_call(channel.clone(), "/cadang.v1.AgentService/ReportInventory", Some(&site.kasi)).await;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    });
+
+    // Revocation: the agent is cut off at once and stops; its credential is refused.
+    let agents = ok(&server, &site.kasi, &["agent", "list"]);
+    let kendal_agent = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["server_id"] == kendal_db)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        agents.as_array().unwrap().iter().filter(|a| a["connected"] == true).count(),
+        2,
+        "{agents}"
+    );
+    ok(&server, &site.kasi, &["agent", "revoke", &kendal_agent.to_string()]);
+    let status = agent_kendal.exited_within(Duration::from_secs(20)).expect("a revoked agent stops");
+    assert!(!status.success());
+    let agents = ok(&server, &site.kasi, &["agent", "list"]);
+    let row = agents.as_array().unwrap().iter().find(|a| a["id"] == kendal_agent).unwrap().clone();
+    assert_eq!(row["status"], "revoked");
+    assert_eq!(row["connected"], false);
+    // The audit trail holds enrolments, the refused reuse, the revocation and restores.
+    let audit = ok(&server, &site.admin, &["audit", "export"]);
+    let text = audit.to_string();
+    for action in ["agent.enroll", "agent.enroll_refused", "agent.revoke", "restore.start", "restore.finish"] {
+        assert!(text.contains(action), "audit lacks {action}");
+    }
+    // No secret reached the daemon's files in clear.
+    let everything = bytes_under(&data);
+    for secret in [&token_web, &token_kendal, credential_web.trim()] {
+        assert!(
+            !everything.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret is stored in clear"
+        );
+    }
+}
+
+#[test]
+fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let daemon = Daemon::start(&data, &[], None);
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let web = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-web-01", "SN-WEB-01");
+    let relay = Relay::start(&daemon.addr);
+    let token = ok(&server, &site.petugas, &["agent", "enroll-token", &web.to_string()])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = dir.path().join("agent");
+    assert!(enroll(&relay.url(), &token, &state).status.success());
+    let _agent = AgentProcess::start(&state, &dir.path().join("agent.log"));
+    // 24 MiB that do not compress, sent at 4 MiB/s: about six seconds on the wire.
+    let source = dir.path().join("srv");
+    std::fs::create_dir_all(&source).unwrap();
+    for n in 0..6 {
+        std::fs::write(source.join(format!("part-{n}.bin")), noise(10 + n, 4 << 20)).unwrap();
+    }
+    let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &["plan", "create", "--request", &b.to_string(), "--name", "web", "--path", &source.display().to_string(), "--on-server", &web.to_string(), "--schedule", "0 1 * * *", "--bandwidth-limit", "4096"],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    // Cut the stream three times while the backup is under way.
+    let mut cuts = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cuts < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1500));
+        let runs = ok(&server, &site.kasi, &["run", "list", "--plan", &plan]);
+        if runs[0]["status"] == "running" && relay.cut() > 0 {
+            cuts += 1;
+        }
+    }
+    assert_eq!(cuts, 3, "the backup ended before three cuts");
+    let run = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(run["status"], "ok", "{run}");
+    let stats = run["stats"].clone();
+    assert!(stats["resumed"].as_u64().unwrap() >= 3, "marked resumed, not failed: {stats}");
+    let total = 24u64 << 20;
+    let wire = stats["wire_bytes"].as_u64().unwrap();
+    assert!(wire >= total, "{stats}");
+    assert!(wire < total * 13 / 10, "no restart from zero: {wire} bytes for {total}");
+    // And the result restores byte for byte.
+    let target = dir.path().join("restored");
+    let restore = ok(
+        &server,
+        &site.petugas,
+        &["restore-job", "start", "--source", &web.to_string(), "--target", &target.display().to_string(), "--wait"],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    assert_eq!(tree_of(&source), tree_of(&target.join(source.strip_prefix("/").unwrap())));
 }

@@ -24,22 +24,18 @@ pub enum AgentCmd {
     /// Create a one-time enrolment token for a server in the asset register (officers).
     EnrollToken {
         /// Server id in the asset register.
+        #[arg(id = "server_id", value_name = "SERVER")]
         server: i64,
         /// Hours the token stays valid (default 24).
         #[arg(long)]
         hours: Option<i64>,
     },
-    /// Enrol this machine with a one-time token and store its credential (on the server).
+    /// Enrol this machine with a one-time token and store its credential (on the server):
+    /// `cadang agent enroll --server https://backup.dc.local:7420 --ca ca.pem`.
     Enroll {
-        /// Daemon address, such as https://backup.dc.local:7420.
-        #[arg(long = "server")]
-        daemon: String,
         /// The one-time enrolment token (prefer CADANG_ENROLL_TOKEN: flags show in `ps`).
         #[arg(long, env = "CADANG_ENROLL_TOKEN", hide_env_values = true)]
         token: String,
-        /// CA certificate (PEM) of the daemon's certificate.
-        #[arg(long)]
-        ca: Option<PathBuf>,
         /// State directory (credential, caches).
         #[arg(long, env = "CADANG_AGENT_STATE", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
@@ -65,7 +61,7 @@ pub enum AgentCmd {
     /// --local, this machine's inventory (no daemon needed).
     Inventory {
         /// Server id in the asset register.
-        #[arg(required_unless_present = "local")]
+        #[arg(id = "server_id", value_name = "SERVER", required_unless_present = "local")]
         server: Option<i64>,
         /// Read this machine's inventory instead.
         #[arg(long)]
@@ -78,8 +74,8 @@ pub enum AgentCmd {
 pub enum RestoreJobCmd {
     /// Restore a server's snapshot through an agent, verifying every file.
     Start {
-        /// The server whose backups are restored.
-        #[arg(long)]
+        /// The server whose backups are restored (register id).
+        #[arg(long = "source", id = "source_server", value_name = "SERVER")]
         server: i64,
         /// Snapshot id (prefix) or `latest`.
         #[arg(long, default_value = "latest")]
@@ -119,8 +115,8 @@ pub enum RestoreJobCmd {
     },
     /// List the snapshots of a server's backups.
     Snapshots {
-        /// Server id.
-        #[arg(long)]
+        /// Server id in the register.
+        #[arg(id = "server_id", value_name = "SERVER")]
         server: i64,
     },
 }
@@ -154,14 +150,17 @@ pub fn agent(conn: &ConnArgs, json: bool, command: AgentCmd) -> ExitCode {
 
 async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::Result<ExitCode> {
     match command {
-        AgentCmd::Enroll {
-            daemon,
-            token,
-            ca,
-            state_dir,
-        } => {
+        AgentCmd::Enroll { token, state_dir } => {
+            let daemon = conn.server.clone().ok_or_else(|| {
+                anyhow::anyhow!("give the daemon's address with --server (or CADANG_SERVER)")
+            })?;
+            let daemon = if daemon.contains("://") {
+                daemon
+            } else {
+                format!("http://{daemon}")
+            };
             let state = StateDir(state_dir.clone());
-            let config = agent::enroll(&state, &daemon, ca.as_deref(), &token).await?;
+            let config = agent::enroll(&state, &daemon, conn.ca.as_deref(), &token).await?;
             if json {
                 print_json(&json!({
                     "agent_id": config.agent_id, "server_id": config.server_id,

@@ -681,7 +681,7 @@ pub enum PlanCmd {
         #[arg(long = "path", required = true)]
         paths: Vec<String>,
         /// The colocated server (register id) whose agent backs the paths up.
-        #[arg(long)]
+        #[arg(long = "on-server", id = "on_server", value_name = "SERVER")]
         server: Option<i64>,
         /// Exclude glob (repeat).
         #[arg(long = "exclude")]
