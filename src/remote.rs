@@ -92,14 +92,19 @@ fn open_link(
     server: &Server,
     job: &str,
     wait: Duration,
+    cancel: &AtomicBool,
 ) -> Option<JobLink> {
-    if let Some(link) = hub.open_job(server.id, job) {
-        return Some(link);
-    }
-    if handle.block_on(hub.wait_for(server.id, wait)) {
-        hub.open_job(server.id, job)
-    } else {
-        None
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(link) = hub.open_job(server.id, job) {
+            return Some(link);
+        }
+        // Waiting in short slices, so a stopping daemon does not wait for an agent.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        handle.block_on(hub.wait_for(server.id, left.min(Duration::from_millis(500))));
     }
 }
 
@@ -220,8 +225,14 @@ pub fn backup_via_agent(
     let config = repository.config();
     let (id_key, seed) = repository.keys().id_keys().to_parts();
     let job_id = format!("run:{}", run.id);
-    let mut resumed = u64::from(run.attempts > 1);
-    let mut wire_bytes = 0u64;
+    // An earlier attempt (a daemon that stopped or died) left its counts in the run.
+    let earlier_stats: serde_json::Value = run
+        .stats_json
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let mut resumed = earlier_stats["resumed"].as_u64().unwrap_or(0) + u64::from(run.attempts > 1);
+    let mut wire_bytes = earlier_stats["wire_bytes"].as_u64().unwrap_or(0);
     let mut agent_sent = 0u64;
     let mut seen_progress = json!({});
     let stats = |ingest: &Ingest<'_>, wire: u64, resumed: u64, extra: serde_json::Value| {
@@ -243,8 +254,23 @@ pub fn backup_via_agent(
         value
     };
     loop {
-        let Some(mut link) = open_link(handle, hub, server, &job_id, options.reconnect_wait) else {
+        let Some(mut link) = open_link(
+            handle,
+            hub,
+            server,
+            &job_id,
+            options.reconnect_wait,
+            &cancel,
+        ) else {
             let _ = ingest.flush();
+            if cancel.load(Ordering::Relaxed) {
+                return RunEnd {
+                    status: "cancelled",
+                    stats_json: stats(&ingest, wire_bytes, resumed, json!({})).to_string(),
+                    snapshot_id: None,
+                    error: Some("stopped while waiting for the agent to come back".into()),
+                };
+            }
             return failed(
                 format!(
                     "the agent of server {} ({}) is not connected to this daemon; it did not dial in within {} s",
@@ -535,6 +561,7 @@ fn selected(abs: &[u8], paths: &[String]) -> (bool, bool) {
     (on_way, false)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn collect(
     repository: &Repository,
     index: &Index,
@@ -682,7 +709,14 @@ pub fn restore_to_agent(
         &mut unreadable,
     );
     let job_id = format!("restore:{}", restore.id);
-    let Some(mut link) = open_link(handle, hub, target, &job_id, options.reconnect_wait) else {
+    let Some(mut link) = open_link(
+        handle,
+        hub,
+        target,
+        &job_id,
+        options.reconnect_wait,
+        &cancel,
+    ) else {
         return (
             end(
                 "failed",

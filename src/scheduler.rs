@@ -209,6 +209,7 @@ async fn execute_claimed(
         },
         _ => None,
     };
+    let through_agent = agent_server.is_some();
     let work = {
         let run = run.clone();
         let cancel = cancel.clone();
@@ -265,6 +266,7 @@ async fn execute_claimed(
     let window_end = tokio::time::sleep(window_left);
     tokio::pin!(window_end);
     let mut cut_off = false;
+    let mut lease_lost = false;
     let mut report = tokio::time::interval(PROGRESS_EVERY);
     let end = loop {
         tokio::select! {
@@ -287,6 +289,7 @@ async fn execute_claimed(
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(run = %run.id, "lease lost (taken over); stopping this attempt");
+                        lease_lost = true;
                         cancel.store(true, Ordering::Relaxed);
                     }
                     Err(error) => tracing::warn!(run = %run.id, %error, "cannot renew the lease"),
@@ -295,6 +298,28 @@ async fn execute_claimed(
         }
     };
     metrics::gauge!("cadang_runs_running").decrement(1.0);
+    // A backup through an agent stopped because this daemon stops: hand it back to the
+    // queue, so the daemon that claims it next (this one restarted, or another) resumes
+    // it — what was sent is indexed and is not sent again.
+    if let Ok(end) = &end
+        && end.status == "cancelled"
+        && through_agent
+        && !cut_off
+        && !lease_lost
+    {
+        match app.release_run(run.id, &owner, &end.stats_json).await {
+            Ok(true) => {
+                tracing::info!(run = %run.id, "backup through the agent handed back to the queue; it resumes on the next claim")
+            }
+            Ok(false) => {
+                tracing::warn!(run = %run.id, "lease lost before the run could be handed back")
+            }
+            Err(error) => {
+                tracing::error!(run = %run.id, %error, "cannot hand the run back; its lease will lapse")
+            }
+        }
+        return;
+    }
     let end = match end {
         Ok(mut end) if cut_off && end.status == "cancelled" => {
             if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {

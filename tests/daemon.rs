@@ -1291,7 +1291,11 @@ fn the_authorisation_matrix_is_enforced_for_every_rpc_and_role() {
                 if cadang::rpc::authz::is_enrolment(&rpc) {
                     // Enrolment ignores bearers: only a one-time token in the message
                     // counts, and a person has none.
-                    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{rpc} as {role}");
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::Unauthenticated,
+                        "{rpc} as {role}"
+                    );
                 } else if admitted {
                     assert!(
                         !(status.code() == tonic::Code::PermissionDenied
@@ -2160,6 +2164,7 @@ fn a_failed_run_reaches_the_webhook() {
 /// A TCP relay between agents and the daemon whose connections the test can cut.
 struct Relay {
     addr: String,
+    target: std::sync::Arc<std::sync::Mutex<String>>,
     open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
@@ -2169,12 +2174,14 @@ impl Relay {
         let addr = listener.local_addr().unwrap().to_string();
         let open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> =
             std::sync::Arc::default();
-        let target = target.to_owned();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target.to_owned()));
         let tracked = open.clone();
+        let current = target.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
-                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                let to = current.lock().unwrap().clone();
+                let Ok(upstream) = std::net::TcpStream::connect(&to) else {
                     continue;
                 };
                 let mut list = tracked.lock().unwrap();
@@ -2192,7 +2199,12 @@ impl Relay {
                 }
             }
         });
-        Relay { addr, open }
+        Relay { addr, target, open }
+    }
+
+    /// Sends new connections to another address (a restarted daemon's).
+    fn retarget(&self, target: &str) {
+        *self.target.lock().unwrap() = target.to_owned();
     }
 
     fn url(&self) -> String {
@@ -2264,7 +2276,14 @@ fn enroll(server: &str, token: &str, state: &Path) -> Output {
         .unwrap()
 }
 
-fn register_server(dir: &Path, server: &str, token: &str, agency: i64, name: &str, serial: &str) -> i64 {
+fn register_server(
+    dir: &Path,
+    server: &str,
+    token: &str,
+    agency: i64,
+    name: &str,
+    serial: &str,
+) -> i64 {
     let file = write(
         dir,
         &format!("{name}.json"),
@@ -2275,7 +2294,14 @@ fn register_server(dir: &Path, server: &str, token: &str, agency: i64, name: &st
     ok(
         server,
         token,
-        &["asset", "register", "--agency", &agency.to_string(), "--file", &file],
+        &[
+            "asset",
+            "register",
+            "--agency",
+            &agency.to_string(),
+            "--file",
+            &file,
+        ],
     )["id"]
         .as_i64()
         .unwrap()
@@ -2309,8 +2335,15 @@ fn active_backup_request(server: &str, site: &Site, agency: i64, dir: &Path, nam
         server,
         token,
         &[
-            "request", "backup", "submit", "--agency", &agency.to_string(), "--subject",
-            name, "--form", &form,
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &agency.to_string(),
+            "--subject",
+            name,
+            "--form",
+            &form,
         ],
     )["request"]["id"]
         .as_i64()
@@ -2351,33 +2384,79 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let admin = Daemon::bootstrap(&data, &[]);
     let server = daemon.url();
     let site = set_up(&server, &admin);
-    let web = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-web-01", "SN-WEB-01");
-    let kendal_db = register_server(dir.path(), &server, &site.kasi, site.kendal, "kendal-db-01", "SN-KDL-01");
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-WEB-01",
+    );
+    let kendal_db = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.kendal,
+        "kendal-db-01",
+        "SN-KDL-01",
+    );
 
     // Enrolment: one-time tokens, credential stored 0600, a second use refused.
-    let token_web = ok(&server, &site.petugas, &["agent", "enroll-token", &web.to_string()])["token"]
+    let token_web = ok(
+        &server,
+        &site.petugas,
+        &["agent", "enroll-token", &web.to_string()],
+    )["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let token_kendal = ok(&server, &site.petugas, &["agent", "enroll-token", &kendal_db.to_string()])["token"]
+    let token_kendal = ok(
+        &server,
+        &site.petugas,
+        &["agent", "enroll-token", &kendal_db.to_string()],
+    )["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    refused(&server, &site.skpd, &["agent", "enroll-token", &web.to_string()], "PERMISSION_DENIED");
+    refused(
+        &server,
+        &site.skpd,
+        &["agent", "enroll-token", &web.to_string()],
+        "PERMISSION_DENIED",
+    );
     let state_web = dir.path().join("agent-web");
     let state_kendal = dir.path().join("agent-kendal");
     let enrolled = enroll(&server, &token_web, &state_web);
-    assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
-    let mode = std::fs::metadata(state_web.join("credential")).unwrap().permissions().mode();
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
+    let mode = std::fs::metadata(state_web.join("credential"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let again = enroll(&server, &token_web, &dir.path().join("thief"));
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("used already"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("used already"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert!(!dir.path().join("thief/credential").exists());
-    assert!(enroll(&server, &token_kendal, &state_kendal).status.success());
+    assert!(
+        enroll(&server, &token_kendal, &state_kendal)
+            .status
+            .success()
+    );
 
     // The inventory was reported at enrolment and compared with the register.
-    let inventory = ok(&server, &site.kasi, &["agent", "inventory", &web.to_string()]);
+    let inventory = ok(
+        &server,
+        &site.kasi,
+        &["agent", "inventory", &web.to_string()],
+    );
     assert_eq!(inventory["reports"], 1);
     assert!(inventory["inventory"]["kernel"].is_string(), "{inventory}");
     let fields: Vec<&str> = inventory["mismatches"]
@@ -2386,8 +2465,16 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         .iter()
         .map(|m| m["field"].as_str().unwrap())
         .collect();
-    assert!(fields.contains(&"ram"), "the test machine has no 16 GB declared: {inventory}");
-    refused(&server, &site.skpd_other, &["agent", "inventory", &web.to_string()], "PERMISSION_DENIED");
+    assert!(
+        fields.contains(&"ram"),
+        "the test machine has no 16 GB declared: {inventory}"
+    );
+    refused(
+        &server,
+        &site.skpd_other,
+        &["agent", "inventory", &web.to_string()],
+        "PERMISSION_DENIED",
+    );
 
     let _agent_web = AgentProcess::start(&state_web, &dir.path().join("agent-web.log"));
     let mut agent_kendal = AgentProcess::start(&state_kendal, &dir.path().join("agent-kendal.log"));
@@ -2395,7 +2482,11 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     // Data on "the servers" (directories of this machine read by each agent).
     let source = dir.path().join("srv-web");
     std::fs::create_dir_all(source.join("html/img")).unwrap();
-    std::fs::write(source.join("html/index.html"), "<h1>SIMKES</h1>\n".repeat(200)).unwrap();
+    std::fs::write(
+        source.join("html/index.html"),
+        "<h1>SIMKES</h1>\n".repeat(200),
+    )
+    .unwrap();
     std::fs::write(source.join("html/img/logo.bin"), noise(1, 3 << 20)).unwrap();
     std::fs::write(source.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("html/index.html", source.join("index")).unwrap();
@@ -2409,13 +2500,39 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     refused(
         &server,
         &site.kasi,
-        &["plan", "create", "--request", &b_web.to_string(), "--name", "curang", "--path", "/srv", "--on-server", &kendal_db.to_string(), "--schedule", "0 1 * * *"],
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b_web.to_string(),
+            "--name",
+            "curang",
+            "--path",
+            "/srv",
+            "--on-server",
+            &kendal_db.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
         "PERMISSION_DENIED",
     );
     let plan_web = ok(
         &server,
         &site.kasi,
-        &["plan", "create", "--request", &b_web.to_string(), "--name", "web", "--path", &source.display().to_string(), "--on-server", &web.to_string(), "--schedule", "0 1 * * *"],
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b_web.to_string(),
+            "--name",
+            "web",
+            "--path",
+            &source.display().to_string(),
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
     )[0]["id"]
         .as_i64()
         .unwrap()
@@ -2423,7 +2540,20 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let plan_kendal = ok(
         &server,
         &site.kasi,
-        &["plan", "create", "--request", &b_kendal.to_string(), "--name", "db", "--path", &kendal_source.display().to_string(), "--on-server", &kendal_db.to_string(), "--schedule", "0 1 * * *"],
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b_kendal.to_string(),
+            "--name",
+            "db",
+            "--path",
+            &kendal_source.display().to_string(),
+            "--on-server",
+            &kendal_db.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
     )[0]["id"]
         .as_i64()
         .unwrap()
@@ -2437,8 +2567,14 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     assert_eq!(stats["agent"], true, "{first}");
     let size = (3 << 20) + 16 * 200;
     assert!(stats["wire_bytes"].as_u64().unwrap() >= 3 << 20, "{stats}");
-    assert!(stats["wire_bytes"].as_u64().unwrap() < size as u64 * 12 / 10, "{stats}");
-    assert_eq!(wait_for_run(&server, &site.kasi, &plan_kendal, 1)["status"], "ok");
+    assert!(
+        stats["wire_bytes"].as_u64().unwrap() < size as u64 * 12 / 10,
+        "{stats}"
+    );
+    assert_eq!(
+        wait_for_run(&server, &site.kasi, &plan_kendal, 1)["status"],
+        "ok"
+    );
 
     // Incremental: unchanged files come from the agent's cache; only the change travels.
     std::fs::write(source.join("html/new.txt"), "baru\n").unwrap();
@@ -2447,17 +2583,37 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     assert_eq!(second["status"], "ok", "{second}");
     let stats = second["stats"].clone();
     assert!(stats["files_unchanged"].as_u64().unwrap() >= 3, "{stats}");
-    assert!(stats["wire_bytes"].as_u64().unwrap() < 64 << 10, "almost nothing on the wire: {stats}");
+    assert!(
+        stats["wire_bytes"].as_u64().unwrap() < 64 << 10,
+        "almost nothing on the wire: {stats}"
+    );
 
     // Restore to another directory of the same server: byte for byte, verified.
-    let snapshots = ok(&server, &site.skpd, &["restore-job", "snapshots", &web.to_string()]);
+    let snapshots = ok(
+        &server,
+        &site.skpd,
+        &["restore-job", "snapshots", &web.to_string()],
+    );
     assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
-    refused(&server, &site.skpd_other, &["restore-job", "snapshots", &web.to_string()], "PERMISSION_DENIED");
+    refused(
+        &server,
+        &site.skpd_other,
+        &["restore-job", "snapshots", &web.to_string()],
+        "PERMISSION_DENIED",
+    );
     let target = dir.path().join("restored");
     let restore = ok(
         &server,
         &site.petugas,
-        &["restore-job", "start", "--source", &web.to_string(), "--target", &target.display().to_string(), "--wait"],
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--target",
+            &target.display().to_string(),
+            "--wait",
+        ],
     );
     assert_eq!(restore["status"], "ok", "{restore}");
     assert_eq!(restore["stats"]["files_failed"], 0);
@@ -2469,11 +2625,26 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let restore = ok(
         &server,
         &site.petugas,
-        &["restore-job", "start", "--source", &web.to_string(), "--snapshot", &first_snapshot[..8], "--path", &source.join("html/img").display().to_string(), "--target", &subset.display().to_string(), "--wait"],
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--snapshot",
+            &first_snapshot[..8],
+            "--path",
+            &source.join("html/img").display().to_string(),
+            "--target",
+            &subset.display().to_string(),
+            "--wait",
+        ],
     );
     assert_eq!(restore["status"], "ok", "{restore}");
     let subset_root = subset.join(source.strip_prefix("/").unwrap());
-    assert_eq!(std::fs::read(subset_root.join("html/img/logo.bin")).unwrap(), noise(1, 3 << 20));
+    assert_eq!(
+        std::fs::read(subset_root.join("html/img/logo.bin")).unwrap(),
+        noise(1, 3 << 20)
+    );
     assert!(!subset_root.join("html/index.html").exists());
     assert!(!subset_root.join("html/new.txt").exists());
 
@@ -2481,23 +2652,54 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     refused(
         &server,
         &site.petugas,
-        &["restore-job", "start", "--source", &web.to_string(), "--to-server", &kendal_db.to_string(), "--target", "/tmp/x"],
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--to-server",
+            &kendal_db.to_string(),
+            "--target",
+            "/tmp/x",
+        ],
         "PERMISSION_DENIED",
     );
     let credential_web = std::fs::read_to_string(state_web.join("credential")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(server.clone()).unwrap().connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         // An agent's credential opens none of the people's calls…
-        for rpc in ["/cadang.v1.RunService/ListRuns", "/cadang.v1.RestoreService/ListServerSnapshots", "/cadang.v1.PlanService/RunNow"] {
+        for rpc in [
+            "/cadang.v1.RunService/ListRuns",
+            "/cadang.v1.RestoreService/ListServerSnapshots",
+            "/cadang.v1.PlanService/RunNow",
+        ] {
             let status = raw_call(channel.clone(), rpc, Some(credential_web.trim())).await;
-            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{rpc}: {status:?}");
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{rpc}: {status:?}"
+            );
         }
         // …a forged one opens nothing, and a person's token is no agent's.
         let forged = format!("cdga_{}", "0".repeat(64));
-        let status = raw_call(channel.clone(), "/cadang.v1.AgentService/ReportInventory", Some(&forged)).await;
+        let status = raw_call(
+            channel.clone(),
+            "/cadang.v1.AgentService/ReportInventory",
+            Some(&forged),
+        )
+        .await;
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        let status = raw_call(channel.clone(), "/cadang.v1.AgentService/ReportInventory", Some(&site.kasi)).await;
+        let status = raw_call(
+            channel.clone(),
+            "/cadang.v1.AgentService/ReportInventory",
+            Some(&site.kasi),
+        )
+        .await;
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
     });
 
@@ -2512,28 +2714,53 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         .as_i64()
         .unwrap();
     assert_eq!(
-        agents.as_array().unwrap().iter().filter(|a| a["connected"] == true).count(),
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["connected"] == true)
+            .count(),
         2,
         "{agents}"
     );
-    ok(&server, &site.kasi, &["agent", "revoke", &kendal_agent.to_string()]);
-    let status = agent_kendal.exited_within(Duration::from_secs(20)).expect("a revoked agent stops");
+    ok(
+        &server,
+        &site.kasi,
+        &["agent", "revoke", &kendal_agent.to_string()],
+    );
+    let status = agent_kendal
+        .exited_within(Duration::from_secs(20))
+        .expect("a revoked agent stops");
     assert!(!status.success());
     let agents = ok(&server, &site.kasi, &["agent", "list"]);
-    let row = agents.as_array().unwrap().iter().find(|a| a["id"] == kendal_agent).unwrap().clone();
+    let row = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == kendal_agent)
+        .unwrap()
+        .clone();
     assert_eq!(row["status"], "revoked");
     assert_eq!(row["connected"], false);
     // The audit trail holds enrolments, the refused reuse, the revocation and restores.
     let audit = ok(&server, &site.admin, &["audit", "export"]);
     let text = audit.to_string();
-    for action in ["agent.enroll", "agent.enroll_refused", "agent.revoke", "restore.start", "restore.finish"] {
+    for action in [
+        "agent.enroll",
+        "agent.enroll_refused",
+        "agent.revoke",
+        "restore.start",
+        "restore.finish",
+    ] {
         assert!(text.contains(action), "audit lacks {action}");
     }
     // No secret reached the daemon's files in clear.
     let everything = bytes_under(&data);
     for secret in [&token_web, &token_kendal, credential_web.trim()] {
         assert!(
-            !everything.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            !everything
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
             "a secret is stored in clear"
         );
     }
@@ -2543,30 +2770,56 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
 fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let daemon = Daemon::start(&data, &[], None);
+    let mut daemon = Daemon::start(&data, &[], None);
     let admin = Daemon::bootstrap(&data, &[]);
     let server = daemon.url();
     let site = set_up(&server, &admin);
-    let web = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-web-01", "SN-WEB-01");
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-WEB-01",
+    );
     let relay = Relay::start(&daemon.addr);
-    let token = ok(&server, &site.petugas, &["agent", "enroll-token", &web.to_string()])["token"]
+    let token = ok(
+        &server,
+        &site.petugas,
+        &["agent", "enroll-token", &web.to_string()],
+    )["token"]
         .as_str()
         .unwrap()
         .to_owned();
     let state = dir.path().join("agent");
     assert!(enroll(&relay.url(), &token, &state).status.success());
     let _agent = AgentProcess::start(&state, &dir.path().join("agent.log"));
-    // 24 MiB that do not compress, sent at 4 MiB/s: about six seconds on the wire.
+    // 32 MiB that do not compress, sent at 4 MiB/s: about eight seconds on the wire.
     let source = dir.path().join("srv");
     std::fs::create_dir_all(&source).unwrap();
-    for n in 0..6 {
+    for n in 0..8 {
         std::fs::write(source.join(format!("part-{n}.bin")), noise(10 + n, 4 << 20)).unwrap();
     }
     let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
     let plan = ok(
         &server,
         &site.kasi,
-        &["plan", "create", "--request", &b.to_string(), "--name", "web", "--path", &source.display().to_string(), "--on-server", &web.to_string(), "--schedule", "0 1 * * *", "--bandwidth-limit", "4096"],
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "web",
+            "--path",
+            &source.display().to_string(),
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+            "--bandwidth-limit",
+            "4096",
+        ],
     )[0]["id"]
         .as_i64()
         .unwrap()
@@ -2583,21 +2836,52 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
         }
     }
     assert_eq!(cuts, 3, "the backup ended before three cuts");
+    // Then the daemon itself restarts mid-backup: it hands the run back to the queue and
+    // the restarted daemon resumes it.
+    let runs = ok(&server, &site.kasi, &["run", "list", "--plan", &plan]);
+    assert_eq!(
+        runs[0]["status"], "running",
+        "still going before the restart: {runs}"
+    );
+    daemon.restart();
+    relay.retarget(&daemon.addr);
+    let server = daemon.url();
     let run = wait_for_run(&server, &site.kasi, &plan, 1);
     assert_eq!(run["status"], "ok", "{run}");
     let stats = run["stats"].clone();
-    assert!(stats["resumed"].as_u64().unwrap() >= 3, "marked resumed, not failed: {stats}");
-    let total = 24u64 << 20;
+    assert!(
+        stats["resumed"].as_u64().unwrap() >= 3,
+        "marked resumed, not failed: {stats}"
+    );
+    assert!(
+        run["attempts"].as_i64().unwrap() >= 2,
+        "taken up again after the restart: {run}"
+    );
+    let total = 32u64 << 20;
     let wire = stats["wire_bytes"].as_u64().unwrap();
     assert!(wire >= total, "{stats}");
-    assert!(wire < total * 13 / 10, "no restart from zero: {wire} bytes for {total}");
+    assert!(
+        wire < total * 13 / 10,
+        "no restart from zero: {wire} bytes for {total}"
+    );
     // And the result restores byte for byte.
     let target = dir.path().join("restored");
     let restore = ok(
         &server,
         &site.petugas,
-        &["restore-job", "start", "--source", &web.to_string(), "--target", &target.display().to_string(), "--wait"],
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--target",
+            &target.display().to_string(),
+            "--wait",
+        ],
     );
     assert_eq!(restore["status"], "ok", "{restore}");
-    assert_eq!(tree_of(&source), tree_of(&target.join(source.strip_prefix("/").unwrap())));
+    assert_eq!(
+        tree_of(&source),
+        tree_of(&target.join(source.strip_prefix("/").unwrap()))
+    );
 }

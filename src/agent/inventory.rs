@@ -226,6 +226,30 @@ impl Inventory {
         Some((bytes.saturating_add(GIB / 2) / GIB).max(1))
     }
 
+    /// The installed RAM in GiB, estimated from `MemTotal`: what the kernel reserves at
+    /// boot (1.5–6 %) is added back by rounding up to the sizes memory is sold in — a
+    /// power of two when `MemTotal` is within 6 % below one (62.7 GiB → 64), else the
+    /// next multiple of 1, 2, 8 or 32 GiB by size (23.5 → 24, 94.3 → 96, 188.6 → 192).
+    /// This is what a handover form declares, so the register comparison uses it; a
+    /// virtual machine of an unusual size may read a little high.
+    pub fn memory_gib_installed(&self) -> Option<u64> {
+        let gib = self.memory_bytes? as f64 / (1u64 << 30) as f64;
+        if gib <= 0.0 {
+            return Some(1);
+        }
+        let power = gib.log2().ceil().exp2();
+        if power <= gib * 1.06 {
+            return Some(power as u64);
+        }
+        let step = match gib {
+            g if g < 8.0 => 1.0,
+            g if g < 32.0 => 2.0,
+            g if g < 512.0 => 8.0,
+            _ => 32.0,
+        };
+        Some(((gib / step).ceil() * step) as u64)
+    }
+
     /// The inventory as (label, value) pairs for a two-column display on the
     /// command line. Lists (disks, interfaces, addresses, PSUs) take one pair
     /// per item; the pairs after the first carry an empty label so the column
@@ -243,7 +267,15 @@ impl Inventory {
         one("OS", self.os.clone());
         one("Kernel", self.kernel.clone());
         one("CPU", cpu_summary(&self.cpu));
-        one("RAM", self.memory_gib_rounded().map(|g| format!("{g} GiB")));
+        one(
+            "RAM",
+            self.memory_gib_installed().map(|g| {
+                format!(
+                    "{g} GiB installed ({} GiB usable)",
+                    self.memory_gib_rounded().unwrap_or(0)
+                )
+            }),
+        );
         one(
             "System",
             join_known(&[&self.system.vendor, &self.system.product]),
@@ -1017,7 +1049,7 @@ mod tests {
             ("OS", "Debian GNU/Linux 12 (bookworm)"),
             ("Kernel", "6.1.0-18-amd64"),
             ("CPU", "2 × Intel Xeon Silver 4214 (4 cores, 4 threads)"),
-            ("RAM", "63 GiB"),
+            ("RAM", "64 GiB installed (63 GiB usable)"),
             ("System", "Dell Inc. PowerEdge R740"),
             ("Serial", "7XK2M53"),
             ("Board", "Dell Inc. 06WXJT, S/N .7XK2M53.CNFCP0098C00AB."),
@@ -1164,6 +1196,26 @@ mod tests {
         assert_eq!(gib((1 << 30) + (511 << 20)), Some(1));
         assert_eq!(gib((1 << 30) + (512 << 20)), Some(2));
         assert_eq!(gib(u64::MAX), Some(u64::MAX >> 30));
+    }
+
+    #[test]
+    fn installed_memory_is_recovered_from_memtotal() {
+        let installed = |gib: f64| {
+            Inventory {
+                memory_bytes: Some((gib * (1u64 << 30) as f64) as u64),
+                ..Inventory::default()
+            }
+            .memory_gib_installed()
+        };
+        assert_eq!(installed(62.65), Some(64));
+        assert_eq!(installed(15.6), Some(16));
+        assert_eq!(installed(1.92), Some(2));
+        assert_eq!(installed(23.5), Some(24));
+        assert_eq!(installed(47.1), Some(48));
+        assert_eq!(installed(94.3), Some(96));
+        assert_eq!(installed(188.6), Some(192));
+        assert_eq!(installed(1008.0), Some(1024));
+        assert_eq!(installed(11.7), Some(12));
     }
 
     #[test]

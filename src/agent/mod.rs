@@ -466,7 +466,7 @@ fn restore_job(
             Down::RestoreEntry(entry) => {
                 writer.entry(entry);
                 entries += 1;
-                if entries % 500 == 0 {
+                if entries.is_multiple_of(500) {
                     let (failed, verified) = writer.take_results();
                     if !send(Up::RestoreResults(pb::RestoreResults {
                         job_id: job.job_id.clone(),

@@ -113,7 +113,7 @@ pub fn observed_from_inventory(inventory: &Inventory) -> ObservedServer {
                 None => sizes.push((disk.size_bytes, 1)),
             }
         }
-        sizes.sort_by(|a, b| b.0.cmp(&a.0));
+        sizes.sort_by_key(|size| std::cmp::Reverse(size.0));
         sizes
             .iter()
             .map(|(bytes, count)| format!("{count} x {}", decimal_size(*bytes)))
@@ -140,7 +140,7 @@ pub fn observed_from_inventory(inventory: &Inventory) -> ObservedServer {
         brand: inventory.system.vendor.clone(),
         processor,
         ram: inventory
-            .memory_gib_rounded()
+            .memory_gib_installed()
             .map(|gib| format!("{gib} GB")),
         motherboard,
         storage,
@@ -744,6 +744,23 @@ impl App {
         }));
         work.commit().await?;
         Ok(true)
+    }
+
+    /// Hands a running run back to the queue (this daemon stops; the next claim resumes
+    /// it); `false` when the lease was lost.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn release_run(
+        &self,
+        run: RunId,
+        owner: &str,
+        stats: &str,
+    ) -> Result<bool, AppError> {
+        let mut tx = self.catalog().begin().await?;
+        let released = tx.release_run(run, owner, stats).await?;
+        tx.commit().await?;
+        Ok(released)
     }
 
     /// Records a running run's live progress (visible in `cadang run show`).

@@ -260,6 +260,8 @@ const FINISH_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, stats_j
      lease_owner = NULL, lease_expires_at = NULL WHERE id = $6 AND lease_owner = $7 AND status = 'running'";
 const DEFER_RUN: &str = "UPDATE runs SET status = 'queued', not_before = $1, lease_owner = NULL, \
      lease_expires_at = NULL, attempts = attempts - 1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'";
+const RELEASE_RUN: &str = "UPDATE runs SET status = 'queued', not_before = NULL, lease_owner = NULL, \
+     lease_expires_at = NULL, stats_json = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'";
 const CANCEL_QUEUED: &str = "UPDATE runs SET status = 'cancelled', finished_at = $1, error = $2 \
      WHERE plan_id = $3 AND status = 'queued'";
 
@@ -508,6 +510,30 @@ impl Tx {
                 .bind(&end.stats_json)
                 .bind(end.snapshot_id.as_deref())
                 .bind(end.error.as_deref())
+                .bind(id.0)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
+    /// Puts a running run back in the queue at once, keeping its attempt count, so the
+    /// next daemon to claim it resumes it (a stopping daemon hands over a backup an agent
+    /// can resume); `false` when `owner` no longer held it.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn release_run(
+        &mut self,
+        id: RunId,
+        owner: &str,
+        stats_json: &str,
+    ) -> Result<bool, CatalogError> {
+        let affected = with_conn!(self, |conn| {
+            sqlx::query(RELEASE_RUN)
+                .bind(stats_json)
                 .bind(id.0)
                 .bind(owner)
                 .execute(&mut *conn)

@@ -61,7 +61,11 @@ pub enum AgentCmd {
     /// --local, this machine's inventory (no daemon needed).
     Inventory {
         /// Server id in the asset register.
-        #[arg(id = "server_id", value_name = "SERVER", required_unless_present = "local")]
+        #[arg(
+            id = "server_id",
+            value_name = "SERVER",
+            required_unless_present = "local"
+        )]
         server: Option<i64>,
         /// Read this machine's inventory instead.
         #[arg(long)]
