@@ -479,18 +479,61 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         &site.petugas,
         &["asset", "observe", &a.to_string(), "--file", &observed],
     );
+    // The agent on the delivered server measures it too (A7 by measurement, not by eye):
+    // enrolled for the request's declared server before that server is in the register.
+    let handover_token = ok(
+        &server,
+        &site.petugas,
+        &[
+            "agent",
+            "enroll-token",
+            "--request",
+            &a.to_string(),
+            "--declared",
+            "simkes-web-01",
+        ],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    refused(
+        &server,
+        &site.petugas,
+        &[
+            "agent",
+            "enroll-token",
+            "--request",
+            &a.to_string(),
+            "--declared",
+            "tidak-ada",
+        ],
+        "INVALID_ARGUMENT",
+    );
+    let enrolled = enroll(&server, &handover_token, &dir.join("agent-handover"));
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
     let done = step(&server, &site.petugas, a, "complete", 7, &[]);
     assert_eq!(done["request"]["status"], "finished");
     assert_eq!(done["request"]["outcome"], "completed");
     let server_id = done["servers"][0].as_i64().expect("a registered server");
+    // The agent now serves the registered server.
+    let agents = ok(&server, &site.kasi, &["agent", "list"]);
+    assert_eq!(agents[0]["server_id"], server_id, "{agents}");
+    assert_eq!(agents[0]["request_id"], a, "{agents}");
 
-    // The asset register shows the measured mismatch; the minutes render.
+    // The asset register shows the measured mismatches (the agent's addresses are not
+    // the declared 103.9.227.10); the minutes render.
     let asset = ok(
         &server,
         &site.skpd,
         &["asset", "show", &server_id.to_string()],
     );
-    assert!(asset["mismatches"].to_string().contains("32 GB"), "{asset}");
+    let mismatches = asset["mismatches"].to_string();
+    assert!(mismatches.contains("ip_addresses"), "{asset}");
+    assert!(mismatches.contains("103.9.227.10"), "{asset}");
     let forms = ok(&server, &site.skpd, &["form", "list", &a.to_string()]);
     let kinds: Vec<&str> = forms
         .as_array()

@@ -7,7 +7,12 @@
 CREATE TABLE agents (
     id                     INTEGER PRIMARY KEY,
     agency_id              INTEGER NOT NULL REFERENCES agencies (id),
-    server_id              INTEGER NOT NULL REFERENCES servers (id),
+    server_id              INTEGER REFERENCES servers (id),
+    -- An agent enrolled at the handover (procedure A step 7), before its server is in
+    -- the register: the colocation request and the declared server's name. Its server
+    -- is filled in when step 7 registers it.
+    request_id             INTEGER REFERENCES requests (id),
+    declared_name          TEXT,
     enrollment_hash        TEXT    NOT NULL UNIQUE,
     enrollment_expires_at  TEXT    NOT NULL,
     credential_hash        TEXT    UNIQUE,
@@ -24,7 +29,7 @@ CREATE INDEX agents_server ON agents (server_id);
 -- Every inventory an agent reported, with the differences found against the register.
 CREATE TABLE agent_inventories (
     id               INTEGER PRIMARY KEY,
-    server_id        INTEGER NOT NULL REFERENCES servers (id),
+    server_id        INTEGER REFERENCES servers (id),
     agent_id         INTEGER NOT NULL REFERENCES agents (id),
     reported_at      TEXT    NOT NULL,
     inventory_json   TEXT    NOT NULL,

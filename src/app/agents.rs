@@ -212,7 +212,9 @@ impl App {
             .insert_agent(
                 &NewAgent {
                     agency_id: record.agency_id,
-                    server_id: server,
+                    server_id: Some(server),
+                    request_id: None,
+                    declared_name: None,
                     enrollment_hash: self.agent_hash(&secret),
                     enrollment_expires_at: now + TimeDelta::hours(hours),
                     created_by: username.to_owned(),
@@ -223,6 +225,93 @@ impl App {
         work.audit("agent.enrollment_token", "agent", agent.id)
             .after = Some(serde_json::json!({
             "server": server, "agency": agent.agency_id, "expires_at": agent.enrollment_expires_at,
+        }));
+        work.commit().await?;
+        Ok((agent, SecretString::new(secret)))
+    }
+
+    /// Creates a one-time enrolment token for a server declared in a colocation request
+    /// that is at its handover step (A7), before the server is in the register: the
+    /// agent's measurement becomes the step's observation, and the server it is bound
+    /// to once the step registers it. The step's roles.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::Conflict`] when the request is not at the
+    /// handover step; [`AppError::InvalidInput`] for a name the request does not declare.
+    pub async fn create_handover_enrollment_token(
+        &self,
+        username: &str,
+        request: RequestId,
+        declared_name: &str,
+        valid_hours: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(AgentRecord, SecretString), AppError> {
+        let registry = self.registry();
+        let mut work = self.work(username, now).await?;
+        let record = work.tx.request(request).await?;
+        let definition = registry
+            .for_request(&record.state)
+            .map_err(|error| AppError::internal(error.to_string()))?;
+        let step = record
+            .state
+            .current_step()
+            .and_then(|current| definition.step(current))
+            .filter(|step| {
+                step.actions_on(crate::workflow::Trigger::Complete)
+                    .any(|action| action == crate::workflow::SystemAction::UpdateAssetRegister)
+            })
+            .ok_or_else(|| {
+                AppError::Conflict(format!(
+                    "request {request} is not at the step where the servers are checked and registered"
+                ))
+            })?;
+        let roles = step.roles.clone();
+        work.require(&roles, "enrol agents at the handover")?;
+        let super::RequestDetails::Colocation(application) =
+            super::requests::decode_details(&record)?
+        else {
+            return Err(AppError::invalid(format!(
+                "request {request} is not a colocation request"
+            )));
+        };
+        let name = declared_name.trim();
+        if !application.servers.iter().any(|server| server.name == name) {
+            return Err(AppError::invalid(format!(
+                "request {request} declares no server named `{name}` (declared: {})",
+                application
+                    .servers
+                    .iter()
+                    .map(|server| server.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let hours = valid_hours.unwrap_or(DEFAULT_ENROLLMENT_HOURS);
+        if !(1..=24 * 30).contains(&hours) {
+            return Err(AppError::invalid(
+                "an enrolment token is valid for 1 to 720 hours",
+            ));
+        }
+        let secret = format!("{ENROLLMENT_PREFIX}{}", hex::encode(random_bytes::<32>()?));
+        let agent = work
+            .tx
+            .insert_agent(
+                &NewAgent {
+                    agency_id: record.agency_id,
+                    server_id: None,
+                    request_id: Some(request),
+                    declared_name: Some(name.to_owned()),
+                    enrollment_hash: self.agent_hash(&secret),
+                    enrollment_expires_at: now + TimeDelta::hours(hours),
+                    created_by: username.to_owned(),
+                },
+                now,
+            )
+            .await?;
+        work.audit("agent.enrollment_token", "agent", agent.id)
+            .after = Some(serde_json::json!({
+            "request": request, "declared_server": name, "agency": agent.agency_id,
+            "expires_at": agent.enrollment_expires_at,
         }));
         work.commit().await?;
         Ok((agent, SecretString::new(secret)))
@@ -295,7 +384,8 @@ impl App {
             ));
         }
         work.audit("agent.enroll", "agent", agent.id).after = Some(serde_json::json!({
-            "server": agent.server_id, "agency": agent.agency_id,
+            "server": agent.server_id, "request": agent.request_id,
+            "declared_server": agent.declared_name, "agency": agent.agency_id,
             "hostname": hostname, "version": version,
         }));
         let agent = work.tx.agent(agent.id).await?;
@@ -406,7 +496,7 @@ impl App {
             .await?
             .into_iter()
             .find(|agent| {
-                agent.server_id == server.id
+                agent.server_id == Some(server.id)
                     && agent.enrolled_at.is_some()
                     && agent.revoked_at.is_none()
             }))
@@ -429,11 +519,64 @@ impl App {
         }
         let inventory: Inventory = serde_json::from_str(inventory_json)
             .map_err(|error| AppError::invalid(format!("the inventory is not valid: {error}")))?;
-        let observed = observed_from_inventory(&inventory);
-        let server = agent.agent.server_id;
+        let mut observed = observed_from_inventory(&inventory);
         let mut work = self
             .system_work(&format!("agent:{}", agent.agent.id), now)
             .await?;
+        let canonical = serde_json::to_string(&inventory)
+            .map_err(|error| AppError::internal(error.to_string()))?;
+        let Some(server) = agent.agent.server_id else {
+            // Enrolled at the handover: the measurement is the observation of step 7,
+            // compared with the declared server now and again when the step completes.
+            let (Some(request), Some(declared_name)) =
+                (agent.agent.request_id, agent.agent.declared_name.clone())
+            else {
+                return Err(AppError::internal(format!(
+                    "agent {} has neither a server nor a handover",
+                    agent.agent.id
+                )));
+            };
+            observed.name = Some(declared_name.clone());
+            let record = work.tx.request(request).await?;
+            let declared: Vec<_> = match super::requests::decode_details(&record)? {
+                super::RequestDetails::Colocation(application) => application
+                    .servers
+                    .into_iter()
+                    .filter(|server| server.name == declared_name)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let (_, differences) = super::assets::compare_specs(&declared, &[observed.clone()]);
+            let spec_json = serde_json::to_string(&vec![observed])
+                .map_err(|error| AppError::internal(error.to_string()))?;
+            let id = work
+                .tx
+                .insert_observation(&crate::catalog::NewObservation {
+                    request_id: Some(request),
+                    server_id: None,
+                    source: crate::catalog::ObservationSource::Agent,
+                    observed_by: work.actor_name.clone(),
+                    observed_at: now,
+                    spec_json,
+                })
+                .await?;
+            work.tx
+                .insert_inventory(&InventoryRecord {
+                    server_id: None,
+                    agent_id: agent.agent.id,
+                    reported_at: now,
+                    inventory_json: canonical,
+                    mismatches_json: serde_json::to_string(&differences)
+                        .map_err(|error| AppError::internal(error.to_string()))?,
+                })
+                .await?;
+            work.audit("asset.observe", "request", request).after = Some(serde_json::json!({
+                "observation": id, "agent": agent.agent.id, "server": declared_name,
+                "differences": differences,
+            }));
+            work.commit().await?;
+            return Ok(differences);
+        };
         let previous = work.tx.latest_inventory(server).await?.0;
         let previous_observed = previous
             .as_ref()
@@ -448,11 +591,9 @@ impl App {
         } else {
             agent_observation(&mut work, server, observed).await?
         };
-        let canonical = serde_json::to_string(&inventory)
-            .map_err(|error| AppError::internal(error.to_string()))?;
         work.tx
             .insert_inventory(&InventoryRecord {
-                server_id: server,
+                server_id: Some(server),
                 agent_id: agent.agent.id,
                 reported_at: now,
                 inventory_json: canonical,
@@ -542,7 +683,7 @@ impl App {
             .await?
             .iter()
             .any(|agent| {
-                agent.server_id == target.id
+                agent.server_id == Some(target.id)
                     && agent.enrolled_at.is_some()
                     && agent.revoked_at.is_none()
             });

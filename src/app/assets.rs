@@ -259,6 +259,33 @@ fn pick(observed: Option<&String>, declared: &str) -> String {
         .to_owned()
 }
 
+/// Puts what an agent measured over what an officer saw, field by field.
+fn merge_measurement(seen: &mut ObservedServer, measured: ObservedServer) {
+    macro_rules! take {
+        ($($field:ident),*) => {
+            $(if measured.$field.is_some() {
+                seen.$field = measured.$field;
+            })*
+        };
+    }
+    if seen.name.is_none() {
+        seen.name = measured.name.clone();
+    }
+    take!(
+        serial_number,
+        server_type,
+        brand,
+        processor,
+        ram,
+        motherboard,
+        storage,
+        psu,
+        u_size,
+        power_draw_w,
+        ip_addresses
+    );
+}
+
 /// Normalizes an observation as entered (IPs canonical, blanks dropped).
 fn normalize_observation(observed: ObservedServer) -> Result<ObservedServer, AppError> {
     let clean = |value: &Option<String>| optional(value);
@@ -346,17 +373,41 @@ pub(crate) async fn register_handover(
     agency: AgencyId,
     application: &ColocationApplication,
 ) -> Result<Vec<Server>, AppError> {
-    let observation = work
-        .tx
-        .latest_observation_for_request(request)
-        .await?
-        .ok_or_else(|| {
-            AppError::invalid(format!(
-                "request {request}: enter the observed specification of the servers (record_handover_observation) before completing the handover step"
-            ))
-        })?;
-    let observed: Vec<ObservedServer> = serde_json::from_str(&observation.spec_json)
-        .map_err(|error| AppError::internal(format!("observation {}: {error}", observation.id)))?;
+    let officer = work.tx.latest_observation_for_request(request).await?;
+    let measured = work.tx.agent_observations_for_request(request).await?;
+    if officer.is_none() && measured.is_empty() {
+        return Err(AppError::invalid(format!(
+            "request {request}: enter the observed specification of the servers (record_handover_observation), or enrol their agents (agent enroll-token --request), before completing the handover step"
+        )));
+    }
+    let mut observed: Vec<ObservedServer> = match &officer {
+        Some(observation) => serde_json::from_str(&observation.spec_json).map_err(|error| {
+            AppError::internal(format!("observation {}: {error}", observation.id))
+        })?,
+        None => Vec::new(),
+    };
+    // What an agent measured replaces what was seen by eye, field by field; the latest
+    // measurement of each server counts.
+    for observation in &measured {
+        let reported: Vec<ObservedServer> =
+            serde_json::from_str(&observation.spec_json).map_err(|error| {
+                AppError::internal(format!("observation {}: {error}", observation.id))
+            })?;
+        // An agent's measurement carries its declared server's name; the officer's entry
+        // for that server is the one the comparison matches to it (by S/N or name).
+        let (matched, _) = compare_specs(&application.servers, &observed);
+        for agent_seen in reported {
+            let slot = application
+                .servers
+                .iter()
+                .position(|declared| agent_seen.name.as_deref() == Some(declared.name.as_str()))
+                .and_then(|position| matched.get(position).copied().flatten());
+            match slot {
+                Some(index) => merge_measurement(&mut observed[index], agent_seen),
+                None => observed.push(agent_seen),
+            }
+        }
+    }
     let (matched, differences) = compare_specs(&application.servers, &observed);
 
     let reservations = work.tx.allocations_for_request(request).await?;
@@ -432,6 +483,15 @@ pub(crate) async fn register_handover(
                 .await?;
         }
         work.audit("asset.register", "server", server.id).after = Some(json(&server));
+        // Agents enrolled at the handover now serve the registered server.
+        let bound = work
+            .tx
+            .bind_handover_agents(request, &declared.name, server.id)
+            .await?;
+        if bound > 0 {
+            work.audit("agent.bind", "server", server.id).after =
+                Some(serde_json::json!({ "request": request, "agents": bound }));
+        }
         servers.push(server);
     }
     for difference in &differences {
@@ -458,7 +518,8 @@ pub(crate) async fn register_handover(
         .release_request_reservations(request, work.now)
         .await?;
     work.audit("asset.handover_check", "request", request).after = Some(serde_json::json!({
-        "observation": observation.id,
+        "observation": officer.as_ref().map(|observation| observation.id),
+        "agent_observations": measured.iter().map(|observation| observation.id).collect::<Vec<_>>(),
         "servers_registered": servers.iter().map(|server| server.id).collect::<Vec<_>>(),
         "mismatches": differences,
         "released_allocations": released,

@@ -13,8 +13,12 @@ pub struct AgentRecord {
     pub id: AgentId,
     /// The agency owning the server.
     pub agency_id: AgencyId,
-    /// The server it runs on.
-    pub server_id: ServerId,
+    /// The server it runs on; none while it waits for the handover to register it.
+    pub server_id: Option<ServerId>,
+    /// The colocation request it was enrolled for at the handover.
+    pub request_id: Option<RequestId>,
+    /// The declared server it measures at the handover.
+    pub declared_name: Option<String>,
     /// Until when the enrolment token may be used.
     pub enrollment_expires_at: DateTime<Utc>,
     /// Host name reported at enrolment.
@@ -53,8 +57,12 @@ impl AgentRecord {
 pub struct NewAgent {
     /// Agency.
     pub agency_id: AgencyId,
-    /// Server.
-    pub server_id: ServerId,
+    /// Server, when it is in the register.
+    pub server_id: Option<ServerId>,
+    /// The colocation request at its handover, for a server not yet registered.
+    pub request_id: Option<RequestId>,
+    /// The declared server's name in that request.
+    pub declared_name: Option<String>,
     /// Keyed hash of the enrolment token (hex).
     pub enrollment_hash: String,
     /// Until when the token may be used.
@@ -66,8 +74,8 @@ pub struct NewAgent {
 /// A stored inventory report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InventoryRecord {
-    /// Server.
-    pub server_id: ServerId,
+    /// Server (none before the handover registers it).
+    pub server_id: Option<ServerId>,
     /// Reporting agent.
     pub agent_id: AgentId,
     /// When.
@@ -142,7 +150,9 @@ pub struct RestoreRecord {
 struct AgentRow {
     id: i64,
     agency_id: i64,
-    server_id: i64,
+    server_id: Option<i64>,
+    request_id: Option<i64>,
+    declared_name: Option<String>,
     enrollment_expires_at: String,
     hostname: Option<String>,
     version: Option<String>,
@@ -158,7 +168,9 @@ impl AgentRow {
         Ok(AgentRecord {
             id: AgentId(self.id),
             agency_id: AgencyId(self.agency_id),
-            server_id: ServerId(self.server_id),
+            server_id: self.server_id.map(ServerId),
+            request_id: self.request_id.map(RequestId),
+            declared_name: self.declared_name,
             enrollment_expires_at: parse_instant("agents", &self.enrollment_expires_at)?,
             hostname: self.hostname,
             version: self.version,
@@ -173,7 +185,7 @@ impl AgentRow {
 
 #[derive(sqlx::FromRow)]
 struct InventoryRow {
-    server_id: i64,
+    server_id: Option<i64>,
     agent_id: i64,
     reported_at: String,
     inventory_json: String,
@@ -228,7 +240,7 @@ impl RestoreRow {
 macro_rules! select_agents {
     ($tail:literal) => {
         concat!(
-            "SELECT id, agency_id, server_id, enrollment_expires_at, hostname, version, ",
+            "SELECT id, agency_id, server_id, request_id, declared_name, enrollment_expires_at, hostname, version, ",
             "created_at, created_by, enrolled_at, revoked_at, last_seen_at FROM agents ",
             $tail
         )
@@ -245,8 +257,13 @@ macro_rules! select_restores {
     };
 }
 
-const INSERT_AGENT: &str = "INSERT INTO agents (agency_id, server_id, enrollment_hash, enrollment_expires_at, \
-     created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+const INSERT_AGENT: &str = "INSERT INTO agents (agency_id, server_id, request_id, declared_name, \
+     enrollment_hash, enrollment_expires_at, created_at, created_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+const BIND_AGENTS: &str = "UPDATE agents SET server_id = $1 WHERE request_id = $2 AND declared_name = $3 \
+     AND server_id IS NULL";
+const BIND_INVENTORIES: &str = "UPDATE agent_inventories SET server_id = $1 WHERE server_id IS NULL \
+     AND agent_id IN (SELECT id FROM agents WHERE request_id = $2 AND declared_name = $3)";
 const ENROLL_AGENT: &str = "UPDATE agents SET credential_hash = $1, hostname = $2, version = $3, \
      enrolled_at = $4, last_seen_at = $4 WHERE id = $5 AND enrolled_at IS NULL AND revoked_at IS NULL \
      AND enrollment_expires_at > $4";
@@ -285,7 +302,9 @@ impl Tx {
         let id: i64 = with_conn!(self, |conn| {
             sqlx::query_scalar(INSERT_AGENT)
                 .bind(agent.agency_id.0)
-                .bind(agent.server_id.0)
+                .bind(agent.server_id.map(|id| id.0))
+                .bind(agent.request_id.map(|id| id.0))
+                .bind(agent.declared_name.as_deref())
                 .bind(&agent.enrollment_hash)
                 .bind(instant(agent.enrollment_expires_at))
                 .bind(instant(now))
@@ -430,6 +449,35 @@ impl Tx {
         Ok(())
     }
 
+    /// Binds the agents enrolled at a handover for `declared_name` to the server step 7
+    /// registered, with their inventories. Returns how many agents were bound.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn bind_handover_agents(
+        &mut self,
+        request: RequestId,
+        declared_name: &str,
+        server: ServerId,
+    ) -> Result<u64, CatalogError> {
+        let bound = with_conn!(self, |conn| {
+            sqlx::query(BIND_INVENTORIES)
+                .bind(server.0)
+                .bind(request.0)
+                .bind(declared_name)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(BIND_AGENTS)
+                .bind(server.0)
+                .bind(request.0)
+                .bind(declared_name)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        Ok(bound)
+    }
+
     /// Stores an inventory report.
     ///
     /// # Errors
@@ -437,7 +485,7 @@ impl Tx {
     pub async fn insert_inventory(&mut self, report: &InventoryRecord) -> Result<(), CatalogError> {
         with_conn!(self, |conn| {
             sqlx::query(INSERT_INVENTORY)
-                .bind(report.server_id.0)
+                .bind(report.server_id.map(|id| id.0))
                 .bind(report.agent_id.0)
                 .bind(instant(report.reported_at))
                 .bind(&report.inventory_json)
@@ -471,7 +519,7 @@ impl Tx {
         let record = row
             .map(|row| {
                 Ok::<_, CatalogError>(InventoryRecord {
-                    server_id: ServerId(row.server_id),
+                    server_id: row.server_id.map(ServerId),
                     agent_id: AgentId(row.agent_id),
                     reported_at: parse_instant("agent_inventories", &row.reported_at)?,
                     inventory_json: row.inventory_json,

@@ -110,6 +110,24 @@ struct ObservationRow {
     spec_json: String,
 }
 
+impl ObservationRow {
+    fn decode(self) -> Result<Observation, CatalogError> {
+        const TABLE: &str = "server_observations";
+        Ok(Observation {
+            id: ObservationId(self.id),
+            request_id: self.request_id.map(RequestId),
+            server_id: self.server_id.map(ServerId),
+            source: self
+                .source
+                .parse::<ObservationSource>()
+                .map_err(|message| CatalogError::corrupt(TABLE, message))?,
+            observed_by: self.observed_by,
+            observed_at: parse_instant(TABLE, &self.observed_at)?,
+            spec_json: self.spec_json,
+        })
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct MismatchRow {
     id: i64,
@@ -182,7 +200,10 @@ const INSERT_OBSERVATION: &str = "INSERT INTO server_observations \
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 const LATEST_OBSERVATION_FOR_REQUEST: &str = "SELECT id, request_id, server_id, source, \
      observed_by, observed_at, spec_json FROM server_observations WHERE request_id = $1 \
-     ORDER BY id DESC LIMIT 1";
+     AND source = 'officer' ORDER BY id DESC LIMIT 1";
+const AGENT_OBSERVATIONS_FOR_REQUEST: &str = "SELECT id, request_id, server_id, source, \
+     observed_by, observed_at, spec_json FROM server_observations WHERE request_id = $1 \
+     AND source = 'agent' ORDER BY id";
 
 const INSERT_MISMATCH: &str = "INSERT INTO spec_mismatches \
      (request_id, server_id, server_name, field, declared, observed, source, detected_at) \
@@ -410,7 +431,7 @@ impl Tx {
         Ok(ObservationId(id))
     }
 
-    /// The latest observation entered for a request.
+    /// The latest observation an officer entered for a request.
     ///
     /// # Errors
     /// From the driver, or [`CatalogError::Corrupt`].
@@ -424,22 +445,24 @@ impl Tx {
                 .fetch_optional(&mut *conn)
                 .await?
         });
-        row.map(|row| {
-            const TABLE: &str = "server_observations";
-            Ok(Observation {
-                id: ObservationId(row.id),
-                request_id: row.request_id.map(RequestId),
-                server_id: row.server_id.map(ServerId),
-                source: row
-                    .source
-                    .parse::<ObservationSource>()
-                    .map_err(|message| CatalogError::corrupt(TABLE, message))?,
-                observed_by: row.observed_by,
-                observed_at: parse_instant(TABLE, &row.observed_at)?,
-                spec_json: row.spec_json,
-            })
-        })
-        .transpose()
+        row.map(ObservationRow::decode).transpose()
+    }
+
+    /// The observations agents reported for a request at its handover, oldest first.
+    ///
+    /// # Errors
+    /// From the driver, or [`CatalogError::Corrupt`].
+    pub async fn agent_observations_for_request(
+        &mut self,
+        request: RequestId,
+    ) -> Result<Vec<Observation>, CatalogError> {
+        let rows: Vec<ObservationRow> = with_conn!(self, |conn| {
+            sqlx::query_as(AGENT_OBSERVATIONS_FOR_REQUEST)
+                .bind(request.0)
+                .fetch_all(&mut *conn)
+                .await?
+        });
+        rows.into_iter().map(ObservationRow::decode).collect()
     }
 
     /// Records a specification mismatch.

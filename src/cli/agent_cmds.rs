@@ -23,9 +23,20 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/cadang-agent";
 pub enum AgentCmd {
     /// Create a one-time enrolment token for a server in the asset register (officers).
     EnrollToken {
-        /// Server id in the asset register.
-        #[arg(id = "server_id", value_name = "SERVER")]
-        server: i64,
+        /// Server id in the asset register (or --request and --declared at a handover).
+        #[arg(
+            id = "server_id",
+            value_name = "SERVER",
+            required_unless_present = "request"
+        )]
+        server: Option<i64>,
+        /// A colocation request at its handover step (procedure A step 7): the agent's
+        /// measurement becomes the step's observation.
+        #[arg(long, requires = "declared", conflicts_with = "server_id")]
+        request: Option<i64>,
+        /// The declared server's name in that request.
+        #[arg(long)]
+        declared: Option<String>,
         /// Hours the token stays valid (default 24).
         #[arg(long)]
         hours: Option<i64>,
@@ -206,11 +217,18 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
             let conn = Conn::open(conn)?;
             let mut admin = AgentAdminServiceClient::new(conn.channel());
             match command {
-                AgentCmd::EnrollToken { server, hours } => {
+                AgentCmd::EnrollToken {
+                    server,
+                    request,
+                    declared,
+                    hours,
+                } => {
                     let token = admin
                         .create_enrollment_token(conn.req(pb::CreateEnrollmentTokenRequest {
-                            server_id: server,
+                            server_id: server.unwrap_or(0),
                             valid_hours: hours.unwrap_or(0),
+                            request_id: request.unwrap_or(0),
+                            declared_name: declared.clone().unwrap_or_default(),
                         }))
                         .await
                         .map_err(rpc_error)?
@@ -221,8 +239,16 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                         }));
                     } else {
                         println!("{}", token.token);
+                        let what = match (server, request) {
+                            (Some(server), _) => format!("server {server}"),
+                            (None, Some(request)) => format!(
+                                "server `{}` of request {request} at its handover",
+                                declared.unwrap_or_default()
+                            ),
+                            _ => String::new(),
+                        };
                         eprintln!(
-                            "one-time enrolment token for server {server} (agent {}), valid until {}. On the server: CADANG_ENROLL_TOKEN=… cadang agent enroll --server URL",
+                            "one-time enrolment token for {what} (agent {}), valid until {}. On the server: CADANG_ENROLL_TOKEN=… cadang agent enroll --server URL",
                             token.agent_id, token.expires_at
                         );
                     }
@@ -349,6 +375,7 @@ fn agent_json(agent: &pb::Agent) -> serde_json::Value {
         "status": agent.status, "connected": agent.connected, "hostname": agent.hostname,
         "version": agent.version, "enrolled_at": agent.enrolled_at,
         "last_seen_at": agent.last_seen_at, "revoked_at": agent.revoked_at,
+        "request_id": agent.request_id, "declared_name": agent.declared_name,
     })
 }
 

@@ -45,7 +45,7 @@ fn mismatches(differences: &[SpecDifference]) -> Vec<SpecMismatch> {
 fn agent(record: &AgentRecord, connected: bool, now: chrono::DateTime<chrono::Utc>) -> pb::Agent {
     pb::Agent {
         id: record.id.0,
-        server_id: record.server_id.0,
+        server_id: record.server_id.map_or(0, |id| id.0),
         agency_id: record.agency_id.0,
         status: record.status(now).into(),
         hostname: record.hostname.clone().unwrap_or_default(),
@@ -54,6 +54,8 @@ fn agent(record: &AgentRecord, connected: bool, now: chrono::DateTime<chrono::Ut
         last_seen_at: convert::opt_time(record.last_seen_at),
         connected,
         revoked_at: convert::opt_time(record.revoked_at),
+        request_id: record.request_id.map_or(0, |id| id.0),
+        declared_name: record.declared_name.clone().unwrap_or_default(),
     }
 }
 
@@ -98,10 +100,10 @@ impl agent_service_server::AgentService for Agents {
             )
             .await
             .map_err(status)?;
-        tracing::info!(agent = %record.id, server = %record.server_id, hostname = %message.hostname, "agent enrolled");
+        tracing::info!(agent = %record.id, server = ?record.server_id, request = ?record.request_id, hostname = %message.hostname, "agent enrolled");
         Ok(Response::new(EnrollResponse {
             agent_id: record.id.0,
-            server_id: record.server_id.0,
+            server_id: record.server_id.map_or(0, |id| id.0),
             agency_id: record.agency_id.0,
             credential: credential.expose().to_owned(),
         }))
@@ -138,10 +140,17 @@ impl agent_service_server::AgentService for Agents {
                 "the first message must be `hello`",
             ));
         };
+        let Some(server) = agent.server_id else {
+            return Err(Status::failed_precondition(format!(
+                "agent {} was enrolled at the handover of request {}; it receives work once the handover registers its server",
+                agent.id,
+                agent.request_id.map_or(0, |id| id.0)
+            )));
+        };
         let (outbound, receiver) = tokio::sync::mpsc::channel(64);
         let hub = self.0.hub.clone();
-        let connection = hub.register(agent.id, agent.server_id, outbound.clone());
-        tracing::info!(agent = %agent.id, server = %agent.server_id, version = %hello.version, hostname = %hello.hostname, "agent connected");
+        let connection = hub.register(agent.id, server, outbound.clone());
+        tracing::info!(agent = %agent.id, server = %server, version = %hello.version, hostname = %hello.hostname, "agent connected");
         let app = self.0.app.clone();
         tokio::spawn(async move {
             let mut recheck = tokio::time::interval(RECHECK_EVERY);
@@ -189,14 +198,38 @@ impl agent_admin_service_server::AgentAdminService for AgentAdmin {
     ) -> Reply<EnrollmentToken> {
         let caller = caller(&request)?;
         let message = request.into_inner();
-        let server = ServerId(id("server_id", message.server_id)?);
         let hours = (message.valid_hours != 0).then_some(message.valid_hours);
-        let (record, secret) = self
-            .0
-            .app
-            .create_enrollment_token(&caller.account.username, server, hours, self.0.now())
-            .await
-            .map_err(status)?;
+        let handover = opt_id("request_id", message.request_id)?;
+        let (record, secret) = match (opt_id("server_id", message.server_id)?, handover) {
+            (Some(server), None) => self
+                .0
+                .app
+                .create_enrollment_token(
+                    &caller.account.username,
+                    ServerId(server),
+                    hours,
+                    self.0.now(),
+                )
+                .await
+                .map_err(status)?,
+            (None, Some(request)) => self
+                .0
+                .app
+                .create_handover_enrollment_token(
+                    &caller.account.username,
+                    RequestId(request),
+                    &message.declared_name,
+                    hours,
+                    self.0.now(),
+                )
+                .await
+                .map_err(status)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give either server_id (a registered server) or request_id and declared_name (a server at its handover)",
+                ));
+            }
+        };
         Ok(Response::new(EnrollmentToken {
             agent_id: record.id.0,
             token: secret.expose().to_owned(),
