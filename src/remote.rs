@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
+use rayon::prelude::*;
 use serde_json::json;
 use tokio::runtime::Handle;
 
@@ -34,6 +35,9 @@ use crate::jobs::Repositories;
 use crate::rpc::pb;
 use crate::rpc::pb::agent_message::Body as Up;
 use crate::rpc::pb::daemon_message::Body as Down;
+
+/// Most chunks taken from the stream to be checked and stored together.
+const CHUNKS_AT_ONCE: usize = 16;
 
 /// How long a job waits for its agent to (re)connect.
 #[derive(Debug, Clone, Copy)]
@@ -304,6 +308,7 @@ pub fn backup_via_agent(
             resumed += 1;
             continue;
         }
+        let mut held: Option<pb::AgentMessage> = None;
         let outcome: Result<Option<pb::WalkDone>, String> = loop {
             if cancel.load(Ordering::Relaxed) {
                 send(
@@ -316,10 +321,13 @@ pub fn backup_via_agent(
                 );
                 break Err("cancelled".into());
             }
-            let message = match receive(handle, &mut link) {
-                Received::Message(message) => message,
-                Received::Idle => continue,
-                Received::Closed => break Ok(None),
+            let message = match held.take() {
+                Some(message) => message,
+                None => match receive(handle, &mut link) {
+                    Received::Message(message) => message,
+                    Received::Idle => continue,
+                    Received::Closed => break Ok(None),
+                },
             };
             wire_bytes += message.encoded_len() as u64;
             match message.body {
@@ -343,12 +351,38 @@ pub fn backup_via_agent(
                     }
                 }
                 Some(Up::Chunk(chunk)) => {
-                    let result = blob_id(&chunk.id).and_then(|id| {
-                        ingest
-                            .add_chunk(id, chunk.raw_len, &chunk.payload)
-                            .map_err(|error| error.to_string())
-                    });
-                    if let Err(error) = result {
+                    // Chunks already waiting are checked, encrypted and packed together,
+                    // on every core; the first other message waits its turn.
+                    let mut chunks = vec![chunk];
+                    while chunks.len() < CHUNKS_AT_ONCE {
+                        match link.inbound.try_recv() {
+                            Ok(pb::AgentMessage {
+                                body: Some(Up::Chunk(next)),
+                            }) => {
+                                // As on the wire: the oneof field's tag, length, body.
+                                let len = next.encoded_len();
+                                wire_bytes += (1 + prost::length_delimiter_len(len) + len) as u64;
+                                chunks.push(next);
+                            }
+                            Ok(other) => {
+                                // Counted when it is taken up.
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let refused = chunks
+                        .par_iter()
+                        .map(|chunk| {
+                            blob_id(&chunk.id).and_then(|id| {
+                                ingest
+                                    .add_chunk(id, chunk.raw_len, &chunk.payload)
+                                    .map_err(|error| error.to_string())
+                            })
+                        })
+                        .find_map_any(Result::err);
+                    if let Some(error) = refused {
                         break Err(format!("the agent sent a chunk that was refused: {error}"));
                     }
                 }

@@ -2870,15 +2870,25 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     step(&server, &site.kasi, b, "complete", 2, &[]);
     // Cut the stream three times while the backup is under way.
     let mut cuts = 0;
+    let mut progress_seen = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while cuts < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1500));
         let runs = ok(&server, &site.kasi, &["run", "list", "--plan", &plan]);
+        // Live progress from the agent is in the running run (`cadang run show`).
+        if let Some(id) = runs[0]["id"].as_i64() {
+            let shown = ok(&server, &site.kasi, &["run", "show", &id.to_string()]);
+            progress_seen |= shown["stats"]["progress"]["bytes"].as_u64().unwrap_or(0) > 0;
+        }
         if runs[0]["status"] == "running" && relay.cut() > 0 {
             cuts += 1;
         }
     }
     assert_eq!(cuts, 3, "the backup ended before three cuts");
+    assert!(
+        progress_seen,
+        "progress reached `cadang run show` while the backup ran"
+    );
     // Then the daemon itself restarts mid-backup: it hands the run back to the queue and
     // the restarted daemon resumes it.
     let runs = ok(&server, &site.kasi, &["run", "list", "--plan", &plan]);

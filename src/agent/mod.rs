@@ -607,7 +607,10 @@ async fn session(
                 match report_inventory(channel.clone(), credential).await {
                     Ok(mismatches) if mismatches.is_empty() => tracing::info!("inventory reported; it matches the asset register"),
                     Ok(mismatches) => tracing::warn!(count = mismatches.len(), "inventory reported; it differs from the asset register"),
-                    Err(error) => tracing::warn!(%error, "cannot report the inventory; trying again in an hour"),
+                    Err(error) => {
+                        *next_inventory = tokio::time::Instant::now() + Duration::from_secs(3600);
+                        tracing::warn!(%error, "cannot report the inventory; trying again in an hour");
+                    }
                 }
             }
             _ = shutdown.changed() => {

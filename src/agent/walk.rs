@@ -236,26 +236,126 @@ struct BatchChunk {
     payload: Option<Vec<u8>>,
 }
 
-struct Walker<'a, L: Link> {
+/// What the walker hands to the sender, in order: the sender asks about each batch of
+/// chunks and sends what is missing before the entries that follow it, so every entry
+/// reaches the daemon after its chunks. Walking and chunking go on while the sender
+/// waits for answers and the stream: the two overlap.
+enum Work {
+    /// Ask about these chunks; send those the daemon lacks (payload present) or note
+    /// them stale (payload absent: named by the files cache, not read).
+    Chunks(Vec<BatchChunk>),
+    /// An entry whose chunks were in earlier batches (or that has none).
+    Entry(pb::FileEntry),
+    /// A file taken from the cache: sent as is unless one of its chunks turned out
+    /// stale, then read again first.
+    Cached(pb::FileEntry, PathBuf),
+}
+
+/// Files and bytes the walker has done, read by the sender for progress reports.
+#[derive(Default)]
+struct Counters {
+    files: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Work items waiting between walker and sender.
+const WORK_QUEUE: usize = 4;
+
+/// Reads a file and cuts it into chunks, handing each (named, and compressed unless
+/// `skip` says the daemon has it) to `each`. Returns the bytes read.
+fn chunk_file(
+    job: &Job,
+    path: &Path,
+    size_hint: u64,
+    skip: &(dyn Fn(&[u8; 32]) -> bool + Sync),
+    cancel: &AtomicBool,
+    each: &mut dyn FnMut(BatchChunk) -> Result<(), WalkError>,
+) -> Result<Result<u64, std::io::Error>, WalkError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) => return Ok(Err(error)),
+    };
+    let mut buf = vec![0u8; READ_BUF.min(size_hint as usize + 1).max(1)];
+    let mut filled = 0usize;
+    let mut eof = false;
+    let mut total = 0u64;
+    loop {
+        while !eof && filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    filled += n;
+                    total += n as u64;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Ok(Err(error)),
+            }
+            if !eof && filled == buf.len() && buf.len() < READ_BUF {
+                buf.resize(READ_BUF, 0);
+            }
+        }
+        let mut cuts = Vec::new();
+        let mut pos = 0;
+        loop {
+            let rest = filled - pos;
+            if rest == 0 || (!eof && rest < job.chunker.max_size()) {
+                break;
+            }
+            let n = job.chunker.next_cut(&buf[pos..filled]);
+            cuts.push((pos, n));
+            pos += n;
+        }
+        let data = &buf[..filled];
+        let chunks: Vec<BatchChunk> = cuts
+            .par_iter()
+            .map(|&(off, n)| {
+                let chunk = &data[off..off + n];
+                let id = job.ids.blob_id(chunk).0;
+                // Compress only what may have to be sent.
+                let payload = (!skip(&id)).then(|| {
+                    let mut payload = Vec::new();
+                    encode_blob_payload(chunk, job.level, &mut payload);
+                    payload
+                });
+                BatchChunk {
+                    id,
+                    raw_len: n as u32,
+                    payload,
+                }
+            })
+            .collect();
+        for chunk in chunks {
+            each(chunk)?;
+        }
+        buf.copy_within(pos..filled, 0);
+        filled -= pos;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(WalkError::Cancelled);
+        }
+        if eof && filled == 0 {
+            break;
+        }
+    }
+    Ok(Ok(total))
+}
+
+/// The walking side: metadata, the files cache, chunking.
+struct Walker<'a> {
     job: &'a Job,
-    link: &'a mut L,
     cancel: Arc<AtomicBool>,
     old: FilesCache,
     new: FilesCache,
     excludes: globset::GlobSet,
+    out: std::sync::mpsc::SyncSender<Work>,
     batch: Vec<BatchChunk>,
-    batch_ids: HashSet<[u8; 32]>,
     batch_bytes: usize,
-    /// File entries waiting for their chunks' batch; `true` when from the cache.
-    waiting: Vec<(pb::FileEntry, bool, PathBuf)>,
-    ready: Vec<pb::FileEntry>,
-    /// Chunks the daemon holds (answered present or sent) during this job.
-    known: HashSet<[u8; 32]>,
+    /// Items that must follow the current batch.
+    after: Vec<Work>,
+    /// Chunk ids already put in a batch during this job (read while chunks are named
+    /// in parallel, written between buffers).
+    seen: Arc<std::sync::RwLock<HashSet<[u8; 32]>>>,
     outcome: WalkOutcome,
-    payload_sent: u64,
-    started: Instant,
-    last_progress: Instant,
-    last_progress_bytes: u64,
+    counters: Arc<Counters>,
 }
 
 fn entry_from_meta(path: &Path, meta: &Metadata) -> pb::FileEntry {
@@ -301,7 +401,7 @@ fn entry_from_meta(path: &Path, meta: &Metadata) -> pb::FileEntry {
     }
 }
 
-impl<L: Link> Walker<'_, L> {
+impl Walker<'_> {
     fn check_cancel(&self) -> Result<(), WalkError> {
         if self.cancel.load(Ordering::Relaxed) {
             Err(WalkError::Cancelled)
@@ -318,145 +418,66 @@ impl<L: Link> Walker<'_, L> {
         });
     }
 
-    fn progress(&mut self, force: bool) -> Result<(), WalkError> {
-        let now = Instant::now();
-        if !force && now.duration_since(self.last_progress) < PROGRESS_EVERY {
-            return Ok(());
-        }
-        let elapsed = now
-            .duration_since(self.last_progress)
-            .as_secs_f64()
-            .max(0.001);
-        let rate = ((self.outcome.bytes - self.last_progress_bytes) as f64 / elapsed) as u64;
-        self.last_progress = now;
-        self.last_progress_bytes = self.outcome.bytes;
-        let bytes_sent = self.link.bytes_sent();
-        self.link
-            .send(pb::agent_message::Body::Progress(pb::JobProgress {
-                job_id: self.job.job_id.clone(),
-                files: self.outcome.files,
-                bytes: self.outcome.bytes,
-                bytes_sent,
-                rate,
-            }))
+    fn emit(&self, work: Work) -> Result<(), WalkError> {
+        // The sender stopped (the stream broke or the job was cancelled): its own
+        // error is what the caller reports.
+        self.out.send(work).map_err(|_| WalkError::Disconnected)
     }
 
-    fn push_ready(&mut self, entry: pb::FileEntry) -> Result<(), WalkError> {
-        self.ready.push(entry);
-        if self.ready.len() >= ENTRIES_PER_MESSAGE {
-            self.send_ready()?;
+    /// Hands the current batch over, followed by what waited for it.
+    fn flush(&mut self) -> Result<(), WalkError> {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            self.emit(Work::Chunks(batch))?;
         }
-        Ok(())
-    }
-
-    fn send_ready(&mut self) -> Result<(), WalkError> {
-        if self.ready.is_empty() {
-            return Ok(());
+        for work in std::mem::take(&mut self.after) {
+            self.emit(work)?;
         }
-        let entries = std::mem::take(&mut self.ready);
-        self.link
-            .send(pb::agent_message::Body::Entries(pb::EntryBatch {
-                job_id: self.job.job_id.clone(),
-                entries,
-            }))
-    }
-
-    /// Waits as long as the bandwidth limit asks before sending `len` more bytes.
-    fn pace(&mut self, len: usize) -> Result<(), WalkError> {
-        self.payload_sent += len as u64;
-        if self.job.bandwidth_limit == 0 {
-            return Ok(());
-        }
-        let due =
-            Duration::from_secs_f64(self.payload_sent as f64 / self.job.bandwidth_limit as f64);
-        loop {
-            let elapsed = self.started.elapsed();
-            if elapsed >= due {
-                return Ok(());
-            }
-            self.check_cancel()?;
-            std::thread::sleep((due - elapsed).min(Duration::from_millis(200)));
-        }
+        self.maybe_progress()
     }
 
     fn add_chunk(&mut self, chunk: BatchChunk) -> Result<(), WalkError> {
-        if self.known.contains(&chunk.id) || !self.batch_ids.insert(chunk.id) {
+        let new = self
+            .seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(chunk.id);
+        if !new {
             return Ok(());
         }
         self.batch_bytes += chunk.payload.as_ref().map_or(0, Vec::len);
         self.batch.push(chunk);
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_IDS {
+            // Only the batch: entries waiting for it go when their own chunks are in.
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            self.emit(Work::Chunks(batch))?;
+            self.maybe_progress()?;
+        }
         Ok(())
     }
 
-    fn batch_full(&self) -> bool {
-        self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_IDS
+    fn maybe_progress(&mut self) -> Result<(), WalkError> {
+        self.counters
+            .files
+            .store(self.outcome.files, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .store(self.outcome.bytes, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Asks about the batch, sends what is missing, then the entries that waited for
-    /// it. Cached files whose chunks are gone are read again.
-    fn flush(&mut self) -> Result<(), WalkError> {
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_ids.clear();
-        self.batch_bytes = 0;
-        let mut stale: HashSet<[u8; 32]> = HashSet::new();
-        if !batch.is_empty() {
-            let ids: Vec<[u8; 32]> = batch.iter().map(|c| c.id).collect();
-            let missing = self.link.have(&self.job.job_id, ids)?;
-            let missing: HashSet<usize> = missing.into_iter().map(|i| i as usize).collect();
-            for (i, chunk) in batch.into_iter().enumerate() {
-                if !missing.contains(&i) {
-                    self.known.insert(chunk.id);
-                    continue;
-                }
-                match chunk.payload {
-                    Some(payload) => {
-                        self.check_cancel()?;
-                        self.pace(payload.len())?;
-                        self.link
-                            .send(pb::agent_message::Body::Chunk(pb::ChunkUpload {
-                                job_id: self.job.job_id.clone(),
-                                id: chunk.id.to_vec(),
-                                raw_len: chunk.raw_len,
-                                payload,
-                            }))?;
-                        self.known.insert(chunk.id);
-                    }
-                    None => {
-                        stale.insert(chunk.id);
-                    }
-                }
-            }
-        }
-        let waiting = std::mem::take(&mut self.waiting);
-        let mut reread = Vec::new();
-        for (entry, from_cache, path) in waiting {
-            let complete = !from_cache
-                || entry.content.iter().all(|id| {
-                    id.as_slice()
-                        .try_into()
-                        .is_ok_and(|id: [u8; 32]| !stale.contains(&id))
-                });
-            if complete {
-                self.push_ready(entry)?;
-            } else {
-                reread.push((entry, path));
-            }
-        }
-        for (mut entry, path) in reread {
-            // Its chunks left the repository since the cache was written: read it again.
-            self.outcome.files_unchanged = self.outcome.files_unchanged.saturating_sub(1);
-            self.outcome.bytes = self.outcome.bytes.saturating_sub(entry.size);
-            self.outcome.files = self.outcome.files.saturating_sub(1);
-            entry.content.clear();
-            self.new.files.remove(entry.path.as_slice());
-            self.read_file(&path, entry)?;
+    fn push_entry(&mut self, entry: pb::FileEntry) -> Result<(), WalkError> {
+        self.after.push(Work::Entry(entry));
+        if self.after.len() >= ENTRIES_PER_MESSAGE {
+            self.flush()?;
         }
         Ok(())
     }
 
     fn walk(&mut self, path: &Path) -> Result<(), WalkError> {
         self.check_cancel()?;
-        self.progress(false)?;
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(error) => {
@@ -474,7 +495,7 @@ impl<L: Link> Walker<'_, L> {
                         return Ok(());
                     }
                 };
-                self.push_ready(entry)?;
+                self.push_entry(entry)?;
                 let mut children: Vec<PathBuf> = Vec::new();
                 for child in listing {
                     match child {
@@ -495,7 +516,7 @@ impl<L: Link> Walker<'_, L> {
             "symlink" => match std::fs::read_link(path) {
                 Ok(target) => {
                     entry.link_target = target.as_os_str().as_bytes().to_vec();
-                    self.push_ready(entry)?;
+                    self.push_entry(entry)?;
                 }
                 Err(error) => self.problem(path, error),
             },
@@ -520,105 +541,45 @@ impl<L: Link> Walker<'_, L> {
                         })?;
                     }
                     self.new.files.insert(key, cached);
-                    self.waiting.push((entry, true, path.to_path_buf()));
-                    if self.batch_full() {
-                        self.flush()?;
-                    }
+                    self.after.push(Work::Cached(entry, path.to_path_buf()));
                 } else {
                     self.read_file(path, entry)?;
                 }
             }
-            _ => self.push_ready(entry)?,
+            _ => self.push_entry(entry)?,
         }
         Ok(())
     }
 
     fn read_file(&mut self, path: &Path, mut entry: pb::FileEntry) -> Result<(), WalkError> {
-        let mut file = match File::open(path) {
-            Ok(file) => file,
+        let mut content: Vec<[u8; 32]> = Vec::new();
+        let seen = self.seen.clone();
+        let skip = move |id: &[u8; 32]| {
+            seen.read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(id)
+        };
+        let cancel = self.cancel.clone();
+        let job = self.job;
+        let read = chunk_file(job, path, entry.size, &skip, &cancel, &mut |chunk| {
+            content.push(chunk.id);
+            self.outcome.bytes += u64::from(chunk.raw_len);
+            if chunk.payload.is_some() {
+                self.add_chunk(chunk)?;
+            }
+            Ok(())
+        })?;
+        let total = match read {
+            Ok(total) => total,
             Err(error) => {
                 self.problem(path, error);
                 return Ok(());
             }
         };
-        let mut buf = vec![0u8; READ_BUF.min(entry.size as usize + 1).max(1)];
-        let mut filled = 0usize;
-        let mut eof = false;
-        let mut total = 0u64;
-        let mut content: Vec<[u8; 32]> = Vec::new();
-        loop {
-            while !eof && filled < buf.len() {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => eof = true,
-                    Ok(n) => {
-                        filled += n;
-                        total += n as u64;
-                    }
-                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(error) => {
-                        self.problem(path, error);
-                        return Ok(());
-                    }
-                }
-                if !eof && filled == buf.len() && buf.len() < READ_BUF {
-                    buf.resize(READ_BUF, 0);
-                }
-            }
-            let mut cuts = Vec::new();
-            let mut pos = 0;
-            loop {
-                let rest = filled - pos;
-                if rest == 0 || (!eof && rest < self.job.chunker.max_size()) {
-                    break;
-                }
-                let n = self.job.chunker.next_cut(&buf[pos..filled]);
-                cuts.push((pos, n));
-                pos += n;
-            }
-            let data = &buf[..filled];
-            let ids = &self.job.ids;
-            let level = self.job.level;
-            let known = &self.known;
-            let chunks: Vec<BatchChunk> = cuts
-                .par_iter()
-                .map(|&(off, n)| {
-                    let chunk = &data[off..off + n];
-                    let id = ids.blob_id(chunk).0;
-                    // Compress only what may have to be sent.
-                    let payload = (!known.contains(&id)).then(|| {
-                        let mut payload = Vec::new();
-                        encode_blob_payload(chunk, level, &mut payload);
-                        payload
-                    });
-                    BatchChunk {
-                        id,
-                        raw_len: n as u32,
-                        payload,
-                    }
-                })
-                .collect();
-            for chunk in chunks {
-                content.push(chunk.id);
-                if chunk.payload.is_some() {
-                    self.add_chunk(chunk)?;
-                }
-            }
-            self.outcome.bytes += pos as u64;
-            buf.copy_within(pos..filled, 0);
-            filled -= pos;
-            if self.batch_full() {
-                self.flush()?;
-            }
-            self.check_cancel()?;
-            self.progress(false)?;
-            if eof && filled == 0 {
-                break;
-            }
-        }
         entry.size = total;
         entry.content = content.iter().map(|id| id.to_vec()).collect();
         self.outcome.files += 1;
-        let unchanged_after = file.metadata().is_ok_and(|after| {
+        let unchanged_after = std::fs::symlink_metadata(path).is_ok_and(|after| {
             after.len() == total
                 && after.mtime() * 1_000_000_000 + after.mtime_nsec() == entry.mtime_ns
         });
@@ -634,43 +595,226 @@ impl<L: Link> Walker<'_, L> {
                 },
             );
         }
-        self.waiting.push((entry, false, path.to_path_buf()));
+        self.after.push(Work::Entry(entry));
+        if self.after.len() >= ENTRIES_PER_MESSAGE {
+            self.flush()?;
+        }
         Ok(())
     }
 }
 
+/// What the sender did besides sending.
+#[derive(Default)]
+struct SenderOutcome {
+    /// Files of the cache read again (their chunks had left the repository).
+    reread: Vec<Vec<u8>>,
+    /// Files that could not be read again.
+    problems: Vec<pb::FileProblem>,
+}
+
+/// The sending side: asks, sends chunks (paced), sends entries.
+struct Sender<'a, L: Link> {
+    job: &'a Job,
+    link: &'a mut L,
+    cancel: Arc<AtomicBool>,
+    stale: HashSet<[u8; 32]>,
+    entries: Vec<pb::FileEntry>,
+    payload_sent: u64,
+    started: Instant,
+    last_progress: Instant,
+    last_bytes: u64,
+    outcome: SenderOutcome,
+    counters: Arc<Counters>,
+}
+
+impl<L: Link> Sender<'_, L> {
+    fn check_cancel(&self) -> Result<(), WalkError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(WalkError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits as long as the bandwidth limit asks before sending `len` more bytes.
+    fn pace(&mut self, len: usize) -> Result<(), WalkError> {
+        self.payload_sent += len as u64;
+        if self.job.bandwidth_limit == 0 {
+            return Ok(());
+        }
+        let due =
+            Duration::from_secs_f64(self.payload_sent as f64 / self.job.bandwidth_limit as f64);
+        loop {
+            let elapsed = self.started.elapsed();
+            if elapsed >= due {
+                return Ok(());
+            }
+            self.check_cancel()?;
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(200)));
+        }
+    }
+
+    fn send_entries(&mut self) -> Result<(), WalkError> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.entries);
+        self.link
+            .send(pb::agent_message::Body::Entries(pb::EntryBatch {
+                job_id: self.job.job_id.clone(),
+                entries,
+            }))
+    }
+
+    fn entry(&mut self, entry: pb::FileEntry) -> Result<(), WalkError> {
+        self.entries.push(entry);
+        if self.entries.len() >= ENTRIES_PER_MESSAGE {
+            self.send_entries()?;
+        }
+        Ok(())
+    }
+
+    fn chunks(&mut self, batch: Vec<BatchChunk>) -> Result<(), WalkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<[u8; 32]> = batch.iter().map(|c| c.id).collect();
+        let missing = self.link.have(&self.job.job_id, ids)?;
+        let missing: HashSet<usize> = missing.into_iter().map(|i| i as usize).collect();
+        for (i, chunk) in batch.into_iter().enumerate() {
+            if !missing.contains(&i) {
+                self.stale.remove(&chunk.id);
+                continue;
+            }
+            match chunk.payload {
+                Some(payload) => {
+                    self.check_cancel()?;
+                    self.pace(payload.len())?;
+                    self.link
+                        .send(pb::agent_message::Body::Chunk(pb::ChunkUpload {
+                            job_id: self.job.job_id.clone(),
+                            id: chunk.id.to_vec(),
+                            raw_len: chunk.raw_len,
+                            payload,
+                        }))?;
+                    self.stale.remove(&chunk.id);
+                    if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                        self.progress()?;
+                    }
+                }
+                None => {
+                    self.stale.insert(chunk.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A cached file whose chunks left the repository: read it again and send it.
+    fn reread(&mut self, mut entry: pb::FileEntry, path: &Path) -> Result<(), WalkError> {
+        self.outcome.reread.push(entry.path.clone());
+        let mut batch = Vec::new();
+        let mut content = Vec::new();
+        let mut failed = None;
+        let cancel = self.cancel.clone();
+        let job = self.job;
+        let read = {
+            let mut each = |chunk: BatchChunk| -> Result<(), WalkError> {
+                content.push(chunk.id);
+                batch.push(chunk);
+                if batch.len() >= 64 {
+                    let full = std::mem::take(&mut batch);
+                    if let Err(error) = self.chunks(full) {
+                        failed = Some(error);
+                        return Err(WalkError::Cancelled);
+                    }
+                }
+                Ok(())
+            };
+            chunk_file(job, path, entry.size, &|_| false, &cancel, &mut each)
+        };
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        match read? {
+            Ok(total) => {
+                self.chunks(batch)?;
+                entry.size = total;
+                entry.content = content.iter().map(|id| id.to_vec()).collect();
+                self.entry(entry)
+            }
+            Err(error) => {
+                self.outcome.problems.push(pb::FileProblem {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn progress(&mut self) -> Result<(), WalkError> {
+        let files = self.counters.files.load(Ordering::Relaxed);
+        let bytes = self.counters.bytes.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let elapsed = now
+            .duration_since(self.last_progress)
+            .as_secs_f64()
+            .max(0.001);
+        let rate = (bytes.saturating_sub(self.last_bytes) as f64 / elapsed) as u64;
+        self.last_progress = now;
+        self.last_bytes = bytes;
+        let bytes_sent = self.link.bytes_sent();
+        self.link
+            .send(pb::agent_message::Body::Progress(pb::JobProgress {
+                job_id: self.job.job_id.clone(),
+                files,
+                bytes,
+                bytes_sent,
+                rate,
+            }))
+    }
+
+    fn run(mut self, work: std::sync::mpsc::Receiver<Work>) -> Result<SenderOutcome, WalkError> {
+        for item in work {
+            self.check_cancel()?;
+            match item {
+                Work::Chunks(batch) => self.chunks(batch)?,
+                Work::Entry(entry) => self.entry(entry)?,
+                Work::Cached(entry, path) => {
+                    let stale = entry.content.iter().any(|id| {
+                        <[u8; 32]>::try_from(id.as_slice()).is_ok_and(|id| self.stale.contains(&id))
+                    });
+                    if stale {
+                        self.reread(entry, &path)?;
+                    } else {
+                        self.entry(entry)?;
+                    }
+                }
+            }
+            if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                self.progress()?;
+            }
+        }
+        self.send_entries()?;
+        self.progress()?;
+        Ok(self.outcome)
+    }
+}
+
 /// Runs a backup job's walk to its end: every chunk the daemon lacks and every entry
-/// sent, then [`pb::WalkDone`]. Returns the cache to keep if the daemon commits.
+/// sent. Returns the cache to keep if the daemon commits. The caller sends
+/// [`pb::WalkDone`].
 ///
 /// # Errors
 /// [`WalkError`].
-pub fn run<L: Link>(
+pub fn run<L: Link + Send>(
     job: &Job,
     link: &mut L,
     cache: FilesCache,
     cancel: Arc<AtomicBool>,
 ) -> Result<WalkOutcome, WalkError> {
     let excludes = build_excludes(&job.excludes).map_err(|e| WalkError::Invalid(e.to_string()))?;
-    let now = Instant::now();
-    let mut walker = Walker {
-        job,
-        link,
-        cancel,
-        old: cache,
-        new: FilesCache::default(),
-        excludes,
-        batch: Vec::new(),
-        batch_ids: HashSet::new(),
-        batch_bytes: 0,
-        waiting: Vec::new(),
-        ready: Vec::new(),
-        known: HashSet::new(),
-        outcome: WalkOutcome::default(),
-        payload_sent: 0,
-        started: now,
-        last_progress: now,
-        last_progress_bytes: 0,
-    };
     // A path inside another path is walked with it, once.
     let mut roots = job.paths.clone();
     roots.sort();
@@ -696,33 +840,87 @@ pub fn run<L: Link>(
         }
     }
     ancestors.sort();
+    let mut above = Vec::new();
     for dir in &ancestors {
         match std::fs::symlink_metadata(dir) {
-            Ok(meta) if meta.is_dir() => walker.push_ready(entry_from_meta(dir, &meta))?,
+            Ok(meta) if meta.is_dir() => above.push(entry_from_meta(dir, &meta)),
             Ok(_) => {
                 return Err(WalkError::Invalid(format!(
                     "{} is not a directory",
                     dir.display()
                 )));
             }
-            Err(error) => {
-                return Err(WalkError::Invalid(format!("{}: {error}", dir.display())));
-            }
+            Err(error) => return Err(WalkError::Invalid(format!("{}: {error}", dir.display()))),
         }
     }
     for root in &roots {
         if let Err(error) = std::fs::symlink_metadata(root) {
             return Err(WalkError::Invalid(format!("{}: {error}", root.display())));
         }
-        walker.walk(root)?;
     }
-    // Files read again after a flush wait for one more.
-    while !walker.batch.is_empty() || !walker.waiting.is_empty() {
-        walker.flush()?;
+    let (out, work) = std::sync::mpsc::sync_channel(WORK_QUEUE);
+    let now = Instant::now();
+    let counters: Arc<Counters> = Arc::default();
+    let sender = Sender {
+        job,
+        link,
+        cancel: cancel.clone(),
+        stale: HashSet::new(),
+        entries: Vec::new(),
+        payload_sent: 0,
+        started: now,
+        last_progress: now,
+        last_bytes: 0,
+        outcome: SenderOutcome::default(),
+        counters: counters.clone(),
+    };
+    let mut walker = Walker {
+        job,
+        cancel: cancel.clone(),
+        old: cache,
+        new: FilesCache::default(),
+        excludes,
+        out,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        after: Vec::new(),
+        seen: Arc::default(),
+        outcome: WalkOutcome::default(),
+        counters: counters.clone(),
+    };
+    let (walked, sent) = std::thread::scope(|scope| {
+        let sending = scope.spawn(move || sender.run(work));
+        let walked = (|| {
+            for entry in above {
+                walker.push_entry(entry)?;
+            }
+            for root in &roots {
+                walker.walk(root)?;
+            }
+            walker.flush()?;
+            walker.maybe_progress()
+        })();
+        // Closing the queue ends the sender once it has sent everything.
+        let Walker {
+            out, new, outcome, ..
+        } = walker;
+        drop(out);
+        let sent = sending
+            .join()
+            .unwrap_or(Err(WalkError::Invalid("the sender thread panicked".into())));
+        (walked.map(|()| (new, outcome)), sent)
+    });
+    // The sender's error explains a walker that could not hand work over.
+    let sent = sent?;
+    let (mut new, mut outcome) = walked?;
+    for path in &sent.reread {
+        // Read again this time: keep it out of the cache so the next run checks again.
+        new.files.remove(path);
     }
-    walker.send_ready()?;
-    walker.progress(true)?;
-    let mut outcome = walker.outcome;
-    outcome.cache = walker.new;
+    outcome.problems.extend(sent.problems);
+    outcome.files_unchanged = outcome
+        .files_unchanged
+        .saturating_sub(sent.reread.len() as u64);
+    outcome.cache = new;
     Ok(outcome)
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Backup through an agent vs the local engine, on the same data and machine.
+#
+#   bench/agent.sh                       # scale 1 (~1.7 GB), 3 repetitions
+#   SCALE=0.05 REPS=1 bench/agent.sh     # smoke test
+#
+# Each repetition, on a fresh run directory:
+#   local   `cadang backup DATA` into a new local repository (the engine alone);
+#   agent   a daemon (SQLite, local repository) and `cadang agent run` on this host: the
+#           plan's first backup (everything sent) and a second one of unchanged data.
+# The agent figures come from the run's own statistics (duration_seconds, bytes_read,
+# wire_bytes). Medians and the agent/local throughput ratio go to stdout and to
+# $BENCH_DIR/agent-results-<date>.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BENCH_DIR=${BENCH_DIR:-/work/bench-tmp}
+SCALE=${SCALE:-1}
+SEED=${SEED:-42}
+REPS=${REPS:-3}
+CADANG_BIN=${CADANG_BIN:-$HERE/../target/release/cadang}
+PY=${PYTHON:-python3}
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { echo "agent.sh: error: $*" >&2; exit 2; }
+
+[[ -x $CADANG_BIN ]] || die "no cadang binary at $CADANG_BIN (cargo build --release)"
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(realpath -- "$BENCH_DIR")
+DATA=$BENCH_DIR/data-s$SCALE-seed$SEED
+STAMP="gen=$(sha256sum "$HERE/gen_data.py" | cut -c1-16) scale=$SCALE seed=$SEED"
+if [[ ! -f $DATA.stamp || "$(cat "$DATA.stamp")" != "$STAMP" || ! -d $DATA ]]; then
+    log "generating data set (scale $SCALE, seed $SEED) in $DATA"
+    rm -rf -- "$DATA" "$DATA.stamp"
+    "$PY" "$HERE/gen_data.py" "$DATA" --scale "$SCALE" --seed "$SEED"
+    echo "$STAMP" >"$DATA.stamp"
+fi
+SRC_BYTES=$(find "$DATA" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+RESULTS=$BENCH_DIR/agent-results-$(date +%Y%m%d-%H%M%S).jsonl
+RUN=""
+DAEMON_PID=""
+AGENT_PID=""
+cleanup() {
+    [[ -n $AGENT_PID ]] && kill "$AGENT_PID" 2>/dev/null || true
+    [[ -n $DAEMON_PID ]] && kill "$DAEMON_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    if [[ -n $RUN && -d $RUN ]]; then rm -rf -- "$RUN"; fi
+}
+trap cleanup EXIT
+
+json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {'d': d}))" "$1"; }
+
+for rep in $(seq 1 "$REPS"); do
+    RUN=$(mktemp -d "$BENCH_DIR/agent-run.XXXXXX")
+    # ------------------------------------------------------------ local engine
+    export CADANG_REPOSITORY=$RUN/local CADANG_PASSWORD=cadang-bench-password
+    "$CADANG_BIN" init >/dev/null
+    sync; sleep 2
+    t0=$(date +%s%N)
+    "$CADANG_BIN" backup "$DATA" >/dev/null
+    t1=$(date +%s%N)
+    unset CADANG_REPOSITORY CADANG_PASSWORD
+    LOCAL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    rm -rf -- "$RUN/local"
+    log "rep $rep: local backup ${LOCAL_S}s"
+
+    # ------------------------------------------------------------ daemon + agent
+    printf '[daemon]\nlisten = "127.0.0.1:0"\n[scheduler]\ntick_secs = 1\nlease_secs = 30\n' >"$RUN/d.toml"
+    "$CADANG_BIN" daemon --data-dir "$RUN/var" --config "$RUN/d.toml" >"$RUN/daemon.out" 2>"$RUN/daemon.log" &
+    DAEMON_PID=$!
+    for _ in $(seq 100); do grep -q "listening on" "$RUN/daemon.out" 2>/dev/null && break; sleep 0.1; done
+    ADDR=$(sed -n 's/^cadang daemon listening on //p' "$RUN/daemon.out")
+    [[ -n $ADDR ]] || die "the daemon did not start (see $RUN/daemon.log)"
+    export CADANG_SERVER=http://$ADDR CADANG_CLI_CONFIG=/nonexistent
+    ADMIN=$("$CADANG_BIN" admin bootstrap --data-dir "$RUN/var")
+    c() { CADANG_TOKEN=$1 "$CADANG_BIN" --json "${@:2}"; }
+    AG=$(c "$ADMIN" agency add --code BENCH --name "Bench agency" --address "Semarang" | json "d[0]['id']")
+    c "$ADMIN" user add kadin --role KADIN >/dev/null
+    c "$ADMIN" user add kasi --role KASI_INFRAS >/dev/null
+    KADIN=$(c "$ADMIN" token create --user kadin --label bench | json "d['token']")
+    KASI=$(c "$ADMIN" token create --user kasi --label bench | json "d['token']")
+    printf '{"name": "bench-01", "serial_number": "SN-BENCH", "server_type": "R740", "brand": "Dell", "processor": "Xeon", "ram": "64 GB", "motherboard": "Dell", "storage": "2 x 1 TB", "psu": "2 x 750 W", "u_size": 2, "power_draw_w": 400, "bandwidth_mbps": 100}\n' >"$RUN/server.json"
+    SERVER=$(c "$KASI" asset register --agency "$AG" --file "$RUN/server.json" | json "d['id']")
+    ENROLL=$(c "$KASI" agent enroll-token "$SERVER" | json "d['token']")
+    CADANG_ENROLL_TOKEN=$ENROLL "$CADANG_BIN" agent enroll --server "$CADANG_SERVER" --state-dir "$RUN/agent" >/dev/null
+    "$CADANG_BIN" agent run --state-dir "$RUN/agent" 2>"$RUN/agent.log" &
+    AGENT_PID=$!
+    printf 'scope = "/data"\nschedule = "harian 01:00"\nretention = "7 hari"\n' >"$RUN/b.toml"
+    B=$(c "$KADIN" request backup submit --agency "$AG" --subject bench --form "$RUN/b.toml" | json "d['request']['id']")
+    c "$KADIN" step complete "$B" 1 >/dev/null
+    PLAN=$(c "$KASI" plan create --request "$B" --name bench --path "$DATA" --on-server "$SERVER" --schedule "0 1 * * *" | json "d[0]['id']")
+    sync; sleep 2
+    c "$KASI" step complete "$B" 2 >/dev/null
+    wait_run() {
+        local n=$1
+        while :; do
+            local runs
+            runs=$(c "$KASI" run list --plan "$PLAN")
+            if [[ $(echo "$runs" | json "len(d)") -ge $n && $(echo "$runs" | json "d[0]['status']") != running && $(echo "$runs" | json "d[0]['status']") != queued ]]; then
+                echo "$runs" | "$PY" -c "import json,sys; print(json.dumps(json.load(sys.stdin)[0]))"
+                return
+            fi
+            sleep 0.5
+        done
+    }
+    FIRST=$(wait_run 1)
+    c "$KASI" plan run-now "$PLAN" >/dev/null
+    SECOND=$(wait_run 2)
+    kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    AGENT_PID="" DAEMON_PID=""
+    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" >>"$RESULTS" <<'PYEOF'
+import json, sys
+first, second = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+local, size, rep = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+assert first["status"] == "ok" and second["status"] == "ok", (first, second)
+s1, s2 = first["stats"], second["stats"]
+print(json.dumps({
+    "rep": rep, "bytes": size, "local_s": local, "local_mbps": size / 1e6 / local,
+    "agent_s": s1["duration_seconds"], "agent_mbps": size / 1e6 / s1["duration_seconds"],
+    "agent_wire_bytes": s1["wire_bytes"], "second_s": s2["duration_seconds"],
+    "second_wire_bytes": s2["wire_bytes"],
+}))
+PYEOF
+    log "rep $rep: $(tail -1 "$RESULTS")"
+    rm -rf -- "$RUN"
+    RUN=""
+done
+
+"$PY" - "$RESULTS" <<'PYEOF' | tee "${RESULTS%.jsonl}.md"
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+med = lambda key: statistics.median(r[key] for r in rows)
+print(f"| backup of {rows[0]['bytes']/1e6:.0f} MB, median of {len(rows)} | value |")
+print("|---|---|")
+print(f"| local `cadang backup` | {med('local_mbps'):.1f} MB/s ({med('local_s'):.2f} s) |")
+print(f"| through an agent, first backup | {med('agent_mbps'):.1f} MB/s ({med('agent_s'):.2f} s) |")
+print(f"| agent / local throughput | {med('agent_mbps')/med('local_mbps'):.2f} |")
+print(f"| bytes on the wire, first backup | {med('agent_wire_bytes')/1e6:.1f} MB |")
+print(f"| second backup, unchanged data | {med('second_s'):.2f} s, {med('second_wire_bytes')/1e3:.1f} kB on the wire |")
+PYEOF
