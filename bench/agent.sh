@@ -56,8 +56,9 @@ for rep in $(seq 1 "$REPS"); do
     "$CADANG_BIN" init >/dev/null
     sync; sleep 2
     t0=$(date +%s%N)
-    "$CADANG_BIN" backup "$DATA" >/dev/null
+    /usr/bin/time -f "%U %S" -o "$RUN/local.time" "$CADANG_BIN" backup "$DATA" >/dev/null
     t1=$(date +%s%N)
+    log "rep $rep: CPU seconds of the local backup: $(awk '{print $1 + $2}' "$RUN/local.time")"
     unset CADANG_REPOSITORY CADANG_PASSWORD
     LOCAL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     rm -rf -- "$RUN/local"
@@ -102,7 +103,11 @@ for rep in $(seq 1 "$REPS"); do
             sleep 0.5
         done
     }
+    cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+    D0=$(cpu "$DAEMON_PID"); A0=$(cpu "$AGENT_PID")
     FIRST=$(wait_run 1)
+    D1=$(cpu "$DAEMON_PID"); A1=$(cpu "$AGENT_PID")
+    log "rep $rep: CPU seconds of the first agent backup: daemon $(awk -v a="$D0" -v b="$D1" 'BEGIN {print b-a}'), agent $(awk -v a="$A0" -v b="$A1" 'BEGIN {print b-a}')"
     c "$KASI" plan run-now "$PLAN" >/dev/null
     SECOND=$(wait_run 2)
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true

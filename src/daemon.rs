@@ -345,7 +345,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .timeout(Duration::from_secs(config.daemon.request_timeout_secs))
         .concurrency_limit_per_connection(64)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Agents stream chunks of up to 4 MiB: HTTP/2's default 64 KiB window would
+        // make every few kilobytes wait for a window update. Windows sized to a few
+        // chunks keep the stream full; memory stays bounded by them.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
     if let Some(tls) = tls_config(&config).await? {
         builder = builder
             .tls_config(tls)

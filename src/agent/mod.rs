@@ -151,7 +151,10 @@ pub fn channel(server: &str, ca: Option<&Path>) -> anyhow::Result<Channel> {
         .with_context(|| format!("bad daemon address `{server}`"))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // Restores stream whole files down: windows of a few chunks (see the daemon).
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
     if server.starts_with("https://") {
         let ca = ca.ok_or_else(|| anyhow!("{server} uses TLS: give its CA with --ca"))?;
         let pem = std::fs::read(ca).with_context(|| format!("{}", ca.display()))?;

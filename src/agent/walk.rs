@@ -924,3 +924,193 @@ pub fn run<L: Link + Send>(
     outcome.cache = new;
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon's side of the protocol over an in-memory set of chunk ids: answers
+    /// queries from what it holds, checks every upload against its id and every entry
+    /// against what it holds, and can forget everything (a pruned repository).
+    #[derive(Default)]
+    struct Repository {
+        held: HashSet<[u8; 32]>,
+        uploads: usize,
+        entries: Vec<pb::FileEntry>,
+        sent: u64,
+    }
+
+    struct Loopback<'a> {
+        repo: &'a mut Repository,
+        ids: IdKeys,
+    }
+
+    impl Link for Loopback<'_> {
+        fn send(&mut self, body: pb::agent_message::Body) -> Result<(), WalkError> {
+            use prost::Message;
+            self.repo.sent += pb::AgentMessage {
+                body: Some(body.clone()),
+            }
+            .encoded_len() as u64;
+            match body {
+                pb::agent_message::Body::Chunk(chunk) => {
+                    let data = crate::engine::format::decode_blob_payload(
+                        &chunk.payload,
+                        chunk.raw_len as usize,
+                    )
+                    .expect("a valid payload");
+                    assert_eq!(self.ids.blob_id(&data).0.to_vec(), chunk.id, "named right");
+                    self.repo
+                        .held
+                        .insert(chunk.id.as_slice().try_into().unwrap());
+                    self.repo.uploads += 1;
+                }
+                pb::agent_message::Body::Entries(batch) => {
+                    for entry in batch.entries {
+                        for id in &entry.content {
+                            let id: [u8; 32] = id.as_slice().try_into().unwrap();
+                            assert!(self.repo.held.contains(&id), "an entry after its chunks");
+                        }
+                        self.repo.entries.push(entry);
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+
+        fn have(&mut self, _: &str, ids: Vec<[u8; 32]>) -> Result<Vec<u32>, WalkError> {
+            Ok(ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !self.repo.held.contains(*id))
+                .map(|(i, _)| i as u32)
+                .collect())
+        }
+
+        fn bytes_sent(&self) -> u64 {
+            self.repo.sent
+        }
+    }
+
+    fn job(paths: Vec<PathBuf>) -> Job {
+        let params = crate::engine::chunker::ChunkerParams {
+            algorithm: crate::engine::chunker::ChunkerAlgorithm::FastCdc2020,
+            min_size: 64 << 10,
+            avg_size: 128 << 10,
+            max_size: 512 << 10,
+            normalization: 1,
+        };
+        Job {
+            job_id: "run:1".into(),
+            paths,
+            excludes: vec!["*.tmp".into()],
+            chunker: Chunker::new(&params, 7),
+            ids: IdKeys::from_parts([9; 32], 7),
+            level: 3,
+            bandwidth_limit: 0,
+        }
+    }
+
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_files_come_from_the_cache_and_stale_ones_are_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(src.join("db")).unwrap();
+        std::fs::write(src.join("db/a.bin"), noise(1, 3 << 20)).unwrap();
+        std::fs::write(src.join("db/b.bin"), noise(2, 1 << 20)).unwrap();
+        std::fs::write(src.join("db/copy.bin"), noise(1, 3 << 20)).unwrap();
+        std::fs::write(src.join("skip.tmp"), b"excluded").unwrap();
+        let job = job(vec![src.clone()]);
+        let mut repo = Repository::default();
+        let first = run(
+            &job,
+            &mut Loopback {
+                repo: &mut repo,
+                ids: job.ids.clone(),
+            },
+            FilesCache::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        assert_eq!(first.files, 3);
+        assert!(first.problems.is_empty());
+        let paths: Vec<String> = repo
+            .entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect();
+        assert!(paths.iter().all(|p| !p.ends_with("skip.tmp")), "excluded");
+        assert!(
+            paths.contains(&dir.path().display().to_string()),
+            "ancestors sent"
+        );
+        // The copy deduplicates: about 4 MiB uploaded, not 7.
+        let uploaded: u64 = repo.sent;
+        assert!(uploaded < 5 << 20, "{uploaded}");
+
+        // Second run, nothing changed: no chunk is uploaded.
+        let uploads = repo.uploads;
+        repo.entries.clear();
+        let second = run(
+            &job,
+            &mut Loopback {
+                repo: &mut repo,
+                ids: job.ids.clone(),
+            },
+            first.cache,
+            Arc::default(),
+        )
+        .unwrap();
+        assert_eq!(second.files_unchanged, 3);
+        assert_eq!(repo.uploads, uploads);
+        assert_eq!(repo.entries.len(), paths.len());
+
+        // The repository lost everything (pruned, or another one): the cached files are
+        // read again and their chunks sent before their entries.
+        repo.held.clear();
+        repo.entries.clear();
+        let third = run(
+            &job,
+            &mut Loopback {
+                repo: &mut repo,
+                ids: job.ids.clone(),
+            },
+            second.cache,
+            Arc::default(),
+        )
+        .unwrap();
+        // a.bin and b.bin are read again; copy.bin, whose chunks a.bin's second reading
+        // just put back, can stay as cached.
+        assert!(third.files_unchanged <= 1, "{third:?}");
+        assert!(repo.uploads > uploads);
+        let a = repo
+            .entries
+            .iter()
+            .find(|e| e.path.ends_with(b"db/a.bin"))
+            .unwrap();
+        assert_eq!(a.size, 3 << 20);
+        assert!(!a.content.is_empty());
+        // Files read again are left out of the cache, so they are checked again next time.
+        assert!(third.cache.len() <= 1);
+        assert!(
+            !third
+                .cache
+                .files
+                .keys()
+                .any(|path| path.ends_with(b"a.bin") || path.ends_with(b"b.bin"))
+        );
+    }
+}
