@@ -2774,7 +2774,11 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let status = agent_kendal
         .exited_within(Duration::from_secs(20))
         .expect("a revoked agent stops");
-    assert!(!status.success());
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "stops with EX_CONFIG, so systemd does not restart it"
+    );
     let agents = ok(&server, &site.kasi, &["agent", "list"]);
     let row = agents
         .as_array()

@@ -40,6 +40,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest message on the stream (a 4 MiB chunk that does not compress, and headers).
 pub const MAX_STREAM_MESSAGE: usize = 16 << 20;
 
+/// The daemon refused this agent's credential: it was revoked or is unknown. Dialling
+/// again would not help; the process stops with a distinct exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon refused this agent: {0}")]
+pub struct Refused(pub String);
+
 /// `agent.toml`: where the daemon is and who this agent is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -266,9 +272,7 @@ pub async fn run(state: StateDir, mut shutdown: watch::Receiver<bool>) -> anyhow
         .await
         {
             Ok(()) => return Ok(()),
-            Err(SessionError::Refused(message)) => {
-                bail!("the daemon refused this agent: {message}")
-            }
+            Err(SessionError::Refused(message)) => return Err(Refused(message).into()),
             Err(SessionError::Lost(message)) => {
                 tracing::warn!(%message, retry_in = ?backoff, "connection to the daemon lost");
             }

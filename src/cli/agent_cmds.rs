@@ -199,8 +199,14 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                 let _ = stop.send(true);
             });
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            agent::run(StateDir(state_dir), stopped).await?;
-            Ok(ExitCode::Ok)
+            match agent::run(StateDir(state_dir), stopped).await {
+                Ok(()) => Ok(ExitCode::Ok),
+                Err(error) if error.downcast_ref::<agent::Refused>().is_some() => {
+                    eprintln!("cadang: error: {error:#}");
+                    Ok(ExitCode::AgentRefused)
+                }
+                Err(error) => Err(error),
+            }
         }
         AgentCmd::Inventory { local: true, .. } => {
             let inventory = tokio::task::spawn_blocking(agent::inventory::collect_local).await?;

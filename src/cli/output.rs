@@ -22,6 +22,9 @@ pub enum ExitCode {
     Locked = 11,
     /// Wrong password.
     WrongPassword = 12,
+    /// The daemon refused this agent's credential (revoked or unknown): restarting does
+    /// not help, so the agent's unit does not restart on it (`EX_CONFIG`).
+    AgentRefused = 78,
     /// Interrupted.
     Interrupted = 130,
 }
