@@ -61,6 +61,7 @@ fn job_of(message: &pb::AgentMessage) -> Option<&str> {
         Body::RestoreResults(m) => &m.job_id,
         Body::RestoreDone(m) => &m.job_id,
         Body::Failed(m) => &m.job_id,
+        Body::CheckDone(m) => &m.job_id,
         Body::Hello(_) => return None,
     })
 }

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use tokio::runtime::Handle;
 
+use crate::app::restore_requests::CheckCommand;
 use crate::app::{MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
 use crate::catalog::{RestoreRecord, RunEnd, RunRecord, Server};
 use crate::engine::Repository;
@@ -177,6 +178,55 @@ pub fn server_snapshots(
         .into_iter()
         .filter(|(_, snapshot)| snapshot.tags.contains(&tag))
         .collect())
+}
+
+/// Picks the snapshot a restore names among a server's (oldest first): `latest`, an id
+/// or unique prefix, `as-of:TIME` (the newest taken at or before it), or `before:SPEC`
+/// (the one before what SPEC names: the restore fallback's "previous snapshot").
+///
+/// # Errors
+/// An ambiguous prefix, an unreadable time, or no such snapshot.
+pub fn choose_snapshot<'a>(
+    snapshots: &'a [(SnapshotId, Snapshot)],
+    spec: &str,
+) -> Result<&'a (SnapshotId, Snapshot), String> {
+    let position = |spec: &str| -> Result<usize, String> {
+        if spec == "latest" {
+            return snapshots
+                .len()
+                .checked_sub(1)
+                .ok_or_else(|| "the server has no snapshot".to_owned());
+        }
+        if let Some(time) = spec.strip_prefix("as-of:") {
+            let time = DateTime::parse_from_rfc3339(time)
+                .map_err(|error| format!("`{spec}`: {error}"))?
+                .with_timezone(&Utc);
+            return snapshots
+                .iter()
+                .rposition(|(_, snapshot)| snapshot.time <= time)
+                .ok_or_else(|| format!("the server has no snapshot taken at or before {time}"));
+        }
+        let matching: Vec<usize> = snapshots
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| id.to_hex().starts_with(spec))
+            .map(|(n, _)| n)
+            .collect();
+        match matching[..] {
+            [one] => Ok(one),
+            [] => Err(format!("the server has no snapshot `{spec}`")),
+            _ => Err(format!("snapshot `{spec}` is ambiguous")),
+        }
+    };
+    let chosen = match spec.strip_prefix("before:") {
+        Some(inner) => position(inner)?
+            .checked_sub(1)
+            .ok_or_else(|| format!("the server has no snapshot older than `{inner}`"))?,
+        None => position(spec)?,
+    };
+    snapshots
+        .get(chosen)
+        .ok_or_else(|| format!("the server has no snapshot `{spec}`"))
 }
 
 /// Runs a backup of `spec.paths` on `server` through its agent. Never panics on what the
@@ -687,37 +737,14 @@ pub fn restore_to_agent(
         Ok(snapshots) => snapshots,
         Err(error) => return (end("failed", json!({}), Some(error)), None),
     };
-    let chosen = if restore.snapshot == "latest" {
-        snapshots.last()
-    } else {
-        let matching: Vec<_> = snapshots
-            .iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&restore.snapshot))
-            .collect();
-        if matching.len() > 1 {
+    let (snapshot_id, snapshot) = match choose_snapshot(&snapshots, &restore.snapshot) {
+        Ok(chosen) => chosen,
+        Err(error) => {
             return (
-                end(
-                    "failed",
-                    json!({}),
-                    Some(format!("snapshot `{}` is ambiguous", restore.snapshot)),
-                ),
+                end("failed", json!({}), Some(format!("server {}: {error}", source.id))),
                 None,
             );
         }
-        matching.into_iter().next()
-    };
-    let Some((snapshot_id, snapshot)) = chosen else {
-        return (
-            end(
-                "failed",
-                json!({}),
-                Some(format!(
-                    "server {} has no snapshot `{}`",
-                    source.id, restore.snapshot
-                )),
-            ),
-            None,
-        );
     };
     let snapshot_hex = snapshot_id.to_hex();
     let paths: Vec<String> = serde_json::from_str(&restore.paths_json).unwrap_or_default();
@@ -985,6 +1012,69 @@ pub fn restore_to_agent(
     )
 }
 
+/// Runs a restore plan's check on `target` through its agent once the restore verified.
+/// Returns the result as recorded with the restore: `passed`, `exit_code`, `timed_out`,
+/// `output` (its end), `error`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_on_agent(
+    hub: &AgentHub,
+    handle: &Handle,
+    target: &Server,
+    job_id: &str,
+    check: &CheckCommand,
+    dir: &str,
+    wait: Duration,
+    cancel: &AtomicBool,
+) -> serde_json::Value {
+    let failed = |error: String| {
+        json!({ "command": check.command, "passed": false, "exit_code": null, "timed_out": false, "output": "", "error": error })
+    };
+    let Some(mut link) = open_link(handle, hub, target, job_id, wait, cancel) else {
+        return failed(format!(
+            "the agent of server {} is not connected to run the check",
+            target.id
+        ));
+    };
+    let job = pb::CheckJob {
+        job_id: job_id.to_owned(),
+        command: check.command.clone(),
+        timeout_secs: u32::try_from(check.timeout_secs).unwrap_or(u32::MAX),
+        dir: dir.to_owned(),
+    };
+    if !send(handle, &link, Down::Check(job)) {
+        hub.close_job(target.id, job_id);
+        return failed("the agent's stream ended before the check started".into());
+    }
+    // The agent kills the check at its timeout; allow for the round trip.
+    let deadline = std::time::Instant::now() + Duration::from_secs(check.timeout_secs + 30);
+    let result = loop {
+        if cancel.load(Ordering::Relaxed) {
+            break failed("stopped by the daemon".into());
+        }
+        if std::time::Instant::now() > deadline {
+            break failed("the agent did not report the check's end".into());
+        }
+        match receive(handle, &mut link) {
+            Received::Message(pb::AgentMessage {
+                body: Some(Up::CheckDone(done)),
+            }) => {
+                break json!({
+                    "command": check.command,
+                    "passed": done.exit_code == Some(0) && !done.timed_out,
+                    "exit_code": done.exit_code,
+                    "timed_out": done.timed_out,
+                    "output": done.output.chars().take(4096).collect::<String>(),
+                    "error": (!done.error.is_empty()).then_some(done.error),
+                });
+            }
+            Received::Message(_) | Received::Idle => {}
+            Received::Closed => break failed("the agent's stream ended during the check".into()),
+        }
+    };
+    hub.close_job(target.id, job_id);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -998,6 +1088,44 @@ mod tests {
         assert_eq!(selected(b"/srv/database", &paths), (false, false));
         assert_eq!(selected(b"/etc", &paths), (false, false));
         assert_eq!(selected(b"/anything", &[]), (true, true));
+    }
+
+    #[test]
+    fn snapshots_are_chosen_by_latest_id_time_and_the_one_before() {
+        let at = |hour: u32| {
+            chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, hour, 0, 0).unwrap()
+        };
+        let snapshot = |n: u8, hour: u32| {
+            (
+                SnapshotId([n; 32]),
+                Snapshot {
+                    version: 1,
+                    time: at(hour),
+                    hostname: "web".into(),
+                    username: "root".into(),
+                    paths: vec!["/srv".into()],
+                    tags: vec!["server:1".into()],
+                    parent: None,
+                    tree: BlobId([0; 32]),
+                    summary: Default::default(),
+                    original: None,
+                },
+            )
+        };
+        let list = vec![snapshot(0xa1, 1), snapshot(0xa2, 2), snapshot(0xb3, 3)];
+        let id = |spec: &str| choose_snapshot(&list, spec).map(|(id, _)| id.0[0]);
+        assert_eq!(id("latest"), Ok(0xb3));
+        assert_eq!(id("b3b3"), Ok(0xb3));
+        assert!(id("a").unwrap_err().contains("ambiguous"));
+        assert!(id("ffff").unwrap_err().contains("no snapshot"));
+        assert_eq!(id("as-of:2026-11-01T02:30:00+00:00"), Ok(0xa2));
+        assert_eq!(id("as-of:2026-11-01T02:00:00+00:00"), Ok(0xa2));
+        assert!(id("as-of:2026-11-01T00:30:00+00:00").is_err());
+        assert!(id("as-of:yesterday").is_err());
+        assert_eq!(id("before:latest"), Ok(0xa2));
+        assert_eq!(id(&format!("before:{}", "b3".repeat(32))), Ok(0xa2));
+        assert!(id("before:a1a1").unwrap_err().contains("no snapshot older"));
+        assert!(choose_snapshot(&[], "latest").is_err());
     }
 
     #[test]

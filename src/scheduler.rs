@@ -24,7 +24,8 @@ use crate::catalog::{RestoreRecord, RunEnd};
 use crate::hub::Hub;
 use crate::jobs::{Repositories, execute};
 use crate::notify::{Notifier, deliver_due};
-use crate::remote::{Progress, RemoteOptions, backup_via_agent, restore_to_agent};
+use crate::app::restore_requests::CheckCommand;
+use crate::remote::{Progress, RemoteOptions, backup_via_agent, check_on_agent, restore_to_agent};
 
 /// How often overdue plans and steps are looked for.
 const OVERDUE_SCAN: TimeDelta = TimeDelta::minutes(5);
@@ -86,6 +87,11 @@ pub async fn run(
         }
         if let Err(error) = app.apply_plan_actions(&options.owner, now).await {
             tracing::warn!(%error, "cannot apply plan actions");
+        }
+        match app.advance_restore_requests(&options.owner, now).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(moved, "restore requests carried forward"),
+            Err(error) => tracing::warn!(%error, "cannot carry restore requests forward"),
         }
         if let Some(notifier) = &notifier {
             if last_scan.is_none_or(|at| now - at >= OVERDUE_SCAN) {
@@ -396,7 +402,7 @@ async fn execute_restore(
         let cancel = cancel.clone();
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            restore_to_agent(
+            let (mut end, snapshot) = restore_to_agent(
                 &repositories,
                 &hub,
                 &handle,
@@ -404,10 +410,35 @@ async fn execute_restore(
                 &source,
                 &target,
                 &restore,
-                cancel,
+                cancel.clone(),
                 &progress,
                 remote,
-            )
+            );
+            // The plan's check runs once every file verified; its result is judged
+            // with the files (C5).
+            let check = restore
+                .check_json
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<CheckCommand>(json).ok());
+            if let Some(check) = check
+                && end.status == "ok"
+            {
+                let result = check_on_agent(
+                    &hub,
+                    &handle,
+                    &target,
+                    &format!("check:{}", restore.id),
+                    &check,
+                    &restore.target_dir,
+                    remote.reconnect_wait,
+                    &cancel,
+                );
+                let mut stats: serde_json::Value =
+                    serde_json::from_str(&end.stats_json).unwrap_or_else(|_| serde_json::json!({}));
+                stats["check"] = result;
+                end.stats_json = stats.to_string();
+            }
+            (end, snapshot)
         })
     };
     tokio::pin!(work);

@@ -11,6 +11,7 @@
 //! CA, ids), `credential` (mode 0600) and the files caches under `cache/`. It never holds
 //! a repository's encryption key.
 
+pub mod check;
 pub mod inventory;
 pub mod restore;
 pub mod walk;
@@ -605,6 +606,14 @@ async fn session(
                             restore = None;
                         }
                         if end { restore = None; }
+                    }
+                    Some(Down::Check(job)) => {
+                        let up = up.clone();
+                        tokio::spawn(async move {
+                            tracing::info!(job = %job.job_id, command = ?job.command, "running the restore's check");
+                            let done = check::run(job).await;
+                            let _ = up.send(pb::AgentMessage { body: Some(Up::CheckDone(done)) }).await;
+                        });
                     }
                     None => {}
                 }

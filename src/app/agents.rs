@@ -714,6 +714,9 @@ impl App {
                     target_dir: target_dir.to_owned(),
                     request_id: restore.request_id,
                     requested_by: username,
+                    attempt: None,
+                    use_replica: false,
+                    check_json: None,
                 },
                 now,
             )
@@ -861,6 +864,12 @@ impl App {
         now: DateTime<Utc>,
     ) -> Result<bool, AppError> {
         let mut work = self.system_work(&format!("daemon:{owner}"), now).await?;
+        let stats: serde_json::Value =
+            serde_json::from_str(&end.stats_json).unwrap_or(serde_json::Value::Null);
+        let snapshot = stats
+            .get("snapshot")
+            .and_then(serde_json::Value::as_str)
+            .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
         if !work
             .tx
             .finish_restore(
@@ -869,18 +878,25 @@ impl App {
                 &end.status,
                 &end.stats_json,
                 end.error.as_deref(),
+                snapshot,
                 now,
             )
             .await?
         {
             return Ok(false);
         }
-        let stats: serde_json::Value =
-            serde_json::from_str(&end.stats_json).unwrap_or(serde_json::Value::Null);
+        let record = work.tx.restore(id).await?;
+        let agency = work.tx.agency(record.agency_id).await?;
+        if let Some(event) = super::notify::restore_event(&record, &end.status, &stats, &agency.code)
+        {
+            super::notify::queue_event(&mut work.tx, &self.config().notify_channels, &event, now)
+                .await?;
+        }
         work.audit("restore.finish", "restore", id).after = Some(serde_json::json!({
             "status": end.status,
             "files_verified": stats.get("files_verified"),
             "files_failed": stats.get("files_failed"),
+            "repaired": stats.get("repaired"),
             "error": end.error,
         }));
         work.commit().await?;

@@ -29,6 +29,7 @@ mod plans;
 pub mod report_html;
 mod reports;
 mod requests;
+pub mod restore_requests;
 pub mod secrets;
 mod tokens;
 mod views;

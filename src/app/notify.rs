@@ -1,6 +1,7 @@
 //! Which events notify the operators, and the outbox they wait in: a failed, partial,
 //! window-cut or verify-differences run (queued in the same transaction that records the
-//! run's end, so it cannot be lost or sent for a run that did not end), a plan whose
+//! run's end, so it cannot be lost or sent for a run that did not end), a restore that
+//! did not verify or that needed the replica (the primary is damaged), a plan whose
 //! backup is later than its schedule promises, and a SOP step past its time standard.
 //! Each event has a key, so finding it again (next tick, another daemon) never sends it
 //! twice. How a message travels (webhook, SMTP) is `crate::notify`'s business.
@@ -64,6 +65,52 @@ pub fn run_event(run: &RunRecord, plan: &PlanRecord, agency_code: &str) -> Optio
                 "id": run.id, "kind": run.kind, "trigger": run.trigger, "status": run.status,
                 "due_at": run.due_at, "started_at": run.started_at, "finished_at": run.finished_at,
                 "snapshot_id": run.snapshot_id, "error": run.error,
+            },
+        }),
+    })
+}
+
+/// The event a finished restore raises: a restore that did not verify, or one that
+/// read chunks damaged in the primary repository from the replica (the primary needs
+/// repair although the restore succeeded).
+pub fn restore_event(
+    restore: &crate::catalog::RestoreRecord,
+    status: &str,
+    stats: &serde_json::Value,
+    agency_code: &str,
+) -> Option<Event> {
+    let repaired = stats["repaired"].as_u64().unwrap_or(0);
+    let (kind, subject) = match status {
+        "failed" | "verify_differences" => (
+            "restore_failed",
+            format!(
+                "[cadang] {agency_code}: restore {} to server {} ended {status}",
+                restore.id, restore.target_server_id
+            ),
+        ),
+        "ok" if repaired > 0 => (
+            "primary_damaged",
+            format!(
+                "[cadang] {agency_code}: restore {} read {repaired} damaged chunk(s) from the replica; repair the primary repository",
+                restore.id
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Event {
+        key: format!("restore:{}", restore.id),
+        kind,
+        agency_id: Some(restore.agency_id),
+        subject,
+        body: json!({
+            "event": kind,
+            "agency": { "id": restore.agency_id, "code": agency_code },
+            "restore": {
+                "id": restore.id, "request": restore.request_id, "attempt": restore.attempt,
+                "server": restore.server_id, "target_server": restore.target_server_id,
+                "target_dir": restore.target_dir, "snapshot": stats["snapshot"], "status": status,
+                "files_verified": stats["files_verified"], "files_failed": stats["files_failed"],
+                "repaired_from_replica": stats["repaired_from_replica"],
             },
         }),
     })

@@ -11,7 +11,7 @@ use super::capacity::{self, CapacityReport};
 use super::details::{self, OpenRequest, RequestDetails, Validity};
 use super::documents::{self, RequestContext};
 use super::secrets::HOST_ADMIN_PASSWORD;
-use super::{App, AppError, Work, assets, required};
+use super::{App, AppError, Work, assets, required, restore_requests};
 use crate::catalog::{
     Account, AgencyId, DocumentId, NewRequest, PendingActionId, RequestFilter, RequestId,
     RequestRecord, RequestSummary, Server, ServerId, ServerStatus, StoredDefinition,
@@ -361,6 +361,9 @@ async fn on_finished(
     if outcome != Outcome::Completed {
         capacity::release(work, record.id).await?;
     }
+    if outcome == Outcome::Cancelled {
+        restore_requests::cancel_queued(work, record.id).await?;
+    }
     if work.tx.close_maintenance(record.id, work.now).await? {
         work.audit("maintenance.close", "request", record.id).after =
             Some(serde_json::json!({ "outcome": outcome }));
@@ -622,18 +625,67 @@ impl App {
         event: Event,
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, AppError> {
+        let work = self.work(username, now).await?;
+        self.apply_event(work, request, event, None).await
+    }
+
+    /// Applies an event as the system (`system:{worker}`), acting in the roles of the
+    /// current step: the steps the system carries out itself (a restore run, verified
+    /// and judged, its fallback chain) are recorded in the same workflow and audit trail
+    /// as an officer's.
+    ///
+    /// # Errors
+    /// As [`App::submit`].
+    pub(crate) async fn submit_as_system(
+        &self,
+        worker: &str,
+        request: RequestId,
+        event: Event,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, AppError> {
+        let work = self.system_work(&format!("system:{worker}"), now).await?;
+        let user = work.actor_name.clone();
+        self.apply_event(work, request, event, Some(user)).await
+    }
+
+    async fn apply_event(
+        &self,
+        mut work: Work<'_>,
+        request: RequestId,
+        event: Event,
+        system: Option<String>,
+    ) -> Result<EventOutcome, AppError> {
         let registry = self.registry();
-        let mut work = self.work(username, now).await?;
+        let now = work.now;
         let record = work.tx.request_for_update(request).await?;
         let definition = registry
             .for_request(&record.state)
             .map_err(|error| AppError::internal(error.to_string()))?;
-        let account = work.account()?.clone();
-        let actor = scoped(&account, record.agency_id);
+        let actor = match &system {
+            Some(user) => {
+                let roles = record
+                    .state
+                    .current_step()
+                    .and_then(|step| definition.step(step))
+                    .map(|step| step.roles.clone())
+                    .unwrap_or_default();
+                ScopedActor {
+                    actor: Actor::new(user.clone(), roles),
+                    foreign_skpd: false,
+                }
+            }
+            None => scoped(work.account()?, record.agency_id),
+        };
         let decision =
             workflow::decide(definition, &record.state, event.clone(), &actor.actor, now)
-                .map_err(|rejection| explain(rejection, &actor, &account, record.agency_id))?;
+                .map_err(|rejection| match work.account() {
+                    Ok(account) => explain(rejection, &actor, account, record.agency_id),
+                    Err(_) => AppError::from(rejection),
+                })?;
 
+        if system.is_none() {
+            restore_requests::guard_officer_event(&mut work, definition, &record, &event).await?;
+        }
         let current = record
             .state
             .current_step()
@@ -668,6 +720,16 @@ impl App {
             && let RequestDetails::Colocation(application) = &details
         {
             outcome.capacity = Some(capacity::reserve(&mut work, record.id, application).await?);
+        }
+        // The decision that lets a restore run approves exactly the plan written at C2.
+        if let Event::Decide {
+            step,
+            answer: Answer::Yes,
+            ..
+        } = &event
+            && restore_requests::approval_step(definition) == Some(*step)
+        {
+            restore_requests::approve_plan(&mut work, record.id).await?;
         }
 
         let version = work

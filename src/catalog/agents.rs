@@ -105,6 +105,13 @@ pub struct NewRestore {
     pub request_id: Option<RequestId>,
     /// Who asked.
     pub requested_by: String,
+    /// Which attempt of a restore request's plan (`primary`, `replica`,
+    /// `previous_snapshot`, `alternate_target`); none for a restore started directly.
+    pub attempt: Option<String>,
+    /// Read chunks damaged in the primary repository from the agency's replica.
+    pub use_replica: bool,
+    /// The check run on the target after the files are verified (JSON).
+    pub check_json: Option<String>,
 }
 
 /// A stored restore.
@@ -144,6 +151,12 @@ pub struct RestoreRecord {
     pub stats_json: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Which attempt of a restore request's plan.
+    pub attempt: Option<String>,
+    /// Damaged chunks are read from the replica.
+    pub use_replica: bool,
+    /// The check run on the target after the files are verified (JSON).
+    pub check_json: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -211,6 +224,9 @@ struct RestoreRow {
     attempts: i64,
     stats_json: Option<String>,
     error: Option<String>,
+    attempt: Option<String>,
+    use_replica: bool,
+    check_json: Option<String>,
 }
 
 impl RestoreRow {
@@ -233,6 +249,9 @@ impl RestoreRow {
             attempts: self.attempts,
             stats_json: self.stats_json,
             error: self.error,
+            attempt: self.attempt,
+            use_replica: self.use_replica,
+            check_json: self.check_json,
         })
     }
 }
@@ -251,7 +270,7 @@ macro_rules! select_restores {
         concat!(
             "SELECT id, agency_id, server_id, target_server_id, snapshot, paths_json, target_dir, ",
             "status, request_id, requested_by, queued_at, started_at, finished_at, lease_owner, ",
-            "attempts, stats_json, error FROM restores ",
+            "attempts, stats_json, error, attempt, use_replica, check_json FROM restores ",
             $tail
         )
     };
@@ -275,8 +294,8 @@ const LATEST_INVENTORY: &str = "SELECT server_id, agent_id, reported_at, invento
      FROM agent_inventories WHERE server_id = $1 ORDER BY reported_at DESC, id DESC LIMIT 1";
 const COUNT_INVENTORIES: &str = "SELECT COUNT(*) FROM agent_inventories WHERE server_id = $1";
 const INSERT_RESTORE: &str = "INSERT INTO restores (agency_id, server_id, target_server_id, snapshot, paths_json, \
-     target_dir, status, request_id, requested_by, queued_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9) RETURNING id";
+     target_dir, status, request_id, requested_by, queued_at, attempt, use_replica, check_json) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING id";
 const CLAIM_RESTORE: &str = "UPDATE restores SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = $4 \
      AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))";
@@ -285,6 +304,7 @@ const RENEW_RESTORE: &str = "UPDATE restores SET lease_expires_at = $1 WHERE id 
 const PROGRESS_RESTORE: &str = "UPDATE restores SET stats_json = $1, snapshot = $2 WHERE id = $3 \
      AND lease_owner = $4 AND status = 'running'";
 const FINISH_RESTORE: &str = "UPDATE restores SET status = $1, finished_at = $2, stats_json = $3, error = $4, \
+     snapshot = COALESCE($7, snapshot), \
      lease_owner = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_owner = $6 AND status = 'running'";
 const PROGRESS_RUN: &str =
     "UPDATE runs SET stats_json = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'";
@@ -550,6 +570,9 @@ impl Tx {
                 .bind(restore.request_id.map(|id| id.0))
                 .bind(&restore.requested_by)
                 .bind(instant(now))
+                .bind(restore.attempt.as_deref())
+                .bind(restore.use_replica)
+                .bind(restore.check_json.as_deref())
                 .fetch_one(&mut *conn)
                 .await?
         });
@@ -588,6 +611,46 @@ impl Tx {
             .bind(limit)
             .fetch_all(&mut *conn)
             .await?
+        });
+        rows.into_iter().map(RestoreRow::decode).collect()
+    }
+
+    /// Cancels a restore that has not started; `false` when it had.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn cancel_queued_restore(
+        &mut self,
+        id: RestoreId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        let affected = with_conn!(self, |conn| {
+            sqlx::query(
+                "UPDATE restores SET status = 'cancelled', finished_at = $1, \
+                 error = 'the request was cancelled' WHERE id = $2 AND status = 'queued'",
+            )
+            .bind(instant(now))
+            .bind(id.0)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
+    /// The restores of a request, oldest first.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn restores_of_request(
+        &mut self,
+        request: RequestId,
+    ) -> Result<Vec<RestoreRecord>, CatalogError> {
+        let rows: Vec<RestoreRow> = with_conn!(self, |conn| {
+            sqlx::query_as(select_restores!("WHERE request_id = $1 ORDER BY id"))
+                .bind(request.0)
+                .fetch_all(&mut *conn)
+                .await?
         });
         rows.into_iter().map(RestoreRow::decode).collect()
     }
@@ -680,7 +743,8 @@ impl Tx {
         Ok(())
     }
 
-    /// Records how a restore ended; `false` when `owner` no longer held it.
+    /// Records how a restore ended (and the snapshot it resolved to); `false` when
+    /// `owner` no longer held it.
     ///
     /// # Errors
     /// From the driver.
@@ -691,6 +755,7 @@ impl Tx {
         status: &str,
         stats_json: &str,
         error: Option<&str>,
+        snapshot: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool, CatalogError> {
         let affected = with_conn!(self, |conn| {
@@ -701,6 +766,7 @@ impl Tx {
                 .bind(error)
                 .bind(id.0)
                 .bind(owner)
+                .bind(snapshot)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected()

@@ -80,6 +80,7 @@ pub mod model;
 mod notifications;
 mod plans;
 mod requests;
+mod restore_plans;
 mod tokens;
 
 pub use agents::{AgentRecord, InventoryRecord, NewAgent, NewRestore, RestoreRecord};
@@ -87,6 +88,7 @@ pub use error::CatalogError;
 pub use ids::*;
 pub use model::*;
 pub use notifications::{NewNotification, NotificationRecord};
+pub use restore_plans::RestorePlanRecord;
 pub use plans::{NewPlan, NewRun, PlanRecord, RunEnd, RunRecord};
 pub use tokens::{NewToken, TokenRecord};
 

@@ -136,14 +136,14 @@ pub enum RestoreJobCmd {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")
 }
 
-fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+pub(super) fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
@@ -385,7 +385,7 @@ fn agent_json(agent: &pb::Agent) -> serde_json::Value {
     })
 }
 
-fn restore_json(restore: &pb::Restore) -> serde_json::Value {
+pub(super) fn restore_json(restore: &pb::Restore) -> serde_json::Value {
     json!({
         "id": restore.id, "agency_id": restore.agency_id, "server_id": restore.server_id,
         "target_server_id": restore.target_server_id, "snapshot": restore.snapshot,
@@ -393,7 +393,9 @@ fn restore_json(restore: &pb::Restore) -> serde_json::Value {
         "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
         "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
         "finished_at": restore.finished_at, "requested_by": restore.requested_by,
-        "request_id": restore.request_id,
+        "request_id": restore.request_id, "attempt": restore.attempt,
+        "use_replica": restore.use_replica,
+        "check": serde_json::from_str::<serde_json::Value>(&restore.check_json).ok(),
     })
 }
 

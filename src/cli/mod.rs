@@ -7,6 +7,7 @@ mod agent_cmds;
 mod client;
 mod output;
 mod repo_cmds;
+mod restore_request_cmds;
 mod server_cmds;
 
 use std::path::PathBuf;
@@ -150,6 +151,10 @@ pub enum Command {
     /// Restores of servers' backups through their agents, verified file by file.
     #[command(subcommand, name = "restore-job")]
     RestoreJob(agent_cmds::RestoreJobCmd),
+    /// Restore requests (procedure C): the restore plan, its attempts and verdicts, the
+    /// confirmation an older snapshot needs.
+    #[command(subcommand, name = "restore-request")]
+    RestoreRequest(restore_request_cmds::RestoreRequestCmd),
 }
 
 #[derive(Args, Debug)]
@@ -369,6 +374,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(command) => C::Run(command),
         Command::Agent(command) => return agent_cmds::agent(&cli.conn, json, command),
         Command::RestoreJob(command) => return agent_cmds::restore_job(&cli.conn, json, command),
+        Command::RestoreRequest(command) => {
+            return restore_request_cmds::restore_request(&cli.conn, json, command);
+        }
         _ => return repo_cmds::run(cli),
     };
     client::run(&cli.conn, json, client)

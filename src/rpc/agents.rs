@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{self, id, opt_id};
 use super::pb::{self, *};
 use super::{Ctx, caller, status};
+use crate::app::restore_requests::{RestorePlan, RestoreRequestView};
 use crate::app::{AgentCaller, SpecDifference, StartRestore};
 use crate::catalog::{
     AgencyId, AgentId, AgentRecord, RequestId, RestoreId, RestoreRecord, ServerId,
@@ -77,6 +78,33 @@ pub fn restore(record: &RestoreRecord) -> pb::Restore {
         finished_at: convert::opt_time(record.finished_at),
         requested_by: record.requested_by.clone(),
         request_id: record.request_id.map_or(0, |id| id.0),
+        attempt: record.attempt.clone().unwrap_or_default(),
+        use_replica: record.use_replica,
+        check_json: record.check_json.clone().unwrap_or_default(),
+    }
+}
+
+fn restore_request_status(view: &RestoreRequestView) -> RestoreRequestStatus {
+    let plan = view.plan.as_ref();
+    RestoreRequestStatus {
+        request_id: view.request.0,
+        state: view.state.clone(),
+        plan_json: plan.map(|p| p.plan_json.clone()).unwrap_or_default(),
+        plan_version: plan.map_or(0, |p| p.version),
+        plan_digest: plan.map(|p| p.digest.clone()).unwrap_or_default(),
+        planned_by: plan.map(|p| p.created_by.clone()).unwrap_or_default(),
+        approved_by: plan.and_then(|p| p.approved_by.clone()).unwrap_or_default(),
+        approved_at: convert::opt_time(plan.and_then(|p| p.approved_at)),
+        older_confirmed_by: plan
+            .and_then(|p| p.older_confirmed_by.clone())
+            .unwrap_or_default(),
+        older_confirmed_at: convert::opt_time(plan.and_then(|p| p.older_confirmed_at)),
+        attempts: view.attempts.iter().map(restore).collect(),
+        verdicts_json: view
+            .verdicts
+            .iter()
+            .map(|verdict| serde_json::to_string(verdict).unwrap_or_default())
+            .collect(),
     }
 }
 
@@ -361,6 +389,60 @@ impl restore_service_server::RestoreService for Restores {
         Ok(Response::new(ListRestoresResponse {
             restores: records.iter().map(restore).collect(),
         }))
+    }
+
+    async fn set_restore_plan(
+        &self,
+        request: Request<SetRestorePlanRequest>,
+    ) -> Reply<RestoreRequestStatus> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let request_id = RequestId(id("request_id", message.request_id)?);
+        let plan: RestorePlan = serde_json::from_str(&message.plan_json).map_err(|error| {
+            Status::invalid_argument(format!("the restore plan is not valid JSON for a plan: {error}"))
+        })?;
+        let app = &self.0.app;
+        app.set_restore_plan(&caller, request_id, plan, self.0.now())
+            .await
+            .map_err(status)?;
+        let view = app
+            .restore_request_for(&caller, request_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(restore_request_status(&view)))
+    }
+
+    async fn get_restore_request(
+        &self,
+        request: Request<GetRestoreRequestRequest>,
+    ) -> Reply<RestoreRequestStatus> {
+        let caller = caller(&request)?;
+        let request_id = RequestId(id("request_id", request.get_ref().request_id)?);
+        let view = self
+            .0
+            .app
+            .restore_request_for(&caller, request_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(restore_request_status(&view)))
+    }
+
+    async fn confirm_older_snapshot(
+        &self,
+        request: Request<ConfirmOlderSnapshotRequest>,
+    ) -> Reply<RestoreRequestStatus> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let request_id = RequestId(id("request_id", message.request_id)?);
+        let app = &self.0.app;
+        app.confirm_older_snapshot(&caller, request_id, &message.reason, self.0.now())
+            .await
+            .map_err(status)?;
+        let view = app
+            .restore_request_for(&caller, request_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(restore_request_status(&view)))
     }
 
     async fn list_server_snapshots(

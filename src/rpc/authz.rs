@@ -38,6 +38,8 @@ const REVEAL: &[Role] = &[KabidTik, KasiInfras, Petugas];
 const PLANNERS: &[Role] = &[KasiInfras, Petugas, Admin];
 /// The administrator alone.
 const ADMIN: &[Role] = &[Admin];
+/// Those who approve restore plans (procedure C step 3).
+const RESTORE_APPROVERS: &[Role] = &[KabidTik, Admin];
 /// Those who hand servers over and look after their agents.
 const AGENT_OFFICERS: &[Role] = &[KasiInfras, Petugas, Admin];
 /// No person: the method is for agents, with their own credential.
@@ -109,6 +111,9 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.RestoreService/GetRestore", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ListRestores", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ListServerSnapshots", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/SetRestorePlan", roles: PLANNERS, scope: "the roles of the planning step (C2), while it is current; servers of the request's agency" },
+    Rule { method: "/cadang.v1.RestoreService/GetRestoreRequest", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/ConfirmOlderSnapshot", roles: RESTORE_APPROVERS, scope: "the roles of the approval step (C3), once the plan is approved" },
 ];
 
 /// Paths served without a token: health checks and server reflection (they reveal the

@@ -880,6 +880,8 @@ pub(in crate::app) async fn gather(
             )
         }
         (DocumentKind::LetterRestoreResult, RequestDetails::Restore(restore)) => {
+            let attempts = work.tx.restores_of_request(record.id).await?;
+            let facts_of_run = restore_facts(work, context, &attempts);
             let verification = context
                 .state
                 .steps
@@ -892,16 +894,26 @@ pub(in crate::app) async fn gather(
                     .steps
                     .iter()
                     .any(|record| record.decision == Some(Answer::No) && record.step.0 > 3);
-            let result = match (verification.and_then(|record| record.decision), fallback) {
-                (Some(Answer::Yes), _) => "berhasil".to_owned(),
-                (Some(Answer::No), _) | (None, true) => {
+            let result = match (&facts_of_run, verification.and_then(|record| record.decision), fallback) {
+                (Some(run), _, _) => run.result.clone(),
+                (None, Some(Answer::Yes), _) => "berhasil".to_owned(),
+                (None, Some(Answer::No), _) | (None, None, true) => {
                     "tidak berhasil pada percobaan pertama; langkah-langkah pemulihan sesuai perencanaan telah dilaksanakan".to_owned()
                 }
-                (None, false) => "telah dilaksanakan".to_owned(),
+                (None, None, false) => "telah dilaksanakan".to_owned(),
             };
             let note = verification
                 .and_then(|record| record.reason.clone())
                 .unwrap_or_default();
+            let mut facts = vec![
+                ("Nomor permohonan".to_owned(), record.id.to_string()),
+                ("Titik restore".to_owned(), restore.restore_point.clone()),
+                ("Tujuan restore".to_owned(), restore.target.clone()),
+                ("Hasil".to_owned(), result.clone()),
+            ];
+            if let Some(run) = facts_of_run {
+                facts.extend(run.facts);
+            }
             (
                 letter_signer,
                 DocumentBody::Letter {
@@ -916,12 +928,7 @@ pub(in crate::app) async fn gather(
                         "Mohon SKPD melakukan pengecekan atas data yang telah dipulihkan dan menyampaikan apabila terdapat ketidaksesuaian.".to_owned(),
                         "Demikian disampaikan, atas perhatian dan kerja samanya diucapkan terima kasih.".to_owned(),
                     ],
-                    facts: vec![
-                        ("Nomor permohonan".to_owned(), record.id.to_string()),
-                        ("Titik restore".to_owned(), restore.restore_point.clone()),
-                        ("Tujuan restore".to_owned(), restore.target.clone()),
-                        ("Hasil".to_owned(), result),
-                    ],
+                    facts,
                 },
             )
         }
@@ -1026,6 +1033,136 @@ pub(in crate::app) async fn gather(
         signatory_role,
         body,
     })
+}
+
+/// What the restore form and letter state about the restore itself (C7): the result,
+/// the snapshot and copy restored, how it was verified, the fallback steps and the
+/// times of C4–C6 against their time standards — all from the recorded attempts.
+struct RestoreFacts {
+    result: String,
+    facts: Vec<(String, String)>,
+}
+
+fn attempt_name(label: &str) -> &'static str {
+    match label {
+        "primary" => "restore utama",
+        "replica" => "baca chunk rusak dari replika",
+        "previous_snapshot" => "snapshot sebelumnya",
+        "alternate_target" => "tujuan alternatif",
+        _ => "restore",
+    }
+}
+
+fn restore_facts(
+    work: &Work<'_>,
+    context: &RequestContext<'_>,
+    attempts: &[crate::catalog::RestoreRecord],
+) -> Option<RestoreFacts> {
+    use crate::app::restore_requests::judge;
+    let verdicts: Vec<_> = attempts.iter().map(judge).collect();
+    let passed = verdicts.iter().position(|verdict| verdict.passed);
+    let shown = passed.or(attempts.len().checked_sub(1))?;
+    let attempt = &attempts[shown];
+    let verdict = &verdicts[shown];
+    let result = match passed {
+        Some(0) => "berhasil dan seluruh berkas terverifikasi".to_owned(),
+        Some(_) => format!(
+            "berhasil setelah langkah pemulihan ({}) dan seluruh berkas terverifikasi",
+            attempt_name(attempt.attempt.as_deref().unwrap_or(""))
+        ),
+        None => "tidak berhasil: hasil verifikasi berbeda dari snapshot (verify differences) setelah seluruh langkah pemulihan dijalankan".to_owned(),
+    };
+    let report = &verdict.report;
+    let repaired = report["repaired_from_replica"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let copy = if attempt.use_replica && repaired > 0 {
+        format!("repositori utama; {repaired} chunk rusak dibaca dari repositori replika (kerusakan dilaporkan untuk diperbaiki)")
+    } else if attempt.use_replica {
+        "repositori utama, dengan repositori replika sebagai cadangan baca".to_owned()
+    } else {
+        "repositori utama".to_owned()
+    };
+    let mut verified = format!(
+        "{} berkas cocok dengan snapshot (hash BLAKE3 berkunci), {} gagal",
+        report["files_verified"].as_u64().unwrap_or(0),
+        report["files_failed"].as_u64().unwrap_or(0)
+    );
+    if let Some(check) = report.get("check").filter(|check| !check.is_null()) {
+        let command = check["command"]
+            .as_array()
+            .map(|args| {
+                args.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        verified.push_str(&format!(
+            "; pemeriksaan `{command}`: {}",
+            if check["passed"].as_bool() == Some(true) {
+                "lulus"
+            } else {
+                "gagal"
+            }
+        ));
+    }
+    let steps: Vec<String> = attempts
+        .iter()
+        .zip(&verdicts)
+        .skip(1)
+        .map(|(attempt, verdict)| {
+            format!(
+                "{}: {}",
+                attempt_name(attempt.attempt.as_deref().unwrap_or("")),
+                if verdict.passed { "berhasil" } else { "tidak berhasil" }
+            )
+        })
+        .collect();
+    let calendar = &work.app.config().calendar;
+    let times: Vec<String> = context
+        .state
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| (4..=6).contains(&record.step.0) && record.finished_at.is_some())
+        .map(|(visit, record)| {
+            let timing = crate::workflow::step_timing(record, visit, calendar, work.now);
+            let took = record
+                .finished_at
+                .map_or(0, |end| (end - record.started_at).num_minutes());
+            format!(
+                "langkah {}: {took} menit (standar {}{})",
+                record.step,
+                record.time_standard,
+                if timing.is_overrun() { ", terlampaui" } else { ", terpenuhi" }
+            )
+        })
+        .collect();
+    let mut facts = vec![
+        (
+            "Snapshot dipulihkan".to_owned(),
+            attempt.snapshot.chars().take(16).collect(),
+        ),
+        ("Sumber data".to_owned(), copy),
+        (
+            "Dipulihkan ke".to_owned(),
+            format!("server {} direktori {}", attempt.target_server_id, attempt.target_dir),
+        ),
+        ("Verifikasi".to_owned(), verified),
+        (
+            "Langkah pemulihan".to_owned(),
+            if steps.is_empty() {
+                "tidak diperlukan".to_owned()
+            } else {
+                steps.join("; ")
+            },
+        ),
+    ];
+    if !times.is_empty() {
+        facts.push(("Waktu pelaksanaan".to_owned(), times.join("; ")));
+    }
+    Some(RestoreFacts { result, facts })
 }
 
 fn local_date(work: &Work<'_>, at: DateTime<Utc>) -> NaiveDate {

@@ -1,0 +1,510 @@
+//! Restore requests (procedure C) end to end: the real daemon with an agency repository
+//! and its replica on local disk, two agents on "the agency's servers", the officers at
+//! the CLI. The restore plan is written at C2 and approved at C3; the system restores,
+//! verifies (with the plan's check), decides C5, runs the fallback chain at C6 — from the
+//! replica when the primary is damaged, the previous snapshot only once confirmed, to
+//! verify differences when nothing is left — and the letter of C7 states what happened.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod e2e;
+use e2e::*;
+
+struct Bench {
+    server: String,
+    site: Site,
+    dir: PathBuf,
+    web: i64,
+    spare: i64,
+    backup_request: i64,
+    source: PathBuf,
+}
+
+impl Bench {
+    /// Opens a restore request for the web server and takes it to step 2.
+    fn open(&self, name: &str) -> i64 {
+        let form = write(
+            &self.dir,
+            &format!("restore-{name}.toml"),
+            &format!(
+                "server_id = {}\nbackup_request = {}\nrestore_point = \"terbaru\"\ntarget = \"server simkes-web-01\"\nreason = \"{name}\"\n",
+                self.web, self.backup_request
+            ),
+        );
+        let id = ok(
+            &self.server,
+            &self.site.skpd,
+            &[
+                "request",
+                "restore",
+                "submit",
+                "--agency",
+                &self.site.dinkes.to_string(),
+                "--subject",
+                &format!("Restore {name}"),
+                "--form",
+                &form,
+            ],
+        )["request"]["id"]
+            .as_i64()
+            .unwrap();
+        step(&self.server, &self.site.kadin, id, "complete", 1, &[]);
+        id
+    }
+
+    /// Writes the plan at C2 (the options after the request id), completes C2 and
+    /// approves it at C3.
+    fn plan_and_approve(&self, request: i64, options: &[&str]) -> Value {
+        let id = request.to_string();
+        let mut args = vec!["restore-request", "plan", &id, "--source"];
+        let web = self.web.to_string();
+        args.push(&web);
+        args.extend_from_slice(options);
+        let planned = ok(&self.server, &self.site.petugas, &args);
+        assert_eq!(planned["state"], "planning", "{planned}");
+        step(&self.server, &self.site.petugas, request, "complete", 2, &[]);
+        step(
+            &self.server,
+            &self.site.kabid,
+            request,
+            "decide",
+            3,
+            &["--yes", "--reason", "rencana restore disetujui"],
+        );
+        planned
+    }
+
+    /// Waits until the restore of `request` is verified, ends in verify differences or
+    /// waits for a confirmation.
+    fn settle(&self, request: i64) -> Value {
+        let output = cli(
+            &self.server,
+            &self.site.kasi,
+            &["restore-request", "show", &request.to_string(), "--wait"],
+        );
+        assert!(
+            matches!(output.status.code(), Some(0 | 3)),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if shown["state"] == "verify_differences" {
+            assert_eq!(output.status.code(), Some(3), "verify differences exits 3");
+        }
+        shown
+    }
+
+    /// Waits until the request is at `step` (the system moves it); returns the steps it
+    /// went through.
+    fn wait_for_step(&self, request: i64, step: u64) -> Vec<u64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let state = request_state(&self.server, &self.site.kasi, request);
+            if state["current_step"] == step || std::time::Instant::now() > deadline {
+                assert_eq!(state["current_step"], step, "{state}");
+                return state["state"]["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|record| record["step"].as_u64().unwrap())
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The letter of C7, rendered.
+    fn letter(&self, request: i64) -> String {
+        let out = self.dir.join(format!("letter-{request}.html"));
+        ok(
+            &self.server,
+            &self.site.kasi,
+            &[
+                "form",
+                "render",
+                &request.to_string(),
+                "--form",
+                "letter_restore_result",
+                "--out",
+                &out.display().to_string(),
+            ],
+        );
+        std::fs::read_to_string(out).unwrap()
+    }
+
+    fn restored(&self, target: &Path) -> PathBuf {
+        target.join(self.source.strip_prefix("/").unwrap())
+    }
+}
+
+/// Packs of a repository (path → size).
+fn packs(repo: &Path) -> std::collections::BTreeMap<PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir(repo.join("data")) else {
+        return out;
+    };
+    for dir in dirs {
+        for pack in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            let size = std::fs::metadata(&path).unwrap().len();
+            out.insert(path, size);
+        }
+    }
+    out
+}
+
+/// Flips bytes in the middle of a file (its authentication fails).
+fn flip(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 16] {
+        *byte ^= 0x5a;
+    }
+    // Packs are written read-only.
+    let mut permissions = std::fs::metadata(path).unwrap().permissions();
+    permissions.set_mode(0o600);
+    std::fs::set_permissions(path, permissions).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn attempts(shown: &Value) -> Vec<(String, String)> {
+    shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_str().unwrap().to_owned(),
+                a["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let replica_root = dir.path().join("replica");
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n[repositories]\nreplica_root = \"{}\"\n",
+            replica_root.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&data, &[], Some(&config));
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let web = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-web-01", "SN-W1");
+    let spare = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-spare-01", "SN-S1");
+    let kendal = register_server(dir.path(), &server, &site.kasi, site.kendal, "kendal-01", "SN-K1");
+    let mut agents = Vec::new();
+    for (name, id) in [("web", web), ("spare", spare)] {
+        let token = ok(&server, &site.petugas, &["agent", "enroll-token", &id.to_string()])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let state = dir.path().join(format!("agent-{name}"));
+        let enrolled = enroll(&server, &token, &state);
+        assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
+        agents.push(AgentProcess::start(&state, &dir.path().join(format!("agent-{name}.log"))));
+    }
+
+    // The agency's data, backed up twice through the agent and replicated after each.
+    let source = dir.path().join("srv-simkes");
+    std::fs::create_dir_all(source.join("html")).unwrap();
+    std::fs::create_dir_all(source.join("db")).unwrap();
+    std::fs::write(source.join("html/index.html"), "<h1>SIMKES</h1>\n".repeat(300)).unwrap();
+    std::fs::write(source.join("db/dump.sql"), noise(11, 2 << 20)).unwrap();
+    std::fs::write(source.join("db/config.ini"), "port = 5432\n").unwrap();
+    let backup_request = active_backup_request(&server, &site, site.dinkes, dir.path(), "simkes");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &backup_request.to_string(),
+            "--name",
+            "simkes",
+            "--path",
+            &source.display().to_string(),
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, backup_request, "complete", 2, &[]);
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan, 1)["status"], "ok");
+    ok(&server, &site.petugas, &["plan", "run-now", &plan, "--kind", "replicate"]);
+    let replicated = wait_for_run(&server, &site.kasi, &plan, 2);
+    assert_eq!(replicated["status"], "ok", "{replicated}");
+    let first_tree = tree_of(&source);
+    let primary = data.join("repositories/dinkes");
+    let replica = replica_root.join("dinkes");
+    let primary_first = packs(&primary);
+    let replica_first = packs(&replica);
+    assert!(!replica_first.is_empty(), "the replica holds packs");
+
+    std::fs::write(source.join("db/new.bin"), noise(12, 1 << 20)).unwrap();
+    std::fs::write(source.join("db/config.ini"), "port = 5433\n").unwrap();
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan, 3)["status"], "ok");
+    ok(&server, &site.petugas, &["plan", "run-now", &plan, "--kind", "replicate"]);
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan, 4)["status"], "ok");
+    let second_tree = tree_of(&source);
+    // The packs only the second backup wrote (its new file's data), in both copies.
+    let big = |packs: std::collections::BTreeMap<PathBuf, u64>, before: &std::collections::BTreeMap<PathBuf, u64>| {
+        packs
+            .into_iter()
+            .filter(|(path, size)| !before.contains_key(path) && *size > 256 << 10)
+            .map(|(path, _)| path)
+            .collect::<Vec<_>>()
+    };
+    let primary_second = big(packs(&primary), &primary_first);
+    let replica_second = big(packs(&replica), &replica_first);
+    assert!(!primary_second.is_empty() && !replica_second.is_empty());
+
+    let bench = Bench {
+        server: server.clone(),
+        site,
+        dir: dir.path().to_owned(),
+        web,
+        spare,
+        backup_request,
+        source: source.clone(),
+    };
+    let site = &bench.site;
+
+    // C3 approves a plan: without one it is refused, and the plan is written at C2 only.
+    let no_plan = bench.open("tanpa-rencana");
+    step(&server, &site.petugas, no_plan, "complete", 2, &[]);
+    let why = refused(
+        &server,
+        &site.kabid,
+        &["step", "decide", &no_plan.to_string(), "3", "--yes", "--reason", "ok"],
+        "FAILED_PRECONDITION",
+    );
+    assert!(why.contains("no restore plan"), "{why}");
+    refused(
+        &server,
+        &site.petugas,
+        &["restore-request", "plan", &no_plan.to_string(), "--source", &web.to_string(), "--target", "/tmp/x"],
+        "FAILED_PRECONDITION",
+    );
+    step(&server, &site.kabid, no_plan, "decide", 3, &["--no", "--reason", "tidak ada rencana"]);
+
+    // Who may plan, and what: never the agency itself, never another agency's server.
+    let happy = bench.open("utama");
+    refused(
+        &server,
+        &site.skpd,
+        &["restore-request", "plan", &happy.to_string(), "--source", &web.to_string(), "--target", "/tmp/x"],
+        "PERMISSION_DENIED",
+    );
+    refused(
+        &server,
+        &site.petugas,
+        &["restore-request", "plan", &happy.to_string(), "--source", &web.to_string(), "--target-server", &kendal.to_string(), "--target", "/tmp/x"],
+        "PERMISSION_DENIED",
+    );
+    refused(
+        &server,
+        &site.skpd_other,
+        &["restore-request", "show", &happy.to_string()],
+        "PERMISSION_DENIED",
+    );
+
+    // The happy path: restored, every file verified, the check passes, C4–C5 by the
+    // system, the letter states it, the officer confirms C7.
+    let target = dir.path().join("restored-happy");
+    let restored = bench.restored(&target);
+    let check = format!("test -s {}", restored.join("db/dump.sql").display());
+    let planned = bench.plan_and_approve(happy, &["--target", &target.display().to_string(), "--check", &check, "--fallback", "replica"]);
+    assert_eq!(planned["plan"]["check"]["command"][0], "test");
+    let shown = bench.settle(happy);
+    assert_eq!(shown["state"], "verified", "{shown}");
+    assert_eq!(attempts(&shown), vec![("primary".to_owned(), "ok".to_owned())]);
+    assert_eq!(shown["attempts"][0]["stats"]["check"]["passed"], true, "{shown}");
+    assert!(shown["approved_by"].as_str().unwrap().contains("kabid"), "{shown}");
+    assert_eq!(tree_of(&source), tree_of(&restored));
+    assert_eq!(bench.wait_for_step(happy, 7), vec![1, 2, 3, 4, 5, 7]);
+    let letter = bench.letter(happy);
+    assert!(letter.contains("seluruh berkas terverifikasi"), "{letter}");
+    assert!(letter.contains("lulus"), "the check is reported: {letter}");
+    assert!(letter.contains("tidak diperlukan"), "no fallback step ran: {letter}");
+    let done = step(&server, &site.petugas, happy, "complete", 7, &[]);
+    assert_eq!(done["request"]["outcome"], "completed");
+
+    // A check that fails (non-zero exit) or hangs (timeout) leads to C6; with nothing
+    // left to try the result is verify differences, and the letter says so.
+    for (name, check, expect) in [
+        ("cek-gagal", "false", "exit status 1"),
+        ("cek-macet", "sleep 30", "timed out"),
+    ] {
+        let request = bench.open(name);
+        let target = dir.path().join(format!("restored-{name}"));
+        bench.plan_and_approve(request, &["--target", &target.display().to_string(), "--check", check, "--check-timeout", "2"]);
+        let shown = bench.settle(request);
+        assert_eq!(shown["state"], "verify_differences", "{shown}");
+        let summary = shown["verdicts"][0]["summary"].as_str().unwrap();
+        assert!(summary.contains(expect), "{summary}");
+        assert_eq!(bench.wait_for_step(request, 7), vec![1, 2, 3, 4, 5, 6, 7], "C6 ran");
+        let letter = bench.letter(request);
+        assert!(letter.contains("verify differences"), "{letter}");
+        step(&server, &site.kasi, request, "complete", 7, &[]);
+    }
+
+    // Damage in the primary: several packs garbled, one deleted. The restore finds it,
+    // falls back to the replica, and every file matches the source.
+    let mut primary_packs: Vec<PathBuf> = packs(&primary).into_keys().collect();
+    primary_packs.sort();
+    for pack in primary_packs.iter().filter(|p| primary_second.contains(p)).chain(primary_packs.iter().take(2)) {
+        flip(pack);
+    }
+    let deleted = primary_packs
+        .iter()
+        .find(|p| !primary_second.contains(p) && primary_first.get(*p).is_some_and(|size| *size > 256 << 10))
+        .expect("a data pack of the first backup");
+    std::fs::remove_file(deleted).unwrap();
+    let primary_before: std::collections::BTreeMap<PathBuf, Vec<u8>> = packs(&primary)
+        .into_keys()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    let repaired = bench.open("replika");
+    let target = dir.path().join("restored-replica");
+    bench.plan_and_approve(repaired, &["--target", &target.display().to_string(), "--fallback", "replica,previous-snapshot"]);
+    let shown = bench.settle(repaired);
+    assert_eq!(shown["state"], "verified", "{shown}");
+    let tried = attempts(&shown);
+    assert_eq!(tried.len(), 2, "{shown}");
+    assert_ne!(tried[0].1, "ok", "the damage is found: {shown}");
+    assert_eq!(tried[1], ("replica".to_owned(), "ok".to_owned()));
+    assert!(shown["attempts"][1]["stats"]["repaired"].as_u64().unwrap() > 0, "{shown}");
+    assert_eq!(tree_of(&source), tree_of(&bench.restored(&target)));
+    // The primary was not touched: the damage stays for repair, and is reported.
+    let primary_after: std::collections::BTreeMap<PathBuf, Vec<u8>> = packs(&primary)
+        .into_keys()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert_eq!(primary_before, primary_after);
+    bench.wait_for_step(repaired, 7);
+    let letter = bench.letter(repaired);
+    assert!(letter.contains("replika"), "{letter}");
+    step(&server, &site.petugas, repaired, "complete", 7, &[]);
+
+    // Damage in the replica too: the new file is lost in both copies. The restore lists
+    // it and the older snapshot waits for the approving role's confirmation.
+    for pack in &replica_second {
+        flip(pack);
+    }
+    let older = bench.open("snapshot-lama");
+    let target = dir.path().join("restored-older");
+    bench.plan_and_approve(older, &["--target", &target.display().to_string(), "--fallback", "replica,previous-snapshot"]);
+    let shown = bench.settle(older);
+    assert_eq!(shown["state"], "awaiting_confirmation", "{shown}");
+    assert_eq!(attempts(&shown).len(), 2, "{shown}");
+    let failed = shown["verdicts"][1]["report"]["failed"].to_string();
+    assert!(failed.contains("new.bin"), "the affected file is listed: {shown}");
+    assert!(!failed.contains("dump.sql"), "only the affected file: {shown}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = ok(&server, &site.kasi, &["restore-request", "show", &older.to_string()]);
+    assert_eq!(attempts(&still).len(), 2, "nothing older runs unconfirmed: {still}");
+    refused(
+        &server,
+        &site.petugas,
+        &["restore-request", "confirm-older", &older.to_string(), "--reason", "x"],
+        "PERMISSION_DENIED",
+    );
+    ok(
+        &server,
+        &site.kabid,
+        &["restore-request", "confirm-older", &older.to_string(), "--reason", "data kemarin cukup"],
+    );
+    let shown = bench.settle(older);
+    assert_eq!(shown["state"], "verified", "{shown}");
+    let tried = attempts(&shown);
+    assert_eq!(tried[2], ("previous_snapshot".to_owned(), "ok".to_owned()), "{shown}");
+    assert_eq!(first_tree, tree_of(&bench.restored(&target)));
+    assert_ne!(first_tree, second_tree);
+    bench.wait_for_step(older, 7);
+    assert!(bench.letter(older).contains("snapshot sebelumnya"));
+
+    // With only the replica to fall back on, the chain is exhausted: verify differences,
+    // the affected file listed. While the restore waits for its agent, the officer
+    // cannot complete C4 over it.
+    let lost = bench.open("hilang");
+    let target = dir.path().join("restored-lost");
+    drop(agents.remove(0));
+    std::thread::sleep(Duration::from_millis(500));
+    let alternate = dir.path().join("restored-alternate");
+    let spare = bench.spare.to_string();
+    bench.plan_and_approve(
+        lost,
+        &[
+            "--target",
+            &target.display().to_string(),
+            "--fallback",
+            "replica,alternate-target",
+            "--alternate-server",
+            &spare,
+            "--alternate-dir",
+            &alternate.display().to_string(),
+        ],
+    );
+    bench.wait_for_step(lost, 4);
+    let why = refused(
+        &server,
+        &site.petugas,
+        &["step", "complete", &lost.to_string(), "4"],
+        "FAILED_PRECONDITION",
+    );
+    assert!(why.contains("has not ended"), "{why}");
+    agents.push(AgentProcess::start(&dir.path().join("agent-web"), &dir.path().join("agent-web.log")));
+    let shown = bench.settle(lost);
+    assert_eq!(shown["state"], "verify_differences", "{shown}");
+    let tried: Vec<String> = attempts(&shown).into_iter().map(|(label, _)| label).collect();
+    assert_eq!(tried, ["primary", "replica", "alternate_target"], "{shown}");
+    assert_eq!(shown["attempts"][2]["target_server_id"], bench.spare, "{shown}");
+    assert!(shown["verdicts"][1]["report"]["failed"].to_string().contains("new.bin"));
+    // The alternate target got everything that could be read, verified.
+    assert_eq!(
+        std::fs::read(bench.restored(&alternate).join("db/dump.sql")).unwrap(),
+        second_tree["db/dump.sql"]
+    );
+    bench.wait_for_step(lost, 7);
+    let letter = bench.letter(lost);
+    assert!(letter.contains("tidak berhasil"), "{letter}");
+
+    // Every attempt and every step is in the audit trail.
+    let audit = ok(&server, &site.admin, &["audit", "export"]).to_string();
+    for needle in [
+        "restore_plan.set",
+        "restore_plan.approve",
+        "restore_plan.confirm_older",
+        "previous_snapshot",
+        "system:",
+    ] {
+        assert!(audit.contains(needle), "audit lacks {needle}");
+    }
+    drop(agents);
+}
