@@ -407,6 +407,7 @@ async fn execute_restore(
                 cancel,
                 &progress,
                 remote,
+                None,
             )
         })
     };
