@@ -349,7 +349,7 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
             tx.update_plan(
                 *plan,
                 "active",
-                [Some(start + TimeDelta::minutes(1)), None, None, None],
+                [Some(start + TimeDelta::minutes(1)), None, None, None, None],
                 start,
             )
             .await
