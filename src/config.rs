@@ -52,6 +52,11 @@ pub struct RepositoriesSection {
     /// Endpoint of an S3-compatible store (MinIO, Garage, Ceph RGW); credentials come
     /// from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
     pub s3_endpoint: Option<String>,
+    /// Where each agency's replica repository is made, on a second store: a directory or
+    /// `s3://bucket/prefix`, the agency's code appended. Absent: no replicas.
+    pub replica_root: Option<String>,
+    /// Endpoint of the replicas' S3-compatible store (default: `s3_endpoint`).
+    pub replica_s3_endpoint: Option<String>,
 }
 
 /// `[scheduler]`.

@@ -222,7 +222,18 @@ pub fn repositories(config: &Config) -> Result<Repositories, DaemonError> {
             ..StoreOptions::default()
         },
     )
-    .with_scratch(config.data_dir().join("drills")))
+    .with_scratch(config.data_dir().join("drills"))
+    .with_replica(
+        config.repositories.replica_root.clone(),
+        StoreOptions {
+            s3_endpoint: config
+                .repositories
+                .replica_s3_endpoint
+                .clone()
+                .or_else(|| config.repositories.s3_endpoint.clone()),
+            ..StoreOptions::default()
+        },
+    ))
 }
 
 /// This daemon's name in run leases: host, process and start time.

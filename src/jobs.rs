@@ -1,11 +1,17 @@
-//! The work of a run: a backup, a retention pass, a verification or a restore drill of
-//! one agency's repository, through the engine. Each agency's backups live in their own repository
+//! The work of a run: a backup, a retention pass, a verification, a restore drill or a
+//! replication of one agency's repository, through the engine. Each agency's backups live in their own repository
 //! (`<root>/<agency code>`), with its own keys, so deduplication never crosses agencies
 //! and no agency's data is readable with another's key.
 //!
 //! A repository's password is derived from the daemon's master key and the agency
 //! code, so the daemon needs no stored repository secret and the catalog holds none;
 //! the password has 256 bits of entropy, so its key slot uses Argon2id's lowest cost.
+//!
+//! An agency may also have a replica repository on a second store (`<replica root>/<agency
+//! code>`), made from the primary with the same keys, so chunk ids are identical: a
+//! `replicate` run copies the plan's new snapshots there and reads them back, and a
+//! restore reads there what the primary cannot give. Its password comes from the same
+//! key under another derivation context.
 //!
 //! Everything here blocks (the engine's API is blocking): the scheduler runs it on a
 //! blocking thread.
@@ -22,6 +28,7 @@ use crate::app::{PlanSpec, SecretString};
 use crate::catalog::{RunEnd, RunRecord};
 use crate::engine::backup::{BackupOptions, BackupProgress, backup};
 use crate::engine::check::{CheckOptions, ReadData, check};
+use crate::engine::copy::{copy, read_back};
 use crate::engine::crypto::KdfParams;
 use crate::engine::forget::{KeepPolicy, apply, jakarta};
 use crate::engine::prune::{PruneOptions, prune};
@@ -35,12 +42,15 @@ pub struct Repositories {
     key: [u8; 32],
     store: StoreOptions,
     scratch: PathBuf,
+    replica_root: Option<String>,
+    replica_store: StoreOptions,
 }
 
 impl std::fmt::Debug for Repositories {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repositories")
             .field("root", &self.root)
+            .field("replica_root", &self.replica_root)
             .finish_non_exhaustive()
     }
 }
@@ -56,7 +66,34 @@ impl Repositories {
             key,
             store,
             scratch: std::env::temp_dir().join("cadang-drills"),
+            replica_root: None,
+            replica_store: StoreOptions::default(),
         }
+    }
+
+    /// Replica repositories under `root` (a directory or `s3://bucket/prefix` on a second
+    /// store), opened with `store`; `None` keeps the agencies without replicas.
+    #[must_use]
+    pub fn with_replica(mut self, root: Option<String>, store: StoreOptions) -> Self {
+        self.replica_root = root.filter(|root| !root.trim().is_empty());
+        self.replica_store = store;
+        self
+    }
+
+    /// Whether replica repositories are configured.
+    pub fn has_replica(&self) -> bool {
+        self.replica_root.is_some()
+    }
+
+    /// The location of an agency's replica repository, when replicas are configured.
+    pub fn replica_location(&self, agency_code: &str) -> Option<String> {
+        self.replica_root.as_ref().map(|root| {
+            format!(
+                "{}/{}",
+                root.trim_end_matches('/'),
+                agency_code.to_ascii_lowercase()
+            )
+        })
     }
 
     /// Where restore drills put their restored trees (each removed after its check).
@@ -79,6 +116,83 @@ impl Repositories {
     pub fn password(&self, agency_code: &str) -> SecretString {
         let derived = blake3::keyed_hash(&self.key, agency_code.to_ascii_lowercase().as_bytes());
         SecretString::new(derived.to_hex().to_string())
+    }
+
+    /// An agency's replica password: derived from the same key under another context, so
+    /// the replica's key slot never opens with the primary's password nor the reverse.
+    fn replica_password(&self, agency_code: &str) -> SecretString {
+        let replica_key = blake3::derive_key(REPLICA_PASSWORD_CONTEXT, &self.key);
+        let derived = blake3::keyed_hash(&replica_key, agency_code.to_ascii_lowercase().as_bytes());
+        SecretString::new(derived.to_hex().to_string())
+    }
+
+    /// Opens an agency's replica repository, creating it on first use from `primary`
+    /// (same keys and chunker parameters, so chunk ids are identical and a restore can
+    /// read the replica where the primary is damaged). Nothing is opened once `cancel`
+    /// is set.
+    ///
+    /// # Errors
+    /// "no replica configured" when there is no `replica_root`; a replica that does not
+    /// share `primary`'s keys; engine errors, as text for the run record.
+    pub fn open_replica(
+        &self,
+        handle: &Handle,
+        agency_code: &str,
+        primary: &Repository,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Repository, String> {
+        let location = self
+            .replica_location(agency_code)
+            .ok_or_else(|| "no replica configured ([repositories] replica_root)".to_owned())?;
+        if !location.contains("://") {
+            std::fs::create_dir_all(&location)
+                .map_err(|error| format!("cannot create {location}: {error}"))?;
+        }
+        if cancel.is_some_and(|cancel| cancel.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err("cancelled before the replica was opened".into());
+        }
+        let store =
+            Store::open(&location, &self.replica_store).map_err(|error| error.to_string())?;
+        let password = self.replica_password(agency_code);
+        let options = daemon_open_options();
+        let opened = match Repository::open(
+            handle.clone(),
+            store.clone(),
+            password.expose().as_bytes(),
+            &options,
+        ) {
+            Ok(replica) => Ok(replica),
+            Err(crate::engine::error::Error::NotARepository { .. }) => {
+                match Repository::init_from(
+                    handle.clone(),
+                    store.clone(),
+                    password.expose().as_bytes(),
+                    &options,
+                    primary,
+                ) {
+                    Ok(replica) => Ok(replica),
+                    // Another daemon (or run) created it at the same moment: use theirs.
+                    Err(init_error) => Repository::open(
+                        handle.clone(),
+                        store,
+                        password.expose().as_bytes(),
+                        &options,
+                    )
+                    .map_err(|_| {
+                        format!("cannot create the replica repository at {location}: {init_error}")
+                    }),
+                }
+            }
+            Err(error) => Err(format!(
+                "cannot open the replica repository at {location}: {error}"
+            )),
+        }?;
+        if opened.keys().fingerprint() != primary.keys().fingerprint() {
+            return Err(format!(
+                "the repository at {location} is not a replica of the agency's repository (other keys)"
+            ));
+        }
+        Ok(opened)
     }
 
     /// Opens an agency's repository, creating it on first use; new objects are written
@@ -104,14 +218,7 @@ impl Repositories {
             store = store.with_upload_limit(limit, cancel);
         }
         let password = self.password(agency_code);
-        let options = OpenOptions {
-            kdf: KdfParams {
-                memory_kib: 19 * 1024,
-                iterations: 2,
-                parallelism: 1,
-            },
-            host: Some("cadang-daemon".into()),
-        };
+        let options = daemon_open_options();
         match Repository::open(
             handle.clone(),
             store.clone(),
@@ -144,6 +251,22 @@ impl Repositories {
     }
 }
 
+/// Derivation context of the replica passwords (from the repositories' sub-key).
+const REPLICA_PASSWORD_CONTEXT: &str = "cadang 2026-11 replica repository password v1";
+
+/// Key slots of the daemon's repositories: the passwords have 256 bits of entropy, so
+/// Argon2id at its lowest recommended cost.
+fn daemon_open_options() -> OpenOptions {
+    OpenOptions {
+        kdf: KdfParams {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        },
+        host: Some("cadang-daemon".into()),
+    }
+}
+
 /// Runs one run to its end and says how it ended. Never panics on bad data: every
 /// failure becomes a `failed` record with the reason.
 /// `sequence` is the run's place among its plan's runs of the same kind.
@@ -163,8 +286,13 @@ pub fn execute(
     let limit = (run.kind == "backup")
         .then(|| spec.bandwidth_limit_kib.map(|kib| kib.saturating_mul(1024)))
         .flatten();
-    let outcome = repositories
-        .open(handle, agency_code, limit, Some(cancel.clone()))
+    let outcome = if run.kind == "replicate" && !repositories.has_replica() {
+        Err("no replica configured: set [repositories] replica_root to replicate".to_owned())
+    } else {
+        Ok(())
+    };
+    let outcome = outcome
+        .and_then(|()| repositories.open(handle, agency_code, limit, Some(cancel.clone())))
         .and_then(|repository| match run.kind.as_str() {
             "backup" => run_backup(&repository, spec, run, cancel, now)
                 .map(|end| with_repository_size(&repository, end)),
@@ -172,6 +300,15 @@ pub fn execute(
                 .map(|end| with_repository_size(&repository, end)),
             "verify" => run_verify(&repository, spec, sequence),
             "drill" => run_drill(&repository, &repositories.scratch, run, cancel),
+            "replicate" => run_replicate(
+                repositories,
+                handle,
+                agency_code,
+                &repository,
+                run,
+                cancel,
+                now,
+            ),
             other => Err(format!("unknown run kind `{other}`")),
         });
     let seconds = started.elapsed().as_secs_f64();
@@ -481,6 +618,105 @@ fn run_drill(
     })
 }
 
+/// A replication: the plan's snapshots the replica does not hold yet (by `original`) are
+/// copied to it, then every blob of every copied snapshot is read back from the replica
+/// and authenticated. Stats: `snapshots_copied`, `snapshots_skipped` (already there),
+/// `blobs_copied`, `bytes_added`, `blobs_verified`, `bytes_verified`, `verify_errors`,
+/// `snapshots_pending` and `lag_secs` (age of the oldest plan snapshot still missing from
+/// the replica; 0 when it holds everything).
+fn run_replicate(
+    repositories: &Repositories,
+    handle: &Handle,
+    agency_code: &str,
+    primary: &Repository,
+    run: &RunRecord,
+    cancel: Arc<AtomicBool>,
+    now: DateTime<Utc>,
+) -> Result<RunEnd, String> {
+    let replica = repositories.open_replica(handle, agency_code, primary, Some(cancel.clone()))?;
+    let tag = format!("plan:{}", run.plan_id);
+    let (snapshots, _) = primary
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    let plan_snapshots: Vec<_> = snapshots
+        .iter()
+        .filter(|(_, snapshot)| snapshot.tags.contains(&tag))
+        .collect();
+    let present = replicated(&replica)?;
+    let todo: Vec<_> = plan_snapshots
+        .iter()
+        .filter(|(id, _)| !present.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    let stopped = || cancel.load(std::sync::atomic::Ordering::Relaxed);
+    if stopped() {
+        return Err("stopped before copying".into());
+    }
+    let report = copy(primary, &replica, &todo, None).map_err(|error| error.to_string())?;
+    if stopped() {
+        return Err("stopped after copying, before reading the copies back".into());
+    }
+    let copied: Vec<_> = report
+        .copied
+        .iter()
+        .filter_map(|(_, copy)| crate::engine::id::SnapshotId::from_hex(copy).ok())
+        .collect();
+    let read = read_back(&replica, &copied).map_err(|error| error.to_string())?;
+    let present = replicated(&replica)?;
+    let oldest_missing = plan_snapshots
+        .iter()
+        .filter(|(id, _)| !present.contains(id))
+        .map(|(_, snapshot)| snapshot.time)
+        .min();
+    let lag_secs = oldest_missing.map_or(0, |time| (now - time).num_seconds().max(0));
+    let pending = plan_snapshots
+        .iter()
+        .filter(|(id, _)| !present.contains(id))
+        .count();
+    let ok = read.is_ok();
+    Ok(RunEnd {
+        status: if ok { "ok" } else { "verify_differences" },
+        stats_json: json!({
+            "replica": repositories.replica_location(agency_code),
+            "snapshots_copied": report.copied.len(),
+            "snapshots_skipped": report.skipped.len() + (plan_snapshots.len() - todo.len()),
+            "blobs_copied": report.blobs_copied,
+            "bytes_added": report.bytes_added,
+            "blobs_verified": read.blobs_verified,
+            "bytes_verified": read.bytes_verified,
+            "verify_errors": read.errors.len(),
+            "snapshots_pending": pending,
+            "lag_secs": lag_secs,
+        })
+        .to_string(),
+        snapshot_id: None,
+        error: (!ok).then(|| {
+            format!(
+                "the replica's copies do not read back: {}",
+                read.errors
+                    .iter()
+                    .take(50)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }),
+    })
+}
+
+/// The primary snapshots a replica holds copies of.
+fn replicated(
+    replica: &Repository,
+) -> Result<std::collections::HashSet<crate::engine::id::SnapshotId>, String> {
+    let (copies, _) = replica
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    Ok(copies
+        .iter()
+        .filter_map(|(_, snapshot)| snapshot.original)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,6 +735,7 @@ mod tests {
             verify_schedule: None,
             verify_parts: 7,
             drill_schedule: Some("0 3 * * 0".into()),
+            replicate_schedule: None,
             window: None,
             bandwidth_limit_kib: None,
         }
@@ -628,6 +865,141 @@ mod tests {
         assert_ne!(damaged.status, "ok", "{damaged:?}");
         assert!(damaged.error.is_some());
         assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn a_replication_copies_new_snapshots_reads_them_back_and_repairs_restores() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(&source).unwrap();
+        for n in 0..8u8 {
+            let content: Vec<u8> = (0..50_000u32).map(|i| (i as u8) ^ n).collect();
+            std::fs::write(source.join(format!("f{n}")), content).unwrap();
+        }
+        let root = dir.path().join("repositories").display().to_string();
+        let cancel = || Arc::new(AtomicBool::new(false));
+        let handle = runtime.handle();
+        let spec = spec(&source);
+
+        // Without a replica root the run says what is missing.
+        let bare = Repositories::new(root.clone(), [9; 32], StoreOptions::default());
+        assert!(!bare.has_replica());
+        assert_eq!(bare.replica_location("DINKES"), None);
+        let refused = execute(
+            &bare,
+            handle,
+            "DINKES",
+            &spec,
+            &run(1, "replicate"),
+            0,
+            cancel(),
+            Utc::now(),
+        );
+        assert_eq!(refused.status, "failed");
+        assert!(
+            refused
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no replica configured"),
+            "{refused:?}"
+        );
+
+        let replica_root = dir.path().join("replicas");
+        let repositories = Repositories::new(root, [9; 32], StoreOptions::default()).with_replica(
+            Some(replica_root.display().to_string()),
+            StoreOptions::default(),
+        );
+        assert_eq!(
+            repositories.replica_location("DINKES"),
+            Some(format!("{}/dinkes", replica_root.display()))
+        );
+        assert_ne!(
+            repositories.replica_password("DINKES").expose(),
+            repositories.password("DINKES").expose(),
+            "the replica has its own password"
+        );
+        let backup = |id| {
+            let end = execute(
+                &repositories,
+                handle,
+                "DINKES",
+                &spec,
+                &run(id, "backup"),
+                0,
+                cancel(),
+                Utc::now(),
+            );
+            assert_eq!(end.status, "ok", "{end:?}");
+        };
+        let replicate = |id| {
+            let end = execute(
+                &repositories,
+                handle,
+                "DINKES",
+                &spec,
+                &run(id, "replicate"),
+                0,
+                cancel(),
+                Utc::now(),
+            );
+            assert_eq!(end.status, "ok", "{end:?}");
+            stats(&end)
+        };
+        backup(2);
+        backup(3);
+        let first = replicate(4);
+        assert_eq!(first["snapshots_copied"], serde_json::json!(2));
+        assert_eq!(first["snapshots_skipped"], serde_json::json!(0));
+        assert!(first["blobs_copied"].as_u64().unwrap() > 0);
+        assert!(first["blobs_verified"].as_u64().unwrap() >= 9);
+        assert_eq!(first["bytes_verified"], serde_json::json!(400_000));
+        assert_eq!(first["verify_errors"], serde_json::json!(0));
+        assert_eq!(first["lag_secs"], serde_json::json!(0));
+        // Nothing new: nothing copied, both skipped.
+        let again = replicate(5);
+        assert_eq!(again["snapshots_copied"], serde_json::json!(0));
+        assert_eq!(again["snapshots_skipped"], serde_json::json!(2));
+        assert_eq!(again["blobs_copied"], serde_json::json!(0));
+        // One new backup: only it is copied (its unchanged chunks are already there).
+        backup(6);
+        let third = replicate(7);
+        assert_eq!(third["snapshots_copied"], serde_json::json!(1));
+        assert!(third["blobs_copied"].as_u64().unwrap() < first["blobs_copied"].as_u64().unwrap());
+
+        // The replica stands in for a damaged primary in a restore.
+        let primary = repositories
+            .open(handle, "DINKES", None, None)
+            .expect("primary");
+        let replica = repositories
+            .open_replica(handle, "DINKES", &primary, None)
+            .expect("replica");
+        let data = dir.path().join("repositories").join("dinkes").join("data");
+        for entry in walk(&data) {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&entry, bytes).unwrap();
+        }
+        let (snapshots, _) = primary.load_snapshots().unwrap();
+        let (latest, _) = snapshots.last().unwrap();
+        let restored = restore(
+            &primary,
+            latest,
+            &RestoreOptions {
+                target: dir.path().join("restored"),
+                verify: true,
+                replica: Some(Arc::new(
+                    crate::engine::restore::Replica::open(replica).unwrap(),
+                )),
+                ..RestoreOptions::default()
+            },
+            &RestoreProgress::default(),
+        )
+        .unwrap();
+        assert!(restored.is_success(), "{restored:?}");
+        assert!(!restored.repaired.is_empty());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::engine::format::encode_blob_payload;
 use crate::engine::id::{BlobId, BlobType, SnapshotId};
 use crate::engine::index::Index;
 use crate::engine::ingest::{Ingest, IngestCommit};
+use crate::engine::restore::Replica;
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Node, NodeKind};
 use crate::hub::{AgentHub, JobLink};
@@ -645,10 +646,55 @@ fn selected(abs: &[u8], paths: &[String]) -> (bool, bool) {
     (on_way, false)
 }
 
+/// Where a restore reads: the primary repository, and the replica (same keys, same
+/// chunk ids) for what the primary cannot give. Reads from the replica are listed.
+struct Reader<'a> {
+    repository: &'a Repository,
+    index: &'a Index,
+    replica: Option<&'a Replica>,
+    repaired: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// A verified blob from the primary, else from the replica (recording the repair).
+    fn load(&mut self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>, String> {
+        let primary_error = match self.repository.load_blob(self.index, ty, id) {
+            Ok(data) => return Ok(data),
+            Err(error) => error,
+        };
+        let Some(replica) = self.replica else {
+            return Err(primary_error.to_string());
+        };
+        match replica.load_blob(ty, id) {
+            Ok(data) => {
+                let place = match self.index.get(id) {
+                    Some((pack, _)) => format!("in pack {}", pack.short()),
+                    None => "(no pack in the primary index)".to_owned(),
+                };
+                self.repaired.push(format!(
+                    "{ty} blob {} {place}: {primary_error} — damaged in the primary, read from the replica",
+                    id.short()
+                ));
+                Ok(data)
+            }
+            Err(error) => Err(format!(
+                "{primary_error}; the replica cannot supply it either: {error}"
+            )),
+        }
+    }
+
+    /// A chunk's plaintext length, from the primary's index or else the replica's.
+    fn raw_length(&self, id: &BlobId) -> u32 {
+        self.index
+            .get(id)
+            .or_else(|| self.replica.and_then(|replica| replica.index.get(id)))
+            .map_or(0, |(_, location)| location.raw_length)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn collect(
-    repository: &Repository,
-    index: &Index,
+    reader: &mut Reader<'_>,
     tree: &BlobId,
     prefix: &[u8],
     paths: &[String],
@@ -656,7 +702,9 @@ fn collect(
     out: &mut Vec<Item>,
     unreadable: &mut Vec<pb::FileProblem>,
 ) {
-    let tree_data = match repository.load_tree(index, tree) {
+    let tree_data = match reader.load(BlobType::Tree, tree).and_then(|raw| {
+        crate::engine::tree::Tree::decode(&raw).map_err(|error| format!("invalid tree: {error}"))
+    }) {
         Ok(tree) => tree,
         Err(error) => {
             unreadable.push(pb::FileProblem {
@@ -690,9 +738,7 @@ fn collect(
             node,
         });
         if is_dir && let Some(subtree) = subtree {
-            collect(
-                repository, index, &subtree, &rel, paths, all, out, unreadable,
-            );
+            collect(reader, &subtree, &rel, paths, all, out, unreadable);
         }
     }
 }
@@ -710,7 +756,10 @@ fn kind_name(kind: NodeKind) -> &'static str {
 }
 
 /// Streams a snapshot of `source` to the agent of `target`, which writes and verifies
-/// it. Returns how it ended and the snapshot restored (when resolved).
+/// it. Returns how it ended and the snapshot restored (when resolved). A chunk or
+/// directory the repository cannot give is read from `replica` when one is given (the
+/// agency's replica repository, same keys); the stats list those repairs under
+/// `repaired_from_replica` and count them in `repaired`.
 #[allow(clippy::too_many_arguments)]
 pub fn restore_to_agent(
     repositories: &Repositories,
@@ -723,6 +772,7 @@ pub fn restore_to_agent(
     cancel: Arc<AtomicBool>,
     progress: &Progress,
     options: RemoteOptions,
+    replica: Option<Arc<Replica>>,
 ) -> (RestoreEnd, Option<String>) {
     let end = |status: &str, stats: serde_json::Value, error: Option<String>| RestoreEnd {
         status: status.to_owned(),
@@ -757,11 +807,41 @@ pub fn restore_to_agent(
             );
         }
     };
+    // An attempt that may read from the replica opens it here (after the primary, whose
+    // keys it shares) unless the caller already did.
+    let replica = match replica {
+        Some(replica) => Some(replica),
+        None if restore.use_replica => {
+            match repositories
+                .open_replica(handle, agency_code, &repository, Some(cancel.clone()))
+                .and_then(|opened| Replica::open(opened).map_err(|error| error.to_string()))
+            {
+                Ok(opened) => Some(Arc::new(opened)),
+                Err(error) => {
+                    return (
+                        end(
+                            "failed",
+                            json!({ "snapshot": snapshot_hex }),
+                            Some(format!("the replica repository cannot be read: {error}")),
+                        ),
+                        Some(snapshot_hex),
+                    );
+                }
+            }
+        }
+        None => None,
+    };
+    let replica = replica.filter(|replica| replica.shares_keys_with(&repository));
+    let mut reader = Reader {
+        repository: &repository,
+        index: &index,
+        replica: replica.as_deref(),
+        repaired: Vec::new(),
+    };
     let mut items = Vec::new();
     let mut unreadable = Vec::new();
     collect(
-        &repository,
-        &index,
+        &mut reader,
         &snapshot.tree,
         b"",
         &paths,
@@ -857,7 +937,7 @@ pub fn restore_to_agent(
         let node = item.node;
         let mut lengths = Vec::with_capacity(node.content.len());
         for id in &node.content {
-            lengths.push(index.get(id).map_or(0, |(_, loc)| loc.raw_length));
+            lengths.push(reader.raw_length(id));
         }
         let entry = pb::RestoreEntry {
             path: item.rel.clone(),
@@ -888,7 +968,7 @@ pub fn restore_to_agent(
                 let chunk = if file_unreadable {
                     pb::RestoreChunk::default()
                 } else {
-                    match repository.load_blob(&index, BlobType::Data, id) {
+                    match reader.load(BlobType::Data, id) {
                         Ok(data) => {
                             let mut payload = Vec::with_capacity(data.len() / 2);
                             encode_blob_payload(&data, 1, &mut payload);
@@ -991,6 +1071,7 @@ pub fn restore_to_agent(
         .count() as u64;
     let files_failed = done.files_failed + unreadable_dirs;
     let ok = files_failed == 0 && unreadable.is_empty();
+    let repaired: Vec<&String> = reader.repaired.iter().take(MAX_FAILED_LISTED).collect();
     let stats = json!({
         "snapshot": snapshot_hex,
         "entries": total,
@@ -999,6 +1080,8 @@ pub fn restore_to_agent(
         "bytes": done.bytes,
         "bytes_sent": bytes_sent,
         "failed": listed,
+        "repaired": reader.repaired.len(),
+        "repaired_from_replica": repaired,
     });
     (
         end(

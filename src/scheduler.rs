@@ -413,6 +413,7 @@ async fn execute_restore(
                 cancel.clone(),
                 &progress,
                 remote,
+                None,
             );
             // The plan's check runs once every file verified; its result is judged
             // with the files (C5).

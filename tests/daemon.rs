@@ -328,6 +328,8 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
             "0 4 * * 0",
             "--verify-schedule",
             "0 5 * * *",
+            "--replicate-schedule",
+            "0 6 * * *",
         ],
     )[0]
     .clone();
@@ -395,6 +397,48 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         drill["stats"]["bytes_verified"].as_u64().unwrap() > 0,
         "{drill}"
     );
+    // Replication on demand: both snapshots copied to Dinkes' replica and read back.
+    ok(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan_id, "--kind", "replicate"],
+    );
+    let replicated = wait_for_run(&server, &site.kasi, &plan_id, 4);
+    assert_eq!(
+        (replicated["kind"].as_str(), replicated["status"].as_str()),
+        (Some("replicate"), Some("ok")),
+        "{replicated}"
+    );
+    let stats = &replicated["stats"];
+    assert_eq!(stats["snapshots_copied"], 2, "{replicated}");
+    assert_eq!(stats["verify_errors"], 0, "{replicated}");
+    assert_eq!(stats["lag_secs"], 0, "{replicated}");
+    assert!(
+        stats["blobs_verified"].as_u64().unwrap() > 0,
+        "{replicated}"
+    );
+    assert!(stats["bytes_added"].as_u64().unwrap() > 0, "{replicated}");
+    assert!(
+        daemon
+            .data
+            .with_extension("replica")
+            .join("dinkes/config")
+            .exists()
+    );
+    let runs = ok(&server, &site.kasi, &["report", "runs", "--plan", &plan_id]);
+    assert_eq!(
+        runs["plans"][0]["replica_lag"]["backups_pending"], 0,
+        "{runs}"
+    );
+    // A backup after it is not replicated yet: the report says so.
+    ok(&server, &site.petugas, &["plan", "run-now", &plan_id]);
+    let third = wait_for_run(&server, &site.kasi, &plan_id, 5);
+    assert_eq!(third["status"], "ok", "{third}");
+    let runs = ok(&server, &site.kasi, &["report", "runs", "--plan", &plan_id]);
+    assert_eq!(
+        runs["plans"][0]["replica_lag"]["backups_pending"], 1,
+        "{runs}"
+    );
     refused(
         &server,
         &site.petugas,
@@ -406,7 +450,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
     let runs = ok(&server, &site.kasi, &["report", "runs", "--plan", &plan_id]);
     assert_eq!(
         runs["plans"][0]["runs"].as_array().unwrap().len(),
-        3,
+        5,
         "{runs}"
     );
     let page = dir.join("storage.html");
@@ -441,7 +485,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
             .as_array()
             .unwrap()
             .len(),
-        3
+        5
     );
     refused(
         &server,

@@ -58,8 +58,8 @@ pub use directory::{NewAccountInput, NewPersonInput};
 pub use documents::{DocumentNumbering, OfficeIdentity, Signatory};
 pub use error::AppError;
 pub use operations::{
-    AgencyStorage, PlanRuns, RunFilter, RunLine, RunsReport, ScheduleLine, ScheduleReport,
-    SizePoint, SlaGroup, SlaReport, StorageReport,
+    AgencyStorage, PlanRuns, ReplicaLag, RunFilter, RunLine, RunsReport, ScheduleLine,
+    ScheduleReport, SizePoint, SlaGroup, SlaReport, StorageReport,
 };
 pub use plans::{
     ClaimedRun, PlanSpec, PlanView, Retention, Schedule, Window, WindowState, spec_of,

@@ -1,4 +1,5 @@
-//! The reports the Head of Infrastructure Section reviews: runs per plan, SOP steps past
+//! The reports the Head of Infrastructure Section reviews: runs per plan (with the lag of
+//! the plan's replica when it replicates), SOP steps past
 //! their time standard by procedure and role, repository storage per agency, and plans
 //! whose backups are later than their schedule promises. Each is plain data (serialised
 //! for `--json` and gRPC); `report_html` draws them for print.
@@ -37,7 +38,7 @@ pub struct RunFilter {
 pub struct RunLine {
     /// Run id.
     pub id: RunId,
-    /// `backup`, `retention`, `verify` or `drill`.
+    /// `backup`, `retention`, `verify`, `drill` or `replicate`.
     pub kind: String,
     /// What started it.
     pub trigger: String,
@@ -80,9 +81,40 @@ pub struct PlanRuns {
     pub counts: BTreeMap<String, u64>,
     /// Bytes added by its backups.
     pub bytes_added: u64,
+    /// How far its replica is behind, for a plan with a replicate schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_lag: Option<ReplicaLag>,
     /// The runs: those that did not end well first, then newest first.
     pub runs: Vec<RunLine>,
 }
+
+/// How far a plan's replica is behind its backups, from the catalog's runs: the good
+/// backups that finished after the last good replication started are taken as not yet
+/// replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLag {
+    /// When the last replication that ended `ok` started (none: never replicated).
+    pub last_replicated_at: Option<DateTime<Utc>>,
+    /// Good backups not yet replicated.
+    pub backups_pending: u64,
+    /// When the oldest of them finished.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// When the newest of them finished.
+    pub newest_pending_at: Option<DateTime<Utc>>,
+    /// Age of the oldest backup not yet replicated at report time, seconds (how much
+    /// of the plan's history the replica lacks); 0 when up to date.
+    pub lag_seconds: i64,
+}
+
+impl ReplicaLag {
+    /// Whether the replica holds every good backup.
+    pub fn up_to_date(&self) -> bool {
+        self.backups_pending == 0
+    }
+}
+
+/// Most pending backups one lag figure counts.
+const MAX_PENDING: u32 = 10_000;
 
 /// `cadang report runs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +271,27 @@ fn line(run: &RunRecord) -> RunLine {
     }
 }
 
+/// The lag of a plan's replica at `now`.
+async fn replica_lag(
+    tx: &mut crate::catalog::Tx,
+    plan: PlanId,
+    now: DateTime<Utc>,
+) -> Result<ReplicaLag, AppError> {
+    let last = tx.last_run_of(plan, "replicate", true).await?;
+    let since = last.as_ref().and_then(|run| run.started_at);
+    let pending = tx
+        .ok_runs_finished_after(plan, "backup", since, MAX_PENDING)
+        .await?;
+    let oldest = pending.first().and_then(|run| run.finished_at);
+    Ok(ReplicaLag {
+        last_replicated_at: since,
+        backups_pending: pending.len() as u64,
+        oldest_pending_at: oldest,
+        newest_pending_at: pending.last().and_then(|run| run.finished_at),
+        lag_seconds: oldest.map_or(0, |at| (now - at).num_seconds().max(0)),
+    })
+}
+
 fn well(status: &str) -> bool {
     matches!(status, "ok" | "queued" | "running")
 }
@@ -300,6 +353,7 @@ impl App {
                         agency_code: codes.get(&plan.agency_id).cloned().unwrap_or_default(),
                         counts: BTreeMap::new(),
                         bytes_added: 0,
+                        replica_lag: None,
                         runs: Vec::new(),
                     },
                 );
@@ -307,8 +361,20 @@ impl App {
             if let Some(entry) = plans.get_mut(&run.plan_id) {
                 let line = line(run);
                 *entry.counts.entry(run.status.clone()).or_default() += 1;
-                entry.bytes_added += line.bytes_added.unwrap_or(0);
+                // Replications add to the replica, not to the plan's repository.
+                if run.kind == "backup" {
+                    entry.bytes_added += line.bytes_added.unwrap_or(0);
+                }
                 entry.runs.push(line);
+            }
+        }
+        for plan in plans.values_mut() {
+            let record = tx.plan(plan.plan_id).await?;
+            let replicates = spec_of(&record)
+                .map(|spec| spec.replicate_schedule.is_some())
+                .unwrap_or(false);
+            if replicates {
+                plan.replica_lag = Some(replica_lag(&mut tx, plan.plan_id, now).await?);
             }
         }
         let mut plans: Vec<PlanRuns> = plans.into_values().collect();

@@ -59,6 +59,10 @@ pub struct PlanSpec {
     /// and every file verified); none for never.
     #[serde(default)]
     pub drill_schedule: Option<String>,
+    /// When the plan's new snapshots are copied to the agency's replica repository (and
+    /// read back to verify them); none for never. Needs `[repositories] replica_root`.
+    #[serde(default)]
+    pub replicate_schedule: Option<String>,
     /// The hours backups may run in; a backup due outside waits for the window to open,
     /// and one still going when it closes is stopped at a safe point.
     #[serde(default)]
@@ -300,6 +304,7 @@ impl PlanSpec {
             &self.retention_schedule,
             &self.verify_schedule,
             &self.drill_schedule,
+            &self.replicate_schedule,
         ]
         .into_iter()
         .flatten()
@@ -325,8 +330,8 @@ impl PlanSpec {
         Ok(())
     }
 
-    /// The four schedules: backup, retention, verification, drill.
-    fn schedules(&self) -> Result<[Option<Schedule>; 4], AppError> {
+    /// The five schedules: backup, retention, verification, drill, replication.
+    fn schedules(&self) -> Result<[Option<Schedule>; 5], AppError> {
         let parse = |expression: &Option<String>| {
             expression
                 .as_deref()
@@ -338,6 +343,7 @@ impl PlanSpec {
             parse(&self.retention_schedule)?,
             parse(&self.verify_schedule)?,
             parse(&self.drill_schedule)?,
+            parse(&self.replicate_schedule)?,
         ])
     }
 }
@@ -357,8 +363,8 @@ pub struct PlanView {
     pub status: String,
     /// Specification.
     pub spec: PlanSpec,
-    /// Next backup, retention, verification and drill slots.
-    pub next: [Option<DateTime<Utc>>; 4],
+    /// Next backup, retention, verification, drill and replication slots.
+    pub next: [Option<DateTime<Utc>>; 5],
 }
 
 fn view(record: &PlanRecord) -> Result<PlanView, AppError> {
@@ -374,6 +380,7 @@ fn view(record: &PlanRecord) -> Result<PlanView, AppError> {
             record.next_retention_at,
             record.next_verify_at,
             record.next_drill_at,
+            record.next_replicate_at,
         ],
     })
 }
@@ -387,7 +394,7 @@ pub fn spec_of(record: &PlanRecord) -> Result<PlanSpec, AppError> {
         .map_err(|error| AppError::internal(format!("plan {}: {error}", record.id)))
 }
 
-const KINDS: [&str; 4] = ["backup", "retention", "verify", "drill"];
+const KINDS: [&str; 5] = ["backup", "retention", "verify", "drill", "replicate"];
 
 /// A run claimed by a daemon, with what it needs to carry it out.
 #[derive(Debug, Clone)]
@@ -561,7 +568,8 @@ impl App {
         self.run_now_kind(username, plan, "backup", now).await
     }
 
-    /// Queues a run of one kind (`backup`, `verify`, `retention`, `drill`) now.
+    /// Queues a run of one kind (`backup`, `verify`, `retention`, `drill`, `replicate`)
+    /// now.
     ///
     /// # Errors
     /// As [`App::run_now`]; [`AppError::InvalidInput`] for an unknown kind, or
@@ -575,7 +583,7 @@ impl App {
     ) -> Result<RunId, AppError> {
         let kind: &'static str = KINDS.iter().find(|known| **known == kind).ok_or_else(|| {
             AppError::invalid(format!(
-                "unknown run kind `{kind}`; one of backup, retention, verify, drill"
+                "unknown run kind `{kind}`; one of backup, retention, verify, drill, replicate"
             ))
         })?;
         let mut work = self.work(username, now).await?;
@@ -633,7 +641,7 @@ impl App {
         let (from, to, next) = if running {
             ("paused", "active", next_slots(&spec_of(&record)?, now)?)
         } else {
-            ("active", "paused", [None, None, None, None])
+            ("active", "paused", [None; 5])
         };
         if record.status != from {
             return Err(AppError::Conflict(format!(
@@ -684,6 +692,7 @@ impl App {
                 record.next_retention_at,
                 record.next_verify_at,
                 record.next_drill_at,
+                record.next_replicate_at,
             ];
             for (slot, schedule) in schedules.iter().enumerate() {
                 let (Some(schedule), Some(stored)) = (schedule, next[slot]) else {
@@ -960,7 +969,7 @@ impl App {
                 }
                 SystemAction::StopBackupPlan => {
                     work.tx
-                        .update_plan(plan.id, "stopped", [None, None, None, None], now)
+                        .update_plan(plan.id, "stopped", [None; 5], now)
                         .await?;
                     let cancelled = work
                         .tx
@@ -1003,9 +1012,9 @@ impl App {
 }
 
 /// The first slots after `now` of a plan's schedules.
-fn next_slots(spec: &PlanSpec, now: DateTime<Utc>) -> Result<[Option<DateTime<Utc>>; 4], AppError> {
+fn next_slots(spec: &PlanSpec, now: DateTime<Utc>) -> Result<[Option<DateTime<Utc>>; 5], AppError> {
     let schedules = spec.schedules()?;
-    let mut next = [None, None, None, None];
+    let mut next = [None; 5];
     for (slot, schedule) in schedules.iter().enumerate() {
         if let Some(schedule) = schedule {
             next[slot] = Some(schedule.next_after(now)?);
@@ -1149,6 +1158,7 @@ mod tests {
             verify_schedule: None,
             verify_parts: 7,
             drill_schedule: None,
+            replicate_schedule: None,
             window: None,
             bandwidth_limit_kib: None,
         };

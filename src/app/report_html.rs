@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use super::operations::{RunsReport, ScheduleReport, SlaReport, StorageReport};
+use super::operations::{ReplicaLag, RunsReport, ScheduleReport, SlaReport, StorageReport};
 
 /// Escapes text for HTML content and attribute values.
 fn esc(text: &str) -> String {
@@ -243,6 +243,14 @@ pub fn runs_html(report: &RunsReport) -> String {
                 .join(", ")),
             bytes(plan.bytes_added)
         );
+        if let Some(lag) = &plan.replica_lag {
+            let _ = writeln!(
+                body,
+                "<p>Replica: <span class=\"{}\">{}</span></p>",
+                if lag.up_to_date() { "good" } else { "bad" },
+                esc(&replica_lag_text(lag))
+            );
+        }
         body.push_str("<table>\n<tr><th>Run</th><th>Kind</th><th>Trigger</th><th>Status</th><th>Due</th><th>Duration</th><th>Read</th><th>Added</th><th>Dedup</th><th>Throughput</th><th>Error</th></tr>\n");
         for run in &plan.runs {
             let class = if run.status == "ok" { "good" } else { "bad" };
@@ -276,6 +284,23 @@ pub fn runs_html(report: &RunsReport) -> String {
         ),
         report.generated_at,
         &body,
+    )
+}
+
+/// A replica's lag in words: "up to date", or how many backups wait and for how long.
+pub fn replica_lag_text(lag: &ReplicaLag) -> String {
+    if lag.up_to_date() {
+        return format!(
+            "up to date (last replicated {})",
+            when(lag.last_replicated_at)
+        );
+    }
+    format!(
+        "lag {} — {} backup(s) not yet replicated, oldest finished {} (last replicated {})",
+        duration(lag.lag_seconds),
+        lag.backups_pending,
+        when(lag.oldest_pending_at),
+        when(lag.last_replicated_at)
     )
 }
 
@@ -538,6 +563,7 @@ mod tests {
                 agency_code: "DINKES".into(),
                 counts,
                 bytes_added: 2_621_440_000,
+                replica_lag: None,
                 runs: vec![
                     run(
                         12,
@@ -551,6 +577,45 @@ mod tests {
             }],
         };
         golden("runs", &runs_html(&report));
+    }
+
+    #[test]
+    fn a_replica_lag_reads_as_up_to_date_or_as_its_age() {
+        let mut lag = ReplicaLag {
+            last_replicated_at: Some(at(9, 2)),
+            backups_pending: 0,
+            oldest_pending_at: None,
+            newest_pending_at: None,
+            lag_seconds: 0,
+        };
+        assert_eq!(
+            replica_lag_text(&lag),
+            "up to date (last replicated 2026-03-09 02:00 UTC)"
+        );
+        lag.backups_pending = 2;
+        lag.oldest_pending_at = Some(at(8, 20));
+        lag.newest_pending_at = Some(at(9, 20));
+        lag.lag_seconds = 29 * 3600;
+        let text = replica_lag_text(&lag);
+        assert!(text.starts_with("lag 1d 05h — 2 backup(s)"), "{text}");
+        let mut counts = BTreeMap::new();
+        counts.insert("ok".to_owned(), 1);
+        let report = RunsReport {
+            generated_at: at(10, 1),
+            since: at(1, 0),
+            until: at(10, 0),
+            plans: vec![PlanRuns {
+                plan_id: PlanId(3),
+                plan_name: "simkes".into(),
+                agency_id: AgencyId(1),
+                agency_code: "DINKES".into(),
+                counts,
+                bytes_added: 0,
+                replica_lag: Some(lag),
+                runs: vec![run(13, "ok", 5, None)],
+            }],
+        };
+        assert!(runs_html(&report).contains("Replica: <span class=\"bad\">lag 1d 05h"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct PlanRecord {
     pub next_verify_at: Option<DateTime<Utc>>,
     /// The next scheduled restore drill, while active.
     pub next_drill_at: Option<DateTime<Utc>>,
+    /// The next scheduled replication to the replica repository, while active.
+    pub next_replicate_at: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// Who created it.
@@ -135,6 +137,7 @@ struct PlanRow {
     next_retention_at: Option<String>,
     next_verify_at: Option<String>,
     next_drill_at: Option<String>,
+    next_replicate_at: Option<String>,
     created_at: String,
     created_by: String,
     updated_at: String,
@@ -156,6 +159,10 @@ impl PlanRow {
             )?,
             next_verify_at: parse_opt_instant("backup_plans", self.next_verify_at.as_deref())?,
             next_drill_at: parse_opt_instant("backup_plans", self.next_drill_at.as_deref())?,
+            next_replicate_at: parse_opt_instant(
+                "backup_plans",
+                self.next_replicate_at.as_deref(),
+            )?,
             created_at: parse_instant("backup_plans", &self.created_at)?,
             created_by: self.created_by,
             updated_at: parse_instant("backup_plans", &self.updated_at)?,
@@ -213,7 +220,7 @@ impl RunRow {
 macro_rules! select_plans {
     ($tail:literal) => {
         concat!(
-            "SELECT id, agency_id, request_id, name, spec_json, status, next_due_at, next_retention_at, next_verify_at, next_drill_at, ",
+            "SELECT id, agency_id, request_id, name, spec_json, status, next_due_at, next_retention_at, next_verify_at, next_drill_at, next_replicate_at, ",
             "created_at, created_by, updated_at FROM backup_plans ",
             $tail
         )
@@ -234,7 +241,7 @@ macro_rules! select_runs {
 const INSERT_PLAN: &str = "INSERT INTO backup_plans (agency_id, request_id, name, spec_json, status, \
      next_due_at, created_at, created_by, updated_at) VALUES ($1, $2, $3, $4, 'approved', NULL, $5, $6, $5) RETURNING id";
 const UPDATE_PLAN: &str = "UPDATE backup_plans SET status = $1, next_due_at = $2, next_retention_at = $3, \
-     next_verify_at = $4, next_drill_at = $5, updated_at = $6 WHERE id = $7";
+     next_verify_at = $4, next_drill_at = $5, next_replicate_at = $6, updated_at = $7 WHERE id = $8";
 const INSERT_RUN: &str = "INSERT INTO runs (plan_id, kind, trigger, due_at, status, queued_at, request_id, step) \
      VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) ON CONFLICT (plan_id, kind, due_at) DO NOTHING RETURNING id";
 /// Claims the oldest claimable run: an expired lease first (its daemon died), then a
@@ -378,7 +385,8 @@ impl Tx {
         let ids: Vec<i64> = with_conn!(self, |conn| {
             sqlx::query_scalar(
                 "SELECT id FROM backup_plans WHERE status = 'active' AND (next_due_at <= $1 \
-                 OR next_retention_at <= $1 OR next_verify_at <= $1 OR next_drill_at <= $1) \
+                 OR next_retention_at <= $1 OR next_verify_at <= $1 OR next_drill_at <= $1 \
+                 OR next_replicate_at <= $1) \
                  ORDER BY id LIMIT $2",
             )
             .bind(instant(now))
@@ -389,7 +397,8 @@ impl Tx {
         Ok(ids.into_iter().map(PlanId).collect())
     }
 
-    /// Sets a plan's status and next slots (backup, retention, verification, drill).
+    /// Sets a plan's status and next slots (backup, retention, verification, drill,
+    /// replication).
     ///
     /// # Errors
     /// [`CatalogError::NotFound`].
@@ -397,7 +406,7 @@ impl Tx {
         &mut self,
         id: PlanId,
         status: &str,
-        next: [Option<DateTime<Utc>>; 4],
+        next: [Option<DateTime<Utc>>; 5],
         now: DateTime<Utc>,
     ) -> Result<(), CatalogError> {
         let affected = with_conn!(self, |conn| {
@@ -407,6 +416,7 @@ impl Tx {
                 .bind(next[1].map(instant))
                 .bind(next[2].map(instant))
                 .bind(next[3].map(instant))
+                .bind(next[4].map(instant))
                 .bind(instant(now))
                 .bind(id.0)
                 .execute(&mut *conn)
@@ -696,6 +706,34 @@ impl Tx {
             .await?
         });
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// A plan's runs of one kind that ended `ok` and finished after `after` (every one
+    /// when `None`), in the order they finished.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn ok_runs_finished_after(
+        &mut self,
+        plan: PlanId,
+        kind: &str,
+        after: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, CatalogError> {
+        let rows: Vec<RunRow> = with_conn!(self, |conn| {
+            sqlx::query_as(select_runs!(
+                "WHERE r.plan_id = $1 AND r.kind = $2 AND r.status = 'ok' \
+                 AND r.finished_at IS NOT NULL AND ($3 IS NULL OR r.finished_at > $3) \
+                 ORDER BY r.finished_at, r.id LIMIT $4"
+            ))
+            .bind(plan.0)
+            .bind(kind)
+            .bind(after.map(instant))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?
+        });
+        rows.into_iter().map(RunRow::decode).collect()
     }
 
     /// The newest finished run of a plan of one kind (only `ok` ones with `ok_only`).

@@ -719,6 +719,10 @@ pub enum PlanCmd {
         /// When a restore drill (latest snapshot restored to scratch and verified) runs, cron.
         #[arg(long)]
         drill_schedule: Option<String>,
+        /// When the plan's new snapshots are copied to the agency's replica repository and
+        /// read back, cron (needs `[repositories] replica_root`).
+        #[arg(long)]
+        replicate_schedule: Option<String>,
         /// Hours backups may run in, local time: `22:00-05:00`.
         #[arg(long, value_name = "HH:MM-HH:MM")]
         window: Option<String>,
@@ -741,7 +745,8 @@ pub enum PlanCmd {
     RunNow {
         /// Plan id.
         id: i64,
-        /// What to run: backup, verify, retention or drill (a test restore, verified).
+        /// What to run: backup, verify, retention, drill (a test restore, verified) or
+        /// replicate (new snapshots copied to the replica repository and read back).
         #[arg(long, default_value = "backup")]
         kind: String,
     },
@@ -1625,6 +1630,19 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     ],
                     rows,
                 );
+                for plan in report["plans"].as_array().into_iter().flatten() {
+                    if let Ok(lag) = serde_json::from_value::<crate::app::ReplicaLag>(
+                        plan["replica_lag"].clone(),
+                    ) {
+                        println!(
+                            "{} {} {}: replica {}",
+                            text(&plan["agency_code"]),
+                            plan["plan_id"],
+                            text(&plan["plan_name"]),
+                            crate::app::report_html::replica_lag_text(&lag)
+                        );
+                    }
+                }
             })?;
         }
         ClientCommand::Report(ReportCmd::Sla { html }) => {
@@ -1881,6 +1899,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 verify_schedule,
                 verify_parts,
                 drill_schedule,
+                replicate_schedule,
                 window,
                 bandwidth_limit,
             } => {
@@ -1898,7 +1917,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     "paths": paths, "excludes": excludes, "schedule": schedule, "time_zone": time_zone,
                     "retention": {"last": keep_last, "daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly},
                     "retention_schedule": retention_schedule, "verify_schedule": verify_schedule, "verify_parts": verify_parts,
-                    "drill_schedule": drill_schedule, "window": window, "bandwidth_limit_kib": bandwidth_limit,
+                    "drill_schedule": drill_schedule, "replicate_schedule": replicate_schedule, "window": window, "bandwidth_limit_kib": bandwidth_limit,
                     "server": server,
                 });
                 let plan = plans
@@ -2102,7 +2121,7 @@ fn plan_json(plan: &pb::Plan) -> serde_json::Value {
         "id": plan.id, "agency_id": plan.agency_id, "request_id": plan.request_id, "name": plan.name,
         "status": plan.status, "spec": parse_json_text(&plan.spec_json),
         "next_backup_at": plan.next_backup_at, "next_retention_at": plan.next_retention_at,
-        "next_verify_at": plan.next_verify_at,
+        "next_verify_at": plan.next_verify_at, "next_replicate_at": plan.next_replicate_at,
     })
 }
 

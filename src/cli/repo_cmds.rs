@@ -534,6 +534,7 @@ fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
         verify: a.verify,
         cancel: Some(ctx.cancel.clone()),
         threads: None,
+        replica: None,
     };
     let progress = Arc::new(RestoreProgress::default());
     let p2 = progress.clone();

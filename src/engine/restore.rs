@@ -14,6 +14,15 @@
 //! place (a rename replaces a symlink, it does not follow it), and symlinks
 //! are created last, so no write ever passes through a link that the restore
 //! itself placed.
+//!
+//! Replica fallback: a restore may be given a [`Replica`], a second
+//! repository sharing the primary's keys (made with
+//! [`Repository::init_from`] and filled by [`super::copy::copy`]), so blob
+//! ids are the same in both. A blob (data or tree) that the primary cannot
+//! give — pack missing, bytes failing authentication, not indexed — is read
+//! from the replica instead, verified the same way, and listed in
+//! [`RestoreResult::repaired`] so the primary's damage can be repaired. The
+//! primary is only ever read.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -33,7 +42,170 @@ use super::id::{BlobId, BlobType, PackId, SnapshotId};
 use super::index::Index;
 use super::pack::open_blob;
 use super::repo::{Repository, pack_key};
-use super::tree::{Node, NodeKind};
+use super::snapshot::Snapshot;
+use super::tree::{Node, NodeKind, Tree};
+
+/// A replica of a repository: another repository holding copies of its
+/// snapshots under the same keys, read when the primary's copy of a blob is
+/// damaged.
+pub struct Replica {
+    /// The replica repository.
+    pub repo: Repository,
+    /// Its index, loaded once.
+    pub index: Index,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("repo", &self.repo)
+            .field("blobs", &self.index.len())
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Open a replica: load its index. Index objects that cannot be read are
+    /// left out (their blobs are then simply not offered by the replica).
+    ///
+    /// # Errors
+    /// Storage errors listing the index.
+    pub fn open(repo: Repository) -> Result<Replica> {
+        let (index, _) = repo.load_index()?;
+        Ok(Replica { repo, index })
+    }
+
+    /// Whether the replica shares `primary`'s keys, so that a blob id means
+    /// the same content in both.
+    pub fn shares_keys_with(&self, primary: &Repository) -> bool {
+        self.repo.keys().fingerprint() == primary.keys().fingerprint()
+    }
+
+    /// Load, decrypt and verify one blob from the replica.
+    ///
+    /// # Errors
+    /// As [`Repository::load_blob`].
+    pub fn load_blob(&self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        self.repo.load_blob(&self.index, ty, id)
+    }
+
+    /// Load and decode a tree from the replica.
+    ///
+    /// # Errors
+    /// As [`Repository::load_tree`].
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        self.repo.load_tree(&self.index, id)
+    }
+
+    /// The replica's copy of primary snapshot `original`, if it holds one.
+    ///
+    /// # Errors
+    /// Storage errors listing the replica's snapshots.
+    pub fn find_copy(&self, original: &SnapshotId) -> Result<Option<(SnapshotId, Snapshot)>> {
+        let (snapshots, _) = self.repo.load_snapshots()?;
+        Ok(snapshots
+            .into_iter()
+            .find(|(_, s)| s.original.as_ref() == Some(original)))
+    }
+}
+
+/// Load snapshot `id` from `primary`; when that fails and a replica is given,
+/// take the replica's copy of it (same tree, same keys). The second value
+/// names the repair when the replica supplied it.
+///
+/// # Errors
+/// The primary's error when no replica holds a copy.
+pub fn load_snapshot_with_fallback(
+    primary: &Repository,
+    id: &SnapshotId,
+    replica: Option<&Replica>,
+) -> Result<(Snapshot, Option<String>)> {
+    match primary.load_snapshot(id) {
+        Ok(s) => Ok((s, None)),
+        Err(e) => {
+            let Some(replica) = replica else {
+                return Err(e);
+            };
+            match replica.find_copy(id) {
+                Ok(Some((copy_id, s))) => Ok((
+                    s,
+                    Some(format!(
+                        "snapshot {} (replica copy {}): {e} — damaged in the primary, read from the replica",
+                        id.short(),
+                        copy_id.short()
+                    )),
+                )),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Where a restore reads blobs: the primary, and the replica for what the
+/// primary cannot give.
+struct Sources<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    replica: Option<&'a Replica>,
+    repaired: Mutex<Vec<String>>,
+}
+
+impl Sources<'_> {
+    /// Plaintext length of a data blob, from the primary's index or else the
+    /// replica's.
+    fn raw_length(&self, id: &BlobId) -> Option<u32> {
+        self.index.get(id).map(|(_, l)| l.raw_length).or_else(|| {
+            self.replica
+                .and_then(|r| r.index.get(id))
+                .map(|(_, l)| l.raw_length)
+        })
+    }
+
+    /// Read a blob the primary failed to give (`primary_error`) from the
+    /// replica, recording the repair. Without a replica, or when the replica
+    /// fails too, the error text to report.
+    fn fallback(
+        &self,
+        ty: BlobType,
+        id: &BlobId,
+        primary_error: &Error,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let Some(replica) = self.replica else {
+            return Err(primary_error.to_string());
+        };
+        match replica.load_blob(ty, id) {
+            Ok(data) => {
+                let place = match self.index.get(id) {
+                    Some((pack, _)) => format!("in pack {}", pack.short()),
+                    None => "(no pack in the primary index)".to_string(),
+                };
+                self.repaired
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(format!(
+                        "{ty} blob {} {place}: {primary_error} — damaged in the primary, read from the replica",
+                        id.short()
+                    ));
+                Ok(data)
+            }
+            Err(e) => Err(format!(
+                "{primary_error}; the replica cannot supply it either: {e}"
+            )),
+        }
+    }
+
+    /// Load a tree from the primary, or from the replica when the primary's
+    /// copy is damaged.
+    fn load_tree(&self, id: &BlobId) -> std::result::Result<Tree, String> {
+        match self.repo.load_tree(self.index, id) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                let raw = self.fallback(BlobType::Tree, id, &e)?;
+                Tree::decode(&raw).map_err(|d| format!("{e}; the replica's copy is invalid: {d}"))
+            }
+        }
+    }
+}
 
 /// What to restore and where.
 #[derive(Clone, Debug, Default)]
@@ -48,6 +220,9 @@ pub struct RestoreOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Worker threads (default: available cores).
     pub threads: Option<usize>,
+    /// Read blobs the primary cannot give from this replica (which must share
+    /// the primary's keys).
+    pub replica: Option<Arc<Replica>>,
 }
 
 /// Live progress.
@@ -89,8 +264,12 @@ pub struct RestoreResult {
     pub bytes_restored: u64,
     /// Files (or entries) that could not be restored, with the reason.
     pub errors: Vec<FileError>,
-    /// Blobs found damaged or missing.
+    /// Blobs found damaged or missing and not readable anywhere.
     pub damaged_blobs: Vec<String>,
+    /// Blobs (or the snapshot) damaged or missing in the primary and read
+    /// from the replica instead: one line each naming the blob, the primary
+    /// pack and the primary's error, so the primary can be repaired.
+    pub repaired: Vec<String>,
     /// Present when verification was requested.
     pub verify: Option<VerifyReport>,
 }
@@ -138,10 +317,8 @@ fn selected(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
     (false, false)
 }
 
-#[allow(clippy::too_many_arguments)] // a recursive walk threading its accumulators
 fn collect(
-    repo: &Repository,
-    index: &Index,
+    sources: &Sources<'_>,
     tree: &BlobId,
     rel: &Path,
     includes: &[PathBuf],
@@ -149,7 +326,7 @@ fn collect(
     errors: &mut Vec<FileError>,
     damaged: &mut Vec<String>,
 ) {
-    let t = match repo.load_tree(index, tree) {
+    let t = match sources.load_tree(tree) {
         Ok(t) => t,
         Err(e) => {
             damaged.push(format!("tree {}: {e}", tree.short()));
@@ -168,14 +345,17 @@ fn collect(
         let child = rel.join(OsStr::from_bytes(&n.name));
         let (take, descend) = selected(&child, includes);
         if n.kind == NodeKind::Dir && descend {
-            let sub = n.subtree.expect("validated by Tree::decode");
+            let Some(sub) = n.subtree else {
+                // Tree::decode refuses directories without a subtree.
+                continue;
+            };
             // Included directories and the ancestors of included paths are
             // both created with their recorded metadata.
             out.push(Entry {
                 rel: child.clone(),
                 node: n,
             });
-            collect(repo, index, &sub, &child, includes, out, errors, damaged);
+            collect(sources, &sub, &child, includes, out, errors, damaged);
         } else if take {
             out.push(Entry {
                 rel: child,
@@ -232,16 +412,21 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreResult> {
-    let snap = repo.load_snapshot(id)?;
+    let (snap, repaired) = load_snapshot_with_fallback(repo, id, opts.replica.as_deref())?;
     let (index, _) = repo.load_index()?;
-    restore_tree(repo, &index, &snap.tree, opts, progress)
+    let mut result = restore_tree(repo, &index, &snap.tree, opts, progress)?;
+    if let Some(r) = repaired {
+        result.repaired.insert(0, r);
+    }
+    Ok(result)
 }
 
-/// Restore from a root tree with a given index (used by restore and by the
-/// replica fallback, which passes a merged index).
+/// Restore from a root tree with a given index of `repo` (and the replica
+/// given in `opts`, if any, for what `repo` cannot give).
 ///
 /// # Errors
-/// As [`restore`].
+/// As [`restore`]; `InvalidInput` when the replica does not share `repo`'s
+/// keys.
 pub fn restore_tree(
     repo: &Repository,
     index: &Index,
@@ -249,6 +434,20 @@ pub fn restore_tree(
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreResult> {
+    if let Some(r) = &opts.replica
+        && !r.shares_keys_with(repo)
+    {
+        return Err(Error::InvalidInput(
+            "the replica does not share the repository's keys (it must be made with init --from-repo)"
+                .into(),
+        ));
+    }
+    let sources = Sources {
+        repo,
+        index,
+        replica: opts.replica.as_deref(),
+        repaired: Mutex::new(Vec::new()),
+    };
     let target = &opts.target;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     if !std::fs::symlink_metadata(target)
@@ -269,8 +468,7 @@ pub fn restore_tree(
     let mut result = RestoreResult::default();
     let mut entries = Vec::new();
     collect(
-        repo,
-        index,
+        &sources,
         root,
         Path::new(""),
         &includes,
@@ -346,18 +544,28 @@ pub fn restore_tree(
         .store(files.iter().map(|f| f.1.size).sum(), Ordering::Relaxed);
 
     let mut by_pack: HashMap<PackId, HashMap<BlobId, Vec<(usize, u64)>>> = HashMap::new();
+    // Blobs the primary's index lacks but the replica holds.
+    let mut replica_only: BlobDestinations = HashMap::new();
     for (fi, (fs, node)) in files.iter().enumerate() {
         let mut off = 0u64;
         let mut ok = true;
         for c in &node.content {
-            match index.get(c) {
-                Some((pack, loc)) if loc.ty == BlobType::Data => {
+            let in_replica = sources
+                .replica
+                .and_then(|r| r.index.get(c))
+                .filter(|(_, l)| l.ty == BlobType::Data);
+            match (index.get(c), in_replica) {
+                (Some((pack, loc)), _) if loc.ty == BlobType::Data => {
                     by_pack
                         .entry(pack)
                         .or_default()
                         .entry(*c)
                         .or_default()
                         .push((fi, off));
+                    off += loc.raw_length as u64;
+                }
+                (_, Some((_, loc))) => {
+                    replica_only.entry(*c).or_default().push((fi, off));
                     off += loc.raw_length as u64;
                 }
                 _ => {
@@ -420,8 +628,31 @@ pub fn restore_tree(
             if cancelled() {
                 return;
             }
-            restore_pack(repo, index, pack, blobs, &files, progress, &damaged_blobs);
-        })
+            restore_pack(&sources, pack, blobs, &files, progress, &damaged_blobs);
+        });
+        let only: Vec<(&BlobId, &Vec<(usize, u64)>)> = replica_only.iter().collect();
+        only.par_iter().for_each(|(id, dests)| {
+            if cancelled()
+                || dests
+                    .iter()
+                    .all(|(fi, _)| files[*fi].0.damaged.load(Ordering::Relaxed))
+            {
+                return;
+            }
+            let missing = Error::MissingObject {
+                what: format!("data blob {} (not in the index)", id.short()),
+            };
+            match sources.fallback(BlobType::Data, id, &missing) {
+                Ok(data) => write_blob(&data, dests, &files, progress),
+                Err(e) => {
+                    damaged_blobs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(format!("data blob {}: {e}", id.short()));
+                    mark_damaged(id, &e, dests, &files);
+                }
+            }
+        });
     });
     if cancelled() {
         for (fs, _) in &files {
@@ -570,11 +801,17 @@ pub fn restore_tree(
     }
 
     if opts.verify {
-        let report = pool.install(|| verify_entries(repo, index, target, &entries, progress));
+        let report = pool.install(|| verify_entries(&sources, target, &entries, progress));
         result.verify = Some(report);
     }
     result.damaged_blobs.sort();
     result.damaged_blobs.dedup();
+    result.repaired = sources
+        .repaired
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    result.repaired.sort();
+    result.repaired.dedup();
     Ok(result)
 }
 
@@ -633,17 +870,15 @@ fn mknod(path: &Path, mode: u32, dev: u64) -> std::io::Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn restore_pack(
-    repo: &Repository,
-    index: &Index,
+    sources: &Sources<'_>,
     pack: &PackId,
-    blobs: &HashMap<BlobId, Vec<(usize, u64)>>,
+    blobs: &BlobDestinations,
     files: &[(FileState, &Node)],
     progress: &RestoreProgress,
     damaged: &Mutex<Vec<String>>,
 ) {
-    // Skip blobs whose every destination is already known damaged.
+    let (repo, index) = (sources.repo, sources.index);
     let mut wanted: Vec<(BlobId, super::index::Location)> = blobs
         .keys()
         .filter_map(|b| index.get(b).map(|(_, l)| (*b, l)))
@@ -662,7 +897,10 @@ fn restore_pack(
         None
     };
     for (id, loc) in &wanted {
-        let dests = &blobs[id];
+        let Some(dests) = blobs.get(id) else {
+            continue;
+        };
+        // Skip blobs whose every destination is already known damaged.
         if dests
             .iter()
             .all(|(fi, _)| files[*fi].0.damaged.load(Ordering::Relaxed))
@@ -673,13 +911,17 @@ fn restore_pack(
             let env = w.get(loc.offset as usize..loc.offset as usize + loc.length as usize)?;
             open_blob(repo.keys(), BlobType::Data, id, loc.raw_length, env).ok()
         });
-        // Fall back to the repository's verified read with retries.
+        // Fall back to the repository's verified read with retries, then to
+        // the replica.
         let data = match first {
             Some(d) => Ok(d),
-            None => repo.load_blob(index, BlobType::Data, id),
+            None => match repo.load_blob(index, BlobType::Data, id) {
+                Ok(d) => Ok(d),
+                Err(e) => sources.fallback(BlobType::Data, id, &e),
+            },
         };
-        let data = match data {
-            Ok(d) => d,
+        match data {
+            Ok(d) => write_blob(&d, dests, files, progress),
             Err(e) => {
                 damaged
                     .lock()
@@ -689,41 +931,52 @@ fn restore_pack(
                         id.short(),
                         pack.short()
                     ));
-                for (fi, _) in dests {
-                    let fs = &files[*fi].0;
-                    fs.damaged.store(true, Ordering::Relaxed);
-                    fs.error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get_or_insert_with(|| format!("chunk {} is damaged: {e}", id.short()));
-                }
-                continue;
+                mark_damaged(id, &e, dests, files);
             }
-        };
-        for (fi, off) in dests {
-            let fs = &files[*fi].0;
-            if fs.damaged.load(Ordering::Relaxed) {
-                continue;
-            }
-            {
-                let w = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&fs.tmp)
-                    .and_then(|f| write_sparse(&f, &data, *off));
-                if let Err(e) = w {
-                    fs.damaged.store(true, Ordering::Relaxed);
-                    fs.error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get_or_insert_with(|| format!("write failed: {e}"));
-                    continue;
-                }
-            }
-            progress
-                .bytes_done
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
+    }
+}
+
+/// Mark every file that needs blob `id` as damaged.
+fn mark_damaged(id: &BlobId, error: &str, dests: &[(usize, u64)], files: &[(FileState, &Node)]) {
+    for (fi, _) in dests {
+        let fs = &files[*fi].0;
+        fs.damaged.store(true, Ordering::Relaxed);
+        fs.error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| format!("chunk {} is damaged: {error}", id.short()));
+    }
+}
+
+/// Write a verified blob's plaintext to every file offset that needs it.
+fn write_blob(
+    data: &[u8],
+    dests: &[(usize, u64)],
+    files: &[(FileState, &Node)],
+    progress: &RestoreProgress,
+) {
+    for (fi, off) in dests {
+        let fs = &files[*fi].0;
+        if fs.damaged.load(Ordering::Relaxed) {
+            continue;
+        }
+        let w = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&fs.tmp)
+            .and_then(|f| write_sparse(&f, data, *off));
+        if let Err(e) = w {
+            fs.damaged.store(true, Ordering::Relaxed);
+            fs.error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert_with(|| format!("write failed: {e}"));
+            continue;
+        }
+        progress
+            .bytes_done
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -759,8 +1012,7 @@ fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()>
 /// snapshot: file content chunk by chunk (keyed ids), sizes, symlink targets
 /// and entry types.
 fn verify_entries(
-    repo: &Repository,
-    index: &Index,
+    sources: &Sources<'_>,
     target: &Path,
     entries: &[Entry],
     _progress: &RestoreProgress,
@@ -775,7 +1027,7 @@ fn verify_entries(
         })
         .map(|e| {
             let path = target.join(&e.rel);
-            let r = verify_one(repo, index, &path, &e.node);
+            let r = verify_one(sources, &path, &e.node);
             match r {
                 Ok(n) => (n, None),
                 Err(msg) => (
@@ -800,12 +1052,7 @@ fn verify_entries(
     rep
 }
 
-fn verify_one(
-    repo: &Repository,
-    index: &Index,
-    path: &Path,
-    node: &Node,
-) -> std::result::Result<u64, String> {
+fn verify_one(sources: &Sources<'_>, path: &Path, node: &Node) -> std::result::Result<u64, String> {
     let m = std::fs::symlink_metadata(path).map_err(|e| format!("missing after restore: {e}"))?;
     match node.kind {
         NodeKind::Dir => {
@@ -842,14 +1089,14 @@ fn verify_one(
                 .map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
             for (i, c) in node.content.iter().enumerate() {
-                let len = index
-                    .get(c)
-                    .map(|(_, l)| l.raw_length as usize)
+                let len = sources
+                    .raw_length(c)
+                    .map(|l| l as usize)
                     .ok_or_else(|| format!("chunk {} unknown to the index", c.short()))?;
                 buf.resize(len, 0);
                 f.read_exact(&mut buf)
                     .map_err(|e| format!("read failed at chunk {i}: {e}"))?;
-                if repo.keys().blob_id(&buf) != *c {
+                if sources.repo.keys().blob_id(&buf) != *c {
                     return Err(format!("content differs from the snapshot in chunk {i}"));
                 }
             }
@@ -880,12 +1127,17 @@ pub fn verify_target(
         .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
         .filter(|p| !p.as_os_str().is_empty())
         .collect();
+    let sources = Sources {
+        repo,
+        index: &index,
+        replica: None,
+        repaired: Mutex::new(Vec::new()),
+    };
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     let mut damaged = Vec::new();
     collect(
-        repo,
-        &index,
+        &sources,
         &snap.tree,
         Path::new(""),
         &includes,
@@ -893,7 +1145,7 @@ pub fn verify_target(
         &mut errors,
         &mut damaged,
     );
-    let mut rep = verify_entries(repo, &index, target, &entries, &RestoreProgress::default());
+    let mut rep = verify_entries(&sources, target, &entries, &RestoreProgress::default());
     rep.mismatches.extend(errors);
     Ok(rep)
 }

@@ -231,6 +231,7 @@ pub fn plan(plan: &crate::app::PlanView) -> Result<pb::Plan, Status> {
         next_backup_at: opt_time(plan.next[0]),
         next_retention_at: opt_time(plan.next[1]),
         next_verify_at: opt_time(plan.next[2]),
+        next_replicate_at: opt_time(plan.next[4]),
     })
 }
 

@@ -52,11 +52,15 @@ impl Daemon {
         let config = match config {
             Some(config) => config.to_owned(),
             None => {
-                // Tests do not wait ten seconds for a scheduler tick.
+                // Tests do not wait ten seconds for a scheduler tick. Replicas go to a
+                // second directory beside the data directory.
                 let path = data.with_extension("toml");
                 std::fs::write(
                     &path,
-                    "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n",
+                    format!(
+                        "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n[repositories]\nreplica_root = \"{}\"\n",
+                        data.with_extension("replica").display()
+                    ),
                 )
                 .unwrap();
                 path

@@ -553,6 +553,7 @@ impl Env {
                     verify_schedule: None,
                     verify_parts: 7,
                     drill_schedule: None,
+                    replicate_schedule: None,
                     window: None,
                     bandwidth_limit_kib: None,
                 },

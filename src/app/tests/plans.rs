@@ -25,6 +25,7 @@ pub(crate) fn spec(schedule: &str) -> PlanSpec {
         verify_schedule: None,
         verify_parts: 7,
         drill_schedule: None,
+        replicate_schedule: None,
         window: None,
         bandwidth_limit_kib: None,
     }
@@ -90,7 +91,7 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
         .await
         .expect("the plan is created");
     assert_eq!(plan.status, "approved");
-    assert_eq!(plan.next, [None; 4], "not scheduled before B5");
+    assert_eq!(plan.next, [None; 5], "not scheduled before B5");
 
     // Entering B3 (B2 done): the first start runs the plan once.
     env.complete(KASI, id, 2).await;
@@ -348,7 +349,7 @@ pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog)
             tx.update_plan(
                 *plan,
                 "active",
-                [Some(start + TimeDelta::minutes(1)), None, None, None],
+                [Some(start + TimeDelta::minutes(1)), None, None, None, None],
                 start,
             )
             .await
