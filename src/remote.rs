@@ -791,7 +791,11 @@ pub fn restore_to_agent(
         Ok(chosen) => chosen,
         Err(error) => {
             return (
-                end("failed", json!({}), Some(format!("server {}: {error}", source.id))),
+                end(
+                    "failed",
+                    json!({}),
+                    Some(format!("server {}: {error}", source.id)),
+                ),
                 None,
             );
         }
@@ -1109,9 +1113,7 @@ pub fn check_on_agent(
     wait: Duration,
     cancel: &AtomicBool,
 ) -> serde_json::Value {
-    let failed = |error: String| {
-        json!({ "command": check.command, "passed": false, "exit_code": null, "timed_out": false, "output": "", "error": error })
-    };
+    let failed = |error: String| json!({ "command": check.command, "passed": false, "exit_code": null, "timed_out": false, "output": "", "error": error });
     let Some(mut link) = open_link(handle, hub, target, job_id, wait, cancel) else {
         return failed(format!(
             "the agent of server {} is not connected to run the check",
@@ -1175,9 +1177,8 @@ mod tests {
 
     #[test]
     fn snapshots_are_chosen_by_latest_id_time_and_the_one_before() {
-        let at = |hour: u32| {
-            chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, hour, 0, 0).unwrap()
-        };
+        let at =
+            |hour: u32| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, hour, 0, 0).unwrap();
         let snapshot = |n: u8, hour: u32| {
             (
                 SnapshotId([n; 32]),

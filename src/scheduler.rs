@@ -19,12 +19,12 @@ use chrono::{TimeDelta, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::app::restore_requests::CheckCommand;
 use crate::app::{App, ClaimedRun, RestoreEnd, spec_of};
 use crate::catalog::{RestoreRecord, RunEnd};
 use crate::hub::Hub;
 use crate::jobs::{Repositories, execute};
 use crate::notify::{Notifier, deliver_due};
-use crate::app::restore_requests::CheckCommand;
 use crate::remote::{Progress, RemoteOptions, backup_via_agent, check_on_agent, restore_to_agent};
 
 /// How often overdue plans and steps are looked for.

@@ -579,11 +579,19 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         &site.kasi,
         &["restore-request", "show", &c.to_string(), "--wait"],
     );
-    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(shown["state"], "verify_differences", "{shown}");
     assert!(
-        shown["attempts"][0]["error"].as_str().unwrap().contains("no snapshot"),
+        shown["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no snapshot"),
         "{shown}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -2435,6 +2443,16 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
         }
     }
     assert_eq!(cuts, 3, "the backup ended before three cuts");
+    // Progress is written every two seconds; after the last cut it keeps coming.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !progress_seen && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let runs = ok(&server, &site.kasi, &["run", "list", "--plan", &plan]);
+        if let Some(id) = runs[0]["id"].as_i64() {
+            let shown = ok(&server, &site.kasi, &["run", "show", &id.to_string()]);
+            progress_seen |= shown["stats"]["progress"]["bytes"].as_u64().unwrap_or(0) > 0;
+        }
+    }
     assert!(
         progress_seen,
         "progress reached `cadang run show` while the backup ran"

@@ -65,7 +65,14 @@ impl Bench {
         args.extend_from_slice(options);
         let planned = ok(&self.server, &self.site.petugas, &args);
         assert_eq!(planned["state"], "planning", "{planned}");
-        step(&self.server, &self.site.petugas, request, "complete", 2, &[]);
+        step(
+            &self.server,
+            &self.site.petugas,
+            request,
+            "complete",
+            2,
+            &[],
+        );
         step(
             &self.server,
             &self.site.kabid,
@@ -203,26 +210,62 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let admin = Daemon::bootstrap(&data, &[]);
     let server = daemon.url();
     let site = set_up(&server, &admin);
-    let web = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-web-01", "SN-W1");
-    let spare = register_server(dir.path(), &server, &site.kasi, site.dinkes, "simkes-spare-01", "SN-S1");
-    let kendal = register_server(dir.path(), &server, &site.kasi, site.kendal, "kendal-01", "SN-K1");
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-W1",
+    );
+    let spare = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-spare-01",
+        "SN-S1",
+    );
+    let kendal = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.kendal,
+        "kendal-01",
+        "SN-K1",
+    );
     let mut agents = Vec::new();
     for (name, id) in [("web", web), ("spare", spare)] {
-        let token = ok(&server, &site.petugas, &["agent", "enroll-token", &id.to_string()])["token"]
+        let token = ok(
+            &server,
+            &site.petugas,
+            &["agent", "enroll-token", &id.to_string()],
+        )["token"]
             .as_str()
             .unwrap()
             .to_owned();
         let state = dir.path().join(format!("agent-{name}"));
         let enrolled = enroll(&server, &token, &state);
-        assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
-        agents.push(AgentProcess::start(&state, &dir.path().join(format!("agent-{name}.log"))));
+        assert!(
+            enrolled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&enrolled.stderr)
+        );
+        agents.push(AgentProcess::start(
+            &state,
+            &dir.path().join(format!("agent-{name}.log")),
+        ));
     }
 
     // The agency's data, backed up twice through the agent and replicated after each.
     let source = dir.path().join("srv-simkes");
     std::fs::create_dir_all(source.join("html")).unwrap();
     std::fs::create_dir_all(source.join("db")).unwrap();
-    std::fs::write(source.join("html/index.html"), "<h1>SIMKES</h1>\n".repeat(300)).unwrap();
+    std::fs::write(
+        source.join("html/index.html"),
+        "<h1>SIMKES</h1>\n".repeat(300),
+    )
+    .unwrap();
     std::fs::write(source.join("db/dump.sql"), noise(11, 2 << 20)).unwrap();
     std::fs::write(source.join("db/config.ini"), "port = 5432\n").unwrap();
     let backup_request = active_backup_request(&server, &site, site.dinkes, dir.path(), "simkes");
@@ -249,7 +292,11 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         .to_string();
     step(&server, &site.kasi, backup_request, "complete", 2, &[]);
     assert_eq!(wait_for_run(&server, &site.kasi, &plan, 1)["status"], "ok");
-    ok(&server, &site.petugas, &["plan", "run-now", &plan, "--kind", "replicate"]);
+    ok(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan, "--kind", "replicate"],
+    );
     let replicated = wait_for_run(&server, &site.kasi, &plan, 2);
     assert_eq!(replicated["status"], "ok", "{replicated}");
     let first_tree = tree_of(&source);
@@ -263,11 +310,16 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     std::fs::write(source.join("db/config.ini"), "port = 5433\n").unwrap();
     ok(&server, &site.petugas, &["plan", "run-now", &plan]);
     assert_eq!(wait_for_run(&server, &site.kasi, &plan, 3)["status"], "ok");
-    ok(&server, &site.petugas, &["plan", "run-now", &plan, "--kind", "replicate"]);
+    ok(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan, "--kind", "replicate"],
+    );
     assert_eq!(wait_for_run(&server, &site.kasi, &plan, 4)["status"], "ok");
     let second_tree = tree_of(&source);
     // The packs only the second backup wrote (its new file's data), in both copies.
-    let big = |packs: std::collections::BTreeMap<PathBuf, u64>, before: &std::collections::BTreeMap<PathBuf, u64>| {
+    let big = |packs: std::collections::BTreeMap<PathBuf, u64>,
+               before: &std::collections::BTreeMap<PathBuf, u64>| {
         packs
             .into_iter()
             .filter(|(path, size)| !before.contains_key(path) && *size > 256 << 10)
@@ -295,30 +347,71 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let why = refused(
         &server,
         &site.kabid,
-        &["step", "decide", &no_plan.to_string(), "3", "--yes", "--reason", "ok"],
+        &[
+            "step",
+            "decide",
+            &no_plan.to_string(),
+            "3",
+            "--yes",
+            "--reason",
+            "ok",
+        ],
         "FAILED_PRECONDITION",
     );
     assert!(why.contains("no restore plan"), "{why}");
     refused(
         &server,
         &site.petugas,
-        &["restore-request", "plan", &no_plan.to_string(), "--source", &web.to_string(), "--target", "/tmp/x"],
+        &[
+            "restore-request",
+            "plan",
+            &no_plan.to_string(),
+            "--source",
+            &web.to_string(),
+            "--target",
+            "/tmp/x",
+        ],
         "FAILED_PRECONDITION",
     );
-    step(&server, &site.kabid, no_plan, "decide", 3, &["--no", "--reason", "tidak ada rencana"]);
+    step(
+        &server,
+        &site.kabid,
+        no_plan,
+        "decide",
+        3,
+        &["--no", "--reason", "tidak ada rencana"],
+    );
 
     // Who may plan, and what: never the agency itself, never another agency's server.
     let happy = bench.open("utama");
     refused(
         &server,
         &site.skpd,
-        &["restore-request", "plan", &happy.to_string(), "--source", &web.to_string(), "--target", "/tmp/x"],
+        &[
+            "restore-request",
+            "plan",
+            &happy.to_string(),
+            "--source",
+            &web.to_string(),
+            "--target",
+            "/tmp/x",
+        ],
         "PERMISSION_DENIED",
     );
     refused(
         &server,
         &site.petugas,
-        &["restore-request", "plan", &happy.to_string(), "--source", &web.to_string(), "--target-server", &kendal.to_string(), "--target", "/tmp/x"],
+        &[
+            "restore-request",
+            "plan",
+            &happy.to_string(),
+            "--source",
+            &web.to_string(),
+            "--target-server",
+            &kendal.to_string(),
+            "--target",
+            "/tmp/x",
+        ],
         "PERMISSION_DENIED",
     );
     refused(
@@ -333,19 +426,41 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let target = dir.path().join("restored-happy");
     let restored = bench.restored(&target);
     let check = format!("test -s {}", restored.join("db/dump.sql").display());
-    let planned = bench.plan_and_approve(happy, &["--target", &target.display().to_string(), "--check", &check, "--fallback", "replica"]);
+    let planned = bench.plan_and_approve(
+        happy,
+        &[
+            "--target",
+            &target.display().to_string(),
+            "--check",
+            &check,
+            "--fallback",
+            "replica",
+        ],
+    );
     assert_eq!(planned["plan"]["check"]["command"][0], "test");
     let shown = bench.settle(happy);
     assert_eq!(shown["state"], "verified", "{shown}");
-    assert_eq!(attempts(&shown), vec![("primary".to_owned(), "ok".to_owned())]);
-    assert_eq!(shown["attempts"][0]["stats"]["check"]["passed"], true, "{shown}");
-    assert!(shown["approved_by"].as_str().unwrap().contains("kabid"), "{shown}");
+    assert_eq!(
+        attempts(&shown),
+        vec![("primary".to_owned(), "ok".to_owned())]
+    );
+    assert_eq!(
+        shown["attempts"][0]["stats"]["check"]["passed"], true,
+        "{shown}"
+    );
+    assert!(
+        shown["approved_by"].as_str().unwrap().contains("kabid"),
+        "{shown}"
+    );
     assert_eq!(tree_of(&source), tree_of(&restored));
     assert_eq!(bench.wait_for_step(happy, 7), vec![1, 2, 3, 4, 5, 7]);
     let letter = bench.letter(happy);
     assert!(letter.contains("seluruh berkas terverifikasi"), "{letter}");
     assert!(letter.contains("lulus"), "the check is reported: {letter}");
-    assert!(letter.contains("tidak diperlukan"), "no fallback step ran: {letter}");
+    assert!(
+        letter.contains("tidak diperlukan"),
+        "no fallback step ran: {letter}"
+    );
     let done = step(&server, &site.petugas, happy, "complete", 7, &[]);
     assert_eq!(done["request"]["outcome"], "completed");
 
@@ -357,12 +472,26 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     ] {
         let request = bench.open(name);
         let target = dir.path().join(format!("restored-{name}"));
-        bench.plan_and_approve(request, &["--target", &target.display().to_string(), "--check", check, "--check-timeout", "2"]);
+        bench.plan_and_approve(
+            request,
+            &[
+                "--target",
+                &target.display().to_string(),
+                "--check",
+                check,
+                "--check-timeout",
+                "2",
+            ],
+        );
         let shown = bench.settle(request);
         assert_eq!(shown["state"], "verify_differences", "{shown}");
         let summary = shown["verdicts"][0]["summary"].as_str().unwrap();
         assert!(summary.contains(expect), "{summary}");
-        assert_eq!(bench.wait_for_step(request, 7), vec![1, 2, 3, 4, 5, 6, 7], "C6 ran");
+        assert_eq!(
+            bench.wait_for_step(request, 7),
+            vec![1, 2, 3, 4, 5, 6, 7],
+            "C6 ran"
+        );
         let letter = bench.letter(request);
         assert!(letter.contains("verify differences"), "{letter}");
         step(&server, &site.kasi, request, "complete", 7, &[]);
@@ -372,12 +501,19 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     // falls back to the replica, and every file matches the source.
     let mut primary_packs: Vec<PathBuf> = packs(&primary).into_keys().collect();
     primary_packs.sort();
-    for pack in primary_packs.iter().filter(|p| primary_second.contains(p)).chain(primary_packs.iter().take(2)) {
+    for pack in primary_packs
+        .iter()
+        .filter(|p| primary_second.contains(p))
+        .chain(primary_packs.iter().take(2))
+    {
         flip(pack);
     }
     let deleted = primary_packs
         .iter()
-        .find(|p| !primary_second.contains(p) && primary_first.get(*p).is_some_and(|size| *size > 256 << 10))
+        .find(|p| {
+            !primary_second.contains(p)
+                && primary_first.get(*p).is_some_and(|size| *size > 256 << 10)
+        })
         .expect("a data pack of the first backup");
     std::fs::remove_file(deleted).unwrap();
     let primary_before: std::collections::BTreeMap<PathBuf, Vec<u8>> = packs(&primary)
@@ -389,14 +525,25 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         .collect();
     let repaired = bench.open("replika");
     let target = dir.path().join("restored-replica");
-    bench.plan_and_approve(repaired, &["--target", &target.display().to_string(), "--fallback", "replica,previous-snapshot"]);
+    bench.plan_and_approve(
+        repaired,
+        &[
+            "--target",
+            &target.display().to_string(),
+            "--fallback",
+            "replica,previous-snapshot",
+        ],
+    );
     let shown = bench.settle(repaired);
     assert_eq!(shown["state"], "verified", "{shown}");
     let tried = attempts(&shown);
     assert_eq!(tried.len(), 2, "{shown}");
     assert_ne!(tried[0].1, "ok", "the damage is found: {shown}");
     assert_eq!(tried[1], ("replica".to_owned(), "ok".to_owned()));
-    assert!(shown["attempts"][1]["stats"]["repaired"].as_u64().unwrap() > 0, "{shown}");
+    assert!(
+        shown["attempts"][1]["stats"]["repaired"].as_u64().unwrap() > 0,
+        "{shown}"
+    );
     assert_eq!(tree_of(&source), tree_of(&bench.restored(&target)));
     // The primary was not touched: the damage stays for repair, and is reported.
     let primary_after: std::collections::BTreeMap<PathBuf, Vec<u8>> = packs(&primary)
@@ -419,31 +566,69 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     }
     let older = bench.open("snapshot-lama");
     let target = dir.path().join("restored-older");
-    bench.plan_and_approve(older, &["--target", &target.display().to_string(), "--fallback", "replica,previous-snapshot"]);
+    bench.plan_and_approve(
+        older,
+        &[
+            "--target",
+            &target.display().to_string(),
+            "--fallback",
+            "replica,previous-snapshot",
+        ],
+    );
     let shown = bench.settle(older);
     assert_eq!(shown["state"], "awaiting_confirmation", "{shown}");
     assert_eq!(attempts(&shown).len(), 2, "{shown}");
     let failed = shown["verdicts"][1]["report"]["failed"].to_string();
-    assert!(failed.contains("new.bin"), "the affected file is listed: {shown}");
-    assert!(!failed.contains("dump.sql"), "only the affected file: {shown}");
+    assert!(
+        failed.contains("new.bin"),
+        "the affected file is listed: {shown}"
+    );
+    assert!(
+        !failed.contains("dump.sql"),
+        "only the affected file: {shown}"
+    );
     std::thread::sleep(Duration::from_secs(3));
-    let still = ok(&server, &site.kasi, &["restore-request", "show", &older.to_string()]);
-    assert_eq!(attempts(&still).len(), 2, "nothing older runs unconfirmed: {still}");
+    let still = ok(
+        &server,
+        &site.kasi,
+        &["restore-request", "show", &older.to_string()],
+    );
+    assert_eq!(
+        attempts(&still).len(),
+        2,
+        "nothing older runs unconfirmed: {still}"
+    );
     refused(
         &server,
         &site.petugas,
-        &["restore-request", "confirm-older", &older.to_string(), "--reason", "x"],
+        &[
+            "restore-request",
+            "confirm-older",
+            &older.to_string(),
+            "--reason",
+            "x",
+        ],
         "PERMISSION_DENIED",
     );
     ok(
         &server,
         &site.kabid,
-        &["restore-request", "confirm-older", &older.to_string(), "--reason", "data kemarin cukup"],
+        &[
+            "restore-request",
+            "confirm-older",
+            &older.to_string(),
+            "--reason",
+            "data kemarin cukup",
+        ],
     );
     let shown = bench.settle(older);
     assert_eq!(shown["state"], "verified", "{shown}");
     let tried = attempts(&shown);
-    assert_eq!(tried[2], ("previous_snapshot".to_owned(), "ok".to_owned()), "{shown}");
+    assert_eq!(
+        tried[2],
+        ("previous_snapshot".to_owned(), "ok".to_owned()),
+        "{shown}"
+    );
     assert_eq!(first_tree, tree_of(&bench.restored(&target)));
     assert_ne!(first_tree, second_tree);
     bench.wait_for_step(older, 7);
@@ -479,13 +664,26 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         "FAILED_PRECONDITION",
     );
     assert!(why.contains("has not ended"), "{why}");
-    agents.push(AgentProcess::start(&dir.path().join("agent-web"), &dir.path().join("agent-web.log")));
+    agents.push(AgentProcess::start(
+        &dir.path().join("agent-web"),
+        &dir.path().join("agent-web.log"),
+    ));
     let shown = bench.settle(lost);
     assert_eq!(shown["state"], "verify_differences", "{shown}");
-    let tried: Vec<String> = attempts(&shown).into_iter().map(|(label, _)| label).collect();
+    let tried: Vec<String> = attempts(&shown)
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
     assert_eq!(tried, ["primary", "replica", "alternate_target"], "{shown}");
-    assert_eq!(shown["attempts"][2]["target_server_id"], bench.spare, "{shown}");
-    assert!(shown["verdicts"][1]["report"]["failed"].to_string().contains("new.bin"));
+    assert_eq!(
+        shown["attempts"][2]["target_server_id"], bench.spare,
+        "{shown}"
+    );
+    assert!(
+        shown["verdicts"][1]["report"]["failed"]
+            .to_string()
+            .contains("new.bin")
+    );
     // The alternate target got everything that could be read, verified.
     assert_eq!(
         std::fs::read(bench.restored(&alternate).join("db/dump.sql")).unwrap(),

@@ -79,17 +79,31 @@ mod tests {
     #[tokio::test]
     async fn exit_status_output_timeout_and_missing_programs_are_reported() {
         let ok = run(job(&["sh", "-c", "echo ready"], 5)).await;
-        assert_eq!((ok.exit_code, ok.timed_out, ok.output.trim()), (Some(0), false, "ready"));
+        assert_eq!(
+            (ok.exit_code, ok.timed_out, ok.output.trim()),
+            (Some(0), false, "ready")
+        );
         let failed = run(job(&["sh", "-c", "echo down >&2; exit 3"], 5)).await;
         assert_eq!(failed.exit_code, Some(3));
         assert!(failed.output.contains("down"));
         let started = std::time::Instant::now();
         let slow = run(job(&["sleep", "30"], 1)).await;
         assert!(slow.timed_out && slow.exit_code.is_none());
-        assert!(started.elapsed() < Duration::from_secs(10), "killed at the timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "killed at the timeout"
+        );
         let missing = run(job(&["/nonexistent/check"], 5)).await;
         assert!(missing.exit_code.is_none() && missing.error.contains("cannot start"));
-        let chatty = run(job(&["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x; echo END"], 5)).await;
+        let chatty = run(job(
+            &[
+                "sh",
+                "-c",
+                "head -c 100000 /dev/zero | tr '\\0' x; echo END",
+            ],
+            5,
+        ))
+        .await;
         assert!(chatty.output.len() <= KEEP && chatty.output.ends_with("END\n"));
     }
 }

@@ -875,10 +875,12 @@ impl App {
             .finish_restore(
                 id,
                 owner,
-                &end.status,
-                &end.stats_json,
-                end.error.as_deref(),
-                snapshot,
+                &crate::catalog::FinishedRestore {
+                    status: &end.status,
+                    stats_json: &end.stats_json,
+                    error: end.error.as_deref(),
+                    snapshot,
+                },
                 now,
             )
             .await?
@@ -887,7 +889,8 @@ impl App {
         }
         let record = work.tx.restore(id).await?;
         let agency = work.tx.agency(record.agency_id).await?;
-        if let Some(event) = super::notify::restore_event(&record, &end.status, &stats, &agency.code)
+        if let Some(event) =
+            super::notify::restore_event(&record, &end.status, &stats, &agency.code)
         {
             super::notify::queue_event(&mut work.tx, &self.config().notify_channels, &event, now)
                 .await?;

@@ -677,11 +677,12 @@ impl App {
             None => scoped(work.account()?, record.agency_id),
         };
         let decision =
-            workflow::decide(definition, &record.state, event.clone(), &actor.actor, now)
-                .map_err(|rejection| match work.account() {
+            workflow::decide(definition, &record.state, event.clone(), &actor.actor, now).map_err(
+                |rejection| match work.account() {
                     Ok(account) => explain(rejection, &actor, account, record.agency_id),
                     Err(_) => AppError::from(rejection),
-                })?;
+                },
+            )?;
 
         if system.is_none() {
             restore_requests::guard_officer_event(&mut work, definition, &record, &event).await?;

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{App, AppError, Caller, Work};
 use crate::catalog::{
-    NewRestore, PendingStatus, RequestFilter, RequestId, RestorePlanRecord, RestoreRecord,
-    ServerId,
+    NewRestore, PendingStatus, RequestFilter, RequestId, RestorePlanRecord, RestoreRecord, ServerId,
 };
 use crate::workflow::{
     Answer, Event, Flow, ProcedureDefinition, Role, StepNumber, SystemAction, Target,
@@ -272,7 +271,9 @@ pub fn judge(record: &RestoreRecord) -> Verdict {
     let passed = files_ok && check_passed;
     let mut summary = format!("restore {} ({}): ", record.id, record.status);
     if files_ok {
-        summary.push_str(&format!("all {verified} file(s) verified against the snapshot"));
+        summary.push_str(&format!(
+            "all {verified} file(s) verified against the snapshot"
+        ));
     } else if record.status == "verify_differences" || failed_count > 0 {
         let names: Vec<&str> = failed
             .as_array()
@@ -346,11 +347,7 @@ pub fn primary_attempt(plan: &RestorePlan) -> Attempt {
 
 /// What comes next in C6, given the attempts so far (the primary first) — pure, so the
 /// order of the chain is tested without a daemon.
-pub fn next_attempt(
-    plan: &RestorePlan,
-    attempts: &[RestoreRecord],
-    older_confirmed: bool,
-) -> Next {
+pub fn next_attempt(plan: &RestorePlan, attempts: &[RestoreRecord], older_confirmed: bool) -> Next {
     let Some(last) = attempts.last() else {
         return Next::Start(primary_attempt(plan));
     };
@@ -392,7 +389,9 @@ pub fn approval_step(definition: &ProcedureDefinition) -> Option<StepNumber> {
     definition
         .steps()
         .iter()
-        .find(|step| matches!(step.flow, Flow::Decision { yes: Target::Step(yes), .. } if yes == run))
+        .find(
+            |step| matches!(step.flow, Flow::Decision { yes: Target::Step(yes), .. } if yes == run),
+        )
         .map(|step| step.number)
 }
 
@@ -402,7 +401,9 @@ pub fn plan_step(definition: &ProcedureDefinition) -> Option<StepNumber> {
     definition
         .steps()
         .iter()
-        .find(|step| matches!(step.flow, Flow::Task { next: Target::Step(next) } if next == approval))
+        .find(
+            |step| matches!(step.flow, Flow::Task { next: Target::Step(next) } if next == approval),
+        )
         .map(|step| step.number)
 }
 
@@ -462,12 +463,19 @@ pub(super) async fn guard_officer_event(
     else {
         return Ok(());
     };
-    let Some(action) = step.actions.iter().map(|binding| &binding.action).find(|action| {
-        matches!(
-            action,
-            SystemAction::RunRestore | SystemAction::VerifyRestore | SystemAction::FallbackRestore
-        )
-    }) else {
+    let Some(action) = step
+        .actions
+        .iter()
+        .map(|binding| &binding.action)
+        .find(|action| {
+            matches!(
+                action,
+                SystemAction::RunRestore
+                    | SystemAction::VerifyRestore
+                    | SystemAction::FallbackRestore
+            )
+        })
+    else {
         return Ok(());
     };
     let Some(plan_record) = work
@@ -525,8 +533,9 @@ pub(super) async fn cancel_queued(work: &mut Work<'_>, request: RequestId) -> Re
     let now = work.now;
     for attempt in work.tx.restores_of_request(request).await? {
         if attempt.status == "queued" && work.tx.cancel_queued_restore(attempt.id, now).await? {
-            work.audit("restore.cancel", "restore", attempt.id).after =
-                Some(serde_json::json!({ "request": request, "reason": "the request was cancelled" }));
+            work.audit("restore.cancel", "restore", attempt.id).after = Some(
+                serde_json::json!({ "request": request, "reason": "the request was cancelled" }),
+            );
         }
     }
     Ok(())
@@ -666,9 +675,10 @@ impl App {
             .chain(PLAN_ADMIN)
             .collect();
         work.require(&roles, "confirm restoring an older snapshot")?;
-        let plan = work.tx.restore_plan(request).await?.ok_or_else(|| {
-            AppError::Conflict(format!("request {request} has no restore plan"))
-        })?;
+        let plan =
+            work.tx.restore_plan(request).await?.ok_or_else(|| {
+                AppError::Conflict(format!("request {request} has no restore plan"))
+            })?;
         if !decode_plan(&plan)?
             .fallback
             .contains(&FallbackStep::PreviousSnapshot)
@@ -687,8 +697,8 @@ impl App {
                 "the restore plan of request {request} is not approved yet, or the older snapshot was already confirmed"
             )));
         }
-        work.audit("restore_plan.confirm_older", "request", request).after =
-            Some(serde_json::json!({ "version": plan.version, "reason": reason }));
+        work.audit("restore_plan.confirm_older", "request", request)
+            .after = Some(serde_json::json!({ "version": plan.version, "reason": reason }));
         work.commit().await?;
         latest_plan(self, request).await
     }
@@ -817,7 +827,7 @@ impl App {
         let action = step
             .actions
             .iter()
-            .map(|binding| binding.action.clone())
+            .map(|binding| binding.action)
             .find(|action| {
                 matches!(
                     action,
@@ -871,51 +881,39 @@ impl App {
                 .await?;
                 Ok(true)
             }
-            SystemAction::FallbackRestore => {
-                match next_attempt(&plan, &attempts, confirmed) {
-                    Next::Start(attempt) => {
-                        self.start_attempt(worker, &record, &plan, &attempt, "", now)
-                            .await?;
-                        Ok(true)
-                    }
-                    Next::Wait | Next::AwaitConfirmation => Ok(false),
-                    Next::Passed(position) => {
-                        let verdict = judge(&attempts[position]);
-                        let report = serde_json::json!({
-                            "result": "verified",
-                            "attempts": attempts.iter().map(|a| judge(a).report).collect::<Vec<_>>(),
-                        });
-                        self.settle_action(worker, request, "fallback_restore", &report, now)
-                            .await?;
-                        self.submit_as_system(
-                            worker,
-                            request,
-                            Event::complete(current.0),
-                            now,
-                        )
+            SystemAction::FallbackRestore => match next_attempt(&plan, &attempts, confirmed) {
+                Next::Start(attempt) => {
+                    self.start_attempt(worker, &record, &plan, &attempt, "", now)
                         .await?;
-                        tracing::info!(%request, summary = %verdict.summary, "restore request recovered by its fallback chain");
-                        Ok(true)
-                    }
-                    Next::Exhausted => {
-                        let report = serde_json::json!({
-                            "result": "verify_differences",
-                            "attempts": attempts.iter().map(|a| judge(a).report).collect::<Vec<_>>(),
-                        });
-                        self.settle_action(worker, request, "fallback_restore", &report, now)
-                            .await?;
-                        self.submit_as_system(
-                            worker,
-                            request,
-                            Event::complete(current.0),
-                            now,
-                        )
-                        .await?;
-                        tracing::warn!(%request, "restore request: the fallback chain is exhausted; the result is verify differences");
-                        Ok(true)
-                    }
+                    Ok(true)
                 }
-            }
+                Next::Wait | Next::AwaitConfirmation => Ok(false),
+                Next::Passed(position) => {
+                    let verdict = judge(&attempts[position]);
+                    let report = serde_json::json!({
+                        "result": "verified",
+                        "attempts": attempts.iter().map(|a| judge(a).report).collect::<Vec<_>>(),
+                    });
+                    self.settle_action(worker, request, "fallback_restore", &report, now)
+                        .await?;
+                    self.submit_as_system(worker, request, Event::complete(current.0), now)
+                        .await?;
+                    tracing::info!(%request, summary = %verdict.summary, "restore request recovered by its fallback chain");
+                    Ok(true)
+                }
+                Next::Exhausted => {
+                    let report = serde_json::json!({
+                        "result": "verify_differences",
+                        "attempts": attempts.iter().map(|a| judge(a).report).collect::<Vec<_>>(),
+                    });
+                    self.settle_action(worker, request, "fallback_restore", &report, now)
+                        .await?;
+                    self.submit_as_system(worker, request, Event::complete(current.0), now)
+                        .await?;
+                    tracing::warn!(%request, "restore request: the fallback chain is exhausted; the result is verify differences");
+                    Ok(true)
+                }
+            },
             _ => Ok(false),
         }
     }
@@ -1056,7 +1054,8 @@ mod tests {
             "failed": (0..failed).map(|n| serde_json::json!({"path": format!("/f{n}"), "reason": "differs"})).collect::<Vec<_>>(),
         });
         if let Some(passed) = check {
-            stats["check"] = serde_json::json!({ "passed": passed, "exit_code": if passed { 0 } else { 1 } });
+            stats["check"] =
+                serde_json::json!({ "passed": passed, "exit_code": if passed { 0 } else { 1 } });
         }
         RestoreRecord {
             id: RestoreId(id),
@@ -1093,7 +1092,10 @@ mod tests {
             FallbackStep::PreviousSnapshot,
             alternate,
         ]);
-        assert_eq!(next_attempt(&plan, &[], false), Next::Start(primary_attempt(&plan)));
+        assert_eq!(
+            next_attempt(&plan, &[], false),
+            Next::Start(primary_attempt(&plan))
+        );
         let mut attempts = vec![attempt(1, "running", 0, None)];
         assert_eq!(next_attempt(&plan, &attempts, false), Next::Wait);
         attempts[0] = attempt(1, "verify_differences", 2, None);
@@ -1104,18 +1106,27 @@ mod tests {
         assert_eq!(replica.snapshot, "latest");
         attempts.push(attempt(2, "verify_differences", 1, None));
         // The older snapshot waits for the approving role.
-        assert_eq!(next_attempt(&plan, &attempts, false), Next::AwaitConfirmation);
+        assert_eq!(
+            next_attempt(&plan, &attempts, false),
+            Next::AwaitConfirmation
+        );
         let Next::Start(older) = next_attempt(&plan, &attempts, true) else {
             panic!("confirmed, the previous snapshot is restored");
         };
         assert_eq!(older.label, "previous_snapshot");
         assert_eq!(older.snapshot, format!("before:{}", "ab".repeat(32)));
-        assert!(older.use_replica, "later steps keep reading from the replica");
+        assert!(
+            older.use_replica,
+            "later steps keep reading from the replica"
+        );
         attempts.push(attempt(3, "failed", 0, None));
         let Next::Start(moved) = next_attempt(&plan, &attempts, true) else {
             panic!("the alternate target comes last");
         };
-        assert_eq!((moved.server, moved.dir.as_str()), (ServerId(2), "/srv/other"));
+        assert_eq!(
+            (moved.server, moved.dir.as_str()),
+            (ServerId(2), "/srv/other")
+        );
         assert!(moved.snapshot.starts_with("before:"));
         attempts.push(attempt(4, "verify_differences", 3, None));
         assert_eq!(next_attempt(&plan, &attempts, true), Next::Exhausted);
@@ -1140,7 +1151,11 @@ mod tests {
             })
         );
         assert_eq!(
-            next_attempt(&self::plan(vec![]), &[attempt(1, "failed", 0, None)][..], false),
+            next_attempt(
+                &self::plan(vec![]),
+                &[attempt(1, "failed", 0, None)][..],
+                false
+            ),
             Next::Exhausted
         );
     }
@@ -1151,12 +1166,23 @@ mod tests {
         assert!(judge(&attempt(1, "ok", 0, Some(true))).passed);
         let failed_check = judge(&attempt(1, "ok", 0, Some(false)));
         assert!(!failed_check.passed);
-        assert!(failed_check.summary.contains("exit status 1"), "{}", failed_check.summary);
+        assert!(
+            failed_check.summary.contains("exit status 1"),
+            "{}",
+            failed_check.summary
+        );
         let differences = judge(&attempt(1, "verify_differences", 7, None));
         assert!(!differences.passed);
-        assert!(differences.summary.contains("7 file(s) failed verification"));
+        assert!(
+            differences
+                .summary
+                .contains("7 file(s) failed verification")
+        );
         assert!(differences.summary.contains("/f0") && differences.summary.contains('…'));
-        assert_eq!(differences.report["failed"].as_array().map(Vec::len), Some(7));
+        assert_eq!(
+            differences.report["failed"].as_array().map(Vec::len),
+            Some(7)
+        );
         assert!(!judge(&attempt(1, "failed", 0, None)).passed);
         assert!(!judge(&attempt(1, "cancelled", 0, None)).passed);
     }
@@ -1195,6 +1221,11 @@ mod tests {
         .expect("plan JSON");
         assert_eq!(parsed.snapshot, "latest");
         assert_eq!(parsed.check.as_ref().map(|c| c.timeout_secs), Some(60));
-        assert!(serde_json::from_str::<RestorePlan>(r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "surprise": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<RestorePlan>(
+                r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "surprise": 1}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -114,6 +114,19 @@ pub struct NewRestore {
     pub check_json: Option<String>,
 }
 
+/// How a restore ended, to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedRestore<'a> {
+    /// `ok`, `verify_differences`, `failed` or `cancelled`.
+    pub status: &'a str,
+    /// Statistics and failed files (JSON).
+    pub stats_json: &'a str,
+    /// Why it failed.
+    pub error: Option<&'a str>,
+    /// The snapshot it resolved to (full id), when it got that far.
+    pub snapshot: Option<&'a str>,
+}
+
 /// A stored restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreRecord {
@@ -752,21 +765,18 @@ impl Tx {
         &mut self,
         id: RestoreId,
         owner: &str,
-        status: &str,
-        stats_json: &str,
-        error: Option<&str>,
-        snapshot: Option<&str>,
+        end: &FinishedRestore<'_>,
         now: DateTime<Utc>,
     ) -> Result<bool, CatalogError> {
         let affected = with_conn!(self, |conn| {
             sqlx::query(FINISH_RESTORE)
-                .bind(status)
+                .bind(end.status)
                 .bind(instant(now))
-                .bind(stats_json)
-                .bind(error)
+                .bind(end.stats_json)
+                .bind(end.error)
                 .bind(id.0)
                 .bind(owner)
-                .bind(snapshot)
+                .bind(end.snapshot)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected()

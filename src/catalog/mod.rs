@@ -83,13 +83,15 @@ mod requests;
 mod restore_plans;
 mod tokens;
 
-pub use agents::{AgentRecord, InventoryRecord, NewAgent, NewRestore, RestoreRecord};
+pub use agents::{
+    AgentRecord, FinishedRestore, InventoryRecord, NewAgent, NewRestore, RestoreRecord,
+};
 pub use error::CatalogError;
 pub use ids::*;
 pub use model::*;
 pub use notifications::{NewNotification, NotificationRecord};
-pub use restore_plans::RestorePlanRecord;
 pub use plans::{NewPlan, NewRun, PlanRecord, RunEnd, RunRecord};
+pub use restore_plans::RestorePlanRecord;
 pub use tokens::{NewToken, TokenRecord};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -163,7 +163,10 @@ fn print_status(json: bool, status: &pb::RestoreRequestStatus) {
             if status.approved_by.is_empty() {
                 String::new()
             } else {
-                format!(", approved by {} at {}", status.approved_by, status.approved_at)
+                format!(
+                    ", approved by {} at {}",
+                    status.approved_by, status.approved_at
+                )
             }
         );
         println!("  {}", status.plan_json);
@@ -179,12 +182,11 @@ fn print_status(json: bool, status: &pb::RestoreRequestStatus) {
         .iter()
         .filter_map(|v| serde_json::from_str(v).ok())
         .collect();
-    for (attempt, verdict) in status.attempts.iter().zip(
-        verdicts
-            .iter()
-            .map(Some)
-            .chain(std::iter::repeat(None)),
-    ) {
+    for (attempt, verdict) in status
+        .attempts
+        .iter()
+        .zip(verdicts.iter().map(Some).chain(std::iter::repeat(None)))
+    {
         println!(
             "  {} restore {}: {} → server {} {}{}",
             attempt.attempt,
@@ -192,12 +194,20 @@ fn print_status(json: bool, status: &pb::RestoreRequestStatus) {
             attempt.status,
             attempt.target_server_id,
             attempt.target_dir,
-            if attempt.use_replica { " (damaged chunks from the replica)" } else { "" }
+            if attempt.use_replica {
+                " (damaged chunks from the replica)"
+            } else {
+                ""
+            }
         );
         if let Some(verdict) = verdict {
             println!(
                 "    {} {}",
-                if verdict["passed"].as_bool() == Some(true) { "PASSED" } else { "FAILED" },
+                if verdict["passed"].as_bool() == Some(true) {
+                    "PASSED"
+                } else {
+                    "FAILED"
+                },
                 verdict["summary"].as_str().unwrap_or("")
             );
         }
@@ -211,7 +221,10 @@ fn print_status(json: bool, status: &pb::RestoreRequestStatus) {
 }
 
 fn settled(state: &str) -> bool {
-    matches!(state, "verified" | "verify_differences" | "awaiting_confirmation")
+    matches!(
+        state,
+        "verified" | "verify_differences" | "awaiting_confirmation"
+    )
 }
 
 /// Runs `cadang restore-request …`.
@@ -221,7 +234,9 @@ pub fn restore_request(conn: &ConnArgs, json: bool, command: RestoreRequestCmd) 
             let conn = Conn::open(conn)?;
             let mut restores = RestoreServiceClient::new(conn.channel());
             match command {
-                RestoreRequestCmd::Plan { request, ref file, .. } => {
+                RestoreRequestCmd::Plan {
+                    request, ref file, ..
+                } => {
                     let plan_json = match file {
                         Some(file) => std::fs::read_to_string(file)
                             .with_context(|| format!("cannot read {}", file.display()))?,

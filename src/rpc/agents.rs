@@ -399,7 +399,9 @@ impl restore_service_server::RestoreService for Restores {
         let message = request.into_inner();
         let request_id = RequestId(id("request_id", message.request_id)?);
         let plan: RestorePlan = serde_json::from_str(&message.plan_json).map_err(|error| {
-            Status::invalid_argument(format!("the restore plan is not valid JSON for a plan: {error}"))
+            Status::invalid_argument(format!(
+                "the restore plan is not valid JSON for a plan: {error}"
+            ))
         })?;
         let app = &self.0.app;
         app.set_restore_plan(&caller, request_id, plan, self.0.now())

@@ -358,7 +358,14 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-pub fn step(server: &str, token: &str, request: i64, verb: &str, number: u32, extra: &[&str]) -> Value {
+pub fn step(
+    server: &str,
+    token: &str,
+    request: i64,
+    verb: &str,
+    number: u32,
+    extra: &[&str],
+) -> Value {
     let request = request.to_string();
     let number = number.to_string();
     let mut args = vec!["step", verb, request.as_str(), number.as_str()];
@@ -497,7 +504,13 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-pub fn active_backup_request(server: &str, site: &Site, agency: i64, dir: &Path, name: &str) -> i64 {
+pub fn active_backup_request(
+    server: &str,
+    site: &Site,
+    agency: i64,
+    dir: &Path,
+    name: &str,
+) -> i64 {
     let form = write(
         dir,
         &format!("{name}.toml"),
@@ -551,4 +564,3 @@ pub fn tree_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     walk(root, root, &mut out);
     out
 }
-

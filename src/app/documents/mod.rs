@@ -1077,7 +1077,9 @@ fn restore_facts(
         .as_array()
         .map_or(0, Vec::len);
     let copy = if attempt.use_replica && repaired > 0 {
-        format!("repositori utama; {repaired} chunk rusak dibaca dari repositori replika (kerusakan dilaporkan untuk diperbaiki)")
+        format!(
+            "repositori utama; {repaired} chunk rusak dibaca dari repositori replika (kerusakan dilaporkan untuk diperbaiki)"
+        )
     } else if attempt.use_replica {
         "repositori utama, dengan repositori replika sebagai cadangan baca".to_owned()
     } else {
@@ -1115,7 +1117,11 @@ fn restore_facts(
             format!(
                 "{}: {}",
                 attempt_name(attempt.attempt.as_deref().unwrap_or("")),
-                if verdict.passed { "berhasil" } else { "tidak berhasil" }
+                if verdict.passed {
+                    "berhasil"
+                } else {
+                    "tidak berhasil"
+                }
             )
         })
         .collect();
@@ -1135,7 +1141,11 @@ fn restore_facts(
                 "langkah {}: {took} menit (standar {}{})",
                 record.step,
                 record.time_standard,
-                if timing.is_overrun() { ", terlampaui" } else { ", terpenuhi" }
+                if timing.is_overrun() {
+                    ", terlampaui"
+                } else {
+                    ", terpenuhi"
+                }
             )
         })
         .collect();
@@ -1147,7 +1157,10 @@ fn restore_facts(
         ("Sumber data".to_owned(), copy),
         (
             "Dipulihkan ke".to_owned(),
-            format!("server {} direktori {}", attempt.target_server_id, attempt.target_dir),
+            format!(
+                "server {} direktori {}",
+                attempt.target_server_id, attempt.target_dir
+            ),
         ),
         ("Verifikasi".to_owned(), verified),
         (
