@@ -849,7 +849,7 @@ impl App {
             SystemAction::RunRestore => {
                 if attempts.is_empty() {
                     let attempt = primary_attempt(&plan);
-                    self.start_attempt(worker, &record, &plan, &attempt, "run_restore", now)
+                    self.start_attempt(worker, &record, &plan, &attempt, 0, now)
                         .await?;
                     return Ok(true);
                 }
@@ -883,7 +883,7 @@ impl App {
             }
             SystemAction::FallbackRestore => match next_attempt(&plan, &attempts, confirmed) {
                 Next::Start(attempt) => {
-                    self.start_attempt(worker, &record, &plan, &attempt, "", now)
+                    self.start_attempt(worker, &record, &plan, &attempt, attempts.len(), now)
                         .await?;
                     Ok(true)
                 }
@@ -924,10 +924,16 @@ impl App {
         record: &crate::catalog::RequestRecord,
         plan: &RestorePlan,
         attempt: &Attempt,
-        settles: &str,
+        tried: usize,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         let mut work = self.system_work(&format!("system:{worker}"), now).await?;
+        // Several daemons may look at the same request at once: under the request's lock,
+        // only the one that still sees `tried` attempts starts the next.
+        work.tx.request_for_update(record.id).await?;
+        if work.tx.restores_of_request(record.id).await?.len() != tried {
+            return Ok(());
+        }
         let check_json = plan
             .check
             .as_ref()
@@ -963,12 +969,12 @@ impl App {
             "snapshot": attempt.snapshot,
             "use_replica": attempt.use_replica,
         }));
-        if !settles.is_empty() {
+        if tried == 0 {
             settle_in(
                 &mut work,
                 worker,
                 record.id,
-                settles,
+                "run_restore",
                 &serde_json::json!({ "restore": restore.id }),
             )
             .await?;

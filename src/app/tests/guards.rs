@@ -549,6 +549,7 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
         .request
         .id;
     env.complete(KADIN, old, 1).await;
+    env.restore_plan(old, Vec::new(), env.now()).await;
     env.complete(KASI, old, 2).await;
 
     assert_error(
@@ -575,8 +576,7 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
         "only KABID_TIK may act on step 3",
     );
     env.decide(KABID, old, 3, Answer::Yes, "setuju").await;
-    env.complete(PETUGAS, old, 4).await;
-    env.decide(PETUGAS, old, 5, Answer::Yes, "berhasil").await;
+    env.run_restores(&["ok"], env.now()).await;
     env.complete(KASI, old, 7).await;
     let finished = env.app.request(old).await.expect("view");
     assert_eq!(finished.state.revision, Revision(1));
@@ -590,6 +590,7 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
     assert_eq!(new.request.state.revision, Revision(2));
     let new = new.request.id;
     env.complete(KADIN, new, 1).await;
+    env.restore_plan(new, Vec::new(), env.now()).await;
     env.complete(KASI, new, 2).await;
     assert_error(
         env.try_decide(KABID, new, 3, Answer::Yes, "setuju").await,

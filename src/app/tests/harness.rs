@@ -535,6 +535,95 @@ impl Env {
             .expect("the server is registered")
     }
 
+    /// A server of the agency with an enrolled agent, and the restore plan of `request`
+    /// (written at C2) restoring it in place through that agent, with `fallback`.
+    pub(crate) async fn restore_plan(
+        &self,
+        request: RequestId,
+        fallback: Vec<crate::app::restore_requests::FallbackStep>,
+        now: DateTime<Utc>,
+    ) -> crate::catalog::ServerId {
+        let server = self
+            .existing_server(&format!("simkes-db-{request}"), &format!("SN-C-{request}"))
+            .await;
+        let (_, token) = self
+            .app
+            .create_enrollment_token(PETUGAS, server.id, None, now)
+            .await
+            .expect("an enrolment token");
+        self.app
+            .enroll_agent(token.expose(), "simkes-db", "test", now)
+            .await
+            .expect("the agent enrols");
+        let caller = crate::app::tests::plans::caller(self, PETUGAS).await;
+        self.app
+            .set_restore_plan(
+                &caller,
+                request,
+                crate::app::restore_requests::RestorePlan {
+                    server: server.id,
+                    snapshot: "latest".into(),
+                    paths: Vec::new(),
+                    target: crate::app::restore_requests::RestoreTarget {
+                        server: server.id,
+                        dir: "/srv/restore".into(),
+                    },
+                    check: None,
+                    fallback,
+                },
+                now,
+            )
+            .await
+            .expect("the plan is written");
+        server.id
+    }
+
+    /// Carries the restore requests forward as a daemon does, ending each restore the
+    /// system starts with the next of `statuses` (`ok`, or a failure with one damaged
+    /// file).
+    pub(crate) async fn run_restores(&self, statuses: &[&str], now: DateTime<Utc>) {
+        for status in statuses {
+            self.app
+                .advance_restore_requests("test", now)
+                .await
+                .expect("restore requests advance");
+            self.end_next_restore(status, now).await;
+        }
+        self.app
+            .advance_restore_requests("test", now)
+            .await
+            .expect("restore requests advance");
+    }
+
+    /// Claims the next queued restore and ends it with `status`, as its agent would.
+    pub(crate) async fn end_next_restore(&self, status: &str, now: DateTime<Utc>) {
+        let claimed = self
+            .app
+            .claim_restore("test", TimeDelta::minutes(5), now, &|_| true)
+            .await
+            .expect("claim")
+            .expect("a restore is queued");
+        let stats = if status == "ok" {
+            serde_json::json!({ "snapshot": "ab".repeat(32), "files_verified": 3, "files_failed": 0 })
+        } else {
+            serde_json::json!({
+                "snapshot": "ab".repeat(32), "files_verified": 2, "files_failed": 1,
+                "failed": [{ "path": "/srv/db/base.dat", "reason": "chunk 1234abcd is damaged" }],
+            })
+        };
+        let end = crate::app::RestoreEnd {
+            status: status.to_owned(),
+            stats_json: stats.to_string(),
+            error: None,
+        };
+        assert!(
+            self.app
+                .finish_restore(claimed.id, "test", &end, now)
+                .await
+                .expect("finish")
+        );
+    }
+
     /// A backup plan for a backup request (B2 needs one before it is completed).
     pub(crate) async fn backup_plan(&self, request: RequestId) {
         self.app

@@ -2,6 +2,7 @@
 //! (colocation), B (backup), C (restore), the withdrawal and the maintenance request,
 //! with the documents, capacity, register updates and queued actions each path causes.
 
+use crate::app::restore_requests::FallbackStep;
 use crate::app::tests::*;
 use crate::app::{
     BackupApplication, MaintenanceApplication, ObservedServer, OpenRequest, RequestDetails,
@@ -453,7 +454,9 @@ async fn restore_at_step_3(env: &Env) -> RequestId {
         .request
         .id;
     env.complete(KADIN, id, 1).await;
-    // C2 may be done by KASI_INFRAS or PETUGAS.
+    // The restore plan is written at C2, which KASI_INFRAS or PETUGAS may complete.
+    env.restore_plan(id, vec![FallbackStep::Replica], env.now())
+        .await;
     env.complete(PETUGAS, id, 2).await;
     id
 }
@@ -473,28 +476,45 @@ pub(crate) async fn restore_succeeds_first_time(catalog: Catalog) {
     let id = restore_at_step_3(&env).await;
     env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui")
         .await;
-    env.complete(PETUGAS, id, 4).await;
-    let confirmed = env
-        .decide(
-            PETUGAS,
-            id,
-            5,
-            Answer::Yes,
-            "checksum cocok, aplikasi berjalan",
-        )
-        .await;
-    assert_eq!(
-        confirmed.documents[0].kind,
-        DocumentKind::LetterRestoreResult
-    );
-    let html = env
-        .app
-        .document(&confirmed.documents[0].number)
+    // The system restores; until the restore has ended C4 is not the officer's to close.
+    env.app
+        .advance_restore_requests("test", env.now())
         .await
-        .expect("letter")
-        .html;
-    assert!(html.contains("proses restore data berhasil"));
-    assert!(html.contains("checksum cocok, aplikasi berjalan"));
+        .expect("advance");
+    assert_error(
+        env.try_complete(PETUGAS, id, 4).await,
+        conflict,
+        "has not ended",
+    );
+    env.run_restores(&["ok"], env.now()).await;
+    // C4 completed and C5 answered "yes" by the system from the verification.
+    let view = env.app.request(id).await.expect("request");
+    assert_eq!(view.state.current_step(), Some(StepNumber(7)));
+    let c5 = &view.state.steps[4];
+    assert_eq!(c5.decision, Some(Answer::Yes));
+    assert!(
+        c5.actor
+            .as_ref()
+            .is_some_and(|actor| actor.0.starts_with("system:")),
+        "{c5:?}"
+    );
+    assert!(
+        c5.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("all 3 file(s) verified")
+    );
+    let letter = env
+        .app
+        .documents_of(id)
+        .await
+        .expect("documents")
+        .into_iter()
+        .find(|document| document.kind == DocumentKind::LetterRestoreResult)
+        .expect("the C7 letter");
+    let html = env.app.document(&letter.number).await.expect("letter").html;
+    assert!(html.contains("seluruh berkas terverifikasi"), "{html}");
+    assert!(html.contains("tidak diperlukan"), "no fallback step ran");
     env.complete(KASI, id, 7).await;
     assert_eq!(
         queued_actions(&env, id).await,
@@ -508,31 +528,62 @@ pub(crate) async fn restore_falls_back_then_confirms(catalog: Catalog) {
     let id = restore_at_step_3(&env).await;
     env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui")
         .await;
-    env.complete(PETUGAS, id, 4).await;
-    let fallback = env
-        .decide(PETUGAS, id, 5, Answer::No, "database tidak bisa dibuka")
-        .await;
-    assert_eq!(
-        fallback.queued.len(),
-        1,
-        "entering C6 queues fallback_restore"
-    );
-    let confirmed = env.complete(PETUGAS, id, 6).await;
-    let html = env
-        .app
-        .document(&confirmed.documents[0].number)
-        .await
-        .expect("letter")
-        .html;
+    // The primary restore fails verification: C5 is "no" (an officer may not say "yes"
+    // over it), C6 restores again reading damaged chunks from the replica.
+    env.run_restores(&["verify_differences"], env.now()).await;
+    let view = env.app.request(id).await.expect("request");
+    assert_eq!(view.state.current_step(), Some(StepNumber(6)));
+    assert_eq!(view.state.steps[4].decision, Some(Answer::No));
     assert!(
-        html.contains("langkah-langkah pemulihan"),
-        "the letter tells the fallback"
+        view.state.steps[4]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("/srv/db/base.dat"),
+        "the failed file is named"
     );
+    assert_error(
+        env.try_complete(PETUGAS, id, 6).await,
+        conflict,
+        "still running",
+    );
+    env.end_next_restore("ok", env.now()).await;
+    env.app
+        .advance_restore_requests("test", env.now())
+        .await
+        .expect("advance");
+    let letter = env
+        .app
+        .documents_of(id)
+        .await
+        .expect("documents")
+        .into_iter()
+        .find(|document| document.kind == DocumentKind::LetterRestoreResult)
+        .expect("the C7 letter");
+    let html = env.app.document(&letter.number).await.expect("letter").html;
+    assert!(
+        html.contains("setelah langkah pemulihan"),
+        "the letter tells the fallback: {html}"
+    );
+    assert!(html.contains("replika"), "{html}");
     env.complete(PETUGAS, id, 7).await;
     assert_eq!(
         queued_actions(&env, id).await,
         vec!["run_restore@4", "verify_restore@5", "fallback_restore@6"]
     );
+    let attempts = env
+        .app
+        .restore_request_for(&crate::app::tests::plans::caller(&env, KASI).await, id)
+        .await
+        .expect("view");
+    let labels: Vec<Option<&str>> = attempts
+        .attempts
+        .iter()
+        .map(|attempt| attempt.attempt.as_deref())
+        .collect();
+    assert_eq!(labels, [Some("primary"), Some("replica")]);
+    assert!(attempts.attempts[1].use_replica);
+    assert_eq!(attempts.state, "verified");
     finished(&env, id, Outcome::Completed, &[1, 2, 3, 4, 5, 6, 7]).await;
 }
 

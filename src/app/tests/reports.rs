@@ -35,7 +35,8 @@ pub(crate) async fn overruns_are_reported_on_the_working_calendar(catalog: Catal
     app.submit(KADIN, id, Event::complete(1), at(2, 10, 30))
         .await
         .expect("C1");
-    // C2 "3 jam": done after 30 min.
+    // C2 "3 jam": the restore plan written, done after 30 min.
+    env.restore_plan(id, Vec::new(), at(2, 10, 45)).await;
     app.submit(KASI, id, Event::complete(2), at(2, 11, 0))
         .await
         .expect("C2");
@@ -49,7 +50,12 @@ pub(crate) async fn overruns_are_reported_on_the_working_calendar(catalog: Catal
     .await
     .expect("C3");
     // C4 "1 hari" entered Monday 11:30: due after 8 h 30 of office time, i.e. Tuesday
-    // 11:30 (Monday 11:30–16:00 and Tuesday 07:30–11:30). Done Tuesday 11:00: on time.
+    // 11:30 (Monday 11:30–16:00 and Tuesday 07:30–11:30). The restore the system started
+    // ends Tuesday 10:50; the officer closes C4 at 11:00: on time.
+    app.advance_restore_requests("test", at(2, 11, 31))
+        .await
+        .expect("the restore starts");
+    env.end_next_restore("ok", at(3, 10, 50)).await;
     app.submit(PETUGAS, id, Event::complete(4), at(3, 11, 0))
         .await
         .expect("C4");
