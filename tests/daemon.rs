@@ -2478,11 +2478,15 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
         run["attempts"].as_i64().unwrap() >= 2,
         "taken up again after the restart: {run}"
     );
+    // Chunks sent but not yet indexed when a stream drops are sent again (on a loaded
+    // machine up to about 40% more was measured). Starting over at each of the four
+    // interruptions, 1.5 s apart at 4 MiB/s, would send at least 18 MiB for the three
+    // cut segments, the part before the restart, and the whole 32 MiB again: 1.75×.
     let total = 32u64 << 20;
     let wire = stats["wire_bytes"].as_u64().unwrap();
     assert!(wire >= total, "{stats}");
     assert!(
-        wire < total * 13 / 10,
+        wire < total * 8 / 5,
         "no restart from zero: {wire} bytes for {total}"
     );
     // And the result restores byte for byte.
