@@ -166,10 +166,13 @@ fn packs(repo: &Path) -> std::collections::BTreeMap<PathBuf, u64> {
 /// Flips bytes in the middle of a file (its authentication fails).
 fn flip(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
+    // At a quarter, half and three quarters: a pack holding trees and data loses both.
     let mut bytes = std::fs::read(path).unwrap();
-    let middle = bytes.len() / 2;
-    for byte in &mut bytes[middle..middle + 16] {
-        *byte ^= 0x5a;
+    for quarter in 1..=3 {
+        let at = bytes.len() * quarter / 4;
+        for byte in &mut bytes[at..at + 16] {
+            *byte ^= 0x5a;
+        }
     }
     // Packs are written read-only.
     let mut permissions = std::fs::metadata(path).unwrap().permissions();
