@@ -46,6 +46,10 @@ pub const BUILTIN_DEFINITIONS: &[(&str, &str)] = &[
         include_str!("../config/sop/restore_request.r1.toml"),
     ),
     (
+        "restore_request.r2.toml",
+        include_str!("../config/sop/restore_request.r2.toml"),
+    ),
+    (
         "colocation_withdrawal.r1.toml",
         include_str!("../config/sop/colocation_withdrawal.r1.toml"),
     ),

@@ -28,7 +28,7 @@ use crate::app::{PlanSpec, SecretString};
 use crate::catalog::{RunEnd, RunRecord};
 use crate::engine::backup::{BackupOptions, BackupProgress, backup};
 use crate::engine::check::{CheckOptions, ReadData, check};
-use crate::engine::copy::{copy, read_back};
+use crate::engine::copy::{CopyOptions, copy_with, read_back};
 use crate::engine::crypto::KdfParams;
 use crate::engine::forget::{KeepPolicy, apply, jakarta};
 use crate::engine::prune::{PruneOptions, prune};
@@ -652,7 +652,16 @@ fn run_replicate(
     if stopped() {
         return Err("stopped before copying".into());
     }
-    let report = copy(primary, &replica, &todo, None).map_err(|error| error.to_string())?;
+    let report = copy_with(
+        primary,
+        &replica,
+        &todo,
+        &CopyOptions {
+            hook: None,
+            cancel: Some(cancel.clone()),
+        },
+    )
+    .map_err(|error| error.to_string())?;
     if stopped() {
         return Err("stopped after copying, before reading the copies back".into());
     }

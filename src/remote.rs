@@ -181,6 +181,63 @@ pub fn server_snapshots(
         .collect())
 }
 
+/// A server's snapshots as a restore sees them: those the primary reads, the replica's
+/// copies of those it cannot, and the snapshot objects neither can read.
+struct RestoreCandidates {
+    /// Oldest first.
+    snapshots: Vec<(SnapshotId, Snapshot)>,
+    /// Snapshots read from the replica, as repair notes.
+    repaired: Vec<String>,
+    /// Snapshot objects no copy could read (of any server: their tags are unreadable).
+    unreadable: Vec<(SnapshotId, String)>,
+}
+
+fn restore_candidates(
+    repository: &Repository,
+    server: crate::catalog::ServerId,
+    replica: Option<&Replica>,
+) -> Result<RestoreCandidates, String> {
+    let tag = format!("server:{server}");
+    let (mut snapshots, bad) = repository
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    let mut repaired = Vec::new();
+    let mut unreadable = Vec::new();
+    for (id, error) in bad {
+        match replica.map(|replica| replica.find_copy(&id)) {
+            Some(Ok(Some((copy, snapshot)))) => {
+                repaired.push(format!(
+                    "snapshot {} (replica copy {}): {error} — damaged in the primary, read from the replica",
+                    id.short(),
+                    copy.short()
+                ));
+                snapshots.push((id, snapshot));
+            }
+            _ => unreadable.push((id, error.to_string())),
+        }
+    }
+    snapshots.retain(|(_, snapshot)| snapshot.tags.contains(&tag));
+    snapshots.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    Ok(RestoreCandidates {
+        snapshots,
+        repaired,
+        unreadable,
+    })
+}
+
+/// Whether `spec` names a snapshot regardless of the unreadable ones: only an id (or
+/// prefix) none of them starts with. `latest`, `as-of:` and `before:` could each mean an
+/// unreadable snapshot, and resolving them among the readable ones would return older
+/// data than asked without anyone confirming it.
+fn unaffected_by(spec: &str, unreadable: &[(SnapshotId, String)]) -> bool {
+    unreadable.is_empty()
+        || (spec.len() >= 4
+            && spec.bytes().all(|b| b.is_ascii_hexdigit())
+            && !unreadable
+                .iter()
+                .any(|(id, _)| id.to_hex().starts_with(spec)))
+}
+
 /// Picks the snapshot a restore names among a server's (oldest first): `latest`, an id
 /// or unique prefix, `as-of:TIME` (the newest taken at or before it), or `before:SPEC`
 /// (the one before what SPEC names: the restore fallback's "previous snapshot").
@@ -783,11 +840,62 @@ pub fn restore_to_agent(
         Ok(repository) => repository,
         Err(error) => return (end("failed", json!({}), Some(error)), None),
     };
-    let snapshots = match server_snapshots(&repository, source) {
-        Ok(snapshots) => snapshots,
+    // An attempt that may read from the replica opens it here (after the primary, whose
+    // keys it shares) unless the caller already did.
+    let replica = match replica {
+        Some(replica) => Some(replica),
+        None if restore.use_replica => {
+            match repositories
+                .open_replica(handle, agency_code, &repository, Some(cancel.clone()))
+                .and_then(|opened| Replica::open(opened).map_err(|error| error.to_string()))
+            {
+                Ok(opened) => Some(Arc::new(opened)),
+                Err(error) => {
+                    return (
+                        end(
+                            "failed",
+                            json!({}),
+                            Some(format!("the replica repository cannot be read: {error}")),
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        None => None,
+    };
+    let replica = replica.filter(|replica| replica.shares_keys_with(&repository));
+    let candidates = match restore_candidates(&repository, source.id, replica.as_deref()) {
+        Ok(candidates) => candidates,
         Err(error) => return (end("failed", json!({}), Some(error)), None),
     };
-    let (snapshot_id, snapshot) = match choose_snapshot(&snapshots, &restore.snapshot) {
+    if !unaffected_by(&restore.snapshot, &candidates.unreadable) {
+        let names: Vec<String> = candidates
+            .unreadable
+            .iter()
+            .take(MAX_FAILED_LISTED)
+            .map(|(id, error)| format!("{}: {error}", id.short()))
+            .collect();
+        return (
+            end(
+                "failed",
+                json!({ "unreadable_snapshots": names }),
+                Some(format!(
+                    "{} snapshot object(s) cannot be read from the primary repository{}, so which snapshot `{}` means cannot be decided safely ({}); the damage is reported for repair",
+                    candidates.unreadable.len(),
+                    if replica.is_some() {
+                        " nor from the replica"
+                    } else {
+                        ""
+                    },
+                    restore.snapshot,
+                    names.join("; ")
+                )),
+            ),
+            None,
+        );
+    }
+    let (snapshot_id, snapshot) = match choose_snapshot(&candidates.snapshots, &restore.snapshot) {
         Ok(chosen) => chosen,
         Err(error) => {
             return (
@@ -811,36 +919,11 @@ pub fn restore_to_agent(
             );
         }
     };
-    // An attempt that may read from the replica opens it here (after the primary, whose
-    // keys it shares) unless the caller already did.
-    let replica = match replica {
-        Some(replica) => Some(replica),
-        None if restore.use_replica => {
-            match repositories
-                .open_replica(handle, agency_code, &repository, Some(cancel.clone()))
-                .and_then(|opened| Replica::open(opened).map_err(|error| error.to_string()))
-            {
-                Ok(opened) => Some(Arc::new(opened)),
-                Err(error) => {
-                    return (
-                        end(
-                            "failed",
-                            json!({ "snapshot": snapshot_hex }),
-                            Some(format!("the replica repository cannot be read: {error}")),
-                        ),
-                        Some(snapshot_hex),
-                    );
-                }
-            }
-        }
-        None => None,
-    };
-    let replica = replica.filter(|replica| replica.shares_keys_with(&repository));
     let mut reader = Reader {
         repository: &repository,
         index: &index,
         replica: replica.as_deref(),
-        repaired: Vec::new(),
+        repaired: candidates.repaired,
     };
     let mut items = Vec::new();
     let mut unreadable = Vec::new();
@@ -1058,11 +1141,21 @@ pub fn restore_to_agent(
             Some(snapshot_hex),
         );
     };
-    // Unreadable content fails its file on the agent too; list each problem once.
+    // Unreadable content fails its file on the agent too (which names it relative to the
+    // target, without the leading `/`): list each file once, with the daemon's reason,
+    // which names the chunk and pack.
+    let known: std::collections::HashSet<&str> = unreadable
+        .iter()
+        .map(|problem| problem.path.trim_start_matches('/'))
+        .collect();
     let mut listed: Vec<serde_json::Value> = Vec::new();
     for problem in unreadable
         .iter()
-        .chain(failed.iter())
+        .chain(
+            failed
+                .iter()
+                .filter(|problem| !known.contains(problem.path.trim_start_matches('/'))),
+        )
         .take(MAX_FAILED_LISTED)
     {
         listed.push(json!({ "path": problem.path, "reason": problem.reason }));
@@ -1210,6 +1303,89 @@ mod tests {
         assert_eq!(id(&format!("before:{}", "b3".repeat(32))), Ok(0xa2));
         assert!(id("before:a1a1").unwrap_err().contains("no snapshot older"));
         assert!(choose_snapshot(&[], "latest").is_err());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_object_is_read_from_the_replica_or_stops_a_choice_it_could_change() {
+        use crate::engine::{OpenOptions, Store, StoreOptions, crypto::KdfParams};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            Store::open(&path.display().to_string(), &StoreOptions::default()).unwrap()
+        };
+        let options = OpenOptions {
+            kdf: KdfParams {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            host: None,
+        };
+        let handle = runtime.handle().clone();
+        let primary = Repository::init(handle.clone(), store("primary"), b"pw", &options).unwrap();
+        let at =
+            |hour: u32| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, hour, 0, 0).unwrap();
+        let snapshot = |hour: u32, server: u32, original: Option<SnapshotId>| Snapshot {
+            version: 1,
+            time: at(hour),
+            hostname: "web".into(),
+            username: "root".into(),
+            paths: vec!["/srv".into()],
+            tags: vec![format!("server:{server}")],
+            parent: None,
+            tree: BlobId([0; 32]),
+            summary: Default::default(),
+            original,
+        };
+        let older = primary.save_snapshot(&snapshot(1, 1, None)).unwrap();
+        let newer = primary.save_snapshot(&snapshot(2, 1, None)).unwrap();
+        primary.save_snapshot(&snapshot(3, 2, None)).unwrap();
+        let object = dir.path().join("primary/snapshots").join(newer.to_hex());
+        let mut bytes = std::fs::read(&object).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        // Objects are written read-only.
+        let mut permissions = std::fs::metadata(&object).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+        std::fs::set_permissions(&object, permissions).unwrap();
+        std::fs::write(&object, bytes).unwrap();
+
+        let server = crate::catalog::ServerId(1);
+        let alone = restore_candidates(&primary, server, None).unwrap();
+        assert_eq!(alone.snapshots.len(), 1, "only the older one reads");
+        assert_eq!(alone.unreadable.len(), 1);
+        // `latest` (or a time, or "the one before") could mean the damaged snapshot:
+        // resolving it among the readable ones would return older data unasked.
+        for spec in ["latest", "as-of:2026-11-01T05:00:00+00:00", "before:latest"] {
+            assert!(!unaffected_by(spec, &alone.unreadable), "{spec}");
+        }
+        assert!(!unaffected_by(&newer.to_hex()[..8], &alone.unreadable));
+        assert!(unaffected_by(&older.to_hex()[..8], &alone.unreadable));
+        assert!(unaffected_by("latest", &[]));
+
+        let replica =
+            Repository::init_from(handle, store("replica"), b"pw", &options, &primary).unwrap();
+        replica.save_snapshot(&snapshot(2, 1, Some(newer))).unwrap();
+        let replica = Replica::open(replica).unwrap();
+        let repaired = restore_candidates(&primary, server, Some(&replica)).unwrap();
+        assert!(repaired.unreadable.is_empty());
+        assert_eq!(repaired.repaired.len(), 1, "{:?}", repaired.repaired);
+        let ids: Vec<SnapshotId> = repaired.snapshots.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            ids,
+            [older, newer],
+            "the copy stands in under the primary's id"
+        );
+        assert_eq!(
+            choose_snapshot(&repaired.snapshots, "latest").unwrap().0,
+            newer
+        );
     }
 
     #[test]

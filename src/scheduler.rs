@@ -109,7 +109,7 @@ pub async fn run(
         while running.len() < options.max_parallel {
             let here = |server| hub.connected_server(server);
             let restore = match app
-                .claim_restore(&options.owner, lease, Utc::now(), &here)
+                .claim_restore(&options.owner, lease, Utc::now(), &here, agent_wait)
                 .await
             {
                 Ok(restore) => restore,

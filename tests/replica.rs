@@ -12,11 +12,11 @@ mod faulty;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cadang::engine::Repository;
 use cadang::engine::backup::{BackupOptions, BackupProgress, backup};
-use cadang::engine::copy::copy;
+use cadang::engine::copy::{CopyOptions, copy, copy_with};
 use cadang::engine::id::{BlobType, PackId, SnapshotId};
 use cadang::engine::repo::pack_key;
 use cadang::engine::restore::{Replica, RestoreOptions, RestoreProgress, RestoreResult, restore};
@@ -214,10 +214,17 @@ fn a_damaged_primary_restores_whole_from_its_replica() {
     assert_same_tree(&src, &restored_path(&target, &src));
     flip(&snap, |n| n - 5);
 
-    // Damage in both: reported, not a success.
+    // Damage in both: reported, not a success. Every data blob of the replica is
+    // garbled (a byte in every 512), so those lost in the primary are lost in both
+    // whatever the two copies' pack layouts.
     let replica_dir = tmp.path().join("replica");
     for p in packs_of(&replica.repo, BlobType::Data) {
-        flip(&replica_dir.join(pack_key(&p)), |n| n / 2);
+        let path = replica_dir.join(pack_key(&p));
+        let mut bytes = std::fs::read(&path).unwrap();
+        for byte in bytes.iter_mut().step_by(512) {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
     }
     let both = restore_into(&primary, &id, &tmp.path().join("both"), Some(replica));
     assert!(!both.is_success());
@@ -299,6 +306,60 @@ fn an_interrupted_copy_resumes_without_sending_again() {
     assert!(
         resumed.blobs_copied + partial_index.len() as u64 >= whole.blobs_copied,
         "nothing is left out"
+    );
+    assert_check_clean_allowing_leftovers(&replica);
+    let (snaps, _) = replica.load_snapshots().unwrap();
+    restore_and_compare(&replica, &snaps[0].0, &src, &tmp.path().join("r"));
+}
+
+#[test]
+fn a_cancelled_copy_stops_indexes_what_landed_and_resumes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 20);
+    let (_, primary) = faulty_repo(&rt, &tmp.path().join("primary"));
+    let id = backup_of(&primary, &src);
+    let (_, full) = replica_of(&rt, &primary, &tmp.path().join("full"));
+    let whole = copy(&primary, &full, &[id], None).unwrap();
+
+    // The operator cancels once the first pack has landed.
+    let (_, replica) = replica_of(&rt, &primary, &tmp.path().join("replica"));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let hook: cadang::engine::packer::StepHook = {
+        let cancel = cancel.clone();
+        Arc::new(move |step: &str| {
+            if step == "pack" {
+                cancel.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    let stopped = copy_with(
+        &primary,
+        &replica,
+        &[id],
+        &CopyOptions {
+            hook: Some(hook),
+            cancel: Some(cancel),
+        },
+    );
+    assert!(
+        matches!(stopped, Err(cadang::engine::Error::Cancelled)),
+        "{stopped:?}"
+    );
+    assert!(replica.load_snapshots().unwrap().0.is_empty());
+    let (partial_index, _) = replica.load_index().unwrap();
+    assert!(
+        !partial_index.is_empty(),
+        "what landed before the cancel is indexed"
+    );
+
+    let resumed = copy(&primary, &replica, &[id], None).unwrap();
+    assert_eq!(resumed.copied.len(), 1);
+    assert!(
+        resumed.blobs_copied < whole.blobs_copied,
+        "resumed {} vs whole {}",
+        resumed.blobs_copied,
+        whole.blobs_copied
     );
     assert_check_clean_allowing_leftovers(&replica);
     let (snaps, _) = replica.load_snapshots().unwrap();

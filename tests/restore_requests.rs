@@ -125,7 +125,16 @@ impl Bench {
 
     /// The letter of C7, rendered.
     fn letter(&self, request: i64) -> String {
-        let out = self.dir.join(format!("letter-{request}.html"));
+        self.document(request, "letter_restore_result")
+    }
+
+    /// The restore execution form of C7, rendered.
+    fn form(&self, request: i64) -> String {
+        self.document(request, "restore_execution_form")
+    }
+
+    fn document(&self, request: i64, kind: &str) -> String {
+        let out = self.dir.join(format!("{kind}-{request}.html"));
         ok(
             &self.server,
             &self.site.kasi,
@@ -134,7 +143,7 @@ impl Bench {
                 "render",
                 &request.to_string(),
                 "--form",
-                "letter_restore_result",
+                kind,
                 "--out",
                 &out.display().to_string(),
             ],
@@ -462,6 +471,52 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         letter.contains("tidak diperlukan"),
         "no fallback step ran: {letter}"
     );
+    let form = bench.form(happy);
+    for expected in [
+        "FORMULIR PELAKSANAAN RESTORE DATA BACK UP",
+        "Rencana Restore",
+        "simkes-web-01",
+        "restore utama",
+        "lulus",
+        "Mengetahui,",
+    ] {
+        assert!(form.contains(expected), "the form lacks {expected}: {form}");
+    }
+    // A copy on demand: numbered anew; not the agency's to issue; a kind must exist.
+    let copy = ok(
+        &server,
+        &site.kasi,
+        &[
+            "form",
+            "issue",
+            &happy.to_string(),
+            "--kind",
+            "restore_execution_form",
+        ],
+    );
+    assert_eq!(copy["kind"], "restore_execution_form", "{copy}");
+    assert!(
+        copy["number"].as_str().unwrap().contains("/FPRD/"),
+        "{copy}"
+    );
+    refused(
+        &server,
+        &site.skpd,
+        &[
+            "form",
+            "issue",
+            &happy.to_string(),
+            "--kind",
+            "restore_execution_form",
+        ],
+        "PERMISSION_DENIED",
+    );
+    refused(
+        &server,
+        &site.kasi,
+        &["form", "issue", &happy.to_string(), "--kind", "surat_cinta"],
+        "INVALID_ARGUMENT",
+    );
     let done = step(&server, &site.petugas, happy, "complete", 7, &[]);
     assert_eq!(done["request"]["outcome"], "completed");
 
@@ -560,6 +615,15 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     bench.wait_for_step(repaired, 7);
     let letter = bench.letter(repaired);
     assert!(letter.contains("replika"), "{letter}");
+    let form = bench.form(repaired);
+    for expected in [
+        "restore utama",
+        "baca chunk rusak dari replika",
+        "dibaca dari repositori replika",
+        "tidak berhasil",
+    ] {
+        assert!(form.contains(expected), "the form lacks {expected}: {form}");
+    }
     step(&server, &site.petugas, repaired, "complete", 7, &[]);
 
     // Damage in the replica too: the new file is lost in both copies. The restore lists
@@ -582,6 +646,14 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     assert_eq!(shown["state"], "awaiting_confirmation", "{shown}");
     assert_eq!(attempts(&shown).len(), 2, "{shown}");
     let failed = shown["verdicts"][1]["report"]["failed"].to_string();
+    let paths: Vec<&str> = shown["verdicts"][1]["report"]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["path"].as_str().unwrap().trim_start_matches('/'))
+        .collect();
+    let once: std::collections::BTreeSet<&&str> = paths.iter().collect();
+    assert_eq!(paths.len(), once.len(), "each file listed once: {shown}");
     assert!(
         failed.contains("new.bin"),
         "the affected file is listed: {shown}"
@@ -636,6 +708,14 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     assert_ne!(first_tree, second_tree);
     bench.wait_for_step(older, 7);
     assert!(bench.letter(older).contains("snapshot sebelumnya"));
+    let form = bench.form(older);
+    for expected in [
+        "Konfirmasi snapshot sebelumnya",
+        "new.bin",
+        "snapshot sebelumnya",
+    ] {
+        assert!(form.contains(expected), "the form lacks {expected}: {form}");
+    }
 
     // With only the replica to fall back on, the chain is exhausted: verify differences,
     // the affected file listed. While the restore waits for its agent, the officer

@@ -789,7 +789,9 @@ impl App {
     }
 
     /// Claims the oldest restore whose target server satisfies `here` (its agent is
-    /// connected to this daemon).
+    /// connected to this daemon). A restore still queued `agent_wait` after it was
+    /// queued fails with the reason: its agent did not connect to any daemon in time,
+    /// and a request's plan can go on to its fallback steps (an alternate target).
     ///
     /// # Errors
     /// Catalog errors.
@@ -799,10 +801,15 @@ impl App {
         lease: TimeDelta,
         now: DateTime<Utc>,
         here: &(dyn Fn(ServerId) -> bool + Sync),
+        agent_wait: TimeDelta,
     ) -> Result<Option<RestoreRecord>, AppError> {
         let mut tx = self.catalog().begin().await?;
+        let mut stale = Vec::new();
         for candidate in tx.claimable_restores(now).await? {
             if !here(candidate.target_server_id) {
+                if candidate.status == "queued" && now - candidate.queued_at >= agent_wait {
+                    stale.push(candidate);
+                }
                 continue;
             }
             if tx
@@ -814,7 +821,53 @@ impl App {
                 return Ok(Some(claimed));
             }
         }
+        drop(tx);
+        for restore in stale {
+            self.fail_unreached_restore(&restore, owner, agent_wait, now)
+                .await?;
+        }
         Ok(None)
+    }
+
+    /// Fails a queued restore whose target's agent stayed away, with the notification and
+    /// audit row of any failed restore.
+    async fn fail_unreached_restore(
+        &self,
+        restore: &RestoreRecord,
+        owner: &str,
+        agent_wait: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let mut work = self.system_work(&format!("daemon:{owner}"), now).await?;
+        let target = work.tx.server(restore.target_server_id).await?;
+        let error = format!(
+            "the agent of server {} did not connect within {} minute(s) of the restore being queued",
+            target.name,
+            agent_wait.num_minutes().max(1)
+        );
+        if !work
+            .tx
+            .end_queued_restore(restore.id, "failed", &error, now)
+            .await?
+        {
+            // Claimed or cancelled meanwhile.
+            return Ok(());
+        }
+        let record = work.tx.restore(restore.id).await?;
+        let agency = work.tx.agency(record.agency_id).await?;
+        if let Some(event) =
+            super::notify::restore_event(&record, "failed", &serde_json::Value::Null, &agency.code)
+        {
+            super::notify::queue_event(&mut work.tx, &self.config().notify_channels, &event, now)
+                .await?;
+        }
+        work.audit("restore.finish", "restore", restore.id).after = Some(serde_json::json!({
+            "status": "failed",
+            "error": error,
+        }));
+        work.commit().await?;
+        tracing::warn!(restore = %restore.id, server = %target.name, "restore failed: its agent did not connect in time");
+        Ok(())
     }
 
     /// Extends a restore's lease; `false` when it was lost.

@@ -532,7 +532,12 @@ pub(super) async fn guard_officer_event(
 pub(super) async fn cancel_queued(work: &mut Work<'_>, request: RequestId) -> Result<(), AppError> {
     let now = work.now;
     for attempt in work.tx.restores_of_request(request).await? {
-        if attempt.status == "queued" && work.tx.cancel_queued_restore(attempt.id, now).await? {
+        if attempt.status == "queued"
+            && work
+                .tx
+                .end_queued_restore(attempt.id, "cancelled", "the request was cancelled", now)
+                .await?
+        {
             work.audit("restore.cancel", "restore", attempt.id).after = Some(
                 serde_json::json!({ "request": request, "reason": "the request was cancelled" }),
             );

@@ -628,21 +628,26 @@ impl Tx {
         rows.into_iter().map(RestoreRow::decode).collect()
     }
 
-    /// Cancels a restore that has not started; `false` when it had.
+    /// Ends a restore that has not started (`cancelled` with the request, `failed` when
+    /// its agent stayed away); `false` when it had started.
     ///
     /// # Errors
     /// From the driver.
-    pub async fn cancel_queued_restore(
+    pub async fn end_queued_restore(
         &mut self,
         id: RestoreId,
+        status: &str,
+        error: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, CatalogError> {
         let affected = with_conn!(self, |conn| {
             sqlx::query(
-                "UPDATE restores SET status = 'cancelled', finished_at = $1, \
-                 error = 'the request was cancelled' WHERE id = $2 AND status = 'queued'",
+                "UPDATE restores SET status = $1, finished_at = $2, error = $3 \
+                 WHERE id = $4 AND status = 'queued'",
             )
+            .bind(status)
             .bind(instant(now))
+            .bind(error)
             .bind(id.0)
             .execute(&mut *conn)
             .await?

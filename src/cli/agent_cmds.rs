@@ -435,18 +435,23 @@ async fn wait(
             return Ok(restore);
         }
         if let Some(bar) = &bar {
-            let stats: serde_json::Value =
-                serde_json::from_str(&restore.stats_json).unwrap_or_default();
-            bar.set_message(format!(
-                "restore {id}: {} — {} of {} entries sent, {} files verified",
-                restore.status,
-                stats["entries_sent"].as_u64().unwrap_or(0),
-                stats["entries"].as_u64().unwrap_or(0),
-                stats["files_verified"].as_u64().unwrap_or(0),
-            ));
+            bar.set_message(progress_line(&restore));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// One line of a restore's live progress, for a spinner.
+pub(crate) fn progress_line(restore: &pb::Restore) -> String {
+    let stats: serde_json::Value = serde_json::from_str(&restore.stats_json).unwrap_or_default();
+    format!(
+        "restore {}: {} — {} of {} entries sent, {} files verified",
+        restore.id,
+        restore.status,
+        stats["entries_sent"].as_u64().unwrap_or(0),
+        stats["entries"].as_u64().unwrap_or(0),
+        stats["files_verified"].as_u64().unwrap_or(0),
+    )
 }
 
 fn print_restore(json: bool, restore: &pb::Restore) {

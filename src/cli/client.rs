@@ -650,6 +650,15 @@ pub enum FormCmd {
         /// Request id.
         request: i64,
     },
+    /// Issue a request's form or letter now (a copy, or a form its procedure's revision
+    /// does not issue by itself).
+    Issue {
+        /// Request id.
+        request: i64,
+        /// Its kind: restore_execution_form, letter_restore_result, approval_form, ...
+        #[arg(long)]
+        kind: String,
+    },
     /// Write a request's form or letter as HTML.
     Render {
         /// Request id.
@@ -2014,6 +2023,26 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 .map_err(rpc_error)?
                 .into_inner();
             print_json(&run_json(&run));
+        }
+        ClientCommand::Form(FormCmd::Issue { request, kind }) => {
+            let issued = documents
+                .issue_document(conn.req(IssueDocumentRequest {
+                    request_id: request,
+                    kind,
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                print_json(
+                    &serde_json::json!({"kind": issued.kind, "number": issued.number, "title": issued.title, "step": issued.step, "issued_at": issued.issued_at, "issued_by": issued.issued_by}),
+                );
+            } else {
+                println!(
+                    "issued {} {} ({})",
+                    issued.kind, issued.number, issued.title
+                );
+            }
         }
         ClientCommand::Form(FormCmd::List { request }) => {
             let list = documents

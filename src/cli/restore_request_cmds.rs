@@ -271,8 +271,20 @@ pub fn restore_request(conn: &ConnArgs, json: bool, command: RestoreRequestCmd) 
                             break status;
                         }
                         if let Some(bar) = &bar {
+                            let running = status
+                                .attempts
+                                .last()
+                                .filter(|attempt| attempt.status == "running")
+                                .map(|attempt| {
+                                    format!(
+                                        "; {} ({})",
+                                        super::agent_cmds::progress_line(attempt),
+                                        attempt.attempt
+                                    )
+                                })
+                                .unwrap_or_default();
                             bar.set_message(format!(
-                                "restore request {request}: {} — {} attempt(s)",
+                                "restore request {request}: {} — {} attempt(s){running}",
                                 status.state,
                                 status.attempts.len()
                             ));

@@ -16,6 +16,7 @@
 //! time, in order.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -44,7 +45,27 @@ pub struct CopyReport {
     pub bytes_added: u64,
 }
 
+/// How a copy runs.
+#[derive(Clone, Default)]
+pub struct CopyOptions {
+    /// Called after each durable step (crash-point tests).
+    pub hook: Option<StepHook>,
+    /// Set to stop the copy: it ends with [`Error::Cancelled`] after indexing the data
+    /// packs already landed, so the next copy resumes from them.
+    pub cancel: Option<std::sync::Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for CopyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOptions")
+            .field("hook", &self.hook.is_some())
+            .field("cancel", &self.cancel)
+            .finish()
+    }
+}
+
 struct Copier<'a> {
+    cancel: Option<&'a AtomicBool>,
     src: &'a Repository,
     dst: &'a Repository,
     src_index: Index,
@@ -102,16 +123,20 @@ impl Copier<'_> {
             by_pack.entry(pack).or_default().push((*id, loc));
         }
         let packs: Vec<(PackId, Vec<(BlobId, Location)>)> = by_pack.into_iter().collect();
-        let (src, dst, src_index, dst_index, packer) = (
+        let (src, dst, src_index, dst_index, packer, cancel) = (
             self.src,
             self.dst,
             &self.src_index,
             &self.dst_index,
             &self.packer,
+            self.cancel,
         );
         let maps: Vec<Result<Vec<(BlobId, BlobId)>>> = packs
             .par_iter()
             .map(|(pack, blobs)| {
+                if cancel.is_some_and(|cancel| cancel.load(Ordering::Relaxed)) {
+                    return Err(Error::Cancelled);
+                }
                 let span = blobs
                     .iter()
                     .map(|(_, l)| l.offset as u64 + l.length as u64)
@@ -141,8 +166,18 @@ impl Copier<'_> {
                 Ok(out)
             })
             .collect();
+        let mut cancelled = false;
         for m in maps {
-            self.chunk_map.extend(m?);
+            match m {
+                Ok(m) => self.chunk_map.extend(m),
+                Err(Error::Cancelled) => cancelled = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if cancelled {
+            // What landed is indexed, so the next copy does not send it again.
+            self.packer.flush()?;
+            return Err(Error::Cancelled);
         }
         Ok(())
     }
@@ -154,6 +189,12 @@ impl Copier<'_> {
         }
         if same_keys && self.dst_index.contains(id) {
             return Ok(*id);
+        }
+        if self
+            .cancel
+            .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled);
         }
         let mut t: Tree = self.src.load_tree(&self.src_index, id)?;
         for n in &mut t.nodes {
@@ -201,12 +242,27 @@ pub fn copy(
     ids: &[SnapshotId],
     hook: Option<StepHook>,
 ) -> Result<CopyReport> {
+    copy_with(src, dst, ids, &CopyOptions { hook, cancel: None })
+}
+
+/// [`copy`] with options (a cancellation flag).
+///
+/// # Errors
+/// As [`copy`]; [`Error::Cancelled`] when `options.cancel` was set.
+pub fn copy_with(
+    src: &Repository,
+    dst: &Repository,
+    ids: &[SnapshotId],
+    options: &CopyOptions,
+) -> Result<CopyReport> {
+    let hook = options.hook.clone();
     let (src_index, _) = src.load_index()?;
     let (dst_index, _) = dst.load_index()?;
     let (dst_snaps, _) = dst.load_snapshots()?;
     let present: HashSet<SnapshotId> = dst_snaps.iter().filter_map(|(_, s)| s.original).collect();
     let same_keys = src.keys().fingerprint() == dst.keys().fingerprint();
     let mut c = Copier {
+        cancel: options.cancel.as_deref(),
         src,
         dst,
         src_index,

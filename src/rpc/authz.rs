@@ -84,6 +84,7 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.CapacityService/ShowCapacity", roles: STAFF, scope: "" },
     Rule { method: "/cadang.v1.DocumentService/ListDocuments", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.DocumentService/GetDocument", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.DocumentService/IssueDocument", roles: STAFF, scope: "the roles of the request's current step, KABID_TIK and ADMIN" },
     Rule { method: "/cadang.v1.AuditService/VerifyAudit", roles: OVERSIGHT, scope: "" },
     Rule { method: "/cadang.v1.AuditService/ExportAudit", roles: OVERSIGHT, scope: "" },
     Rule { method: "/cadang.v1.ReportService/Overruns", roles: OVERSIGHT, scope: "" },

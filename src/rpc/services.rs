@@ -14,7 +14,7 @@ use crate::catalog::{
     AccountId, AgencyId, NewAgency, NewRack, PlanId, PowerFeedId, RequestFilter, RequestId, RunId,
     ServerId, TokenId,
 };
-use crate::workflow::{Answer, DocumentRef, Event, StepNumber};
+use crate::workflow::{Answer, DocumentKind, DocumentRef, Event, StepNumber};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -820,6 +820,30 @@ impl document_service_server::DocumentService for Documents {
             .await
             .map_err(status)?;
         Ok(Response::new(convert::document(&document, true)))
+    }
+
+    async fn issue_document(&self, request: Request<IssueDocumentRequest>) -> Reply<pb::Document> {
+        let caller = caller(&request)?;
+        let message = request.get_ref();
+        let request_id = RequestId(id("request_id", message.request_id)?);
+        let kind = DocumentKind::from_code(message.kind.trim()).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown document kind `{}` (known: {})",
+                message.kind,
+                DocumentKind::ALL.map(DocumentKind::code).join(", ")
+            ))
+        })?;
+        let app = &self.0.app;
+        app.request_for(&caller, request_id).await.map_err(status)?;
+        let issued = app
+            .issue_document(&caller.account.username, request_id, kind, self.0.now())
+            .await
+            .map_err(status)?;
+        let document = app
+            .document_for(&caller, &issued.number)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::document(&document, false)))
     }
 }
 

@@ -221,11 +221,14 @@ pub enum DocumentKind {
     LetterWithdrawalRejected,
     /// The record of a maintenance request and what was done (record #2 of the SOP).
     MaintenanceReport,
+    /// The restore execution form (C7): the approved plan, every attempt and its
+    /// verification, the fallback steps and the times.
+    RestoreExecutionForm,
 }
 
 impl DocumentKind {
     /// Every document kind.
-    pub const ALL: [DocumentKind; 11] = [
+    pub const ALL: [DocumentKind; 12] = [
         DocumentKind::ApplicationForm,
         DocumentKind::ApprovalForm,
         DocumentKind::HandoverForm,
@@ -237,6 +240,7 @@ impl DocumentKind {
         DocumentKind::LetterWithdrawalDone,
         DocumentKind::LetterWithdrawalRejected,
         DocumentKind::MaintenanceReport,
+        DocumentKind::RestoreExecutionForm,
     ];
 
     /// The code used in files and JSON.
@@ -253,6 +257,7 @@ impl DocumentKind {
             DocumentKind::LetterWithdrawalDone => "letter_withdrawal_done",
             DocumentKind::LetterWithdrawalRejected => "letter_withdrawal_rejected",
             DocumentKind::MaintenanceReport => "maintenance_report",
+            DocumentKind::RestoreExecutionForm => "restore_execution_form",
         }
     }
 

@@ -126,6 +126,7 @@ impl DocumentNumbering {
             DocumentKind::HandoverForm => "FSTC",
             DocumentKind::WithdrawalForm => "FPNC",
             DocumentKind::MaintenanceReport => "LPP",
+            DocumentKind::RestoreExecutionForm => "FPRD",
             // 555: the archive classification of telecommunication matters.
             DocumentKind::LetterRequestApproved
             | DocumentKind::LetterCapacityUnavailable
@@ -285,6 +286,38 @@ pub struct SpecRow {
     pub psu: String,
 }
 
+/// One attempt of a restore request, as the restore execution form lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRow {
+    /// *Langkah*: the planned restore or a fallback step.
+    pub step: String,
+    /// The snapshot restored (16 hex digits), or `-` when it never started.
+    pub snapshot: String,
+    /// Which copy the data came from.
+    pub source: String,
+    /// Server and directory written.
+    pub target: String,
+    /// When it ended (local time).
+    pub finished: String,
+    /// Files verified and failed, and the check.
+    pub verification: String,
+    /// *Hasil*.
+    pub outcome: String,
+}
+
+/// One step's time against its time standard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeRow {
+    /// The step.
+    pub step: String,
+    /// How long it took.
+    pub took: String,
+    /// The standard.
+    pub standard: String,
+    /// Whether the standard was met.
+    pub met: bool,
+}
+
 /// One line of the specification conformity check attached to form 3.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckRow {
@@ -354,6 +387,25 @@ pub enum DocumentBody {
         /// *Pertimbangan*.
         considerations: String,
     },
+    /// The restore execution form (C7).
+    RestoreExecution {
+        /// The requesting agency.
+        agency: Party,
+        /// The request as the agency wrote it (label/value).
+        requested: Vec<(String, String)>,
+        /// The plan approved at C3 (label/value); empty when none was written.
+        plan: Vec<(String, String)>,
+        /// Every attempt, in order.
+        attempts: Vec<AttemptRow>,
+        /// Files of the last attempt that failed verification: path and reason.
+        failed: Vec<(String, String)>,
+        /// How many more failed than are listed.
+        failed_unlisted: u64,
+        /// Steps 4–6 against their time standards.
+        times: Vec<TimeRow>,
+        /// The result, in words.
+        result: String,
+    },
     /// A letter to an agency (or the maintenance report).
     Letter {
         /// *Kepada Yth.*
@@ -403,6 +455,7 @@ pub fn title(kind: DocumentKind) -> &'static str {
             "Pemberitahuan Permohonan Penarikan Colocation Tidak Disetujui"
         }
         DocumentKind::MaintenanceReport => "Laporan Perawatan Server",
+        DocumentKind::RestoreExecutionForm => "FORMULIR PELAKSANAAN RESTORE DATA BACK UP",
     }
 }
 
@@ -881,7 +934,7 @@ pub(in crate::app) async fn gather(
         }
         (DocumentKind::LetterRestoreResult, RequestDetails::Restore(restore)) => {
             let attempts = work.tx.restores_of_request(record.id).await?;
-            let facts_of_run = restore_facts(work, context, &attempts);
+            let facts_of_run = restore_facts(work, context, &attempts).await?;
             let verification = context
                 .state
                 .steps
@@ -931,6 +984,43 @@ pub(in crate::app) async fn gather(
                     facts,
                 },
             )
+        }
+        (DocumentKind::RestoreExecutionForm, RequestDetails::Restore(restore)) => {
+            let attempts = work.tx.restores_of_request(record.id).await?;
+            let run = restore_facts(work, context, &attempts).await?;
+            let plan = match work.tx.restore_plan(record.id).await? {
+                Some(stored) => plan_lines(work, &stored).await?,
+                None => Vec::new(),
+            };
+            let requested = vec![
+                ("Nomor permohonan".to_owned(), record.id.to_string()),
+                ("Titik restore".to_owned(), restore.restore_point.clone()),
+                ("Tujuan restore".to_owned(), restore.target.clone()),
+                ("Alasan".to_owned(), restore.reason.clone()),
+            ];
+            let body = match run {
+                Some(run) => DocumentBody::RestoreExecution {
+                    agency: agency_party.clone(),
+                    requested,
+                    plan,
+                    attempts: run.rows,
+                    failed: run.failed,
+                    failed_unlisted: run.failed_unlisted,
+                    times: run.times,
+                    result: run.result,
+                },
+                None => DocumentBody::RestoreExecution {
+                    agency: agency_party.clone(),
+                    requested,
+                    plan,
+                    attempts: Vec::new(),
+                    failed: Vec::new(),
+                    failed_unlisted: 0,
+                    times: Vec::new(),
+                    result: "restore belum dijalankan oleh sistem".to_owned(),
+                },
+            };
+            (Role::KasiInfras, body)
         }
         (
             DocumentKind::LetterWithdrawalDone | DocumentKind::LetterWithdrawalRejected,
@@ -1035,13 +1125,21 @@ pub(in crate::app) async fn gather(
     })
 }
 
-/// What the restore form and letter state about the restore itself (C7): the result,
-/// the snapshot and copy restored, how it was verified, the fallback steps and the
-/// times of C4–C6 against their time standards — all from the recorded attempts.
+/// What the restore form and letter state about the restore itself (C7), all from the
+/// recorded attempts: the result, the attempt that verified (or the last one), every
+/// attempt, the files that failed and the times of C4–C6 against their time standards.
 struct RestoreFacts {
     result: String,
+    /// Label/value lines for the letter.
     facts: Vec<(String, String)>,
+    rows: Vec<AttemptRow>,
+    times: Vec<TimeRow>,
+    failed: Vec<(String, String)>,
+    failed_unlisted: u64,
 }
+
+/// Files listed on the form at most; the rest are counted.
+const FORM_FAILED_FILES: usize = 50;
 
 fn attempt_name(label: &str) -> &'static str {
     match label {
@@ -1053,30 +1151,12 @@ fn attempt_name(label: &str) -> &'static str {
     }
 }
 
-fn restore_facts(
-    work: &Work<'_>,
-    context: &RequestContext<'_>,
-    attempts: &[crate::catalog::RestoreRecord],
-) -> Option<RestoreFacts> {
-    use crate::app::restore_requests::judge;
-    let verdicts: Vec<_> = attempts.iter().map(judge).collect();
-    let passed = verdicts.iter().position(|verdict| verdict.passed);
-    let shown = passed.or(attempts.len().checked_sub(1))?;
-    let attempt = &attempts[shown];
-    let verdict = &verdicts[shown];
-    let result = match passed {
-        Some(0) => "berhasil dan seluruh berkas terverifikasi".to_owned(),
-        Some(_) => format!(
-            "berhasil setelah langkah pemulihan ({}) dan seluruh berkas terverifikasi",
-            attempt_name(attempt.attempt.as_deref().unwrap_or(""))
-        ),
-        None => "tidak berhasil: hasil verifikasi berbeda dari snapshot (verify differences) setelah seluruh langkah pemulihan dijalankan".to_owned(),
-    };
-    let report = &verdict.report;
+/// Which copy an attempt read, in words.
+fn copy_read(attempt: &crate::catalog::RestoreRecord, report: &serde_json::Value) -> String {
     let repaired = report["repaired_from_replica"]
         .as_array()
         .map_or(0, Vec::len);
-    let copy = if attempt.use_replica && repaired > 0 {
+    if attempt.use_replica && repaired > 0 {
         format!(
             "repositori utama; {repaired} chunk rusak dibaca dari repositori replika (kerusakan dilaporkan untuk diperbaiki)"
         )
@@ -1084,7 +1164,11 @@ fn restore_facts(
         "repositori utama, dengan repositori replika sebagai cadangan baca".to_owned()
     } else {
         "repositori utama".to_owned()
-    };
+    }
+}
+
+/// How an attempt was verified, in words.
+fn verification_of(report: &serde_json::Value) -> String {
     let mut verified = format!(
         "{} berkas cocok dengan snapshot (hash BLAKE3 berkunci), {} gagal",
         report["files_verified"].as_u64().unwrap_or(0),
@@ -1109,24 +1193,117 @@ fn restore_facts(
             }
         ));
     }
-    let steps: Vec<String> = attempts
-        .iter()
-        .zip(&verdicts)
-        .skip(1)
-        .map(|(attempt, verdict)| {
-            format!(
-                "{}: {}",
-                attempt_name(attempt.attempt.as_deref().unwrap_or("")),
-                if verdict.passed {
-                    "berhasil"
-                } else {
-                    "tidak berhasil"
-                }
-            )
-        })
-        .collect();
+    verified
+}
+
+/// The files that failed in the attempts that did not verify, once per attempt (the
+/// daemon and the agent may both report a file, one with its leading `/`), each reason
+/// led by the attempt's step; at most [`FORM_FAILED_FILES`] listed, the rest counted.
+fn failed_files<'a>(
+    attempts: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
+) -> (Vec<(String, String)>, u64) {
+    let mut listed = Vec::new();
+    let mut unlisted = 0u64;
+    for (step, report) in attempts {
+        let mut seen = std::collections::BTreeSet::new();
+        for item in report["failed"].as_array().into_iter().flatten() {
+            let Some(path) = item["path"].as_str() else {
+                continue;
+            };
+            if !seen.insert(path.trim_start_matches('/')) {
+                continue;
+            }
+            if listed.len() < FORM_FAILED_FILES {
+                let reason = item["reason"].as_str().unwrap_or_default();
+                listed.push((path.to_owned(), format!("{step}: {reason}")));
+            } else {
+                unlisted += 1;
+            }
+        }
+    }
+    (listed, unlisted)
+}
+
+fn local_time(work: &Work<'_>, at: DateTime<Utc>) -> String {
+    at.with_timezone(&work.app.config().calendar.config().time_zone)
+        .format("%d-%m-%Y %H:%M")
+        .to_string()
+}
+
+/// A server's name and serial number, for the form and letter.
+async fn server_label(
+    work: &mut Work<'_>,
+    names: &mut BTreeMap<crate::catalog::ServerId, String>,
+    id: crate::catalog::ServerId,
+) -> Result<String, AppError> {
+    if let Some(name) = names.get(&id) {
+        return Ok(name.clone());
+    }
+    let server = work.tx.server(id).await?;
+    let name = format!("{} (S/N {})", server.name, server.hardware.serial_number);
+    names.insert(id, name.clone());
+    Ok(name)
+}
+
+async fn restore_facts(
+    work: &mut Work<'_>,
+    context: &RequestContext<'_>,
+    attempts: &[crate::catalog::RestoreRecord],
+) -> Result<Option<RestoreFacts>, AppError> {
+    use crate::app::restore_requests::judge;
+    let verdicts: Vec<_> = attempts.iter().map(judge).collect();
+    let passed = verdicts.iter().position(|verdict| verdict.passed);
+    let Some(shown) = passed.or(attempts.len().checked_sub(1)) else {
+        return Ok(None);
+    };
+    let attempt = &attempts[shown];
+    let result = match passed {
+        Some(0) => "berhasil dan seluruh berkas terverifikasi".to_owned(),
+        Some(_) => format!(
+            "berhasil setelah langkah pemulihan ({}) dan seluruh berkas terverifikasi",
+            attempt_name(attempt.attempt.as_deref().unwrap_or(""))
+        ),
+        None => "tidak berhasil: hasil verifikasi berbeda dari snapshot (verify differences) setelah seluruh langkah pemulihan dijalankan".to_owned(),
+    };
+    let mut names = BTreeMap::new();
+    let mut rows = Vec::with_capacity(attempts.len());
+    for (each, verdict) in attempts.iter().zip(&verdicts) {
+        let target = format!(
+            "{}, direktori {}",
+            server_label(work, &mut names, each.target_server_id).await?,
+            each.target_dir
+        );
+        let outcome = if verdict.passed {
+            "berhasil".to_owned()
+        } else {
+            match each.status.as_str() {
+                "verify_differences" | "ok" => "tidak berhasil (verify differences)".to_owned(),
+                "cancelled" => "dibatalkan".to_owned(),
+                "queued" | "running" => "belum selesai".to_owned(),
+                _ => format!(
+                    "gagal: {}",
+                    each.error.as_deref().unwrap_or("tanpa keterangan")
+                ),
+            }
+        };
+        rows.push(AttemptRow {
+            step: attempt_name(each.attempt.as_deref().unwrap_or("")).to_owned(),
+            snapshot: if each.snapshot.is_empty() {
+                "-".to_owned()
+            } else {
+                each.snapshot.chars().take(16).collect()
+            },
+            source: copy_read(each, &verdict.report),
+            target,
+            finished: each
+                .finished_at
+                .map_or_else(|| "-".to_owned(), |at| local_time(work, at)),
+            verification: verification_of(&verdict.report),
+            outcome,
+        });
+    }
     let calendar = &work.app.config().calendar;
-    let times: Vec<String> = context
+    let times: Vec<TimeRow> = context
         .state
         .steps
         .iter()
@@ -1137,32 +1314,25 @@ fn restore_facts(
             let took = record
                 .finished_at
                 .map_or(0, |end| (end - record.started_at).num_minutes());
-            format!(
-                "langkah {}: {took} menit (standar {}{})",
-                record.step,
-                record.time_standard,
-                if timing.is_overrun() {
-                    ", terlampaui"
-                } else {
-                    ", terpenuhi"
-                }
-            )
+            TimeRow {
+                step: format!("langkah {}", record.step),
+                took: format!("{took} menit"),
+                standard: record.time_standard.to_string(),
+                met: !timing.is_overrun(),
+            }
         })
         .collect();
+    let steps: Vec<String> = rows
+        .iter()
+        .skip(1)
+        .map(|row| format!("{}: {}", row.step, row.outcome))
+        .collect();
+    let shown_row = &rows[shown];
     let mut facts = vec![
-        (
-            "Snapshot dipulihkan".to_owned(),
-            attempt.snapshot.chars().take(16).collect(),
-        ),
-        ("Sumber data".to_owned(), copy),
-        (
-            "Dipulihkan ke".to_owned(),
-            format!(
-                "server {} direktori {}",
-                attempt.target_server_id, attempt.target_dir
-            ),
-        ),
-        ("Verifikasi".to_owned(), verified),
+        ("Snapshot dipulihkan".to_owned(), shown_row.snapshot.clone()),
+        ("Sumber data".to_owned(), shown_row.source.clone()),
+        ("Dipulihkan ke".to_owned(), shown_row.target.clone()),
+        ("Verifikasi".to_owned(), shown_row.verification.clone()),
         (
             "Langkah pemulihan".to_owned(),
             if steps.is_empty() {
@@ -1173,9 +1343,138 @@ fn restore_facts(
         ),
     ];
     if !times.is_empty() {
+        let times: Vec<String> = times
+            .iter()
+            .map(|time| {
+                format!(
+                    "{}: {} (standar {}, {})",
+                    time.step,
+                    time.took,
+                    time.standard,
+                    if time.met { "terpenuhi" } else { "terlampaui" }
+                )
+            })
+            .collect();
         facts.push(("Waktu pelaksanaan".to_owned(), times.join("; ")));
     }
-    Some(RestoreFacts { result, facts })
+    let (failed, failed_unlisted) = failed_files(
+        rows.iter()
+            .zip(&verdicts)
+            .filter(|(_, verdict)| !verdict.passed)
+            .map(|(row, verdict)| (row.step.as_str(), &verdict.report)),
+    );
+    Ok(Some(RestoreFacts {
+        result,
+        facts,
+        rows,
+        times,
+        failed,
+        failed_unlisted,
+    }))
+}
+
+/// The approved plan as label/value lines for the form.
+async fn plan_lines(
+    work: &mut Work<'_>,
+    stored: &crate::catalog::RestorePlanRecord,
+) -> Result<Vec<(String, String)>, AppError> {
+    use crate::app::restore_requests::{FallbackStep, RestorePlan};
+    let mut lines = vec![(
+        "Versi rencana".to_owned(),
+        format!(
+            "{} (sidik BLAKE3 {})",
+            stored.version,
+            stored.digest.chars().take(16).collect::<String>()
+        ),
+    )];
+    match serde_json::from_str::<RestorePlan>(&stored.plan_json) {
+        Ok(plan) => {
+            let mut names = BTreeMap::new();
+            lines.push((
+                "Server sumber".to_owned(),
+                server_label(work, &mut names, plan.server).await?,
+            ));
+            let snapshot = match plan.snapshot.as_str() {
+                "latest" => "terbaru".to_owned(),
+                other => match other.strip_prefix("as-of:") {
+                    Some(at) => format!("kondisi per {at}"),
+                    None => format!("snapshot {other}"),
+                },
+            };
+            lines.push(("Titik restore".to_owned(), snapshot));
+            lines.push((
+                "Data".to_owned(),
+                if plan.paths.is_empty() {
+                    "seluruh data back up".to_owned()
+                } else {
+                    plan.paths.join(", ")
+                },
+            ));
+            lines.push((
+                "Tujuan".to_owned(),
+                format!(
+                    "{}, direktori {}",
+                    server_label(work, &mut names, plan.target.server).await?,
+                    plan.target.dir
+                ),
+            ));
+            lines.push((
+                "Pemeriksaan setelah restore".to_owned(),
+                match &plan.check {
+                    Some(check) => format!(
+                        "`{}` (batas waktu {} detik)",
+                        check.command.join(" "),
+                        check.timeout_secs
+                    ),
+                    None => "verifikasi seluruh berkas saja".to_owned(),
+                },
+            ));
+            let mut chain = Vec::with_capacity(plan.fallback.len());
+            for step in &plan.fallback {
+                chain.push(match step {
+                    FallbackStep::Replica => attempt_name("replica").to_owned(),
+                    FallbackStep::PreviousSnapshot => {
+                        "snapshot sebelumnya (dengan konfirmasi Kepala Bidang)".to_owned()
+                    }
+                    FallbackStep::AlternateTarget { server, dir } => format!(
+                        "tujuan alternatif {}, direktori {dir}",
+                        server_label(work, &mut names, *server).await?
+                    ),
+                });
+            }
+            lines.push((
+                "Langkah pemulihan (C6)".to_owned(),
+                if chain.is_empty() {
+                    "tidak direncanakan".to_owned()
+                } else {
+                    chain.join(" → ")
+                },
+            ));
+        }
+        Err(_) => lines.push(("Rencana".to_owned(), stored.plan_json.clone())),
+    }
+    lines.push((
+        "Disusun oleh".to_owned(),
+        format!(
+            "{}, {}",
+            stored.created_by,
+            local_time(work, stored.created_at)
+        ),
+    ));
+    lines.push((
+        "Disetujui (langkah 3)".to_owned(),
+        match (&stored.approved_by, stored.approved_at) {
+            (Some(by), Some(at)) => format!("{by}, {}", local_time(work, at)),
+            _ => "-".to_owned(),
+        },
+    ));
+    if let (Some(by), Some(at)) = (&stored.older_confirmed_by, stored.older_confirmed_at) {
+        lines.push((
+            "Konfirmasi snapshot sebelumnya".to_owned(),
+            format!("{by}, {}", local_time(work, at)),
+        ));
+    }
+    Ok(lines)
 }
 
 fn local_date(work: &Work<'_>, at: DateTime<Utc>) -> NaiveDate {

@@ -8,8 +8,8 @@
 use chrono::{Datelike, NaiveDate, Weekday};
 
 use super::{
-    CheckRow, ColocationEntry, DocumentBody, DocumentData, OfficeIdentity, Party, Placement,
-    SpecRow, title,
+    AttemptRow, CheckRow, ColocationEntry, DocumentBody, DocumentData, OfficeIdentity, Party,
+    Placement, SpecRow, TimeRow, title,
 };
 use crate::app::details::Validity;
 use crate::workflow::{DocumentKind, Role};
@@ -208,6 +208,26 @@ pub fn render(data: &DocumentData) -> String {
             data_center,
             colocation,
             considerations,
+        ),
+        DocumentBody::RestoreExecution {
+            agency,
+            requested,
+            plan,
+            attempts,
+            failed,
+            failed_unlisted,
+            times,
+            result,
+        } => restore_execution(
+            &mut html,
+            data,
+            agency,
+            requested,
+            plan,
+            attempts,
+            (failed, *failed_unlisted),
+            times,
+            result,
         ),
         DocumentBody::Letter {
             recipient,
@@ -493,6 +513,102 @@ fn withdrawal(
         .value(Some(considerations))
         .raw("</p>\n<p>Segala syarat dan ketentuan dalam pencabutan data center dan co-location telah disetujui oleh Kepala Bidang.</p>\n");
     head_of_division_sign(html, data, "Tertanda,");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_execution(
+    html: &mut Html,
+    data: &DocumentData,
+    agency: &Party,
+    requested: &[(String, String)],
+    plan: &[(String, String)],
+    attempts: &[AttemptRow],
+    (failed, failed_unlisted): (&[(String, String)], u64),
+    times: &[TimeRow],
+    result: &str,
+) {
+    form_head(html, data);
+    html.raw("<h2>Permohonan</h2>\n<table class=\"fields\">\n")
+        .field("Nama Unit", Some(&agency.unit));
+    for (label, value) in requested {
+        html.field(label, Some(value));
+    }
+    html.raw("</table>\n<h2>Rencana Restore</h2>\n");
+    if plan.is_empty() {
+        html.raw("<p>Rencana restore tidak dicatat dalam sistem.</p>\n");
+    } else {
+        html.raw("<table class=\"fields\">\n");
+        for (label, value) in plan {
+            html.field(label, Some(value));
+        }
+        html.raw("</table>\n");
+    }
+    html.raw("<h2>Pelaksanaan Restore</h2>\n");
+    if attempts.is_empty() {
+        html.raw("<p>Belum ada restore yang dijalankan.</p>\n");
+    } else {
+        html.raw("<table class=\"grid\">\n<thead><tr><th>No</th><th>Langkah</th><th>Snapshot</th><th>Sumber Data</th><th>Tujuan</th><th>Selesai</th><th>Verifikasi</th><th>Hasil</th></tr></thead>\n<tbody>\n");
+        for (index, row) in attempts.iter().enumerate() {
+            html.raw("<tr><td>")
+                .text(&(index + 1).to_string())
+                .raw("</td><td>")
+                .text(&row.step)
+                .raw("</td><td>")
+                .text(&row.snapshot)
+                .raw("</td><td>")
+                .text(&row.source)
+                .raw("</td><td>")
+                .text(&row.target)
+                .raw("</td><td>")
+                .text(&row.finished)
+                .raw("</td><td>")
+                .text(&row.verification)
+                .raw("</td><td>")
+                .text(&row.outcome)
+                .raw("</td></tr>\n");
+        }
+        html.raw("</tbody>\n</table>\n");
+    }
+    if !failed.is_empty() {
+        html.raw("<h3>Berkas yang gagal diverifikasi</h3>\n<table class=\"grid\">\n<thead><tr><th>No</th><th>Berkas</th><th>Keterangan</th></tr></thead>\n<tbody>\n");
+        for (index, (path, reason)) in failed.iter().enumerate() {
+            html.raw("<tr><td>")
+                .text(&(index + 1).to_string())
+                .raw("</td><td>")
+                .text(path)
+                .raw("</td><td>")
+                .text(reason)
+                .raw("</td></tr>\n");
+        }
+        html.raw("</tbody>\n</table>\n");
+        if failed_unlisted > 0 {
+            html.raw("<p>dan ")
+                .text(&failed_unlisted.to_string())
+                .raw(" berkas lainnya (daftar lengkap pada catatan restore di sistem).</p>\n");
+        }
+    }
+    if !times.is_empty() {
+        html.raw("<h2>Waktu Pelaksanaan</h2>\n<table class=\"grid\">\n<thead><tr><th>Langkah</th><th>Lama</th><th>Standar Waktu</th><th>Keterangan</th></tr></thead>\n<tbody>\n");
+        for row in times {
+            html.raw("<tr><td>")
+                .text(&row.step)
+                .raw("</td><td>")
+                .text(&row.took)
+                .raw("</td><td>")
+                .text(&row.standard)
+                .raw("</td><td>")
+                .raw(if row.met { "terpenuhi" } else { "terlampaui" })
+                .raw("</td></tr>\n");
+        }
+        html.raw("</tbody>\n</table>\n");
+    }
+    html.raw("<h2>Hasil</h2>\n<p class=\"body\">Proses restore data ")
+        .text(result)
+        .raw(".</p>\n<p>Demikian formulir pelaksanaan restore data back up ini dibuat dengan sebenarnya.</p>\n<div class=\"signs\">\n<div><p>Yang Melaksanakan,<br>Petugas Jaringan</p><div class=\"space\"></div>\n");
+    signatory_lines(html, &data.office, Role::Petugas);
+    html.raw("</div>\n<div><p>Mengetahui,<br>Kepala Seksi Infrastruktur</p><div class=\"space\"></div>\n");
+    signatory_lines(html, &data.office, Role::KasiInfras);
+    html.raw("</div>\n</div>\n");
 }
 
 fn letter(

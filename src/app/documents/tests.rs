@@ -322,6 +322,107 @@ fn letter_restore_result() {
     );
 }
 
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(label, value)| ((*label).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+#[test]
+fn form_restore_execution() {
+    let attempt = |step: &str, source: &str, verification: &str, outcome: &str| AttemptRow {
+        step: step.into(),
+        snapshot: "5e1f0c9a2b7d4e63".into(),
+        source: source.into(),
+        target: "simkes-web-01 (S/N CN7016389F0012), direktori /srv/pulih".into(),
+        finished: "02-03-2026 10:41".into(),
+        verification: verification.into(),
+        outcome: outcome.into(),
+    };
+    check(
+        "form_restore_execution",
+        &data(
+            DocumentKind::RestoreExecutionForm,
+            "007/FPRD/DISKOMINFO/2026",
+            DocumentBody::RestoreExecution {
+                agency: applicant(),
+                requested: pairs(&[
+                    ("Nomor permohonan", "41"),
+                    ("Titik restore", "back up 28 Februari 2026"),
+                    ("Tujuan restore", "server simkes-web-01, /srv/pulih"),
+                    ("Alasan", "basis data rusak setelah pembaruan"),
+                ]),
+                plan: pairs(&[
+                    ("Versi rencana", "2 (sidik BLAKE3 9c0e41d27ab35f10)"),
+                    ("Titik restore", "terbaru"),
+                    ("Data", "/var/lib/simkes"),
+                    (
+                        "Pemeriksaan setelah restore",
+                        "`pg_isready -h 127.0.0.1` (batas waktu 60 detik)",
+                    ),
+                    (
+                        "Langkah pemulihan (C6)",
+                        "baca chunk rusak dari replika → snapshot sebelumnya (dengan konfirmasi Kepala Bidang)",
+                    ),
+                    ("Disetujui (langkah 3)", "kabid, 02-03-2026 09:12"),
+                ]),
+                attempts: vec![
+                    attempt(
+                        "restore utama",
+                        "repositori utama",
+                        "2 berkas cocok dengan snapshot (hash BLAKE3 berkunci), 1 gagal",
+                        "tidak berhasil (verify differences)",
+                    ),
+                    attempt(
+                        "baca chunk rusak dari replika",
+                        "repositori utama; 3 chunk rusak dibaca dari repositori replika (kerusakan dilaporkan untuk diperbaiki)",
+                        "3 berkas cocok dengan snapshot (hash BLAKE3 berkunci), 0 gagal; pemeriksaan `pg_isready -h 127.0.0.1`: lulus",
+                        "berhasil",
+                    ),
+                ],
+                failed: pairs(&[(
+                    "/var/lib/simkes/<b>base</b>/16384",
+                    "chunk 2c07e9f7 unreadable in the repository",
+                )]),
+                failed_unlisted: 4,
+                times: vec![
+                    TimeRow {
+                        step: "langkah 4".into(),
+                        took: "12 menit".into(),
+                        standard: "1 hari".into(),
+                        met: true,
+                    },
+                    TimeRow {
+                        step: "langkah 5".into(),
+                        took: "185 menit".into(),
+                        standard: "2 jam".into(),
+                        met: false,
+                    },
+                ],
+                result: "berhasil setelah langkah pemulihan (baca chunk rusak dari replika) dan seluruh berkas terverifikasi".into(),
+            },
+        ),
+    );
+    let html = render(&data(
+        DocumentKind::RestoreExecutionForm,
+        "008/FPRD/DISKOMINFO/2026",
+        DocumentBody::RestoreExecution {
+            agency: applicant(),
+            requested: Vec::new(),
+            plan: Vec::new(),
+            attempts: Vec::new(),
+            failed: Vec::new(),
+            failed_unlisted: 0,
+            times: Vec::new(),
+            result: "restore belum dijalankan oleh sistem".into(),
+        },
+    ));
+    assert!(html.contains("Rencana restore tidak dicatat"));
+    assert!(html.contains("Belum ada restore yang dijalankan"));
+    assert!(!html.contains("Berkas yang gagal"));
+}
+
 #[test]
 fn numbering_follows_the_pattern() {
     let numbering = DocumentNumbering::default();

@@ -523,24 +523,24 @@ pub(crate) async fn handover_needs_the_observed_specification(catalog: Catalog) 
     );
 }
 
-/// Revision 2 of the restore procedure: step 3 is decided by the Head of Agency instead
+/// Revision 3 of the restore procedure: step 3 is decided by the Head of Agency instead
 /// of the Head of Division.
-fn restore_r2() -> String {
-    let text = sop_file("restore_request.r1.toml");
-    let revised = text.replacen("revision = 1", "revision = 2", 1).replacen(
+fn restore_r3() -> String {
+    let text = sop_file("restore_request.r2.toml");
+    let revised = text.replacen("revision = 2", "revision = 3", 1).replacen(
         "roles = [\"KABID_TIK\"]\ninputs = [{ id = \"Berita acara Klarifikasi\"",
         "roles = [\"KADIN\"]\ninputs = [{ id = \"Berita acara Klarifikasi\"",
         1,
     );
     assert_ne!(
         revised,
-        text.replacen("revision = 1", "revision = 2", 1),
+        text.replacen("revision = 2", "revision = 3", 1),
         "step 3 changed"
     );
     revised
 }
 
-pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Catalog) {
+pub(crate) async fn revision_2_finishes_after_revision_3_is_loaded(catalog: Catalog) {
     let env = Env::new(catalog.clone()).await;
     let old = env
         .open(SKPD, "restore_request", restore(&env))
@@ -554,22 +554,22 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
 
     assert_error(
         env.app
-            .load_definition(KASI, "restore_request.r2.toml", &restore_r2(), env.now())
+            .load_definition(KASI, "restore_request.r3.toml", &restore_r3(), env.now())
             .await,
         forbidden,
         "only ADMIN may load procedure definitions",
     );
     env.app
-        .load_definition(ADMIN, "restore_request.r2.toml", &restore_r2(), env.now())
+        .load_definition(ADMIN, "restore_request.r3.toml", &restore_r3(), env.now())
         .await
-        .expect("revision 2 loads");
+        .expect("revision 3 loads");
     let registry = env.app.registry();
     let latest = registry
         .latest(&"restore_request".into())
         .expect("restore is loaded");
-    assert_eq!(latest.revision(), Revision(2));
+    assert_eq!(latest.revision(), Revision(3));
 
-    // The request in flight keeps revision 1's rules.
+    // The request in flight keeps revision 2's rules.
     assert_error(
         env.try_decide(KADIN, old, 3, Answer::Yes, "setuju").await,
         forbidden,
@@ -579,15 +579,15 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
     env.run_restores(&["ok"], env.now()).await;
     env.complete(KASI, old, 7).await;
     let finished = env.app.request(old).await.expect("view");
-    assert_eq!(finished.state.revision, Revision(1));
+    assert_eq!(finished.state.revision, Revision(2));
     assert!(finished.state.is_finished());
 
-    // A new request starts under revision 2.
+    // A new request starts under revision 3.
     let new = env
         .open(SKPD, "restore_request", restore(&env))
         .await
         .expect("open");
-    assert_eq!(new.request.state.revision, Revision(2));
+    assert_eq!(new.request.state.revision, Revision(3));
     let new = new.request.id;
     env.complete(KADIN, new, 1).await;
     env.restore_plan(new, Vec::new(), env.now()).await;
@@ -598,7 +598,7 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
         "only KADIN may act on step 3",
     );
 
-    // After a restart with only the revision 1 files, revision 2 comes from the catalog
+    // After a restart with only the files of config/sop, revision 3 comes from the catalog
     // and the new request can go on.
     let restarted = App::open(
         catalog,
@@ -615,7 +615,7 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
             .latest(&"restore_request".into())
             .expect("loaded")
             .revision(),
-        Revision(2)
+        Revision(3)
     );
     restarted
         .submit(
@@ -625,7 +625,7 @@ pub(crate) async fn revision_1_finishes_after_revision_2_is_loaded(catalog: Cata
             env.now(),
         )
         .await
-        .expect("revision 2 rules after the restart");
+        .expect("revision 3 rules after the restart");
     env.assert_audit_intact().await;
 }
 

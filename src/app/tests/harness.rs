@@ -599,7 +599,13 @@ impl Env {
     pub(crate) async fn end_next_restore(&self, status: &str, now: DateTime<Utc>) {
         let claimed = self
             .app
-            .claim_restore("test", TimeDelta::minutes(5), now, &|_| true)
+            .claim_restore(
+                "test",
+                TimeDelta::minutes(5),
+                now,
+                &|_| true,
+                TimeDelta::minutes(5),
+            )
             .await
             .expect("claim")
             .expect("a restore is queued");

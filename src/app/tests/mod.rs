@@ -92,6 +92,7 @@ conformance! {
         restore_rejected,
         restore_succeeds_first_time,
         restore_falls_back_then_confirms,
+        a_restore_whose_agent_stays_away_falls_back_to_the_alternate_target,
         withdrawal_approved,
         withdrawal_rejected,
         maintenance_loops_until_confirmed,
@@ -106,7 +107,7 @@ conformance! {
         application_data_must_fit_the_procedure,
         ip_and_domain_errors_are_clear,
         handover_needs_the_observed_specification,
-        revision_1_finishes_after_revision_2_is_loaded,
+        revision_2_finishes_after_revision_3_is_loaded,
         a_changed_revision_is_refused,
     ],
     capacity_race: [

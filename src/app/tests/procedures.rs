@@ -2,6 +2,8 @@
 //! (colocation), B (backup), C (restore), the withdrawal and the maintenance request,
 //! with the documents, capacity, register updates and queued actions each path causes.
 
+use chrono::TimeDelta;
+
 use crate::app::restore_requests::FallbackStep;
 use crate::app::tests::*;
 use crate::app::{
@@ -515,6 +517,18 @@ pub(crate) async fn restore_succeeds_first_time(catalog: Catalog) {
     let html = env.app.document(&letter.number).await.expect("letter").html;
     assert!(html.contains("seluruh berkas terverifikasi"), "{html}");
     assert!(html.contains("tidak diperlukan"), "no fallback step ran");
+    let issued: Vec<DocumentKind> = env
+        .app
+        .documents_of(id)
+        .await
+        .expect("documents")
+        .into_iter()
+        .map(|document| document.kind)
+        .collect();
+    assert!(
+        issued.contains(&DocumentKind::RestoreExecutionForm),
+        "C7 fills the form: {issued:?}"
+    );
     env.complete(KASI, id, 7).await;
     assert_eq!(
         queued_actions(&env, id).await,
@@ -566,6 +580,32 @@ pub(crate) async fn restore_falls_back_then_confirms(catalog: Catalog) {
         "the letter tells the fallback: {html}"
     );
     assert!(html.contains("replika"), "{html}");
+    // The restore execution form: the approved plan, both attempts, the file the first
+    // one failed on, and the times.
+    let form = env
+        .app
+        .documents_of(id)
+        .await
+        .expect("documents")
+        .into_iter()
+        .find(|document| document.kind == DocumentKind::RestoreExecutionForm)
+        .expect("the C7 form");
+    assert!(form.number.contains("/FPRD/"), "{}", form.number);
+    let html = env.app.document(&form.number).await.expect("form").html;
+    for expected in [
+        "FORMULIR PELAKSANAAN RESTORE DATA BACK UP",
+        "data terhapus tidak sengaja",
+        "Langkah pemulihan (C6)",
+        "restore utama",
+        "baca chunk rusak dari replika",
+        "/srv/db/base.dat",
+        "tidak berhasil (verify differences)",
+        "setelah langkah pemulihan",
+        "Standar Waktu",
+        "Mengetahui,",
+    ] {
+        assert!(html.contains(expected), "form lacks {expected}: {html}");
+    }
     env.complete(PETUGAS, id, 7).await;
     assert_eq!(
         queued_actions(&env, id).await,
@@ -585,6 +625,138 @@ pub(crate) async fn restore_falls_back_then_confirms(catalog: Catalog) {
     assert!(attempts.attempts[1].use_replica);
     assert_eq!(attempts.state, "verified");
     finished(&env, id, Outcome::Completed, &[1, 2, 3, 4, 5, 6, 7]).await;
+}
+
+pub(crate) async fn a_restore_whose_agent_stays_away_falls_back_to_the_alternate_target(
+    catalog: Catalog,
+) {
+    let env = Env::new(catalog).await;
+    let id = env
+        .open(SKPD, "restore_request", restore(&env))
+        .await
+        .expect("open")
+        .request
+        .id;
+    env.complete(KADIN, id, 1).await;
+    let spare = env.existing_server("simkes-spare-01", "SN-SPARE-01").await;
+    let (_, token) = env
+        .app
+        .create_enrollment_token(PETUGAS, spare.id, None, env.now())
+        .await
+        .expect("an enrolment token");
+    env.app
+        .enroll_agent(token.expose(), "simkes-spare", "test", env.now())
+        .await
+        .expect("the spare's agent enrols");
+    env.restore_plan(
+        id,
+        vec![FallbackStep::AlternateTarget {
+            server: spare.id,
+            dir: "/srv/pulih".into(),
+        }],
+        env.now(),
+    )
+    .await;
+    env.complete(PETUGAS, id, 2).await;
+    env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui")
+        .await;
+    // The env's clock moves ten minutes a call: the rest counts from one instant.
+    let queued = env.now();
+    env.app
+        .advance_restore_requests("test", queued)
+        .await
+        .expect("advance");
+
+    // Only the spare's agent is connected. Within the wait the restore stays queued.
+    let wait = TimeDelta::minutes(5);
+    let lease = TimeDelta::minutes(5);
+    let only_spare = |server: crate::catalog::ServerId| server == spare.id;
+    let caller = crate::app::tests::plans::caller(&env, KASI).await;
+    let soon = queued + TimeDelta::minutes(4);
+    assert!(
+        env.app
+            .claim_restore("test", lease, soon, &only_spare, wait)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    let view = env
+        .app
+        .restore_request_for(&caller, id)
+        .await
+        .expect("view");
+    assert_eq!(view.attempts[0].status, "queued");
+
+    // Past it, the attempt fails with the reason; C5 is "no" and C6 restores to the
+    // alternate target, whose agent is there.
+    let later = queued + TimeDelta::minutes(6);
+    assert!(
+        env.app
+            .claim_restore("test", lease, later, &only_spare, wait)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    let view = env
+        .app
+        .restore_request_for(&caller, id)
+        .await
+        .expect("view");
+    assert_eq!(view.attempts[0].status, "failed");
+    let error = view.attempts[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("did not connect within 5 minute(s)") && error.contains("simkes-db-"),
+        "{error}"
+    );
+    env.app
+        .advance_restore_requests("test", later)
+        .await
+        .expect("advance");
+    let request = env.app.request(id).await.expect("request");
+    assert_eq!(request.state.current_step(), Some(StepNumber(6)));
+    assert_eq!(request.state.steps[4].decision, Some(Answer::No));
+    let claimed = env
+        .app
+        .claim_restore("test", lease, later, &only_spare, wait)
+        .await
+        .expect("claim")
+        .expect("the alternate attempt is claimed where its agent is");
+    assert_eq!(claimed.target_server_id, spare.id);
+    assert_eq!(claimed.attempt.as_deref(), Some("alternate_target"));
+    let end = crate::app::RestoreEnd {
+        status: "ok".to_owned(),
+        stats_json: serde_json::json!({
+            "snapshot": "ab".repeat(32), "files_verified": 3, "files_failed": 0,
+        })
+        .to_string(),
+        error: None,
+    };
+    assert!(
+        env.app
+            .finish_restore(claimed.id, "test", &end, later)
+            .await
+            .expect("finish")
+    );
+    env.app
+        .advance_restore_requests("test", later)
+        .await
+        .expect("advance");
+    let view = env
+        .app
+        .restore_request_for(&caller, id)
+        .await
+        .expect("view");
+    assert_eq!(view.state, "verified");
+    assert_eq!(
+        env.app
+            .request(id)
+            .await
+            .expect("request")
+            .state
+            .current_step(),
+        Some(StepNumber(7))
+    );
+    env.assert_audit_intact().await;
 }
 
 fn withdrawal(env: &Env, server: crate::catalog::ServerId) -> OpenRequest {
