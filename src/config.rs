@@ -57,6 +57,9 @@ pub struct RepositoriesSection {
     pub replica_root: Option<String>,
     /// Endpoint of the replicas' S3-compatible store (default: `s3_endpoint`).
     pub replica_s3_endpoint: Option<String>,
+    /// The `restic` binary for plans on existing restic repositories: a path, or a name
+    /// looked up on `PATH` (default `restic`).
+    pub restic_binary: Option<String>,
 }
 
 /// `[scheduler]`.

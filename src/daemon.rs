@@ -237,6 +237,13 @@ pub fn repositories(config: &Config) -> Result<Repositories, DaemonError> {
                 .or_else(|| config.repositories.s3_endpoint.clone()),
             ..StoreOptions::default()
         },
+    )
+    .with_restic_binary(
+        config
+            .repositories
+            .restic_binary
+            .as_deref()
+            .map(std::path::PathBuf::from),
     ))
 }
 

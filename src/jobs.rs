@@ -16,6 +16,10 @@
 //! Everything here blocks (the engine's API is blocking): the scheduler runs it on a
 //! blocking thread.
 
+mod restic_runs;
+
+pub use restic_runs::execute as execute_restic;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -44,6 +48,7 @@ pub struct Repositories {
     scratch: PathBuf,
     replica_root: Option<String>,
     replica_store: StoreOptions,
+    restic_binary: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Repositories {
@@ -68,7 +73,16 @@ impl Repositories {
             scratch: std::env::temp_dir().join("cadang-drills"),
             replica_root: None,
             replica_store: StoreOptions::default(),
+            restic_binary: None,
         }
+    }
+
+    /// The `restic` binary for plans on restic repositories: a path, or a name looked up
+    /// on `PATH`; `None` for `restic` on `PATH`.
+    #[must_use]
+    pub fn with_restic_binary(mut self, binary: Option<PathBuf>) -> Self {
+        self.restic_binary = binary;
+        self
     }
 
     /// Replica repositories under `root` (a directory or `s3://bucket/prefix` on a second
@@ -747,6 +761,7 @@ mod tests {
             replicate_schedule: None,
             window: None,
             bandwidth_limit_kib: None,
+            restic: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod jobs;
 pub mod notify;
 pub mod remote;
+pub mod restic;
 pub mod rpc;
 pub mod scheduler;
 pub mod workflow;

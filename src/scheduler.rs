@@ -216,11 +216,50 @@ async fn execute_claimed(
         _ => None,
     };
     let through_agent = agent_server.is_some();
+    // A plan on a restic repository: its password, opened from the catalog's secrets.
+    let restic_repo = match &spec {
+        Ok(spec) => match &spec.restic {
+            Some(target) => Some(match app.restic_password(spec).await {
+                Ok(Some(password)) => Ok(crate::restic::ResticRepo {
+                    location: target.repository.clone(),
+                    password: crate::restic::Secret::new(password.expose()),
+                    env: Vec::new(),
+                }),
+                Ok(None) => Err("the plan's restic repository has no password on file".to_owned()),
+                Err(error) => Err(error.to_string()),
+            }),
+            None => None,
+        },
+        Err(_) => None,
+    };
     let work = {
         let run = run.clone();
         let cancel = cancel.clone();
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || match spec {
+            Ok(spec) if spec.restic.is_some() => match restic_repo {
+                Some(Ok(repo)) => handle.block_on(crate::jobs::execute_restic(
+                    &repositories,
+                    &repo,
+                    &spec,
+                    &run,
+                    sequence,
+                    cancel,
+                    &progress,
+                )),
+                Some(Err(error)) => RunEnd {
+                    status: "failed",
+                    stats_json: "{}".into(),
+                    snapshot_id: None,
+                    error: Some(error),
+                },
+                None => RunEnd {
+                    status: "failed",
+                    stats_json: "{}".into(),
+                    snapshot_id: None,
+                    error: Some("the plan's restic repository is not configured".into()),
+                },
+            },
             Ok(spec) if spec.server.is_some() && run.kind == "backup" => match agent_server {
                 Some(server) => backup_via_agent(
                     &repositories,

@@ -71,7 +71,36 @@ pub struct PlanSpec {
     /// limit.
     #[serde(default)]
     pub bandwidth_limit_kib: Option<u64>,
+    /// An existing restic repository the plan backs up to, through the `restic` binary,
+    /// instead of the agency's cadang repository; none for cadang's own engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic: Option<ResticTarget>,
 }
+
+/// An existing restic repository a plan adopts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResticTarget {
+    /// Where it is, as restic names it: a local path, `s3:…`, `rest:…`, `sftp:…`.
+    pub repository: String,
+    /// Its password, when a plan is created: the daemon seals it into the catalog's
+    /// secrets and keeps only the reference. Never stored or shown in clear.
+    #[serde(default, skip_serializing)]
+    pub password: Option<super::SecretString>,
+    /// The sealed password's row in the catalog's secrets (set by the daemon).
+    #[serde(default)]
+    pub password_secret: Option<crate::catalog::SecretId>,
+}
+
+/// Two targets are the same repository with the same stored password; a password in
+/// transit is not part of a plan's identity.
+impl PartialEq for ResticTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.repository == other.repository && self.password_secret == other.password_secret
+    }
+}
+
+impl Eq for ResticTarget {}
 
 /// A daily backup window in the plan's time zone, such as 22:00–05:00 (crossing
 /// midnight is allowed).
@@ -327,6 +356,23 @@ impl PlanSpec {
                 "bandwidth_limit_kib must be at least 1 (omit it for no limit)",
             ));
         }
+        if let Some(restic) = &self.restic {
+            if restic.repository.trim().is_empty() {
+                return Err(AppError::invalid(
+                    "restic.repository must name the restic repository (a path, s3:…, rest:…)",
+                ));
+            }
+            if self.server.is_some() {
+                return Err(AppError::invalid(
+                    "a plan on a restic repository backs up the daemon's host: restic runs there, not through an agent (omit server)",
+                ));
+            }
+            if self.replicate_schedule.is_some() {
+                return Err(AppError::invalid(
+                    "a plan on a restic repository has no replica schedule: replicas are made of cadang repositories (use `restic copy` for restic ones)",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -443,6 +489,28 @@ impl App {
         work.require(&PLAN_ROLES, "create backup plans")?;
         let name = super::required("the plan name", name)?;
         spec.validate()?;
+        let mut spec = spec;
+        if let Some(restic) = &mut spec.restic {
+            if restic.password_secret.is_some() {
+                return Err(AppError::invalid(
+                    "restic.password_secret is set by the daemon; give restic.password",
+                ));
+            }
+            let password = restic
+                .password
+                .take()
+                .filter(|password| !password.is_blank())
+                .ok_or_else(|| {
+                    AppError::invalid(
+                        "a plan on a restic repository needs its password (restic.password)",
+                    )
+                })?;
+            restic.password_secret = Some(
+                self.sealer()
+                    .store(&mut work.tx, "restic_password", &password, now)
+                    .await?,
+            );
+        }
         let record = work.tx.request(request).await?;
         if record.state.procedure.as_str() != "backup_request" || record.state.is_finished() {
             return Err(AppError::invalid(format!(
@@ -477,6 +545,27 @@ impl App {
         }));
         work.commit().await?;
         view(&plan)
+    }
+
+    /// The password of a plan's restic repository, opened from the catalog's sealed
+    /// secrets for the daemon that runs it; `None` for a plan on cadang's own engine.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`]; an internal error when the secret does not open (altered,
+    /// or sealed by another master key).
+    pub async fn restic_password(
+        &self,
+        spec: &PlanSpec,
+    ) -> Result<Option<super::SecretString>, AppError> {
+        let Some(restic) = &spec.restic else {
+            return Ok(None);
+        };
+        let secret = restic.password_secret.ok_or_else(|| {
+            AppError::invalid("the plan's restic repository has no password on file")
+        })?;
+        let mut tx = self.catalog().begin_read().await?;
+        let record = tx.secret(secret).await?;
+        Ok(Some(self.sealer().open(&record)?))
     }
 
     /// Plans the caller may see (of one agency, or all).
@@ -581,16 +670,25 @@ impl App {
         kind: &str,
         now: DateTime<Utc>,
     ) -> Result<RunId, AppError> {
-        let kind: &'static str = KINDS.iter().find(|known| **known == kind).ok_or_else(|| {
-            AppError::invalid(format!(
-                "unknown run kind `{kind}`; one of backup, retention, verify, drill, replicate"
-            ))
-        })?;
+        let kind: &'static str = KINDS
+            .iter()
+            .chain(std::iter::once(&"import"))
+            .find(|known| **known == kind)
+            .ok_or_else(|| {
+                AppError::invalid(format!(
+                    "unknown run kind `{kind}`; one of backup, retention, verify, drill, replicate, import"
+                ))
+            })?;
         let mut work = self.work(username, now).await?;
         work.require(&PLAN_ROLES, "run backup plans")?;
         let record = work.tx.plan_for_update(plan).await?;
         if record.status == "stopped" {
             return Err(AppError::Conflict(format!("plan {plan} is stopped")));
+        }
+        if kind == "import" && spec_of(&record)?.restic.is_none() {
+            return Err(AppError::invalid(format!(
+                "plan {plan} is on a cadang repository: `import` lists the snapshots of an adopted restic repository"
+            )));
         }
         if kind == "retention" && spec_of(&record)?.retention.is_empty() {
             return Err(AppError::invalid(format!(
@@ -940,9 +1038,16 @@ impl App {
         for plan in plans {
             let plan = work.tx.plan_for_update(plan.id).await?;
             match action {
+                // Its first backup, unless one was run by hand already (an `import` of
+                // an adopted repository's snapshots is not a backup).
                 SystemAction::StartBackupPlan
                     if plan.status == "approved"
-                        && work.tx.runs(Some(plan.id), None, 1).await?.is_empty() =>
+                        && work
+                            .tx
+                            .runs(Some(plan.id), None, 100)
+                            .await?
+                            .iter()
+                            .all(|run| run.kind != "backup") =>
                 {
                     let run = work
                         .tx
@@ -1161,6 +1266,7 @@ mod tests {
             replicate_schedule: None,
             window: None,
             bandwidth_limit_kib: None,
+            restic: None,
         };
         spec("0 2 * * *").validate().unwrap();
         let error = spec("every night").validate().unwrap_err().to_string();

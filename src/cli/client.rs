@@ -672,73 +672,99 @@ pub enum FormCmd {
     },
 }
 
+/// What a backup plan is: `cadang plan create` and `cadang import restic`.
+#[derive(Args, Debug)]
+pub struct PlanCreateArgs {
+    /// The backup request.
+    #[arg(long)]
+    pub request: i64,
+    /// Plan name (unique within the agency).
+    #[arg(long)]
+    pub name: String,
+    /// Path to back up (repeat; absolute): on the daemon's host, or with --server on
+    /// that server, read by its agent.
+    #[arg(long = "path", required = true)]
+    pub paths: Vec<String>,
+    /// The colocated server (register id) whose agent backs the paths up.
+    #[arg(long = "on-server", id = "on_server", value_name = "SERVER")]
+    pub server: Option<i64>,
+    /// Exclude glob (repeat).
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Backup schedule, cron: `0 2 * * *` is 02:00 daily.
+    #[arg(long)]
+    pub schedule: String,
+    /// Time zone of the schedules.
+    #[arg(long, default_value = "Asia/Jakarta")]
+    pub time_zone: String,
+    /// Keep the newest N snapshots.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep one per day for N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep one per week for N weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep one per month for N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep one per year for N years.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// When retention (forget + prune) runs, cron.
+    #[arg(long)]
+    pub retention_schedule: Option<String>,
+    /// When verification runs, cron.
+    #[arg(long)]
+    pub verify_schedule: Option<String>,
+    /// Verification reads 1/N of the data per run.
+    #[arg(long, default_value_t = 7)]
+    pub verify_parts: u32,
+    /// When a restore drill (latest snapshot restored to scratch and verified) runs, cron.
+    #[arg(long)]
+    pub drill_schedule: Option<String>,
+    /// When the plan's new snapshots are copied to the agency's replica repository and
+    /// read back, cron (needs `[repositories] replica_root`).
+    #[arg(long)]
+    pub replicate_schedule: Option<String>,
+    /// Hours backups may run in, local time: `22:00-05:00`.
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub window: Option<String>,
+    /// Most KiB per second a backup writes to the repository.
+    #[arg(long, value_name = "KIB")]
+    pub bandwidth_limit: Option<u64>,
+    /// Back up to this existing restic repository (a path, `s3:…`, `rest:…`) through the
+    /// restic binary, instead of the agency's cadang repository.
+    #[arg(long, value_name = "LOCATION")]
+    pub restic_repo: Option<String>,
+    /// File holding that restic repository's password.
+    #[arg(
+        long,
+        env = "CADANG_RESTIC_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "restic_repo"
+    )]
+    pub restic_password_file: Option<PathBuf>,
+}
+
+/// `cadang import ...`.
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum ImportCmd {
+    /// Adopt an existing restic repository: a plan that backs up to it through the
+    /// restic binary (runs, retention, verification and drills as for cadang's own), and
+    /// an `import` run listing the snapshots it already holds into the catalog.
+    Restic(PlanCreateArgs),
+}
+
 /// `cadang plan ...`.
 // Parsed once per process: the size of the `create` variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum PlanCmd {
     /// Create a backup plan for a backup request (procedure B, step 2).
-    Create {
-        /// The backup request.
-        #[arg(long)]
-        request: i64,
-        /// Plan name (unique within the agency).
-        #[arg(long)]
-        name: String,
-        /// Path to back up (repeat; absolute): on the daemon's host, or with --server on
-        /// that server, read by its agent.
-        #[arg(long = "path", required = true)]
-        paths: Vec<String>,
-        /// The colocated server (register id) whose agent backs the paths up.
-        #[arg(long = "on-server", id = "on_server", value_name = "SERVER")]
-        server: Option<i64>,
-        /// Exclude glob (repeat).
-        #[arg(long = "exclude")]
-        excludes: Vec<String>,
-        /// Backup schedule, cron: `0 2 * * *` is 02:00 daily.
-        #[arg(long)]
-        schedule: String,
-        /// Time zone of the schedules.
-        #[arg(long, default_value = "Asia/Jakarta")]
-        time_zone: String,
-        /// Keep the newest N snapshots.
-        #[arg(long, default_value_t = 0)]
-        keep_last: u32,
-        /// Keep one per day for N days.
-        #[arg(long, default_value_t = 0)]
-        keep_daily: u32,
-        /// Keep one per week for N weeks.
-        #[arg(long, default_value_t = 0)]
-        keep_weekly: u32,
-        /// Keep one per month for N months.
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: u32,
-        /// Keep one per year for N years.
-        #[arg(long, default_value_t = 0)]
-        keep_yearly: u32,
-        /// When retention (forget + prune) runs, cron.
-        #[arg(long)]
-        retention_schedule: Option<String>,
-        /// When verification runs, cron.
-        #[arg(long)]
-        verify_schedule: Option<String>,
-        /// Verification reads 1/N of the data per run.
-        #[arg(long, default_value_t = 7)]
-        verify_parts: u32,
-        /// When a restore drill (latest snapshot restored to scratch and verified) runs, cron.
-        #[arg(long)]
-        drill_schedule: Option<String>,
-        /// When the plan's new snapshots are copied to the agency's replica repository and
-        /// read back, cron (needs `[repositories] replica_root`).
-        #[arg(long)]
-        replicate_schedule: Option<String>,
-        /// Hours backups may run in, local time: `22:00-05:00`.
-        #[arg(long, value_name = "HH:MM-HH:MM")]
-        window: Option<String>,
-        /// Most KiB per second a backup writes to the repository.
-        #[arg(long, value_name = "KIB")]
-        bandwidth_limit: Option<u64>,
-    },
+    Create(PlanCreateArgs),
     /// List plans.
     List {
         /// Only this agency.
@@ -822,6 +848,8 @@ pub enum ClientCommand {
     Form(FormCmd),
     /// plan
     Plan(PlanCmd),
+    /// import
+    Import(ImportCmd),
     /// run
     Run(RunCmd),
 }
@@ -1890,54 +1918,34 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 None => print!("{lines}"),
             }
         }
+        ClientCommand::Import(ImportCmd::Restic(args)) => {
+            if args.restic_repo.is_none() {
+                return Err(anyhow!(
+                    "--restic-repo names the restic repository to adopt"
+                ));
+            }
+            let plan = create_plan(&mut plans, conn, args).await?;
+            // The snapshots it already holds, listed into the catalog by an `import` run.
+            let run = plans
+                .run_now(conn.req(RunNowRequest {
+                    plan_id: plan.id,
+                    kind: "import".into(),
+                }))
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                print_json(
+                    &serde_json::json!({ "plan": plan_json(&plan), "import_run": run_json(&run) }),
+                );
+            } else {
+                print_plans(false, &[plan]);
+                print_runs(false, &[run]);
+            }
+        }
         ClientCommand::Plan(cmd) => match cmd {
-            PlanCmd::Create {
-                request,
-                name,
-                paths,
-                server,
-                excludes,
-                schedule,
-                time_zone,
-                keep_last,
-                keep_daily,
-                keep_weekly,
-                keep_monthly,
-                keep_yearly,
-                retention_schedule,
-                verify_schedule,
-                verify_parts,
-                drill_schedule,
-                replicate_schedule,
-                window,
-                bandwidth_limit,
-            } => {
-                let window = window
-                    .map(|window| match window.split_once('-') {
-                        Some((start, end)) => {
-                            Ok(serde_json::json!({ "start": start.trim(), "end": end.trim() }))
-                        }
-                        None => Err(anyhow!(
-                            "--window `{window}` must be two times of day, such as 22:00-05:00"
-                        )),
-                    })
-                    .transpose()?;
-                let spec = serde_json::json!({
-                    "paths": paths, "excludes": excludes, "schedule": schedule, "time_zone": time_zone,
-                    "retention": {"last": keep_last, "daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly},
-                    "retention_schedule": retention_schedule, "verify_schedule": verify_schedule, "verify_parts": verify_parts,
-                    "drill_schedule": drill_schedule, "replicate_schedule": replicate_schedule, "window": window, "bandwidth_limit_kib": bandwidth_limit,
-                    "server": server,
-                });
-                let plan = plans
-                    .create_plan(conn.req(CreatePlanRequest {
-                        request_id: request,
-                        name,
-                        spec_json: spec.to_string(),
-                    }))
-                    .await
-                    .map_err(rpc_error)?
-                    .into_inner();
+            PlanCmd::Create(args) => {
+                let plan = create_plan(&mut plans, conn, args).await?;
                 print_plans(json, &[plan]);
             }
             PlanCmd::List { agency } => {
@@ -2161,6 +2169,52 @@ fn run_json(run: &pb::Run) -> serde_json::Value {
         "finished_at": run.finished_at, "stats": parse_json_text(&run.stats_json), "snapshot_id": run.snapshot_id,
         "error": run.error, "request_id": run.request_id, "step": run.step, "lease_owner": run.lease_owner,
     })
+}
+
+/// Creates a plan from `plan create` / `import restic` arguments.
+async fn create_plan(
+    plans: &mut plan_service_client::PlanServiceClient<Channel>,
+    conn: &Conn,
+    args: PlanCreateArgs,
+) -> anyhow::Result<pb::Plan> {
+    let window = args
+        .window
+        .map(|window| match window.split_once('-') {
+            Some((start, end)) => {
+                Ok(serde_json::json!({ "start": start.trim(), "end": end.trim() }))
+            }
+            None => Err(anyhow!(
+                "--window `{window}` must be two times of day, such as 22:00-05:00"
+            )),
+        })
+        .transpose()?;
+    let restic = match args.restic_repo {
+        Some(repository) => {
+            let file = args.restic_password_file.ok_or_else(|| {
+                anyhow!("--restic-password-file (or CADANG_RESTIC_PASSWORD_FILE) gives the restic repository's password")
+            })?;
+            let password = String::from_utf8(super::repo_cmds::read_password_file(&file)?)
+                .map_err(|_| anyhow!("{} does not hold UTF-8 text", file.display()))?;
+            Some(serde_json::json!({ "repository": repository, "password": password }))
+        }
+        None => None,
+    };
+    let spec = serde_json::json!({
+        "paths": args.paths, "excludes": args.excludes, "schedule": args.schedule, "time_zone": args.time_zone,
+        "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
+        "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
+        "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,
+        "server": args.server, "restic": restic,
+    });
+    Ok(plans
+        .create_plan(conn.req(CreatePlanRequest {
+            request_id: args.request,
+            name: args.name,
+            spec_json: spec.to_string(),
+        }))
+        .await
+        .map_err(rpc_error)?
+        .into_inner())
 }
 
 fn print_plans(json: bool, plans: &[pb::Plan]) {

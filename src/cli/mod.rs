@@ -141,6 +141,9 @@ pub enum Command {
     /// Backup plans (procedure B): create, list, show, run now, pause, resume.
     #[command(subcommand)]
     Plan(client::PlanCmd),
+    /// Adopt existing repositories: `import restic`.
+    #[command(subcommand)]
+    Import(client::ImportCmd),
     /// Runs of backup plans.
     #[command(subcommand)]
     Run(client::RunCmd),
@@ -371,6 +374,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit(command) => C::Audit(command),
         Command::Form(command) => C::Form(command),
         Command::Plan(command) => C::Plan(command),
+        Command::Import(command) => C::Import(command),
         Command::Run(command) => C::Run(command),
         Command::Agent(command) => return agent_cmds::agent(&cli.conn, json, command),
         Command::RestoreJob(command) => return agent_cmds::restore_job(&cli.conn, json, command),

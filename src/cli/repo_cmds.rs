@@ -98,7 +98,7 @@ pub fn run(cli: Cli) -> ExitCode {
     code
 }
 
-fn read_password_file(p: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_password_file(p: &Path) -> anyhow::Result<Vec<u8>> {
     let s =
         std::fs::read(p).with_context(|| format!("cannot read password file {}", p.display()))?;
     let mut s = s;

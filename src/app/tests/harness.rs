@@ -651,6 +651,7 @@ impl Env {
                     replicate_schedule: None,
                     window: None,
                     bandwidth_limit_kib: None,
+                    restic: None,
                 },
                 self.now(),
             )

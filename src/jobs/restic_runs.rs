@@ -1,0 +1,394 @@
+//! Runs of plans on existing restic repositories: the same run kinds and records as
+//! cadang's own engine, carried out by the `restic` binary through [`crate::restic`].
+//!
+//! Backups, retention, verification and drills are judged as the native ones are: a
+//! backup that could not read some files is `partial`, a check that finds errors or a
+//! drill whose restore does not verify is `verify_differences`, never `ok`. The
+//! `import` run lists the snapshots an adopted repository already holds into the run
+//! record. The repository password comes from the catalog's sealed secrets and reaches
+//! restic through a private file only (see [`crate::restic`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Repositories, verify_part};
+use crate::app::PlanSpec;
+use crate::catalog::{RunEnd, RunRecord};
+use crate::remote::Progress;
+use crate::restic::{
+    BackupOptions, BackupStatus, Cancel, CheckOutcome, KeepPolicy, Restic, ResticError, ResticRepo,
+    RestoreOptions,
+};
+
+/// Snapshots listed in an import run's record at most (the count is always whole).
+const IMPORT_LISTED: usize = 1000;
+/// Per-file problems named in a run's error at most.
+const PROBLEMS_NAMED: usize = 20;
+
+/// Carries out `run` of a plan on a restic repository. Never panics on what restic
+/// prints: every failure becomes a `failed` (or `cancelled`) record with the reason.
+pub async fn execute(
+    repositories: &Repositories,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    sequence: u64,
+    cancel: Arc<AtomicBool>,
+    progress: &Progress,
+) -> RunEnd {
+    let started = std::time::Instant::now();
+    // The scheduler's flag, turned into restic's signal (SIGINT, then SIGKILL).
+    let signal = Cancel::new();
+    let watcher = {
+        let (signal, cancel) = (signal.clone(), cancel.clone());
+        tokio::spawn(async move {
+            while !cancel.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            signal.cancel();
+        })
+    };
+    let outcome = match Restic::locate(repositories.restic_binary.as_deref()).await {
+        Ok(restic) => match run.kind.as_str() {
+            "backup" => backup(&restic, repo, spec, run, &signal, progress).await,
+            "retention" => retention(&restic, repo, spec, run).await,
+            "verify" => verify(&restic, repo, spec, sequence).await,
+            "drill" => drill(&restic, repo, &repositories.scratch, run, &signal).await,
+            "import" => import(&restic, repo).await,
+            "replicate" => {
+                Err("a plan on a restic repository does not replicate (use `restic copy`)".into())
+            }
+            other => Err(format!("unknown run kind `{other}`")),
+        },
+        Err(error) => Err(error.to_string()),
+    };
+    watcher.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(mut end) => {
+            if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+                stats["engine"] = json!("restic");
+                stats["duration_seconds"] = json!(seconds);
+                end.stats_json = stats.to_string();
+            }
+            end
+        }
+        Err(error) => RunEnd {
+            status: if cancel.load(Ordering::Relaxed) {
+                "cancelled"
+            } else {
+                "failed"
+            },
+            stats_json: json!({ "engine": "restic", "duration_seconds": seconds }).to_string(),
+            snapshot_id: None,
+            error: Some(error),
+        },
+    }
+}
+
+fn restic_error(error: ResticError) -> String {
+    error.to_string()
+}
+
+async fn backup(
+    restic: &Restic,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    signal: &Cancel,
+    progress: &Progress,
+) -> Result<RunEnd, String> {
+    let run_tag = format!("run:{}", run.id);
+    // A run taken over from a daemon that died after restic saved the snapshot but
+    // before the run was recorded: adopt that snapshot instead of backing up twice.
+    if run.attempts > 1
+        && let Some(done) = restic
+            .snapshots(repo, std::slice::from_ref(&run_tag))
+            .await
+            .map_err(restic_error)?
+            .pop()
+    {
+        return Ok(RunEnd {
+            status: "ok",
+            stats_json: json!({ "adopted_snapshot": true }).to_string(),
+            snapshot_id: Some(done.id.to_string()),
+            error: None,
+        });
+    }
+    let options = BackupOptions {
+        paths: spec.paths.iter().map(PathBuf::from).collect(),
+        tags: vec![format!("plan:{}", run.plan_id), run_tag],
+        host: Some("cadang-daemon".into()),
+        excludes: spec.excludes.clone(),
+        limit_upload_kib: spec
+            .bandwidth_limit_kib
+            .map(|kib| u32::try_from(kib).unwrap_or(u32::MAX)),
+    };
+    let mut report = |now: &crate::restic::BackupProgress| {
+        let value = json!({
+            "percent_done": now.percent_done,
+            "files_done": now.files_done,
+            "files_total": now.total_files,
+            "bytes_done": now.bytes_done,
+            "bytes_total": now.total_bytes,
+            "errors": now.error_count,
+        });
+        *progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+    };
+    let outcome = restic
+        .backup(repo, &options, &mut report, signal)
+        .await
+        .map_err(restic_error)?;
+    let summary = &outcome.summary;
+    let seconds = summary.total_duration.as_secs_f64();
+    let stats = json!({
+        "files_new": summary.files_new,
+        "files_changed": summary.files_changed,
+        "files_unchanged": summary.files_unmodified,
+        "files_failed": outcome.file_errors_total,
+        "bytes_read": summary.total_bytes_processed,
+        "bytes_total": summary.total_bytes_processed,
+        "bytes_added_raw": summary.data_added,
+        "bytes_added": summary.data_added_packed.unwrap_or(summary.data_added),
+        "dedup_ratio": if summary.data_added > 0 { summary.total_bytes_processed as f64 / summary.data_added as f64 } else { 0.0 },
+        "throughput_bytes_per_second": if seconds > 0.0 { summary.total_bytes_processed as f64 / seconds } else { 0.0 },
+        "restic_version": restic.version().to_string(),
+    });
+    let (status, error) = match outcome.status {
+        BackupStatus::Complete => ("ok", None),
+        BackupStatus::Partial => {
+            let named: Vec<String> = outcome
+                .file_errors
+                .iter()
+                .take(PROBLEMS_NAMED)
+                .map(|problem| format!("{}: {}", problem.path, problem.message))
+                .collect();
+            (
+                "partial",
+                Some(format!(
+                    "{} file(s) could not be read: {}",
+                    outcome.file_errors_total,
+                    named.join("; ")
+                )),
+            )
+        }
+    };
+    // Restic before 0.17 reports the snapshot's short id; the catalog keeps the full one.
+    let mut snapshot_id = summary.snapshot_id.as_ref().map(ToString::to_string);
+    if snapshot_id.as_ref().is_some_and(|id| id.len() < 64)
+        && let Ok(mut tagged) = restic.snapshots(repo, &[format!("run:{}", run.id)]).await
+        && let Some(full) = tagged.pop()
+    {
+        snapshot_id = Some(full.id.to_string());
+    }
+    Ok(RunEnd {
+        status,
+        stats_json: stats.to_string(),
+        snapshot_id,
+        error,
+    })
+}
+
+fn keep(count: u32) -> Option<u32> {
+    (count > 0).then_some(count)
+}
+
+async fn retention(
+    restic: &Restic,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    run: &RunRecord,
+) -> Result<RunEnd, String> {
+    let retention = &spec.retention;
+    if retention.is_empty() {
+        return Err(
+            "the plan's retention policy keeps nothing; refusing to remove every snapshot".into(),
+        );
+    }
+    // Only the plan's own snapshots: an adopted repository may hold others' too.
+    let policy = KeepPolicy {
+        last: keep(retention.last),
+        hourly: keep(retention.hourly),
+        daily: keep(retention.daily),
+        weekly: keep(retention.weekly),
+        monthly: keep(retention.monthly),
+        yearly: keep(retention.yearly),
+        tags: vec![format!("plan:{}", run.plan_id)],
+        ..KeepPolicy::default()
+    };
+    let outcome = restic
+        .forget(repo, &policy, true)
+        .await
+        .map_err(restic_error)?;
+    Ok(RunEnd {
+        status: "ok",
+        stats_json: json!({
+            "snapshots_kept": outcome.kept.len(),
+            "snapshots_removed": outcome.removed.len(),
+            "pruned": outcome.pruned,
+        })
+        .to_string(),
+        snapshot_id: None,
+        error: None,
+    })
+}
+
+async fn verify(
+    restic: &Restic,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    sequence: u64,
+) -> Result<RunEnd, String> {
+    let (n, t) = verify_part(sequence, spec.verify_parts);
+    let part = format!("{n}/{t}");
+    let outcome = restic
+        .check(repo, Some(&part))
+        .await
+        .map_err(restic_error)?;
+    Ok(match outcome {
+        CheckOutcome::NoErrors => RunEnd {
+            status: "ok",
+            stats_json: json!({ "part": part, "errors": 0 }).to_string(),
+            snapshot_id: None,
+            error: None,
+        },
+        CheckOutcome::ErrorsFound {
+            messages,
+            broken_packs,
+        } => RunEnd {
+            status: "verify_differences",
+            stats_json: json!({
+                "part": part,
+                "errors": messages.len(),
+                "broken_packs": broken_packs,
+            })
+            .to_string(),
+            snapshot_id: None,
+            error: Some(
+                messages
+                    .iter()
+                    .take(PROBLEMS_NAMED)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        },
+    })
+}
+
+/// The plan's latest snapshot restored to scratch, verified (restic's `--verify` and
+/// cadang's own walk against the snapshot listing), and removed.
+async fn drill(
+    restic: &Restic,
+    repo: &ResticRepo,
+    scratch: &Path,
+    run: &RunRecord,
+    signal: &Cancel,
+) -> Result<RunEnd, String> {
+    let tag = format!("plan:{}", run.plan_id);
+    let latest = restic
+        .snapshots(repo, std::slice::from_ref(&tag))
+        .await
+        .map_err(restic_error)?
+        .pop()
+        .ok_or_else(|| format!("plan {} has no snapshot to restore yet", run.plan_id))?;
+    let target = scratch.join(format!("run-{}", run.id));
+    // A drill taken over from a daemon that died leaves its half-restored tree.
+    if target.exists() {
+        std::fs::remove_dir_all(&target)
+            .map_err(|error| format!("cannot clear {}: {error}", target.display()))?;
+    }
+    let started = std::time::Instant::now();
+    let outcome = restic
+        .restore(
+            repo,
+            &RestoreOptions::new(latest.id.to_string(), &target),
+            signal,
+        )
+        .await;
+    // The restored data is the agency's: never leave it lying in scratch.
+    if target.exists()
+        && let Err(error) = std::fs::remove_dir_all(&target)
+    {
+        tracing::warn!(target = %target.display(), %error, "cannot remove a drill's scratch copy");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(restored) => Ok(RunEnd {
+            status: "ok",
+            stats_json: json!({
+                "snapshot_time": latest.time,
+                "files_verified": restored.verified.files,
+                "bytes_verified": restored.verified.bytes,
+                "mismatches": 0,
+                "throughput_bytes_per_second": if seconds > 0.0 { restored.verified.bytes as f64 / seconds } else { 0.0 },
+            })
+            .to_string(),
+            snapshot_id: Some(latest.id.to_string()),
+            error: None,
+        }),
+        Err(ResticError::RestoreIncomplete {
+            problems,
+            problems_total,
+            ..
+        }) => Ok(RunEnd {
+            status: "verify_differences",
+            stats_json: json!({
+                "snapshot_time": latest.time,
+                "mismatches": problems_total,
+            })
+            .to_string(),
+            snapshot_id: Some(latest.id.to_string()),
+            error: Some(
+                problems
+                    .iter()
+                    .take(PROBLEMS_NAMED)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        }),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Lists the snapshots an adopted restic repository holds: count, oldest, newest and
+/// (bounded) each one, so the catalog knows what was there before cadang.
+async fn import(restic: &Restic, repo: &ResticRepo) -> Result<RunEnd, String> {
+    let snapshots = restic.snapshots(repo, &[]).await.map_err(restic_error)?;
+    let listed: Vec<serde_json::Value> = snapshots
+        .iter()
+        .rev()
+        .take(IMPORT_LISTED)
+        .map(|snapshot| {
+            json!({
+                "id": snapshot.id.to_string(),
+                "time": snapshot.time,
+                "host": snapshot.host,
+                "paths": snapshot.paths,
+                "tags": snapshot.tags,
+            })
+        })
+        .collect();
+    let stats = restic.stats(repo).await.map_err(restic_error)?;
+    Ok(RunEnd {
+        status: "ok",
+        stats_json: json!({
+            "snapshots": snapshots.len(),
+            "oldest": snapshots.first().map(|snapshot| snapshot.time),
+            "newest": snapshots.last().map(|snapshot| snapshot.time),
+            "listed": listed,
+            "repository_stored_bytes": stats.total_size,
+            "restic_version": restic.version().to_string(),
+        })
+        .to_string(),
+        snapshot_id: snapshots.last().map(|snapshot| snapshot.id.to_string()),
+        error: None,
+    })
+}

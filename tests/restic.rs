@@ -1,0 +1,326 @@
+//! Plans on existing restic repositories, end to end: the real daemon drives the real
+//! `restic` binary. A repository that already holds a snapshot is adopted with
+//! `cadang import restic` (its snapshot listed into the catalog); the plan backs up on
+//! its procedure's start, verifies, drills a restore, applies retention to its own
+//! snapshots only and shows in the runs report beside native plans. A wrong password, a
+//! missing binary and a restic killed mid-backup each end the run `failed` with a clear
+//! reason, and the next run goes on.
+//!
+//! Needs `restic` on PATH (Debian's package; `.ci/run` installs it and sets
+//! `CADANG_REQUIRE_RESTIC=1`, which turns a missing binary into a failure).
+
+mod e2e;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::Value;
+
+fn restic_on_path() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("restic"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// Restic run directly, as the data center did before cadang.
+fn restic(repo: &Path, password: &Path, args: &[&str]) -> std::process::Output {
+    let output = Command::new("restic")
+        .args(args)
+        .env("RESTIC_REPOSITORY", repo)
+        .env("RESTIC_PASSWORD_FILE", password)
+        .env("RESTIC_CACHE_DIR", repo.with_extension("cache"))
+        .output()
+        .expect("restic runs");
+    assert!(
+        output.status.success(),
+        "restic {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn snapshots(repo: &Path, password: &Path) -> Vec<Value> {
+    let output = restic(repo, password, &["snapshots", "--json"]);
+    serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn run_now(server: &str, token: &str, plan: &str, kind: &str, count: usize) -> Value {
+    ok(server, token, &["plan", "run-now", plan, "--kind", kind]);
+    wait_for_run(server, token, plan, count)
+}
+
+fn stats(run: &Value) -> Value {
+    run["stats"].clone()
+}
+
+fn install(wrapper: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(wrapper, text).unwrap();
+    std::fs::set_permissions(wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn plans_on_restic_repositories_run_verify_restore_and_fail_clearly() {
+    let Some(real_restic) = restic_on_path() else {
+        assert!(
+            std::env::var_os("CADANG_REQUIRE_RESTIC").is_none(),
+            "CADANG_REQUIRE_RESTIC is set but restic is not on PATH"
+        );
+        eprintln!("skipped: restic not installed (apt-get install -y restic)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The daemon runs restic through a wrapper that notes each process's id and
+    // subcommand, so the test can kill one and take the binary away.
+    let wrapper = dir.path().join("bin/restic");
+    let pids = dir.path().join("restic-pids");
+    std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    let wrapper_text = format!(
+        "#!/bin/sh\necho \"$$ $1\" >> {}\nexec {} \"$@\"\n",
+        pids.display(),
+        real_restic.display()
+    );
+    install(&wrapper, &wrapper_text);
+    let data = dir.path().join("var");
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n[repositories]\nrestic_binary = \"{}\"\n",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &data,
+        &[("HOME", &dir.path().display().to_string())],
+        Some(&config),
+    );
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+
+    // The repository the data center already keeps, with one snapshot of its own.
+    let repo = dir.path().join("restic-arsip");
+    let password = dir.path().join("restic-password");
+    std::fs::write(&password, "kata sandi lama\n").unwrap();
+    restic(&repo, &password, &["init"]);
+    let old = dir.path().join("lama");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("catatan.txt"), "sebelum cadang\n").unwrap();
+    restic(&repo, &password, &["backup", &old.display().to_string()]);
+    assert_eq!(snapshots(&repo, &password).len(), 1);
+
+    // The agency's data now backed up through cadang into that repository.
+    let source = dir.path().join("srv-arsip");
+    std::fs::create_dir_all(source.join("db")).unwrap();
+    std::fs::write(source.join("db/dump.sql"), noise(3, 3 << 20)).unwrap();
+    std::fs::write(source.join("index.html"), "<h1>arsip</h1>\n".repeat(100)).unwrap();
+    std::os::unix::fs::symlink("index.html", source.join("beranda.html")).unwrap();
+    let request = active_backup_request(&server, &site, site.dinkes, dir.path(), "arsip");
+    let adopted = ok(
+        &server,
+        &site.kasi,
+        &[
+            "import",
+            "restic",
+            "--request",
+            &request.to_string(),
+            "--name",
+            "arsip-restic",
+            "--path",
+            &source.display().to_string(),
+            "--schedule",
+            "0 2 * * *",
+            "--keep-last",
+            "1",
+            "--verify-parts",
+            "1",
+            "--restic-repo",
+            &repo.display().to_string(),
+            "--restic-password-file",
+            &password.display().to_string(),
+        ],
+    );
+    let plan = adopted["plan"]["id"].as_i64().unwrap().to_string();
+    // The password is in the catalog sealed, never in clear.
+    let mut catalog = std::fs::read(data.join("catalog.db")).unwrap();
+    catalog.extend(std::fs::read(data.join("catalog.db-wal")).unwrap_or_default());
+    assert!(
+        !catalog
+            .windows(b"kata sandi lama".len())
+            .any(|window| window == b"kata sandi lama"),
+        "the restic password is stored in clear"
+    );
+    let import = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(import["kind"], "import", "{import}");
+    assert_eq!(import["status"], "ok", "{import}");
+    let listed = stats(&import);
+    assert_eq!(listed["snapshots"], 1, "{import}");
+    assert!(listed["listed"].to_string().contains("lama"), "{import}");
+
+    // B3 starts the plan: a backup through restic, its statistics recorded.
+    step(&server, &site.kasi, request, "complete", 2, &[]);
+    let first = wait_for_run(&server, &site.kasi, &plan, 2);
+    assert_eq!(first["kind"], "backup", "{first}");
+    assert_eq!(first["status"], "ok", "{first}");
+    let summary = stats(&first);
+    assert_eq!(summary["engine"], "restic", "{first}");
+    assert!(summary["files_new"].as_u64().unwrap() >= 2, "{first}");
+    let snapshot = first["snapshot_id"].as_str().unwrap().to_owned();
+    assert_eq!(snapshot.len(), 64, "{first}");
+    let tagged: Vec<Value> = snapshots(&repo, &password)
+        .into_iter()
+        .filter(|s| s["tags"].to_string().contains(&format!("plan:{plan}")))
+        .collect();
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(tagged[0]["id"], snapshot.as_str());
+
+    // Verification and a restore drill, verified file by file.
+    let verify = run_now(&server, &site.petugas, &plan, "verify", 3);
+    assert_eq!(verify["status"], "ok", "{verify}");
+    assert_eq!(stats(&verify)["part"], "1/1", "{verify}");
+    let drill = run_now(&server, &site.petugas, &plan, "drill", 4);
+    assert_eq!(drill["status"], "ok", "{drill}");
+    assert!(
+        stats(&drill)["files_verified"].as_u64().unwrap() >= 2,
+        "{drill}"
+    );
+
+    // A second backup, then retention keeps the plan's newest only; the snapshot the
+    // data center made before cadang is not the plan's to forget.
+    std::fs::write(source.join("index.html"), "<h1>arsip baru</h1>\n").unwrap();
+    let second = run_now(&server, &site.petugas, &plan, "backup", 5);
+    assert_eq!(second["status"], "ok", "{second}");
+    let retention = run_now(&server, &site.petugas, &plan, "retention", 6);
+    assert_eq!(retention["status"], "ok", "{retention}");
+    assert_eq!(stats(&retention)["snapshots_removed"], 1, "{retention}");
+    let left = snapshots(&repo, &password);
+    assert_eq!(left.len(), 2, "the plan's newest and the old one: {left:?}");
+    assert!(left.iter().any(|s| s["paths"].to_string().contains("lama")));
+
+    // The runs report shows the plan beside native ones.
+    let report = ok(&server, &site.kasi, &["report", "runs", "--plan", &plan]);
+    let kinds = report["plans"][0]["runs"].to_string();
+    for kind in ["import", "backup", "verify", "drill", "retention"] {
+        assert!(kinds.contains(kind), "the report lacks {kind}: {report}");
+    }
+
+    // A plan with the wrong password: a clear failure, nothing written.
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "bukan ini\n").unwrap();
+    let mistaken = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &request.to_string(),
+            "--name",
+            "arsip-salah",
+            "--path",
+            &source.display().to_string(),
+            "--schedule",
+            "0 3 * * *",
+            "--restic-repo",
+            &repo.display().to_string(),
+            "--restic-password-file",
+            &wrong.display().to_string(),
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let refused_run = run_now(&server, &site.petugas, &mistaken, "backup", 1);
+    assert_eq!(refused_run["status"], "failed", "{refused_run}");
+    assert!(
+        refused_run["error"].as_str().unwrap().contains("password"),
+        "{refused_run}"
+    );
+    assert!(!refused_run.to_string().contains("bukan ini"));
+
+    // The binary gone: a clear failure naming it; back, and the plan goes on.
+    std::fs::remove_file(&wrapper).unwrap();
+    let missing = run_now(&server, &site.petugas, &plan, "backup", 7);
+    assert_eq!(missing["status"], "failed", "{missing}");
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains(&wrapper.display().to_string()),
+        "{missing}"
+    );
+    install(&wrapper, &wrapper_text);
+
+    // Restic killed mid-backup (a big new file at a limited upload rate).
+    std::fs::write(source.join("besar.bin"), noise(4, 24 << 20)).unwrap();
+    let slow = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &request.to_string(),
+            "--name",
+            "arsip-lambat",
+            "--path",
+            &source.display().to_string(),
+            "--schedule",
+            "0 4 * * *",
+            "--bandwidth-limit",
+            "2048",
+            "--restic-repo",
+            &repo.display().to_string(),
+            "--restic-password-file",
+            &password.display().to_string(),
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    std::fs::write(&pids, "").unwrap();
+    ok(&server, &site.petugas, &["plan", "run-now", &slow]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let noted = std::fs::read_to_string(&pids).unwrap_or_default();
+        if let Some(pid) = noted
+            .lines()
+            .find(|line| line.ends_with(" backup"))
+            .and_then(|line| line.split(' ').next())
+        {
+            break pid.to_owned();
+        }
+        assert!(Instant::now() < deadline, "restic backup never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        Command::new("kill")
+            .args(["-9", &victim])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let killed = wait_for_run(&server, &site.kasi, &slow, 1);
+    assert_eq!(killed["status"], "failed", "{killed}");
+    assert!(
+        killed["error"].as_str().unwrap().contains("SIGKILL")
+            || killed["error"].as_str().unwrap().contains("killed"),
+        "{killed}"
+    );
+    // The catalog is consistent and the repository usable: the next backup goes on.
+    let after = run_now(&server, &site.petugas, &plan, "backup", 8);
+    assert_eq!(after["status"], "ok", "{after}");
+    drop(daemon);
+}
