@@ -114,7 +114,12 @@ fn open_link(
     }
 }
 
-fn node_from_entry(entry: &pb::FileEntry) -> Result<Node, String> {
+/// The tree node for an entry an agent sent (its name is set by the caller), refusing
+/// what the daemon must not store: unknown kinds and chunk ids that are not 32 bytes.
+///
+/// # Errors
+/// The reason, for the run's error.
+pub fn node_from_entry(entry: &pb::FileEntry) -> Result<Node, String> {
     let kind = match entry.kind.as_str() {
         "file" => NodeKind::File,
         "dir" => NodeKind::Dir,
