@@ -85,6 +85,13 @@ fn find_restic_pid(needle: &str) -> Option<i32> {
     None
 }
 
+/// The state letter of a process (`R`, `S`, `T` for stopped, ...), from /proc.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S ...`: the state follows the last `)`, since comm may hold spaces.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 async fn wait_for(mut condition: impl FnMut() -> bool) {
     for _ in 0..600 {
         if condition() {
@@ -623,6 +630,9 @@ async fn restic_ignoring_sigint_is_killed_after_the_grace_period() -> TestResult
         if let Some(pid) = find_restic_pid(&needle) {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
+            // The stop is asynchronous: cancel only once every thread has stopped, or
+            // the SIGINT could still be handled and restic exit in time.
+            wait_for(|| process_state(pid) == Some('T')).await;
         }
         cancel.cancel();
     };
