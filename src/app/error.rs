@@ -66,6 +66,7 @@ impl From<CatalogError> for AppError {
             CatalogError::Conflict(message) => AppError::Conflict(message),
             CatalogError::Constraint(message) => AppError::InvalidInput(message),
             CatalogError::Unavailable(message) => AppError::Unavailable(message),
+            full @ CatalogError::Full(_) => AppError::Unavailable(full.to_string()),
             other => AppError::internal(other.to_string()),
         }
     }

@@ -30,6 +30,12 @@ pub enum CatalogError {
     /// retrying later may succeed.
     #[error("the catalog database is temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The disk under the catalog is full: the transaction was rolled back and nothing was
+    /// written. Retrying succeeds once space is freed; the daemon does not retry by itself.
+    #[error(
+        "the catalog's disk is full ({0}); nothing was written — free space on the catalog's disk, then retry"
+    )]
+    Full(String),
     /// A stored row cannot be read back into its type (edited by hand, or written by a
     /// newer build).
     #[error("corrupt row in {table}: {message}")]
@@ -78,6 +84,15 @@ impl CatalogError {
 /// BUSY_TIMEOUT 773, LOCKED_SHAREDCACHE 262).
 const SQLITE_BUSY_CODES: [&str; 6] = ["5", "6", "261", "262", "517", "773"];
 
+/// SQLite's "database or disk is full" (SQLITE_FULL, 13) and a failed write or truncate of
+/// the database or its journal on a full disk (IOERR_WRITE 778, IOERR_TRUNCATE 1546,
+/// IOERR_SHMSIZE 4874).
+const SQLITE_FULL_CODES: [&str; 4] = ["13", "778", "1546", "4874"];
+
+/// PostgreSQL's disk_full (53100) and the class it belongs to, insufficient_resources
+/// (53000), which the server reports for some out-of-space conditions.
+const PG_DISK_FULL: [&str; 2] = ["53100", "53000"];
+
 /// PostgreSQL SQLSTATEs after which the transaction may simply be retried:
 /// serialization_failure, deadlock_detected, lock_not_available, and the connection
 /// exception class.
@@ -96,6 +111,9 @@ impl From<sqlx::Error> for CatalogError {
             sqlx::Error::Database(ref db) => {
                 let code: Option<Cow<'_, str>> = db.code();
                 let code = code.as_deref().unwrap_or("");
+                if SQLITE_FULL_CODES.contains(&code) || PG_DISK_FULL.contains(&code) {
+                    return CatalogError::Full(db.message().to_owned());
+                }
                 if SQLITE_BUSY_CODES.contains(&code) || PG_RETRYABLE.contains(&code) {
                     return CatalogError::Unavailable(db.message().to_owned());
                 }

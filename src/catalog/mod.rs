@@ -224,6 +224,18 @@ impl Catalog {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // SQLite rolls a transaction back by itself on some errors (a full
+                    // disk, an I/O error); the driver's later ROLLBACK then fails and it
+                    // keeps counting the transaction as open, so every later BEGIN on
+                    // this connection would be refused. The ping waits for the rollback
+                    // queued when the transaction was dropped; a connection still in a
+                    // transaction after it is closed, not reused.
+                    conn.ping().await?;
+                    Ok(!sqlx::Connection::is_in_transaction(conn))
+                })
+            })
             .connect_with(connect)
             .await?;
         SQLITE_MIGRATOR.run(&pool).await?;
