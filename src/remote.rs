@@ -915,7 +915,7 @@ pub fn restore_to_agent(
     };
     let snapshot_hex = snapshot_id.to_hex();
     let paths: Vec<String> = serde_json::from_str(&restore.paths_json).unwrap_or_default();
-    let (index, _) = match repository.load_index() {
+    let (index, _) = match repository.load_index_for(snapshot) {
         Ok(index) => index,
         Err(error) => {
             return (
@@ -1291,6 +1291,7 @@ mod tests {
                     tree: BlobId([0; 32]),
                     summary: Default::default(),
                     original: None,
+                    indexes: Vec::new(),
                 },
             )
         };
@@ -1347,6 +1348,7 @@ mod tests {
             tree: BlobId([0; 32]),
             summary: Default::default(),
             original,
+            indexes: Vec::new(),
         };
         let older = primary.save_snapshot(&snapshot(1, 1, None)).unwrap();
         let newer = primary.save_snapshot(&snapshot(2, 1, None)).unwrap();

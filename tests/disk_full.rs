@@ -119,7 +119,10 @@ fn a_full_repository_disk_fails_the_backup_cleanly_and_recovers_when_space_is_fr
         .unwrap();
     no_panic(&out.stderr);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the backup cannot have fit: {stderr}");
+    assert!(
+        !out.status.success(),
+        "the backup cannot have fit: {stderr}"
+    );
     assert!(
         stderr.contains("No space left on device"),
         "the cause is named: {stderr}"
@@ -260,7 +263,10 @@ fn a_full_catalog_disk_refuses_writes_clearly_keeps_every_acknowledged_one_and_r
     let server = daemon.url();
     let listed = e2e::ok(&server, &admin, &["agency", "list"]);
     let text = listed.to_string();
-    for code in acknowledged.iter().chain(std::iter::once(&"AFTER".to_owned())) {
+    for code in acknowledged
+        .iter()
+        .chain(std::iter::once(&"AFTER".to_owned()))
+    {
         assert!(text.contains(code.as_str()), "{code} missing after restart");
     }
     e2e::ok(&server, &admin, &["audit", "verify"]);

@@ -27,7 +27,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use super::error::{Error, Result};
-use super::id::{BlobId, BlobType, SnapshotId};
+use super::id::{BlobId, BlobType, IndexId, SnapshotId};
 use super::index::Index;
 use super::packer::{Packer, StepHook};
 use super::repo::Repository;
@@ -601,14 +601,14 @@ pub fn backup(
     };
 
     let scan_paths: Vec<PathBuf> = roots.iter().map(|r| r.0.clone()).collect();
-    let tree = std::thread::scope(|s| -> Result<BlobId> {
+    let tree = std::thread::scope(|s| -> Result<(BlobId, Vec<IndexId>)> {
         s.spawn(|| scan(&scan_paths, &excludes, progress));
         let res = pool.install(|| build_root(&ctx, &roots, parent_root.as_ref()));
         match res {
             Ok(root) => {
                 let tree = ctx.save_tree(root)?;
-                ctx.packer.finish()?;
-                Ok(tree)
+                let indexes = ctx.packer.finish()?;
+                Ok((tree, indexes))
             }
             Err(e) => {
                 // Index what landed so the next run does not upload it again.
@@ -619,6 +619,7 @@ pub fn backup(
             }
         }
     })?;
+    let (tree, indexes) = tree;
 
     let st = ctx.packer.stats();
     let summary = SnapshotSummary {
@@ -654,6 +655,7 @@ pub fn backup(
         tree,
         summary,
         original: None,
+        indexes,
     };
     // The commit point: everything the snapshot references is durable.
     let snapshot_id = repo.save_snapshot(&snapshot)?;

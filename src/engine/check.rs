@@ -242,7 +242,9 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             }
         }
     }
-    let indexed: HashSet<String> = by_pack.keys().map(pack_key).collect();
+    // Every pack the index or a prune plan names, including a repacked one whose blobs
+    // are all found in the new pack now (it is swept after the grace period).
+    let indexed: HashSet<String> = index.packs().iter().map(pack_key).collect();
     for key in listed.keys() {
         if !indexed.contains(key) {
             rep.warnings.push(format!("{key}: not referenced by any index (left by an interrupted run; `cadang prune` removes it)"));

@@ -304,9 +304,11 @@ pub fn copy_with(
         n.original = Some(s.original.unwrap_or(id));
         new_snaps.push((id, n));
     }
-    c.packer.finish()?;
-    c.trees.finish()?;
-    for (id, n) in new_snaps {
+    let mut indexes = c.packer.finish()?;
+    indexes.extend(c.trees.finish()?);
+    for (id, mut n) in new_snaps {
+        // The source's index objects mean nothing here; name this copy's own.
+        n.indexes = indexes.clone();
         let nid = dst.save_snapshot(&n)?;
         if let Some(h) = &hook {
             h("snapshot");

@@ -212,6 +212,7 @@ mod tests {
                 tree: BlobId(random_bytes()),
                 summary: SnapshotSummary::default(),
                 original: None,
+                indexes: Vec::new(),
             },
         )
     }

@@ -280,7 +280,7 @@ impl<'a> Ingest<'a> {
                 String::from_utf8_lossy(orphan)
             )));
         }
-        self.packer.finish()?;
+        let indexes = self.packer.finish()?;
         let st = self.packer.stats();
         let summary = SnapshotSummary {
             backup_start: Some(meta.started),
@@ -308,6 +308,7 @@ impl<'a> Ingest<'a> {
             tree,
             summary,
             original: None,
+            indexes,
         };
         // The commit point: everything the snapshot references is durable.
         let id = self.repo.save_snapshot(&snapshot)?;

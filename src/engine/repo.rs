@@ -408,7 +408,9 @@ impl Repository {
     }
 
     /// Load every snapshot, sorted by time. Damaged snapshots are returned
-    /// separately so that listing still works on a damaged repository.
+    /// separately so that listing still works on a damaged repository. A listed
+    /// snapshot that a read no longer finds was deleted since (a concurrent
+    /// forget, or a store whose listings lag behind deletes) and is left out.
     ///
     /// # Errors
     /// Storage errors while listing.
@@ -418,6 +420,9 @@ impl Repository {
         for (id, _) in self.list_snapshot_ids()? {
             match self.load_snapshot(&id) {
                 Ok(s) => ok.push((id, s)),
+                Err(Error::MissingObject { .. }) => {
+                    tracing::debug!(snapshot = %id.short(), "listed snapshot deleted since");
+                }
                 Err(e) => bad.push((id, e)),
             }
         }
@@ -517,6 +522,38 @@ impl Repository {
         Ok((idx, bad))
     }
 
+    /// The index, as [`Repository::load_index`], plus the index objects
+    /// `snapshot` names that the listing does not show yet (a store whose
+    /// listings lag behind its writes): they are read by name. One that is
+    /// gone was consolidated by a prune, which carried its packs over.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn load_index_for(
+        &self,
+        snapshot: &super::snapshot::Snapshot,
+    ) -> Result<(Index, Vec<(IndexId, Error)>)> {
+        let (mut idx, bad) = self.load_index()?;
+        if snapshot.indexes.is_empty() {
+            return Ok((idx, bad));
+        }
+        let listed: std::collections::HashSet<IndexId> =
+            self.list_index_ids()?.into_iter().collect();
+        for id in snapshot.indexes.iter().filter(|id| !listed.contains(id)) {
+            match self.load_index_file(id) {
+                Ok(f) => {
+                    tracing::debug!(index = %id.short(), "index object not listed yet, read by name");
+                    for p in &f.packs {
+                        idx.add_pack(p.id, &p.blobs);
+                    }
+                }
+                Err(Error::MissingObject { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((idx, bad))
+    }
+
     /// Load the index objects alone (without packs pending deletion),
     /// leaving out packs for which `keep` is false (prune
     /// uses this to build an index without the packs it marks, so that a
@@ -534,6 +571,10 @@ impl Repository {
         for id in ids {
             match self.load_index_file(&id) {
                 Ok(f) => files.push((id, f)),
+                // Listed, then deleted: superseded by a prune's consolidated index.
+                Err(Error::MissingObject { .. }) => {
+                    tracing::debug!(index = %id.short(), "listed index deleted since");
+                }
                 Err(e) => bad.push((id, e)),
             }
         }

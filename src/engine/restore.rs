@@ -413,7 +413,7 @@ pub fn restore(
     progress: &RestoreProgress,
 ) -> Result<RestoreResult> {
     let (snap, repaired) = load_snapshot_with_fallback(repo, id, opts.replica.as_deref())?;
-    let (index, _) = repo.load_index()?;
+    let (index, _) = repo.load_index_for(&snap)?;
     let mut result = restore_tree(repo, &index, &snap.tree, opts, progress)?;
     if let Some(r) = repaired {
         result.repaired.insert(0, r);
@@ -1121,7 +1121,7 @@ pub fn verify_target(
     includes: &[String],
 ) -> Result<VerifyReport> {
     let snap = repo.load_snapshot(id)?;
-    let (index, _) = repo.load_index()?;
+    let (index, _) = repo.load_index_for(&snap)?;
     let includes: Vec<PathBuf> = includes
         .iter()
         .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))

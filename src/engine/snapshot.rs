@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::id::{BlobId, SnapshotId};
+use super::id::{BlobId, IndexId, SnapshotId};
 
 /// A snapshot as stored under `snapshots/<id>` (sealed JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,11 @@ pub struct Snapshot {
     /// Snapshot this was copied from (copy to another repository).
     #[serde(default)]
     pub original: Option<SnapshotId>,
+    /// The index objects the run that made this snapshot wrote. Readers load
+    /// them by name, so a snapshot restores at once even on a store whose
+    /// listings lag behind its writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexId>,
 }
 
 /// Statistics recorded with a snapshot.
@@ -89,6 +94,7 @@ mod tests {
                 tree: BlobId(random_bytes()),
                 summary: SnapshotSummary { files_new: 3, ..Default::default() },
                 original: None,
+                indexes: Vec::new(),
             };
             let sealed = seal_json(&k, ObjectKind::Snapshot, &s);
             prop_assert_eq!(open_json::<Snapshot>(&k, ObjectKind::Snapshot, "s", &sealed).unwrap(), s);

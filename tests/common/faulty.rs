@@ -1,7 +1,8 @@
 //! A fault-injecting `ObjectStore` wrapper for tests (after kopia's
 //! `FaultyStorage` and restic's error backends): per operation and key, inject
 //! transient or permanent errors, a write whose response is lost, garbled or
-//! truncated reads, once or always; or a crash after the n-th write.
+//! truncated reads, once or always; a crash after the n-th write; or listings that lag
+//! behind writes and deletes, as on eventually consistent S3-compatible stores.
 #![allow(dead_code)] // each test file uses the parts it needs
 
 use std::fmt;
@@ -61,6 +62,17 @@ pub struct FaultyStore {
     pub writes: std::sync::Arc<AtomicU64>,
     /// How many faults were injected.
     pub injected: AtomicU64,
+    /// While set, listings lag: see [`FaultyStore::lag_lists`].
+    lag: std::sync::Arc<Mutex<Option<Lag>>>,
+}
+
+/// What listings do not show yet, or still show.
+#[derive(Default)]
+struct Lag {
+    /// Written since the lag began: absent from listings.
+    hidden: std::collections::HashSet<String>,
+    /// Deleted since the lag began: still listed (a GET says not found).
+    ghosts: Vec<ObjectMeta>,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -83,7 +95,20 @@ impl FaultyStore {
             write_budget: std::sync::Arc::new(Mutex::new(None)),
             writes: std::sync::Arc::new(AtomicU64::new(0)),
             injected: AtomicU64::new(0),
+            lag: std::sync::Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// From now on, listings lag: objects written are not listed, objects deleted are
+    /// still listed, until [`FaultyStore::settle_lists`]. Reads by key stay exact
+    /// (read-after-write), as on the stores that behave like this.
+    pub fn lag_lists(&self) {
+        *self.lag.lock().unwrap() = Some(Lag::default());
+    }
+
+    /// Listings catch up with every write and delete.
+    pub fn settle_lists(&self) {
+        *self.lag.lock().unwrap() = None;
     }
 
     pub fn add(&self, op: Op, key: &str, fault: Fault, times: Option<u32>) {
@@ -167,7 +192,13 @@ impl ObjectStore for FaultyStore {
                 self.inner.put_opts(location, payload, opts).await?;
                 Err(transient("put (response lost after the write landed)"))
             }
-            _ => self.inner.put_opts(location, payload, opts).await,
+            _ => {
+                let put = self.inner.put_opts(location, payload, opts).await?;
+                if let Some(lag) = self.lag.lock().unwrap().as_mut() {
+                    lag.hidden.insert(location.to_string());
+                }
+                Ok(put)
+            }
         }
     }
 
@@ -221,23 +252,42 @@ impl ObjectStore for FaultyStore {
         let inner = self.inner.clone();
         let budget = self.write_budget.clone();
         let writes = self.writes.clone();
+        let lag = self.lag.clone();
         locations
             .then(move |p| {
                 let inner = inner.clone();
                 let budget = budget.clone();
                 let writes = writes.clone();
+                let lag = lag.clone();
                 async move {
                     let p = p?;
                     if !Self::spend_write(&budget) {
                         return Err(permanent(&p));
                     }
                     writes.fetch_add(1, Ordering::Relaxed);
+                    let lagging = lag.lock().unwrap().is_some();
+                    let meta = if lagging {
+                        inner
+                            .get_opts(&p, GetOptions::new().with_head(true))
+                            .await
+                            .ok()
+                            .map(|r| r.meta)
+                    } else {
+                        None
+                    };
                     let mut one =
                         inner.delete_stream(futures::stream::once(async move { Ok(p) }).boxed());
-                    match one.next().await {
-                        Some(r) => r,
-                        None => Err(transient("delete")),
+                    let deleted = match one.next().await {
+                        Some(r) => r?,
+                        None => return Err(transient("delete")),
+                    };
+                    if let (Some(lag), Some(meta)) = (lag.lock().unwrap().as_mut(), meta) {
+                        // Listed as long as the lag lasts, unless it was written during it.
+                        if !lag.hidden.remove(&meta.location.to_string()) {
+                            lag.ghosts.push(meta);
+                        }
                     }
+                    Ok(deleted)
                 }
             })
             .boxed()
@@ -249,7 +299,31 @@ impl ObjectStore for FaultyStore {
             Some(Fault::Transient) => {
                 futures::stream::once(async { Err(transient("list")) }).boxed()
             }
-            _ => self.inner.list(prefix),
+            _ => {
+                let listed = self.inner.list(prefix);
+                let Some((hidden, ghosts)) = self.lag.lock().unwrap().as_ref().map(|lag| {
+                    let ghosts: Vec<Result<ObjectMeta>> = lag
+                        .ghosts
+                        .iter()
+                        .filter(|m| m.location.prefix_matches(&p))
+                        .cloned()
+                        .map(Ok)
+                        .collect();
+                    (lag.hidden.clone(), ghosts)
+                }) else {
+                    return listed;
+                };
+                listed
+                    .filter(move |m| {
+                        let shown = match m {
+                            Ok(m) => !hidden.contains(&m.location.to_string()),
+                            Err(_) => true,
+                        };
+                        futures::future::ready(shown)
+                    })
+                    .chain(futures::stream::iter(ghosts))
+                    .boxed()
+            }
         }
     }
 
