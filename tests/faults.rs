@@ -264,3 +264,73 @@ fn listings_that_lag_behind_writes_and_deletes_never_lose_data() {
     restore_and_compare(&repo, &second.snapshot_id, &src, &tmp.path().join("out2"));
     assert_check_clean(&repo);
 }
+
+/// Deletes that fail transiently or lose their response are retried and resolved; a
+/// delete refused for good stops prune with a clear error, leaves the repository valid,
+/// and the next prune finishes the job. Metadata reads fail transiently too.
+#[test]
+fn failed_deletes_leave_prune_resumable_and_the_repository_valid() {
+    use cadang::engine::prune::{PruneOptions, prune};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let (faulty, repo) = faulty_repo(&rt, &tmp.path().join("repo"));
+    let mut snapshots = Vec::new();
+    for round in 0..3u64 {
+        std::fs::write(src.join("changing"), bytes(2 << 20, 200 + round)).unwrap();
+        std::fs::write(src.join("kept"), bytes(1 << 20, 7)).unwrap();
+        snapshots.push(
+            backup(
+                &repo,
+                &BackupOptions {
+                    paths: vec![src.clone()],
+                    ..Default::default()
+                },
+                &BackupProgress::default(),
+            )
+            .unwrap()
+            .snapshot_id,
+        );
+    }
+    let no_grace = || PruneOptions {
+        grace: chrono::Duration::zero(),
+        ..Default::default()
+    };
+
+    // Transient delete errors, a lost delete response and flaky metadata reads.
+    repo.delete_snapshot(&snapshots[0]).unwrap();
+    faulty.add(Op::Delete, "data/", Fault::Transient, Some(2));
+    faulty.add(Op::Delete, "data/", Fault::LostResponse, Some(1));
+    faulty.add(Op::Delete, "index/", Fault::Transient, Some(1));
+    faulty.add(Op::Head, "", Fault::Transient, Some(2));
+    let report = prune(&repo, &no_grace()).unwrap();
+    assert!(report.packs_deleted > 0, "{report:?}");
+    assert!(faulty.injected.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    faulty.clear();
+    assert_check_clean(&repo);
+
+    // A delete refused for good: a clear error, nothing the remaining snapshots need is
+    // gone, and the next prune completes.
+    repo.delete_snapshot(&snapshots[1]).unwrap();
+    faulty.add(Op::Delete, "data/", Fault::Permanent, None);
+    let err = prune(&repo, &no_grace()).unwrap_err();
+    assert!(
+        err.to_string().contains("injected permanent failure"),
+        "{err}"
+    );
+    faulty.clear();
+    let report = check(
+        &repo,
+        &CheckOptions {
+            read_data: ReadData::All,
+        },
+    )
+    .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    restore_and_compare(&repo, &snapshots[2], &src, &tmp.path().join("out1"));
+    let finished = prune(&repo, &no_grace()).unwrap();
+    assert!(finished.packs_deleted > 0, "{finished:?}");
+    assert_check_clean(&repo);
+    restore_and_compare(&repo, &snapshots[2], &src, &tmp.path().join("out2"));
+}

@@ -353,3 +353,53 @@ fn copy_between_repositories_with_different_keys() {
     assert!(res.is_success(), "{res:?}");
     assert_same_tree(&src, &restored_path(&target, &src));
 }
+
+/// A pack marked by a repack still holds copies of used blobs; after the grace period the
+/// sweep deletes it — the copies in the new pack serve — instead of putting it back, where
+/// the next consolidated index would drop it again and leave an orphan for ever.
+#[test]
+fn a_repacked_pack_is_swept_after_the_grace_period_not_put_back() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("keep"), bytes(3 << 20, 11)).unwrap();
+    std::fs::write(src.join("drop"), bytes(3 << 20, 12)).unwrap();
+    let repo = open_new(&rt, &tmp.path().join("repo"));
+    let run_backup = || {
+        backup(
+            &repo,
+            &BackupOptions {
+                paths: vec![src.clone()],
+                ..Default::default()
+            },
+            &BackupProgress::default(),
+        )
+        .unwrap()
+    };
+    let first = run_backup();
+    std::fs::remove_file(src.join("drop")).unwrap();
+    let second = run_backup();
+    repo.delete_snapshot(&first.snapshot_id).unwrap();
+    let now = chrono::Utc::now();
+    let at = |hours: i64| PruneOptions {
+        now: now + chrono::Duration::hours(hours),
+        ..Default::default()
+    };
+    let marked = prune(&repo, &at(0)).unwrap();
+    assert!(
+        marked.packs_repacked >= 1 && marked.packs_deleted == 0,
+        "{marked:?}"
+    );
+    let swept = prune(&repo, &at(25)).unwrap();
+    assert_eq!(swept.packs_resurrected, 0, "{swept:?}");
+    assert!(swept.packs_deleted >= 1, "{swept:?}");
+    assert_check_clean(&repo);
+    let again = prune(&repo, &at(50)).unwrap();
+    assert_eq!(
+        (again.packs_deleted, again.packs_resurrected),
+        (0, 0),
+        "{again:?}"
+    );
+    restore_and_compare(&repo, &second.snapshot_id, &src, &tmp.path().join("out"));
+}

@@ -172,6 +172,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     rep.packs = index.packs().len();
     let listed = repo.list_objects("data")?;
     let is_used = |e: &PackEntry| used.contains(&e.id.prefix_u64());
+    // A pack on its way out is put back only for a used blob no indexed pack holds: one
+    // whose blobs all have indexed copies (a repack copied them) would be dropped again
+    // by the consolidated index, and come back as an orphan at every prune.
+    let needed = |e: &PackEntry| is_used(e) && !index.contains(&e.id);
 
     // ---- sweep: plans past the grace period ----
     let mut plans = Vec::new();
@@ -200,7 +204,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             if indexed.contains(&p.id) {
                 continue; // a crash left it indexed: re-evaluated below
             }
-            if p.blobs.iter().any(is_used) {
+            if p.blobs.iter().any(needed) {
                 resurrect.push(p.clone());
             } else {
                 let size = listed.get(&pack_key(&p.id)).map(|i| i.size).unwrap_or(0);
@@ -228,7 +232,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             .read_pack(&id)
             .and_then(|b| parse_header(repo.keys(), &format!("pack {}", id.short()), &b));
         match header {
-            Ok(h) if h.iter().any(is_used) => resurrect.push(IndexPack { id, blobs: h }),
+            Ok(h) if h.iter().any(needed) => resurrect.push(IndexPack { id, blobs: h }),
             Ok(_) => delete.push((id, info.size)),
             Err(e) => rep.notes.push(format!(
                 "unindexed pack {} has an unreadable header ({e}); kept for `cadang repair index`",
@@ -245,7 +249,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let entries = by_pack.get(p).cloned().unwrap_or_default();
         let size = listed.get(&pack_key(p)).map(|i| i.size).unwrap_or(0);
         let used_entries: Vec<PackEntry> = entries.iter().copied().filter(is_used).collect();
-        let used_bytes: u64 = used_entries.iter().map(|e| e.length as u64).sum();
+        // Unused means blobs no snapshot needs; the pack's header is not waste (counted
+        // as such, every small pack would be repacked at every prune, for ever).
+        let unused_bytes: u64 = entries
+            .iter()
+            .filter(|e| !is_used(e))
+            .map(|e| e.length as u64)
+            .sum();
         if used_entries.is_empty() {
             marked.push(IndexPack {
                 id: *p,
@@ -253,7 +263,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             });
             rep.bytes_marked += size;
         } else if size > 0
-            && (size - used_bytes.min(size)) as f64 * 100.0 / size as f64 > opts.max_unused_percent
+            && unused_bytes.min(size) as f64 * 100.0 / size as f64 > opts.max_unused_percent
         {
             repack.push((*p, used_entries));
             marked.push(IndexPack {

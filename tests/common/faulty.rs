@@ -22,8 +22,12 @@ use object_store::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Put,
+    /// Reads, whole or ranged.
     Get,
+    /// Metadata reads.
+    Head,
     List,
+    Delete,
 }
 
 /// What goes wrong.
@@ -33,7 +37,7 @@ pub enum Fault {
     Transient,
     /// An error retrying does not fix (permission denied).
     Permanent,
-    /// The write lands, but the caller sees an error (a lost response).
+    /// The write (or delete) lands, but the caller sees an error (a lost response).
     LostResponse,
     /// The read returns data with one byte flipped.
     Garble,
@@ -54,14 +58,14 @@ pub struct Rule {
 /// The wrapper.
 pub struct FaultyStore {
     inner: std::sync::Arc<dyn ObjectStore>,
-    rules: Mutex<Vec<Rule>>,
+    rules: std::sync::Arc<Mutex<Vec<Rule>>>,
     /// Writes (puts and deletes) still allowed before every further write
     /// fails: simulates a crash right after that many durable steps.
     write_budget: std::sync::Arc<Mutex<Option<u64>>>,
     /// Writes performed (puts and deletes that reached the inner store).
     pub writes: std::sync::Arc<AtomicU64>,
     /// How many faults were injected.
-    pub injected: AtomicU64,
+    pub injected: std::sync::Arc<AtomicU64>,
     /// While set, listings lag: see [`FaultyStore::lag_lists`].
     lag: std::sync::Arc<Mutex<Option<Lag>>>,
 }
@@ -91,10 +95,10 @@ impl FaultyStore {
     pub fn new(inner: std::sync::Arc<dyn ObjectStore>) -> Self {
         Self {
             inner,
-            rules: Mutex::new(Vec::new()),
+            rules: std::sync::Arc::new(Mutex::new(Vec::new())),
             write_budget: std::sync::Arc::new(Mutex::new(None)),
             writes: std::sync::Arc::new(AtomicU64::new(0)),
-            injected: AtomicU64::new(0),
+            injected: std::sync::Arc::new(AtomicU64::new(0)),
             lag: std::sync::Arc::new(Mutex::new(None)),
         }
     }
@@ -143,7 +147,16 @@ impl FaultyStore {
     }
 
     fn take(&self, op: Op, key: &Path) -> Option<Fault> {
-        let mut rules = self.rules.lock().unwrap();
+        Self::take_from(&self.rules, &self.injected, op, key)
+    }
+
+    fn take_from(
+        rules: &Mutex<Vec<Rule>>,
+        injected: &AtomicU64,
+        op: Op,
+        key: &Path,
+    ) -> Option<Fault> {
+        let mut rules = rules.lock().unwrap();
         for r in rules.iter_mut() {
             if r.op == op && key.as_ref().contains(&r.key) {
                 match &mut r.times {
@@ -151,7 +164,7 @@ impl FaultyStore {
                     Some(n) => *n -= 1,
                     None => {}
                 }
-                self.injected.fetch_add(1, Ordering::Relaxed);
+                injected.fetch_add(1, Ordering::Relaxed);
                 return Some(r.fault);
             }
         }
@@ -212,7 +225,11 @@ impl ObjectStore for FaultyStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let fault = if options.head {
-            None
+            match self.take(Op::Head, location) {
+                // A metadata read has no body to garble.
+                Some(Fault::Garble | Fault::Truncate | Fault::LostResponse) => None,
+                other => other,
+            }
         } else {
             self.take(Op::Get, location)
         };
@@ -253,16 +270,27 @@ impl ObjectStore for FaultyStore {
         let budget = self.write_budget.clone();
         let writes = self.writes.clone();
         let lag = self.lag.clone();
+        let rules = self.rules.clone();
+        let injected = self.injected.clone();
         locations
             .then(move |p| {
                 let inner = inner.clone();
                 let budget = budget.clone();
                 let writes = writes.clone();
                 let lag = lag.clone();
+                let fault = match &p {
+                    Ok(p) => Self::take_from(&rules, &injected, Op::Delete, p),
+                    Err(_) => None,
+                };
                 async move {
                     let p = p?;
                     if !Self::spend_write(&budget) {
                         return Err(permanent(&p));
+                    }
+                    match fault {
+                        Some(Fault::Transient) => return Err(transient("delete")),
+                        Some(Fault::Permanent) => return Err(permanent(&p)),
+                        _ => {}
                     }
                     writes.fetch_add(1, Ordering::Relaxed);
                     let lagging = lag.lock().unwrap().is_some();
@@ -281,6 +309,9 @@ impl ObjectStore for FaultyStore {
                         Some(r) => r?,
                         None => return Err(transient("delete")),
                     };
+                    if fault == Some(Fault::LostResponse) {
+                        return Err(transient("delete (response lost after the delete landed)"));
+                    }
                     if let (Some(lag), Some(meta)) = (lag.lock().unwrap().as_mut(), meta) {
                         // Listed as long as the lag lasts, unless it was written during it.
                         if !lag.hidden.remove(&meta.location.to_string()) {
