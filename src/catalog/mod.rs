@@ -229,9 +229,12 @@ impl Catalog {
                     // SQLite rolls a transaction back by itself on some errors (a full
                     // disk, an I/O error); the driver's later ROLLBACK then fails and it
                     // keeps counting the transaction as open, so every later BEGIN on
-                    // this connection would be refused. The ping waits for the rollback
-                    // queued when the transaction was dropped; a connection still in a
-                    // transaction after it is closed, not reused.
+                    // this connection would be refused. A connection released inside a
+                    // transaction waits for the rollback queued when it was dropped (the
+                    // ping runs after it); one still inside is closed, not reused.
+                    if !sqlx::Connection::is_in_transaction(conn) {
+                        return Ok(true);
+                    }
                     conn.ping().await?;
                     Ok(!sqlx::Connection::is_in_transaction(conn))
                 })

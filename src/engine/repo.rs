@@ -22,6 +22,10 @@ use super::pack::open_blob;
 use super::snapshot::Snapshot;
 use super::store::{ObjectInfo, Store};
 
+/// An index loaded from the listing: the index, the objects that could not be read, and
+/// every id the listing showed.
+type ListedIndex = (Index, Vec<(IndexId, Error)>, Vec<IndexId>);
+
 /// Storage key of a pack.
 pub fn pack_key(id: &PackId) -> String {
     let h = id.to_hex();
@@ -515,11 +519,7 @@ impl Repository {
     /// snapshot that uses them, and such a snapshot must stay readable until
     /// the next prune puts the packs back.
     pub fn load_index(&self) -> Result<(Index, Vec<(IndexId, Error)>)> {
-        let (mut idx, bad) = self.load_index_filtered(|_| true)?;
-        for p in super::prune::pending_packs(self)? {
-            idx.add_pack(p.id, &p.blobs);
-        }
-        Ok((idx, bad))
+        self.load_index_with(&[])
     }
 
     /// The index, as [`Repository::load_index`], plus the index objects
@@ -533,13 +533,17 @@ impl Repository {
         &self,
         snapshot: &super::snapshot::Snapshot,
     ) -> Result<(Index, Vec<(IndexId, Error)>)> {
-        let (mut idx, bad) = self.load_index()?;
-        if snapshot.indexes.is_empty() {
-            return Ok((idx, bad));
+        self.load_index_with(&snapshot.indexes)
+    }
+
+    /// The listed index objects, the packs pending deletion, and those of `named` the
+    /// listing does not show.
+    fn load_index_with(&self, named: &[IndexId]) -> Result<(Index, Vec<(IndexId, Error)>)> {
+        let (mut idx, bad, listed) = self.load_listed_index(|_| true)?;
+        for p in super::prune::pending_packs(self)? {
+            idx.add_pack(p.id, &p.blobs);
         }
-        let listed: std::collections::HashSet<IndexId> =
-            self.list_index_ids()?.into_iter().collect();
-        for id in snapshot.indexes.iter().filter(|id| !listed.contains(id)) {
+        for id in named.iter().filter(|id| !listed.contains(id)) {
             match self.load_index_file(id) {
                 Ok(f) => {
                     tracing::debug!(index = %id.short(), "index object not listed yet, read by name");
@@ -565,10 +569,16 @@ impl Repository {
         &self,
         keep: impl Fn(&PackId) -> bool,
     ) -> Result<(Index, Vec<(IndexId, Error)>)> {
+        let (idx, bad, _) = self.load_listed_index(keep)?;
+        Ok((idx, bad))
+    }
+
+    /// [`Repository::load_index_filtered`], also returning every id the listing showed.
+    fn load_listed_index(&self, keep: impl Fn(&PackId) -> bool) -> Result<ListedIndex> {
         let ids = self.list_index_ids()?;
         let mut files = Vec::new();
         let mut bad = Vec::new();
-        for id in ids {
+        for &id in &ids {
             match self.load_index_file(&id) {
                 Ok(f) => files.push((id, f)),
                 // Listed, then deleted: superseded by a prune's consolidated index.
@@ -590,7 +600,7 @@ impl Repository {
                 }
             }
         }
-        Ok((idx, bad))
+        Ok((idx, bad, ids))
     }
 
     // ---- packs and blobs ----
