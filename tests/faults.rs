@@ -304,10 +304,13 @@ fn failed_deletes_leave_prune_resumable_and_the_repository_valid() {
     faulty.add(Op::Delete, "data/", Fault::LostResponse, Some(1));
     faulty.add(Op::Delete, "index/", Fault::Transient, Some(1));
     faulty.add(Op::Head, "", Fault::Transient, Some(2));
+    // And a slow store: every put, read and delete waits 20 ms.
+    faulty.set_latency(std::time::Duration::from_millis(20));
     let report = prune(&repo, &no_grace()).unwrap();
     assert!(report.packs_deleted > 0, "{report:?}");
     assert!(faulty.injected.load(std::sync::atomic::Ordering::Relaxed) >= 4);
     faulty.clear();
+    faulty.set_latency(std::time::Duration::ZERO);
     assert_check_clean(&repo);
 
     // A delete refused for good: a clear error, nothing the remaining snapshots need is

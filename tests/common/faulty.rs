@@ -1,8 +1,9 @@
 //! A fault-injecting `ObjectStore` wrapper for tests (after kopia's
 //! `FaultyStorage` and restic's error backends): per operation and key, inject
 //! transient or permanent errors, a write whose response is lost, garbled or
-//! truncated reads, once or always; a crash after the n-th write; or listings that lag
-//! behind writes and deletes, as on eventually consistent S3-compatible stores.
+//! truncated reads, once or always; a crash after the n-th write; latency on every
+//! put, read and delete; or listings that lag behind writes and deletes, as on
+//! eventually consistent S3-compatible stores.
 #![allow(dead_code)] // each test file uses the parts it needs
 
 use std::fmt;
@@ -66,6 +67,8 @@ pub struct FaultyStore {
     pub writes: std::sync::Arc<AtomicU64>,
     /// How many faults were injected.
     pub injected: std::sync::Arc<AtomicU64>,
+    /// Added to every put, get and delete (a slow or distant store), in milliseconds.
+    latency_ms: AtomicU64,
     /// While set, listings lag: see [`FaultyStore::lag_lists`].
     lag: std::sync::Arc<Mutex<Option<Lag>>>,
 }
@@ -100,7 +103,18 @@ impl FaultyStore {
             writes: std::sync::Arc::new(AtomicU64::new(0)),
             injected: std::sync::Arc::new(AtomicU64::new(0)),
             lag: std::sync::Arc::new(Mutex::new(None)),
+            latency_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Every later put, get and delete first waits this long.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn latency(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
     }
 
     /// From now on, listings lag: objects written are not listed, objects deleted are
@@ -194,6 +208,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        tokio::time::sleep(self.latency()).await;
         if !Self::spend_write(&self.write_budget) {
             return Err(permanent(location));
         }
@@ -224,6 +239,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        tokio::time::sleep(self.latency()).await;
         let fault = if options.head {
             match self.take(Op::Head, location) {
                 // A metadata read has no body to garble.
@@ -272,6 +288,7 @@ impl ObjectStore for FaultyStore {
         let lag = self.lag.clone();
         let rules = self.rules.clone();
         let injected = self.injected.clone();
+        let latency = self.latency();
         locations
             .then(move |p| {
                 let inner = inner.clone();
@@ -283,6 +300,7 @@ impl ObjectStore for FaultyStore {
                     Err(_) => None,
                 };
                 async move {
+                    tokio::time::sleep(latency).await;
                     let p = p?;
                     if !Self::spend_write(&budget) {
                         return Err(permanent(&p));
