@@ -110,6 +110,13 @@ pub struct DaemonSection {
     pub shutdown_grace_secs: u64,
     /// Extra procedure definitions (`*.toml`) loaded beside the built-in ones.
     pub sop_dir: Option<PathBuf>,
+    /// Failed authentications from one address within `auth_failure_window_secs` that
+    /// lock it out.
+    pub auth_max_failures: u32,
+    /// The window over which failed authentications are counted, seconds.
+    pub auth_failure_window_secs: u64,
+    /// How long a locked-out address is refused, seconds.
+    pub auth_lockout_secs: u64,
 }
 
 impl Default for DaemonSection {
@@ -122,6 +129,9 @@ impl Default for DaemonSection {
             request_timeout_secs: 60,
             shutdown_grace_secs: 30,
             sop_dir: None,
+            auth_max_failures: 20,
+            auth_failure_window_secs: 60,
+            auth_lockout_secs: 300,
         }
     }
 }
@@ -259,6 +269,14 @@ impl Config {
         if self.scheduler.lease_secs < 3 * self.scheduler.tick_secs.max(1) {
             return Err(ConfigError(
                 "[scheduler] lease_secs must be at least three ticks".into(),
+            ));
+        }
+        if self.daemon.auth_max_failures == 0
+            || self.daemon.auth_failure_window_secs == 0
+            || self.daemon.auth_lockout_secs == 0
+        {
+            return Err(ConfigError(
+                "[daemon] auth_max_failures, auth_failure_window_secs and auth_lockout_secs must be at least 1".into(),
             ));
         }
         if self.daemon.request_timeout_secs == 0 {

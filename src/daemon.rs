@@ -352,7 +352,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _single = single_daemon_guard(&config)?;
     let hub: crate::hub::Hub = Arc::default();
     let shared_repositories = Arc::new(repositories(&config)?);
-    let ctx = Ctx::new(app.clone()).with_agents(hub.clone(), shared_repositories.clone());
+    let ctx = Ctx::new(app.clone())
+        .with_agents(hub.clone(), shared_repositories.clone())
+        .with_throttle(crate::rpc::throttle::AuthThrottle::new(
+            config.daemon.auth_max_failures,
+            Duration::from_secs(config.daemon.auth_failure_window_secs),
+            Duration::from_secs(config.daemon.auth_lockout_secs),
+        ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)

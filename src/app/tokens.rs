@@ -159,6 +159,30 @@ impl App {
         Ok(issued)
     }
 
+    /// Records in the audit trail that `peer` was locked out after `failures` failed
+    /// authentications (by the control plane's throttle).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn record_auth_lockout(
+        &self,
+        peer: std::net::IpAddr,
+        failures: u32,
+        lockout_secs: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let mut tx = self.catalog().begin().await?;
+        let mut entry =
+            super::audit::AuditEntry::new(now, "system", None, "auth.lockout", "peer", peer);
+        entry.after = Some(serde_json::json!({
+            "failures": failures,
+            "lockout_secs": lockout_secs,
+        }));
+        super::audit::append(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The caller behind a bearer secret.
     ///
     /// # Errors

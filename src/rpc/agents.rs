@@ -13,7 +13,7 @@ use super::convert::{self, id, opt_id};
 use super::pb::{self, *};
 use super::{Ctx, caller, status};
 use crate::app::restore_requests::{RestorePlan, RestoreRequestView};
-use crate::app::{AgentCaller, SpecDifference, StartRestore};
+use crate::app::{AgentCaller, AppError, SpecDifference, StartRestore};
 use crate::catalog::{
     AgencyId, AgentId, AgentRecord, RequestId, RestoreId, RestoreRecord, ServerId,
 };
@@ -116,8 +116,9 @@ type DownStream = Pin<Box<dyn Stream<Item = Result<DaemonMessage, Status>> + Sen
 #[tonic::async_trait]
 impl agent_service_server::AgentService for Agents {
     async fn enroll(&self, request: Request<EnrollRequest>) -> Reply<EnrollResponse> {
+        let peer = request.remote_addr().map(|addr| addr.ip());
         let message = request.into_inner();
-        let (record, credential) = self
+        let enrolled = self
             .0
             .app
             .enroll_agent(
@@ -126,8 +127,17 @@ impl agent_service_server::AgentService for Agents {
                 &message.agent_version,
                 self.0.now(),
             )
-            .await
-            .map_err(status)?;
+            .await;
+        let (record, credential) = match enrolled {
+            Ok(enrolled) => enrolled,
+            Err(error) => {
+                // A refused enrolment token is a guess like a refused bearer token.
+                if let (AppError::Unauthenticated(_), Some(peer)) = (&error, peer) {
+                    self.0.authentication_failed(peer, "enroll").await;
+                }
+                return Err(status(error));
+            }
+        };
         tracing::info!(agent = %record.id, server = ?record.server_id, request = ?record.request_id, hostname = %message.hostname, "agent enrolled");
         Ok(Response::new(EnrollResponse {
             agent_id: record.id.0,

@@ -5,12 +5,14 @@
 //! * [`AuthLayer`] sits in front of every service: it authenticates the bearer token and
 //!   applies the authorisation matrix ([`authz`]) before a handler runs, so no handler can
 //!   forget to;
-//! * [`status`] is the single mapping from [`AppError`] to a gRPC status.
+//! * [`status`] is the single mapping from [`AppError`] to a gRPC status;
+//! * [`throttle`] locks out an address after too many failed authentications.
 
 mod agents;
 pub mod authz;
 mod convert;
 mod services;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,6 +49,8 @@ pub struct Ctx {
     pub hub: crate::hub::Hub,
     /// The agencies' repositories (for listing servers' snapshots), when configured.
     pub repositories: Option<Arc<crate::jobs::Repositories>>,
+    /// Failed authentications per peer address.
+    pub throttle: Arc<throttle::AuthThrottle>,
 }
 
 impl Ctx {
@@ -58,6 +62,31 @@ impl Ctx {
             clock: Arc::new(Utc::now),
             hub: Arc::default(),
             repositories: None,
+            throttle: Arc::default(),
+        }
+    }
+
+    /// The same context with this lockout policy for failed authentications.
+    #[must_use]
+    pub fn with_throttle(mut self, throttle: throttle::AuthThrottle) -> Self {
+        self.throttle = Arc::new(throttle);
+        self
+    }
+
+    /// Counts a failed authentication by `peer`; audits the start of a lockout.
+    pub(crate) async fn authentication_failed(&self, peer: std::net::IpAddr, path: &str) {
+        let Some(failures) = self.throttle.failed(peer, Instant::now()) else {
+            return;
+        };
+        let lockout = self.throttle.lockout();
+        tracing::warn!(%peer, failures, lockout_secs = lockout.as_secs(), method = %path, "too many failed authentications: address locked out");
+        metrics::counter!("cadang_auth_lockouts_total").increment(1);
+        if let Err(error) = self
+            .app
+            .record_auth_lockout(peer, failures, lockout.as_secs(), self.now())
+            .await
+        {
+            tracing::error!(%peer, %error, "cannot audit an authentication lockout");
         }
     }
 
@@ -132,6 +161,21 @@ impl Ctx {
         }
         Ok(caller)
     }
+}
+
+/// The address a call came from (plain TCP or TLS), when the transport says.
+fn peer_ip<B>(request: &http::Request<B>) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
+        .map(|addr| addr.ip())
 }
 
 /// The bearer secret of a request.
@@ -253,6 +297,19 @@ where
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             let started = Instant::now();
+            let peer = peer_ip(&request);
+            if let Some(peer) = peer
+                && let Some(wait) = ctx.throttle.locked(peer, started)
+            {
+                metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => "ResourceExhausted").increment(1);
+                return Ok(Status::resource_exhausted(format!(
+                    "too many failed authentications from {peer}; try again in {} s",
+                    wait.as_secs().max(1)
+                ))
+                .into_http());
+            }
+            // Only a credential that was presented and refused counts as a guess.
+            let presented = bearer_of(request.headers()).is_ok_and(|secret| !secret.is_empty());
             if authz::is_agent_path(&path) {
                 match ctx.admit_agent(&path, request.headers()).await {
                     Ok(agent) => {
@@ -260,6 +317,11 @@ where
                     }
                     Err(refusal) => {
                         tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "agent call refused");
+                        if let Some(peer) = peer
+                            .filter(|_| presented && refusal.code() == tonic::Code::Unauthenticated)
+                        {
+                            ctx.authentication_failed(peer, &path).await;
+                        }
                         metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
                         return Ok(refusal.into_http());
                     }
@@ -271,6 +333,11 @@ where
                     }
                     Err(refusal) => {
                         tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "call refused");
+                        if let Some(peer) = peer
+                            .filter(|_| presented && refusal.code() == tonic::Code::Unauthenticated)
+                        {
+                            ctx.authentication_failed(peer, &path).await;
+                        }
                         metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
                         return Ok(refusal.into_http());
                     }
