@@ -308,40 +308,30 @@ where
                 ))
                 .into_http());
             }
-            // Only a credential that was presented and refused counts as a guess.
-            let presented = bearer_of(request.headers()).is_ok_and(|secret| !secret.is_empty());
-            if authz::is_agent_path(&path) {
-                match ctx.admit_agent(&path, request.headers()).await {
-                    Ok(agent) => {
+            let admitted = if authz::is_agent_path(&path) {
+                ctx.admit_agent(&path, request.headers())
+                    .await
+                    .map(|agent| {
                         request.extensions_mut().insert(agent);
-                    }
-                    Err(refusal) => {
-                        tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "agent call refused");
-                        if let Some(peer) = peer
-                            .filter(|_| presented && refusal.code() == tonic::Code::Unauthenticated)
-                        {
-                            ctx.authentication_failed(peer, &path).await;
-                        }
-                        metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
-                        return Ok(refusal.into_http());
-                    }
-                }
+                    })
             } else if !authz::is_public(&path) && !authz::is_enrolment(&path) {
-                match ctx.admit(&path, request.headers()).await {
-                    Ok(caller) => {
-                        request.extensions_mut().insert(caller);
-                    }
-                    Err(refusal) => {
-                        tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "call refused");
-                        if let Some(peer) = peer
-                            .filter(|_| presented && refusal.code() == tonic::Code::Unauthenticated)
-                        {
-                            ctx.authentication_failed(peer, &path).await;
-                        }
-                        metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
-                        return Ok(refusal.into_http());
-                    }
+                ctx.admit(&path, request.headers()).await.map(|caller| {
+                    request.extensions_mut().insert(caller);
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(refusal) = admitted {
+                tracing::info!(method = %path, code = ?refusal.code(), message = refusal.message(), "call refused");
+                // Only a credential that was presented and refused counts as a guess.
+                let presented = bearer_of(request.headers()).is_ok_and(|secret| !secret.is_empty());
+                if let Some(peer) =
+                    peer.filter(|_| presented && refusal.code() == tonic::Code::Unauthenticated)
+                {
+                    ctx.authentication_failed(peer, &path).await;
                 }
+                metrics::counter!("cadang_rpc_refused_total", "method" => path.clone(), "code" => format!("{:?}", refusal.code())).increment(1);
+                return Ok(refusal.into_http());
             }
             let response = inner.call(request).await;
             metrics::histogram!("cadang_rpc_duration_seconds", "method" => path)
