@@ -447,11 +447,22 @@ impl Repository {
 
     /// Resolve `latest`, a full id or a unique prefix to a snapshot id.
     ///
+    /// `latest` is refused while any snapshot object is unreadable: the
+    /// unreadable one may be the newest, and choosing among the readable ones
+    /// would silently hand back older data than asked for.
+    ///
     /// # Errors
-    /// `InvalidInput` when nothing or several match.
+    /// `InvalidInput` when nothing or several match; `Refused` for `latest`
+    /// beside an unreadable snapshot.
     pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotId> {
         if spec == "latest" {
-            let (snaps, _) = self.load_snapshots()?;
+            let (snaps, bad) = self.load_snapshots()?;
+            if let Some((id, e)) = bad.first() {
+                return Err(Error::Refused(format!(
+                    "{e}; `latest` could be that snapshot, so it is not chosen among the readable ones — name a snapshot by id, run `cadang check`, or `cadang forget {}` once the damage is understood",
+                    id.short()
+                )));
+            }
             return snaps
                 .last()
                 .map(|s| s.0)
