@@ -404,10 +404,10 @@ fn swapped_blob_ciphertexts_fail_authentication() {
             if n.name == name {
                 return n.content.first().copied();
             }
-            if let Some(sub) = n.subtree {
-                if let Some(c) = find(r, idx, &sub, name) {
-                    return Some(c);
-                }
+            if let Some(sub) = n.subtree
+                && let Some(c) = find(r, idx, &sub, name)
+            {
+                return Some(c);
             }
         }
         None

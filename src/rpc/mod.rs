@@ -336,7 +336,69 @@ where
             let response = inner.call(request).await;
             metrics::histogram!("cadang_rpc_duration_seconds", "method" => path)
                 .record(started.elapsed().as_secs_f64());
-            response
+            response.map(undecodable_is_invalid_argument)
         })
+    }
+}
+
+/// tonic answers a request message that does not decode with `INTERNAL`, which would
+/// blame the daemon for the caller's bytes (and page whoever watches for internal
+/// errors). The caller sent them: `INVALID_ARGUMENT`, with the decoder's reason.
+fn undecodable_is_invalid_argument(
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status)
+            if status.code() == tonic::Code::Internal
+                && status
+                    .message()
+                    .starts_with("failed to decode Protobuf message") =>
+        {
+            Status::invalid_argument(format!(
+                "the request is not a valid message: {}",
+                status
+                    .message()
+                    .trim_start_matches("failed to decode Protobuf message: ")
+            ))
+            .into_http()
+        }
+        _ => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(response: &http::Response<tonic::body::Body>) -> tonic::Code {
+        Status::from_header_map(response.headers())
+            .expect("a status")
+            .code()
+    }
+
+    #[test]
+    fn an_undecodable_request_is_the_callers_fault() {
+        let undecodable = Status::internal(
+            "failed to decode Protobuf message: SetAccountRolesRequest.username: invalid varint",
+        )
+        .into_http();
+        let mapped = undecodable_is_invalid_argument(undecodable);
+        assert_eq!(code_of(&mapped), tonic::Code::InvalidArgument);
+        let status = Status::from_header_map(mapped.headers()).expect("a status");
+        assert_eq!(
+            status.message(),
+            "the request is not a valid message: SetAccountRolesRequest.username: invalid varint"
+        );
+        // The daemon's own internal errors stay what they are.
+        let internal = Status::internal("the catalog answered nonsense").into_http();
+        assert_eq!(
+            code_of(&undecodable_is_invalid_argument(internal)),
+            tonic::Code::Internal
+        );
+        let denied = Status::permission_denied("no").into_http();
+        assert_eq!(
+            code_of(&undecodable_is_invalid_argument(denied)),
+            tonic::Code::PermissionDenied
+        );
     }
 }
