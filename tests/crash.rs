@@ -120,13 +120,7 @@ fn sigkill_during_backup_leaves_a_valid_repository() {
     run(cadang(repo).args(["check", "--read-data"]), 0);
 
     // Every committed snapshot restores identically to what it backed up.
-    let snaps = last_json(&run(cadang(repo).args(["snapshots", "--json"]), 0));
-    let ids: Vec<String> = snaps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = snapshot_ids(repo);
     assert!(!ids.is_empty());
     for id in &ids {
         let target = tmp.path().join(format!("r-{}", &id[..8]));

@@ -238,13 +238,7 @@ type Oracle = BTreeMap<String, BTreeMap<PathBuf, Fingerprint>>;
 
 /// The repository's snapshots must be exactly the oracle's.
 fn assert_snapshots_match(repo: &str, oracle: &Oracle) -> Vec<String> {
-    let listed = last_json(&run(cadang(repo).args(["snapshots", "--json"]), 0));
-    let ids: Vec<String> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = snapshot_ids(repo);
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(
@@ -266,20 +260,7 @@ fn restore_and_compare(repo: &str, id: &str, src: &Path, work: &Path, oracle: &O
         0,
     );
     let got = fingerprint(&restored_path(&target, src));
-    let want = &oracle[id];
-    for (p, f) in want {
-        match got.get(p) {
-            None => panic!("snapshot {id}: {} missing from the restore", p.display()),
-            Some(g) => assert_eq!(f, g, "snapshot {id}: {} differs", p.display()),
-        }
-    }
-    for p in got.keys() {
-        assert!(
-            want.contains_key(p),
-            "snapshot {id}: {} restored but not in the snapshot",
-            p.display()
-        );
-    }
+    assert_same_fingerprints(&oracle[id], &got, &format!("snapshot {id}: "));
     std::fs::remove_dir_all(&target).unwrap();
 }
 

@@ -234,21 +234,39 @@ pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
 
 /// Assert two trees are identical in both directions on every attribute.
 pub fn assert_same_tree(src: &Path, restored: &Path) {
-    let a = fingerprint(src);
-    let b = fingerprint(restored);
-    for (p, fa) in &a {
-        match b.get(p) {
-            None => panic!("{} missing from the restore", p.display()),
-            Some(fb) => assert_eq!(fa, fb, "{} differs", p.display()),
+    assert_same_fingerprints(&fingerprint(src), &fingerprint(restored), "");
+}
+
+/// Assert `got` has exactly the entries of `want`, each identical; `context`
+/// prefixes the failure message.
+pub fn assert_same_fingerprints(
+    want: &BTreeMap<PathBuf, Fingerprint>,
+    got: &BTreeMap<PathBuf, Fingerprint>,
+    context: &str,
+) {
+    for (p, fa) in want {
+        match got.get(p) {
+            None => panic!("{context}{} missing from the restore", p.display()),
+            Some(fb) => assert_eq!(fa, fb, "{context}{} differs", p.display()),
         }
     }
-    for p in b.keys() {
+    for p in got.keys() {
         assert!(
-            a.contains_key(p),
-            "{} appeared in the restore but is not in the source",
+            want.contains_key(p),
+            "{context}{} appeared in the restore but is not in the source",
             p.display()
         );
     }
+}
+
+/// Ids of the repository's snapshots, oldest first (`snapshots --json`).
+pub fn snapshot_ids(repo: &str) -> Vec<String> {
+    last_json(&run(cadang(repo).args(["snapshots", "--json"]), 0))
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|s| s["id"].as_str().expect("an id").to_string())
+        .collect()
 }
 
 /// Where a restore of absolute source path `src` lands under `target`.
