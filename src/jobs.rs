@@ -16,9 +16,10 @@
 //! Everything here blocks (the engine's API is blocking): the scheduler runs it on a
 //! blocking thread.
 
+mod engine;
 mod restic_runs;
 
-pub use restic_runs::execute as execute_restic;
+pub use engine::{Context, Engine, NativeEngine, ResticEngine};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,6 +93,17 @@ impl Repositories {
         self.replica_root = root.filter(|root| !root.trim().is_empty());
         self.replica_store = store;
         self
+    }
+
+    /// The `restic` binary configured for plans on restic repositories (`None`: `restic`
+    /// on `PATH`).
+    pub fn restic_binary(&self) -> Option<&Path> {
+        self.restic_binary.as_deref()
+    }
+
+    /// Where restore drills and restores from restic repositories put their trees.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
     }
 
     /// Whether replica repositories are configured.

@@ -11,6 +11,9 @@
 //! Everything here blocks (the engine's API does); the scheduler runs it on a blocking
 //! thread.
 
+pub(crate) mod restic;
+pub(crate) mod stream;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +28,6 @@ use crate::app::restore_requests::CheckCommand;
 use crate::app::{MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
 use crate::catalog::{RestoreRecord, RunEnd, RunRecord, Server};
 use crate::engine::Repository;
-use crate::engine::format::encode_blob_payload;
 use crate::engine::id::{BlobId, BlobType, SnapshotId};
 use crate::engine::index::Index;
 use crate::engine::ingest::{Ingest, IngestCommit};
@@ -253,43 +255,65 @@ pub fn choose_snapshot<'a>(
     snapshots: &'a [(SnapshotId, Snapshot)],
     spec: &str,
 ) -> Result<&'a (SnapshotId, Snapshot), String> {
+    let chosen = choose_position(
+        snapshots,
+        |(id, _)| id.to_hex(),
+        |(_, snapshot)| snapshot.time,
+        spec,
+        "the server",
+    )?;
+    snapshots
+        .get(chosen)
+        .ok_or_else(|| format!("the server has no snapshot `{spec}`"))
+}
+
+/// The position of the snapshot `spec` names among `snapshots` (oldest first), each
+/// known by its hex id and time; `whose` names the owner in errors ("the server").
+/// The forms are those of [`choose_snapshot`].
+///
+/// # Errors
+/// An ambiguous prefix, an unreadable time, or no such snapshot.
+pub fn choose_position<T>(
+    snapshots: &[T],
+    hex: impl Fn(&T) -> String,
+    time: impl Fn(&T) -> DateTime<Utc>,
+    spec: &str,
+    whose: &str,
+) -> Result<usize, String> {
     let position = |spec: &str| -> Result<usize, String> {
         if spec == "latest" {
             return snapshots
                 .len()
                 .checked_sub(1)
-                .ok_or_else(|| "the server has no snapshot".to_owned());
+                .ok_or_else(|| format!("{whose} has no snapshot"));
         }
-        if let Some(time) = spec.strip_prefix("as-of:") {
-            let time = DateTime::parse_from_rfc3339(time)
+        if let Some(at) = spec.strip_prefix("as-of:") {
+            let at = DateTime::parse_from_rfc3339(at)
                 .map_err(|error| format!("`{spec}`: {error}"))?
                 .with_timezone(&Utc);
             return snapshots
                 .iter()
-                .rposition(|(_, snapshot)| snapshot.time <= time)
-                .ok_or_else(|| format!("the server has no snapshot taken at or before {time}"));
+                .rposition(|snapshot| time(snapshot) <= at)
+                .ok_or_else(|| format!("{whose} has no snapshot taken at or before {at}"));
         }
         let matching: Vec<usize> = snapshots
             .iter()
             .enumerate()
-            .filter(|(_, (id, _))| id.to_hex().starts_with(spec))
+            .filter(|(_, snapshot)| hex(snapshot).starts_with(spec))
             .map(|(n, _)| n)
             .collect();
         match matching[..] {
             [one] => Ok(one),
-            [] => Err(format!("the server has no snapshot `{spec}`")),
+            [] => Err(format!("{whose} has no snapshot `{spec}`")),
             _ => Err(format!("snapshot `{spec}` is ambiguous")),
         }
     };
-    let chosen = match spec.strip_prefix("before:") {
+    match spec.strip_prefix("before:") {
         Some(inner) => position(inner)?
             .checked_sub(1)
-            .ok_or_else(|| format!("the server has no snapshot older than `{inner}`"))?,
-        None => position(spec)?,
-    };
-    snapshots
-        .get(chosen)
-        .ok_or_else(|| format!("the server has no snapshot `{spec}`"))
+            .ok_or_else(|| format!("{whose} has no snapshot older than `{inner}`")),
+        None => position(spec),
+    }
 }
 
 /// Runs a backup of `spec.paths` on `server` through its agent. Never panics on what the
@@ -941,260 +965,80 @@ pub fn restore_to_agent(
         &mut items,
         &mut unreadable,
     );
-    let job_id = format!("restore:{}", restore.id);
-    let Some(mut link) = open_link(
+    let (id_key, _) = repository.keys().id_keys().to_parts();
+    let entries: Vec<pb::RestoreEntry> = items
+        .into_iter()
+        .map(|item| {
+            let node = item.node;
+            let file = node.kind == NodeKind::File;
+            pb::RestoreEntry {
+                path: item.rel,
+                kind: kind_name(node.kind).into(),
+                mode: node.mode,
+                uid: node.uid,
+                gid: node.gid,
+                mtime_ns: node.mtime_ns,
+                size: node.size,
+                lengths: if file {
+                    node.content
+                        .iter()
+                        .map(|id| reader.raw_length(id))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                content: if file {
+                    node.content.iter().map(|id| id.0.to_vec()).collect()
+                } else {
+                    Vec::new()
+                },
+                link_target: node.link_target.unwrap_or_default(),
+            }
+        })
+        .collect();
+    let outgoing = stream::Outgoing::for_restore(
+        target,
+        restore,
+        id_key,
+        &snapshot_hex,
+        entries,
+        options.reconnect_wait,
+    );
+    match stream::stream_restore(
         handle,
         hub,
-        target,
-        &job_id,
-        options.reconnect_wait,
+        outgoing,
+        &mut reader,
+        unreadable,
         &cancel,
-    ) else {
-        return (
-            end(
-                "failed",
-                json!({}),
-                Some(format!(
-                    "the agent of server {} is not connected to this daemon",
-                    target.id
-                )),
-            ),
-            Some(snapshot_hex),
-        );
-    };
-    let (id_key, _) = repository.keys().id_keys().to_parts();
-    let lost = || {
-        (
-            RestoreEnd {
-                status: "failed".into(),
-                stats_json: "{}".into(),
-                error: Some(
-                    "the agent's stream ended during the restore; start it again (restored files are replaced atomically, so a second run is safe)".into(),
-                ),
-            },
-            Some(snapshot_id.to_hex()),
-        )
-    };
-    if !send(
-        handle,
-        &link,
-        Down::Restore(pb::RestoreJob {
-            job_id: job_id.clone(),
-            target_dir: restore.target_dir.clone(),
-            id_key: id_key.to_vec(),
-            snapshot_id: snapshot_hex.clone(),
-        }),
+        progress,
     ) {
-        return lost();
-    }
-    let mut failed: Vec<pb::FileProblem> = Vec::new();
-    let mut verified = 0u64;
-    let mut done: Option<pb::RestoreDone> = None;
-    let mut agent_failure: Option<String> = None;
-    let total = items.len() as u64;
-    let mut bytes_sent = 0u64;
-    for (n, item) in items.into_iter().enumerate() {
-        if cancel.load(Ordering::Relaxed) {
-            send(
-                handle,
-                &link,
-                Down::Cancel(pb::CancelJob {
-                    job_id: job_id.clone(),
-                    reason: "the daemon stops".into(),
+        Ok(streamed) => {
+            let repaired: Vec<&String> = reader.repaired.iter().take(MAX_FAILED_LISTED).collect();
+            let end = streamed.judged(
+                &snapshot_hex,
+                json!({
+                    "repaired": reader.repaired.len(),
+                    "repaired_from_replica": repaired,
                 }),
             );
-            hub.close_job(target.id, &job_id);
-            return (
-                end(
-                    "cancelled",
-                    json!({ "snapshot": snapshot_hex }),
-                    Some("stopped by the daemon".into()),
-                ),
-                Some(snapshot_hex),
-            );
+            (end, Some(snapshot_hex))
         }
-        // Drain what the agent said so far, so neither side waits on a full stream.
-        while let Ok(message) = link.inbound.try_recv() {
-            absorb(
-                message,
-                &mut failed,
-                &mut verified,
-                &mut done,
-                &mut agent_failure,
-            );
-        }
-        if agent_failure.is_some() {
-            break;
-        }
-        let node = item.node;
-        let mut lengths = Vec::with_capacity(node.content.len());
-        for id in &node.content {
-            lengths.push(reader.raw_length(id));
-        }
-        let entry = pb::RestoreEntry {
-            path: item.rel.clone(),
-            kind: kind_name(node.kind).into(),
-            mode: node.mode,
-            uid: node.uid,
-            gid: node.gid,
-            mtime_ns: node.mtime_ns,
-            size: node.size,
-            content: if node.kind == NodeKind::File {
-                node.content.iter().map(|id| id.0.to_vec()).collect()
-            } else {
-                Vec::new()
-            },
-            lengths: if node.kind == NodeKind::File {
-                lengths
-            } else {
-                Vec::new()
-            },
-            link_target: node.link_target.clone().unwrap_or_default(),
-        };
-        if !send(handle, &link, Down::RestoreEntry(entry)) {
-            return lost();
-        }
-        if node.kind == NodeKind::File {
-            let mut file_unreadable = false;
-            for id in &node.content {
-                let chunk = if file_unreadable {
-                    pb::RestoreChunk::default()
-                } else {
-                    match reader.load(BlobType::Data, id) {
-                        Ok(data) => {
-                            let mut payload = Vec::with_capacity(data.len() / 2);
-                            encode_blob_payload(&data, 1, &mut payload);
-                            bytes_sent += payload.len() as u64;
-                            pb::RestoreChunk {
-                                payload,
-                                raw_len: data.len() as u32,
-                            }
-                        }
-                        Err(error) => {
-                            file_unreadable = true;
-                            unreadable.push(pb::FileProblem {
-                                path: format!("/{}", String::from_utf8_lossy(&item.rel)),
-                                reason: format!(
-                                    "chunk {} unreadable in the repository: {error}",
-                                    id.short()
-                                ),
-                            });
-                            pb::RestoreChunk::default()
-                        }
-                    }
-                };
-                if !send(handle, &link, Down::RestoreChunk(chunk)) {
-                    return lost();
-                }
-            }
-        }
-        if n % 200 == 0 {
-            set_progress(
-                progress,
-                json!({ "snapshot": snapshot_hex, "entries_sent": n, "entries": total,
-                        "bytes_sent": bytes_sent, "files_verified": verified }),
-            );
-        }
+        Err(end) => (end, Some(snapshot_hex)),
     }
-    if agent_failure.is_none()
-        && !send(
-            handle,
-            &link,
-            Down::RestoreEnd(pb::RestoreEnd {
-                job_id: job_id.clone(),
-                entries: total,
-                unreadable: unreadable.clone(),
-            }),
-        )
-    {
-        return lost();
+}
+
+impl stream::RestoreSource for Reader<'_> {
+    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<Vec<u8>, String> {
+        let id = entry
+            .content
+            .get(n)
+            .and_then(|id| <[u8; 32]>::try_from(id.as_slice()).ok())
+            .map(BlobId)
+            .ok_or_else(|| format!("chunk {} of the entry is not a chunk id", n + 1))?;
+        self.load(BlobType::Data, &id)
+            .map_err(|error| format!("chunk {} unreadable in the repository: {error}", id.short()))
     }
-    while done.is_none() && agent_failure.is_none() {
-        if cancel.load(Ordering::Relaxed) {
-            break;
-        }
-        match receive(handle, &mut link) {
-            Received::Message(message) => absorb(
-                message,
-                &mut failed,
-                &mut verified,
-                &mut done,
-                &mut agent_failure,
-            ),
-            Received::Idle => {}
-            Received::Closed => return lost(),
-        }
-    }
-    hub.close_job(target.id, &job_id);
-    if let Some(error) = agent_failure {
-        return (
-            end(
-                "failed",
-                json!({ "snapshot": snapshot_hex }),
-                Some(format!("the agent could not restore: {error}")),
-            ),
-            Some(snapshot_hex),
-        );
-    }
-    let Some(done) = done else {
-        return (
-            end(
-                "cancelled",
-                json!({ "snapshot": snapshot_hex }),
-                Some("stopped by the daemon".into()),
-            ),
-            Some(snapshot_hex),
-        );
-    };
-    // Unreadable content fails its file on the agent too (which names it relative to the
-    // target, without the leading `/`): list each file once, with the daemon's reason,
-    // which names the chunk and pack.
-    let known: std::collections::HashSet<&str> = unreadable
-        .iter()
-        .map(|problem| problem.path.trim_start_matches('/'))
-        .collect();
-    let mut listed: Vec<serde_json::Value> = Vec::new();
-    for problem in unreadable
-        .iter()
-        .chain(
-            failed
-                .iter()
-                .filter(|problem| !known.contains(problem.path.trim_start_matches('/'))),
-        )
-        .take(MAX_FAILED_LISTED)
-    {
-        listed.push(json!({ "path": problem.path, "reason": problem.reason }));
-    }
-    // A file with unreadable content fails on the agent too; a directory that could
-    // not be read is only known here.
-    let unreadable_dirs = unreadable
-        .iter()
-        .filter(|problem| problem.reason.starts_with("directory unreadable"))
-        .count() as u64;
-    let files_failed = done.files_failed + unreadable_dirs;
-    let ok = files_failed == 0 && unreadable.is_empty();
-    let repaired: Vec<&String> = reader.repaired.iter().take(MAX_FAILED_LISTED).collect();
-    let stats = json!({
-        "snapshot": snapshot_hex,
-        "entries": total,
-        "files_verified": done.files_verified,
-        "files_failed": files_failed,
-        "bytes": done.bytes,
-        "bytes_sent": bytes_sent,
-        "failed": listed,
-        "repaired": reader.repaired.len(),
-        "repaired_from_replica": repaired,
-    });
-    (
-        end(
-            if ok { "ok" } else { "verify_differences" },
-            stats,
-            (!ok).then(|| {
-                format!("{files_failed} file(s) could not be restored and verified; see the list")
-            }),
-        ),
-        Some(snapshot_hex),
-    )
 }
 
 /// Runs a restore plan's check on `target` through its agent once the restore verified.

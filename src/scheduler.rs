@@ -23,9 +23,9 @@ use crate::app::restore_requests::CheckCommand;
 use crate::app::{App, ClaimedRun, RestoreEnd, spec_of};
 use crate::catalog::{RestoreRecord, RunEnd};
 use crate::hub::Hub;
-use crate::jobs::{Repositories, execute};
+use crate::jobs::{Context, Engine, NativeEngine, Repositories, ResticEngine};
 use crate::notify::{Notifier, deliver_due};
-use crate::remote::{Progress, RemoteOptions, backup_via_agent, check_on_agent, restore_to_agent};
+use crate::remote::{Progress, RemoteOptions, check_on_agent};
 
 /// How often overdue plans and steps are looked for.
 const OVERDUE_SCAN: TimeDelta = TimeDelta::minutes(5);
@@ -203,99 +203,37 @@ async fn execute_claimed(
     metrics::gauge!("cadang_runs_running").increment(1.0);
     let handle = tokio::runtime::Handle::current();
     let progress: Progress = Arc::default();
-    let spec = spec_of(&plan);
-    // A backup through an agent needs the server's record (its name dates the snapshot).
-    let agent_server = match spec.as_ref().ok().and_then(|spec| spec.server) {
-        Some(server) if run.kind == "backup" => match app.server(server).await {
-            Ok(record) => Some(record),
-            Err(error) => {
-                tracing::warn!(run = %run.id, %error, "cannot load the plan's server");
-                None
-            }
-        },
-        _ => None,
+    let spec = spec_of(&plan).map_err(|error| error.to_string());
+    let engine = match &spec {
+        Ok(spec) => engine_for_plan(&app, &plan, spec, &run).await,
+        Err(error) => Err(error.clone()),
     };
-    let through_agent = agent_server.is_some();
-    // A plan on a restic repository: its password, opened from the catalog's secrets.
-    let restic_repo = match &spec {
-        Ok(spec) => match &spec.restic {
-            Some(target) => Some(match app.restic_password(spec).await {
-                Ok(Some(password)) => Ok(crate::restic::ResticRepo {
-                    location: target.repository.clone(),
-                    password: crate::restic::Secret::new(password.expose()),
-                    env: Vec::new(),
-                }),
-                Ok(None) => Err("the plan's restic repository has no password on file".to_owned()),
-                Err(error) => Err(error.to_string()),
-            }),
-            None => None,
-        },
-        Err(_) => None,
-    };
+    // A backup through an agent, handed back to the queue when this daemon stops.
+    let through_agent = engine.is_ok()
+        && run.kind == "backup"
+        && matches!(&spec, Ok(spec) if spec.server.is_some() && spec.restic.is_none());
     let work = {
         let run = run.clone();
         let cancel = cancel.clone();
         let progress = progress.clone();
-        tokio::task::spawn_blocking(move || match spec {
-            Ok(spec) if spec.restic.is_some() => match restic_repo {
-                Some(Ok(repo)) => handle.block_on(crate::jobs::execute_restic(
-                    &repositories,
-                    &repo,
-                    &spec,
-                    &run,
-                    sequence,
+        tokio::task::spawn_blocking(move || match (engine, spec) {
+            (Ok(engine), Ok(spec)) => {
+                let cx = Context {
+                    repositories: &repositories,
+                    hub: &hub,
+                    handle: &handle,
+                    agency_code: &agency_code,
                     cancel,
-                    &progress,
-                )),
-                Some(Err(error)) => RunEnd {
-                    status: "failed",
-                    stats_json: "{}".into(),
-                    snapshot_id: None,
-                    error: Some(error),
-                },
-                None => RunEnd {
-                    status: "failed",
-                    stats_json: "{}".into(),
-                    snapshot_id: None,
-                    error: Some("the plan's restic repository is not configured".into()),
-                },
-            },
-            Ok(spec) if spec.server.is_some() && run.kind == "backup" => match agent_server {
-                Some(server) => backup_via_agent(
-                    &repositories,
-                    &hub,
-                    &handle,
-                    &agency_code,
-                    &server,
-                    &spec,
-                    &run,
-                    cancel,
-                    Utc::now(),
-                    &progress,
+                    progress: &progress,
                     remote,
-                ),
-                None => RunEnd {
-                    status: "failed",
-                    stats_json: "{}".into(),
-                    snapshot_id: None,
-                    error: Some("the plan's server is not in the register".into()),
-                },
-            },
-            Ok(spec) => execute(
-                &repositories,
-                &handle,
-                &agency_code,
-                &spec,
-                &run,
-                sequence,
-                cancel,
-                Utc::now(),
-            ),
-            Err(error) => RunEnd {
+                };
+                engine.run(&cx, &spec, &run, sequence)
+            }
+            (Err(error), _) | (_, Err(error)) => RunEnd {
                 status: "failed",
                 stats_json: "{}".into(),
                 snapshot_id: None,
-                error: Some(error.to_string()),
+                error: Some(error),
             },
         })
     };
@@ -400,6 +338,50 @@ async fn execute_claimed(
     }
 }
 
+/// The engine a run of `plan` goes through: restic for a plan on a restic repository
+/// (its password opened from the catalog's secrets), else cadang's own, through the
+/// plan's server's agent for a backup of a plan on a server.
+async fn engine_for_plan(
+    app: &App,
+    plan: &crate::catalog::PlanRecord,
+    spec: &crate::app::PlanSpec,
+    run: &crate::catalog::RunRecord,
+) -> Result<Box<dyn Engine>, String> {
+    if spec.restic.is_some() {
+        return restic_engine(app, plan.id, plan.agency_id).await;
+    }
+    let agent_server = match spec.server {
+        Some(server) if run.kind == "backup" => {
+            Some(app.server(server).await.map_err(|error| {
+                tracing::warn!(run = %run.id, %error, "cannot load the plan's server");
+                "the plan's server is not in the register".to_owned()
+            })?)
+        }
+        _ => None,
+    };
+    Ok(Box::new(NativeEngine { agent_server }))
+}
+
+/// The engine of `plan`'s restic repository, which must be `agency`'s.
+async fn restic_engine(
+    app: &App,
+    plan: crate::catalog::PlanId,
+    agency: crate::catalog::AgencyId,
+) -> Result<Box<dyn Engine>, String> {
+    let (location, password) = app
+        .restic_repository_of(plan, agency)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(Box::new(ResticEngine {
+        plan,
+        repo: crate::restic::ResticRepo {
+            location,
+            password: crate::restic::Secret::new(password.expose()),
+            env: Vec::new(),
+        },
+    }))
+}
+
 /// Carries out a claimed restore to an agent connected here.
 #[allow(clippy::too_many_arguments)]
 async fn execute_restore(
@@ -434,6 +416,10 @@ async fn execute_restore(
             return;
         }
     };
+    let engine = match restore.plan_id {
+        Some(plan) => restic_engine(&app, plan, restore.agency_id).await,
+        None => Ok(Box::new(NativeEngine::default()) as Box<dyn Engine>),
+    };
     let progress: Progress = Arc::default();
     let handle = tokio::runtime::Handle::current();
     let work = {
@@ -441,19 +427,26 @@ async fn execute_restore(
         let cancel = cancel.clone();
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            let (mut end, snapshot) = restore_to_agent(
-                &repositories,
-                &hub,
-                &handle,
-                &code,
-                &source,
-                &target,
-                &restore,
-                cancel.clone(),
-                &progress,
+            let cx = Context {
+                repositories: &repositories,
+                hub: &hub,
+                handle: &handle,
+                agency_code: &code,
+                cancel: cancel.clone(),
+                progress: &progress,
                 remote,
-                None,
-            );
+            };
+            let (mut end, snapshot) = match engine {
+                Ok(engine) => engine.restore(&cx, &source, &target, &restore),
+                Err(error) => (
+                    RestoreEnd {
+                        status: "failed".into(),
+                        stats_json: "{}".into(),
+                        error: Some(error),
+                    },
+                    None,
+                ),
+            };
             // The plan's check runs once every file verified; its result is judged
             // with the files (C5).
             let check = restore

@@ -18,12 +18,22 @@ use std::time::{Duration, Instant};
 use e2e::*;
 use serde_json::Value;
 
-fn restic_on_path() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
+/// Restic on PATH; `None` (the test skips) when it is not installed, unless
+/// `CADANG_REQUIRE_RESTIC` says it must be.
+fn restic_or_skip() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("restic"))
             .find(|candidate| candidate.is_file())
-    })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CADANG_REQUIRE_RESTIC").is_none(),
+            "CADANG_REQUIRE_RESTIC is set but restic is not on PATH"
+        );
+        eprintln!("skipped: restic not installed (apt-get install -y restic)");
+    }
+    found
 }
 
 /// Restic run directly, as the data center did before cadang.
@@ -62,6 +72,39 @@ fn stats(run: &Value) -> Value {
     run["stats"].clone()
 }
 
+/// Adopts the restic repository `repo` (password in `password`) as plan `arsip-restic`
+/// backing up `source` daily at 02:00 (`cadang import restic`), with `extra` options.
+fn adopt(
+    server: &str,
+    token: &str,
+    request: i64,
+    (source, repo, password): (&Path, &Path, &Path),
+    extra: &[&str],
+) -> Value {
+    let request = request.to_string();
+    let source = source.display().to_string();
+    let repo = repo.display().to_string();
+    let password = password.display().to_string();
+    let mut args = vec![
+        "import",
+        "restic",
+        "--request",
+        &request,
+        "--name",
+        "arsip-restic",
+        "--path",
+        &source,
+        "--schedule",
+        "0 2 * * *",
+        "--restic-repo",
+        &repo,
+        "--restic-password-file",
+        &password,
+    ];
+    args.extend_from_slice(extra);
+    ok(server, token, &args)
+}
+
 fn install(wrapper: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(wrapper, text).unwrap();
@@ -70,12 +113,7 @@ fn install(wrapper: &Path, text: &str) {
 
 #[test]
 fn plans_on_restic_repositories_run_verify_restore_and_fail_clearly() {
-    let Some(real_restic) = restic_on_path() else {
-        assert!(
-            std::env::var_os("CADANG_REQUIRE_RESTIC").is_none(),
-            "CADANG_REQUIRE_RESTIC is set but restic is not on PATH"
-        );
-        eprintln!("skipped: restic not installed (apt-get install -y restic)");
+    let Some(real_restic) = restic_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -127,29 +165,12 @@ fn plans_on_restic_repositories_run_verify_restore_and_fail_clearly() {
     std::fs::write(source.join("index.html"), "<h1>arsip</h1>\n".repeat(100)).unwrap();
     std::os::unix::fs::symlink("index.html", source.join("beranda.html")).unwrap();
     let request = active_backup_request(&server, &site, site.dinkes, dir.path(), "arsip");
-    let adopted = ok(
+    let adopted = adopt(
         &server,
         &site.kasi,
-        &[
-            "import",
-            "restic",
-            "--request",
-            &request.to_string(),
-            "--name",
-            "arsip-restic",
-            "--path",
-            &source.display().to_string(),
-            "--schedule",
-            "0 2 * * *",
-            "--keep-last",
-            "1",
-            "--verify-parts",
-            "1",
-            "--restic-repo",
-            &repo.display().to_string(),
-            "--restic-password-file",
-            &password.display().to_string(),
-        ],
+        request,
+        (&source, &repo, &password),
+        &["--keep-last", "1", "--verify-parts", "1"],
     );
     let plan = adopted["plan"]["id"].as_i64().unwrap().to_string();
     // The password is in the catalog sealed, never in clear.
@@ -322,5 +343,359 @@ fn plans_on_restic_repositories_run_verify_restore_and_fail_clearly() {
     // The catalog is consistent and the repository usable: the next backup goes on.
     let after = run_now(&server, &site.petugas, &plan, "backup", 8);
     assert_eq!(after["status"], "ok", "{after}");
+    drop(daemon);
+}
+
+/// Restores from a plan on a restic repository reach the agency's server through its
+/// agent: restic restores on the daemon's host into a private staging copy, cadang
+/// verifies it against restic's listing, the agent verifies every chunk and file it
+/// writes, and the staging copy is gone afterwards — started directly (everything, or one
+/// path of an older snapshot) and as a restore request (procedure C). Restoring from a
+/// plan that is not the agency's, not on restic, or with a replica step is refused.
+#[test]
+fn restores_from_a_restic_plan_reach_the_agent_verified() {
+    if restic_or_skip().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &data,
+        &[("HOME", &dir.path().display().to_string())],
+        Some(&config),
+    );
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "arsip-web-01",
+        "SN-A1",
+    )
+    .to_string();
+    let kendal = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.kendal,
+        "kendal-01",
+        "SN-K1",
+    )
+    .to_string();
+    let token = ok(&server, &site.petugas, &["agent", "enroll-token", &web])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = dir.path().join("agent-web");
+    let enrolled = enroll(&server, &token, &state);
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
+    let _agent = AgentProcess::start(&state, &dir.path().join("agent-web.log"));
+
+    // The agency's data, backed up twice through restic into the adopted repository.
+    let repo = dir.path().join("restic-arsip");
+    let password = dir.path().join("restic-password");
+    std::fs::write(&password, "kata sandi arsip\n").unwrap();
+    restic(&repo, &password, &["init"]);
+    let source = dir.path().join("srv-arsip");
+    std::fs::create_dir_all(source.join("db")).unwrap();
+    std::fs::create_dir_all(source.join("html/gambar")).unwrap();
+    std::fs::write(source.join("db/dump.sql"), noise(21, (3 << 20) + 123)).unwrap();
+    std::fs::write(
+        source.join("html/index.html"),
+        "<h1>arsip</h1>\n".repeat(50),
+    )
+    .unwrap();
+    std::fs::write(source.join("html/gambar/kosong.png"), "").unwrap();
+    std::os::unix::fs::symlink("html/index.html", source.join("beranda.html")).unwrap();
+    let request = active_backup_request(&server, &site, site.dinkes, dir.path(), "arsip");
+    let plan = adopt(
+        &server,
+        &site.kasi,
+        request,
+        (&source, &repo, &password),
+        &[],
+    )["plan"]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan, 1)["status"], "ok");
+    step(&server, &site.kasi, request, "complete", 2, &[]);
+    let first = wait_for_run(&server, &site.kasi, &plan, 2);
+    assert_eq!(first["status"], "ok", "{first}");
+    let first_snapshot = first["snapshot_id"].as_str().unwrap().to_owned();
+    let first_tree = tree_of(&source);
+    std::fs::write(source.join("html/index.html"), "<h1>arsip baru</h1>\n").unwrap();
+    std::fs::write(source.join("db/baru.bin"), noise(22, 1 << 20)).unwrap();
+    let second = run_now(&server, &site.petugas, &plan, "backup", 3);
+    assert_eq!(second["status"], "ok", "{second}");
+    let second_tree = tree_of(&source);
+    let inside = |target: &Path| target.join(source.strip_prefix("/").unwrap());
+    let staging_left = || {
+        std::fs::read_dir(data.join("drills"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_name().to_string_lossy().starts_with("restore-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+
+    // Everything of the latest snapshot, to the agent.
+    let target = dir.path().join("dipulihkan");
+    // Restores of the plan's snapshots to the web server, waited for: the output and
+    // its JSON.
+    let restore_job = |target: &Path, extra: &[&str]| {
+        let target = target.display().to_string();
+        let mut args = vec![
+            "restore-job",
+            "start",
+            "--source",
+            &web,
+            "--from-plan",
+            &plan,
+            "--target",
+            &target,
+            "--wait",
+        ];
+        args.extend_from_slice(extra);
+        let output = cli(&server, &site.petugas, &args);
+        let shown: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (output, shown)
+    };
+    let (output, restored) = restore_job(&target, &[]);
+    assert!(output.status.success(), "{restored}");
+    assert_eq!(restored["status"], "ok", "{restored}");
+    assert_eq!(restored["plan_id"].to_string(), plan, "{restored}");
+    assert_eq!(
+        restored["snapshot"],
+        second["snapshot_id"].as_str().unwrap(),
+        "{restored}"
+    );
+    let restore_stats = &restored["stats"];
+    assert_eq!(restore_stats["engine"], "restic", "{restored}");
+    assert_eq!(restore_stats["files_failed"], 0, "{restored}");
+    assert!(
+        restore_stats["files_verified"].as_u64().unwrap() >= 4,
+        "{restored}"
+    );
+    assert_eq!(tree_of(&inside(&target)), second_tree);
+    assert_eq!(
+        std::fs::read_link(inside(&target).join("beranda.html")).unwrap(),
+        Path::new("html/index.html")
+    );
+    assert_eq!(staging_left(), 0, "the staging copy is removed");
+
+    // One path of the first snapshot, named by a prefix of its id.
+    let older = dir.path().join("dipulihkan-lama");
+    let db = source.join("db").display().to_string();
+    let (output, restored) = restore_job(
+        &older,
+        &["--snapshot", &first_snapshot[..10], "--path", &db],
+    );
+    assert!(output.status.success(), "{restored}");
+    assert_eq!(restored["status"], "ok", "{restored}");
+    assert_eq!(restored["snapshot"], first_snapshot.as_str(), "{restored}");
+    let only_db: std::collections::BTreeMap<String, Vec<u8>> = first_tree
+        .iter()
+        .filter(|(path, _)| path.starts_with("db"))
+        .map(|(path, bytes)| (path.clone(), bytes.clone()))
+        .collect();
+    assert_eq!(tree_of(&inside(&older)), only_db);
+    assert_eq!(staging_left(), 0, "the staging copy is removed");
+
+    // What may not be restored from.
+    let native = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &request.to_string(),
+            "--name",
+            "arsip-cadang",
+            "--path",
+            &source.display().to_string(),
+            "--schedule",
+            "0 5 * * *",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let nowhere = dir.path().join("tidak-ada").display().to_string();
+    let start = |source_server: &str, from: &str| {
+        vec![
+            "restore-job".to_owned(),
+            "start".into(),
+            "--source".into(),
+            source_server.into(),
+            "--from-plan".into(),
+            from.into(),
+            "--target".into(),
+            nowhere.clone(),
+        ]
+    };
+    let refuse = |args: Vec<String>, code: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&server, &site.petugas, &args, code)
+    };
+    let why = refuse(start(&web, &native), "INVALID_ARGUMENT");
+    assert!(why.contains("cadang repository"), "{why}");
+    let why = refuse(start(&kendal, &plan), "PERMISSION_DENIED");
+    assert!(why.contains("another agency"), "{why}");
+    refuse(start(&web, "999999"), "NOT_FOUND");
+    refused(
+        &server,
+        &site.skpd_other,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web,
+            "--from-plan",
+            &plan,
+            "--target",
+            &nowhere,
+        ],
+        "PERMISSION_DENIED",
+    );
+    assert!(!Path::new(&nowhere).exists());
+
+    // Procedure C from the restic plan: planned at C2, approved at C3, restored and
+    // verified by the system.
+    let form = write(
+        dir.path(),
+        "restore-arsip.toml",
+        &format!(
+            "server_id = {web}\nbackup_request = {request}\nrestore_point = \"terbaru\"\ntarget = \"server arsip-web-01\"\nreason = \"berkas arsip rusak\"\n"
+        ),
+    );
+    let restore_request = ok(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "restore",
+            "submit",
+            "--agency",
+            &site.dinkes.to_string(),
+            "--subject",
+            "Restore arsip",
+            "--form",
+            &form,
+        ],
+    )["request"]["id"]
+        .as_i64()
+        .unwrap();
+    step(&server, &site.kadin, restore_request, "complete", 1, &[]);
+    let id = restore_request.to_string();
+    let through_c = dir.path().join("dipulihkan-c");
+    let through_c_dir = through_c.display().to_string();
+    let plan_with = |fallback: &'static str| {
+        [
+            "restore-request",
+            "plan",
+            &id,
+            "--source",
+            &web,
+            "--from-plan",
+            &plan,
+            "--target",
+            &through_c_dir,
+            "--fallback",
+            fallback,
+        ]
+    };
+    let why = refused(
+        &server,
+        &site.petugas,
+        &plan_with("replica"),
+        "INVALID_ARGUMENT",
+    );
+    assert!(why.contains("replica"), "{why}");
+    let planned = ok(&server, &site.petugas, &plan_with("previous-snapshot"));
+    assert_eq!(
+        planned["plan"]["backup_plan"].to_string(),
+        plan,
+        "{planned}"
+    );
+    step(&server, &site.petugas, restore_request, "complete", 2, &[]);
+    step(
+        &server,
+        &site.kabid,
+        restore_request,
+        "decide",
+        3,
+        &["--yes", "--reason", "rencana restore disetujui"],
+    );
+    let output = cli(
+        &server,
+        &site.kasi,
+        &["restore-request", "show", &id, "--wait"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["state"], "verified", "{shown}");
+    assert_eq!(shown["attempts"][0]["attempt"], "primary", "{shown}");
+    assert_eq!(shown["attempts"][0]["status"], "ok", "{shown}");
+    assert_eq!(tree_of(&inside(&through_c)), second_tree);
+    assert_eq!(staging_left(), 0, "the staging copy is removed");
+
+    // Damage in the restic repository: the biggest data pack garbled. The restore does
+    // not report success, names what restic could not restore, and leaves no staging.
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(repo.join("data")).unwrap() {
+        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            packs.push((std::fs::metadata(&path).unwrap().len(), path));
+        }
+    }
+    let (_, biggest) = packs.into_iter().max().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut bytes = std::fs::read(&biggest).unwrap();
+        for byte in bytes.iter_mut().step_by(512) {
+            *byte ^= 0x5a;
+        }
+        std::fs::set_permissions(&biggest, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&biggest, bytes).unwrap();
+    }
+    let damaged = dir.path().join("dipulihkan-rusak");
+    let (output, shown) = restore_job(&damaged, &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "verify differences exit 3: {shown} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(shown["status"], "verify_differences", "{shown}");
+    assert!(
+        shown["stats"]["files_failed"].as_u64().unwrap() > 0,
+        "{shown}"
+    );
+    assert!(
+        shown["stats"]["failed"].to_string().contains("dump.sql"),
+        "the damaged file is named: {shown}"
+    );
+    assert_eq!(staging_left(), 0, "the staging copy is removed");
     drop(daemon);
 }

@@ -14,8 +14,8 @@ use super::secrets::random_bytes;
 use super::{App, AppError, Caller, SecretString};
 use crate::agent::inventory::Inventory;
 use crate::catalog::{
-    AgencyId, AgentId, AgentRecord, InventoryRecord, NewAgent, NewRestore, RequestId, RestoreId,
-    RestoreRecord, RunId, ServerId,
+    AgencyId, AgentId, AgentRecord, InventoryRecord, NewAgent, NewRestore, PlanId, RequestId,
+    RestoreId, RestoreRecord, RunId, ServerId,
 };
 use crate::workflow::Role;
 
@@ -54,6 +54,9 @@ pub struct StartRestore {
     pub target_dir: String,
     /// The restore request served.
     pub request_id: Option<RequestId>,
+    /// A plan on an existing restic repository to restore from instead of the
+    /// server's snapshots in the agency's cadang repository.
+    pub plan_id: Option<PlanId>,
 }
 
 /// A server's latest inventory.
@@ -639,6 +642,9 @@ impl App {
         work.require(&RESTORE_ROLES, "start restores")?;
         let source = work.tx.server(restore.server_id).await?;
         caller.check_agency(source.agency_id, &format!("server {}", source.id))?;
+        if let Some(plan) = restore.plan_id {
+            super::plans::restic_source(&mut work.tx, plan, source.agency_id).await?;
+        }
         let target = work.tx.server(restore.target_server_id).await?;
         if target.agency_id != source.agency_id {
             return Err(AppError::forbidden(format!(
@@ -717,12 +723,14 @@ impl App {
                     attempt: None,
                     use_replica: false,
                     check_json: None,
+                    plan_id: restore.plan_id,
                 },
                 now,
             )
             .await?;
         work.audit("restore.start", "restore", record.id).after = Some(serde_json::json!({
             "server": record.server_id, "target_server": record.target_server_id,
+            "plan": record.plan_id,
             "snapshot": record.snapshot, "paths": restore.paths, "target_dir": record.target_dir,
             "request": record.request_id,
         }));

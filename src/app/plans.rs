@@ -440,6 +440,32 @@ pub fn spec_of(record: &PlanRecord) -> Result<PlanSpec, AppError> {
         .map_err(|error| AppError::internal(format!("plan {}: {error}", record.id)))
 }
 
+/// The plan a restore reads instead of a server's cadang snapshots: `agency`'s own, on
+/// an existing restic repository.
+///
+/// # Errors
+/// [`AppError::NotFound`]; [`AppError::Forbidden`] for another agency's plan;
+/// [`AppError::InvalidInput`] for a plan on a cadang repository (whose snapshots are
+/// restored by server).
+pub(super) async fn restic_source(
+    tx: &mut crate::catalog::Tx,
+    plan: PlanId,
+    agency: AgencyId,
+) -> Result<PlanRecord, AppError> {
+    let record = tx.plan(plan).await?;
+    if record.agency_id != agency {
+        return Err(AppError::forbidden(format!(
+            "plan {plan} belongs to another agency: a restore never crosses agencies"
+        )));
+    }
+    if spec_of(&record)?.restic.is_none() {
+        return Err(AppError::invalid(format!(
+            "plan {plan} is on the agency's cadang repository: its snapshots are restored by server (leave the plan out)"
+        )));
+    }
+    Ok(record)
+}
+
 const KINDS: [&str; 5] = ["backup", "retention", "verify", "drill", "replicate"];
 
 /// A run claimed by a daemon, with what it needs to carry it out.
@@ -566,6 +592,32 @@ impl App {
         let mut tx = self.catalog().begin_read().await?;
         let record = tx.secret(secret).await?;
         Ok(Some(self.sealer().open(&record)?))
+    }
+
+    /// Where the restic repository of the plan a restore reads is, and its password: the
+    /// daemon's own lookup when it carries the restore out (who may restore was decided
+    /// when the restore was queued); the plan must still be `agency`'s and on restic.
+    ///
+    /// # Errors
+    /// As [`restic_source`]; [`AppError::InvalidInput`] without a password on file.
+    pub async fn restic_repository_of(
+        &self,
+        plan: PlanId,
+        agency: AgencyId,
+    ) -> Result<(String, super::SecretString), AppError> {
+        let record = {
+            let mut tx = self.catalog().begin_read().await?;
+            restic_source(&mut tx, plan, agency).await?
+        };
+        let spec = spec_of(&record)?;
+        let password = self.restic_password(&spec).await?.ok_or_else(|| {
+            AppError::invalid(format!("plan {plan} has no restic repository on file"))
+        })?;
+        let location = spec
+            .restic
+            .map(|restic| restic.repository)
+            .ok_or_else(|| AppError::invalid(format!("plan {plan} is not on restic")))?;
+        Ok((location, password))
     }
 
     /// Plans the caller may see (of one agency, or all).

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{App, AppError, Caller, Work};
 use crate::catalog::{
-    NewRestore, PendingStatus, RequestFilter, RequestId, RestorePlanRecord, RestoreRecord, ServerId,
+    NewRestore, PendingStatus, PlanId, RequestFilter, RequestId, RestorePlanRecord, RestoreRecord,
+    ServerId,
 };
 use crate::workflow::{
     Answer, Event, Flow, ProcedureDefinition, Role, StepNumber, SystemAction, Target,
@@ -34,6 +35,11 @@ const REASON_FILES: usize = 5;
 pub struct RestorePlan {
     /// The server whose backups are restored.
     pub server: ServerId,
+    /// A plan on an existing restic repository whose snapshots are restored, instead of
+    /// the server's snapshots in the agency's cadang repository (`server` then names
+    /// whose data it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_plan: Option<PlanId>,
     /// `latest`, a snapshot id (at least 4 hex digits), or `as-of:` followed by an
     /// RFC 3339 time (the newest snapshot taken at or before it).
     #[serde(default = "latest")]
@@ -178,6 +184,11 @@ impl RestorePlan {
                     "the check's timeout is 1–{MAX_CHECK_SECS} seconds"
                 )));
             }
+        }
+        if self.backup_plan.is_some() && self.fallback.contains(&FallbackStep::Replica) {
+            return Err(AppError::invalid(
+                "a restore from a plan on a restic repository has no `replica` step: replicas are made of cadang repositories",
+            ));
         }
         let mut seen = Vec::new();
         for step in &mut self.fallback {
@@ -610,6 +621,9 @@ impl App {
                     .map_or_else(|| "finished".to_owned(), |s| format!("at step {s}"))
             )));
         }
+        if let Some(source) = plan.backup_plan {
+            super::plans::restic_source(&mut work.tx, source, record.agency_id).await?;
+        }
         for server in plan.servers() {
             let found = work.tx.server(server).await?;
             if found.agency_id != record.agency_id {
@@ -961,6 +975,7 @@ impl App {
                     attempt: Some(attempt.label.to_owned()),
                     use_replica: attempt.use_replica,
                     check_json,
+                    plan_id: plan.backup_plan,
                 },
                 now,
             )
@@ -969,6 +984,7 @@ impl App {
             "request": record.id,
             "attempt": attempt.label,
             "server": plan.server,
+            "plan": plan.backup_plan,
             "target_server": attempt.server,
             "target_dir": attempt.dir,
             "snapshot": attempt.snapshot,
@@ -1046,6 +1062,7 @@ mod tests {
     fn plan(fallback: Vec<FallbackStep>) -> RestorePlan {
         RestorePlan {
             server: ServerId(1),
+            backup_plan: None,
             snapshot: "latest".into(),
             paths: vec![],
             target: RestoreTarget {
@@ -1089,6 +1106,7 @@ mod tests {
             attempt: Some("primary".into()),
             use_replica: false,
             check_json: None,
+            plan_id: None,
         }
     }
 

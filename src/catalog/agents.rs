@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::codec::{instant, parse_instant, parse_opt_instant};
-use super::{AgencyId, AgentId, CatalogError, RequestId, RestoreId, ServerId, Tx};
+use super::{AgencyId, AgentId, CatalogError, PlanId, RequestId, RestoreId, ServerId, Tx};
 
 /// A stored agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub struct NewRestore {
     pub use_replica: bool,
     /// The check run on the target after the files are verified (JSON).
     pub check_json: Option<String>,
+    /// The plan on a restic repository whose snapshots are restored; none for a
+    /// server's snapshots in the agency's cadang repository.
+    pub plan_id: Option<PlanId>,
 }
 
 /// How a restore ended, to record.
@@ -170,6 +173,8 @@ pub struct RestoreRecord {
     pub use_replica: bool,
     /// The check run on the target after the files are verified (JSON).
     pub check_json: Option<String>,
+    /// The plan on a restic repository restored from; none for cadang snapshots.
+    pub plan_id: Option<PlanId>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -240,6 +245,7 @@ struct RestoreRow {
     attempt: Option<String>,
     use_replica: bool,
     check_json: Option<String>,
+    plan_id: Option<i64>,
 }
 
 impl RestoreRow {
@@ -265,6 +271,7 @@ impl RestoreRow {
             attempt: self.attempt,
             use_replica: self.use_replica,
             check_json: self.check_json,
+            plan_id: self.plan_id.map(PlanId),
         })
     }
 }
@@ -283,7 +290,7 @@ macro_rules! select_restores {
         concat!(
             "SELECT id, agency_id, server_id, target_server_id, snapshot, paths_json, target_dir, ",
             "status, request_id, requested_by, queued_at, started_at, finished_at, lease_owner, ",
-            "attempts, stats_json, error, attempt, use_replica, check_json FROM restores ",
+            "attempts, stats_json, error, attempt, use_replica, check_json, plan_id FROM restores ",
             $tail
         )
     };
@@ -307,8 +314,8 @@ const LATEST_INVENTORY: &str = "SELECT server_id, agent_id, reported_at, invento
      FROM agent_inventories WHERE server_id = $1 ORDER BY reported_at DESC, id DESC LIMIT 1";
 const COUNT_INVENTORIES: &str = "SELECT COUNT(*) FROM agent_inventories WHERE server_id = $1";
 const INSERT_RESTORE: &str = "INSERT INTO restores (agency_id, server_id, target_server_id, snapshot, paths_json, \
-     target_dir, status, request_id, requested_by, queued_at, attempt, use_replica, check_json) \
-     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING id";
+     target_dir, status, request_id, requested_by, queued_at, attempt, use_replica, check_json, plan_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13) RETURNING id";
 const CLAIM_RESTORE: &str = "UPDATE restores SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = $4 \
      AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))";
@@ -586,6 +593,7 @@ impl Tx {
                 .bind(restore.attempt.as_deref())
                 .bind(restore.use_replica)
                 .bind(restore.check_json.as_deref())
+                .bind(restore.plan_id.map(|id| id.0))
                 .fetch_one(&mut *conn)
                 .await?
         });

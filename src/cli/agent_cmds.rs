@@ -107,6 +107,10 @@ pub enum RestoreJobCmd {
         /// The restore request (procedure C) it serves.
         #[arg(long)]
         request: Option<i64>,
+        /// Restore from this plan's existing restic repository instead of the server's
+        /// snapshots in the agency's cadang repository.
+        #[arg(long = "from-plan", value_name = "PLAN")]
+        from_plan: Option<i64>,
         /// Wait for the result, showing progress; exit 3 when files failed verification.
         #[arg(long)]
         wait: bool,
@@ -393,6 +397,7 @@ pub(super) fn restore_json(restore: &pb::Restore) -> serde_json::Value {
         "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
         "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
         "finished_at": restore.finished_at, "requested_by": restore.requested_by,
+        "plan_id": (restore.plan_id != 0).then_some(restore.plan_id),
         "request_id": restore.request_id, "attempt": restore.attempt,
         "use_replica": restore.use_replica,
         "check": serde_json::from_str::<serde_json::Value>(&restore.check_json).ok(),
@@ -466,6 +471,9 @@ fn print_restore(json: bool, restore: &pb::Restore) {
         restore.server_id, restore.target_server_id, restore.target_dir
     );
     println!("  snapshot {}", restore.snapshot);
+    if restore.plan_id != 0 {
+        println!("  from the restic repository of plan {}", restore.plan_id);
+    }
     if !restore.paths.is_empty() {
         println!("  paths {}", restore.paths.join(", "));
     }
@@ -504,6 +512,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     paths,
                     to_server,
                     request,
+                    from_plan,
                     wait: wait_for_it,
                 } => {
                     let restore = restores
@@ -514,6 +523,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             target_server_id: to_server.unwrap_or(0),
                             target_dir: target,
                             request_id: request.unwrap_or(0),
+                            plan_id: from_plan.unwrap_or(0),
                         }))
                         .await
                         .map_err(rpc_error)?

@@ -15,6 +15,8 @@ use crate::rpc::pb;
 use crate::rpc::pb::restore_service_client::RestoreServiceClient;
 
 /// `cadang restore-request …`
+// Parsed once per process: the size of the `plan` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum RestoreRequestCmd {
     /// Write the restore plan of a request at step 2 (a new version each time; step 3
@@ -28,6 +30,10 @@ pub enum RestoreRequestCmd {
         /// The server whose backups are restored.
         #[arg(long = "source", id = "source_server", value_name = "SERVER")]
         source: Option<i64>,
+        /// Restore from this plan's existing restic repository instead of the server's
+        /// snapshots in the agency's cadang repository.
+        #[arg(long = "from-plan", value_name = "PLAN")]
+        from_plan: Option<i64>,
         /// `latest`, a snapshot id (prefix), or `as-of:TIME` (RFC 3339).
         #[arg(long, default_value = "latest")]
         snapshot: String,
@@ -80,6 +86,7 @@ pub enum RestoreRequestCmd {
 fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::Value> {
     let RestoreRequestCmd::Plan {
         source,
+        from_plan,
         snapshot,
         paths,
         target_server,
@@ -120,6 +127,9 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
         "target": { "server": target_server.unwrap_or(source), "dir": target },
         "fallback": steps,
     });
+    if let Some(from_plan) = from_plan {
+        plan["backup_plan"] = json!(from_plan);
+    }
     if let Some(check) = check {
         let command: Vec<&str> = check.split_whitespace().collect();
         plan["check"] = json!({ "command": command, "timeout_secs": check_timeout });

@@ -15,7 +15,7 @@ use super::{Ctx, caller, status};
 use crate::app::restore_requests::{RestorePlan, RestoreRequestView};
 use crate::app::{AgentCaller, AppError, SpecDifference, StartRestore};
 use crate::catalog::{
-    AgencyId, AgentId, AgentRecord, RequestId, RestoreId, RestoreRecord, ServerId,
+    AgencyId, AgentId, AgentRecord, PlanId, RequestId, RestoreId, RestoreRecord, ServerId,
 };
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -81,6 +81,7 @@ pub fn restore(record: &RestoreRecord) -> pb::Restore {
         attempt: record.attempt.clone().unwrap_or_default(),
         use_replica: record.use_replica,
         check_json: record.check_json.clone().unwrap_or_default(),
+        plan_id: record.plan_id.map_or(0, |id| id.0),
     }
 }
 
@@ -358,6 +359,7 @@ impl restore_service_server::RestoreService for Restores {
                     target_server_id: target,
                     target_dir: message.target_dir,
                     request_id: opt_id("request_id", message.request_id)?.map(RequestId),
+                    plan_id: opt_id("plan_id", message.plan_id)?.map(PlanId),
                 },
                 self.0.now(),
             )

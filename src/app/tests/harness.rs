@@ -562,6 +562,7 @@ impl Env {
                 request,
                 crate::app::restore_requests::RestorePlan {
                     server: server.id,
+                    backup_plan: None,
                     snapshot: "latest".into(),
                     paths: Vec::new(),
                     target: crate::app::restore_requests::RestoreTarget {

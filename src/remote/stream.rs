@@ -1,0 +1,326 @@
+//! Streaming a restore to an agent, whatever the content comes from: the entries in
+//! order (directories before what they hold), each file's chunks after its entry, then
+//! the agent's per-file verdicts. The agent checks every chunk against the id the entry
+//! named (keyed BLAKE3 under the job's id key) and every file once written, so a restore
+//! reports success only for what arrived intact.
+//!
+//! The source of the content is behind [`RestoreSource`]: the agency's cadang repository
+//! (and its replica), or a staging copy that restic restored and cadang verified.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::runtime::Handle;
+
+use super::{Progress, Received, absorb, open_link, receive, send, set_progress};
+use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
+use crate::catalog::{RestoreRecord, Server};
+use crate::engine::format::encode_blob_payload;
+use crate::hub::AgentHub;
+use crate::rpc::pb;
+use crate::rpc::pb::daemon_message::Body as Down;
+
+/// Where a restore's file content comes from.
+pub(crate) trait RestoreSource {
+    /// The plaintext of chunk `n` of the file `entry`, which must hash to
+    /// `entry.content[n]` under the job's id key; or why it cannot be given (named as the
+    /// file's problem).
+    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<Vec<u8>, String>;
+}
+
+/// What a restore to be streamed is.
+pub(crate) struct Outgoing<'a> {
+    /// The agent's server.
+    pub target: &'a Server,
+    /// The job: id, target directory, id key and snapshot.
+    pub job: pb::RestoreJob,
+    /// The entries in order.
+    pub entries: Vec<pb::RestoreEntry>,
+    /// How long to wait for the agent to connect.
+    pub reconnect_wait: Duration,
+}
+
+impl<'a> Outgoing<'a> {
+    /// `restore`'s entries, named under `id_key`, as the snapshot `snapshot`.
+    pub(crate) fn for_restore(
+        target: &'a Server,
+        restore: &RestoreRecord,
+        id_key: [u8; 32],
+        snapshot: &str,
+        entries: Vec<pb::RestoreEntry>,
+        reconnect_wait: Duration,
+    ) -> Self {
+        Outgoing {
+            target,
+            job: pb::RestoreJob {
+                job_id: format!("restore:{}", restore.id),
+                target_dir: restore.target_dir.clone(),
+                id_key: id_key.to_vec(),
+                snapshot_id: snapshot.to_owned(),
+            },
+            entries,
+            reconnect_wait,
+        }
+    }
+}
+
+/// The agent finished: its verdicts, and what the daemon sent.
+pub(crate) struct Streamed {
+    /// Entries sent.
+    pub entries: u64,
+    /// Bytes of chunk payloads sent.
+    pub bytes_sent: u64,
+    /// The agent's summary.
+    pub done: pb::RestoreDone,
+    /// Files the agent could not write or verify.
+    pub failed: Vec<pb::FileProblem>,
+    /// Files (and directories) the source could not give.
+    pub unreadable: Vec<pb::FileProblem>,
+}
+
+fn end(status: &str, stats: serde_json::Value, error: Option<String>) -> RestoreEnd {
+    RestoreEnd {
+        status: status.to_owned(),
+        stats_json: stats.to_string(),
+        error,
+    }
+}
+
+/// Sends `outgoing` to its agent and collects the verdicts. `unreadable` holds what the
+/// caller already knows it cannot give (a directory unreadable in the repository); the
+/// chunks the source cannot give are added to it. A stream that ends, an agent that
+/// fails the job or a stop ends it with the [`RestoreEnd`] to record.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stream_restore(
+    handle: &Handle,
+    hub: &AgentHub,
+    outgoing: Outgoing<'_>,
+    source: &mut dyn RestoreSource,
+    mut unreadable: Vec<pb::FileProblem>,
+    cancel: &Arc<AtomicBool>,
+    progress: &Progress,
+) -> Result<Streamed, RestoreEnd> {
+    let Outgoing {
+        target,
+        job,
+        entries,
+        reconnect_wait,
+    } = outgoing;
+    let job_id = job.job_id.clone();
+    let snapshot = job.snapshot_id.clone();
+    let Some(mut link) = open_link(handle, hub, target, &job_id, reconnect_wait, cancel) else {
+        return Err(end(
+            "failed",
+            json!({ "snapshot": snapshot }),
+            Some(format!(
+                "the agent of server {} is not connected to this daemon",
+                target.id
+            )),
+        ));
+    };
+    let lost = || {
+        end(
+            "failed",
+            json!({ "snapshot": snapshot }),
+            Some(
+                "the agent's stream ended during the restore; start it again (restored files are replaced atomically, so a second run is safe)".into(),
+            ),
+        )
+    };
+    let stopped = || {
+        end(
+            "cancelled",
+            json!({ "snapshot": snapshot }),
+            Some("stopped by the daemon".into()),
+        )
+    };
+    if !send(handle, &link, Down::Restore(job)) {
+        return Err(lost());
+    }
+    let mut failed: Vec<pb::FileProblem> = Vec::new();
+    let mut verified = 0u64;
+    let mut done: Option<pb::RestoreDone> = None;
+    let mut agent_failure: Option<String> = None;
+    let total = entries.len() as u64;
+    let mut bytes_sent = 0u64;
+    for (n, entry) in entries.into_iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            send(
+                handle,
+                &link,
+                Down::Cancel(pb::CancelJob {
+                    job_id: job_id.clone(),
+                    reason: "the daemon stops".into(),
+                }),
+            );
+            hub.close_job(target.id, &job_id);
+            return Err(stopped());
+        }
+        // Drain what the agent said so far, so neither side waits on a full stream.
+        while let Ok(message) = link.inbound.try_recv() {
+            absorb(
+                message,
+                &mut failed,
+                &mut verified,
+                &mut done,
+                &mut agent_failure,
+            );
+        }
+        if agent_failure.is_some() {
+            break;
+        }
+        if !send(handle, &link, Down::RestoreEntry(entry.clone())) {
+            return Err(lost());
+        }
+        // After a chunk the source cannot give, the file's other chunks are sent empty:
+        // the agent fails the file and keeps what was there before.
+        let mut file_problem: Option<String> = None;
+        for index in 0..entry.content.len() {
+            let chunk = if file_problem.is_some() {
+                pb::RestoreChunk::default()
+            } else {
+                match source.chunk(&entry, index) {
+                    Ok(data) => {
+                        let mut payload = Vec::with_capacity(data.len() / 2);
+                        encode_blob_payload(&data, 1, &mut payload);
+                        bytes_sent += payload.len() as u64;
+                        pb::RestoreChunk {
+                            payload,
+                            raw_len: data.len() as u32,
+                        }
+                    }
+                    Err(reason) => {
+                        file_problem = Some(reason);
+                        pb::RestoreChunk::default()
+                    }
+                }
+            };
+            if !send(handle, &link, Down::RestoreChunk(chunk)) {
+                return Err(lost());
+            }
+        }
+        if let Some(reason) = file_problem {
+            unreadable.push(pb::FileProblem {
+                path: format!("/{}", String::from_utf8_lossy(&entry.path)),
+                reason,
+            });
+        }
+        if n % 200 == 0 {
+            set_progress(
+                progress,
+                json!({ "snapshot": snapshot, "entries_sent": n, "entries": total,
+                        "bytes_sent": bytes_sent, "files_verified": verified }),
+            );
+        }
+    }
+    if agent_failure.is_none()
+        && !send(
+            handle,
+            &link,
+            Down::RestoreEnd(pb::RestoreEnd {
+                job_id: job_id.clone(),
+                entries: total,
+                unreadable: unreadable.clone(),
+            }),
+        )
+    {
+        return Err(lost());
+    }
+    while done.is_none() && agent_failure.is_none() {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        match receive(handle, &mut link) {
+            Received::Message(message) => absorb(
+                message,
+                &mut failed,
+                &mut verified,
+                &mut done,
+                &mut agent_failure,
+            ),
+            Received::Idle => {}
+            Received::Closed => return Err(lost()),
+        }
+    }
+    hub.close_job(target.id, &job_id);
+    if let Some(error) = agent_failure {
+        return Err(end(
+            "failed",
+            json!({ "snapshot": snapshot }),
+            Some(format!("the agent could not restore: {error}")),
+        ));
+    }
+    let Some(done) = done else {
+        return Err(stopped());
+    };
+    Ok(Streamed {
+        entries: total,
+        bytes_sent,
+        done,
+        failed,
+        unreadable,
+    })
+}
+
+impl Streamed {
+    /// The restore's end: `ok` only when the agent verified every file and the source
+    /// gave everything; the statistics name each failed file once (the source's reason
+    /// first, which says where the content was damaged). `extra` is merged into the
+    /// statistics.
+    pub(crate) fn judged(&self, snapshot: &str, extra: serde_json::Value) -> RestoreEnd {
+        // Unreadable content fails its file on the agent too (which names it relative to
+        // the target, without the leading `/`): list each file once.
+        let known: HashSet<&str> = self
+            .unreadable
+            .iter()
+            .map(|problem| problem.path.trim_start_matches('/'))
+            .collect();
+        let listed: Vec<serde_json::Value> = self
+            .unreadable
+            .iter()
+            .chain(
+                self.failed
+                    .iter()
+                    .filter(|problem| !known.contains(problem.path.trim_start_matches('/'))),
+            )
+            .take(MAX_FAILED_LISTED)
+            .map(|problem| json!({ "path": problem.path, "reason": problem.reason }))
+            .collect();
+        // What the source could not give and the agent never saw (a directory unreadable
+        // in the repository, a file restic could not restore) is only known here.
+        let failed_on_agent: HashSet<&str> = self
+            .failed
+            .iter()
+            .map(|problem| problem.path.trim_start_matches('/'))
+            .collect();
+        let only_here = self
+            .unreadable
+            .iter()
+            .filter(|problem| !failed_on_agent.contains(problem.path.trim_start_matches('/')))
+            .count() as u64;
+        let files_failed = self.done.files_failed + only_here;
+        let ok = files_failed == 0 && self.unreadable.is_empty();
+        let mut stats = json!({
+            "snapshot": snapshot,
+            "entries": self.entries,
+            "files_verified": self.done.files_verified,
+            "files_failed": files_failed,
+            "bytes": self.done.bytes,
+            "bytes_sent": self.bytes_sent,
+            "failed": listed,
+        });
+        if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
+            stats.extend(extra);
+        }
+        end(
+            if ok { "ok" } else { "verify_differences" },
+            stats,
+            (!ok).then(|| {
+                format!("{files_failed} file(s) could not be restored and verified; see the list")
+            }),
+        )
+    }
+}
