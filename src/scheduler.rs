@@ -374,11 +374,10 @@ async fn restic_engine(
         .map_err(|error| error.to_string())?;
     Ok(Box::new(ResticEngine {
         plan,
-        repo: crate::restic::ResticRepo {
+        repo: crate::restic::ResticRepo::new(
             location,
-            password: crate::restic::Secret::new(password.expose()),
-            env: Vec::new(),
-        },
+            crate::restic::Secret::new(password.expose()),
+        ),
     }))
 }
 

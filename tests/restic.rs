@@ -442,6 +442,35 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
     let second = run_now(&server, &site.petugas, &plan, "backup", 3);
     assert_eq!(second["status"], "ok", "{second}");
     let second_tree = tree_of(&source);
+    // What a restore from the plan chooses among: the repository's snapshots, oldest
+    // first, as restic lists them.
+    let listed = ok(
+        &server,
+        &site.petugas,
+        &["restore-job", "snapshots", &web, "--from-plan", &plan],
+    );
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|snapshot| snapshot["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            first_snapshot.as_str(),
+            second["snapshot_id"].as_str().unwrap()
+        ],
+        "{listed}"
+    );
+    assert_eq!(listed[1]["host"], "cadang-daemon", "{listed}");
+    assert_eq!(listed[1]["run_id"], second["id"], "{listed}");
+    refused(
+        &server,
+        &site.petugas,
+        &["restore-job", "snapshots", &kendal, "--from-plan", &plan],
+        "PERMISSION_DENIED",
+    );
     let inside = |target: &Path| target.join(source.strip_prefix("/").unwrap());
     let staging_left = || {
         std::fs::read_dir(data.join("drills"))

@@ -137,6 +137,10 @@ pub enum RestoreJobCmd {
         /// Server id in the register.
         #[arg(id = "server_id", value_name = "SERVER")]
         server: i64,
+        /// List the snapshots of this plan's existing restic repository instead (what
+        /// `start --from-plan` restores from).
+        #[arg(long = "from-plan", value_name = "PLAN")]
+        from_plan: Option<i64>,
     },
 }
 
@@ -585,10 +589,11 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     }
                     Ok(ExitCode::Ok)
                 }
-                RestoreJobCmd::Snapshots { server } => {
+                RestoreJobCmd::Snapshots { server, from_plan } => {
                     let list = restores
                         .list_server_snapshots(conn.req(pb::ListServerSnapshotsRequest {
                             server_id: server,
+                            plan_id: from_plan.unwrap_or(0),
                         }))
                         .await
                         .map_err(rpc_error)?
@@ -598,7 +603,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                         print_json(
                             &list
                                 .iter()
-                                .map(|s| json!({"id": s.id, "time": s.time, "paths": s.paths, "files": s.files, "bytes": s.bytes, "run_id": s.run_id}))
+                                .map(|s| json!({"id": s.id, "time": s.time, "host": s.host, "paths": s.paths, "files": s.files, "bytes": s.bytes, "run_id": s.run_id}))
                                 .collect::<Vec<_>>(),
                         );
                     } else {

@@ -33,7 +33,9 @@ use crate::catalog::{PlanId, RestoreRecord, Server};
 use crate::engine::crypto::IdKeys;
 use crate::hub::AgentHub;
 use crate::jobs::Repositories;
-use crate::restic::{Cancel, Restic, ResticError, ResticRepo, RestoreOptions, RestoreProblem};
+use crate::restic::{
+    Cancel, Restic, ResticError, ResticRepo, ResticSnapshot, RestoreOptions, RestoreProblem,
+};
 use crate::rpc::pb;
 
 /// Length of the pieces a staged file is sent in.
@@ -235,6 +237,37 @@ pub fn restore_from_restic(
     (end, Some(snapshot_hex))
 }
 
+/// Every snapshot of the restic repository `repo`, oldest first: what a restore from
+/// it chooses among.
+///
+/// # Errors
+/// The binary missing or restic failing, with the reason.
+pub async fn restic_snapshots(
+    repositories: &Repositories,
+    repo: &ResticRepo,
+) -> Result<Vec<ResticSnapshot>, String> {
+    let restic = Restic::locate(repositories.restic_binary())
+        .await
+        .map_err(|error| error.to_string())?;
+    sorted_snapshots(&restic, repo).await
+}
+
+async fn sorted_snapshots(
+    restic: &Restic,
+    repo: &ResticRepo,
+) -> Result<Vec<ResticSnapshot>, String> {
+    let mut snapshots = restic
+        .snapshots(repo, &[])
+        .await
+        .map_err(|error| error.to_string())?;
+    snapshots.sort_by(|a, b| {
+        a.time
+            .cmp(&b.time)
+            .then_with(|| a.id.as_str().cmp(b.id.as_str()))
+    });
+    Ok(snapshots)
+}
+
 /// Restic's half: the snapshot chosen among all of the repository's, restored into
 /// staging and verified. Returns the staging directory, the snapshot's full id, the
 /// paths restic could not restore, and how many files its verification read back; or
@@ -250,15 +283,9 @@ async fn restic_part(
     let restic = Restic::locate(repositories.restic_binary())
         .await
         .map_err(|error| (error.to_string(), None))?;
-    let mut snapshots = restic
-        .snapshots(repo, &[])
+    let snapshots = sorted_snapshots(&restic, repo)
         .await
-        .map_err(|error| (error.to_string(), None))?;
-    snapshots.sort_by(|a, b| {
-        a.time
-            .cmp(&b.time)
-            .then_with(|| a.id.as_str().cmp(b.id.as_str()))
-    });
+        .map_err(|error| (error, None))?;
     let position = choose_position(
         &snapshots,
         |snapshot| snapshot.id.as_str().to_owned(),
@@ -267,7 +294,10 @@ async fn restic_part(
         &format!("the restic repository of plan {plan}"),
     )
     .map_err(|error| (error, None))?;
-    let snapshot = snapshots[position].id.as_str().to_owned();
+    let snapshot = snapshots
+        .get(position)
+        .map(|chosen| chosen.id.as_str().to_owned())
+        .ok_or_else(|| (format!("no snapshot `{}`", restore.snapshot), None))?;
     let resolved = Some(snapshot.clone());
     set_progress(
         progress,

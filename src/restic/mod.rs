@@ -81,6 +81,17 @@ pub struct ResticRepo {
     pub env: Vec<(String, String)>,
 }
 
+impl ResticRepo {
+    /// The repository at `location`, opened with `password`, with no extra environment.
+    pub fn new(location: impl Into<String>, password: Secret) -> Self {
+        ResticRepo {
+            location: location.into(),
+            password,
+            env: Vec::new(),
+        }
+    }
+}
+
 impl fmt::Debug for ResticRepo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Backend variables are often credentials: show their names only.

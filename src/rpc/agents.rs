@@ -17,6 +17,7 @@ use crate::app::{AgentCaller, AppError, SpecDifference, StartRestore};
 use crate::catalog::{
     AgencyId, AgentId, AgentRecord, PlanId, RequestId, RestoreId, RestoreRecord, ServerId,
 };
+use crate::restic::{ResticRepo, Secret};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -61,6 +62,13 @@ fn agent(record: &AgentRecord, connected: bool, now: chrono::DateTime<chrono::Ut
 }
 
 /// The wire form of a restore.
+/// The run that made a snapshot, from its `run:N` tag; 0 when unknown.
+fn run_of(tags: &[String]) -> i64 {
+    tags.iter()
+        .find_map(|tag| tag.strip_prefix("run:")?.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn restore(record: &RestoreRecord) -> pb::Restore {
     pb::Restore {
         id: record.id.0,
@@ -476,6 +484,37 @@ impl restore_service_server::RestoreService for Restores {
                 "this daemon has no repositories configured",
             ));
         };
+        if let Some(plan) = opt_id("plan_id", request.get_ref().plan_id)?.map(PlanId) {
+            let (location, password) = self
+                .0
+                .app
+                .restic_repository_of(plan, record.agency_id)
+                .await
+                .map_err(status)?;
+            let repo = ResticRepo::new(location, Secret::new(password.expose()));
+            let listed = crate::remote::restic::restic_snapshots(&repositories, &repo)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, %plan, "cannot list a restic repository's snapshots");
+                    Status::unavailable(format!(
+                        "the restic repository of plan {plan} cannot be read now; the daemon's log has the cause"
+                    ))
+                })?;
+            return Ok(Response::new(ListServerSnapshotsResponse {
+                snapshots: listed
+                    .iter()
+                    .map(|snapshot| ServerSnapshot {
+                        id: snapshot.id.to_string(),
+                        time: convert::time(snapshot.time),
+                        paths: snapshot.paths.clone(),
+                        files: 0,
+                        bytes: 0,
+                        run_id: run_of(&snapshot.tags),
+                        host: snapshot.host.clone(),
+                    })
+                    .collect(),
+            }));
+        }
         let handle = tokio::runtime::Handle::current();
         let listed = tokio::task::spawn_blocking(move || {
             let repository = repositories.open(&handle, &code, None, None)?;
@@ -498,11 +537,8 @@ impl restore_service_server::RestoreService for Restores {
                     paths: snapshot.paths.clone(),
                     files: snapshot.summary.total_files_processed as i64,
                     bytes: snapshot.summary.total_bytes_processed as i64,
-                    run_id: snapshot
-                        .tags
-                        .iter()
-                        .find_map(|tag| tag.strip_prefix("run:")?.parse().ok())
-                        .unwrap_or(0),
+                    run_id: run_of(&snapshot.tags),
+                    host: snapshot.hostname.clone(),
                 })
                 .collect(),
         }))
