@@ -122,6 +122,66 @@ impl Repositories {
         })
     }
 
+    /// The replica of the restic repository of `plan` (of `agency_code`): a restic
+    /// repository of its own beside the agency's cadang replica,
+    /// `<replica root>/<agency code>.restic-plan-<plan>` (agency codes hold no `.`, so
+    /// it never meets an agency's repository), made by the first `replicate` run with
+    /// the primary's chunker parameters. Its password is derived from the daemon's key,
+    /// as the cadang replicas' are; it is never stored. An `s3://bucket/prefix` root
+    /// becomes restic's `s3:<endpoint>/bucket/prefix/…` with the replica store's
+    /// endpoint and region; credentials come from the daemon's `AWS_*` environment,
+    /// as for the cadang replicas.
+    ///
+    /// # Errors
+    /// "no replica configured" without `replica_root`; a root restic cannot address.
+    pub fn restic_replica(
+        &self,
+        agency_code: &str,
+        plan: crate::catalog::PlanId,
+    ) -> Result<crate::restic::ResticRepo, String> {
+        let root = self
+            .replica_root
+            .as_deref()
+            .ok_or_else(|| "no replica configured ([repositories] replica_root)".to_owned())?;
+        let agency = agency_code.to_ascii_lowercase();
+        let name = format!("{agency}.restic-plan-{plan}");
+        let mut env = Vec::new();
+        let location = if let Some(rest) = root.strip_prefix("s3://") {
+            let endpoint = self
+                .replica_store
+                .s3_endpoint
+                .clone()
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                .filter(|endpoint| !endpoint.trim().is_empty())
+                .unwrap_or_else(|| "s3.amazonaws.com".to_owned());
+            if let Some(region) = &self.replica_store.s3_region {
+                env.push(("AWS_DEFAULT_REGION".to_owned(), region.clone()));
+            }
+            format!(
+                "s3:{}/{}/{name}",
+                endpoint.trim_end_matches('/'),
+                rest.trim_matches('/')
+            )
+        } else if root.contains("://") {
+            return Err(format!(
+                "restic cannot address the replica root {root}; plans on restic repositories replicate to a directory or an s3:// root"
+            ));
+        } else {
+            if let Err(error) = std::fs::create_dir_all(root) {
+                return Err(format!("cannot create {root}: {error}"));
+            }
+            format!("{}/{name}", root.trim_end_matches('/'))
+        };
+        let replica_key = blake3::derive_key(RESTIC_REPLICA_PASSWORD_CONTEXT, &self.key);
+        let password = blake3::keyed_hash(&replica_key, name.as_bytes());
+        let mut repo = crate::restic::ResticRepo::new(
+            location,
+            crate::restic::Secret::new(password.to_hex().to_string()),
+        );
+        repo.env = env;
+        Ok(repo)
+    }
+
     /// Where restore drills put their restored trees (each removed after its check).
     #[must_use]
     pub fn with_scratch(mut self, scratch: PathBuf) -> Self {
@@ -279,6 +339,8 @@ impl Repositories {
 
 /// Derivation context of the replica passwords (from the repositories' sub-key).
 const REPLICA_PASSWORD_CONTEXT: &str = "cadang 2026-11 replica repository password v1";
+/// Derivation context of the passwords of restic plans' replicas.
+const RESTIC_REPLICA_PASSWORD_CONTEXT: &str = "cadang 2026-12 restic replica password v1";
 
 /// Key slots of the daemon's repositories: the passwords have 256 bits of entropy, so
 /// Argon2id at its lowest recommended cost.
@@ -1048,6 +1110,72 @@ mod tests {
             assert_eq!(seen, (1..=parts).collect::<Vec<_>>(), "t = {parts}");
         }
         assert_eq!(verify_part(7, 7), (1, 7), "the next cycle starts over");
+    }
+
+    #[test]
+    fn restic_replicas_have_their_own_place_and_password_per_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Repositories::new("/srv/repos".into(), [3; 32], StoreOptions::default());
+        let refused = plain.restic_replica("DINKES", crate::catalog::PlanId(4));
+        assert!(refused.unwrap_err().contains("no replica configured"));
+
+        let root = dir.path().join("replicas");
+        let local = plain.with_replica(Some(root.display().to_string()), StoreOptions::default());
+        let four = local
+            .restic_replica("DINKES", crate::catalog::PlanId(4))
+            .unwrap();
+        let five = local
+            .restic_replica("dinkes", crate::catalog::PlanId(5))
+            .unwrap();
+        assert_eq!(
+            four.location,
+            format!("{}/dinkes.restic-plan-4", root.display())
+        );
+        assert!(four.env.is_empty());
+        assert_ne!(four.password.expose(), five.password.expose());
+        assert_eq!(four.password.expose().len(), 64);
+        assert_ne!(
+            four.password.expose(),
+            local.replica_password("dinkes").expose(),
+            "never the cadang replica's password"
+        );
+        assert_eq!(
+            four.password.expose(),
+            local
+                .restic_replica("dinkes", crate::catalog::PlanId(4))
+                .unwrap()
+                .password
+                .expose(),
+            "derived, so the same every time"
+        );
+
+        let s3 = Repositories::new("/srv/repos".into(), [3; 32], StoreOptions::default())
+            .with_replica(
+                Some("s3://backups/replicas/".into()),
+                StoreOptions {
+                    s3_endpoint: Some("http://127.0.0.1:9000/".into()),
+                    s3_region: Some("id-west-1".into()),
+                },
+            );
+        let remote = s3
+            .restic_replica("dinkes", crate::catalog::PlanId(4))
+            .unwrap();
+        assert_eq!(
+            remote.location,
+            "s3:http://127.0.0.1:9000/backups/replicas/dinkes.restic-plan-4"
+        );
+        assert_eq!(
+            remote.env,
+            [("AWS_DEFAULT_REGION".to_owned(), "id-west-1".to_owned())]
+        );
+        let other = Repositories::new("/srv/repos".into(), [3; 32], StoreOptions::default())
+            .with_replica(Some("gs://bucket".into()), StoreOptions::default());
+        assert!(
+            other
+                .restic_replica("dinkes", crate::catalog::PlanId(4))
+                .unwrap_err()
+                .contains("restic cannot address")
+        );
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

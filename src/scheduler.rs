@@ -368,17 +368,14 @@ async fn restic_engine(
     plan: crate::catalog::PlanId,
     agency: crate::catalog::AgencyId,
 ) -> Result<Box<dyn Engine>, String> {
-    let (location, password) = app
+    let (location, password, env) = app
         .restic_repository_of(plan, agency)
         .await
         .map_err(|error| error.to_string())?;
-    Ok(Box::new(ResticEngine {
-        plan,
-        repo: crate::restic::ResticRepo::new(
-            location,
-            crate::restic::Secret::new(password.expose()),
-        ),
-    }))
+    let mut repo =
+        crate::restic::ResticRepo::new(location, crate::restic::Secret::new(password.expose()));
+    repo.env = env;
+    Ok(Box::new(ResticEngine { plan, repo }))
 }
 
 /// Carries out a claimed restore to an agent connected here.

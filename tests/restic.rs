@@ -10,6 +10,7 @@
 //! `CADANG_REQUIRE_RESTIC=1`, which turns a missing binary into a failure).
 
 mod e2e;
+mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -350,8 +351,10 @@ fn plans_on_restic_repositories_run_verify_restore_and_fail_clearly() {
 /// agent: restic restores on the daemon's host into a private staging copy, cadang
 /// verifies it against restic's listing, the agent verifies every chunk and file it
 /// writes, and the staging copy is gone afterwards — started directly (everything, or one
-/// path of an older snapshot) and as a restore request (procedure C). Restoring from a
-/// plan that is not the agency's, not on restic, or with a replica step is refused.
+/// path of an older snapshot) and as a restore request (procedure C). The plan's restic
+/// replica is made and filled by replicate runs, and when the primary is damaged the
+/// replica step of procedure C restores the same snapshot from it. Restoring from a
+/// plan that is not the agency's or not on restic is refused.
 #[test]
 fn restores_from_a_restic_plan_reach_the_agent_verified() {
     if restic_or_skip().is_none() {
@@ -362,7 +365,10 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
     let config = dir.path().join("cadang.toml");
     std::fs::write(
         &config,
-        "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n",
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n[repositories]\nreplica_root = \"{}\"\n",
+            dir.path().join("replicas").display()
+        ),
     )
     .unwrap();
     let daemon = Daemon::start(
@@ -605,89 +611,123 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
     );
     assert!(!Path::new(&nowhere).exists());
 
-    // Procedure C from the restic plan: planned at C2, approved at C3, restored and
-    // verified by the system.
-    let form = write(
-        dir.path(),
-        "restore-arsip.toml",
-        &format!(
-            "server_id = {web}\nbackup_request = {request}\nrestore_point = \"terbaru\"\ntarget = \"server arsip-web-01\"\nreason = \"berkas arsip rusak\"\n"
-        ),
-    );
-    let restore_request = ok(
-        &server,
-        &site.skpd,
-        &[
-            "request",
-            "restore",
-            "submit",
-            "--agency",
-            &site.dinkes.to_string(),
-            "--subject",
-            "Restore arsip",
-            "--form",
-            &form,
-        ],
-    )["request"]["id"]
-        .as_i64()
-        .unwrap();
-    step(&server, &site.kadin, restore_request, "complete", 1, &[]);
-    let id = restore_request.to_string();
-    let through_c = dir.path().join("dipulihkan-c");
-    let through_c_dir = through_c.display().to_string();
-    let plan_with = |fallback: &'static str| {
-        [
-            "restore-request",
-            "plan",
-            &id,
-            "--source",
-            &web,
-            "--from-plan",
-            &plan,
-            "--target",
-            &through_c_dir,
-            "--fallback",
-            fallback,
-        ]
+    // Procedure C from the restic plan: planned at C2 with a fallback chain, approved
+    // at C3, restored and judged by the system; the request as shown once settled.
+    let procedure_c = |name: &str, target: &Path, fallback: &str| {
+        let form = write(
+            dir.path(),
+            &format!("restore-{name}.toml"),
+            &format!(
+                "server_id = {web}\nbackup_request = {request}\nrestore_point = \"terbaru\"\ntarget = \"server arsip-web-01\"\nreason = \"berkas arsip rusak\"\n"
+            ),
+        );
+        let restore_request = ok(
+            &server,
+            &site.skpd,
+            &[
+                "request",
+                "restore",
+                "submit",
+                "--agency",
+                &site.dinkes.to_string(),
+                "--subject",
+                name,
+                "--form",
+                &form,
+            ],
+        )["request"]["id"]
+            .as_i64()
+            .unwrap();
+        step(&server, &site.kadin, restore_request, "complete", 1, &[]);
+        let id = restore_request.to_string();
+        let planned = ok(
+            &server,
+            &site.petugas,
+            &[
+                "restore-request",
+                "plan",
+                &id,
+                "--source",
+                &web,
+                "--from-plan",
+                &plan,
+                "--target",
+                &target.display().to_string(),
+                "--fallback",
+                fallback,
+            ],
+        );
+        assert_eq!(
+            planned["plan"]["backup_plan"].to_string(),
+            plan,
+            "{planned}"
+        );
+        step(&server, &site.petugas, restore_request, "complete", 2, &[]);
+        step(
+            &server,
+            &site.kabid,
+            restore_request,
+            "decide",
+            3,
+            &["--yes", "--reason", "rencana restore disetujui"],
+        );
+        let output = cli(
+            &server,
+            &site.kasi,
+            &["restore-request", "show", &id, "--wait"],
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
     };
-    let why = refused(
-        &server,
-        &site.petugas,
-        &plan_with("replica"),
-        "INVALID_ARGUMENT",
-    );
-    assert!(why.contains("replica"), "{why}");
-    let planned = ok(&server, &site.petugas, &plan_with("previous-snapshot"));
-    assert_eq!(
-        planned["plan"]["backup_plan"].to_string(),
-        plan,
-        "{planned}"
-    );
-    step(&server, &site.petugas, restore_request, "complete", 2, &[]);
-    step(
-        &server,
-        &site.kabid,
-        restore_request,
-        "decide",
-        3,
-        &["--yes", "--reason", "rencana restore disetujui"],
-    );
-    let output = cli(
-        &server,
-        &site.kasi,
-        &["restore-request", "show", &id, "--wait"],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let through_c = dir.path().join("dipulihkan-c");
+    let shown = procedure_c("Restore arsip", &through_c, "previous-snapshot");
     assert_eq!(shown["state"], "verified", "{shown}");
     assert_eq!(shown["attempts"][0]["attempt"], "primary", "{shown}");
     assert_eq!(shown["attempts"][0]["status"], "ok", "{shown}");
     assert_eq!(tree_of(&inside(&through_c)), second_tree);
     assert_eq!(staging_left(), 0, "the staging copy is removed");
+
+    // The plan's replica: a restic repository of its own under the replica root, made by
+    // the first replicate run with the primary's chunker parameters, holding a copy of
+    // every snapshot; a second run finds nothing to copy.
+    let replicated = run_now(&server, &site.petugas, &plan, "replicate", 4);
+    assert_eq!(replicated["status"], "ok", "{replicated}");
+    let copied = stats(&replicated);
+    assert_eq!(copied["snapshots_copied"], 2, "{replicated}");
+    assert_eq!(copied["snapshots_pending"], 0, "{replicated}");
+    assert_eq!(copied["verify_errors"], 0, "{replicated}");
+    let replica_repo = PathBuf::from(copied["replica"].as_str().unwrap());
+    assert!(
+        replica_repo.starts_with(dir.path().join("replicas")),
+        "{replicated}"
+    );
+    assert!(
+        replica_repo
+            .display()
+            .to_string()
+            .ends_with(&format!(".restic-plan-{plan}")),
+        "{replicated}"
+    );
+    assert!(replica_repo.join("config").is_file());
+    let again = run_now(&server, &site.petugas, &plan, "replicate", 5);
+    assert_eq!(again["status"], "ok", "{again}");
+    assert_eq!(stats(&again)["snapshots_copied"], 0, "{again}");
+    assert_eq!(stats(&again)["snapshots_skipped"], 2, "{again}");
+    // The replica's password is the daemon's to derive: the primary's does not open it.
+    let foreign = Command::new("restic")
+        .args(["snapshots", "--no-cache"])
+        .env("RESTIC_REPOSITORY", &replica_repo)
+        .env("RESTIC_PASSWORD_FILE", &password)
+        .output()
+        .unwrap();
+    assert!(
+        !foreign.status.success(),
+        "the primary's password opens the replica"
+    );
 
     // Damage in the restic repository: the biggest data pack garbled. The restore does
     // not report success, names what restic could not restore, and leaves no staging.
@@ -726,5 +766,203 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
         "the damaged file is named: {shown}"
     );
     assert_eq!(staging_left(), 0, "the staging copy is removed");
+
+    // Procedure C with the replica step: the primary's restore finds the damage, the
+    // same snapshot restored from the replica verifies, and every file is the source's.
+    let repaired = dir.path().join("dipulihkan-replika");
+    let shown = procedure_c("Restore arsip dari replika", &repaired, "replica");
+    assert_eq!(shown["state"], "verified", "{shown}");
+    assert_eq!(shown["attempts"][0]["attempt"], "primary", "{shown}");
+    assert_ne!(shown["attempts"][0]["status"], "ok", "{shown}");
+    assert_eq!(shown["attempts"][1]["attempt"], "replica", "{shown}");
+    assert_eq!(shown["attempts"][1]["status"], "ok", "{shown}");
+    assert_eq!(
+        shown["attempts"][1]["snapshot"],
+        second["snapshot_id"].as_str().unwrap(),
+        "the replica's copy of the same snapshot, named by its id in the plan's repository: {shown}"
+    );
+    assert_eq!(tree_of(&inside(&repaired)), second_tree);
+    assert_eq!(staging_left(), 0, "the staging copy is removed");
+    drop(daemon);
+}
+
+/// A plan on a restic repository in S3 (a real S3 protocol server started here) whose
+/// credentials are the plan's own, not the daemon's: sealed in the catalog with its
+/// password and handed to restic in its environment only — never in clear in the
+/// catalog, a run record, the log or an error. The plan backs up, and its replica under
+/// a directory root is filled from S3. A variable the daemon sets itself is refused
+/// naming it (never its value), and wrong credentials fail the run clearly.
+#[test]
+fn a_restic_repository_in_s3_runs_with_the_plans_sealed_credentials() {
+    if restic_or_skip().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s3root = dir.path().join("s3");
+    std::fs::create_dir_all(s3root.join("arsip")).unwrap();
+    let addr = s3_server::start_s3(&s3root);
+    let location = format!("s3:http://{addr}/arsip/restic");
+    let password = dir.path().join("restic-password");
+    std::fs::write(&password, "kata sandi s3\n").unwrap();
+    let restic_s3 = |args: &[&str]| {
+        let output = Command::new("restic")
+            .args(args)
+            .env("RESTIC_REPOSITORY", &location)
+            .env("RESTIC_PASSWORD_FILE", &password)
+            .env("RESTIC_CACHE_DIR", dir.path().join("cache"))
+            .env("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    restic_s3(&["init"]);
+
+    let data = dir.path().join("var");
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\n[repositories]\nreplica_root = \"{}\"\n",
+            dir.path().join("replicas").display()
+        ),
+    )
+    .unwrap();
+    // The daemon has no S3 credentials of its own.
+    let daemon = Daemon::start(
+        &data,
+        &[
+            ("HOME", &dir.path().display().to_string()),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ],
+        Some(&config),
+    );
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+
+    let source = dir.path().join("srv-arsip");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("dump.sql"), noise(31, (1 << 20) + 7)).unwrap();
+    std::fs::write(source.join("index.html"), "<h1>arsip</h1>\n".repeat(40)).unwrap();
+    let request = active_backup_request(&server, &site, site.dinkes, dir.path(), "arsip-s3");
+    let env_file = write(
+        dir.path(),
+        "arsip-s3.env",
+        &format!(
+            "# kredensial S3 arsip\nexport AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\n\nAWS_DEFAULT_REGION=us-east-1\n",
+            s3_server::ACCESS_KEY,
+            s3_server::SECRET_KEY
+        ),
+    );
+    let plan = adopt(
+        &server,
+        &site.kasi,
+        request,
+        (&source, Path::new(&location), &password),
+        &["--restic-env-file", &env_file, "--verify-parts", "1"],
+    )["plan"]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let import = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(import["status"], "ok", "{import}");
+    assert_eq!(stats(&import)["snapshots"], 0, "{import}");
+    step(&server, &site.kasi, request, "complete", 2, &[]);
+    let backup = wait_for_run(&server, &site.kasi, &plan, 2);
+    assert_eq!(backup["status"], "ok", "{backup}");
+    let snapshot = backup["snapshot_id"].as_str().unwrap().to_owned();
+    let listed: Value = serde_json::from_slice(&restic_s3(&["snapshots", "--json"])).unwrap();
+    assert_eq!(listed[0]["id"], snapshot.as_str(), "{listed}");
+    let verify = run_now(&server, &site.petugas, &plan, "verify", 3);
+    assert_eq!(verify["status"], "ok", "{verify}");
+    let replicated = run_now(&server, &site.petugas, &plan, "replicate", 4);
+    assert_eq!(replicated["status"], "ok", "{replicated}");
+    assert_eq!(stats(&replicated)["snapshots_copied"], 1, "{replicated}");
+
+    // Refused before anything is stored: a variable the daemon sets itself.
+    let leaky = write(
+        dir.path(),
+        "bocor.env",
+        "AWS_ACCESS_KEY_ID=testkey\nRESTIC_PASSWORD=rahasia-bocor-77\n",
+    );
+    let create = |name: &str, env_file: &str| {
+        vec![
+            "plan".to_owned(),
+            "create".into(),
+            "--request".into(),
+            request.to_string(),
+            "--name".into(),
+            name.into(),
+            "--path".into(),
+            source.display().to_string(),
+            "--schedule".into(),
+            "0 3 * * *".into(),
+            "--restic-repo".into(),
+            location.clone(),
+            "--restic-password-file".into(),
+            password.display().to_string(),
+            "--restic-env-file".into(),
+            env_file.into(),
+        ]
+    };
+    let args = create("arsip-bocor", &leaky);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let why = refused(&server, &site.kasi, &args, "INVALID_ARGUMENT");
+    assert!(why.contains("RESTIC_PASSWORD"), "{why}");
+    assert!(!why.contains("rahasia-bocor-77"), "{why}");
+
+    // Wrong credentials: the run fails with a clear reason that does not quote them.
+    let wrong = write(
+        dir.path(),
+        "salah.env",
+        "AWS_ACCESS_KEY_ID=testkey\nAWS_SECRET_ACCESS_KEY=salah-rahasia-123\nAWS_DEFAULT_REGION=us-east-1\n",
+    );
+    let args = create("arsip-salah", &wrong);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mistaken = ok(&server, &site.kasi, &args)[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let failed = run_now(&server, &site.petugas, &mistaken, "backup", 1);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().unwrap();
+    assert!(
+        reason.contains("credentials") || reason.contains("Access"),
+        "{failed}"
+    );
+    assert!(
+        !failed.to_string().contains("salah-rahasia-123"),
+        "{failed}"
+    );
+
+    // No secret in clear anywhere the daemon writes.
+    let shown = ok(&server, &site.kasi, &["plan", "show", &plan]).to_string();
+    let everything = [
+        bytes_under(&data),
+        std::fs::read(data.with_extension("log")).unwrap_or_default(),
+    ]
+    .concat();
+    for secret in [
+        s3_server::SECRET_KEY,
+        "salah-rahasia-123",
+        "kata sandi s3",
+        "rahasia-bocor-77",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        assert!(
+            !everything
+                .windows(secret.len())
+                .any(|window| window == secret.as_bytes()),
+            "{secret} is stored in clear"
+        );
+    }
     drop(daemon);
 }

@@ -2,44 +2,11 @@
 //! the test on 127.0.0.1, through the real binary and object_store's S3 client.
 
 mod common;
+mod s3_server;
 use common::*;
+use s3_server::start_s3;
 
 use std::net::SocketAddr;
-
-/// Start an S3 server over a directory; returns its address. The server
-/// lives on its own runtime thread until the process ends.
-fn start_s3(root: &std::path::Path) -> SocketAddr {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder as ConnBuilder;
-    let root = root.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let fs = s3s_fs::FileSystem::new(&root).unwrap();
-            let mut b = s3s::service::S3ServiceBuilder::new(fs);
-            b.set_auth(s3s::auth::SimpleAuth::from_single("testkey", "testsecret"));
-            let service = b.build();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let (sock, _) = listener.accept().await.unwrap();
-                let conn = http
-                    .serve_connection(TokioIo::new(sock), service.clone())
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
 
 fn s3_cmd(repo: &str, addr: SocketAddr) -> std::process::Command {
     let mut c = cadang(repo);

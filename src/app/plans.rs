@@ -90,14 +90,93 @@ pub struct ResticTarget {
     /// The sealed password's row in the catalog's secrets (set by the daemon).
     #[serde(default)]
     pub password_secret: Option<crate::catalog::SecretId>,
+    /// The repository backend's environment, when a plan is created: `NAME=value`
+    /// lines, such as `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` for an `s3:`
+    /// repository whose credentials are not the daemon's. Sealed like the password;
+    /// never stored or shown in clear.
+    #[serde(default, skip_serializing)]
+    pub env: Option<super::SecretString>,
+    /// The sealed environment's row in the catalog's secrets (set by the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_secret: Option<crate::catalog::SecretId>,
 }
 
-/// Two targets are the same repository with the same stored password; a password in
-/// transit is not part of a plan's identity.
+/// Two targets are the same repository with the same stored secrets; secrets in
+/// transit are not part of a plan's identity.
 impl PartialEq for ResticTarget {
     fn eq(&self, other: &Self) -> bool {
-        self.repository == other.repository && self.password_secret == other.password_secret
+        self.repository == other.repository
+            && self.password_secret == other.password_secret
+            && self.env_secret == other.env_secret
     }
+}
+
+/// Most variables in a restic repository's backend environment.
+const MAX_RESTIC_ENV: usize = 64;
+
+/// Variables the adapter sets itself, from the plan's location and password.
+const RESERVED_RESTIC_ENV: [&str; 3] = ["RESTIC_REPOSITORY", "RESTIC_PASSWORD", "RESTIC_FROM_"];
+
+/// Reads a restic repository's backend environment: `NAME=value` lines; blank lines,
+/// `#` comments and an `export ` prefix are allowed. Errors name the line and the
+/// variable, never a value (values are credentials).
+///
+/// # Errors
+/// [`AppError::InvalidInput`] for a malformed line or name, a variable the daemon sets
+/// itself (`RESTIC_REPOSITORY*`, `RESTIC_PASSWORD*`, `RESTIC_FROM_*`), a name given
+/// twice, or more than 64 variables.
+pub fn parse_restic_env(text: &str) -> Result<Vec<(String, String)>, AppError> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let number = number + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(AppError::invalid(format!(
+                "line {number} of the restic environment is not NAME=value"
+            )));
+        };
+        let name = name.trim();
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && name.len() <= 128;
+        if !valid {
+            return Err(AppError::invalid(format!(
+                "line {number} of the restic environment: a variable name is letters, digits and `_`"
+            )));
+        }
+        if RESERVED_RESTIC_ENV
+            .iter()
+            .any(|reserved| name.starts_with(reserved))
+        {
+            return Err(AppError::invalid(format!(
+                "the restic environment sets {name}, which the daemon sets itself from the plan's repository and password"
+            )));
+        }
+        if env.iter().any(|(seen, _)| seen == name) {
+            return Err(AppError::invalid(format!(
+                "the restic environment sets {name} twice"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(AppError::invalid(format!(
+                "the restic environment's {name} holds a NUL byte"
+            )));
+        }
+        env.push((name.to_owned(), value.to_owned()));
+        if env.len() > MAX_RESTIC_ENV {
+            return Err(AppError::invalid(format!(
+                "the restic environment has more than {MAX_RESTIC_ENV} variables"
+            )));
+        }
+    }
+    Ok(env)
 }
 
 impl Eq for ResticTarget {}
@@ -367,11 +446,6 @@ impl PlanSpec {
                     "a plan on a restic repository backs up the daemon's host: restic runs there, not through an agent (omit server)",
                 ));
             }
-            if self.replicate_schedule.is_some() {
-                return Err(AppError::invalid(
-                    "a plan on a restic repository has no replica schedule: replicas are made of cadang repositories (use `restic copy` for restic ones)",
-                ));
-            }
         }
         Ok(())
     }
@@ -536,6 +610,19 @@ impl App {
                     .store(&mut work.tx, "restic_password", &password, now)
                     .await?,
             );
+            if restic.env_secret.is_some() {
+                return Err(AppError::invalid(
+                    "restic.env_secret is set by the daemon; give restic.env",
+                ));
+            }
+            if let Some(env) = restic.env.take().filter(|env| !env.is_blank()) {
+                parse_restic_env(env.expose())?;
+                restic.env_secret = Some(
+                    self.sealer()
+                        .store(&mut work.tx, "restic_env", &env, now)
+                        .await?,
+                );
+            }
         }
         let record = work.tx.request(request).await?;
         if record.state.procedure.as_str() != "backup_request" || record.state.is_finished() {
@@ -594,9 +681,25 @@ impl App {
         Ok(Some(self.sealer().open(&record)?))
     }
 
-    /// Where the restic repository of the plan a restore reads is, and its password: the
-    /// daemon's own lookup when it carries the restore out (who may restore was decided
-    /// when the restore was queued); the plan must still be `agency`'s and on restic.
+    /// The backend environment of a plan's restic repository, opened from the catalog's
+    /// sealed secrets; empty when the plan gave none.
+    ///
+    /// # Errors
+    /// As [`App::restic_password`]; [`AppError::InvalidInput`] when the stored text no
+    /// longer parses.
+    pub async fn restic_env(&self, spec: &PlanSpec) -> Result<Vec<(String, String)>, AppError> {
+        let Some(secret) = spec.restic.as_ref().and_then(|restic| restic.env_secret) else {
+            return Ok(Vec::new());
+        };
+        let mut tx = self.catalog().begin_read().await?;
+        let record = tx.secret(secret).await?;
+        parse_restic_env(self.sealer().open(&record)?.expose())
+    }
+
+    /// Where the restic repository of the plan a restore reads is, its password and its
+    /// backend environment: the daemon's own lookup when it carries a run or restore out
+    /// (who may restore was decided when the restore was queued); the plan must still be
+    /// `agency`'s and on restic.
     ///
     /// # Errors
     /// As [`restic_source`]; [`AppError::InvalidInput`] without a password on file.
@@ -604,7 +707,7 @@ impl App {
         &self,
         plan: PlanId,
         agency: AgencyId,
-    ) -> Result<(String, super::SecretString), AppError> {
+    ) -> Result<(String, super::SecretString, Vec<(String, String)>), AppError> {
         let record = {
             let mut tx = self.catalog().begin_read().await?;
             restic_source(&mut tx, plan, agency).await?
@@ -613,11 +716,12 @@ impl App {
         let password = self.restic_password(&spec).await?.ok_or_else(|| {
             AppError::invalid(format!("plan {plan} has no restic repository on file"))
         })?;
+        let env = self.restic_env(&spec).await?;
         let location = spec
             .restic
             .map(|restic| restic.repository)
             .ok_or_else(|| AppError::invalid(format!("plan {plan} is not on restic")))?;
-        Ok((location, password))
+        Ok((location, password, env))
     }
 
     /// Plans the caller may see (of one agency, or all).
@@ -1203,6 +1307,39 @@ mod tests {
             at("2026-03-02T19:00:00Z"),
             "strictly after"
         );
+    }
+
+    #[test]
+    fn restic_backend_environments_parse_and_never_quote_a_value() {
+        let env = parse_restic_env(
+            "# S3 arsip\n\nexport AWS_ACCESS_KEY_ID=AKIA1\n  AWS_SECRET_ACCESS_KEY=a=b c\nRESTIC_CACHE_DIR=/var/cache/r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            env,
+            [
+                ("AWS_ACCESS_KEY_ID".to_owned(), "AKIA1".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY".to_owned(), "a=b c".to_owned()),
+                ("RESTIC_CACHE_DIR".to_owned(), "/var/cache/r".to_owned()),
+            ]
+        );
+        assert!(parse_restic_env("").unwrap().is_empty());
+        let refused = |text: &str, says: &str| {
+            let error = parse_restic_env(text).unwrap_err().to_string();
+            assert!(error.contains(says), "{text:?}: {error}");
+            assert!(!error.contains("sekret-99"), "a value is quoted: {error}");
+        };
+        refused("AWS_SECRET_ACCESS_KEY sekret-99", "line 1");
+        refused("X=1\n9BAD=sekret-99", "line 2");
+        refused("BAD-NAME=sekret-99", "letters, digits");
+        refused("RESTIC_PASSWORD=sekret-99", "RESTIC_PASSWORD");
+        refused("RESTIC_PASSWORD_FILE=sekret-99", "RESTIC_PASSWORD_FILE");
+        refused("RESTIC_REPOSITORY=s3:sekret-99", "RESTIC_REPOSITORY");
+        refused("RESTIC_FROM_PASSWORD_COMMAND=sekret-99", "RESTIC_FROM_");
+        refused("A=1\nA=sekret-99", "twice");
+        refused("A=sekret-99\0", "NUL");
+        let many: String = (0..65).map(|i| format!("V{i}=1\n")).collect();
+        refused(&many, "more than 64");
     }
 
     #[test]

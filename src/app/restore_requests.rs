@@ -93,7 +93,8 @@ fn sixty() -> u64 {
 #[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FallbackStep {
     /// Restore again, reading chunks damaged in the primary repository from the
-    /// agency's replica.
+    /// agency's replica; for a plan on a restic repository, restore the same snapshot
+    /// from the plan's restic replica instead (restic cannot mix two repositories).
     Replica,
     /// Restore the snapshot before the one planned; it returns older data, so it waits
     /// for the approving role's confirmation.
@@ -184,11 +185,6 @@ impl RestorePlan {
                     "the check's timeout is 1–{MAX_CHECK_SECS} seconds"
                 )));
             }
-        }
-        if self.backup_plan.is_some() && self.fallback.contains(&FallbackStep::Replica) {
-            return Err(AppError::invalid(
-                "a restore from a plan on a restic repository has no `replica` step: replicas are made of cadang repositories",
-            ));
         }
         let mut seen = Vec::new();
         for step in &mut self.fallback {

@@ -746,6 +746,11 @@ pub struct PlanCreateArgs {
         requires = "restic_repo"
     )]
     pub restic_password_file: Option<PathBuf>,
+    /// File of `NAME=value` lines for the restic repository's backend, such as
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` for an `s3:` repository; sealed
+    /// in the catalog like the password (default: the daemon's own environment).
+    #[arg(long, value_name = "FILE", requires = "restic_repo")]
+    pub restic_env_file: Option<PathBuf>,
 }
 
 /// `cadang import ...`.
@@ -2195,7 +2200,14 @@ async fn create_plan(
             })?;
             let password = String::from_utf8(super::repo_cmds::read_password_file(&file)?)
                 .map_err(|_| anyhow!("{} does not hold UTF-8 text", file.display()))?;
-            Some(serde_json::json!({ "repository": repository, "password": password }))
+            let env = args
+                .restic_env_file
+                .map(|file| {
+                    std::fs::read_to_string(&file)
+                        .map_err(|error| anyhow!("cannot read {}: {error}", file.display()))
+                })
+                .transpose()?;
+            Some(serde_json::json!({ "repository": repository, "password": password, "env": env }))
         }
         None => None,
     };

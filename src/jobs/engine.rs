@@ -145,6 +145,7 @@ impl Engine for ResticEngine {
     fn run(&self, cx: &Context<'_>, spec: &PlanSpec, run: &RunRecord, sequence: u64) -> RunEnd {
         cx.handle.block_on(restic_runs::execute(
             cx.repositories,
+            cx.agency_code,
             &self.repo,
             spec,
             run,
@@ -165,6 +166,7 @@ impl Engine for ResticEngine {
             cx.repositories,
             cx.hub,
             cx.handle,
+            cx.agency_code,
             &self.repo,
             self.plan,
             target,

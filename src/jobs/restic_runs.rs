@@ -5,9 +5,11 @@
 //! backup that could not read some files is `partial`, a check that finds errors or a
 //! drill whose restore does not verify is `verify_differences`, never `ok`. The
 //! `import` run lists the snapshots an adopted repository already holds into the run
-//! record. The repository password comes from the catalog's sealed secrets and reaches
+//! record; a `replicate` run copies the repository's snapshots to the plan's restic
+//! replica and checks it. The repository password comes from the catalog's sealed secrets and reaches
 //! restic through a private file only (see [`crate::restic`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,13 +28,22 @@ use crate::restic::{
 
 /// Snapshots listed in an import run's record at most (the count is always whole).
 const IMPORT_LISTED: usize = 1000;
+/// Variables that choose S3 credentials.
+const S3_CREDENTIALS: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+];
 /// Per-file problems named in a run's error at most.
 const PROBLEMS_NAMED: usize = 20;
 
 /// Carries out `run` of a plan on a restic repository. Never panics on what restic
 /// prints: every failure becomes a `failed` (or `cancelled`) record with the reason.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     repositories: &Repositories,
+    agency_code: &str,
     repo: &ResticRepo,
     spec: &PlanSpec,
     run: &RunRecord,
@@ -60,7 +71,17 @@ pub async fn execute(
             "drill" => drill(&restic, repo, &repositories.scratch, run, &signal).await,
             "import" => import(&restic, repo).await,
             "replicate" => {
-                Err("a plan on a restic repository does not replicate (use `restic copy`)".into())
+                replicate(
+                    &restic,
+                    repositories,
+                    agency_code,
+                    repo,
+                    spec,
+                    run,
+                    sequence,
+                    &signal,
+                )
+                .await
             }
             other => Err(format!("unknown run kind `{other}`")),
         },
@@ -356,6 +377,129 @@ async fn drill(
         }),
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Copies the repository's snapshots that its replica lacks (`restic copy`; the
+/// replica is made on first use with the primary's chunker parameters, so copies
+/// deduplicate), then checks the replica: its structure, and part `n/t` of its data
+/// as the plan's verification reads the primary's, so consecutive runs read all of it.
+/// Every snapshot of the repository is copied, the adopted ones too: a restore from
+/// the plan may choose any of them. `ok` only when every snapshot has its copy and the
+/// check found nothing.
+#[allow(clippy::too_many_arguments)]
+async fn replicate(
+    restic: &Restic,
+    repositories: &Repositories,
+    agency_code: &str,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    sequence: u64,
+    signal: &Cancel,
+) -> Result<RunEnd, String> {
+    let replica = repositories.restic_replica(agency_code, run.plan_id)?;
+    // Restic reads one set of S3 credentials per process, for both repositories of a
+    // copy: a repository with credentials of its own cannot copy to an S3 replica.
+    if replica.location.starts_with("s3:")
+        && repo
+            .env
+            .iter()
+            .any(|(name, _)| S3_CREDENTIALS.contains(&name.as_str()))
+    {
+        return Err(format!(
+            "the plan's restic repository has S3 credentials of its own, and `restic copy` uses one set for both repositories, so it cannot open the replica at {}; give the daemon a directory replica_root for such plans",
+            replica.location
+        ));
+    }
+    // The primary first: a wrong password or a missing repository is named as the
+    // primary's, not taken for the replica's.
+    let primary = restic.snapshots(repo, &[]).await.map_err(restic_error)?;
+    let before = match restic.snapshots(&replica, &[]).await {
+        Ok(snapshots) => snapshots,
+        Err(ResticError::RepositoryNotFound { .. }) => {
+            match restic.init_copying_chunker(&replica, repo).await {
+                // Another daemon made it at the same moment: use theirs.
+                Ok(()) | Err(ResticError::AlreadyInitialized { .. }) => Vec::new(),
+                Err(error) => return Err(format!("cannot create the replica: {error}")),
+            }
+        }
+        Err(error) => return Err(format!("the replica: {error}")),
+    };
+    let copied_before = originals(&before);
+    let todo: Vec<String> = primary
+        .iter()
+        .filter(|snapshot| !copied_before.contains(snapshot.id.as_str()))
+        .map(|snapshot| snapshot.id.to_string())
+        .collect();
+    if !todo.is_empty() {
+        restic
+            .copy(&replica, repo, &todo, signal)
+            .await
+            .map_err(|error| format!("copying to the replica: {error}"))?;
+    }
+    let after = restic
+        .snapshots(&replica, &[])
+        .await
+        .map_err(|error| format!("the replica: {error}"))?;
+    let copied = originals(&after);
+    let missing: Vec<&crate::restic::ResticSnapshot> = primary
+        .iter()
+        .filter(|snapshot| !copied.contains(snapshot.id.as_str()))
+        .collect();
+    let now = chrono::Utc::now();
+    let lag_secs = missing
+        .iter()
+        .map(|snapshot| snapshot.time)
+        .min()
+        .map_or(0, |oldest| (now - oldest).num_seconds().max(0));
+    let (n, t) = verify_part(sequence, spec.verify_parts);
+    let part = format!("{n}/{t}");
+    let check = restic
+        .check(&replica, Some(&part))
+        .await
+        .map_err(|error| format!("checking the replica: {error}"))?;
+    let check_errors: Vec<String> = match check {
+        CheckOutcome::NoErrors => Vec::new(),
+        CheckOutcome::ErrorsFound { messages, .. } => messages,
+    };
+    let mut problems: Vec<String> = missing
+        .iter()
+        .take(PROBLEMS_NAMED)
+        .map(|snapshot| {
+            format!(
+                "snapshot {} has no copy in the replica",
+                snapshot.id.short()
+            )
+        })
+        .collect();
+    problems.extend(check_errors.iter().take(PROBLEMS_NAMED).cloned());
+    Ok(RunEnd {
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "verify_differences"
+        },
+        stats_json: json!({
+            "replica": replica.location,
+            "snapshots_copied": after.len().saturating_sub(before.len()),
+            "snapshots_skipped": primary.len() - todo.len(),
+            "snapshots_pending": missing.len(),
+            "lag_secs": lag_secs,
+            "replica_check_part": part,
+            "verify_errors": check_errors.len(),
+        })
+        .to_string(),
+        snapshot_id: None,
+        error: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
+}
+
+/// The ids, in the repository they were copied from, of a replica's snapshots.
+fn originals(snapshots: &[crate::restic::ResticSnapshot]) -> HashSet<&str> {
+    snapshots
+        .iter()
+        .map(|snapshot| snapshot.original.as_ref().unwrap_or(&snapshot.id).as_str())
+        .collect()
 }
 
 /// Lists the snapshots an adopted restic repository holds: count, oldest, newest and

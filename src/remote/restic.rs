@@ -91,6 +91,7 @@ pub fn restore_from_restic(
     repositories: &Repositories,
     hub: &AgentHub,
     handle: &Handle,
+    agency_code: &str,
     repo: &ResticRepo,
     plan: PlanId,
     target: &Server,
@@ -99,15 +100,28 @@ pub fn restore_from_restic(
     progress: &Progress,
     options: RemoteOptions,
 ) -> (RestoreEnd, Option<String>) {
-    if restore.use_replica {
-        return (
-            failed(
-                json!({ "engine": "restic" }),
-                format!("plan {plan} is on a restic repository, which has no replica"),
-            ),
-            None,
-        );
-    }
+    // The replica step: the same snapshot, from the plan's restic replica (restic
+    // cannot read one repository's damaged data from another).
+    let replica;
+    let repo = if restore.use_replica {
+        match repositories.restic_replica(agency_code, plan) {
+            Ok(found) => {
+                replica = found;
+                &replica
+            }
+            Err(error) => {
+                return (
+                    failed(
+                        json!({ "engine": "restic", "replica": true }),
+                        format!("plan {plan}'s restic replica: {error}"),
+                    ),
+                    None,
+                );
+            }
+        }
+    } else {
+        repo
+    };
     // The scheduler's flag, turned into restic's signal (SIGINT, then SIGKILL).
     let signal = Cancel::new();
     let watcher = {
@@ -229,6 +243,7 @@ pub fn restore_from_restic(
                 "engine": "restic",
                 "restic_files_verified": restic_verified,
                 "restic_problems": problems.len(),
+                "replica": restore.use_replica,
             }),
         ),
         Err(end) => end,
@@ -286,18 +301,33 @@ async fn restic_part(
     let snapshots = sorted_snapshots(&restic, repo)
         .await
         .map_err(|error| (error, None))?;
+    // A snapshot is named by its id in the plan's repository: in the replica, that is
+    // the id its copy records as its original.
+    let logical = |snapshot: &ResticSnapshot| {
+        snapshot
+            .original
+            .as_ref()
+            .unwrap_or(&snapshot.id)
+            .as_str()
+            .to_owned()
+    };
     let position = choose_position(
         &snapshots,
-        |snapshot| snapshot.id.as_str().to_owned(),
+        logical,
         |snapshot| snapshot.time,
         &restore.snapshot,
-        &format!("the restic repository of plan {plan}"),
+        &if restore.use_replica {
+            format!("the restic replica of plan {plan}")
+        } else {
+            format!("the restic repository of plan {plan}")
+        },
     )
     .map_err(|error| (error, None))?;
-    let snapshot = snapshots
+    let chosen = snapshots
         .get(position)
-        .map(|chosen| chosen.id.as_str().to_owned())
         .ok_or_else(|| (format!("no snapshot `{}`", restore.snapshot), None))?;
+    let snapshot = logical(chosen);
+    let in_repo = chosen.id.as_str().to_owned();
     let resolved = Some(snapshot.clone());
     set_progress(
         progress,
@@ -313,7 +343,7 @@ async fn restic_part(
     let paths: Vec<String> = serde_json::from_str(&restore.paths_json).unwrap_or_default();
     let options = RestoreOptions {
         includes: paths,
-        ..RestoreOptions::new(snapshot.clone(), &staging.0)
+        ..RestoreOptions::new(in_repo, &staging.0)
     };
     match restic.restore(repo, &options, signal).await {
         Ok(outcome) => Ok((staging, snapshot, Vec::new(), outcome.verified.files)),

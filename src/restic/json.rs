@@ -121,6 +121,9 @@ pub struct ResticSnapshot {
     pub tags: Vec<String>,
     /// The snapshot this one was based on.
     pub parent: Option<SnapshotId>,
+    /// For a snapshot that `copy` brought from another repository, the id it has
+    /// there (restic ≥ 0.10 records it).
+    pub original: Option<SnapshotId>,
     /// Root tree blob id.
     pub tree: String,
     /// Exclude patterns the backup used (restic ≥ 0.17 records them).
@@ -144,6 +147,8 @@ struct RawSnapshot {
     tags: Vec<String>,
     #[serde(default)]
     parent: Option<String>,
+    #[serde(default)]
+    original: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
     tree: String,
     #[serde(default, deserialize_with = "null_default")]
@@ -165,6 +170,7 @@ impl RawSnapshot {
             paths: self.paths,
             tags: self.tags,
             parent: self.parent.filter(|p| !p.is_empty()).map(SnapshotId),
+            original: self.original.filter(|o| !o.is_empty()).map(SnapshotId),
             tree: self.tree,
             excludes: self.excludes,
             program_version: self.program_version,
@@ -962,6 +968,16 @@ mod tests {
         assert!(old[1].tags.is_empty());
         assert_eq!(old[0].id.as_str().len(), 64);
         assert_eq!(old[0].short_id, old[0].id.short());
+        assert_eq!(old[0].original, None);
+
+        // A copy names the snapshot it was copied from.
+        let copied = parse_snapshots(include_str!("testdata/snapshots_copied_0_14.json"));
+        let copied = copied.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            copied[0].original.as_ref().map(SnapshotId::as_str),
+            Some("c358983bf821b22456bd5ed9931a443a10828e5ff2e3906ef5c4a8888f6dea08")
+        );
+        assert_eq!(copied[0].short_id, "2d903530");
 
         let new = parse_snapshots(include_str!("testdata/snapshots_0_17.json"));
         let new = new.unwrap_or_else(|e| panic!("{e}"));

@@ -390,6 +390,59 @@ impl Restic {
         exit.expect(&[0]).map(drop)
     }
 
+    /// Creates a repository at `repo.location` with the chunker parameters of `from`,
+    /// so that what `copy` brings from `from` deduplicates against what is already
+    /// there (`init --copy-chunker-params`).
+    ///
+    /// # Errors
+    /// As [`Restic::init`]; the common errors for `from` too.
+    pub async fn init_copying_chunker(
+        &self,
+        repo: &ResticRepo,
+        from: &ResticRepo,
+    ) -> Result<(), ResticError> {
+        let mut invocation = invocation(
+            "init",
+            vec!["--copy-chunker-params".into()],
+            Some(repo),
+            None,
+        );
+        invocation.from = Some(from);
+        let exit = process::run(self, invocation, |_| Ok(()), |_| false).await?;
+        exit.expect(&[0]).map(drop)
+    }
+
+    /// Copies snapshots of `from` into `repo` (`copy`): the ones named, or every one
+    /// when `snapshots` is empty. Restic skips a snapshot that an earlier copy already
+    /// brought (the copy records it as its `original`), so repeating a copy is cheap
+    /// and an interrupted one resumes. Restic's `copy` has no JSON output: list the
+    /// destination's snapshots to learn what arrived.
+    ///
+    /// # Errors
+    /// [`ResticError::InvalidInput`] for a malformed snapshot id,
+    /// [`ResticError::Cancelled`] when `cancel` fired first, and the common errors.
+    pub async fn copy(
+        &self,
+        repo: &ResticRepo,
+        from: &ResticRepo,
+        snapshots: &[String],
+        cancel: &Cancel,
+    ) -> Result<(), ResticError> {
+        let mut args = Vec::with_capacity(snapshots.len());
+        for snapshot in snapshots {
+            if snapshot.is_empty() || !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ResticError::InvalidInput(format!(
+                    "copy takes snapshot ids; {snapshot:?} is not one"
+                )));
+            }
+            args.push(snapshot.into());
+        }
+        let mut invocation = invocation("copy", args, Some(repo), Some(cancel));
+        invocation.from = Some(from);
+        let exit = process::run(self, invocation, |_| Ok(()), |_| false).await?;
+        exit.expect(&[0]).map(drop)
+    }
+
     /// Runs `backup --json`, reporting progress through `progress` as restic prints
     /// it. Restic's exit code 3 (some source files could not be read) gives a
     /// [`BackupStatus::Partial`] outcome with a snapshot, not an error.
@@ -854,6 +907,7 @@ fn invocation<'a>(
         command,
         args,
         repo,
+        from: None,
         cancel,
         max_line: STREAM_LINE_MAX,
     }

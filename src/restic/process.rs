@@ -50,6 +50,11 @@ const RESERVED_ENV: &[&str] = &[
     "RESTIC_PASSWORD",
     "RESTIC_PASSWORD_FILE",
     "RESTIC_PASSWORD_COMMAND",
+    "RESTIC_FROM_REPOSITORY",
+    "RESTIC_FROM_REPOSITORY_FILE",
+    "RESTIC_FROM_PASSWORD",
+    "RESTIC_FROM_PASSWORD_FILE",
+    "RESTIC_FROM_PASSWORD_COMMAND",
 ];
 
 /// One restic invocation.
@@ -60,6 +65,8 @@ pub(crate) struct Invocation<'a> {
     pub args: Vec<OsString>,
     /// The repository, or `None` for `version`.
     pub repo: Option<&'a ResticRepo>,
+    /// The source repository of `copy` (and of `init --copy-chunker-params`).
+    pub from: Option<&'a ResticRepo>,
     pub cancel: Option<&'a Cancel>,
     /// Longest stdout line accepted.
     pub max_line: usize,
@@ -72,11 +79,16 @@ pub(crate) struct Scrubber {
 }
 
 impl Scrubber {
-    /// Scrubs the repository password and the values of credential-like variables
-    /// of the repository's environment.
+    /// Scrubs the repositories' passwords and the values of credential-like variables
+    /// of their environments.
     pub(crate) fn for_repo(repo: Option<&ResticRepo>) -> Self {
+        Self::for_repos([repo])
+    }
+
+    /// As [`Scrubber::for_repo`], for several repositories (`copy` opens two).
+    pub(crate) fn for_repos<'r>(repos: impl IntoIterator<Item = Option<&'r ResticRepo>>) -> Self {
         let mut secrets = Vec::new();
-        if let Some(repo) = repo {
+        for repo in repos.into_iter().flatten() {
             secrets.push(repo.password.expose().to_string());
             for (name, value) in &repo.env {
                 let name = name.to_ascii_uppercase();
@@ -206,12 +218,20 @@ pub(crate) fn argv(invocation: &Invocation<'_>) -> Vec<OsString> {
     argv
 }
 
+/// The password files of one run: the repository's, and the source repository's for
+/// `copy`.
+#[derive(Clone, Copy, Default)]
+struct Passwords<'a> {
+    repo: Option<&'a Path>,
+    from: Option<&'a Path>,
+}
+
 /// The command for one run. `inherited` names the variables of the daemon's own
 /// environment (a parameter so tests can inspect the result without changing it).
 fn command(
     restic: &Restic,
     invocation: &Invocation<'_>,
-    password: Option<&Path>,
+    passwords: Passwords<'_>,
     inherited: impl IntoIterator<Item = OsString>,
 ) -> Command {
     let mut cmd = Command::new(restic.binary());
@@ -221,12 +241,21 @@ fn command(
             cmd.env_remove(name);
         }
     }
+    // The source's backend variables first: where both repositories set one (two S3
+    // stores with different credentials), the destination's wins.
+    if let Some(from) = invocation.from {
+        cmd.envs(from.env.iter().map(|(k, v)| (k, v)));
+        cmd.env("RESTIC_FROM_REPOSITORY", &from.location);
+    }
     if let Some(repo) = invocation.repo {
         cmd.envs(repo.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RESTIC_REPOSITORY", &repo.location);
     }
-    if let Some(password) = password {
+    if let Some(password) = passwords.repo {
         cmd.env("RESTIC_PASSWORD_FILE", password);
+    }
+    if let Some(password) = passwords.from {
+        cmd.env("RESTIC_FROM_PASSWORD_FILE", password);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -376,12 +405,12 @@ pub(crate) async fn run(
     mut on_stderr: impl FnMut(&str) -> bool,
 ) -> Result<Exit, ResticError> {
     let command_name = invocation.command.to_string();
-    let scrubber = Scrubber::for_repo(invocation.repo);
+    let scrubber = Scrubber::for_repos([invocation.repo, invocation.from]);
     let location = invocation
         .repo
         .map(|r| scrubber.scrub(&r.location))
         .unwrap_or_default();
-    if let Some(repo) = invocation.repo {
+    for repo in [invocation.repo, invocation.from].into_iter().flatten() {
         validate_repo(repo)?;
     }
     if invocation.cancel.is_some_and(Cancel::is_cancelled) {
@@ -394,11 +423,18 @@ pub(crate) async fn run(
         .repo
         .map(|r| PasswordFile::create(&r.password))
         .transpose()?;
+    let from_password = invocation
+        .from
+        .map(|r| PasswordFile::create(&r.password))
+        .transpose()?;
     let inherited = std::env::vars_os().map(|(name, _)| name);
     let mut cmd = command(
         restic,
         &invocation,
-        password.as_ref().map(|p| p.file.as_path()),
+        Passwords {
+            repo: password.as_ref().map(|p| p.file.as_path()),
+            from: from_password.as_ref().map(|p| p.file.as_path()),
+        },
         inherited,
     );
     tracing::debug!(binary = %restic.binary().display(), args = ?argv(&invocation), "starting restic");
@@ -596,6 +632,7 @@ mod tests {
             command: "snapshots",
             args: vec!["--json".into()],
             repo: Some(&repo),
+            from: None,
             cancel: None,
             max_line: STREAM_LINE_MAX,
         };
@@ -603,7 +640,10 @@ mod tests {
         let cmd = command(
             &restic,
             &invocation,
-            Some(Path::new("/tmp/x/password")),
+            Passwords {
+                repo: Some(Path::new("/tmp/x/password")),
+                from: None,
+            },
             inherited,
         );
         let std_cmd = cmd.as_std();
@@ -627,6 +667,91 @@ mod tests {
         assert_eq!(get("HOME"), None);
         let everything = format!("{args:?} {envs:?}");
         assert!(!everything.contains("canary-7f3a"));
+    }
+
+    #[test]
+    fn a_copy_names_its_source_through_the_environment_only() {
+        let restic = Restic::for_tests("/usr/bin/restic");
+        let replica = ResticRepo {
+            location: "/srv/replica".into(),
+            password: Secret::new("replica-canary"),
+            env: vec![("AWS_ACCESS_KEY_ID".into(), "REPLICA".into())],
+        };
+        let primary = ResticRepo {
+            location: "s3:http://127.0.0.1:9000/primary".into(),
+            password: Secret::new("primary-canary"),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), "PRIMARY".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "primary-secret".into()),
+            ],
+        };
+        let invocation = Invocation {
+            command: "copy",
+            args: vec!["0123abcd".into()],
+            repo: Some(&replica),
+            from: Some(&primary),
+            cancel: None,
+            max_line: STREAM_LINE_MAX,
+        };
+        let inherited = ["RESTIC_FROM_PASSWORD", "RESTIC_FROM_REPOSITORY"].map(OsString::from);
+        let cmd = command(
+            &restic,
+            &invocation,
+            Passwords {
+                repo: Some(Path::new("/tmp/a/password")),
+                from: Some(Path::new("/tmp/b/password")),
+            },
+            inherited,
+        );
+        let std_cmd = cmd.as_std();
+        let args: Vec<_> = std_cmd.get_args().collect();
+        assert_eq!(args, ["copy", "0123abcd"]);
+        // The last value set for a name is the one the child gets.
+        let mut envs = std::collections::HashMap::new();
+        for (k, v) in std_cmd.get_envs() {
+            envs.insert(
+                k.to_string_lossy().into_owned(),
+                v.map(|v| v.to_string_lossy().into_owned()),
+            );
+        }
+        let get = |name: &str| envs.get(name).cloned().flatten();
+        assert_eq!(get("RESTIC_REPOSITORY").as_deref(), Some("/srv/replica"));
+        assert_eq!(
+            get("RESTIC_FROM_REPOSITORY").as_deref(),
+            Some("s3:http://127.0.0.1:9000/primary")
+        );
+        assert_eq!(
+            get("RESTIC_FROM_PASSWORD_FILE").as_deref(),
+            Some("/tmp/b/password")
+        );
+        assert_eq!(
+            get("RESTIC_PASSWORD_FILE").as_deref(),
+            Some("/tmp/a/password")
+        );
+        assert_eq!(
+            get("AWS_ACCESS_KEY_ID").as_deref(),
+            Some("REPLICA"),
+            "the destination's wins"
+        );
+        assert_eq!(
+            envs.get("RESTIC_FROM_PASSWORD"),
+            Some(&None),
+            "inherited, removed"
+        );
+        let everything = format!("{args:?} {envs:?}");
+        assert!(!everything.contains("canary"));
+
+        // Secrets of both repositories are scrubbed from what restic says.
+        let scrubber = Scrubber::for_repos([Some(&replica), Some(&primary)]);
+        assert_eq!(
+            scrubber.scrub("primary-canary replica-canary primary-secret"),
+            "[redacted] [redacted] [redacted]"
+        );
+        let mut reserved = primary.clone();
+        reserved
+            .env
+            .push(("RESTIC_FROM_PASSWORD".into(), "x".into()));
+        assert!(validate_repo(&reserved).is_err());
     }
 
     #[test]

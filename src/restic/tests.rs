@@ -409,6 +409,121 @@ async fn backup_snapshots_ls_restore_forget_stats_check() -> TestResult {
     Ok(())
 }
 
+/// A replica made with the source's chunker parameters receives every snapshot once:
+/// copies name their originals, a second copy brings nothing, and neither password
+/// reaches restic's arguments or an error.
+#[tokio::test]
+async fn copy_fills_a_replica_once_and_names_originals() -> TestResult {
+    let Some(restic) = restic().await else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let primary = repo_at(dir.path().join("primary").to_string_lossy(), CANARY);
+    let replica = repo_at(dir.path().join("replica").to_string_lossy(), "replica pw 2");
+    restic.init(&primary).await?;
+    let src = source_tree(dir.path())?;
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        tags: vec!["plan:3".into()],
+        host: Some("web1".into()),
+        excludes: Vec::new(),
+        limit_upload_kib: None,
+    };
+    let first = restic
+        .backup(&primary, &opts, &mut |_| {}, &Cancel::new())
+        .await?;
+    random_file(&src.join("later.bin"), 50_000, 9)?;
+    restic
+        .backup(&primary, &opts, &mut |_| {}, &Cancel::new())
+        .await?;
+    let originals = restic.snapshots(&primary, &[]).await?;
+    assert_eq!(originals.len(), 2);
+
+    // The replica does not exist yet: named as missing, then made from the primary.
+    assert!(matches!(
+        restic.snapshots(&replica, &[]).await,
+        Err(ResticError::RepositoryNotFound { .. })
+    ));
+    restic.init_copying_chunker(&replica, &primary).await?;
+    let chunker = |name: &str| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        // Both configs are encrypted; restic's `cat config` shows them.
+        let output = std::process::Command::new("restic")
+            .args(["cat", "config", "--no-cache"])
+            .env("RESTIC_REPOSITORY", dir.path().join(name))
+            .env(
+                "RESTIC_PASSWORD",
+                if name == "primary" {
+                    CANARY
+                } else {
+                    "replica pw 2"
+                },
+            )
+            .output()?;
+        let config: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        Ok(config["chunker_polynomial"].clone())
+    };
+    assert_eq!(chunker("primary")?, chunker("replica")?);
+
+    let first_id = first
+        .summary
+        .snapshot_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    restic
+        .copy(
+            &replica,
+            &primary,
+            std::slice::from_ref(&first_id),
+            &Cancel::new(),
+        )
+        .await?;
+    let one = restic.snapshots(&replica, &[]).await?;
+    assert_eq!(one.len(), 1);
+    assert!(
+        one[0]
+            .original
+            .as_ref()
+            .is_some_and(|original| original.as_str().starts_with(&first_id)),
+        "{one:?}"
+    );
+    restic.copy(&replica, &primary, &[], &Cancel::new()).await?;
+    restic.copy(&replica, &primary, &[], &Cancel::new()).await?;
+    let copies = restic.snapshots(&replica, &[]).await?;
+    assert_eq!(copies.len(), 2, "each snapshot copied once: {copies:?}");
+    let mut from: Vec<&str> = copies
+        .iter()
+        .filter_map(|copy| copy.original.as_ref().map(SnapshotId::as_str))
+        .collect();
+    from.sort_unstable();
+    let mut expected: Vec<&str> = originals.iter().map(|s| s.id.as_str()).collect();
+    expected.sort_unstable();
+    assert_eq!(from, expected);
+    assert!(matches!(
+        restic.check(&replica, Some("100%")).await?,
+        CheckOutcome::NoErrors
+    ));
+
+    // Bad input is refused before restic runs; a wrong source password is named.
+    assert!(matches!(
+        restic
+            .copy(&replica, &primary, &["latest".into()], &Cancel::new())
+            .await,
+        Err(ResticError::InvalidInput(_))
+    ));
+    let wrong = repo_at(dir.path().join("primary").to_string_lossy(), "not it");
+    let error = restic
+        .copy(&replica, &wrong, &[], &Cancel::new())
+        .await
+        .expect_err("a wrong source password must fail");
+    assert!(
+        matches!(error, ResticError::WrongPassword { .. }),
+        "{error:?}"
+    );
+    assert_no_canary(&error);
+    Ok(())
+}
+
 #[tokio::test]
 async fn unreadable_source_files_make_a_partial_backup() -> TestResult {
     let Some(restic) = restic().await else {

@@ -485,13 +485,14 @@ impl restore_service_server::RestoreService for Restores {
             ));
         };
         if let Some(plan) = opt_id("plan_id", request.get_ref().plan_id)?.map(PlanId) {
-            let (location, password) = self
+            let (location, password, env) = self
                 .0
                 .app
                 .restic_repository_of(plan, record.agency_id)
                 .await
                 .map_err(status)?;
-            let repo = ResticRepo::new(location, Secret::new(password.expose()));
+            let mut repo = ResticRepo::new(location, Secret::new(password.expose()));
+            repo.env = env;
             let listed = crate::remote::restic::restic_snapshots(&repositories, &repo)
                 .await
                 .map_err(|error| {
