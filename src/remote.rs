@@ -42,6 +42,37 @@ use crate::rpc::pb::daemon_message::Body as Down;
 
 /// Most chunks taken from the stream to be checked and stored together.
 const CHUNKS_AT_ONCE: usize = 16;
+/// Batches of chunks waiting for the ingest worker at most: the stream is read on
+/// while they are checked and stored, so the agent's next query is answered at once.
+const BATCHES_QUEUED: usize = 2;
+
+/// Takes in the ingest worker's verdicts on the batches handed to it: every one when
+/// `wait` (before an entry may reference their chunks), else those already in. The
+/// first refusal, if any.
+fn settle(
+    queued: &mut usize,
+    verdicts: &std::sync::mpsc::Receiver<Result<(), String>>,
+    wait: bool,
+) -> Result<(), String> {
+    let mut first = Ok(());
+    while *queued > 0 {
+        let verdict = if wait {
+            verdicts
+                .recv()
+                .map_err(|_| "the chunk worker stopped".to_owned())?
+        } else {
+            match verdicts.try_recv() {
+                Ok(verdict) => verdict,
+                Err(_) => break,
+            }
+        };
+        *queued -= 1;
+        if first.is_ok() {
+            first = verdict;
+        }
+    }
+    first
+}
 
 /// How long a job waits for its agent to (re)connect.
 #[derive(Debug, Clone, Copy)]
@@ -359,7 +390,7 @@ pub fn backup_via_agent(
         .rev()
         .find(|(_, s)| s.paths == spec.paths)
         .map(|(id, _)| *id);
-    let mut ingest = match Ingest::new(&repository) {
+    let ingest = match Ingest::new(&repository) {
         Ok(ingest) => ingest,
         Err(error) => return failed(error.to_string(), json!({})),
     };
@@ -446,70 +477,21 @@ pub fn backup_via_agent(
             continue;
         }
         let mut held: Option<pb::AgentMessage> = None;
-        let outcome: Result<Option<pb::WalkDone>, String> = loop {
-            if cancel.load(Ordering::Relaxed) {
-                send(
-                    handle,
-                    &link,
-                    Down::Cancel(pb::CancelJob {
-                        job_id: job_id.clone(),
-                        reason: "the daemon stops the run at a safe point".into(),
-                    }),
-                );
-                break Err("cancelled".into());
-            }
-            let message = match held.take() {
-                Some(message) => message,
-                None => match receive(handle, &mut link) {
-                    Received::Message(message) => message,
-                    Received::Idle => continue,
-                    Received::Closed => break Ok(None),
-                },
-            };
-            wire_bytes += message.encoded_len() as u64;
-            match message.body {
-                Some(Up::Have(query)) => {
-                    let ids: Result<Vec<BlobId>, String> =
-                        query.ids.iter().map(|id| blob_id(id)).collect();
-                    let ids = match ids {
-                        Ok(ids) => ids,
-                        Err(error) => break Err(format!("the agent sent a bad query: {error}")),
-                    };
-                    let missing = ingest.missing(&ids);
-                    if !send(
-                        handle,
-                        &link,
-                        Down::Have(pb::HaveAnswer {
-                            query_id: query.query_id,
-                            missing,
-                        }),
-                    ) {
-                        break Ok(None);
-                    }
-                }
-                Some(Up::Chunk(chunk)) => {
-                    // Chunks already waiting are checked, encrypted and packed together,
-                    // on every core; the first other message waits its turn.
-                    let mut chunks = vec![chunk];
-                    while chunks.len() < CHUNKS_AT_ONCE {
-                        match link.inbound.try_recv() {
-                            Ok(pb::AgentMessage {
-                                body: Some(Up::Chunk(next)),
-                            }) => {
-                                // As on the wire: the oneof field's tag, length, body.
-                                let len = next.encoded_len();
-                                wire_bytes += (1 + prost::length_delimiter_len(len) + len) as u64;
-                                chunks.push(next);
-                            }
-                            Ok(other) => {
-                                // Counted when it is taken up.
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let refused = chunks
+        // Chunks are checked, encrypted and packed on a worker (on every core) while
+        // this thread reads on: a query is answered while the chunks sent before it
+        // are still being stored. Its ids were never sent in this job (the agent asks
+        // about each chunk once), so those chunks cannot change the answer. Entries
+        // and the end of the walk wait for every batch before them.
+        let outcome: Result<Option<pb::WalkDone>, String> = std::thread::scope(|scope| {
+            let (to_worker, batches) =
+                std::sync::mpsc::sync_channel::<Vec<pb::ChunkUpload>>(BATCHES_QUEUED);
+            let (verdict, verdicts) = std::sync::mpsc::channel::<Result<(), String>>();
+            let ingest = &ingest;
+            scope.spawn(move || {
+                // Every batch handed over is stored, even after the stream dropped:
+                // what landed is kept and not asked for again.
+                for batch in batches {
+                    let refused = batch
                         .par_iter()
                         .map(|chunk| {
                             blob_id(&chunk.id).and_then(|id| {
@@ -519,49 +501,134 @@ pub fn backup_via_agent(
                             })
                         })
                         .find_map_any(Result::err);
-                    if let Some(error) = refused {
-                        break Err(format!("the agent sent a chunk that was refused: {error}"));
-                    }
+                    let _ = verdict.send(refused.map_or(Ok(()), Err));
                 }
-                Some(Up::Entries(batch)) => {
-                    let mut refused = None;
-                    for entry in &batch.entries {
-                        let result = node_from_entry(entry).and_then(|node| {
-                            ingest
-                                .add_entry(&entry.path, node)
-                                .map_err(|error| error.to_string())
-                        });
-                        if let Err(error) = result {
-                            refused = Some(error);
-                            break;
+            });
+            let mut queued = 0usize;
+            loop {
+                if let Err(error) = settle(&mut queued, &verdicts, false) {
+                    break Err(format!("the agent sent a chunk that was refused: {error}"));
+                }
+                if cancel.load(Ordering::Relaxed) {
+                    send(
+                        handle,
+                        &link,
+                        Down::Cancel(pb::CancelJob {
+                            job_id: job_id.clone(),
+                            reason: "the daemon stops the run at a safe point".into(),
+                        }),
+                    );
+                    break Err("cancelled".into());
+                }
+                let message = match held.take() {
+                    Some(message) => message,
+                    None => match receive(handle, &mut link) {
+                        Received::Message(message) => message,
+                        Received::Idle => continue,
+                        Received::Closed => break Ok(None),
+                    },
+                };
+                wire_bytes += message.encoded_len() as u64;
+                match message.body {
+                    Some(Up::Have(query)) => {
+                        let ids: Result<Vec<BlobId>, String> =
+                            query.ids.iter().map(|id| blob_id(id)).collect();
+                        let ids = match ids {
+                            Ok(ids) => ids,
+                            Err(error) => {
+                                break Err(format!("the agent sent a bad query: {error}"));
+                            }
+                        };
+                        let missing = ingest.missing(&ids);
+                        if !send(
+                            handle,
+                            &link,
+                            Down::Have(pb::HaveAnswer {
+                                query_id: query.query_id,
+                                missing,
+                            }),
+                        ) {
+                            break Ok(None);
                         }
                     }
-                    if let Some(error) = refused {
-                        break Err(format!("the agent sent an entry that was refused: {error}"));
+                    Some(Up::Chunk(chunk)) => {
+                        // Chunks already waiting go to the worker together; the first
+                        // other message waits its turn.
+                        let mut chunks = vec![chunk];
+                        while chunks.len() < CHUNKS_AT_ONCE {
+                            match link.inbound.try_recv() {
+                                Ok(pb::AgentMessage {
+                                    body: Some(Up::Chunk(next)),
+                                }) => {
+                                    // As on the wire: the oneof field's tag, length, body.
+                                    let len = next.encoded_len();
+                                    wire_bytes +=
+                                        (1 + prost::length_delimiter_len(len) + len) as u64;
+                                    chunks.push(next);
+                                }
+                                Ok(other) => {
+                                    // Counted when it is taken up.
+                                    held = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if to_worker.send(chunks).is_err() {
+                            break Err("the chunk worker stopped".into());
+                        }
+                        queued += 1;
                     }
+                    Some(Up::Entries(batch)) => {
+                        if let Err(error) = settle(&mut queued, &verdicts, true) {
+                            break Err(format!("the agent sent a chunk that was refused: {error}"));
+                        }
+                        let mut refused = None;
+                        for entry in &batch.entries {
+                            let result = node_from_entry(entry).and_then(|node| {
+                                ingest
+                                    .add_entry(&entry.path, node)
+                                    .map_err(|error| error.to_string())
+                            });
+                            if let Err(error) = result {
+                                refused = Some(error);
+                                break;
+                            }
+                        }
+                        if let Some(error) = refused {
+                            break Err(format!(
+                                "the agent sent an entry that was refused: {error}"
+                            ));
+                        }
+                    }
+                    Some(Up::Progress(p)) => {
+                        seen_progress = json!({
+                            "files": p.files, "bytes": p.bytes, "bytes_sent": p.bytes_sent,
+                            "rate_bytes_per_second": p.rate,
+                        });
+                        set_progress(
+                            progress,
+                            stats(
+                                ingest,
+                                wire_bytes,
+                                resumed,
+                                json!({ "progress": seen_progress }),
+                            ),
+                        );
+                    }
+                    Some(Up::WalkDone(done)) => {
+                        if let Err(error) = settle(&mut queued, &verdicts, true) {
+                            break Err(format!("the agent sent a chunk that was refused: {error}"));
+                        }
+                        break Ok(Some(done));
+                    }
+                    Some(Up::Failed(failure)) => {
+                        break Err(format!("the agent could not back up: {}", failure.error));
+                    }
+                    _ => {}
                 }
-                Some(Up::Progress(p)) => {
-                    seen_progress = json!({
-                        "files": p.files, "bytes": p.bytes, "bytes_sent": p.bytes_sent,
-                        "rate_bytes_per_second": p.rate,
-                    });
-                    set_progress(
-                        progress,
-                        stats(
-                            &ingest,
-                            wire_bytes,
-                            resumed,
-                            json!({ "progress": seen_progress }),
-                        ),
-                    );
-                }
-                Some(Up::WalkDone(done)) => break Ok(Some(done)),
-                Some(Up::Failed(failure)) => {
-                    break Err(format!("the agent could not back up: {}", failure.error));
-                }
-                _ => {}
             }
-        };
+        });
         match outcome {
             Ok(None) => {
                 // The stream dropped: keep what landed, wait for the agent, go again.

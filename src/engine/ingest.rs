@@ -15,6 +15,7 @@
 //! "present" for those chunks and they are not sent again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -74,10 +75,18 @@ pub struct Ingest<'a> {
     index: Index,
     packer: Packer,
     max_chunk: u32,
+    /// The entries received, behind a lock so that entries and chunks can arrive on
+    /// different threads (chunks are checked while the next messages are read).
+    entries: Mutex<Entries>,
+    stats: IngestStats,
+}
+
+/// The entries of a session.
+#[derive(Default)]
+struct Entries {
     /// Entries by the absolute path of their directory (`/` for the root).
     children: BTreeMap<Vec<u8>, Vec<Node>>,
     paths: HashSet<Vec<u8>>,
-    stats: IngestStats,
 }
 
 /// Splits an absolute path into its directory and name, checking every component.
@@ -123,8 +132,7 @@ impl<'a> Ingest<'a> {
             index,
             packer: Packer::new(repo, 2, None),
             max_chunk: repo.config().chunker.max_size,
-            children: BTreeMap::new(),
-            paths: HashSet::new(),
+            entries: Mutex::new(Entries::default()),
             stats: IngestStats::default(),
         })
     }
@@ -189,14 +197,16 @@ impl<'a> Ingest<'a> {
         }
     }
 
-    /// Records one walked entry at the absolute `path`.
+    /// Records one walked entry at the absolute `path`. The chunks it references must
+    /// have been added before.
     ///
     /// # Errors
     /// `Refused` for a bad or repeated path, or a file referencing a chunk that is
     /// neither in the repository nor received.
-    pub fn add_entry(&mut self, path: &[u8], mut node: Node) -> Result<()> {
+    pub fn add_entry(&self, path: &[u8], mut node: Node) -> Result<()> {
         let (dir, name) = split_path(path).map_err(Error::Refused)?;
-        if !self.paths.insert(path.to_vec()) {
+        let mut entries = self.entries();
+        if !entries.paths.insert(path.to_vec()) {
             return Err(Error::Refused(format!(
                 "`{}` was sent twice",
                 String::from_utf8_lossy(path)
@@ -216,14 +226,20 @@ impl<'a> Ingest<'a> {
         node.subtree = None;
         node.name = name;
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
-        self.children.entry(dir).or_default().push(node);
+        entries.children.entry(dir).or_default().push(node);
         Ok(())
     }
 
     /// Forgets the entries received (a resumed sender walks again); chunks stay.
-    pub fn reset_entries(&mut self) {
-        self.children.clear();
-        self.paths.clear();
+    pub fn reset_entries(&self) {
+        *self.entries() = Entries::default();
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // Entries are only ever pushed whole: a panicked holder left them consistent.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes what landed durable and indexed, so the chunks are known after a restart.
@@ -265,9 +281,10 @@ impl<'a> Ingest<'a> {
     ///
     /// # Errors
     /// `Refused` when entries were sent whose directory was not; storage errors.
-    pub fn commit(mut self, meta: &IngestCommit) -> Result<(SnapshotId, Snapshot)> {
-        let mut pending: HashMap<Vec<u8>, Vec<Node>> =
-            std::mem::take(&mut self.children).into_iter().collect();
+    pub fn commit(self, meta: &IngestCommit) -> Result<(SnapshotId, Snapshot)> {
+        let mut pending: HashMap<Vec<u8>, Vec<Node>> = std::mem::take(&mut self.entries().children)
+            .into_iter()
+            .collect();
         let dirs = pending
             .values()
             .flatten()
@@ -380,7 +397,7 @@ mod tests {
         let repo = repo(dir.path(), &rt);
         let content = b"hello from a colocated server".repeat(100);
         let id = repo.keys().blob_id(&content);
-        let mut ingest = Ingest::new(&repo).unwrap();
+        let ingest = Ingest::new(&repo).unwrap();
         assert_eq!(ingest.missing(&[id]), vec![0]);
         // A chunk under a wrong id is refused and not stored.
         let wrong = repo.keys().blob_id(b"other");
@@ -441,7 +458,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path(), &rt);
-        let mut ingest = Ingest::new(&repo).unwrap();
+        let ingest = Ingest::new(&repo).unwrap();
         ingest
             .add_entry(b"/srv/orphan", Node::new("x", NodeKind::Fifo))
             .unwrap();
