@@ -339,23 +339,97 @@ fn chunk_file(
     Ok(Ok(total))
 }
 
-/// The walking side: metadata, the files cache, chunking.
+/// The walking side: metadata, the files cache, chunking. Directory entries are
+/// walked in parallel on the walk's own pool, and inside a large file each buffer's
+/// chunks are named and compressed in parallel, so reading, cutting and compressing
+/// of different files overlap and every core stays busy.
 struct Walker<'a> {
     job: &'a Job,
     cancel: Arc<AtomicBool>,
+    /// Set when a branch of the walk failed: the others stop at their next step.
+    stopped: AtomicBool,
     old: FilesCache,
-    new: FilesCache,
     excludes: globset::GlobSet,
+    /// Chunk ids already put in a batch during this job: read while chunks are named in
+    /// parallel, written only with `state` held (so an id and its batch go in together).
+    seen: std::sync::RwLock<HashSet<[u8; 32]>>,
+    state: std::sync::Mutex<WalkState>,
+    counters: Arc<Counters>,
+}
+
+/// What the walk's threads share. Everything handed to the sender goes through it, so
+/// the order rule holds across threads: an entry is queued only after its chunks are in
+/// a batch, and a batch is handed over before the items queued after it.
+struct WalkState {
     out: std::sync::mpsc::SyncSender<Work>,
     batch: Vec<BatchChunk>,
     batch_bytes: usize,
     /// Items that must follow the current batch.
     after: Vec<Work>,
-    /// Chunk ids already put in a batch during this job (read while chunks are named
-    /// in parallel, written between buffers).
-    seen: Arc<std::sync::RwLock<HashSet<[u8; 32]>>>,
+    new: FilesCache,
     outcome: WalkOutcome,
-    counters: Arc<Counters>,
+}
+
+impl WalkState {
+    fn emit(&self, work: Work) -> Result<(), WalkError> {
+        // The sender stopped (the stream broke or the job was cancelled): its own
+        // error is what the caller reports.
+        self.out.send(work).map_err(|_| WalkError::Disconnected)
+    }
+
+    /// Hands the current batch over, followed by what waited for it.
+    fn flush(&mut self) -> Result<(), WalkError> {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            self.emit(Work::Chunks(batch))?;
+        }
+        for work in std::mem::take(&mut self.after) {
+            self.emit(work)?;
+        }
+        Ok(())
+    }
+
+    fn add_chunk(
+        &mut self,
+        seen: &std::sync::RwLock<HashSet<[u8; 32]>>,
+        chunk: BatchChunk,
+    ) -> Result<(), WalkError> {
+        let new = seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(chunk.id);
+        if !new {
+            return Ok(());
+        }
+        self.batch_bytes += chunk.payload.as_ref().map_or(0, Vec::len);
+        self.batch.push(chunk);
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_IDS {
+            // Only the batch: entries waiting for it go when their own chunks are in.
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            self.emit(Work::Chunks(batch))?;
+        }
+        Ok(())
+    }
+
+    /// Queues an item behind the current batch.
+    fn push_after(&mut self, work: Work) -> Result<(), WalkError> {
+        self.after.push(work);
+        if self.after.len() >= ENTRIES_PER_MESSAGE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Counts a finished file for the outcome and for progress reports.
+    fn count_file(&mut self, counters: &Counters, bytes: u64, unchanged: bool) {
+        self.outcome.files += 1;
+        self.outcome.bytes += bytes;
+        self.outcome.files_unchanged += u64::from(unchanged);
+        counters.files.store(self.outcome.files, Ordering::Relaxed);
+        counters.bytes.store(self.outcome.bytes, Ordering::Relaxed);
+    }
 }
 
 fn entry_from_meta(path: &Path, meta: &Metadata) -> pb::FileEntry {
@@ -402,81 +476,34 @@ fn entry_from_meta(path: &Path, meta: &Metadata) -> pb::FileEntry {
 }
 
 impl Walker<'_> {
+    fn state(&self) -> std::sync::MutexGuard<'_, WalkState> {
+        // Every change under the lock is whole before anything can fail or panic.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check_cancel(&self) -> Result<(), WalkError> {
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.cancel.load(Ordering::Relaxed) || self.stopped.load(Ordering::Relaxed) {
             Err(WalkError::Cancelled)
         } else {
             Ok(())
         }
     }
 
-    fn problem(&mut self, path: &Path, reason: impl std::fmt::Display) {
+    fn problem(&self, path: &Path, reason: impl std::fmt::Display) {
         tracing::warn!(path = %path.display(), %reason, "skipping unreadable file");
-        self.outcome.problems.push(pb::FileProblem {
+        self.state().outcome.problems.push(pb::FileProblem {
             path: path.display().to_string(),
             reason: reason.to_string(),
         });
     }
 
-    fn emit(&self, work: Work) -> Result<(), WalkError> {
-        // The sender stopped (the stream broke or the job was cancelled): its own
-        // error is what the caller reports.
-        self.out.send(work).map_err(|_| WalkError::Disconnected)
+    fn push_entry(&self, entry: pb::FileEntry) -> Result<(), WalkError> {
+        self.state().push_after(Work::Entry(entry))
     }
 
-    /// Hands the current batch over, followed by what waited for it.
-    fn flush(&mut self) -> Result<(), WalkError> {
-        if !self.batch.is_empty() {
-            let batch = std::mem::take(&mut self.batch);
-            self.batch_bytes = 0;
-            self.emit(Work::Chunks(batch))?;
-        }
-        for work in std::mem::take(&mut self.after) {
-            self.emit(work)?;
-        }
-        self.maybe_progress()
-    }
-
-    fn add_chunk(&mut self, chunk: BatchChunk) -> Result<(), WalkError> {
-        let new = self
-            .seen
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(chunk.id);
-        if !new {
-            return Ok(());
-        }
-        self.batch_bytes += chunk.payload.as_ref().map_or(0, Vec::len);
-        self.batch.push(chunk);
-        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_IDS {
-            // Only the batch: entries waiting for it go when their own chunks are in.
-            let batch = std::mem::take(&mut self.batch);
-            self.batch_bytes = 0;
-            self.emit(Work::Chunks(batch))?;
-            self.maybe_progress()?;
-        }
-        Ok(())
-    }
-
-    fn maybe_progress(&mut self) -> Result<(), WalkError> {
-        self.counters
-            .files
-            .store(self.outcome.files, Ordering::Relaxed);
-        self.counters
-            .bytes
-            .store(self.outcome.bytes, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn push_entry(&mut self, entry: pb::FileEntry) -> Result<(), WalkError> {
-        self.after.push(Work::Entry(entry));
-        if self.after.len() >= ENTRIES_PER_MESSAGE {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn walk(&mut self, path: &Path) -> Result<(), WalkError> {
+    fn walk(&self, path: &Path) -> Result<(), WalkError> {
         self.check_cancel()?;
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
@@ -509,9 +536,11 @@ impl Walker<'_> {
                     }
                 }
                 children.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
-                for child in children {
-                    self.walk(&child)?;
+                let walked = children.par_iter().try_for_each(|child| self.walk(child));
+                if walked.is_err() {
+                    self.stopped.store(true, Ordering::Relaxed);
                 }
+                walked?;
             }
             "symlink" => match std::fs::read_link(path) {
                 Ok(target) => {
@@ -528,20 +557,25 @@ impl Walker<'_> {
                         && c.ctime_ns == entry.ctime_ns
                         && c.inode == entry.inode
                 });
-                if let Some(cached) = cached.cloned() {
+                if let Some(cached) = cached {
                     entry.content = cached.content.iter().map(|id| id.to_vec()).collect();
-                    self.outcome.files += 1;
-                    self.outcome.files_unchanged += 1;
-                    self.outcome.bytes += entry.size;
+                    // One critical section: no other file's entry can slip in between
+                    // these chunk ids and this entry (it might rely on a chunk that
+                    // only a re-read of this file will send).
+                    let mut state = self.state();
                     for id in &cached.content {
-                        self.add_chunk(BatchChunk {
-                            id: *id,
-                            raw_len: 0,
-                            payload: None,
-                        })?;
+                        state.add_chunk(
+                            &self.seen,
+                            BatchChunk {
+                                id: *id,
+                                raw_len: 0,
+                                payload: None,
+                            },
+                        )?;
                     }
-                    self.new.files.insert(key, cached);
-                    self.after.push(Work::Cached(entry, path.to_path_buf()));
+                    state.count_file(&self.counters, entry.size, true);
+                    state.new.files.insert(key, cached.clone());
+                    state.push_after(Work::Cached(entry, path.to_path_buf()))?;
                 } else {
                     self.read_file(path, entry)?;
                 }
@@ -551,21 +585,18 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn read_file(&mut self, path: &Path, mut entry: pb::FileEntry) -> Result<(), WalkError> {
+    fn read_file(&self, path: &Path, mut entry: pb::FileEntry) -> Result<(), WalkError> {
         let mut content: Vec<[u8; 32]> = Vec::new();
-        let seen = self.seen.clone();
-        let skip = move |id: &[u8; 32]| {
-            seen.read()
+        let skip = |id: &[u8; 32]| {
+            self.seen
+                .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .contains(id)
         };
-        let cancel = self.cancel.clone();
-        let job = self.job;
-        let read = chunk_file(job, path, entry.size, &skip, &cancel, &mut |chunk| {
+        let read = chunk_file(self.job, path, entry.size, &skip, &self.cancel, &mut |chunk| {
             content.push(chunk.id);
-            self.outcome.bytes += u64::from(chunk.raw_len);
             if chunk.payload.is_some() {
-                self.add_chunk(chunk)?;
+                self.state().add_chunk(&self.seen, chunk)?;
             }
             Ok(())
         })?;
@@ -578,13 +609,14 @@ impl Walker<'_> {
         };
         entry.size = total;
         entry.content = content.iter().map(|id| id.to_vec()).collect();
-        self.outcome.files += 1;
         let unchanged_after = std::fs::symlink_metadata(path).is_ok_and(|after| {
             after.len() == total
                 && after.mtime() * 1_000_000_000 + after.mtime_nsec() == entry.mtime_ns
         });
+        let mut state = self.state();
+        state.count_file(&self.counters, total, false);
         if unchanged_after {
-            self.new.files.insert(
+            state.new.files.insert(
                 entry.path.clone(),
                 CachedFile {
                     size: entry.size,
@@ -595,11 +627,7 @@ impl Walker<'_> {
                 },
             );
         }
-        self.after.push(Work::Entry(entry));
-        if self.after.len() >= ENTRIES_PER_MESSAGE {
-            self.flush()?;
-        }
-        Ok(())
+        state.push_after(Work::Entry(entry))
     }
 }
 
@@ -874,36 +902,47 @@ pub fn run<L: Link + Send>(
         outcome: SenderOutcome::default(),
         counters: counters.clone(),
     };
-    let mut walker = Walker {
+    // The walk's own pool: the sender re-reads stale files on the global one, which
+    // must never wait behind walk threads that wait for the sender.
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cadang-walk-{i}"))
+        .build()
+        .map_err(|e| WalkError::Invalid(format!("cannot start the walk threads: {e}")))?;
+    let walker = Walker {
         job,
         cancel: cancel.clone(),
+        stopped: AtomicBool::new(false),
         old: cache,
-        new: FilesCache::default(),
         excludes,
-        out,
-        batch: Vec::new(),
-        batch_bytes: 0,
-        after: Vec::new(),
-        seen: Arc::default(),
-        outcome: WalkOutcome::default(),
-        counters: counters.clone(),
+        seen: std::sync::RwLock::default(),
+        state: std::sync::Mutex::new(WalkState {
+            out,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            after: Vec::new(),
+            new: FilesCache::default(),
+            outcome: WalkOutcome::default(),
+        }),
+        counters,
     };
     let (walked, sent) = std::thread::scope(|scope| {
         let sending = scope.spawn(move || sender.run(work));
-        let walked = (|| {
+        let walked = pool.install(|| {
             for entry in above {
                 walker.push_entry(entry)?;
             }
             for root in &roots {
                 walker.walk(root)?;
             }
-            walker.flush()?;
-            walker.maybe_progress()
-        })();
+            walker.state().flush()
+        });
         // Closing the queue ends the sender once it has sent everything.
-        let Walker {
-            out, new, outcome, ..
-        } = walker;
+        let WalkState { out, new, outcome, .. } = walker
+            .state
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         drop(out);
         let sent = sending
             .join()

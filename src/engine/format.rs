@@ -262,36 +262,95 @@ thread_local! {
 /// only when it saves at least 1/32 of the size; otherwise the data is stored
 /// raw and costs nothing to read back.
 pub fn encode_blob_payload(data: &[u8], level: i32, out: &mut Vec<u8>) {
+    let start = out.len();
     if level > 0 && data.len() >= 128 {
+        // Compressed straight into `out`; kept only when it saves enough.
         let bound = zstd::zstd_safe::compress_bound(data.len());
-        let mut buf = Vec::with_capacity(bound + 1);
-        buf.push(CODEC_ZSTD);
-        let ok = COMPRESSOR.with(|c| {
+        out.reserve(bound + 1);
+        out.push(CODEC_ZSTD);
+        let written = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().map(|(l, _)| *l) != Some(level) {
                 *c = zstd::bulk::Compressor::new(level)
                     .ok()
                     .map(|comp| (level, comp));
             }
-            let Some((_, comp)) = c.as_mut() else {
-                return false;
-            };
-            buf.resize(bound + 1, 0);
-            match comp.compress_to_buffer(data, &mut buf[1..]) {
-                Ok(n) => {
-                    buf.truncate(n + 1);
-                    true
-                }
-                Err(_) => false,
-            }
+            let (_, comp) = c.as_mut()?;
+            // A cursor at the end: zstd writes after the codec byte, into the
+            // capacity reserved above, and sets the length.
+            let mut at_end = std::io::Cursor::new(&mut *out);
+            at_end.set_position((start + 1) as u64);
+            comp.compress_to_buffer(data, &mut at_end).ok()
         });
-        if ok && buf.len() < data.len() - data.len() / 32 {
-            out.extend_from_slice(&buf);
+        if written.is_some_and(|n| n < data.len() - data.len() / 32) {
             return;
         }
+        out.truncate(start);
     }
+    out.reserve(data.len() + 1);
     out.push(CODEC_RAW);
     out.extend_from_slice(data);
+}
+
+/// Hands the plaintext of a blob payload to `f` without keeping it: a raw payload is
+/// passed as it is, a compressed one is decompressed into a buffer this thread reuses.
+/// For checking a payload prepared elsewhere against its id.
+///
+/// # Errors
+/// As [`decode_blob_payload`].
+pub fn with_blob_plaintext<R>(
+    payload: &[u8],
+    raw_len: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> std::result::Result<R, String> {
+    match payload.first() {
+        Some(&CODEC_ZSTD) => PLAIN_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            decompress_into(&payload[1..], raw_len, &mut scratch)?;
+            Ok(f(&scratch))
+        }),
+        Some(&CODEC_RAW) if payload.len() - 1 == raw_len => Ok(f(&payload[1..])),
+        _ => decode_blob_payload(payload, raw_len).map(|plain| f(&plain)),
+    }
+}
+
+thread_local! {
+    static PLAIN_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decompresses a zstd frame of exactly `raw_len` bytes, appending to `out`, with this
+/// thread's decompression context.
+fn decompress_into(
+    frame: &[u8],
+    raw_len: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    let start = out.len();
+    // One byte more than announced, so a frame that decompresses to more is seen.
+    out.reserve(raw_len + 1);
+    let n = DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        let Some(d) = d.as_mut() else {
+            return Err("zstd: no decompression context".to_owned());
+        };
+        let mut at_end = std::io::Cursor::new(&mut *out);
+        at_end.set_position(start as u64);
+        d.decompress_to_buffer(frame, &mut at_end)
+            .map_err(|e| format!("zstd: {e}"))
+    })?;
+    let produced = out.len() - start;
+    debug_assert_eq!(n, produced);
+    if produced != raw_len {
+        out.truncate(start);
+        return Err(format!(
+            "decompressed to {produced} bytes, index says {raw_len}"
+        ));
+    }
+    Ok(())
 }
 
 /// Decode a blob payload in place: raw payloads lose their codec byte
@@ -329,14 +388,8 @@ pub fn decode_blob_payload(payload: &[u8], raw_len: usize) -> std::result::Resul
             payload.len() - 1
         )),
         Some(&CODEC_ZSTD) => {
-            let out =
-                zstd::bulk::decompress(&payload[1..], raw_len).map_err(|e| format!("zstd: {e}"))?;
-            if out.len() != raw_len {
-                return Err(format!(
-                    "decompressed to {} bytes, index says {raw_len}",
-                    out.len()
-                ));
-            }
+            let mut out = Vec::new();
+            decompress_into(&payload[1..], raw_len, &mut out)?;
             Ok(out)
         }
         Some(c) => Err(format!("unknown blob codec {c}")),

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 
 use super::error::{Error, Result};
-use super::format::decode_blob_payload;
+use super::format::with_blob_plaintext;
 use super::id::{BlobId, BlobType, SnapshotId};
 use super::index::Index;
 use super::packer::Packer;
@@ -173,9 +173,13 @@ impl<'a> Ingest<'a> {
                 self.max_chunk
             )));
         }
-        let plain = decode_blob_payload(payload, raw_len as usize)
-            .map_err(|e| Error::Refused(format!("chunk {}: {e}", id.short())))?;
-        if self.repo.keys().blob_id(&plain) != id {
+        // Named from the plaintext without keeping it: raw payloads are hashed where
+        // they lie, compressed ones in this thread's reused buffer.
+        let named = with_blob_plaintext(payload, raw_len as usize, |plain| {
+            self.repo.keys().blob_id(plain)
+        })
+        .map_err(|e| Error::Refused(format!("chunk {}: {e}", id.short())))?;
+        if named != id {
             return Err(Error::Refused(format!(
                 "chunk {} does not match its id: the sender's content or key is wrong",
                 id.short()
