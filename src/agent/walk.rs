@@ -723,7 +723,7 @@ impl<L: Link> Sender<'_, L> {
                             job_id: self.job.job_id.clone(),
                             id: chunk.id.to_vec(),
                             raw_len: chunk.raw_len,
-                            payload,
+                            payload: payload.into(),
                         }))?;
                     self.stale.remove(&chunk.id);
                     if self.last_progress.elapsed() >= PROGRESS_EVERY {

@@ -60,6 +60,17 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack written into `buf` (a buffer of an earlier pack, kept so that its
+    /// memory is not mapped and zeroed again for every pack).
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self {
+            buf,
+            entries: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
     /// Make room for `n` more bytes without the allocator's doubling
     /// overshooting far past one pack (memory stays about one pack per builder).
     pub fn reserve_for(&mut self, n: usize, pack_size: usize) {

@@ -26,6 +26,10 @@ use super::store::Store;
 
 /// Write an index object after this many packs have landed.
 const INDEX_EVERY_PACKS: usize = 4;
+/// Buffers of landed packs kept for the next packs. Fresh pack-sized buffers come
+/// straight from the kernel, which maps and zeroes every page on first touch: for a
+/// backup that is as much work as writing the packs out again.
+const SPARE_BUFFERS: usize = 2;
 
 /// Counters of what a packer stored.
 #[derive(Debug, Default)]
@@ -49,6 +53,22 @@ struct Shared {
     written_indexes: Mutex<Vec<IndexId>>,
     error: Mutex<Option<Error>>,
     stats: PackerStats,
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Shared {
+    /// Keeps a landed pack's buffer for a later pack, if no one else holds it.
+    fn recycle(&self, bytes: Bytes) {
+        if let Ok(buffer) = bytes.try_into_mut() {
+            let mut spare = self
+                .spare
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(Vec::from(buffer));
+            }
+        }
+    }
 }
 
 /// Hook for crash-point tests: called after each durable step of the commit
@@ -84,6 +104,7 @@ impl Packer {
                 written_indexes: Mutex::new(Vec::new()),
                 error: Mutex::new(None),
                 stats: PackerStats::default(),
+                spare: Mutex::new(Vec::new()),
             }),
             handle: repo.handle().clone(),
             data: Mutex::new(PackBuilder::new(0)),
@@ -215,10 +236,7 @@ impl Packer {
             p.reserve_for(envelope.len(), self.pack_size);
             p.add_sealed(ty, id, envelope, raw_len);
             if p.len() >= self.pack_size {
-                Some(std::mem::replace(
-                    &mut *p,
-                    PackBuilder::new(self.pack_size + (1 << 20)),
-                ))
+                Some(std::mem::replace(&mut *p, self.next_builder()))
             } else {
                 None
             }
@@ -227,6 +245,20 @@ impl Packer {
             self.upload(p)?;
         }
         self.check_failed()
+    }
+
+    /// An empty pack, in a landed pack's buffer when one is spare.
+    fn next_builder(&self) -> PackBuilder {
+        let spare = self
+            .shared
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match spare {
+            Some(buffer) => PackBuilder::with_buffer(buffer),
+            None => PackBuilder::new(self.pack_size + (1 << 20)),
+        }
     }
 
     fn upload(&self, p: PackBuilder) -> Result<()> {
@@ -241,12 +273,14 @@ impl Packer {
             let len = bytes.len() as u64;
             let key = pack_key(&id);
             let want = id.0;
+            let bytes = Bytes::from(bytes);
             let res = shared
                 .store
-                .put_create(&key, Bytes::from(bytes), move |e| {
+                .put_create(&key, bytes.clone(), move |e| {
                     *blake3::hash(e).as_bytes() == want
                 })
                 .await;
+            shared.recycle(bytes);
             match res {
                 Ok(()) => {
                     shared.stats.stored_bytes.fetch_add(len, Ordering::Relaxed);
