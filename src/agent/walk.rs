@@ -1063,6 +1063,94 @@ mod tests {
             .collect()
     }
 
+    /// Every path under `root`, as the walk names them.
+    fn tree_paths(root: &Path, into: &mut Vec<Vec<u8>>) {
+        into.push(root.as_os_str().as_bytes().to_vec());
+        if std::fs::symlink_metadata(root).unwrap().is_dir() {
+            for child in std::fs::read_dir(root).unwrap() {
+                tree_paths(&child.unwrap().path(), into);
+            }
+        }
+    }
+
+    #[test]
+    fn a_tree_walked_in_parallel_sends_every_entry_once_and_after_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        // Directories walked side by side, with files that share their content across
+        // directories (so that threads race to send the same chunks).
+        for d in 0..6u64 {
+            let sub = src.join(format!("d{d}")).join("nested");
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..30u64 {
+                let content = if f % 5 == 0 {
+                    noise(1000 + f % 3, 300 << 10)
+                } else {
+                    noise(d * 100 + f, 20_000 + f as usize * 997)
+                };
+                std::fs::write(sub.join(format!("f{f}")), content).unwrap();
+            }
+            std::fs::write(src.join(format!("d{d}/empty")), b"").unwrap();
+            std::os::unix::fs::symlink("nested/f1", src.join(format!("d{d}/link"))).unwrap();
+        }
+        let mut expected = Vec::new();
+        tree_paths(&src, &mut expected);
+        expected.sort();
+        let job = job(vec![src.clone()]);
+        let mut repo = Repository::default();
+        let mut cache = FilesCache::default();
+        // First run; then everything cached but the repository lost every chunk, so the
+        // cached files are read again, racing files that share their content.
+        for round in 0..3 {
+            repo.entries.clear();
+            if round == 2 {
+                repo.held.clear();
+            }
+            let outcome = run(
+                &job,
+                &mut Loopback {
+                    repo: &mut repo,
+                    ids: job.ids.clone(),
+                },
+                cache,
+                Arc::default(),
+            )
+            .unwrap();
+            assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+            assert_eq!(outcome.files, 6 * 31, "round {round}");
+            let mut sent: Vec<Vec<u8>> = repo
+                .entries
+                .iter()
+                .map(|e| e.path.clone())
+                .filter(|p| p.starts_with(src.as_os_str().as_bytes()))
+                .collect();
+            sent.sort();
+            assert_eq!(sent, expected, "round {round}: every entry once");
+            for entry in &repo.entries {
+                if entry.kind == "file" {
+                    let on_disk =
+                        std::fs::read(std::ffi::OsStr::from_bytes(&entry.path)).unwrap();
+                    assert_eq!(entry.size, on_disk.len() as u64);
+                    let mut at = 0;
+                    let named: Vec<Vec<u8>> = job
+                        .chunker
+                        .split_all(&on_disk)
+                        .into_iter()
+                        .map(|n| {
+                            at += n;
+                            job.ids.blob_id(&on_disk[at - n..at]).0.to_vec()
+                        })
+                        .collect();
+                    assert_eq!(entry.content, named, "round {round}: content of a file");
+                }
+            }
+            if round == 1 {
+                assert_eq!(outcome.files_unchanged, 6 * 31);
+            }
+            cache = outcome.cache;
+        }
+    }
+
     #[test]
     fn unchanged_files_come_from_the_cache_and_stale_ones_are_read_again() {
         let dir = tempfile::tempdir().unwrap();

@@ -453,7 +453,42 @@ mod tests {
         let _ = data;
     }
 
+    #[test]
+    fn plaintext_is_checked_in_place_and_a_lying_length_is_refused() {
+        let mut out = Vec::new();
+        encode_blob_payload(&vec![b'a'; 10_000], 3, &mut out);
+        assert_eq!(out[0], CODEC_ZSTD);
+        // Longer and shorter than announced: refused, and the reused context and
+        // buffer still serve the next chunk.
+        for lie in [5_000, 9_999, 10_001, 0] {
+            assert!(with_blob_plaintext(&out, lie, <[u8]>::len).is_err(), "{lie}");
+        }
+        assert_eq!(with_blob_plaintext(&out, 10_000, <[u8]>::len), Ok(10_000));
+        // A raw payload is handed over where it lies.
+        let raw = [&[CODEC_RAW][..], b"plain"].concat();
+        let at = with_blob_plaintext(&raw, 5, |plain| plain.as_ptr()).unwrap();
+        assert_eq!(at, raw[1..].as_ptr());
+        assert!(with_blob_plaintext(&raw, 4, <[u8]>::len).is_err());
+        assert!(with_blob_plaintext(&[], 0, <[u8]>::len).is_err());
+        assert!(with_blob_plaintext(&[9, 1, 2], 2, <[u8]>::len).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn payloads_append_and_read_back_in_place(
+            prefix in proptest::collection::vec(any::<u8>(), 0..64),
+            data in proptest::collection::vec(0u8..4, 0..5000),
+            level in 0i32..6,
+        ) {
+            let mut out = prefix.clone();
+            encode_blob_payload(&data, level, &mut out);
+            prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+            let payload = &out[prefix.len()..];
+            prop_assert_eq!(&decode_blob_payload(payload, data.len()).unwrap(), &data);
+            prop_assert_eq!(with_blob_plaintext(payload, data.len(), <[u8]>::to_vec).unwrap(), data.clone());
+            prop_assert!(with_blob_plaintext(payload, data.len() + 1, <[u8]>::len).is_err());
+        }
+
         #[test]
         fn blob_payload_round_trip(data in proptest::collection::vec(0u8..4, 0..5000), level in 0i32..6) {
             let mut out = Vec::new();
@@ -464,6 +499,7 @@ mod tests {
         #[test]
         fn garbage_payload_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..1000) {
             let _ = decode_blob_payload(&data, n);
+            let _ = with_blob_plaintext(&data, n, <[u8]>::len);
             let _ = config_version(&data);
         }
     }

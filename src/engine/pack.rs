@@ -259,6 +259,24 @@ mod tests {
         assert!(open_blob(&k, BlobType::Tree, &a_id, 4, ea).is_err());
     }
 
+    #[test]
+    fn a_pack_written_into_a_used_buffer_holds_only_its_own_blobs() {
+        let k = keys();
+        let mut first = PackBuilder::new(0);
+        first.add(&k, BlobType::Data, k.blob_id(b"old"), b"old", 3);
+        let (_, used, _) = first.finish(&k);
+        let mut b = PackBuilder::with_buffer(used);
+        let id = k.blob_id(b"new blob");
+        b.add(&k, BlobType::Data, id, b"new blob", 3);
+        let (pid, bytes, entries) = b.finish(&k);
+        let hdr = read_pack_header(&k, &pid, &bytes).unwrap();
+        assert_eq!(hdr, entries);
+        assert_eq!(hdr.len(), 1);
+        assert_eq!(hdr[0].offset, 0);
+        let env = &bytes[..hdr[0].length as usize];
+        assert_eq!(open_blob(&k, BlobType::Data, &id, 8, env).unwrap(), b"new blob");
+    }
+
     proptest! {
         #[test]
         fn pack_round_trip_and_damage(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..8), flip in any::<usize>(), cut in any::<usize>()) {
