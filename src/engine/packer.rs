@@ -26,10 +26,12 @@ use super::store::Store;
 
 /// Write an index object after this many packs have landed.
 const INDEX_EVERY_PACKS: usize = 4;
-/// Buffers of landed packs kept for the next packs. Fresh pack-sized buffers come
+/// Buffers of landed packs kept for the next packs. A fresh pack-sized buffer comes
 /// straight from the kernel, which maps and zeroes every page on first touch: for a
-/// backup that is as much work as writing the packs out again.
-const SPARE_BUFFERS: usize = 2;
+/// backup that is as much work as writing the packs out again. One is enough (an
+/// upload usually lands before the next pack fills), and each kept buffer is a pack's
+/// worth of memory.
+const SPARE_BUFFERS: usize = 1;
 
 /// Counters of what a packer stored.
 #[derive(Debug, Default)]
