@@ -593,13 +593,20 @@ impl Walker<'_> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .contains(id)
         };
-        let read = chunk_file(self.job, path, entry.size, &skip, &self.cancel, &mut |chunk| {
-            content.push(chunk.id);
-            if chunk.payload.is_some() {
-                self.state().add_chunk(&self.seen, chunk)?;
-            }
-            Ok(())
-        })?;
+        let read = chunk_file(
+            self.job,
+            path,
+            entry.size,
+            &skip,
+            &self.cancel,
+            &mut |chunk| {
+                content.push(chunk.id);
+                if chunk.payload.is_some() {
+                    self.state().add_chunk(&self.seen, chunk)?;
+                }
+                Ok(())
+            },
+        )?;
         let total = match read {
             Ok(total) => total,
             Err(error) => {
@@ -904,12 +911,8 @@ pub fn run<L: Link + Send>(
     };
     // The walk's own pool: the sender re-reads stale files on the global one, which
     // must never wait behind walk threads that wait for the sender.
-    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("cadang-walk-{i}"))
-        .build()
-        .map_err(|e| WalkError::Invalid(format!("cannot start the walk threads: {e}")))?;
+    let pool = crate::engine::worker_pool("cadang-walk", None, 1)
+        .map_err(|e| WalkError::Invalid(e.to_string()))?;
     let walker = Walker {
         job,
         cancel: cancel.clone(),
@@ -939,7 +942,9 @@ pub fn run<L: Link + Send>(
             walker.state().flush()
         });
         // Closing the queue ends the sender once it has sent everything.
-        let WalkState { out, new, outcome, .. } = walker
+        let WalkState {
+            out, new, outcome, ..
+        } = walker
             .state
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1128,8 +1133,7 @@ mod tests {
             assert_eq!(sent, expected, "round {round}: every entry once");
             for entry in &repo.entries {
                 if entry.kind == "file" {
-                    let on_disk =
-                        std::fs::read(std::ffi::OsStr::from_bytes(&entry.path)).unwrap();
+                    let on_disk = std::fs::read(std::ffi::OsStr::from_bytes(&entry.path)).unwrap();
                     assert_eq!(entry.size, on_disk.len() as u64);
                     let mut at = 0;
                     let named: Vec<Vec<u8>> = job

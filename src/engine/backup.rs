@@ -572,16 +572,7 @@ pub fn backup(
         None => None,
     };
 
-    let threads = opts.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("cadang-backup-{i}"))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let pool = super::worker_pool("cadang-backup", opts.threads, 1)?;
     let ctx = Ctx {
         repo,
         index,

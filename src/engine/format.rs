@@ -461,7 +461,10 @@ mod tests {
         // Longer and shorter than announced: refused, and the reused context and
         // buffer still serve the next chunk.
         for lie in [5_000, 9_999, 10_001, 0] {
-            assert!(with_blob_plaintext(&out, lie, <[u8]>::len).is_err(), "{lie}");
+            assert!(
+                with_blob_plaintext(&out, lie, <[u8]>::len).is_err(),
+                "{lie}"
+            );
         }
         assert_eq!(with_blob_plaintext(&out, 10_000, <[u8]>::len), Ok(10_000));
         // A raw payload is handed over where it lies.

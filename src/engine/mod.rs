@@ -28,5 +28,26 @@ pub mod store;
 pub mod tree;
 
 pub use error::{Error, Result};
+
+/// A pool of worker threads named `<name>-<i>`: `threads` (unless 0), or one per CPU
+/// this process may use (cgroup quotas included), but at least `min`.
+///
+/// # Errors
+/// `InvalidInput` when the threads cannot be started.
+pub fn worker_pool(
+    name: &'static str,
+    threads: Option<usize>,
+    min: usize,
+) -> Result<rayon::ThreadPool> {
+    let threads = threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .max(min);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start the {name} threads: {e}")))
+}
 pub use repo::{OpenOptions, Repository};
 pub use store::{Store, StoreOptions};

@@ -274,7 +274,10 @@ mod tests {
         assert_eq!(hdr.len(), 1);
         assert_eq!(hdr[0].offset, 0);
         let env = &bytes[..hdr[0].length as usize];
-        assert_eq!(open_blob(&k, BlobType::Data, &id, 8, env).unwrap(), b"new blob");
+        assert_eq!(
+            open_blob(&k, BlobType::Data, &id, 8, env).unwrap(),
+            b"new blob"
+        );
     }
 
     proptest! {

@@ -58,6 +58,12 @@ struct Shared {
     spare: Mutex<Vec<Vec<u8>>>,
 }
 
+/// The packer's upload slots are never closed; should that ever change, the run stops
+/// with an error rather than a panic.
+fn upload_slots_closed() -> Error {
+    Error::Refused("the packer's upload slots were closed".into())
+}
+
 impl Shared {
     /// Keeps a landed pack's buffer for a later pack, if no one else holds it.
     fn recycle(&self, bytes: Bytes) {
@@ -268,7 +274,7 @@ impl Packer {
         let permit = self
             .handle
             .block_on(self.sem.clone().acquire_owned())
-            .expect("semaphore never closed");
+            .map_err(|_| upload_slots_closed())?;
         let shared = self.shared.clone();
         let hook = self.hook.clone();
         self.handle.spawn(async move {
@@ -364,7 +370,7 @@ impl Packer {
                     .clone()
                     .acquire_many_owned(self.max_in_flight as u32),
             )
-            .expect("semaphore never closed");
+            .map_err(|_| upload_slots_closed())?;
         drop(all);
         let rest = std::mem::take(
             &mut *self

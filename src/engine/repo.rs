@@ -691,7 +691,7 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.expect("loop ran"))
+        Err(last.unwrap_or_else(|| Error::corrupt("pack", "no copy could be read")))
     }
 
     /// Load and decode a tree blob.

@@ -499,15 +499,7 @@ pub fn restore_tree(
     }
     let in_bad_dir = |rel: &Path| bad_dirs.iter().any(|b| rel.starts_with(b) && rel != b);
 
-    let threads = opts.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(2))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let pool = super::worker_pool("cadang-restore", opts.threads, 2)?;
     // 2. Plan file content: blob -> destinations, grouped by pack.
     let mut files: Vec<(FileState, &Node)> = Vec::new();
     let mut hardlink_first: HashMap<u64, usize> = HashMap::new();
