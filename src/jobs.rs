@@ -240,39 +240,16 @@ impl Repositories {
         let store =
             Store::open(&location, &self.replica_store).map_err(|error| error.to_string())?;
         let password = self.replica_password(agency_code);
-        let options = daemon_open_options();
-        let opened = match Repository::open(
-            handle.clone(),
-            store.clone(),
-            password.expose().as_bytes(),
-            &options,
-        ) {
-            Ok(replica) => Ok(replica),
-            Err(crate::engine::error::Error::NotARepository { .. }) => {
-                match Repository::init_from(
-                    handle.clone(),
-                    store.clone(),
-                    password.expose().as_bytes(),
-                    &options,
-                    primary,
-                ) {
-                    Ok(replica) => Ok(replica),
-                    // Another daemon (or run) created it at the same moment: use theirs.
-                    Err(init_error) => Repository::open(
-                        handle.clone(),
-                        store,
-                        password.expose().as_bytes(),
-                        &options,
-                    )
-                    .map_err(|_| {
-                        format!("cannot create the replica repository at {location}: {init_error}")
-                    }),
-                }
-            }
-            Err(error) => Err(format!(
-                "cannot open the replica repository at {location}: {error}"
-            )),
-        }?;
+        let opened = open_or_create(
+            handle,
+            store,
+            &password,
+            &location,
+            "replica repository",
+            |handle, store, password, options| {
+                Repository::init_from(handle, store, password, options, primary)
+            },
+        )?;
         if opened.keys().fingerprint() != primary.keys().fingerprint() {
             return Err(format!(
                 "the repository at {location} is not a replica of the agency's repository (other keys)"
@@ -304,36 +281,45 @@ impl Repositories {
             store = store.with_upload_limit(limit, cancel);
         }
         let password = self.password(agency_code);
-        let options = daemon_open_options();
-        match Repository::open(
-            handle.clone(),
-            store.clone(),
-            password.expose().as_bytes(),
-            &options,
-        ) {
-            Ok(repository) => Ok(repository),
-            Err(crate::engine::error::Error::NotARepository { .. }) => {
-                match Repository::init(
-                    handle.clone(),
-                    store.clone(),
-                    password.expose().as_bytes(),
-                    &options,
-                ) {
-                    Ok(repository) => Ok(repository),
-                    // Another daemon (or run) created it at the same moment: use theirs.
-                    Err(init_error) => Repository::open(
-                        handle.clone(),
-                        store,
-                        password.expose().as_bytes(),
-                        &options,
-                    )
-                    .map_err(|_| {
-                        format!("cannot create the repository at {location}: {init_error}")
+        open_or_create(
+            handle,
+            store,
+            &password,
+            &location,
+            "repository",
+            Repository::init,
+        )
+    }
+}
+
+/// Opens the repository in `store`, creating it with `init` when there is none. Two
+/// daemons (or two runs of one daemon) may create it at the same moment: the one that
+/// loses the race for `config` opens the winner's.
+fn open_or_create(
+    handle: &Handle,
+    store: Store,
+    password: &SecretString,
+    location: &str,
+    what: &str,
+    init: impl FnOnce(Handle, Store, &[u8], &OpenOptions) -> crate::engine::Result<Repository>,
+) -> Result<Repository, String> {
+    let options = daemon_open_options();
+    let password = password.expose().as_bytes();
+    match Repository::open(handle.clone(), store.clone(), password, &options) {
+        Ok(repository) => Ok(repository),
+        Err(crate::engine::error::Error::NotARepository { .. }) => {
+            match init(handle.clone(), store.clone(), password, &options) {
+                Ok(repository) => Ok(repository),
+                Err(init_error) => Repository::open(handle.clone(), store, password, &options)
+                    .map_err(|open_error| {
+                        format!(
+                            "cannot create the {what} at {location}: {init_error}; \
+                             opening it afterwards failed: {open_error}"
+                        )
                     }),
-                }
             }
-            Err(error) => Err(format!("cannot open the repository at {location}: {error}")),
         }
+        Err(error) => Err(format!("cannot open the {what} at {location}: {error}")),
     }
 }
 
@@ -963,6 +949,61 @@ mod tests {
         assert_ne!(damaged.status, "ok", "{damaged:?}");
         assert!(damaged.error.is_some());
         assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
+    }
+
+    /// Runs of several plans of one agency start together on a fresh daemon: each finds
+    /// no repository and creates one; the runs that lose the race for `config` open the
+    /// winner's repository instead of failing, for the primary and for the replica.
+    #[test]
+    fn runs_creating_an_agency_repository_at_once_all_open_the_same_one() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repositories = Repositories::new(
+            dir.path().join("repositories").display().to_string(),
+            [5; 32],
+            StoreOptions::default(),
+        )
+        .with_replica(
+            Some(dir.path().join("replicas").display().to_string()),
+            StoreOptions::default(),
+        );
+        for agency in ["DINKES", "BAPPEDA", "DISDIK"] {
+            let opened: Vec<(String, String)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let handle = runtime.handle();
+                            let primary = repositories.open(handle, agency, None, None)?;
+                            let replica =
+                                repositories.open_replica(handle, agency, &primary, None)?;
+                            Ok::<_, String>((
+                                primary.config().id.clone(),
+                                replica.config().id.clone(),
+                            ))
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|worker| worker.join().unwrap().unwrap())
+                    .collect()
+            });
+            assert!(opened.iter().all(|ids| ids == &opened[0]), "{opened:?}");
+            assert_ne!(opened[0].0, opened[0].1);
+            for root in ["repositories", "replicas"] {
+                let keys = dir
+                    .path()
+                    .join(root)
+                    .join(agency.to_ascii_lowercase())
+                    .join("keys");
+                assert_eq!(
+                    std::fs::read_dir(&keys).unwrap().count(),
+                    1,
+                    "the losers take back their key slots in {}",
+                    keys.display()
+                );
+            }
+        }
     }
 
     #[test]

@@ -218,7 +218,13 @@ impl Repository {
             else {
                 continue;
             };
-            let raw = handle.block_on(store.get(&info.key))?;
+            let raw = match handle.block_on(store.get(&info.key)) {
+                Ok(raw) => raw,
+                // Taken back since the listing: a stray slot of an initialisation
+                // that lost the race for `config`, or a key removed meanwhile.
+                Err(Error::MissingObject { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let slot: KeySlot = match serde_json::from_slice(&raw) {
                 Ok(s) => s,
                 Err(e) => {
