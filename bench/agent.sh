@@ -3,6 +3,7 @@
 #
 #   bench/agent.sh                       # scale 1 (~1.7 GB), 3 repetitions
 #   SCALE=0.05 REPS=1 bench/agent.sh     # smoke test
+#   COMPRESS_ON=daemon bench/agent.sh    # the plan compresses on the daemon, not the agent
 #
 # Each repetition, on a fresh run directory:
 #   local   `cadang backup DATA` into a new local repository (the engine alone);
@@ -18,6 +19,7 @@ BENCH_DIR=${BENCH_DIR:-/work/bench-tmp}
 SCALE=${SCALE:-1}
 SEED=${SEED:-42}
 REPS=${REPS:-3}
+COMPRESS_ON=${COMPRESS_ON:-agent}
 CADANG_BIN=${CADANG_BIN:-$HERE/../target/release/cadang}
 PY=${PYTHON:-python3}
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -88,7 +90,7 @@ for rep in $(seq 1 "$REPS"); do
     printf 'scope = "/data"\nschedule = "harian 01:00"\nretention = "7 hari"\n' >"$RUN/b.toml"
     B=$(c "$KADIN" request backup submit --agency "$AG" --subject bench --form "$RUN/b.toml" | json "d['request']['id']")
     c "$KADIN" step complete "$B" 1 >/dev/null
-    PLAN=$(c "$KASI" plan create --request "$B" --name bench --path "$DATA" --on-server "$SERVER" --schedule "0 1 * * *" | json "d[0]['id']")
+    PLAN=$(c "$KASI" plan create --request "$B" --name bench --path "$DATA" --on-server "$SERVER" --compress-on "$COMPRESS_ON" --schedule "0 1 * * *" | json "d[0]['id']")
     sync; sleep 2
     c "$KASI" step complete "$B" 2 >/dev/null
     wait_run() {
@@ -131,14 +133,15 @@ PYEOF
     RUN=""
 done
 
-"$PY" - "$RESULTS" <<'PYEOF' | tee "${RESULTS%.jsonl}.md"
-import json, statistics, sys
+COMPRESS_ON=$COMPRESS_ON "$PY" - "$RESULTS" <<'PYEOF' | tee "${RESULTS%.jsonl}.md"
+import json, os, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 med = lambda key: statistics.median(r[key] for r in rows)
 print(f"| backup of {rows[0]['bytes']/1e6:.0f} MB, median of {len(rows)} | value |")
 print("|---|---|")
 print(f"| local `cadang backup` | {med('local_mbps'):.1f} MB/s ({med('local_s'):.2f} s) |")
-print(f"| through an agent, first backup | {med('agent_mbps'):.1f} MB/s ({med('agent_s'):.2f} s) |")
+side = os.environ.get("COMPRESS_ON", "agent")
+print(f"| through an agent (compressing on the {side}), first backup | {med('agent_mbps'):.1f} MB/s ({med('agent_s'):.2f} s) |")
 print(f"| agent / local throughput (medians) | {med('agent_mbps')/med('local_mbps'):.2f} |")
 # Each repetition runs its two backups back to back, so its own ratio is the least
 # disturbed by a machine whose speed drifts between repetitions.

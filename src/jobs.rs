@@ -821,6 +821,7 @@ mod tests {
             replicate_schedule: None,
             window: None,
             bandwidth_limit_kib: None,
+            compress_on: crate::app::CompressOn::Agent,
             restic: None,
         }
     }

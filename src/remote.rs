@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::runtime::Handle;
 
 use crate::app::restore_requests::CheckCommand;
-use crate::app::{MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
+use crate::app::{CompressOn, MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
 use crate::catalog::{RestoreRecord, RunEnd, RunRecord, Server};
 use crate::engine::Repository;
 use crate::engine::id::{BlobId, BlobType, SnapshotId};
@@ -391,6 +391,7 @@ pub fn backup_via_agent(
         .find(|(_, s)| s.paths == spec.paths)
         .map(|(id, _)| *id);
     let ingest = match Ingest::new(&repository) {
+        Ok(ingest) if spec.compress_on == CompressOn::Daemon => ingest.compressing_raw_chunks(),
         Ok(ingest) => ingest,
         Err(error) => return failed(error.to_string(), json!({})),
     };
@@ -464,7 +465,11 @@ pub fn backup_via_agent(
             chunk_normalization: u32::from(config.chunker.normalization),
             chunker_seed: seed,
             id_key: id_key.to_vec(),
-            compression_level: config.compression_level,
+            // Level 0: the agent sends its chunks uncompressed.
+            compression_level: match spec.compress_on {
+                CompressOn::Agent => config.compression_level,
+                CompressOn::Daemon => 0,
+            },
             bandwidth_limit: spec
                 .bandwidth_limit_kib
                 .map_or(0, |kib| kib.saturating_mul(1024)),

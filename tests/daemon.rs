@@ -2090,6 +2090,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let kendal_source = dir.path().join("srv-kendal");
     std::fs::create_dir_all(&kendal_source).unwrap();
     std::fs::write(kendal_source.join("dump.sql"), noise(2, 1 << 20)).unwrap();
+    let schema = "CREATE TABLE pasien (id BIGINT PRIMARY KEY, nama TEXT);\n".repeat(20_000);
+    std::fs::write(kendal_source.join("schema.sql"), &schema).unwrap();
 
     let b_web = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
     let b_kendal = active_backup_request(&server, &site, site.kendal, dir.path(), "kendal");
@@ -2134,6 +2136,27 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         .as_i64()
         .unwrap()
         .to_string();
+    // Compression on the daemon is for plans read by an agent only.
+    refused(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b_kendal.to_string(),
+            "--name",
+            "lokal",
+            "--path",
+            &kendal_source.display().to_string(),
+            "--compress-on",
+            "daemon",
+            "--schedule",
+            "0 1 * * *",
+        ],
+        "INVALID_ARGUMENT",
+    );
+    // The database server is busy: its agent only reads and sends, the daemon compresses.
     let plan_kendal = ok(
         &server,
         &site.kasi,
@@ -2148,6 +2171,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
             &kendal_source.display().to_string(),
             "--on-server",
             &kendal_db.to_string(),
+            "--compress-on",
+            "daemon",
             "--schedule",
             "0 1 * * *",
         ],
@@ -2168,9 +2193,17 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         stats["wire_bytes"].as_u64().unwrap() < size as u64 * 12 / 10,
         "{stats}"
     );
-    assert_eq!(
-        wait_for_run(&server, &site.kasi, &plan_kendal, 1)["status"],
-        "ok"
+    let kendal_first = wait_for_run(&server, &site.kasi, &plan_kendal, 1);
+    assert_eq!(kendal_first["status"], "ok", "{kendal_first}");
+    let stats = &kendal_first["stats"];
+    let raw = (1 << 20) + schema.len() as u64;
+    assert!(
+        stats["wire_bytes"].as_u64().unwrap() >= raw,
+        "the chunks travel uncompressed: {stats}"
+    );
+    assert!(
+        stats["bytes_added"].as_u64().unwrap() < (1 << 20) + schema.len() as u64 / 4,
+        "the daemon compressed the schema: {stats}"
     );
 
     // Incremental: unchanged files come from the agent's cache; only the change travels.
@@ -2244,6 +2277,26 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
     assert!(!subset_root.join("html/index.html").exists());
     assert!(!subset_root.join("html/new.txt").exists());
+    // What the daemon compressed restores byte for byte.
+    let kendal_target = dir.path().join("restored-kendal");
+    let restore = ok(
+        &server,
+        &site.petugas,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &kendal_db.to_string(),
+            "--target",
+            &kendal_target.display().to_string(),
+            "--wait",
+        ],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    assert_eq!(
+        tree_of(&kendal_source),
+        tree_of(&kendal_target.join(kendal_source.strip_prefix("/").unwrap()))
+    );
 
     // Isolation: a restore never crosses agencies; agents and people hold different keys.
     refused(

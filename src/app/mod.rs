@@ -62,7 +62,8 @@ pub use operations::{
     ScheduleReport, SizePoint, SlaGroup, SlaReport, StorageReport,
 };
 pub use plans::{
-    ClaimedRun, PlanSpec, PlanView, ResticTarget, Retention, Schedule, Window, WindowState, spec_of,
+    ClaimedRun, CompressOn, PlanSpec, PlanView, ResticTarget, Retention, Schedule, Window,
+    WindowState, spec_of,
 };
 pub use reports::{RequestOverruns, StepOverrun};
 pub use requests::{EventOutcome, IssuedDocument, RequestView};

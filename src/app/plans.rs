@@ -71,10 +71,33 @@ pub struct PlanSpec {
     /// limit.
     #[serde(default)]
     pub bandwidth_limit_kib: Option<u64>,
+    /// Where the chunks of a plan read by an agent are compressed: on the agent (the
+    /// default: less on the wire, and the daemon's CPU stays free for other agencies)
+    /// or on the daemon (the agency's server only reads, names and sends, for a busy
+    /// production server on the data center's own network).
+    #[serde(default, skip_serializing_if = "CompressOn::is_agent")]
+    pub compress_on: CompressOn,
     /// An existing restic repository the plan backs up to, through the `restic` binary,
     /// instead of the agency's cadang repository; none for cadang's own engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restic: Option<ResticTarget>,
+}
+
+/// Which side compresses the chunks of a plan read by an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressOn {
+    /// The agent compresses what it sends; the daemon decompresses to check it.
+    #[default]
+    Agent,
+    /// The agent sends chunks as they are; the daemon compresses what it stores.
+    Daemon,
+}
+
+impl CompressOn {
+    fn is_agent(&self) -> bool {
+        *self == CompressOn::Agent
+    }
 }
 
 /// An existing restic repository a plan adopts.
@@ -433,6 +456,13 @@ impl PlanSpec {
         if self.bandwidth_limit_kib == Some(0) {
             return Err(AppError::invalid(
                 "bandwidth_limit_kib must be at least 1 (omit it for no limit)",
+            ));
+        }
+        if self.compress_on == CompressOn::Daemon
+            && (self.server.is_none() || self.restic.is_some())
+        {
+            return Err(AppError::invalid(
+                "compress_on = daemon applies to plans whose agent sends chunks to cadang's engine (--on-server, not a restic repository)",
             ));
         }
         if let Some(restic) = &self.restic {
@@ -1455,6 +1485,7 @@ mod tests {
             replicate_schedule: None,
             window: None,
             bandwidth_limit_kib: None,
+            compress_on: CompressOn::Agent,
             restic: None,
         };
         spec("0 2 * * *").validate().unwrap();
@@ -1485,6 +1516,56 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("Mars/Olympus")
+        );
+        // Compression on the daemon needs an agent that sends to cadang's engine.
+        let mut on_daemon = spec("0 2 * * *");
+        on_daemon.compress_on = CompressOn::Daemon;
+        assert!(
+            on_daemon
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("compress_on")
+        );
+        on_daemon.server = Some(ServerId(4));
+        on_daemon.validate().unwrap();
+        on_daemon.restic = Some(ResticTarget {
+            repository: "/srv/restic".into(),
+            password: None,
+            password_secret: None,
+            env: None,
+            env_secret: None,
+        });
+        assert!(on_daemon.validate().is_err());
+    }
+
+    /// Plans stored before the choice existed read as compressing on the agent, and
+    /// such plans are stored as before.
+    #[test]
+    fn compression_side_defaults_to_the_agent_and_is_stored_only_when_chosen() {
+        let stored = r#"{"paths":["/srv"],"server":3,"schedule":"0 2 * * *"}"#;
+        let spec: PlanSpec = serde_json::from_str(stored).unwrap();
+        assert_eq!(spec.compress_on, CompressOn::Agent);
+        assert!(
+            !serde_json::to_string(&spec)
+                .unwrap()
+                .contains("compress_on")
+        );
+        let chosen: PlanSpec = serde_json::from_str(
+            r#"{"paths":["/srv"],"server":3,"schedule":"0 2 * * *","compress_on":"daemon"}"#,
+        )
+        .unwrap();
+        assert_eq!(chosen.compress_on, CompressOn::Daemon);
+        assert!(
+            serde_json::to_string(&chosen)
+                .unwrap()
+                .contains(r#""compress_on":"daemon""#)
+        );
+        assert!(
+            serde_json::from_str::<PlanSpec>(
+                r#"{"paths":["/srv"],"schedule":"0 2 * * *","compress_on":"elsewhere"}"#
+            )
+            .is_err()
         );
     }
 }

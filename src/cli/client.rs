@@ -734,6 +734,10 @@ pub struct PlanCreateArgs {
     /// Most KiB per second a backup writes to the repository.
     #[arg(long, value_name = "KIB")]
     pub bandwidth_limit: Option<u64>,
+    /// Where the chunks of a plan read by an agent are compressed: `agent` (less on
+    /// the wire) or `daemon` (the agency's server only reads and sends).
+    #[arg(long, value_name = "SIDE", value_parser = ["agent", "daemon"], default_value = "agent")]
+    pub compress_on: String,
     /// Back up to this existing restic repository (a path, `s3:…`, `rest:…`) through the
     /// restic binary, instead of the agency's cadang repository.
     #[arg(long, value_name = "LOCATION")]
@@ -2216,7 +2220,7 @@ async fn create_plan(
         "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
         "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
         "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,
-        "server": args.server, "restic": restic,
+        "server": args.server, "restic": restic, "compress_on": args.compress_on,
     });
     Ok(plans
         .create_plan(conn.req(CreatePlanRequest {

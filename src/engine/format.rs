@@ -315,6 +315,15 @@ pub fn with_blob_plaintext<R>(
     }
 }
 
+/// The data of a payload stored uncompressed, or `None` for a compressed or malformed
+/// one.
+pub fn raw_payload_data(payload: &[u8]) -> Option<&[u8]> {
+    match payload.split_first() {
+        Some((&CODEC_RAW, data)) => Some(data),
+        _ => None,
+    }
+}
+
 thread_local! {
     static PLAIN_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 
 use super::error::{Error, Result};
-use super::format::with_blob_plaintext;
+use super::format::{raw_payload_data, with_blob_plaintext};
 use super::id::{BlobId, BlobType, SnapshotId};
 use super::index::Index;
 use super::packer::Packer;
@@ -78,6 +78,8 @@ pub struct Ingest<'a> {
     /// The entries received, behind a lock so that entries and chunks can arrive on
     /// different threads (chunks are checked while the next messages are read).
     entries: Mutex<Entries>,
+    /// Uncompressed chunks are compressed here before they are stored.
+    compress_raw: bool,
     stats: IngestStats,
 }
 
@@ -133,8 +135,17 @@ impl<'a> Ingest<'a> {
             packer: Packer::new(repo, 2, None),
             max_chunk: repo.config().chunker.max_size,
             entries: Mutex::new(Entries::default()),
+            compress_raw: false,
             stats: IngestStats::default(),
         })
+    }
+
+    /// Has chunks that arrive uncompressed compressed at the repository's level before
+    /// they are stored: the sender only reads, cuts and names.
+    #[must_use]
+    pub fn compressing_raw_chunks(mut self) -> Self {
+        self.compress_raw = true;
+        self
     }
 
     /// What was received so far.
@@ -193,8 +204,12 @@ impl<'a> Ingest<'a> {
             .raw_bytes
             .fetch_add(u64::from(raw_len), Ordering::Relaxed);
         if self.packer.claim(&self.index, &id) {
-            self.packer
-                .add_payload(BlobType::Data, id, payload, raw_len)
+            match raw_payload_data(payload) {
+                Some(data) if self.compress_raw => self.packer.add(BlobType::Data, id, data),
+                _ => self
+                    .packer
+                    .add_payload(BlobType::Data, id, payload, raw_len),
+            }
         } else {
             self.stats.chunks_duplicate.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -455,6 +470,72 @@ mod tests {
         .unwrap();
         assert!(result.is_success());
         assert_eq!(std::fs::read(target.path().join("srv/f")).unwrap(), content);
+    }
+
+    /// A sender that does not compress (the plan compresses on the daemon): raw chunks
+    /// are compressed before they are stored, and read back as they were sent.
+    #[test]
+    fn raw_chunks_are_compressed_here_when_the_sender_does_not() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let text = b"INSERT INTO pasien VALUES (1, 'Sri');\n".repeat(4000);
+        let mut raw = Vec::new();
+        encode_blob_payload(&text, 0, &mut raw);
+        assert_eq!(raw_payload_data(&raw), Some(&text[..]));
+        for compress_here in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = repo(dir.path(), &rt);
+            let id = repo.keys().blob_id(&text);
+            let mut ingest = Ingest::new(&repo).unwrap();
+            if compress_here {
+                ingest = ingest.compressing_raw_chunks();
+            }
+            ingest.add_chunk(id, text.len() as u32, &raw).unwrap();
+            ingest
+                .add_entry(b"/srv", Node::new("srv", NodeKind::Dir))
+                .unwrap();
+            let mut file = Node::new("dump.sql", NodeKind::File);
+            file.size = text.len() as u64;
+            file.content = vec![id];
+            ingest.add_entry(b"/srv/dump.sql", file).unwrap();
+            let now = Utc::now();
+            let (snap_id, snap) = ingest
+                .commit(&IngestCommit {
+                    time: now,
+                    hostname: "db-01".into(),
+                    paths: vec!["/srv".into()],
+                    tags: vec![],
+                    parent: None,
+                    started: now,
+                    files: 1,
+                    bytes: text.len() as u64,
+                    files_unchanged: 0,
+                    files_failed: 0,
+                })
+                .unwrap();
+            let stored = snap.summary.data_added;
+            if compress_here {
+                assert!(stored < text.len() as u64 / 10, "{stored} bytes stored");
+            } else {
+                assert!(stored > text.len() as u64, "stored as sent: {stored} bytes");
+            }
+            let target = tempfile::tempdir().unwrap();
+            let restored = crate::engine::restore::restore(
+                &repo,
+                &snap_id,
+                &crate::engine::restore::RestoreOptions {
+                    target: target.path().to_path_buf(),
+                    verify: true,
+                    ..Default::default()
+                },
+                &crate::engine::restore::RestoreProgress::default(),
+            )
+            .unwrap();
+            assert!(restored.is_success());
+            assert_eq!(
+                std::fs::read(target.path().join("srv/dump.sql")).unwrap(),
+                text
+            );
+        }
     }
 
     #[test]

@@ -191,10 +191,6 @@ impl Packer {
         })
     }
 
-    /// Pack an already sealed envelope (same keys on both sides).
-    ///
-    /// # Errors
-    /// An earlier upload failure.
     /// Whether `id` was claimed by this packer (stored or on its way).
     pub fn is_pending(&self, id: &BlobId) -> bool {
         self.pending
@@ -222,6 +218,10 @@ impl Packer {
         })
     }
 
+    /// Pack an already sealed envelope (same keys on both sides).
+    ///
+    /// # Errors
+    /// An earlier upload failure.
     pub fn add_sealed(
         &self,
         ty: BlobType,

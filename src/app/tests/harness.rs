@@ -652,6 +652,7 @@ impl Env {
                     replicate_schedule: None,
                     window: None,
                     bandwidth_limit_kib: None,
+                    compress_on: crate::app::CompressOn::Agent,
                     restic: None,
                 },
                 self.now(),

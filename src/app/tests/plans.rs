@@ -28,6 +28,7 @@ pub(crate) fn spec(schedule: &str) -> PlanSpec {
         replicate_schedule: None,
         window: None,
         bandwidth_limit_kib: None,
+        compress_on: crate::app::CompressOn::Agent,
         restic: None,
     }
 }
