@@ -1972,6 +1972,36 @@ impl Relay {
     }
 }
 
+/// Restores the latest snapshot of a server through its agent into `target` and checks
+/// the result against the server's `source` directory, byte for byte.
+fn restore_and_compare(
+    server: &str,
+    token: &str,
+    source_server: &str,
+    source: &Path,
+    target: &Path,
+) {
+    let restore = ok(
+        server,
+        token,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            source_server,
+            "--target",
+            &target.display().to_string(),
+            "--wait",
+        ],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    assert_eq!(restore["stats"]["files_failed"], 0, "{restore}");
+    assert_eq!(
+        tree_of(source),
+        tree_of(&target.join(source.strip_prefix("/").unwrap()))
+    );
+}
+
 #[test]
 fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     use std::os::unix::fs::PermissionsExt;
@@ -2232,23 +2262,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         "PERMISSION_DENIED",
     );
     let target = dir.path().join("restored");
-    let restore = ok(
-        &server,
-        &site.petugas,
-        &[
-            "restore-job",
-            "start",
-            "--source",
-            &web.to_string(),
-            "--target",
-            &target.display().to_string(),
-            "--wait",
-        ],
-    );
-    assert_eq!(restore["status"], "ok", "{restore}");
-    assert_eq!(restore["stats"]["files_failed"], 0);
-    let restored_root = target.join(source.strip_prefix("/").unwrap());
-    assert_eq!(tree_of(&source), tree_of(&restored_root));
+    restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
     // A subset, from the first snapshot.
     let first_snapshot = snapshots[0]["id"].as_str().unwrap();
     let subset = dir.path().join("subset");
@@ -2279,23 +2293,12 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     assert!(!subset_root.join("html/new.txt").exists());
     // What the daemon compressed restores byte for byte.
     let kendal_target = dir.path().join("restored-kendal");
-    let restore = ok(
+    restore_and_compare(
         &server,
         &site.petugas,
-        &[
-            "restore-job",
-            "start",
-            "--source",
-            &kendal_db.to_string(),
-            "--target",
-            &kendal_target.display().to_string(),
-            "--wait",
-        ],
-    );
-    assert_eq!(restore["status"], "ok", "{restore}");
-    assert_eq!(
-        tree_of(&kendal_source),
-        tree_of(&kendal_target.join(kendal_source.strip_prefix("/").unwrap()))
+        &kendal_db.to_string(),
+        &kendal_source,
+        &kendal_target,
     );
 
     // Isolation: a restore never crosses agencies; agents and people hold different keys.
@@ -2544,22 +2547,5 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     );
     // And the result restores byte for byte.
     let target = dir.path().join("restored");
-    let restore = ok(
-        &server,
-        &site.petugas,
-        &[
-            "restore-job",
-            "start",
-            "--source",
-            &web.to_string(),
-            "--target",
-            &target.display().to_string(),
-            "--wait",
-        ],
-    );
-    assert_eq!(restore["status"], "ok", "{restore}");
-    assert_eq!(
-        tree_of(&source),
-        tree_of(&target.join(source.strip_prefix("/").unwrap()))
-    );
+    restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
 }

@@ -377,6 +377,24 @@ mod tests {
         .unwrap()
     }
 
+    /// Restores a snapshot into a new directory, every file verified.
+    fn restore_verified(repo: &Repository, snap_id: &SnapshotId) -> tempfile::TempDir {
+        let target = tempfile::tempdir().unwrap();
+        let restored = crate::engine::restore::restore(
+            repo,
+            snap_id,
+            &crate::engine::restore::RestoreOptions {
+                target: target.path().to_path_buf(),
+                verify: true,
+                ..Default::default()
+            },
+            &crate::engine::restore::RestoreProgress::default(),
+        )
+        .unwrap();
+        assert!(restored.is_success());
+        target
+    }
+
     fn payload(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         encode_blob_payload(data, 3, &mut out);
@@ -456,19 +474,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(repo.load_snapshot(&snap_id).unwrap().time, snap.time);
-        let target = tempfile::tempdir().unwrap();
-        let result = crate::engine::restore::restore(
-            &repo,
-            &snap_id,
-            &crate::engine::restore::RestoreOptions {
-                target: target.path().to_path_buf(),
-                verify: true,
-                ..Default::default()
-            },
-            &crate::engine::restore::RestoreProgress::default(),
-        )
-        .unwrap();
-        assert!(result.is_success());
+        let target = restore_verified(&repo, &snap_id);
         assert_eq!(std::fs::read(target.path().join("srv/f")).unwrap(), content);
     }
 
@@ -518,19 +524,7 @@ mod tests {
             } else {
                 assert!(stored > text.len() as u64, "stored as sent: {stored} bytes");
             }
-            let target = tempfile::tempdir().unwrap();
-            let restored = crate::engine::restore::restore(
-                &repo,
-                &snap_id,
-                &crate::engine::restore::RestoreOptions {
-                    target: target.path().to_path_buf(),
-                    verify: true,
-                    ..Default::default()
-                },
-                &crate::engine::restore::RestoreProgress::default(),
-            )
-            .unwrap();
-            assert!(restored.is_success());
+            let target = restore_verified(&repo, &snap_id);
             assert_eq!(
                 std::fs::read(target.path().join("srv/dump.sql")).unwrap(),
                 text
