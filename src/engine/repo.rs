@@ -343,7 +343,12 @@ impl Repository {
             else {
                 continue;
             };
-            let raw = self.block_on(self.store.get(&info.key))?;
+            let raw = match self.block_on(self.store.get(&info.key)) {
+                Ok(raw) => raw,
+                // Removed since the listing (a key removed, or a stray slot taken back).
+                Err(Error::MissingObject { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let (host, user, created) = match serde_json::from_slice::<KeySlot>(&raw) {
                 Ok(s) => (s.host, s.user, s.created),
                 Err(_) => ("?".into(), "?".into(), "damaged".into()),
