@@ -484,8 +484,9 @@ pub fn backup_via_agent(
         let mut held: Option<pb::AgentMessage> = None;
         // Chunks are checked, encrypted and packed on a worker (on every core) while
         // this thread reads on: a query is answered while the chunks sent before it
-        // are still being stored. Its ids were never sent in this job (the agent asks
-        // about each chunk once), so those chunks cannot change the answer. Entries
+        // are still being stored, and an agent asks about its next batch before it
+        // sends the chunks of the last. A query's ids were never sent in this job (the
+        // agent asks about each chunk once), so neither can change the answer. Entries
         // and the end of the walk wait for every batch before them.
         let outcome: Result<Option<pb::WalkDone>, String> = std::thread::scope(|scope| {
             let (to_worker, batches) =

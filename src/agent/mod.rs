@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod restore;
 pub mod walk;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -327,6 +328,11 @@ struct StreamLink {
     up: mpsc::Sender<pb::AgentMessage>,
     from_stream: std::sync::mpsc::Receiver<ToBackup>,
     next_query: u64,
+    /// Queries asked and not answered yet.
+    waiting: HashSet<u64>,
+    /// Answers that arrived before their turn, by query (at most the queries asked
+    /// ahead).
+    answered: HashMap<u64, Vec<u32>>,
     sent: Arc<AtomicU64>,
     cancel: Arc<AtomicBool>,
     end: Option<pb::JobEnd>,
@@ -342,7 +348,7 @@ impl walk::Link for StreamLink {
             .map_err(|_| walk::WalkError::Disconnected)
     }
 
-    fn have(&mut self, job_id: &str, ids: Vec<[u8; 32]>) -> Result<Vec<u32>, walk::WalkError> {
+    fn ask(&mut self, job_id: &str, ids: Vec<[u8; 32]>) -> Result<u64, walk::WalkError> {
         self.next_query += 1;
         let query_id = self.next_query;
         self.send(Up::Have(pb::HaveQuery {
@@ -350,20 +356,25 @@ impl walk::Link for StreamLink {
             query_id,
             ids: ids.iter().map(|id| id.to_vec()).collect(),
         }))?;
-        loop {
+        self.waiting.insert(query_id);
+        Ok(query_id)
+    }
+
+    fn answer(&mut self, query: u64, count: usize) -> Result<Vec<u32>, walk::WalkError> {
+        let missing = loop {
+            if let Some(missing) = self.answered.remove(&query) {
+                break missing;
+            }
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(walk::WalkError::Cancelled);
             }
             match self.from_stream.recv_timeout(Duration::from_millis(500)) {
-                Ok(ToBackup::Have(answer)) if answer.query_id == query_id => {
-                    if answer.missing.iter().any(|i| *i as usize >= ids.len()) {
-                        return Err(walk::WalkError::Invalid(
-                            "the daemon answered with a position outside the query".into(),
-                        ));
+                // Only answers to queries still waiting are kept.
+                Ok(ToBackup::Have(answer)) => {
+                    if self.waiting.remove(&answer.query_id) {
+                        self.answered.insert(answer.query_id, answer.missing);
                     }
-                    return Ok(answer.missing);
                 }
-                Ok(ToBackup::Have(_)) => {}
                 Ok(ToBackup::End(end)) => {
                     // The daemon ended the job early (it failed on its side).
                     self.end = Some(end);
@@ -374,7 +385,13 @@ impl walk::Link for StreamLink {
                     return Err(walk::WalkError::Disconnected);
                 }
             }
+        };
+        if missing.iter().any(|i| *i as usize >= count) {
+            return Err(walk::WalkError::Invalid(
+                "the daemon answered with a position outside the query".into(),
+            ));
         }
+        Ok(missing)
     }
 
     fn bytes_sent(&self) -> u64 {
@@ -568,6 +585,8 @@ async fn session(
                             up: up.clone(),
                             from_stream,
                             next_query: 0,
+                            waiting: HashSet::new(),
+                            answered: HashMap::new(),
                             sent: sent.clone(),
                             cancel,
                             end: None,

@@ -64,11 +64,32 @@ pub trait Link {
     /// [`WalkError::Disconnected`].
     fn send(&mut self, body: pb::agent_message::Body) -> Result<(), WalkError>;
 
-    /// Sends a have-query and waits for its answer: the positions of missing ids.
+    /// Sends a have-query without waiting for its answer; returns the query's number.
+    /// The daemon answers queries in the order they were asked, from what it holds when
+    /// it reads each one.
     ///
     /// # Errors
-    /// [`WalkError::Disconnected`] or [`WalkError::Cancelled`].
-    fn have(&mut self, job_id: &str, ids: Vec<[u8; 32]>) -> Result<Vec<u32>, WalkError>;
+    /// [`WalkError::Disconnected`].
+    fn ask(&mut self, job_id: &str, ids: Vec<[u8; 32]>) -> Result<u64, WalkError>;
+
+    /// Waits for the answer to query `query`, which asked about `count` ids: the
+    /// positions of the missing ones. Answers to other queries that arrive meanwhile are
+    /// kept for their own turn.
+    ///
+    /// # Errors
+    /// [`WalkError::Disconnected`], [`WalkError::Cancelled`], or
+    /// [`WalkError::Invalid`] for an answer naming a position outside the query.
+    fn answer(&mut self, query: u64, count: usize) -> Result<Vec<u32>, WalkError>;
+
+    /// Asks about `ids` and waits for the answer.
+    ///
+    /// # Errors
+    /// As [`Link::ask`] and [`Link::answer`].
+    fn have(&mut self, job_id: &str, ids: Vec<[u8; 32]>) -> Result<Vec<u32>, WalkError> {
+        let count = ids.len();
+        let query = self.ask(job_id, ids)?;
+        self.answer(query, count)
+    }
 
     /// Bytes sent so far on this link (encoded messages).
     fn bytes_sent(&self) -> u64;
@@ -260,6 +281,19 @@ struct Counters {
 
 /// Work items waiting between walker and sender.
 const WORK_QUEUE: usize = 4;
+/// Batches the sender has asked about before it waits for the oldest answer. The next
+/// batch's query travels ahead of the current batch's chunks, so its answer is there
+/// when they are sent: the stream never idles for a round trip, and a daemon that falls
+/// behind still holds the sender back (its answers wait behind the chunks it reads).
+const QUERIES_AHEAD: usize = 2;
+
+/// What the sender holds between asking and sending, in the walker's order.
+enum Ahead {
+    /// A batch asked about, waiting for its answer.
+    Asked { query: u64, batch: Vec<BatchChunk> },
+    /// An entry or cached file that follows the batches before it.
+    Then(Work),
+}
 
 /// Reads a file and cuts it into chunks, handing each (named, and compressed unless
 /// `skip` says the daemon has it) to `each`. Returns the bytes read.
@@ -660,6 +694,10 @@ struct Sender<'a, L: Link> {
     last_bytes: u64,
     outcome: SenderOutcome,
     counters: Arc<Counters>,
+    /// Batches asked about and what follows them, oldest first.
+    ahead: std::collections::VecDeque<Ahead>,
+    /// How many of `ahead` are batches.
+    asked: usize,
 }
 
 impl<L: Link> Sender<'_, L> {
@@ -709,12 +747,20 @@ impl<L: Link> Sender<'_, L> {
         Ok(())
     }
 
+    /// Asks about a batch and sends what the daemon lacks (used where nothing may
+    /// overtake the batch: a file read again).
     fn chunks(&mut self, batch: Vec<BatchChunk>) -> Result<(), WalkError> {
         if batch.is_empty() {
             return Ok(());
         }
         let ids: Vec<[u8; 32]> = batch.iter().map(|c| c.id).collect();
         let missing = self.link.have(&self.job.job_id, ids)?;
+        self.send_missing(batch, missing)
+    }
+
+    /// Sends the chunks of `batch` at the positions `missing`; notes as stale those the
+    /// daemon lacks but that were not read (named by the files cache).
+    fn send_missing(&mut self, batch: Vec<BatchChunk>, missing: Vec<u32>) -> Result<(), WalkError> {
         let missing: HashSet<usize> = missing.into_iter().map(|i| i as usize).collect();
         for (i, chunk) in batch.into_iter().enumerate() {
             if !missing.contains(&i) {
@@ -810,27 +856,65 @@ impl<L: Link> Sender<'_, L> {
             }))
     }
 
+    /// An entry or cached file whose batches are all sent.
+    fn follow(&mut self, item: Work) -> Result<(), WalkError> {
+        match item {
+            Work::Chunks(batch) => self.chunks(batch),
+            Work::Entry(entry) => self.entry(entry),
+            Work::Cached(entry, path) => {
+                let stale = entry.content.iter().any(|id| {
+                    <[u8; 32]>::try_from(id.as_slice()).is_ok_and(|id| self.stale.contains(&id))
+                });
+                if stale {
+                    self.reread(entry, &path)
+                } else {
+                    self.entry(entry)
+                }
+            }
+        }
+    }
+
+    /// Takes what is ready off the front of `ahead`: entries whose batches are sent, and
+    /// the oldest batches (waiting for their answers) while more than `keep` are asked.
+    fn settle(&mut self, keep: usize) -> Result<(), WalkError> {
+        loop {
+            match self.ahead.front() {
+                Some(Ahead::Then(_)) => {
+                    if let Some(Ahead::Then(item)) = self.ahead.pop_front() {
+                        self.follow(item)?;
+                    }
+                }
+                Some(Ahead::Asked { .. }) if self.asked > keep => {
+                    if let Some(Ahead::Asked { query, batch }) = self.ahead.pop_front() {
+                        self.asked -= 1;
+                        let missing = self.link.answer(query, batch.len())?;
+                        self.send_missing(batch, missing)?;
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     fn run(mut self, work: std::sync::mpsc::Receiver<Work>) -> Result<SenderOutcome, WalkError> {
         for item in work {
             self.check_cancel()?;
             match item {
-                Work::Chunks(batch) => self.chunks(batch)?,
-                Work::Entry(entry) => self.entry(entry)?,
-                Work::Cached(entry, path) => {
-                    let stale = entry.content.iter().any(|id| {
-                        <[u8; 32]>::try_from(id.as_slice()).is_ok_and(|id| self.stale.contains(&id))
-                    });
-                    if stale {
-                        self.reread(entry, &path)?;
-                    } else {
-                        self.entry(entry)?;
-                    }
+                Work::Chunks(batch) if batch.is_empty() => {}
+                Work::Chunks(batch) => {
+                    let ids: Vec<[u8; 32]> = batch.iter().map(|c| c.id).collect();
+                    let query = self.link.ask(&self.job.job_id, ids)?;
+                    self.ahead.push_back(Ahead::Asked { query, batch });
+                    self.asked += 1;
                 }
+                other => self.ahead.push_back(Ahead::Then(other)),
             }
+            self.settle(QUERIES_AHEAD - 1)?;
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.progress()?;
             }
         }
+        self.settle(0)?;
         self.send_entries()?;
         self.progress()?;
         Ok(self.outcome)
@@ -908,6 +992,8 @@ pub fn run<L: Link + Send>(
         last_bytes: 0,
         outcome: SenderOutcome::default(),
         counters: counters.clone(),
+        ahead: std::collections::VecDeque::new(),
+        asked: 0,
     };
     // The walk's own pool: the sender re-reads stale files on the global one, which
     // must never wait behind walk threads that wait for the sender.
@@ -982,6 +1068,17 @@ mod tests {
         uploads: usize,
         entries: Vec<pb::FileEntry>,
         sent: u64,
+        queries: u64,
+        answers: HashMap<u64, Vec<u32>>,
+        log: Vec<Logged>,
+    }
+
+    /// What crossed the loopback, in order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Logged {
+        Query(u64),
+        Answered(u64),
+        Chunk,
     }
 
     struct Loopback<'a> {
@@ -1008,6 +1105,7 @@ mod tests {
                         .held
                         .insert(chunk.id.as_slice().try_into().unwrap());
                     self.repo.uploads += 1;
+                    self.repo.log.push(Logged::Chunk);
                 }
                 pb::agent_message::Body::Entries(batch) => {
                     for entry in batch.entries {
@@ -1023,13 +1121,29 @@ mod tests {
             Ok(())
         }
 
-        fn have(&mut self, _: &str, ids: Vec<[u8; 32]>) -> Result<Vec<u32>, WalkError> {
-            Ok(ids
+        fn ask(&mut self, _: &str, ids: Vec<[u8; 32]>) -> Result<u64, WalkError> {
+            // Answered from what is held when the query is read, as the daemon does:
+            // chunks sent after the query cannot change its answer.
+            let missing = ids
                 .iter()
                 .enumerate()
                 .filter(|(_, id)| !self.repo.held.contains(*id))
                 .map(|(i, _)| i as u32)
-                .collect())
+                .collect();
+            self.repo.queries += 1;
+            self.repo.answers.insert(self.repo.queries, missing);
+            self.repo.log.push(Logged::Query(self.repo.queries));
+            Ok(self.repo.queries)
+        }
+
+        fn answer(&mut self, query: u64, _: usize) -> Result<Vec<u32>, WalkError> {
+            let missing = self
+                .repo
+                .answers
+                .remove(&query)
+                .expect("a query asked once");
+            self.repo.log.push(Logged::Answered(query));
+            Ok(missing)
         }
 
         fn bytes_sent(&self) -> u64 {
@@ -1150,6 +1264,78 @@ mod tests {
             }
             if round == 1 {
                 assert_eq!(outcome.files_unchanged, 6 * 31);
+            }
+            cache = outcome.cache;
+        }
+    }
+
+    #[test]
+    fn the_next_batch_is_asked_about_before_the_chunks_of_the_last_are_sent() {
+        // Enough small files for several batches of ids.
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        for d in 0..9u64 {
+            let sub = src.join(format!("d{d}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..500u64 {
+                // (Even seeds: `noise` makes a seed and the next odd one alike.)
+                std::fs::write(sub.join(format!("f{f}")), noise((d * 1000 + f) * 2, 300)).unwrap();
+            }
+        }
+        let job = job(vec![src.clone()]);
+        let mut repo = Repository::default();
+        let mut cache = FilesCache::default();
+        // Then everything cached but the repository lost its chunks: the files read
+        // again ask their own queries while the next batch's is out.
+        for round in 0..2 {
+            if round == 1 {
+                repo.held.clear();
+            }
+            repo.log.clear();
+            repo.entries.clear();
+            let outcome = run(
+                &job,
+                &mut Loopback {
+                    repo: &mut repo,
+                    ids: job.ids.clone(),
+                },
+                cache,
+                Arc::default(),
+            )
+            .unwrap();
+            assert_eq!(outcome.files, 4500, "round {round}");
+            assert_eq!(
+                repo.entries.iter().filter(|e| e.kind == "file").count(),
+                4500
+            );
+            assert!(
+                repo.answers.is_empty(),
+                "round {round}: every query answered"
+            );
+            let at = |wanted: Logged| repo.log.iter().position(|l| *l == wanted);
+            let queries: Vec<u64> = repo
+                .log
+                .iter()
+                .filter_map(|l| match l {
+                    Logged::Query(q) => Some(*q),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                queries.len() >= 3,
+                "round {round}: {} queries",
+                queries.len()
+            );
+            // The first batch's chunks go out only once the second batch is asked about.
+            let first_chunk = at(Logged::Chunk).unwrap();
+            assert!(at(Logged::Query(queries[1])).unwrap() < first_chunk);
+            assert!(at(Logged::Answered(queries[0])).unwrap() < first_chunk);
+            if round == 1 {
+                assert_eq!(
+                    outcome.files_unchanged, 0,
+                    "every cached file was read again"
+                );
+                assert_eq!(repo.held.len(), 4500);
             }
             cache = outcome.cache;
         }
