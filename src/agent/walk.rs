@@ -1151,6 +1151,15 @@ mod tests {
         }
     }
 
+    /// A whole walk of `job` against `repo`, starting from `cache`.
+    fn walk_over(job: &Job, repo: &mut Repository, cache: FilesCache) -> WalkOutcome {
+        let mut link = Loopback {
+            repo,
+            ids: job.ids.clone(),
+        };
+        run(job, &mut link, cache, Arc::default()).unwrap()
+    }
+
     fn job(paths: Vec<PathBuf>) -> Job {
         let params = crate::engine::chunker::ChunkerParams {
             algorithm: crate::engine::chunker::ChunkerAlgorithm::FastCdc2020,
@@ -1225,16 +1234,7 @@ mod tests {
             if round == 2 {
                 repo.held.clear();
             }
-            let outcome = run(
-                &job,
-                &mut Loopback {
-                    repo: &mut repo,
-                    ids: job.ids.clone(),
-                },
-                cache,
-                Arc::default(),
-            )
-            .unwrap();
+            let outcome = walk_over(&job, &mut repo, cache);
             assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
             assert_eq!(outcome.files, 6 * 31, "round {round}");
             let mut sent: Vec<Vec<u8>> = repo
@@ -1293,16 +1293,7 @@ mod tests {
             }
             repo.log.clear();
             repo.entries.clear();
-            let outcome = run(
-                &job,
-                &mut Loopback {
-                    repo: &mut repo,
-                    ids: job.ids.clone(),
-                },
-                cache,
-                Arc::default(),
-            )
-            .unwrap();
+            let outcome = walk_over(&job, &mut repo, cache);
             assert_eq!(outcome.files, 4500, "round {round}");
             assert_eq!(
                 repo.entries.iter().filter(|e| e.kind == "file").count(),
@@ -1352,16 +1343,7 @@ mod tests {
         std::fs::write(src.join("skip.tmp"), b"excluded").unwrap();
         let job = job(vec![src.clone()]);
         let mut repo = Repository::default();
-        let first = run(
-            &job,
-            &mut Loopback {
-                repo: &mut repo,
-                ids: job.ids.clone(),
-            },
-            FilesCache::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let first = walk_over(&job, &mut repo, FilesCache::default());
         assert_eq!(first.files, 3);
         assert!(first.problems.is_empty());
         let paths: Vec<String> = repo
@@ -1381,16 +1363,7 @@ mod tests {
         // Second run, nothing changed: no chunk is uploaded.
         let uploads = repo.uploads;
         repo.entries.clear();
-        let second = run(
-            &job,
-            &mut Loopback {
-                repo: &mut repo,
-                ids: job.ids.clone(),
-            },
-            first.cache,
-            Arc::default(),
-        )
-        .unwrap();
+        let second = walk_over(&job, &mut repo, first.cache);
         assert_eq!(second.files_unchanged, 3);
         assert_eq!(repo.uploads, uploads);
         assert_eq!(repo.entries.len(), paths.len());
@@ -1399,16 +1372,7 @@ mod tests {
         // read again and their chunks sent before their entries.
         repo.held.clear();
         repo.entries.clear();
-        let third = run(
-            &job,
-            &mut Loopback {
-                repo: &mut repo,
-                ids: job.ids.clone(),
-            },
-            second.cache,
-            Arc::default(),
-        )
-        .unwrap();
+        let third = walk_over(&job, &mut repo, second.cache);
         // b.bin is read again, and one of a.bin and copy.bin (they are walked side by
         // side, so either may be first); the other, whose chunks that reading just put
         // back, can stay as cached.
