@@ -2167,46 +2167,33 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         .unwrap()
         .to_string();
     // Compression on the daemon is for plans read by an agent only.
-    refused(
-        &server,
-        &site.kasi,
-        &[
+    let b_kendal_text = b_kendal.to_string();
+    let kendal_source_text = kendal_source.display().to_string();
+    let kendal_plan = |name: &'static str, on_server: Option<&str>| -> Vec<String> {
+        let mut args: Vec<&str> = vec![
             "plan",
             "create",
             "--request",
-            &b_kendal.to_string(),
+            &b_kendal_text,
             "--name",
-            "lokal",
+            name,
             "--path",
-            &kendal_source.display().to_string(),
-            "--compress-on",
-            "daemon",
-            "--schedule",
-            "0 1 * * *",
-        ],
-        "INVALID_ARGUMENT",
-    );
+            &kendal_source_text,
+        ];
+        if let Some(on_server) = on_server {
+            args.extend(["--on-server", on_server]);
+        }
+        args.extend(["--compress-on", "daemon", "--schedule", "0 1 * * *"]);
+        args.into_iter().map(String::from).collect()
+    };
+    let local_args = kendal_plan("lokal", None);
+    let local_args: Vec<&str> = local_args.iter().map(String::as_str).collect();
+    refused(&server, &site.kasi, &local_args, "INVALID_ARGUMENT");
     // The database server is busy: its agent only reads and sends, the daemon compresses.
-    let plan_kendal = ok(
-        &server,
-        &site.kasi,
-        &[
-            "plan",
-            "create",
-            "--request",
-            &b_kendal.to_string(),
-            "--name",
-            "db",
-            "--path",
-            &kendal_source.display().to_string(),
-            "--on-server",
-            &kendal_db.to_string(),
-            "--compress-on",
-            "daemon",
-            "--schedule",
-            "0 1 * * *",
-        ],
-    )[0]["id"]
+    let kendal_db_text = kendal_db.to_string();
+    let db_args = kendal_plan("db", Some(&kendal_db_text));
+    let db_args: Vec<&str> = db_args.iter().map(String::as_str).collect();
+    let plan_kendal = ok(&server, &site.kasi, &db_args)[0]["id"]
         .as_i64()
         .unwrap()
         .to_string();

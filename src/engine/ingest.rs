@@ -458,24 +458,39 @@ mod tests {
         file.size = content.len() as u64;
         file.content = vec![id];
         ingest.add_entry(b"/srv/f", file).unwrap();
-        let now = Utc::now();
-        let (snap_id, snap) = ingest
-            .commit(&IngestCommit {
-                time: now,
-                hostname: "web-01".into(),
-                paths: vec!["/srv".into()],
-                tags: vec!["server:1".into()],
-                parent: None,
-                started: now,
-                files: 1,
-                bytes: content.len() as u64,
-                files_unchanged: 0,
-                files_failed: 0,
-            })
-            .unwrap();
+        let (snap_id, snap) = commit_one_file(
+            ingest,
+            "web-01",
+            vec!["server:1".into()],
+            content.len() as u64,
+        );
         assert_eq!(repo.load_snapshot(&snap_id).unwrap().time, snap.time);
         let target = restore_verified(&repo, &snap_id);
         assert_eq!(std::fs::read(target.path().join("srv/f")).unwrap(), content);
+    }
+
+    /// Commits a session of one file under `/srv`, now.
+    fn commit_one_file(
+        ingest: Ingest<'_>,
+        hostname: &str,
+        tags: Vec<String>,
+        bytes: u64,
+    ) -> (SnapshotId, Snapshot) {
+        let now = Utc::now();
+        ingest
+            .commit(&IngestCommit {
+                time: now,
+                hostname: hostname.into(),
+                paths: vec!["/srv".into()],
+                tags,
+                parent: None,
+                started: now,
+                files: 1,
+                bytes,
+                files_unchanged: 0,
+                files_failed: 0,
+            })
+            .unwrap()
     }
 
     /// A sender that does not compress (the plan compresses on the daemon): raw chunks
@@ -503,21 +518,7 @@ mod tests {
             file.size = text.len() as u64;
             file.content = vec![id];
             ingest.add_entry(b"/srv/dump.sql", file).unwrap();
-            let now = Utc::now();
-            let (snap_id, snap) = ingest
-                .commit(&IngestCommit {
-                    time: now,
-                    hostname: "db-01".into(),
-                    paths: vec!["/srv".into()],
-                    tags: vec![],
-                    parent: None,
-                    started: now,
-                    files: 1,
-                    bytes: text.len() as u64,
-                    files_unchanged: 0,
-                    files_failed: 0,
-                })
-                .unwrap();
+            let (snap_id, snap) = commit_one_file(ingest, "db-01", vec![], text.len() as u64);
             let stored = snap.summary.data_added;
             if compress_here {
                 assert!(stored < text.len() as u64 / 10, "{stored} bytes stored");
