@@ -10,10 +10,12 @@
 #   CADANG_BIN [/work/main/target/release/cadang]  RESTIC_BIN [restic]
 #   CADANG_BACKUP_ARGS, RESTIC_BACKUP_ARGS   extra words for `backup` (split on spaces)
 #   PHASE_SLEEP [3]    seconds of `sync; sleep` before every timed phase
-#   SETTLE_SLEEP [15]  seconds to wait after deleting the previous run's dir (disk slows after big deletes)
+#   SETTLE_SLEEP [15]  seconds to wait after deleting a run dir (disk slows after big deletes)
+#   DEFER_DELETE [auto] 1: keep every run dir until the end (no deletes between runs), 0: delete the
+#              previous run's dir before each run; auto: 1 when the disk has room for all of them
 #   VERIFY [1]         compare restored tree with the source (untimed, diff -r)
 #   REF [1]            measure `tar | zstd -3 -T$(nproc)` over the data once, as a hardware reference
-#   KEEP [0]           keep the last run dir (repo, restore, logs) instead of deleting it
+#   KEEP [0]           keep the run dirs (repo, restore, logs) instead of deleting them
 #   RESULTS [$BENCH_DIR/results-<date>.jsonl]  raw JSON lines; the table goes to ${RESULTS%.jsonl}.md,
 #              per-run logs (commands, stderr, GNU time output) to ${RESULTS%.jsonl}.logs/
 set -euo pipefail
@@ -79,26 +81,45 @@ export RESTIC_PASSWORD=$PASSWORD CADANG_PASSWORD=$PASSWORD
 
 # ---------------------------------------------------------------- run dirs and cleanup
 RUN=""
+RUNS=()
 cleanup() {
-    if [[ -n $RUN && -d $RUN && $KEEP != 1 ]]; then
-        rm -rf -- "$RUN"
+    local d
+    if [[ $KEEP != 1 ]]; then
+        for d in "${RUNS[@]}"; do [[ -d $d ]] && rm -rf -- "$d"; done
     fi
+    return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Delete the previous run's dir (big delete -> let the disk settle), then make a fresh one.
+# A fresh run dir. Run dirs are deleted at the end, not between runs, when the disk has
+# room (DEFER_DELETE): on ext4 without a journal (this project's machines) the inode
+# allocator skips, one by one, every inode freed in the last minutes (60 s, 360 s while
+# its inode-table block is dirty), so creating 20,000 files soon after deleting 40,000
+# took twice as long and most of a restore's profile was that scan
+# (find_inode_bit/recently_deleted) -- for whichever tool ran after a delete.
+# Otherwise delete the previous run's dir and let the disk settle.
 new_run_dir() {
     local old
     shopt -s nullglob
     for old in "$BENCH_DIR"/run.*; do
-        [[ -d $old ]] && { log "removing previous run dir $old"; rm -rf -- "$old"; }
+        if [[ -d $old ]] && { [[ $DEFER_DELETE != 1 ]] || ! in_runs "$old"; }; then
+            log "removing previous run dir $old"
+            rm -rf -- "$old"
+            DELETED=1
+        fi
     done
     shopt -u nullglob
-    sync
-    sleep "$SETTLE_SLEEP"
+    if ((DELETED)); then
+        sync
+        sleep "$SETTLE_SLEEP"
+        DELETED=0
+    fi
     RUN=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+    RUNS+=("$RUN")
 }
+in_runs() { local d; for d in "${RUNS[@]}"; do [[ $d == "$1" ]] && return 0; done; return 1; }
+DELETED=0
 
 # ---------------------------------------------------------------- data set
 DATA=$BENCH_DIR/data-s$SCALE-seed$SEED
@@ -115,6 +136,16 @@ tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n
 tree_files() { find "$1" -type f | wc -l; }
 SRC_BYTES=$(tree_bytes "$DATA")
 SRC_FILES=$(tree_files "$DATA")
+
+# Room to keep every run dir (source copy, restore, repository: about 3x the data each)?
+if [[ ${DEFER_DELETE:-auto} == auto ]]; then
+    read -ra _tools <<<"$TOOLS"
+    need=$((SRC_BYTES * 3 * REPS * ${#_tools[@]} + 2 * 1024 * 1024 * 1024))
+    free=$(($(df -P -B1 "$BENCH_DIR" | awk 'NR == 2 {print $4}')))
+    DEFER_DELETE=0
+    ((free > need)) && DEFER_DELETE=1
+    log "run dirs: $([[ $DEFER_DELETE == 1 ]] && echo "kept until the end" || echo "deleted between runs") ($((need / 1000000000)) GB needed to keep them, $((free / 1000000000)) GB free)"
+fi
 
 # ---------------------------------------------------------------- hardware reference
 # tar | zstd -3 -T<nproc> over the warm pristine tree: what "read + compress on all cores" costs here.
@@ -318,11 +349,10 @@ for ((rep = 1; rep <= REPS; rep++)); do
     done
 done
 
-# remove the last run dir now (unless KEEP=1) so the next benchmark starts clean
-if [[ $KEEP != 1 ]]; then
-    rm -rf -- "$RUN"
-    RUN=""
-fi
+# remove the run dirs now (unless KEEP=1) so the next benchmark starts clean
+cleanup
+RUNS=()
+RUN=""
 
 "$PY" "$HERE/report.py" table "$RESULTS" | tee "$TABLE"
 log "raw results: $RESULTS; table: $TABLE"

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::error::{Error, Result};
 use super::id::{BlobId, PackId, SnapshotId};
 use super::index::Index;
-use super::pack::{open_blob, read_pack_header};
+use super::pack::{read_pack_header, with_blob};
 
 use super::repo::{Repository, pack_key};
 use super::tree::NodeKind;
@@ -168,7 +168,7 @@ fn verify_pack(
             .filter(|e| {
                 let env = bytes.get(e.offset as usize..e.offset as usize + e.length as usize);
                 env.is_none_or(|env| {
-                    open_blob(repo.keys(), e.ty, &e.id, e.raw_length, env).is_err()
+                    with_blob(repo.keys(), e.ty, &e.id, e.raw_length, env, |_| ()).is_err()
                 })
             })
             .map(|e| e.id)

@@ -181,6 +181,25 @@ impl Keys {
     /// `Error::Corrupt` naming `what` when the envelope is too short or fails
     /// authentication (wrong key, altered bytes, or a different `aad`).
     pub fn open(&self, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open_into(what, aad, sealed, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Open an envelope into `out` (cleared first), so a caller that opens many
+    /// blobs reuses one buffer instead of having fresh pages mapped and zeroed
+    /// for each. On error `out` holds nothing the caller may use.
+    ///
+    /// # Errors
+    /// As [`Keys::open`].
+    pub fn open_into(
+        &self,
+        what: &str,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.clear();
         if sealed.len() < SEAL_OVERHEAD {
             return Err(Error::corrupt(
                 what,
@@ -194,19 +213,20 @@ impl Keys {
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| Error::corrupt(what, "bad nonce"))?;
         let tag = Tag::try_from(tag).map_err(|_| Error::corrupt(what, "bad tag"))?;
-        // Decrypt out of place: one pass from the stored bytes into the result.
-        let mut buf = vec![0u8; ct.len()];
-        let inout = chacha20poly1305::aead::inout::InOutBuf::new(ct, &mut buf)
-            .map_err(|_| Error::corrupt(what, "buffer size mismatch"))?;
-        self.cipher
-            .decrypt_inout_detached(&nonce, aad, inout, &tag)
-            .map_err(|_| {
-                Error::corrupt(
-                    what,
-                    "authentication failed (data altered or not written by this repository)",
-                )
-            })?;
-        Ok(buf)
+        // Copy, then decrypt in place: the copy warms the buffer the cipher
+        // works in, and no zeroing pass is needed.
+        out.extend_from_slice(ct);
+        let opened =
+            self.cipher
+                .decrypt_inout_detached(&nonce, aad, out.as_mut_slice().into(), &tag);
+        if opened.is_err() {
+            out.clear();
+            return Err(Error::corrupt(
+                what,
+                "authentication failed (data altered or not written by this repository)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -258,6 +258,19 @@ thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// A zstd compressor for blobs at `level`. At level 3 (the default) the table of
+/// short matches is 16 KiB (chain log 14) instead of zstd's 64 KiB: it stays in
+/// the core's cache next to the long-match table, which measured 11–12% faster
+/// on the benchmark data and on a tree of shared libraries and 5% faster on
+/// source code, for output 0.04–0.9% larger (README "Performance").
+fn compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
+    let mut comp = zstd::bulk::Compressor::new(level)?;
+    if level == 3 {
+        comp.set_parameter(zstd::stream::raw::CParameter::ChainLog(14))?;
+    }
+    Ok(comp)
+}
+
 /// Encode a blob's plaintext: codec byte then payload. Compression is kept
 /// only when it saves at least 1/32 of the size; otherwise the data is stored
 /// raw and costs nothing to read back.
@@ -271,9 +284,7 @@ pub fn encode_blob_payload(data: &[u8], level: i32, out: &mut Vec<u8>) {
         let written = COMPRESSOR.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().map(|(l, _)| *l) != Some(level) {
-                *c = zstd::bulk::Compressor::new(level)
-                    .ok()
-                    .map(|comp| (level, comp));
+                *c = compressor(level).ok().map(|comp| (level, comp));
             }
             let (_, comp) = c.as_mut()?;
             // A cursor at the end: zstd writes after the codec byte, into the

@@ -40,7 +40,7 @@ use super::backup::FileError;
 use super::error::{Error, Result};
 use super::id::{BlobId, BlobType, PackId, SnapshotId};
 use super::index::Index;
-use super::pack::open_blob;
+use super::pack::with_blob;
 use super::repo::{Repository, pack_key};
 use super::snapshot::Snapshot;
 use super::tree::{Node, NodeKind, Tree};
@@ -899,18 +899,23 @@ fn restore_pack(
         {
             continue;
         }
-        let first = whole.as_ref().and_then(|w| {
+        // Verified straight out of the pack read, through this thread's
+        // buffers, and written.
+        let written = whole.as_ref().and_then(|w| {
             let env = w.get(loc.offset as usize..loc.offset as usize + loc.length as usize)?;
-            open_blob(repo.keys(), BlobType::Data, id, loc.raw_length, env).ok()
+            with_blob(repo.keys(), BlobType::Data, id, loc.raw_length, env, |d| {
+                write_blob(d, dests, files, progress);
+            })
+            .ok()
         });
+        if written.is_some() {
+            continue;
+        }
         // Fall back to the repository's verified read with retries, then to
         // the replica.
-        let data = match first {
-            Some(d) => Ok(d),
-            None => match repo.load_blob(index, BlobType::Data, id) {
-                Ok(d) => Ok(d),
-                Err(e) => sources.fallback(BlobType::Data, id, &e),
-            },
+        let data = match repo.load_blob(index, BlobType::Data, id) {
+            Ok(d) => Ok(d),
+            Err(e) => sources.fallback(BlobType::Data, id, &e),
         };
         match data {
             Ok(d) => write_blob(&d, dests, files, progress),
