@@ -373,28 +373,6 @@ fn decompress_into(
     Ok(())
 }
 
-/// Decode a blob payload in place: raw payloads lose their codec byte
-/// without a new allocation; compressed ones are decompressed.
-///
-/// # Errors
-/// As [`decode_blob_payload`].
-pub fn decode_blob_payload_owned(
-    mut payload: Vec<u8>,
-    raw_len: usize,
-) -> std::result::Result<Vec<u8>, String> {
-    if payload.first() == Some(&CODEC_RAW) {
-        payload.remove(0);
-        if payload.len() != raw_len {
-            return Err(format!(
-                "stored {} bytes, index says {raw_len}",
-                payload.len()
-            ));
-        }
-        return Ok(payload);
-    }
-    decode_blob_payload(&payload, raw_len)
-}
-
 /// Decode a blob payload produced by [`encode_blob_payload`].
 ///
 /// # Errors
