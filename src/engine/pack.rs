@@ -247,10 +247,10 @@ pub fn with_blob<R>(
             if keys.blob_id(data) == *id {
                 Ok(f(data))
             } else {
-                Err(Error::corrupt(&what(), "content does not match its id"))
+                Err(Error::corrupt(what(), "content does not match its id"))
             }
         })
-        .map_err(|e| Error::corrupt(&what(), e))?
+        .map_err(|e| Error::corrupt(what(), e))?
     })
 }
 
