@@ -378,7 +378,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         // make every few kilobytes wait for a window update. Windows sized to a few
         // chunks keep the stream full; memory stays bounded by them.
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20));
+        .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(crate::agent::MAX_FRAME));
     if let Some(tls) = tls_config(&config).await? {
         builder = builder
             .tls_config(tls)

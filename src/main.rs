@@ -3,14 +3,7 @@
 use clap::Parser;
 
 fn main() {
-    // glibc raises its mmap threshold after large frees, after which 8–16 MiB
-    // pack and read buffers come from the heap and are never returned: peak
-    // memory would grow with the data set. A fixed threshold keeps such
-    // buffers mmapped and released on free.
-    // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
+    cadang::tune_allocator();
     // One TLS crypto provider for the whole process (tonic, object_store and sqlx all use
     // rustls); installing it first avoids a runtime choice between two.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

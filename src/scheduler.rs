@@ -227,7 +227,9 @@ async fn execute_claimed(
                     progress: &progress,
                     remote,
                 };
-                engine.run(&cx, &spec, &run, sequence)
+                let end = engine.run(&cx, &spec, &run, sequence);
+                crate::release_free_memory();
+                end
             }
             (Err(error), _) | (_, Err(error)) => RunEnd {
                 status: "failed",

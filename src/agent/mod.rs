@@ -42,6 +42,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest message on the stream (a 4 MiB chunk that does not compress, and headers).
 pub const MAX_STREAM_MESSAGE: usize = 16 << 20;
 
+/// The largest HTTP/2 frame either side of the job stream accepts (HTTP/2's default is
+/// 16 KiB, which cuts a 1 MiB chunk into 64 frames, each its own write and wake-up).
+pub const MAX_FRAME: u32 = 1 << 20;
+
 /// The daemon refused this agent's credential: it was revoked or is unknown. Dialling
 /// again would not help; the process stops with a distinct exit status.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +166,8 @@ pub fn channel(server: &str, ca: Option<&Path>) -> anyhow::Result<Channel> {
         .keep_alive_timeout(Duration::from_secs(20))
         // Restores stream whole files down: windows of a few chunks (see the daemon).
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20));
+        .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(MAX_FRAME));
     if server.starts_with("https://") {
         let ca = ca.ok_or_else(|| anyhow!("{server} uses TLS: give its CA with --ca"))?;
         let pem = std::fs::read(ca).with_context(|| format!("{}", ca.display()))?;
@@ -592,7 +597,10 @@ async fn session(
                             end: None,
                         };
                         let cache_dir = state.cache_dir();
-                        tokio::task::spawn_blocking(move || backup_job(job, link, cache_dir));
+                        tokio::task::spawn_blocking(move || {
+                            backup_job(job, link, cache_dir);
+                            crate::release_free_memory();
+                        });
                     }
                     Some(Down::Have(answer)) => {
                         if let Some(handle) = &backup { let _ = handle.to_job.send(ToBackup::Have(answer)); }
@@ -615,7 +623,10 @@ async fn session(
                         let (to_job, from_stream) = mpsc::channel(64);
                         restore = Some(RestoreHandle { job_id: job.job_id.clone(), to_job });
                         let up = up.clone();
-                        tokio::task::spawn_blocking(move || restore_job(job, from_stream, up));
+                        tokio::task::spawn_blocking(move || {
+                            restore_job(job, from_stream, up);
+                            crate::release_free_memory();
+                        });
                     }
                     Some(body @ (Down::RestoreEntry(_) | Down::RestoreChunk(_) | Down::RestoreEnd(_))) => {
                         let end = matches!(body, Down::RestoreEnd(_));
