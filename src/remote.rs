@@ -686,6 +686,7 @@ pub fn backup_via_agent(
                     json!({
                         "files_new": done.files.saturating_sub(done.files_unchanged),
                         "files_unchanged": done.files_unchanged,
+                        "files_linked": done.files_linked,
                         "files_failed": done.problems.len(),
                         "bytes_read": done.bytes,
                         "bytes_total": done.bytes,
@@ -1066,6 +1067,7 @@ pub fn restore_to_agent(
                     Vec::new()
                 },
                 link_target: node.link_target.unwrap_or_default(),
+                hardlink: if file { node.hardlink.unwrap_or(0) } else { 0 },
             }
         })
         .collect();

@@ -2117,6 +2117,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     std::fs::write(source.join("html/img/logo.bin"), noise(1, 3 << 20)).unwrap();
     std::fs::write(source.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("html/index.html", source.join("index")).unwrap();
+    std::fs::hard_link(source.join("html/img/logo.bin"), source.join("logo.bin")).unwrap();
     let kendal_source = dir.path().join("srv-kendal");
     std::fs::create_dir_all(&kendal_source).unwrap();
     std::fs::write(kendal_source.join("dump.sql"), noise(2, 1 << 20)).unwrap();
@@ -2204,6 +2205,10 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     assert_eq!(first["status"], "ok", "{first}");
     let stats: Value = first["stats"].clone();
     assert_eq!(stats["agent"], true, "{first}");
+    assert_eq!(
+        stats["files_linked"], 1,
+        "the second link is not read: {stats}"
+    );
     let size = (3 << 20) + 16 * 200;
     assert!(stats["wire_bytes"].as_u64().unwrap() >= 3 << 20, "{stats}");
     assert!(
@@ -2250,6 +2255,15 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
     let target = dir.path().join("restored");
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
+    // The agent read the hard-linked file once and restored its two paths as links.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let restored = target.join(source.strip_prefix("/").unwrap());
+        let first = std::fs::metadata(restored.join("html/img/logo.bin")).unwrap();
+        let second = std::fs::metadata(restored.join("logo.bin")).unwrap();
+        assert_eq!(first.ino(), second.ino(), "hard links restored as links");
+        assert_eq!(first.nlink(), 2);
+    }
     // A subset, from the first snapshot.
     let first_snapshot = snapshots[0]["id"].as_str().unwrap();
     let subset = dir.path().join("subset");
@@ -2535,4 +2549,13 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     // And the result restores byte for byte.
     let target = dir.path().join("restored");
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
+    // The agent read the hard-linked file once and restored its two paths as links.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let restored = target.join(source.strip_prefix("/").unwrap());
+        let first = std::fs::metadata(restored.join("html/img/logo.bin")).unwrap();
+        let second = std::fs::metadata(restored.join("logo.bin")).unwrap();
+        assert_eq!(first.ino(), second.ino(), "hard links restored as links");
+        assert_eq!(first.nlink(), 2);
+    }
 }

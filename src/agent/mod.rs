@@ -443,6 +443,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
             problems: outcome.problems.clone(),
             files_unchanged: outcome.files_unchanged,
             bytes_sent,
+            files_linked: outcome.files_linked,
         }),
     )
     .is_err()

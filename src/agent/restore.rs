@@ -10,8 +10,11 @@
 //!   good copy is never replaced by a bad one.
 //! * Directory modes and times are applied last, deepest first, so a read-only
 //!   directory does not stop its own restore.
+//! * Hard links come back as links: a later path of a hard-linked file whose content
+//!   matches the first restored path of its group is linked to it (atomically, beside
+//!   its place, then renamed); the chunks sent with it are not written again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -57,6 +60,10 @@ pub struct RestoreWriter {
     verified_since: u64,
     summary: RestoreSummary,
     is_root: bool,
+    /// The first verified path of each hard-link group and its chunk ids.
+    links: HashMap<u64, (PathBuf, Vec<[u8; 32]>)>,
+    /// Chunks still to come for a path restored as a link (not written).
+    skip_chunks: usize,
 }
 
 fn lossy(path: &[u8]) -> String {
@@ -96,6 +103,8 @@ impl RestoreWriter {
             summary: RestoreSummary::default(),
             // SAFETY: geteuid has no preconditions and cannot fail.
             is_root: unsafe { libc::geteuid() } == 0,
+            links: HashMap::new(),
+            skip_chunks: 0,
         })
     }
 
@@ -160,6 +169,8 @@ impl RestoreWriter {
 
     /// Takes the next entry. A file's chunks follow as [`RestoreWriter::chunk`] calls.
     pub fn entry(&mut self, entry: pb::RestoreEntry) {
+        // A path restored as a link is complete whether or not its chunks all came.
+        self.skip_chunks = 0;
         if let Some(open) = self.current.take() {
             // The daemon moved on before sending every chunk.
             let _ = std::fs::remove_file(&open.tmp_path);
@@ -227,6 +238,16 @@ impl RestoreWriter {
         if ids.len() != entry.lengths.len() {
             return Err((entry.path, "chunk ids and lengths do not match".into()));
         }
+        let first = (entry.hardlink != 0)
+            .then(|| self.links.get(&entry.hardlink))
+            .flatten()
+            .filter(|(_, first_ids)| *first_ids == ids)
+            .map(|(first, _)| first.clone());
+        if let Some(first) = first {
+            self.link_file(&path, &first, &entry.path)?;
+            self.skip_chunks = ids.len();
+            return Ok(());
+        }
         let tmp_path = Self::tmp_beside(&path);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -259,6 +280,10 @@ impl RestoreWriter {
     /// Takes the next chunk of the current file. An empty payload means the daemon could
     /// not read that chunk from the repository.
     pub fn chunk(&mut self, chunk: pb::RestoreChunk) {
+        if self.skip_chunks > 0 {
+            self.skip_chunks -= 1;
+            return;
+        }
         let Some(open) = self.current.as_mut() else {
             tracing::warn!("a chunk arrived with no file open; ignored");
             return;
@@ -307,6 +332,11 @@ impl RestoreWriter {
                 self.summary.files_verified += 1;
                 self.summary.bytes += bytes;
                 self.verified_since += 1;
+                if open.entry.hardlink != 0 {
+                    self.links
+                        .entry(open.entry.hardlink)
+                        .or_insert_with(|| (open.final_path.clone(), open.ids.clone()));
+                }
             }
             Err(reason) => {
                 let _ = std::fs::remove_file(&open.tmp_path);
@@ -346,6 +376,30 @@ impl RestoreWriter {
         std::fs::rename(&open.tmp_path, &open.final_path)
             .map_err(|e| format!("cannot move into place: {e}"))?;
         Ok(total)
+    }
+
+    /// Restores `path` as another link to `first`, a verified file of this restore with
+    /// the same content (the inode carries the metadata).
+    fn link_file(
+        &mut self,
+        path: &Path,
+        first: &Path,
+        rel: &[u8],
+    ) -> Result<(), (Vec<u8>, String)> {
+        let tmp = Self::tmp_beside(path);
+        std::fs::hard_link(first, &tmp).map_err(|e| {
+            (
+                rel.to_vec(),
+                format!("cannot link to {}: {e}", first.display()),
+            )
+        })?;
+        let placed = std::fs::rename(&tmp, path);
+        // A rename onto another link of the same file succeeds without moving anything.
+        let _ = std::fs::remove_file(&tmp);
+        placed.map_err(|e| (rel.to_vec(), format!("cannot move into place: {e}")))?;
+        self.summary.files_verified += 1;
+        self.verified_since += 1;
+        Ok(())
     }
 
     fn apply_metadata(
@@ -413,6 +467,7 @@ impl RestoreWriter {
 
     /// Ends the restore: a file still open failed; directory metadata is applied.
     pub fn finish(mut self) -> (RestoreSummary, Vec<pb::FileProblem>, u64) {
+        self.skip_chunks = 0;
         if let Some(open) = self.current.take() {
             let _ = std::fs::remove_file(&open.tmp_path);
             let path = open.entry.path.clone();
@@ -469,6 +524,7 @@ mod tests {
                 .collect(),
             lengths: chunks.iter().map(|c| c.len() as u32).collect(),
             link_target: Vec::new(),
+            hardlink: 0,
         };
         let messages = chunks
             .iter()
@@ -517,6 +573,58 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(names.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn hard_links_are_restored_as_links_to_the_first_good_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        // Restoring over an earlier restore: `b` is already a link to `a`'s old copy.
+        std::fs::write(root.join("a"), b"old").unwrap();
+        std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+        let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32]).unwrap();
+        let data = b"shared content ".repeat(400);
+        let other = b"a different file in a group it does not belong to ".repeat(50);
+        let send = |w: &mut RestoreWriter, path: &str, content: &[u8], group: u64, damage: bool| {
+            let (mut entry, mut chunks) = file_entry(path, content);
+            entry.hardlink = group;
+            if damage {
+                chunks[0].payload.clear();
+            }
+            w.entry(entry);
+            for c in chunks {
+                w.chunk(c);
+            }
+        };
+        send(&mut w, "a", &data, 9, false);
+        send(&mut w, "b", &data, 9, false);
+        // Same group, other content: written as a file of its own.
+        send(&mut w, "c", &other, 9, false);
+        // A group whose first path fails: the next path is written and becomes the one
+        // the others link to.
+        send(&mut w, "d", &data, 11, true);
+        send(&mut w, "e", &data, 11, false);
+        send(&mut w, "f", &data, 11, false);
+        let (summary, failed, _) = w.finish();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].path, "d");
+        assert_eq!(summary.files_verified, 5);
+        // Bytes written: `a`, `c` and `e` only.
+        assert_eq!(summary.bytes, 2 * data.len() as u64 + other.len() as u64);
+        let ino = |name: &str| std::fs::metadata(root.join(name)).unwrap().ino();
+        assert_eq!(ino("a"), ino("b"));
+        assert_ne!(ino("a"), ino("c"));
+        assert_eq!(ino("e"), ino("f"));
+        assert_ne!(ino("a"), ino("e"));
+        assert_eq!(std::fs::metadata(root.join("a")).unwrap().nlink(), 2);
+        for name in ["a", "b", "e", "f"] {
+            assert_eq!(std::fs::read(root.join(name)).unwrap(), data, "{name}");
+        }
+        assert_eq!(std::fs::read(root.join("c")).unwrap(), other);
+        assert!(!root.join("d").exists());
+        let names = std::fs::read_dir(root).unwrap().count();
+        assert_eq!(names, 5, "no temporary name left behind");
     }
 
     #[test]

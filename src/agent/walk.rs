@@ -182,6 +182,8 @@ pub struct WalkOutcome {
     pub bytes: u64,
     /// Files taken from the cache.
     pub files_unchanged: u64,
+    /// Files whose content another link to the same inode gave (read once).
+    pub files_linked: u64,
     /// Unreadable files.
     pub problems: Vec<pb::FileProblem>,
     /// The cache to keep once the daemon commits the snapshot.
@@ -387,8 +389,40 @@ struct Walker<'a> {
     /// Chunk ids already put in a batch during this job: read while chunks are named in
     /// parallel, written only with `state` held (so an id and its batch go in together).
     seen: std::sync::RwLock<HashSet<[u8; 32]>>,
+    /// Hard-linked files of this job by device and inode: the other links to an
+    /// unchanged inode take the content of the first instead of reading it again.
+    links: std::sync::Mutex<HashMap<(u64, u64), LinkState>>,
+    /// Links met while another link to their inode was being read: taken up after the
+    /// walk (a walk thread never waits for another, which may be waiting for it).
+    deferred: std::sync::Mutex<Vec<(PathBuf, pb::FileEntry)>>,
     state: std::sync::Mutex<WalkState>,
     counters: Arc<Counters>,
+}
+
+/// Where the walk is with a hard-linked inode.
+enum LinkState {
+    /// One of its links is being read.
+    Reading,
+    /// Read, unchanged while it was read.
+    Read(LinkedContent),
+}
+
+/// A hard-linked file's content, with what must match for another link to take it.
+struct LinkedContent {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    content: Vec<[u8; 32]>,
+}
+
+/// What [`Walker::claim_link`] decided for a file.
+enum Claim {
+    /// Take this content, read through another link.
+    Linked(Vec<[u8; 32]>),
+    /// Another link is being read: come back later.
+    Busy,
+    /// Read the file.
+    Read,
 }
 
 /// What the walk's threads share. Everything handed to the sender goes through it, so
@@ -463,6 +497,17 @@ impl WalkState {
         self.outcome.files_unchanged += u64::from(unchanged);
         counters.files.store(self.outcome.files, Ordering::Relaxed);
         counters.bytes.store(self.outcome.bytes, Ordering::Relaxed);
+    }
+}
+
+/// The files cache's record of a file read (or linked) in this job.
+fn cached_file(entry: &pb::FileEntry, content: Vec<[u8; 32]>) -> CachedFile {
+    CachedFile {
+        size: entry.size,
+        mtime_ns: entry.mtime_ns,
+        ctime_ns: entry.ctime_ns,
+        inode: entry.inode,
+        content,
     }
 }
 
@@ -611,10 +656,115 @@ impl Walker<'_> {
                     state.new.files.insert(key, cached.clone());
                     state.push_after(Work::Cached(entry, path.to_path_buf()))?;
                 } else {
-                    self.read_file(path, entry)?;
+                    match self.claim_link(&entry) {
+                        Claim::Linked(content) => self.push_linked(entry, content)?,
+                        Claim::Busy => self
+                            .deferred
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((path.to_path_buf(), entry)),
+                        Claim::Read => self.read_file(path, entry)?,
+                    }
                 }
             }
             _ => self.push_entry(entry)?,
+        }
+        Ok(())
+    }
+
+    /// What to do with a file that may be one of several links to its inode: take the
+    /// content another link gave (the inode unchanged since: size, mtime and ctime
+    /// alike), come back to it later (another link is being read), or read it (the
+    /// first link met, which is then marked as being read).
+    fn claim_link(&self, entry: &pb::FileEntry) -> Claim {
+        if entry.hardlink == 0 {
+            return Claim::Read;
+        }
+        let mut links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match links.get(&(entry.dev, entry.inode)) {
+            Some(LinkState::Read(l))
+                if l.size == entry.size
+                    && l.mtime_ns == entry.mtime_ns
+                    && l.ctime_ns == entry.ctime_ns =>
+            {
+                Claim::Linked(l.content.clone())
+            }
+            // Changed since it was read through another name: read again.
+            Some(LinkState::Read(_)) => Claim::Read,
+            Some(LinkState::Reading) => Claim::Busy,
+            None => {
+                links.insert((entry.dev, entry.inode), LinkState::Reading);
+                Claim::Read
+            }
+        }
+    }
+
+    /// Records how the read of a hard-linked file ended: its content for the other
+    /// links if it did not change while read, otherwise nothing (they read their own).
+    fn settle_link(&self, entry: &pb::FileEntry, content: Option<&[[u8; 32]]>) {
+        if entry.hardlink == 0 {
+            return;
+        }
+        let mut links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (entry.dev, entry.inode);
+        match content {
+            // Recorded after the chunks are in a batch: an entry that takes them is
+            // queued behind that batch.
+            Some(content) => {
+                links.insert(
+                    key,
+                    LinkState::Read(LinkedContent {
+                        size: entry.size,
+                        mtime_ns: entry.mtime_ns,
+                        ctime_ns: entry.ctime_ns,
+                        content: content.to_vec(),
+                    }),
+                );
+            }
+            None => {
+                if matches!(links.get(&key), Some(LinkState::Reading)) {
+                    links.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Sends a file whose content another link to its inode gave.
+    fn push_linked(
+        &self,
+        mut entry: pb::FileEntry,
+        content: Vec<[u8; 32]>,
+    ) -> Result<(), WalkError> {
+        entry.content = content.iter().map(|id| id.to_vec()).collect();
+        let mut state = self.state();
+        state.count_file(&self.counters, entry.size, false);
+        state.outcome.files_linked += 1;
+        let key = entry.path.clone();
+        state.new.files.insert(key, cached_file(&entry, content));
+        state.push_after(Work::Entry(entry))
+    }
+
+    /// Takes up the links met while another link to their inode was being read.
+    fn walk_deferred(&self) -> Result<(), WalkError> {
+        let deferred = std::mem::take(
+            &mut *self
+                .deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (path, entry) in deferred {
+            self.check_cancel()?;
+            match self.claim_link(&entry) {
+                Claim::Linked(content) => self.push_linked(entry, content)?,
+                // Its first link failed or changed while read: read this one.
+                Claim::Busy | Claim::Read => self.read_file(&path, entry)?,
+            }
         }
         Ok(())
     }
@@ -644,6 +794,7 @@ impl Walker<'_> {
         let total = match read {
             Ok(total) => total,
             Err(error) => {
+                self.settle_link(&entry, None);
                 self.problem(path, error);
                 return Ok(());
             }
@@ -654,19 +805,14 @@ impl Walker<'_> {
             after.len() == total
                 && after.mtime() * 1_000_000_000 + after.mtime_nsec() == entry.mtime_ns
         });
+        self.settle_link(&entry, unchanged_after.then_some(content.as_slice()));
         let mut state = self.state();
         state.count_file(&self.counters, total, false);
         if unchanged_after {
-            state.new.files.insert(
-                entry.path.clone(),
-                CachedFile {
-                    size: entry.size,
-                    mtime_ns: entry.mtime_ns,
-                    ctime_ns: entry.ctime_ns,
-                    inode: entry.inode,
-                    content,
-                },
-            );
+            state
+                .new
+                .files
+                .insert(entry.path.clone(), cached_file(&entry, content));
         }
         state.push_after(Work::Entry(entry))
     }
@@ -1006,6 +1152,8 @@ pub fn run<L: Link + Send>(
         old: cache,
         excludes,
         seen: std::sync::RwLock::default(),
+        links: std::sync::Mutex::default(),
+        deferred: std::sync::Mutex::default(),
         state: std::sync::Mutex::new(WalkState {
             out,
             batch: Vec::new(),
@@ -1025,6 +1173,7 @@ pub fn run<L: Link + Send>(
             for root in &roots {
                 walker.walk(root)?;
             }
+            walker.walk_deferred()?;
             walker.state().flush()
         });
         // Closing the queue ends the sender once it has sent everything.
@@ -1199,6 +1348,78 @@ mod tests {
                 tree_paths(&child.unwrap().path(), into);
             }
         }
+    }
+
+    #[test]
+    fn hard_links_to_one_inode_are_read_once_and_name_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::create_dir_all(src.join("b")).unwrap();
+        std::fs::write(src.join("a/one"), noise(77, 900 << 10)).unwrap();
+        std::fs::hard_link(src.join("a/one"), src.join("b/two")).unwrap();
+        std::fs::hard_link(src.join("a/one"), src.join("b/three")).unwrap();
+        std::fs::write(src.join("b/other"), noise(78, 5000)).unwrap();
+        // Roots are walked one after the other: `a/one` is read before the other links
+        // are reached.
+        let job = job(vec![src.join("a"), src.join("b")]);
+        let mut expected = Vec::new();
+        chunk_file(
+            &job,
+            &src.join("a/one"),
+            900 << 10,
+            &|_| false,
+            &AtomicBool::new(false),
+            &mut |chunk| {
+                expected.push(chunk.id.to_vec());
+                Ok(())
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert!(expected.len() > 2, "a file of several chunks");
+        let mut repo = Repository::default();
+        let outcome = walk_over(&job, &mut repo, FilesCache::default());
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        assert_eq!((outcome.files, outcome.files_linked), (4, 2));
+        let linked: Vec<&pb::FileEntry> = repo
+            .entries
+            .iter()
+            .filter(|e| e.kind == "file" && e.hardlink != 0)
+            .collect();
+        assert_eq!(linked.len(), 3);
+        for entry in &linked {
+            assert_eq!(entry.content, expected, "{:?}", entry.path);
+            assert_eq!(entry.size, 900 << 10);
+        }
+        // Every link is in the files cache: the next run reads none of them.
+        assert_eq!(outcome.cache.len(), 4);
+        repo.entries.clear();
+        let again = walk_over(&job, &mut repo, outcome.cache);
+        assert_eq!((again.files_unchanged, again.files_linked), (4, 0));
+
+        // A link changed since the first was read is read, not linked: a new inode
+        // behind one of the names.
+        std::fs::remove_file(src.join("b/three")).unwrap();
+        std::fs::write(src.join("b/three"), noise(79, 70_000)).unwrap();
+        std::fs::create_dir(src.join("c")).unwrap();
+        std::fs::hard_link(src.join("b/three"), src.join("c/four")).unwrap();
+        repo.entries.clear();
+        let job = self::job(vec![src.join("a"), src.join("b"), src.join("c")]);
+        let changed = walk_over(&job, &mut repo, FilesCache::default());
+        assert_eq!((changed.files, changed.files_linked), (5, 2));
+        let three = repo
+            .entries
+            .iter()
+            .find(|e| e.path.ends_with(b"b/three"))
+            .unwrap();
+        let four = repo
+            .entries
+            .iter()
+            .find(|e| e.path.ends_with(b"c/four"))
+            .unwrap();
+        assert_eq!(three.content, four.content);
+        assert_ne!(three.content, expected);
     }
 
     #[test]

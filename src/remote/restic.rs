@@ -402,6 +402,7 @@ fn staged_entries(
             content: Vec::new(),
             lengths: Vec::new(),
             link_target: Vec::new(),
+            hardlink: 0,
         };
         if kind.is_dir() {
             entry.kind = "dir".into();
@@ -411,6 +412,10 @@ fn staged_entries(
         }
         if kind.is_file() {
             entry.kind = "file".into();
+            // restic restored the links of a hard-linked file as links: keep them so.
+            if meta.nlink() > 1 {
+                entry.hardlink = meta.ino() ^ meta.dev().rotate_left(32);
+            }
             match piece_ids(&path, ids) {
                 Ok((content, lengths, size)) => {
                     entry.content = content;
