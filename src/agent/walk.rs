@@ -105,6 +105,16 @@ pub struct CachedFile {
     content: Vec<[u8; 32]>,
 }
 
+impl CachedFile {
+    /// Whether `entry` is this file unchanged (same size, mtime, ctime and inode).
+    fn matches(&self, entry: &pb::FileEntry) -> bool {
+        self.size == entry.size
+            && self.mtime_ns == entry.mtime_ns
+            && self.ctime_ns == entry.ctime_ns
+            && self.inode == entry.inode
+    }
+}
+
 /// The files cache of one source (paths) in one repository.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FilesCache {
@@ -403,16 +413,8 @@ struct Walker<'a> {
 enum LinkState {
     /// One of its links is being read.
     Reading,
-    /// Read, unchanged while it was read.
-    Read(LinkedContent),
-}
-
-/// A hard-linked file's content, with what must match for another link to take it.
-struct LinkedContent {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    content: Vec<[u8; 32]>,
+    /// Read, unchanged while it was read: its record as the files cache keeps it.
+    Read(CachedFile),
 }
 
 /// What [`Walker::claim_link`] decided for a file.
@@ -630,12 +632,7 @@ impl Walker<'_> {
             },
             "file" => {
                 let key = entry.path.clone();
-                let cached = self.old.files.get(&key).filter(|c| {
-                    c.size == entry.size
-                        && c.mtime_ns == entry.mtime_ns
-                        && c.ctime_ns == entry.ctime_ns
-                        && c.inode == entry.inode
-                });
+                let cached = self.old.files.get(&key).filter(|c| c.matches(&entry));
                 if let Some(cached) = cached {
                     entry.content = cached.content.iter().map(|id| id.to_vec()).collect();
                     // One critical section: no other file's entry can slip in between
@@ -685,12 +682,8 @@ impl Walker<'_> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match links.get(&(entry.dev, entry.inode)) {
-            Some(LinkState::Read(l))
-                if l.size == entry.size
-                    && l.mtime_ns == entry.mtime_ns
-                    && l.ctime_ns == entry.ctime_ns =>
-            {
-                Claim::Linked(l.content.clone())
+            Some(LinkState::Read(read)) if read.matches(entry) => {
+                Claim::Linked(read.content.clone())
             }
             // Changed since it was read through another name: read again.
             Some(LinkState::Read(_)) => Claim::Read,
@@ -717,15 +710,7 @@ impl Walker<'_> {
             // Recorded after the chunks are in a batch: an entry that takes them is
             // queued behind that batch.
             Some(content) => {
-                links.insert(
-                    key,
-                    LinkState::Read(LinkedContent {
-                        size: entry.size,
-                        mtime_ns: entry.mtime_ns,
-                        ctime_ns: entry.ctime_ns,
-                        content: content.to_vec(),
-                    }),
-                );
+                links.insert(key, LinkState::Read(cached_file(entry, content.to_vec())));
             }
             None => {
                 if matches!(links.get(&key), Some(LinkState::Reading)) {
