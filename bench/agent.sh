@@ -4,6 +4,7 @@
 #   bench/agent.sh                       # scale 1 (~1.7 GB), 3 repetitions
 #   SCALE=0.05 REPS=1 bench/agent.sh     # smoke test
 #   COMPRESS_ON=daemon bench/agent.sh    # the plan compresses on the daemon, not the agent
+#   WARM_MEMORY=0 bench/agent.sh         # skip touching free memory first (bench/warm_memory.py)
 #
 # Each repetition, on a fresh run directory, and with the source read once before each
 # timed backup (a warm page cache for both):
@@ -36,6 +37,10 @@ if [[ ! -f $DATA.stamp || "$(cat "$DATA.stamp")" != "$STAMP" || ! -d $DATA ]]; t
     rm -rf -- "$DATA" "$DATA.stamp"
     "$PY" "$HERE/gen_data.py" "$DATA" --scale "$SCALE" --seed "$SEED"
     echo "$STAMP" >"$DATA.stamp"
+fi
+if [[ ${WARM_MEMORY:-1} == 1 ]]; then
+    log "touching free memory once (a just-booted machine pays ~3x for first writes)"
+    "$PY" "$HERE/warm_memory.py"
 fi
 SRC_BYTES=$(find "$DATA" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
 RESULTS=$BENCH_DIR/agent-results-$(date +%Y%m%d-%H%M%S).jsonl

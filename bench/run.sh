@@ -14,6 +14,7 @@
 #   DEFER_DELETE [auto] 1: keep every run dir until the end (no deletes between runs), 0: delete the
 #              previous run's dir before each run; auto: 1 when the disk has room for all of them
 #   VERIFY [1]         compare restored tree with the source (untimed, diff -r)
+#   WARM_MEMORY [1]    touch the machine's free memory once before the runs (bench/warm_memory.py)
 #   REF [1]            measure `tar | zstd -3 -T$(nproc)` over the data once, as a hardware reference
 #   KEEP [0]           keep the run dirs (repo, restore, logs) instead of deleting them
 #   RESULTS [$BENCH_DIR/results-<date>.jsonl]  raw JSON lines; the table goes to ${RESULTS%.jsonl}.md,
@@ -131,6 +132,12 @@ if [[ ! -f $DATA.stamp || "$(cat "$DATA.stamp")" != "$STAMP" || ! -d $DATA ]]; t
     echo "$STAMP" >"$DATA.stamp"
 else
     log "reusing data set $DATA"
+fi
+# A just-booted virtual machine pays about 3x for the first write to each page of its
+# memory; touch it all once so that no tool's run pays for it (bench/warm_memory.py).
+if [[ ${WARM_MEMORY:-1} == 1 ]]; then
+    log "touching free memory once (WARM_MEMORY=0 skips)"
+    "$PY" "$HERE/warm_memory.py"
 fi
 tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}'; }
 tree_files() { find "$1" -type f | wc -l; }

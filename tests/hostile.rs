@@ -182,3 +182,54 @@ fn a_file_replaced_by_symlink_is_replaced_not_followed() {
     );
     assert_eq!(std::fs::read(target.join("f")).unwrap(), b"fresh");
 }
+
+#[test]
+fn trees_nested_beyond_any_path_are_refused_not_followed_to_a_crash() {
+    // 5000 levels of one directory each: deeper than any file system path can be,
+    // so only a hostile repository has it. The restore must report it and restore
+    // the rest, not exhaust a worker's stack walking it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_path = tmp.path().join("repo");
+    let repo = repo_at(&rt, &repo_path);
+    store_data(&repo, b"top of the tree");
+    let (leaf, _) = file_node(&repo, b"leaf", b"top of the tree");
+    let mut trees = Vec::new();
+    let mut below = Tree {
+        version: 1,
+        nodes: vec![leaf],
+    };
+    for _ in 0..5000 {
+        let raw = postcard::to_stdvec(&below).unwrap();
+        let mut dir = Node::new(b"d".to_vec(), NodeKind::Dir);
+        dir.mode = 0o755;
+        dir.subtree = Some(repo.blob_id(&raw));
+        trees.push(below);
+        below = Tree {
+            version: 1,
+            nodes: vec![dir],
+        };
+    }
+    let (top, _) = file_node(&repo, b"top", b"top of the tree");
+    let mut nodes = below.nodes;
+    nodes.push(top);
+    let id = plant(&repo, nodes, trees);
+    let target = tmp.path().join("target");
+    let out = run(
+        cadang(repo_path.to_str().unwrap())
+            .args(["restore", &id, "--json", "--target"])
+            .arg(&target),
+        3,
+    );
+    let summary = last_json(&out);
+    assert_eq!(summary["success"], false, "{summary}");
+    let errors = summary["errors"].to_string();
+    assert!(
+        errors.contains("nested deeper than 2048 levels"),
+        "{errors}"
+    );
+    assert_eq!(
+        std::fs::read(target.join("top")).unwrap(),
+        b"top of the tree"
+    );
+}

@@ -26,6 +26,8 @@ use super::id::{BlobId, random_bytes};
 
 /// Bytes added by sealing: nonce plus tag.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Bytes kept free before a plaintext sealed with [`Keys::seal_in_place`].
+pub const NONCE_ROOM: usize = NONCE_LEN;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 
@@ -163,16 +165,29 @@ impl Keys {
     /// Seal `plaintext` and append the envelope to `out`, encrypting in place
     /// inside `out` (no intermediate copy: this is the packer's hot path).
     pub fn seal_append(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
-        let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
-        out.extend_from_slice(&nonce_bytes);
         let start = out.len();
+        out.resize(start + NONCE_LEN, 0);
         out.extend_from_slice(plaintext);
+        self.seal_in_place(aad, out, start);
+    }
+
+    /// Seal in place the plaintext that follows [`NONCE_ROOM`] bytes kept free at
+    /// `start` of `buf`: the nonce goes there and the tag is appended, so `buf[start..]`
+    /// becomes `nonce ‖ ciphertext ‖ tag`. A blob is compressed straight into the
+    /// buffer its envelope is built in, with no copy. A `buf` shorter than
+    /// `start + NONCE_ROOM` gets the room made, before an empty plaintext.
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>, start: usize) {
+        if buf.len() < start + NONCE_LEN {
+            buf.resize(start + NONCE_LEN, 0);
+        }
+        let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
+        buf[start..start + NONCE_LEN].copy_from_slice(&nonce_bytes);
         let nonce = XNonce::from(nonce_bytes);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&nonce, aad, (&mut out[start..]).into())
+            .encrypt_inout_detached(&nonce, aad, (&mut buf[start + NONCE_LEN..]).into())
             .expect("XChaCha20-Poly1305 accepts messages far larger than a blob");
-        out.extend_from_slice(tag.as_slice());
+        buf.extend_from_slice(tag.as_slice());
     }
 
     /// Open an envelope made by [`Keys::seal`].

@@ -29,6 +29,11 @@ pub mod tree;
 
 pub use error::{Error, Result};
 
+/// Stack of a worker thread: tree walks recurse once per directory level (up to
+/// [`restore::MAX_TREE_DEPTH`]), and work stolen by a thread runs on its stack. Only
+/// the pages used are ever backed by memory.
+const WORKER_STACK: usize = 16 << 20;
+
 /// A pool of worker threads named `<name>-<i>`: `threads` (unless 0), or one per CPU
 /// this process may use (cgroup quotas included), but at least `min`.
 ///
@@ -46,6 +51,7 @@ pub fn worker_pool(
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(move |i| format!("{name}-{i}"))
+        .stack_size(WORKER_STACK)
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start the {name} threads: {e}")))
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::crypto::Keys;
+use super::crypto::{Keys, NONCE_ROOM};
 use super::error::{Error, Result};
 use super::format::{ObjectKind, blob_aad, encode_blob_payload, seal_postcard};
 use super::id::{BlobId, BlobType, IndexId};
@@ -98,7 +98,7 @@ pub struct Packer {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Packer {
@@ -182,11 +182,12 @@ impl Packer {
     pub fn add(&self, ty: BlobType, id: BlobId, data: &[u8]) -> Result<()> {
         let keys = &self.shared.keys;
         SCRATCH.with(|s| {
-            let (payload, env) = &mut *s.borrow_mut();
-            payload.clear();
+            let env = &mut *s.borrow_mut();
+            // Compressed right after the room for the nonce, and sealed there.
             env.clear();
-            encode_blob_payload(data, self.level, payload);
-            keys.seal_append(&blob_aad(ty, &id), payload, env);
+            env.resize(NONCE_ROOM, 0);
+            encode_blob_payload(data, self.level, env);
+            keys.seal_in_place(&blob_aad(ty, &id), env, 0);
             self.add_sealed(ty, id, env, data.len() as u32)
         })
     }
@@ -211,7 +212,7 @@ impl Packer {
     ) -> Result<()> {
         let keys = &self.shared.keys;
         SCRATCH.with(|s| {
-            let (_, env) = &mut *s.borrow_mut();
+            let env = &mut *s.borrow_mut();
             env.clear();
             keys.seal_append(&blob_aad(ty, &id), payload, env);
             self.add_sealed(ty, id, env, raw_len)

@@ -294,6 +294,21 @@ struct FileState {
     tmp: PathBuf,
     damaged: AtomicBool,
     error: Mutex<Option<String>>,
+    /// At most one chunk: the file is created, written, given its metadata through
+    /// its descriptor and renamed into place as soon as that chunk is verified (or at
+    /// once, when it is empty). Most files of a tree are such files, and this costs
+    /// them two path lookups instead of seven.
+    whole: bool,
+    /// A whole file that is in place.
+    placed: AtomicBool,
+}
+
+/// Where verified chunks go: the files being restored under the target.
+struct Outputs<'a> {
+    files: &'a [(FileState, &'a Node)],
+    target: &'a Path,
+    owners: bool,
+    progress: &'a RestoreProgress,
 }
 
 fn is_root() -> bool {
@@ -317,20 +332,54 @@ fn selected(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
     (false, false)
 }
 
+/// The entries of a tree and everything below it, in tree order (each directory
+/// before what it holds), with what could not be read.
+#[derive(Default)]
+struct Collected {
+    entries: Vec<Entry>,
+    errors: Vec<FileError>,
+    damaged: Vec<String>,
+}
+
+impl Collected {
+    fn append(&mut self, mut other: Collected) {
+        self.entries.append(&mut other.entries);
+        self.errors.append(&mut other.errors);
+        self.damaged.append(&mut other.damaged);
+    }
+}
+
+/// Directories nested deeper than this are not restored. No file system path can
+/// hold them (a path is at most 4096 bytes, two per level at the least), so only a
+/// hostile repository has them, and it must not exhaust a worker's stack.
+pub const MAX_TREE_DEPTH: usize = 2048;
+
+/// Load a tree and, in parallel on the calling pool, its selected subtrees: a
+/// restore from object storage would otherwise wait for one request per directory
+/// in turn.
 fn collect(
     sources: &Sources<'_>,
     tree: &BlobId,
     rel: &Path,
     includes: &[PathBuf],
-    out: &mut Vec<Entry>,
-    errors: &mut Vec<FileError>,
-    damaged: &mut Vec<String>,
-) {
+    depth: usize,
+) -> Collected {
+    if depth > MAX_TREE_DEPTH {
+        let mut refused = Collected::default();
+        refused.errors.push(FileError {
+            path: rel.display().to_string(),
+            error: format!(
+                "directory nested deeper than {MAX_TREE_DEPTH} levels; what it holds is not restored"
+            ),
+        });
+        return refused;
+    }
     let t = match sources.load_tree(tree) {
         Ok(t) => t,
         Err(e) => {
-            damaged.push(format!("tree {}: {e}", tree.short()));
-            errors.push(FileError {
+            let mut failed = Collected::default();
+            failed.damaged.push(format!("tree {}: {e}", tree.short()));
+            failed.errors.push(FileError {
                 path: if rel.as_os_str().is_empty() {
                     "/".into()
                 } else {
@@ -338,31 +387,45 @@ fn collect(
                 },
                 error: format!("directory listing unreadable: {e}"),
             });
-            return;
+            return failed;
         }
     };
-    for n in t.nodes {
-        let child = rel.join(OsStr::from_bytes(&n.name));
-        let (take, descend) = selected(&child, includes);
-        if n.kind == NodeKind::Dir && descend {
-            let Some(sub) = n.subtree else {
+    let parts: Vec<Option<Collected>> = t
+        .nodes
+        .into_par_iter()
+        .map(|n| {
+            let child = rel.join(OsStr::from_bytes(&n.name));
+            let (take, descend) = selected(&child, includes);
+            if n.kind == NodeKind::Dir && descend {
                 // Tree::decode refuses directories without a subtree.
-                continue;
-            };
-            // Included directories and the ancestors of included paths are
-            // both created with their recorded metadata.
-            out.push(Entry {
-                rel: child.clone(),
-                node: n,
-            });
-            collect(sources, &sub, &child, includes, out, errors, damaged);
-        } else if take {
-            out.push(Entry {
-                rel: child,
-                node: n,
-            });
-        }
+                let sub = n.subtree?;
+                // Included directories and the ancestors of included paths are
+                // both created with their recorded metadata.
+                let below = collect(sources, &sub, &child, includes, depth + 1);
+                let mut part = Collected::default();
+                part.entries.push(Entry {
+                    rel: child,
+                    node: n,
+                });
+                part.append(below);
+                Some(part)
+            } else if take {
+                let mut part = Collected::default();
+                part.entries.push(Entry {
+                    rel: child,
+                    node: n,
+                });
+                Some(part)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut all = Collected::default();
+    for part in parts.into_iter().flatten() {
+        all.append(part);
     }
+    all
 }
 
 /// Make sure `dir` (under the target) is a real directory, creating it if
@@ -398,6 +461,51 @@ fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
 
 fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Create the temporary file `tmp` (never through a symlink). A file left there by
+/// an interrupted restore is replaced.
+fn create_tmp(tmp: &Path) -> std::io::Result<std::fs::File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(tmp)?;
+            open()
+        }
+        other => other,
+    }
+}
+
+/// Owner (when root), mode and times of a written file, through its descriptor.
+fn finish_file(f: &std::fs::File, node: &Node, owners: bool) -> std::io::Result<()> {
+    if owners {
+        std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(node.mode & 0o7777))?;
+    let t = filetime::FileTime::from_unix_time(
+        node.mtime_ns.div_euclid(1_000_000_000),
+        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_file_handle_times(f, Some(t), Some(t))
+}
+
+/// Rename a finished temporary file to its place. A rename replaces a symlink or a
+/// file found there and refuses a directory.
+fn place(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::IsADirectory {
+            std::io::Error::other("a directory is in the way")
+        } else {
+            e
+        }
+    })
 }
 
 /// Restore snapshot `id` according to `opts`.
@@ -465,17 +573,12 @@ pub fn restore_tree(
         .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
         .filter(|p| !p.as_os_str().is_empty())
         .collect();
+    let pool = super::worker_pool("cadang-restore", opts.threads, 2)?;
     let mut result = RestoreResult::default();
-    let mut entries = Vec::new();
-    collect(
-        &sources,
-        root,
-        Path::new(""),
-        &includes,
-        &mut entries,
-        &mut result.errors,
-        &mut result.damaged_blobs,
-    );
+    let collected = pool.install(|| collect(&sources, root, Path::new(""), &includes, 1));
+    let entries = collected.entries;
+    result.errors = collected.errors;
+    result.damaged_blobs = collected.damaged;
     let owners = is_root();
     let cancelled = || {
         opts.cancel
@@ -499,7 +602,6 @@ pub fn restore_tree(
     }
     let in_bad_dir = |rel: &Path| bad_dirs.iter().any(|b| rel.starts_with(b) && rel != b);
 
-    let pool = super::worker_pool("cadang-restore", opts.threads, 2)?;
     // 2. Plan file content: blob -> destinations, grouped by pack.
     let mut files: Vec<(FileState, &Node)> = Vec::new();
     let mut hardlink_first: HashMap<u64, usize> = HashMap::new();
@@ -524,6 +626,8 @@ pub fn restore_tree(
                 tmp: tmp_name(&path),
                 damaged: AtomicBool::new(false),
                 error: Mutex::new(None),
+                whole: e.node.content.len() <= 1,
+                placed: AtomicBool::new(false),
             },
             &e.node,
         ));
@@ -588,20 +692,26 @@ pub fn restore_tree(
         }
     }
 
-    // Create the temporary files at their final size (holes stay holes).
+    let outputs = Outputs {
+        files: &files,
+        target,
+        owners,
+        progress,
+    };
+    // Create the temporary files of several chunks at their final size (holes stay
+    // holes); empty files are finished here.
     pool.install(|| {
         files.par_iter().for_each(|(fs, node)| {
             if fs.damaged.load(Ordering::Relaxed) {
                 return;
             }
-            let _ = std::fs::remove_file(&fs.tmp);
-            let created = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&fs.tmp)
-                .and_then(|f| f.set_len(node.size));
+            if fs.whole {
+                if node.content.is_empty() {
+                    write_whole(fs, node, &[], &outputs);
+                }
+                return;
+            }
+            let created = create_tmp(&fs.tmp).and_then(|f| f.set_len(node.size));
             if let Err(e) = created {
                 fs.damaged.store(true, Ordering::Relaxed);
                 *fs.error
@@ -620,7 +730,7 @@ pub fn restore_tree(
             if cancelled() {
                 return;
             }
-            restore_pack(&sources, pack, blobs, &files, progress, &damaged_blobs);
+            restore_pack(&sources, pack, blobs, &outputs, &damaged_blobs);
         });
         let only: Vec<(&BlobId, &Vec<(usize, u64)>)> = replica_only.iter().collect();
         only.par_iter().for_each(|(id, dests)| {
@@ -635,7 +745,7 @@ pub fn restore_tree(
                 what: format!("data blob {} (not in the index)", id.short()),
             };
             match sources.fallback(BlobType::Data, id, &missing) {
-                Ok(data) => write_blob(&data, dests, &files, progress),
+                Ok(data) => write_blob(&data, dests, &outputs),
                 Err(e) => {
                     damaged_blobs
                         .lock()
@@ -678,6 +788,15 @@ pub fn restore_tree(
                         .clone()
                         .unwrap_or_else(|| "damaged".into())));
                 }
+                if fs.whole {
+                    // Finished when its chunk was written (damage is handled above).
+                    return if fs.placed.load(Ordering::Relaxed) {
+                        Ok(node.size)
+                    } else {
+                        let _ = std::fs::remove_file(&fs.tmp);
+                        Err(err("its content was never written".into()))
+                    };
+                }
                 let final_path = target.join(&fs.rel);
                 let r = (|| -> std::io::Result<()> {
                     if owners {
@@ -688,12 +807,7 @@ pub fn restore_tree(
                         std::fs::Permissions::from_mode(node.mode & 0o7777),
                     )?;
                     set_times(&fs.tmp, node.mtime_ns)?;
-                    if let Ok(m) = std::fs::symlink_metadata(&final_path)
-                        && m.is_dir()
-                    {
-                        return Err(std::io::Error::other("a directory is in the way"));
-                    }
-                    std::fs::rename(&fs.tmp, &final_path)
+                    place(&fs.tmp, &final_path)
                 })();
                 match r {
                     Ok(()) => {
@@ -866,10 +980,10 @@ fn restore_pack(
     sources: &Sources<'_>,
     pack: &PackId,
     blobs: &BlobDestinations,
-    files: &[(FileState, &Node)],
-    progress: &RestoreProgress,
+    out: &Outputs<'_>,
     damaged: &Mutex<Vec<String>>,
 ) {
+    let files = out.files;
     let (repo, index) = (sources.repo, sources.index);
     let mut wanted: Vec<(BlobId, super::index::Location)> = blobs
         .keys()
@@ -888,28 +1002,31 @@ fn restore_pack(
     } else {
         None
     };
-    for (id, loc) in &wanted {
+    // The pack's blobs are shared out among the workers too: packs differ in cost
+    // (text to decompress, or raw data), and the last pack must not leave all but one
+    // worker idle.
+    wanted.par_iter().for_each(|(id, loc)| {
         let Some(dests) = blobs.get(id) else {
-            continue;
+            return;
         };
         // Skip blobs whose every destination is already known damaged.
         if dests
             .iter()
             .all(|(fi, _)| files[*fi].0.damaged.load(Ordering::Relaxed))
         {
-            continue;
+            return;
         }
         // Verified straight out of the pack read, through this thread's
         // buffers, and written.
         let written = whole.as_ref().and_then(|w| {
             let env = w.get(loc.offset as usize..loc.offset as usize + loc.length as usize)?;
             with_blob(repo.keys(), BlobType::Data, id, loc.raw_length, env, |d| {
-                write_blob(d, dests, files, progress);
+                write_blob(d, dests, out);
             })
             .ok()
         });
         if written.is_some() {
-            continue;
+            return;
         }
         // Fall back to the repository's verified read with retries, then to
         // the replica.
@@ -918,7 +1035,7 @@ fn restore_pack(
             Err(e) => sources.fallback(BlobType::Data, id, &e),
         };
         match data {
-            Ok(d) => write_blob(&d, dests, files, progress),
+            Ok(d) => write_blob(&d, dests, out),
             Err(e) => {
                 damaged
                     .lock()
@@ -931,7 +1048,7 @@ fn restore_pack(
                 mark_damaged(id, &e, dests, files);
             }
         }
-    }
+    });
 }
 
 /// Mark every file that needs blob `id` as damaged.
@@ -947,15 +1064,15 @@ fn mark_damaged(id: &BlobId, error: &str, dests: &[(usize, u64)], files: &[(File
 }
 
 /// Write a verified blob's plaintext to every file offset that needs it.
-fn write_blob(
-    data: &[u8],
-    dests: &[(usize, u64)],
-    files: &[(FileState, &Node)],
-    progress: &RestoreProgress,
-) {
+fn write_blob(data: &[u8], dests: &[(usize, u64)], out: &Outputs<'_>) {
+    let progress = out.progress;
     for (fi, off) in dests {
-        let fs = &files[*fi].0;
+        let (fs, node) = &out.files[*fi];
         if fs.damaged.load(Ordering::Relaxed) {
+            continue;
+        }
+        if fs.whole {
+            write_whole(fs, node, data, out);
             continue;
         }
         let w = OpenOptions::new()
@@ -977,13 +1094,47 @@ fn write_blob(
     }
 }
 
+/// Create a file of at most one chunk from its verified content, finish its metadata
+/// and rename it into place; a failure marks it damaged and leaves nothing behind.
+fn write_whole(fs: &FileState, node: &Node, data: &[u8], out: &Outputs<'_>) {
+    let done = (|| -> std::io::Result<()> {
+        let f = create_tmp(&fs.tmp)?;
+        if write_sparse(&f, data, 0)? < node.size {
+            // Ends in zeros: the hole runs to the recorded size.
+            f.set_len(node.size)?;
+        }
+        finish_file(&f, node, out.owners)?;
+        drop(f);
+        place(&fs.tmp, &out.target.join(&fs.rel))
+    })();
+    match done {
+        Ok(()) => {
+            fs.placed.store(true, Ordering::Relaxed);
+            out.progress
+                .bytes_done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            out.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&fs.tmp);
+            fs.damaged.store(true, Ordering::Relaxed);
+            fs.error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert_with(|| format!("write failed: {e}"));
+        }
+    }
+}
+
 /// Write `data` at `off`, leaving 4 KiB blocks of zeros unwritten so they
 /// stay holes in the (pre-sized) file: sparse files restore sparse, and
-/// zero runs cost no disk.
-fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+/// zero runs cost no disk. Returns the end of the last byte written (`off`
+/// when nothing was).
+fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<u64> {
     const BLOCK: usize = 4096;
     static ZEROS: [u8; BLOCK] = [0; BLOCK];
     let mut start: Option<usize> = None;
+    let mut written = off;
     let mut pos = 0;
     while pos < data.len() {
         let end = (pos + BLOCK).min(data.len());
@@ -993,6 +1144,7 @@ fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()>
             (false, None) => start = Some(pos),
             (true, Some(s)) => {
                 f.write_all_at(&data[s..pos], off + s as u64)?;
+                written = off + pos as u64;
                 start = None;
             }
             _ => {}
@@ -1001,8 +1153,9 @@ fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()>
     }
     if let Some(s) = start {
         f.write_all_at(&data[s..], off + s as u64)?;
+        written = off + data.len() as u64;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Re-read restored entries under `target` and compare them with the
@@ -1130,19 +1283,16 @@ pub fn verify_target(
         replica: None,
         repaired: Mutex::new(Vec::new()),
     };
-    let mut entries = Vec::new();
-    let mut errors = Vec::new();
-    let mut damaged = Vec::new();
-    collect(
-        &sources,
-        &snap.tree,
-        Path::new(""),
-        &includes,
-        &mut entries,
-        &mut errors,
-        &mut damaged,
-    );
-    let mut rep = verify_entries(&sources, target, &entries, &RestoreProgress::default());
-    rep.mismatches.extend(errors);
+    let pool = super::worker_pool("cadang-verify", None, 2)?;
+    let collected = pool.install(|| collect(&sources, &snap.tree, Path::new(""), &includes, 1));
+    let mut rep = pool.install(|| {
+        verify_entries(
+            &sources,
+            target,
+            &collected.entries,
+            &RestoreProgress::default(),
+        )
+    });
+    rep.mismatches.extend(collected.errors);
     Ok(rep)
 }
