@@ -452,11 +452,15 @@ fn tmp_name(path: &Path) -> PathBuf {
 /// Set access and modification time without following a symlink and without
 /// opening the file (opening a FIFO would block).
 fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
-    let t = filetime::FileTime::from_unix_time(
+    let t = file_time(mtime_ns);
+    filetime::set_symlink_file_times(path, t, t)
+}
+
+fn file_time(mtime_ns: i64) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
         mtime_ns.div_euclid(1_000_000_000),
         mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_symlink_file_times(path, t, t)
+    )
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -489,10 +493,7 @@ fn finish_file(f: &std::fs::File, node: &Node, owners: bool) -> std::io::Result<
         std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid))?;
     }
     f.set_permissions(std::fs::Permissions::from_mode(node.mode & 0o7777))?;
-    let t = filetime::FileTime::from_unix_time(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
+    let t = file_time(node.mtime_ns);
     filetime::set_file_handle_times(f, Some(t), Some(t))
 }
 
