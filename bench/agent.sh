@@ -11,6 +11,9 @@
 #   local   `cadang backup DATA` into a new local repository (the engine alone);
 #   agent   a daemon (SQLite, local repository) and `cadang agent run` on this host: the
 #           plan's first backup (everything sent) and a second one of unchanged data.
+#   restore the local repository restored with `cadang restore` followed by `sync`, and
+#           the agent's snapshot restored through the agent (`restore-job start --wait`:
+#           every file verified, the file system flushed before the end is reported).
 # The agent figures come from the run's own statistics (duration_seconds, bytes_read,
 # wire_bytes). Medians and the agent/local throughput ratio go to stdout and to
 # $BENCH_DIR/agent-results-<date>.md.
@@ -71,10 +74,17 @@ for rep in $(seq 1 "$REPS"); do
     /usr/bin/time -f "%U %S" -o "$RUN/local.time" "$CADANG_BIN" backup "$DATA" >/dev/null
     t1=$(date +%s%N)
     log "rep $rep: CPU seconds of the local backup: $(awk '{print $1 + $2}' "$RUN/local.time")"
-    unset CADANG_REPOSITORY CADANG_PASSWORD
     LOCAL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
-    rm -rf -- "$RUN/local"
     log "rep $rep: local backup ${LOCAL_S}s"
+    sync; sleep 2
+    t0=$(date +%s%N)
+    "$CADANG_BIN" restore latest --target "$RUN/local-restored" >/dev/null
+    sync
+    t1=$(date +%s%N)
+    unset CADANG_REPOSITORY CADANG_PASSWORD
+    LOCAL_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    rm -rf -- "$RUN/local" "$RUN/local-restored"
+    log "rep $rep: local restore and sync ${LOCAL_RESTORE_S}s"
 
     # ------------------------------------------------------------ daemon + agent
     printf '[daemon]\nlisten = "127.0.0.1:0"\n[scheduler]\ntick_secs = 1\nlease_secs = 30\n' >"$RUN/d.toml"
@@ -127,20 +137,31 @@ PYEOF
     log "rep $rep: CPU seconds of the first agent backup: daemon $(awk -v a="$D0" -v b="$D1" 'BEGIN {print b-a}'), agent $(awk -v a="$A0" -v b="$A1" 'BEGIN {print b-a}')"
     c "$KASI" plan run-now "$PLAN" >/dev/null
     SECOND=$(wait_run 2)
+    sync; sleep 2
+    t0=$(date +%s%N)
+    c "$KASI" restore-job start --source "$SERVER" --target "$RUN/agent-restored" --wait >"$RUN/restore.json"
+    t1=$(date +%s%N)
+    AGENT_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    log "rep $rep: restore through the agent ${AGENT_RESTORE_S}s: $(head -c 400 "$RUN/restore.json")"
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     AGENT_PID="" DAEMON_PID=""
-    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" >>"$RESULTS" <<'PYEOF'
+    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" >>"$RESULTS" <<'PYEOF'
 import json, sys
 first, second = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 local, size, rep = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+local_restore, agent_restore = float(sys.argv[6]), float(sys.argv[7])
+restored = json.load(open(sys.argv[8]))
 assert first["status"] == "ok" and second["status"] == "ok", (first, second)
+assert restored["status"] == "ok", restored
 s1, s2 = first["stats"], second["stats"]
 print(json.dumps({
     "rep": rep, "bytes": size, "local_s": local, "local_mbps": size / 1e6 / local,
     "agent_s": s1["duration_seconds"], "agent_mbps": size / 1e6 / s1["duration_seconds"],
     "agent_wire_bytes": s1["wire_bytes"], "second_s": s2["duration_seconds"],
     "second_wire_bytes": s2["wire_bytes"],
+    "local_restore_s": local_restore, "local_restore_mbps": size / 1e6 / local_restore,
+    "agent_restore_s": agent_restore, "agent_restore_mbps": size / 1e6 / agent_restore,
 }))
 PYEOF
     log "rep $rep: $(tail -1 "$RESULTS")"
@@ -164,4 +185,6 @@ ratios = sorted(r["agent_mbps"] / r["local_mbps"] for r in rows)
 print(f"| agent / local, median of the repetitions' ratios | {statistics.median(ratios):.2f} (each: {', '.join(f'{x:.2f}' for x in ratios)}) |")
 print(f"| bytes on the wire, first backup | {med('agent_wire_bytes')/1e6:.1f} MB |")
 print(f"| second backup, unchanged data | {med('second_s'):.2f} s, {med('second_wire_bytes')/1e3:.1f} kB on the wire |")
+print(f"| local `cadang restore` and `sync` | {med('local_restore_mbps'):.1f} MB/s ({med('local_restore_s'):.2f} s) |")
+print(f"| restore through the agent, verified and flushed | {med('agent_restore_mbps'):.1f} MB/s ({med('agent_restore_s'):.2f} s) |")
 PYEOF

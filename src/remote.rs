@@ -31,6 +31,7 @@ use crate::engine::Repository;
 use crate::engine::id::{BlobId, BlobType, SnapshotId};
 use crate::engine::index::Index;
 use crate::engine::ingest::{Ingest, IngestCommit};
+use crate::engine::readahead::ReadAhead;
 use crate::engine::restore::Replica;
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Node, NodeKind};
@@ -813,19 +814,43 @@ struct Reader<'a> {
     index: &'a Index,
     replica: Option<&'a Replica>,
     repaired: Vec<String>,
+    /// The primary's chunks in the order they are sent, once known.
+    ahead: Option<ReadAhead<'a>>,
 }
 
 impl Reader<'_> {
     /// A verified blob from the primary, else from the replica (recording the repair).
     fn load(&mut self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>, String> {
-        let primary_error = match self.repository.load_blob(self.index, ty, id) {
+        let primary = self.repository.load_blob(self.index, ty, id);
+        self.fall_back(ty, id, primary, |replica| replica.load_blob(ty, id))
+    }
+
+    /// An authenticated blob payload, still compressed, and its plaintext length: from
+    /// the primary, else from the replica (recording the repair).
+    fn load_payload(&mut self, ty: BlobType, id: &BlobId) -> Result<(Vec<u8>, u32), String> {
+        let primary = match self.ahead.as_mut() {
+            Some(ahead) if ty == BlobType::Data => ahead.payload(id),
+            _ => self.repository.load_blob_payload(self.index, ty, id),
+        };
+        self.fall_back(ty, id, primary, |replica| replica.load_blob_payload(ty, id))
+    }
+
+    /// What the primary gave, or else what the replica gives (recording the repair).
+    fn fall_back<R>(
+        &mut self,
+        ty: BlobType,
+        id: &BlobId,
+        primary: crate::engine::Result<R>,
+        replica: impl FnOnce(&Replica) -> crate::engine::Result<R>,
+    ) -> Result<R, String> {
+        let primary_error = match primary {
             Ok(data) => return Ok(data),
             Err(error) => error,
         };
-        let Some(replica) = self.replica else {
+        let Some(copy) = self.replica else {
             return Err(primary_error.to_string());
         };
-        match replica.load_blob(ty, id) {
+        match replica(copy) {
             Ok(data) => {
                 let place = match self.index.get(id) {
                     Some((pack, _)) => format!("in pack {}", pack.short()),
@@ -852,16 +877,26 @@ impl Reader<'_> {
     }
 }
 
+/// The entries of `tree` (at `prefix`, `depth` levels down) selected by `paths`, in
+/// tree order, each directory before what it holds.
 #[allow(clippy::too_many_arguments)]
 fn collect(
     reader: &mut Reader<'_>,
     tree: &BlobId,
     prefix: &[u8],
+    depth: usize,
     paths: &[String],
     whole: bool,
     out: &mut Vec<Item>,
     unreadable: &mut Vec<pb::FileProblem>,
 ) {
+    if depth > crate::engine::tree::MAX_DEPTH {
+        unreadable.push(pb::FileProblem {
+            path: format!("/{}", String::from_utf8_lossy(prefix)),
+            reason: crate::engine::tree::too_deep(),
+        });
+        return;
+    }
     let tree_data = match reader.load(BlobType::Tree, tree).and_then(|raw| {
         crate::engine::tree::Tree::decode(&raw).map_err(|error| format!("invalid tree: {error}"))
     }) {
@@ -898,7 +933,16 @@ fn collect(
             node,
         });
         if is_dir && let Some(subtree) = subtree {
-            collect(reader, &subtree, &rel, paths, all, out, unreadable);
+            collect(
+                reader,
+                &subtree,
+                &rel,
+                depth + 1,
+                paths,
+                all,
+                out,
+                unreadable,
+            );
         }
     }
 }
@@ -1027,6 +1071,7 @@ pub fn restore_to_agent(
         index: &index,
         replica: replica.as_deref(),
         repaired: candidates.repaired,
+        ahead: None,
     };
     let mut items = Vec::new();
     let mut unreadable = Vec::new();
@@ -1034,6 +1079,7 @@ pub fn restore_to_agent(
         &mut reader,
         &snapshot.tree,
         b"",
+        0,
         &paths,
         false,
         &mut items,
@@ -1071,6 +1117,13 @@ pub fn restore_to_agent(
             }
         })
         .collect();
+    // The chunks in the order they will be sent: neighbours in a pack are read together.
+    let plan = entries
+        .iter()
+        .flat_map(|entry| &entry.content)
+        .filter_map(|id| <[u8; 32]>::try_from(id.as_slice()).ok().map(BlobId))
+        .collect();
+    reader.ahead = Some(ReadAhead::new(&repository, &index, plan));
     let outgoing = stream::Outgoing::for_restore(
         target,
         restore,
@@ -1095,6 +1148,7 @@ pub fn restore_to_agent(
                 json!({
                     "repaired": reader.repaired.len(),
                     "repaired_from_replica": repaired,
+                    "store_reads": reader.ahead.as_ref().map_or(0, ReadAhead::requests),
                 }),
             );
             (end, Some(snapshot_hex))
@@ -1104,15 +1158,19 @@ pub fn restore_to_agent(
 }
 
 impl stream::RestoreSource for Reader<'_> {
-    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<Vec<u8>, String> {
+    /// The chunk as stored, only decrypted: the agent decompresses it and checks it
+    /// against its id, so the daemon does not decompress, hash and compress it again.
+    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<pb::RestoreChunk, String> {
         let id = entry
             .content
             .get(n)
             .and_then(|id| <[u8; 32]>::try_from(id.as_slice()).ok())
             .map(BlobId)
             .ok_or_else(|| format!("chunk {} of the entry is not a chunk id", n + 1))?;
-        self.load(BlobType::Data, &id)
-            .map_err(|error| format!("chunk {} unreadable in the repository: {error}", id.short()))
+        let (payload, raw_len) = self.load_payload(BlobType::Data, &id).map_err(|error| {
+            format!("chunk {} unreadable in the repository: {error}", id.short())
+        })?;
+        Ok(pb::RestoreChunk { payload, raw_len })
     }
 }
 
@@ -1312,6 +1370,86 @@ mod tests {
             choose_snapshot(&repaired.snapshots, "latest").unwrap().0,
             newer
         );
+    }
+
+    #[test]
+    fn trees_nested_beyond_any_path_are_reported_not_walked_to_the_end_of_the_stack() {
+        use crate::engine::packer::Packer;
+        use crate::engine::tree::{MAX_DEPTH, Tree};
+        use crate::engine::{OpenOptions, Store, StoreOptions, crypto::KdfParams};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(&dir.path().display().to_string(), &StoreOptions::default()).unwrap();
+        let options = OpenOptions {
+            kdf: KdfParams {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            host: None,
+        };
+        let repository =
+            Repository::init(runtime.handle().clone(), store, b"pw", &options).unwrap();
+        // 5000 levels of one directory each, as only a hostile repository holds them;
+        // this test runs on a 2 MiB stack, as the daemon's blocking threads do.
+        let packer = Packer::new(&repository, 1, None);
+        let mut below = Tree {
+            version: 1,
+            nodes: Vec::new(),
+        };
+        for _ in 0..5000 {
+            let raw = below.encode();
+            let id = repository.blob_id(&raw);
+            if packer.claim(&Index::new(), &id) {
+                packer.add(BlobType::Tree, id, &raw).unwrap();
+            }
+            let mut node = Node::new(b"d".to_vec(), NodeKind::Dir);
+            node.subtree = Some(id);
+            below = Tree {
+                version: 1,
+                nodes: vec![node],
+            };
+        }
+        let raw = below.encode();
+        let root = repository.blob_id(&raw);
+        packer.add(BlobType::Tree, root, &raw).unwrap();
+        packer.finish().unwrap();
+        let (index, _) = repository.load_index().unwrap();
+        let mut reader = Reader {
+            repository: &repository,
+            index: &index,
+            replica: None,
+            repaired: Vec::new(),
+            ahead: None,
+        };
+        let (mut items, mut unreadable) = (Vec::new(), Vec::new());
+        collect(
+            &mut reader,
+            &root,
+            b"",
+            0,
+            &[],
+            true,
+            &mut items,
+            &mut unreadable,
+        );
+        assert_eq!(
+            items.len(),
+            MAX_DEPTH + 1,
+            "every level up to the limit is sent"
+        );
+        assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+        assert!(
+            unreadable[0]
+                .reason
+                .contains("nested deeper than 2048 levels")
+        );
+        assert_eq!(unreadable[0].path.matches('d').count(), MAX_DEPTH + 1);
     }
 
     #[test]

@@ -1996,6 +1996,12 @@ fn restore_and_compare(
     );
     assert_eq!(restore["status"], "ok", "{restore}");
     assert_eq!(restore["stats"]["files_failed"], 0, "{restore}");
+    // Neighbouring chunks of a pack are read together, not one request each: never
+    // more reads than files (each of the first tree's 3 MiB file and its hard link
+    // would cost one read per chunk otherwise).
+    let reads = restore["stats"]["store_reads"].as_u64().unwrap();
+    let files = restore["stats"]["files_verified"].as_u64().unwrap();
+    assert!(reads >= 1 && reads <= files, "{restore}");
     assert_eq!(
         tree_of(source),
         tree_of(&target.join(source.strip_prefix("/").unwrap()))

@@ -232,4 +232,35 @@ fn trees_nested_beyond_any_path_are_refused_not_followed_to_a_crash() {
         std::fs::read(target.join("top")).unwrap(),
         b"top of the tree"
     );
+
+    // Every other walk over the snapshot stops at the same depth with the same
+    // message: check reports it as damage, ls, diff and copy refuse.
+    let repo_arg = repo_path.to_str().unwrap();
+    let said = |out: std::process::Output| {
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    for args in [vec!["check"], vec!["ls", &id], vec!["diff", &id, &id]] {
+        let out = said(run(cadang(repo_arg).args(&args), 1));
+        assert!(
+            out.contains("nested deeper than 2048 levels"),
+            "{args:?}: {out}"
+        );
+    }
+    let other = tmp.path().join("other");
+    let other = other.to_str().unwrap();
+    run(
+        cadang(other)
+            .args(["init", "--from-repo", repo_arg])
+            .env("CADANG_FROM_PASSWORD", PASSWORD),
+        0,
+    );
+    let out = said(run(
+        cadang(repo_arg)
+            .args(["copy", &id, "--to", other])
+            .env("CADANG_TO_PASSWORD", PASSWORD),
+        1,
+    ));
+    assert!(out.contains("nested deeper than 2048 levels"), "{out}");
+    let out = said(run(cadang(other).args(["snapshots", "--json"]), 0));
+    assert_eq!(out.trim(), "[]", "nothing of the refused copy is visible");
 }

@@ -4,10 +4,15 @@
 //! * No escape: every path is relative, each component is checked like a tree name
 //!   (no `..`, no `/`, no NUL), and every directory on the way is a real directory —
 //!   a symbolic link planted inside the target is never followed.
-//! * Atomic replacement: a file is written to a temporary name beside its place,
-//!   flushed to disk, read back and checked chunk by chunk against the snapshot's ids,
-//!   and only then renamed over the old one. A file that fails is removed, so an older
-//!   good copy is never replaced by a bad one.
+//! * Atomic replacement: a file is written to a temporary name beside its place, read
+//!   back and checked chunk by chunk against the snapshot's ids, given its owner, mode
+//!   and times through its descriptor, and only then renamed into place. A file that
+//!   fails is removed, so an older good copy is never replaced by a bad one. A file
+//!   that replaces one already there is flushed to disk before the rename, so a crash
+//!   leaves the old content or the new, never an empty file.
+//! * Durable before reported: new files are not flushed one by one (a flush per file
+//!   cost more than writing a small file); the restore ends with one flush of the
+//!   target's file system, and a failure there fails the restore.
 //! * Directory modes and times are applied last, deepest first, so a read-only
 //!   directory does not stop its own restore.
 //! * Hard links come back as links: a later path of a hard-linked file whose content
@@ -17,9 +22,9 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::engine::crypto::IdKeys;
@@ -346,20 +351,15 @@ impl RestoreWriter {
         }
     }
 
-    /// Flushes, reads the file back and checks every chunk against the snapshot's ids,
-    /// then moves it into place with its metadata.
+    /// Reads the file back and checks every chunk against the snapshot's ids, gives it
+    /// its owner, mode and times, then moves it into place.
     fn verify_and_place(&self, open: &mut OpenFile) -> Result<u64, String> {
-        open.file
-            .sync_all()
-            .map_err(|e| format!("cannot flush to disk: {e}"))?;
-        let mut reread =
-            File::open(&open.tmp_path).map_err(|e| format!("cannot read back: {e}"))?;
         let mut buf = Vec::new();
         let mut total = 0u64;
         for (i, (id, len)) in open.ids.iter().zip(&open.lengths).enumerate() {
             buf.resize(*len as usize, 0);
-            reread
-                .read_exact(&mut buf)
+            open.file
+                .read_exact_at(&mut buf, total)
                 .map_err(|e| format!("verification: chunk {} unreadable: {e}", i + 1))?;
             if self.ids.blob_id(&buf).0 != *id {
                 return Err(format!(
@@ -369,12 +369,41 @@ impl RestoreWriter {
             }
             total += u64::from(*len);
         }
-        if reread.read(&mut [0u8; 1]).map_err(|e| e.to_string())? != 0 || total != open.entry.size {
+        let on_disk = open
+            .file
+            .metadata()
+            .map_err(|e| format!("verification: {e}"))?
+            .len();
+        if on_disk != total || total != open.entry.size {
             return Err("verification: the file on disk has the wrong size".into());
         }
-        self.apply_metadata(&open.tmp_path, &open.entry, true)?;
-        std::fs::rename(&open.tmp_path, &open.final_path)
-            .map_err(|e| format!("cannot move into place: {e}"))?;
+        let entry = &open.entry;
+        if self.is_root {
+            std::os::unix::fs::fchown(&open.file, Some(entry.uid), Some(entry.gid))
+                .map_err(|e| format!("cannot set the owner: {e}"))?;
+        }
+        open.file
+            .set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(|e| format!("cannot set the mode: {e}"))?;
+        let mtime = crate::engine::restore::file_time(entry.mtime_ns);
+        filetime::set_file_handle_times(&open.file, Some(mtime), Some(mtime))
+            .map_err(|e| format!("cannot set the times: {e}"))?;
+        match rename_noreplace(&open.tmp_path, &open.final_path) {
+            Ok(()) => {}
+            // Something is there (or this file system cannot tell): the old content
+            // must survive a crash until the new one is on disk.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    || e.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                open.file
+                    .sync_all()
+                    .map_err(|e| format!("cannot flush to disk: {e}"))?;
+                std::fs::rename(&open.tmp_path, &open.final_path)
+                    .map_err(|e| format!("cannot move into place: {e}"))?;
+            }
+            Err(e) => return Err(format!("cannot move into place: {e}")),
+        }
         Ok(total)
     }
 
@@ -416,10 +445,7 @@ impl RestoreWriter {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode & 0o7777))
                 .map_err(|e| format!("cannot set the mode: {e}"))?;
         }
-        let mtime = filetime::FileTime::from_unix_time(
-            entry.mtime_ns.div_euclid(1_000_000_000),
-            entry.mtime_ns.rem_euclid(1_000_000_000) as u32,
-        );
+        let mtime = crate::engine::restore::file_time(entry.mtime_ns);
         filetime::set_symlink_file_times(path, mtime, mtime)
             .map_err(|e| format!("cannot set the times: {e}"))
     }
@@ -484,8 +510,53 @@ impl RestoreWriter {
                 self.fail(&p, reason);
             }
         }
+        // One flush for every file written: a restore is not reported until what it
+        // wrote is on disk.
+        if let Err(e) = sync_file_system(&self.target) {
+            let target = self.target.as_os_str().as_bytes().to_vec();
+            self.fail(
+                &target,
+                format!("the restored files could not be flushed to disk: {e}"),
+            );
+        }
         let (failed, verified) = self.take_results();
         (self.summary, failed, verified)
+    }
+}
+
+/// Renames `from` to `to` unless something is at `to` (`EEXIST`); `EINVAL` where the
+/// file system cannot do that.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let c = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("NUL in path"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated strings that outlive the call.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Flushes the file system holding `dir` to disk (`syncfs`).
+fn sync_file_system(dir: &Path) -> std::io::Result<()> {
+    let handle = File::open(dir)?;
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&handle)) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -554,25 +625,55 @@ mod tests {
         let target = tempfile::tempdir().unwrap();
         std::fs::create_dir(target.path().join("etc")).unwrap();
         std::fs::write(target.path().join("etc/app.conf"), b"old").unwrap();
+        std::fs::create_dir(target.path().join("etc/in-the-way")).unwrap();
         let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
         w.entry(dir_entry("etc"));
         let data = b"new configuration ".repeat(300);
-        let (entry, chunks) = file_entry("etc/app.conf", &data);
-        w.entry(entry);
-        for c in chunks {
-            w.chunk(c);
+        // One replaces a file, one is new, one meets a directory in its place.
+        for name in ["etc/app.conf", "etc/fresh.conf", "etc/in-the-way"] {
+            let (entry, chunks) = file_entry(name, &data);
+            w.entry(entry);
+            for c in chunks {
+                w.chunk(c);
+            }
         }
         let (summary, failed, _) = w.finish();
-        assert!(failed.is_empty(), "{failed:?}");
-        assert_eq!(summary.files_verified, 1);
-        assert_eq!(
-            std::fs::read(target.path().join("etc/app.conf")).unwrap(),
-            data
+        assert_eq!(summary.files_verified, 2);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].path, "etc/in-the-way");
+        assert!(
+            failed[0].reason.contains("cannot move into place"),
+            "{failed:?}"
         );
+        for name in ["etc/app.conf", "etc/fresh.conf"] {
+            let path = target.path().join(name);
+            assert_eq!(std::fs::read(&path).unwrap(), data);
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "{name}");
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::mtime(&meta),
+                1_700_000_000,
+                "{name}"
+            );
+        }
+        assert!(target.path().join("etc/in-the-way").is_dir());
         let names: Vec<_> = std::fs::read_dir(target.path().join("etc"))
             .unwrap()
             .collect();
-        assert_eq!(names.len(), 1, "no temporary file left behind");
+        assert_eq!(names.len(), 3, "no temporary file left behind");
+    }
+
+    #[test]
+    fn a_rename_that_must_not_replace_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let refused = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        rename_noreplace(&a, &dir.path().join("c")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("c")).unwrap(), b"a");
     }
 
     #[test]

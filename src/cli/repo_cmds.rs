@@ -401,14 +401,18 @@ fn walk_tree(
     index: &crate::engine::index::Index,
     tree: &crate::engine::id::BlobId,
     prefix: &str,
+    depth: usize,
     f: &mut dyn FnMut(&str, &crate::engine::tree::Node),
 ) -> anyhow::Result<()> {
+    if depth > crate::engine::tree::MAX_DEPTH {
+        anyhow::bail!("{prefix}/: {}", crate::engine::tree::too_deep());
+    }
     let t = repo.load_tree(index, tree)?;
     for n in &t.nodes {
         let p = format!("{prefix}/{}", n.display_name());
         f(&p, n);
         if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
-            walk_tree(repo, index, &sub, &p, f)?;
+            walk_tree(repo, index, &sub, &p, depth + 1, f)?;
         }
     }
     Ok(())
@@ -424,7 +428,7 @@ fn ls(ctx: &Ctx, a: super::LsArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|p| p.trim_end_matches('/').to_string());
     let mut out = Vec::new();
-    walk_tree(&repo, &index, &snap.tree, "", &mut |p, n| {
+    walk_tree(&repo, &index, &snap.tree, "", 0, &mut |p, n| {
         if let Some(f) = &filter
             && !(p == f || p.starts_with(&format!("{f}/")))
         {
@@ -471,7 +475,7 @@ fn diff(ctx: &Ctx, a: super::DiffArgs) -> anyhow::Result<ExitCode> {
         let id = repo.find_snapshot(spec)?;
         let s = repo.load_snapshot(&id)?;
         let mut m = BTreeMap::new();
-        walk_tree(&repo, &index, &s.tree, "", &mut |p, n| {
+        walk_tree(&repo, &index, &s.tree, "", 0, &mut |p, n| {
             m.insert(p.to_string(), n.clone());
         })?;
         maps.push(m);

@@ -16,7 +16,7 @@ use super::index::Index;
 use super::pack::{read_pack_header, with_blob};
 
 use super::repo::{Repository, pack_key};
-use super::tree::NodeKind;
+use super::tree::{self, NodeKind};
 
 /// Which packs to download and verify.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -283,23 +283,19 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             bad_blobs.insert(*id, p);
         }
     }
-    let mut affected: HashMap<PackId, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
-    let mut seen_trees: HashSet<BlobId> = HashSet::new();
-    let mut missing_blobs = 0usize;
+    let mut trees = TreeWalk {
+        repo,
+        index: &index,
+        bad_blobs: &bad_blobs,
+        affected: HashMap::new(),
+        seen: HashSet::new(),
+        errors: Vec::new(),
+    };
     for (sid, snap) in &snaps {
-        walk(
-            repo,
-            &index,
-            sid,
-            &snap.tree,
-            "",
-            &bad_blobs,
-            &mut affected,
-            &mut seen_trees,
-            &mut rep.errors,
-            &mut missing_blobs,
-        );
+        trees.walk(sid, &snap.tree, "", 0);
     }
+    rep.errors.append(&mut trees.errors);
+    let mut affected = trees.affected;
     for (pack, problem) in bad {
         let (files, snaps) = affected.remove(&pack).unwrap_or_default();
         rep.damaged_packs.push(DamagedPack {
@@ -312,70 +308,77 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     Ok(rep)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    repo: &Repository,
-    index: &Index,
-    sid: &SnapshotId,
-    tree: &BlobId,
-    path: &str,
-    bad_blobs: &HashMap<BlobId, PackId>,
-    affected: &mut HashMap<PackId, (BTreeSet<String>, BTreeSet<String>)>,
-    seen: &mut HashSet<BlobId>,
-    errors: &mut Vec<String>,
-    missing: &mut usize,
-) {
-    // Trees are shared between snapshots; without damage one visit is enough,
-    // but damaged blobs must be attributed to every snapshot, so only skip a
-    // seen tree when nothing is damaged.
-    if bad_blobs.is_empty() && !seen.insert(*tree) {
-        return;
-    }
-    if let Some(p) = bad_blobs.get(tree) {
-        let e = affected.entry(*p).or_default();
-        e.0.insert(format!("{}:{}/ (directory listing)", sid.short(), path));
-        e.1.insert(sid.short());
-    }
-    let t = match repo.load_tree(index, tree) {
-        Ok(t) => t,
-        Err(e) => {
-            if !bad_blobs.contains_key(tree) {
-                errors.push(format!(
-                    "snapshot {}: directory {}/: {e}",
-                    sid.short(),
-                    path
-                ));
-            }
+/// The walk over every snapshot's trees: what damage each pack does, and what is
+/// missing or unreadable.
+struct TreeWalk<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    bad_blobs: &'a HashMap<BlobId, PackId>,
+    /// Per damaged pack: the files (`snapshot:path`) and snapshots it affects.
+    affected: HashMap<PackId, (BTreeSet<String>, BTreeSet<String>)>,
+    seen: HashSet<BlobId>,
+    errors: Vec<String>,
+}
+
+impl TreeWalk<'_> {
+    fn walk(&mut self, sid: &SnapshotId, tree: &BlobId, path: &str, depth: usize) {
+        if depth > tree::MAX_DEPTH {
+            self.errors.push(format!(
+                "snapshot {}: {path}/: {}",
+                sid.short(),
+                tree::too_deep()
+            ));
             return;
         }
-    };
-    for n in &t.nodes {
-        let p = format!("{path}/{}", n.display_name());
-        match n.kind {
-            NodeKind::Dir => {
-                if let Some(sub) = &n.subtree {
-                    walk(
-                        repo, index, sid, sub, &p, bad_blobs, affected, seen, errors, missing,
-                    );
+        // Trees are shared between snapshots; without damage one visit is enough,
+        // but damaged blobs must be attributed to every snapshot, so only skip a
+        // seen tree when nothing is damaged.
+        if self.bad_blobs.is_empty() && !self.seen.insert(*tree) {
+            return;
+        }
+        if let Some(p) = self.bad_blobs.get(tree) {
+            let e = self.affected.entry(*p).or_default();
+            e.0.insert(format!("{}:{}/ (directory listing)", sid.short(), path));
+            e.1.insert(sid.short());
+        }
+        let t = match self.repo.load_tree(self.index, tree) {
+            Ok(t) => t,
+            Err(e) => {
+                if !self.bad_blobs.contains_key(tree) {
+                    self.errors.push(format!(
+                        "snapshot {}: directory {}/: {e}",
+                        sid.short(),
+                        path
+                    ));
                 }
+                return;
             }
-            NodeKind::File => {
-                for c in &n.content {
-                    if let Some(pack) = bad_blobs.get(c) {
-                        let e = affected.entry(*pack).or_default();
-                        e.0.insert(format!("{}:{p}", sid.short()));
-                        e.1.insert(sid.short());
-                    } else if !index.contains(c) {
-                        *missing += 1;
-                        errors.push(format!(
-                            "snapshot {}: {p}: chunk {} is not in any pack",
-                            sid.short(),
-                            c.short()
-                        ));
+        };
+        for n in &t.nodes {
+            let p = format!("{path}/{}", n.display_name());
+            match n.kind {
+                NodeKind::Dir => {
+                    if let Some(sub) = &n.subtree {
+                        self.walk(sid, sub, &p, depth + 1);
                     }
                 }
+                NodeKind::File => {
+                    for c in &n.content {
+                        if let Some(pack) = self.bad_blobs.get(c) {
+                            let e = self.affected.entry(*pack).or_default();
+                            e.0.insert(format!("{}:{p}", sid.short()));
+                            e.1.insert(sid.short());
+                        } else if !self.index.contains(c) {
+                            self.errors.push(format!(
+                                "snapshot {}: {p}: chunk {} is not in any pack",
+                                sid.short(),
+                                c.short()
+                            ));
+                        }
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 }

@@ -30,7 +30,7 @@ use super::packer::{Packer, StepHook};
 use super::repo::Repository;
 use super::repo::pack_key;
 use super::snapshot::Snapshot;
-use super::tree::{NodeKind, Tree};
+use super::tree::{self, NodeKind, Tree};
 
 /// Outcome of a copy.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -87,7 +87,9 @@ impl Copier<'_> {
         seen: &mut HashSet<BlobId>,
         need: &mut HashSet<BlobId>,
         same_keys: bool,
+        depth: usize,
     ) -> Result<()> {
+        refuse_deeper(tree, depth)?;
         if !seen.insert(*tree) || (same_keys && self.dst_index.contains(tree)) {
             return Ok(());
         }
@@ -96,7 +98,7 @@ impl Copier<'_> {
             match n.kind {
                 NodeKind::Dir => {
                     if let Some(sub) = &n.subtree {
-                        self.collect(sub, seen, need, same_keys)?;
+                        self.collect(sub, seen, need, same_keys, depth + 1)?;
                     }
                 }
                 NodeKind::File => {
@@ -183,7 +185,8 @@ impl Copier<'_> {
     }
 
     /// Write the tree (and its subtrees) into the destination with mapped ids.
-    fn tree(&mut self, id: &BlobId, same_keys: bool) -> Result<BlobId> {
+    fn tree(&mut self, id: &BlobId, same_keys: bool, depth: usize) -> Result<BlobId> {
+        refuse_deeper(id, depth)?;
         if let Some(m) = self.tree_map.get(id) {
             return Ok(*m);
         }
@@ -201,7 +204,7 @@ impl Copier<'_> {
             match n.kind {
                 NodeKind::Dir => {
                     if let Some(sub) = n.subtree {
-                        n.subtree = Some(self.tree(&sub, same_keys)?);
+                        n.subtree = Some(self.tree(&sub, same_keys, depth + 1)?);
                     }
                 }
                 NodeKind::File => {
@@ -222,6 +225,17 @@ impl Copier<'_> {
         self.tree_map.insert(*id, new);
         Ok(new)
     }
+}
+
+/// A tree nested deeper than [`tree::MAX_DEPTH`] levels is damage: the copy stops.
+fn refuse_deeper(id: &BlobId, depth: usize) -> Result<()> {
+    if depth > tree::MAX_DEPTH {
+        return Err(Error::Corrupt {
+            what: format!("tree {}", id.short()),
+            detail: tree::too_deep(),
+        });
+    }
+    Ok(())
 }
 
 impl Repository {
@@ -290,14 +304,14 @@ pub fn copy_with(
     let mut seen = HashSet::new();
     let mut need = HashSet::new();
     for (_, s) in &todo {
-        c.collect(&s.tree, &mut seen, &mut need, same_keys)?;
+        c.collect(&s.tree, &mut seen, &mut need, same_keys, 0)?;
     }
     c.copy_data(&need, same_keys)?;
     // Every data blob landed and indexed before the first tree is sent.
     c.packer.flush()?;
     let mut new_snaps = Vec::new();
     for (id, s) in todo {
-        let tree = c.tree(&s.tree, same_keys)?;
+        let tree = c.tree(&s.tree, same_keys, 0)?;
         let mut n = s.clone();
         n.tree = tree;
         n.parent = None;

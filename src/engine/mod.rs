@@ -21,6 +21,7 @@ pub mod lock;
 pub mod pack;
 pub mod packer;
 pub mod prune;
+pub mod readahead;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
@@ -30,7 +31,7 @@ pub mod tree;
 pub use error::{Error, Result};
 
 /// Stack of a worker thread: tree walks recurse once per directory level (up to
-/// [`restore::MAX_TREE_DEPTH`]), and work stolen by a thread runs on its stack. Only
+/// [`tree::MAX_DEPTH`]), and work stolen by a thread runs on its stack. Only
 /// the pages used are ever backed by memory.
 const WORKER_STACK: usize = 16 << 20;
 

@@ -205,6 +205,26 @@ pub fn parse_header(keys: &Keys, what: &str, bytes: &[u8]) -> Result<Vec<PackEnt
     Ok(header.entries)
 }
 
+/// Decrypt one blob envelope and return its payload (codec byte and data, as
+/// [`super::format::decode_blob_payload`] reads it) without decompressing it. The
+/// envelope's authentication binds it to `ty` and `id`; whoever decodes the payload
+/// checks the plaintext against `id` (the agent, for a restore streamed to it).
+///
+/// # Errors
+/// `Error::Corrupt` naming the blob when authentication fails.
+pub fn open_blob_payload(
+    keys: &Keys,
+    ty: BlobType,
+    id: &BlobId,
+    envelope: &[u8],
+) -> Result<Vec<u8>> {
+    keys.open(
+        &format!("{ty} blob {}", id.short()),
+        &blob_aad(ty, id),
+        envelope,
+    )
+}
+
 /// Decrypt, decompress and verify one blob envelope against its expected id.
 ///
 /// # Errors

@@ -658,6 +658,14 @@ impl Repository {
         self.block_on(self.store.get(&pack_key(id)))
     }
 
+    /// Read bytes `range` of pack `id` as stored (envelopes, unopened).
+    ///
+    /// # Errors
+    /// `MissingObject` or storage errors.
+    pub fn read_pack_range(&self, id: &PackId, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.block_on(self.store.get_range(&pack_key(id), range))
+    }
+
     /// Load, decrypt and verify one blob. A failed verification is retried
     /// twice with a fresh read, so a one-off garbled transfer is not reported
     /// as damage while persistent damage always is.
@@ -666,6 +674,39 @@ impl Repository {
     /// `MissingObject` when the blob is not indexed or its pack is gone,
     /// `Corrupt` when it fails verification on every attempt.
     pub fn load_blob(&self, index: &Index, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        self.read_blob(index, ty, id, |raw_length, envelope| {
+            open_blob(&self.keys, ty, id, raw_length, envelope)
+        })
+    }
+
+    /// Load and decrypt one blob, returning its payload still compressed (see
+    /// [`super::pack::open_blob_payload`]) and its plaintext length, for a reader
+    /// that decodes and checks it elsewhere. Retried like [`Repository::load_blob`].
+    ///
+    /// # Errors
+    /// As [`Repository::load_blob`]; `Corrupt` only when authentication fails.
+    pub fn load_blob_payload(
+        &self,
+        index: &Index,
+        ty: BlobType,
+        id: &BlobId,
+    ) -> Result<(Vec<u8>, u32)> {
+        self.read_blob(index, ty, id, |raw_length, envelope| {
+            super::pack::open_blob_payload(&self.keys, ty, id, envelope)
+                .map(|payload| (payload, raw_length))
+        })
+    }
+
+    /// Read blob `id`'s envelope and open it with `open(raw_length, envelope)`,
+    /// reading again (twice at most) when that finds damage or the read fails
+    /// transiently.
+    fn read_blob<R>(
+        &self,
+        index: &Index,
+        ty: BlobType,
+        id: &BlobId,
+        open: impl Fn(u32, &[u8]) -> Result<R>,
+    ) -> Result<R> {
         let (pack, loc) = index.get(id).ok_or_else(|| Error::MissingObject {
             what: format!("{ty} blob {} (not in the index)", id.short()),
         })?;
@@ -681,7 +722,7 @@ impl Repository {
         for attempt in 0..3 {
             let res = self
                 .block_on(self.store.get_range(&key, range.clone()))
-                .and_then(|env| open_blob(&self.keys, ty, id, loc.raw_length, &env));
+                .and_then(|env| open(loc.raw_length, &env));
             match res {
                 Ok(d) => {
                     if attempt > 0 {

@@ -43,7 +43,7 @@ use super::index::Index;
 use super::pack::with_blob;
 use super::repo::{Repository, pack_key};
 use super::snapshot::Snapshot;
-use super::tree::{Node, NodeKind, Tree};
+use super::tree::{self, Node, NodeKind, Tree};
 
 /// A replica of a repository: another repository holding copies of its
 /// snapshots under the same keys, read when the primary's copy of a blob is
@@ -87,6 +87,14 @@ impl Replica {
     /// As [`Repository::load_blob`].
     pub fn load_blob(&self, ty: BlobType, id: &BlobId) -> Result<Vec<u8>> {
         self.repo.load_blob(&self.index, ty, id)
+    }
+
+    /// Load and decrypt one blob from the replica, still compressed.
+    ///
+    /// # Errors
+    /// As [`Repository::load_blob_payload`].
+    pub fn load_blob_payload(&self, ty: BlobType, id: &BlobId) -> Result<(Vec<u8>, u32)> {
+        self.repo.load_blob_payload(&self.index, ty, id)
     }
 
     /// Load and decode a tree from the replica.
@@ -349,11 +357,6 @@ impl Collected {
     }
 }
 
-/// Directories nested deeper than this are not restored. No file system path can
-/// hold them (a path is at most 4096 bytes, two per level at the least), so only a
-/// hostile repository has them, and it must not exhaust a worker's stack.
-pub const MAX_TREE_DEPTH: usize = 2048;
-
 /// Load a tree and, in parallel on the calling pool, its selected subtrees: a
 /// restore from object storage would otherwise wait for one request per directory
 /// in turn.
@@ -364,13 +367,11 @@ fn collect(
     includes: &[PathBuf],
     depth: usize,
 ) -> Collected {
-    if depth > MAX_TREE_DEPTH {
+    if depth > tree::MAX_DEPTH {
         let mut refused = Collected::default();
         refused.errors.push(FileError {
             path: rel.display().to_string(),
-            error: format!(
-                "directory nested deeper than {MAX_TREE_DEPTH} levels; what it holds is not restored"
-            ),
+            error: tree::too_deep(),
         });
         return refused;
     }
@@ -456,7 +457,9 @@ fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
     filetime::set_symlink_file_times(path, t, t)
 }
 
-fn file_time(mtime_ns: i64) -> filetime::FileTime {
+/// A recorded mtime (nanoseconds since the epoch, negative before it) as a file time.
+#[must_use]
+pub fn file_time(mtime_ns: i64) -> filetime::FileTime {
     filetime::FileTime::from_unix_time(
         mtime_ns.div_euclid(1_000_000_000),
         mtime_ns.rem_euclid(1_000_000_000) as u32,

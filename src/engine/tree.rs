@@ -9,6 +9,19 @@ use serde::{Deserialize, Serialize};
 
 use super::id::BlobId;
 
+/// Directories nested deeper than this are refused by every walk over a snapshot
+/// (restore, check, copy, ls, diff, restore through an agent). No file system path
+/// can hold them (a path is at most 4096 bytes, two per level at the least), so only
+/// a hostile or damaged repository has them, and walking one must not exhaust a
+/// thread's stack.
+pub const MAX_DEPTH: usize = 2048;
+
+/// The error given for a directory beyond [`MAX_DEPTH`].
+#[must_use]
+pub fn too_deep() -> String {
+    format!("directory nested deeper than {MAX_DEPTH} levels; what it holds is not read")
+}
+
 /// Kind of a directory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {

@@ -31,6 +31,7 @@ use super::{Progress, RemoteOptions, choose_position, set_progress};
 use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
 use crate::catalog::{PlanId, RestoreRecord, Server};
 use crate::engine::crypto::IdKeys;
+use crate::engine::format::encode_blob_payload;
 use crate::hub::AgentHub;
 use crate::jobs::Repositories;
 use crate::restic::{
@@ -487,7 +488,7 @@ struct Staged {
 }
 
 impl RestoreSource for Staged {
-    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<Vec<u8>, String> {
+    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<pb::RestoreChunk, String> {
         // Pieces are asked for in order: the file stays open from one to the next.
         if n == 0 || !matches!(&self.open, Some((rel, _)) if *rel == entry.path) {
             let path = self.root.join(std::ffi::OsStr::from_bytes(&entry.path));
@@ -508,7 +509,13 @@ impl RestoreSource for Staged {
                 n + 1
             ));
         }
-        Ok(data)
+        // Compressed at level 1 for the wire (or sent raw where that does not pay).
+        let mut payload = Vec::with_capacity(data.len() / 2);
+        encode_blob_payload(&data, 1, &mut payload);
+        Ok(pb::RestoreChunk {
+            payload,
+            raw_len: data.len() as u32,
+        })
     }
 }
 
@@ -578,7 +585,11 @@ mod tests {
         };
         let mut back = Vec::new();
         for n in 0..dump.content.len() {
-            back.extend(source.chunk(dump, n).unwrap());
+            let chunk = source.chunk(dump, n).unwrap();
+            let plain =
+                crate::engine::format::decode_blob_payload(&chunk.payload, chunk.raw_len as usize)
+                    .unwrap();
+            back.extend(plain);
         }
         assert_eq!(back, big);
         let mut changed = big.clone();

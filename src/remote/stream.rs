@@ -18,17 +18,17 @@ use tokio::runtime::Handle;
 use super::{Progress, Received, absorb, open_link, receive, send, set_progress};
 use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
 use crate::catalog::{RestoreRecord, Server};
-use crate::engine::format::encode_blob_payload;
 use crate::hub::AgentHub;
 use crate::rpc::pb;
 use crate::rpc::pb::daemon_message::Body as Down;
 
 /// Where a restore's file content comes from.
 pub(crate) trait RestoreSource {
-    /// The plaintext of chunk `n` of the file `entry`, which must hash to
-    /// `entry.content[n]` under the job's id key; or why it cannot be given (named as the
+    /// Chunk `n` of the file `entry` as sent to the agent: a blob payload (codec byte
+    /// and data) whose plaintext, `raw_len` bytes, must hash to `entry.content[n]` under
+    /// the job's id key (the agent checks it); or why it cannot be given (named as the
     /// file's problem).
-    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<Vec<u8>, String>;
+    fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<pb::RestoreChunk, String>;
 }
 
 /// What a restore to be streamed is.
@@ -183,14 +183,9 @@ pub(crate) fn stream_restore(
                 pb::RestoreChunk::default()
             } else {
                 match source.chunk(&entry, index) {
-                    Ok(data) => {
-                        let mut payload = Vec::with_capacity(data.len() / 2);
-                        encode_blob_payload(&data, 1, &mut payload);
-                        bytes_sent += payload.len() as u64;
-                        pb::RestoreChunk {
-                            payload,
-                            raw_len: data.len() as u32,
-                        }
+                    Ok(chunk) => {
+                        bytes_sent += chunk.payload.len() as u64;
+                        chunk
                     }
                     Err(reason) => {
                         file_problem = Some(reason);
