@@ -5,6 +5,8 @@
 #   SCALE=0.05 REPS=1 bench/agent.sh     # smoke test
 #   COMPRESS_ON=daemon bench/agent.sh    # the plan compresses on the daemon, not the agent
 #   WARM_MEMORY=0 bench/agent.sh         # skip touching free memory first (bench/warm_memory.py)
+#   KEEP_RUN_DIRS=1 bench/agent.sh       # leave the run dirs (another run follows: deleting
+#                                        # 40,000 files slows the next minutes' restores)
 #
 # Each repetition, on a fresh run directory, and with the source read once before each
 # timed backup (a warm page cache for both):
@@ -48,15 +50,32 @@ fi
 SRC_BYTES=$(find "$DATA" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
 RESULTS=$BENCH_DIR/agent-results-$(date +%Y%m%d-%H%M%S).jsonl
 RUN=""
+RUNS=()
 DAEMON_PID=""
 AGENT_PID=""
 cleanup() {
     [[ -n $AGENT_PID ]] && kill "$AGENT_PID" 2>/dev/null || true
     [[ -n $DAEMON_PID ]] && kill "$DAEMON_PID" 2>/dev/null || true
     wait 2>/dev/null || true
-    if [[ -n $RUN && -d $RUN ]]; then rm -rf -- "$RUN"; fi
+    local dir
+    [[ ${KEEP_RUN_DIRS:-0} == 1 ]] && return 0
+    for dir in "${RUNS[@]}"; do
+        if [[ -d $dir ]]; then rm -rf -- "$dir"; fi
+    done
 }
 trap cleanup EXIT
+
+# Nothing is deleted between repetitions when the disk has room (two repositories and two
+# restored trees a repetition, about 3.2x the data): on ext4 without a journal the inode
+# allocator skips, one by one, every inode freed in the last minutes, and a restore
+# started soon after a restored tree was deleted spent most of its time in that scan
+# (find_inode_bit, recently_deleted; see bench/README.md). Otherwise each repetition's
+# dir is deleted at its end and the restore figures are not comparable.
+NEED=$((SRC_BYTES * 32 / 10 * REPS + 2 * 1024 * 1024 * 1024))
+FREE=$(($(df -P -B1 "$BENCH_DIR" | awk 'NR == 2 {print $4}')))
+KEEP_RUNS=0
+((FREE > NEED)) && KEEP_RUNS=1
+log "run dirs: $([[ $KEEP_RUNS == 1 ]] && echo "kept until the end" || echo "deleted after each repetition: restore figures not comparable") ($((NEED / 1000000000)) GB needed to keep them, $((FREE / 1000000000)) GB free)"
 
 # Read the whole source tree so each timed backup starts with a warm page cache (this
 # machine's cache forgets idle pages within a minute): both sides read the same way.
@@ -66,6 +85,7 @@ json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[
 
 for rep in $(seq 1 "$REPS"); do
     RUN=$(mktemp -d "$BENCH_DIR/agent-run.XXXXXX")
+    RUNS+=("$RUN")
     # ------------------------------------------------------------ local engine
     export CADANG_REPOSITORY=$RUN/local CADANG_PASSWORD=cadang-bench-password
     "$CADANG_BIN" init >/dev/null
@@ -83,7 +103,6 @@ for rep in $(seq 1 "$REPS"); do
     t1=$(date +%s%N)
     unset CADANG_REPOSITORY CADANG_PASSWORD
     LOCAL_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
-    rm -rf -- "$RUN/local" "$RUN/local-restored"
     log "rep $rep: local restore and sync ${LOCAL_RESTORE_S}s"
 
     # ------------------------------------------------------------ daemon + agent
@@ -165,7 +184,7 @@ print(json.dumps({
 }))
 PYEOF
     log "rep $rep: $(tail -1 "$RESULTS")"
-    rm -rf -- "$RUN"
+    if [[ $KEEP_RUNS != 1 ]]; then rm -rf -- "$RUN"; fi
     RUN=""
 done
 

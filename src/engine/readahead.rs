@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::error::Result;
-use super::id::{BlobId, BlobType};
+use super::id::{BlobId, BlobType, PackId};
 use super::index::{Index, Location};
 use super::pack::open_blob_payload;
 use super::repo::Repository;
@@ -31,7 +31,8 @@ pub const MAX_HELD: usize = 64 << 20;
 pub struct ReadAhead<'a> {
     repo: &'a Repository,
     index: &'a Index,
-    plan: Vec<BlobId>,
+    /// The plan, each blob with where the index puts it.
+    plan: Vec<(BlobId, Option<(PackId, Location)>)>,
     /// The plan's position after the last chunk asked for.
     next: usize,
     held: HashMap<BlobId, Bytes>,
@@ -47,7 +48,7 @@ impl<'a> ReadAhead<'a> {
         Self {
             repo,
             index,
-            plan,
+            plan: plan.into_iter().map(|id| (id, index.get(&id))).collect(),
             next: 0,
             held: HashMap::new(),
             held_bytes: 0,
@@ -70,7 +71,7 @@ impl<'a> ReadAhead<'a> {
         if let Some(at) = self.plan[self.next..]
             .iter()
             .take(LOOKAHEAD)
-            .position(|planned| planned == id)
+            .position(|(planned, _)| planned == id)
         {
             self.next += at + 1;
         }
@@ -105,11 +106,13 @@ impl<'a> ReadAhead<'a> {
         let mut after: Vec<(BlobId, Location)> = self.plan[self.next..]
             .iter()
             .take(LOOKAHEAD)
-            .filter(|&planned| planned != id && !self.held.contains_key(planned))
-            .filter_map(|planned| {
-                let (in_pack, loc) = self.index.get(planned)?;
-                (in_pack == pack && loc.ty == BlobType::Data && u64::from(loc.offset) > start)
-                    .then_some((*planned, loc))
+            .filter_map(|(planned, place)| {
+                let (in_pack, loc) = (*place)?;
+                (in_pack == pack
+                    && loc.ty == BlobType::Data
+                    && u64::from(loc.offset) > start
+                    && !self.held.contains_key(planned))
+                .then_some((*planned, loc))
             })
             .collect();
         after.sort_by_key(|(_, loc)| loc.offset);
@@ -153,8 +156,11 @@ impl<'a> ReadAhead<'a> {
     /// Drops held envelopes the plan no longer asks for soon (their file failed, or
     /// they were asked for out of order), so they do not stop reading ahead.
     fn forget_passed(&mut self) {
-        let soon: std::collections::HashSet<&BlobId> =
-            self.plan[self.next..].iter().take(LOOKAHEAD).collect();
+        let soon: std::collections::HashSet<&BlobId> = self.plan[self.next..]
+            .iter()
+            .take(LOOKAHEAD)
+            .map(|(id, _)| id)
+            .collect();
         let before = self.held.len();
         self.held.retain(|id, _| soon.contains(id));
         if self.held.len() != before {
