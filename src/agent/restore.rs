@@ -390,11 +390,13 @@ impl RestoreWriter {
             .map_err(|e| format!("cannot set the times: {e}"))?;
         match rename_noreplace(&open.tmp_path, &open.final_path) {
             Ok(()) => {}
-            // Something is there (or this file system cannot tell): the old content
-            // must survive a crash until the new one is on disk.
+            // Something is there (or this file system or kernel cannot tell): the
+            // old content must survive a crash until the new one is on disk.
             Err(e)
-                if e.raw_os_error() == Some(libc::EEXIST)
-                    || e.raw_os_error() == Some(libc::EINVAL) =>
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EEXIST | libc::EINVAL | libc::ENOSYS)
+                ) =>
             {
                 open.file
                     .sync_all()
@@ -525,7 +527,7 @@ impl RestoreWriter {
 }
 
 /// Renames `from` to `to` unless something is at `to` (`EEXIST`); `EINVAL` where the
-/// file system cannot do that.
+/// file system cannot do that, `ENOSYS` on a kernel without `renameat2`.
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     let c = |path: &Path| {
         std::ffi::CString::new(path.as_os_str().as_bytes())
