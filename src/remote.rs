@@ -1290,7 +1290,7 @@ mod tests {
 
     #[test]
     fn a_damaged_snapshot_object_is_read_from_the_replica_or_stops_a_choice_it_could_change() {
-        use crate::engine::{OpenOptions, Store, StoreOptions, crypto::KdfParams};
+        use crate::engine::{Store, StoreOptions};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -1302,14 +1302,7 @@ mod tests {
             std::fs::create_dir_all(&path).unwrap();
             Store::open(&path.display().to_string(), &StoreOptions::default()).unwrap()
         };
-        let options = OpenOptions {
-            kdf: KdfParams {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-            host: None,
-        };
+        let options = crate::engine::repo::TEST_OPTIONS;
         let handle = runtime.handle().clone();
         let primary = Repository::init(handle.clone(), store("primary"), b"pw", &options).unwrap();
         let at =
@@ -1376,7 +1369,7 @@ mod tests {
     fn trees_nested_beyond_any_path_are_reported_not_walked_to_the_end_of_the_stack() {
         use crate::engine::packer::Packer;
         use crate::engine::tree::{MAX_DEPTH, Tree};
-        use crate::engine::{OpenOptions, Store, StoreOptions, crypto::KdfParams};
+        use crate::engine::{Store, StoreOptions};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -1385,14 +1378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Store::open(&dir.path().display().to_string(), &StoreOptions::default()).unwrap();
-        let options = OpenOptions {
-            kdf: KdfParams {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-            host: None,
-        };
+        let options = crate::engine::repo::TEST_OPTIONS;
         let repository =
             Repository::init(runtime.handle().clone(), store, b"pw", &options).unwrap();
         // 5000 levels of one directory each, as only a hostile repository holds them;

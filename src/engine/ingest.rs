@@ -356,7 +356,6 @@ impl<'a> Ingest<'a> {
 mod tests {
     use super::*;
     use crate::engine::format::encode_blob_payload;
-    use crate::engine::repo::OpenOptions;
     use crate::engine::store::{Store, StoreOptions};
 
     fn repo(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Repository {
@@ -365,14 +364,7 @@ mod tests {
             rt.handle().clone(),
             store,
             b"pw",
-            &OpenOptions {
-                kdf: crate::engine::crypto::KdfParams {
-                    memory_kib: 1024,
-                    iterations: 1,
-                    parallelism: 1,
-                },
-                host: None,
-            },
+            &crate::engine::repo::TEST_OPTIONS,
         )
         .unwrap()
     }

@@ -174,7 +174,7 @@ mod tests {
     use super::*;
     use crate::engine::format::decode_blob_payload;
     use crate::engine::packer::Packer;
-    use crate::engine::repo::OpenOptions;
+    use crate::engine::repo::TEST_OPTIONS;
     use crate::engine::store::{Store, StoreOptions};
 
     /// A local repository holding `blobs` data blobs of a few KiB each, in one pack.
@@ -184,15 +184,7 @@ mod tests {
         blobs: usize,
     ) -> (Repository, Vec<(BlobId, Vec<u8>)>) {
         let store = Store::open(dir.to_str().unwrap(), &StoreOptions::default()).unwrap();
-        let options = OpenOptions {
-            kdf: crate::engine::crypto::KdfParams {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-            host: None,
-        };
-        let repo = Repository::init(rt.handle().clone(), store, b"pw", &options).unwrap();
+        let repo = Repository::init(rt.handle().clone(), store, b"pw", &TEST_OPTIONS).unwrap();
         let packer = Packer::new(&repo, 1, None);
         let mut written = Vec::new();
         for n in 0..blobs {

@@ -44,6 +44,17 @@ pub struct OpenOptions {
     pub host: Option<String>,
 }
 
+/// The cheapest key stretching, for unit tests that open many repositories.
+#[cfg(test)]
+pub(crate) const TEST_OPTIONS: OpenOptions = OpenOptions {
+    kdf: KdfParams {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    },
+    host: None,
+};
+
 /// A key slot as listed by `key list`.
 #[derive(Clone, Debug)]
 pub struct KeyInfo {
