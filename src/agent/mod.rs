@@ -470,18 +470,58 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
     }
 }
 
+/// What the restore's decoding thread hands the writer, in stream order.
+enum Step {
+    Message(Down),
+    Chunk(restore::Decoded),
+}
+
+/// Chunks decoded ahead of the writer: enough to keep both threads busy.
+const DECODED_AHEAD: usize = 8;
+
+/// Decompresses and hashes the restore's chunks on a thread of its own, so that this
+/// overlaps with writing; the rest of the stream passes through in order. The thread
+/// ends with the stream, after its last message, or when the writer is gone.
+fn decode_ahead(
+    ids: crate::engine::crypto::IdKeys,
+    mut from_stream: mpsc::Receiver<Down>,
+) -> std::io::Result<std::sync::mpsc::Receiver<Step>> {
+    let (ahead, decoded) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+    std::thread::Builder::new()
+        .name("cadang-restore-decode".into())
+        .spawn(move || {
+            while let Some(message) = from_stream.blocking_recv() {
+                let last = matches!(message, Down::RestoreEnd(_));
+                let step = match message {
+                    Down::RestoreChunk(chunk) => Step::Chunk(restore::decode_chunk(&ids, &chunk)),
+                    other => Step::Message(other),
+                };
+                if ahead.send(step).is_err() || last {
+                    break;
+                }
+            }
+        })?;
+    Ok(decoded)
+}
+
 /// One restore on a blocking thread: entries and chunks in, results out.
 fn restore_job(
     job: pb::RestoreJob,
-    mut from_stream: mpsc::Receiver<Down>,
+    from_stream: mpsc::Receiver<Down>,
     up: mpsc::Sender<pb::AgentMessage>,
 ) {
     let send = |body: Up| {
         up.blocking_send(pb::AgentMessage { body: Some(body) })
             .is_ok()
     };
-    let mut writer = match restore::RestoreWriter::new(&job.target_dir, &job.id_key) {
-        Ok(writer) => writer,
+    let started = restore::RestoreWriter::new(&job.target_dir, &job.id_key).and_then(|writer| {
+        let ids = restore::job_ids(&job.id_key)?;
+        let steps = decode_ahead(ids, from_stream)
+            .map_err(|error| format!("cannot start the decoding thread: {error}"))?;
+        Ok((writer, steps))
+    });
+    let (mut writer, steps) = match started {
+        Ok(started) => started,
         Err(error) => {
             send(Up::Failed(pb::JobFailed {
                 job_id: job.job_id.clone(),
@@ -492,7 +532,14 @@ fn restore_job(
     };
     tracing::info!(job = %job.job_id, target = %job.target_dir, snapshot = %job.snapshot_id, "restore started");
     let mut entries = 0u64;
-    while let Some(message) = from_stream.blocking_recv() {
+    for step in steps {
+        let message = match step {
+            Step::Chunk(chunk) => {
+                writer.chunk_decoded(chunk);
+                continue;
+            }
+            Step::Message(message) => message,
+        };
         match message {
             Down::RestoreEntry(entry) => {
                 writer.entry(entry);

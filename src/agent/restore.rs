@@ -54,6 +54,49 @@ struct OpenFile {
     entry: pb::RestoreEntry,
 }
 
+/// A chunk off the restore stream, decompressed and hashed ([`decode_chunk`]); the
+/// writer compares it with the snapshot's id and length for its place.
+#[derive(Debug)]
+pub enum Decoded {
+    /// The daemon could not read it (an empty payload).
+    Unreadable,
+    /// Its plaintext and the plaintext's id under the job's id key.
+    Plain {
+        /// The plaintext.
+        data: Vec<u8>,
+        /// Its keyed id.
+        id: [u8; 32],
+    },
+    /// A payload that does not decode.
+    Invalid(String),
+}
+
+/// Decompresses a streamed chunk and computes its id (see [`Decoded`]).
+#[must_use]
+pub fn decode_chunk(ids: &IdKeys, chunk: &pb::RestoreChunk) -> Decoded {
+    if chunk.payload.is_empty() {
+        return Decoded::Unreadable;
+    }
+    match decode_blob_payload(&chunk.payload, chunk.raw_len as usize) {
+        Ok(data) => {
+            let id = ids.blob_id(&data).0;
+            Decoded::Plain { data, id }
+        }
+        Err(e) => Decoded::Invalid(e),
+    }
+}
+
+/// The id key of a restore job, for [`decode_chunk`] on a thread of its own.
+///
+/// # Errors
+/// A message when the key is not 32 bytes.
+pub fn job_ids(id_key: &[u8]) -> Result<IdKeys, String> {
+    let key: [u8; 32] = id_key
+        .try_into()
+        .map_err(|_| "the id key must be 32 bytes".to_owned())?;
+    Ok(IdKeys::from_parts(key, 0))
+}
+
 /// Writes one restore.
 pub struct RestoreWriter {
     target: PathBuf,
@@ -81,9 +124,7 @@ impl RestoreWriter {
     /// # Errors
     /// A message when the target is relative, cannot be created, or is not a directory.
     pub fn new(target: &str, id_key: &[u8]) -> Result<Self, String> {
-        let key: [u8; 32] = id_key
-            .try_into()
-            .map_err(|_| "the id key must be 32 bytes".to_owned())?;
+        let ids = job_ids(id_key)?;
         let target = PathBuf::from(target);
         if !target.is_absolute() {
             return Err(format!("{} is not an absolute path", target.display()));
@@ -99,7 +140,7 @@ impl RestoreWriter {
         real_dirs.insert(target.clone());
         Ok(Self {
             target,
-            ids: IdKeys::from_parts(key, 0),
+            ids,
             real_dirs,
             dirs: Vec::new(),
             current: None,
@@ -285,6 +326,13 @@ impl RestoreWriter {
     /// Takes the next chunk of the current file. An empty payload means the daemon could
     /// not read that chunk from the repository.
     pub fn chunk(&mut self, chunk: pb::RestoreChunk) {
+        let decoded = decode_chunk(&self.ids, &chunk);
+        self.chunk_decoded(decoded);
+    }
+
+    /// Takes the next chunk of the current file, decoded by [`decode_chunk`] (on
+    /// another thread, so that decompressing and hashing overlap with writing).
+    pub fn chunk_decoded(&mut self, chunk: Decoded) {
         if self.skip_chunks > 0 {
             self.skip_chunks -= 1;
             return;
@@ -296,27 +344,24 @@ impl RestoreWriter {
         let index = open.next;
         open.next += 1;
         if open.failed.is_none() {
-            if chunk.payload.is_empty() {
-                open.failed = Some(format!(
-                    "chunk {} could not be read from the repository",
-                    index + 1
-                ));
-            } else {
-                match decode_blob_payload(&chunk.payload, chunk.raw_len as usize) {
-                    Ok(data)
-                        if self.ids.blob_id(&data).0 == open.ids[index]
-                            && data.len() as u32 == open.lengths[index] =>
-                    {
-                        if let Err(e) = open.file.write_all(&data) {
-                            open.failed = Some(format!("cannot write: {e}"));
-                        }
-                    }
-                    Ok(_) => {
-                        open.failed =
-                            Some(format!("chunk {} does not match the snapshot", index + 1))
-                    }
-                    Err(e) => open.failed = Some(format!("chunk {}: {e}", index + 1)),
+            match chunk {
+                Decoded::Unreadable => {
+                    open.failed = Some(format!(
+                        "chunk {} could not be read from the repository",
+                        index + 1
+                    ));
                 }
+                Decoded::Plain { data, id }
+                    if id == open.ids[index] && data.len() as u32 == open.lengths[index] =>
+                {
+                    if let Err(e) = open.file.write_all(&data) {
+                        open.failed = Some(format!("cannot write: {e}"));
+                    }
+                }
+                Decoded::Plain { .. } => {
+                    open.failed = Some(format!("chunk {} does not match the snapshot", index + 1));
+                }
+                Decoded::Invalid(e) => open.failed = Some(format!("chunk {}: {e}", index + 1)),
             }
         }
         if open.next >= open.ids.len() {
