@@ -1288,15 +1288,20 @@ mod tests {
         assert!(choose_snapshot(&[], "latest").is_err());
     }
 
-    #[test]
-    fn a_damaged_snapshot_object_is_read_from_the_replica_or_stops_a_choice_it_could_change() {
-        use crate::engine::{Store, StoreOptions};
+    /// A one-worker runtime for a repository's I/O, and a directory for its store.
+    fn runtime_and_dir() -> (tokio::runtime::Runtime, tempfile::TempDir) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        (runtime, tempfile::tempdir().unwrap())
+    }
+
+    #[test]
+    fn a_damaged_snapshot_object_is_read_from_the_replica_or_stops_a_choice_it_could_change() {
+        use crate::engine::{Store, StoreOptions};
+        let (runtime, dir) = runtime_and_dir();
         let store = |name: &str| {
             let path = dir.path().join(name);
             std::fs::create_dir_all(&path).unwrap();
@@ -1370,12 +1375,7 @@ mod tests {
         use crate::engine::packer::Packer;
         use crate::engine::tree::{MAX_DEPTH, Tree};
         use crate::engine::{Store, StoreOptions};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let (runtime, dir) = runtime_and_dir();
         let store =
             Store::open(&dir.path().display().to_string(), &StoreOptions::default()).unwrap();
         let options = crate::engine::repo::TEST_OPTIONS;

@@ -555,7 +555,6 @@ fn restore_job(
                     }
                 }
             }
-            Down::RestoreChunk(chunk) => writer.chunk(chunk),
             Down::RestoreEnd(end) => {
                 let (summary, failed, verified) = writer.finish();
                 tracing::info!(job = %job.job_id, verified = summary.files_verified, failed = summary.files_failed, unreadable = end.unreadable.len(), "restore finished");

@@ -213,7 +213,7 @@ impl RestoreWriter {
         path.with_file_name(OsStr::from_bytes(&name))
     }
 
-    /// Takes the next entry. A file's chunks follow as [`RestoreWriter::chunk`] calls.
+    /// Takes the next entry. A file's chunks follow as [`RestoreWriter::chunk_decoded`] calls.
     pub fn entry(&mut self, entry: pb::RestoreEntry) {
         // A path restored as a link is complete whether or not its chunks all came.
         self.skip_chunks = 0;
@@ -323,9 +323,11 @@ impl RestoreWriter {
         Ok(())
     }
 
-    /// Takes the next chunk of the current file. An empty payload means the daemon could
-    /// not read that chunk from the repository.
-    pub fn chunk(&mut self, chunk: pb::RestoreChunk) {
+    /// Decodes and takes the next chunk of the current file on this thread (the agent
+    /// decodes on another: [`RestoreWriter::chunk_decoded`]). An empty payload means the
+    /// daemon could not read that chunk from the repository.
+    #[cfg(test)]
+    fn chunk(&mut self, chunk: pb::RestoreChunk) {
         let decoded = decode_chunk(&self.ids, &chunk);
         self.chunk_decoded(decoded);
     }

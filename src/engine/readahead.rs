@@ -177,14 +177,21 @@ mod tests {
     use crate::engine::repo::TEST_OPTIONS;
     use crate::engine::store::{Store, StoreOptions};
 
-    /// A local repository holding `blobs` data blobs of a few KiB each, in one pack.
-    fn repository(
-        dir: &std::path::Path,
-        rt: &tokio::runtime::Runtime,
-        blobs: usize,
-    ) -> (Repository, Vec<(BlobId, Vec<u8>)>) {
-        let store = Store::open(dir.to_str().unwrap(), &StoreOptions::default()).unwrap();
-        let repo = Repository::init(rt.handle().clone(), store, b"pw", &TEST_OPTIONS).unwrap();
+    /// A local repository holding `blobs` data blobs of a few KiB each, in one pack,
+    /// with its index and the blobs as written.
+    struct Fixture {
+        repo: Repository,
+        index: Index,
+        blobs: Vec<(BlobId, Vec<u8>)>,
+        dir: tempfile::TempDir,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    fn fixture(blobs: usize) -> Fixture {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let repo = Repository::init(runtime.handle().clone(), store, b"pw", &TEST_OPTIONS).unwrap();
         let packer = Packer::new(&repo, 1, None);
         let mut written = Vec::new();
         for n in 0..blobs {
@@ -194,7 +201,14 @@ mod tests {
             written.push((id, data));
         }
         packer.finish().unwrap();
-        (repo, written)
+        let (index, _) = repo.load_index().unwrap();
+        Fixture {
+            repo,
+            index,
+            blobs: written,
+            dir,
+            _runtime: runtime,
+        }
     }
 
     fn plain(payload: (Vec<u8>, u32)) -> Vec<u8> {
@@ -203,10 +217,14 @@ mod tests {
 
     #[test]
     fn neighbours_in_a_pack_come_with_one_read_and_each_payload_is_its_own() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (repo, blobs) = repository(dir.path(), &rt, 200);
-        let (index, _) = repo.load_index().unwrap();
+        // Bound by name: the runtime and directory must outlive the repository's use.
+        let Fixture {
+            repo,
+            index,
+            blobs,
+            dir: _dir,
+            _runtime,
+        } = fixture(200);
         // In pack order, with a repeat and one blob skipped (its file failed before it).
         let mut plan: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
         plan.insert(50, blobs[10].0);
@@ -230,10 +248,13 @@ mod tests {
 
     #[test]
     fn a_damaged_blob_fails_alone_and_its_neighbours_still_read() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (repo, blobs) = repository(dir.path(), &rt, 40);
-        let (index, _) = repo.load_index().unwrap();
+        let Fixture {
+            repo,
+            index,
+            blobs,
+            dir,
+            _runtime,
+        } = fixture(40);
         let (pack, loc) = index.get(&blobs[7].0).unwrap();
         let path = dir
             .path()
