@@ -386,16 +386,21 @@ pub fn backup_via_agent(
             error: None,
         };
     }
-    let parent = earlier
-        .iter()
-        .rev()
-        .find(|(_, s)| s.paths == spec.paths)
-        .map(|(id, _)| *id);
+    let parent = earlier.iter().rev().find(|(_, s)| s.paths == spec.paths);
     let ingest = match Ingest::new(&repository) {
-        Ok(ingest) if spec.compress_on == CompressOn::Daemon => ingest.compressing_raw_chunks(),
         Ok(ingest) => ingest,
         Err(error) => return failed(error.to_string(), json!({})),
     };
+    // The agent may name directories unchanged since the parent: taken from its tree.
+    let ingest = match parent {
+        Some((_, snapshot)) => ingest.with_parent_tree(snapshot.tree),
+        None => ingest,
+    };
+    let ingest = match spec.compress_on {
+        CompressOn::Daemon => ingest.compressing_raw_chunks(),
+        CompressOn::Agent => ingest,
+    };
+    let parent = parent.map(|(id, _)| *id);
     let config = repository.config();
     let (id_key, seed) = repository.keys().id_keys().to_parts();
     let job_id = format!("run:{}", run.id);
@@ -476,6 +481,7 @@ pub fn backup_via_agent(
                 .map_or(0, |kib| kib.saturating_mul(1024)),
             resumed: resumed > 0,
             repository_fingerprint: repository.keys().fingerprint().to_vec(),
+            parent_snapshot: parent.map(|id| id.to_hex()).unwrap_or_default(),
         };
         if !send(handle, &link, Down::Backup(job)) {
             hub.close_job(server.id, &job_id);
@@ -593,9 +599,16 @@ pub fn backup_via_agent(
                         let mut refused = None;
                         for entry in &batch.entries {
                             let result = node_from_entry(entry).and_then(|node| {
-                                ingest
-                                    .add_entry(&entry.path, node)
-                                    .map_err(|error| error.to_string())
+                                if entry.unchanged_subtree {
+                                    ingest.add_unchanged_subtree(
+                                        &entry.path,
+                                        node,
+                                        entry.subtree_dirs,
+                                    )
+                                } else {
+                                    ingest.add_entry(&entry.path, node)
+                                }
+                                .map_err(|error| error.to_string())
                             });
                             if let Err(error) = result {
                                 refused = Some(error);
@@ -688,6 +701,7 @@ pub fn backup_via_agent(
                         "files_new": done.files.saturating_sub(done.files_unchanged),
                         "files_unchanged": done.files_unchanged,
                         "files_linked": done.files_linked,
+                        "subtrees_unchanged": done.subtrees_unchanged,
                         "files_failed": done.problems.len(),
                         "bytes_read": done.bytes,
                         "bytes_total": done.bytes,

@@ -2245,6 +2245,20 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         stats["wire_bytes"].as_u64().unwrap() < 64 << 10,
         "almost nothing on the wire: {stats}"
     );
+    // Nothing changed since: the agent vouches for the whole source as unchanged since
+    // the parent snapshot, one entry; the daemon takes its tree from that snapshot (the
+    // restore below, of this latest snapshot, is compared byte for byte).
+    ok(&server, &site.petugas, &["plan", "run-now", &plan_web]);
+    let third = wait_for_run(&server, &site.kasi, &plan_web, 3);
+    assert_eq!(third["status"], "ok", "{third}");
+    let stats = third["stats"].clone();
+    assert_eq!(stats["subtrees_unchanged"], 1, "{stats}");
+    assert_eq!(stats["files_unchanged"], 5, "{stats}");
+    assert_eq!(stats["files_new"], 0, "{stats}");
+    assert!(
+        stats["wire_bytes"].as_u64().unwrap() < 4096,
+        "a few messages on the wire: {stats}"
+    );
 
     // Restore to another directory of the same server: byte for byte, verified.
     let snapshots = ok(
@@ -2252,7 +2266,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         &site.skpd,
         &["restore-job", "snapshots", &web.to_string()],
     );
-    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+    assert_eq!(snapshots.as_array().unwrap().len(), 3, "{snapshots}");
     refused(
         &server,
         &site.skpd_other,

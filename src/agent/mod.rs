@@ -425,13 +425,24 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
     let cache = walk::FilesCache::load(&cache_path);
     tracing::info!(job = %job_id, paths = ?job.paths, cached_files = cache.len(), resumed = job.resumed, "backup started");
     let cancel = link.cancel.clone();
+    // A job that fails while directories were vouched for as unchanged may have failed
+    // because of them: the next one vouches for none.
+    let vouched = cache.describes(&job.parent_snapshot);
+    let forget_subtrees = || {
+        if vouched && let Err(error) = walk::FilesCache::forget_subtrees(&cache_path) {
+            tracing::warn!(%error, "cannot update the files cache");
+        }
+    };
     let outcome = match walk::run(&decoded, &mut link, cache, cancel) {
         Ok(outcome) => outcome,
         Err(walk::WalkError::Disconnected) => {
             tracing::warn!(job = %job_id, "stream lost during the backup; the daemon resumes it");
             return;
         }
-        Err(error) => return fail(&mut link, error.to_string()),
+        Err(error) => {
+            forget_subtrees();
+            return fail(&mut link, error.to_string());
+        }
     };
     let bytes_sent = walk::Link::bytes_sent(&link);
     if walk::Link::send(
@@ -444,6 +455,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
             files_unchanged: outcome.files_unchanged,
             bytes_sent,
             files_linked: outcome.files_linked,
+            subtrees_unchanged: outcome.subtrees_unchanged,
         }),
     )
     .is_err()
@@ -451,9 +463,11 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
         return;
     }
     // Keep the new cache only once the snapshot that matches it is committed.
+    let mut outcome = outcome;
     loop {
         match link.from_stream.recv() {
             Ok(ToBackup::End(end)) if end.ok => {
+                outcome.cache.set_snapshot(&end.snapshot_id);
                 if let Err(error) = outcome.cache.save(&cache_path) {
                     tracing::warn!(%error, "cannot save the files cache; the next backup reads every file");
                 }
@@ -462,6 +476,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
             }
             Ok(ToBackup::End(end)) => {
                 tracing::warn!(job = %job_id, error = %end.error, "the daemon could not commit the backup");
+                forget_subtrees();
                 return;
             }
             Ok(ToBackup::Have(_)) => {}

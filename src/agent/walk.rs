@@ -9,6 +9,13 @@
 //! confirms the snapshot, so an interrupted job never leaves a cache that claims more
 //! than the repository holds.
 //!
+//! The cache also keeps, for each directory, a digest of everything sent for it and
+//! below, and the snapshot that was committed from it. When the daemon names that
+//! snapshot as the job's parent, a directory whose digest is unchanged is sent as one
+//! `unchanged_subtree` entry and nothing below it crosses the wire — neither entries
+//! nor chunk queries: the daemon takes its tree from the parent snapshot. A second
+//! backup of an unchanged tree sends a handful of messages.
+//!
 //! Everything here blocks; the agent runs it on its own thread and talks to the stream
 //! through a [`Link`].
 
@@ -116,9 +123,23 @@ impl CachedFile {
 }
 
 /// The files cache of one source (paths) in one repository.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 pub struct FilesCache {
     files: HashMap<Vec<u8>, CachedFile>,
+    /// Digest of each directory as sent (itself and everything below), for directories
+    /// whose walk met no problem.
+    dirs: HashMap<Vec<u8>, [u8; 32]>,
+    /// The snapshot committed from what this cache describes (hex id); empty when
+    /// unknown, and then no directory is sent as unchanged.
+    snapshot: String,
+}
+
+/// The directory digests of a cache, stored after the files: a cache written before
+/// they existed still loads (without them).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CachedDirs {
+    dirs: HashMap<Vec<u8>, [u8; 32]>,
+    snapshot: String,
 }
 
 impl FilesCache {
@@ -141,7 +162,19 @@ impl FilesCache {
         };
         zstd::decode_all(bytes.as_slice())
             .ok()
-            .and_then(|raw| postcard::from_bytes(&raw).ok())
+            .and_then(|raw| {
+                let (files, rest) = postcard::take_from_bytes(&raw).ok()?;
+                let CachedDirs { dirs, snapshot } = if rest.is_empty() {
+                    CachedDirs::default()
+                } else {
+                    postcard::from_bytes(rest).ok()?
+                };
+                Some(Self {
+                    files,
+                    dirs,
+                    snapshot,
+                })
+            })
             .unwrap_or_else(|| {
                 tracing::warn!(path = %path.display(), "files cache unreadable; every file is read again");
                 Self::default()
@@ -155,7 +188,14 @@ impl FilesCache {
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let raw = postcard::to_stdvec(self).map_err(std::io::Error::other)?;
+        let mut raw = postcard::to_stdvec(&self.files).map_err(std::io::Error::other)?;
+        raw.extend(
+            postcard::to_stdvec(&CachedDirs {
+                dirs: self.dirs.clone(),
+                snapshot: self.snapshot.clone(),
+            })
+            .map_err(std::io::Error::other)?,
+        );
         let packed = zstd::encode_all(raw.as_slice(), 3)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -170,6 +210,32 @@ impl FilesCache {
         f.write_all(&packed)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
+    }
+
+    /// Records the snapshot the daemon committed from this cache's walk.
+    pub fn set_snapshot(&mut self, snapshot: &str) {
+        snapshot.clone_into(&mut self.snapshot);
+    }
+
+    /// Whether this cache was kept when `snapshot` (hex id) was committed: its
+    /// directory digests then describe that snapshot.
+    pub fn describes(&self, snapshot: &str) -> bool {
+        !snapshot.is_empty() && self.snapshot == snapshot
+    }
+
+    /// Drops the directory digests of the cache at `path` (the file records stay): a
+    /// backup that used them failed, and the next one sends every directory.
+    ///
+    /// # Errors
+    /// I/O errors writing the cache.
+    pub fn forget_subtrees(path: &Path) -> std::io::Result<()> {
+        let mut cache = Self::load(path);
+        if cache.snapshot.is_empty() && cache.dirs.is_empty() {
+            return Ok(());
+        }
+        cache.dirs.clear();
+        cache.snapshot.clear();
+        cache.save(path)
     }
 
     /// Number of files.
@@ -194,6 +260,8 @@ pub struct WalkOutcome {
     pub files_unchanged: u64,
     /// Files whose content another link to the same inode gave (read once).
     pub files_linked: u64,
+    /// Directories sent as unchanged since the parent snapshot.
+    pub subtrees_unchanged: u64,
     /// Unreadable files.
     pub problems: Vec<pb::FileProblem>,
     /// The cache to keep once the daemon commits the snapshot.
@@ -216,6 +284,8 @@ pub struct Job {
     pub level: i32,
     /// Most payload bytes per second; 0 for no limit.
     pub bandwidth_limit: u64,
+    /// The snapshot the daemon builds on (hex id), empty for none.
+    pub parent_snapshot: String,
 }
 
 impl Job {
@@ -259,6 +329,7 @@ impl Job {
             ids: IdKeys::from_parts(key, job.chunker_seed),
             level: job.compression_level.clamp(0, 19),
             bandwidth_limit: job.bandwidth_limit,
+            parent_snapshot: job.parent_snapshot.clone(),
         })
     }
 }
@@ -395,6 +466,11 @@ struct Walker<'a> {
     /// Set when a branch of the walk failed: the others stop at their next step.
     stopped: AtomicBool,
     old: FilesCache,
+    /// Whether `old` describes the job's parent snapshot: unchanged directories are
+    /// then sent as such.
+    graft: bool,
+    /// Key of the directory digests: what else decides which entries are sent.
+    digest_key: [u8; 32],
     excludes: globset::GlobSet,
     /// Chunk ids already put in a batch during this job: read while chunks are named in
     /// parallel, written only with `state` held (so an id and its batch go in together).
@@ -407,6 +483,34 @@ struct Walker<'a> {
     deferred: std::sync::Mutex<Vec<(PathBuf, pb::FileEntry)>>,
     state: std::sync::Mutex<WalkState>,
     counters: Arc<Counters>,
+}
+
+/// What a walked path leaves to its directory: its digest, and what of it was not
+/// sent yet — kept back until the directory knows whether it is unchanged.
+struct Walked {
+    /// Digest of the entry as sent (a directory's covers everything below it).
+    digest: [u8; 32],
+    /// No problem met at or below it, nothing left for later: its digest can be kept.
+    clean: bool,
+    /// Directories at and below it.
+    dirs: u64,
+    held: Held,
+}
+
+/// The part of a walked path not yet handed to the sender.
+enum Held {
+    /// Everything was handed over (files read, directories that changed).
+    Sent,
+    /// An entry without content: a symlink or special file.
+    Entry(pb::FileEntry),
+    /// A file taken from the cache, with its chunk ids.
+    Cached(pb::FileEntry, PathBuf, Vec<[u8; 32]>),
+    /// A directory unchanged since the parent snapshot: its `unchanged_subtree` entry.
+    Subtree(pb::FileEntry),
+}
+
+fn entry_digest(entry: &pb::FileEntry) -> [u8; 32] {
+    *blake3::hash(&prost::Message::encode_to_vec(entry)).as_bytes()
 }
 
 /// Where the walk is with a hard-linked inode.
@@ -553,6 +657,8 @@ fn entry_from_meta(path: &Path, meta: &Metadata) -> pb::FileEntry {
         } else {
             0
         },
+        unchanged_subtree: false,
+        subtree_dirs: 0,
     }
 }
 
@@ -584,89 +690,188 @@ impl Walker<'_> {
         self.state().push_after(Work::Entry(entry))
     }
 
-    fn walk(&self, path: &Path) -> Result<(), WalkError> {
+    /// Hands over what a walked path held back.
+    fn release(&self, held: Held) -> Result<(), WalkError> {
+        match held {
+            Held::Sent => Ok(()),
+            Held::Entry(entry) => self.push_entry(entry),
+            Held::Subtree(entry) => {
+                let mut state = self.state();
+                state.outcome.subtrees_unchanged += 1;
+                state.push_after(Work::Entry(entry))
+            }
+            Held::Cached(entry, path, content) => {
+                // One critical section: no other file's entry can slip in between
+                // these chunk ids and this entry (it might rely on a chunk that only a
+                // re-read of this file will send).
+                let mut state = self.state();
+                for id in content {
+                    state.add_chunk(
+                        &self.seen,
+                        BatchChunk {
+                            id,
+                            raw_len: 0,
+                            payload: None,
+                        },
+                    )?;
+                }
+                state.push_after(Work::Cached(entry, path))
+            }
+        }
+    }
+
+    /// Walks `path`; `None` when it could not be read (reported as a problem).
+    fn walk(&self, path: &Path) -> Result<Option<Walked>, WalkError> {
         self.check_cancel()?;
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(error) => {
                 self.problem(path, error);
-                return Ok(());
+                return Ok(None);
             }
         };
         let mut entry = entry_from_meta(path, &meta);
+        let leaf = |entry: pb::FileEntry| Walked {
+            digest: entry_digest(&entry),
+            clean: true,
+            dirs: 0,
+            held: Held::Entry(entry),
+        };
         match entry.kind.as_str() {
-            "dir" => {
-                let listing = match std::fs::read_dir(path) {
-                    Ok(listing) => listing,
-                    Err(error) => {
-                        self.problem(path, error);
-                        return Ok(());
-                    }
-                };
-                self.push_entry(entry)?;
-                let mut children: Vec<PathBuf> = Vec::new();
-                for child in listing {
-                    match child {
-                        Ok(child) => {
-                            let p = child.path();
-                            if !self.excludes.is_match(&p) {
-                                children.push(p);
-                            }
-                        }
-                        Err(error) => self.problem(path, error),
-                    }
-                }
-                children.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
-                let walked = children.par_iter().try_for_each(|child| self.walk(child));
-                if walked.is_err() {
-                    self.stopped.store(true, Ordering::Relaxed);
-                }
-                walked?;
-            }
+            "dir" => self.walk_dir(path, entry),
             "symlink" => match std::fs::read_link(path) {
                 Ok(target) => {
                     entry.link_target = target.as_os_str().as_bytes().to_vec();
-                    self.push_entry(entry)?;
+                    Ok(Some(leaf(entry)))
                 }
-                Err(error) => self.problem(path, error),
+                Err(error) => {
+                    self.problem(path, error);
+                    Ok(None)
+                }
             },
             "file" => {
                 let key = entry.path.clone();
                 let cached = self.old.files.get(&key).filter(|c| c.matches(&entry));
                 if let Some(cached) = cached {
                     entry.content = cached.content.iter().map(|id| id.to_vec()).collect();
-                    // One critical section: no other file's entry can slip in between
-                    // these chunk ids and this entry (it might rely on a chunk that
-                    // only a re-read of this file will send).
                     let mut state = self.state();
-                    for id in &cached.content {
-                        state.add_chunk(
-                            &self.seen,
-                            BatchChunk {
-                                id: *id,
-                                raw_len: 0,
-                                payload: None,
-                            },
-                        )?;
-                    }
                     state.count_file(&self.counters, entry.size, true);
                     state.new.files.insert(key, cached.clone());
-                    state.push_after(Work::Cached(entry, path.to_path_buf()))?;
+                    drop(state);
+                    Ok(Some(Walked {
+                        digest: entry_digest(&entry),
+                        clean: true,
+                        dirs: 0,
+                        held: Held::Cached(entry, path.to_path_buf(), cached.content.clone()),
+                    }))
                 } else {
+                    let sent = |digest: Option<([u8; 32], bool)>| {
+                        digest.map(|(digest, clean)| Walked {
+                            digest,
+                            clean,
+                            dirs: 0,
+                            held: Held::Sent,
+                        })
+                    };
                     match self.claim_link(&entry) {
-                        Claim::Linked(content) => self.push_linked(entry, content)?,
-                        Claim::Busy => self
-                            .deferred
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push((path.to_path_buf(), entry)),
-                        Claim::Read => self.read_file(path, entry)?,
+                        Claim::Linked(content) => {
+                            Ok(sent(Some((self.push_linked(entry, content)?, true))))
+                        }
+                        Claim::Busy => {
+                            // Sent after the walk: nothing to vouch for here.
+                            self.deferred
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push((path.to_path_buf(), entry));
+                            Ok(sent(Some(([0; 32], false))))
+                        }
+                        Claim::Read => Ok(sent(self.read_file(path, entry)?)),
                     }
                 }
             }
-            _ => self.push_entry(entry)?,
+            _ => Ok(Some(leaf(entry))),
         }
-        Ok(())
+    }
+
+    /// Walks a directory's entries in parallel, then decides: unchanged since the
+    /// parent snapshot (everything below held back, and the same digest as then) — its
+    /// one `unchanged_subtree` entry is held for its own directory; otherwise what its
+    /// entries held back is sent, then its entry.
+    fn walk_dir(&self, path: &Path, mut entry: pb::FileEntry) -> Result<Option<Walked>, WalkError> {
+        let listing = match std::fs::read_dir(path) {
+            Ok(listing) => listing,
+            Err(error) => {
+                self.problem(path, error);
+                return Ok(None);
+            }
+        };
+        let mut clean = true;
+        let mut children: Vec<PathBuf> = Vec::new();
+        for child in listing {
+            match child {
+                Ok(child) => {
+                    let p = child.path();
+                    if !self.excludes.is_match(&p) {
+                        children.push(p);
+                    }
+                }
+                Err(error) => {
+                    clean = false;
+                    self.problem(path, error);
+                }
+            }
+        }
+        children.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        let walked: Result<Vec<Option<Walked>>, WalkError> =
+            children.par_iter().map(|child| self.walk(child)).collect();
+        let walked = match walked {
+            Ok(walked) => walked,
+            Err(error) => {
+                self.stopped.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
+        let mut digest = blake3::Hasher::new_keyed(&self.digest_key);
+        digest.update(&prost::Message::encode_to_vec(&entry));
+        let mut dirs = 1u64;
+        let mut all_held = true;
+        for child in &walked {
+            match child {
+                Some(child) => {
+                    digest.update(&child.digest);
+                    clean &= child.clean;
+                    dirs += child.dirs;
+                    all_held &= !matches!(child.held, Held::Sent);
+                }
+                None => clean = false,
+            }
+        }
+        let digest = *digest.finalize().as_bytes();
+        let unchanged =
+            clean && all_held && self.graft && self.old.dirs.get(&entry.path) == Some(&digest);
+        if clean {
+            self.state().new.dirs.insert(entry.path.clone(), digest);
+        }
+        if unchanged {
+            entry.unchanged_subtree = true;
+            entry.subtree_dirs = dirs - 1;
+            return Ok(Some(Walked {
+                digest,
+                clean,
+                dirs,
+                held: Held::Subtree(entry),
+            }));
+        }
+        for child in walked.into_iter().flatten() {
+            self.release(child.held)?;
+        }
+        self.push_entry(entry)?;
+        Ok(Some(Walked {
+            digest,
+            clean,
+            dirs,
+            held: Held::Sent,
+        }))
     }
 
     /// What to do with a file that may be one of several links to its inode: take the
@@ -721,18 +926,21 @@ impl Walker<'_> {
     }
 
     /// Sends a file whose content another link to its inode gave.
+    /// Returns the entry's digest.
     fn push_linked(
         &self,
         mut entry: pb::FileEntry,
         content: Vec<[u8; 32]>,
-    ) -> Result<(), WalkError> {
+    ) -> Result<[u8; 32], WalkError> {
         entry.content = content.iter().map(|id| id.to_vec()).collect();
+        let digest = entry_digest(&entry);
         let mut state = self.state();
         state.count_file(&self.counters, entry.size, false);
         state.outcome.files_linked += 1;
         let key = entry.path.clone();
         state.new.files.insert(key, cached_file(&entry, content));
-        state.push_after(Work::Entry(entry))
+        state.push_after(Work::Entry(entry))?;
+        Ok(digest)
     }
 
     /// Takes up the links met while another link to their inode was being read.
@@ -746,15 +954,25 @@ impl Walker<'_> {
         for (path, entry) in deferred {
             self.check_cancel()?;
             match self.claim_link(&entry) {
-                Claim::Linked(content) => self.push_linked(entry, content)?,
+                Claim::Linked(content) => {
+                    self.push_linked(entry, content)?;
+                }
                 // Its first link failed or changed while read: read this one.
-                Claim::Busy | Claim::Read => self.read_file(&path, entry)?,
+                Claim::Busy | Claim::Read => {
+                    self.read_file(&path, entry)?;
+                }
             }
         }
         Ok(())
     }
 
-    fn read_file(&self, path: &Path, mut entry: pb::FileEntry) -> Result<(), WalkError> {
+    /// Reads, sends and counts a file; returns the digest of its entry and whether it
+    /// stayed unchanged while read, or `None` when it could not be read.
+    fn read_file(
+        &self,
+        path: &Path,
+        mut entry: pb::FileEntry,
+    ) -> Result<Option<([u8; 32], bool)>, WalkError> {
         let mut content: Vec<[u8; 32]> = Vec::new();
         let skip = |id: &[u8; 32]| {
             self.seen
@@ -781,7 +999,7 @@ impl Walker<'_> {
             Err(error) => {
                 self.settle_link(&entry, None);
                 self.problem(path, error);
-                return Ok(());
+                return Ok(None);
             }
         };
         entry.size = total;
@@ -799,7 +1017,9 @@ impl Walker<'_> {
                 .files
                 .insert(entry.path.clone(), cached_file(&entry, content));
         }
-        state.push_after(Work::Entry(entry))
+        let digest = entry_digest(&entry);
+        state.push_after(Work::Entry(entry))?;
+        Ok(Some((digest, unchanged_after)))
     }
 }
 
@@ -1134,6 +1354,15 @@ pub fn run<L: Link + Send>(
         job,
         cancel: cancel.clone(),
         stopped: AtomicBool::new(false),
+        graft: cache.describes(&job.parent_snapshot),
+        digest_key: {
+            let mut key = blake3::Hasher::new_derive_key("cadang agent directory digest v1");
+            for exclude in &job.excludes {
+                key.update(exclude.as_bytes());
+                key.update(b"\0");
+            }
+            *key.finalize().as_bytes()
+        },
         old: cache,
         excludes,
         seen: std::sync::RwLock::default(),
@@ -1156,7 +1385,9 @@ pub fn run<L: Link + Send>(
                 walker.push_entry(entry)?;
             }
             for root in &roots {
-                walker.walk(root)?;
+                if let Some(walked) = walker.walk(root)? {
+                    walker.release(walked.held)?;
+                }
             }
             walker.walk_deferred()?;
             walker.state().flush()
@@ -1178,8 +1409,15 @@ pub fn run<L: Link + Send>(
     let sent = sent?;
     let (mut new, mut outcome) = walked?;
     for path in &sent.reread {
-        // Read again this time: keep it out of the cache so the next run checks again.
+        // Read again this time: keep it out of the cache so the next run checks again,
+        // and the directories above it out of the digests (it may have been sent
+        // differently from what they vouch for).
         new.files.remove(path);
+        let mut up = Path::new(std::ffi::OsStr::from_bytes(path)).parent();
+        while let Some(dir) = up {
+            new.dirs.remove(dir.as_os_str().as_bytes());
+            up = dir.parent();
+        }
     }
     outcome.problems.extend(sent.problems);
     outcome.files_unchanged = outcome
@@ -1310,6 +1548,7 @@ mod tests {
             ids: IdKeys::from_parts([9; 32], 7),
             level: 3,
             bandwidth_limit: 0,
+            parent_snapshot: String::new(),
         }
     }
 
@@ -1596,5 +1835,136 @@ mod tests {
         let kept = |name: &[u8]| third.cache.files.keys().any(|path| path.ends_with(name));
         assert!(!kept(b"b.bin"));
         assert!(!(kept(b"/a.bin") && kept(b"copy.bin")));
+    }
+
+    /// A tree walked again after the snapshot of its last walk was committed: a
+    /// directory whose every entry is as sent then goes as one `unchanged_subtree`
+    /// entry, with nothing below it — no entries, no chunk queries; a change sends its
+    /// directory and those above it. A cache that describes another snapshot vouches
+    /// for nothing, and one that lost its digests (or predates them) still names files.
+    #[test]
+    fn unchanged_directories_go_as_one_entry_when_the_cache_describes_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(src.join("a/deep")).unwrap();
+        std::fs::create_dir_all(src.join("b")).unwrap();
+        std::fs::write(src.join("a/deep/x.bin"), noise(1, 1 << 20)).unwrap();
+        std::fs::write(src.join("a/y.txt"), b"versi 1").unwrap();
+        std::fs::write(src.join("b/z.txt"), b"arsip").unwrap();
+        std::fs::write(src.join("top.txt"), b"atas").unwrap();
+        std::os::unix::fs::symlink("top.txt", src.join("link")).unwrap();
+        let cache_path = dir.path().join("files.cache");
+        let mut job = job(vec![src.clone()]);
+        let mut repo = Repository::default();
+        let first = walk_over(&job, &mut repo, FilesCache::default());
+        assert_eq!(first.subtrees_unchanged, 0);
+        let sent_first = repo.entries.len();
+        let mut cache = first.cache;
+        cache.set_snapshot("s1");
+        cache.save(&cache_path).unwrap();
+        let markers = |repo: &Repository| -> Vec<(String, u64)> {
+            repo.entries
+                .iter()
+                .filter(|e| e.unchanged_subtree)
+                .map(|e| {
+                    (
+                        String::from_utf8_lossy(&e.path).into_owned(),
+                        e.subtree_dirs,
+                    )
+                })
+                .collect()
+        };
+
+        // The daemon builds on another snapshot: everything is sent, as without digests.
+        job.parent_snapshot = "s0".into();
+        repo.entries.clear();
+        let other = walk_over(&job, &mut repo, FilesCache::load(&cache_path));
+        assert_eq!(repo.entries.len(), sent_first);
+        assert!(markers(&repo).is_empty());
+        assert_eq!(other.files_unchanged, 4);
+
+        // On the snapshot it describes: the whole source is one entry, nothing asked.
+        job.parent_snapshot = "s1".into();
+        repo.entries.clear();
+        let queries = repo.queries;
+        let sent_before = repo.sent;
+        let same = walk_over(&job, &mut repo, FilesCache::load(&cache_path));
+        assert_eq!(markers(&repo), vec![(src.display().to_string(), 3)]);
+        assert!(
+            repo.entries
+                .iter()
+                .all(|e| !e.path.starts_with(src.as_os_str().as_bytes())
+                    || e.path == src.as_os_str().as_bytes()),
+            "nothing below the unchanged source"
+        );
+        assert_eq!(repo.queries, queries, "no chunk asked about");
+        assert!(
+            repo.sent - sent_before < 2048,
+            "{} bytes",
+            repo.sent - sent_before
+        );
+        assert_eq!(
+            (same.files, same.files_unchanged, same.subtrees_unchanged),
+            (4, 4, 1)
+        );
+        let mut cache = same.cache;
+        cache.set_snapshot("s2");
+        cache.save(&cache_path).unwrap();
+
+        // One file changes: its directory and those above are sent, the others are not.
+        std::fs::write(src.join("a/y.txt"), b"versi 2, lebih panjang").unwrap();
+        job.parent_snapshot = "s2".into();
+        repo.entries.clear();
+        let changed = walk_over(&job, &mut repo, FilesCache::load(&cache_path));
+        let mut marked = markers(&repo);
+        marked.sort();
+        assert_eq!(
+            marked,
+            vec![
+                (src.join("a/deep").display().to_string(), 0),
+                (src.join("b").display().to_string(), 0),
+            ]
+        );
+        let sent: HashSet<String> = repo
+            .entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect();
+        for path in ["", "a", "a/y.txt", "top.txt", "link"] {
+            let path = src.join(path).display().to_string();
+            let path = path.trim_end_matches('/');
+            assert!(sent.contains(path), "{path} sent");
+        }
+        for below in ["a/deep/x.bin", "b/z.txt"] {
+            assert!(!sent.contains(&src.join(below).display().to_string()));
+        }
+        assert_eq!(changed.subtrees_unchanged, 2);
+        assert_eq!(changed.files, 4);
+        let y = repo
+            .entries
+            .iter()
+            .find(|e| e.path.ends_with(b"a/y.txt"))
+            .unwrap();
+        assert_eq!(y.size, 22);
+
+        // A failed job forgets the digests; the files are still named from the cache.
+        let mut cache = changed.cache;
+        cache.set_snapshot("s3");
+        cache.save(&cache_path).unwrap();
+        FilesCache::forget_subtrees(&cache_path).unwrap();
+        let forgot = FilesCache::load(&cache_path);
+        assert!(!forgot.describes("s3"));
+        assert!(forgot.dirs.is_empty());
+        assert_eq!(forgot.len(), 4);
+        // A cache written before directory digests existed loads with its files.
+        let files_only = postcard::to_stdvec(&forgot.files).unwrap();
+        std::fs::write(
+            &cache_path,
+            zstd::encode_all(files_only.as_slice(), 3).unwrap(),
+        )
+        .unwrap();
+        let older = FilesCache::load(&cache_path);
+        assert_eq!(older.len(), 4);
+        assert!(!older.describes("s3"));
     }
 }

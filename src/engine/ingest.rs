@@ -10,13 +10,19 @@
 //! and every chunk an entry references must be in the repository or received in this
 //! session. The snapshot's time is the caller's, never the sender's.
 //!
+//! A sender that keeps a record of what it sent for the parent snapshot may name a
+//! directory whose every entry is as it was then ([`Ingest::add_unchanged_subtree`]):
+//! the directory's tree is taken from the parent snapshot, and nothing below it crosses
+//! the wire. Only the parent the caller chose can be named, and only a directory that is
+//! there with its tree still in the index.
+//!
 //! Commit order is the local backup's: packs → index → snapshot. An interrupted session
 //! flushes what landed into the index ([`Ingest::flush`]), so a resumed one is answered
 //! "present" for those chunks and they are not sent again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
@@ -80,6 +86,10 @@ pub struct Ingest<'a> {
     entries: Mutex<Entries>,
     /// Uncompressed chunks are compressed here before they are stored.
     compress_raw: bool,
+    /// The root tree of the parent snapshot, which unchanged subtrees are taken from.
+    parent: Option<BlobId>,
+    /// Trees of the parent snapshot read so far, by id.
+    parent_trees: Mutex<HashMap<BlobId, Arc<Tree>>>,
     stats: IngestStats,
 }
 
@@ -89,6 +99,8 @@ struct Entries {
     /// Entries by the absolute path of their directory (`/` for the root).
     children: BTreeMap<Vec<u8>, Vec<Node>>,
     paths: HashSet<Vec<u8>>,
+    /// Directories below the unchanged subtrees taken from the parent snapshot.
+    dirs_below_unchanged: u64,
 }
 
 /// Splits an absolute path into its directory and name, checking every component.
@@ -136,8 +148,18 @@ impl<'a> Ingest<'a> {
             max_chunk: repo.config().chunker.max_size,
             entries: Mutex::new(Entries::default()),
             compress_raw: false,
+            parent: None,
+            parent_trees: Mutex::new(HashMap::new()),
             stats: IngestStats::default(),
         })
+    }
+
+    /// Names the parent snapshot's root tree: the sender may then mark directories as
+    /// unchanged since it ([`Ingest::add_unchanged_subtree`]).
+    #[must_use]
+    pub fn with_parent_tree(mut self, root: BlobId) -> Self {
+        self.parent = Some(root);
+        self
     }
 
     /// Has chunks that arrive uncompressed compressed at the repository's level before
@@ -249,6 +271,88 @@ impl<'a> Ingest<'a> {
         Ok(())
     }
 
+    /// Adds a directory whose whole content is as in the parent snapshot: its tree is
+    /// the parent's tree at the same path, and nothing is expected below it.
+    /// `dirs_below` (the sender's count of directories under it) only feeds the
+    /// snapshot's statistics.
+    ///
+    /// # Errors
+    /// `Refused` when there is no parent, the path is bad, repeated or not a directory
+    /// of the parent snapshot, or its tree is no longer in the index; storage and
+    /// corruption errors reading the parent's trees.
+    pub fn add_unchanged_subtree(
+        &self,
+        path: &[u8],
+        mut node: Node,
+        dirs_below: u64,
+    ) -> Result<()> {
+        let (dir, name) = split_path(path).map_err(Error::Refused)?;
+        if node.kind != NodeKind::Dir {
+            return Err(Error::Refused(format!(
+                "`{}` is sent as an unchanged subtree but is not a directory",
+                String::from_utf8_lossy(path)
+            )));
+        }
+        let subtree = self.parent_subtree(path)?;
+        let mut entries = self.entries();
+        if !entries.paths.insert(path.to_vec()) {
+            return Err(Error::Refused(format!(
+                "`{}` was sent twice",
+                String::from_utf8_lossy(path)
+            )));
+        }
+        node.content.clear();
+        node.link_target = None;
+        node.subtree = Some(subtree);
+        node.name = name;
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        entries.dirs_below_unchanged = entries.dirs_below_unchanged.saturating_add(dirs_below);
+        entries.children.entry(dir).or_default().push(node);
+        Ok(())
+    }
+
+    /// The tree of the directory at `path` in the parent snapshot.
+    fn parent_subtree(&self, path: &[u8]) -> Result<BlobId> {
+        let refused = |why: &str| {
+            Error::Refused(format!(
+                "`{}` is sent as unchanged since the parent snapshot, but {why}",
+                String::from_utf8_lossy(path)
+            ))
+        };
+        let mut at = self
+            .parent
+            .ok_or_else(|| refused("this backup has no parent"))?;
+        for name in path[1..].split(|b| *b == b'/') {
+            let tree = self.parent_tree(&at)?;
+            let node = tree
+                .nodes
+                .iter()
+                .find(|node| node.name == name)
+                .ok_or_else(|| refused("the parent snapshot does not hold it"))?;
+            at = match (node.kind, node.subtree) {
+                (NodeKind::Dir, Some(subtree)) => subtree,
+                _ => return Err(refused("it is not a directory in the parent snapshot")),
+            };
+        }
+        if !self.index.contains(&at) {
+            return Err(refused("its tree is no longer in the repository"));
+        }
+        Ok(at)
+    }
+
+    fn parent_tree(&self, id: &BlobId) -> Result<Arc<Tree>> {
+        let mut trees = self
+            .parent_trees
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tree) = trees.get(id) {
+            return Ok(tree.clone());
+        }
+        let tree = Arc::new(self.repo.load_tree(&self.index, id)?);
+        trees.insert(*id, tree.clone());
+        Ok(tree)
+    }
+
     /// Forgets the entries received (a resumed sender walks again); chunks stay.
     pub fn reset_entries(&self) {
         *self.entries() = Entries::default();
@@ -281,7 +385,8 @@ impl<'a> Ingest<'a> {
     fn build(&self, dir: &[u8], pending: &mut HashMap<Vec<u8>, Vec<Node>>) -> Result<BlobId> {
         let mut nodes = pending.remove(dir).unwrap_or_default();
         for node in &mut nodes {
-            if node.kind == NodeKind::Dir {
+            // A directory taken from the parent snapshot comes with its tree.
+            if node.kind == NodeKind::Dir && node.subtree.is_none() {
                 let mut child = if dir == b"/" {
                     Vec::new()
                 } else {
@@ -301,14 +406,24 @@ impl<'a> Ingest<'a> {
     /// # Errors
     /// `Refused` when entries were sent whose directory was not; storage errors.
     pub fn commit(self, meta: &IngestCommit) -> Result<(SnapshotId, Snapshot)> {
-        let mut pending: HashMap<Vec<u8>, Vec<Node>> = std::mem::take(&mut self.entries().children)
-            .into_iter()
-            .collect();
+        let (children, dirs_below_unchanged) = {
+            let mut entries = self.entries();
+            (
+                std::mem::take(&mut entries.children),
+                entries.dirs_below_unchanged,
+            )
+        };
+        self.parent_trees
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        let mut pending: HashMap<Vec<u8>, Vec<Node>> = children.into_iter().collect();
         let dirs = pending
             .values()
             .flatten()
             .filter(|n| n.kind == NodeKind::Dir)
-            .count() as u64;
+            .count() as u64
+            + dirs_below_unchanged;
         let tree = self.build(b"/", &mut pending)?;
         if let Some(orphan) = pending.keys().next() {
             return Err(Error::Refused(format!(
@@ -523,6 +638,124 @@ mod tests {
                 text
             );
         }
+    }
+
+    /// A directory unchanged since the parent snapshot comes as one entry: its tree is
+    /// the parent's, and it restores as it was. Only what the parent holds can be named.
+    #[test]
+    fn unchanged_directories_are_taken_from_the_parent_snapshot_and_nothing_else() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path(), &rt);
+        let old = b"laporan keuangan 2025\n".repeat(300);
+        let new = b"laporan keuangan 2026\n".repeat(300);
+        let (old_id, new_id) = (repo.keys().blob_id(&old), repo.keys().blob_id(&new));
+        let file = |name: &str, content: &[u8], id: BlobId| {
+            let mut node = Node::new(name, NodeKind::File);
+            node.size = content.len() as u64;
+            node.content = vec![id];
+            node
+        };
+        let first = Ingest::new(&repo).unwrap();
+        first
+            .add_chunk(old_id, old.len() as u32, &payload(&old))
+            .unwrap();
+        for (path, node) in [
+            (&b"/srv"[..], Node::new("srv", NodeKind::Dir)),
+            (b"/srv/arsip", Node::new("arsip", NodeKind::Dir)),
+            (b"/srv/arsip/2025", Node::new("2025", NodeKind::Dir)),
+            (b"/srv/arsip/2025/a.txt", file("a.txt", &old, old_id)),
+            (b"/srv/b.txt", file("b.txt", &old, old_id)),
+        ] {
+            first.add_entry(path, node).unwrap();
+        }
+        let (_, parent) = commit_one_file(first, "web-01", vec![], 0);
+
+        // Without a parent nothing can be named unchanged.
+        let orphan = Ingest::new(&repo).unwrap();
+        let refused =
+            orphan.add_unchanged_subtree(b"/srv/arsip", Node::new("arsip", NodeKind::Dir), 1);
+        assert!(
+            matches!(refused, Err(Error::Refused(ref m)) if m.contains("no parent")),
+            "{refused:?}"
+        );
+
+        let second = Ingest::new(&repo).unwrap().with_parent_tree(parent.tree);
+        second
+            .add_chunk(new_id, new.len() as u32, &payload(&new))
+            .unwrap();
+        // Paths the parent does not hold as directories are refused.
+        for (path, kind, why) in [
+            (&b"/srv/baru"[..], NodeKind::Dir, "does not hold it"),
+            (
+                b"/srv/b.txt",
+                NodeKind::Dir,
+                "not a directory in the parent",
+            ),
+            (
+                b"/srv/arsip/2025/a.txt/x",
+                NodeKind::Dir,
+                "not a directory in the parent",
+            ),
+            (b"/srv/arsip", NodeKind::File, "is not a directory"),
+            (b"/srv/../etc", NodeKind::Dir, "`..`"),
+        ] {
+            let refused = second.add_unchanged_subtree(path, Node::new("x", kind), 0);
+            assert!(
+                matches!(refused, Err(Error::Refused(ref m)) if m.contains(why)),
+                "{}: {refused:?}",
+                String::from_utf8_lossy(path)
+            );
+        }
+        second
+            .add_entry(b"/srv", Node::new("srv", NodeKind::Dir))
+            .unwrap();
+        second
+            .add_unchanged_subtree(b"/srv/arsip", Node::new("arsip", NodeKind::Dir), 1)
+            .unwrap();
+        let twice =
+            second.add_unchanged_subtree(b"/srv/arsip", Node::new("arsip", NodeKind::Dir), 1);
+        assert!(twice.is_err(), "a path twice");
+        second
+            .add_entry(b"/srv/b.txt", file("b.txt", &new, new_id))
+            .unwrap();
+        let (snap_id, snap) = commit_one_file(second, "web-01", vec![], 0);
+        assert_eq!(
+            snap.summary.dirs, 3,
+            "the directory below the unchanged one counts"
+        );
+        let target = restore_verified(&repo, &snap_id);
+        assert_eq!(
+            std::fs::read(target.path().join("srv/arsip/2025/a.txt")).unwrap(),
+            old
+        );
+        assert_eq!(std::fs::read(target.path().join("srv/b.txt")).unwrap(), new);
+
+        // Entries sent below a directory taken whole are refused at commit.
+        let third = Ingest::new(&repo).unwrap().with_parent_tree(parent.tree);
+        third
+            .add_entry(b"/srv", Node::new("srv", NodeKind::Dir))
+            .unwrap();
+        third
+            .add_unchanged_subtree(b"/srv/arsip", Node::new("arsip", NodeKind::Dir), 1)
+            .unwrap();
+        third
+            .add_entry(b"/srv/arsip/c.txt", file("c.txt", &old, old_id))
+            .unwrap();
+        let now = Utc::now();
+        let refused = third.commit(&IngestCommit {
+            time: now,
+            hostname: "web-01".into(),
+            paths: vec!["/srv".into()],
+            tags: vec![],
+            parent: None,
+            started: now,
+            files: 1,
+            bytes: 0,
+            files_unchanged: 0,
+            files_failed: 0,
+        });
+        assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
     }
 
     #[test]
