@@ -343,6 +343,29 @@ struct StreamLink {
     end: Option<pb::JobEnd>,
 }
 
+impl StreamLink {
+    /// Whether the daemon ended the job as failed: a `JobEnd` seen by the walk, or
+    /// one that arrives within a second (it precedes the daemon's closing of the job).
+    fn failed_end(&mut self) -> bool {
+        if let Some(end) = &self.end {
+            return !end.ok;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.from_stream.recv_timeout(left) {
+                Ok(ToBackup::End(end)) => {
+                    let failed = !end.ok;
+                    self.end = Some(end);
+                    return failed;
+                }
+                Ok(ToBackup::Have(_)) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
 impl walk::Link for StreamLink {
     fn send(&mut self, body: Up) -> Result<(), walk::WalkError> {
         let message = pb::AgentMessage { body: Some(body) };
@@ -435,9 +458,20 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
     };
     let outcome = match walk::run(&decoded, &mut link, cache, cancel) {
         Ok(outcome) => outcome,
+        // The daemon failed the job and closed it (its stream then drops the
+        // messages that were still on their way).
+        Err(walk::WalkError::Disconnected) if link.failed_end() => {
+            forget_subtrees();
+            return;
+        }
         Err(walk::WalkError::Disconnected) => {
             tracing::warn!(job = %job_id, "stream lost during the backup; the daemon resumes it");
             return;
+        }
+        // Stopped by the daemon at a safe point (shutdown, end of the backup window):
+        // nothing was wrong with what was sent.
+        Err(walk::WalkError::Cancelled) if !link.failed_end() => {
+            return fail(&mut link, walk::WalkError::Cancelled.to_string());
         }
         Err(error) => {
             forget_subtrees();
@@ -728,5 +762,62 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_link() -> (StreamLink, std::sync::mpsc::Sender<ToBackup>) {
+        let (up, _) = mpsc::channel(1);
+        let (to_job, from_stream) = std::sync::mpsc::channel();
+        let link = StreamLink {
+            up,
+            from_stream,
+            next_query: 0,
+            waiting: HashSet::new(),
+            answered: HashMap::new(),
+            sent: Arc::default(),
+            cancel: Arc::default(),
+            end: None,
+        };
+        (link, to_job)
+    }
+
+    /// A backup job the daemon failed (after which its files cache vouches for no
+    /// directory) is told apart from a lost stream and from a stop at a safe point.
+    #[test]
+    fn a_job_the_daemon_failed_is_told_apart_from_a_lost_stream() {
+        let end = |ok| {
+            ToBackup::End(pb::JobEnd {
+                ok,
+                ..Default::default()
+            })
+        };
+        let (mut link, to_job) = stream_link();
+        to_job
+            .send(ToBackup::Have(pb::HaveAnswer::default()))
+            .unwrap();
+        to_job.send(end(false)).unwrap();
+        assert!(link.failed_end());
+        assert!(link.failed_end(), "remembered");
+
+        let (mut link, to_job) = stream_link();
+        to_job.send(end(true)).unwrap();
+        assert!(!link.failed_end());
+
+        // The stream is gone without an end: at once.
+        let (mut link, to_job) = stream_link();
+        drop(to_job);
+        let started = std::time::Instant::now();
+        assert!(!link.failed_end());
+        assert!(started.elapsed() < Duration::from_millis(500));
+
+        // Nothing comes: a second at most.
+        let (mut link, _to_job) = stream_link();
+        let started = std::time::Instant::now();
+        assert!(!link.failed_end());
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }
