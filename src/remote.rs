@@ -387,19 +387,17 @@ pub fn backup_via_agent(
         };
     }
     let parent = earlier.iter().rev().find(|(_, s)| s.paths == spec.paths);
-    let ingest = match Ingest::new(&repository) {
+    let mut ingest = match Ingest::new(&repository) {
         Ok(ingest) => ingest,
         Err(error) => return failed(error.to_string(), json!({})),
     };
     // The agent may name directories unchanged since the parent: taken from its tree.
-    let ingest = match parent {
-        Some((_, snapshot)) => ingest.with_parent_tree(snapshot.tree),
-        None => ingest,
-    };
-    let ingest = match spec.compress_on {
-        CompressOn::Daemon => ingest.compressing_raw_chunks(),
-        CompressOn::Agent => ingest,
-    };
+    if let Some((_, snapshot)) = parent {
+        ingest = ingest.with_parent_tree(snapshot.tree);
+    }
+    if spec.compress_on == CompressOn::Daemon {
+        ingest = ingest.compressing_raw_chunks();
+    }
     let parent = parent.map(|(id, _)| *id);
     let config = repository.config();
     let (id_key, seed) = repository.keys().id_keys().to_parts();

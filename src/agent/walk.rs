@@ -503,10 +503,22 @@ enum Held {
     Sent,
     /// An entry without content: a symlink or special file.
     Entry(pb::FileEntry),
-    /// A file taken from the cache, with its chunk ids.
-    Cached(pb::FileEntry, PathBuf, Vec<[u8; 32]>),
+    /// A file taken from the cache (its entry carries the cached chunk ids).
+    Cached(pb::FileEntry, PathBuf),
     /// A directory unchanged since the parent snapshot: its `unchanged_subtree` entry.
     Subtree(pb::FileEntry),
+}
+
+impl Walked {
+    /// A path whose entry was handed over already.
+    fn sent(digest: [u8; 32], clean: bool) -> Self {
+        Walked {
+            digest,
+            clean,
+            dirs: 0,
+            held: Held::Sent,
+        }
+    }
 }
 
 fn entry_digest(entry: &pb::FileEntry) -> [u8; 32] {
@@ -700,12 +712,16 @@ impl Walker<'_> {
                 state.outcome.subtrees_unchanged += 1;
                 state.push_after(Work::Entry(entry))
             }
-            Held::Cached(entry, path, content) => {
+            Held::Cached(entry, path) => {
                 // One critical section: no other file's entry can slip in between
                 // these chunk ids and this entry (it might rely on a chunk that only a
                 // re-read of this file will send).
                 let mut state = self.state();
-                for id in content {
+                let ids = entry
+                    .content
+                    .iter()
+                    .filter_map(|id| <[u8; 32]>::try_from(id.as_slice()).ok());
+                for id in ids {
                     state.add_chunk(
                         &self.seen,
                         BatchChunk {
@@ -762,20 +778,12 @@ impl Walker<'_> {
                         digest: entry_digest(&entry),
                         clean: true,
                         dirs: 0,
-                        held: Held::Cached(entry, path.to_path_buf(), cached.content.clone()),
+                        held: Held::Cached(entry, path.to_path_buf()),
                     }))
                 } else {
-                    let sent = |digest: Option<([u8; 32], bool)>| {
-                        digest.map(|(digest, clean)| Walked {
-                            digest,
-                            clean,
-                            dirs: 0,
-                            held: Held::Sent,
-                        })
-                    };
                     match self.claim_link(&entry) {
                         Claim::Linked(content) => {
-                            Ok(sent(Some((self.push_linked(entry, content)?, true))))
+                            Ok(Some(Walked::sent(self.push_linked(entry, content)?, true)))
                         }
                         Claim::Busy => {
                             // Sent after the walk: nothing to vouch for here.
@@ -783,9 +791,11 @@ impl Walker<'_> {
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .push((path.to_path_buf(), entry));
-                            Ok(sent(Some(([0; 32], false))))
+                            Ok(Some(Walked::sent([0; 32], false)))
                         }
-                        Claim::Read => Ok(sent(self.read_file(path, entry)?)),
+                        Claim::Read => Ok(self
+                            .read_file(path, entry)?
+                            .map(|(digest, clean)| Walked::sent(digest, clean))),
                     }
                 }
             }
