@@ -8,16 +8,20 @@
 #   KEEP_RUN_DIRS=1 bench/agent.sh       # leave the run dirs (another run follows: deleting
 #                                        # 40,000 files slows the next minutes' restores)
 #
-# Each repetition, on a fresh run directory, and with the source read once before each
-# timed backup (a warm page cache for both):
-#   local   `cadang backup DATA` into a new local repository (the engine alone);
+# Each repetition, on a fresh run directory holding its own copy of the data (the day of
+# changes edits it), and with the source read once before each timed backup (a warm page
+# cache for both):
+#   local   `cadang backup SRC` into a new local repository (the engine alone);
 #   agent   a daemon (SQLite, local repository) and `cadang agent run` on this host: the
-#           plan's first backup (everything sent) and a second one of unchanged data.
-#   restore the local repository restored with `cadang restore` followed by `sync`, and
-#           the agent's snapshot restored through the agent (`restore-job start --wait`:
-#           every file verified, the file system flushed before the end is reported).
+#           plan's first backup (everything sent) and a second one of unchanged data;
+#   changes bench/mutate.py's "day of changes" applied to SRC, then an incremental backup
+#           of each: `cadang backup SRC` again, and the plan's third run through the agent;
+#   restore the local repository's latest snapshot restored with `cadang restore`
+#           followed by `sync`, and the agent's restored through the agent (`restore-job
+#           start --wait`: every file verified, the file system flushed before the end is
+#           reported).
 # The agent figures come from the run's own statistics (duration_seconds, bytes_read,
-# wire_bytes). Medians and the agent/local throughput ratio go to stdout and to
+# wire_bytes, bytes_added). Medians and the agent/local throughput ratio go to stdout and to
 # $BENCH_DIR/agent-results-<date>.md.
 set -euo pipefail
 
@@ -65,13 +69,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Nothing is deleted between repetitions when the disk has room (two repositories and two
-# restored trees a repetition, about 3.2x the data): on ext4 without a journal the inode
+# Nothing is deleted between repetitions when the disk has room (the copy of the data, two
+# repositories and two restored trees a repetition, about 4.2x the data): on ext4 without a journal the inode
 # allocator skips, one by one, every inode freed in the last minutes, and a restore
 # started soon after a restored tree was deleted spent most of its time in that scan
 # (find_inode_bit, recently_deleted; see bench/README.md). Otherwise each repetition's
 # dir is deleted at its end and the restore figures are not comparable.
-NEED=$((SRC_BYTES * 32 / 10 * REPS + 2 * 1024 * 1024 * 1024))
+NEED=$((SRC_BYTES * 42 / 10 * REPS + 2 * 1024 * 1024 * 1024))
 FREE=$(($(df -P -B1 "$BENCH_DIR" | awk 'NR == 2 {print $4}')))
 KEEP_RUNS=0
 ((FREE > NEED)) && KEEP_RUNS=1
@@ -79,31 +83,26 @@ log "run dirs: $([[ $KEEP_RUNS == 1 ]] && echo "kept until the end" || echo "del
 
 # Read the whole source tree so each timed backup starts with a warm page cache (this
 # machine's cache forgets idle pages within a minute): both sides read the same way.
-warm() { tar -C "$(dirname "$DATA")" -cf - "$(basename "$DATA")" | cat >/dev/null; }
+warm() { tar -C "$(dirname "$SRC")" -cf - "$(basename "$SRC")" | cat >/dev/null; }
 
 json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {'d': d}))" "$1"; }
 
 for rep in $(seq 1 "$REPS"); do
     RUN=$(mktemp -d "$BENCH_DIR/agent-run.XXXXXX")
     RUNS+=("$RUN")
+    SRC=$RUN/src
+    cp -a --reflink=auto "$DATA" "$SRC"
     # ------------------------------------------------------------ local engine
     export CADANG_REPOSITORY=$RUN/local CADANG_PASSWORD=cadang-bench-password
     "$CADANG_BIN" init >/dev/null
     sync; sleep 2; warm
     t0=$(date +%s%N)
-    /usr/bin/time -f "%U %S" -o "$RUN/local.time" "$CADANG_BIN" backup "$DATA" >/dev/null
+    /usr/bin/time -f "%U %S" -o "$RUN/local.time" "$CADANG_BIN" backup "$SRC" >/dev/null
     t1=$(date +%s%N)
     log "rep $rep: CPU seconds of the local backup: $(awk '{print $1 + $2}' "$RUN/local.time")"
     LOCAL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: local backup ${LOCAL_S}s"
-    sync; sleep 2
-    t0=$(date +%s%N)
-    "$CADANG_BIN" restore latest --target "$RUN/local-restored" >/dev/null
-    sync
-    t1=$(date +%s%N)
     unset CADANG_REPOSITORY CADANG_PASSWORD
-    LOCAL_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
-    log "rep $rep: local restore and sync ${LOCAL_RESTORE_S}s"
 
     # ------------------------------------------------------------ daemon + agent
     printf '[daemon]\nlisten = "127.0.0.1:0"\n[scheduler]\ntick_secs = 1\nlease_secs = 30\n' >"$RUN/d.toml"
@@ -129,7 +128,7 @@ for rep in $(seq 1 "$REPS"); do
     printf 'scope = "/data"\nschedule = "harian 01:00"\nretention = "7 hari"\n' >"$RUN/b.toml"
     B=$(c "$KADIN" request backup submit --agency "$AG" --subject bench --form "$RUN/b.toml" | json "d['request']['id']")
     c "$KADIN" step complete "$B" 1 >/dev/null
-    PLAN=$(c "$KASI" plan create --request "$B" --name bench --path "$DATA" --on-server "$SERVER" --compress-on "$COMPRESS_ON" --schedule "0 1 * * *" | json "d[0]['id']")
+    PLAN=$(c "$KASI" plan create --request "$B" --name bench --path "$SRC" --on-server "$SERVER" --compress-on "$COMPRESS_ON" --schedule "0 1 * * *" | json "d[0]['id']")
     sync; sleep 2; warm
     c "$KASI" step complete "$B" 2 >/dev/null
     # Wait for the plan's n-th run to finish and print it. One Python process polls the
@@ -156,6 +155,31 @@ PYEOF
     log "rep $rep: CPU seconds of the first agent backup: daemon $(awk -v a="$D0" -v b="$D1" 'BEGIN {print b-a}'), agent $(awk -v a="$A0" -v b="$A1" 'BEGIN {print b-a}')"
     c "$KASI" plan run-now "$PLAN" >/dev/null
     SECOND=$(wait_run 2)
+
+    # ------------------------------------------------------------ a day of changes
+    "$PY" "$HERE/mutate.py" "$SRC" --seed "$SEED" --day 1 2>>"$RUN/mutate.log"
+    CHANGED_BYTES=$(find "$SRC" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+    export CADANG_REPOSITORY=$RUN/local CADANG_PASSWORD=cadang-bench-password
+    sync; sleep 2; warm
+    t0=$(date +%s%N)
+    "$CADANG_BIN" backup --json "$SRC" | tail -1 >"$RUN/local-incr.json"
+    t1=$(date +%s%N)
+    LOCAL_INCR_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    log "rep $rep: local incremental backup ${LOCAL_INCR_S}s"
+    sync; sleep 2; warm
+    c "$KASI" plan run-now "$PLAN" >/dev/null
+    THIRD=$(wait_run 3)
+    log "rep $rep: incremental backup through the agent: $(echo "$THIRD" | head -c 300)"
+
+    # ------------------------------------------------------------ restores of the latest
+    sync; sleep 2
+    t0=$(date +%s%N)
+    "$CADANG_BIN" restore latest --target "$RUN/local-restored" >/dev/null
+    sync
+    t1=$(date +%s%N)
+    unset CADANG_REPOSITORY CADANG_PASSWORD
+    LOCAL_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    log "rep $rep: local restore and sync ${LOCAL_RESTORE_S}s"
     sync; sleep 2
     t0=$(date +%s%N)
     c "$KASI" restore-job start --source "$SERVER" --target "$RUN/agent-restored" --wait >"$RUN/restore.json"
@@ -165,22 +189,28 @@ PYEOF
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     AGENT_PID="" DAEMON_PID=""
-    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" >>"$RESULTS" <<'PYEOF'
+    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" "$THIRD" "$LOCAL_INCR_S" "$RUN/local-incr.json" "$CHANGED_BYTES" >>"$RESULTS" <<'PYEOF'
 import json, sys
-first, second = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+first, second, third = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[9])
 local, size, rep = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 local_restore, agent_restore = float(sys.argv[6]), float(sys.argv[7])
 restored = json.load(open(sys.argv[8]))
-assert first["status"] == "ok" and second["status"] == "ok", (first, second)
+local_incr = json.load(open(sys.argv[11]))
+restored_size = int(sys.argv[12])
+assert all(r["status"] == "ok" for r in (first, second, third)), (first, second, third)
 assert restored["status"] == "ok", restored
-s1, s2 = first["stats"], second["stats"]
+assert local_incr["message_type"] == "summary", local_incr
+s1, s2, s3 = first["stats"], second["stats"], third["stats"]
 print(json.dumps({
     "rep": rep, "bytes": size, "local_s": local, "local_mbps": size / 1e6 / local,
     "agent_s": s1["duration_seconds"], "agent_mbps": size / 1e6 / s1["duration_seconds"],
     "agent_wire_bytes": s1["wire_bytes"], "second_s": s2["duration_seconds"],
     "second_wire_bytes": s2["wire_bytes"],
-    "local_restore_s": local_restore, "local_restore_mbps": size / 1e6 / local_restore,
-    "agent_restore_s": agent_restore, "agent_restore_mbps": size / 1e6 / agent_restore,
+    "local_incr_s": float(sys.argv[10]), "local_incr_added": local_incr["data_added"],
+    "incr_s": s3["duration_seconds"], "incr_wire_bytes": s3["wire_bytes"],
+    "incr_added": s3["bytes_added"],
+    "local_restore_s": local_restore, "local_restore_mbps": restored_size / 1e6 / local_restore,
+    "agent_restore_s": agent_restore, "agent_restore_mbps": restored_size / 1e6 / agent_restore,
 }))
 PYEOF
     log "rep $rep: $(tail -1 "$RESULTS")"
@@ -204,6 +234,8 @@ ratios = sorted(r["agent_mbps"] / r["local_mbps"] for r in rows)
 print(f"| agent / local, median of the repetitions' ratios | {statistics.median(ratios):.2f} (each: {', '.join(f'{x:.2f}' for x in ratios)}) |")
 print(f"| bytes on the wire, first backup | {med('agent_wire_bytes')/1e6:.1f} MB |")
 print(f"| second backup, unchanged data | {med('second_s'):.2f} s, {med('second_wire_bytes')/1e3:.1f} kB on the wire |")
+print(f"| after a day of changes: local `cadang backup` | {med('local_incr_s'):.2f} s, {med('local_incr_added')/1e6:.1f} MB added |")
+print(f"| after a day of changes: through the agent | {med('incr_s'):.2f} s, {med('incr_wire_bytes')/1e6:.1f} MB on the wire, {med('incr_added')/1e6:.1f} MB added |")
 print(f"| local `cadang restore` and `sync` | {med('local_restore_mbps'):.1f} MB/s ({med('local_restore_s'):.2f} s) |")
 print(f"| restore through the agent, verified and flushed | {med('agent_restore_mbps'):.1f} MB/s ({med('agent_restore_s'):.2f} s) |")
 PYEOF

@@ -2570,3 +2570,358 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     let target = dir.path().join("restored");
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
 }
+
+/// A fake agent on the job stream, holding a real credential: what a compromised
+/// server could send instead of an honest walk.
+struct DishonestAgent {
+    up: tokio::sync::mpsc::Sender<cadang::rpc::pb::AgentMessage>,
+    inbound: tonic::Streaming<cadang::rpc::pb::DaemonMessage>,
+}
+
+impl DishonestAgent {
+    async fn connect(server: &str, credential: &str) -> Self {
+        use cadang::rpc::pb;
+        let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (up, up_rx) = tokio::sync::mpsc::channel(16);
+        up.send(pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
+                version: "0.0.0-dishonest".into(),
+                hostname: "simkes-web-01".into(),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(up_rx));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+        let inbound = pb::agent_service_client::AgentServiceClient::new(channel)
+            .jobs(request)
+            .await
+            .unwrap()
+            .into_inner();
+        DishonestAgent { up, inbound }
+    }
+
+    async fn send(&self, body: cadang::rpc::pb::agent_message::Body) {
+        self.up
+            .send(cadang::rpc::pb::AgentMessage { body: Some(body) })
+            .await
+            .unwrap();
+    }
+
+    /// The next message from the daemon (a minute at most).
+    async fn next(&mut self) -> cadang::rpc::pb::daemon_message::Body {
+        tokio::time::timeout(Duration::from_secs(60), self.inbound.message())
+            .await
+            .expect("the daemon answers within a minute")
+            .unwrap_or_else(|status| panic!("the stream failed: {status:?}"))
+            .expect("a message")
+            .body
+            .expect("a body")
+    }
+
+    /// The next backup job (what still arrives of an ended one is passed over).
+    async fn job(&mut self) -> cadang::rpc::pb::BackupJob {
+        use cadang::rpc::pb::daemon_message::Body;
+        loop {
+            match self.next().await {
+                Body::Backup(job) => return job,
+                Body::JobEnd(_) | Body::Cancel(_) => {}
+                other => panic!("expected a backup job, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asks which of `ids` the repository lacks.
+    async fn ask(&mut self, job: &str, query_id: u64, ids: Vec<Vec<u8>>) -> Vec<u32> {
+        use cadang::rpc::pb;
+        self.send(pb::agent_message::Body::Have(pb::HaveQuery {
+            job_id: job.into(),
+            query_id,
+            ids,
+        }))
+        .await;
+        match self.next().await {
+            pb::daemon_message::Body::Have(answer) => {
+                assert_eq!(answer.query_id, query_id);
+                answer.missing
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    /// Reads until the daemon ends the job: `(ok, snapshot, error)`.
+    async fn end(&mut self, job: &str) -> (bool, String, String) {
+        loop {
+            if let cadang::rpc::pb::daemon_message::Body::JobEnd(end) = self.next().await {
+                assert_eq!(end.job_id, job);
+                return (end.ok, end.snapshot_id, end.error);
+            }
+        }
+    }
+}
+
+fn dir_entry(path: &str, unchanged_subtree: bool) -> cadang::rpc::pb::FileEntry {
+    cadang::rpc::pb::FileEntry {
+        path: path.as_bytes().to_vec(),
+        kind: "dir".into(),
+        mode: 0o755,
+        unchanged_subtree,
+        ..Default::default()
+    }
+}
+
+fn file_entry(path: &str, size: u64, content: Vec<Vec<u8>>) -> cadang::rpc::pb::FileEntry {
+    cadang::rpc::pb::FileEntry {
+        path: path.as_bytes().to_vec(),
+        kind: "file".into(),
+        mode: 0o644,
+        size,
+        content,
+        ..Default::default()
+    }
+}
+
+/// A compromised server speaks the job protocol with its real credential and lies:
+/// content under another content's id, a directory "unchanged" with no parent snapshot
+/// or that was a file there, a file made of a chunk it never sent. The daemon refuses
+/// each, fails the run, and stores nothing of it: the lying chunk is still missing
+/// afterwards, and only the one honest backup became a snapshot.
+#[test]
+fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
+    use cadang::engine::crypto::IdKeys;
+    use cadang::engine::format::encode_blob_payload;
+    use cadang::rpc::pb;
+    use pb::agent_message::Body as Up;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let daemon = Daemon::start(&data, &[], None);
+    let admin = Daemon::bootstrap(&data, &[]);
+    let server = daemon.url();
+    let site = set_up(&server, &admin);
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-WEB-01",
+    );
+    let token = ok(
+        &server,
+        &site.petugas,
+        &["agent", "enroll-token", &web.to_string()],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = dir.path().join("agent");
+    assert!(enroll(&server, &token, &state).status.success());
+    let credential = std::fs::read_to_string(state.join("credential")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut agent = runtime.block_on(DishonestAgent::connect(&server, credential.trim()));
+
+    let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "web",
+            "--path",
+            "/srv",
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let honest = b"<h1>SIMKES</h1>\n".repeat(512);
+    // Of the same length, so only the content gives the lie away.
+    let forged = b"<h1>PALSU!</h1>\n".repeat(512);
+    let payload = |content: &[u8], level: i32| {
+        let mut out = Vec::new();
+        encode_blob_payload(content, level, &mut out);
+        out
+    };
+    let failed_run = |count: usize, reason: &str| {
+        let run = wait_for_run(&server, &site.kasi, &plan, count);
+        assert_eq!(run["status"], "failed", "{run}");
+        let error = run["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{reason:?} not in {run}");
+    };
+
+    // 1. Content under another content's id (compressed, so the daemon has to decompress
+    // it to see the lie).
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    let (job, honest_id) = runtime.block_on(async {
+        let job = agent.job().await;
+        assert!(job.parent_snapshot.is_empty(), "{job:?}");
+        let ids = IdKeys::from_parts(
+            job.id_key.as_slice().try_into().expect("a 32-byte id key"),
+            job.chunker_seed,
+        );
+        let honest_id = ids.blob_id(&honest).as_bytes().to_vec();
+        assert_eq!(
+            agent.ask(&job.job_id, 1, vec![honest_id.clone()]).await,
+            [0]
+        );
+        agent
+            .send(Up::Chunk(pb::ChunkUpload {
+                job_id: job.job_id.clone(),
+                id: honest_id.clone(),
+                raw_len: forged.len() as u32,
+                payload: payload(&forged, 3).into(),
+            }))
+            .await;
+        // Nothing more: a message for a job the daemon has ended closes the stream.
+        let (ok, snapshot, error) = agent.end(&job.job_id).await;
+        assert!(!ok && snapshot.is_empty(), "{error}");
+        assert!(error.contains("does not match its id"), "{error}");
+        (job, honest_id)
+    });
+    failed_run(1, "does not match its id");
+    drop(job);
+
+    // 2. "Unchanged since the parent" when there is no parent.
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    runtime.block_on(async {
+        let job = agent.job().await;
+        assert!(job.parent_snapshot.is_empty(), "{job:?}");
+        agent
+            .send(Up::Entries(pb::EntryBatch {
+                job_id: job.job_id.clone(),
+                entries: vec![dir_entry("/srv", true)],
+            }))
+            .await;
+        let (ok, _, error) = agent.end(&job.job_id).await;
+        assert!(!ok, "{error}");
+    });
+    failed_run(2, "this backup has no parent");
+
+    // 3. An honest backup: the forged chunk was not stored, so the id is still missing.
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    let snapshot = runtime.block_on(async {
+        let job = agent.job().await;
+        assert_eq!(
+            agent.ask(&job.job_id, 2, vec![honest_id.clone()]).await,
+            [0]
+        );
+        agent
+            .send(Up::Chunk(pb::ChunkUpload {
+                job_id: job.job_id.clone(),
+                id: honest_id.clone(),
+                raw_len: honest.len() as u32,
+                payload: payload(&honest, 3).into(),
+            }))
+            .await;
+        agent
+            .send(Up::Entries(pb::EntryBatch {
+                job_id: job.job_id.clone(),
+                entries: vec![
+                    dir_entry("/srv", false),
+                    file_entry(
+                        "/srv/index.html",
+                        honest.len() as u64,
+                        vec![honest_id.clone()],
+                    ),
+                ],
+            }))
+            .await;
+        agent
+            .send(Up::WalkDone(pb::WalkDone {
+                job_id: job.job_id.clone(),
+                files: 1,
+                bytes: honest.len() as u64,
+                ..Default::default()
+            }))
+            .await;
+        let (ok, snapshot, error) = agent.end(&job.job_id).await;
+        assert!(ok, "{error}");
+        snapshot
+    });
+    let run = wait_for_run(&server, &site.kasi, &plan, 3);
+    assert_eq!(run["status"], "ok", "{run}");
+
+    // 4. A file of the parent passed off as an unchanged directory.
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    runtime.block_on(async {
+        let job = agent.job().await;
+        assert_eq!(
+            job.parent_snapshot, snapshot,
+            "the honest snapshot is the parent"
+        );
+        assert!(
+            agent
+                .ask(&job.job_id, 3, vec![honest_id.clone()])
+                .await
+                .is_empty()
+        );
+        agent
+            .send(Up::Entries(pb::EntryBatch {
+                job_id: job.job_id.clone(),
+                entries: vec![dir_entry("/srv", false), dir_entry("/srv/index.html", true)],
+            }))
+            .await;
+        let (ok, _, error) = agent.end(&job.job_id).await;
+        assert!(!ok, "{error}");
+    });
+    failed_run(4, "it is not a directory in the parent snapshot");
+
+    // 5. A file made of a chunk that was never sent, and a malformed id.
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    runtime.block_on(async {
+        let job = agent.job().await;
+        let ids = IdKeys::from_parts(job.id_key.as_slice().try_into().unwrap(), job.chunker_seed);
+        let never_sent = ids.blob_id(&forged).as_bytes().to_vec();
+        agent
+            .send(Up::Entries(pb::EntryBatch {
+                job_id: job.job_id.clone(),
+                entries: vec![
+                    dir_entry("/srv", false),
+                    file_entry("/srv/index.html", forged.len() as u64, vec![never_sent]),
+                ],
+            }))
+            .await;
+        let (ok, _, error) = agent.end(&job.job_id).await;
+        assert!(!ok, "{error}");
+    });
+    failed_run(5, "that was never sent");
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    runtime.block_on(async {
+        let job = agent.job().await;
+        agent
+            .send(Up::Have(pb::HaveQuery {
+                job_id: job.job_id.clone(),
+                query_id: 4,
+                ids: vec![vec![7; 5]],
+            }))
+            .await;
+        let (ok, _, error) = agent.end(&job.job_id).await;
+        assert!(!ok, "{error}");
+    });
+    failed_run(6, "not 32 bytes");
+
+    // Only the honest backup is a snapshot of the server.
+    let snapshots = ok(
+        &server,
+        &site.skpd,
+        &["restore-job", "snapshots", &web.to_string()],
+    );
+    let snapshots = snapshots.as_array().unwrap();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0]["id"], snapshot.as_str());
+}

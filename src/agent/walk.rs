@@ -346,7 +346,8 @@ struct BatchChunk {
 /// waits for answers and the stream: the two overlap.
 enum Work {
     /// Ask about these chunks; send those the daemon lacks (payload present) or note
-    /// them stale (payload absent: named by the files cache, not read).
+    /// them stale (payload absent: named by the files cache, or held by the file's
+    /// version in the parent snapshot and not compressed).
     Chunks(Vec<BatchChunk>),
     /// An entry whose chunks were in earlier batches (or that has none).
     Entry(pb::FileEntry),
@@ -378,15 +379,29 @@ enum Ahead {
     Then(Work),
 }
 
-/// Reads a file and cuts it into chunks, handing each (named, and compressed unless
-/// `skip` says the daemon has it) to `each`. Returns the bytes read.
+/// What the walker knows of a chunk it has just named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    /// Nothing: it is compressed, asked about, and sent if the daemon lacks it.
+    No,
+    /// It is in a batch of this job already: not asked about again.
+    InBatch,
+    /// This file held it when the parent snapshot was taken, so the repository almost
+    /// surely has it: asked about without being compressed (the file is read again in
+    /// the rare case that the daemon lacks it). A file edited in place — a database, a
+    /// disk image — is mostly such chunks.
+    InParent,
+}
+
+/// Reads a file and cuts it into chunks, handing each (named, and compressed when
+/// `known` knows nothing of it) to `each` with what was known. Returns the bytes read.
 fn chunk_file(
     job: &Job,
     path: &Path,
     size_hint: u64,
-    skip: &(dyn Fn(&[u8; 32]) -> bool + Sync),
+    known: &(dyn Fn(&[u8; 32]) -> Known + Sync),
     cancel: &AtomicBool,
-    each: &mut dyn FnMut(BatchChunk) -> Result<(), WalkError>,
+    each: &mut dyn FnMut(BatchChunk, Known) -> Result<(), WalkError>,
 ) -> Result<Result<u64, std::io::Error>, WalkError> {
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -423,26 +438,28 @@ fn chunk_file(
             pos += n;
         }
         let data = &buf[..filled];
-        let chunks: Vec<BatchChunk> = cuts
+        let chunks: Vec<(BatchChunk, Known)> = cuts
             .par_iter()
             .map(|&(off, n)| {
                 let chunk = &data[off..off + n];
                 let id = job.ids.blob_id(chunk).0;
+                let known = known(&id);
                 // Compress only what may have to be sent.
-                let payload = (!skip(&id)).then(|| {
+                let payload = (known == Known::No).then(|| {
                     let mut payload = Vec::new();
                     encode_blob_payload(chunk, job.level, &mut payload);
                     payload
                 });
-                BatchChunk {
+                let chunk = BatchChunk {
                     id,
                     raw_len: n as u32,
                     payload,
-                }
+                };
+                (chunk, known)
             })
             .collect();
-        for chunk in chunks {
-            each(chunk)?;
+        for (chunk, known) in chunks {
+            each(chunk, known)?;
         }
         buf.copy_within(pos..filled, 0);
         filled -= pos;
@@ -984,21 +1001,37 @@ impl Walker<'_> {
         mut entry: pb::FileEntry,
     ) -> Result<Option<([u8; 32], bool)>, WalkError> {
         let mut content: Vec<[u8; 32]> = Vec::new();
-        let skip = |id: &[u8; 32]| {
-            self.seen
+        // The chunks of this file when the parent snapshot was taken (it changed since,
+        // or it would not be read).
+        let in_parent: HashSet<[u8; 32]> = self
+            .old
+            .files
+            .get(&entry.path)
+            .map(|old| old.content.iter().copied().collect())
+            .unwrap_or_default();
+        let known = |id: &[u8; 32]| {
+            if self
+                .seen
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .contains(id)
+            {
+                Known::InBatch
+            } else if in_parent.contains(id) {
+                Known::InParent
+            } else {
+                Known::No
+            }
         };
         let read = chunk_file(
             self.job,
             path,
             entry.size,
-            &skip,
+            &known,
             &self.cancel,
-            &mut |chunk| {
+            &mut |chunk, known| {
                 content.push(chunk.id);
-                if chunk.payload.is_some() {
+                if known != Known::InBatch {
                     self.state().add_chunk(&self.seen, chunk)?;
                 }
                 Ok(())
@@ -1036,8 +1069,11 @@ impl Walker<'_> {
 /// What the sender did besides sending.
 #[derive(Default)]
 struct SenderOutcome {
-    /// Files of the cache read again (their chunks had left the repository).
+    /// Files read again: taken from the cache, or read with chunks of the parent
+    /// snapshot that had left the repository.
     reread: Vec<Vec<u8>>,
+    /// How many of `reread` were taken from the cache.
+    cached_reread: u64,
     /// Files that could not be read again.
     problems: Vec<pb::FileProblem>,
 }
@@ -1120,7 +1156,8 @@ impl<L: Link> Sender<'_, L> {
     }
 
     /// Sends the chunks of `batch` at the positions `missing`; notes as stale those the
-    /// daemon lacks but that were not read (named by the files cache).
+    /// daemon lacks but that came without content (named by the files cache, or held
+    /// by the parent snapshot): the files referencing them are read again.
     fn send_missing(&mut self, batch: Vec<BatchChunk>, missing: Vec<u32>) -> Result<(), WalkError> {
         let missing: HashSet<usize> = missing.into_iter().map(|i| i as usize).collect();
         for (i, chunk) in batch.into_iter().enumerate() {
@@ -1161,7 +1198,7 @@ impl<L: Link> Sender<'_, L> {
         let cancel = self.cancel.clone();
         let job = self.job;
         let read = {
-            let mut each = |chunk: BatchChunk| -> Result<(), WalkError> {
+            let mut each = |chunk: BatchChunk, _: Known| -> Result<(), WalkError> {
                 content.push(chunk.id);
                 batch.push(chunk);
                 if batch.len() >= 64 {
@@ -1173,7 +1210,7 @@ impl<L: Link> Sender<'_, L> {
                 }
                 Ok(())
             };
-            chunk_file(job, path, entry.size, &|_| false, &cancel, &mut each)
+            chunk_file(job, path, entry.size, &|_| Known::No, &cancel, &mut each)
         };
         if let Some(error) = failed {
             return Err(error);
@@ -1221,18 +1258,30 @@ impl<L: Link> Sender<'_, L> {
     fn follow(&mut self, item: Work) -> Result<(), WalkError> {
         match item {
             Work::Chunks(batch) => self.chunks(batch),
+            Work::Entry(entry) if self.has_stale(&entry) => {
+                // A chunk asked about without its content (held by the parent) is
+                // missing after all.
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry.path));
+                self.reread(entry, &path)
+            }
             Work::Entry(entry) => self.entry(entry),
             Work::Cached(entry, path) => {
-                let stale = entry.content.iter().any(|id| {
-                    <[u8; 32]>::try_from(id.as_slice()).is_ok_and(|id| self.stale.contains(&id))
-                });
-                if stale {
+                if self.has_stale(&entry) {
+                    self.outcome.cached_reread += 1;
                     self.reread(entry, &path)
                 } else {
                     self.entry(entry)
                 }
             }
         }
+    }
+
+    /// Whether `entry` references a chunk the daemon lacks and that was not sent.
+    fn has_stale(&self, entry: &pb::FileEntry) -> bool {
+        !self.stale.is_empty()
+            && entry.content.iter().any(|id| {
+                <[u8; 32]>::try_from(id.as_slice()).is_ok_and(|id| self.stale.contains(&id))
+            })
     }
 
     /// Takes what is ready off the front of `ahead`: entries whose batches are sent, and
@@ -1430,9 +1479,7 @@ pub fn run<L: Link + Send>(
         }
     }
     outcome.problems.extend(sent.problems);
-    outcome.files_unchanged = outcome
-        .files_unchanged
-        .saturating_sub(sent.reread.len() as u64);
+    outcome.files_unchanged = outcome.files_unchanged.saturating_sub(sent.cached_reread);
     outcome.cache = new;
     Ok(outcome)
 }
@@ -1602,9 +1649,9 @@ mod tests {
             &job,
             &src.join("a/one"),
             900 << 10,
-            &|_| false,
+            &|_| Known::No,
             &AtomicBool::new(false),
-            &mut |chunk| {
+            &mut |chunk, _| {
                 expected.push(chunk.id.to_vec());
                 Ok(())
             },
@@ -1845,6 +1892,117 @@ mod tests {
         let kept = |name: &[u8]| third.cache.files.keys().any(|path| path.ends_with(name));
         assert!(!kept(b"b.bin"));
         assert!(!(kept(b"/a.bin") && kept(b"copy.bin")));
+    }
+
+    /// A file edited in place (a database, a disk image): the chunks its version in
+    /// the parent snapshot held are asked about without being compressed, and only the
+    /// new ones are compressed and sent. Should the repository have lost those chunks
+    /// after all, the file is read again and sent whole, every entry after its chunks,
+    /// and it is left out of the cache.
+    #[test]
+    fn a_file_edited_in_place_compresses_only_its_new_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(&src).unwrap();
+        let image = src.join("disk.img");
+        let mut data = noise(5, 4 << 20);
+        std::fs::write(&image, &data).unwrap();
+        let job = job(vec![src.clone()]);
+        let chunks_of = |known: &(dyn Fn(&[u8; 32]) -> Known + Sync)| {
+            let mut chunks = Vec::new();
+            chunk_file(
+                &job,
+                &image,
+                4 << 20,
+                known,
+                &AtomicBool::new(false),
+                &mut |chunk, known| {
+                    chunks.push((chunk.id, chunk.payload.is_some(), known));
+                    Ok(())
+                },
+            )
+            .unwrap()
+            .unwrap();
+            chunks
+        };
+        // What the parent held is not compressed; the rest is.
+        let all = chunks_of(&|_| Known::No);
+        assert!(all.len() > 8, "a file of many chunks");
+        assert!(all.iter().all(|&(_, compressed, _)| compressed));
+        let first_id = all[0].0;
+        let parted = chunks_of(&|id| {
+            if *id == first_id {
+                Known::No
+            } else {
+                Known::InParent
+            }
+        });
+        assert!(parted[0].1);
+        assert!(
+            parted[1..]
+                .iter()
+                .all(|&(_, compressed, known)| !compressed && known == Known::InParent)
+        );
+        // Overwrites 64 KiB in the middle, as a database rewrites a few pages (a time of
+        // its own, so the change is seen whatever the clock's granularity).
+        let edit = |data: &mut Vec<u8>, at: usize, seed: u64, secs: u64| {
+            data[at..at + (64 << 10)].copy_from_slice(&noise(seed, 64 << 10));
+            std::fs::write(&image, &*data).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&image)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .unwrap();
+        };
+        let entry_of = |repo: &Repository| {
+            repo.entries
+                .iter()
+                .find(|e| e.path == image.as_os_str().as_bytes())
+                .unwrap()
+                .content
+                .clone()
+        };
+        let fresh = || -> Vec<Vec<u8>> {
+            chunks_of(&|_| Known::No)
+                .into_iter()
+                .map(|(id, _, _)| id.to_vec())
+                .collect()
+        };
+
+        let mut repo = Repository::default();
+        let first = walk_over(&job, &mut repo, FilesCache::default());
+        assert!(first.problems.is_empty());
+        let uploads = repo.uploads;
+        edit(&mut data, 2 << 20, 6, 1_000_000);
+        repo.entries.clear();
+        let second = walk_over(&job, &mut repo, first.cache);
+        let sent = repo.uploads - uploads;
+        assert!(
+            (1..=3).contains(&sent),
+            "only the chunks around the edit: {sent}"
+        );
+        assert_eq!(entry_of(&repo), fresh());
+        assert!(
+            second
+                .cache
+                .files
+                .contains_key(image.as_os_str().as_bytes())
+        );
+
+        // The repository lost everything: the file is read again and sent whole.
+        edit(&mut data, 1 << 20, 7, 2_000_000);
+        repo.held.clear();
+        repo.entries.clear();
+        let before = repo.uploads;
+        let third = walk_over(&job, &mut repo, second.cache);
+        assert!(third.problems.is_empty(), "{:?}", third.problems);
+        let content = entry_of(&repo);
+        assert_eq!(content, fresh());
+        let distinct: HashSet<&Vec<u8>> = content.iter().collect();
+        assert_eq!(repo.uploads - before, distinct.len());
+        assert!(!third.cache.files.contains_key(image.as_os_str().as_bytes()));
+        assert_eq!(third.files_unchanged, 0);
     }
 
     /// A tree walked again after the snapshot of its last walk was committed: a
