@@ -173,14 +173,7 @@ fn many_agents_and_clients_on_one_daemon() {
             &format!("beban-{n:02}"),
             &format!("SN-LOAD-{n:02}"),
         );
-        let token = ok(
-            &server,
-            &site.petugas,
-            &["agent", "enroll-token", &id.to_string()],
-        )["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = enrollment_token(&server, &site.petugas, &id);
         let state = cadang::agent::StateDir(dir.path().join(format!("agent-{n:02}")));
         runtime
             .block_on(cadang::agent::enroll(&state, &server, None, &token))

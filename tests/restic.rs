@@ -397,10 +397,7 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
         "SN-K1",
     )
     .to_string();
-    let token = ok(&server, &site.petugas, &["agent", "enroll-token", &web])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = enrollment_token(&server, &site.petugas, &web);
     let state = dir.path().join("agent-web");
     let enrolled = enroll(&server, &token, &state);
     assert!(

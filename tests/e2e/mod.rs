@@ -453,6 +453,19 @@ impl Drop for AgentProcess {
     }
 }
 
+/// A one-time enrolment token for the agent of `asset` (`cadang agent enroll-token`),
+/// created by the officer holding `token`.
+pub fn enrollment_token(server: &str, token: &str, asset: impl std::fmt::Display) -> String {
+    ok(
+        server,
+        token,
+        &["agent", "enroll-token", &asset.to_string()],
+    )["token"]
+        .as_str()
+        .expect("the enrolment token in the answer")
+        .to_owned()
+}
+
 pub fn enroll(server: &str, token: &str, state: &Path) -> Output {
     Command::new(BIN)
         .args(["agent", "enroll", "--server", server, "--state-dir"])
