@@ -2035,8 +2035,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
 
     // Enrolment: one-time tokens, credential stored 0600, a second use refused.
-    let token_web = enrollment_token(&server, &site.petugas, &web);
-    let token_kendal = enrollment_token(&server, &site.petugas, &kendal_db);
+    let token_web = enrollment_token(&server, &site.petugas, web);
+    let token_kendal = enrollment_token(&server, &site.petugas, kendal_db);
     refused(
         &server,
         &site.skpd,
@@ -2447,7 +2447,7 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
         "SN-WEB-01",
     );
     let relay = Relay::start(&daemon.addr);
-    let token = enrollment_token(&server, &site.petugas, &web);
+    let token = enrollment_token(&server, &site.petugas, web);
     let state = dir.path().join("agent");
     assert!(enroll(&relay.url(), &token, &state).status.success());
     let _agent = AgentProcess::start(&state, &dir.path().join("agent.log"));
@@ -2692,7 +2692,7 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
         "simkes-web-01",
         "SN-WEB-01",
     );
-    let token = enrollment_token(&server, &site.petugas, &web);
+    let token = enrollment_token(&server, &site.petugas, web);
     let state = dir.path().join("agent");
     assert!(enroll(&server, &token, &state).status.success());
     let credential = std::fs::read_to_string(state.join("credential")).unwrap();

@@ -173,7 +173,7 @@ fn many_agents_and_clients_on_one_daemon() {
             &format!("beban-{n:02}"),
             &format!("SN-LOAD-{n:02}"),
         );
-        let token = enrollment_token(&server, &site.petugas, &id);
+        let token = enrollment_token(&server, &site.petugas, id);
         let state = cadang::agent::StateDir(dir.path().join(format!("agent-{n:02}")));
         runtime
             .block_on(cadang::agent::enroll(&state, &server, None, &token))

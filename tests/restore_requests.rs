@@ -246,7 +246,7 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     );
     let mut agents = Vec::new();
     for (name, id) in [("web", web), ("spare", spare)] {
-        let token = enrollment_token(&server, &site.petugas, &id);
+        let token = enrollment_token(&server, &site.petugas, id);
         let state = dir.path().join(format!("agent-{name}"));
         let enrolled = enroll(&server, &token, &state);
         assert!(
