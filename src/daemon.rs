@@ -5,7 +5,8 @@
 //! configured) → `READY=1` to systemd. Stop: SIGTERM or SIGINT → health turns
 //! NOT_SERVING and `STOPPING=1` → no new calls are accepted, running calls get
 //! `shutdown_grace_secs` to finish (every use case is one transaction, so a call cut
-//! short leaves the catalog as it was) → the pool is closed.
+//! short leaves the catalog as it was); scheduled runs stop at a safe point, then every
+//! agent's stream is closed (the agents dial again) → the pool is closed.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -409,7 +410,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let watchdog = tokio::spawn(watchdog(app.clone()));
     let (stop_scheduler, scheduler_stop) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
-    let scheduler = if config.scheduler.enabled {
+    let mut scheduler = if config.scheduler.enabled {
         let repositories = shared_repositories.clone();
         let options = SchedulerOptions {
             owner: daemon_name(),
@@ -449,7 +450,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());
             let _ = stop_scheduler.send(true);
-            match tokio::time::timeout(grace, &mut serve).await {
+            let deadline = tokio::time::Instant::now() + grace;
+            let runs = scheduler.take();
+            let hub = &hub;
+            let ((), served) = tokio::join!(
+                async move {
+                    // Runs stop at a safe point first, still on their agents' streams
+                    // (a backup tells its agent to stop); then every agent stream is
+                    // closed, or an idle agent would hold its connection, and this
+                    // shutdown, for the whole grace period. The agents dial again and
+                    // find the next daemon.
+                    if let Some(runs) = runs {
+                        let _ = tokio::time::timeout_at(deadline, runs).await;
+                    }
+                    hub.close_all("the daemon is stopping");
+                },
+                tokio::time::timeout_at(deadline, &mut serve),
+            );
+            match served {
                 Ok(result) => result,
                 Err(_) => {
                     tracing::warn!("calls still running after the grace period were cut off (their transactions roll back)");

@@ -2,10 +2,12 @@
 //! on each. The gRPC handler feeds what an agent sends into [`AgentHub::route`]; a job
 //! runner opens a [`JobLink`] to send work and read the answers. When a stream ends, its
 //! jobs' links see the end at once (their channel closes), and the runner decides
-//! whether to wait for the agent to come back.
+//! whether to wait for the agent to come back. A stopping daemon closes every stream
+//! ([`AgentHub::close_all`]), so its connections drain at once and the agents dial the
+//! next daemon.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +25,14 @@ struct Session {
     server: ServerId,
     outbound: Outbound,
     jobs: HashMap<String, mpsc::Sender<pb::AgentMessage>>,
+    /// The jobs of this stream that ended last, newest at the back: what the agent still
+    /// sends for them (a progress report, chunks in flight when the daemon ended the
+    /// job) is dropped instead of closing the stream.
+    ended: VecDeque<String>,
 }
+
+/// How many ended jobs a stream remembers.
+const ENDED_KEPT: usize = 16;
 
 /// Connected agents.
 #[derive(Default)]
@@ -31,6 +40,9 @@ pub struct AgentHub {
     sessions: Mutex<HashMap<AgentId, Session>>,
     next_connection: AtomicU64,
     changed: Notify,
+    /// Set once by [`AgentHub::close_all`]: no stream is registered after it.
+    closing: AtomicBool,
+    closed: Notify,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -74,21 +86,60 @@ impl AgentHub {
     }
 
     /// Registers an agent's new stream (replacing an older one of the same agent) and
-    /// returns its connection number.
-    pub fn register(&self, agent: AgentId, server: ServerId, outbound: Outbound) -> u64 {
+    /// returns its connection number; `None` once the daemon is stopping.
+    pub fn register(&self, agent: AgentId, server: ServerId, outbound: Outbound) -> Option<u64> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(
+        let mut sessions = self.lock();
+        // Checked under the lock `close_all` empties the register under.
+        if self.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        sessions.insert(
             agent,
             Session {
                 connection,
                 server,
                 outbound,
                 jobs: HashMap::new(),
+                ended: VecDeque::new(),
             },
         );
-        metrics::gauge!("cadang_agents_connected").set(self.lock().len() as f64);
+        metrics::gauge!("cadang_agents_connected").set(sessions.len() as f64);
+        drop(sessions);
         self.changed.notify_waiters();
-        connection
+        Some(connection)
+    }
+
+    /// Closes every agent's stream with `UNAVAILABLE` and registers no more: the daemon is
+    /// stopping. Their jobs' links close (a running job stops at a safe point and resumes
+    /// on the next daemon) and each stream's reader ends ([`AgentHub::closed`]), so the
+    /// connections drain instead of holding the shutdown for its whole grace period.
+    pub fn close_all(&self, reason: &str) {
+        let sessions = {
+            let mut sessions = self.lock();
+            self.closing.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *sessions)
+        };
+        for session in sessions.into_values() {
+            let _ = session
+                .outbound
+                .try_send(Err(Status::unavailable(reason.to_owned())));
+        }
+        metrics::gauge!("cadang_agents_connected").set(0.0);
+        self.closed.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// Completes once [`AgentHub::close_all`] was called.
+    pub async fn closed(&self) {
+        loop {
+            // Created before the check: a `close_all` in between still wakes it.
+            let notified = self.closed.notified();
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Forgets a stream that ended (if it is still the agent's current one); its jobs'
@@ -118,9 +169,12 @@ impl AgentHub {
 
     /// Hands a message from an agent to the job it names.
     ///
+    /// A message for one of the stream's jobs that ended lately is dropped.
+    ///
     /// # Errors
-    /// `FAILED_PRECONDITION` for a message naming a job this stream does not carry: an
-    /// agent can only ever speak for the jobs the daemon gave it.
+    /// `FAILED_PRECONDITION` for a message naming a job this stream was never given (or
+    /// a stream that is no longer the agent's current one): an agent can only ever speak
+    /// for the jobs the daemon gave it.
     pub async fn route(
         &self,
         agent: AgentId,
@@ -130,17 +184,28 @@ impl AgentHub {
         let Some(job) = job_of(&message) else {
             return Ok(());
         };
-        let sender = {
+        let route = {
             let sessions = self.lock();
             sessions
                 .get(&agent)
                 .filter(|session| session.connection == connection)
-                .and_then(|session| session.jobs.get(job).cloned())
+                .and_then(|session| match session.jobs.get(job) {
+                    Some(sender) => Some(Some(sender.clone())),
+                    None => session
+                        .ended
+                        .iter()
+                        .any(|ended| ended == job)
+                        .then_some(None),
+                })
         };
-        match sender {
-            // A job that ended meanwhile drops late messages (progress, answers).
-            Some(sender) => {
+        match route {
+            Some(Some(sender)) => {
+                // The job may end while this waits; its receiver is then gone.
                 let _ = sender.send(message).await;
+                Ok(())
+            }
+            Some(None) => {
+                tracing::debug!(agent = %agent, job, "dropped a late message of an ended job");
                 Ok(())
             }
             None => Err(Status::failed_precondition(format!(
@@ -173,11 +238,14 @@ impl AgentHub {
         })
     }
 
-    /// Closes a job's inbound side.
+    /// Closes a job's inbound side; the stream remembers the job as ended.
     pub fn close_job(&self, server: ServerId, job: &str) {
         for session in self.lock().values_mut() {
-            if session.server == server {
-                session.jobs.remove(job);
+            if session.server == server && session.jobs.remove(job).is_some() {
+                if session.ended.len() == ENDED_KEPT {
+                    session.ended.pop_front();
+                }
+                session.ended.push_back(job.to_owned());
             }
         }
     }
@@ -199,3 +267,104 @@ impl AgentHub {
 
 /// A shared hub.
 pub type Hub = Arc<AgentHub>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(job: &str) -> pb::AgentMessage {
+        pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Progress(pb::JobProgress {
+                job_id: job.to_owned(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    const AGENT: AgentId = AgentId(7);
+    const SERVER: ServerId = ServerId(3);
+
+    #[tokio::test]
+    async fn late_messages_of_ended_jobs_are_dropped_and_strangers_refused() {
+        let hub = AgentHub::default();
+        let (outbound, _to_agent) = mpsc::channel(4);
+        let connection = hub.register(AGENT, SERVER, outbound).unwrap();
+        let mut link = hub.open_job(SERVER, "run-1").unwrap();
+        hub.route(AGENT, connection, progress("run-1"))
+            .await
+            .unwrap();
+        assert!(
+            link.inbound.recv().await.is_some(),
+            "a running job hears its agent"
+        );
+
+        hub.close_job(SERVER, "run-1");
+        assert!(
+            link.inbound.recv().await.is_none(),
+            "the ended job's link closed"
+        );
+        hub.route(AGENT, connection, progress("run-1"))
+            .await
+            .expect("a late message of an ended job is dropped, the stream stays");
+
+        let refusal = hub
+            .route(AGENT, connection, progress("run-of-another-server"))
+            .await
+            .unwrap_err();
+        assert_eq!(refusal.code(), tonic::Code::FailedPrecondition);
+        assert!(refusal.message().contains("was not given to this agent"));
+        // A stream the agent replaced speaks for nothing, not even its ended jobs.
+        let (newer, _to_agent_again) = mpsc::channel(4);
+        let replaced = hub.register(AGENT, SERVER, newer).unwrap();
+        assert_ne!(replaced, connection);
+        assert!(
+            hub.route(AGENT, connection, progress("run-1"))
+                .await
+                .is_err()
+        );
+
+        // Only the last ENDED_KEPT jobs are remembered.
+        for n in 0..=ENDED_KEPT {
+            hub.open_job(SERVER, &format!("old-{n}")).unwrap();
+            hub.close_job(SERVER, &format!("old-{n}"));
+        }
+        assert!(hub.route(AGENT, replaced, progress("old-0")).await.is_err());
+        let last = format!("old-{ENDED_KEPT}");
+        assert!(hub.route(AGENT, replaced, progress(&last)).await.is_ok());
+        // Closing a job that is not open remembers nothing.
+        hub.close_job(SERVER, "never-opened");
+        assert!(
+            hub.route(AGENT, replaced, progress("never-opened"))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopping_hub_closes_every_stream_and_takes_no_new_one() {
+        let hub = Arc::new(AgentHub::default());
+        let (outbound, mut to_agent) = mpsc::channel(4);
+        hub.register(AGENT, SERVER, outbound).unwrap();
+        let mut link = hub.open_job(SERVER, "run-1").unwrap();
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.closed().await }
+        });
+
+        hub.close_all("the daemon is stopping");
+
+        let status = to_agent.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "the daemon is stopping");
+        assert!(link.inbound.recv().await.is_none(), "the job's link closed");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("every stream reader is told")
+            .unwrap();
+        hub.closed().await;
+        assert!(!hub.connected_server(SERVER));
+        let (again, _) = mpsc::channel(4);
+        assert!(hub.register(AGENT, SERVER, again).is_none());
+        assert!(hub.open_job(SERVER, "run-2").is_none());
+    }
+}

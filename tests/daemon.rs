@@ -2680,7 +2680,7 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
     use pb::agent_message::Body as Up;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let daemon = Daemon::start(&data, &[], None);
+    let mut daemon = Daemon::start(&data, &[], None);
     let admin = Daemon::bootstrap(&data, &[]);
     let server = daemon.url();
     let site = set_up(&server, &admin);
@@ -2759,10 +2759,27 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
                 payload: payload(&forged, 3).into(),
             }))
             .await;
-        // Nothing more: a message for a job the daemon has ended closes the stream.
         let (ok, snapshot, error) = agent.end(&job.job_id).await;
         assert!(!ok && snapshot.is_empty(), "{error}");
         assert!(error.contains("does not match its id"), "{error}");
+        // What an agent still sends for a job the daemon ended (a progress report,
+        // chunks in flight) is dropped; its stream stays open for the next job.
+        agent
+            .send(Up::Progress(pb::JobProgress {
+                job_id: job.job_id.clone(),
+                files: 1,
+                bytes: 1,
+                ..Default::default()
+            }))
+            .await;
+        agent
+            .send(Up::Chunk(pb::ChunkUpload {
+                job_id: job.job_id.clone(),
+                id: honest_id.clone(),
+                raw_len: forged.len() as u32,
+                payload: payload(&forged, 3).into(),
+            }))
+            .await;
         (job, honest_id)
     });
     failed_run(1, "does not match its id");
@@ -2896,4 +2913,19 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
     let snapshots = snapshots.as_array().unwrap();
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     assert_eq!(snapshots[0]["id"], snapshot.as_str());
+
+    // The daemon stops at once with an agent connected (the grace period is 30 s): it
+    // closes the agent's stream, which hears why.
+    let stopping = std::time::Instant::now();
+    assert!(daemon.stop(), "the daemon stops cleanly on SIGTERM");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "an idle agent held the shutdown for {:?}",
+        stopping.elapsed()
+    );
+    let status = runtime
+        .block_on(agent.inbound.message())
+        .expect_err("the stream ends with the reason");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("stopping"), "{status:?}");
 }

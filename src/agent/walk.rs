@@ -258,6 +258,9 @@ pub struct WalkOutcome {
     pub bytes: u64,
     /// Files taken from the cache.
     pub files_unchanged: u64,
+    /// Chunks of files read by the walk that were compressed (neither in a batch of this
+    /// job already nor held by the parent snapshot).
+    pub chunks_compressed: u64,
     /// Files whose content another link to the same inode gave (read once).
     pub files_linked: u64,
     /// Directories sent as unchanged since the parent snapshot.
@@ -386,11 +389,21 @@ enum Known {
     No,
     /// It is in a batch of this job already: not asked about again.
     InBatch,
-    /// This file held it when the parent snapshot was taken, so the repository almost
-    /// surely has it: asked about without being compressed (the file is read again in
-    /// the rare case that the daemon lacks it). A file edited in place — a database, a
-    /// disk image — is mostly such chunks.
+    /// A file of the parent snapshot held it (as the files cache recorded it), so the
+    /// repository almost surely has it: asked about without being compressed (the file
+    /// is read again in the rare case that the daemon lacks it). A file edited in place
+    /// — a database, a disk image — is mostly such chunks, and so is one renamed or
+    /// copied since (a rotated log).
     InParent,
+}
+
+/// The first 8 bytes of a chunk id, as a number. Ids are keyed hashes, so these bytes
+/// are uniformly distributed and two of a cache's chunks share them with a probability of
+/// about n²/2⁶⁵ — and a chunk wrongly taken for one of the parent's only costs its
+/// file being read again (the daemon answers that it lacks it).
+fn short_id(id: &[u8; 32]) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = *id;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
 }
 
 /// Reads a file and cuts it into chunks, handing each (named, and compressed when
@@ -483,6 +496,9 @@ struct Walker<'a> {
     /// Set when a branch of the walk failed: the others stop at their next step.
     stopped: AtomicBool,
     old: FilesCache,
+    /// The chunks of every file in `old`, by the first 8 bytes of their keyed ids (see
+    /// [`short_id`]): about 10 bytes of memory per chunk.
+    parent_chunks: HashSet<u64>,
     /// Whether `old` describes the job's parent snapshot: unchanged directories are
     /// then sent as such.
     graft: bool,
@@ -1001,14 +1017,7 @@ impl Walker<'_> {
         mut entry: pb::FileEntry,
     ) -> Result<Option<([u8; 32], bool)>, WalkError> {
         let mut content: Vec<[u8; 32]> = Vec::new();
-        // The chunks of this file when the parent snapshot was taken (it changed since,
-        // or it would not be read).
-        let in_parent: HashSet<[u8; 32]> = self
-            .old
-            .files
-            .get(&entry.path)
-            .map(|old| old.content.iter().copied().collect())
-            .unwrap_or_default();
+        let mut compressed = 0u64;
         let known = |id: &[u8; 32]| {
             if self
                 .seen
@@ -1017,7 +1026,7 @@ impl Walker<'_> {
                 .contains(id)
             {
                 Known::InBatch
-            } else if in_parent.contains(id) {
+            } else if self.parent_chunks.contains(&short_id(id)) {
                 Known::InParent
             } else {
                 Known::No
@@ -1031,6 +1040,7 @@ impl Walker<'_> {
             &self.cancel,
             &mut |chunk, known| {
                 content.push(chunk.id);
+                compressed += u64::from(known == Known::No);
                 if known != Known::InBatch {
                     self.state().add_chunk(&self.seen, chunk)?;
                 }
@@ -1054,6 +1064,7 @@ impl Walker<'_> {
         self.settle_link(&entry, unchanged_after.then_some(content.as_slice()));
         let mut state = self.state();
         state.count_file(&self.counters, total, false);
+        state.outcome.chunks_compressed += compressed;
         if unchanged_after {
             state
                 .new
@@ -1414,6 +1425,11 @@ pub fn run<L: Link + Send>(
         cancel: cancel.clone(),
         stopped: AtomicBool::new(false),
         graft: cache.describes(&job.parent_snapshot),
+        parent_chunks: cache
+            .files
+            .values()
+            .flat_map(|file| file.content.iter().map(short_id))
+            .collect(),
         digest_key: {
             let mut key = blake3::Hasher::new_derive_key("cadang agent directory digest v1");
             for exclude in &job.excludes {
@@ -1982,6 +1998,10 @@ mod tests {
             (1..=3).contains(&sent),
             "only the chunks around the edit: {sent}"
         );
+        assert_eq!(
+            second.chunks_compressed as usize, sent,
+            "and only they compressed"
+        );
         assert_eq!(entry_of(&repo), fresh());
         assert!(
             second
@@ -2003,6 +2023,74 @@ mod tests {
         assert_eq!(repo.uploads - before, distinct.len());
         assert!(!third.cache.files.contains_key(image.as_os_str().as_bytes()));
         assert_eq!(third.files_unchanged, 0);
+    }
+
+    /// A file renamed since the parent snapshot (a rotated log) or copied is read under
+    /// its new name, but what any file of the parent held is not compressed again; if
+    /// the repository lost it, the file is read again and sent whole.
+    #[test]
+    fn a_moved_file_compresses_nothing_the_parent_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(src.join("log")).unwrap();
+        let log = noise(11, 3 << 20);
+        std::fs::write(src.join("log/app.log"), &log).unwrap();
+        std::fs::write(src.join("log/other.log"), noise(12, 300 << 10)).unwrap();
+        let job = job(vec![src.clone()]);
+        let content_of = |repo: &Repository, name: &str| {
+            let path = src.join(name);
+            repo.entries
+                .iter()
+                .rfind(|e| e.path == path.as_os_str().as_bytes())
+                .unwrap_or_else(|| panic!("{name} was sent"))
+                .content
+                .clone()
+        };
+        let mut repo = Repository::default();
+        let first = walk_over(&job, &mut repo, FilesCache::default());
+        assert!(first.problems.is_empty());
+        assert!(first.chunks_compressed >= 10, "{first:?}");
+        let app_log = content_of(&repo, "log/app.log");
+
+        // Rotated: app.log → app.log.1, and a new app.log begins; a copy elsewhere.
+        std::fs::rename(src.join("log/app.log"), src.join("log/app.log.1")).unwrap();
+        std::fs::write(src.join("log/app.log"), noise(13, 5000)).unwrap();
+        std::fs::copy(src.join("log/other.log"), src.join("other.copy")).unwrap();
+        let uploads = repo.uploads;
+        let second = walk_over(&job, &mut repo, first.cache);
+        assert!(second.problems.is_empty(), "{:?}", second.problems);
+        assert_eq!(second.files, 4);
+        assert_eq!(second.files_unchanged, 1, "other.log");
+        assert_eq!(
+            second.chunks_compressed, 1,
+            "only the new app.log's one chunk"
+        );
+        assert_eq!(repo.uploads - uploads, 1);
+        assert_eq!(content_of(&repo, "log/app.log.1"), app_log);
+        assert_eq!(
+            content_of(&repo, "other.copy"),
+            content_of(&repo, "log/other.log")
+        );
+
+        // Renamed again after the repository lost everything: read again, sent whole.
+        std::fs::rename(src.join("log/app.log.1"), src.join("log/app.log.2")).unwrap();
+        repo.held.clear();
+        let before = repo.uploads;
+        let third = walk_over(&job, &mut repo, second.cache);
+        assert!(third.problems.is_empty(), "{:?}", third.problems);
+        assert_eq!(content_of(&repo, "log/app.log.2"), app_log);
+        let distinct: HashSet<&Vec<u8>> = app_log.iter().collect();
+        assert!(
+            repo.uploads - before >= distinct.len(),
+            "every chunk sent again"
+        );
+        assert!(
+            !third
+                .cache
+                .files
+                .contains_key(src.join("log/app.log.2").as_os_str().as_bytes()),
+            "a file read again stays out of the cache"
+        );
     }
 
     /// A tree walked again after the snapshot of its last walk was committed: a

@@ -196,7 +196,9 @@ impl agent_service_server::AgentService for Agents {
         };
         let (outbound, receiver) = tokio::sync::mpsc::channel(64);
         let hub = self.0.hub.clone();
-        let connection = hub.register(agent.id, server, outbound.clone());
+        let Some(connection) = hub.register(agent.id, server, outbound.clone()) else {
+            return Err(Status::unavailable("the daemon is stopping"));
+        };
         tracing::info!(agent = %agent.id, server = %server, version = %hello.version, hostname = %hello.hostname, "agent connected");
         let app = self.0.app.clone();
         tokio::spawn(async move {
@@ -219,6 +221,7 @@ impl agent_service_server::AgentService for Agents {
                             break;
                         }
                     }
+                    () = hub.closed() => break,
                     _ = recheck.tick() => {
                         if !app.agent_active(agent.id).await.unwrap_or(true) {
                             let _ = outbound.send(Err(Status::unauthenticated(format!("agent {} was revoked", agent.id)))).await;
