@@ -2751,14 +2751,13 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
             agent.ask(&job.job_id, 1, vec![honest_id.clone()]).await,
             [0]
         );
-        agent
-            .send(Up::Chunk(pb::ChunkUpload {
-                job_id: job.job_id.clone(),
-                id: honest_id.clone(),
-                raw_len: forged.len() as u32,
-                payload: payload(&forged, 3).into(),
-            }))
-            .await;
+        let forged_upload = pb::ChunkUpload {
+            job_id: job.job_id.clone(),
+            id: honest_id.clone(),
+            raw_len: forged.len() as u32,
+            payload: payload(&forged, 3).into(),
+        };
+        agent.send(Up::Chunk(forged_upload.clone())).await;
         let (ok, snapshot, error) = agent.end(&job.job_id).await;
         assert!(!ok && snapshot.is_empty(), "{error}");
         assert!(error.contains("does not match its id"), "{error}");
@@ -2772,14 +2771,7 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
                 ..Default::default()
             }))
             .await;
-        agent
-            .send(Up::Chunk(pb::ChunkUpload {
-                job_id: job.job_id.clone(),
-                id: honest_id.clone(),
-                raw_len: forged.len() as u32,
-                payload: payload(&forged, 3).into(),
-            }))
-            .await;
+        agent.send(Up::Chunk(forged_upload)).await;
         (job, honest_id)
     });
     failed_run(1, "does not match its id");

@@ -262,7 +262,7 @@ thread_local! {
 /// short matches is 16 KiB (chain log 14) instead of zstd's 64 KiB: it stays in
 /// the core's cache next to the long-match table, which measured 11–12% faster
 /// on the benchmark data and on a tree of shared libraries and 5% faster on
-/// source code, for output 0.04–0.9% larger (README "Performance").
+/// source code, for output 0.04–0.9% larger (docs/PERFORMANCE.md).
 fn compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
     let mut comp = zstd::bulk::Compressor::new(level)?;
     if level == 3 {
