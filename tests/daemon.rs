@@ -960,10 +960,7 @@ fn every_rpc_has_a_row_in_the_matrix_and_the_documentation_is_current() {
 fn the_authorisation_matrix_is_enforced_for_every_rpc_and_role() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let daemon = Daemon::start(&data, &[], None);
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (_daemon, admin, server, site) = Daemon::with_site(&data, None);
     // A revoked token, and a token of an account that is then disabled.
     let revoked = token_for(&server, &admin, "kasi");
     let revoked_id = ok(&server, &revoked, &["whoami"])["token_id"]
@@ -1170,10 +1167,7 @@ fn the_authorisation_matrix_is_enforced_for_every_rpc_and_role() {
 fn a_step_completed_twice_at_once_is_won_by_exactly_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let daemon = Daemon::start(&data, &[], None);
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (_daemon, admin, server, site) = Daemon::with_site(&data, None);
     ok(
         &server,
         &admin,
@@ -2013,10 +2007,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let daemon = Daemon::start(&data, &[], None);
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (_daemon, _admin, server, site) = Daemon::with_site(&data, None);
     let web = register_server(
         dir.path(),
         &server,
@@ -2434,10 +2425,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
 fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let mut daemon = Daemon::start(&data, &[], None);
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (mut daemon, _admin, server, site) = Daemon::with_site(&data, None);
     let web = register_server(
         dir.path(),
         &server,
@@ -2680,10 +2668,7 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
     use pb::agent_message::Body as Up;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
-    let mut daemon = Daemon::start(&data, &[], None);
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (mut daemon, _admin, server, site) = Daemon::with_site(&data, None);
     let web = register_server(
         dir.path(),
         &server,

@@ -150,10 +150,7 @@ fn many_agents_and_clients_on_one_daemon() {
         "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 10\nmax_parallel_runs = 4\n",
     )
     .unwrap();
-    let daemon = Daemon::start(&data, &[], Some(&config));
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (daemon, _admin, server, site) = Daemon::with_site(&data, Some(&config));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

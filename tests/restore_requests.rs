@@ -216,10 +216,7 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         ),
     )
     .unwrap();
-    let daemon = Daemon::start(&data, &[], Some(&config));
-    let admin = Daemon::bootstrap(&data, &[]);
-    let server = daemon.url();
-    let site = set_up(&server, &admin);
+    let (_daemon, _admin, server, site) = Daemon::with_site(&data, Some(&config));
     let web = register_server(
         dir.path(),
         &server,

@@ -133,6 +133,16 @@ impl Daemon {
         format!("http://{}", self.addr)
     }
 
+    /// A daemon on `data` (with `config`, or the tests' default), its first
+    /// administrator's token, its URL, and the people and agencies of [`set_up`].
+    pub fn with_site(data: &Path, config: Option<&Path>) -> (Daemon, String, String, Site) {
+        let daemon = Daemon::start(data, &[], config);
+        let admin = Daemon::bootstrap(data, &[]);
+        let server = daemon.url();
+        let site = set_up(&server, &admin);
+        (daemon, admin, server, site)
+    }
+
     pub fn bootstrap(data: &Path, env: &[(&str, &str)]) -> String {
         let mut command = Command::new(BIN);
         command
