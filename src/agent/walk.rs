@@ -36,6 +36,7 @@ use crate::engine::backup::build_excludes;
 use crate::engine::chunker::Chunker;
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::encode_blob_payload;
+use crate::engine::id::BlobId;
 use crate::rpc::pb;
 
 /// Read buffer per file: two largest chunks, so a cut is always found in it.
@@ -397,15 +398,6 @@ enum Known {
     InParent,
 }
 
-/// The first 8 bytes of a chunk id, as a number. Ids are keyed hashes, so these bytes
-/// are uniformly distributed and two of a cache's chunks share them with a probability of
-/// about n²/2⁶⁵ — and a chunk wrongly taken for one of the parent's only costs its
-/// file being read again (the daemon answers that it lacks it).
-fn short_id(id: &[u8; 32]) -> u64 {
-    let [a, b, c, d, e, f, g, h, ..] = *id;
-    u64::from_le_bytes([a, b, c, d, e, f, g, h])
-}
-
 /// Reads a file and cuts it into chunks, handing each (named, and compressed when
 /// `known` knows nothing of it) to `each` with what was known. Returns the bytes read.
 fn chunk_file(
@@ -496,8 +488,11 @@ struct Walker<'a> {
     /// Set when a branch of the walk failed: the others stop at their next step.
     stopped: AtomicBool,
     old: FilesCache,
-    /// The chunks of every file in `old`, by the first 8 bytes of their keyed ids (see
-    /// [`short_id`]): about 10 bytes of memory per chunk.
+    /// The chunks of every file in `old`, by the first 8 bytes of their keyed ids
+    /// ([`BlobId::prefix_u64`]), about 10 bytes of memory per chunk. Ids are keyed
+    /// hashes, so two chunks share a prefix with a probability of about n²/2⁶⁵, and a
+    /// chunk wrongly taken for one of the parent's only costs its file being read again
+    /// (the daemon answers that it lacks it).
     parent_chunks: HashSet<u64>,
     /// Whether `old` describes the job's parent snapshot: unchanged directories are
     /// then sent as such.
@@ -1026,7 +1021,7 @@ impl Walker<'_> {
                 .contains(id)
             {
                 Known::InBatch
-            } else if self.parent_chunks.contains(&short_id(id)) {
+            } else if self.parent_chunks.contains(&BlobId(*id).prefix_u64()) {
                 Known::InParent
             } else {
                 Known::No
@@ -1428,7 +1423,7 @@ pub fn run<L: Link + Send>(
         parent_chunks: cache
             .files
             .values()
-            .flat_map(|file| file.content.iter().map(short_id))
+            .flat_map(|file| file.content.iter().map(|id| BlobId(*id).prefix_u64()))
             .collect(),
         digest_key: {
             let mut key = blake3::Hasher::new_derive_key("cadang agent directory digest v1");

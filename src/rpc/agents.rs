@@ -204,6 +204,9 @@ impl agent_service_server::AgentService for Agents {
         tokio::spawn(async move {
             let mut recheck = tokio::time::interval(RECHECK_EVERY);
             recheck.tick().await;
+            // One wait for the daemon's stop, not one per message.
+            let stopping = hub.closed();
+            tokio::pin!(stopping);
             loop {
                 tokio::select! {
                     message = inbound.next() => {
@@ -221,7 +224,7 @@ impl agent_service_server::AgentService for Agents {
                             break;
                         }
                     }
-                    () = hub.closed() => break,
+                    () = &mut stopping => break,
                     _ = recheck.tick() => {
                         if !app.agent_active(agent.id).await.unwrap_or(true) {
                             let _ = outbound.send(Err(Status::unauthenticated(format!("agent {} was revoked", agent.id)))).await;
