@@ -220,6 +220,101 @@ pub fn server_snapshots(
         .collect())
 }
 
+/// Why a server's snapshot could not be browsed.
+#[derive(Debug)]
+pub enum BrowseError {
+    /// The request names something the server's snapshots do not hold (a snapshot, a
+    /// path), or a pattern that is not one.
+    Request(String),
+    /// The repository could not be read (logged by the caller, not shown).
+    Repository(String),
+}
+
+fn unreadable(error: crate::engine::Error) -> BrowseError {
+    match error {
+        crate::engine::Error::InvalidInput(message) => BrowseError::Request(message),
+        other => BrowseError::Repository(other.to_string()),
+    }
+}
+
+/// The entries at `path` of the server's snapshot `spec` (the forms of
+/// [`choose_snapshot`]): see [`crate::engine::browse::list`].
+///
+/// # Errors
+/// [`BrowseError`].
+pub fn list_server_files(
+    repository: &Repository,
+    server: &Server,
+    spec: &str,
+    path: &str,
+    recursive: bool,
+    limit: usize,
+) -> Result<(SnapshotId, crate::engine::browse::Found), BrowseError> {
+    let snapshots = server_snapshots(repository, server).map_err(BrowseError::Repository)?;
+    let (id, snapshot) = choose_snapshot(&snapshots, spec).map_err(BrowseError::Request)?;
+    let (index, _) = repository.load_index_for(snapshot).map_err(unreadable)?;
+    let found = crate::engine::browse::list(
+        repository,
+        &index,
+        &snapshot.tree,
+        path.as_bytes(),
+        recursive,
+        limit,
+    )
+    .map_err(unreadable)?;
+    Ok((*id, found))
+}
+
+/// What a search of a server's snapshots found.
+#[derive(Debug, Default)]
+pub struct ServerMatches {
+    /// Newest first, only snapshots with a match.
+    pub snapshots: Vec<(SnapshotId, Snapshot, crate::engine::browse::Found)>,
+    /// The limit stopped the search.
+    pub truncated: bool,
+}
+
+/// The entries of the server's snapshots (`spec` alone when given) that `patterns`
+/// match, at most `limit` in all.
+///
+/// # Errors
+/// [`BrowseError`].
+pub fn find_server_files(
+    repository: &Repository,
+    server: &Server,
+    spec: Option<&str>,
+    patterns: crate::engine::browse::Patterns,
+    limit: usize,
+) -> Result<ServerMatches, BrowseError> {
+    let mut snapshots = server_snapshots(repository, server).map_err(BrowseError::Repository)?;
+    if let Some(spec) = spec {
+        let chosen = choose_snapshot(&snapshots, spec)
+            .map_err(BrowseError::Request)?
+            .clone();
+        snapshots = vec![chosen];
+    }
+    let (index, _) = repository.load_index().map_err(unreadable)?;
+    let mut finder = crate::engine::browse::Finder::new(repository, &index, patterns);
+    let mut left = limit;
+    let mut answer = ServerMatches::default();
+    for (id, snapshot) in snapshots.into_iter().rev() {
+        if left == 0 {
+            answer.truncated = true;
+            break;
+        }
+        let found = finder.find(&snapshot.tree, left).map_err(unreadable)?;
+        left -= found.entries.len();
+        answer.truncated = found.truncated;
+        if !found.entries.is_empty() {
+            answer.snapshots.push((id, snapshot, found));
+        }
+        if answer.truncated {
+            break;
+        }
+    }
+    Ok(answer)
+}
+
 /// A server's snapshots as a restore sees them: those the primary reads, the replica's
 /// copies of those it cannot, and the snapshot objects neither can read.
 struct RestoreCandidates {
@@ -959,7 +1054,8 @@ fn collect(
     }
 }
 
-fn kind_name(kind: NodeKind) -> &'static str {
+/// The wire name of an entry's kind.
+pub(crate) fn kind_name(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::File => "file",
         NodeKind::Dir => "dir",

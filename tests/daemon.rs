@@ -2250,6 +2250,140 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         &["restore-job", "snapshots", &web.to_string()],
         "PERMISSION_DENIED",
     );
+    // Browsing before choosing what to restore: one directory, everything below it,
+    // one file; a search names the snapshots that hold a file, newest first.
+    let html = source.join("html").display().to_string();
+    let web_id = web.to_string();
+    let paths = |listing: &serde_json::Value| -> Vec<(String, String)> {
+        listing["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["path"]
+                        .as_str()
+                        .unwrap()
+                        .trim_start_matches(&html)
+                        .to_owned(),
+                    f["type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let listing = ok(
+        &server,
+        &site.skpd,
+        &["restore-job", "ls", &web_id, "latest", &html],
+    );
+    assert_eq!(listing["snapshot"], snapshots[2]["id"], "{listing}");
+    assert_eq!(listing["truncated"], false);
+    let own = paths(&listing);
+    assert!(own.contains(&("/img".into(), "dir".into())), "{listing}");
+    assert!(
+        own.contains(&("/new.txt".into(), "file".into())),
+        "{listing}"
+    );
+    assert!(!own.iter().any(|(p, _)| p == "/img/logo.bin"), "{listing}");
+    let below = ok(
+        &server,
+        &site.skpd,
+        &["restore-job", "ls", &web_id, "latest", &html, "--recursive"],
+    );
+    assert!(
+        paths(&below).contains(&("/img/logo.bin".into(), "file".into())),
+        "{below}"
+    );
+    let first_only = ok(
+        &server,
+        &site.skpd,
+        &[
+            "restore-job",
+            "ls",
+            &web_id,
+            snapshots[0]["id"].as_str().unwrap(),
+            &html,
+        ],
+    );
+    assert!(
+        !paths(&first_only).iter().any(|(p, _)| p == "/new.txt"),
+        "{first_only}"
+    );
+    let one = ok(
+        &server,
+        &site.skpd,
+        &[
+            "restore-job",
+            "ls",
+            &web_id,
+            "latest",
+            &format!("{html}/img/logo.bin"),
+        ],
+    );
+    assert_eq!(one["files"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["files"][0]["size"], 3 << 20, "{one}");
+    let capped = ok(
+        &server,
+        &site.skpd,
+        &[
+            "restore-job",
+            "ls",
+            &web_id,
+            "latest",
+            "/",
+            "-R",
+            "--limit",
+            "2",
+        ],
+    );
+    assert_eq!(capped["files"].as_array().unwrap().len(), 2, "{capped}");
+    assert_eq!(capped["truncated"], true, "{capped}");
+    refused(
+        &server,
+        &site.skpd,
+        &[
+            "restore-job",
+            "ls",
+            &web_id,
+            "latest",
+            &format!("{html}/missing"),
+        ],
+        "INVALID_ARGUMENT",
+    );
+    let found = ok(
+        &server,
+        &site.skpd,
+        &["restore-job", "find", &web_id, "new.txt"],
+    );
+    let holding: Vec<&serde_json::Value> = found["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["snapshot"])
+        .collect();
+    assert_eq!(
+        holding,
+        vec![&snapshots[2]["id"], &snapshots[1]["id"]],
+        "{found}"
+    );
+    assert_eq!(
+        found["snapshots"][0]["files"][0]["path"],
+        format!("{html}/new.txt"),
+        "{found}"
+    );
+    // Another agency's account sees nothing of this server's files.
+    for args in [
+        vec!["restore-job", "ls", &web_id, "latest"],
+        vec!["restore-job", "find", &web_id, "*"],
+    ] {
+        refused(&server, &site.skpd_other, &args, "PERMISSION_DENIED");
+    }
+    refused(
+        &server,
+        &site.skpd,
+        &["restore-job", "find", &web_id, "[unclosed"],
+        "INVALID_ARGUMENT",
+    );
     let target = dir.path().join("restored");
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
     // The agent read the hard-linked file once and restored its two paths as links.

@@ -128,3 +128,87 @@ fn excludes_and_one_file_system() {
     assert!(!text.contains("a.tmp"), "{text}");
     assert!(!text.contains("cache"), "{text}");
 }
+
+#[test]
+fn find_names_the_snapshots_that_still_hold_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for dir in ["keuangan", "www/site", "logs"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    std::fs::write(src.join("keuangan/laporan-2025.xlsx"), bytes(5000, 1)).unwrap();
+    std::fs::write(src.join("keuangan/notes.txt"), b"first").unwrap();
+    std::fs::write(src.join("www/site/index.php"), b"<?php echo 1;").unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("logs/app-{i}.log")), format!("line {i}")).unwrap();
+    }
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    run(
+        cadang(repo).args(["backup", "--tag", "night1"]).arg(&src),
+        0,
+    );
+    // The report is deleted before the second night; the third night changes nothing.
+    std::fs::remove_file(src.join("keuangan/laporan-2025.xlsx")).unwrap();
+    std::fs::write(src.join("keuangan/notes.txt"), b"second").unwrap();
+    run(cadang(repo).arg("backup").arg(&src), 0);
+    run(cadang(repo).arg("backup").arg(&src), 0);
+    let ids = snapshot_ids(repo);
+    assert_eq!(ids.len(), 3);
+
+    let matches = |args: &[&str]| -> (Vec<(String, String, u64)>, serde_json::Value) {
+        let out = run(cadang(repo).arg("--json").arg("find").args(args), 0);
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let (summary, found) = lines.split_last().unwrap();
+        assert_eq!(summary["message_type"], "summary", "{lines:?}");
+        let found = found
+            .iter()
+            .map(|m| {
+                (
+                    m["snapshot"].as_str().unwrap().to_owned(),
+                    m["path"].as_str().unwrap().to_owned(),
+                    m["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (found, summary.clone())
+    };
+    let report = format!("{}/keuangan/laporan-2025.xlsx", src.display());
+    // Only the first night still has the report.
+    let (found, summary) = matches(&["laporan-*.xlsx"]);
+    assert_eq!(found, vec![(ids[0].clone(), report.clone(), 5000)]);
+    assert_eq!(summary["truncated"], false);
+    assert!(matches(&["LAPORAN-*"]).0.is_empty());
+    assert_eq!(matches(&["-i", "LAPORAN-*"]).0.len(), 1);
+    // A pattern with a `/` matches whole paths; the unchanged page is in every
+    // snapshot, newest first.
+    let (found, _) = matches(&["/**/www/*/index.php"]);
+    let snapshots: Vec<&str> = found.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(snapshots, vec![&ids[2], &ids[1], &ids[0]]);
+    // A name pattern does not reach across directories.
+    assert!(matches(&["www*index.php"]).0.is_empty());
+    // The limit stops the search and says so.
+    let (found, summary) = matches(&["--limit", "60", "*.log"]);
+    assert_eq!(found.len(), 60);
+    assert_eq!(summary["truncated"], true);
+    assert_eq!(summary["matches"], 60);
+    // One snapshot, by id prefix; a tag filter.
+    let (found, _) = matches(&["--snapshot", &ids[1][..10], "notes.txt"]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, ids[1]);
+    let (found, _) = matches(&["--tag", "night1", "*.txt"]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, ids[0]);
+    // A pattern that is not one is refused with its reason.
+    let out = cadang(repo).args(["find", "[unclosed"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[unclosed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

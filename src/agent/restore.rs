@@ -18,17 +18,20 @@
 //! * Hard links come back as links: a later path of a hard-linked file whose content
 //!   matches the first restored path of its group is linked to it (atomically, beside
 //!   its place, then renamed); the chunks sent with it are not written again.
+//! * Sparse stays sparse: 4 KiB blocks of zeros are left as holes in the new file (as
+//!   the engine's restore does), so a thin VM image comes back no larger on disk than
+//!   it was, and zero runs cost no writes.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::decode_blob_payload;
+use crate::engine::restore::write_sparse;
 use crate::engine::tree::check_name;
 use crate::rpc::pb;
 
@@ -50,6 +53,11 @@ struct OpenFile {
     ids: Vec<[u8; 32]>,
     lengths: Vec<u32>,
     next: usize,
+    /// Where the next chunk goes.
+    offset: u64,
+    /// The end of the last byte written: zero runs are left as holes, so a file that
+    /// ends in zeros is extended to its size before it is read back.
+    end_written: u64,
     failed: Option<String>,
     entry: pb::RestoreEntry,
 }
@@ -310,6 +318,8 @@ impl RestoreWriter {
             ids,
             lengths: entry.lengths.clone(),
             next: 0,
+            offset: 0,
+            end_written: 0,
             failed: None,
             entry,
         });
@@ -356,9 +366,12 @@ impl RestoreWriter {
                 Decoded::Plain { data, id }
                     if id == open.ids[index] && data.len() as u32 == open.lengths[index] =>
                 {
-                    if let Err(e) = open.file.write_all(&data) {
-                        open.failed = Some(format!("cannot write: {e}"));
+                    match write_sparse(&open.file, &data, open.offset) {
+                        Ok(end) if end > open.offset => open.end_written = end,
+                        Ok(_) => {}
+                        Err(e) => open.failed = Some(format!("cannot write: {e}")),
                     }
+                    open.offset += data.len() as u64;
                 }
                 Decoded::Plain { .. } => {
                     open.failed = Some(format!("chunk {} does not match the snapshot", index + 1));
@@ -401,6 +414,12 @@ impl RestoreWriter {
     /// Reads the file back and checks every chunk against the snapshot's ids, gives it
     /// its owner, mode and times, then moves it into place.
     fn verify_and_place(&self, open: &mut OpenFile) -> Result<u64, String> {
+        if open.end_written < open.offset {
+            // The file ends in a hole: it runs to the size written.
+            open.file
+                .set_len(open.offset)
+                .map_err(|e| format!("cannot set the size: {e}"))?;
+        }
         let mut buf = Vec::new();
         let mut total = 0u64;
         for (i, (id, len)) in open.ids.iter().zip(&open.lengths).enumerate() {
@@ -629,7 +648,15 @@ mod tests {
     }
 
     fn file_entry(path: &str, data: &[u8]) -> (pb::RestoreEntry, Vec<pb::RestoreChunk>) {
-        let chunks: Vec<&[u8]> = data.chunks(1000).collect();
+        file_entry_in(path, data, 1000)
+    }
+
+    fn file_entry_in(
+        path: &str,
+        data: &[u8],
+        chunk_len: usize,
+    ) -> (pb::RestoreEntry, Vec<pb::RestoreChunk>) {
+        let chunks: Vec<&[u8]> = data.chunks(chunk_len).collect();
         let entry = pb::RestoreEntry {
             path: path.as_bytes().to_vec(),
             kind: "file".into(),
@@ -666,6 +693,47 @@ mod tests {
             kind: "dir".into(),
             mode: 0o750,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn zero_runs_stay_holes_and_the_file_keeps_its_size() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let text: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8 | 1).collect();
+        // Data, 1 MiB of zeros, data, and 512 KiB of zeros at the end; and a file of
+        // zeros alone, of which nothing is written.
+        let mut image = text.clone();
+        image.extend(std::iter::repeat_n(0u8, 1 << 20));
+        image.extend(&text);
+        image.extend(std::iter::repeat_n(0u8, 512 * 1024));
+        let zeros = vec![0u8; 768 * 1024];
+        for (name, data) in [("disk.img", &image), ("zeros.img", &zeros)] {
+            let (entry, chunks) = file_entry_in(name, data, 64 * 1024);
+            w.entry(entry);
+            for c in chunks {
+                w.chunk(c);
+            }
+        }
+        let (summary, failed, _) = w.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(summary.files_verified, 2);
+        for (name, data, at_most) in [
+            ("disk.img", &image, 2 * text.len() as u64),
+            ("zeros.img", &zeros, 0),
+        ] {
+            let path = target.path().join(name);
+            assert_eq!(&std::fs::read(&path).unwrap(), data, "{name}");
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.len(), data.len() as u64, "{name}");
+            // What the file system allocated: the data, not the zero runs.
+            assert!(
+                meta.blocks() * 512 <= at_most + 8192,
+                "{name}: {} bytes allocated for {} of data",
+                meta.blocks() * 512,
+                at_most
+            );
         }
     }
 

@@ -142,7 +142,70 @@ pub enum RestoreJobCmd {
         #[arg(long = "from-plan", value_name = "PLAN")]
         from_plan: Option<i64>,
     },
+    /// List the files of a server's snapshot: one directory, everything below it
+    /// (`--recursive`), or the file a path names — to choose the `--path`s of a restore.
+    Ls {
+        /// Server id in the register.
+        #[arg(id = "server_id", value_name = "SERVER")]
+        server: i64,
+        /// Snapshot: id, unique prefix, `latest`, `as-of:TIME` or `before:SPEC`.
+        snapshot: String,
+        /// Absolute path in the snapshot (default: the root).
+        #[arg(default_value = "/")]
+        path: String,
+        /// Everything below the path, not only its own entries.
+        #[arg(long, short = 'R')]
+        recursive: bool,
+        /// At most this many entries (the daemon allows up to 100000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Find files by name in a server's snapshots, newest first: which backup still
+    /// holds a lost file, and where it was.
+    Find {
+        /// Server id in the register.
+        #[arg(id = "server_id", value_name = "SERVER")]
+        server: i64,
+        /// Shell globs: without `/` they match names (`*.xlsx`), with `/` absolute paths
+        /// (`/var/www/**/index.php`).
+        #[arg(required = true, value_name = "PATTERN")]
+        patterns: Vec<String>,
+        /// Only this snapshot (id, unique prefix, `latest`, `as-of:TIME`, `before:SPEC`).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Match letters of either case.
+        #[arg(long, short = 'i')]
+        ignore_case: bool,
+        /// At most this many matches in all (the daemon allows up to 100000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
 }
+
+/// A snapshot's entry as `ls -l` shows it.
+fn file_row(file: &pb::SnapshotFile) -> Vec<String> {
+    let link = if file.link_target.is_empty() {
+        String::new()
+    } else {
+        format!(" -> {}", file.link_target)
+    };
+    vec![
+        file.kind.clone(),
+        format!("{:o}", file.mode),
+        format!("{}:{}", file.uid, file.gid),
+        file.size.to_string(),
+        file.mtime.clone(),
+        format!("{}{link}", file.path),
+    ]
+}
+
+fn file_json(file: &pb::SnapshotFile) -> serde_json::Value {
+    json!({"path": file.path, "type": file.kind, "mode": file.mode, "uid": file.uid, "gid": file.gid,
+           "size": file.size, "mtime": file.mtime,
+           "link_target": (!file.link_target.is_empty()).then_some(&file.link_target)})
+}
+
+const FILE_HEADERS: [&str; 6] = ["TYPE", "MODE", "OWNER", "SIZE", "MTIME", "PATH"];
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -622,6 +685,84 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                                 })
                                 .collect(),
                         );
+                    }
+                    Ok(ExitCode::Ok)
+                }
+                RestoreJobCmd::Ls {
+                    server,
+                    snapshot,
+                    path,
+                    recursive,
+                    limit,
+                } => {
+                    let listing = restores
+                        .list_snapshot_files(conn.req(pb::ListSnapshotFilesRequest {
+                            server_id: server,
+                            snapshot,
+                            path,
+                            recursive,
+                            limit,
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        print_json(&json!({
+                            "snapshot": listing.snapshot_id,
+                            "files": listing.files.iter().map(file_json).collect::<Vec<_>>(),
+                            "truncated": listing.truncated,
+                        }));
+                    } else {
+                        println!("snapshot {}", listing.snapshot_id);
+                        table(&FILE_HEADERS, listing.files.iter().map(file_row).collect());
+                        if listing.truncated {
+                            eprintln!("cadang: more entries than --limit {limit}; narrow the path or raise the limit");
+                        }
+                    }
+                    Ok(ExitCode::Ok)
+                }
+                RestoreJobCmd::Find {
+                    server,
+                    patterns,
+                    snapshot,
+                    ignore_case,
+                    limit,
+                } => {
+                    let found = restores
+                        .find_snapshot_files(conn.req(pb::FindSnapshotFilesRequest {
+                            server_id: server,
+                            patterns,
+                            snapshot: snapshot.unwrap_or_default(),
+                            ignore_case,
+                            limit,
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        print_json(&json!({
+                            "snapshots": found.snapshots.iter().map(|s| json!({
+                                "snapshot": s.snapshot_id, "time": s.time, "run_id": s.run_id,
+                                "files": s.files.iter().map(file_json).collect::<Vec<_>>(),
+                            })).collect::<Vec<_>>(),
+                            "truncated": found.truncated,
+                        }));
+                    } else {
+                        if found.snapshots.is_empty() {
+                            println!("no match in the server's snapshots");
+                        }
+                        for matches in &found.snapshots {
+                            println!(
+                                "snapshot {} of {} (run {})",
+                                matches.snapshot_id.chars().take(12).collect::<String>(),
+                                matches.time,
+                                matches.run_id
+                            );
+                            table(&FILE_HEADERS, matches.files.iter().map(file_row).collect());
+                        }
+                        if found.truncated {
+                            eprintln!("cadang: more matches than --limit {limit}; older snapshots were not searched");
+                        }
                     }
                     Ok(ExitCode::Ok)
                 }

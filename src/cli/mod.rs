@@ -76,6 +76,8 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// List the files of a snapshot.
     Ls(LsArgs),
+    /// Find files by name in the snapshots, newest snapshot first.
+    Find(FindArgs),
     /// Show what changed between two snapshots.
     Diff(DiffArgs),
     /// Restore a snapshot into a directory.
@@ -218,6 +220,29 @@ pub struct LsArgs {
     pub snapshot: String,
     /// Only below this path.
     pub path: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Shell globs: without `/` they match names (`*.xlsx`), with `/` absolute paths
+    /// (`/var/www/**/index.php`).
+    #[arg(required = true, value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Only this snapshot (id, prefix or `latest`; repeatable).
+    #[arg(long = "snapshot", short = 's')]
+    pub snapshots: Vec<String>,
+    /// Only snapshots with this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Match letters of either case.
+    #[arg(long, short = 'i')]
+    pub ignore_case: bool,
+    /// Stop after this many matches in all.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
 }
 
 #[derive(Args, Debug)]

@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Backup(a) => backup(&ctx, a),
         Command::Snapshots(a) => snapshots(&ctx, a),
         Command::Ls(a) => ls(&ctx, a),
+        Command::Find(a) => find(&ctx, a),
         Command::Diff(a) => diff(&ctx, a),
         Command::Restore(a) => restore(&ctx, a),
         Command::Check(a) => check(&ctx, a),
@@ -463,6 +464,69 @@ fn ls(ctx: &Ctx, a: super::LsArgs) -> anyhow::Result<ExitCode> {
                 t
             );
         }
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
+    let patterns = crate::engine::browse::Patterns::new(&a.patterns, a.ignore_case)?;
+    let repo = ctx.open()?;
+    let chosen: Vec<SnapshotId> = a
+        .snapshots
+        .iter()
+        .map(|spec| repo.find_snapshot(spec))
+        .collect::<Result<_, _>>()?;
+    let (snaps, bad) = repo.load_snapshots()?;
+    for (id, e) in &bad {
+        eprintln!("cadang: snapshot {} not searched: {e}", id.short());
+    }
+    let (index, _) = repo.load_index()?;
+    let mut finder = crate::engine::browse::Finder::new(&repo, &index, patterns);
+    let limit = a.limit as usize;
+    let mut left = limit;
+    let mut truncated = false;
+    for (id, s) in snaps.iter().rev().filter(|(id, s)| {
+        (chosen.is_empty() || chosen.contains(id))
+            && a.host.as_ref().is_none_or(|h| &s.hostname == h)
+            && a.tags.iter().all(|t| s.tags.contains(t))
+    }) {
+        if left == 0 {
+            truncated = true;
+            break;
+        }
+        let found = finder.find(&s.tree, left)?;
+        left -= found.entries.len();
+        for listed in &found.entries {
+            let path = String::from_utf8_lossy(&listed.path);
+            let n = &listed.node;
+            if ctx.g.json {
+                json_line(
+                    &json!({"message_type": "match", "snapshot": id.to_hex(), "time": s.time,
+                                  "path": path, "type": kind_str(n.kind), "mode": n.mode, "size": n.size, "mtime_ns": n.mtime_ns}),
+                );
+            } else {
+                println!(
+                    "{} {} {:<8} {:>12} {path}",
+                    id.short(),
+                    s.time.with_timezone(&jakarta()).format("%Y-%m-%d %H:%M:%S"),
+                    kind_str(n.kind),
+                    n.size
+                );
+            }
+        }
+        if found.truncated {
+            truncated = true;
+            break;
+        }
+    }
+    let matches = limit - left;
+    if ctx.g.json {
+        json_line(&json!({"message_type": "summary", "matches": matches, "truncated": truncated}));
+    } else if truncated {
+        eprintln!(
+            "cadang: stopped at --limit {}; older snapshots were not searched",
+            a.limit
+        );
     }
     Ok(ExitCode::Ok)
 }

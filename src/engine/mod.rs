@@ -7,6 +7,7 @@
 //! `object_store`.
 
 pub mod backup;
+pub mod browse;
 pub mod check;
 pub mod chunker;
 pub mod copy;

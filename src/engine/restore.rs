@@ -1134,7 +1134,7 @@ fn write_whole(fs: &FileState, node: &Node, data: &[u8], out: &Outputs<'_>) {
 /// stay holes in the (pre-sized) file: sparse files restore sparse, and
 /// zero runs cost no disk. Returns the end of the last byte written (`off`
 /// when nothing was).
-fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<u64> {
+pub(crate) fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<u64> {
     const BLOCK: usize = 4096;
     static ZEROS: [u8; BLOCK] = [0; BLOCK];
     let mut start: Option<usize> = None;

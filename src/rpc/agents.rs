@@ -61,7 +61,6 @@ fn agent(record: &AgentRecord, connected: bool, now: chrono::DateTime<chrono::Ut
     }
 }
 
-/// The wire form of a restore.
 /// The run that made a snapshot, from its `run:N` tag; 0 when unknown.
 fn run_of(tags: &[String]) -> i64 {
     tags.iter()
@@ -69,6 +68,7 @@ fn run_of(tags: &[String]) -> i64 {
         .unwrap_or(0)
 }
 
+/// The wire form of a restore.
 pub fn restore(record: &RestoreRecord) -> pb::Restore {
     pb::Restore {
         id: record.id.0,
@@ -354,6 +354,86 @@ impl agent_admin_service_server::AgentAdminService for AgentAdmin {
 /// Restores to agents.
 pub struct Restores(pub Ctx);
 
+/// Entries a listing or a search returns when the caller names no limit, and the most
+/// it may ask for.
+const FILES_DEFAULT: u32 = 1000;
+const FILES_MAX: u32 = 100_000;
+
+fn files_limit(limit: u32) -> usize {
+    (if limit == 0 {
+        FILES_DEFAULT
+    } else {
+        limit.min(FILES_MAX)
+    }) as usize
+}
+
+/// The wire form of a snapshot's entry.
+fn snapshot_file(listed: &crate::engine::browse::Listed) -> SnapshotFile {
+    let node = &listed.node;
+    SnapshotFile {
+        path: String::from_utf8_lossy(&listed.path).into_owned(),
+        kind: crate::remote::kind_name(node.kind).into(),
+        mode: node.mode,
+        uid: node.uid,
+        gid: node.gid,
+        size: node.size,
+        mtime: convert::time(chrono::DateTime::from_timestamp_nanos(node.mtime_ns)),
+        link_target: node
+            .link_target
+            .as_deref()
+            .map(|target| String::from_utf8_lossy(target).into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+impl Restores {
+    /// The server `server_id` names, if `caller` may read its snapshots, opened with its
+    /// agency's repository; `read` runs on a blocking thread. Repository errors are
+    /// logged and answered as unavailable, bad requests as invalid arguments.
+    async fn browse<T: Send + 'static>(
+        &self,
+        caller: &crate::app::Caller,
+        server_id: i64,
+        read: impl FnOnce(
+            &crate::engine::Repository,
+            &crate::catalog::Server,
+        ) -> Result<T, crate::remote::BrowseError>
+        + Send
+        + 'static,
+    ) -> Result<T, Status> {
+        let server = ServerId(id("server_id", server_id)?);
+        let (record, code) = self
+            .0
+            .app
+            .server_with_agency_code(caller, server)
+            .await
+            .map_err(status)?;
+        let Some(repositories) = self.0.repositories.clone() else {
+            return Err(Status::unavailable(
+                "this daemon has no repositories configured",
+            ));
+        };
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let repository = repositories
+                .open(&handle, &code, None, None)
+                .map_err(crate::remote::BrowseError::Repository)?;
+            read(&repository, &record)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(|error| match error {
+            crate::remote::BrowseError::Request(message) => Status::invalid_argument(message),
+            crate::remote::BrowseError::Repository(error) => {
+                tracing::warn!(%error, %server, "cannot read a server's snapshots");
+                Status::unavailable(
+                    "the agency's repository cannot be read now; the daemon's log has the cause",
+                )
+            }
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl restore_service_server::RestoreService for Restores {
     async fn start_restore(&self, request: Request<StartRestoreRequest>) -> Reply<pb::Restore> {
@@ -478,19 +558,20 @@ impl restore_service_server::RestoreService for Restores {
         request: Request<ListServerSnapshotsRequest>,
     ) -> Reply<ListServerSnapshotsResponse> {
         let caller = caller(&request)?;
-        let server = ServerId(id("server_id", request.get_ref().server_id)?);
-        let (record, code) = self
-            .0
-            .app
-            .server_with_agency_code(&caller, server)
-            .await
-            .map_err(status)?;
-        let Some(repositories) = self.0.repositories.clone() else {
-            return Err(Status::unavailable(
-                "this daemon has no repositories configured",
-            ));
-        };
+        let server_id = request.get_ref().server_id;
         if let Some(plan) = opt_id("plan_id", request.get_ref().plan_id)?.map(PlanId) {
+            let server = ServerId(id("server_id", server_id)?);
+            let (record, _) = self
+                .0
+                .app
+                .server_with_agency_code(&caller, server)
+                .await
+                .map_err(status)?;
+            let Some(repositories) = self.0.repositories.clone() else {
+                return Err(Status::unavailable(
+                    "this daemon has no repositories configured",
+                ));
+            };
             let (location, password, env) = self
                 .0
                 .app
@@ -522,19 +603,12 @@ impl restore_service_server::RestoreService for Restores {
                     .collect(),
             }));
         }
-        let handle = tokio::runtime::Handle::current();
-        let listed = tokio::task::spawn_blocking(move || {
-            let repository = repositories.open(&handle, &code, None, None)?;
-            crate::remote::server_snapshots(&repository, &record)
-        })
-        .await
-        .map_err(|error| Status::internal(error.to_string()))?
-        .map_err(|error| {
-            tracing::warn!(%error, "cannot list a server's snapshots");
-            Status::unavailable(
-                "the agency's repository cannot be read now; the daemon's log has the cause",
-            )
-        })?;
+        let listed = self
+            .browse(&caller, server_id, |repository, record| {
+                crate::remote::server_snapshots(repository, record)
+                    .map_err(crate::remote::BrowseError::Repository)
+            })
+            .await?;
         Ok(Response::new(ListServerSnapshotsResponse {
             snapshots: listed
                 .iter()
@@ -548,6 +622,73 @@ impl restore_service_server::RestoreService for Restores {
                     host: snapshot.hostname.clone(),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn list_snapshot_files(
+        &self,
+        request: Request<ListSnapshotFilesRequest>,
+    ) -> Reply<ListSnapshotFilesResponse> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        if request.snapshot.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the snapshot: an id, a unique prefix or `latest`",
+            ));
+        }
+        let limit = files_limit(request.limit);
+        let (snapshot, found) = self
+            .browse(&caller, request.server_id, move |repository, record| {
+                crate::remote::list_server_files(
+                    repository,
+                    record,
+                    &request.snapshot,
+                    &request.path,
+                    request.recursive,
+                    limit,
+                )
+            })
+            .await?;
+        Ok(Response::new(ListSnapshotFilesResponse {
+            snapshot_id: snapshot.to_hex(),
+            files: found.entries.iter().map(snapshot_file).collect(),
+            truncated: found.truncated,
+        }))
+    }
+
+    async fn find_snapshot_files(
+        &self,
+        request: Request<FindSnapshotFilesRequest>,
+    ) -> Reply<FindSnapshotFilesResponse> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let patterns = crate::engine::browse::Patterns::new(&request.patterns, request.ignore_case)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let limit = files_limit(request.limit);
+        let spec = (!request.snapshot.is_empty()).then_some(request.snapshot);
+        let found = self
+            .browse(&caller, request.server_id, move |repository, record| {
+                crate::remote::find_server_files(
+                    repository,
+                    record,
+                    spec.as_deref(),
+                    patterns,
+                    limit,
+                )
+            })
+            .await?;
+        Ok(Response::new(FindSnapshotFilesResponse {
+            snapshots: found
+                .snapshots
+                .iter()
+                .map(|(id, snapshot, found)| SnapshotMatches {
+                    snapshot_id: id.to_hex(),
+                    time: convert::time(snapshot.time),
+                    run_id: run_of(&snapshot.tags),
+                    files: found.entries.iter().map(snapshot_file).collect(),
+                })
+                .collect(),
+            truncated: found.truncated,
         }))
     }
 }

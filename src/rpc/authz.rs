@@ -112,6 +112,8 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.RestoreService/GetRestore", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ListRestores", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ListServerSnapshots", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/ListSnapshotFiles", roles: EVERYONE, scope: OWN_AGENCY },
+    Rule { method: "/cadang.v1.RestoreService/FindSnapshotFiles", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/SetRestorePlan", roles: PLANNERS, scope: "the roles of the planning step (C2), while it is current; servers of the request's agency" },
     Rule { method: "/cadang.v1.RestoreService/GetRestoreRequest", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ConfirmOlderSnapshot", roles: RESTORE_APPROVERS, scope: "the roles of the approval step (C3), once the plan is approved" },

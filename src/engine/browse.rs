@@ -1,0 +1,341 @@
+//! Browsing snapshots without restoring them: the entries of one directory (or
+//! everything below it), and the files whose name matches a pattern, across any number
+//! of snapshots. This is how an officer finds what to restore before a restore is
+//! planned: "which night's backup still has `laporan-2025.xlsx`, and where was it?"
+//!
+//! Only the trees on the way are read: listing `/var/www` loads the root, `var` and
+//! `www`, not the whole snapshot. A search skips every subtree it already searched in
+//! an earlier snapshot and found nothing in (same tree id at the same path), so
+//! searching thirty nightly snapshots costs little more than searching one: most of a
+//! server does not change between nights. Walks are bounded by [`MAX_DEPTH`], and
+//! answers by the caller's limit.
+
+use std::collections::HashSet;
+
+use globset::{GlobBuilder, GlobMatcher};
+
+use super::error::{Error, Result};
+use super::id::BlobId;
+use super::index::Index;
+use super::repo::Repository;
+use super::tree::{MAX_DEPTH, Node, NodeKind, too_deep};
+
+/// One entry with its absolute path in the snapshot (`/etc/hosts`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Absolute path, raw bytes.
+    pub path: Vec<u8>,
+    /// The entry as recorded.
+    pub node: Node,
+}
+
+/// What a listing or a search found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// The entries, in tree order (names sorted, a directory before what it holds).
+    pub entries: Vec<Listed>,
+    /// More entries matched than the limit allowed.
+    pub truncated: bool,
+}
+
+impl Found {
+    /// Adds `listed` unless the limit is reached (then marks the answer truncated).
+    /// Returns whether there is room for more.
+    fn push(&mut self, listed: Listed, limit: usize) -> bool {
+        if self.entries.len() >= limit {
+            self.truncated = true;
+            return false;
+        }
+        self.entries.push(listed);
+        true
+    }
+}
+
+/// The components of an absolute or relative snapshot path (`/var/www`, `var/www/`,
+/// `/`); empty components are skipped.
+fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|b| *b == b'/').filter(|part| !part.is_empty())
+}
+
+fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(prefix.len() + 1 + name.len());
+    path.extend_from_slice(prefix);
+    path.push(b'/');
+    path.extend_from_slice(name);
+    path
+}
+
+/// The entries at `path` in the snapshot whose root tree is `root`: a directory's
+/// entries (with `recursive`, everything below it), or the one entry a file's path
+/// names. At most `limit` entries.
+///
+/// # Errors
+/// `InvalidInput` when the path is not in the snapshot (naming the first component that
+/// is missing or not a directory); repository errors for unreadable trees; `Corrupt`
+/// for a tree nested deeper than [`MAX_DEPTH`].
+pub fn list(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    path: &[u8],
+    recursive: bool,
+    limit: usize,
+) -> Result<Found> {
+    let mut tree = *root;
+    let mut at: Vec<u8> = Vec::new();
+    let mut parts = components(path).peekable();
+    while let Some(name) = parts.next() {
+        let listing = repo.load_tree(index, &tree)?;
+        let Ok(found) = listing
+            .nodes
+            .binary_search_by(|node| node.name.as_slice().cmp(name))
+        else {
+            return Err(Error::InvalidInput(format!(
+                "{} is not in the snapshot",
+                String::from_utf8_lossy(&join(&at, name))
+            )));
+        };
+        let node = &listing.nodes[found];
+        at = join(&at, name);
+        match (node.kind, node.subtree) {
+            (NodeKind::Dir, Some(subtree)) => tree = subtree,
+            _ if parts.peek().is_none() => {
+                // A file (or link, or device) named by the path itself.
+                let mut answer = Found::default();
+                answer.push(
+                    Listed {
+                        path: at,
+                        node: node.clone(),
+                    },
+                    limit,
+                );
+                return Ok(answer);
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a directory in the snapshot",
+                    String::from_utf8_lossy(&at)
+                )));
+            }
+        }
+    }
+    let mut answer = Found::default();
+    below(repo, index, &tree, &at, 0, recursive, limit, &mut answer)?;
+    Ok(answer)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn below(
+    repo: &Repository,
+    index: &Index,
+    tree: &BlobId,
+    prefix: &[u8],
+    depth: usize,
+    recursive: bool,
+    limit: usize,
+    answer: &mut Found,
+) -> Result<bool> {
+    if depth > MAX_DEPTH {
+        return Err(Error::corrupt(
+            format!("tree {}", String::from_utf8_lossy(prefix)),
+            too_deep(),
+        ));
+    }
+    for node in repo.load_tree(index, tree)?.nodes {
+        let path = join(prefix, &node.name);
+        let subtree = (recursive && node.kind == NodeKind::Dir)
+            .then_some(node.subtree)
+            .flatten();
+        if !answer.push(
+            Listed {
+                path: path.clone(),
+                node,
+            },
+            limit,
+        ) {
+            return Ok(false);
+        }
+        if let Some(subtree) = subtree
+            && !below(repo, index, &subtree, &path, depth + 1, true, limit, answer)?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Compiled search patterns: shell globs (`*`, `?`, `[…]`, `{a,b}`). A pattern without
+/// a `/` is matched against each entry's name (`*.xlsx`), one with a `/` against its
+/// absolute path (`/var/www/**/*.php`, where `**` crosses directories).
+#[derive(Clone, Debug)]
+pub struct Patterns {
+    by_name: Vec<GlobMatcher>,
+    by_path: Vec<GlobMatcher>,
+}
+
+impl Patterns {
+    /// Compiles `patterns`; `ignore_case` matches letters of either case.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming a pattern that is not a valid glob, or when there is none.
+    pub fn new(patterns: &[String], ignore_case: bool) -> Result<Self> {
+        if patterns.is_empty() {
+            return Err(Error::InvalidInput("give at least one pattern".into()));
+        }
+        let mut compiled = Self {
+            by_name: Vec::new(),
+            by_path: Vec::new(),
+        };
+        for pattern in patterns {
+            let glob = GlobBuilder::new(pattern)
+                .case_insensitive(ignore_case)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| Error::InvalidInput(format!("pattern {pattern:?}: {e}")))?
+                .compile_matcher();
+            if pattern.contains('/') {
+                compiled.by_path.push(glob);
+            } else {
+                compiled.by_name.push(glob);
+            }
+        }
+        Ok(compiled)
+    }
+
+    fn matches(&self, name: &[u8], path: &[u8]) -> bool {
+        let matches = |globs: &[GlobMatcher], text: &[u8]| {
+            !globs.is_empty() && {
+                let text = String::from_utf8_lossy(text);
+                globs.iter().any(|glob| glob.is_match(text.as_ref()))
+            }
+        };
+        matches(&self.by_name, name) || matches(&self.by_path, path)
+    }
+}
+
+/// Searches snapshots one after the other, remembering the subtrees that held no match
+/// (by tree id and path) so a later snapshot does not read them again.
+pub struct Finder<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    patterns: Patterns,
+    barren: HashSet<(BlobId, Vec<u8>)>,
+}
+
+/// Subtrees remembered as holding no match; past this the memory is dropped and
+/// filled again (a search of a huge server stays bounded).
+const BARREN_KEPT: usize = 1 << 20;
+
+impl<'a> Finder<'a> {
+    /// A search for `patterns` in `repo`.
+    #[must_use]
+    pub fn new(repo: &'a Repository, index: &'a Index, patterns: Patterns) -> Self {
+        Self {
+            repo,
+            index,
+            patterns,
+            barren: HashSet::new(),
+        }
+    }
+
+    /// The matching entries of the snapshot whose root tree is `root`, at most `limit`.
+    ///
+    /// # Errors
+    /// Repository errors for unreadable trees; `Corrupt` for a tree nested deeper than
+    /// [`MAX_DEPTH`].
+    pub fn find(&mut self, root: &BlobId, limit: usize) -> Result<Found> {
+        let mut answer = Found::default();
+        self.search(root, b"", 0, limit, &mut answer)?;
+        Ok(answer)
+    }
+
+    /// Returns whether the search may go on (the limit is not reached).
+    fn search(
+        &mut self,
+        tree: &BlobId,
+        prefix: &[u8],
+        depth: usize,
+        limit: usize,
+        answer: &mut Found,
+    ) -> Result<bool> {
+        if depth > MAX_DEPTH {
+            return Err(Error::corrupt(
+                format!("tree {}", String::from_utf8_lossy(prefix)),
+                too_deep(),
+            ));
+        }
+        let key = (*tree, prefix.to_vec());
+        if self.barren.contains(&key) {
+            return Ok(true);
+        }
+        let before = answer.entries.len();
+        for node in self.repo.load_tree(self.index, tree)?.nodes {
+            let path = join(prefix, &node.name);
+            let subtree = (node.kind == NodeKind::Dir)
+                .then_some(node.subtree)
+                .flatten();
+            if self.patterns.matches(&node.name, &path)
+                && !answer.push(
+                    Listed {
+                        path: path.clone(),
+                        node,
+                    },
+                    limit,
+                )
+            {
+                return Ok(false);
+            }
+            if let Some(subtree) = subtree
+                && !self.search(&subtree, &path, depth + 1, limit, answer)?
+            {
+                return Ok(false);
+            }
+        }
+        if answer.entries.len() == before {
+            if self.barren.len() >= BARREN_KEPT {
+                self.barren.clear();
+            }
+            self.barren.insert(key);
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths_are_matched_by_the_pattern_s_kind() {
+        let patterns =
+            Patterns::new(&["*.xlsx".into(), "/var/www/**/index.php".into()], false).unwrap();
+        assert!(patterns.matches(b"laporan.xlsx", b"/home/a/laporan.xlsx"));
+        assert!(!patterns.matches(b"laporan.XLSX", b"/home/a/laporan.XLSX"));
+        assert!(patterns.matches(b"index.php", b"/var/www/html/site/index.php"));
+        assert!(!patterns.matches(b"index.php", b"/srv/www/index.php"));
+        // A name pattern never spans directories.
+        assert!(
+            !Patterns::new(&["a*b".into()], false)
+                .unwrap()
+                .matches(b"x", b"/a/b")
+        );
+        let folded = Patterns::new(&["*.xlsx".into()], true).unwrap();
+        assert!(folded.matches(b"LAPORAN.XLSX", b"/LAPORAN.XLSX"));
+        assert!(matches!(
+            Patterns::new(&["[".into()], false),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            Patterns::new(&[], false),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn path_components_skip_empty_parts() {
+        let parts: Vec<&[u8]> = components(b"//var/www/").collect();
+        assert_eq!(parts, vec![b"var".as_slice(), b"www".as_slice()]);
+        assert_eq!(components(b"/").count(), 0);
+    }
+}
