@@ -100,7 +100,7 @@ def ok_phase(r, key):
     phase = key.split("_")[0]
     if phase == "restore" and r.get("verify") == "differs":
         return False
-    if phase in ("initial", "nochange", "incr", "restore", "check", "init"):
+    if phase in ("initial", "nochange", "incr", "restore", "check", "init", "find"):
         return r.get(phase + "_rc") == 0
     return True
 
@@ -123,6 +123,8 @@ ROWS = [
     ("Incremental data_added, as reported (MB)", "incr_data_added", MB, 2, "lower", None),
     ("Restore throughput (MB/s)", "restore_mbps", 1, 1, "higher", 2.0),
     ("check --read-data time (s)", "check_s", 1, 2, "lower", None),
+    ("find '*.log' in the 3 snapshots (s)", "find_s", 1, 2, "lower", None),
+    ("find matches (both must agree)", "find_hits", 1, 0, "lower", None),
     ("Repository size (MB)", "repo_bytes", MB, 1, "lower", 1.0),
     ("Peak RSS, initial backup (MiB)", "initial_rss_kb", 1024, 0, "lower", None),
     ("Peak RSS, max of backups/restore/check (MiB)", "max_rss_kb", 1024, 0, "lower", 1.0),

@@ -217,6 +217,7 @@ build_cmd() {
     initial | nochange | incr) CMD+=(backup --json "${extra[@]}" "$SRC") ;;
     restore) CMD+=(restore latest --target "$TARGET") ;;
     check) CMD+=(check --read-data) ;;
+    find) CMD+=(--json find '*.log') ;;
     *) die "internal: unknown phase $phase" ;;
     esac
 }
@@ -324,6 +325,17 @@ bench_one() { # tool rep
     # 5. check --read-data
     settle
     timed check "$tool" || true
+
+    # 6. find a name in the three snapshots (the matches are counted: both must agree)
+    settle
+    timed find "$tool" || true
+    metric find_hits "$("$PY" -c 'import json, sys
+text = open(sys.argv[1]).read()
+try:
+    found = json.loads(text)  # restic: one document, a list of snapshots with their hits
+    print(sum(s.get("hits", len(s.get("matches") or [])) for s in found))
+except ValueError:  # cadang: JSON lines, the last one the summary
+    print(json.loads(text.strip().splitlines()[-1])["matches"])' "$RUN/find.out" 2>/dev/null || echo -1)"
 
     metric repo_bytes "$(repo_bytes)"
     metric cache_bytes "$(du -sb "$XDG_CACHE_HOME" | cut -f1)"

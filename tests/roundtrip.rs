@@ -203,6 +203,17 @@ fn find_names_the_snapshots_that_still_hold_a_file() {
     let (found, _) = matches(&["--tag", "night1", "*.txt"]);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0, ids[0]);
+    // ls below a path reads only that part; a path the snapshot lacks is an error.
+    let out = run(cadang(repo).args(["ls", "latest"]).arg(src.join("www")), 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("www/site/index.php"), "{text}");
+    assert!(!text.contains("keuangan"), "{text}");
+    let out = run(cadang(repo).args(["ls", "latest"]).arg(src.join("nope")), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not in the snapshot"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A pattern that is not one is refused with its reason.
     let out = cadang(repo).args(["find", "[unclosed"]).output().unwrap();
     assert!(!out.status.success());

@@ -564,8 +564,7 @@ fn restore_job(
             .is_ok()
     };
     let started = restore::RestoreWriter::new(&job.target_dir, &job.id_key).and_then(|writer| {
-        let ids = restore::job_ids(&job.id_key)?;
-        let steps = decode_ahead(ids, from_stream)
+        let steps = decode_ahead(writer.ids().clone(), from_stream)
             .map_err(|error| format!("cannot start the decoding thread: {error}"))?;
         Ok((writer, steps))
     });

@@ -94,11 +94,8 @@ pub fn decode_chunk(ids: &IdKeys, chunk: &pb::RestoreChunk) -> Decoded {
     }
 }
 
-/// The id key of a restore job, for [`decode_chunk`] on a thread of its own.
-///
-/// # Errors
-/// A message when the key is not 32 bytes.
-pub fn job_ids(id_key: &[u8]) -> Result<IdKeys, String> {
+/// The id key of a restore job, or a message when it is not 32 bytes.
+fn job_ids(id_key: &[u8]) -> Result<IdKeys, String> {
     let key: [u8; 32] = id_key
         .try_into()
         .map_err(|_| "the id key must be 32 bytes".to_owned())?;
@@ -160,6 +157,12 @@ impl RestoreWriter {
             links: HashMap::new(),
             skip_chunks: 0,
         })
+    }
+
+    /// The job's id key, for [`decode_chunk`] on another thread.
+    #[must_use]
+    pub fn ids(&self) -> &IdKeys {
+        &self.ids
     }
 
     fn fail(&mut self, path: &[u8], reason: impl std::fmt::Display) {

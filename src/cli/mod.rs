@@ -218,7 +218,7 @@ pub struct SnapshotsArgs {
 pub struct LsArgs {
     /// Snapshot id (or prefix) or `latest`.
     pub snapshot: String,
-    /// Only below this path.
+    /// Only what is below this path (or the file it names).
     pub path: Option<String>,
 }
 

@@ -423,21 +423,18 @@ fn ls(ctx: &Ctx, a: super::LsArgs) -> anyhow::Result<ExitCode> {
     let repo = ctx.open()?;
     let id = repo.find_snapshot(&a.snapshot)?;
     let snap = repo.load_snapshot(&id)?;
-    let (index, _) = repo.load_index()?;
-    let filter = a
-        .path
-        .as_deref()
-        .map(|p| p.trim_end_matches('/').to_string());
-    let mut out = Vec::new();
-    walk_tree(&repo, &index, &snap.tree, "", 0, &mut |p, n| {
-        if let Some(f) = &filter
-            && !(p == f || p.starts_with(&format!("{f}/")))
-        {
-            return;
-        }
-        out.push((p.to_string(), n.clone()));
-    })?;
-    for (p, n) in out {
+    let (index, _) = repo.load_index_for(&snap)?;
+    // Only the trees on the way to PATH are read; a PATH the snapshot lacks is an error.
+    let found = crate::engine::browse::list(
+        &repo,
+        &index,
+        &snap.tree,
+        a.path.as_deref().unwrap_or("/").as_bytes(),
+        true,
+        usize::MAX,
+    )?;
+    for listed in found.entries {
+        let (p, n) = (String::from_utf8_lossy(&listed.path), listed.node);
         if ctx.g.json {
             json_line(
                 &json!({"path": p, "type": kind_str(n.kind), "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size,
