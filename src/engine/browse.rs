@@ -120,48 +120,19 @@ pub fn list(
         }
     }
     let mut answer = Found::default();
-    below(repo, index, &tree, &at, 0, recursive, limit, &mut answer)?;
+    if recursive {
+        // Everything below matches: a search that skips nothing.
+        let mut finder = Finder::new(repo, index, Patterns::everything());
+        finder.search(&tree, &at, 0, limit, &mut answer)?;
+    } else {
+        for node in repo.load_tree(index, &tree)?.nodes {
+            let path = join(&at, &node.name);
+            if !answer.push(Listed { path, node }, limit) {
+                break;
+            }
+        }
+    }
     Ok(answer)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn below(
-    repo: &Repository,
-    index: &Index,
-    tree: &BlobId,
-    prefix: &[u8],
-    depth: usize,
-    recursive: bool,
-    limit: usize,
-    answer: &mut Found,
-) -> Result<bool> {
-    if depth > MAX_DEPTH {
-        return Err(Error::corrupt(
-            format!("tree {}", String::from_utf8_lossy(prefix)),
-            too_deep(),
-        ));
-    }
-    for node in repo.load_tree(index, tree)?.nodes {
-        let path = join(prefix, &node.name);
-        let subtree = (recursive && node.kind == NodeKind::Dir)
-            .then_some(node.subtree)
-            .flatten();
-        if !answer.push(
-            Listed {
-                path: path.clone(),
-                node,
-            },
-            limit,
-        ) {
-            return Ok(false);
-        }
-        if let Some(subtree) = subtree
-            && !below(repo, index, &subtree, &path, depth + 1, true, limit, answer)?
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Compiled search patterns: shell globs (`*`, `?`, `[…]`, `{a,b}`). A pattern without
@@ -171,9 +142,19 @@ fn below(
 pub struct Patterns {
     by_name: Vec<GlobMatcher>,
     by_path: Vec<GlobMatcher>,
+    everything: bool,
 }
 
 impl Patterns {
+    /// Matches every entry (a recursive listing).
+    fn everything() -> Self {
+        Self {
+            by_name: Vec::new(),
+            by_path: Vec::new(),
+            everything: true,
+        }
+    }
+
     /// Compiles `patterns`; `ignore_case` matches letters of either case.
     ///
     /// # Errors
@@ -185,6 +166,7 @@ impl Patterns {
         let mut compiled = Self {
             by_name: Vec::new(),
             by_path: Vec::new(),
+            everything: false,
         };
         for pattern in patterns {
             let glob = GlobBuilder::new(pattern)
@@ -210,7 +192,7 @@ impl Patterns {
                 globs.iter().any(|glob| glob.is_match(text.as_ref()))
             }
         };
-        matches(&self.by_name, name) || matches(&self.by_path, path)
+        self.everything || matches(&self.by_name, name) || matches(&self.by_path, path)
     }
 }
 
