@@ -265,17 +265,8 @@ pub fn list_server_files(
     Ok((*id, found))
 }
 
-/// What a search of a server's snapshots found.
-#[derive(Debug, Default)]
-pub struct ServerMatches {
-    /// Newest first, only snapshots with a match.
-    pub snapshots: Vec<(SnapshotId, Snapshot, crate::engine::browse::Found)>,
-    /// The limit stopped the search.
-    pub truncated: bool,
-}
-
 /// The entries of the server's snapshots (`spec` alone when given) that `patterns`
-/// match, at most `limit` in all.
+/// match, newest snapshot first, at most `limit` in all.
 ///
 /// # Errors
 /// [`BrowseError`].
@@ -285,7 +276,7 @@ pub fn find_server_files(
     spec: Option<&str>,
     patterns: crate::engine::browse::Patterns,
     limit: usize,
-) -> Result<ServerMatches, BrowseError> {
+) -> Result<crate::engine::browse::Matches<(SnapshotId, Snapshot)>, BrowseError> {
     let mut snapshots = server_snapshots(repository, server).map_err(BrowseError::Repository)?;
     if let Some(spec) = spec {
         let chosen = choose_snapshot(&snapshots, spec)
@@ -294,25 +285,15 @@ pub fn find_server_files(
         snapshots = vec![chosen];
     }
     let (index, _) = repository.load_index().map_err(unreadable)?;
-    let mut finder = crate::engine::browse::Finder::new(repository, &index, patterns);
-    let mut left = limit;
-    let mut answer = ServerMatches::default();
-    for (id, snapshot) in snapshots.into_iter().rev() {
-        if left == 0 {
-            answer.truncated = true;
-            break;
-        }
-        let found = finder.find(&snapshot.tree, left).map_err(unreadable)?;
-        left -= found.entries.len();
-        answer.truncated = found.truncated;
-        if !found.entries.is_empty() {
-            answer.snapshots.push((id, snapshot, found));
-        }
-        if answer.truncated {
-            break;
-        }
-    }
-    Ok(answer)
+    crate::engine::browse::Finder::new(repository, &index, patterns)
+        .find_in(
+            snapshots.into_iter().rev().map(|(id, snapshot)| {
+                let root = snapshot.tree;
+                ((id, snapshot), root)
+            }),
+            limit,
+        )
+        .map_err(unreadable)
 }
 
 /// A server's snapshots as a restore sees them: those the primary reads, the replica's

@@ -478,28 +478,26 @@ fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
         eprintln!("cadang: snapshot {} not searched: {e}", id.short());
     }
     let (index, _) = repo.load_index()?;
-    let mut finder = crate::engine::browse::Finder::new(&repo, &index, patterns);
-    let limit = a.limit as usize;
-    let mut left = limit;
-    let mut truncated = false;
-    for (id, s) in snaps.iter().rev().filter(|(id, s)| {
-        (chosen.is_empty() || chosen.contains(id))
-            && a.host.as_ref().is_none_or(|h| &s.hostname == h)
-            && a.tags.iter().all(|t| s.tags.contains(t))
-    }) {
-        if left == 0 {
-            truncated = true;
-            break;
-        }
-        let found = finder.find(&s.tree, left)?;
-        left -= found.entries.len();
-        for listed in &found.entries {
+    let found = crate::engine::browse::Finder::new(&repo, &index, patterns).find_in(
+        snaps
+            .iter()
+            .rev()
+            .filter(|(id, s)| {
+                (chosen.is_empty() || chosen.contains(id))
+                    && a.host.as_ref().is_none_or(|h| &s.hostname == h)
+                    && a.tags.iter().all(|t| s.tags.contains(t))
+            })
+            .map(|(id, s)| ((id, s), s.tree)),
+        a.limit as usize,
+    )?;
+    for ((id, s), matched) in &found.snapshots {
+        for listed in &matched.entries {
             let path = String::from_utf8_lossy(&listed.path);
             let n = &listed.node;
             if ctx.g.json {
                 json_line(
                     &json!({"message_type": "match", "snapshot": id.to_hex(), "time": s.time,
-                                  "path": path, "type": kind_str(n.kind), "mode": n.mode, "size": n.size, "mtime_ns": n.mtime_ns}),
+                            "path": path, "type": kind_str(n.kind), "mode": n.mode, "size": n.size, "mtime_ns": n.mtime_ns}),
                 );
             } else {
                 println!(
@@ -511,15 +509,12 @@ fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        if found.truncated {
-            truncated = true;
-            break;
-        }
     }
-    let matches = limit - left;
     if ctx.g.json {
-        json_line(&json!({"message_type": "summary", "matches": matches, "truncated": truncated}));
-    } else if truncated {
+        json_line(
+            &json!({"message_type": "summary", "matches": found.count(), "truncated": found.truncated}),
+        );
+    } else if found.truncated {
         eprintln!(
             "cadang: stopped at --limit {}; older snapshots were not searched",
             a.limit

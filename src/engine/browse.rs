@@ -196,6 +196,26 @@ impl Patterns {
     }
 }
 
+/// What a search of several snapshots found ([`Finder::find_in`]).
+#[derive(Debug)]
+pub struct Matches<T> {
+    /// The snapshots with a match, in the order searched, each with what matched.
+    pub snapshots: Vec<(T, Found)>,
+    /// The limit stopped the search: more entries, or snapshots not searched.
+    pub truncated: bool,
+}
+
+impl<T> Matches<T> {
+    /// Entries found in all.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.snapshots
+            .iter()
+            .map(|(_, found)| found.entries.len())
+            .sum()
+    }
+}
+
 /// Searches snapshots one after the other, remembering the subtrees that held no match
 /// (by tree id and path) so a later snapshot does not read them again.
 pub struct Finder<'a> {
@@ -229,6 +249,40 @@ impl<'a> Finder<'a> {
     pub fn find(&mut self, root: &BlobId, limit: usize) -> Result<Found> {
         let mut answer = Found::default();
         self.search(root, b"", 0, limit, &mut answer)?;
+        Ok(answer)
+    }
+
+    /// Searches `snapshots` in the order given (each a label the caller keeps, such as
+    /// its id, and its root tree), at most `limit` matching entries in all. Only the
+    /// snapshots with a match are returned.
+    ///
+    /// # Errors
+    /// As [`Finder::find`].
+    pub fn find_in<T>(
+        &mut self,
+        snapshots: impl IntoIterator<Item = (T, BlobId)>,
+        limit: usize,
+    ) -> Result<Matches<T>> {
+        let mut left = limit;
+        let mut answer = Matches {
+            snapshots: Vec::new(),
+            truncated: false,
+        };
+        for (label, root) in snapshots {
+            if left == 0 {
+                answer.truncated = true;
+                break;
+            }
+            let found = self.find(&root, left)?;
+            left -= found.entries.len();
+            answer.truncated = found.truncated;
+            if !found.entries.is_empty() {
+                answer.snapshots.push((label, found));
+            }
+            if answer.truncated {
+                break;
+            }
+        }
         Ok(answer)
     }
 

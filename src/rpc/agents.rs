@@ -681,7 +681,7 @@ impl restore_service_server::RestoreService for Restores {
             snapshots: found
                 .snapshots
                 .iter()
-                .map(|(id, snapshot, found)| SnapshotMatches {
+                .map(|((id, snapshot), found)| SnapshotMatches {
                     snapshot_id: id.to_hex(),
                     time: convert::time(snapshot.time),
                     run_id: run_of(&snapshot.tags),
