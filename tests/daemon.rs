@@ -2338,6 +2338,25 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
     assert_eq!(capped["files"].as_array().unwrap().len(), 2, "{capped}");
     assert_eq!(capped["truncated"], true, "{capped}");
+    // Many listings at once take turns on the daemon and all get the same answer.
+    let together: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    ok(
+                        &server,
+                        &site.skpd,
+                        &["restore-job", "ls", &web_id, "latest", &html, "-R"],
+                    )
+                })
+            })
+            .collect();
+        calls.into_iter().map(|call| call.join().unwrap()).collect()
+    });
+    assert!(
+        together.iter().all(|answer| answer == &below),
+        "{together:?}"
+    );
     refused(
         &server,
         &site.skpd,

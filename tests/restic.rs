@@ -474,6 +474,159 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
         &["restore-job", "snapshots", &kendal, "--from-plan", &plan],
         "PERMISSION_DENIED",
     );
+
+    // What the plan's snapshots hold, to choose the `--path`s of a restore: read from
+    // the restic repository, in the form of the server's own snapshots.
+    let src = source.display().to_string();
+    let second_snapshot = second["snapshot_id"].as_str().unwrap().to_owned();
+    let paths = |found: &Value| -> Vec<String> {
+        found["files"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{found}"))
+            .iter()
+            .map(|file| file["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let browse = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--from-plan", &plan]);
+        ok(&server, &site.petugas, &all)
+    };
+    let html = browse(&["restore-job", "ls", &web, "latest", &format!("{src}/html/")]);
+    assert_eq!(html["snapshot"], second_snapshot.as_str(), "{html}");
+    assert_eq!(html["truncated"], false, "{html}");
+    assert_eq!(
+        paths(&html),
+        vec![
+            format!("{src}/html/gambar"),
+            format!("{src}/html/index.html")
+        ]
+    );
+    assert_eq!(html["files"][0]["type"], "dir", "{html}");
+    assert_eq!(html["files"][0]["mode"], 0o755, "{html}");
+    let index = &html["files"][1];
+    assert_eq!(index["type"], "file", "{html}");
+    assert_eq!(index["size"], "<h1>arsip baru</h1>\n".len(), "{html}");
+    assert_eq!(index["mode"], 0o644, "{html}");
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(source.join("html/index.html"))
+            .unwrap()
+            .uid()
+    };
+    assert_eq!(index["uid"], owner, "{html}");
+    assert!(index["mtime"].as_str().unwrap().ends_with('Z'), "{html}");
+    let everything = browse(&["restore-job", "ls", &web, "latest", &src, "-R"]);
+    assert_eq!(
+        paths(&everything),
+        [
+            "beranda.html",
+            "db",
+            "db/baru.bin",
+            "db/dump.sql",
+            "html",
+            "html/gambar",
+            "html/gambar/kosong.png",
+            "html/index.html",
+        ]
+        .map(|path| format!("{src}/{path}")),
+        "{everything}"
+    );
+    let link = &everything["files"][0];
+    assert_eq!(link["type"], "symlink", "{everything}");
+    // restic lists a link's target only from 0.16 on; where it does, it is passed on.
+    assert!(
+        link["link_target"].is_null() || link["link_target"] == "html/index.html",
+        "{everything}"
+    );
+    // The older snapshot by a prefix of its id; one file; the limit.
+    let older = browse(&[
+        "restore-job",
+        "ls",
+        &web,
+        &first_snapshot[..8],
+        &format!("{src}/db"),
+    ]);
+    assert_eq!(older["snapshot"], first_snapshot.as_str(), "{older}");
+    assert_eq!(paths(&older), vec![format!("{src}/db/dump.sql")]);
+    let one = browse(&[
+        "restore-job",
+        "ls",
+        &web,
+        "latest",
+        &format!("{src}/db/baru.bin"),
+    ]);
+    assert_eq!(paths(&one), vec![format!("{src}/db/baru.bin")]);
+    assert_eq!(one["files"][0]["size"], 1 << 20, "{one}");
+    let capped = browse(&[
+        "restore-job",
+        "ls",
+        &web,
+        "latest",
+        "/",
+        "-R",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(paths(&capped).len(), 3, "{capped}");
+    assert_eq!(capped["truncated"], true, "{capped}");
+    // A search names the snapshots that hold a file, newest first.
+    let found = browse(&["restore-job", "find", &web, "*.sql", "baru.*"]);
+    let held: Vec<(&str, Vec<String>)> = found["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|matches| (matches["snapshot"].as_str().unwrap(), paths(matches)))
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            (
+                second_snapshot.as_str(),
+                vec![format!("{src}/db/baru.bin"), format!("{src}/db/dump.sql")]
+            ),
+            (first_snapshot.as_str(), vec![format!("{src}/db/dump.sql")]),
+        ],
+        "{found}"
+    );
+    assert_eq!(found["snapshots"][0]["run_id"], second["id"], "{found}");
+    assert_eq!(found["truncated"], false, "{found}");
+    let first_hit = browse(&["restore-job", "find", &web, "*.SQL", "-i", "--limit", "1"]);
+    assert_eq!(first_hit["truncated"], true, "{first_hit}");
+    assert_eq!(
+        first_hit["snapshots"].as_array().unwrap().len(),
+        1,
+        "{first_hit}"
+    );
+    let pinned = browse(&[
+        "restore-job",
+        "find",
+        &web,
+        &format!("{src}/html/**"),
+        "--snapshot",
+        &first_snapshot,
+    ]);
+    assert_eq!(pinned["snapshots"][0]["snapshot"], first_snapshot.as_str());
+    assert_eq!(paths(&pinned["snapshots"][0]).len(), 3, "{pinned}");
+    // What is not there, or not the caller's, is refused.
+    for args in [
+        vec!["restore-job", "ls", &web, "latest", "/nowhere"],
+        vec!["restore-job", "ls", &web, "latest", "/a/../etc"],
+        vec!["restore-job", "ls", &web, "ffffffff", "/"],
+        vec!["restore-job", "find", &web, "[unclosed"],
+    ] {
+        let mut all = args.clone();
+        all.extend_from_slice(&["--from-plan", &plan]);
+        refused(&server, &site.petugas, &all, "INVALID_ARGUMENT");
+    }
+    for args in [
+        vec!["restore-job", "ls", &kendal, "latest", "/"],
+        vec!["restore-job", "find", &kendal, "*"],
+    ] {
+        let mut all = args.clone();
+        all.extend_from_slice(&["--from-plan", &plan]);
+        refused(&server, &site.petugas, &all, "PERMISSION_DENIED");
+    }
     let inside = |target: &Path| target.join(source.strip_prefix("/").unwrap());
     let staging_left = || {
         std::fs::read_dir(data.join("drills"))

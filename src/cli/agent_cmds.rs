@@ -159,6 +159,10 @@ pub enum RestoreJobCmd {
         /// At most this many entries (the daemon allows up to 100000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// List a snapshot of this plan's existing restic repository instead (ids as
+        /// `snapshots --from-plan` gives them).
+        #[arg(long = "from-plan", value_name = "PLAN")]
+        from_plan: Option<i64>,
     },
     /// Find files by name in a server's snapshots, newest first: which backup still
     /// holds a lost file, and where it was.
@@ -179,6 +183,10 @@ pub enum RestoreJobCmd {
         /// At most this many matches in all (the daemon allows up to 100000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// Search the snapshots of this plan's existing restic repository instead (one
+        /// restic listing per snapshot searched).
+        #[arg(long = "from-plan", value_name = "PLAN")]
+        from_plan: Option<i64>,
     },
 }
 
@@ -694,6 +702,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     path,
                     recursive,
                     limit,
+                    from_plan,
                 } => {
                     let listing = restores
                         .list_snapshot_files(conn.req(pb::ListSnapshotFilesRequest {
@@ -702,6 +711,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             path,
                             recursive,
                             limit,
+                            plan_id: from_plan.unwrap_or(0),
                         }))
                         .await
                         .map_err(rpc_error)?
@@ -727,6 +737,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     snapshot,
                     ignore_case,
                     limit,
+                    from_plan,
                 } => {
                     let found = restores
                         .find_snapshot_files(conn.req(pb::FindSnapshotFilesRequest {
@@ -735,6 +746,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             snapshot: snapshot.unwrap_or_default(),
                             ignore_case,
                             limit,
+                            plan_id: from_plan.unwrap_or(0),
                         }))
                         .await
                         .map_err(rpc_error)?

@@ -78,6 +78,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Find files by name in the snapshots, newest snapshot first.
     Find(FindArgs),
+    /// Write one file of a snapshot to standard output (or a file), every chunk verified.
+    Dump(DumpArgs),
     /// Show what changed between two snapshots.
     Diff(DiffArgs),
     /// Restore a snapshot into a directory.
@@ -243,6 +245,18 @@ pub struct FindArgs {
     /// Stop after this many matches in all.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id (or prefix) or `latest`.
+    pub snapshot: String,
+    /// Absolute path of a regular file in the snapshot.
+    pub path: String,
+    /// Write to this file instead of standard output: it appears, with the mode the
+    /// snapshot records, only once every byte is written and verified.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

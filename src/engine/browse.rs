@@ -1,7 +1,8 @@
 //! Browsing snapshots without restoring them: the entries of one directory (or
 //! everything below it), and the files whose name matches a pattern, across any number
 //! of snapshots. This is how an officer finds what to restore before a restore is
-//! planned: "which night's backup still has `laporan-2025.xlsx`, and where was it?"
+//! planned: "which night's backup still has `laporan-2025.xlsx`, and where was it?" —
+//! and, with [`dump`], how one file is read back without a restore, verified.
 //!
 //! Only the trees on the way are read: listing `/var/www` loads the root, `var` and
 //! `www`, not the whole snapshot. A search skips every subtree it already searched in
@@ -15,8 +16,10 @@ use std::collections::HashSet;
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::error::{Error, Result};
+use super::format::with_blob_plaintext;
 use super::id::BlobId;
 use super::index::Index;
+use super::readahead::ReadAhead;
 use super::repo::Repository;
 use super::tree::{MAX_DEPTH, Node, NodeKind, too_deep};
 
@@ -65,22 +68,16 @@ fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     path
 }
 
-/// The entries at `path` in the snapshot whose root tree is `root`: a directory's
-/// entries (with `recursive`, everything below it), or the one entry a file's path
-/// names. At most `limit` entries.
-///
-/// # Errors
-/// `InvalidInput` when the path is not in the snapshot (naming the first component that
-/// is missing or not a directory); repository errors for unreadable trees; `Corrupt`
-/// for a tree nested deeper than [`MAX_DEPTH`].
-pub fn list(
-    repo: &Repository,
-    index: &Index,
-    root: &BlobId,
-    path: &[u8],
-    recursive: bool,
-    limit: usize,
-) -> Result<Found> {
+/// Where a path of a snapshot leads.
+enum Place {
+    /// A directory (the root too): its tree and its absolute path.
+    Dir { tree: BlobId, path: Vec<u8> },
+    /// Any other entry: a file, link or device.
+    Entry(Listed),
+}
+
+/// Follows `path` from the root tree `root`, reading only the trees on the way.
+fn walk_to(repo: &Repository, index: &Index, root: &BlobId, path: &[u8]) -> Result<Place> {
     let mut tree = *root;
     let mut at: Vec<u8> = Vec::new();
     let mut parts = components(path).peekable();
@@ -100,16 +97,10 @@ pub fn list(
         match (node.kind, node.subtree) {
             (NodeKind::Dir, Some(subtree)) => tree = subtree,
             _ if parts.peek().is_none() => {
-                // A file (or link, or device) named by the path itself.
-                let mut answer = Found::default();
-                answer.push(
-                    Listed {
-                        path: at,
-                        node: node.clone(),
-                    },
-                    limit,
-                );
-                return Ok(answer);
+                return Ok(Place::Entry(Listed {
+                    path: at,
+                    node: node.clone(),
+                }));
             }
             _ => {
                 return Err(Error::InvalidInput(format!(
@@ -119,6 +110,52 @@ pub fn list(
             }
         }
     }
+    Ok(Place::Dir { tree, path: at })
+}
+
+/// The entry `path` names in the snapshot whose root tree is `root`, when it is not a
+/// directory (a file, link or device).
+///
+/// # Errors
+/// As [`list`], and `InvalidInput` when the path names a directory.
+pub fn entry(repo: &Repository, index: &Index, root: &BlobId, path: &[u8]) -> Result<Listed> {
+    match walk_to(repo, index, root, path)? {
+        Place::Entry(listed) => Ok(listed),
+        Place::Dir { path, .. } => Err(Error::InvalidInput(format!(
+            "{} is a directory in the snapshot",
+            if path.is_empty() {
+                "/".into()
+            } else {
+                String::from_utf8_lossy(&path)
+            }
+        ))),
+    }
+}
+
+/// The entries at `path` in the snapshot whose root tree is `root`: a directory's
+/// entries (with `recursive`, everything below it), or the one entry a file's path
+/// names. At most `limit` entries.
+///
+/// # Errors
+/// `InvalidInput` when the path is not in the snapshot (naming the first component that
+/// is missing or not a directory); repository errors for unreadable trees; `Corrupt`
+/// for a tree nested deeper than [`MAX_DEPTH`].
+pub fn list(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    path: &[u8],
+    recursive: bool,
+    limit: usize,
+) -> Result<Found> {
+    let (tree, at) = match walk_to(repo, index, root, path)? {
+        Place::Dir { tree, path } => (tree, path),
+        Place::Entry(listed) => {
+            let mut answer = Found::default();
+            answer.push(listed, limit);
+            return Ok(answer);
+        }
+    };
     let mut answer = Found::default();
     if recursive {
         // Everything below matches: a search that skips nothing.
@@ -133,6 +170,74 @@ pub fn list(
         }
     }
     Ok(answer)
+}
+
+/// Writes the content of `file` (a regular file, as [`entry`] finds it) to `out`, chunk
+/// after chunk, each decrypted and checked against its id before any of it is written;
+/// chunks lying side by side in a pack are read with one request. `sink` names `out` in
+/// errors. Returns the bytes written.
+///
+/// # Errors
+/// `InvalidInput` when the entry is not a regular file; the repository's errors for a
+/// chunk that is missing or damaged (naming it); `Corrupt` when the chunks do not add
+/// up to the size the snapshot records; `Io` when `out` fails.
+pub fn dump(
+    repo: &Repository,
+    index: &Index,
+    file: &Listed,
+    out: &mut dyn std::io::Write,
+    sink: &std::path::Path,
+) -> Result<u64> {
+    let shown = || String::from_utf8_lossy(&file.path).into_owned();
+    if file.node.kind != NodeKind::File {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a regular file in the snapshot",
+            shown()
+        )));
+    }
+    // Damage is reported with the file it is in.
+    let named = |error: Error| match error {
+        Error::Corrupt { what, detail } => Error::Corrupt {
+            what: format!("{what} (in {})", shown()),
+            detail,
+        },
+        Error::MissingObject { what } => Error::MissingObject {
+            what: format!("{what} (in {})", shown()),
+        },
+        other => other,
+    };
+    let mut ahead = ReadAhead::new(repo, index, file.node.content.clone());
+    let mut written = 0u64;
+    for id in &file.node.content {
+        let (payload, raw_length) = ahead.payload(id).map_err(named)?;
+        let what = || format!("data blob {} (in {})", id.short(), shown());
+        let length = with_blob_plaintext(&payload, raw_length as usize, |data| {
+            if repo.keys().blob_id(data) != *id {
+                return Err(Error::corrupt(what(), "content does not match its id"));
+            }
+            out.write_all(data).map_err(|source| Error::Io {
+                path: sink.to_path_buf(),
+                source,
+            })?;
+            Ok(data.len() as u64)
+        })
+        .map_err(|detail| Error::corrupt(what(), detail))??;
+        written += length;
+    }
+    out.flush().map_err(|source| Error::Io {
+        path: sink.to_path_buf(),
+        source,
+    })?;
+    if written != file.node.size {
+        return Err(Error::corrupt(
+            shown(),
+            format!(
+                "its chunks hold {written} bytes, the snapshot records {}",
+                file.node.size
+            ),
+        ));
+    }
+    Ok(written)
 }
 
 /// Compiled search patterns: shell globs (`*`, `?`, `[…]`, `{a,b}`). A pattern without
@@ -185,7 +290,9 @@ impl Patterns {
         Ok(compiled)
     }
 
-    fn matches(&self, name: &[u8], path: &[u8]) -> bool {
+    /// Whether an entry named `name` at the absolute path `path` matches.
+    #[must_use]
+    pub fn is_match(&self, name: &[u8], path: &[u8]) -> bool {
         let matches = |globs: &[GlobMatcher], text: &[u8]| {
             !globs.is_empty() && {
                 let text = String::from_utf8_lossy(text);
@@ -311,7 +418,7 @@ impl<'a> Finder<'a> {
             let subtree = (node.kind == NodeKind::Dir)
                 .then_some(node.subtree)
                 .flatten();
-            if self.patterns.matches(&node.name, &path)
+            if self.patterns.is_match(&node.name, &path)
                 && !answer.push(
                     Listed {
                         path: path.clone(),
@@ -346,18 +453,18 @@ mod tests {
     fn names_and_paths_are_matched_by_the_pattern_s_kind() {
         let patterns =
             Patterns::new(&["*.xlsx".into(), "/var/www/**/index.php".into()], false).unwrap();
-        assert!(patterns.matches(b"laporan.xlsx", b"/home/a/laporan.xlsx"));
-        assert!(!patterns.matches(b"laporan.XLSX", b"/home/a/laporan.XLSX"));
-        assert!(patterns.matches(b"index.php", b"/var/www/html/site/index.php"));
-        assert!(!patterns.matches(b"index.php", b"/srv/www/index.php"));
+        assert!(patterns.is_match(b"laporan.xlsx", b"/home/a/laporan.xlsx"));
+        assert!(!patterns.is_match(b"laporan.XLSX", b"/home/a/laporan.XLSX"));
+        assert!(patterns.is_match(b"index.php", b"/var/www/html/site/index.php"));
+        assert!(!patterns.is_match(b"index.php", b"/srv/www/index.php"));
         // A name pattern never spans directories.
         assert!(
             !Patterns::new(&["a*b".into()], false)
                 .unwrap()
-                .matches(b"x", b"/a/b")
+                .is_match(b"x", b"/a/b")
         );
         let folded = Patterns::new(&["*.xlsx".into()], true).unwrap();
-        assert!(folded.matches(b"LAPORAN.XLSX", b"/LAPORAN.XLSX"));
+        assert!(folded.is_match(b"LAPORAN.XLSX", b"/LAPORAN.XLSX"));
         assert!(matches!(
             Patterns::new(&["[".into()], false),
             Err(Error::InvalidInput(_))

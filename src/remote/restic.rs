@@ -30,12 +30,15 @@ use super::stream::{Outgoing, RestoreSource, stream_restore};
 use super::{Progress, RemoteOptions, choose_position, set_progress};
 use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
 use crate::catalog::{PlanId, RestoreRecord, Server};
+use crate::engine::browse::Patterns;
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::encode_blob_payload;
 use crate::hub::AgentHub;
 use crate::jobs::Repositories;
+use crate::remote::BrowseError;
 use crate::restic::{
-    Cancel, Restic, ResticError, ResticRepo, ResticSnapshot, RestoreOptions, RestoreProblem,
+    Cancel, NodeType, Restic, ResticError, ResticNode, ResticRepo, ResticSnapshot, RestoreOptions,
+    RestoreProblem,
 };
 use crate::rpc::pb;
 
@@ -268,6 +271,199 @@ pub async fn restic_snapshots(
     sorted_snapshots(&restic, repo).await
 }
 
+/// The id a restore names a snapshot of a restic plan by: in a replica, the id its
+/// copy records as its original (restic's `copy` keeps it), elsewhere its own.
+pub fn logical_id(snapshot: &ResticSnapshot) -> &str {
+    snapshot.original.as_ref().unwrap_or(&snapshot.id).as_str()
+}
+
+/// What a listing of a restic plan's snapshot found.
+#[derive(Debug)]
+pub struct ResticListing {
+    /// The snapshot listed.
+    pub snapshot: ResticSnapshot,
+    /// The entries, in restic's order (names sorted, a directory before what it holds).
+    pub entries: Vec<ResticNode>,
+    /// More entries were there than the limit allowed.
+    pub truncated: bool,
+}
+
+/// What a search of a restic plan's snapshots found.
+#[derive(Debug)]
+pub struct ResticMatches {
+    /// The snapshots with a match, newest first, each with what matched.
+    pub snapshots: Vec<(ResticSnapshot, Vec<ResticNode>)>,
+    /// The limit stopped the search: more entries, or snapshots not searched.
+    pub truncated: bool,
+}
+
+fn browse_error(error: ResticError) -> BrowseError {
+    match error {
+        ResticError::InvalidInput(message) => BrowseError::Request(message),
+        other => BrowseError::Repository(other.to_string()),
+    }
+}
+
+/// A snapshot path in restic's form (`/var/www`; `/` for the root).
+fn restic_path(path: &str) -> Result<String, BrowseError> {
+    let mut clean = String::new();
+    for part in path.split('/').filter(|part| !part.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(BrowseError::Request(format!(
+                "{path:?}: a path in a snapshot has no `.` or `..` components"
+            )));
+        }
+        clean.push('/');
+        clean.push_str(part);
+    }
+    if clean.is_empty() {
+        clean.push('/');
+    }
+    Ok(clean)
+}
+
+/// The snapshots of the restic repository `repo` of `plan`, oldest first, with the
+/// restic that reads them.
+async fn browsed_snapshots(
+    repositories: &Repositories,
+    repo: &ResticRepo,
+) -> Result<(Restic, Vec<ResticSnapshot>), BrowseError> {
+    let restic = Restic::locate(repositories.restic_binary())
+        .await
+        .map_err(|error| BrowseError::Repository(error.to_string()))?;
+    let snapshots = sorted_snapshots(&restic, repo)
+        .await
+        .map_err(BrowseError::Repository)?;
+    Ok((restic, snapshots))
+}
+
+fn chosen_snapshot(
+    snapshots: &[ResticSnapshot],
+    spec: &str,
+    plan: PlanId,
+) -> Result<ResticSnapshot, BrowseError> {
+    let position = choose_position(
+        snapshots,
+        |snapshot| logical_id(snapshot).to_owned(),
+        |snapshot| snapshot.time,
+        spec,
+        &format!("the restic repository of plan {plan}"),
+    )
+    .map_err(BrowseError::Request)?;
+    snapshots
+        .get(position)
+        .cloned()
+        .ok_or_else(|| BrowseError::Request(format!("no snapshot `{spec}`")))
+}
+
+/// The entries at `path` of the snapshot `spec` names (the forms of
+/// [`choose_position`]) in `plan`'s restic repository `repo`: a directory's entries
+/// (with `recursive`, everything below it), or the one entry a file's path names — as
+/// [`crate::remote::list_server_files`] gives for cadang's own snapshots. At most
+/// `limit` entries; restic is stopped once they are found.
+///
+/// # Errors
+/// [`BrowseError::Request`] for a snapshot or path the repository does not hold;
+/// [`BrowseError::Repository`] when restic cannot run or read it.
+pub async fn list_restic_files(
+    repositories: &Repositories,
+    repo: &ResticRepo,
+    plan: PlanId,
+    spec: &str,
+    path: &str,
+    recursive: bool,
+    limit: usize,
+) -> Result<ResticListing, BrowseError> {
+    let dir = restic_path(path)?;
+    let (restic, snapshots) = browsed_snapshots(repositories, repo).await?;
+    let snapshot = chosen_snapshot(&snapshots, spec, plan)?;
+    let mut entries = Vec::new();
+    let mut truncated = false;
+    let mut found = dir == "/";
+    restic
+        .walk(repo, snapshot.id.as_str(), Some(&dir), recursive, |node| {
+            if node.path == dir {
+                // The entry the path names: a directory lists what it holds, any
+                // other entry itself.
+                found = true;
+                if node.node_type != NodeType::Dir {
+                    entries.push(node);
+                }
+                return true;
+            }
+            if entries.len() >= limit {
+                truncated = true;
+                return false;
+            }
+            entries.push(node);
+            true
+        })
+        .await
+        .map_err(browse_error)?;
+    if !found {
+        return Err(BrowseError::Request(format!(
+            "{dir} is not in snapshot {}",
+            logical_id(&snapshot)
+        )));
+    }
+    Ok(ResticListing {
+        snapshot,
+        entries,
+        truncated,
+    })
+}
+
+/// The entries of `plan`'s restic snapshots (`spec` alone when given) that `patterns`
+/// match, newest snapshot first, at most `limit` in all — as
+/// [`crate::remote::find_server_files`] gives for cadang's own snapshots. Each
+/// snapshot is one `restic ls`; the search stops at the limit.
+///
+/// # Errors
+/// As [`list_restic_files`].
+pub async fn find_restic_files(
+    repositories: &Repositories,
+    repo: &ResticRepo,
+    plan: PlanId,
+    spec: Option<&str>,
+    patterns: &Patterns,
+    limit: usize,
+) -> Result<ResticMatches, BrowseError> {
+    let (restic, mut snapshots) = browsed_snapshots(repositories, repo).await?;
+    if let Some(spec) = spec {
+        snapshots = vec![chosen_snapshot(&snapshots, spec, plan)?];
+    }
+    let mut found = ResticMatches {
+        snapshots: Vec::new(),
+        truncated: false,
+    };
+    let mut count = 0;
+    for snapshot in snapshots.into_iter().rev() {
+        let mut matched = Vec::new();
+        restic
+            .walk(repo, snapshot.id.as_str(), None, true, |node| {
+                if !patterns.is_match(node.name.as_bytes(), node.path.as_bytes()) {
+                    return true;
+                }
+                if count >= limit {
+                    found.truncated = true;
+                    return false;
+                }
+                count += 1;
+                matched.push(node);
+                true
+            })
+            .await
+            .map_err(browse_error)?;
+        if !matched.is_empty() {
+            found.snapshots.push((snapshot, matched));
+        }
+        if found.truncated {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 async fn sorted_snapshots(
     restic: &Restic,
     repo: &ResticRepo,
@@ -304,14 +500,7 @@ async fn restic_part(
         .map_err(|error| (error, None))?;
     // A snapshot is named by its id in the plan's repository: in the replica, that is
     // the id its copy records as its original.
-    let logical = |snapshot: &ResticSnapshot| {
-        snapshot
-            .original
-            .as_ref()
-            .unwrap_or(&snapshot.id)
-            .as_str()
-            .to_owned()
-    };
+    let logical = |snapshot: &ResticSnapshot| logical_id(snapshot).to_owned();
     let position = choose_position(
         &snapshots,
         logical,

@@ -473,10 +473,39 @@ pub struct ResticNode {
     pub size: u64,
     /// Go `os.FileMode` bits as restic stores them.
     pub mode: Option<u32>,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
     /// Modification time.
     pub mtime: Option<DateTime<Utc>>,
     /// Symlink target, when restic lists it.
     pub link_target: Option<String>,
+}
+
+impl ResticNode {
+    /// The permission bits in Unix form (`0o7777`): Go's `os.FileMode`, as restic
+    /// records it, keeps setuid, setgid and sticky in high bits of its own.
+    #[must_use]
+    pub fn permissions(&self) -> u32 {
+        const GO_SETUID: u32 = 1 << 23;
+        const GO_SETGID: u32 = 1 << 22;
+        const GO_STICKY: u32 = 1 << 20;
+        let Some(mode) = self.mode else {
+            return 0;
+        };
+        let mut bits = mode & 0o777;
+        for (go, unix) in [
+            (GO_SETUID, 0o4000),
+            (GO_SETGID, 0o2000),
+            (GO_STICKY, 0o1000),
+        ] {
+            if mode & go != 0 {
+                bits |= unix;
+            }
+        }
+        bits
+    }
 }
 
 #[derive(Deserialize)]
@@ -490,6 +519,10 @@ struct RawNode {
     size: u64,
     #[serde(default)]
     mode: Option<u32>,
+    #[serde(default, deserialize_with = "null_default")]
+    uid: u32,
+    #[serde(default, deserialize_with = "null_default")]
+    gid: u32,
     #[serde(default, deserialize_with = "lenient_time")]
     mtime: Option<DateTime<Utc>>,
     #[serde(default, alias = "linktarget")]
@@ -539,6 +572,8 @@ pub(crate) fn parse_ls_line(line: &str) -> Result<LsLine, String> {
                 node_type: NodeType::from_restic(&raw.node_type),
                 size: raw.size,
                 mode: raw.mode,
+                uid: raw.uid,
+                gid: raw.gid,
                 mtime: raw.mtime,
                 link_target: raw.link_target.filter(|t| !t.is_empty()),
             }))
@@ -1049,6 +1084,30 @@ mod tests {
             parse_ls_line(r#"{"path":"/a","type":"file","size":null,"mtime":"bad"}"#),
             Ok(LsLine::Node(n)) if n.size == 0 && n.mtime.is_none()
         ));
+    }
+
+    #[test]
+    fn go_file_modes_become_unix_permission_bits_and_owners_are_read() {
+        let node = |line: &str| match parse_ls_line(line) {
+            Ok(LsLine::Node(node)) => node,
+            other => panic!("{line}: {other:?}"),
+        };
+        // A directory as restic 0.14 lists it (Go's ModeDir is the top bit).
+        let dir =
+            node(r#"{"name":"a","type":"dir","path":"/a","uid":1000,"gid":33,"mode":2147484141}"#);
+        assert_eq!((dir.permissions(), dir.uid, dir.gid), (0o755, 1000, 33));
+        let setuid = node(&format!(
+            r#"{{"name":"su","type":"file","path":"/a/su","mode":{}}}"#,
+            (1u32 << 23) | 0o755
+        ));
+        assert_eq!((setuid.permissions(), setuid.uid), (0o4755, 0));
+        let sticky = node(&format!(
+            r#"{{"name":"tmp","type":"dir","path":"/tmp","mode":{}}}"#,
+            (1u32 << 31) | (1 << 20) | (1 << 22) | 0o777
+        ));
+        assert_eq!(sticky.permissions(), 0o3777);
+        let unknown = node(r#"{"name":"x","type":"file","path":"/x","uid":null}"#);
+        assert_eq!((unknown.permissions(), unknown.uid), (0, 0));
     }
 
     #[test]

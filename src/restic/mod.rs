@@ -566,6 +566,63 @@ impl Restic {
         Ok(self.listing(repo, snapshot, None).await?.1)
     }
 
+    /// Streams the entries of `snapshot` in restic's order (parents before children)
+    /// to `on_node`: all of them without `dir`; with it, the entry at that absolute
+    /// path and, when it is a directory, its own entries (everything below it with
+    /// `recursive`). When `on_node` answers `false`, restic is interrupted and the walk
+    /// ends there without an error. Returns the snapshot's full id as restic named it.
+    ///
+    /// # Errors
+    /// [`ResticError::InvalidInput`] for a malformed snapshot reference or a `dir` that
+    /// is not an absolute path, [`ResticError::Unparsable`] for a line that is not a
+    /// snapshot or node, and the common errors.
+    pub async fn walk(
+        &self,
+        repo: &ResticRepo,
+        snapshot: &str,
+        dir: Option<&str>,
+        recursive: bool,
+        mut on_node: impl FnMut(ResticNode) -> bool,
+    ) -> Result<Option<SnapshotId>, ResticError> {
+        let mut args: Vec<OsString> = vec!["--json".into()];
+        if recursive {
+            args.push("--recursive".into());
+        }
+        args.push(check_snapshot_ref(snapshot)?.into());
+        if let Some(dir) = dir {
+            if !dir.starts_with('/') {
+                return Err(ResticError::InvalidInput(format!(
+                    "{dir:?} is not an absolute path in the snapshot"
+                )));
+            }
+            args.push(check_word("path", dir)?.into());
+        }
+        let enough = Cancel::new();
+        let mut id = None;
+        let exit = process::run(
+            self,
+            invocation("ls", args, Some(repo), Some(&enough)),
+            |line| {
+                match json::parse_ls_line(line)? {
+                    LsLine::Snapshot(s) => id = id.take().or(s),
+                    LsLine::Node(node) => {
+                        if !enough.is_cancelled() && !on_node(node) {
+                            enough.cancel();
+                        }
+                    }
+                    LsLine::Skip => {}
+                }
+                Ok(())
+            },
+            |_| false,
+        )
+        .await?;
+        if !enough.is_cancelled() {
+            exit.expect(&[0])?;
+        }
+        Ok(id)
+    }
+
     async fn listing(
         &self,
         repo: &ResticRepo,

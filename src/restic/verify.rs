@@ -527,6 +527,8 @@ mod tests {
             node_type,
             size,
             mode: None,
+            uid: 0,
+            gid: 0,
             mtime: None,
             link_target: None,
         }

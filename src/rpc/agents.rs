@@ -386,7 +386,88 @@ fn snapshot_file(listed: &crate::engine::browse::Listed) -> SnapshotFile {
     }
 }
 
+/// A restic plan's entry as the wire gives a snapshot's entry.
+fn restic_file(node: &crate::restic::ResticNode) -> SnapshotFile {
+    use crate::restic::NodeType;
+    let kind = match &node.node_type {
+        NodeType::Dev => "blockdev".to_owned(),
+        other => other.to_string(),
+    };
+    SnapshotFile {
+        path: node.path.clone(),
+        kind,
+        mode: node.permissions(),
+        uid: node.uid,
+        gid: node.gid,
+        size: node.size,
+        mtime: node.mtime.map(convert::time).unwrap_or_default(),
+        link_target: node.link_target.clone().unwrap_or_default(),
+    }
+}
+
+/// The answer to a browsing request that could not be served.
+fn browse_status(error: crate::remote::BrowseError, what: impl std::fmt::Display) -> Status {
+    match error {
+        crate::remote::BrowseError::Request(message) => Status::invalid_argument(message),
+        crate::remote::BrowseError::Repository(error) => {
+            tracing::warn!(%error, "cannot read {what}");
+            Status::unavailable(format!(
+                "{what} cannot be read now; the daemon's log has the cause"
+            ))
+        }
+    }
+}
+
 impl Restores {
+    /// The server `server_id` names with its agency's code, if `caller` may read its
+    /// snapshots, and the daemon's repositories.
+    async fn readable_server(
+        &self,
+        caller: &crate::app::Caller,
+        server_id: i64,
+    ) -> Result<
+        (
+            crate::catalog::Server,
+            String,
+            std::sync::Arc<crate::jobs::Repositories>,
+        ),
+        Status,
+    > {
+        let server = ServerId(id("server_id", server_id)?);
+        let (record, code) = self
+            .0
+            .app
+            .server_with_agency_code(caller, server)
+            .await
+            .map_err(status)?;
+        let Some(repositories) = self.0.repositories.clone() else {
+            return Err(Status::unavailable(
+                "this daemon has no repositories configured",
+            ));
+        };
+        Ok((record, code, repositories))
+    }
+
+    /// The restic repository of `plan`, if `caller` may read the snapshots of the
+    /// server `server_id` names and the plan is one of the server's agency on restic.
+    async fn restic_plan(
+        &self,
+        caller: &crate::app::Caller,
+        server_id: i64,
+        plan: PlanId,
+    ) -> Result<(std::sync::Arc<crate::jobs::Repositories>, ResticRepo), Status> {
+        let (record, _, repositories) = self.readable_server(caller, server_id).await?;
+        let (location, password, env) = self
+            .0
+            .app
+            .restic_repository_of(plan, record.agency_id)
+            .await
+            .map_err(status)?;
+        let mut repo = ResticRepo::new(location, Secret::new(password.expose()));
+        repo.env = env;
+        Ok((repositories, repo))
+    }
+
     /// The server `server_id` names, if `caller` may read its snapshots, opened with its
     /// agency's repository; `read` runs on a blocking thread. Repository errors are
     /// logged and answered as unavailable, bad requests as invalid arguments.
@@ -401,20 +482,13 @@ impl Restores {
         + Send
         + 'static,
     ) -> Result<T, Status> {
-        let server = ServerId(id("server_id", server_id)?);
-        let (record, code) = self
-            .0
-            .app
-            .server_with_agency_code(caller, server)
-            .await
-            .map_err(status)?;
-        let Some(repositories) = self.0.repositories.clone() else {
-            return Err(Status::unavailable(
-                "this daemon has no repositories configured",
-            ));
-        };
+        let (record, code, repositories) = self.readable_server(caller, server_id).await?;
+        let server = record.id;
         let handle = tokio::runtime::Handle::current();
+        let turn = self.0.browsing_turn().await?;
         tokio::task::spawn_blocking(move || {
+            // Held to the end of the work, even when the caller has gone.
+            let _turn = turn;
             let repository = repositories
                 .open(&handle, &code, None, None)
                 .map_err(crate::remote::BrowseError::Repository)?;
@@ -422,14 +496,11 @@ impl Restores {
         })
         .await
         .map_err(|error| Status::internal(error.to_string()))?
-        .map_err(|error| match error {
-            crate::remote::BrowseError::Request(message) => Status::invalid_argument(message),
-            crate::remote::BrowseError::Repository(error) => {
-                tracing::warn!(%error, %server, "cannot read a server's snapshots");
-                Status::unavailable(
-                    "the agency's repository cannot be read now; the daemon's log has the cause",
-                )
-            }
+        .map_err(|error| {
+            browse_status(
+                error,
+                format_args!("the agency's repository (server {server})"),
+            )
         })
     }
 }
@@ -560,26 +631,8 @@ impl restore_service_server::RestoreService for Restores {
         let caller = caller(&request)?;
         let server_id = request.get_ref().server_id;
         if let Some(plan) = opt_id("plan_id", request.get_ref().plan_id)?.map(PlanId) {
-            let server = ServerId(id("server_id", server_id)?);
-            let (record, _) = self
-                .0
-                .app
-                .server_with_agency_code(&caller, server)
-                .await
-                .map_err(status)?;
-            let Some(repositories) = self.0.repositories.clone() else {
-                return Err(Status::unavailable(
-                    "this daemon has no repositories configured",
-                ));
-            };
-            let (location, password, env) = self
-                .0
-                .app
-                .restic_repository_of(plan, record.agency_id)
-                .await
-                .map_err(status)?;
-            let mut repo = ResticRepo::new(location, Secret::new(password.expose()));
-            repo.env = env;
+            let (repositories, repo) = self.restic_plan(&caller, server_id, plan).await?;
+            let _turn = self.0.browsing_turn().await?;
             let listed = crate::remote::restic::restic_snapshots(&repositories, &repo)
                 .await
                 .map_err(|error| {
@@ -592,7 +645,7 @@ impl restore_service_server::RestoreService for Restores {
                 snapshots: listed
                     .iter()
                     .map(|snapshot| ServerSnapshot {
-                        id: snapshot.id.to_string(),
+                        id: crate::remote::restic::logical_id(snapshot).to_owned(),
                         time: convert::time(snapshot.time),
                         paths: snapshot.paths.clone(),
                         files: 0,
@@ -637,6 +690,28 @@ impl restore_service_server::RestoreService for Restores {
             ));
         }
         let limit = files_limit(request.limit);
+        if let Some(plan) = opt_id("plan_id", request.plan_id)?.map(PlanId) {
+            let (repositories, repo) = self.restic_plan(&caller, request.server_id, plan).await?;
+            let _turn = self.0.browsing_turn().await?;
+            let listing = crate::remote::restic::list_restic_files(
+                &repositories,
+                &repo,
+                plan,
+                &request.snapshot,
+                &request.path,
+                request.recursive,
+                limit,
+            )
+            .await
+            .map_err(|error| {
+                browse_status(error, format_args!("the restic repository of plan {plan}"))
+            })?;
+            return Ok(Response::new(ListSnapshotFilesResponse {
+                snapshot_id: crate::remote::restic::logical_id(&listing.snapshot).to_owned(),
+                files: listing.entries.iter().map(restic_file).collect(),
+                truncated: listing.truncated,
+            }));
+        }
         let (snapshot, found) = self
             .browse(&caller, request.server_id, move |repository, record| {
                 crate::remote::list_server_files(
@@ -666,6 +741,35 @@ impl restore_service_server::RestoreService for Restores {
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let limit = files_limit(request.limit);
         let spec = (!request.snapshot.is_empty()).then_some(request.snapshot);
+        if let Some(plan) = opt_id("plan_id", request.plan_id)?.map(PlanId) {
+            let (repositories, repo) = self.restic_plan(&caller, request.server_id, plan).await?;
+            let _turn = self.0.browsing_turn().await?;
+            let found = crate::remote::restic::find_restic_files(
+                &repositories,
+                &repo,
+                plan,
+                spec.as_deref(),
+                &patterns,
+                limit,
+            )
+            .await
+            .map_err(|error| {
+                browse_status(error, format_args!("the restic repository of plan {plan}"))
+            })?;
+            return Ok(Response::new(FindSnapshotFilesResponse {
+                snapshots: found
+                    .snapshots
+                    .iter()
+                    .map(|(snapshot, nodes)| SnapshotMatches {
+                        snapshot_id: crate::remote::restic::logical_id(snapshot).to_owned(),
+                        time: convert::time(snapshot.time),
+                        run_id: run_of(&snapshot.tags),
+                        files: nodes.iter().map(restic_file).collect(),
+                    })
+                    .collect(),
+                truncated: found.truncated,
+            }));
+        }
         let found = self
             .browse(&caller, request.server_id, move |repository, record| {
                 crate::remote::find_server_files(

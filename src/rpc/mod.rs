@@ -51,7 +51,14 @@ pub struct Ctx {
     pub repositories: Option<Arc<crate::jobs::Repositories>>,
     /// Failed authentications per peer address.
     pub throttle: Arc<throttle::AuthThrottle>,
+    /// Turns of the requests that read a repository to answer (snapshot listings and
+    /// searches): each opens the repository and loads its index, or starts restic, so
+    /// at most [`BROWSING_AT_ONCE`] run together and the rest wait.
+    pub browsing: Arc<tokio::sync::Semaphore>,
 }
+
+/// Repository-reading requests served at once (see [`Ctx::browsing`]).
+pub const BROWSING_AT_ONCE: usize = 2;
 
 impl Ctx {
     /// A context reading the system clock, with no agent connected yet and no
@@ -63,7 +70,17 @@ impl Ctx {
             hub: Arc::default(),
             repositories: None,
             throttle: Arc::default(),
+            browsing: Arc::new(tokio::sync::Semaphore::new(BROWSING_AT_ONCE)),
         }
+    }
+
+    /// Waits for a turn to read a repository for a request (see [`Ctx::browsing`]).
+    pub(crate) async fn browsing_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.browsing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the daemon is shutting down"))
     }
 
     /// The same context with this lockout policy for failed authentications.
