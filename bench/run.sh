@@ -305,9 +305,10 @@ bench_one() { # tool rep
     metric incr_growth $(($(repo_bytes) - before))
     metric incr_json "$RUN/incr.out"
 
-    # 4. restore latest into an empty dir
+    # 4. restore latest into an empty dir, from a repository no longer in the page cache
     mkdir -p "$TARGET"
     settle
+    "$PY" "$HERE/evict.py" "$REPO"
     if timed restore "$tool" && [[ $VERIFY == 1 ]]; then
         local restored=""
         for cand in "$TARGET$SRC" "$TARGET/$(basename "$SRC")" "$TARGET"; do
@@ -322,8 +323,9 @@ bench_one() { # tool rep
         fi
     fi
 
-    # 5. check --read-data
+    # 5. check --read-data, from a repository no longer in the page cache
     settle
+    "$PY" "$HERE/evict.py" "$REPO"
     timed check "$tool" || true
 
     # 6. find a name in the three snapshots (the matches are counted: both must agree)

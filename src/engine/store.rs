@@ -21,6 +21,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::error::{Error, Result};
 
+/// Reads of packs from this many bytes on are dropped from the page cache after them
+/// ([`Store::drop_behind`]).
+const DROP_READS_FROM: u64 = 4 << 20;
+
 /// Metadata of a listed object.
 #[derive(Clone, Debug)]
 pub struct ObjectInfo {
@@ -49,6 +53,9 @@ pub struct Store {
     retries: u32,
     create_supported: Arc<std::sync::atomic::AtomicBool>,
     upload_limit: Option<Arc<RateLimit>>,
+    /// The directory of a local store, whose packs are dropped from the page cache once
+    /// written (see [`Store::drop_behind`]).
+    local_root: Option<Arc<std::path::PathBuf>>,
 }
 
 /// Paces writes to at most `bytes_per_second` on average: each write reserves its
@@ -175,7 +182,9 @@ impl Store {
             .map_err(|e| Error::InvalidInput(format!("`{path}`: {e}")))?
             .with_fsync(true)
             .with_automatic_cleanup(true);
-        Ok(Self::from_object_store(Arc::new(fs), url))
+        let mut store = Self::from_object_store(Arc::new(fs), url);
+        store.local_root = Some(Arc::new(std::path::PathBuf::from(path)));
+        Ok(store)
     }
 
     /// Wrap an existing object store (tests use this to inject faults).
@@ -186,6 +195,51 @@ impl Store {
             retries: 4,
             create_supported: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             upload_limit: None,
+            local_root: None,
+        }
+    }
+
+    /// Drops a pack just written to a local store from the page cache. Packs are
+    /// written once and read again only by a later restore or check, so keeping them
+    /// cached would push out what the host does use (a backup writes gigabytes); and
+    /// the pages freed here are the ones the next pack is written into, which costs
+    /// the kernel far less than taking fresh pages (on the data center's virtual
+    /// machines, 2.2 against 0.25 CPU-seconds for 800 MB). The store wrote and synced
+    /// the file, so its pages are clean and the hint is honoured at once; a failure
+    /// only leaves the pages cached. Other objects are small and left alone.
+    ///
+    /// Reads of a pack's bulk (a restore's or `check --read-data`'s, [`DROP_READS_FROM`]
+    /// bytes and more) drop what they read the same way: those pages are not read again
+    /// soon either. Smaller reads, such as the trees a listing walks, stay cached.
+    fn drop_behind(&self, key: &str, range: std::ops::Range<u64>) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        if !key.starts_with("data/") {
+            return;
+        }
+        let path = root.join(key);
+        let (Ok(offset), Ok(length)) = (
+            libc::off_t::try_from(range.start),
+            libc::off_t::try_from(range.end.saturating_sub(range.start)),
+        ) else {
+            return;
+        };
+        let dropped = std::fs::File::open(&path).map(|file| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain system call on a descriptor `file` owns for the call.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), offset, length, libc::POSIX_FADV_DONTNEED)
+            }
+        });
+        match dropped {
+            Ok(0) => {}
+            Ok(code) => {
+                tracing::debug!(path = %path.display(), code, "pack left in the page cache")
+            }
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "pack left in the page cache")
+            }
         }
     }
 
@@ -244,8 +298,13 @@ impl Store {
     /// `Error::MissingObject` when absent, `Error::Storage` otherwise.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let p = Path::from(key);
-        self.retry(key, || async { self.inner.get(&p).await?.bytes().await })
-            .await
+        let bytes = self
+            .retry(key, || async { self.inner.get(&p).await?.bytes().await })
+            .await?;
+        if bytes.len() as u64 >= DROP_READS_FROM {
+            self.drop_behind(key, 0..0);
+        }
+        Ok(bytes)
     }
 
     /// Read part of an object.
@@ -263,6 +322,9 @@ impl Store {
                 key,
                 format!("short read: {} of {want} bytes", b.len()),
             ));
+        }
+        if want >= DROP_READS_FROM {
+            self.drop_behind(key, range);
         }
         Ok(b)
     }
@@ -322,7 +384,11 @@ impl Store {
             })
             .await;
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Length 0: to the end of the file.
+                self.drop_behind(key, 0..0);
+                Ok(())
+            }
             Err(Error::Storage { message, .. }) if message.starts_with("already exists") => {
                 let existing = self.get(key).await?;
                 if verify_existing(&existing) {
@@ -458,6 +524,70 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// Pages of the file at `path` that are in the page cache.
+    fn cached_pages(path: &std::path::Path) -> usize {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        let length = usize::try_from(file.metadata().unwrap().len()).unwrap();
+        let page = 4096;
+        let mut resident = vec![0u8; length.div_ceil(page)];
+        // SAFETY: a read-only shared mapping of a file we hold open, only passed to
+        // mincore (which touches no page) and unmapped before the file is closed.
+        unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(at, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(at, length, resident.as_mut_ptr()), 0);
+            libc::munmap(at, length);
+        }
+        resident.iter().filter(|byte| **byte & 1 == 1).count()
+    }
+
+    #[test]
+    fn packs_written_or_read_in_bulk_leave_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: statfs fills the struct it is given for a valid C path.
+        let on_tmpfs = unsafe {
+            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            let mut fs: libc::statfs = std::mem::zeroed();
+            libc::statfs(path.as_ptr(), &raw mut fs) == 0 && fs.f_type == libc::TMPFS_MAGIC
+        };
+        if on_tmpfs {
+            // tmpfs keeps files in the page cache itself: nothing can be dropped.
+            eprintln!("skipped: {} is on tmpfs", dir.path().display());
+            return;
+        }
+        let store = Store::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let pack = dir.path().join("data/ab/pack");
+        let index = dir.path().join("index/ab");
+        rt().block_on(async {
+            let bytes = Bytes::from(vec![7u8; 8 << 20]);
+            store
+                .put_create("data/ab/pack", bytes.clone(), |_| false)
+                .await
+                .unwrap();
+            store
+                .put_create("index/ab", bytes, |_| false)
+                .await
+                .unwrap();
+            assert_eq!(cached_pages(&pack), 0, "a pack written is dropped");
+            assert_eq!(cached_pages(&index), 2048, "other objects stay cached");
+            // A tree's small read stays cached; a restore's bulk read is dropped.
+            store.get_range("data/ab/pack", 0..4096).await.unwrap();
+            assert!(cached_pages(&pack) >= 1);
+            store.get_range("data/ab/pack", 0..8 << 20).await.unwrap();
+            assert_eq!(cached_pages(&pack), 0, "a bulk read is dropped");
+            store.get("data/ab/pack").await.unwrap();
+            assert_eq!(cached_pages(&pack), 0, "a whole pack read is dropped");
+        });
     }
 
     #[test]
