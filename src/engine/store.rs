@@ -21,10 +21,6 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::error::{Error, Result};
 
-/// Reads of packs from this many bytes on are dropped from the page cache after them
-/// ([`Store::drop_behind`]).
-const DROP_READS_FROM: u64 = 4 << 20;
-
 /// Metadata of a listed object.
 #[derive(Clone, Debug)]
 pub struct ObjectInfo {
@@ -207,11 +203,7 @@ impl Store {
     /// machines, 2.2 against 0.25 CPU-seconds for 800 MB). The store wrote and synced
     /// the file, so its pages are clean and the hint is honoured at once; a failure
     /// only leaves the pages cached. Other objects are small and left alone.
-    ///
-    /// Reads of a pack's bulk (a restore's or `check --read-data`'s, [`DROP_READS_FROM`]
-    /// bytes and more) drop what they read the same way: those pages are not read again
-    /// soon either. Smaller reads, such as the trees a listing walks, stay cached.
-    fn drop_behind(&self, key: &str, range: std::ops::Range<u64>) {
+    fn drop_behind(&self, key: &str) {
         let Some(root) = &self.local_root else {
             return;
         };
@@ -219,18 +211,10 @@ impl Store {
             return;
         }
         let path = root.join(key);
-        let (Ok(offset), Ok(length)) = (
-            libc::off_t::try_from(range.start),
-            libc::off_t::try_from(range.end.saturating_sub(range.start)),
-        ) else {
-            return;
-        };
         let dropped = std::fs::File::open(&path).map(|file| {
             use std::os::fd::AsRawFd;
             // SAFETY: a plain system call on a descriptor `file` owns for the call.
-            unsafe {
-                libc::posix_fadvise(file.as_raw_fd(), offset, length, libc::POSIX_FADV_DONTNEED)
-            }
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }
         });
         match dropped {
             Ok(0) => {}
@@ -298,13 +282,8 @@ impl Store {
     /// `Error::MissingObject` when absent, `Error::Storage` otherwise.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let p = Path::from(key);
-        let bytes = self
-            .retry(key, || async { self.inner.get(&p).await?.bytes().await })
-            .await?;
-        if bytes.len() as u64 >= DROP_READS_FROM {
-            self.drop_behind(key, 0..0);
-        }
-        Ok(bytes)
+        self.retry(key, || async { self.inner.get(&p).await?.bytes().await })
+            .await
     }
 
     /// Read part of an object.
@@ -322,9 +301,6 @@ impl Store {
                 key,
                 format!("short read: {} of {want} bytes", b.len()),
             ));
-        }
-        if want >= DROP_READS_FROM {
-            self.drop_behind(key, range);
         }
         Ok(b)
     }
@@ -385,8 +361,7 @@ impl Store {
             .await;
         match res {
             Ok(_) => {
-                // Length 0: to the end of the file.
-                self.drop_behind(key, 0..0);
+                self.drop_behind(key);
                 Ok(())
             }
             Err(Error::Storage { message, .. }) if message.starts_with("already exists") => {
@@ -552,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn packs_written_or_read_in_bulk_leave_the_page_cache() {
+    fn packs_written_leave_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: statfs fills the struct it is given for a valid C path.
         let on_tmpfs = unsafe {
@@ -580,13 +555,9 @@ mod tests {
                 .unwrap();
             assert_eq!(cached_pages(&pack), 0, "a pack written is dropped");
             assert_eq!(cached_pages(&index), 2048, "other objects stay cached");
-            // A tree's small read stays cached; a restore's bulk read is dropped.
-            store.get_range("data/ab/pack", 0..4096).await.unwrap();
-            assert!(cached_pages(&pack) >= 1);
-            store.get_range("data/ab/pack", 0..8 << 20).await.unwrap();
-            assert_eq!(cached_pages(&pack), 0, "a bulk read is dropped");
-            store.get("data/ab/pack").await.unwrap();
-            assert_eq!(cached_pages(&pack), 0, "a whole pack read is dropped");
+            // Reads are cached as usual.
+            assert_eq!(store.get("data/ab/pack").await.unwrap().len(), 8 << 20);
+            assert_eq!(cached_pages(&pack), 2048);
         });
     }
 
