@@ -16,9 +16,9 @@ use std::collections::HashSet;
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::error::{Error, Result};
-use super::format::with_blob_plaintext;
-use super::id::BlobId;
+use super::id::{BlobId, BlobType};
 use super::index::Index;
+use super::pack::with_checked_plaintext;
 use super::readahead::ReadAhead;
 use super::repo::Repository;
 use super::tree::{MAX_DEPTH, Node, NodeKind, too_deep};
@@ -210,18 +210,21 @@ pub fn dump(
     let mut written = 0u64;
     for id in &file.node.content {
         let (payload, raw_length) = ahead.payload(id).map_err(named)?;
-        let what = || format!("data blob {} (in {})", id.short(), shown());
-        let length = with_blob_plaintext(&payload, raw_length as usize, |data| {
-            if repo.keys().blob_id(data) != *id {
-                return Err(Error::corrupt(what(), "content does not match its id"));
-            }
-            out.write_all(data).map_err(|source| Error::Io {
-                path: sink.to_path_buf(),
-                source,
-            })?;
-            Ok(data.len() as u64)
-        })
-        .map_err(|detail| Error::corrupt(what(), detail))??;
+        let length = with_checked_plaintext(
+            repo.keys(),
+            BlobType::Data,
+            id,
+            raw_length,
+            &payload,
+            |data| {
+                out.write_all(data).map_err(|source| Error::Io {
+                    path: sink.to_path_buf(),
+                    source,
+                })?;
+                Ok(data.len() as u64)
+            },
+        )
+        .map_err(named)??;
         written += length;
     }
     out.flush().map_err(|source| Error::Io {

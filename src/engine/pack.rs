@@ -259,19 +259,41 @@ pub fn with_blob<R>(
     thread_local! {
         static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let what = || format!("{ty} blob {}", id.short());
     SEALED.with(|payload| {
         let mut payload = payload.borrow_mut();
-        keys.open_into(&what(), &blob_aad(ty, id), envelope, &mut payload)?;
-        super::format::with_blob_plaintext(&payload, raw_length as usize, |data| {
-            if keys.blob_id(data) == *id {
-                Ok(f(data))
-            } else {
-                Err(Error::corrupt(what(), "content does not match its id"))
-            }
-        })
-        .map_err(|e| Error::corrupt(what(), e))?
+        keys.open_into(
+            &format!("{ty} blob {}", id.short()),
+            &blob_aad(ty, id),
+            envelope,
+            &mut payload,
+        )?;
+        with_checked_plaintext(keys, ty, id, raw_length, &payload, f)
     })
+}
+
+/// Decompresses a blob payload already decrypted (as [`open_blob_payload`] gives it),
+/// checks the plaintext against `id` and hands it to `f` without keeping it.
+///
+/// # Errors
+/// `Error::Corrupt` naming the blob when decompression or the keyed hash check fails;
+/// `f` is called only for a blob that passed both.
+pub fn with_checked_plaintext<R>(
+    keys: &Keys,
+    ty: BlobType,
+    id: &BlobId,
+    raw_length: u32,
+    payload: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
+    let what = || format!("{ty} blob {}", id.short());
+    super::format::with_blob_plaintext(payload, raw_length as usize, |data| {
+        if keys.blob_id(data) == *id {
+            Ok(f(data))
+        } else {
+            Err(Error::corrupt(what(), "content does not match its id"))
+        }
+    })
+    .map_err(|e| Error::corrupt(what(), e))?
 }
 
 #[cfg(test)]

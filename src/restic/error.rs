@@ -218,7 +218,7 @@ impl Exit {
     /// Succeeds when restic exited with one of `ok_codes`; otherwise maps the exit to
     /// the most specific error. A run that finished successfully although a cancel
     /// was requested counts as finished: its result is real.
-    pub(crate) fn expect(&self, ok_codes: &[i32]) -> Result<i32, ResticError> {
+    pub(crate) fn require(&self, ok_codes: &[i32]) -> Result<i32, ResticError> {
         match self.code {
             Some(code) if ok_codes.contains(&code) => Ok(code),
             _ => Err(self.to_error()),
@@ -388,9 +388,9 @@ mod tests {
     }
 
     #[test]
-    fn expect_accepts_listed_codes_only() {
-        assert_eq!(exit(Some(3), None, "").expect(&[0, 3]).ok(), Some(3));
-        assert!(exit(Some(3), None, "").expect(&[0]).is_err());
-        assert!(exit(None, Some(9), "").expect(&[0]).is_err());
+    fn require_accepts_listed_codes_only() {
+        assert_eq!(exit(Some(3), None, "").require(&[0, 3]).ok(), Some(3));
+        assert!(exit(Some(3), None, "").require(&[0]).is_err());
+        assert!(exit(None, Some(9), "").require(&[0]).is_err());
     }
 }

@@ -387,7 +387,7 @@ impl Restic {
             |_| false,
         )
         .await?;
-        exit.expect(&[0]).map(drop)
+        exit.require(&[0]).map(drop)
     }
 
     /// Creates a repository at `repo.location` with the chunker parameters of `from`,
@@ -409,7 +409,7 @@ impl Restic {
         );
         invocation.from = Some(from);
         let exit = process::run(self, invocation, |_| Ok(()), |_| false).await?;
-        exit.expect(&[0]).map(drop)
+        exit.require(&[0]).map(drop)
     }
 
     /// Copies snapshots of `from` into `repo` (`copy`): the ones named, or every one
@@ -440,7 +440,7 @@ impl Restic {
         let mut invocation = invocation("copy", args, Some(repo), Some(cancel));
         invocation.from = Some(from);
         let exit = process::run(self, invocation, |_| Ok(()), |_| false).await?;
-        exit.expect(&[0]).map(drop)
+        exit.require(&[0]).map(drop)
     }
 
     /// Runs `backup --json`, reporting progress through `progress` as restic prints
@@ -514,7 +514,7 @@ impl Restic {
             },
         )
         .await?;
-        let code = exit.expect(&[0, 3])?;
+        let code = exit.require(&[0, 3])?;
         let summary = summary.ok_or_else(|| ResticError::Unparsable {
             command: "backup".into(),
             reason: "restic exited successfully without printing a summary".into(),
@@ -618,7 +618,7 @@ impl Restic {
         )
         .await?;
         if !enough.is_cancelled() {
-            exit.expect(&[0])?;
+            exit.require(&[0])?;
         }
         Ok(id)
     }
@@ -646,7 +646,7 @@ impl Restic {
             |_| false,
         )
         .await?;
-        exit.expect(&[0])?;
+        exit.require(&[0])?;
         Ok((id, nodes))
     }
 
@@ -708,7 +708,7 @@ impl Restic {
             },
         )
         .await?;
-        if let Err(error) = exit.expect(&[0]) {
+        if let Err(error) = exit.require(&[0]) {
             // A plain failure with per-file errors is a partial restore: verify it,
             // so the error names every path that is wrong. Anything else (wrong
             // password, lock, signal, cancel) is returned as it is.
@@ -916,7 +916,7 @@ impl Restic {
             |_| false,
         )
         .await?;
-        exit.expect(&[0])?;
+        exit.require(&[0])?;
         Ok(doc)
     }
 }
