@@ -97,6 +97,30 @@ fn edge_case_tree_round_trips_identically() {
     assert!(!p.join("many/d3").exists());
     assert!(!p.join("big.img").exists());
 
+    // A restore leaves what it wrote on disk and out of the page cache: of the big
+    // file, at most the pages two neighbouring chunks share stay cached.
+    let t3 = tmp.path().join("big-only");
+    let inc = format!("{}/big.img", src.display());
+    let out = run(
+        cadang(repo)
+            .args(["restore", "latest", "--json", "--include", &inc, "--target"])
+            .arg(&t3),
+        0,
+    );
+    assert_eq!(last_json(&out)["files_restored"], 1);
+    let big = restored_path(&t3, &src).join("big.img");
+    if let Some(cached) = cached_bytes(&big) {
+        let chunks = std::fs::metadata(&big).unwrap().len() >> 18;
+        assert!(
+            cached <= chunks * 4096,
+            "{cached} bytes of the restored file cached"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&big).unwrap(),
+        std::fs::read(src.join("big.img")).unwrap()
+    );
+
     // check --read-data passes on the healthy repository.
     run(cadang(repo).args(["check", "--read-data"]), 0);
 }

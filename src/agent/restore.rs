@@ -4,15 +4,18 @@
 //! * No escape: every path is relative, each component is checked like a tree name
 //!   (no `..`, no `/`, no NUL), and every directory on the way is a real directory —
 //!   a symbolic link planted inside the target is never followed.
-//! * Atomic replacement: a file is written to a temporary name beside its place, read
-//!   back and checked chunk by chunk against the snapshot's ids, given its owner, mode
-//!   and times through its descriptor, and only then renamed into place. A file that
+//! * Atomic replacement: a file is written to a temporary name beside its place, each
+//!   chunk read back as it is written and checked against the snapshot's id, the whole
+//!   given its owner, mode and times through its descriptor, and only then renamed into
+//!   place. A file that
 //!   fails is removed, so an older good copy is never replaced by a bad one. A file
 //!   that replaces one already there is flushed to disk before the rename, so a crash
 //!   leaves the old content or the new, never an empty file.
 //! * Durable before reported: new files are not flushed one by one (a flush per file
-//!   cost more than writing a small file); the restore ends with one flush of the
-//!   target's file system, and a failure there fails the restore.
+//!   cost more than writing a small file). What is written is started to disk at once
+//!   and dropped from the page cache once there, on a thread of its own
+//!   ([`WriteBehind`]; a write the disk refuses fails its file), and the restore ends
+//!   with one flush of the target's file system, whose failure fails the restore.
 //! * Directory modes and times are applied last, deepest first, so a read-only
 //!   directory does not stop its own restore.
 //! * Hard links come back as links: a later path of a hard-linked file whose content
@@ -28,11 +31,13 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::decode_blob_payload;
 use crate::engine::restore::write_sparse;
 use crate::engine::tree::check_name;
+use crate::engine::writebehind::WriteBehind;
 use crate::rpc::pb;
 
 /// What a finished restore reports.
@@ -55,12 +60,23 @@ struct OpenFile {
     next: usize,
     /// Where the next chunk goes.
     offset: u64,
-    /// The end of the last byte written: zero runs are left as holes, so a file that
-    /// ends in zeros is extended to its size before it is read back.
-    end_written: u64,
     failed: Option<String>,
     entry: pb::RestoreEntry,
+    /// Names the file's ranges handed to the write-behind.
+    handed: Handed,
 }
+
+/// A file whose written ranges are on their way to disk, for a write the disk refuses.
+struct HandedFile {
+    /// As the snapshot names it.
+    path: Vec<u8>,
+    /// Where it is placed once verified.
+    final_path: PathBuf,
+    size: u64,
+    /// It failed for another reason, and was reported then.
+    failed: std::sync::atomic::AtomicBool,
+}
+type Handed = Arc<HandedFile>;
 
 /// A chunk off the restore stream, decompressed and hashed ([`decode_chunk`]); the
 /// writer compares it with the snapshot's id and length for its place.
@@ -117,6 +133,10 @@ pub struct RestoreWriter {
     links: HashMap<u64, (PathBuf, Vec<[u8; 32]>)>,
     /// Chunks still to come for a path restored as a link (not written).
     skip_chunks: usize,
+    /// Takes written ranges to disk and out of the page cache.
+    behind: Option<WriteBehind<Handed>>,
+    /// A chunk read back from the file it was written to.
+    readback: Vec<u8>,
 }
 
 fn lossy(path: &[u8]) -> String {
@@ -143,6 +163,8 @@ impl RestoreWriter {
         }
         let mut real_dirs = HashSet::new();
         real_dirs.insert(target.clone());
+        let behind = WriteBehind::start()
+            .map_err(|e| format!("cannot start the write-behind thread: {e}"))?;
         Ok(Self {
             target,
             ids,
@@ -156,6 +178,8 @@ impl RestoreWriter {
             is_root: unsafe { libc::geteuid() } == 0,
             links: HashMap::new(),
             skip_chunks: 0,
+            behind: Some(behind),
+            readback: Vec::new(),
         })
     }
 
@@ -295,6 +319,12 @@ impl RestoreWriter {
         if ids.len() != entry.lengths.len() {
             return Err((entry.path, "chunk ids and lengths do not match".into()));
         }
+        if entry.lengths.iter().map(|l| u64::from(*l)).sum::<u64>() != entry.size {
+            return Err((
+                entry.path,
+                "the chunk lengths do not add up to the file's size".into(),
+            ));
+        }
         let first = (entry.hardlink != 0)
             .then(|| self.links.get(&entry.hardlink))
             .flatten()
@@ -314,6 +344,18 @@ impl RestoreWriter {
             .mode(0o600)
             .open(&tmp_path)
             .map_err(|e| (entry.path.clone(), format!("cannot create the file: {e}")))?;
+        // At its size from the start: zero runs are left as holes, and a chunk is read
+        // back as soon as it is written.
+        if let Err(e) = file.set_len(entry.size) {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err((entry.path.clone(), format!("cannot size the file: {e}")));
+        }
+        let handed = Arc::new(HandedFile {
+            path: entry.path.clone(),
+            final_path: path.clone(),
+            size: entry.size,
+            failed: std::sync::atomic::AtomicBool::new(false),
+        });
         self.current = Some(OpenFile {
             final_path: path,
             tmp_path,
@@ -322,9 +364,9 @@ impl RestoreWriter {
             lengths: entry.lengths.clone(),
             next: 0,
             offset: 0,
-            end_written: 0,
             failed: None,
             entry,
+            handed,
         });
         if self
             .current
@@ -369,10 +411,22 @@ impl RestoreWriter {
                 Decoded::Plain { data, id }
                     if id == open.ids[index] && data.len() as u32 == open.lengths[index] =>
                 {
-                    match write_sparse(&open.file, &data, open.offset) {
-                        Ok(end) if end > open.offset => open.end_written = end,
-                        Ok(_) => {}
-                        Err(e) => open.failed = Some(format!("cannot write: {e}")),
+                    let written = write_sparse(&open.file, &data, open.offset)
+                        .map_err(|e| format!("cannot write: {e}"))
+                        .and_then(|_| Self::read_back(&self.ids, &mut self.readback, open, index));
+                    match written {
+                        Ok(()) => {
+                            // On to disk, and out of the page cache once there.
+                            if let (Some(behind), Ok(dup)) = (&self.behind, open.file.try_clone()) {
+                                behind.written(
+                                    dup,
+                                    open.offset,
+                                    data.len() as u64,
+                                    Arc::clone(&open.handed),
+                                );
+                            }
+                        }
+                        Err(e) => open.failed = Some(e),
                     }
                     open.offset += data.len() as u64;
                 }
@@ -408,36 +462,41 @@ impl RestoreWriter {
             }
             Err(reason) => {
                 let _ = std::fs::remove_file(&open.tmp_path);
+                open.handed
+                    .failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let path = open.entry.path.clone();
                 self.fail(&path, reason);
             }
         }
     }
 
-    /// Reads the file back and checks every chunk against the snapshot's ids, gives it
-    /// its owner, mode and times, then moves it into place.
+    /// Reads chunk `index`, just written at `open.offset`, back from the file and checks
+    /// it against the snapshot's id.
+    fn read_back(
+        ids: &IdKeys,
+        buf: &mut Vec<u8>,
+        open: &OpenFile,
+        index: usize,
+    ) -> Result<(), String> {
+        buf.resize(open.lengths[index] as usize, 0);
+        open.file
+            .read_exact_at(buf, open.offset)
+            .map_err(|e| format!("verification: chunk {} unreadable: {e}", index + 1))?;
+        if ids.blob_id(buf).0 == open.ids[index] {
+            Ok(())
+        } else {
+            Err(format!(
+                "verification: chunk {} on disk differs from the snapshot",
+                index + 1
+            ))
+        }
+    }
+
+    /// Checks the size of a file whose every chunk was read back, gives it its owner,
+    /// mode and times, then moves it into place.
     fn verify_and_place(&self, open: &mut OpenFile) -> Result<u64, String> {
-        if open.end_written < open.offset {
-            // The file ends in a hole: it runs to the size written.
-            open.file
-                .set_len(open.offset)
-                .map_err(|e| format!("cannot set the size: {e}"))?;
-        }
-        let mut buf = Vec::new();
-        let mut total = 0u64;
-        for (i, (id, len)) in open.ids.iter().zip(&open.lengths).enumerate() {
-            buf.resize(*len as usize, 0);
-            open.file
-                .read_exact_at(&mut buf, total)
-                .map_err(|e| format!("verification: chunk {} unreadable: {e}", i + 1))?;
-            if self.ids.blob_id(&buf).0 != *id {
-                return Err(format!(
-                    "verification: chunk {} on disk differs from the snapshot",
-                    i + 1
-                ));
-            }
-            total += u64::from(*len);
-        }
+        let total = open.offset;
         let on_disk = open
             .file
             .metadata()
@@ -581,6 +640,36 @@ impl RestoreWriter {
                 self.fail(&p, reason);
             }
         }
+        // Every range written is on disk, or the disk refused it: that file failed.
+        let refused = self
+            .behind
+            .take()
+            .map_or_else(|| Ok(Vec::new()), WriteBehind::finish);
+        match refused {
+            Ok(refused) => {
+                for (handed, error) in refused {
+                    // Once per file: it was placed and counted as verified; it is
+                    // removed, as a file that fails is.
+                    if handed
+                        .failed
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        continue;
+                    }
+                    let _ = std::fs::remove_file(&handed.final_path);
+                    self.summary.files_verified = self.summary.files_verified.saturating_sub(1);
+                    self.summary.bytes = self.summary.bytes.saturating_sub(handed.size);
+                    self.fail(&handed.path, format!("the disk refused the write: {error}"));
+                }
+            }
+            Err(e) => {
+                let target = self.target.as_os_str().as_bytes().to_vec();
+                self.fail(
+                    &target,
+                    format!("{e}: the restored files may not be on disk"),
+                );
+            }
+        }
         // One flush for every file written: a restore is not reported until what it
         // wrote is on disk.
         if let Err(e) = sync_file_system(&self.target) {
@@ -722,6 +811,12 @@ mod tests {
         let (summary, failed, _) = w.finish();
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(summary.files_verified, 2);
+        // Written, read back, on disk and out of the page cache.
+        if !crate::engine::writebehind::tests::on_tmpfs(target.path()) {
+            let cached =
+                crate::engine::writebehind::tests::cached_pages(&target.path().join("disk.img"));
+            assert_eq!(cached, 0, "pages of disk.img left in the page cache");
+        }
         for (name, data, at_most) in [
             ("disk.img", &image, 2 * text.len() as u64),
             ("zeros.img", &zeros, 0),
@@ -738,6 +833,26 @@ mod tests {
                 at_most
             );
         }
+    }
+
+    #[test]
+    fn chunk_lengths_that_miss_the_size_fail_the_file_before_it_is_created() {
+        let target = tempfile::tempdir().unwrap();
+        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let (mut entry, chunks) = file_entry_in("f", &[9u8; 3000], 1000);
+        entry.size = 1 << 40;
+        w.entry(entry);
+        for c in chunks {
+            w.chunk(c);
+        }
+        let (summary, failed, _) = w.finish();
+        assert_eq!(summary.files_failed, 1);
+        assert!(
+            failed[0].reason.contains("do not add up"),
+            "{}",
+            failed[0].reason
+        );
+        assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod restore;
 pub mod snapshot;
 pub mod store;
 pub mod tree;
+pub mod writebehind;
 
 pub use error::{Error, Result};
 

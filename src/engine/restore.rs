@@ -44,6 +44,7 @@ use super::pack::with_blob;
 use super::repo::{Repository, pack_key};
 use super::snapshot::Snapshot;
 use super::tree::{self, Node, NodeKind, Tree};
+use super::writebehind::WriteBehind;
 
 /// A replica of a repository: another repository holding copies of its
 /// snapshots under the same keys, read when the primary's copy of a blob is
@@ -317,6 +318,8 @@ struct Outputs<'a> {
     target: &'a Path,
     owners: bool,
     progress: &'a RestoreProgress,
+    /// Takes what was written to disk and out of the page cache.
+    behind: &'a WriteBehind<usize>,
 }
 
 fn is_root() -> bool {
@@ -696,22 +699,25 @@ pub fn restore_tree(
         }
     }
 
+    let behind = WriteBehind::start()
+        .map_err(|e| Error::InvalidInput(format!("cannot start the write-behind thread: {e}")))?;
     let outputs = Outputs {
         files: &files,
         target,
         owners,
         progress,
+        behind: &behind,
     };
     // Create the temporary files of several chunks at their final size (holes stay
     // holes); empty files are finished here.
     pool.install(|| {
-        files.par_iter().for_each(|(fs, node)| {
+        files.par_iter().enumerate().for_each(|(fi, (fs, node))| {
             if fs.damaged.load(Ordering::Relaxed) {
                 return;
             }
             if fs.whole {
                 if node.content.is_empty() {
-                    write_whole(fs, node, &[], &outputs);
+                    write_whole(fi, &[], &outputs);
                 }
                 return;
             }
@@ -760,6 +766,22 @@ pub fn restore_tree(
             }
         });
     });
+    // Everything written is on disk (or refused) before a file is called restored.
+    let refused = behind.finish().unwrap_or_else(|error| {
+        // What reached the disk is unknown: no file is called restored.
+        (0..files.len()).map(|fi| (fi, error.clone())).collect()
+    });
+    for (fi, error) in refused {
+        let refused = format!("the disk refused the write: {error}");
+        let Some((fs, _)) = files.get(fi) else {
+            continue;
+        };
+        fs.damaged.store(true, Ordering::Relaxed);
+        fs.error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(refused);
+    }
     if cancelled() {
         for (fs, _) in &files {
             let _ = std::fs::remove_file(&fs.tmp);
@@ -784,6 +806,10 @@ pub fn restore_tree(
                 };
                 if fs.damaged.load(Ordering::Relaxed) {
                     let _ = std::fs::remove_file(&fs.tmp);
+                    if fs.placed.load(Ordering::Relaxed) {
+                        // A whole file whose write the disk refused after it was placed.
+                        let _ = std::fs::remove_file(target.join(&fs.rel));
+                    }
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                     return Err(err(fs
                         .error
@@ -1071,27 +1097,31 @@ fn mark_damaged(id: &BlobId, error: &str, dests: &[(usize, u64)], files: &[(File
 fn write_blob(data: &[u8], dests: &[(usize, u64)], out: &Outputs<'_>) {
     let progress = out.progress;
     for (fi, off) in dests {
-        let (fs, node) = &out.files[*fi];
+        let (fs, _) = &out.files[*fi];
         if fs.damaged.load(Ordering::Relaxed) {
             continue;
         }
         if fs.whole {
-            write_whole(fs, node, data, out);
+            write_whole(*fi, data, out);
             continue;
         }
         let w = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&fs.tmp)
-            .and_then(|f| write_sparse(&f, data, *off));
-        if let Err(e) = w {
-            fs.damaged.store(true, Ordering::Relaxed);
-            fs.error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get_or_insert_with(|| format!("write failed: {e}"));
-            continue;
-        }
+            .and_then(|f| write_sparse(&f, data, *off).map(|_| f));
+        let f = match w {
+            Ok(f) => f,
+            Err(e) => {
+                fs.damaged.store(true, Ordering::Relaxed);
+                fs.error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert_with(|| format!("write failed: {e}"));
+                continue;
+            }
+        };
+        out.behind.written(f, *off, data.len() as u64, *fi);
         progress
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -1100,20 +1130,22 @@ fn write_blob(data: &[u8], dests: &[(usize, u64)], out: &Outputs<'_>) {
 
 /// Create a file of at most one chunk from its verified content, finish its metadata
 /// and rename it into place; a failure marks it damaged and leaves nothing behind.
-fn write_whole(fs: &FileState, node: &Node, data: &[u8], out: &Outputs<'_>) {
-    let done = (|| -> std::io::Result<()> {
+fn write_whole(fi: usize, data: &[u8], out: &Outputs<'_>) {
+    let (fs, node) = &out.files[fi];
+    let done = (|| -> std::io::Result<std::fs::File> {
         let f = create_tmp(&fs.tmp)?;
         if write_sparse(&f, data, 0)? < node.size {
             // Ends in zeros: the hole runs to the recorded size.
             f.set_len(node.size)?;
         }
         finish_file(&f, node, out.owners)?;
-        drop(f);
-        place(&fs.tmp, &out.target.join(&fs.rel))
+        place(&fs.tmp, &out.target.join(&fs.rel))?;
+        Ok(f)
     })();
     match done {
-        Ok(()) => {
+        Ok(f) => {
             fs.placed.store(true, Ordering::Relaxed);
+            out.behind.written(f, 0, data.len() as u64, fi);
             out.progress
                 .bytes_done
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -1258,6 +1290,8 @@ fn verify_one(sources: &Sources<'_>, path: &Path, node: &Node) -> std::result::R
             if f.read(&mut extra).map_err(|e| e.to_string())? != 0 {
                 return Err("file is longer than in the snapshot".into());
             }
+            // Read once to check it, not to be read again from memory.
+            let _ = super::writebehind::drop_cached(&f, 0, 0);
             Ok(node.size)
         }
     }

@@ -21,6 +21,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::error::{Error, Result};
 
+/// Reads of packs from this many bytes on are dropped from the page cache after them
+/// ([`Store::drop_behind`]).
+const DROP_READS_FROM: u64 = 1 << 20;
+
 /// Metadata of a listed object.
 #[derive(Clone, Debug)]
 pub struct ObjectInfo {
@@ -203,7 +207,11 @@ impl Store {
     /// machines, 2.2 against 0.25 CPU-seconds for 800 MB). The store wrote and synced
     /// the file, so its pages are clean and the hint is honoured at once; a failure
     /// only leaves the pages cached. Other objects are small and left alone.
-    fn drop_behind(&self, key: &str) {
+    ///
+    /// Reads of a pack's bulk (a restore's or `check --read-data`'s, [`DROP_READS_FROM`]
+    /// bytes and more) drop what they read the same way: those pages are not read again
+    /// soon either. Smaller reads, such as the trees a listing walks, stay cached.
+    fn drop_behind(&self, key: &str, range: std::ops::Range<u64>) {
         let Some(root) = &self.local_root else {
             return;
         };
@@ -211,19 +219,15 @@ impl Store {
             return;
         }
         let path = root.join(key);
-        let dropped = std::fs::File::open(&path).map(|file| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain system call on a descriptor `file` owns for the call.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }
+        let dropped = std::fs::File::open(&path).and_then(|file| {
+            super::writebehind::drop_cached(
+                &file,
+                range.start,
+                range.end.saturating_sub(range.start),
+            )
         });
-        match dropped {
-            Ok(0) => {}
-            Ok(code) => {
-                tracing::debug!(path = %path.display(), code, "pack left in the page cache")
-            }
-            Err(error) => {
-                tracing::debug!(path = %path.display(), %error, "pack left in the page cache")
-            }
+        if let Err(error) = dropped {
+            tracing::debug!(path = %path.display(), %error, "pack left in the page cache");
         }
     }
 
@@ -282,8 +286,13 @@ impl Store {
     /// `Error::MissingObject` when absent, `Error::Storage` otherwise.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let p = Path::from(key);
-        self.retry(key, || async { self.inner.get(&p).await?.bytes().await })
-            .await
+        let bytes = self
+            .retry(key, || async { self.inner.get(&p).await?.bytes().await })
+            .await?;
+        if bytes.len() as u64 >= DROP_READS_FROM {
+            self.drop_behind(key, 0..0);
+        }
+        Ok(bytes)
     }
 
     /// Read part of an object.
@@ -301,6 +310,9 @@ impl Store {
                 key,
                 format!("short read: {} of {want} bytes", b.len()),
             ));
+        }
+        if want >= DROP_READS_FROM {
+            self.drop_behind(key, range);
         }
         Ok(b)
     }
@@ -361,7 +373,8 @@ impl Store {
             .await;
         match res {
             Ok(_) => {
-                self.drop_behind(key);
+                // Length 0: to the end of the file.
+                self.drop_behind(key, 0..0);
                 Ok(())
             }
             Err(Error::Storage { message, .. }) if message.starts_with("already exists") => {
@@ -492,6 +505,7 @@ fn classify(key: &str, e: object_store::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use super::super::writebehind::tests::{cached_pages, on_tmpfs};
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
@@ -501,43 +515,10 @@ mod tests {
             .unwrap()
     }
 
-    /// Pages of the file at `path` that are in the page cache.
-    fn cached_pages(path: &std::path::Path) -> usize {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(path).unwrap();
-        let length = usize::try_from(file.metadata().unwrap().len()).unwrap();
-        let page = 4096;
-        let mut resident = vec![0u8; length.div_ceil(page)];
-        // SAFETY: a read-only shared mapping of a file we hold open, only passed to
-        // mincore (which touches no page) and unmapped before the file is closed.
-        unsafe {
-            let at = libc::mmap(
-                std::ptr::null_mut(),
-                length,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            );
-            assert_ne!(at, libc::MAP_FAILED);
-            assert_eq!(libc::mincore(at, length, resident.as_mut_ptr()), 0);
-            libc::munmap(at, length);
-        }
-        resident.iter().filter(|byte| **byte & 1 == 1).count()
-    }
-
     #[test]
-    fn packs_written_leave_the_page_cache() {
+    fn packs_written_or_read_in_bulk_leave_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY: statfs fills the struct it is given for a valid C path.
-        let on_tmpfs = unsafe {
-            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-            let mut fs: libc::statfs = std::mem::zeroed();
-            libc::statfs(path.as_ptr(), &raw mut fs) == 0 && fs.f_type == libc::TMPFS_MAGIC
-        };
-        if on_tmpfs {
-            // tmpfs keeps files in the page cache itself: nothing can be dropped.
-            eprintln!("skipped: {} is on tmpfs", dir.path().display());
+        if on_tmpfs(dir.path()) {
             return;
         }
         let store = Store::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
@@ -555,9 +536,13 @@ mod tests {
                 .unwrap();
             assert_eq!(cached_pages(&pack), 0, "a pack written is dropped");
             assert_eq!(cached_pages(&index), 2048, "other objects stay cached");
-            // Reads are cached as usual.
-            assert_eq!(store.get("data/ab/pack").await.unwrap().len(), 8 << 20);
-            assert_eq!(cached_pages(&pack), 2048);
+            // A tree's small read stays cached; a restore's bulk read is dropped.
+            store.get_range("data/ab/pack", 0..4096).await.unwrap();
+            assert!(cached_pages(&pack) >= 1);
+            store.get_range("data/ab/pack", 0..8 << 20).await.unwrap();
+            assert_eq!(cached_pages(&pack), 0, "a bulk read is dropped");
+            store.get("data/ab/pack").await.unwrap();
+            assert_eq!(cached_pages(&pack), 0, "a whole pack read is dropped");
         });
     }
 

@@ -310,3 +310,29 @@ pub fn assert_check_clean(repo: &cadang::engine::Repository) {
     .expect("check runs");
     assert!(rep.is_ok() && rep.warnings.is_empty(), "{rep:?}");
 }
+
+/// Bytes of the file at `path` in the page cache (`fincore`), or `None` (with the reason
+/// printed) where that cannot be known: no `fincore`, or a tmpfs, which is all cache.
+pub fn cached_bytes(path: &Path) -> Option<u64> {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output();
+    let on_tmpfs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"tmpfs"));
+    match out {
+        Ok(out) if out.status.success() && !on_tmpfs => {
+            Some(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+        }
+        _ => {
+            eprintln!(
+                "skipped: the page cache of {} cannot be measured here",
+                path.display()
+            );
+            None
+        }
+    }
+}
