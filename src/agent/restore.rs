@@ -73,7 +73,7 @@ struct HandedFile {
     /// Where it is placed once verified.
     final_path: PathBuf,
     size: u64,
-    /// It failed for another reason, and was reported then.
+    /// It failed for another reason (and was reported then), or was never placed.
     failed: std::sync::atomic::AtomicBool,
 }
 type Handed = Arc<HandedFile>;
@@ -626,6 +626,10 @@ impl RestoreWriter {
         self.skip_chunks = 0;
         if let Some(open) = self.current.take() {
             let _ = std::fs::remove_file(&open.tmp_path);
+            // Never placed: a refused write of it must not remove what is at its place.
+            open.handed
+                .failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let path = open.entry.path.clone();
             self.fail(
                 &path,

@@ -21,8 +21,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::error::{Error, Result};
 
-/// Reads of packs from this many bytes on are dropped from the page cache after them
-/// ([`Store::drop_behind`]).
+/// Reads of packs from a local store of this many bytes and more go into kept buffers
+/// and are dropped from the page cache after them ([`Store::read_local`]).
 const DROP_READS_FROM: u64 = 1 << 20;
 
 /// Metadata of a listed object.
@@ -54,8 +54,8 @@ pub struct Store {
     create_supported: Arc<std::sync::atomic::AtomicBool>,
     upload_limit: Option<Arc<RateLimit>>,
     /// A local store's directory and read buffers: its packs are dropped from the page
-    /// cache once written or read in bulk ([`Store::drop_behind`]), and read in bulk
-    /// into buffers kept for the next read ([`Store::read_local`]).
+    /// cache once written ([`Store::drop_behind`]), and read in bulk into buffers kept
+    /// for the next read, then dropped too ([`Store::read_local`]).
     local: Option<Arc<Local>>,
 }
 
@@ -254,11 +254,7 @@ impl Store {
     /// machines, 2.2 against 0.25 CPU-seconds for 800 MB). The store wrote and synced
     /// the file, so its pages are clean and the hint is honoured at once; a failure
     /// only leaves the pages cached. Other objects are small and left alone.
-    ///
-    /// Reads of a pack's bulk (a restore's or `check --read-data`'s, [`DROP_READS_FROM`]
-    /// bytes and more) drop what they read the same way: those pages are not read again
-    /// soon either. Smaller reads, such as the trees a listing walks, stay cached.
-    fn drop_behind(&self, key: &str, range: std::ops::Range<u64>) {
+    fn drop_behind(&self, key: &str) {
         let Some(local) = &self.local else {
             return;
         };
@@ -266,13 +262,8 @@ impl Store {
             return;
         }
         let path = local.root.join(key);
-        let dropped = std::fs::File::open(&path).and_then(|file| {
-            super::writebehind::drop_cached(
-                &file,
-                range.start,
-                range.end.saturating_sub(range.start),
-            )
-        });
+        let dropped = std::fs::File::open(&path)
+            .and_then(|file| super::writebehind::drop_cached(&file, 0, 0));
         if let Err(error) = dropped {
             tracing::debug!(path = %path.display(), %error, "pack left in the page cache");
         }
@@ -336,13 +327,8 @@ impl Store {
             return self.read_local(local, key, None).await;
         }
         let p = Path::from(key);
-        let bytes = self
-            .retry(key, || async { self.inner.get(&p).await?.bytes().await })
-            .await?;
-        if bytes.len() as u64 >= DROP_READS_FROM {
-            self.drop_behind(key, 0..0);
-        }
-        Ok(bytes)
+        self.retry(key, || async { self.inner.get(&p).await?.bytes().await })
+            .await
     }
 
     /// Read part of an object.
@@ -368,16 +354,15 @@ impl Store {
                 format!("short read: {} of {want} bytes", b.len()),
             ));
         }
-        if want >= DROP_READS_FROM {
-            self.drop_behind(key, range);
-        }
         Ok(b)
     }
 
     /// A bulk read of a pack from a local store (`range`, or the whole file), into a
     /// buffer a read before handed back ([`KeptBuffer`]), then dropped from the page
-    /// cache ([`Store::drop_behind`]). Reads the file object_store wrote, by the same
-    /// path, on a blocking thread as object_store does.
+    /// cache: those pages are not read again soon, and the next read reuses them (see
+    /// `engine::writebehind`). Smaller reads, such as the trees a listing walks, go
+    /// through object_store and stay cached. Reads the file object_store wrote, by the
+    /// same path, on a blocking thread as object_store does.
     async fn read_local(
         &self,
         local: &Arc<Local>,
@@ -385,7 +370,7 @@ impl Store {
         range: Option<std::ops::Range<u64>>,
     ) -> Result<Bytes> {
         let (local, owned_key) = (Arc::clone(local), key.to_owned());
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Bytes, u64, u64)> {
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(local.root.join(&owned_key))?;
             let range = match range {
@@ -404,8 +389,9 @@ impl Store {
             buf.truncate(len);
             buf.resize(len, 0);
             file.read_exact_at(&mut buf, range.start)?;
-            let bytes = Bytes::from_owner(KeptBuffer { buf, local });
-            Ok((bytes, range.start, range.end))
+            // A failure only leaves the pages cached.
+            let _ = super::writebehind::drop_cached(&file, range.start, len as u64);
+            Ok(Bytes::from_owner(KeptBuffer { buf, local }))
         })
         .await
         .map_err(|e| Error::Storage {
@@ -414,12 +400,7 @@ impl Store {
             transient: false,
         })?;
         match read {
-            Ok((bytes, start, end)) => {
-                if end - start >= DROP_READS_FROM {
-                    self.drop_behind(key, start..end);
-                }
-                Ok(bytes)
-            }
+            Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::MissingObject {
                 what: format!("object {key}"),
             }),
@@ -492,7 +473,7 @@ impl Store {
         match res {
             Ok(_) => {
                 // Length 0: to the end of the file.
-                self.drop_behind(key, 0..0);
+                self.drop_behind(key);
                 Ok(())
             }
             Err(Error::Storage { message, .. }) if message.starts_with("already exists") => {
