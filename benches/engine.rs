@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use cadang::engine::chunker::{Chunker, ChunkerParams};
-use cadang::engine::crypto::{Keys, MasterSecret};
+use cadang::engine::crypto::{Cipher, Keys, MasterSecret};
 use cadang::engine::format::encode_blob_payload;
 
 fn data(n: usize, text: bool) -> Vec<u8> {
@@ -57,7 +57,7 @@ fn main() {
     let n = 64 << 20;
     let random = data(n, false);
     let text = data(n, true);
-    let keys = Keys::from_secret(MasterSecret::generate());
+    let keys = Keys::from_secret(MasterSecret::generate()).with_cipher(Cipher::preferred());
     let chunker = Chunker::new(&ChunkerParams::default(), keys.id_keys().chunker_seed);
     let chunks: Vec<usize> = chunker.split_all(&random);
     println!(
@@ -91,13 +91,23 @@ fn main() {
         }
     }
     let mut sealed = Vec::with_capacity((1 << 20) + 64);
-    bench("xchacha20-poly1305 seal", n, || {
-        for c in random.chunks(1 << 20) {
-            sealed.clear();
-            keys.seal_append(b"aad", c, &mut sealed);
-            black_box(&sealed);
+    for cipher in Cipher::ALL {
+        let keys = keys.clone().with_cipher(cipher);
+        for size in [1 << 20, 4 << 10] {
+            bench(
+                &format!("{cipher} seal, {} KiB items", size >> 10),
+                n,
+                || {
+                    for c in random.chunks(size) {
+                        sealed.clear();
+                        keys.seal_append(b"aad", c, &mut sealed);
+                        black_box(&sealed);
+                    }
+                },
+            );
         }
-    });
+    }
+    println!("(the whole blob path below seals with {})", keys.cipher());
     let mut payload = Vec::new();
     bench("whole blob path, text, zstd 3", n, || {
         let mut pos = 0;

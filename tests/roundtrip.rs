@@ -247,3 +247,78 @@ fn find_names_the_snapshots_that_still_hold_a_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn repositories_of_either_cipher_round_trip_copy_to_each_other_and_keep_theirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    edge_case_tree(&src, 8);
+    let mut repos = Vec::new();
+    for cipher in ["xchacha20-poly1305", "aes-256-gcm-derived"] {
+        let repo = tmp.path().join(cipher);
+        let repo = repo.to_str().unwrap().to_owned();
+        let out = run(
+            cadang(&repo).args(["--json", "init", "--cipher", cipher]),
+            0,
+        );
+        assert_eq!(last_json(&out)["cipher"], cipher);
+        let sum = last_json(&run(cadang(&repo).args(["backup", "--json"]).arg(&src), 0));
+        assert_eq!(sum["files_failed"], 0, "{cipher}: {sum}");
+        let target = tmp.path().join(format!("restore-{cipher}"));
+        let r = last_json(&run(
+            cadang(&repo)
+                .args(["restore", "latest", "--verify", "--json", "--target"])
+                .arg(&target),
+            0,
+        ));
+        assert_eq!(r["success"], true, "{cipher}: {r}");
+        assert_same_tree(&src, &restored_path(&target, &src));
+        run(cadang(&repo).args(["check", "--read-data"]), 0);
+        repos.push(repo);
+    }
+
+    // Copies between them re-seal every blob under the destination's cipher.
+    let snaps = last_json(&run(cadang(&repos[0]).args(["snapshots", "--json"]), 0));
+    let id = snaps[0]["id"].as_str().unwrap().to_owned();
+    run(
+        cadang(&repos[0])
+            .args(["copy", &id, "--to", &repos[1]])
+            .env("CADANG_TO_PASSWORD", PASSWORD),
+        0,
+    );
+    run(cadang(&repos[1]).args(["check", "--read-data"]), 0);
+    let copies = last_json(&run(cadang(&repos[1]).args(["snapshots", "--json"]), 0));
+    assert_eq!(copies.as_array().unwrap().len(), 2);
+
+    // A replica keeps its source's cipher; naming another one with --from-repo,
+    // or an unknown one, is refused before anything is written.
+    let replica = tmp.path().join("replica");
+    let replica = replica.to_str().unwrap();
+    let out = run(
+        cadang(replica)
+            .args(["--json", "init", "--from-repo", &repos[0]])
+            .env("CADANG_FROM_PASSWORD", PASSWORD),
+        0,
+    );
+    assert_eq!(last_json(&out)["cipher"], "xchacha20-poly1305");
+    let refused = tmp.path().join("refused");
+    let refused = refused.to_str().unwrap();
+    for args in [
+        vec![
+            "init",
+            "--cipher",
+            "aes-256-gcm-derived",
+            "--from-repo",
+            &repos[0],
+        ],
+        vec!["init", "--cipher", "aes-128-ecb"],
+    ] {
+        let out = run(cadang(refused).args(&args), 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--cipher") || err.contains("aes-128-ecb"),
+            "{args:?}: {err}"
+        );
+        assert!(!std::path::Path::new(refused).exists(), "{args:?}");
+    }
+}

@@ -173,6 +173,11 @@ pub struct InitArgs {
     /// Password file of the --from-repo repository (else CADANG_FROM_PASSWORD).
     #[arg(long, env = "CADANG_FROM_PASSWORD_FILE")]
     pub from_password_file: Option<PathBuf>,
+    /// Cipher sealing the repository's objects: `aes-256-gcm-derived` (the default
+    /// where the CPU has AES instructions) or `xchacha20-poly1305` (the default
+    /// elsewhere). A replica made with --from-repo keeps its source's.
+    #[arg(long, conflicts_with = "from_repo")]
+    pub cipher: Option<crate::engine::crypto::Cipher>,
 }
 
 #[derive(Args, Debug)]

@@ -206,17 +206,20 @@ fn init(ctx: &Ctx, a: super::InitArgs) -> anyhow::Result<ExitCode> {
         )?;
         let src = Repository::open(ctx.handle.clone(), from_store, &from_pw, &ctx.open_opts())?;
         Repository::init_from(ctx.handle.clone(), store, &pw, &ctx.open_opts(), &src)?
+    } else if let Some(cipher) = a.cipher {
+        Repository::init_with_cipher(ctx.handle.clone(), store, &pw, &ctx.open_opts(), cipher)?
     } else {
         Repository::init(ctx.handle.clone(), store, &pw, &ctx.open_opts())?
     };
     if ctx.g.json {
         json_line(
-            &json!({"message_type": "initialized", "id": repo.config().id, "repository": location}),
+            &json!({"message_type": "initialized", "id": repo.config().id, "repository": location, "cipher": repo.config().cipher}),
         );
     } else {
         ctx.say(format!(
-            "created cadang repository {} at {location}",
-            &repo.config().id[..10]
+            "created cadang repository {} at {location} ({})",
+            &repo.config().id[..10],
+            repo.config().cipher
         ));
         ctx.say("Please note that knowledge of your password is required to access the repository. Losing your password means that your data is irrecoverably lost.");
     }

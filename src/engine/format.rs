@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::chunker::ChunkerParams;
-use super::crypto::Keys;
+use super::crypto::{Cipher, Keys};
 use super::error::{Error, Result};
 use super::id::{BlobId, BlobType};
 
@@ -40,7 +40,8 @@ pub struct RepoConfig {
 }
 
 impl RepoConfig {
-    /// A config for a new repository with the benchmarked defaults.
+    /// A config for a new repository with the benchmarked defaults and the
+    /// faster cipher on this machine ([`Cipher::preferred`]).
     pub fn new_default() -> Self {
         Self {
             version: FORMAT_VERSION,
@@ -48,7 +49,7 @@ impl RepoConfig {
             chunker: ChunkerParams::default(),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             pack_size: DEFAULT_PACK_SIZE,
-            cipher: "xchacha20-poly1305".into(),
+            cipher: Cipher::preferred().name().into(),
             id_hash: "blake3-keyed".into(),
         }
     }
@@ -73,10 +74,21 @@ impl RepoConfig {
         if !(1 << 20..=1 << 30).contains(&self.pack_size) {
             return Err(Error::corrupt("config", "pack size outside 1 MiB – 1 GiB"));
         }
-        if self.cipher != "xchacha20-poly1305" || self.id_hash != "blake3-keyed" {
-            return Err(Error::corrupt("config", "unknown cipher or id hash"));
+        self.envelope_cipher()?;
+        if self.id_hash != "blake3-keyed" {
+            return Err(Error::corrupt("config", "unknown id hash"));
         }
         Ok(())
+    }
+
+    /// The cipher that seals everything but the config and key slots.
+    ///
+    /// # Errors
+    /// `Error::Corrupt` for a cipher this build does not know.
+    pub fn envelope_cipher(&self) -> Result<Cipher> {
+        self.cipher
+            .parse()
+            .map_err(|e: String| Error::corrupt("config", e))
     }
 }
 
@@ -199,12 +211,23 @@ pub fn decompress_bounded(data: &[u8], limit: usize) -> std::result::Result<Vec<
     Ok(out)
 }
 
-/// Encode the `config` object: clear magic and version, then the sealed body.
+/// Encode the `config` object: clear magic and version, then the body sealed
+/// with XChaCha20-Poly1305 whatever the repository's cipher (the body names it).
 pub fn encode_config(keys: &Keys, cfg: &RepoConfig) -> Vec<u8> {
+    let keys = config_keys(keys);
     let mut out = CONFIG_MAGIC.to_vec();
     out.extend_from_slice(&cfg.version.to_le_bytes());
-    out.extend_from_slice(&seal_json(keys, ObjectKind::Config, cfg));
+    out.extend_from_slice(&seal_json(&keys, ObjectKind::Config, cfg));
     out
+}
+
+/// The keys a config body is sealed with: the repository's, with XChaCha20-Poly1305.
+fn config_keys(keys: &Keys) -> std::borrow::Cow<'_, Keys> {
+    if keys.cipher() == Cipher::XChaCha20Poly1305 {
+        std::borrow::Cow::Borrowed(keys)
+    } else {
+        std::borrow::Cow::Owned(keys.clone().with_cipher(Cipher::XChaCha20Poly1305))
+    }
 }
 
 /// Read the clear version of a `config` object without any key.
@@ -232,7 +255,12 @@ pub fn config_version(bytes: &[u8]) -> Result<u32> {
 /// As [`config_version`], plus `Error::Corrupt` when the body fails.
 pub fn decode_config(keys: &Keys, bytes: &[u8]) -> Result<RepoConfig> {
     config_version(bytes)?;
-    let cfg: RepoConfig = open_json(keys, ObjectKind::Config, "config", &bytes[12..])?;
+    let cfg: RepoConfig = open_json(
+        &config_keys(keys),
+        ObjectKind::Config,
+        "config",
+        &bytes[12..],
+    )?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -419,6 +447,28 @@ mod tests {
             Err(Error::Corrupt { .. })
         ));
         assert!(decode_config(&k, b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_config_body_is_sealed_with_xchacha_whatever_cipher_it_names() {
+        let secret = MasterSecret::generate();
+        let aes = Keys::from_secret(secret.clone()).with_cipher(Cipher::Aes256GcmDerived);
+        let mut cfg = RepoConfig::new_default();
+        cfg.cipher = Cipher::Aes256GcmDerived.name().into();
+        let enc = encode_config(&aes, &cfg);
+        // Opened before the cipher is known: with the keys of a fresh key slot.
+        let fresh = Keys::from_secret(secret);
+        let got = decode_config(&fresh, &enc).unwrap();
+        assert_eq!(got.envelope_cipher().unwrap(), Cipher::Aes256GcmDerived);
+        assert_eq!(decode_config(&aes, &enc).unwrap(), cfg);
+        // Everything else is sealed with the named cipher, and only opens with it.
+        let sealed = seal_json(&aes, ObjectKind::Snapshot, &"s");
+        assert!(open_json::<String>(&fresh, ObjectKind::Snapshot, "s", &sealed).is_err());
+        assert!(open_json::<String>(&aes, ObjectKind::Snapshot, "s", &sealed).is_ok());
+        // A cipher this build does not know is refused, by name.
+        cfg.cipher = "rot13".into();
+        let err = decode_config(&fresh, &encode_config(&fresh, &cfg)).unwrap_err();
+        assert!(err.to_string().contains("rot13"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::runtime::Handle;
 
 use super::chunker::Chunker;
-use super::crypto::{KdfParams, KeySlot, Keys, MasterSecret};
+use super::crypto::{Cipher, KdfParams, KeySlot, Keys, MasterSecret};
 use super::error::{Error, Result};
 use super::format::{self, ObjectKind, RepoConfig};
 use super::id::{BlobId, BlobType, IndexId, KeyId, PackId, SnapshotId, random_bytes};
@@ -116,6 +116,30 @@ impl Repository {
         )
     }
 
+    /// Create a new repository whose objects `cipher` seals, instead of the one
+    /// [`Cipher::preferred`] picks for this machine.
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub fn init_with_cipher(
+        handle: Handle,
+        store: Store,
+        password: &[u8],
+        opts: &OpenOptions,
+        cipher: Cipher,
+    ) -> Result<Self> {
+        let mut config = RepoConfig::new_default();
+        config.cipher = cipher.name().into();
+        Self::init_with(
+            handle,
+            store,
+            password,
+            opts,
+            MasterSecret::generate(),
+            config,
+        )
+    }
+
     /// Create a repository sharing `source`'s keys and chunker parameters, so
     /// that blob ids are identical and copies between them deduplicate and
     /// can stand in for each other (replicas for the restore fallback).
@@ -160,6 +184,7 @@ impl Repository {
             ));
         }
         config.validate()?;
+        let cipher = config.envelope_cipher()?;
         let keys = Keys::from_secret(secret);
         let (host, user) = whoami();
         let slot = KeySlot::create(
@@ -179,7 +204,10 @@ impl Repository {
             Bytes::from(slot_bytes),
             |_| false,
         ))?;
+        // The config is sealed like the key slots, with XChaCha20-Poly1305: it says
+        // which cipher seals everything else.
         let cfg_bytes = format::encode_config(&keys, &config);
+        let keys = keys.with_cipher(cipher);
         if let Err(error) =
             handle.block_on(store.put_create("config", Bytes::from(cfg_bytes), |_| false))
         {
@@ -249,8 +277,10 @@ impl Repository {
                     // A slot that opens with the password but does not unlock the
                     // config is a stray from an initialisation that lost a race (or a
                     // planted one): skip it, another slot may be the right one.
-                    let config = match format::decode_config(&keys, &cfg_bytes) {
-                        Ok(config) => config,
+                    let (config, cipher) = match format::decode_config(&keys, &cfg_bytes)
+                        .and_then(|c| c.envelope_cipher().map(|cipher| (c, cipher)))
+                    {
+                        Ok(found) => found,
                         Err(e) => {
                             damaged.push(format!(
                                 "{}: opens with this password but does not unlock the config ({e})",
@@ -260,6 +290,7 @@ impl Repository {
                         }
                     };
                     let chunker = Chunker::new(&config.chunker, keys.id_keys().chunker_seed);
+                    let keys = keys.with_cipher(cipher);
                     return Ok(Self {
                         store,
                         keys,
