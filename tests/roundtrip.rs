@@ -69,13 +69,20 @@ fn edge_case_tree_round_trips_identically() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 3);
+    // (Directories above the source, such as the temporary directory, may change
+    // under tests running beside this one; only the source tree is compared.)
     let out = run(cadang(repo).args(["diff", &ids[1], &ids[2]]), 0);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("M    ") && text.contains("many/d1/f1.txt"),
+    let in_src: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&*src.to_string_lossy()))
+        .collect();
+    assert_eq!(
+        in_src,
+        [format!("M    {}", src.join("many/d1/f1.txt").display())],
         "{text}"
     );
-    assert!(text.contains("0 added, 0 removed, 1 changed"), "{text}");
+    assert!(text.contains("0 added, 0 removed, "), "{text}");
 
     // ls lists the tree, including odd names.
     let out = run(cadang(repo).args(["ls", "latest"]), 0);
