@@ -106,14 +106,7 @@ impl Repository {
     /// # Errors
     /// `Error::AlreadyInitialized` when a config exists; storage errors.
     pub fn init(handle: Handle, store: Store, password: &[u8], opts: &OpenOptions) -> Result<Self> {
-        Self::init_with(
-            handle,
-            store,
-            password,
-            opts,
-            MasterSecret::generate(),
-            RepoConfig::new_default(),
-        )
+        Self::init_with_cipher(handle, store, password, opts, Cipher::preferred())
     }
 
     /// Create a new repository whose objects `cipher` seals, instead of the one
