@@ -244,10 +244,12 @@ impl Keys {
     }
 
     /// The AES-256-GCM instance of one envelope, keyed from the first half of its
-    /// nonce ([`Cipher::Aes256GcmDerived`]).
-    fn aes_for(&self, nonce: &[u8; NONCE_LEN]) -> Aes256Gcm {
+    /// nonce, and GCM's nonce, the second half ([`Cipher::Aes256GcmDerived`]).
+    fn aes_for(&self, nonce: &[u8; NONCE_LEN]) -> (Aes256Gcm, [u8; NONCE_LEN - GCM_KEYED_BY]) {
         let key = blake3::keyed_hash(&self.aes_key, &nonce[..GCM_KEYED_BY]);
-        Aes256Gcm::new(key.as_bytes().into())
+        let gcm_nonce: [u8; NONCE_LEN - GCM_KEYED_BY] =
+            std::array::from_fn(|i| nonce[GCM_KEYED_BY + i]);
+        (Aes256Gcm::new(key.as_bytes().into()), gcm_nonce)
     }
 
     /// The master secret (needed to add a key slot or share keys with a replica).
@@ -315,10 +317,8 @@ impl Keys {
                 .encrypt_inout_detached(&XNonce::from(nonce_bytes), aad, data)
                 .expect("XChaCha20-Poly1305 accepts messages far larger than a blob"),
             Cipher::Aes256GcmDerived => {
-                let nonce = aes_gcm::Nonce::try_from(&nonce_bytes[GCM_KEYED_BY..])
-                    .expect("the rest of the nonce is GCM's 12 bytes");
-                self.aes_for(&nonce_bytes)
-                    .encrypt_inout_detached(&nonce, aad, data)
+                let (aes, nonce) = self.aes_for(&nonce_bytes);
+                aes.encrypt_inout_detached(&nonce.into(), aad, data)
                     .expect("AES-256-GCM accepts messages far larger than a blob")
             }
         };
@@ -375,12 +375,8 @@ impl Keys {
                     .decrypt_inout_detached(&XNonce::from(nonce), aad, data, &tag)
             }
             Cipher::Aes256GcmDerived => {
-                let gcm_nonce = aes_gcm::Nonce::try_from(&nonce[GCM_KEYED_BY..])
-                    .map_err(|_| Error::corrupt(what, "bad nonce"))?;
-                let tag = aes_gcm::Tag::try_from(tag.as_slice())
-                    .map_err(|_| Error::corrupt(what, "bad tag"))?;
-                self.aes_for(&nonce)
-                    .decrypt_inout_detached(&gcm_nonce, aad, data, &tag)
+                let (aes, gcm_nonce) = self.aes_for(&nonce);
+                aes.decrypt_inout_detached(&gcm_nonce.into(), aad, data, &tag)
             }
         };
         if opened.is_err() {
