@@ -7,6 +7,11 @@
 #   WARM_MEMORY=0 bench/agent.sh         # skip touching free memory first (bench/warm_memory.py)
 #   KEEP_RUN_DIRS=1 bench/agent.sh       # leave the run dirs (another run follows: deleting
 #                                        # 40,000 files slows the next minutes' restores)
+#   PROFILE=1 bench/agent.sh             # record the first backups and the restores with
+#                                        # `perf record -a` (the run dir's perf-*.data; with
+#                                        # KEEP_RUN_DIRS=1; `perf report --sort comm,sym`:
+#                                        # the daemon's threads are cadang-daemon, the agent's
+#                                        # cadang-walk-N and tokio-rt-worker)
 #
 # Each repetition, on a fresh run directory holding its own copy of the data (the day of
 # changes edits it), and with the source read once before each timed backup (a warm page
@@ -55,9 +60,11 @@ SRC_BYTES=$(find "$DATA" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n
 RESULTS=$BENCH_DIR/agent-results-$(date +%Y%m%d-%H%M%S).jsonl
 RUN=""
 RUNS=()
+PERF_PID=""
 DAEMON_PID=""
 AGENT_PID=""
 cleanup() {
+    [[ -n $PERF_PID ]] && kill -INT "$PERF_PID" 2>/dev/null || true
     [[ -n $AGENT_PID ]] && kill "$AGENT_PID" 2>/dev/null || true
     [[ -n $DAEMON_PID ]] && kill "$DAEMON_PID" 2>/dev/null || true
     wait 2>/dev/null || true
@@ -85,6 +92,20 @@ log "run dirs: $([[ $KEEP_RUNS == 1 ]] && echo "kept until the end" || echo "del
 # machine's cache forgets idle pages within a minute): both sides read the same way.
 warm() { tar -C "$(dirname "$SRC")" -cf - "$(basename "$SRC")" | cat >/dev/null; }
 
+# PROFILE=1: `perf record -a` of what runs between profile_start NAME and profile_stop.
+profile_start() {
+    [[ ${PROFILE:-0} == 1 ]] || return 0
+    perf record -q -F 999 -a -o "$RUN/perf-$1.data" 2>>"$RUN/perf.log" &
+    PERF_PID=$!
+    sleep 1
+}
+profile_stop() {
+    [[ -n $PERF_PID ]] || return 0
+    kill -INT "$PERF_PID"
+    wait "$PERF_PID" || true
+    PERF_PID=""
+}
+
 json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {'d': d}))" "$1"; }
 
 for rep in $(seq 1 "$REPS"); do
@@ -96,9 +117,11 @@ for rep in $(seq 1 "$REPS"); do
     export CADANG_REPOSITORY=$RUN/local CADANG_PASSWORD=cadang-bench-password
     "$CADANG_BIN" init >/dev/null
     sync; sleep 2; warm
+    profile_start local-backup
     t0=$(date +%s%N)
     /usr/bin/time -f "%U %S" -o "$RUN/local.time" "$CADANG_BIN" backup "$SRC" >/dev/null
     t1=$(date +%s%N)
+    profile_stop
     log "rep $rep: CPU seconds of the local backup: $(awk '{print $1 + $2}' "$RUN/local.time")"
     LOCAL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: local backup ${LOCAL_S}s"
@@ -130,6 +153,7 @@ for rep in $(seq 1 "$REPS"); do
     c "$KADIN" step complete "$B" 1 >/dev/null
     PLAN=$(c "$KASI" plan create --request "$B" --name bench --path "$SRC" --on-server "$SERVER" --compress-on "$COMPRESS_ON" --schedule "0 1 * * *" | json "d[0]['id']")
     sync; sleep 2; warm
+    profile_start agent-backup
     c "$KASI" step complete "$B" 2 >/dev/null
     # Wait for the plan's n-th run to finish and print it. One Python process polls the
     # daemon through the CLI (a few milliseconds of CPU a poll): starting Python for every
@@ -152,6 +176,7 @@ PYEOF
     D0=$(cpu "$DAEMON_PID"); A0=$(cpu "$AGENT_PID")
     FIRST=$(wait_run 1)
     D1=$(cpu "$DAEMON_PID"); A1=$(cpu "$AGENT_PID")
+    profile_stop
     log "rep $rep: CPU seconds of the first agent backup: daemon $(awk -v a="$D0" -v b="$D1" 'BEGIN {print b-a}'), agent $(awk -v a="$A0" -v b="$A1" 'BEGIN {print b-a}')"
     c "$KASI" plan run-now "$PLAN" >/dev/null
     SECOND=$(wait_run 2)
@@ -176,18 +201,22 @@ PYEOF
     # of an older backup does.
     sync; sleep 2
     "$PY" "$HERE/evict.py" "$RUN/local" "$RUN/var"
+    profile_start local-restore
     t0=$(date +%s%N)
     "$CADANG_BIN" restore latest --target "$RUN/local-restored" >/dev/null
     sync
     t1=$(date +%s%N)
+    profile_stop
     unset CADANG_REPOSITORY CADANG_PASSWORD
     LOCAL_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: local restore and sync ${LOCAL_RESTORE_S}s"
     sync; sleep 2
     "$PY" "$HERE/evict.py" "$RUN/local" "$RUN/var"
+    profile_start agent-restore
     t0=$(date +%s%N)
     c "$KASI" restore-job start --source "$SERVER" --target "$RUN/agent-restored" --wait >"$RUN/restore.json"
     t1=$(date +%s%N)
+    profile_stop
     AGENT_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: restore through the agent ${AGENT_RESTORE_S}s: $(head -c 400 "$RUN/restore.json")"
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true
