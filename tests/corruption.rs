@@ -561,8 +561,7 @@ fn dump_writes_a_verified_file_or_nothing() {
     assert_eq!(mode, 0o640);
     assert_eq!(last_json(&out)["bytes"], 5);
     for (path, reason) in [
-        (at("dir"), "is a directory"),
-        (at("link"), "is not a regular file"),
+        (at("link"), "not a regular file; `--archive tar`"),
         (at("nothing.txt"), "is not in the snapshot"),
         (at("small.txt/x"), "is not a directory"),
     ] {

@@ -329,3 +329,102 @@ fn repositories_of_either_cipher_round_trip_copy_to_each_other_and_keep_theirs()
         assert!(!std::path::Path::new(refused).exists(), "{args:?}");
     }
 }
+
+/// `dump` of a directory writes a tar archive that GNU tar extracts to the same tree:
+/// content, modes, owners, whole-second mtimes, symlink targets, hard links and the FIFO
+/// (tar keeps mtimes in whole seconds, so those are compared so). Written to standard
+/// output for a pipe, or to `--output` with mode 0600 once complete.
+#[test]
+fn dump_of_a_directory_is_a_tar_archive_that_extracts_to_the_same_tree() {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    edge_case_tree(&src, 0);
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    run(cadang(repo).args(["backup", "-q"]).arg(&src), 0);
+    let src_arg = src.to_str().unwrap();
+
+    let out = run(cadang(repo).args(["dump", "latest", src_arg]), 0);
+    let extracted = tmp.path().join("extracted");
+    std::fs::create_dir(&extracted).unwrap();
+    let mut tar = std::process::Command::new("tar")
+        .args(["-x", "-p", "--numeric-owner", "-f", "-", "-C"])
+        .arg(&extracted)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("GNU tar");
+    std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &out.stdout).unwrap();
+    drop(tar.stdin.take());
+    assert!(
+        tar.wait().unwrap().success(),
+        "tar could not extract the dump"
+    );
+    let whole_seconds = |tree: BTreeMap<PathBuf, Fingerprint>| {
+        tree.into_iter()
+            .map(|(path, mut print)| {
+                print.mtime_ns = if print.kind == "symlink" {
+                    0
+                } else {
+                    print.mtime_ns.div_euclid(1_000_000_000)
+                };
+                (path, print)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let inside = extracted.join(src.strip_prefix("/").unwrap());
+    assert_same_fingerprints(
+        &whole_seconds(fingerprint(&src)),
+        &whole_seconds(fingerprint(&inside)),
+        "dump | tar -x: ",
+    );
+
+    // To a file: the summary counts what went in; the archive appears only complete.
+    let archive = tmp.path().join("src.tar");
+    let out = run(
+        cadang(repo)
+            .args(["--json", "dump", "latest", src_arg, "-o"])
+            .arg(&archive),
+        0,
+    );
+    let summary = last_json(&out);
+    assert_eq!(summary["archive"], "tar", "{summary}");
+    // 1515 paths of regular files, two of them later links to `hard-a`.
+    assert_eq!(summary["files"], 1500 + 13, "{summary}");
+    assert_eq!(summary["hardlinks"], 2, "{summary}");
+    assert_eq!(summary["symlinks"], 3, "{summary}");
+    assert_eq!(summary["specials"], 1, "{summary}");
+    let size = std::fs::metadata(&archive).unwrap().len();
+    assert_eq!(summary["bytes"].as_u64(), Some(size));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&archive).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o600);
+    let listed = std::process::Command::new("tar")
+        .args(["-t", "-f"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    assert!(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .any(|line| line.ends_with("many/d0/f0.txt")),
+        "archive listing lacks a file"
+    );
+    // A symlink is an archive only when asked for.
+    let link = format!("{src_arg}/link-ok");
+    let out = run(cadang(repo).args(["dump", "latest", &link]), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--archive tar"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        cadang(repo).args(["dump", "latest", &link, "--archive", "tar"]),
+        0,
+    );
+    assert_eq!(&out.stdout[156..156 + 1], b"2", "a symlink entry");
+}

@@ -78,7 +78,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Find files by name in the snapshots, newest snapshot first.
     Find(FindArgs),
-    /// Write one file of a snapshot to standard output (or a file), every chunk verified.
+    /// Write a file of a snapshot, or a directory as a tar archive, to standard output
+    /// (or a file), every chunk verified.
     Dump(DumpArgs),
     /// Show what changed between two snapshots.
     Diff(DiffArgs),
@@ -256,12 +257,18 @@ pub struct FindArgs {
 pub struct DumpArgs {
     /// Snapshot id (or prefix) or `latest`.
     pub snapshot: String,
-    /// Absolute path of a regular file in the snapshot.
+    /// Path in the snapshot: a regular file is written as it is, a directory (`/` for
+    /// the whole snapshot) as a tar archive of everything below it.
     pub path: String,
     /// Write to this file instead of standard output: it appears, with the mode the
-    /// snapshot records, only once every byte is written and verified.
+    /// snapshot records (0600 for an archive), only once every byte is written and
+    /// verified.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// `tar`: write a tar archive even when the path is a file or a link (directories
+    /// always are).
+    #[arg(long, value_name = "FORMAT", value_parser = ["tar"])]
+    pub archive: Option<String>,
 }
 
 #[derive(Args, Debug)]

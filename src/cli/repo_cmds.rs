@@ -470,19 +470,108 @@ fn ls(ctx: &Ctx, a: super::LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn dump(ctx: &Ctx, a: super::DumpArgs) -> anyhow::Result<ExitCode> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use crate::engine::browse;
     let repo = ctx.open()?;
     let id = repo.find_snapshot(&a.snapshot)?;
     let snap = repo.load_snapshot(&id)?;
     let (index, _) = repo.load_index_for(&snap)?;
-    let file = crate::engine::browse::entry(&repo, &index, &snap.tree, a.path.as_bytes())?;
-    let Some(output) = a.output else {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        crate::engine::browse::dump(&repo, &index, &file, &mut out, Path::new("standard output"))?;
-        return Ok(ExitCode::Ok);
+    let path = a.path.as_bytes();
+    // A file is written as it is; a directory, or anything with --archive, as a tar.
+    let file = match browse::entry_or_dir(&repo, &index, &snap.tree, path)? {
+        Some(file) if a.archive.is_none() => Some(file),
+        _ => None,
     };
-    // Written beside the output under a hidden name, and renamed over it only once
-    // every chunk is verified: a damaged file never appears under the name asked for.
+    if let Some(file) = &file
+        && file.node.kind != NodeKind::File
+    {
+        return Err(anyhow!(
+            "{} is a {} in the snapshot, not a regular file; `--archive tar` writes it as a tar archive",
+            String::from_utf8_lossy(&file.path),
+            kind_str(file.node.kind)
+        ));
+    }
+    let sink = a
+        .output
+        .clone()
+        .unwrap_or_else(|| Path::new("standard output").to_path_buf());
+    let (bytes, archived) = match &file {
+        Some(file) => {
+            let bytes = write_dumped(a.output.as_deref(), file.node.mode & 0o7777, |out| {
+                browse::dump(&repo, &index, file, out, &sink)
+            })?;
+            (bytes, None)
+        }
+        None => {
+            let archived = write_dumped(a.output.as_deref(), 0o600, |out| {
+                crate::engine::archive::dump_tar(&repo, &index, &snap.tree, path, out, &sink)
+            })?;
+            (archived.archive_bytes, Some(archived))
+        }
+    };
+    let shown_path = file.as_ref().map_or_else(
+        || a.path.clone(),
+        |file| String::from_utf8_lossy(&file.path).into_owned(),
+    );
+    let skipped: Vec<String> = archived
+        .iter()
+        .flat_map(|done| done.skipped.iter())
+        .map(|path| String::from_utf8_lossy(path).into_owned())
+        .collect();
+    if ctx.g.json {
+        let mut summary = json!({"message_type": "summary", "snapshot": id.to_hex(),
+                                 "path": shown_path, "output": sink.display().to_string(),
+                                 "bytes": bytes});
+        if let (Some(done), Some(fields)) = (&archived, summary.as_object_mut()) {
+            fields.insert("archive".into(), json!("tar"));
+            fields.insert("files".into(), json!(done.files));
+            fields.insert("dirs".into(), json!(done.dirs));
+            fields.insert("symlinks".into(), json!(done.symlinks));
+            fields.insert("hardlinks".into(), json!(done.hardlinks));
+            fields.insert("specials".into(), json!(done.specials));
+            fields.insert("content_bytes".into(), json!(done.content_bytes));
+            fields.insert("skipped".into(), json!(skipped));
+        }
+        json_line(&summary);
+    } else if !ctx.g.quiet {
+        match &archived {
+            None => eprintln!(
+                "{shown_path} of snapshot {}: {} written to {}, every chunk verified",
+                id.short(),
+                human_bytes(bytes),
+                sink.display()
+            ),
+            Some(done) => {
+                eprintln!(
+                    "{shown_path} of snapshot {}: tar archive of {} files ({}), {} directories, {} links written to {}, every chunk verified",
+                    id.short(),
+                    done.files,
+                    human_bytes(done.content_bytes),
+                    done.dirs,
+                    done.symlinks + done.hardlinks,
+                    sink.display()
+                );
+                for path in &skipped {
+                    eprintln!("left out (a socket, which tar cannot hold): {path}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// Runs `write` on standard output, or on a file staged beside `output` under a hidden
+/// name and renamed over it with `mode` only once `write` succeeded and the data is on
+/// disk: a damaged or cut-short dump never appears under the name asked for.
+fn write_dumped<T>(
+    output: Option<&Path>,
+    mode: u32,
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<T, Error>,
+) -> anyhow::Result<T> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let Some(output) = output else {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        return Ok(write(&mut out)?);
+    };
     let name = output
         .file_name()
         .ok_or_else(|| anyhow!("--output {} names no file", output.display()))?;
@@ -491,47 +580,29 @@ fn dump(ctx: &Ctx, a: super::DumpArgs) -> anyhow::Result<ExitCode> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let written = (|| -> anyhow::Result<u64> {
+    let written = (|| -> anyhow::Result<T> {
         let mut staging = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&staged)
             .with_context(|| format!("cannot create {}", staged.display()))?;
-        let bytes = crate::engine::browse::dump(
-            &repo,
-            &index,
-            &file,
-            &mut std::io::BufWriter::with_capacity(1 << 20, &mut staging),
-            &output,
-        )?;
+        let done = write(&mut std::io::BufWriter::with_capacity(
+            1 << 20,
+            &mut staging,
+        ))?;
         staging
-            .set_permissions(std::fs::Permissions::from_mode(file.node.mode & 0o7777))
+            .set_permissions(std::fs::Permissions::from_mode(mode))
             .and_then(|()| staging.sync_all())
             .with_context(|| format!("cannot finish {}", staged.display()))?;
-        std::fs::rename(&staged, &output).with_context(|| {
+        std::fs::rename(&staged, output).with_context(|| {
             format!("cannot rename {} to {}", staged.display(), output.display())
         })?;
-        Ok(bytes)
+        Ok(done)
     })();
-    let bytes = written.inspect_err(|_| {
+    written.inspect_err(|_| {
         let _ = std::fs::remove_file(&staged);
-    })?;
-    let path = String::from_utf8_lossy(&file.path);
-    if ctx.g.json {
-        json_line(
-            &json!({"message_type": "summary", "snapshot": id.to_hex(), "path": path,
-                          "output": output.display().to_string(), "bytes": bytes}),
-        );
-    } else if !ctx.g.quiet {
-        eprintln!(
-            "{path} of snapshot {}: {} written to {}, every chunk verified",
-            id.short(),
-            human_bytes(bytes),
-            output.display()
-        );
-    }
-    Ok(ExitCode::Ok)
+    })
 }
 
 fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {

@@ -2,7 +2,8 @@
 //! everything below it), and the files whose name matches a pattern, across any number
 //! of snapshots. This is how an officer finds what to restore before a restore is
 //! planned: "which night's backup still has `laporan-2025.xlsx`, and where was it?" —
-//! and, with [`dump`], how one file is read back without a restore, verified.
+//! and, with [`dump`], how one file is read back without a restore, verified
+//! ([`super::archive`] writes a whole directory as a tar archive).
 //!
 //! Only the trees on the way are read: listing `/var/www` loads the root, `var` and
 //! `www`, not the whole snapshot. A search skips every subtree it already searched in
@@ -60,7 +61,7 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|b| *b == b'/').filter(|part| !part.is_empty())
 }
 
-fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     let mut path = Vec::with_capacity(prefix.len() + 1 + name.len());
     path.extend_from_slice(prefix);
     path.push(b'/');
@@ -69,17 +70,28 @@ fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Where a path of a snapshot leads.
-enum Place {
-    /// A directory (the root too): its tree and its absolute path.
-    Dir { tree: BlobId, path: Vec<u8> },
+pub(crate) enum Place {
+    /// A directory (the root too): its tree, its absolute path, and its own entry (none
+    /// for the root).
+    Dir {
+        tree: BlobId,
+        path: Vec<u8>,
+        node: Option<Node>,
+    },
     /// Any other entry: a file, link or device.
     Entry(Listed),
 }
 
 /// Follows `path` from the root tree `root`, reading only the trees on the way.
-fn walk_to(repo: &Repository, index: &Index, root: &BlobId, path: &[u8]) -> Result<Place> {
+pub(crate) fn walk_to(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    path: &[u8],
+) -> Result<Place> {
     let mut tree = *root;
     let mut at: Vec<u8> = Vec::new();
+    let mut dir: Option<Node> = None;
     let mut parts = components(path).peekable();
     while let Some(name) = parts.next() {
         let listing = repo.load_tree(index, &tree)?;
@@ -95,7 +107,10 @@ fn walk_to(repo: &Repository, index: &Index, root: &BlobId, path: &[u8]) -> Resu
         let node = &listing.nodes[found];
         at = join(&at, name);
         match (node.kind, node.subtree) {
-            (NodeKind::Dir, Some(subtree)) => tree = subtree,
+            (NodeKind::Dir, Some(subtree)) => {
+                tree = subtree;
+                dir = Some(node.clone());
+            }
             _ if parts.peek().is_none() => {
                 return Ok(Place::Entry(Listed {
                     path: at,
@@ -110,7 +125,11 @@ fn walk_to(repo: &Repository, index: &Index, root: &BlobId, path: &[u8]) -> Resu
             }
         }
     }
-    Ok(Place::Dir { tree, path: at })
+    Ok(Place::Dir {
+        tree,
+        path: at,
+        node: dir,
+    })
 }
 
 /// The entry `path` names in the snapshot whose root tree is `root`, when it is not a
@@ -132,6 +151,23 @@ pub fn entry(repo: &Repository, index: &Index, root: &BlobId, path: &[u8]) -> Re
     }
 }
 
+/// The entry `path` names in the snapshot whose root tree is `root`, or `None` when it
+/// names a directory (the root too).
+///
+/// # Errors
+/// As [`list`].
+pub fn entry_or_dir(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    path: &[u8],
+) -> Result<Option<Listed>> {
+    match walk_to(repo, index, root, path)? {
+        Place::Entry(listed) => Ok(Some(listed)),
+        Place::Dir { .. } => Ok(None),
+    }
+}
+
 /// The entries at `path` in the snapshot whose root tree is `root`: a directory's
 /// entries (with `recursive`, everything below it), or the one entry a file's path
 /// names. At most `limit` entries.
@@ -149,7 +185,7 @@ pub fn list(
     limit: usize,
 ) -> Result<Found> {
     let (tree, at) = match walk_to(repo, index, root, path)? {
-        Place::Dir { tree, path } => (tree, path),
+        Place::Dir { tree, path, .. } => (tree, path),
         Place::Entry(listed) => {
             let mut answer = Found::default();
             answer.push(listed, limit);

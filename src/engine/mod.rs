@@ -6,6 +6,7 @@
 //! and prune, copy. Storage goes through [`store::Store`], the only user of
 //! `object_store`.
 
+pub mod archive;
 pub mod backup;
 pub mod browse;
 pub mod check;
