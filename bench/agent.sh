@@ -11,7 +11,8 @@
 #                                        # `perf record -a` (the run dir's perf-*.data; with
 #                                        # KEEP_RUN_DIRS=1; `perf report --sort comm,sym`:
 #                                        # the daemon's threads are cadang-daemon, the agent's
-#                                        # cadang-walk-N and tokio-rt-worker)
+#                                        # cadang-walk-N and tokio-rt-worker; PERF_ARGS=-g adds
+#                                        # call graphs)
 #
 # Each repetition, on a fresh run directory holding its own copy of the data (the day of
 # changes edits it), and with the source read once before each timed backup (a warm page
@@ -95,7 +96,8 @@ warm() { tar -C "$(dirname "$SRC")" -cf - "$(basename "$SRC")" | cat >/dev/null;
 # PROFILE=1: `perf record -a` of what runs between profile_start NAME and profile_stop.
 profile_start() {
     [[ ${PROFILE:-0} == 1 ]] || return 0
-    perf record -q -F 999 -a -o "$RUN/perf-$1.data" 2>>"$RUN/perf.log" &
+    # shellcheck disable=SC2086 # PERF_ARGS is a list of options (-g for call graphs)
+    perf record -q -F 999 -a ${PERF_ARGS:-} -o "$RUN/perf-$1.data" 2>>"$RUN/perf.log" &
     PERF_PID=$!
     sleep 1
 }
@@ -213,10 +215,13 @@ PYEOF
     sync; sleep 2
     "$PY" "$HERE/evict.py" "$RUN/local" "$RUN/var"
     profile_start agent-restore
+    D0=$(cpu "$DAEMON_PID"); A0=$(cpu "$AGENT_PID")
     t0=$(date +%s%N)
     c "$KASI" restore-job start --source "$SERVER" --target "$RUN/agent-restored" --wait >"$RUN/restore.json"
     t1=$(date +%s%N)
+    D1=$(cpu "$DAEMON_PID"); A1=$(cpu "$AGENT_PID")
     profile_stop
+    log "rep $rep: CPU seconds of the restore through the agent: daemon $(awk -v a="$D0" -v b="$D1" 'BEGIN {print b-a}'), agent $(awk -v a="$A0" -v b="$A1" 'BEGIN {print b-a}')"
     AGENT_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: restore through the agent ${AGENT_RESTORE_S}s: $(head -c 400 "$RUN/restore.json")"
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true

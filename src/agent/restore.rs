@@ -29,13 +29,13 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::decode_blob_payload;
-use crate::engine::restore::write_sparse;
+use crate::engine::restore::{read_exact_sparse, write_sparse};
 use crate::engine::tree::check_name;
 use crate::engine::writebehind::WriteBehind;
 use crate::rpc::pb;
@@ -480,8 +480,7 @@ impl RestoreWriter {
         index: usize,
     ) -> Result<(), String> {
         buf.resize(open.lengths[index] as usize, 0);
-        open.file
-            .read_exact_at(buf, open.offset)
+        read_exact_sparse(&open.file, buf, open.offset)
             .map_err(|e| format!("verification: chunk {} unreadable: {e}", index + 1))?;
         if ids.blob_id(buf).0 == open.ids[index] {
             Ok(())

@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -1194,6 +1193,66 @@ pub(crate) fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io:
     Ok(written)
 }
 
+/// Reads exactly `buf.len()` bytes at `off` of `f`, as `read_exact_at` does, but the
+/// file's holes are filled with zeros here instead of read: the kernel reads a hole by
+/// allocating page-cache pages and zeroing them one by one, which made reading back a
+/// thin VM image's zero runs cost more than its data (7% of a restore's CPU through the
+/// agent). Data and holes are told apart with `SEEK_DATA` and `SEEK_HOLE`; where the
+/// file system cannot tell, everything is read.
+pub(crate) fn read_exact_sparse(
+    f: &std::fs::File,
+    buf: &mut [u8],
+    off: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Where the next region of `whence` (data or hole) starts, at `pos` or after it;
+    // `None` when the file system does not say (it is then read as data).
+    let seek = |pos: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let at = libc::off_t::try_from(pos).map_err(std::io::Error::other)?;
+        // SAFETY: lseek on a descriptor `f` keeps open; it moves only the shared file
+        // offset, which no caller uses (every read and write here is positional).
+        let found = unsafe { libc::lseek(f.as_raw_fd(), at, whence) };
+        if found >= 0 {
+            return Ok(Some(found as u64));
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            // No data at or after `pos`: the rest is a hole.
+            Some(libc::ENXIO) if whence == libc::SEEK_DATA => Ok(Some(u64::MAX)),
+            Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(error),
+        }
+    };
+    let end = off + buf.len() as u64;
+    let mut pos = off;
+    while pos < end {
+        let data = match seek(pos, libc::SEEK_DATA)? {
+            // Nothing but hole from `pos` to the end of the file: zeros, if the file
+            // reaches `end` at all.
+            Some(u64::MAX) => {
+                if f.metadata()?.len() < end {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                end
+            }
+            Some(data) => data.clamp(pos, end),
+            None => pos,
+        };
+        buf[(pos - off) as usize..(data - off) as usize].fill(0);
+        pos = data;
+        if pos == end {
+            break;
+        }
+        let hole = match seek(pos, libc::SEEK_HOLE)? {
+            Some(hole) if hole > pos => hole.min(end),
+            _ => end,
+        };
+        f.read_exact_at(&mut buf[(pos - off) as usize..(hole - off) as usize], pos)?;
+        pos = hole;
+    }
+    Ok(())
+}
+
 /// Re-read restored entries under `target` and compare them with the
 /// snapshot: file content chunk by chunk (keyed ids), sizes, symlink targets
 /// and entry types.
@@ -1268,26 +1327,28 @@ fn verify_one(sources: &Sources<'_>, path: &Path, node: &Node) -> std::result::R
                     node.size
                 ));
             }
-            let mut f = OpenOptions::new()
+            let f = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
+            let mut at = 0u64;
             for (i, c) in node.content.iter().enumerate() {
                 let len = sources
                     .raw_length(c)
                     .map(|l| l as usize)
                     .ok_or_else(|| format!("chunk {} unknown to the index", c.short()))?;
                 buf.resize(len, 0);
-                f.read_exact(&mut buf)
+                read_exact_sparse(&f, &mut buf, at)
                     .map_err(|e| format!("read failed at chunk {i}: {e}"))?;
+                at += len as u64;
                 if sources.repo.keys().blob_id(&buf) != *c {
                     return Err(format!("content differs from the snapshot in chunk {i}"));
                 }
             }
             let mut extra = [0u8; 1];
-            if f.read(&mut extra).map_err(|e| e.to_string())? != 0 {
+            if f.read_at(&mut extra, at).map_err(|e| e.to_string())? != 0 {
                 return Err("file is longer than in the snapshot".into());
             }
             // Read once to check it, not to be read again from memory.
@@ -1333,4 +1394,100 @@ pub fn verify_target(
     });
     rep.mismatches.extend(collected.errors);
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::{read_exact_sparse, write_sparse};
+    use crate::engine::writebehind::tests::{cached_pages, on_tmpfs};
+
+    /// A file of `size` bytes written with `write_sparse`: data blocks, zero blocks and
+    /// unaligned runs of both, so its holes fall at 4 KiB boundaries only.
+    fn sparse_file(dir: &std::path::Path, size: usize) -> (std::fs::File, Vec<u8>) {
+        let path = dir.join("sparse");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(size as u64).unwrap();
+        let mut content = vec![0u8; size];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut at = 0;
+        while at < size {
+            let run = (next() % 40_000) as usize + 1;
+            let end = (at + run).min(size);
+            if next() % 3 == 0 {
+                for byte in &mut content[at..end] {
+                    *byte = (next() % 255 + 1) as u8;
+                }
+            }
+            at = end;
+        }
+        write_sparse(&file, &content, 0).unwrap();
+        (file, content)
+    }
+
+    #[test]
+    fn sparse_reads_give_what_plain_reads_give_for_any_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, content) = sparse_file(dir.path(), 3 << 20);
+        let mut x = 88_172_645_463_325_252u64;
+        for _ in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let start = (x % content.len() as u64) as usize;
+            let len = ((x >> 32) % (content.len() - start) as u64) as usize + 1;
+            let mut sparse = vec![0xAAu8; len];
+            read_exact_sparse(&file, &mut sparse, start as u64).unwrap();
+            let mut plain = vec![0x55u8; len];
+            file.read_exact_at(&mut plain, start as u64).unwrap();
+            assert!(sparse == plain, "range {start}+{len}");
+            assert!(sparse == content[start..start + len], "range {start}+{len}");
+        }
+        // Past the end is an error, as with a plain read.
+        let mut beyond = vec![0u8; 10];
+        assert!(read_exact_sparse(&file, &mut beyond, content.len() as u64 - 5).is_err());
+    }
+
+    #[test]
+    fn holes_are_not_read_into_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        if on_tmpfs(dir.path()) {
+            return;
+        }
+        let path = dir.path().join("thin.img");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(64 << 20).unwrap();
+        file.write_all_at(b"start", 0).unwrap();
+        file.write_all_at(b"end", (64 << 20) - 3).unwrap();
+        file.sync_all().unwrap();
+        crate::engine::writebehind::drop_cached(&file, 0, 0).unwrap();
+        let mut buf = vec![0u8; 64 << 20];
+        read_exact_sparse(&file, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..5], b"start");
+        assert_eq!(&buf[buf.len() - 3..], b"end");
+        assert!(buf[5..buf.len() - 3].iter().all(|b| *b == 0));
+        let sparse = cached_pages(&path);
+        assert!(sparse < 64, "{sparse} pages cached by a sparse read");
+        // A plain read of the same file caches every page of its holes.
+        file.read_exact_at(&mut buf, 0).unwrap();
+        let plain = cached_pages(&path);
+        assert!(plain > 10_000, "{plain} pages cached by a plain read");
+    }
 }
