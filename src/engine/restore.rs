@@ -1403,17 +1403,22 @@ mod tests {
     use super::{read_exact_sparse, write_sparse};
     use crate::engine::writebehind::tests::{cached_pages, on_tmpfs};
 
-    /// A file of `size` bytes written with `write_sparse`: data blocks, zero blocks and
-    /// unaligned runs of both, so its holes fall at 4 KiB boundaries only.
-    fn sparse_file(dir: &std::path::Path, size: usize) -> (std::fs::File, Vec<u8>) {
-        let path = dir.join("sparse");
+    /// A new file at `path`, `size` bytes of hole, open for reading and writing.
+    fn hole_of(path: &std::path::Path, size: u64) -> std::fs::File {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&path)
+            .open(path)
             .unwrap();
-        file.set_len(size as u64).unwrap();
+        file.set_len(size).unwrap();
+        file
+    }
+
+    /// A file of `size` bytes written with `write_sparse`: data blocks, zero blocks and
+    /// unaligned runs of both, so its holes fall at 4 KiB boundaries only.
+    fn sparse_file(dir: &std::path::Path, size: usize) -> (std::fs::File, Vec<u8>) {
+        let file = hole_of(&dir.join("sparse"), size as u64);
         let mut content = vec![0u8; size];
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         let mut next = || {
@@ -1467,13 +1472,7 @@ mod tests {
             return;
         }
         let path = dir.path().join("thin.img");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(64 << 20).unwrap();
+        let file = hole_of(&path, 64 << 20);
         file.write_all_at(b"start", 0).unwrap();
         file.write_all_at(b"end", (64 << 20) - 3).unwrap();
         file.sync_all().unwrap();
