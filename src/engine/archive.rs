@@ -9,7 +9,8 @@
 //! bounded by a chunk and its read-ahead whatever the size of the tree. Modes, owners,
 //! modification times, symlink targets, device numbers and FIFOs are kept; the second and
 //! later paths of a hard-linked file become hard-link entries to the first. Sockets,
-//! which tar cannot hold, are left out and listed.
+//! which tar cannot hold, are left out and listed. Times are kept to the nanosecond: an
+//! entry whose time the header's whole seconds cannot hold is preceded by a PAX record.
 //!
 //! A chunk that is missing or damaged stops the archive at once with the file named: its
 //! header already announced a size that can no longer be written, and an archive that
@@ -140,7 +141,8 @@ fn archive_name(path: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(path.strip_prefix(b"/").unwrap_or(path)))
 }
 
-/// A header with `node`'s metadata (mtime in whole seconds, as tar keeps it).
+/// A header with `node`'s metadata. The header holds whole seconds since 1970; a time
+/// with a fraction, or before 1970, goes in a PAX record as well ([`pax_mtime`]).
 fn header_for(node: &Node, kind: EntryType) -> Header {
     let mut header = Header::new_gnu();
     header.set_entry_type(kind);
@@ -150,6 +152,25 @@ fn header_for(node: &Node, kind: EntryType) -> Header {
     header.set_mtime(u64::try_from(node.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
     header.set_size(0);
     header
+}
+
+/// The PAX `mtime` record for a modification time a tar header cannot hold — with a
+/// fraction of a second, or before 1970 — as POSIX writes it: decimal seconds, the
+/// fraction without trailing zeros. `None` when whole seconds say it all.
+fn pax_mtime(mtime_ns: i64) -> Option<String> {
+    let sign = if mtime_ns < 0 { "-" } else { "" };
+    let abs = mtime_ns.unsigned_abs();
+    let (secs, nanos) = (abs / 1_000_000_000, abs % 1_000_000_000);
+    if nanos == 0 && mtime_ns >= 0 {
+        return None;
+    }
+    let fraction = format!("{nanos:09}");
+    let fraction = fraction.trim_end_matches('0');
+    Some(if fraction.is_empty() {
+        format!("{sign}{secs}")
+    } else {
+        format!("{sign}{secs}.{fraction}")
+    })
 }
 
 /// Damage is reported with the path it is in.
@@ -168,6 +189,17 @@ fn in_path(error: Error, path: &[u8]) -> Error {
 }
 
 impl<W: Write> Writer<'_, W> {
+    /// The PAX record of `node`'s exact modification time, where one is needed, to
+    /// precede its entry.
+    fn exact_mtime(&mut self, node: &Node) -> std::io::Result<()> {
+        match pax_mtime(node.mtime_ns) {
+            Some(mtime) => self
+                .builder
+                .append_pax_extensions([("mtime", mtime.as_bytes())]),
+            None => Ok(()),
+        }
+    }
+
     fn output_error(&self, source: std::io::Error) -> Error {
         Error::Io {
             path: self.sink.to_path_buf(),
@@ -209,8 +241,10 @@ impl<W: Write> Writer<'_, W> {
             NodeKind::Dir => {
                 self.done.dirs += 1;
                 let mut header = header_for(node, EntryType::Directory);
-                self.builder
-                    .append_data(&mut header, name, std::io::empty())
+                self.exact_mtime(node).and_then(|()| {
+                    self.builder
+                        .append_data(&mut header, name, std::io::empty())
+                })
             }
             NodeKind::File => {
                 if let Some(group) = node.hardlink {
@@ -232,13 +266,15 @@ impl<W: Write> Writer<'_, W> {
                 let target = node.link_target.as_deref().unwrap_or_default();
                 // The target's bytes as recorded; one too long for the header goes in a
                 // GNU long-link entry, also as recorded.
-                if header.set_link_name_literal(target).is_ok() {
-                    self.builder
-                        .append_data(&mut header, name, std::io::empty())
-                } else {
-                    self.builder
-                        .append_link(&mut header, name, OsStr::from_bytes(target))
-                }
+                self.exact_mtime(node).and_then(|()| {
+                    if header.set_link_name_literal(target).is_ok() {
+                        self.builder
+                            .append_data(&mut header, name, std::io::empty())
+                    } else {
+                        self.builder
+                            .append_link(&mut header, name, OsStr::from_bytes(target))
+                    }
+                })
             }
             NodeKind::BlockDev | NodeKind::CharDev | NodeKind::Fifo => {
                 self.done.specials += 1;
@@ -255,10 +291,12 @@ impl<W: Write> Writer<'_, W> {
                         .set_device_major(libc::major(node.rdev))
                         .and_then(|()| header.set_device_minor(libc::minor(node.rdev)))
                 };
-                numbered.and_then(|()| {
-                    self.builder
-                        .append_data(&mut header, name, std::io::empty())
-                })
+                numbered
+                    .and_then(|()| self.exact_mtime(node))
+                    .and_then(|()| {
+                        self.builder
+                            .append_data(&mut header, name, std::io::empty())
+                    })
             }
             NodeKind::Socket => {
                 self.done.skipped.push(path.to_vec());
@@ -272,6 +310,8 @@ impl<W: Write> Writer<'_, W> {
     fn file(&mut self, path: &[u8], node: &Node) -> Result<()> {
         let mut header = header_for(node, EntryType::Regular);
         header.set_size(node.size);
+        self.exact_mtime(node)
+            .map_err(|source| self.output_error(source))?;
         let mut content = Content {
             repo: self.repo,
             ahead: ReadAhead::new(self.repo, self.index, node.content.clone()),
@@ -377,7 +417,7 @@ impl Read for Content<'_, '_> {
 mod tests {
     use std::collections::BTreeMap;
     use std::fs;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     use std::time::{Duration, SystemTime};
 
     use super::*;
@@ -450,6 +490,21 @@ mod tests {
         {
             set_mtime(&s.join(path), 1_700_000_000 + n as u64 * 86_400);
         }
+        // Times a header's whole seconds cannot hold: a fraction, and before 1970.
+        let at = |path: &str, when: SystemTime| {
+            fs::File::open(s.join(path))
+                .unwrap()
+                .set_times(fs::FileTimes::new().set_modified(when))
+                .unwrap();
+        };
+        at(
+            "etc/empty",
+            SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+        );
+        at(
+            "etc/deep/er",
+            SystemTime::UNIX_EPOCH - Duration::new(86_400, 500_000_000),
+        );
         let options = BackupOptions {
             paths: vec![s.join("etc")],
             ..BackupOptions::default()
@@ -488,8 +543,20 @@ mod tests {
         }
     }
 
-    /// An archive's entries by name: kind, mode, mtime, link name and content.
-    type Entries = BTreeMap<String, (EntryType, u32, u64, Option<Vec<u8>>, Vec<u8>)>;
+    /// An archive's entries by name: kind, mode, mtime in nanoseconds (the PAX record's
+    /// where there is one, else the header's seconds), link name and content.
+    type Entries = BTreeMap<String, (EntryType, u32, i64, Option<Vec<u8>>, Vec<u8>)>;
+
+    /// A PAX time (`-86400.5`, `1700000000.123456789`, `12`) in nanoseconds.
+    fn pax_time_ns(value: &str) -> i64 {
+        let (sign, digits) = match value.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, value),
+        };
+        let (secs, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        let nanos: i64 = format!("{fraction:0<9}").parse().unwrap();
+        sign * (secs.parse::<i64>().unwrap() * 1_000_000_000 + nanos)
+    }
 
     /// The entries of an archive, and their names in archive order. Content shorter than
     /// its header says is an error, as it is to `tar`.
@@ -505,6 +572,15 @@ mod tests {
             let header = entry.header().clone();
             let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
             let link = entry.link_name_bytes().map(|l| l.into_owned());
+            let mut mtime = i64::try_from(header.mtime()?).unwrap() * 1_000_000_000;
+            if let Some(records) = entry.pax_extensions()? {
+                for record in records {
+                    let record = record?;
+                    if record.key() == Ok("mtime") {
+                        mtime = pax_time_ns(record.value().unwrap());
+                    }
+                }
+            }
             let mut content = Vec::new();
             entry.read_to_end(&mut content)?;
             if content.len() as u64 != header.size()? {
@@ -516,16 +592,30 @@ mod tests {
             order.push(name.clone());
             entries.insert(
                 name,
-                (
-                    header.entry_type(),
-                    header.mode()?,
-                    header.mtime()?,
-                    link,
-                    content,
-                ),
+                (header.entry_type(), header.mode()?, mtime, link, content),
             );
         }
         Ok((entries, order))
+    }
+
+    #[test]
+    fn times_a_header_cannot_hold_are_written_as_posix_does() {
+        assert_eq!(pax_mtime(1_700_000_000 * 1_000_000_000), None);
+        assert_eq!(pax_mtime(0), None);
+        let cases = [
+            (1_700_000_000_123_456_789, "1700000000.123456789"),
+            (1_500_000_000, "1.5"),
+            (1, "0.000000001"),
+            (-1_500_000_000, "-1.5"),
+            (-2_000_000_000, "-2"),
+            (-1, "-0.000000001"),
+            (i64::MIN + 1, "-9223372036.854775807"),
+        ];
+        for (ns, text) in cases {
+            assert_eq!(pax_mtime(ns).as_deref(), Some(text), "{ns}");
+            assert_eq!(pax_time_ns(text), ns, "{text}");
+        }
+        assert_eq!(pax_mtime(i64::MIN).unwrap(), "-9223372036.854775808");
     }
 
     #[test]
@@ -573,12 +663,20 @@ mod tests {
         }
         let long = format!("deep/er/{LONG_NAME}");
         assert_eq!(at(&long).4, b"long name\n");
-        // Modes and whole-second mtimes as recorded.
+        // Modes and mtimes as recorded, to the nanosecond and before 1970.
+        let secs = 1_000_000_000;
         assert_eq!(at("hosts").1, 0o640);
-        assert_eq!(at("hosts").2, 1_700_000_000 + 2 * 86_400);
+        assert_eq!(at("hosts").2, (1_700_000_000 + 2 * 86_400) * secs);
         assert_eq!(at("deep").1, 0o750);
         assert_eq!(at("deep").0, EntryType::Directory);
-        assert_eq!(at("").2, 1_700_000_000 + 5 * 86_400);
+        assert_eq!(at("").2, (1_700_000_000 + 5 * 86_400) * secs);
+        assert_eq!(at("empty").2, 1_700_000_000_123_456_789);
+        assert_eq!(at("deep/er").2, -86_400_500_000_000);
+        let to_hosts = fs::symlink_metadata(etc.join("to-hosts")).unwrap();
+        assert_eq!(
+            at("to-hosts").2,
+            to_hosts.mtime() * secs + to_hosts.mtime_nsec()
+        );
         // Links: targets as recorded, the second path of the hard-linked file a link to
         // the first (in the snapshot's order, `hosts` before `hosts.link`).
         assert_eq!(at("to-hosts").0, EntryType::Symlink);
