@@ -104,8 +104,10 @@ fn edge_case_tree_round_trips_identically() {
     assert!(!p.join("many/d3").exists());
     assert!(!p.join("big.img").exists());
 
-    // A restore leaves what it wrote on disk and out of the page cache: of the big
-    // file, at most the pages two neighbouring chunks share stay cached.
+    // A restore leaves what it wrote on disk and out of the page cache. Dropping each
+    // chunk's range alone would leave the pages two neighbouring chunks share (about
+    // 470 of them here); the whole file is dropped once it is written, so at most a
+    // few the kernel holds busy at that moment may stay.
     let t3 = tmp.path().join("big-only");
     let inc = format!("{}/big.img", src.display());
     let out = run(
@@ -117,9 +119,8 @@ fn edge_case_tree_round_trips_identically() {
     assert_eq!(last_json(&out)["files_restored"], 1);
     let big = restored_path(&t3, &src).join("big.img");
     if let Some(cached) = cached_bytes(&big) {
-        let chunks = std::fs::metadata(&big).unwrap().len() >> 18;
         assert!(
-            cached <= chunks * 4096,
+            cached <= 64 * 4096,
             "{cached} bytes of the restored file cached"
         );
     }

@@ -827,6 +827,14 @@ pub fn restore_tree(
                     };
                 }
                 let final_path = target.join(&fs.rel);
+                // Its ranges are on disk and were dropped one by one; the pages two
+                // neighbouring chunks share, and any the kernel held busy when its range
+                // was dropped, go now that nothing writes the file any more.
+                let _ = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&fs.tmp)
+                    .and_then(|f| super::writebehind::drop_cached(&f, 0, 0));
                 let r = (|| -> std::io::Result<()> {
                     if owners {
                         chown(&fs.tmp, node.uid, node.gid)?;
