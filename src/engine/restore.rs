@@ -827,23 +827,20 @@ pub fn restore_tree(
                     };
                 }
                 let final_path = target.join(&fs.rel);
-                // Its ranges are on disk and were dropped one by one; the pages two
-                // neighbouring chunks share, and any the kernel held busy when its range
-                // was dropped, go now that nothing writes the file any more.
-                let _ = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&fs.tmp)
-                    .and_then(|f| super::writebehind::drop_cached(&f, 0, 0));
                 let r = (|| -> std::io::Result<()> {
-                    if owners {
-                        chown(&fs.tmp, node.uid, node.gid)?;
-                    }
-                    std::fs::set_permissions(
-                        &fs.tmp,
-                        std::fs::Permissions::from_mode(node.mode & 0o7777),
-                    )?;
-                    set_times(&fs.tmp, node.mtime_ns)?;
+                    // One descriptor of the restore's own temporary file (never through a
+                    // symlink) serves the cache drop and the metadata.
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&fs.tmp)?;
+                    // Its ranges are on disk and were dropped one by one; the pages two
+                    // neighbouring chunks share, and any the kernel held busy when its
+                    // range was dropped, go now that nothing writes the file any more.
+                    // Failing to drop them only leaves them cached.
+                    let _ = super::writebehind::drop_cached(&f, 0, 0);
+                    finish_file(&f, node, owners)?;
+                    drop(f);
                     place(&fs.tmp, &final_path)
                 })();
                 match r {
