@@ -257,6 +257,81 @@ fn find_names_the_snapshots_that_still_hold_a_file() {
 }
 
 #[test]
+fn stats_counts_restore_size_distinct_data_and_what_prune_would_collect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("arsip")).unwrap();
+    let scan = bytes(300_000, 11);
+    std::fs::write(src.join("arsip/scan.pdf"), &scan).unwrap();
+    std::fs::write(src.join("arsip/scan-copy.pdf"), &scan).unwrap();
+    std::fs::write(src.join("notes.txt"), b"twelve bytes").unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    run(cadang(repo).args(["backup", "--tag", "t1"]).arg(&src), 0);
+    let added = bytes(50_000, 12);
+    std::fs::write(src.join("arsip/new.pdf"), &added).unwrap();
+    run(cadang(repo).arg("backup").arg(&src), 0);
+    let stats =
+        |args: &[&str]| last_json(&run(cadang(repo).arg("--json").arg("stats").args(args), 0));
+
+    let all = stats(&[]);
+    assert_eq!(all["snapshots"], 2);
+    assert_eq!(all["restore"]["files"], 3 + 4);
+    let first_bytes = 2 * scan.len() as u64 + 12;
+    assert_eq!(
+        all["restore"]["bytes"],
+        2 * first_bytes + added.len() as u64
+    );
+    let distinct = (scan.len() + 12 + added.len()) as u64;
+    assert_eq!(all["data"]["raw_bytes"], distinct);
+    let dedup = all["dedup_ratio"].as_f64().unwrap();
+    let expected = (2 * first_bytes + added.len() as u64) as f64 / distinct as f64;
+    assert!(
+        (dedup - expected).abs() < 1e-9,
+        "{dedup} against {expected}"
+    );
+    assert_eq!(all["missing_chunks"], 0);
+    assert_eq!(all["repository"]["unreferenced"]["count"], 0);
+    assert!(all["repository"]["packs"].as_u64().unwrap() >= 1);
+
+    // A choice of snapshots: by name, by tag. What prune would collect is then unknown.
+    let latest = stats(&["latest"]);
+    assert_eq!(latest["snapshots"], 1);
+    assert_eq!(latest["restore"]["files"], 4);
+    assert!(latest["repository"]["unreferenced"].is_null());
+    let tagged = stats(&["--tag", "t1"]);
+    assert_eq!(tagged["restore"]["files"], 3);
+    assert_eq!(tagged["data"]["raw_bytes"], (scan.len() + 12) as u64);
+
+    // The older snapshot forgotten: its own trees are left for prune, every chunk is
+    // still in use.
+    run(cadang(repo).args(["forget", "--keep-last", "1"]), 0);
+    let left = stats(&[]);
+    assert_eq!(left["snapshots"], 1);
+    assert_eq!(left["data"], all["data"]);
+    let unreferenced = &left["repository"]["unreferenced"];
+    assert!(unreferenced["count"].as_u64().unwrap() >= 1, "{left}");
+    assert_eq!(
+        unreferenced["raw_bytes"].as_u64().unwrap(),
+        all["trees"]["raw_bytes"].as_u64().unwrap() - left["trees"]["raw_bytes"].as_u64().unwrap()
+    );
+
+    let text = run(cadang(repo).arg("stats"), 0);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Restore size:") && text.contains("what `cadang prune` would collect"),
+        "{text}"
+    );
+    let out = run(cadang(repo).args(["stats", "--host", "no-such-host"]), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no snapshot matches"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn repositories_of_either_cipher_round_trip_copy_to_each_other_and_keep_theirs() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

@@ -83,6 +83,9 @@ pub enum Command {
     Dump(DumpArgs),
     /// Show what changed between two snapshots.
     Diff(DiffArgs),
+    /// How much the snapshots would restore, how much of the repository their distinct
+    /// data takes, and what a prune would collect.
+    Stats(StatsArgs),
     /// Restore a snapshot into a directory.
     Restore(RestoreArgs),
     /// Check the repository for missing or damaged data.
@@ -218,6 +221,19 @@ pub struct SnapshotsArgs {
     #[arg(long)]
     pub host: Option<String>,
     /// Only snapshots with this tag.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Only these snapshots (id, prefix or `latest`); all when none is named.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Only snapshots with this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all of them).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
 }

@@ -81,6 +81,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Find(a) => find(&ctx, a),
         Command::Dump(a) => dump(&ctx, a),
         Command::Diff(a) => diff(&ctx, a),
+        Command::Stats(a) => stats(&ctx, a),
         Command::Restore(a) => restore(&ctx, a),
         Command::Check(a) => check(&ctx, a),
         Command::Forget(a) => forget(&ctx, a),
@@ -605,29 +606,41 @@ fn write_dumped<T>(
     })
 }
 
-fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
-    let patterns = crate::engine::browse::Patterns::new(&a.patterns, a.ignore_case)?;
-    let repo = ctx.open()?;
-    let chosen: Vec<SnapshotId> = a
-        .snapshots
+/// The snapshots that `specs` name (all when none is named) with host `host` and every
+/// tag of `tags`, oldest first. Unreadable snapshots are named on standard error as not
+/// `used` ("searched", "counted").
+fn choose_snapshots(
+    repo: &Repository,
+    specs: &[String],
+    host: Option<&String>,
+    tags: &[String],
+    used: &str,
+) -> anyhow::Result<Vec<(SnapshotId, crate::engine::snapshot::Snapshot)>> {
+    let named: Vec<SnapshotId> = specs
         .iter()
         .map(|spec| repo.find_snapshot(spec))
         .collect::<Result<_, _>>()?;
     let (snaps, bad) = repo.load_snapshots()?;
     for (id, e) in &bad {
-        eprintln!("cadang: snapshot {} not searched: {e}", id.short());
+        eprintln!("cadang: snapshot {} not {used}: {e}", id.short());
     }
+    Ok(snaps
+        .into_iter()
+        .filter(|(id, s)| {
+            (named.is_empty() || named.contains(id))
+                && host.is_none_or(|h| &s.hostname == h)
+                && tags.iter().all(|t| s.tags.contains(t))
+        })
+        .collect())
+}
+
+fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
+    let patterns = crate::engine::browse::Patterns::new(&a.patterns, a.ignore_case)?;
+    let repo = ctx.open()?;
+    let snaps = choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "searched")?;
     let (index, _) = repo.load_index()?;
     let found = crate::engine::browse::Finder::new(&repo, &index, patterns).find_in(
-        snaps
-            .iter()
-            .rev()
-            .filter(|(id, s)| {
-                (chosen.is_empty() || chosen.contains(id))
-                    && a.host.as_ref().is_none_or(|h| &s.hostname == h)
-                    && a.tags.iter().all(|t| s.tags.contains(t))
-            })
-            .map(|(id, s)| ((id, s), s.tree)),
+        snaps.iter().rev().map(|(id, s)| ((id, s), s.tree)),
         a.limit as usize,
     )?;
     for ((id, s), matched) in &found.snapshots {
@@ -661,6 +674,99 @@ fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::Ok)
+}
+
+fn stats(ctx: &Ctx, a: super::StatsArgs) -> anyhow::Result<ExitCode> {
+    use crate::engine::stats::Chosen;
+    let repo = ctx.open()?;
+    let (index, bad_index) = repo.load_index()?;
+    for (id, e) in &bad_index {
+        eprintln!("cadang: index {} is unreadable: {e}", id.short());
+    }
+    let everything = a.snapshots.is_empty() && a.host.is_none() && a.tags.is_empty();
+    let counted = if everything {
+        crate::engine::stats::stats(&repo, &index, Chosen::All)?
+    } else {
+        let chosen = choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "counted")?;
+        if chosen.is_empty() {
+            anyhow::bail!("no snapshot matches");
+        }
+        crate::engine::stats::stats(&repo, &index, Chosen::Some(&chosen))?
+    };
+    // How many times over the snapshots hold their distinct data, and how much smaller
+    // compression made it (None when there is nothing to divide by).
+    let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
+    let dedup = ratio(counted.restore.bytes, counted.data.raw_bytes);
+    let compression = ratio(counted.data.raw_bytes, counted.data.stored_bytes);
+    if ctx.g.json {
+        let mut v = serde_json::to_value(&counted)?;
+        v["dedup_ratio"] = json!(dedup);
+        v["compression_ratio"] = json!(compression);
+        println!("{v}");
+    } else {
+        let r = &counted.restore;
+        let shown =
+            |ratio: Option<f64>| ratio.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}×"));
+        println!("Snapshots:          {}", counted.snapshots);
+        println!(
+            "Restore size:       {} in {} files, {} directories, {} other entries{}",
+            human_bytes(r.bytes),
+            r.files,
+            r.dirs,
+            r.other,
+            if r.hardlinks > 0 {
+                format!(" ({} further hard-linked paths)", r.hardlinks)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "Distinct data:      {} in {} chunks, {} stored",
+            human_bytes(counted.data.raw_bytes),
+            counted.data.count,
+            human_bytes(counted.data.stored_bytes)
+        );
+        println!("  deduplication:    {}", shown(dedup));
+        println!("  compression:      {}", shown(compression));
+        println!(
+            "Trees:              {}, {} stored",
+            counted.trees.count,
+            human_bytes(counted.trees.stored_bytes)
+        );
+        let repository = &counted.repository;
+        println!(
+            "Repository:         {} in {} packs; the index lists {} chunks and {} trees",
+            human_bytes(repository.pack_bytes),
+            repository.packs,
+            repository.data.count,
+            repository.trees.count
+        );
+        if let Some(u) = &repository.unreferenced {
+            println!(
+                "  unreferenced:     {} in {} blobs (what `cadang prune` would collect)",
+                human_bytes(u.stored_bytes),
+                u.count
+            );
+        }
+        if repository.packs_marked > 0 {
+            println!(
+                "  marked by prune:  {} packs, deleted once their grace period ends",
+                repository.packs_marked
+            );
+        }
+    }
+    if counted.missing_chunks > 0 {
+        eprintln!(
+            "cadang: {} chunks the snapshots reference are not in the index; run `cadang check`",
+            counted.missing_chunks
+        );
+        return Ok(ExitCode::Partial);
+    }
+    Ok(if bad_index.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Partial
+    })
 }
 
 fn diff(ctx: &Ctx, a: super::DiffArgs) -> anyhow::Result<ExitCode> {

@@ -174,7 +174,7 @@ fn pax_mtime(mtime_ns: i64) -> Option<String> {
 }
 
 /// Damage is reported with the path it is in.
-fn in_path(error: Error, path: &[u8]) -> Error {
+pub(crate) fn in_path(error: Error, path: &[u8]) -> Error {
     let shown = String::from_utf8_lossy(path);
     match error {
         Error::Corrupt { what, detail } => Error::Corrupt {
@@ -422,8 +422,7 @@ mod tests {
 
     use super::*;
     use crate::engine::backup::{BackupOptions, BackupProgress, backup};
-    use crate::engine::repo::TEST_OPTIONS;
-    use crate::engine::{Store, StoreOptions};
+    use crate::engine::repo::test_repository;
 
     /// A source tree with every kind of entry, backed up into a local repository.
     struct Fixture {
@@ -444,11 +443,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let repo_dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(repo_dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
-        let repo = Repository::init(runtime.handle().clone(), store, b"pw", &TEST_OPTIONS).unwrap();
+        let (runtime, repo_dir, repo) = test_repository();
         let src = tempfile::tempdir().unwrap();
         let s = src.path();
         fs::create_dir_all(s.join("etc/deep/er")).unwrap();

@@ -27,6 +27,7 @@ pub mod readahead;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
+pub mod stats;
 pub mod store;
 pub mod tree;
 pub mod writebehind;

@@ -55,6 +55,21 @@ pub(crate) const TEST_OPTIONS: OpenOptions = OpenOptions {
     host: None,
 };
 
+/// A new repository in a local temporary directory, for unit tests: the runtime it runs
+/// on and the directory, which must outlive it, and the repository.
+#[cfg(test)]
+pub(crate) fn test_repository() -> (tokio::runtime::Runtime, tempfile::TempDir, Repository) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path().to_str().unwrap(),
+        &super::StoreOptions::default(),
+    )
+    .unwrap();
+    let repo = Repository::init(runtime.handle().clone(), store, b"pw", &TEST_OPTIONS).unwrap();
+    (runtime, dir, repo)
+}
+
 /// A key slot as listed by `key list`.
 #[derive(Clone, Debug)]
 pub struct KeyInfo {
