@@ -344,15 +344,7 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
 
 fn snapshots(ctx: &Ctx, a: super::SnapshotsArgs) -> anyhow::Result<ExitCode> {
     let repo = ctx.open()?;
-    let (snaps, bad) = repo.load_snapshots()?;
-    let snaps: Vec<_> = snaps
-        .into_iter()
-        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.hostname == h))
-        .filter(|(_, s)| a.tags.iter().all(|t| s.tags.contains(t)))
-        .collect();
-    for (id, e) in &bad {
-        eprintln!("warning: snapshot {} is unreadable: {e}", id.short());
-    }
+    let (snaps, unreadable) = choose_snapshots(&repo, &[], a.host.as_ref(), &a.tags, "listed")?;
     if ctx.g.json {
         let v: Vec<_> = snaps
             .iter()
@@ -382,7 +374,7 @@ fn snapshots(ctx: &Ctx, a: super::SnapshotsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", "-".repeat(80));
         println!("{} snapshots", snaps.len());
     }
-    Ok(if bad.is_empty() {
+    Ok(if unreadable == 0 {
         ExitCode::Ok
     } else {
         ExitCode::Partial
@@ -607,15 +599,15 @@ fn write_dumped<T>(
 }
 
 /// The snapshots that `specs` name (all when none is named) with host `host` and every
-/// tag of `tags`, oldest first. Unreadable snapshots are named on standard error as not
-/// `used` ("searched", "counted").
+/// tag of `tags`, oldest first, and how many snapshots could not be read: those are named
+/// on standard error as not `used` ("listed", "searched", "counted").
 fn choose_snapshots(
     repo: &Repository,
     specs: &[String],
     host: Option<&String>,
     tags: &[String],
     used: &str,
-) -> anyhow::Result<Vec<(SnapshotId, crate::engine::snapshot::Snapshot)>> {
+) -> anyhow::Result<(Vec<(SnapshotId, crate::engine::snapshot::Snapshot)>, usize)> {
     let named: Vec<SnapshotId> = specs
         .iter()
         .map(|spec| repo.find_snapshot(spec))
@@ -624,20 +616,21 @@ fn choose_snapshots(
     for (id, e) in &bad {
         eprintln!("cadang: snapshot {} not {used}: {e}", id.short());
     }
-    Ok(snaps
+    let chosen = snaps
         .into_iter()
         .filter(|(id, s)| {
             (named.is_empty() || named.contains(id))
                 && host.is_none_or(|h| &s.hostname == h)
                 && tags.iter().all(|t| s.tags.contains(t))
         })
-        .collect())
+        .collect();
+    Ok((chosen, bad.len()))
 }
 
 fn find(ctx: &Ctx, a: super::FindArgs) -> anyhow::Result<ExitCode> {
     let patterns = crate::engine::browse::Patterns::new(&a.patterns, a.ignore_case)?;
     let repo = ctx.open()?;
-    let snaps = choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "searched")?;
+    let (snaps, _) = choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "searched")?;
     let (index, _) = repo.load_index()?;
     let found = crate::engine::browse::Finder::new(&repo, &index, patterns).find_in(
         snaps.iter().rev().map(|(id, s)| ((id, s), s.tree)),
@@ -684,14 +677,16 @@ fn stats(ctx: &Ctx, a: super::StatsArgs) -> anyhow::Result<ExitCode> {
         eprintln!("cadang: index {} is unreadable: {e}", id.short());
     }
     let everything = a.snapshots.is_empty() && a.host.is_none() && a.tags.is_empty();
-    let counted = if everything {
-        crate::engine::stats::stats(&repo, &index, Chosen::All)?
+    let (counted, unreadable) = if everything {
+        (crate::engine::stats::stats(&repo, &index, Chosen::All)?, 0)
     } else {
-        let chosen = choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "counted")?;
+        let (chosen, unreadable) =
+            choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "counted")?;
         if chosen.is_empty() {
             anyhow::bail!("no snapshot matches");
         }
-        crate::engine::stats::stats(&repo, &index, Chosen::Some(&chosen))?
+        let counted = crate::engine::stats::stats(&repo, &index, Chosen::Some(&chosen))?;
+        (counted, unreadable)
     };
     // How many times over the snapshots hold their distinct data, and how much smaller
     // compression made it (None when there is nothing to divide by).
@@ -762,7 +757,7 @@ fn stats(ctx: &Ctx, a: super::StatsArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::Partial);
     }
-    Ok(if bad_index.is_empty() {
+    Ok(if bad_index.is_empty() && unreadable == 0 {
         ExitCode::Ok
     } else {
         ExitCode::Partial

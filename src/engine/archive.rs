@@ -175,17 +175,7 @@ fn pax_mtime(mtime_ns: i64) -> Option<String> {
 
 /// Damage is reported with the path it is in.
 pub(crate) fn in_path(error: Error, path: &[u8]) -> Error {
-    let shown = String::from_utf8_lossy(path);
-    match error {
-        Error::Corrupt { what, detail } => Error::Corrupt {
-            what: format!("{what} (in {shown})"),
-            detail,
-        },
-        Error::MissingObject { what } => Error::MissingObject {
-            what: format!("{what} (in {shown})"),
-        },
-        other => other,
-    }
+    error.within(|what| format!("{what} (in {})", String::from_utf8_lossy(path)))
 }
 
 impl<W: Write> Writer<'_, W> {

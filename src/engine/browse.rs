@@ -232,16 +232,7 @@ pub fn dump(
         )));
     }
     // Damage is reported with the file it is in.
-    let named = |error: Error| match error {
-        Error::Corrupt { what, detail } => Error::Corrupt {
-            what: format!("{what} (in {})", shown()),
-            detail,
-        },
-        Error::MissingObject { what } => Error::MissingObject {
-            what: format!("{what} (in {})", shown()),
-        },
-        other => other,
-    };
+    let named = |error: Error| super::archive::in_path(error, &file.path);
     let mut ahead = ReadAhead::new(repo, index, file.node.content.clone());
     let mut written = 0u64;
     for id in &file.node.content {

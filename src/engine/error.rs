@@ -93,6 +93,21 @@ impl Error {
         }
     }
 
+    /// Damage (`Corrupt`, `MissingObject`) with its `what` renamed by `name` — to say
+    /// where it was met, such as the file or snapshot it belongs to; other errors as they
+    /// are.
+    #[must_use]
+    pub fn within(self, name: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::Corrupt { what, detail } => Self::Corrupt {
+                what: name(what),
+                detail,
+            },
+            Self::MissingObject { what } => Self::MissingObject { what: name(what) },
+            other => other,
+        }
+    }
+
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -189,7 +189,11 @@ pub fn apply(
 
 /// Asia/Jakarta (WIB, UTC+7, no daylight saving).
 pub fn jakarta() -> FixedOffset {
-    FixedOffset::east_opt(7 * 3600).expect("valid offset")
+    const WIB: FixedOffset = match FixedOffset::east_opt(7 * 3600) {
+        Some(offset) => offset,
+        None => panic!("UTC+7 is a valid offset"),
+    };
+    WIB
 }
 
 #[cfg(test)]

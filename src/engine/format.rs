@@ -239,7 +239,10 @@ pub fn config_version(bytes: &[u8]) -> Result<u32> {
     if bytes.len() < 12 || &bytes[..8] != CONFIG_MAGIC {
         return Err(Error::corrupt("config", "not a cadang config object"));
     }
-    let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let v = bytes[8..]
+        .first_chunk::<4>()
+        .map(|version| u32::from_le_bytes(*version))
+        .ok_or_else(|| Error::corrupt("config", "no format version"))?;
     if v != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             found: v,

@@ -44,6 +44,8 @@ pub struct Lease<'a> {
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::minutes(15);
+/// How often a held lease is renewed: three times within its lifetime.
+const RENEW_EVERY: StdDuration = StdDuration::from_secs(LEASE_TTL.num_seconds().unsigned_abs() / 3);
 
 fn encode(repo: &Repository, info: &LockInfo) -> Bytes {
     Bytes::from(seal_json(repo.keys(), ObjectKind::Lock, info))
@@ -134,12 +136,11 @@ pub fn acquire<'a>(repo: &'a Repository, purpose: &str) -> Result<Lease<'a>> {
         let mut info = info.clone();
         std::thread::spawn(move || {
             let step = StdDuration::from_millis(200);
-            let renew_every = (LEASE_TTL / 3).to_std().expect("positive");
             let mut waited = StdDuration::ZERO;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(step);
                 waited += step;
-                if waited >= renew_every {
+                if waited >= RENEW_EVERY {
                     waited = StdDuration::ZERO;
                     info.expires = Utc::now() + LEASE_TTL;
                     let bytes = Bytes::from(seal_json(&keys, ObjectKind::Lock, &info));

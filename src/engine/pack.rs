@@ -172,11 +172,10 @@ pub fn parse_header(keys: &Keys, what: &str, bytes: &[u8]) -> Result<Vec<PackEnt
             "missing pack trailer (truncated or not a pack)",
         ));
     }
-    let hlen = u32::from_le_bytes(
-        bytes[bytes.len() - 12..bytes.len() - 8]
-            .try_into()
-            .expect("4 bytes"),
-    ) as usize;
+    let hlen = bytes[..bytes.len() - 8]
+        .last_chunk::<4>()
+        .map(|length| u32::from_le_bytes(*length) as usize)
+        .ok_or_else(|| Error::corrupt(what, "missing pack header length"))?;
     let body_end = bytes
         .len()
         .checked_sub(TRAILER_LEN + hlen)

@@ -156,7 +156,7 @@ pub fn stats(repo: &Repository, index: &Index, chosen: Chosen<'_>) -> Result<Sta
         let mut groups = HashSet::new();
         let size = counter
             .tree(&snapshot.tree, b"", 0, &mut groups)
-            .map_err(|e| in_snapshot(e, id))?;
+            .map_err(|e| e.within(|what| format!("snapshot {}: {what}", id.short())))?;
         counter.out.restore.add(&size.size);
         counter.out.snapshots += 1;
     }
@@ -279,19 +279,6 @@ impl Counter<'_> {
             self.sizes.insert(id.prefix_u64(), here.size);
         }
         Ok(here)
-    }
-}
-
-fn in_snapshot(error: Error, id: &SnapshotId) -> Error {
-    match error {
-        Error::Corrupt { what, detail } => Error::Corrupt {
-            what: format!("snapshot {}: {what}", id.short()),
-            detail,
-        },
-        Error::MissingObject { what } => Error::MissingObject {
-            what: format!("snapshot {}: {what}", id.short()),
-        },
-        other => other,
     }
 }
 

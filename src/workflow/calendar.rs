@@ -9,6 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use super::TimeStandard;
 
+/// Office hours by default (07:30–16:00), checked when cadang is compiled.
+const OPENS: NaiveTime = match NaiveTime::from_hms_opt(7, 30, 0) {
+    Some(time) => time,
+    None => panic!("07:30 is a time of day"),
+};
+const CLOSES: NaiveTime = match NaiveTime::from_hms_opt(16, 0, 0) {
+    Some(time) => time,
+    None => panic!("16:00 is a time of day"),
+};
+
 /// A calendar that cannot be used to count working time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CalendarError {
@@ -62,8 +72,8 @@ impl Default for WorkCalendarConfig {
                 Weekday::Thu,
                 Weekday::Fri,
             ],
-            opens: NaiveTime::from_hms_opt(7, 30, 0).expect("valid time"),
-            closes: NaiveTime::from_hms_opt(16, 0, 0).expect("valid time"),
+            opens: OPENS,
+            closes: CLOSES,
             holidays: BTreeSet::new(),
         }
     }

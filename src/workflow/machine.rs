@@ -465,7 +465,7 @@ pub fn decide(
     if let Event::Cancel { reason } = event {
         let role = guard(actor, &definition.policy().cancel_roles, Act::Cancel)?;
         let reason = required_reason(reason, Act::Cancel)?;
-        let record = open_record(&mut next);
+        let record = open_record(&mut next)?;
         record.finish(actor, role, now);
         record.cancelled = true;
         record.reason = Some(reason);
@@ -499,7 +499,7 @@ pub fn decide(
                 .collect();
             guard(actor, &allowed, Act::Step(current))?;
             let documents = checked_documents(vec![document])?;
-            open_record(&mut next).attach(documents, actor, now);
+            open_record(&mut next)?.attach(documents, actor, now);
             Ok(Decision {
                 state: next,
                 actions: Vec::new(),
@@ -513,7 +513,7 @@ pub fn decide(
                 return Err(Rejection::DecisionRequired { step: current });
             };
             let documents = checked_documents(documents)?;
-            let record = open_record(&mut next);
+            let record = open_record(&mut next)?;
             record.attach(documents, actor, now);
             record.note = note.filter(|note| !note.trim().is_empty());
             record.finish(actor, role, now);
@@ -531,7 +531,7 @@ pub fn decide(
             };
             let reason = required_reason(reason, Act::Step(current))?;
             let documents = checked_documents(documents)?;
-            let record = open_record(&mut next);
+            let record = open_record(&mut next)?;
             record.attach(documents, actor, now);
             record.decision = Some(answer);
             record.reason = Some(reason);
@@ -612,10 +612,10 @@ fn checked_documents(documents: Vec<DocumentRef>) -> Result<Vec<DocumentRef>, Re
     }
 }
 
-/// The open record of an active state (checked by `decide` before any change).
-fn open_record(state: &mut RequestState) -> &mut StepRecord {
+/// The open record of an active state (which `decide` checks before any change).
+fn open_record(state: &mut RequestState) -> Result<&mut StepRecord, Rejection> {
     state
         .steps
         .last_mut()
-        .expect("decide checked that the current step has an open record")
+        .ok_or_else(|| Rejection::InconsistentState("the current step has no open record".into()))
 }
