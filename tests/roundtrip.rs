@@ -499,3 +499,150 @@ fn dump_of_a_directory_is_a_tar_archive_that_extracts_to_the_same_tree() {
         .collect();
     assert_eq!(kinds, [tar::EntryType::Symlink], "a symlink entry");
 }
+
+/// `backup --stdin` and `--stdin-from-command` save a stream (a database dump) as one
+/// file of a snapshot, deduplicated like any file; a dump command that fails fails the
+/// backup and writes no snapshot, and the error names the program but not its arguments.
+#[test]
+fn a_stream_backs_up_as_one_file_and_a_failed_dump_writes_no_snapshot() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    let dump = bytes(5_000_000, 21);
+
+    // Piped in, as `pg_dump simpeg | cadang backup --stdin` does.
+    let mut child = cadang(repo)
+        .args([
+            "--json",
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "simpeg.sql",
+        ])
+        .args(["--tag", "db"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = {
+        let dump = dump.clone();
+        std::thread::spawn(move || pipe.write_all(&dump).unwrap())
+    };
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum = last_json(&out);
+    assert_eq!(sum["files_new"], 1);
+    assert_eq!(sum["total_bytes_processed"], dump.len() as u64);
+    assert!(sum["data_added_raw"].as_u64().unwrap() >= dump.len() as u64);
+
+    let snaps = last_json(&run(cadang(repo).args(["snapshots", "--json"]), 0));
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    assert_eq!(snaps[0]["paths"], serde_json::json!(["/simpeg.sql"]));
+    assert_eq!(snaps[0]["tags"], serde_json::json!(["db"]));
+
+    let out_file = tmp.path().join("simpeg.sql");
+    run(
+        cadang(repo)
+            .args(["dump", "latest", "/simpeg.sql", "-o"])
+            .arg(&out_file),
+        0,
+    );
+    assert!(std::fs::read(&out_file).unwrap() == dump, "dump differs");
+    let target = tmp.path().join("restored");
+    run(
+        cadang(repo)
+            .args(["restore", "latest", "--verify", "--target"])
+            .arg(&target),
+        0,
+    );
+    let restored = target.join("simpeg.sql");
+    assert!(std::fs::read(&restored).unwrap() == dump, "restore differs");
+    let mode = std::fs::metadata(&restored).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "a dump is private: {mode:o}");
+
+    // The same dump from a command: nothing new is stored, and the first is its parent.
+    let saved = tmp.path().join("saved.sql");
+    std::fs::write(&saved, &dump).unwrap();
+    let out = run(
+        cadang(repo)
+            .args(["--json", "backup", "--stdin-from-command"])
+            .args(["--stdin-filename", "simpeg.sql", "--", "cat"])
+            .arg(&saved),
+        0,
+    );
+    let sum = last_json(&out);
+    assert_eq!(sum["total_bytes_processed"], dump.len() as u64);
+    assert_eq!(sum["data_blobs"], 0, "the same dump deduplicates: {sum}");
+    let snaps = last_json(&run(cadang(repo).args(["snapshots", "--json"]), 0));
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    assert_eq!(snaps[1]["parent"], snaps[0]["id"]);
+
+    // A dump that dies half-way: the backup fails and no snapshot is written. The
+    // password on its command line is never shown.
+    let script = format!(
+        "head -c 2000000 {}; echo 'pg_dump: connection to server lost' >&2; exit 3",
+        saved.display()
+    );
+    let out = run(
+        cadang(repo)
+            .args(["backup", "--stdin-from-command", "--", "sh", "-c", &script])
+            .args(["sh", "--password=rahasia-dinkes"]),
+        1,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`sh` failed") && err.matches("exit status: 3").count() == 1,
+        "named once: {err}"
+    );
+    assert!(
+        err.contains("connection to server lost"),
+        "the command's own error is shown: {err}"
+    );
+    assert!(!err.contains("rahasia"), "{err}");
+    assert_eq!(snapshot_ids(repo).len(), 2, "no snapshot of a failed dump");
+    run(cadang(repo).args(["check", "--read-data"]), 0);
+
+    // A command that cannot be run, a name that is not one path component, and paths
+    // given with --stdin are refused.
+    let out = run(
+        cadang(repo).args([
+            "backup",
+            "--stdin-from-command",
+            "--",
+            "/nonexistent/pg_dump",
+        ]),
+        1,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run `/nonexistent/pg_dump`"));
+    let out = run(
+        cadang(repo)
+            .args(["backup", "--stdin", "--stdin-filename", "../escape"])
+            .stdin(Stdio::null()),
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one path component"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run(
+        cadang(repo)
+            .args(["backup", "--stdin"])
+            .arg(tmp.path())
+            .stdin(Stdio::null()),
+        2,
+    );
+    assert_eq!(snapshot_ids(repo).len(), 2);
+}

@@ -226,7 +226,7 @@ pub(super) fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("cadang: error: {error:#}");
+            eprintln!("cadang: error: {}", super::output::error_line(&error));
             ExitCode::Failure
         }
     }
@@ -281,7 +281,7 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
             match agent::run(StateDir(state_dir), stopped).await {
                 Ok(()) => Ok(ExitCode::Ok),
                 Err(error) if error.downcast_ref::<agent::Refused>().is_some() => {
-                    eprintln!("cadang: error: {error:#}");
+                    eprintln!("cadang: error: {}", super::output::error_line(&error));
                     Ok(ExitCode::AgentRefused)
                 }
                 Err(error) => Err(error),

@@ -186,9 +186,24 @@ pub struct InitArgs {
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Files or directories to back up.
-    #[arg(required = true)]
+    /// Files or directories to back up; with --stdin-from-command, the command
+    /// and its arguments, after `--`.
+    #[arg(required_unless_present = "stdin")]
     pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file, named by --stdin-filename.
+    #[arg(
+        long,
+        conflicts_with_all = ["paths", "stdin_from_command", "excludes", "exclude_files", "one_file_system"]
+    )]
+    pub stdin: bool,
+    /// Run the command given after `--` and back up its standard output as one
+    /// file: `cadang backup --stdin-from-command --stdin-filename db.sql -- pg_dump db`.
+    /// A command that fails fails the backup, and no snapshot is written.
+    #[arg(long, conflicts_with_all = ["excludes", "exclude_files", "one_file_system"])]
+    pub stdin_from_command: bool,
+    /// The name the standard input (or the command's output) is saved under.
+    #[arg(long, default_value = "stdin")]
+    pub stdin_filename: String,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,

@@ -30,6 +30,24 @@ pub enum ExitCode {
 }
 
 /// Print one JSON line to stdout.
+/// An error and its causes on one line, as `a: b: c`, leaving out a cause whose text the
+/// line already holds (an error that prints its source itself, such as a path and the
+/// operating system's reason, would otherwise show the reason twice).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 pub fn json_line(v: &serde_json::Value) {
     println!("{v}");
 }
@@ -146,5 +164,20 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.2} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let reason = io.to_string();
+        let e = anyhow::Error::new(crate::engine::Error::io("/srv/data", io)).context("backup");
+        assert_eq!(error_line(&e), format!("backup: /srv/data: {reason}"));
+        let e = anyhow::anyhow!("disk full").context("writing the pack");
+        assert_eq!(error_line(&e), "writing the pack: disk full");
     }
 }

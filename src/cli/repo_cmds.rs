@@ -29,7 +29,7 @@ struct Ctx {
 
 /// Map an error to an exit code and print it as one clear line.
 fn report(e: &anyhow::Error) -> ExitCode {
-    eprintln!("cadang: error: {e:#}");
+    eprintln!("cadang: error: {}", super::output::error_line(e));
     match e.downcast_ref::<Error>() {
         Some(Error::NotARepository { .. }) => ExitCode::NoRepository,
         Some(Error::WrongPassword { .. }) => ExitCode::WrongPassword,
@@ -228,6 +228,12 @@ fn init(ctx: &Ctx, a: super::InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
+    if a.stdin && std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "--stdin reads the data to back up from standard input, which is a terminal: \
+             pipe it in (`pg_dump db | cadang backup --stdin --stdin-filename db.sql`)"
+        );
+    }
     let repo = ctx.open()?;
     let mut excludes = a.excludes.clone();
     for f in &a.exclude_files {
@@ -265,7 +271,24 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
         errors: p2.errors.load(Ordering::Relaxed),
     });
     let started = std::time::Instant::now();
-    let res = crate::engine::backup::backup(&repo, &opts, &progress);
+    let res = if a.stdin || a.stdin_from_command {
+        let name = a.stdin_filename.as_str();
+        let opts = BackupOptions {
+            paths: Vec::new(),
+            ..opts
+        };
+        if a.stdin {
+            let mut stdin = std::io::stdin();
+            stream_backup(&repo, &opts, name, &mut stdin, &progress)
+        } else {
+            match CommandOutput::spawn(&a.paths) {
+                Ok(mut out) => stream_backup(&repo, &opts, name, &mut out, &progress),
+                Err(e) => Err(e),
+            }
+        }
+    } else {
+        crate::engine::backup::backup(&repo, &opts, &progress).map_err(Into::into)
+    };
     rep.finish();
     let r = res?;
     let secs = started.elapsed().as_secs_f64();
@@ -340,6 +363,82 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Ok
     })
+}
+
+fn stream_backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    name: &str,
+    reader: &mut (dyn std::io::Read + Send),
+    progress: &BackupProgress,
+) -> anyhow::Result<crate::engine::backup::BackupResult> {
+    let source = crate::engine::backup::StreamSource { name, reader };
+    Ok(crate::engine::backup::backup_stream(
+        repo, opts, source, progress,
+    )?)
+}
+
+/// The standard output of a command run for `backup --stdin-from-command`. Its end
+/// is the command's exit: a command that failed (or was killed) is a read error, so
+/// the backup fails and writes no snapshot. Errors name the program only, never its
+/// arguments, which may hold a database password.
+struct CommandOutput {
+    program: String,
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    exited: bool,
+}
+
+impl CommandOutput {
+    fn spawn(argv: &[std::path::PathBuf]) -> anyhow::Result<Self> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| anyhow!("--stdin-from-command needs a command after `--`"))?;
+        let name = program.display().to_string();
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run `{name}`"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("`{name}`: no standard output"))?;
+        Ok(Self {
+            program: name,
+            child,
+            stdout,
+            exited: false,
+        })
+    }
+}
+
+impl std::io::Read for CommandOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.exited {
+            let status = self.child.wait()?;
+            self.exited = true;
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "`{}` failed ({status}); no snapshot written",
+                    self.program
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for CommandOutput {
+    fn drop(&mut self) {
+        if !self.exited {
+            // The backup stopped early (an error, Ctrl-C): the command must not live on.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn snapshots(ctx: &Ctx, a: super::SnapshotsArgs) -> anyhow::Result<ExitCode> {

@@ -27,7 +27,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use super::error::{Error, Result};
-use super::id::{BlobId, BlobType, IndexId, SnapshotId};
+use super::id::{BlobId, BlobType, SnapshotId};
 use super::index::Index;
 use super::packer::{Packer, StepHook};
 use super::repo::Repository;
@@ -399,8 +399,43 @@ impl Ctx<'_> {
             }
         }
         let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let (content, read_total) = self.read_chunks(&mut f, node.size, path)?;
+        // Detect a file modified while we read it.
+        if let Ok(after) = f.metadata() {
+            let mtime_after = after.mtime() * 1_000_000_000 + after.mtime_nsec();
+            if after.len() != node.size || mtime_after != node.mtime_ns || read_total != node.size {
+                self.changed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(path.display().to_string());
+                node.size = read_total;
+            }
+        }
+        if node.hardlink.is_some() {
+            self.hardlinks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    (meta.dev(), meta.ino()),
+                    (node.mtime_ns as u64, content.clone()),
+                );
+        }
+        node.content = content;
+        Ok(())
+    }
+
+    /// Read `f` to its end, cut it into chunks and store those the repository lacks.
+    /// `size_hint` sizes the read buffer (a file's stat size; `u64::MAX` when
+    /// unknown). Returns the chunk ids in order and the bytes read.
+    fn read_chunks(
+        &self,
+        f: &mut (dyn Read + Send),
+        size_hint: u64,
+        path: &Path,
+    ) -> Result<(Vec<BlobId>, u64)> {
         let mut content = Vec::new();
-        let mut buf = vec![0u8; READ_BUF.min(node.size as usize + 1).max(1)];
+        let first = usize::try_from(size_hint.saturating_add(1)).unwrap_or(READ_BUF);
+        let mut buf = vec![0u8; READ_BUF.min(first).max(1)];
         let mut filled = 0usize;
         let mut eof = false;
         let mut read_total = 0u64;
@@ -460,28 +495,7 @@ impl Ctx<'_> {
                 break;
             }
         }
-        // Detect a file modified while we read it.
-        if let Ok(after) = f.metadata() {
-            let mtime_after = after.mtime() * 1_000_000_000 + after.mtime_nsec();
-            if after.len() != node.size || mtime_after != node.mtime_ns || read_total != node.size {
-                self.changed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(path.display().to_string());
-                node.size = read_total;
-            }
-        }
-        if node.hardlink.is_some() {
-            self.hardlinks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(
-                    (meta.dev(), meta.ino()),
-                    (node.mtime_ns as u64, content.clone()),
-                );
-        }
-        node.content = content;
-        Ok(())
+        Ok((content, read_total))
     }
 }
 
@@ -522,7 +536,6 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &BackupProgress,
 ) -> Result<BackupResult> {
-    let start = Utc::now();
     if opts.paths.is_empty() {
         return Err(Error::InvalidInput(
             "nothing to back up: give at least one path".into(),
@@ -537,138 +550,256 @@ pub fn backup(
     roots.sort_by(|a, b| a.0.cmp(&b.0));
     roots.dedup_by(|a, b| a.0 == b.0);
     let excludes = build_excludes(&opts.excludes)?;
-    let paths_str: Vec<String> = roots.iter().map(|r| r.0.display().to_string()).collect();
-    let host = opts.host.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    });
+    let paths: Vec<String> = roots.iter().map(|r| r.0.display().to_string()).collect();
+    let run = Run::prepare(repo, opts, paths, excludes.clone(), progress)?;
+    let scan_paths: Vec<PathBuf> = roots.iter().map(|r| r.0.clone()).collect();
+    run.finish(opts, |ctx, parent_root| {
+        std::thread::scope(|s| {
+            s.spawn(|| scan(&scan_paths, &excludes, progress));
+            build_root(ctx, &roots, parent_root)
+        })
+    })
+}
 
-    let (index, bad_index) = repo.load_index()?;
-    for (id, e) in &bad_index {
-        tracing::warn!(index = %id.short(), error = %e, "ignoring unreadable index object; its chunks will be stored again");
+/// A stream to back up as one file of a snapshot, as database dumps are:
+/// `pg_dump db | cadang backup --stdin --stdin-filename db.sql`.
+pub struct StreamSource<'a> {
+    /// The file's name in the snapshot: one path component.
+    pub name: &'a str,
+    /// The content, read to its end. A read error (a dump command that failed,
+    /// say) fails the backup: no snapshot is written, and the chunks that
+    /// landed are indexed for the next run.
+    pub reader: &'a mut (dyn Read + Send),
+}
+
+/// Back up one stream into `repo`: the snapshot's root holds one regular file,
+/// `/NAME`, mode 0600, owned by the user running the backup, with the time of
+/// the backup as its mtime. Its path list is `/NAME`, so the previous backup
+/// of the same name and host is the parent. `opts.paths`, excludes and
+/// `one_file_system` do not apply; tags, host, time, cancel, threads and the
+/// compression level do.
+///
+/// # Errors
+/// `InvalidInput` for a name that is not one path component or for paths given
+/// too, `Io` naming the stream when reading it failed, `Cancelled`, and storage
+/// errors.
+pub fn backup_stream(
+    repo: &Repository,
+    opts: &BackupOptions,
+    source: StreamSource<'_>,
+    progress: &BackupProgress,
+) -> Result<BackupResult> {
+    let name = source.name;
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(Error::InvalidInput(format!(
+            "`{name}` cannot name the stream's file: give one path component, without `/`"
+        )));
     }
-    let (snaps, _) = repo.load_snapshots()?;
-    let parent_id = match opts.parent {
-        Some(p) => Some(p),
-        None if opts.force => None,
-        None => snaps
-            .iter()
-            .rev()
-            .find(|(_, s)| s.hostname == host && s.paths == paths_str)
-            .map(|(id, _)| *id),
-    };
-    let parent_root = match parent_id {
-        Some(pid) => {
-            let s = repo.load_snapshot(&pid)?;
-            match repo.load_tree(&index, &s.tree) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!(error = %e, "parent snapshot unreadable; reading all files");
-                    None
+    if !opts.paths.is_empty() {
+        return Err(Error::InvalidInput(
+            "a backup reads either paths or a stream, not both".into(),
+        ));
+    }
+    let path = PathBuf::from(format!("/{name}"));
+    let run = Run::prepare(
+        repo,
+        opts,
+        vec![path.display().to_string()],
+        GlobSet::empty(),
+        progress,
+    )?;
+    let reader = source.reader;
+    run.finish(opts, |ctx, _| {
+        let now = Utc::now();
+        let mut node = Node::new(name.as_bytes().to_vec(), NodeKind::File);
+        node.mode = 0o600;
+        // SAFETY: getuid and getgid have no preconditions and cannot fail.
+        (node.uid, node.gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        node.mtime_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        node.ctime_ns = node.mtime_ns;
+        ctx.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        ctx.files_new.fetch_add(1, Ordering::Relaxed);
+        let (content, size) = ctx.read_chunks(reader, u64::MAX, &path)?;
+        node.content = content;
+        node.size = size;
+        ctx.progress.total_files.store(1, Ordering::Relaxed);
+        ctx.progress.total_bytes.store(size, Ordering::Relaxed);
+        ctx.progress.scan_done.store(true, Ordering::Relaxed);
+        Ok(Tree {
+            nodes: vec![node],
+            ..Tree::default()
+        })
+    })
+}
+
+/// What every backup holds between choosing its parent and committing its snapshot.
+struct Run<'a> {
+    ctx: Ctx<'a>,
+    start: DateTime<Utc>,
+    host: String,
+    paths: Vec<String>,
+    parent_id: Option<SnapshotId>,
+    parent_root: Option<Tree>,
+}
+
+impl<'a> Run<'a> {
+    /// Load the index and the parent snapshot (given, or the latest of the same
+    /// host and paths unless forced) and set up the packer.
+    fn prepare(
+        repo: &'a Repository,
+        opts: &BackupOptions,
+        paths: Vec<String>,
+        excludes: GlobSet,
+        progress: &'a BackupProgress,
+    ) -> Result<Self> {
+        let start = Utc::now();
+        let host = opts.host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let (index, bad_index) = repo.load_index()?;
+        for (id, e) in &bad_index {
+            tracing::warn!(index = %id.short(), error = %e, "ignoring unreadable index object; its chunks will be stored again");
+        }
+        let (snaps, _) = repo.load_snapshots()?;
+        let parent_id = match opts.parent {
+            Some(p) => Some(p),
+            None if opts.force => None,
+            None => snaps
+                .iter()
+                .rev()
+                .find(|(_, s)| s.hostname == host && s.paths == paths)
+                .map(|(id, _)| *id),
+        };
+        let parent_root = match parent_id {
+            Some(pid) => {
+                let s = repo.load_snapshot(&pid)?;
+                match repo.load_tree(&index, &s.tree) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "parent snapshot unreadable; reading all files");
+                        None
+                    }
                 }
             }
-        }
-        None => None,
-    };
+            None => None,
+        };
+        let ctx = Ctx {
+            repo,
+            index,
+            packer: Packer::new(repo, 2, opts.step_hook.clone()).with_level(opts.compression_level),
+            excludes,
+            one_fs: opts.one_file_system,
+            force: opts.force,
+            cancel: opts.cancel.clone(),
+            progress,
+            errors: Mutex::new(Vec::new()),
+            changed: Mutex::new(Vec::new()),
+            files_new: AtomicU64::new(0),
+            files_changed: AtomicU64::new(0),
+            files_unmodified: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            hardlinks: Mutex::new(HashMap::new()),
+        };
+        Ok(Self {
+            ctx,
+            start,
+            host,
+            paths,
+            parent_id,
+            parent_root,
+        })
+    }
 
-    let pool = super::worker_pool("cadang-backup", opts.threads, 1)?;
-    let ctx = Ctx {
-        repo,
-        index,
-        packer: Packer::new(repo, 2, opts.step_hook.clone()).with_level(opts.compression_level),
-        excludes: excludes.clone(),
-        one_fs: opts.one_file_system,
-        force: opts.force,
-        cancel: opts.cancel.clone(),
-        progress,
-        errors: Mutex::new(Vec::new()),
-        changed: Mutex::new(Vec::new()),
-        files_new: AtomicU64::new(0),
-        files_changed: AtomicU64::new(0),
-        files_unmodified: AtomicU64::new(0),
-        dirs: AtomicU64::new(0),
-        hardlinks: Mutex::new(HashMap::new()),
-    };
-
-    let scan_paths: Vec<PathBuf> = roots.iter().map(|r| r.0.clone()).collect();
-    let tree = std::thread::scope(|s| -> Result<(BlobId, Vec<IndexId>)> {
-        s.spawn(|| scan(&scan_paths, &excludes, progress));
-        let res = pool.install(|| build_root(&ctx, &roots, parent_root.as_ref()));
-        match res {
+    /// Build the root tree with `build` on the worker pool, then commit: packs,
+    /// index, snapshot. When `build` fails, what landed is indexed so the next
+    /// run does not upload it again, and no snapshot is written.
+    fn finish(
+        self,
+        opts: &BackupOptions,
+        build: impl FnOnce(&Ctx<'a>, Option<&Tree>) -> Result<Tree> + Send,
+    ) -> Result<BackupResult> {
+        let Self {
+            ctx,
+            start,
+            host,
+            paths,
+            parent_id,
+            parent_root,
+        } = self;
+        let repo = ctx.repo;
+        let progress = ctx.progress;
+        let pool = super::worker_pool("cadang-backup", opts.threads, 1)?;
+        let built = pool.install(|| build(&ctx, parent_root.as_ref()));
+        let (tree, indexes) = match built {
             Ok(root) => {
                 let tree = ctx.save_tree(root)?;
-                let indexes = ctx.packer.finish()?;
-                Ok((tree, indexes))
+                (tree, ctx.packer.finish()?)
             }
             Err(e) => {
-                // Index what landed so the next run does not upload it again.
                 if let Err(fe) = ctx.packer.flush() {
                     tracing::warn!(error = %fe, "could not index the packs of the interrupted run");
                 }
-                Err(e)
+                return Err(e);
             }
-        }
-    })?;
-    let (tree, indexes) = tree;
+        };
 
-    let st = ctx.packer.stats();
-    let summary = SnapshotSummary {
-        backup_start: Some(start),
-        backup_end: Some(Utc::now()),
-        files_new: ctx.files_new.load(Ordering::Relaxed),
-        files_changed: ctx.files_changed.load(Ordering::Relaxed),
-        files_unmodified: ctx.files_unmodified.load(Ordering::Relaxed),
-        dirs: ctx.dirs.load(Ordering::Relaxed),
-        files_failed: ctx
-            .errors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len() as u64,
-        data_blobs: st.data_blobs.load(Ordering::Relaxed),
-        tree_blobs: st.tree_blobs.load(Ordering::Relaxed),
-        data_added_raw: st.raw_bytes.load(Ordering::Relaxed),
-        data_added: st.stored_bytes.load(Ordering::Relaxed),
-        total_files_processed: progress.files_done.load(Ordering::Relaxed),
-        total_bytes_processed: progress.bytes_done.load(Ordering::Relaxed),
-    };
-    progress
-        .bytes_stored
-        .store(summary.data_added, Ordering::Relaxed);
-    let snapshot = Snapshot {
-        version: 1,
-        time: opts.time.unwrap_or_else(|| repo.now()),
-        hostname: host,
-        username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        paths: paths_str,
-        tags: opts.tags.clone(),
-        parent: parent_id,
-        tree,
-        summary,
-        original: None,
-        indexes,
-    };
-    // The commit point: everything the snapshot references is durable.
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
-    if let Some(h) = &opts.step_hook {
-        h("snapshot");
-    }
-    Ok(BackupResult {
-        snapshot_id,
-        snapshot,
-        errors: std::mem::take(
+        let st = ctx.packer.stats();
+        let errors = std::mem::take(
             &mut *ctx
                 .errors
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ),
-        changed_during_read: std::mem::take(
-            &mut *ctx
-                .changed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ),
-    })
+        );
+        let summary = SnapshotSummary {
+            backup_start: Some(start),
+            backup_end: Some(Utc::now()),
+            files_new: ctx.files_new.load(Ordering::Relaxed),
+            files_changed: ctx.files_changed.load(Ordering::Relaxed),
+            files_unmodified: ctx.files_unmodified.load(Ordering::Relaxed),
+            dirs: ctx.dirs.load(Ordering::Relaxed),
+            files_failed: errors.len() as u64,
+            data_blobs: st.data_blobs.load(Ordering::Relaxed),
+            tree_blobs: st.tree_blobs.load(Ordering::Relaxed),
+            data_added_raw: st.raw_bytes.load(Ordering::Relaxed),
+            data_added: st.stored_bytes.load(Ordering::Relaxed),
+            total_files_processed: progress.files_done.load(Ordering::Relaxed),
+            total_bytes_processed: progress.bytes_done.load(Ordering::Relaxed),
+        };
+        progress
+            .bytes_stored
+            .store(summary.data_added, Ordering::Relaxed);
+        let snapshot = Snapshot {
+            version: 1,
+            time: opts.time.unwrap_or_else(|| repo.now()),
+            hostname: host,
+            username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            paths,
+            tags: opts.tags.clone(),
+            parent: parent_id,
+            tree,
+            summary,
+            original: None,
+            indexes,
+        };
+        // The commit point: everything the snapshot references is durable.
+        let snapshot_id = repo.save_snapshot(&snapshot)?;
+        if let Some(h) = &opts.step_hook {
+            h("snapshot");
+        }
+        Ok(BackupResult {
+            snapshot_id,
+            snapshot,
+            errors,
+            changed_during_read: std::mem::take(
+                &mut *ctx
+                    .changed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+        })
+    }
 }
 
 /// Build the root tree: the absolute source paths as a hierarchy of
@@ -729,4 +860,97 @@ fn build_root(
         Ok(tree)
     }
     build(ctx, roots, &trie, Path::new("/"), parent_root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::repo::test_repository;
+
+    /// Yields `data`, then fails as a dump whose database connection dropped.
+    struct Failing<'a> {
+        data: &'a [u8],
+    }
+
+    impl Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.data.is_empty() {
+                return Err(std::io::Error::other("connection to server lost"));
+            }
+            let n = buf.len().min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// A stream that fails half-way writes no snapshot, but the chunks it stored are
+    /// indexed, so the next backup of the same stream does not store them again.
+    #[test]
+    fn a_failed_stream_writes_no_snapshot_and_its_chunks_serve_the_next_run() {
+        let (_runtime, _dir, repo) = test_repository();
+        // Incompressible, so packs fill at their target size: those done before the
+        // failure land, the open one is dropped.
+        let mut data = vec![0u8; 64 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for word in data.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let opts = BackupOptions::default();
+        let progress = BackupProgress::default();
+        let mut failing = Failing {
+            data: &data[..56 << 20],
+        };
+        let source = StreamSource {
+            name: "simpeg.sql",
+            reader: &mut failing,
+        };
+        let err = backup_stream(&repo, &opts, source, &progress).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/simpeg.sql: connection to server lost"),
+            "{err}"
+        );
+        assert!(repo.load_snapshots().unwrap().0.is_empty());
+        let (index, bad) = repo.load_index().unwrap();
+        assert!(bad.is_empty());
+        assert!(
+            index.len() >= 8,
+            "packs finished before the failure are indexed: {}",
+            index.len()
+        );
+
+        let mut whole = &data[..];
+        let source = StreamSource {
+            name: "simpeg.sql",
+            reader: &mut whole,
+        };
+        let done = backup_stream(&repo, &opts, source, &BackupProgress::default()).unwrap();
+        let summary = &done.snapshot.summary;
+        assert_eq!(summary.total_bytes_processed, data.len() as u64);
+        assert!(summary.data_added_raw <= 36 << 20, "{summary:?}");
+        assert_eq!(done.snapshot.paths, ["/simpeg.sql"]);
+        let root = repo
+            .load_tree(&repo.load_index().unwrap().0, &done.snapshot.tree)
+            .unwrap();
+        assert_eq!(root.nodes.len(), 1);
+        assert_eq!(root.nodes[0].name, b"simpeg.sql");
+        assert_eq!(root.nodes[0].size, data.len() as u64);
+
+        for name in ["", ".", "..", "a/b"] {
+            let mut empty: &[u8] = &[];
+            let source = StreamSource {
+                name,
+                reader: &mut empty,
+            };
+            let err = backup_stream(&repo, &opts, source, &BackupProgress::default());
+            assert!(
+                matches!(err, Err(Error::InvalidInput(_))),
+                "{name}: {err:?}"
+            );
+        }
+    }
 }
