@@ -407,6 +407,24 @@ pub fn execute(
     }
 }
 
+/// Runs the plan's before-backup program on the daemon's host, for a plan that backs the
+/// daemon's host up (an agent runs it for a plan on a colocated server).
+///
+/// # Errors
+/// Why the program failed; the run then fails and nothing is read.
+pub(crate) fn before_backup(spec: &PlanSpec, cancel: &AtomicBool) -> Result<(), String> {
+    let Some(before) = &spec.before_backup else {
+        return Ok(());
+    };
+    tracing::info!(program = %before.command[0], "running the plan's before-backup program");
+    crate::hook::run(
+        &before.command,
+        std::time::Duration::from_secs(before.timeout_secs),
+        cancel,
+    )
+    .map_err(|error| error.to_string())
+}
+
 fn run_backup(
     repository: &Repository,
     spec: &PlanSpec,
@@ -433,6 +451,7 @@ fn run_backup(
             });
         }
     }
+    before_backup(spec, &cancel)?;
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),
         tags: vec![format!("plan:{}", run.plan_id), run_tag],
@@ -823,6 +842,7 @@ mod tests {
             bandwidth_limit_kib: None,
             compress_on: crate::app::CompressOn::Agent,
             restic: None,
+            before_backup: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod hook;
 pub mod hub;
 pub mod jobs;
 pub mod notify;

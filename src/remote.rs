@@ -556,6 +556,14 @@ pub fn backup_via_agent(
             resumed: resumed > 0,
             repository_fingerprint: repository.keys().fingerprint().to_vec(),
             parent_snapshot: parent.map(|id| id.to_hex()).unwrap_or_default(),
+            before_command: spec
+                .before_backup
+                .as_ref()
+                .map(|before| before.command.clone())
+                .unwrap_or_default(),
+            before_timeout_secs: spec.before_backup.as_ref().map_or(0, |before| {
+                u32::try_from(before.timeout_secs).unwrap_or(u32::MAX)
+            }),
         };
         if !send(handle, &link, Down::Backup(job)) {
             hub.close_job(server.id, &job_id);

@@ -2103,7 +2103,10 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     std::fs::hard_link(source.join("html/img/logo.bin"), source.join("logo.bin")).unwrap();
     let kendal_source = dir.path().join("srv-kendal");
     std::fs::create_dir_all(&kendal_source).unwrap();
-    std::fs::write(kendal_source.join("dump.sql"), noise(2, 1 << 20)).unwrap();
+    // The database's dump is made by the plan's before-backup program, on the server,
+    // before the agent reads anything (here a copy of a dump made earlier).
+    let staged_dump = dir.path().join("pg_dump-output.sql");
+    std::fs::write(&staged_dump, noise(2, 1 << 20)).unwrap();
     let schema = "CREATE TABLE pasien (id BIGINT PRIMARY KEY, nama TEXT);\n".repeat(20_000);
     std::fs::write(kendal_source.join("schema.sql"), &schema).unwrap();
 
@@ -2168,7 +2171,16 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
             args.extend(["--on-server", on_server]);
         }
         args.extend(["--compress-on", "daemon", "--schedule", "0 1 * * *"]);
-        args.into_iter().map(String::from).collect()
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        args.extend([
+            "--before-backup".to_owned(),
+            format!(
+                "/bin/cp {} {}",
+                staged_dump.display(),
+                kendal_source.join("dump.sql").display()
+            ),
+        ]);
+        args
     };
     let local_args = kendal_plan("lokal", None);
     let local_args: Vec<&str> = local_args.iter().map(String::as_str).collect();
@@ -2178,6 +2190,37 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let db_args = kendal_plan("db", Some(&kendal_db_text));
     let db_args: Vec<&str> = db_args.iter().map(String::as_str).collect();
     let plan_kendal = ok(&server, &site.kasi, &db_args)[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    // A before-backup program is named by absolute path (a plan does not depend on the
+    // PATH of the host that runs it).
+    let plan_on_daemon = |name: &str, before: &str| -> Vec<String> {
+        [
+            "plan",
+            "create",
+            "--request",
+            &b_kendal_text,
+            "--name",
+            name,
+            "--path",
+            &kendal_source_text,
+            "--schedule",
+            "0 1 * * *",
+            "--before-backup",
+            before,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let relative = plan_on_daemon("relatif", "pg_dump -f /tmp/x.sql simkes");
+    let relative: Vec<&str> = relative.iter().map(String::as_str).collect();
+    refused(&server, &site.kasi, &relative, "INVALID_ARGUMENT");
+    // On the daemon's own host: a program that fails fails the run, and nothing is read.
+    let failing = plan_on_daemon("gagal", "/bin/false");
+    let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
+    let plan_failing = ok(&server, &site.kasi, &failing)[0]["id"]
         .as_i64()
         .unwrap()
         .to_string();
@@ -2200,6 +2243,21 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
     let kendal_first = wait_for_run(&server, &site.kasi, &plan_kendal, 1);
     assert_eq!(kendal_first["status"], "ok", "{kendal_first}");
+    assert_eq!(
+        std::fs::read(kendal_source.join("dump.sql")).unwrap(),
+        noise(2, 1 << 20),
+        "the agent ran the plan's before-backup program"
+    );
+    let failed = wait_for_run(&server, &site.kasi, &plan_failing, 1);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("before-backup program `/bin/false` failed (exit status: 1)"),
+        "{failed}"
+    );
+    assert_eq!(failed["snapshot_id"], "", "no snapshot: {failed}");
     let stats = &kendal_first["stats"];
     let raw = (1 << 20) + schema.len() as u64;
     assert!(

@@ -427,6 +427,45 @@ impl walk::Link for StreamLink {
     }
 }
 
+/// Whether each job's before-backup program has succeeded, by job. A job resumed on a new
+/// stream waits for the program its first attempt started and does not run it again once
+/// it succeeded; an agent that restarted runs it again.
+static BEFORE_BACKUP: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<String, Arc<std::sync::Mutex<bool>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Runs the job's before-backup program, once per job (see [`BEFORE_BACKUP`]).
+fn before_backup(job: &pb::BackupJob, cancel: &AtomicBool) -> Result<(), String> {
+    if job.before_command.is_empty() {
+        return Ok(());
+    }
+    let slot = BEFORE_BACKUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(job.job_id.clone())
+        .or_default()
+        .clone();
+    let mut succeeded = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *succeeded {
+        return Ok(());
+    }
+    tracing::info!(job = %job.job_id, program = %job.before_command[0], "running the before-backup program");
+    let timeout = Duration::from_secs(u64::from(job.before_timeout_secs.max(1)));
+    crate::hook::run(&job.before_command, timeout, cancel).map_err(|e| e.to_string())?;
+    *succeeded = true;
+    Ok(())
+}
+
+/// The job is over (committed or failed): a new run starts from its program again.
+fn forget_before_backup(job_id: &str) {
+    BEFORE_BACKUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(job_id);
+}
+
 /// One backup job on a blocking thread: walk, report, wait for the commit, keep the cache.
 fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
     let job_id = job.job_id.clone();
@@ -443,6 +482,11 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
         Ok(decoded) => decoded,
         Err(error) => return fail(&mut link, error.to_string()),
     };
+    if let Err(error) = before_backup(&job, &link.cancel) {
+        tracing::warn!(job = %job_id, %error, "before-backup program failed; nothing read");
+        forget_before_backup(&job_id);
+        return fail(&mut link, error);
+    }
     let cache_path =
         walk::FilesCache::path_for(&cache_dir, &job.repository_fingerprint, &job.paths);
     let cache = walk::FilesCache::load(&cache_path);
@@ -461,6 +505,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
         // The daemon failed the job and closed it (its stream then drops the
         // messages that were still on their way).
         Err(walk::WalkError::Disconnected) if link.failed_end() => {
+            forget_before_backup(&job_id);
             forget_subtrees();
             return;
         }
@@ -471,9 +516,11 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
         // Stopped by the daemon at a safe point (shutdown, end of the backup window):
         // nothing was wrong with what was sent.
         Err(walk::WalkError::Cancelled) if !link.failed_end() => {
+            forget_before_backup(&job_id);
             return fail(&mut link, walk::WalkError::Cancelled.to_string());
         }
         Err(error) => {
+            forget_before_backup(&job_id);
             forget_subtrees();
             return fail(&mut link, error.to_string());
         }
@@ -501,6 +548,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
     loop {
         match link.from_stream.recv() {
             Ok(ToBackup::End(end)) if end.ok => {
+                forget_before_backup(&job_id);
                 outcome.cache.set_snapshot(&end.snapshot_id);
                 if let Err(error) = outcome.cache.save(&cache_path) {
                     tracing::warn!(%error, "cannot save the files cache; the next backup reads every file");
@@ -509,6 +557,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
                 return;
             }
             Ok(ToBackup::End(end)) => {
+                forget_before_backup(&job_id);
                 tracing::warn!(job = %job_id, error = %end.error, "the daemon could not commit the backup");
                 forget_subtrees();
                 return;
@@ -767,6 +816,53 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plan's before-backup program runs once per job: a resumed attempt of the same
+    /// job does not run it again once it succeeded; a failure is not remembered, and a
+    /// finished job's next run runs it again.
+    #[test]
+    fn the_before_backup_program_runs_once_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dumps.log");
+        let flag = dir.path().join("fail");
+        let script = format!(
+            "test -e {} && exit 9; echo dumped >> {}",
+            flag.display(),
+            log.display()
+        );
+        let job = |id: &str| pb::BackupJob {
+            job_id: id.into(),
+            before_command: vec!["/bin/sh".into(), "-c".into(), script.clone()],
+            before_timeout_secs: 30,
+            ..Default::default()
+        };
+        let runs = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let no = AtomicBool::new(false);
+        std::fs::write(&flag, b"").unwrap();
+        let error = before_backup(&job("run:71"), &no).unwrap_err();
+        assert!(error.contains("exit status: 9"), "{error}");
+        std::fs::remove_file(&flag).unwrap();
+        before_backup(&job("run:71"), &no).unwrap();
+        before_backup(&job("run:71"), &no).unwrap();
+        assert_eq!(runs(), 1, "the resumed attempt did not dump again");
+        before_backup(&job("run:72"), &no).unwrap();
+        assert_eq!(runs(), 2);
+        forget_before_backup("run:71");
+        before_backup(&job("run:71"), &no).unwrap();
+        assert_eq!(runs(), 3);
+        forget_before_backup("run:71");
+        forget_before_backup("run:72");
+        let none = pb::BackupJob {
+            job_id: "run:73".into(),
+            ..Default::default()
+        };
+        before_backup(&none, &no).unwrap();
+    }
 
     fn stream_link() -> (StreamLink, std::sync::mpsc::Sender<ToBackup>) {
         let (up, _) = mpsc::channel(1);

@@ -81,6 +81,26 @@ pub struct PlanSpec {
     /// instead of the agency's cadang repository; none for cadang's own engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restic: Option<ResticTarget>,
+    /// A program run before each backup on the host the plan reads (a database dump to
+    /// a file under the plan's paths, a file system snapshot); its failure fails the run
+    /// and nothing is read. See `crate::hook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_backup: Option<BeforeBackup>,
+}
+
+/// A plan's before-backup program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeforeBackup {
+    /// The program, by absolute path, and its arguments; no shell.
+    pub command: Vec<String>,
+    /// Seconds it may run before it is killed and the run fails.
+    #[serde(default = "an_hour")]
+    pub timeout_secs: u64,
+}
+
+fn an_hour() -> u64 {
+    3600
 }
 
 /// Which side compresses the chunks of a plan read by an agent.
@@ -464,6 +484,14 @@ impl PlanSpec {
             return Err(AppError::invalid(
                 "compress_on = daemon applies to plans whose agent sends chunks to cadang's engine (--on-server, not a restic repository)",
             ));
+        }
+        if let Some(before) = &self.before_backup {
+            crate::hook::validate(&before.command).map_err(|e| AppError::invalid(e.to_string()))?;
+            if !(1..=86_400).contains(&before.timeout_secs) {
+                return Err(AppError::invalid(
+                    "before_backup.timeout_secs must be between 1 and 86400",
+                ));
+            }
         }
         if let Some(restic) = &self.restic {
             if restic.repository.trim().is_empty() {
@@ -1487,6 +1515,7 @@ mod tests {
             bandwidth_limit_kib: None,
             compress_on: CompressOn::Agent,
             restic: None,
+            before_backup: None,
         };
         spec("0 2 * * *").validate().unwrap();
         let error = spec("every night").validate().unwrap_err().to_string();
@@ -1537,6 +1566,27 @@ mod tests {
             env_secret: None,
         });
         assert!(on_daemon.validate().is_err());
+        // A before-backup program by absolute path, for at most a day; stored as given,
+        // the timeout an hour unless said.
+        let mut before = spec("0 2 * * *");
+        before.before_backup = Some(BeforeBackup {
+            command: vec!["pg_dump".into(), "simpeg".into()],
+            timeout_secs: 3600,
+        });
+        let error = before.validate().unwrap_err().to_string();
+        assert!(error.contains("absolute path"), "{error}");
+        before.before_backup = Some(BeforeBackup {
+            command: vec!["/usr/bin/pg_dump".into(), "simpeg".into()],
+            timeout_secs: 0,
+        });
+        let error = before.validate().unwrap_err().to_string();
+        assert!(error.contains("timeout_secs"), "{error}");
+        let stored: PlanSpec = serde_json::from_str(
+            r#"{"paths":["/srv"],"schedule":"0 2 * * *","before_backup":{"command":["/usr/bin/pg_dump","-Fc","simpeg"]}}"#,
+        )
+        .unwrap();
+        stored.validate().unwrap();
+        assert_eq!(stored.before_backup.map(|b| b.timeout_secs), Some(3600));
     }
 
     /// Plans stored before the choice existed read as compressing on the agent, and

@@ -738,6 +738,20 @@ pub struct PlanCreateArgs {
     /// the wire) or `daemon` (the agency's server only reads and sends).
     #[arg(long, value_name = "SIDE", value_parser = ["agent", "daemon"], default_value = "agent")]
     pub compress_on: String,
+    /// A program run before each backup on the host the plan reads, such as
+    /// `"/usr/bin/pg_dump -Fc -f /var/backups/simpeg.dump simpeg"`: the program by
+    /// absolute path, then its arguments, split at whitespace (no shell; a script for
+    /// anything more). If it fails or times out, the run fails and nothing is read.
+    #[arg(long, value_name = "COMMAND")]
+    pub before_backup: Option<String>,
+    /// Seconds the before-backup program may run before it is killed.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 3600,
+        requires = "before_backup"
+    )]
+    pub before_backup_timeout: u64,
     /// Back up to this existing restic repository (a path, `s3:…`, `rest:…`) through the
     /// restic binary, instead of the agency's cadang repository.
     #[arg(long, value_name = "LOCATION")]
@@ -885,7 +899,7 @@ pub fn run(conn: &ConnArgs, json: bool, command: ClientCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::Ok,
         Err(error) => {
-            eprintln!("cadang: error: {error:#}");
+            eprintln!("cadang: error: {}", super::output::error_line(&error));
             ExitCode::Failure
         }
     }
@@ -2215,12 +2229,17 @@ async fn create_plan(
         }
         None => None,
     };
+    let before_backup = args.before_backup.map(|command| {
+        let command: Vec<&str> = command.split_whitespace().collect();
+        serde_json::json!({ "command": command, "timeout_secs": args.before_backup_timeout })
+    });
     let spec = serde_json::json!({
         "paths": args.paths, "excludes": args.excludes, "schedule": args.schedule, "time_zone": args.time_zone,
         "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
         "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
         "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,
         "server": args.server, "restic": restic, "compress_on": args.compress_on,
+        "before_backup": before_backup,
     });
     Ok(plans
         .create_plan(conn.req(CreatePlanRequest {

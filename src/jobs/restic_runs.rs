@@ -65,7 +65,7 @@ pub async fn execute(
     };
     let outcome = match Restic::locate(repositories.restic_binary.as_deref()).await {
         Ok(restic) => match run.kind.as_str() {
-            "backup" => backup(&restic, repo, spec, run, &signal, progress).await,
+            "backup" => backup(&restic, repo, spec, run, &signal, &cancel, progress).await,
             "retention" => retention(&restic, repo, spec, run).await,
             "verify" => verify(&restic, repo, spec, sequence).await,
             "drill" => drill(&restic, repo, &repositories.scratch, run, &signal).await,
@@ -121,6 +121,7 @@ async fn backup(
     spec: &PlanSpec,
     run: &RunRecord,
     signal: &Cancel,
+    cancel: &Arc<AtomicBool>,
     progress: &Progress,
 ) -> Result<RunEnd, String> {
     let run_tag = format!("run:{}", run.id);
@@ -139,6 +140,12 @@ async fn backup(
             snapshot_id: Some(done.id.to_string()),
             error: None,
         });
+    }
+    {
+        let (spec, cancel) = (spec.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || super::before_backup(&spec, &cancel))
+            .await
+            .map_err(|error| format!("the before-backup program's thread failed: {error}"))??;
     }
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),

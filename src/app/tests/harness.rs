@@ -654,6 +654,7 @@ impl Env {
                     bandwidth_limit_kib: None,
                     compress_on: crate::app::CompressOn::Agent,
                     restic: None,
+                    before_backup: None,
                 },
                 self.now(),
             )

@@ -30,6 +30,7 @@ pub(crate) fn spec(schedule: &str) -> PlanSpec {
         bandwidth_limit_kib: None,
         compress_on: crate::app::CompressOn::Agent,
         restic: None,
+        before_backup: None,
     }
 }
 
