@@ -645,4 +645,18 @@ fn a_stream_backs_up_as_one_file_and_a_failed_dump_writes_no_snapshot() {
         2,
     );
     assert_eq!(snapshot_ids(repo).len(), 2);
+
+    // An empty stream (a dump that failed at once, before a pipe) is saved, with a warning.
+    let out = run(
+        cadang(repo)
+            .args(["backup", "--stdin", "--stdin-filename", "kosong.sql"])
+            .stdin(Stdio::null()),
+        0,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the stream was empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot_ids(repo).len(), 3);
 }

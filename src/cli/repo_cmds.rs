@@ -281,10 +281,8 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
             let mut stdin = std::io::stdin();
             stream_backup(&repo, &opts, name, &mut stdin, &progress)
         } else {
-            match CommandOutput::spawn(&a.paths) {
-                Ok(mut out) => stream_backup(&repo, &opts, name, &mut out, &progress),
-                Err(e) => Err(e),
-            }
+            CommandOutput::spawn(&a.paths)
+                .and_then(|mut out| stream_backup(&repo, &opts, name, &mut out, &progress))
         }
     } else {
         crate::engine::backup::backup(&repo, &opts, &progress).map_err(Into::into)
@@ -300,6 +298,17 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
             );
         } else {
             eprintln!("error: {}: {}", e.path, e.error);
+        }
+    }
+    if (a.stdin || a.stdin_from_command) && s.total_bytes_processed == 0 {
+        // A dump piped in that failed at once leaves an empty stream, not an error.
+        let message = "the stream was empty: the snapshot holds an empty file";
+        if ctx.g.json {
+            json_line(
+                &json!({"message_type": "warning", "message": message, "item": format!("/{}", a.stdin_filename)}),
+            );
+        } else {
+            eprintln!("warning: {message}");
         }
     }
     for p in &r.changed_during_read {
