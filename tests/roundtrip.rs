@@ -159,6 +159,49 @@ fn excludes_and_one_file_system() {
     assert!(text.contains("keep/b.txt"));
     assert!(!text.contains("a.tmp"), "{text}");
     assert!(!text.contains("cache"), "{text}");
+
+    // A restore leaves out what its excludes match, with the same patterns: a name
+    // anywhere, or a path from the snapshot's root; and --verify checks what it wrote.
+    std::fs::write(src.join("keep/c.log"), b"log").unwrap();
+    std::fs::create_dir_all(src.join("keep/sub")).unwrap();
+    std::fs::write(src.join("keep/sub/d.txt"), b"d").unwrap();
+    run(cadang(repo).arg("backup").arg(&src), 0);
+    let target = tmp.path().join("restored");
+    let sub = format!("{}/keep/sub", src.display());
+    run(
+        cadang(repo)
+            .args([
+                "restore",
+                "latest",
+                "--verify",
+                "--exclude",
+                "*.log",
+                "-e",
+                &sub,
+            ])
+            .arg("--target")
+            .arg(&target),
+        0,
+    );
+    let keep = restored_path(&target, &src.join("keep"));
+    assert!(keep.join("b.txt").is_file());
+    assert!(!keep.join("c.log").exists(), "excluded by name");
+    assert!(
+        !keep.join("sub").exists(),
+        "excluded by path, with what is below it"
+    );
+    let out = run(
+        cadang(repo)
+            .args(["restore", "latest", "--exclude", "[unclosed"])
+            .arg("--target")
+            .arg(tmp.path().join("bad")),
+        1,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[unclosed"));
+    assert!(
+        !tmp.path().join("bad").exists(),
+        "refused before anything is written"
+    );
 }
 
 #[test]

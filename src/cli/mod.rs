@@ -320,6 +320,10 @@ pub struct RestoreArgs {
     /// Only restore this path of the snapshot (repeatable).
     #[arg(short, long = "include")]
     pub includes: Vec<String>,
+    /// Leave out entries matching this glob, and what is below them (repeatable; as
+    /// `backup --exclude`: without `/` a name anywhere, with `/` a path from the root).
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
     /// Re-read the restored files and compare them with the snapshot.
     #[arg(long)]
     pub verify: bool,

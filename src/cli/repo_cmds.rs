@@ -940,6 +940,7 @@ fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
     let opts = RestoreOptions {
         target: a.target.clone(),
         includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
         verify: a.verify,
         cancel: Some(ctx.cancel.clone()),
         threads: None,

@@ -222,6 +222,10 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Only restore these paths of the snapshot (and what is below them).
     pub includes: Vec<String>,
+    /// Leave out entries matching these globs, and what is below them: the patterns
+    /// of `backup --exclude` (one without `/` matches a name anywhere, one with `/`
+    /// the whole path from the snapshot's root, such as `/var/lib/*/cache`).
+    pub excludes: Vec<String>,
     /// Re-read every restored file and compare it with the snapshot.
     pub verify: bool,
     /// Set to stop at the next safe point.
@@ -326,8 +330,12 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn selected(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
+fn selected(rel: &Path, chosen: &Chosen) -> (bool, bool) {
     // (restore this entry, descend into it)
+    if !chosen.excludes.is_empty() && chosen.excludes.is_match(Path::new("/").join(rel)) {
+        return (false, false);
+    }
+    let includes = &chosen.includes;
     if includes.is_empty() {
         return (true, true);
     }
@@ -340,6 +348,26 @@ fn selected(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
         }
     }
     (false, false)
+}
+
+/// What a restore takes from the snapshot: paths relative to its root, and the entries
+/// it leaves out.
+struct Chosen {
+    includes: Vec<PathBuf>,
+    excludes: globset::GlobSet,
+}
+
+impl Chosen {
+    fn new(includes: &[String], excludes: &[String]) -> Result<Self> {
+        Ok(Self {
+            includes: includes
+                .iter()
+                .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect(),
+            excludes: super::backup::build_excludes(excludes)?,
+        })
+    }
 }
 
 /// The entries of a tree and everything below it, in tree order (each directory
@@ -366,7 +394,7 @@ fn collect(
     sources: &Sources<'_>,
     tree: &BlobId,
     rel: &Path,
-    includes: &[PathBuf],
+    chosen: &Chosen,
     depth: usize,
 ) -> Collected {
     if depth > tree::MAX_DEPTH {
@@ -398,13 +426,13 @@ fn collect(
         .into_par_iter()
         .map(|n| {
             let child = rel.join(OsStr::from_bytes(&n.name));
-            let (take, descend) = selected(&child, includes);
+            let (take, descend) = selected(&child, chosen);
             if n.kind == NodeKind::Dir && descend {
                 // Tree::decode refuses directories without a subtree.
                 let sub = n.subtree?;
                 // Included directories and the ancestors of included paths are
                 // both created with their recorded metadata.
-                let below = collect(sources, &sub, &child, includes, depth + 1);
+                let below = collect(sources, &sub, &child, chosen, depth + 1);
                 let mut part = Collected::default();
                 part.entries.push(Entry {
                     rel: child,
@@ -556,6 +584,7 @@ pub fn restore_tree(
                 .into(),
         ));
     }
+    let chosen = Chosen::new(&opts.includes, &opts.excludes)?;
     let sources = Sources {
         repo,
         index,
@@ -573,15 +602,9 @@ pub fn restore_tree(
             target.display()
         )));
     }
-    let includes: Vec<PathBuf> = opts
-        .includes
-        .iter()
-        .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect();
     let pool = super::worker_pool("cadang-restore", opts.threads, 2)?;
     let mut result = RestoreResult::default();
-    let collected = pool.install(|| collect(&sources, root, Path::new(""), &includes, 1));
+    let collected = pool.install(|| collect(&sources, root, Path::new(""), &chosen, 1));
     let entries = collected.entries;
     result.errors = collected.errors;
     result.damaged_blobs = collected.damaged;
@@ -1376,11 +1399,7 @@ pub fn verify_target(
 ) -> Result<VerifyReport> {
     let snap = repo.load_snapshot(id)?;
     let (index, _) = repo.load_index_for(&snap)?;
-    let includes: Vec<PathBuf> = includes
-        .iter()
-        .map(|i| PathBuf::from(i.trim_start_matches('/').trim_end_matches('/')))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect();
+    let chosen = Chosen::new(includes, &[])?;
     let sources = Sources {
         repo,
         index: &index,
@@ -1388,7 +1407,7 @@ pub fn verify_target(
         repaired: Mutex::new(Vec::new()),
     };
     let pool = super::worker_pool("cadang-verify", None, 2)?;
-    let collected = pool.install(|| collect(&sources, &snap.tree, Path::new(""), &includes, 1));
+    let collected = pool.install(|| collect(&sources, &snap.tree, Path::new(""), &chosen, 1));
     let mut rep = pool.install(|| {
         verify_entries(
             &sources,
