@@ -416,7 +416,10 @@ pub(crate) fn before_backup(spec: &PlanSpec, cancel: &AtomicBool) -> Result<(), 
     let Some(before) = &spec.before_backup else {
         return Ok(());
     };
-    tracing::info!(program = %before.command[0], "running the plan's before-backup program");
+    // The plan's spec comes from the catalog: an empty command is refused by `hook::run`,
+    // not indexed here.
+    let program = before.command.first().map_or("", String::as_str);
+    tracing::info!(program, "running the plan's before-backup program");
     crate::hook::run(
         &before.command,
         std::time::Duration::from_secs(before.timeout_secs),
@@ -844,6 +847,24 @@ mod tests {
             restic: None,
             before_backup: None,
         }
+    }
+
+    /// A spec read back from the catalog with an empty command fails the run with a
+    /// reason; it never panics the daemon.
+    #[test]
+    fn a_stored_empty_before_backup_command_fails_the_run() {
+        let mut plan = spec(Path::new("/srv"));
+        plan.before_backup = Some(crate::app::BeforeBackup {
+            command: vec![],
+            timeout_secs: 60,
+        });
+        let error = before_backup(&plan, &AtomicBool::new(false)).unwrap_err();
+        assert!(error.contains("absolute path"), "{error}");
+        plan.before_backup = Some(crate::app::BeforeBackup {
+            command: vec!["/bin/true".into()],
+            timeout_secs: 60,
+        });
+        before_backup(&plan, &AtomicBool::new(false)).unwrap();
     }
 
     fn run(id: i64, kind: &str) -> RunRecord {

@@ -436,9 +436,9 @@ static BEFORE_BACKUP: std::sync::LazyLock<
 
 /// Runs the job's before-backup program, once per job (see [`BEFORE_BACKUP`]).
 fn before_backup(job: &pb::BackupJob, cancel: &AtomicBool) -> Result<(), String> {
-    if job.before_command.is_empty() {
+    let Some(program) = job.before_command.first() else {
         return Ok(());
-    }
+    };
     let slot = BEFORE_BACKUP
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -451,7 +451,7 @@ fn before_backup(job: &pb::BackupJob, cancel: &AtomicBool) -> Result<(), String>
     if *succeeded {
         return Ok(());
     }
-    tracing::info!(job = %job.job_id, program = %job.before_command[0], "running the before-backup program");
+    tracing::info!(job = %job.job_id, %program, "running the before-backup program");
     let timeout = Duration::from_secs(u64::from(job.before_timeout_secs.max(1)));
     crate::hook::run(&job.before_command, timeout, cancel).map_err(|e| e.to_string())?;
     *succeeded = true;

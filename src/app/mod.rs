@@ -62,8 +62,8 @@ pub use operations::{
     ScheduleReport, SizePoint, SlaGroup, SlaReport, StorageReport,
 };
 pub use plans::{
-    ClaimedRun, CompressOn, PlanSpec, PlanView, ResticTarget, Retention, Schedule, Window,
-    WindowState, spec_of,
+    BeforeBackup, ClaimedRun, CompressOn, PlanSpec, PlanView, ResticTarget, Retention, Schedule,
+    Window, WindowState, spec_of,
 };
 pub use reports::{RequestOverruns, StepOverrun};
 pub use requests::{EventOutcome, IssuedDocument, RequestView};
