@@ -720,18 +720,11 @@ impl<'a> Run<'a> {
         opts: &BackupOptions,
         build: impl FnOnce(&Ctx<'a>, Option<&Tree>) -> Result<Tree> + Send,
     ) -> Result<BackupResult> {
-        let Self {
-            ctx,
-            start,
-            host,
-            paths,
-            parent_id,
-            parent_root,
-        } = self;
+        let ctx = &self.ctx;
         let repo = ctx.repo;
         let progress = ctx.progress;
         let pool = super::worker_pool("cadang-backup", opts.threads, 1)?;
-        let built = pool.install(|| build(&ctx, parent_root.as_ref()));
+        let built = pool.install(|| build(ctx, self.parent_root.as_ref()));
         let (tree, indexes) = match built {
             Ok(root) => {
                 let tree = ctx.save_tree(root)?;
@@ -753,7 +746,7 @@ impl<'a> Run<'a> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let summary = SnapshotSummary {
-            backup_start: Some(start),
+            backup_start: Some(self.start),
             backup_end: Some(Utc::now()),
             files_new: ctx.files_new.load(Ordering::Relaxed),
             files_changed: ctx.files_changed.load(Ordering::Relaxed),
@@ -773,11 +766,11 @@ impl<'a> Run<'a> {
         let snapshot = Snapshot {
             version: 1,
             time: opts.time.unwrap_or_else(|| repo.now()),
-            hostname: host,
+            hostname: self.host,
             username: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            paths,
+            paths: self.paths,
             tags: opts.tags.clone(),
-            parent: parent_id,
+            parent: self.parent_id,
             tree,
             summary,
             original: None,
