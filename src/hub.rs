@@ -24,7 +24,7 @@ struct Session {
     connection: u64,
     server: ServerId,
     outbound: Outbound,
-    jobs: HashMap<String, mpsc::Sender<pb::AgentMessage>>,
+    jobs: HashMap<String, (JobKind, mpsc::Sender<pb::AgentMessage>)>,
     /// The jobs of this stream that ended last, newest at the back: what the agent still
     /// sends for them (a progress report, chunks in flight when the daemon ended the
     /// job) is dropped instead of closing the stream.
@@ -51,6 +51,35 @@ impl std::fmt::Debug for AgentHub {
             .field("connected", &self.lock().len())
             .finish()
     }
+}
+
+/// What a job is to the agent. An agent carries one backup and one restore at a time:
+/// their messages share the stream without naming the job in each (an answer names its
+/// query, a restore's chunk follows its entry). Checks are independent, any number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// A backup walk.
+    Backup,
+    /// A restore into a directory.
+    Restore,
+    /// A restore plan's check.
+    Check,
+}
+
+impl JobKind {
+    /// Whether two jobs of this kind cannot share an agent.
+    fn exclusive(self) -> bool {
+        !matches!(self, Self::Check)
+    }
+}
+
+/// Why a job could not be opened on an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The agent is not connected to this daemon.
+    NotConnected,
+    /// The agent carries another job of the same kind (named): this one waits its turn.
+    Busy(String),
 }
 
 /// A job's two directions on an agent's stream.
@@ -190,7 +219,7 @@ impl AgentHub {
                 .get(&agent)
                 .filter(|session| session.connection == connection)
                 .and_then(|session| match session.jobs.get(job) {
-                    Some(sender) => Some(Some(sender.clone())),
+                    Some((_, sender)) => Some(Some(sender.clone())),
                     None => session
                         .ended
                         .iter()
@@ -224,18 +253,42 @@ impl AgentHub {
         self.lock().contains_key(&agent)
     }
 
-    /// Opens a job on the stream of `server`'s agent, if it is connected here.
-    pub fn open_job(&self, server: ServerId, job: &str) -> Option<JobLink> {
+    /// Opens a job on the stream of `server`'s agent, if it is connected here and carries
+    /// no other job of the same kind (see [`JobKind`]). The same job opened again (a
+    /// resumed run) takes the place of its earlier link.
+    ///
+    /// # Errors
+    /// [`Unavailable`].
+    pub fn open_job(
+        &self,
+        server: ServerId,
+        job: &str,
+        kind: JobKind,
+    ) -> Result<JobLink, Unavailable> {
         let mut sessions = self.lock();
         let session = sessions
             .values_mut()
-            .find(|session| session.server == server)?;
+            .find(|session| session.server == server)
+            .ok_or(Unavailable::NotConnected)?;
+        if kind.exclusive()
+            && let Some((other, _)) = session
+                .jobs
+                .iter()
+                .find(|(other, (other_kind, _))| *other_kind == kind && other.as_str() != job)
+        {
+            return Err(Unavailable::Busy(other.clone()));
+        }
         let (sender, inbound) = mpsc::channel(256);
-        session.jobs.insert(job.to_owned(), sender);
-        Some(JobLink {
+        session.jobs.insert(job.to_owned(), (kind, sender));
+        Ok(JobLink {
             outbound: session.outbound.clone(),
             inbound,
         })
+    }
+
+    /// Waits until an agent comes or goes or a job ends, at most `timeout`.
+    pub async fn changed_within(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
     }
 
     /// Closes a job's inbound side; the stream remembers the job as ended.
@@ -248,6 +301,8 @@ impl AgentHub {
                 session.ended.push_back(job.to_owned());
             }
         }
+        // A job of the same kind may be waiting for this one.
+        self.changed.notify_waiters();
     }
 
     /// Waits until `server`'s agent is connected here, at most `timeout`.
@@ -289,7 +344,7 @@ mod tests {
         let hub = AgentHub::default();
         let (outbound, _to_agent) = mpsc::channel(4);
         let connection = hub.register(AGENT, SERVER, outbound).unwrap();
-        let mut link = hub.open_job(SERVER, "run-1").unwrap();
+        let mut link = hub.open_job(SERVER, "run-1", JobKind::Backup).unwrap();
         hub.route(AGENT, connection, progress("run-1"))
             .await
             .unwrap();
@@ -325,7 +380,8 @@ mod tests {
 
         // Only the last ENDED_KEPT jobs are remembered.
         for n in 0..=ENDED_KEPT {
-            hub.open_job(SERVER, &format!("old-{n}")).unwrap();
+            hub.open_job(SERVER, &format!("old-{n}"), JobKind::Backup)
+                .unwrap();
             hub.close_job(SERVER, &format!("old-{n}"));
         }
         assert!(hub.route(AGENT, replaced, progress("old-0")).await.is_err());
@@ -341,11 +397,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_agent_carries_one_backup_and_one_restore_at_a_time_and_any_checks() {
+        let hub = Arc::new(AgentHub::default());
+        let (outbound, _to_agent) = mpsc::channel(4);
+        let connection = hub.register(AGENT, SERVER, outbound).unwrap();
+        let _backup = hub.open_job(SERVER, "run:1", JobKind::Backup).unwrap();
+        assert_eq!(
+            hub.open_job(SERVER, "run:2", JobKind::Backup).err(),
+            Some(Unavailable::Busy("run:1".into()))
+        );
+        // A backup and a restore, and checks, share the agent.
+        let _restore = hub.open_job(SERVER, "restore:1", JobKind::Restore).unwrap();
+        assert_eq!(
+            hub.open_job(SERVER, "restore:2", JobKind::Restore).err(),
+            Some(Unavailable::Busy("restore:1".into()))
+        );
+        let _check_a = hub.open_job(SERVER, "check:1", JobKind::Check).unwrap();
+        let _check_b = hub.open_job(SERVER, "check:2", JobKind::Check).unwrap();
+        // The same run resumed opens again.
+        let mut resumed = hub.open_job(SERVER, "run:1", JobKind::Backup).unwrap();
+        hub.route(AGENT, connection, progress("run:1"))
+            .await
+            .unwrap();
+        assert!(
+            resumed.inbound.recv().await.is_some(),
+            "the new link hears the job"
+        );
+        // The waiting backup is woken when the running one ends.
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                loop {
+                    match hub.open_job(SERVER, "run:2", JobKind::Backup) {
+                        Ok(_) => return,
+                        Err(Unavailable::Busy(_)) => {
+                            hub.changed_within(Duration::from_secs(30)).await
+                        }
+                        Err(Unavailable::NotConnected) => panic!("the agent is connected"),
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        hub.close_job(SERVER, "run:1");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the end of the running backup")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
     async fn a_stopping_hub_closes_every_stream_and_takes_no_new_one() {
         let hub = Arc::new(AgentHub::default());
         let (outbound, mut to_agent) = mpsc::channel(4);
         hub.register(AGENT, SERVER, outbound).unwrap();
-        let mut link = hub.open_job(SERVER, "run-1").unwrap();
+        let mut link = hub.open_job(SERVER, "run-1", JobKind::Backup).unwrap();
         let waiter = tokio::spawn({
             let hub = hub.clone();
             async move { hub.closed().await }
@@ -365,6 +473,9 @@ mod tests {
         assert!(!hub.connected_server(SERVER));
         let (again, _) = mpsc::channel(4);
         assert!(hub.register(AGENT, SERVER, again).is_none());
-        assert!(hub.open_job(SERVER, "run-2").is_none());
+        assert_eq!(
+            hub.open_job(SERVER, "run-2", JobKind::Backup).err(),
+            Some(Unavailable::NotConnected)
+        );
     }
 }

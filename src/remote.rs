@@ -35,7 +35,7 @@ use crate::engine::readahead::ReadAhead;
 use crate::engine::restore::Replica;
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Node, NodeKind};
-use crate::hub::{AgentHub, JobLink};
+use crate::hub::{AgentHub, JobKind, JobLink, Unavailable};
 use crate::jobs::Repositories;
 use crate::rpc::pb;
 use crate::rpc::pb::agent_message::Body as Up;
@@ -126,25 +126,45 @@ fn receive(handle: &Handle, link: &mut JobLink) -> Received {
     }
 }
 
+/// Opens `job` on the agent of `server`: waits up to `wait` for the agent to connect,
+/// and as long as it takes (until cancelled) for its other job of the same kind to end.
+/// `None` when the agent did not come or the job was cancelled.
 fn open_link(
     handle: &Handle,
     hub: &AgentHub,
     server: &Server,
     job: &str,
+    kind: JobKind,
     wait: Duration,
     cancel: &AtomicBool,
 ) -> Option<JobLink> {
-    let deadline = std::time::Instant::now() + wait;
+    let mut deadline = std::time::Instant::now() + wait;
+    let mut waited_for = None;
     loop {
-        if let Some(link) = hub.open_job(server.id, job) {
-            return Some(link);
-        }
         // Waiting in short slices, so a stopping daemon does not wait for an agent.
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || cancel.load(Ordering::Relaxed) {
-            return None;
+        let slice = Duration::from_millis(500);
+        match hub.open_job(server.id, job, kind) {
+            Ok(link) => return Some(link),
+            Err(Unavailable::Busy(other)) => {
+                if waited_for.as_ref() != Some(&other) {
+                    tracing::info!(server = %server.id, job, running = %other, "the agent is busy with another job of this kind; waiting for it to end");
+                    waited_for = Some(other);
+                }
+                if cancel.load(Ordering::Relaxed) {
+                    return None;
+                }
+                handle.block_on(hub.changed_within(slice));
+                // The agent was there: the wait for it to connect starts when it leaves.
+                deadline = std::time::Instant::now() + wait;
+            }
+            Err(Unavailable::NotConnected) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() || cancel.load(Ordering::Relaxed) {
+                    return None;
+                }
+                handle.block_on(hub.wait_for(server.id, left.min(slice)));
+            }
         }
-        handle.block_on(hub.wait_for(server.id, left.min(Duration::from_millis(500))));
     }
 }
 
@@ -512,6 +532,7 @@ pub fn backup_via_agent(
             hub,
             server,
             &job_id,
+            JobKind::Backup,
             options.reconnect_wait,
             &cancel,
         ) else {
@@ -1286,7 +1307,8 @@ pub fn check_on_agent(
     cancel: &AtomicBool,
 ) -> serde_json::Value {
     let failed = |error: String| json!({ "command": check.command, "passed": false, "exit_code": null, "timed_out": false, "output": "", "error": error });
-    let Some(mut link) = open_link(handle, hub, target, job_id, wait, cancel) else {
+    let Some(mut link) = open_link(handle, hub, target, job_id, JobKind::Check, wait, cancel)
+    else {
         return failed(format!(
             "the agent of server {} is not connected to run the check",
             target.id

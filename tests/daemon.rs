@@ -2087,7 +2087,12 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
 
     let _agent_web = AgentProcess::start(&state_web, &dir.path().join("agent-web.log"));
-    let mut agent_kendal = AgentProcess::start(&state_kendal, &dir.path().join("agent-kendal.log"));
+    // The database server's administrator allows the daemon one program: its dump.
+    let mut agent_kendal = AgentProcess::start_allowing(
+        &state_kendal,
+        &dir.path().join("agent-kendal.log"),
+        &["/bin/cp"],
+    );
 
     // Data on "the servers" (directories of this machine read by each agent).
     let source = dir.path().join("srv-web");
@@ -2193,6 +2198,32 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         .as_i64()
         .unwrap()
         .to_string();
+    // A program the server's administrator did not allow is refused by its agent; the
+    // run fails and reads nothing. (Both plans of the server are due at once: the agent
+    // carries one backup at a time, the other waits its turn.)
+    let plan_not_allowed = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b_kendal_text,
+            "--name",
+            "tanpa-izin",
+            "--path",
+            &kendal_source_text,
+            "--on-server",
+            &kendal_db_text,
+            "--schedule",
+            "0 1 * * *",
+            "--before-backup",
+            "/bin/true",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
     // A before-backup program is named by absolute path (a plan does not depend on the
     // PATH of the host that runs it).
     let plan_on_daemon = |name: &str, before: &str| -> Vec<String> {
@@ -2248,6 +2279,14 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         noise(2, 1 << 20),
         "the agent ran the plan's before-backup program"
     );
+    let not_allowed = wait_for_run(&server, &site.kasi, &plan_not_allowed, 1);
+    assert_eq!(not_allowed["status"], "failed", "{not_allowed}");
+    let why = not_allowed["error"].as_str().unwrap();
+    assert!(
+        why.contains("refused") && why.contains("--allow-program /bin/true"),
+        "{not_allowed}"
+    );
+    assert_eq!(not_allowed["snapshot_id"], "", "no snapshot: {not_allowed}");
     let failed = wait_for_run(&server, &site.kasi, &plan_failing, 1);
     assert_eq!(failed["status"], "failed", "{failed}");
     assert!(

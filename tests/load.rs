@@ -175,7 +175,11 @@ fn many_agents_and_clients_on_one_daemon() {
         runtime
             .block_on(cadang::agent::enroll(&state, &server, None, &token))
             .unwrap_or_else(|error| panic!("agent {n} enrols: {error:#}"));
-        running.push(runtime.spawn(cadang::agent::run(state, stopped.clone())));
+        running.push(runtime.spawn(cadang::agent::run(
+            state,
+            cadang::agent::programs::AllowedPrograms::default(),
+            stopped.clone(),
+        )));
         let source = dir.path().join(format!("srv-{n:02}"));
         std::fs::create_dir_all(&source).unwrap();
         std::fs::write(source.join("data.bin"), noise(n as u64 + 1, 64 << 10)).unwrap();

@@ -242,6 +242,8 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         "SN-K1",
     );
     let mut agents = Vec::new();
+    let allowed_checks = path_directories();
+    let allowed_checks: Vec<&str> = allowed_checks.iter().map(String::as_str).collect();
     for (name, id) in [("web", web), ("spare", spare)] {
         let token = enrollment_token(&server, &site.petugas, id);
         let state = dir.path().join(format!("agent-{name}"));
@@ -251,9 +253,11 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
             "{}",
             String::from_utf8_lossy(&enrolled.stderr)
         );
-        agents.push(AgentProcess::start(
+        // The restore checks below run programs found in PATH.
+        agents.push(AgentProcess::start_allowing(
             &state,
             &dir.path().join(format!("agent-{name}.log")),
+            &allowed_checks,
         ));
     }
 
@@ -737,9 +741,10 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         "FAILED_PRECONDITION",
     );
     assert!(why.contains("has not ended"), "{why}");
-    agents.push(AgentProcess::start(
+    agents.push(AgentProcess::start_allowing(
         &dir.path().join("agent-web"),
         &dir.path().join("agent-web.log"),
+        &allowed_checks,
     ));
     let shown = bench.settle(lost);
     assert_eq!(shown["state"], "verify_differences", "{shown}");

@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::programs::AllowedPrograms;
 use crate::rpc::pb;
 
 /// Most output kept (the end of it: a failing check prints why last).
@@ -17,13 +18,25 @@ fn tail(stdout: &[u8], stderr: &[u8]) -> String {
     String::from_utf8_lossy(&both[start..]).into_owned()
 }
 
-/// Runs the check and reports how it ended; never fails itself.
-pub async fn run(job: pb::CheckJob) -> pb::CheckDone {
+/// Runs the check, if this agent allows its program, and reports how it ended; never
+/// fails itself.
+pub async fn run(job: pb::CheckJob, allowed: &AllowedPrograms) -> pb::CheckDone {
     let mut done = pb::CheckDone {
         job_id: job.job_id.clone(),
         ..Default::default()
     };
-    let Some((program, args)) = job.command.split_first() else {
+    if job.command.is_empty() {
+        done.error = "the check command is empty".into();
+        return done;
+    }
+    let command = match allowed.command(&job.command) {
+        Ok(command) => command,
+        Err(refusal) => {
+            done.error = format!("check refused: {refusal}");
+            return done;
+        }
+    };
+    let Some((program, args)) = command.split_first() else {
         done.error = "the check command is empty".into();
         return done;
     };
@@ -76,33 +89,70 @@ mod tests {
         }
     }
 
+    /// Every directory of the test's `PATH`, and `/nonexistent/`.
+    fn path_dirs() -> AllowedPrograms {
+        let mut dirs: Vec<std::path::PathBuf> =
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .filter(|dir| dir.is_absolute())
+                .map(|dir| {
+                    let mut entry = dir.into_os_string();
+                    entry.push("/");
+                    entry.into()
+                })
+                .collect();
+        dirs.push("/nonexistent/".into());
+        AllowedPrograms::new(&dirs).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_check_this_agent_does_not_allow_is_refused_unrun() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let command = format!("touch {}", marker.display());
+        let refused = run(job(&["sh", "-c", &command], 5), &AllowedPrograms::default()).await;
+        assert!(refused.exit_code.is_none(), "{refused:?}");
+        assert!(
+            refused.error.starts_with("check refused:")
+                && refused.error.contains("--allow-program"),
+            "{refused:?}"
+        );
+        assert!(!marker.exists(), "nothing ran");
+        let ran = run(job(&["sh", "-c", &command], 5), &path_dirs()).await;
+        assert_eq!(ran.exit_code, Some(0), "{ran:?}");
+        assert!(marker.exists());
+    }
+
     #[tokio::test]
     async fn exit_status_output_timeout_and_missing_programs_are_reported() {
-        let ok = run(job(&["sh", "-c", "echo ready"], 5)).await;
+        let allowed = path_dirs();
+        let ok = run(job(&["sh", "-c", "echo ready"], 5), &allowed).await;
         assert_eq!(
             (ok.exit_code, ok.timed_out, ok.output.trim()),
             (Some(0), false, "ready")
         );
-        let failed = run(job(&["sh", "-c", "echo down >&2; exit 3"], 5)).await;
+        let failed = run(job(&["sh", "-c", "echo down >&2; exit 3"], 5), &allowed).await;
         assert_eq!(failed.exit_code, Some(3));
         assert!(failed.output.contains("down"));
         let started = std::time::Instant::now();
-        let slow = run(job(&["sleep", "30"], 1)).await;
+        let slow = run(job(&["sleep", "30"], 1), &allowed).await;
         assert!(slow.timed_out && slow.exit_code.is_none());
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "killed at the timeout"
         );
-        let missing = run(job(&["/nonexistent/check"], 5)).await;
+        let missing = run(job(&["/nonexistent/check"], 5), &allowed).await;
         assert!(missing.exit_code.is_none() && missing.error.contains("cannot start"));
-        let chatty = run(job(
-            &[
-                "sh",
-                "-c",
-                "head -c 100000 /dev/zero | tr '\\0' x; echo END",
-            ],
-            5,
-        ))
+        let chatty = run(
+            job(
+                &[
+                    "sh",
+                    "-c",
+                    "head -c 100000 /dev/zero | tr '\\0' x; echo END",
+                ],
+                5,
+            ),
+            &allowed,
+        )
         .await;
         assert!(chatty.output.len() <= KEEP && chatty.output.ends_with("END\n"));
     }

@@ -13,6 +13,7 @@
 
 pub mod check;
 pub mod inventory;
+pub mod programs;
 pub mod restore;
 pub mod walk;
 
@@ -257,11 +258,24 @@ pub async fn report_inventory(
 }
 
 /// Runs the agent until `shutdown` turns true: dial, serve jobs, dial again on loss.
+/// `allowed` are the programs the daemon may have it run (see [`programs`]).
 ///
 /// # Errors
 /// Not enrolled, or the credential refused (revoked): those do not heal by retrying.
-pub async fn run(state: StateDir, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    state: StateDir,
+    allowed: programs::AllowedPrograms,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let (config, credential) = state.load()?;
+    if allowed.is_empty() {
+        tracing::info!(
+            "no program is allowed: before-backup programs and restore checks are refused (--allow-program)"
+        );
+    } else {
+        tracing::info!(programs = ?allowed.describe(), "programs the daemon may run here");
+    }
+    let allowed = Arc::new(allowed);
     let mut backoff = Duration::from_secs(1);
     let mut next_inventory = tokio::time::Instant::now();
     loop {
@@ -273,6 +287,7 @@ pub async fn run(state: StateDir, mut shutdown: watch::Receiver<bool>) -> anyhow
             &state,
             channel,
             &credential,
+            &allowed,
             &mut shutdown,
             &mut next_inventory,
         )
@@ -435,10 +450,18 @@ static BEFORE_BACKUP: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 
 /// Runs the job's before-backup program, once per job (see [`BEFORE_BACKUP`]).
-fn before_backup(job: &pb::BackupJob, cancel: &AtomicBool) -> Result<(), String> {
-    let Some(program) = job.before_command.first() else {
+fn before_backup(
+    job: &pb::BackupJob,
+    allowed: &programs::AllowedPrograms,
+    cancel: &AtomicBool,
+) -> Result<(), String> {
+    if job.before_command.is_empty() {
         return Ok(());
-    };
+    }
+    let command = allowed
+        .command(&job.before_command)
+        .map_err(|refusal| format!("before-backup program refused: {refusal}"))?;
+    let program = &command[0];
     let slot = BEFORE_BACKUP
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -453,7 +476,7 @@ fn before_backup(job: &pb::BackupJob, cancel: &AtomicBool) -> Result<(), String>
     }
     tracing::info!(job = %job.job_id, %program, "running the before-backup program");
     let timeout = Duration::from_secs(u64::from(job.before_timeout_secs.max(1)));
-    crate::hook::run(&job.before_command, timeout, cancel).map_err(|e| e.to_string())?;
+    crate::hook::run(&command, timeout, cancel).map_err(|e| e.to_string())?;
     *succeeded = true;
     Ok(())
 }
@@ -467,7 +490,12 @@ fn forget_before_backup(job_id: &str) {
 }
 
 /// One backup job on a blocking thread: walk, report, wait for the commit, keep the cache.
-fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
+fn backup_job(
+    job: pb::BackupJob,
+    mut link: StreamLink,
+    cache_dir: PathBuf,
+    allowed: &programs::AllowedPrograms,
+) {
     let job_id = job.job_id.clone();
     let fail = |link: &mut StreamLink, error: String| {
         let _ = walk::Link::send(
@@ -482,7 +510,7 @@ fn backup_job(job: pb::BackupJob, mut link: StreamLink, cache_dir: PathBuf) {
         Ok(decoded) => decoded,
         Err(error) => return fail(&mut link, error.to_string()),
     };
-    if let Err(error) = before_backup(&job, &link.cancel) {
+    if let Err(error) = before_backup(&job, allowed, &link.cancel) {
         tracing::warn!(job = %job_id, %error, "before-backup program failed; nothing read");
         forget_before_backup(&job_id);
         return fail(&mut link, error);
@@ -678,6 +706,7 @@ async fn session(
     state: &StateDir,
     channel: Channel,
     credential: &str,
+    allowed: &Arc<programs::AllowedPrograms>,
     shutdown: &mut watch::Receiver<bool>,
     next_inventory: &mut tokio::time::Instant,
 ) -> Result<(), SessionError> {
@@ -741,8 +770,9 @@ async fn session(
                             end: None,
                         };
                         let cache_dir = state.cache_dir();
+                        let allowed = allowed.clone();
                         tokio::task::spawn_blocking(move || {
-                            backup_job(job, link, cache_dir);
+                            backup_job(job, link, cache_dir, &allowed);
                             crate::release_free_memory();
                         });
                     }
@@ -783,9 +813,10 @@ async fn session(
                     }
                     Some(Down::Check(job)) => {
                         let up = up.clone();
+                        let allowed = allowed.clone();
                         tokio::spawn(async move {
                             tracing::info!(job = %job.job_id, command = ?job.command, "running the restore's check");
-                            let done = check::run(job).await;
+                            let done = check::run(job, &allowed).await;
                             let _ = up.send(pb::AgentMessage { body: Some(Up::CheckDone(done)) }).await;
                         });
                     }
@@ -843,17 +874,29 @@ mod tests {
                 .count()
         };
         let no = AtomicBool::new(false);
+        let sh = programs::AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
+        // Not allowed by this server's administrator: refused, nothing runs.
+        let other = programs::AllowedPrograms::new(&[PathBuf::from("/bin/bash")]).unwrap();
+        for allowed in [&programs::AllowedPrograms::default(), &other] {
+            let error = before_backup(&job("run:70"), allowed, &no).unwrap_err();
+            assert!(
+                error.contains("refused") && error.contains("--allow-program /bin/sh"),
+                "{error}"
+            );
+        }
+        assert_eq!(runs(), 0);
+        forget_before_backup("run:70");
         std::fs::write(&flag, b"").unwrap();
-        let error = before_backup(&job("run:71"), &no).unwrap_err();
+        let error = before_backup(&job("run:71"), &sh, &no).unwrap_err();
         assert!(error.contains("exit status: 9"), "{error}");
         std::fs::remove_file(&flag).unwrap();
-        before_backup(&job("run:71"), &no).unwrap();
-        before_backup(&job("run:71"), &no).unwrap();
+        before_backup(&job("run:71"), &sh, &no).unwrap();
+        before_backup(&job("run:71"), &sh, &no).unwrap();
         assert_eq!(runs(), 1, "the resumed attempt did not dump again");
-        before_backup(&job("run:72"), &no).unwrap();
+        before_backup(&job("run:72"), &sh, &no).unwrap();
         assert_eq!(runs(), 2);
         forget_before_backup("run:71");
-        before_backup(&job("run:71"), &no).unwrap();
+        before_backup(&job("run:71"), &sh, &no).unwrap();
         assert_eq!(runs(), 3);
         forget_before_backup("run:71");
         forget_before_backup("run:72");
@@ -861,7 +904,7 @@ mod tests {
             job_id: "run:73".into(),
             ..Default::default()
         };
-        before_backup(&none, &no).unwrap();
+        before_backup(&none, &programs::AllowedPrograms::default(), &no).unwrap();
     }
 
     fn stream_link() -> (StreamLink, std::sync::mpsc::Sender<ToBackup>) {

@@ -56,6 +56,17 @@ pub enum AgentCmd {
         /// State directory written by `cadang agent enroll`.
         #[arg(long, env = "CADANG_AGENT_STATE", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// A program the daemon may have this agent run (a plan's before-backup program,
+        /// a restore's check), by absolute path; a directory ending in `/` allows the
+        /// programs in it. Repeatable; CADANG_AGENT_ALLOW_PROGRAMS takes a `:`-separated
+        /// list. Without it the agent runs no program.
+        #[arg(
+            long = "allow-program",
+            value_name = "PATH",
+            env = "CADANG_AGENT_ALLOW_PROGRAMS",
+            value_delimiter = ':'
+        )]
+        allow_programs: Vec<PathBuf>,
     },
     /// List agents.
     List {
@@ -270,7 +281,12 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
             }
             Ok(ExitCode::Ok)
         }
-        AgentCmd::Run { state_dir } => {
+        AgentCmd::Run {
+            state_dir,
+            allow_programs,
+        } => {
+            let allowed = agent::programs::AllowedPrograms::new(&allow_programs)
+                .map_err(anyhow::Error::msg)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 crate::daemon::shutdown_signal().await;
@@ -278,7 +294,7 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                 let _ = stop.send(true);
             });
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            match agent::run(StateDir(state_dir), stopped).await {
+            match agent::run(StateDir(state_dir), allowed, stopped).await {
                 Ok(()) => Ok(ExitCode::Ok),
                 Err(error) if error.downcast_ref::<agent::Refused>().is_some() => {
                     eprintln!("cadang: error: {}", super::output::error_line(&error));

@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 use super::{Progress, Received, absorb, open_link, receive, send, set_progress};
 use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
 use crate::catalog::{RestoreRecord, Server};
-use crate::hub::AgentHub;
+use crate::hub::{AgentHub, JobKind};
 use crate::rpc::pb;
 use crate::rpc::pb::daemon_message::Body as Down;
 
@@ -111,7 +111,15 @@ pub(crate) fn stream_restore(
     } = outgoing;
     let job_id = job.job_id.clone();
     let snapshot = job.snapshot_id.clone();
-    let Some(mut link) = open_link(handle, hub, target, &job_id, reconnect_wait, cancel) else {
+    let Some(mut link) = open_link(
+        handle,
+        hub,
+        target,
+        &job_id,
+        JobKind::Restore,
+        reconnect_wait,
+        cancel,
+    ) else {
         return Err(end(
             "failed",
             json!({ "snapshot": snapshot }),

@@ -425,10 +425,20 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// An agent that runs no program for the daemon.
     pub fn start(state: &Path, log: &Path) -> AgentProcess {
-        let child = Command::new(BIN)
-            .args(["agent", "run", "--state-dir"])
-            .arg(state)
+        Self::start_allowing(state, log, &[])
+    }
+
+    /// An agent that runs the programs (or directories ending in `/`) `allowed`.
+    pub fn start_allowing(state: &Path, log: &Path, allowed: &[&str]) -> AgentProcess {
+        let mut command = Command::new(BIN);
+        command.args(["agent", "run", "--state-dir"]).arg(state);
+        for program in allowed {
+            command.args(["--allow-program", program]);
+        }
+        let child = command
+            .env_remove("CADANG_AGENT_ALLOW_PROGRAMS")
             .env("CADANG_LOG", "info")
             .stdout(Stdio::null())
             .stderr(
@@ -461,6 +471,14 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every absolute directory of this process's `PATH`, as `--allow-program` entries.
+pub fn path_directories() -> Vec<String> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| format!("{}/", dir.display()))
+        .collect()
 }
 
 /// A one-time enrolment token for the agent of `asset` (`cadang agent enroll-token`),
