@@ -1,7 +1,9 @@
 //! A plan's before-backup program (`pg_dump -Fc -f /var/backups/simpeg.dump simpeg`, a file
 //! system snapshot): run on the host the plan reads — by the agent on a colocated server,
 //! by the daemon for its own host — before anything is read, so the backup holds a
-//! consistent copy of what a live service keeps changing.
+//! consistent copy of what a live service keeps changing. And its after-backup program,
+//! run once the backup has read what it reads, whatever the outcome (the snapshot
+//! released, the dump removed), told the outcome in `CADANG_BACKUP_RESULT`.
 //!
 //! A program with arguments, no shell, stdin closed, in a process group of its own so a
 //! timeout or a cancelled job ends it and everything it started. A failure, a timeout or a
@@ -24,23 +26,52 @@ const POLL: Duration = Duration::from_millis(50);
 /// behind may hold the pipe open).
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Why a before-backup program did not succeed.
+/// The environment variable that tells an after-backup program how the backup ended:
+/// `ok`, `partial` (some files could not be read), `failed` or `cancelled`.
+pub const RESULT_VAR: &str = "CADANG_BACKUP_RESULT";
+
+/// When a plan's program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before anything is read; its failure fails the run.
+    Before,
+    /// After the backup has read everything, whatever the outcome.
+    After,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Before => "before-backup",
+            Self::After => "after-backup",
+        })
+    }
+}
+
+/// Why a plan's program did not succeed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HookError {
     /// The command is empty or its program is not an absolute path.
-    #[error("the before-backup command must name its program by absolute path")]
-    Invalid,
+    #[error("the {stage} command must name its program by absolute path")]
+    Invalid {
+        /// Which program.
+        stage: Stage,
+    },
     /// The program could not be started.
-    #[error("cannot start the before-backup program `{program}`: {reason}")]
+    #[error("cannot start the {stage} program `{program}`: {reason}")]
     Start {
+        /// Which program.
+        stage: Stage,
         /// The program.
         program: String,
         /// Why.
         reason: String,
     },
     /// It exited with a failure status or was ended by a signal.
-    #[error("the before-backup program `{program}` failed ({status}){}", output_suffix(.output))]
+    #[error("the {stage} program `{program}` failed ({status}){}", output_suffix(.output))]
     Failed {
+        /// Which program.
+        stage: Stage,
         /// The program.
         program: String,
         /// How it ended.
@@ -49,8 +80,10 @@ pub enum HookError {
         output: String,
     },
     /// It ran past its timeout and was killed with its process group.
-    #[error("the before-backup program `{program}` did not finish within {secs} s and was killed{}", output_suffix(.output))]
+    #[error("the {stage} program `{program}` did not finish within {secs} s and was killed{}", output_suffix(.output))]
     TimedOut {
+        /// Which program.
+        stage: Stage,
         /// The program.
         program: String,
         /// The timeout.
@@ -59,8 +92,10 @@ pub enum HookError {
         output: String,
     },
     /// The job was cancelled while it ran; it was killed with its process group.
-    #[error("cancelled while the before-backup program `{program}` ran")]
+    #[error("cancelled while the {stage} program `{program}` ran")]
     Cancelled {
+        /// Which program.
+        stage: Stage,
         /// The program.
         program: String,
     },
@@ -80,28 +115,37 @@ fn output_suffix(output: &str) -> String {
 ///
 /// # Errors
 /// [`HookError::Invalid`].
-pub fn validate(command: &[String]) -> Result<(), HookError> {
+pub fn validate(stage: Stage, command: &[String]) -> Result<(), HookError> {
     match command.first() {
         Some(program) if program.starts_with('/') && !program.contains('\0') => Ok(()),
-        _ => Err(HookError::Invalid),
+        _ => Err(HookError::Invalid { stage }),
     }
 }
 
-/// Runs `command` to its end, at most `timeout`, and stops it when `cancel` is set.
+/// Runs `command` with `env` added to its environment, to its end, at most `timeout`,
+/// and stops it when `cancel` is set.
 ///
 /// # Errors
 /// [`HookError`] for every way it can fail.
-pub fn run(command: &[String], timeout: Duration, cancel: &AtomicBool) -> Result<(), HookError> {
-    validate(command)?;
-    let (program, args) = command.split_first().ok_or(HookError::Invalid)?;
+pub fn run(
+    stage: Stage,
+    command: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> Result<(), HookError> {
+    validate(stage, command)?;
+    let (program, args) = command.split_first().ok_or(HookError::Invalid { stage })?;
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .map_err(|e| HookError::Start {
+            stage,
             program: program.clone(),
             reason: e.to_string(),
         })?;
@@ -144,6 +188,7 @@ pub fn run(command: &[String], timeout: Duration, cancel: &AtomicBool) -> Result
                 kill_group();
                 let _ = child.wait();
                 break Err(HookError::Failed {
+                    stage,
                     program: program.clone(),
                     status: format!("cannot wait for it: {e}"),
                     output: String::new(),
@@ -154,6 +199,7 @@ pub fn run(command: &[String], timeout: Duration, cancel: &AtomicBool) -> Result
             kill_group();
             let _ = child.wait();
             break Err(HookError::Cancelled {
+                stage,
                 program: program.clone(),
             });
         }
@@ -161,6 +207,7 @@ pub fn run(command: &[String], timeout: Duration, cancel: &AtomicBool) -> Result
             kill_group();
             let _ = child.wait();
             break Err(HookError::TimedOut {
+                stage,
                 program: program.clone(),
                 secs: timeout.as_secs(),
                 output: String::new(),
@@ -182,11 +229,18 @@ pub fn run(command: &[String], timeout: Duration, cancel: &AtomicBool) -> Result
     match ended {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(HookError::Failed {
+            stage,
             program: program.clone(),
             status: status.to_string(),
             output,
         }),
-        Err(HookError::TimedOut { program, secs, .. }) => Err(HookError::TimedOut {
+        Err(HookError::TimedOut {
+            stage,
+            program,
+            secs,
+            ..
+        }) => Err(HookError::TimedOut {
+            stage,
             program,
             secs,
             output,
@@ -232,10 +286,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dump = dir.path().join("simpeg.dump");
         let script = format!("echo dumping; echo data > {}", dump.display());
-        run(&argv(&["/bin/sh", "-c", &script]), 5 * SECOND, &no).unwrap();
+        let before = Stage::Before;
+        run(
+            before,
+            &argv(&["/bin/sh", "-c", &script]),
+            &[],
+            5 * SECOND,
+            &no,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&dump).unwrap(), b"data\n");
+        // An after-backup program is told the outcome.
+        let script = format!("echo ${RESULT_VAR} > {}", dump.display());
+        run(
+            Stage::After,
+            &argv(&["/bin/sh", "-c", &script]),
+            &[(RESULT_VAR, "partial")],
+            5 * SECOND,
+            &no,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&dump).unwrap(), b"partial\n");
+        let after = run(Stage::After, &argv(&["/bin/false"]), &[], SECOND, &no).unwrap_err();
+        assert!(
+            after
+                .to_string()
+                .starts_with("the after-backup program `/bin/false` failed"),
+            "{after}"
+        );
 
         let failed = run(
+            before,
             &argv(&[
                 "/bin/sh",
                 "-c",
@@ -243,6 +324,7 @@ mod tests {
                 "sh",
                 "--password=rahasia",
             ]),
+            &[],
             5 * SECOND,
             &no,
         )
@@ -258,22 +340,29 @@ mod tests {
             "arguments are never shown: {text}"
         );
 
-        let missing = run(&argv(&["/nonexistent/dump"]), SECOND, &no).unwrap_err();
+        let missing = run(before, &argv(&["/nonexistent/dump"]), &[], SECOND, &no).unwrap_err();
         assert!(matches!(missing, HookError::Start { .. }), "{missing:?}");
         assert_eq!(
-            run(&argv(&["pg_dump"]), SECOND, &no),
-            Err(HookError::Invalid)
+            run(before, &argv(&["pg_dump"]), &[], SECOND, &no),
+            Err(HookError::Invalid { stage: before })
         );
-        assert_eq!(run(&[], SECOND, &no), Err(HookError::Invalid));
-        assert!(validate(&argv(&["/usr/bin/pg_dump", "-Fc"])).is_ok());
+        assert_eq!(
+            run(Stage::After, &[], &[], SECOND, &no),
+            Err(HookError::Invalid {
+                stage: Stage::After
+            })
+        );
+        assert!(validate(before, &argv(&["/usr/bin/pg_dump", "-Fc"])).is_ok());
 
         // A program that prints much keeps only the end of it.
         let chatty = run(
+            before,
             &argv(&[
                 "/bin/sh",
                 "-c",
                 "head -c 100000 /dev/zero | tr '\\0' x; echo END; exit 2",
             ]),
+            &[],
             5 * SECOND,
             &no,
         )
@@ -297,7 +386,9 @@ mod tests {
         let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
         let started = Instant::now();
         let slow = run(
+            Stage::Before,
             &argv(&["/bin/sh", "-c", &script]),
+            &[],
             SECOND,
             &AtomicBool::new(false),
         )
@@ -334,7 +425,14 @@ mod tests {
                 cancel.store(true, Ordering::Relaxed);
             })
         };
-        let cancelled = run(&argv(&["/bin/sleep", "60"]), 60 * SECOND, &cancel).unwrap_err();
+        let cancelled = run(
+            Stage::After,
+            &argv(&["/bin/sleep", "60"]),
+            &[],
+            60 * SECOND,
+            &cancel,
+        )
+        .unwrap_err();
         setter.join().unwrap();
         assert!(
             matches!(cancelled, HookError::Cancelled { .. }),

@@ -421,11 +421,62 @@ pub(crate) fn before_backup(spec: &PlanSpec, cancel: &AtomicBool) -> Result<(), 
     let program = before.command.first().map_or("", String::as_str);
     tracing::info!(program, "running the plan's before-backup program");
     crate::hook::run(
+        crate::hook::Stage::Before,
         &before.command,
+        &[],
         std::time::Duration::from_secs(before.timeout_secs),
         cancel,
     )
     .map_err(|error| error.to_string())
+}
+
+/// Runs the plan's after-backup program on the daemon's host once a backup of its host
+/// has ended — whatever the outcome, told in `CADANG_BACKUP_RESULT`, even when the
+/// before-backup program failed (it may have half done what the after program undoes)
+/// or the run was stopped — and adds its failure to the run's end. The snapshot stands.
+pub(crate) fn after_backup(
+    spec: &PlanSpec,
+    outcome: Result<RunEnd, String>,
+    cancel: &AtomicBool,
+) -> Result<RunEnd, String> {
+    let Some(after) = &spec.after_backup else {
+        return outcome;
+    };
+    let result = match &outcome {
+        Ok(end) => end.status,
+        Err(_) if cancel.load(std::sync::atomic::Ordering::Relaxed) => "cancelled",
+        Err(_) => "failed",
+    };
+    let program = after.command.first().map_or("", String::as_str);
+    tracing::info!(program, result, "running the plan's after-backup program");
+    // Not stopped by the run's cancel: what it undoes must be undone.
+    let failure = crate::hook::run(
+        crate::hook::Stage::After,
+        &after.command,
+        &[(crate::hook::RESULT_VAR, result)],
+        std::time::Duration::from_secs(after.timeout_secs),
+        &AtomicBool::new(false),
+    )
+    .err()
+    .map(|error| error.to_string());
+    let Some(failure) = failure else {
+        return outcome;
+    };
+    tracing::warn!(%failure, "the plan's after-backup program failed");
+    match outcome {
+        Ok(mut end) => {
+            if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+                stats["after_backup_error"] = json!(failure);
+                end.stats_json = stats.to_string();
+            }
+            end.error = Some(match end.error.take() {
+                Some(error) => format!("{error}; {failure}"),
+                None => failure,
+            });
+            Ok(end)
+        }
+        Err(error) => Err(format!("{error}; {failure}")),
+    }
 }
 
 fn run_backup(
@@ -454,10 +505,22 @@ fn run_backup(
             });
         }
     }
-    before_backup(spec, &cancel)?;
+    let outcome = before_backup(spec, &cancel)
+        .and_then(|()| back_up_here(repository, spec, run, &cancel, now));
+    after_backup(spec, outcome, &cancel)
+}
+
+/// Reads the plan's paths on the daemon's host and commits the snapshot.
+fn back_up_here(
+    repository: &Repository,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    cancel: &Arc<AtomicBool>,
+    now: DateTime<Utc>,
+) -> Result<RunEnd, String> {
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),
-        tags: vec![format!("plan:{}", run.plan_id), run_tag],
+        tags: vec![format!("plan:{}", run.plan_id), format!("run:{}", run.id)],
         excludes: spec.excludes.clone(),
         host: Some("cadang-daemon".into()),
         // The daemon's clock, not the source's, dates the snapshot: retention is steered
@@ -846,6 +909,7 @@ mod tests {
             compress_on: crate::app::CompressOn::Agent,
             restic: None,
             before_backup: None,
+            after_backup: None,
         }
     }
 
@@ -854,17 +918,77 @@ mod tests {
     #[test]
     fn a_stored_empty_before_backup_command_fails_the_run() {
         let mut plan = spec(Path::new("/srv"));
-        plan.before_backup = Some(crate::app::BeforeBackup {
+        plan.before_backup = Some(crate::app::BackupProgram {
             command: vec![],
             timeout_secs: 60,
         });
         let error = before_backup(&plan, &AtomicBool::new(false)).unwrap_err();
         assert!(error.contains("absolute path"), "{error}");
-        plan.before_backup = Some(crate::app::BeforeBackup {
+        plan.before_backup = Some(crate::app::BackupProgram {
             command: vec!["/bin/true".into()],
             timeout_secs: 60,
         });
         before_backup(&plan, &AtomicBool::new(false)).unwrap();
+    }
+
+    /// The after-backup program on the daemon's host hears the outcome, runs even for a
+    /// cancelled run, and its failure joins the run's error; the snapshot stands.
+    #[test]
+    fn the_after_backup_program_hears_the_outcome_and_its_failure_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let heard = dir.path().join("heard");
+        let mut plan = spec(Path::new("/srv"));
+        plan.after_backup = Some(crate::app::BackupProgram {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo $CADANG_BACKUP_RESULT >> {}", heard.display()),
+            ],
+            timeout_secs: 60,
+        });
+        let ended = |status: &'static str| RunEnd {
+            status,
+            stats_json: json!({ "files_new": 3 }).to_string(),
+            snapshot_id: Some("ab".repeat(32)),
+            error: None,
+        };
+        let not_cancelled = AtomicBool::new(false);
+        let cancelled = AtomicBool::new(true);
+        assert_eq!(
+            after_backup(&plan, Ok(ended("partial")), &not_cancelled).unwrap(),
+            ended("partial")
+        );
+        after_backup(&plan, Err("disk gone".into()), &not_cancelled).unwrap_err();
+        after_backup(&plan, Err("stopped".into()), &cancelled).unwrap_err();
+        assert_eq!(
+            std::fs::read_to_string(&heard).unwrap(),
+            "partial\nfailed\ncancelled\n"
+        );
+
+        plan.after_backup = Some(crate::app::BackupProgram {
+            command: vec!["/bin/false".into()],
+            timeout_secs: 60,
+        });
+        let end = after_backup(&plan, Ok(ended("ok")), &not_cancelled).unwrap();
+        assert_eq!((end.status, end.snapshot_id.is_some()), ("ok", true));
+        let error = end.error.unwrap();
+        assert!(
+            error.contains("after-backup program `/bin/false` failed"),
+            "{error}"
+        );
+        let stats: serde_json::Value = serde_json::from_str(&end.stats_json).unwrap();
+        assert_eq!(
+            (
+                stats["files_new"].as_u64(),
+                stats["after_backup_error"].as_str()
+            ),
+            (Some(3), Some(error.as_str()))
+        );
+        let error = after_backup(&plan, Err("disk gone".into()), &not_cancelled).unwrap_err();
+        assert!(
+            error.starts_with("disk gone; the after-backup program"),
+            "{error}"
+        );
     }
 
     fn run(id: i64, kind: &str) -> RunRecord {

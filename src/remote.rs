@@ -585,6 +585,14 @@ pub fn backup_via_agent(
             before_timeout_secs: spec.before_backup.as_ref().map_or(0, |before| {
                 u32::try_from(before.timeout_secs).unwrap_or(u32::MAX)
             }),
+            after_command: spec
+                .after_backup
+                .as_ref()
+                .map(|after| after.command.clone())
+                .unwrap_or_default(),
+            after_timeout_secs: spec.after_backup.as_ref().map_or(0, |after| {
+                u32::try_from(after.timeout_secs).unwrap_or(u32::MAX)
+            }),
         };
         if !send(handle, &link, Down::Backup(job)) {
             hub.close_job(server.id, &job_id);
@@ -857,6 +865,16 @@ pub fn backup_via_agent(
                     }),
                 );
                 let mut final_stats = final_stats;
+                // The agent ran the after-backup program before it reported the walk.
+                let error = if done.after_error.is_empty() {
+                    error
+                } else {
+                    final_stats["after_backup_error"] = json!(done.after_error);
+                    Some(match error {
+                        Some(error) => format!("{error}; {}", done.after_error),
+                        None => done.after_error.clone(),
+                    })
+                };
                 if let Ok((_, snap)) = &committed {
                     final_stats["bytes_added"] = json!(snap.summary.data_added);
                     final_stats["bytes_added_raw"] = json!(snap.summary.data_added_raw);

@@ -2111,6 +2111,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     // The database's dump is made by the plan's before-backup program, on the server,
     // before the agent reads anything (here a copy of a dump made earlier).
     let staged_dump = dir.path().join("pg_dump-output.sql");
+    let after_mark = dir.path().join("after-backup-ran");
+    let after_mark_daemon = dir.path().join("after-backup-ran-on-daemon");
     std::fs::write(&staged_dump, noise(2, 1 << 20)).unwrap();
     let schema = "CREATE TABLE pasien (id BIGINT PRIMARY KEY, nama TEXT);\n".repeat(20_000);
     std::fs::write(kendal_source.join("schema.sql"), &schema).unwrap();
@@ -2184,6 +2186,9 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
                 staged_dump.display(),
                 kendal_source.join("dump.sql").display()
             ),
+            // Once everything is read (here: a mark of it outside the backed-up paths).
+            "--after-backup".to_owned(),
+            format!("/bin/cp {} {}", staged_dump.display(), after_mark.display()),
         ]);
         args
     };
@@ -2219,6 +2224,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
             "0 1 * * *",
             "--before-backup",
             "/bin/true",
+            "--after-backup",
+            "/bin/true",
         ],
     )[0]["id"]
         .as_i64()
@@ -2249,7 +2256,16 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     let relative: Vec<&str> = relative.iter().map(String::as_str).collect();
     refused(&server, &site.kasi, &relative, "INVALID_ARGUMENT");
     // On the daemon's own host: a program that fails fails the run, and nothing is read.
-    let failing = plan_on_daemon("gagal", "/bin/false");
+    // Its after-backup program runs all the same (it may undo what the first half did).
+    let mut failing = plan_on_daemon("gagal", "/bin/false");
+    failing.extend([
+        "--after-backup".to_owned(),
+        format!(
+            "/bin/cp {} {}",
+            staged_dump.display(),
+            after_mark_daemon.display()
+        ),
+    ]);
     let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
     let plan_failing = ok(&server, &site.kasi, &failing)[0]["id"]
         .as_i64()
@@ -2279,11 +2295,21 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         noise(2, 1 << 20),
         "the agent ran the plan's before-backup program"
     );
+    assert!(
+        after_mark.exists(),
+        "the agent ran the plan's after-backup program: {kendal_first}"
+    );
+    assert!(
+        kendal_first["stats"].get("after_backup_error").is_none(),
+        "{kendal_first}"
+    );
     let not_allowed = wait_for_run(&server, &site.kasi, &plan_not_allowed, 1);
     assert_eq!(not_allowed["status"], "failed", "{not_allowed}");
     let why = not_allowed["error"].as_str().unwrap();
     assert!(
-        why.contains("refused") && why.contains("--allow-program /bin/true"),
+        why.contains("before-backup program refused")
+            && why.contains("--allow-program /bin/true")
+            && why.contains("after-backup program refused"),
         "{not_allowed}"
     );
     assert_eq!(not_allowed["snapshot_id"], "", "no snapshot: {not_allowed}");
@@ -2297,6 +2323,10 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         "{failed}"
     );
     assert_eq!(failed["snapshot_id"], "", "no snapshot: {failed}");
+    assert!(
+        after_mark_daemon.exists(),
+        "the after-backup program ran after the failed before-backup program"
+    );
     let stats = &kendal_first["stats"];
     let raw = (1 << 20) + schema.len() as u64;
     assert!(

@@ -476,9 +476,53 @@ fn before_backup(
     }
     tracing::info!(job = %job.job_id, %program, "running the before-backup program");
     let timeout = Duration::from_secs(u64::from(job.before_timeout_secs.max(1)));
-    crate::hook::run(&command, timeout, cancel).map_err(|e| e.to_string())?;
+    crate::hook::run(crate::hook::Stage::Before, &command, &[], timeout, cancel)
+        .map_err(|e| e.to_string())?;
     *succeeded = true;
     Ok(())
+}
+
+/// The job has ended for good with `result` (`ok`, `partial`, `failed`, `cancelled`):
+/// runs its after-backup program, if it has one and this agent allows it, and forgets
+/// that its before-backup program ran (what it did is undone; a resumed job runs it
+/// again). Returns why the after program failed.
+fn job_over(
+    job: &pb::BackupJob,
+    allowed: &programs::AllowedPrograms,
+    result: &str,
+) -> Option<String> {
+    forget_before_backup(&job.job_id);
+    if job.after_command.is_empty() {
+        return None;
+    }
+    let command = match allowed.command(&job.after_command) {
+        Ok(command) => command,
+        Err(refusal) => return Some(format!("after-backup program refused: {refusal}")),
+    };
+    tracing::info!(job = %job.job_id, program = %command[0], result, "running the after-backup program");
+    let timeout = Duration::from_secs(u64::from(job.after_timeout_secs.max(1)));
+    // Not stopped with the job: what it undoes must be undone.
+    let failed = crate::hook::run(
+        crate::hook::Stage::After,
+        &command,
+        &[(crate::hook::RESULT_VAR, result)],
+        timeout,
+        &AtomicBool::new(false),
+    )
+    .err()
+    .map(|error| error.to_string());
+    if let Some(error) = &failed {
+        tracing::warn!(job = %job.job_id, %error, "the after-backup program failed");
+    }
+    failed
+}
+
+/// `error`, followed by the after-backup program's failure if there was one.
+fn with_after(error: String, after: Option<String>) -> String {
+    match after {
+        Some(after) => format!("{error}; {after}"),
+        None => error,
+    }
 }
 
 /// The job is over (committed or failed): a new run starts from its program again.
@@ -512,8 +556,8 @@ fn backup_job(
     };
     if let Err(error) = before_backup(&job, allowed, &link.cancel) {
         tracing::warn!(job = %job_id, %error, "before-backup program failed; nothing read");
-        forget_before_backup(&job_id);
-        return fail(&mut link, error);
+        let after = job_over(&job, allowed, "failed");
+        return fail(&mut link, with_after(error, after));
     }
     let cache_path =
         walk::FilesCache::path_for(&cache_dir, &job.repository_fingerprint, &job.paths);
@@ -533,7 +577,7 @@ fn backup_job(
         // The daemon failed the job and closed it (its stream then drops the
         // messages that were still on their way).
         Err(walk::WalkError::Disconnected) if link.failed_end() => {
-            forget_before_backup(&job_id);
+            job_over(&job, allowed, "failed");
             forget_subtrees();
             return;
         }
@@ -544,15 +588,26 @@ fn backup_job(
         // Stopped by the daemon at a safe point (shutdown, end of the backup window):
         // nothing was wrong with what was sent.
         Err(walk::WalkError::Cancelled) if !link.failed_end() => {
-            forget_before_backup(&job_id);
-            return fail(&mut link, walk::WalkError::Cancelled.to_string());
+            let after = job_over(&job, allowed, "cancelled");
+            return fail(
+                &mut link,
+                with_after(walk::WalkError::Cancelled.to_string(), after),
+            );
         }
         Err(error) => {
-            forget_before_backup(&job_id);
+            let after = job_over(&job, allowed, "failed");
             forget_subtrees();
-            return fail(&mut link, error.to_string());
+            return fail(&mut link, with_after(error.to_string(), after));
         }
     };
+    // Everything is read: the after-backup program runs now (a file system snapshot is
+    // released before the daemon's commit, which needs nothing more from this server).
+    let result = if outcome.problems.is_empty() {
+        "ok"
+    } else {
+        "partial"
+    };
+    let after_error = job_over(&job, allowed, result).unwrap_or_default();
     let bytes_sent = walk::Link::bytes_sent(&link);
     if walk::Link::send(
         &mut link,
@@ -565,6 +620,7 @@ fn backup_job(
             bytes_sent,
             files_linked: outcome.files_linked,
             subtrees_unchanged: outcome.subtrees_unchanged,
+            after_error,
         }),
     )
     .is_err()
@@ -576,7 +632,6 @@ fn backup_job(
     loop {
         match link.from_stream.recv() {
             Ok(ToBackup::End(end)) if end.ok => {
-                forget_before_backup(&job_id);
                 outcome.cache.set_snapshot(&end.snapshot_id);
                 if let Err(error) = outcome.cache.save(&cache_path) {
                     tracing::warn!(%error, "cannot save the files cache; the next backup reads every file");
@@ -585,7 +640,6 @@ fn backup_job(
                 return;
             }
             Ok(ToBackup::End(end)) => {
-                forget_before_backup(&job_id);
                 tracing::warn!(job = %job_id, error = %end.error, "the daemon could not commit the backup");
                 forget_subtrees();
                 return;
@@ -598,7 +652,7 @@ fn backup_job(
 
 /// What the restore's decoding thread hands the writer, in stream order.
 enum Step {
-    Message(Down),
+    Message(Box<Down>),
     Chunk(restore::Decoded),
 }
 
@@ -620,7 +674,7 @@ fn decode_ahead(
                 let last = matches!(message, Down::RestoreEnd(_));
                 let step = match message {
                     Down::RestoreChunk(chunk) => Step::Chunk(restore::decode_chunk(&ids, &chunk)),
-                    other => Step::Message(other),
+                    other => Step::Message(Box::new(other)),
                 };
                 if ahead.send(step).is_err() || last {
                     break;
@@ -663,7 +717,7 @@ fn restore_job(
                 writer.chunk_decoded(chunk);
                 continue;
             }
-            Step::Message(message) => message,
+            Step::Message(message) => *message,
         };
         match message {
             Down::RestoreEntry(entry) => {
@@ -905,6 +959,80 @@ mod tests {
             ..Default::default()
         };
         before_backup(&none, &programs::AllowedPrograms::default(), &no).unwrap();
+    }
+
+    /// When a job ends for good, its after-backup program runs with the outcome, and a
+    /// later attempt of the job runs the before-backup program again.
+    #[test]
+    fn the_after_backup_program_is_told_the_outcome_and_resets_the_before_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hooks.log");
+        let line = |what: &str| {
+            vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                format!("echo {what}${{CADANG_BACKUP_RESULT}} >> {}", log.display()),
+            ]
+        };
+        let job = pb::BackupJob {
+            job_id: "run:80".into(),
+            before_command: line("before"),
+            before_timeout_secs: 30,
+            after_command: line("after-"),
+            after_timeout_secs: 30,
+            ..Default::default()
+        };
+        let lines = || -> Vec<String> {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        let no = AtomicBool::new(false);
+        let sh = programs::AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
+        before_backup(&job, &sh, &no).unwrap();
+        before_backup(&job, &sh, &no).unwrap();
+        assert_eq!(job_over(&job, &sh, "partial"), None);
+        before_backup(&job, &sh, &no).unwrap();
+        assert_eq!(job_over(&job, &sh, "cancelled"), None);
+        assert_eq!(
+            lines(),
+            ["before", "after-partial", "before", "after-cancelled"]
+        );
+        // Refused, or failing: the reason comes back for the run's record.
+        let refused = job_over(&job, &programs::AllowedPrograms::default(), "ok").unwrap();
+        assert!(
+            refused.starts_with("after-backup program refused"),
+            "{refused}"
+        );
+        let failing = pb::BackupJob {
+            after_command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo busy >&2; exit 5".into(),
+            ],
+            ..job.clone()
+        };
+        let failed = job_over(&failing, &sh, "ok").unwrap();
+        assert!(
+            failed.contains("after-backup program `/bin/sh` failed (exit status: 5)")
+                && failed.ends_with("busy"),
+            "{failed}"
+        );
+        assert_eq!(lines().len(), 4, "nothing else ran");
+        assert_eq!(
+            with_after("walk failed".into(), Some(failed.clone())),
+            format!("walk failed; {failed}")
+        );
+        let plain = pb::BackupJob {
+            job_id: "run:81".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            job_over(&plain, &programs::AllowedPrograms::default(), "ok"),
+            None
+        );
     }
 
     fn stream_link() -> (StreamLink, std::sync::mpsc::Sender<ToBackup>) {

@@ -62,7 +62,7 @@ pub use operations::{
     ScheduleReport, SizePoint, SlaGroup, SlaReport, StorageReport,
 };
 pub use plans::{
-    BeforeBackup, ClaimedRun, CompressOn, PlanSpec, PlanView, ResticTarget, Retention, Schedule,
+    BackupProgram, ClaimedRun, CompressOn, PlanSpec, PlanView, ResticTarget, Retention, Schedule,
     Window, WindowState, spec_of,
 };
 pub use reports::{RequestOverruns, StepOverrun};

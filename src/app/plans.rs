@@ -85,13 +85,18 @@ pub struct PlanSpec {
     /// a file under the plan's paths, a file system snapshot); its failure fails the run
     /// and nothing is read. See `crate::hook`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before_backup: Option<BeforeBackup>,
+    pub before_backup: Option<BackupProgram>,
+    /// A program run on the same host once the backup has read what it reads, whatever
+    /// the outcome (told in `CADANG_BACKUP_RESULT`): the file system snapshot released,
+    /// the dump removed. Its failure is recorded with the run; the backup stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_backup: Option<BackupProgram>,
 }
 
-/// A plan's before-backup program.
+/// A plan's before- or after-backup program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BeforeBackup {
+pub struct BackupProgram {
     /// The program, by absolute path, and its arguments; no shell.
     pub command: Vec<String>,
     /// Seconds it may run before it is killed and the run fails.
@@ -485,12 +490,25 @@ impl PlanSpec {
                 "compress_on = daemon applies to plans whose agent sends chunks to cadang's engine (--on-server, not a restic repository)",
             ));
         }
-        if let Some(before) = &self.before_backup {
-            crate::hook::validate(&before.command).map_err(|e| AppError::invalid(e.to_string()))?;
-            if !(1..=86_400).contains(&before.timeout_secs) {
-                return Err(AppError::invalid(
-                    "before_backup.timeout_secs must be between 1 and 86400",
-                ));
+        for (stage, field, program) in [
+            (
+                crate::hook::Stage::Before,
+                "before_backup",
+                &self.before_backup,
+            ),
+            (
+                crate::hook::Stage::After,
+                "after_backup",
+                &self.after_backup,
+            ),
+        ] {
+            let Some(program) = program else { continue };
+            crate::hook::validate(stage, &program.command)
+                .map_err(|e| AppError::invalid(e.to_string()))?;
+            if !(1..=86_400).contains(&program.timeout_secs) {
+                return Err(AppError::invalid(format!(
+                    "{field}.timeout_secs must be between 1 and 86400"
+                )));
             }
         }
         if let Some(restic) = &self.restic {
@@ -1516,6 +1534,7 @@ mod tests {
             compress_on: CompressOn::Agent,
             restic: None,
             before_backup: None,
+            after_backup: None,
         };
         spec("0 2 * * *").validate().unwrap();
         let error = spec("every night").validate().unwrap_err().to_string();
@@ -1569,13 +1588,13 @@ mod tests {
         // A before-backup program by absolute path, for at most a day; stored as given,
         // the timeout an hour unless said.
         let mut before = spec("0 2 * * *");
-        before.before_backup = Some(BeforeBackup {
+        before.before_backup = Some(BackupProgram {
             command: vec!["pg_dump".into(), "simpeg".into()],
             timeout_secs: 3600,
         });
         let error = before.validate().unwrap_err().to_string();
         assert!(error.contains("absolute path"), "{error}");
-        before.before_backup = Some(BeforeBackup {
+        before.before_backup = Some(BackupProgram {
             command: vec!["/usr/bin/pg_dump".into(), "simpeg".into()],
             timeout_secs: 0,
         });
@@ -1587,6 +1606,22 @@ mod tests {
         .unwrap();
         stored.validate().unwrap();
         assert_eq!(stored.before_backup.map(|b| b.timeout_secs), Some(3600));
+        // The after-backup program, alike.
+        let mut after = spec("0 2 * * *");
+        after.after_backup = Some(BackupProgram {
+            command: vec!["lvremove".into()],
+            timeout_secs: 60,
+        });
+        let error = after.validate().unwrap_err().to_string();
+        assert!(error.contains("after-backup command"), "{error}");
+        after.after_backup = Some(BackupProgram {
+            command: vec!["/sbin/lvremove".into(), "-y".into()],
+            timeout_secs: 86_401,
+        });
+        let error = after.validate().unwrap_err().to_string();
+        assert!(error.contains("after_backup.timeout_secs"), "{error}");
+        after.after_backup.as_mut().unwrap().timeout_secs = 600;
+        after.validate().unwrap();
     }
 
     /// Plans stored before the choice existed read as compressing on the agent, and

@@ -752,6 +752,20 @@ pub struct PlanCreateArgs {
         requires = "before_backup"
     )]
     pub before_backup_timeout: u64,
+    /// A program run on the same host once the backup has read everything, whatever the
+    /// outcome (in CADANG_BACKUP_RESULT: ok, partial, failed or cancelled), such as
+    /// `"/usr/local/sbin/release-snapshot simpeg"`; written like --before-backup. Its
+    /// failure is recorded with the run.
+    #[arg(long, value_name = "COMMAND")]
+    pub after_backup: Option<String>,
+    /// Seconds the after-backup program may run before it is killed.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 3600,
+        requires = "after_backup"
+    )]
+    pub after_backup_timeout: u64,
     /// Back up to this existing restic repository (a path, `s3:…`, `rest:…`) through the
     /// restic binary, instead of the agency's cadang repository.
     #[arg(long, value_name = "LOCATION")]
@@ -2229,17 +2243,21 @@ async fn create_plan(
         }
         None => None,
     };
-    let before_backup = args.before_backup.map(|command| {
-        let command: Vec<&str> = command.split_whitespace().collect();
-        serde_json::json!({ "command": command, "timeout_secs": args.before_backup_timeout })
-    });
+    let program = |command: Option<String>, timeout_secs: u64| {
+        command.map(|command| {
+            let command: Vec<&str> = command.split_whitespace().collect();
+            serde_json::json!({ "command": command, "timeout_secs": timeout_secs })
+        })
+    };
+    let before_backup = program(args.before_backup, args.before_backup_timeout);
+    let after_backup = program(args.after_backup, args.after_backup_timeout);
     let spec = serde_json::json!({
         "paths": args.paths, "excludes": args.excludes, "schedule": args.schedule, "time_zone": args.time_zone,
         "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
         "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
         "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,
         "server": args.server, "restic": restic, "compress_on": args.compress_on,
-        "before_backup": before_backup,
+        "before_backup": before_backup, "after_backup": after_backup,
     });
     Ok(plans
         .create_plan(conn.req(CreatePlanRequest {

@@ -141,12 +141,33 @@ async fn backup(
             error: None,
         });
     }
-    {
+    let outcome = {
         let (spec, cancel) = (spec.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || super::before_backup(&spec, &cancel))
             .await
-            .map_err(|error| format!("the before-backup program's thread failed: {error}"))??;
-    }
+            .map_err(|error| format!("the before-backup program's thread failed: {error}"))
+            .and_then(|ran| ran)
+    };
+    let outcome = match outcome {
+        Ok(()) => back_up_with_restic(restic, repo, spec, run, signal, progress).await,
+        Err(error) => Err(error),
+    };
+    let (spec, cancel) = (spec.clone(), cancel.clone());
+    tokio::task::spawn_blocking(move || super::after_backup(&spec, outcome, &cancel))
+        .await
+        .map_err(|error| format!("the after-backup program's thread failed: {error}"))?
+}
+
+/// Runs `restic backup` for the plan and reads its summary.
+async fn back_up_with_restic(
+    restic: &Restic,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    signal: &Cancel,
+    progress: &Progress,
+) -> Result<RunEnd, String> {
+    let run_tag = format!("run:{}", run.id);
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),
         tags: vec![format!("plan:{}", run.plan_id), run_tag],

@@ -655,6 +655,7 @@ impl Env {
                     compress_on: crate::app::CompressOn::Agent,
                     restic: None,
                     before_backup: None,
+                    after_backup: None,
                 },
                 self.now(),
             )

@@ -31,6 +31,7 @@ pub(crate) fn spec(schedule: &str) -> PlanSpec {
         compress_on: crate::app::CompressOn::Agent,
         restic: None,
         before_backup: None,
+        after_backup: None,
     }
 }
 
