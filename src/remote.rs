@@ -25,8 +25,8 @@ use serde_json::json;
 use tokio::runtime::Handle;
 
 use crate::app::restore_requests::CheckCommand;
-use crate::app::{CompressOn, MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
-use crate::catalog::{RestoreRecord, RunEnd, RunRecord, Server};
+use crate::app::{BackupProgram, CompressOn, MAX_FAILED_LISTED, PlanSpec, RestoreEnd};
+use crate::catalog::{RestoreRecord, RunEnd, RunRecord, Server, ServerId};
 use crate::engine::Repository;
 use crate::engine::id::{BlobId, BlobType, SnapshotId};
 use crate::engine::index::Index;
@@ -127,27 +127,31 @@ fn receive(handle: &Handle, link: &mut JobLink) -> Received {
 }
 
 /// Opens `job` on the agent of `server`: waits up to `wait` for the agent to connect,
-/// and as long as it takes (until cancelled) for its other job of the same kind to end.
-/// `None` when the agent did not come or the job was cancelled.
+/// and as long as it takes (until cancelled) for its other job of the same kind to end,
+/// telling `busy` which job that is. `None` when the agent did not come or the job was
+/// cancelled.
+#[allow(clippy::too_many_arguments)]
 fn open_link(
     handle: &Handle,
     hub: &AgentHub,
-    server: &Server,
+    server: ServerId,
     job: &str,
     kind: JobKind,
     wait: Duration,
     cancel: &AtomicBool,
+    busy: &dyn Fn(&str),
 ) -> Option<JobLink> {
     let mut deadline = std::time::Instant::now() + wait;
     let mut waited_for = None;
     loop {
         // Waiting in short slices, so a stopping daemon does not wait for an agent.
         let slice = Duration::from_millis(500);
-        match hub.open_job(server.id, job, kind) {
+        match hub.open_job(server, job, kind) {
             Ok(link) => return Some(link),
             Err(Unavailable::Busy(other)) => {
                 if waited_for.as_ref() != Some(&other) {
-                    tracing::info!(server = %server.id, job, running = %other, "the agent is busy with another job of this kind; waiting for it to end");
+                    tracing::info!(%server, job, running = %other, "the agent is busy with another job of this kind; waiting for it to end");
+                    busy(&other);
                     waited_for = Some(other);
                 }
                 if cancel.load(Ordering::Relaxed) {
@@ -162,7 +166,7 @@ fn open_link(
                 if left.is_zero() || cancel.load(Ordering::Relaxed) {
                     return None;
                 }
-                handle.block_on(hub.wait_for(server.id, left.min(slice)));
+                handle.block_on(hub.wait_for(server, left.min(slice)));
             }
         }
     }
@@ -530,11 +534,12 @@ pub fn backup_via_agent(
         let Some(mut link) = open_link(
             handle,
             hub,
-            server,
+            server.id,
             &job_id,
             JobKind::Backup,
             options.reconnect_wait,
             &cancel,
+            &|other| set_progress(progress, json!({ "agent": true, "waiting_for_job": other })),
         ) else {
             let _ = ingest.flush();
             if cancel.load(Ordering::Relaxed) {
@@ -555,6 +560,8 @@ pub fn backup_via_agent(
                 stats(&ingest, wire_bytes, resumed, json!({})),
             );
         };
+        let (before_command, before_timeout_secs) = program_fields(spec.before_backup.as_ref());
+        let (after_command, after_timeout_secs) = program_fields(spec.after_backup.as_ref());
         let job = pb::BackupJob {
             job_id: job_id.clone(),
             paths: spec.paths.clone(),
@@ -577,22 +584,10 @@ pub fn backup_via_agent(
             resumed: resumed > 0,
             repository_fingerprint: repository.keys().fingerprint().to_vec(),
             parent_snapshot: parent.map(|id| id.to_hex()).unwrap_or_default(),
-            before_command: spec
-                .before_backup
-                .as_ref()
-                .map(|before| before.command.clone())
-                .unwrap_or_default(),
-            before_timeout_secs: spec.before_backup.as_ref().map_or(0, |before| {
-                u32::try_from(before.timeout_secs).unwrap_or(u32::MAX)
-            }),
-            after_command: spec
-                .after_backup
-                .as_ref()
-                .map(|after| after.command.clone())
-                .unwrap_or_default(),
-            after_timeout_secs: spec.after_backup.as_ref().map_or(0, |after| {
-                u32::try_from(after.timeout_secs).unwrap_or(u32::MAX)
-            }),
+            before_command,
+            before_timeout_secs,
+            after_command,
+            after_timeout_secs,
         };
         if !send(handle, &link, Down::Backup(job)) {
             hub.close_job(server.id, &job_id);
@@ -896,6 +891,17 @@ pub fn backup_via_agent(
             }
         }
     }
+}
+
+/// A plan's before- or after-backup program as `BackupJob` carries it: the command and
+/// its timeout; empty and 0 for none.
+fn program_fields(program: Option<&BackupProgram>) -> (Vec<String>, u32) {
+    program.map_or((Vec::new(), 0), |program| {
+        (
+            program.command.clone(),
+            u32::try_from(program.timeout_secs).unwrap_or(u32::MAX),
+        )
+    })
 }
 
 /// Takes in what the agent reports during a restore.
@@ -1325,8 +1331,16 @@ pub fn check_on_agent(
     cancel: &AtomicBool,
 ) -> serde_json::Value {
     let failed = |error: String| json!({ "command": check.command, "passed": false, "exit_code": null, "timed_out": false, "output": "", "error": error });
-    let Some(mut link) = open_link(handle, hub, target, job_id, JobKind::Check, wait, cancel)
-    else {
+    let Some(mut link) = open_link(
+        handle,
+        hub,
+        target.id,
+        job_id,
+        JobKind::Check,
+        wait,
+        cancel,
+        &|_| {},
+    ) else {
         return failed(format!(
             "the agent of server {} is not connected to run the check",
             target.id
@@ -1375,6 +1389,68 @@ pub fn check_on_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second backup for a busy agent is told what it waits for, opens once the first
+    /// ends, and gives up when cancelled; a missing agent is waited for only `wait`.
+    #[test]
+    fn a_job_waits_for_the_agents_running_job_of_its_kind() {
+        use crate::catalog::AgentId;
+        let (runtime, _dir) = runtime_and_dir();
+        let handle = runtime.handle().clone();
+        let hub = Arc::new(AgentHub::default());
+        let server = ServerId(5);
+        let (outbound, _to_agent) = tokio::sync::mpsc::channel(4);
+        hub.register(AgentId(9), server, outbound).unwrap();
+        let _first = hub.open_job(server, "run:1", JobKind::Backup).unwrap();
+        let heard = Mutex::new(Vec::<String>::new());
+        let no = AtomicBool::new(false);
+        let opened = std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| {
+                open_link(
+                    &handle,
+                    &hub,
+                    server,
+                    "run:2",
+                    JobKind::Backup,
+                    Duration::from_millis(100),
+                    &no,
+                    &|other| heard.lock().unwrap().push(other.to_owned()),
+                )
+            });
+            // Longer than the wait for a missing agent: a busy one is waited for.
+            std::thread::sleep(Duration::from_millis(700));
+            assert!(!waiting.is_finished());
+            hub.close_job(server, "run:1");
+            waiting.join().unwrap()
+        });
+        assert!(opened.is_some());
+        assert_eq!(*heard.lock().unwrap(), ["run:1"]);
+
+        let cancelled = AtomicBool::new(true);
+        let busy = open_link(
+            &handle,
+            &hub,
+            server,
+            "run:3",
+            JobKind::Backup,
+            Duration::from_secs(60),
+            &cancelled,
+            &|_| {},
+        );
+        assert!(busy.is_none(), "a cancelled run stops waiting");
+        let started = std::time::Instant::now();
+        let missing = open_link(
+            &handle,
+            &hub,
+            ServerId(6),
+            "run:4",
+            JobKind::Backup,
+            Duration::from_millis(300),
+            &no,
+            &|_| {},
+        );
+        assert!(missing.is_none() && started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn path_selection_takes_what_is_under_and_the_directories_on_the_way() {

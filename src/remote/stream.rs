@@ -114,11 +114,12 @@ pub(crate) fn stream_restore(
     let Some(mut link) = open_link(
         handle,
         hub,
-        target,
+        target.id,
         &job_id,
         JobKind::Restore,
         reconnect_wait,
         cancel,
+        &|other| set_progress(progress, json!({ "waiting_for_job": other })),
     ) else {
         return Err(end(
             "failed",
