@@ -249,6 +249,34 @@ pub fn run(
     }
 }
 
+/// Runs an after-backup program, told `result` in [`RESULT_VAR`], to its end or its
+/// `timeout` — not stopped by the run's cancel: what it undoes must be undone. Returns
+/// why it failed, logged here.
+pub fn run_after(command: &[String], timeout: Duration, result: &str) -> Option<String> {
+    let program = command.first().map_or("", String::as_str);
+    tracing::info!(program, result, "running the after-backup program");
+    let failure = run(
+        Stage::After,
+        command,
+        &[(RESULT_VAR, result)],
+        timeout,
+        &AtomicBool::new(false),
+    )
+    .err()?
+    .to_string();
+    tracing::warn!(%failure, "the after-backup program failed");
+    Some(failure)
+}
+
+/// A run's error followed by its after-backup program's failure.
+#[must_use]
+pub fn and_after(error: Option<String>, failure: &str) -> String {
+    match error {
+        Some(error) => format!("{error}; {failure}"),
+        None => failure.to_owned(),
+    }
+}
+
 /// Reads a pipe to its end, keeping its last [`KEEP`] bytes.
 fn keep_tail(mut pipe: Box<dyn Read + Send>) -> Vec<u8> {
     let mut kept = Vec::new();

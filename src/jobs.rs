@@ -447,35 +447,20 @@ pub(crate) fn after_backup(
         Err(_) if cancel.load(std::sync::atomic::Ordering::Relaxed) => "cancelled",
         Err(_) => "failed",
     };
-    let program = after.command.first().map_or("", String::as_str);
-    tracing::info!(program, result, "running the plan's after-backup program");
-    // Not stopped by the run's cancel: what it undoes must be undone.
-    let failure = crate::hook::run(
-        crate::hook::Stage::After,
-        &after.command,
-        &[(crate::hook::RESULT_VAR, result)],
-        std::time::Duration::from_secs(after.timeout_secs),
-        &AtomicBool::new(false),
-    )
-    .err()
-    .map(|error| error.to_string());
-    let Some(failure) = failure else {
+    let timeout = std::time::Duration::from_secs(after.timeout_secs);
+    let Some(failure) = crate::hook::run_after(&after.command, timeout, result) else {
         return outcome;
     };
-    tracing::warn!(%failure, "the plan's after-backup program failed");
     match outcome {
         Ok(mut end) => {
             if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
                 stats["after_backup_error"] = json!(failure);
                 end.stats_json = stats.to_string();
             }
-            end.error = Some(match end.error.take() {
-                Some(error) => format!("{error}; {failure}"),
-                None => failure,
-            });
+            end.error = Some(crate::hook::and_after(end.error.take(), &failure));
             Ok(end)
         }
-        Err(error) => Err(format!("{error}; {failure}")),
+        Err(error) => Err(crate::hook::and_after(Some(error), &failure)),
     }
 }
 

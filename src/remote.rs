@@ -865,10 +865,7 @@ pub fn backup_via_agent(
                     error
                 } else {
                     final_stats["after_backup_error"] = json!(done.after_error);
-                    Some(match error {
-                        Some(error) => format!("{error}; {}", done.after_error),
-                        None => done.after_error.clone(),
-                    })
+                    Some(crate::hook::and_after(error, &done.after_error))
                 };
                 if let Ok((_, snap)) = &committed {
                     final_stats["bytes_added"] = json!(snap.summary.data_added);

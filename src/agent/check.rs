@@ -25,22 +25,18 @@ pub async fn run(job: pb::CheckJob, allowed: &AllowedPrograms) -> pb::CheckDone 
         job_id: job.job_id.clone(),
         ..Default::default()
     };
-    if job.command.is_empty() {
+    let Some((program, args)) = job.command.split_first() else {
         done.error = "the check command is empty".into();
         return done;
-    }
-    let command = match allowed.command(&job.command) {
-        Ok(command) => command,
+    };
+    let program = match allowed.resolve(program) {
+        Ok(path) => path,
         Err(refusal) => {
             done.error = format!("check refused: {refusal}");
             return done;
         }
     };
-    let Some((program, args)) = command.split_first() else {
-        done.error = "the check command is empty".into();
-        return done;
-    };
-    let mut command = tokio::process::Command::new(program);
+    let mut command = tokio::process::Command::new(&program);
     command
         .args(args)
         .stdin(Stdio::null())
@@ -53,7 +49,7 @@ pub async fn run(job: pb::CheckJob, allowed: &AllowedPrograms) -> pb::CheckDone 
     let child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
-            done.error = format!("cannot start `{program}`: {error}");
+            done.error = format!("cannot start `{}`: {error}", program.display());
             return done;
         }
     };
@@ -66,7 +62,7 @@ pub async fn run(job: pb::CheckJob, allowed: &AllowedPrograms) -> pb::CheckDone 
                 done.error = "the check was ended by a signal".into();
             }
         }
-        Ok(Err(error)) => done.error = format!("cannot wait for `{program}`: {error}"),
+        Ok(Err(error)) => done.error = format!("cannot wait for `{}`: {error}", program.display()),
         // Dropping the child kills it.
         Err(_) => {
             done.timed_out = true;

@@ -455,13 +455,12 @@ fn before_backup(
     allowed: &programs::AllowedPrograms,
     cancel: &AtomicBool,
 ) -> Result<(), String> {
-    if job.before_command.is_empty() {
+    let Some(program) = job.before_command.first() else {
         return Ok(());
-    }
+    };
     let command = allowed
         .command(&job.before_command)
         .map_err(|refusal| format!("before-backup program refused: {refusal}"))?;
-    let program = &command[0];
     let slot = BEFORE_BACKUP
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -499,28 +498,14 @@ fn job_over(
         Ok(command) => command,
         Err(refusal) => return Some(format!("after-backup program refused: {refusal}")),
     };
-    tracing::info!(job = %job.job_id, program = %command[0], result, "running the after-backup program");
     let timeout = Duration::from_secs(u64::from(job.after_timeout_secs.max(1)));
-    // Not stopped with the job: what it undoes must be undone.
-    let failed = crate::hook::run(
-        crate::hook::Stage::After,
-        &command,
-        &[(crate::hook::RESULT_VAR, result)],
-        timeout,
-        &AtomicBool::new(false),
-    )
-    .err()
-    .map(|error| error.to_string());
-    if let Some(error) = &failed {
-        tracing::warn!(job = %job.job_id, %error, "the after-backup program failed");
-    }
-    failed
+    crate::hook::run_after(&command, timeout, result)
 }
 
 /// `error`, followed by the after-backup program's failure if there was one.
 fn with_after(error: String, after: Option<String>) -> String {
     match after {
-        Some(after) => format!("{error}; {after}"),
+        Some(after) => crate::hook::and_after(Some(error), &after),
         None => error,
     }
 }
