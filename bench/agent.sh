@@ -4,6 +4,9 @@
 #   bench/agent.sh                       # scale 1 (~1.7 GB), 3 repetitions
 #   SCALE=0.05 REPS=1 bench/agent.sh     # smoke test
 #   COMPRESS_ON=daemon bench/agent.sh    # the plan compresses on the daemon, not the agent
+#   SPLIT_CORES=1 bench/agent.sh         # one core each, as on separate hosts: the agent and
+#                                        # both local commands on CPU 0, the daemon on CPU 1
+#                                        # (taskset); otherwise all share every core
 #   WARM_MEMORY=0 bench/agent.sh         # skip touching free memory first (bench/warm_memory.py)
 #   KEEP_RUN_DIRS=1 bench/agent.sh       # leave the run dirs (another run follows: deleting
 #                                        # 40,000 files slows the next minutes' restores)
@@ -37,12 +40,22 @@ SCALE=${SCALE:-1}
 SEED=${SEED:-42}
 REPS=${REPS:-3}
 COMPRESS_ON=${COMPRESS_ON:-agent}
+SPLIT_CORES=${SPLIT_CORES:-0}
 CADANG_BIN=${CADANG_BIN:-$HERE/../target/release/cadang}
 PY=${PYTHON:-python3}
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "agent.sh: error: $*" >&2; exit 2; }
 
 [[ -x $CADANG_BIN ]] || die "no cadang binary at $CADANG_BIN (cargo build --release)"
+# Commands that pin a process to its core in SPLIT_CORES mode, and nothing otherwise.
+ON_AGENT_CORE=()
+ON_DAEMON_CORE=()
+if [[ $SPLIT_CORES == 1 ]]; then
+    command -v taskset >/dev/null || die "SPLIT_CORES=1 needs taskset (util-linux)"
+    (($(nproc) >= 2)) || die "SPLIT_CORES=1 needs two cores"
+    ON_AGENT_CORE=(taskset -c 0)
+    ON_DAEMON_CORE=(taskset -c 1)
+fi
 mkdir -p "$BENCH_DIR"
 BENCH_DIR=$(realpath -- "$BENCH_DIR")
 DATA=$BENCH_DIR/data-s$SCALE-seed$SEED
@@ -121,7 +134,7 @@ for rep in $(seq 1 "$REPS"); do
     sync; sleep 2; warm
     profile_start local-backup
     t0=$(date +%s%N)
-    /usr/bin/time -f "%U %S" -o "$RUN/local.time" "$CADANG_BIN" backup "$SRC" >/dev/null
+    /usr/bin/time -f "%U %S" -o "$RUN/local.time" "${ON_AGENT_CORE[@]}" "$CADANG_BIN" backup "$SRC" >/dev/null
     t1=$(date +%s%N)
     profile_stop
     log "rep $rep: CPU seconds of the local backup: $(awk '{print $1 + $2}' "$RUN/local.time")"
@@ -131,7 +144,7 @@ for rep in $(seq 1 "$REPS"); do
 
     # ------------------------------------------------------------ daemon + agent
     printf '[daemon]\nlisten = "127.0.0.1:0"\n[scheduler]\ntick_secs = 1\nlease_secs = 30\n' >"$RUN/d.toml"
-    "$CADANG_BIN" daemon --data-dir "$RUN/var" --config "$RUN/d.toml" >"$RUN/daemon.out" 2>"$RUN/daemon.log" &
+    "${ON_DAEMON_CORE[@]}" "$CADANG_BIN" daemon --data-dir "$RUN/var" --config "$RUN/d.toml" >"$RUN/daemon.out" 2>"$RUN/daemon.log" &
     DAEMON_PID=$!
     for _ in $(seq 100); do grep -q "listening on" "$RUN/daemon.out" 2>/dev/null && break; sleep 0.1; done
     ADDR=$(sed -n 's/^cadang daemon listening on //p' "$RUN/daemon.out")
@@ -148,7 +161,7 @@ for rep in $(seq 1 "$REPS"); do
     SERVER=$(c "$KASI" asset register --agency "$AG" --file "$RUN/server.json" | json "d['id']")
     ENROLL=$(c "$KASI" agent enroll-token "$SERVER" | json "d['token']")
     CADANG_ENROLL_TOKEN=$ENROLL "$CADANG_BIN" agent enroll --server "$CADANG_SERVER" --state-dir "$RUN/agent" >/dev/null
-    "$CADANG_BIN" agent run --state-dir "$RUN/agent" 2>"$RUN/agent.log" &
+    "${ON_AGENT_CORE[@]}" "$CADANG_BIN" agent run --state-dir "$RUN/agent" 2>"$RUN/agent.log" &
     AGENT_PID=$!
     printf 'scope = "/data"\nschedule = "harian 01:00"\nretention = "7 hari"\n' >"$RUN/b.toml"
     B=$(c "$KADIN" request backup submit --agency "$AG" --subject bench --form "$RUN/b.toml" | json "d['request']['id']")
@@ -189,7 +202,7 @@ PYEOF
     export CADANG_REPOSITORY=$RUN/local CADANG_PASSWORD=cadang-bench-password
     sync; sleep 2; warm
     t0=$(date +%s%N)
-    "$CADANG_BIN" backup --json "$SRC" | tail -1 >"$RUN/local-incr.json"
+    "${ON_AGENT_CORE[@]}" "$CADANG_BIN" backup --json "$SRC" | tail -1 >"$RUN/local-incr.json"
     t1=$(date +%s%N)
     LOCAL_INCR_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: local incremental backup ${LOCAL_INCR_S}s"
@@ -205,7 +218,7 @@ PYEOF
     "$PY" "$HERE/evict.py" "$RUN/local" "$RUN/var"
     profile_start local-restore
     t0=$(date +%s%N)
-    "$CADANG_BIN" restore latest --target "$RUN/local-restored" >/dev/null
+    "${ON_AGENT_CORE[@]}" "$CADANG_BIN" restore latest --target "$RUN/local-restored" >/dev/null
     sync
     t1=$(date +%s%N)
     profile_stop
@@ -256,11 +269,13 @@ PYEOF
     RUN=""
 done
 
-COMPRESS_ON=$COMPRESS_ON "$PY" - "$RESULTS" <<'PYEOF' | tee "${RESULTS%.jsonl}.md"
+COMPRESS_ON=$COMPRESS_ON SPLIT_CORES=$SPLIT_CORES "$PY" - "$RESULTS" <<'PYEOF' | tee "${RESULTS%.jsonl}.md"
 import json, os, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 med = lambda key: statistics.median(r[key] for r in rows)
-print(f"| backup of {rows[0]['bytes']/1e6:.0f} MB, median of {len(rows)} | value |")
+cores = ("one core each: the agent and the local commands on CPU 0, the daemon on CPU 1"
+         if os.environ.get("SPLIT_CORES") == "1" else "every process on every core")
+print(f"| backup of {rows[0]['bytes']/1e6:.0f} MB, median of {len(rows)}; {cores} | value |")
 print("|---|---|")
 print(f"| local `cadang backup` | {med('local_mbps'):.1f} MB/s ({med('local_s'):.2f} s) |")
 side = os.environ.get("COMPRESS_ON", "agent")

@@ -27,6 +27,7 @@
 use std::fmt;
 
 use aes_gcm::Aes256Gcm;
+use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -280,13 +281,34 @@ impl Keys {
         out
     }
 
-    /// Seal `plaintext` and append the envelope to `out`, encrypting in place
-    /// inside `out` (no intermediate copy: this is the packer's hot path).
+    /// Seal `plaintext` and append the envelope to `out`. The plaintext is encrypted as
+    /// it is copied into `out`: one pass over the data.
     pub fn seal_append(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
-        out.resize(start + NONCE_LEN, 0);
-        out.extend_from_slice(plaintext);
-        self.seal_in_place(aad, out, start);
+        out.resize(start + plaintext.len() + SEAL_OVERHEAD, 0);
+        self.seal_into(aad, plaintext, &mut out[start..]);
+    }
+
+    /// Seal `plaintext` into `out`, which holds `plaintext.len() + SEAL_OVERHEAD` bytes
+    /// (whatever they are: all are overwritten), encrypting as it copies — for a
+    /// reused buffer, the payload an agent prepared is read once and written once.
+    ///
+    /// # Panics
+    /// When `out` is not exactly that long: a caller's arithmetic error.
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) {
+        assert_eq!(
+            out.len(),
+            plaintext.len() + SEAL_OVERHEAD,
+            "an envelope's buffer is its plaintext and the overhead"
+        );
+        let nonce_bytes = random_bytes();
+        let (nonce, rest) = out.split_at_mut(NONCE_LEN);
+        nonce.copy_from_slice(&nonce_bytes);
+        let (body, tag) = rest.split_at_mut(plaintext.len());
+        // Equal lengths by the split above.
+        if let Ok(data) = InOutBuf::new(plaintext, body) {
+            tag.copy_from_slice(self.encrypt(aad, &nonce_bytes, data).as_slice());
+        }
     }
 
     /// Seal in place the plaintext that follows [`NONCE_ROOM`] bytes kept free at
@@ -310,19 +332,29 @@ impl Keys {
         nonce_bytes: [u8; NONCE_LEN],
     ) {
         buf[start..start + NONCE_LEN].copy_from_slice(&nonce_bytes);
-        let data = (&mut buf[start + NONCE_LEN..]).into();
-        let tag = match self.envelope {
+        let tag = self.encrypt(aad, &nonce_bytes, (&mut buf[start + NONCE_LEN..]).into());
+        buf.extend_from_slice(tag.as_slice());
+    }
+
+    /// Encrypts `data` (in place, or from one buffer into another) under the nonce and
+    /// returns the tag.
+    fn encrypt(
+        &self,
+        aad: &[u8],
+        nonce_bytes: &[u8; NONCE_LEN],
+        data: InOutBuf<'_, '_, u8>,
+    ) -> Tag {
+        match self.envelope {
             Cipher::XChaCha20Poly1305 => self
                 .xchacha
-                .encrypt_inout_detached(&XNonce::from(nonce_bytes), aad, data)
+                .encrypt_inout_detached(&XNonce::from(*nonce_bytes), aad, data)
                 .expect("XChaCha20-Poly1305 accepts messages far larger than a blob"),
             Cipher::Aes256GcmDerived => {
-                let (aes, nonce) = self.aes_for(&nonce_bytes);
+                let (aes, nonce) = self.aes_for(nonce_bytes);
                 aes.encrypt_inout_detached(&nonce.into(), aad, data)
                     .expect("AES-256-GCM accepts messages far larger than a blob")
             }
-        };
-        buf.extend_from_slice(tag.as_slice());
+        }
     }
 
     /// Open an envelope made by [`Keys::seal`].
@@ -737,6 +769,24 @@ mod tests {
             // Another repository's keys, same cipher: refused.
             let other = Keys::from_secret(MasterSecret::generate()).with_cipher(cipher);
             prop_assert!(other.open("t", &aad, &sealed).is_err());
+        }
+
+        /// Sealing into a reused buffer, encrypting as it copies, gives the envelope that
+        /// sealing in place gives: whatever the buffer held is overwritten.
+        #[test]
+        fn sealing_into_a_used_buffer_is_sealing_in_place(cipher in any_cipher(), data in proptest::collection::vec(any::<u8>(), 0..2048), junk in any::<u8>()) {
+            let k = Keys::from_secret(MasterSecret::generate()).with_cipher(cipher);
+            let mut reused = vec![junk; data.len() + SEAL_OVERHEAD];
+            k.seal_into(b"aad", &data, &mut reused);
+            prop_assert_eq!(k.open("t", b"aad", &reused).unwrap(), data.clone());
+            // Same nonce, same envelope as the in-place path's.
+            let nonce: [u8; NONCE_LEN] = reused[..NONCE_LEN].try_into().unwrap();
+            prop_assert_eq!(sealed_with(&k, nonce, b"aad", &data), reused.clone());
+            // Appended after what a buffer holds, the rest left alone.
+            let mut out = b"head".to_vec();
+            k.seal_append(b"aad", &data, &mut out);
+            prop_assert_eq!(&out[..4], b"head");
+            prop_assert_eq!(k.open("t", b"aad", &out[4..]).unwrap(), data);
         }
 
         #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::crypto::{Keys, NONCE_ROOM};
+use super::crypto::{Keys, NONCE_ROOM, SEAL_OVERHEAD};
 use super::error::{Error, Result};
 use super::format::{ObjectKind, blob_aad, encode_blob_payload, seal_postcard};
 use super::id::{BlobId, BlobType, IndexId};
@@ -99,6 +99,9 @@ pub struct Packer {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Envelopes of payloads prepared elsewhere. Its length only grows: every byte of
+    /// the part an envelope uses is overwritten, so none is zeroed again.
+    static SEAL_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Packer {
@@ -211,11 +214,15 @@ impl Packer {
         raw_len: u32,
     ) -> Result<()> {
         let keys = &self.shared.keys;
-        SCRATCH.with(|s| {
+        SEAL_SCRATCH.with(|s| {
             let env = &mut *s.borrow_mut();
-            env.clear();
-            keys.seal_append(&blob_aad(ty, &id), payload, env);
-            self.add_sealed(ty, id, env, raw_len)
+            let len = payload.len() + SEAL_OVERHEAD;
+            if env.len() < len {
+                env.resize(len, 0);
+            }
+            // Encrypted as it is copied: the payload is read once.
+            keys.seal_into(&blob_aad(ty, &id), payload, &mut env[..len]);
+            self.add_sealed(ty, id, &env[..len], raw_len)
         })
     }
 
