@@ -27,7 +27,8 @@ const POLL: Duration = Duration::from_millis(50);
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// The environment variable that tells an after-backup program how the backup ended:
-/// `ok`, `partial` (some files could not be read), `failed` or `cancelled`.
+/// `ok`, `partial` (some files could not be read), `failed` or `cancelled`, and
+/// `interrupted` when an agent that stopped during the job runs it as it starts again.
 pub const RESULT_VAR: &str = "CADANG_BACKUP_RESULT";
 
 /// When a plan's program runs.

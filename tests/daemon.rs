@@ -2818,6 +2818,121 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
 }
 
+/// An agent killed while a job's before-backup program runs (a server that crashed, an
+/// administrator's `kill -9`) owes the job's after-backup program: it runs when the agent
+/// starts again, told `interrupted`, before the daemon resumes the job — whose before
+/// and after programs then run as usual.
+#[test]
+fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, _admin, server, site) = Daemon::with_site(&dir.path().join("var"), None);
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-02",
+        "SN-WEB-02",
+    );
+    let token = enrollment_token(&server, &site.petugas, web);
+    let state = dir.path().join("agent");
+    assert!(enroll(&server, &token, &state).status.success());
+    // The server's programs: the first dump hangs (the agent is killed meanwhile).
+    let programs = dir.path().join("sbin");
+    std::fs::create_dir_all(&programs).unwrap();
+    let log = dir.path().join("programs.log");
+    let started = dir.path().join("first-dump-started");
+    let script = |name: &str, body: String| {
+        let path = programs.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    };
+    let before = script(
+        "before",
+        format!(
+            "echo before >> {log}\nif [ ! -e {started} ]; then touch {started}; sleep 20; fi",
+            log = log.display(),
+            started = started.display()
+        ),
+    );
+    let after = script(
+        "after",
+        format!("echo after-$CADANG_BACKUP_RESULT >> {}", log.display()),
+    );
+    let allowed = format!("{}/", programs.display());
+    let agent_log = dir.path().join("agent.log");
+    let agent = AgentProcess::start_allowing(&state, &agent_log, &[&allowed]);
+    let source = dir.path().join("srv");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("index.html"), b"<h1>SIMKES</h1>").unwrap();
+    let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "web",
+            "--path",
+            &source.display().to_string(),
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+            "--before-backup",
+            &before,
+            "--after-backup",
+            &after,
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the before-backup program never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGKILL: nothing of the agent's runs after this.
+    drop(agent);
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(lines(), ["before"], "nothing ran the after program yet");
+    let _agent = AgentProcess::start_allowing(&state, &agent_log, &[&allowed]);
+    let run = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(run["status"], "ok", "{run}");
+    assert!(run["stats"]["resumed"].as_u64().unwrap() >= 1, "{run}");
+    assert_eq!(
+        lines(),
+        ["before", "after-interrupted", "before", "after-ok"],
+        "owed program first, then the resumed job's own"
+    );
+    let agent_said = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(
+        agent_said.contains("this agent stopped during the job"),
+        "{agent_said}"
+    );
+    // Settled: a further start owes nothing.
+    let owed = std::fs::read_dir(state.join("after-backup-owed"))
+        .unwrap()
+        .count();
+    assert_eq!(owed, 0);
+}
+
 /// A fake agent on the job stream, holding a real credential: what a compromised
 /// server could send instead of an honest walk.
 struct DishonestAgent {

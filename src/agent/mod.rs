@@ -13,6 +13,7 @@
 
 pub mod check;
 pub mod inventory;
+pub mod owed;
 pub mod programs;
 pub mod restore;
 pub mod walk;
@@ -83,6 +84,10 @@ impl StateDir {
     }
     fn cache_dir(&self) -> PathBuf {
         self.0.join("cache")
+    }
+    /// After-backup programs owed to the server ([`owed`]).
+    pub fn owed_after(&self) -> owed::OwedAfter {
+        owed::OwedAfter::new(self.0.join("after-backup-owed"))
     }
 
     /// Reads `agent.toml` and the credential.
@@ -275,7 +280,14 @@ pub async fn run(
     } else {
         tracing::info!(programs = ?allowed.describe(), "programs the daemon may run here");
     }
+    // Programs owed by jobs this agent stopped in (killed, rebooted) run before anything
+    // else: a file system snapshot left behind slows the server's every write.
+    let owed = state.owed_after();
     let allowed = Arc::new(allowed);
+    {
+        let allowed = allowed.clone();
+        tokio::task::spawn_blocking(move || owed.run_owed(&allowed)).await?;
+    }
     let mut backoff = Duration::from_secs(1);
     let mut next_inventory = tokio::time::Instant::now();
     loop {
@@ -488,18 +500,22 @@ fn before_backup(
 fn job_over(
     job: &pb::BackupJob,
     allowed: &programs::AllowedPrograms,
+    owed: &owed::OwedAfter,
     result: &str,
 ) -> Option<String> {
     forget_before_backup(&job.job_id);
     if job.after_command.is_empty() {
         return None;
     }
-    let command = match allowed.command(&job.after_command) {
-        Ok(command) => command,
-        Err(refusal) => return Some(format!("after-backup program refused: {refusal}")),
+    let failure = match allowed.command(&job.after_command) {
+        Ok(command) => {
+            let timeout = Duration::from_secs(u64::from(job.after_timeout_secs.max(1)));
+            crate::hook::run_after(&command, timeout, result)
+        }
+        Err(refusal) => Some(format!("after-backup program refused: {refusal}")),
     };
-    let timeout = Duration::from_secs(u64::from(job.after_timeout_secs.max(1)));
-    crate::hook::run_after(&command, timeout, result)
+    owed.settle(&job.job_id);
+    failure
 }
 
 /// `error`, followed by the after-backup program's failure if there was one.
@@ -524,6 +540,7 @@ fn backup_job(
     mut link: StreamLink,
     cache_dir: PathBuf,
     allowed: &programs::AllowedPrograms,
+    owed: &owed::OwedAfter,
 ) {
     let job_id = job.job_id.clone();
     let fail = |link: &mut StreamLink, error: String| {
@@ -539,9 +556,18 @@ fn backup_job(
         Ok(decoded) => decoded,
         Err(error) => return fail(&mut link, error.to_string()),
     };
+    // Owed from now until it has run, even if this agent stops in between.
+    if let Err(error) = owed.record(&job) {
+        return fail(
+            &mut link,
+            format!(
+                "cannot record the after-backup program in the agent's state directory: {error}"
+            ),
+        );
+    }
     if let Err(error) = before_backup(&job, allowed, &link.cancel) {
         tracing::warn!(job = %job_id, %error, "before-backup program failed; nothing read");
-        let after = job_over(&job, allowed, "failed");
+        let after = job_over(&job, allowed, owed, "failed");
         return fail(&mut link, with_after(error, after));
     }
     let cache_path =
@@ -562,7 +588,7 @@ fn backup_job(
         // The daemon failed the job and closed it (its stream then drops the
         // messages that were still on their way).
         Err(walk::WalkError::Disconnected) if link.failed_end() => {
-            job_over(&job, allowed, "failed");
+            job_over(&job, allowed, owed, "failed");
             forget_subtrees();
             return;
         }
@@ -573,14 +599,14 @@ fn backup_job(
         // Stopped by the daemon at a safe point (shutdown, end of the backup window):
         // nothing was wrong with what was sent.
         Err(walk::WalkError::Cancelled) if !link.failed_end() => {
-            let after = job_over(&job, allowed, "cancelled");
+            let after = job_over(&job, allowed, owed, "cancelled");
             return fail(
                 &mut link,
                 with_after(walk::WalkError::Cancelled.to_string(), after),
             );
         }
         Err(error) => {
-            let after = job_over(&job, allowed, "failed");
+            let after = job_over(&job, allowed, owed, "failed");
             forget_subtrees();
             return fail(&mut link, with_after(error.to_string(), after));
         }
@@ -592,7 +618,7 @@ fn backup_job(
     } else {
         "partial"
     };
-    let after_error = job_over(&job, allowed, result).unwrap_or_default();
+    let after_error = job_over(&job, allowed, owed, result).unwrap_or_default();
     let bytes_sent = walk::Link::bytes_sent(&link);
     if walk::Link::send(
         &mut link,
@@ -809,9 +835,10 @@ async fn session(
                             end: None,
                         };
                         let cache_dir = state.cache_dir();
+                        let owed = state.owed_after();
                         let allowed = allowed.clone();
                         tokio::task::spawn_blocking(move || {
-                            backup_job(job, link, cache_dir, &allowed);
+                            backup_job(job, link, cache_dir, &allowed, &owed);
                             crate::release_free_memory();
                         });
                     }
@@ -976,17 +1003,20 @@ mod tests {
         };
         let no = AtomicBool::new(false);
         let sh = programs::AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
+        let owed = owed::OwedAfter::new(dir.path().join("owed"));
+        owed.record(&job).unwrap();
         before_backup(&job, &sh, &no).unwrap();
         before_backup(&job, &sh, &no).unwrap();
-        assert_eq!(job_over(&job, &sh, "partial"), None);
+        assert_eq!(job_over(&job, &sh, &owed, "partial"), None);
         before_backup(&job, &sh, &no).unwrap();
-        assert_eq!(job_over(&job, &sh, "cancelled"), None);
+        assert_eq!(job_over(&job, &sh, &owed, "cancelled"), None);
         assert_eq!(
             lines(),
             ["before", "after-partial", "before", "after-cancelled"]
         );
         // Refused, or failing: the reason comes back for the run's record.
-        let refused = job_over(&job, &programs::AllowedPrograms::default(), "ok").unwrap();
+        owed.record(&job).unwrap();
+        let refused = job_over(&job, &programs::AllowedPrograms::default(), &owed, "ok").unwrap();
         assert!(
             refused.starts_with("after-backup program refused"),
             "{refused}"
@@ -999,7 +1029,8 @@ mod tests {
             ],
             ..job.clone()
         };
-        let failed = job_over(&failing, &sh, "ok").unwrap();
+        owed.record(&failing).unwrap();
+        let failed = job_over(&failing, &sh, &owed, "ok").unwrap();
         assert!(
             failed.contains("after-backup program `/bin/sh` failed (exit status: 5)")
                 && failed.ends_with("busy"),
@@ -1015,9 +1046,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            job_over(&plain, &programs::AllowedPrograms::default(), "ok"),
+            job_over(&plain, &programs::AllowedPrograms::default(), &owed, "ok"),
             None
         );
+        // Run, refused or failed: the program is no longer owed.
+        assert!(owed.run_owed(&sh).is_empty());
+        assert_eq!(lines().len(), 4);
     }
 
     fn stream_link() -> (StreamLink, std::sync::mpsc::Sender<ToBackup>) {
