@@ -228,6 +228,7 @@ pub fn repositories(config: &Config) -> Result<Repositories, DaemonError> {
         },
     )
     .with_scratch(config.data_dir().join("drills"))
+    .with_owed_after(config.data_dir().join("after-backup-owed"))
     .with_replica(
         config.repositories.replica_root.clone(),
         StoreOptions {
@@ -353,6 +354,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _single = single_daemon_guard(&config)?;
     let hub: crate::hub::Hub = Arc::default();
     let shared_repositories = Arc::new(repositories(&config)?);
+    // After-backup programs owed by runs this daemon was stopped in (killed, its host
+    // rebooted) run before it takes any run.
+    {
+        let repositories = shared_repositories.clone();
+        tokio::task::spawn_blocking(move || repositories.run_owed_after())
+            .await
+            .map_err(|error| DaemonError(format!("owed after-backup programs: {error}")))?;
+    }
     let ctx = Ctx::new(app.clone())
         .with_agents(hub.clone(), shared_repositories.clone())
         .with_throttle(crate::rpc::throttle::AuthThrottle::new(

@@ -11,6 +11,8 @@
 //! half-written dump. The error names the program, its exit status and the end of what it
 //! printed; never its arguments, which may name a database and its user.
 
+pub mod owed;
+
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};

@@ -40,6 +40,7 @@ use crate::engine::prune::{PruneOptions, prune};
 use crate::engine::repo::{OpenOptions, Repository};
 use crate::engine::restore::{RestoreOptions, RestoreProgress, restore};
 use crate::engine::store::{Store, StoreOptions};
+use crate::hook::owed::OwedAfter;
 
 /// Where the agencies' repositories live and how they are opened.
 pub struct Repositories {
@@ -50,6 +51,8 @@ pub struct Repositories {
     replica_root: Option<String>,
     replica_store: StoreOptions,
     restic_binary: Option<PathBuf>,
+    /// After-backup programs of this host's runs, owed until they have run.
+    owed: Option<OwedAfter>,
 }
 
 impl std::fmt::Debug for Repositories {
@@ -75,6 +78,49 @@ impl Repositories {
             replica_root: None,
             replica_store: StoreOptions::default(),
             restic_binary: None,
+            owed: None,
+        }
+    }
+
+    /// Keeps the after-backup programs of runs on this host in `dir` while they are owed
+    /// ([`crate::hook::owed`]): a daemon killed during a run runs them as it starts again.
+    #[must_use]
+    pub fn with_owed_after(mut self, dir: PathBuf) -> Self {
+        self.owed = Some(OwedAfter::new(dir));
+        self
+    }
+
+    /// Runs the after-backup programs owed by runs this host's daemon stopped in, with
+    /// `CADANG_BACKUP_RESULT=interrupted` (at start, before any run is taken).
+    pub fn run_owed_after(&self) {
+        if let Some(owed) = &self.owed {
+            owed.run_owed(&|command: &[String]| Ok(command.to_vec()));
+        }
+    }
+
+    /// Records that `run` owes the plan's after-backup program, before its before-backup
+    /// program starts.
+    ///
+    /// # Errors
+    /// The daemon's data directory cannot be written: the run should not start.
+    pub(crate) fn owe_after(&self, spec: &PlanSpec, run: &RunRecord) -> Result<(), String> {
+        let (Some(owed), Some(after)) = (&self.owed, &spec.after_backup) else {
+            return Ok(());
+        };
+        owed.record(
+            &format!("run:{}", run.id),
+            &after.command,
+            u32::try_from(after.timeout_secs).unwrap_or(u32::MAX),
+        )
+        .map_err(|error| {
+            format!("cannot record the after-backup program in the data directory: {error}")
+        })
+    }
+
+    /// The run's after-backup program has run: nothing is owed.
+    pub(crate) fn settle_after(&self, run: &RunRecord) {
+        if let Some(owed) = &self.owed {
+            owed.settle(&format!("run:{}", run.id));
         }
     }
 
@@ -368,7 +414,7 @@ pub fn execute(
     let outcome = outcome
         .and_then(|()| repositories.open(handle, agency_code, limit, Some(cancel.clone())))
         .and_then(|repository| match run.kind.as_str() {
-            "backup" => run_backup(&repository, spec, run, cancel, now)
+            "backup" => run_backup(repositories, &repository, spec, run, cancel, now)
                 .map(|end| with_repository_size(&repository, end)),
             "retention" => run_retention(&repository, spec, now)
                 .map(|end| with_repository_size(&repository, end)),
@@ -465,6 +511,7 @@ pub(crate) fn after_backup(
 }
 
 fn run_backup(
+    repositories: &Repositories,
     repository: &Repository,
     spec: &PlanSpec,
     run: &RunRecord,
@@ -490,9 +537,12 @@ fn run_backup(
             });
         }
     }
+    repositories.owe_after(spec, run)?;
     let outcome = before_backup(spec, &cancel)
         .and_then(|()| back_up_here(repository, spec, run, &cancel, now));
-    after_backup(spec, outcome, &cancel)
+    let end = after_backup(spec, outcome, &cancel);
+    repositories.settle_after(run);
+    end
 }
 
 /// Reads the plan's paths on the daemon's host and commits the snapshot.

@@ -2923,7 +2923,7 @@ fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again
     );
     let agent_said = std::fs::read_to_string(&agent_log).unwrap();
     assert!(
-        agent_said.contains("this agent stopped during the job"),
+        agent_said.contains("this process stopped during the job"),
         "{agent_said}"
     );
     // Settled: a further start owes nothing.
@@ -2931,6 +2931,92 @@ fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again
         .unwrap()
         .count();
     assert_eq!(owed, 0);
+}
+
+/// The same on the daemon's own host: a daemon killed while a plan's before-backup
+/// program runs there runs the plan's after-backup program as it starts again, before it
+/// takes the run up again.
+#[test]
+fn a_daemon_killed_during_a_run_runs_its_owed_after_program_when_it_starts_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, _admin, server, site) = Daemon::with_site(&dir.path().join("var"), None);
+    let programs = dir.path().join("sbin");
+    std::fs::create_dir_all(&programs).unwrap();
+    let log = dir.path().join("programs.log");
+    let started = dir.path().join("first-dump-started");
+    let script = |name: &str, body: String| {
+        let path = programs.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    };
+    let before = script(
+        "before",
+        format!(
+            "echo before >> {log}\nif [ ! -e {started} ]; then touch {started}; sleep 20; fi",
+            log = log.display(),
+            started = started.display()
+        ),
+    );
+    let after = script(
+        "after",
+        format!("echo after-$CADANG_BACKUP_RESULT >> {}", log.display()),
+    );
+    let source = dir.path().join("srv");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("laporan.csv"), b"bulan,jumlah\n1,42\n").unwrap();
+    let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "lokal");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &b.to_string(),
+            "--name",
+            "lokal",
+            "--path",
+            &source.display().to_string(),
+            "--schedule",
+            "0 1 * * *",
+            "--before-backup",
+            &before,
+            "--after-backup",
+            &after,
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the before-backup program never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let owed_dir = dir.path().join("var").join("after-backup-owed");
+    assert_eq!(std::fs::read_dir(&owed_dir).unwrap().count(), 1);
+    daemon.kill_and_restart();
+    let server = daemon.url();
+    let run = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(run["status"], "ok", "{run}");
+    assert!(run["attempts"].as_i64().unwrap() >= 2, "{run}");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        ["before", "after-interrupted", "before", "after-ok"],
+        "owed program first, then the run's own"
+    );
+    assert_eq!(std::fs::read_dir(&owed_dir).unwrap().count(), 0);
 }
 
 /// A fake agent on the job stream, holding a real credential: what a compromised

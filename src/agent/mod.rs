@@ -13,7 +13,6 @@
 
 pub mod check;
 pub mod inventory;
-pub mod owed;
 pub mod programs;
 pub mod restore;
 pub mod walk;
@@ -86,8 +85,8 @@ impl StateDir {
         self.0.join("cache")
     }
     /// After-backup programs owed to the server ([`owed`]).
-    pub fn owed_after(&self) -> owed::OwedAfter {
-        owed::OwedAfter::new(self.0.join("after-backup-owed"))
+    pub fn owed_after(&self) -> crate::hook::owed::OwedAfter {
+        crate::hook::owed::OwedAfter::new(self.0.join("after-backup-owed"))
     }
 
     /// Reads `agent.toml` and the credential.
@@ -286,7 +285,14 @@ pub async fn run(
     let allowed = Arc::new(allowed);
     {
         let allowed = allowed.clone();
-        tokio::task::spawn_blocking(move || owed.run_owed(&allowed)).await?;
+        tokio::task::spawn_blocking(move || {
+            owed.run_owed(&|command: &[String]| {
+                allowed
+                    .command(command)
+                    .map_err(|refusal| format!("after-backup program refused: {refusal}"))
+            })
+        })
+        .await?;
     }
     let mut backoff = Duration::from_secs(1);
     let mut next_inventory = tokio::time::Instant::now();
@@ -500,7 +506,7 @@ fn before_backup(
 fn job_over(
     job: &pb::BackupJob,
     allowed: &programs::AllowedPrograms,
-    owed: &owed::OwedAfter,
+    owed: &crate::hook::owed::OwedAfter,
     result: &str,
 ) -> Option<String> {
     forget_before_backup(&job.job_id);
@@ -540,7 +546,7 @@ fn backup_job(
     mut link: StreamLink,
     cache_dir: PathBuf,
     allowed: &programs::AllowedPrograms,
-    owed: &owed::OwedAfter,
+    owed: &crate::hook::owed::OwedAfter,
 ) {
     let job_id = job.job_id.clone();
     let fail = |link: &mut StreamLink, error: String| {
@@ -557,7 +563,7 @@ fn backup_job(
         Err(error) => return fail(&mut link, error.to_string()),
     };
     // Owed from now until it has run, even if this agent stops in between.
-    if let Err(error) = owed.record(&job) {
+    if let Err(error) = owed.record(&job.job_id, &job.after_command, job.after_timeout_secs) {
         return fail(
             &mut link,
             format!(
@@ -1003,8 +1009,12 @@ mod tests {
         };
         let no = AtomicBool::new(false);
         let sh = programs::AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
-        let owed = owed::OwedAfter::new(dir.path().join("owed"));
-        owed.record(&job).unwrap();
+        let owed = crate::hook::owed::OwedAfter::new(dir.path().join("owed"));
+        let record = |job: &pb::BackupJob| {
+            owed.record(&job.job_id, &job.after_command, job.after_timeout_secs)
+                .unwrap();
+        };
+        record(&job);
         before_backup(&job, &sh, &no).unwrap();
         before_backup(&job, &sh, &no).unwrap();
         assert_eq!(job_over(&job, &sh, &owed, "partial"), None);
@@ -1015,7 +1025,7 @@ mod tests {
             ["before", "after-partial", "before", "after-cancelled"]
         );
         // Refused, or failing: the reason comes back for the run's record.
-        owed.record(&job).unwrap();
+        record(&job);
         let refused = job_over(&job, &programs::AllowedPrograms::default(), &owed, "ok").unwrap();
         assert!(
             refused.starts_with("after-backup program refused"),
@@ -1029,7 +1039,7 @@ mod tests {
             ],
             ..job.clone()
         };
-        owed.record(&failing).unwrap();
+        record(&failing);
         let failed = job_over(&failing, &sh, &owed, "ok").unwrap();
         assert!(
             failed.contains("after-backup program `/bin/sh` failed (exit status: 5)")
@@ -1050,7 +1060,7 @@ mod tests {
             None
         );
         // Run, refused or failed: the program is no longer owed.
-        assert!(owed.run_owed(&sh).is_empty());
+        assert!(owed.run_owed(&|c: &[String]| Ok(c.to_vec())).is_empty());
         assert_eq!(lines().len(), 4);
     }
 

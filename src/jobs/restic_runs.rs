@@ -65,7 +65,19 @@ pub async fn execute(
     };
     let outcome = match Restic::locate(repositories.restic_binary.as_deref()).await {
         Ok(restic) => match run.kind.as_str() {
-            "backup" => backup(&restic, repo, spec, run, &signal, &cancel, progress).await,
+            "backup" => {
+                backup(
+                    repositories,
+                    &restic,
+                    repo,
+                    spec,
+                    run,
+                    &signal,
+                    &cancel,
+                    progress,
+                )
+                .await
+            }
             "retention" => retention(&restic, repo, spec, run).await,
             "verify" => verify(&restic, repo, spec, sequence).await,
             "drill" => drill(&restic, repo, &repositories.scratch, run, &signal).await,
@@ -115,7 +127,9 @@ fn restic_error(error: ResticError) -> String {
     error.to_string()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn backup(
+    repositories: &Repositories,
     restic: &Restic,
     repo: &ResticRepo,
     spec: &PlanSpec,
@@ -141,6 +155,7 @@ async fn backup(
             error: None,
         });
     }
+    repositories.owe_after(spec, run)?;
     let outcome = {
         let (spec, cancel) = (spec.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || super::before_backup(&spec, &cancel))
@@ -152,10 +167,12 @@ async fn backup(
         Ok(()) => back_up_with_restic(restic, repo, spec, run, signal, progress).await,
         Err(error) => Err(error),
     };
-    let (spec, cancel) = (spec.clone(), cancel.clone());
-    tokio::task::spawn_blocking(move || super::after_backup(&spec, outcome, &cancel))
+    let (spec_, cancel) = (spec.clone(), cancel.clone());
+    let end = tokio::task::spawn_blocking(move || super::after_backup(&spec_, outcome, &cancel))
         .await
-        .map_err(|error| format!("the after-backup program's thread failed: {error}"))?
+        .map_err(|error| format!("the after-backup program's thread failed: {error}"))?;
+    repositories.settle_after(run);
+    end
 }
 
 /// Runs `restic backup` for the plan and reads its summary.

@@ -118,8 +118,19 @@ impl Daemon {
         false
     }
 
+    /// SIGKILL, then the same daemon started again: a crash and its recovery.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.start_again();
+    }
+
     pub fn restart(&mut self) {
         assert!(self.stop(), "the daemon stops cleanly on SIGTERM");
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()

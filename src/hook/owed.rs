@@ -1,24 +1,26 @@
-//! After-backup programs the agent owes its server.
+//! After-backup programs owed to the host they run on.
 //!
 //! A job's after-backup program undoes what its before-backup program did: it releases
-//! the file system snapshot, removes the dump. When the agent stops between the two —
-//! killed, its server rebooted — nothing would run it, and an LVM snapshot left behind
-//! slows every write of the server until it fills up. So a job with an after program is
-//! recorded in the state directory before its before program starts, and the record is
-//! removed once the after program has run. An agent that starts and finds records runs
-//! their programs with `CADANG_BACKUP_RESULT=interrupted` before it dials the daemon.
+//! the file system snapshot, removes the dump. When the process that runs them — an
+//! agent, or the daemon for a plan that reads its own host — stops between the two
+//! (killed, the host rebooted), nothing would run it, and an LVM snapshot left behind
+//! slows every write of the host until it fills up. So a job with an after program is
+//! recorded in the process's state directory before its before program starts, and the
+//! record is removed once the after program has run. A process that starts and finds
+//! records runs their programs with `CADANG_BACKUP_RESULT=interrupted` before it takes
+//! any work.
 //!
-//! A job the daemon resumes afterwards runs its before program again (this agent no
-//! longer knows it ran) and its after program once more at its end: both must cope
-//! with having nothing to do.
+//! A job resumed afterwards runs its before program again (the new process does not know
+//! it ran) and its after program once more at its end: both must cope with having
+//! nothing to do.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::programs::AllowedPrograms;
-use crate::rpc::pb;
+/// Turns a recorded command into the one to run, or says why it may not run.
+pub type Resolve<'a> = dyn Fn(&[String]) -> Result<Vec<String>, String> + 'a;
 
 /// What `CADANG_BACKUP_RESULT` says to a program run for a job the agent lost.
 pub const INTERRUPTED: &str = "interrupted";
@@ -55,22 +57,27 @@ impl OwedAfter {
             .join(format!("{}.json", hex::encode(job_id.as_bytes())))
     }
 
-    /// Records that `job`'s after program is owed, if it has one. Durable before it
-    /// returns: the before program may be what brings the server down.
+    /// Records that job `job_id` owes `command` (its after program), if it has one.
+    /// Durable before it returns: the before program may be what brings the host down.
     ///
     /// # Errors
     /// The state directory cannot be written: the job should not start.
-    pub fn record(&self, job: &pb::BackupJob) -> std::io::Result<()> {
-        if job.after_command.is_empty() {
+    pub fn record(
+        &self,
+        job_id: &str,
+        command: &[String],
+        timeout_secs: u32,
+    ) -> std::io::Result<()> {
+        if command.is_empty() {
             return Ok(());
         }
         let record = Record {
-            job_id: job.job_id.clone(),
-            command: job.after_command.clone(),
-            timeout_secs: job.after_timeout_secs,
+            job_id: job_id.to_owned(),
+            command: command.to_vec(),
+            timeout_secs,
         };
         std::fs::create_dir_all(&self.dir)?;
-        let path = self.path(&job.job_id);
+        let path = self.path(job_id);
         let partial = path.with_extension("partial");
         let body = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         {
@@ -94,11 +101,12 @@ impl OwedAfter {
         }
     }
 
-    /// Runs every owed program (each under its own timeout), as the agent starts, and
-    /// removes the records. A program this agent no longer allows is not run: the
-    /// refusal is logged and returned like a failure. An unreadable record is removed
-    /// with a warning.
-    pub fn run_owed(&self, allowed: &AllowedPrograms) -> Vec<Settled> {
+    /// Runs every owed program (each under its own timeout), as the process starts, and
+    /// removes the records. `resolve` turns a recorded command into the one to run, or
+    /// refuses it (an agent's allow-list): a refused program is not run, and the refusal
+    /// is logged and returned like a failure. An unreadable record is removed with a
+    /// warning.
+    pub fn run_owed(&self, resolve: &Resolve<'_>) -> Vec<Settled> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
@@ -124,7 +132,7 @@ impl OwedAfter {
             }
             match read_record(&path) {
                 Ok(record) => {
-                    let error = run_one(&record, allowed);
+                    let error = run_one(&record, resolve);
                     settled.push(Settled {
                         job_id: record.job_id,
                         error,
@@ -151,35 +159,33 @@ fn read_record(path: &Path) -> Result<Record, String> {
     Ok(record)
 }
 
-fn run_one(record: &Record, allowed: &AllowedPrograms) -> Option<String> {
-    let command = match allowed.command(&record.command) {
+fn run_one(record: &Record, resolve: &Resolve<'_>) -> Option<String> {
+    let command = match resolve(&record.command) {
         Ok(command) => command,
-        Err(refusal) => {
-            let error = format!("after-backup program refused: {refusal}");
+        Err(error) => {
             tracing::warn!(job = %record.job_id, %error, "an owed after-backup program was not run");
             return Some(error);
         }
     };
-    tracing::info!(job = %record.job_id, "this agent stopped during the job: its after-backup program runs now");
+    tracing::info!(job = %record.job_id, "this process stopped during the job: its after-backup program runs now");
     let timeout = Duration::from_secs(u64::from(record.timeout_secs.max(1)));
-    crate::hook::run_after(&command, timeout, INTERRUPTED)
+    super::run_after(&command, timeout, INTERRUPTED)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn job(id: &str, log: &Path) -> pb::BackupJob {
-        pb::BackupJob {
-            job_id: id.into(),
-            after_command: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                format!("echo {id}=$CADANG_BACKUP_RESULT >> {}", log.display()),
-            ],
-            after_timeout_secs: 30,
-            ..Default::default()
-        }
+    fn after(id: &str, log: &Path) -> Vec<String> {
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo {id}=$CADANG_BACKUP_RESULT >> {}", log.display()),
+        ]
+    }
+
+    fn any(command: &[String]) -> Result<Vec<String>, String> {
+        Ok(command.to_vec())
     }
 
     fn lines(log: &Path) -> Vec<String> {
@@ -195,20 +201,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("after.log");
         let owed = OwedAfter::new(dir.path().join("state/owed"));
-        let sh = AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
         // Nothing recorded yet, not even the directory.
-        assert!(owed.run_owed(&sh).is_empty());
+        assert!(owed.run_owed(&any).is_empty());
         // Two jobs started; one ended normally and settled, the other was cut short.
-        owed.record(&job("run:1", &log)).unwrap();
-        owed.record(&job("run:2", &log)).unwrap();
+        owed.record("run:1", &after("run:1", &log), 30).unwrap();
+        owed.record("run:2", &after("run:2", &log), 30).unwrap();
         owed.settle("run:1");
         // A job without an after program leaves no record.
-        owed.record(&pb::BackupJob {
-            job_id: "run:3".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        let settled = owed.run_owed(&sh);
+        owed.record("run:3", &[], 30).unwrap();
+        let settled = owed.run_owed(&any);
         assert_eq!(
             settled,
             [Settled {
@@ -218,7 +219,7 @@ mod tests {
         );
         assert_eq!(lines(&log), ["run:2=interrupted"]);
         // Run once: the record is gone.
-        assert!(owed.run_owed(&sh).is_empty());
+        assert!(owed.run_owed(&any).is_empty());
         assert_eq!(lines(&log), ["run:2=interrupted"]);
     }
 
@@ -227,9 +228,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("after.log");
         let owed = OwedAfter::new(dir.path().join("owed"));
-        owed.record(&job("run:4", &log)).unwrap();
+        owed.record("run:4", &after("run:4", &log), 30).unwrap();
         // The administrator has since withdrawn /bin/sh from the allow-list.
-        let settled = owed.run_owed(&AllowedPrograms::default());
+        let settled = owed.run_owed(&|command: &[String]| {
+            Err(format!(
+                "after-backup program refused: {} is not allowed",
+                command[0]
+            ))
+        });
         assert_eq!(settled.len(), 1);
         let error = settled[0].error.as_deref().unwrap();
         assert!(
@@ -245,8 +251,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(owed.path("run:7").with_extension("partial"), b"{").unwrap();
-        let sh = AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
-        assert!(owed.run_owed(&sh).is_empty());
+        assert!(owed.run_owed(&any).is_empty());
         assert_eq!(std::fs::read_dir(&owed.dir).unwrap().count(), 0);
     }
 
@@ -254,13 +259,11 @@ mod tests {
     fn a_failing_owed_program_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let owed = OwedAfter::new(dir.path().join("owed"));
-        let mut failing = job("run:8", dir.path());
-        failing.after_command = vec!["/bin/sh".into(), "-c".into(), "exit 3".into()];
-        owed.record(&failing).unwrap();
-        let sh = AllowedPrograms::new(&[PathBuf::from("/bin/sh")]).unwrap();
-        let settled = owed.run_owed(&sh);
+        let failing = ["/bin/sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()];
+        owed.record("run:8", &failing, 30).unwrap();
+        let settled = owed.run_owed(&any);
         let error = settled[0].error.as_deref().unwrap();
         assert!(error.contains("exit status: 3"), "{error}");
-        assert!(owed.run_owed(&sh).is_empty());
+        assert!(owed.run_owed(&any).is_empty());
     }
 }
