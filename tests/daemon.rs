@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -2818,13 +2818,81 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
 }
 
+/// A before-backup program whose first run hangs (so that its host's process can be
+/// killed during it) and an after-backup program, both logging to one file.
+struct HangingHooks {
+    dir: PathBuf,
+    log: PathBuf,
+    started: PathBuf,
+    before: String,
+    after: String,
+}
+
+impl HangingHooks {
+    fn new(base: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = base.join("sbin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = base.join("programs.log");
+        let started = base.join("first-dump-started");
+        let script = |name: &str, body: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path.display().to_string()
+        };
+        let before = script(
+            "before",
+            format!(
+                "echo before >> {log}\nif [ ! -e {started} ]; then touch {started}; sleep 20; fi",
+                log = log.display(),
+                started = started.display()
+            ),
+        );
+        let after = script(
+            "after",
+            format!("echo after-$CADANG_BACKUP_RESULT >> {}", log.display()),
+        );
+        HangingHooks {
+            dir,
+            log,
+            started,
+            before,
+            after,
+        }
+    }
+
+    /// The `--allow-program` entry of both.
+    fn allowed(&self) -> String {
+        format!("{}/", self.dir.display())
+    }
+
+    fn wait_for_the_first_dump(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.started.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the before-backup program never started"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// An agent killed while a job's before-backup program runs (a server that crashed, an
 /// administrator's `kill -9`) owes the job's after-backup program: it runs when the agent
 /// starts again, told `interrupted`, before the daemon resumes the job — whose before
 /// and after programs then run as usual.
 #[test]
 fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let (_daemon, _admin, server, site) = Daemon::with_site(&dir.path().join("var"), None);
     let web = register_server(
@@ -2839,29 +2907,9 @@ fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again
     let state = dir.path().join("agent");
     assert!(enroll(&server, &token, &state).status.success());
     // The server's programs: the first dump hangs (the agent is killed meanwhile).
-    let programs = dir.path().join("sbin");
-    std::fs::create_dir_all(&programs).unwrap();
-    let log = dir.path().join("programs.log");
-    let started = dir.path().join("first-dump-started");
-    let script = |name: &str, body: String| {
-        let path = programs.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path.display().to_string()
-    };
-    let before = script(
-        "before",
-        format!(
-            "echo before >> {log}\nif [ ! -e {started} ]; then touch {started}; sleep 20; fi",
-            log = log.display(),
-            started = started.display()
-        ),
-    );
-    let after = script(
-        "after",
-        format!("echo after-$CADANG_BACKUP_RESULT >> {}", log.display()),
-    );
-    let allowed = format!("{}/", programs.display());
+    let hooks = HangingHooks::new(dir.path());
+    let (before, after) = (hooks.before.as_str(), hooks.after.as_str());
+    let allowed = hooks.allowed();
     let agent_log = dir.path().join("agent.log");
     let agent = AgentProcess::start_allowing(&state, &agent_log, &[&allowed]);
     let source = dir.path().join("srv");
@@ -2885,39 +2933,29 @@ fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again
             "--schedule",
             "0 1 * * *",
             "--before-backup",
-            &before,
+            before,
             "--after-backup",
-            &after,
+            after,
         ],
     )[0]["id"]
         .as_i64()
         .unwrap()
         .to_string();
     step(&server, &site.kasi, b, "complete", 2, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the before-backup program never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    hooks.wait_for_the_first_dump();
     // SIGKILL: nothing of the agent's runs after this.
     drop(agent);
-    let lines = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
-    assert_eq!(lines(), ["before"], "nothing ran the after program yet");
+    assert_eq!(
+        hooks.lines(),
+        ["before"],
+        "nothing ran the after program yet"
+    );
     let _agent = AgentProcess::start_allowing(&state, &agent_log, &[&allowed]);
     let run = wait_for_run(&server, &site.kasi, &plan, 1);
     assert_eq!(run["status"], "ok", "{run}");
     assert!(run["stats"]["resumed"].as_u64().unwrap() >= 1, "{run}");
     assert_eq!(
-        lines(),
+        hooks.lines(),
         ["before", "after-interrupted", "before", "after-ok"],
         "owed program first, then the resumed job's own"
     );
@@ -2938,31 +2976,10 @@ fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again
 /// takes the run up again.
 #[test]
 fn a_daemon_killed_during_a_run_runs_its_owed_after_program_when_it_starts_again() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let (mut daemon, _admin, server, site) = Daemon::with_site(&dir.path().join("var"), None);
-    let programs = dir.path().join("sbin");
-    std::fs::create_dir_all(&programs).unwrap();
-    let log = dir.path().join("programs.log");
-    let started = dir.path().join("first-dump-started");
-    let script = |name: &str, body: String| {
-        let path = programs.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path.display().to_string()
-    };
-    let before = script(
-        "before",
-        format!(
-            "echo before >> {log}\nif [ ! -e {started} ]; then touch {started}; sleep 20; fi",
-            log = log.display(),
-            started = started.display()
-        ),
-    );
-    let after = script(
-        "after",
-        format!("echo after-$CADANG_BACKUP_RESULT >> {}", log.display()),
-    );
+    let hooks = HangingHooks::new(dir.path());
+    let (before, after) = (hooks.before.as_str(), hooks.after.as_str());
     let source = dir.path().join("srv");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("laporan.csv"), b"bulan,jumlah\n1,42\n").unwrap();
@@ -2982,23 +2999,16 @@ fn a_daemon_killed_during_a_run_runs_its_owed_after_program_when_it_starts_again
             "--schedule",
             "0 1 * * *",
             "--before-backup",
-            &before,
+            before,
             "--after-backup",
-            &after,
+            after,
         ],
     )[0]["id"]
         .as_i64()
         .unwrap()
         .to_string();
     step(&server, &site.kasi, b, "complete", 2, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the before-backup program never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    hooks.wait_for_the_first_dump();
     let owed_dir = dir.path().join("var").join("after-backup-owed");
     assert_eq!(std::fs::read_dir(&owed_dir).unwrap().count(), 1);
     daemon.kill_and_restart();
@@ -3006,13 +3016,8 @@ fn a_daemon_killed_during_a_run_runs_its_owed_after_program_when_it_starts_again
     let run = wait_for_run(&server, &site.kasi, &plan, 1);
     assert_eq!(run["status"], "ok", "{run}");
     assert!(run["attempts"].as_i64().unwrap() >= 2, "{run}");
-    let lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
     assert_eq!(
-        lines,
+        hooks.lines(),
         ["before", "after-interrupted", "before", "after-ok"],
         "owed program first, then the run's own"
     );
