@@ -1015,8 +1015,27 @@ impl Reader<'_> {
     }
 }
 
-/// The entries of `tree` (at `prefix`, `depth` levels down) selected by `paths`, in
-/// tree order, each directory before what it holds.
+/// What a restore leaves out: its exclude patterns, as a backup's excludes match them
+/// (against the path from the snapshot's root).
+///
+/// # Errors
+/// The stored patterns cannot be read or are malformed (they were checked when the
+/// restore was written, so only a damaged catalog row gets here).
+pub(crate) fn restore_excludes(restore: &RestoreRecord) -> Result<globset::GlobSet, String> {
+    let patterns: Vec<String> = serde_json::from_str(&restore.excludes_json)
+        .map_err(|error| format!("the restore's exclude patterns cannot be read: {error}"))?;
+    crate::engine::backup::build_excludes(&patterns).map_err(|error| error.to_string())
+}
+
+/// Whether `abs` (a path from the snapshot's root, `/` first) is left out by `excludes`.
+pub(crate) fn excluded(excludes: &globset::GlobSet, abs: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    !excludes.is_empty()
+        && excludes.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(abs)))
+}
+
+/// The entries of `tree` (at `prefix`, `depth` levels down) selected by `paths` and not
+/// left out by `excludes`, in tree order, each directory before what it holds.
 #[allow(clippy::too_many_arguments)]
 fn collect(
     reader: &mut Reader<'_>,
@@ -1024,6 +1043,7 @@ fn collect(
     prefix: &[u8],
     depth: usize,
     paths: &[String],
+    excludes: &globset::GlobSet,
     whole: bool,
     out: &mut Vec<Item>,
     unreadable: &mut Vec<pb::FileProblem>,
@@ -1055,6 +1075,9 @@ fn collect(
         rel.extend_from_slice(&node.name);
         let mut abs = b"/".to_vec();
         abs.extend_from_slice(&rel);
+        if excluded(excludes, &abs) {
+            continue;
+        }
         let (take, all) = if whole {
             (true, true)
         } else {
@@ -1077,6 +1100,7 @@ fn collect(
                 &rel,
                 depth + 1,
                 paths,
+                excludes,
                 all,
                 out,
                 unreadable,
@@ -1196,6 +1220,12 @@ pub fn restore_to_agent(
     };
     let snapshot_hex = snapshot_id.to_hex();
     let paths: Vec<String> = serde_json::from_str(&restore.paths_json).unwrap_or_default();
+    let excludes = match restore_excludes(restore) {
+        Ok(excludes) => excludes,
+        Err(error) => {
+            return (end("failed", json!({}), Some(error)), Some(snapshot_hex));
+        }
+    };
     let (index, _) = match repository.load_index_for(snapshot) {
         Ok(index) => index,
         Err(error) => {
@@ -1220,6 +1250,7 @@ pub fn restore_to_agent(
         b"",
         0,
         &paths,
+        &excludes,
         false,
         &mut items,
         &mut unreadable,
@@ -1630,6 +1661,7 @@ mod tests {
             b"",
             0,
             &[],
+            &globset::GlobSet::empty(),
             true,
             &mut items,
             &mut unreadable,

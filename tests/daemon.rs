@@ -2569,6 +2569,63 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
     assert!(!subset_root.join("html/index.html").exists());
     assert!(!subset_root.join("html/new.txt").exists());
+    // Everything but what is left out: a directory by its path from the root (and what
+    // is below it), a name anywhere. The other path of the hard-linked file is restored
+    // whole, its link left out with the directory.
+    let trimmed = dir.path().join("trimmed");
+    let img = source.join("html/img").display().to_string();
+    let restore = ok(
+        &server,
+        &site.petugas,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--exclude",
+            &img,
+            "--exclude",
+            "new.*",
+            "--target",
+            &trimmed.display().to_string(),
+            "--wait",
+        ],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    assert_eq!(
+        restore["excludes"],
+        serde_json::json!([img, "new.*"]),
+        "{restore}"
+    );
+    let trimmed_root = trimmed.join(source.strip_prefix("/").unwrap());
+    assert!(trimmed_root.join("html").is_dir());
+    assert!(!trimmed_root.join("html/img").exists());
+    assert!(!trimmed_root.join("html/new.txt").exists());
+    assert_eq!(
+        std::fs::read(trimmed_root.join("logo.bin")).unwrap(),
+        noise(1, 3 << 20)
+    );
+    assert_eq!(
+        std::fs::read(trimmed_root.join("html/index.html")).unwrap(),
+        std::fs::read(source.join("html/index.html")).unwrap()
+    );
+    assert!(trimmed_root.join("empty").is_file());
+    // A pattern that cannot be read is refused before anything is queued.
+    refused(
+        &server,
+        &site.petugas,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--exclude",
+            "/srv/[unclosed",
+            "--target",
+            &dir.path().join("never").display().to_string(),
+        ],
+        "INVALID_ARGUMENT",
+    );
     // What the daemon compressed restores byte for byte.
     let kendal_target = dir.path().join("restored-kendal");
     restore_and_compare(

@@ -514,6 +514,52 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let done = step(&server, &site.petugas, happy, "complete", 7, &[]);
     assert_eq!(done["request"]["outcome"], "completed");
 
+    // A plan may leave things out (a pattern a backup plan would read the same way); one
+    // that cannot be read is refused at C2. What is restored verifies without them.
+    let partial = bench.open("tanpa-db");
+    let partial_target = dir.path().join("restored-partial");
+    refused(
+        &server,
+        &site.petugas,
+        &[
+            "restore-request",
+            "plan",
+            &partial.to_string(),
+            "--source",
+            &web.to_string(),
+            "--target",
+            &partial_target.display().to_string(),
+            "--exclude",
+            "db/[",
+        ],
+        "INVALID_ARGUMENT",
+    );
+    let planned = bench.plan_and_approve(
+        partial,
+        &[
+            "--target",
+            &partial_target.display().to_string(),
+            "--exclude",
+            &source.join("db").display().to_string(),
+        ],
+    );
+    assert_eq!(
+        planned["plan"]["excludes"][0],
+        source.join("db").display().to_string(),
+        "{planned}"
+    );
+    let shown = bench.settle(partial);
+    assert_eq!(shown["state"], "verified", "{shown}");
+    let restored = bench.restored(&partial_target);
+    assert_eq!(
+        std::fs::read(restored.join("html/index.html")).unwrap(),
+        std::fs::read(source.join("html/index.html")).unwrap()
+    );
+    assert!(
+        !restored.join("db").exists(),
+        "the excluded directory stays out"
+    );
+
     // A check that fails (non-zero exit) or hangs (timeout) leads to C6; with nothing
     // left to try the result is verify differences, and the letter says so.
     for (name, check, expect) in [

@@ -48,6 +48,8 @@ pub struct StartRestore {
     pub snapshot: String,
     /// Only these paths; empty for all.
     pub paths: Vec<String>,
+    /// Left out, with what is below them (a backup plan's exclude syntax).
+    pub excludes: Vec<String>,
     /// The server to restore to (same agency).
     pub target_server_id: ServerId,
     /// Absolute directory on the target.
@@ -669,6 +671,7 @@ impl App {
                 )));
             }
         }
+        super::plans::check_excludes(&restore.excludes)?;
         let snapshot = restore.snapshot.trim();
         let snapshot = if snapshot.is_empty() {
             "latest"
@@ -717,6 +720,8 @@ impl App {
                     snapshot: snapshot.to_owned(),
                     paths_json: serde_json::to_string(&restore.paths)
                         .map_err(|error| AppError::internal(error.to_string()))?,
+                    excludes_json: serde_json::to_string(&restore.excludes)
+                        .map_err(|error| AppError::internal(error.to_string()))?,
                     target_dir: target_dir.to_owned(),
                     request_id: restore.request_id,
                     requested_by: username,
@@ -731,7 +736,8 @@ impl App {
         work.audit("restore.start", "restore", record.id).after = Some(serde_json::json!({
             "server": record.server_id, "target_server": record.target_server_id,
             "plan": record.plan_id,
-            "snapshot": record.snapshot, "paths": restore.paths, "target_dir": record.target_dir,
+            "snapshot": record.snapshot, "paths": restore.paths, "excludes": restore.excludes,
+            "target_dir": record.target_dir,
             "request": record.request_id,
         }));
         work.commit().await?;

@@ -34,7 +34,9 @@ pub struct PlanSpec {
     /// The colocated server whose agent reads the paths; none for the daemon's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerId>,
-    /// Exclude globs.
+    /// Exclude globs: without `/` a name anywhere, with `/` a path from the root; what
+    /// is below a matched directory is left out too (restic's syntax for a plan on a
+    /// restic repository).
     #[serde(default)]
     pub excludes: Vec<String>,
     /// Backup schedule: a cron expression of 5 fields (minute hour day month weekday) or 6
@@ -437,6 +439,35 @@ impl Schedule {
     }
 }
 
+/// Most exclude patterns a plan or a restore may carry.
+const MAX_EXCLUDES: usize = 1024;
+
+/// Checks exclude patterns as the engine and the agent will read them (the syntax of
+/// `cadang backup --exclude`), so that a malformed one is refused when it is written
+/// rather than failing every run.
+///
+/// # Errors
+/// [`AppError::InvalidInput`] naming the pattern.
+pub(crate) fn check_excludes(patterns: &[String]) -> Result<(), AppError> {
+    if patterns.len() > MAX_EXCLUDES {
+        return Err(AppError::invalid(format!(
+            "at most {MAX_EXCLUDES} exclude patterns"
+        )));
+    }
+    if let Some(pattern) = patterns
+        .iter()
+        .find(|pattern| pattern.len() > 4096 || pattern.contains('\0'))
+    {
+        return Err(AppError::invalid(format!(
+            "exclude pattern `{}`: longer than 4096 bytes or holds a NUL",
+            pattern.escape_debug()
+        )));
+    }
+    crate::engine::backup::build_excludes(patterns)
+        .map(drop)
+        .map_err(|error| AppError::invalid(error.to_string()))
+}
+
 impl PlanSpec {
     /// Checks the specification.
     ///
@@ -510,6 +541,9 @@ impl PlanSpec {
                     "{field}.timeout_secs must be between 1 and 86400"
                 )));
             }
+        }
+        if self.restic.is_none() {
+            check_excludes(&self.excludes)?;
         }
         if let Some(restic) = &self.restic {
             if restic.repository.trim().is_empty() {
@@ -1622,6 +1656,25 @@ mod tests {
         assert!(error.contains("after_backup.timeout_secs"), "{error}");
         after.after_backup.as_mut().unwrap().timeout_secs = 600;
         after.validate().unwrap();
+        // Exclude patterns are read as the engine and the agent will read them, when the
+        // plan is written; restic reads its own.
+        let mut excludes = spec("0 2 * * *");
+        excludes.excludes = vec!["*.tmp".into(), "/srv/cache".into()];
+        excludes.validate().unwrap();
+        excludes.excludes.push("/srv/{unclosed".into());
+        let error = excludes.validate().unwrap_err().to_string();
+        assert!(error.contains("/srv/{unclosed"), "{error}");
+        excludes.excludes = vec!["x".repeat(5000)];
+        assert!(excludes.validate().is_err());
+        excludes.excludes = vec!["/srv/{unclosed".into()];
+        excludes.restic = Some(ResticTarget {
+            repository: "/srv/restic".into(),
+            password: None,
+            password_secret: None,
+            env: None,
+            env_secret: None,
+        });
+        excludes.validate().unwrap();
     }
 
     /// Plans stored before the choice existed read as compressing on the agent, and

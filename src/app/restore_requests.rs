@@ -47,6 +47,10 @@ pub struct RestorePlan {
     /// Only these paths (absolute, as backed up); empty for everything.
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Left out, with what is below them: patterns in a backup plan's exclude syntax
+    /// (without `/` a name anywhere, with `/` a path from the snapshot's root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
     /// Where the files go.
     pub target: RestoreTarget,
     /// A command run on the target after every file verified (no shell).
@@ -167,6 +171,7 @@ impl RestorePlan {
                 )));
             }
         }
+        super::plans::check_excludes(&self.excludes)?;
         self.target.dir = check_dir(&self.target.dir, "the target directory")?;
         if let Some(check) = &mut self.check {
             check.command.retain(|arg| !arg.is_empty());
@@ -965,6 +970,8 @@ impl App {
                     snapshot: attempt.snapshot.clone(),
                     paths_json: serde_json::to_string(&plan.paths)
                         .map_err(|error| AppError::internal(error.to_string()))?,
+                    excludes_json: serde_json::to_string(&plan.excludes)
+                        .map_err(|error| AppError::internal(error.to_string()))?,
                     target_dir: attempt.dir.clone(),
                     request_id: Some(record.id),
                     requested_by: work.actor_name.clone(),
@@ -1061,6 +1068,7 @@ mod tests {
             backup_plan: None,
             snapshot: "latest".into(),
             paths: vec![],
+            excludes: vec![],
             target: RestoreTarget {
                 server: ServerId(1),
                 dir: "/srv/restore".into(),
@@ -1088,6 +1096,7 @@ mod tests {
             target_server_id: ServerId(1),
             snapshot: "ab".repeat(32),
             paths_json: "[]".into(),
+            excludes_json: "[]".into(),
             target_dir: "/srv/restore".into(),
             status: status.into(),
             request_id: Some(RequestId(1)),
@@ -1238,6 +1247,16 @@ mod tests {
         let mut bad = plan(vec![]);
         bad.paths = vec!["/srv/../etc".into()];
         assert!(bad.validate().is_err());
+        let mut bad = plan(vec![]);
+        bad.excludes = vec!["cache".into(), "/srv/[unclosed".into()];
+        let error = bad.validate().expect_err("a malformed exclude is refused");
+        assert!(error.to_string().contains("/srv/[unclosed"), "{error}");
+        let mut good = plan(vec![]);
+        good.excludes = vec!["*.tmp".into(), "/var/lib/docker".into()];
+        assert_eq!(
+            good.validate().expect("valid excludes").excludes,
+            ["*.tmp", "/var/lib/docker"]
+        );
         let parsed: RestorePlan = serde_json::from_str(
             r#"{"server": 3, "target": {"server": 3, "dir": "/"},
                 "check": {"command": ["pg_isready"]},

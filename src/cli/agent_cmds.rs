@@ -112,6 +112,10 @@ pub enum RestoreJobCmd {
         /// Only this path of the snapshot (repeatable).
         #[arg(long = "path")]
         paths: Vec<String>,
+        /// Leave out entries matching this glob, and what is below them (repeatable; as a
+        /// plan's `--exclude`: without `/` a name anywhere, with `/` a path from the root).
+        #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
         /// Restore to another server of the same agency.
         #[arg(long)]
         to_server: Option<i64>,
@@ -484,7 +488,8 @@ pub(super) fn restore_json(restore: &pb::Restore) -> serde_json::Value {
     json!({
         "id": restore.id, "agency_id": restore.agency_id, "server_id": restore.server_id,
         "target_server_id": restore.target_server_id, "snapshot": restore.snapshot,
-        "paths": restore.paths, "target_dir": restore.target_dir, "status": restore.status,
+        "paths": restore.paths, "excludes": restore.excludes,
+        "target_dir": restore.target_dir, "status": restore.status,
         "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
         "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
         "finished_at": restore.finished_at, "requested_by": restore.requested_by,
@@ -568,6 +573,9 @@ fn print_restore(json: bool, restore: &pb::Restore) {
     if !restore.paths.is_empty() {
         println!("  paths {}", restore.paths.join(", "));
     }
+    if !restore.excludes.is_empty() {
+        println!("  leaving out {}", restore.excludes.join(", "));
+    }
     if let Some(verified) = stats["files_verified"].as_u64() {
         println!(
             "  {verified} files verified, {} failed, {} bytes written",
@@ -601,6 +609,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     snapshot,
                     target,
                     paths,
+                    excludes,
                     to_server,
                     request,
                     from_plan,
@@ -611,6 +620,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             server_id: server,
                             snapshot,
                             paths,
+                            excludes,
                             target_server_id: to_server.unwrap_or(0),
                             target_dir: target,
                             request_id: request.unwrap_or(0),

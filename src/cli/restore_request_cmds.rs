@@ -40,6 +40,11 @@ pub enum RestoreRequestCmd {
         /// Only this path of the snapshot (repeatable).
         #[arg(long = "path")]
         paths: Vec<String>,
+        /// Leave out entries matching this glob, and what is below them (repeatable; as a
+        /// backup plan's `--exclude`: without `/` a name anywhere, with `/` a path from
+        /// the root).
+        #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
         /// The server restored to (default: the source itself).
         #[arg(long)]
         target_server: Option<i64>,
@@ -89,6 +94,7 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
         from_plan,
         snapshot,
         paths,
+        excludes,
         target_server,
         target,
         check,
@@ -127,6 +133,9 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
         "target": { "server": target_server.unwrap_or(source), "dir": target },
         "fallback": steps,
     });
+    if !excludes.is_empty() {
+        plan["excludes"] = json!(excludes);
+    }
     if let Some(from_plan) = from_plan {
         plan["backup_plan"] = json!(from_plan);
     }

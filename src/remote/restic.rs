@@ -104,6 +104,12 @@ pub fn restore_from_restic(
     progress: &Progress,
     options: RemoteOptions,
 ) -> (RestoreEnd, Option<String>) {
+    // Restic stages what the paths select; what the restore leaves out is left out of
+    // what is streamed to the agent, with the engine's pattern syntax.
+    let excludes = match super::restore_excludes(restore) {
+        Ok(excludes) => excludes,
+        Err(error) => return (failed(json!({ "engine": "restic" }), error), None),
+    };
     // The replica step: the same snapshot, from the plan's restic replica (restic
     // cannot read one repository's damaged data from another).
     let replica;
@@ -205,6 +211,7 @@ pub fn restore_from_restic(
         &staging.0,
         &staging.0,
         &skipped,
+        &excludes,
         &ids,
         &mut entries,
         &mut unreadable,
@@ -545,12 +552,15 @@ async fn restic_part(
 }
 
 /// The entries under `dir` (directories before what they hold, names in byte order),
-/// each file with the ids of its pieces. Paths in `skipped` are left out; a file that
-/// cannot be read is listed in `unreadable` and left out.
+/// each file with the ids of its pieces. Paths in `skipped`, and entries `excludes`
+/// matches (with what is below them), are left out; a file that cannot be read is
+/// listed in `unreadable` and left out.
+#[allow(clippy::too_many_arguments)]
 fn staged_entries(
     root: &Path,
     dir: &Path,
     skipped: &HashSet<Vec<u8>>,
+    excludes: &globset::GlobSet,
     ids: &IdKeys,
     out: &mut Vec<pb::RestoreEntry>,
     unreadable: &mut Vec<pb::FileProblem>,
@@ -572,7 +582,7 @@ fn staged_entries(
             .as_os_str()
             .as_bytes()
             .to_vec();
-        if skipped.contains(&rel) {
+        if skipped.contains(&rel) || super::excluded(excludes, &[b"/", rel.as_slice()].concat()) {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path)
@@ -597,7 +607,7 @@ fn staged_entries(
         if kind.is_dir() {
             entry.kind = "dir".into();
             out.push(entry);
-            staged_entries(root, &path, skipped, ids, out, unreadable, cancel)?;
+            staged_entries(root, &path, skipped, excludes, ids, out, unreadable, cancel)?;
             continue;
         }
         if kind.is_file() {
@@ -726,13 +736,19 @@ mod tests {
         std::fs::write(root.join("srv/skip.txt"), b"restic failed this one").unwrap();
         std::os::unix::fs::symlink("a.txt", root.join("srv/link")).unwrap();
         let ids = IdKeys::from_parts([9; 32], 0);
+        std::fs::create_dir_all(root.join("srv/cache")).unwrap();
+        std::fs::write(root.join("srv/cache/page.html"), b"left out").unwrap();
+        std::fs::write(root.join("srv/a.tmp"), b"left out").unwrap();
         let skipped: HashSet<Vec<u8>> = [b"srv/skip.txt".to_vec()].into();
+        let excludes =
+            crate::engine::backup::build_excludes(&["*.tmp".into(), "/srv/cache".into()]).unwrap();
         let mut entries = Vec::new();
         let mut unreadable = Vec::new();
         staged_entries(
             root,
             root,
             &skipped,
+            &excludes,
             &ids,
             &mut entries,
             &mut unreadable,

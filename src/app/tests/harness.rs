@@ -565,6 +565,7 @@ impl Env {
                     backup_plan: None,
                     snapshot: "latest".into(),
                     paths: Vec::new(),
+                    excludes: Vec::new(),
                     target: crate::app::restore_requests::RestoreTarget {
                         server: server.id,
                         dir: "/srv/restore".into(),
