@@ -557,6 +557,7 @@ fn back_up_here(
         paths: spec.paths.iter().map(PathBuf::from).collect(),
         tags: vec![format!("plan:{}", run.plan_id), format!("run:{}", run.id)],
         excludes: spec.excludes.clone(),
+        markers: spec.markers()?,
         host: Some("cadang-daemon".into()),
         // The daemon's clock, not the source's, dates the snapshot: retention is steered
         // by trusted time.
@@ -931,6 +932,8 @@ mod tests {
             server: None,
             paths: vec![source.display().to_string()],
             excludes: vec![],
+            exclude_if_present: vec![],
+            exclude_caches: false,
             schedule: "0 2 * * *".into(),
             time_zone: "Asia/Jakarta".into(),
             retention: Retention::default(),

@@ -566,6 +566,7 @@ pub fn backup_via_agent(
             job_id: job_id.clone(),
             paths: spec.paths.clone(),
             excludes: spec.excludes.clone(),
+            exclude_if_present: spec.marker_specs(),
             chunker: "fastcdc-v2020".into(),
             chunk_min: config.chunker.min_size,
             chunk_avg: config.chunker.avg_size,

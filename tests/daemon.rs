@@ -2106,6 +2106,18 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     std::fs::write(source.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("html/index.html", source.join("index")).unwrap();
     std::fs::hard_link(source.join("html/img/logo.bin"), source.join("logo.bin")).unwrap();
+    // Left out by the plan's markers, which alone are kept: a build tool's cache and a
+    // scratch directory.
+    std::fs::create_dir_all(source.join("build")).unwrap();
+    std::fs::write(
+        source.join("build/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n# a build tool's cache\n",
+    )
+    .unwrap();
+    std::fs::write(source.join("build/out.o"), noise(5, 1 << 20)).unwrap();
+    std::fs::create_dir_all(source.join("scratch")).unwrap();
+    std::fs::write(source.join("scratch/.nobackup"), b"").unwrap();
+    std::fs::write(source.join("scratch/tmp.bin"), noise(6, 1 << 20)).unwrap();
     let kendal_source = dir.path().join("srv-kendal");
     std::fs::create_dir_all(&kendal_source).unwrap();
     // The database's dump is made by the plan's before-backup program, on the server,
@@ -2153,6 +2165,9 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
             &source.display().to_string(),
             "--on-server",
             &web.to_string(),
+            "--exclude-caches",
+            "--exclude-if-present",
+            ".nobackup",
             "--schedule",
             "0 1 * * *",
         ],
@@ -2357,7 +2372,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     assert_eq!(third["status"], "ok", "{third}");
     let stats = third["stats"].clone();
     assert_eq!(stats["subtrees_unchanged"], 1, "{stats}");
-    assert_eq!(stats["files_unchanged"], 5, "{stats}");
+    // Five files, and the two markers alone of what the marked directories hold.
+    assert_eq!(stats["files_unchanged"], 7, "{stats}");
     assert_eq!(stats["files_new"], 0, "{stats}");
     assert!(
         stats["wire_bytes"].as_u64().unwrap() < 4096,
@@ -2531,6 +2547,10 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         "INVALID_ARGUMENT",
     );
     let target = dir.path().join("restored");
+    // The marked directories kept only their markers: without the rest of what they
+    // hold, the source and what is restored are the same tree.
+    std::fs::remove_file(source.join("build/out.o")).unwrap();
+    std::fs::remove_file(source.join("scratch/tmp.bin")).unwrap();
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
     // The agent read the hard-linked file once and restored its two paths as links.
     {

@@ -280,6 +280,8 @@ pub struct Job {
     pub paths: Vec<PathBuf>,
     /// Exclude globs.
     pub excludes: Vec<String>,
+    /// A directory holding one of these files keeps only that file.
+    pub markers: Vec<crate::engine::backup::ExcludeMarker>,
     /// Chunker.
     pub chunker: Chunker,
     /// Naming capability.
@@ -325,10 +327,17 @@ impl Job {
                 "a backup needs absolute paths".to_owned(),
             ));
         }
+        let markers = job
+            .exclude_if_present
+            .iter()
+            .map(|spec| crate::engine::backup::ExcludeMarker::parse(spec))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| WalkError::Invalid(error.to_string()))?;
         Ok(Self {
             job_id: job.job_id.clone(),
             paths: job.paths.iter().map(PathBuf::from).collect(),
             excludes: job.excludes.clone(),
+            markers,
             chunker: Chunker::new(&params, job.chunker_seed),
             ids: IdKeys::from_parts(key, job.chunker_seed),
             level: job.compression_level.clamp(0, 19),
@@ -500,6 +509,7 @@ struct Walker<'a> {
     /// Key of the directory digests: what else decides which entries are sent.
     digest_key: [u8; 32],
     excludes: globset::GlobSet,
+    markers: Vec<crate::engine::backup::ExcludeMarker>,
     /// Chunk ids already put in a batch during this job: read while chunks are named in
     /// parallel, written only with `state` held (so an id and its batch go in together).
     seen: std::sync::RwLock<HashSet<[u8; 32]>>,
@@ -845,9 +855,14 @@ impl Walker<'_> {
         };
         let mut clean = true;
         let mut children: Vec<PathBuf> = Vec::new();
+        // A marked directory keeps only its markers.
+        let only = crate::engine::backup::marked(path, &self.markers);
         for child in listing {
             match child {
                 Ok(child) => {
+                    if !only.is_empty() && !only.contains(&child.file_name()) {
+                        continue;
+                    }
                     let p = child.path();
                     if !self.excludes.is_match(&p) {
                         children.push(p);
@@ -1431,10 +1446,17 @@ pub fn run<L: Link + Send>(
                 key.update(exclude.as_bytes());
                 key.update(b"\0");
             }
+            // What leaves directories out is part of what a digest stands for.
+            key.update(b"\0markers\0");
+            for marker in &job.markers {
+                key.update(format!("{marker:?}").as_bytes());
+                key.update(b"\0");
+            }
             *key.finalize().as_bytes()
         },
         old: cache,
         excludes,
+        markers: job.markers.clone(),
         seen: std::sync::RwLock::default(),
         links: std::sync::Mutex::default(),
         deferred: std::sync::Mutex::default(),
@@ -1612,6 +1634,7 @@ mod tests {
             job_id: "run:1".into(),
             paths,
             excludes: vec!["*.tmp".into()],
+            markers: vec![crate::engine::backup::ExcludeMarker::cache_dir_tag()],
             chunker: Chunker::new(&params, 7),
             ids: IdKeys::from_parts([9; 32], 7),
             level: 3,
@@ -1780,6 +1803,50 @@ mod tests {
             }
             cache = outcome.cache;
         }
+    }
+
+    /// A directory that becomes a cache (a `CACHEDIR.TAG` appears in it) keeps only its
+    /// tag in the next backup.
+    #[test]
+    fn a_directory_tagged_as_a_cache_keeps_only_its_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(src.join("app/cache")).unwrap();
+        std::fs::write(src.join("app/data.db"), noise(1, 50_000)).unwrap();
+        std::fs::write(src.join("app/cache/page.html"), noise(2, 70_000)).unwrap();
+        let job = job(vec![src.clone()]);
+        let cache_dir = src.join("app/cache");
+        let under_cache = |repo: &Repository| {
+            repo.entries
+                .iter()
+                .filter(|e| e.path.starts_with(cache_dir.as_os_str().as_bytes()))
+                .count()
+        };
+        let mut repo = Repository::default();
+        let outcome = walk_over(&job, &mut repo, FilesCache::default());
+        assert_eq!(outcome.files, 2);
+        assert_eq!(under_cache(&repo), 2, "the directory and its file");
+        std::fs::write(
+            cache_dir.join("CACHEDIR.TAG"),
+            format!("{}\n", crate::engine::backup::CACHEDIR_TAG_SIGNATURE),
+        )
+        .unwrap();
+        repo.entries.clear();
+        let outcome = walk_over(&job, &mut repo, outcome.cache);
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        assert_eq!(outcome.files, 2, "the data and the tag");
+        assert_eq!(
+            under_cache(&repo),
+            2,
+            "the directory and its tag: {:?}",
+            repo.entries
+        );
+        assert!(!repo.entries.iter().any(|e| e.path.ends_with(b"page.html")));
+        assert!(
+            repo.entries
+                .iter()
+                .any(|e| e.path == src.join("app/data.db").as_os_str().as_bytes())
+        );
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub struct PlanSpec {
     /// restic repository).
     #[serde(default)]
     pub excludes: Vec<String>,
+    /// A directory holding a file of one of these names keeps only that file; the rest
+    /// of what it holds is left out: `NAME`, or `NAME:HEADER` for a file that must start
+    /// with HEADER (restic's `--exclude-if-present`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_if_present: Vec<String>,
+    /// Directories tagged as caches (`CACHEDIR.TAG` with its signature) keep only their
+    /// tag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude_caches: bool,
     /// Backup schedule: a cron expression of 5 fields (minute hour day month weekday) or 6
     /// (with seconds first), such as `0 2 * * *` for 02:00 every day.
     pub schedule: String,
@@ -545,6 +554,10 @@ impl PlanSpec {
         if self.restic.is_none() {
             check_excludes(&self.excludes)?;
         }
+        if self.exclude_if_present.len() > 64 {
+            return Err(AppError::invalid("at most 64 exclude_if_present markers"));
+        }
+        self.markers().map_err(AppError::invalid)?;
         if let Some(restic) = &self.restic {
             if restic.repository.trim().is_empty() {
                 return Err(AppError::invalid(
@@ -558,6 +571,37 @@ impl PlanSpec {
             }
         }
         Ok(())
+    }
+
+    /// What leaves a directory out: `exclude_if_present`, then the cache directory tag
+    /// when `exclude_caches` is set.
+    ///
+    /// # Errors
+    /// A marker that cannot be read, named.
+    pub fn markers(&self) -> Result<Vec<crate::engine::backup::ExcludeMarker>, String> {
+        let mut markers = self
+            .exclude_if_present
+            .iter()
+            .map(|spec| {
+                crate::engine::backup::ExcludeMarker::parse(spec).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.exclude_caches {
+            markers.push(crate::engine::backup::ExcludeMarker::cache_dir_tag());
+        }
+        Ok(markers)
+    }
+
+    /// The markers as an agent's job carries them (`NAME[:HEADER]`).
+    pub fn marker_specs(&self) -> Vec<String> {
+        let mut specs = self.exclude_if_present.clone();
+        if self.exclude_caches {
+            specs.push(format!(
+                "CACHEDIR.TAG:{}",
+                crate::engine::backup::CACHEDIR_TAG_SIGNATURE
+            ));
+        }
+        specs
     }
 
     /// The five schedules: backup, retention, verification, drill, replication.
@@ -1555,6 +1599,8 @@ mod tests {
             server: None,
             paths: vec!["/srv/data".into()],
             excludes: vec![],
+            exclude_if_present: vec![],
+            exclude_caches: false,
             schedule: schedule.into(),
             time_zone: jakarta(),
             retention: Retention::default(),
@@ -1666,6 +1712,22 @@ mod tests {
         assert!(error.contains("/srv/{unclosed"), "{error}");
         excludes.excludes = vec!["x".repeat(5000)];
         assert!(excludes.validate().is_err());
+        excludes.excludes = vec![];
+        excludes.exclude_if_present = vec![".nobackup".into(), "TAG:header".into()];
+        excludes.exclude_caches = true;
+        excludes.validate().unwrap();
+        assert_eq!(excludes.markers().unwrap().len(), 3);
+        assert_eq!(
+            excludes.marker_specs()[2],
+            format!(
+                "CACHEDIR.TAG:{}",
+                crate::engine::backup::CACHEDIR_TAG_SIGNATURE
+            )
+        );
+        excludes.exclude_if_present = vec!["../.nobackup".into()];
+        let error = excludes.validate().unwrap_err().to_string();
+        assert!(error.contains("../.nobackup"), "{error}");
+        excludes.exclude_if_present = vec![];
         excludes.excludes = vec!["/srv/{unclosed".into()];
         excludes.restic = Some(ResticTarget {
             repository: "/srv/restic".into(),

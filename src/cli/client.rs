@@ -691,6 +691,14 @@ pub struct PlanCreateArgs {
     /// Exclude glob (repeat).
     #[arg(long = "exclude")]
     pub excludes: Vec<String>,
+    /// Leave out what a directory holding a file of this name holds, but that file
+    /// (repeat); `NAME:HEADER` only when the file starts with HEADER.
+    #[arg(long = "exclude-if-present", value_name = "FILE[:HEADER]")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out what cache directories hold (a `CACHEDIR.TAG` with its signature), but
+    /// their tag.
+    #[arg(long)]
+    pub exclude_caches: bool,
     /// Backup schedule, cron: `0 2 * * *` is 02:00 daily.
     #[arg(long)]
     pub schedule: String,
@@ -2252,7 +2260,8 @@ async fn create_plan(
     let before_backup = program(args.before_backup, args.before_backup_timeout);
     let after_backup = program(args.after_backup, args.after_backup_timeout);
     let spec = serde_json::json!({
-        "paths": args.paths, "excludes": args.excludes, "schedule": args.schedule, "time_zone": args.time_zone,
+        "paths": args.paths, "excludes": args.excludes, "exclude_if_present": args.exclude_if_present,
+        "exclude_caches": args.exclude_caches, "schedule": args.schedule, "time_zone": args.time_zone,
         "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
         "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
         "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,

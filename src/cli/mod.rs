@@ -193,13 +193,13 @@ pub struct BackupArgs {
     /// Back up standard input as one file, named by --stdin-filename.
     #[arg(
         long,
-        conflicts_with_all = ["paths", "stdin_from_command", "excludes", "exclude_files", "one_file_system"]
+        conflicts_with_all = ["paths", "stdin_from_command", "excludes", "exclude_files", "exclude_if_present", "exclude_caches", "one_file_system"]
     )]
     pub stdin: bool,
     /// Run the command given after `--` and back up its standard output as one
     /// file: `cadang backup --stdin-from-command --stdin-filename db.sql -- pg_dump db`.
     /// A command that fails fails the backup, and no snapshot is written.
-    #[arg(long, conflicts_with_all = ["excludes", "exclude_files", "one_file_system"])]
+    #[arg(long, conflicts_with_all = ["excludes", "exclude_files", "exclude_if_present", "exclude_caches", "one_file_system"])]
     pub stdin_from_command: bool,
     /// The name the standard input (or the command's output) is saved under.
     #[arg(long, default_value = "stdin")]
@@ -213,6 +213,14 @@ pub struct BackupArgs {
     /// Read exclude patterns from a file, one per line.
     #[arg(long = "exclude-file")]
     pub exclude_files: Vec<PathBuf>,
+    /// Leave out what a directory holding a file of this name holds, but that file
+    /// (repeatable); `NAME:HEADER` only when the file starts with HEADER.
+    #[arg(long = "exclude-if-present", value_name = "FILE[:HEADER]")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out what cache directories hold (those with a `CACHEDIR.TAG` with its
+    /// signature), but their tag.
+    #[arg(long)]
+    pub exclude_caches: bool,
     /// Stay on the file system of each given path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,

@@ -249,10 +249,19 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(repo.find_snapshot(p)?),
         None => None,
     };
+    let mut markers = a
+        .exclude_if_present
+        .iter()
+        .map(|spec| crate::engine::backup::ExcludeMarker::parse(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.exclude_caches {
+        markers.push(crate::engine::backup::ExcludeMarker::cache_dir_tag());
+    }
     let opts = BackupOptions {
         paths: a.paths.clone(),
         tags: a.tags.clone(),
         excludes,
+        markers,
         one_file_system: a.one_file_system,
         host: a.host.clone(),
         parent,

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,9 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Exclude patterns (globs; a pattern without `/` matches a name anywhere).
     pub excludes: Vec<String>,
+    /// A directory holding one of these files keeps only that file: the rest of what
+    /// it holds is left out (`--exclude-if-present`, `--exclude-caches`).
+    pub markers: Vec<ExcludeMarker>,
     /// Do not cross file system boundaries.
     pub one_file_system: bool,
     /// Host name to record (default: this machine's).
@@ -123,6 +126,7 @@ struct Ctx<'a> {
     index: Index,
     packer: Packer,
     excludes: GlobSet,
+    markers: Vec<ExcludeMarker>,
     one_fs: bool,
     force: bool,
     cancel: Option<Arc<AtomicBool>>,
@@ -134,6 +138,95 @@ struct Ctx<'a> {
     files_unmodified: AtomicU64,
     dirs: AtomicU64,
     hardlinks: Mutex<HardlinkContent>,
+}
+
+/// A file whose presence leaves the rest of its directory out of a backup: restic's
+/// `--exclude-if-present NAME[:HEADER]`. As with restic, the directory and the marker
+/// itself are kept, so that a restored cache is still marked as one. With a header, the
+/// file must be a regular file that starts with it, as the cache directory tag standard
+/// asks (<https://bford.info/cachedir/>): `--exclude-caches` is `CACHEDIR.TAG` with its
+/// signature. A marker that cannot be read leaves its directory in the backup: when in
+/// doubt, more is kept, not less.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExcludeMarker {
+    name: std::ffi::OsString,
+    header: Option<Vec<u8>>,
+}
+
+/// The signature a cache directory tag starts with.
+pub const CACHEDIR_TAG_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
+
+impl ExcludeMarker {
+    /// Parses `NAME` or `NAME:HEADER`: a file name (no `/`, not `.` or `..`) and the
+    /// bytes it must start with.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the specification.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (name, header) = match spec.split_once(':') {
+            Some((name, header)) => (name, Some(header)),
+            None => (spec, None),
+        };
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
+            || header.is_some_and(|header| header.is_empty() || header.len() > 4096)
+        {
+            return Err(Error::InvalidInput(format!(
+                "exclude marker `{}`: a file name without `/`, optionally followed by `:` and the text it starts with",
+                spec.escape_debug()
+            )));
+        }
+        Ok(Self {
+            name: name.into(),
+            header: header.map(|header| header.as_bytes().to_vec()),
+        })
+    }
+
+    /// `CACHEDIR.TAG` with its signature (`--exclude-caches`).
+    pub fn cache_dir_tag() -> Self {
+        Self {
+            name: "CACHEDIR.TAG".into(),
+            header: Some(CACHEDIR_TAG_SIGNATURE.as_bytes().to_vec()),
+        }
+    }
+
+    /// Whether `dir` holds this marker.
+    pub fn marks(&self, dir: &Path) -> bool {
+        let path = dir.join(&self.name);
+        let Some(header) = &self.header else {
+            return std::fs::symlink_metadata(&path).is_ok();
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let Ok(file) = file else { return false };
+        if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+            return false;
+        }
+        let mut start = Vec::with_capacity(header.len());
+        file.take(header.len() as u64)
+            .read_to_end(&mut start)
+            .is_ok_and(|_| start == *header)
+    }
+
+    /// The file name.
+    pub fn name(&self) -> &std::ffi::OsStr {
+        &self.name
+    }
+}
+
+/// The names of the markers `dir` holds: when there are any, those files are all of
+/// `dir` a backup keeps. Empty when `dir` is not marked (or no markers are given).
+pub fn marked(dir: &Path, markers: &[ExcludeMarker]) -> Vec<std::ffi::OsString> {
+    markers
+        .iter()
+        .filter(|marker| marker.marks(dir))
+        .map(|marker| marker.name.clone())
+        .collect()
 }
 
 /// Build the exclude matcher.
@@ -314,6 +407,8 @@ impl Ctx<'_> {
         root_dev: u64,
     ) -> Result<Tree> {
         let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+        // A marked directory keeps only its markers.
+        let only = marked(path, &self.markers);
         let mut entries = Vec::new();
         for ent in rd {
             let ent = match ent {
@@ -323,6 +418,9 @@ impl Ctx<'_> {
                     continue;
                 }
             };
+            if !only.is_empty() && !only.contains(&ent.file_name()) {
+                continue;
+            }
             let p = ent.path();
             if self.excludes.is_match(&p) {
                 continue;
@@ -499,18 +597,25 @@ impl Ctx<'_> {
     }
 }
 
-/// Count files and bytes under the paths (for progress totals), honouring excludes.
-pub fn scan(paths: &[PathBuf], excludes: &GlobSet, progress: &BackupProgress) {
-    fn walk(p: &Path, ex: &GlobSet, pr: &BackupProgress) {
+/// Count files and bytes under the paths (for progress totals), honouring excludes
+/// and exclude markers.
+pub fn scan(
+    paths: &[PathBuf],
+    excludes: &GlobSet,
+    markers: &[ExcludeMarker],
+    progress: &BackupProgress,
+) {
+    fn walk(p: &Path, ex: &GlobSet, markers: &[ExcludeMarker], pr: &BackupProgress) {
         let Ok(m) = std::fs::symlink_metadata(p) else {
             return;
         };
         if m.is_dir() {
+            let only = marked(p, markers);
             if let Ok(rd) = std::fs::read_dir(p) {
                 for e in rd.flatten() {
                     let c = e.path();
-                    if !ex.is_match(&c) {
-                        walk(&c, ex, pr);
+                    if (only.is_empty() || only.contains(&e.file_name())) && !ex.is_match(&c) {
+                        walk(&c, ex, markers, pr);
                     }
                 }
             }
@@ -520,7 +625,7 @@ pub fn scan(paths: &[PathBuf], excludes: &GlobSet, progress: &BackupProgress) {
         }
     }
     for p in paths {
-        walk(p, excludes, progress);
+        walk(p, excludes, markers, progress);
     }
     progress.scan_done.store(true, Ordering::Relaxed);
 }
@@ -555,7 +660,7 @@ pub fn backup(
     let scan_paths: Vec<PathBuf> = roots.iter().map(|r| r.0.clone()).collect();
     run.finish(opts, |ctx, parent_root| {
         std::thread::scope(|s| {
-            s.spawn(|| scan(&scan_paths, &excludes, progress));
+            s.spawn(|| scan(&scan_paths, &excludes, &opts.markers, progress));
             build_root(ctx, &roots, parent_root)
         })
     })
@@ -690,6 +795,7 @@ impl<'a> Run<'a> {
             index,
             packer: Packer::new(repo, 2, opts.step_hook.clone()).with_level(opts.compression_level),
             excludes,
+            markers: opts.markers.clone(),
             one_fs: opts.one_file_system,
             force: opts.force,
             cancel: opts.cancel.clone(),
@@ -875,6 +981,96 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+    }
+
+    /// `--exclude-if-present` and `--exclude-caches`: a directory holding its marker
+    /// keeps only the marker; a tag without the signature, or one that is a link, marks
+    /// nothing.
+    #[test]
+    fn directories_holding_an_exclude_marker_keep_only_the_marker() {
+        let (_runtime, _dir, repo) = test_repository();
+        let source = tempfile::tempdir().unwrap();
+        let root = source.path().join("srv");
+        let write = |rel: &str, data: &[u8]| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        };
+        write("app/data.db", b"rows");
+        write("app/scratch/.nobackup", b"");
+        write("app/scratch/huge.tmp", b"scratch");
+        let tag = format!("{CACHEDIR_TAG_SIGNATURE}\n# made by a build tool\n");
+        write("build/CACHEDIR.TAG", tag.as_bytes());
+        write("build/out.o", b"object");
+        write(
+            "notes/CACHEDIR.TAG",
+            b"a file that happens to have this name",
+        );
+        write("notes/todo.txt", b"keep");
+        write("real/CACHEDIR.TAG", tag.as_bytes());
+        write("real/deep/image.iso", b"cached");
+        write("linked/kept.txt", b"keep");
+        std::os::unix::fs::symlink(
+            root.join("real/CACHEDIR.TAG"),
+            root.join("linked/CACHEDIR.TAG"),
+        )
+        .unwrap();
+        let opts = BackupOptions {
+            paths: vec![root.clone()],
+            markers: vec![
+                ExcludeMarker::parse(".nobackup").unwrap(),
+                ExcludeMarker::cache_dir_tag(),
+            ],
+            ..BackupOptions::default()
+        };
+        let done = backup(&repo, &opts, &BackupProgress::default()).unwrap();
+        let (index, _) = repo.load_index().unwrap();
+        let found = crate::engine::browse::list(
+            &repo,
+            &index,
+            &done.snapshot.tree,
+            root.as_os_str().as_bytes(),
+            true,
+            1000,
+        )
+        .unwrap();
+        let prefix = format!("{}/", root.display());
+        let listed: Vec<String> = found
+            .entries
+            .iter()
+            .map(|entry| {
+                String::from_utf8_lossy(&entry.path)
+                    .trim_start_matches(&prefix)
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "app",
+                "app/data.db",
+                "app/scratch",
+                "app/scratch/.nobackup",
+                "build",
+                "build/CACHEDIR.TAG",
+                "linked",
+                "linked/CACHEDIR.TAG",
+                "linked/kept.txt",
+                "notes",
+                "notes/CACHEDIR.TAG",
+                "notes/todo.txt",
+                "real",
+                "real/CACHEDIR.TAG",
+            ],
+            "the marked directories (app/scratch, build, real) keep only their markers"
+        );
+        for bad in ["", ".", "..", "a/b", "tag:", "nul\0"] {
+            assert!(ExcludeMarker::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            ExcludeMarker::parse(&format!("CACHEDIR.TAG:{CACHEDIR_TAG_SIGNATURE}")).unwrap(),
+            ExcludeMarker::cache_dir_tag()
+        );
     }
 
     /// A stream that fails half-way writes no snapshot, but the chunks it stored are

@@ -190,6 +190,8 @@ async fn back_up_with_restic(
         tags: vec![format!("plan:{}", run.plan_id), run_tag],
         host: Some("cadang-daemon".into()),
         excludes: spec.excludes.clone(),
+        exclude_if_present: spec.exclude_if_present.clone(),
+        exclude_caches: spec.exclude_caches,
         limit_upload_kib: spec
             .bandwidth_limit_kib
             .map(|kib| u32::try_from(kib).unwrap_or(u32::MAX)),

@@ -157,6 +157,10 @@ pub struct BackupOptions {
     pub host: Option<String>,
     /// Exclude patterns, passed as `--exclude`.
     pub excludes: Vec<String>,
+    /// Marker files (`NAME[:HEADER]`), passed as `--exclude-if-present`.
+    pub exclude_if_present: Vec<String>,
+    /// Pass `--exclude-caches`.
+    pub exclude_caches: bool,
     /// Upload bandwidth limit in KiB/s (`--limit-upload`).
     pub limit_upload_kib: Option<u32>,
 }
@@ -469,6 +473,18 @@ impl Restic {
         }
         if let Some(host) = &opts.host {
             args.push(format!("--host={}", check_word("host", host)?).into());
+        }
+        for marker in &opts.exclude_if_present {
+            args.push(
+                format!(
+                    "--exclude-if-present={}",
+                    check_word("exclude marker", marker)?
+                )
+                .into(),
+            );
+        }
+        if opts.exclude_caches {
+            args.push("--exclude-caches".into());
         }
         for exclude in &opts.excludes {
             args.push(format!("--exclude={}", check_word("exclude pattern", exclude)?).into());

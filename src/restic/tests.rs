@@ -259,6 +259,57 @@ async fn versions_older_than_0_12_are_refused() -> TestResult {
     Ok(())
 }
 
+/// A plan's exclude markers reach restic, which keeps a marked directory and its marker
+/// and leaves out the rest of what it holds — as the engine and the agent do.
+#[tokio::test]
+async fn exclude_markers_reach_restic() -> TestResult {
+    let Some(restic) = restic().await else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let repo = repo_at(dir.path().join("repo").to_string_lossy(), "correct horse");
+    restic.init(&repo).await?;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("build"))?;
+    std::fs::write(
+        src.join("build/CACHEDIR.TAG"),
+        format!("{}\n", crate::engine::backup::CACHEDIR_TAG_SIGNATURE),
+    )?;
+    std::fs::write(src.join("build/out.o"), "object")?;
+    std::fs::create_dir_all(src.join("scratch"))?;
+    std::fs::write(src.join("scratch/.nobackup"), "")?;
+    std::fs::write(src.join("scratch/huge.bin"), "scratch")?;
+    std::fs::write(src.join("a.txt"), "kept")?;
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        exclude_if_present: vec![".nobackup".into()],
+        exclude_caches: true,
+        ..BackupOptions::default()
+    };
+    let done = restic
+        .backup(&repo, &opts, &mut |_| {}, &Cancel::new())
+        .await?;
+    let id = done.summary.snapshot_id.clone().ok_or("no snapshot id")?;
+    let nodes = restic.ls(&repo, id.as_str()).await?;
+    let prefix = format!("{}/", src.display());
+    let mut listed: Vec<&str> = nodes
+        .iter()
+        .filter_map(|node| node.path.strip_prefix(&prefix))
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [
+            "a.txt",
+            "build",
+            "build/CACHEDIR.TAG",
+            "scratch",
+            "scratch/.nobackup"
+        ]
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn backup_snapshots_ls_restore_forget_stats_check() -> TestResult {
     let Some(restic) = restic().await else {
@@ -279,6 +330,8 @@ async fn backup_snapshots_ls_restore_forget_stats_check() -> TestResult {
         tags: vec!["daily".into(), "plan-7".into()],
         host: Some("web1".into()),
         excludes: vec!["*.tmp".into()],
+        exclude_if_present: Vec::new(),
+        exclude_caches: false,
         limit_upload_kib: None,
     };
     let mut updates = Vec::new();
@@ -427,6 +480,8 @@ async fn copy_fills_a_replica_once_and_names_originals() -> TestResult {
         tags: vec!["plan:3".into()],
         host: Some("web1".into()),
         excludes: Vec::new(),
+        exclude_if_present: Vec::new(),
+        exclude_caches: false,
         limit_upload_kib: None,
     };
     let first = restic

@@ -643,6 +643,8 @@ impl Env {
                     server: None,
                     paths: vec!["/srv/simkes".into()],
                     excludes: vec![],
+                    exclude_if_present: vec![],
+                    exclude_caches: false,
                     schedule: "0 2 * * *".into(),
                     time_zone: "Asia/Jakarta".into(),
                     retention: crate::app::Retention::default(),

@@ -15,6 +15,8 @@ pub(crate) fn spec(schedule: &str) -> PlanSpec {
         server: None,
         paths: vec!["/srv/simkes".into()],
         excludes: vec!["*.tmp".into()],
+        exclude_if_present: vec![],
+        exclude_caches: false,
         schedule: schedule.into(),
         time_zone: "Asia/Jakarta".into(),
         retention: Retention {
