@@ -2561,24 +2561,25 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         assert_eq!(first.ino(), second.ino(), "hard links restored as links");
         assert_eq!(first.nlink(), 2);
     }
+    // A restore of the web server's backups into `target`, waited for.
+    let web_text = web.to_string();
+    let restore_into = |target: &Path, options: &[&str]| {
+        let target = target.display().to_string();
+        let mut args = vec!["restore-job", "start", "--source", &web_text];
+        args.extend_from_slice(options);
+        args.extend(["--target", &target, "--wait"]);
+        ok(&server, &site.petugas, &args)
+    };
     // A subset, from the first snapshot.
     let first_snapshot = snapshots[0]["id"].as_str().unwrap();
     let subset = dir.path().join("subset");
-    let restore = ok(
-        &server,
-        &site.petugas,
+    let restore = restore_into(
+        &subset,
         &[
-            "restore-job",
-            "start",
-            "--source",
-            &web.to_string(),
             "--snapshot",
             &first_snapshot[..8],
             "--path",
             &source.join("html/img").display().to_string(),
-            "--target",
-            &subset.display().to_string(),
-            "--wait",
         ],
     );
     assert_eq!(restore["status"], "ok", "{restore}");
@@ -2594,23 +2595,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     // whole, its link left out with the directory.
     let trimmed = dir.path().join("trimmed");
     let img = source.join("html/img").display().to_string();
-    let restore = ok(
-        &server,
-        &site.petugas,
-        &[
-            "restore-job",
-            "start",
-            "--source",
-            &web.to_string(),
-            "--exclude",
-            &img,
-            "--exclude",
-            "new.*",
-            "--target",
-            &trimmed.display().to_string(),
-            "--wait",
-        ],
-    );
+    let restore = restore_into(&trimmed, &["--exclude", &img, "--exclude", "new.*"]);
     assert_eq!(restore["status"], "ok", "{restore}");
     assert_eq!(
         restore["excludes"],
