@@ -559,6 +559,14 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         !restored.join("db").exists(),
         "the excluded directory stays out"
     );
+    // The form the approver signs says what was left out.
+    bench.wait_for_step(partial, 7);
+    let form = bench.form(partial);
+    assert!(
+        form.contains("Dikecualikan") && form.contains(&source.join("db").display().to_string()),
+        "{form}"
+    );
+    step(&server, &site.petugas, partial, "complete", 7, &[]);
 
     // A check that fails (non-zero exit) or hangs (timeout) leads to C6; with nothing
     // left to try the result is verify differences, and the letter says so.

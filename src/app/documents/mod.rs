@@ -1410,6 +1410,10 @@ async fn plan_lines(
                     plan.paths.join(", ")
                 },
             ));
+            // What the approver agrees to leave out is written on the form too.
+            if !plan.excludes.is_empty() {
+                lines.push(("Dikecualikan".to_owned(), plan.excludes.join(", ")));
+            }
             lines.push((
                 "Tujuan".to_owned(),
                 format!(
