@@ -558,6 +558,7 @@ fn back_up_here(
         tags: vec![format!("plan:{}", run.plan_id), format!("run:{}", run.id)],
         excludes: spec.excludes.clone(),
         markers: spec.markers()?,
+        exclude_larger_than: spec.exclude_larger_than,
         host: Some("cadang-daemon".into()),
         // The daemon's clock, not the source's, dates the snapshot: retention is steered
         // by trusted time.
@@ -934,6 +935,7 @@ mod tests {
             excludes: vec![],
             exclude_if_present: vec![],
             exclude_caches: false,
+            exclude_larger_than: None,
             schedule: "0 2 * * *".into(),
             time_zone: "Asia/Jakarta".into(),
             retention: Retention::default(),

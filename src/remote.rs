@@ -567,6 +567,7 @@ pub fn backup_via_agent(
             paths: spec.paths.clone(),
             excludes: spec.excludes.clone(),
             exclude_if_present: spec.marker_specs(),
+            exclude_larger_than: spec.exclude_larger_than.unwrap_or(0),
             chunker: "fastcdc-v2020".into(),
             chunk_min: config.chunker.min_size,
             chunk_avg: config.chunker.avg_size,

@@ -703,3 +703,99 @@ fn a_stream_backs_up_as_one_file_and_a_failed_dump_writes_no_snapshot() {
     );
     assert_eq!(snapshot_ids(repo).len(), 3);
 }
+
+/// `--files-from-verbatim` and `--files-from-raw` add the paths they list (names with
+/// spaces, a CRLF line end, NUL-separated names); `--exclude-caches` and
+/// `--exclude-if-present` keep only the marker of a marked directory, listed ones too;
+/// `--exclude-larger-than` leaves out larger files.
+#[test]
+fn listed_paths_are_backed_up_and_marked_directories_keep_only_their_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for (rel, data) in [
+        ("a/one.txt", &b"one"[..]),
+        ("b/two.txt", b"not listed"),
+        ("c/with space .txt", b"listed by name"),
+        (
+            "cache/CACHEDIR.TAG",
+            b"Signature: 8a477f597d28d172789f06886806bc55\n",
+        ),
+        ("cache/blob.bin", b"cached"),
+        ("scratch/.nobackup", b""),
+        ("scratch/junk.bin", b"scratch"),
+        ("a/huge.img", &[0u8; 4096][..]),
+    ] {
+        let path = src.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    let verbatim = tmp.path().join("list.txt");
+    std::fs::write(
+        &verbatim,
+        format!(
+            "{}\n\n{}\r\n",
+            src.join("a").display(),
+            src.join("c/with space .txt").display()
+        ),
+    )
+    .unwrap();
+    let raw = tmp.path().join("list.raw");
+    std::fs::write(
+        &raw,
+        format!(
+            "{}\0{}\0",
+            src.join("cache").display(),
+            src.join("scratch").display()
+        ),
+    )
+    .unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    run(
+        cadang(repo)
+            .args([
+                "backup",
+                "--exclude-caches",
+                "--exclude-if-present",
+                ".nobackup",
+                "--exclude-larger-than",
+                "4095",
+            ])
+            .arg("--files-from-verbatim")
+            .arg(&verbatim)
+            .arg("--files-from-raw")
+            .arg(&raw),
+        0,
+    );
+    let out = run(cadang(repo).args(["ls", "latest"]), 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for kept in [
+        "a/one.txt",
+        "c/with space .txt",
+        "cache/CACHEDIR.TAG",
+        "scratch/.nobackup",
+    ] {
+        assert!(text.contains(kept), "{kept} missing: {text}");
+    }
+    for left_out in ["two.txt", "blob.bin", "junk.bin", "huge.img"] {
+        assert!(!text.contains(left_out), "{left_out} kept: {text}");
+    }
+    // A list that names nothing (here standard input, which is empty) is an error, not
+    // a backup of nothing; so is a marker that is a path.
+    let out = run(cadang(repo).args(["backup", "--files-from-raw", "-"]), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("list no path"),
+        "{out:?}"
+    );
+    let out = run(
+        cadang(repo)
+            .args(["backup", "--exclude-if-present", "a/.nobackup"])
+            .arg(&src),
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a/.nobackup"),
+        "{out:?}"
+    );
+}

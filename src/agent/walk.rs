@@ -282,6 +282,8 @@ pub struct Job {
     pub excludes: Vec<String>,
     /// A directory holding one of these files keeps only that file.
     pub markers: Vec<crate::engine::backup::ExcludeMarker>,
+    /// Regular files larger than this many bytes are left out.
+    pub larger_than: Option<u64>,
     /// Chunker.
     pub chunker: Chunker,
     /// Naming capability.
@@ -338,6 +340,7 @@ impl Job {
             paths: job.paths.iter().map(PathBuf::from).collect(),
             excludes: job.excludes.clone(),
             markers,
+            larger_than: (job.exclude_larger_than > 0).then_some(job.exclude_larger_than),
             chunker: Chunker::new(&params, job.chunker_seed),
             ids: IdKeys::from_parts(key, job.chunker_seed),
             level: job.compression_level.clamp(0, 19),
@@ -510,6 +513,7 @@ struct Walker<'a> {
     digest_key: [u8; 32],
     excludes: globset::GlobSet,
     markers: Vec<crate::engine::backup::ExcludeMarker>,
+    larger_than: Option<u64>,
     /// Chunk ids already put in a batch during this job: read while chunks are named in
     /// parallel, written only with `state` held (so an id and its batch go in together).
     seen: std::sync::RwLock<HashSet<[u8; 32]>>,
@@ -861,6 +865,13 @@ impl Walker<'_> {
             match child {
                 Ok(child) => {
                     if !only.is_empty() && !only.contains(&child.file_name()) {
+                        continue;
+                    }
+                    if self.larger_than.is_some()
+                        && child.metadata().is_ok_and(|meta| {
+                            crate::engine::backup::too_large(&meta, self.larger_than)
+                        })
+                    {
                         continue;
                     }
                     let p = child.path();
@@ -1446,7 +1457,9 @@ pub fn run<L: Link + Send>(
                 key.update(exclude.as_bytes());
                 key.update(b"\0");
             }
-            // What leaves directories out is part of what a digest stands for.
+            // What leaves directories and files out is part of what a digest stands for.
+            key.update(b"\0larger than\0");
+            key.update(&job.larger_than.unwrap_or(0).to_le_bytes());
             key.update(b"\0markers\0");
             for marker in &job.markers {
                 key.update(format!("{marker:?}").as_bytes());
@@ -1457,6 +1470,7 @@ pub fn run<L: Link + Send>(
         old: cache,
         excludes,
         markers: job.markers.clone(),
+        larger_than: job.larger_than,
         seen: std::sync::RwLock::default(),
         links: std::sync::Mutex::default(),
         deferred: std::sync::Mutex::default(),
@@ -1635,6 +1649,7 @@ mod tests {
             paths,
             excludes: vec!["*.tmp".into()],
             markers: vec![crate::engine::backup::ExcludeMarker::cache_dir_tag()],
+            larger_than: None,
             chunker: Chunker::new(&params, 7),
             ids: IdKeys::from_parts([9; 32], 7),
             level: 3,
@@ -1847,6 +1862,25 @@ mod tests {
                 .iter()
                 .any(|e| e.path == src.join("app/data.db").as_os_str().as_bytes())
         );
+    }
+
+    /// Files larger than the job's limit are neither read nor listed.
+    #[test]
+    fn files_larger_than_the_limit_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("srv");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("small.db"), noise(1, 50_000)).unwrap();
+        std::fs::write(src.join("large.iso"), noise(2, 70_000)).unwrap();
+        let mut job = job(vec![src.clone()]);
+        job.larger_than = Some(60_000);
+        let mut repo = Repository::default();
+        let outcome = walk_over(&job, &mut repo, FilesCache::default());
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        assert_eq!(outcome.files, 1);
+        let sent: Vec<&[u8]> = repo.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert!(sent.iter().any(|p| p.ends_with(b"small.db")), "{sent:?}");
+        assert!(!sent.iter().any(|p| p.ends_with(b"large.iso")), "{sent:?}");
     }
 
     #[test]

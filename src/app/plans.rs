@@ -48,6 +48,10 @@ pub struct PlanSpec {
     /// tag.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exclude_caches: bool,
+    /// Regular files larger than this many bytes are left out (restic's
+    /// `--exclude-larger-than`); none for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_larger_than: Option<u64>,
     /// Backup schedule: a cron expression of 5 fields (minute hour day month weekday) or 6
     /// (with seconds first), such as `0 2 * * *` for 02:00 every day.
     pub schedule: String,
@@ -558,6 +562,11 @@ impl PlanSpec {
             return Err(AppError::invalid("at most 64 exclude_if_present markers"));
         }
         self.markers().map_err(AppError::invalid)?;
+        if self.exclude_larger_than == Some(0) {
+            return Err(AppError::invalid(
+                "exclude_larger_than must be at least 1 byte (omit it for no limit)",
+            ));
+        }
         if let Some(restic) = &self.restic {
             if restic.repository.trim().is_empty() {
                 return Err(AppError::invalid(
@@ -1601,6 +1610,7 @@ mod tests {
             excludes: vec![],
             exclude_if_present: vec![],
             exclude_caches: false,
+            exclude_larger_than: None,
             schedule: schedule.into(),
             time_zone: jakarta(),
             retention: Retention::default(),
@@ -1724,6 +1734,11 @@ mod tests {
                 crate::engine::backup::CACHEDIR_TAG_SIGNATURE
             )
         );
+        excludes.exclude_larger_than = Some(0);
+        let error = excludes.validate().unwrap_err().to_string();
+        assert!(error.contains("exclude_larger_than"), "{error}");
+        excludes.exclude_larger_than = Some(1 << 30);
+        excludes.validate().unwrap();
         excludes.exclude_if_present = vec!["../.nobackup".into()];
         let error = excludes.validate().unwrap_err().to_string();
         assert!(error.contains("../.nobackup"), "{error}");

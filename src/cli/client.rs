@@ -699,6 +699,9 @@ pub struct PlanCreateArgs {
     /// their tag.
     #[arg(long)]
     pub exclude_caches: bool,
+    /// Leave out regular files larger than SIZE (bytes, or with K, M, G or T).
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    pub exclude_larger_than: Option<u64>,
     /// Backup schedule, cron: `0 2 * * *` is 02:00 daily.
     #[arg(long)]
     pub schedule: String,
@@ -2261,7 +2264,8 @@ async fn create_plan(
     let after_backup = program(args.after_backup, args.after_backup_timeout);
     let spec = serde_json::json!({
         "paths": args.paths, "excludes": args.excludes, "exclude_if_present": args.exclude_if_present,
-        "exclude_caches": args.exclude_caches, "schedule": args.schedule, "time_zone": args.time_zone,
+        "exclude_caches": args.exclude_caches, "exclude_larger_than": args.exclude_larger_than,
+        "schedule": args.schedule, "time_zone": args.time_zone,
         "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
         "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
         "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,

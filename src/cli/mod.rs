@@ -188,18 +188,26 @@ pub struct InitArgs {
 pub struct BackupArgs {
     /// Files or directories to back up; with --stdin-from-command, the command
     /// and its arguments, after `--`.
-    #[arg(required_unless_present = "stdin")]
+    #[arg(required_unless_present_any = ["stdin", "files_from_verbatim", "files_from_raw"])]
     pub paths: Vec<PathBuf>,
+    /// Also back up the paths listed in this file, one per line, taken as they are
+    /// (empty lines skipped); `-` reads them from standard input (repeatable).
+    #[arg(long = "files-from-verbatim", value_name = "FILE")]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// Also back up the paths listed in this file, separated by NUL bytes, as
+    /// `find -print0` writes them; `-` reads them from standard input (repeatable).
+    #[arg(long = "files-from-raw", value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
     /// Back up standard input as one file, named by --stdin-filename.
     #[arg(
         long,
-        conflicts_with_all = ["paths", "stdin_from_command", "excludes", "exclude_files", "exclude_if_present", "exclude_caches", "one_file_system"]
+        conflicts_with_all = ["paths", "stdin_from_command", "excludes", "exclude_files", "exclude_if_present", "exclude_caches", "exclude_larger_than", "one_file_system", "files_from_verbatim", "files_from_raw"]
     )]
     pub stdin: bool,
     /// Run the command given after `--` and back up its standard output as one
     /// file: `cadang backup --stdin-from-command --stdin-filename db.sql -- pg_dump db`.
     /// A command that fails fails the backup, and no snapshot is written.
-    #[arg(long, conflicts_with_all = ["excludes", "exclude_files", "exclude_if_present", "exclude_caches", "one_file_system"])]
+    #[arg(long, conflicts_with_all = ["excludes", "exclude_files", "exclude_if_present", "exclude_caches", "exclude_larger_than", "one_file_system", "files_from_verbatim", "files_from_raw"])]
     pub stdin_from_command: bool,
     /// The name the standard input (or the command's output) is saved under.
     #[arg(long, default_value = "stdin")]
@@ -221,6 +229,10 @@ pub struct BackupArgs {
     /// signature), but their tag.
     #[arg(long)]
     pub exclude_caches: bool,
+    /// Leave out regular files larger than SIZE: bytes, or with a suffix K, M, G or T
+    /// (powers of 1024, as restic reads them): `--exclude-larger-than 2G`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub exclude_larger_than: Option<u64>,
     /// Stay on the file system of each given path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
@@ -480,6 +492,38 @@ pub fn run(cli: Cli) -> ExitCode {
     client::run(&cli.conn, json, client)
 }
 
+/// A size as restic's `--exclude-larger-than` reads it: bytes, or a number followed by
+/// `k`, `m`, `g` or `t` (either case; powers of 1024). At least one byte.
+///
+/// # Errors
+/// What is wrong with the text.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => {
+            let shift = match unit.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return Err(format!("`{text}`: the size suffix is K, M, G or T")),
+            };
+            (&text[..at], shift)
+        }
+        _ => (text, 0),
+    };
+    let number: u64 = digits.parse().map_err(|_| {
+        format!("`{text}` is not a size: a whole number of bytes, or with K, M, G or T")
+    })?;
+    let bytes = number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is larger than any file"))?;
+    if bytes == 0 {
+        return Err("the size must be at least 1 byte".into());
+    }
+    Ok(bytes)
+}
+
 /// Whether this runs the daemon (which logs at `info` by default).
 pub fn is_daemon(cli: &Cli) -> bool {
     match &cli.command {
@@ -494,5 +538,21 @@ pub fn wants_json_logs(cli: &Cli) -> bool {
     match &cli.command {
         Command::Daemon(args) => server_cmds::json_logs(args),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_restic_reads_them() {
+        assert_eq!(parse_size("1"), Ok(1));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size(" 3t "), Ok(3 << 40));
+        for bad in ["", "0", "0M", "G", "1.5G", "-1", "2X", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Repository commands: thin adapters from parsed arguments to engine calls.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
-use std::path::Path;
+use std::io::{IsTerminal, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -227,6 +228,31 @@ fn init(ctx: &Ctx, a: super::InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// The paths a `--files-from-verbatim` (`separator` newline) or `--files-from-raw` (NUL)
+/// list names, as bytes (any name a file system allows); `-` is standard input. Empty
+/// entries are skipped; a verbatim line keeps its spaces but not a `\r` before its end.
+fn paths_listed(list: &Path, separator: u8) -> anyhow::Result<Vec<PathBuf>> {
+    let bytes = if list == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read the list of paths from standard input")?;
+        bytes
+    } else {
+        std::fs::read(list)
+            .with_context(|| format!("cannot read the list of paths {}", list.display()))?
+    };
+    Ok(bytes
+        .split(|byte| *byte == separator)
+        .map(|entry| match (separator, entry) {
+            (b'\n', [rest @ .., b'\r']) => rest,
+            _ => entry,
+        })
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| PathBuf::from(std::ffi::OsStr::from_bytes(entry)))
+        .collect())
+}
+
 fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
     if a.stdin && std::io::stdin().is_terminal() {
         anyhow::bail!(
@@ -257,11 +283,23 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
     if a.exclude_caches {
         markers.push(crate::engine::backup::ExcludeMarker::cache_dir_tag());
     }
+    let mut paths = a.paths.clone();
+    for (lists, separator) in [(&a.files_from_verbatim, b'\n'), (&a.files_from_raw, b'\0')] {
+        for list in lists {
+            paths.extend(paths_listed(list, separator)?);
+        }
+    }
+    if !a.stdin && !a.stdin_from_command && paths.is_empty() {
+        anyhow::bail!(
+            "the files given with --files-from-verbatim or --files-from-raw list no path"
+        );
+    }
     let opts = BackupOptions {
-        paths: a.paths.clone(),
+        paths,
         tags: a.tags.clone(),
         excludes,
         markers,
+        exclude_larger_than: a.exclude_larger_than,
         one_file_system: a.one_file_system,
         host: a.host.clone(),
         parent,

@@ -46,6 +46,9 @@ pub struct BackupOptions {
     /// A directory holding one of these files keeps only that file: the rest of what
     /// it holds is left out (`--exclude-if-present`, `--exclude-caches`).
     pub markers: Vec<ExcludeMarker>,
+    /// Regular files larger than this many bytes are left out (a file given in
+    /// `paths` itself is always read).
+    pub exclude_larger_than: Option<u64>,
     /// Do not cross file system boundaries.
     pub one_file_system: bool,
     /// Host name to record (default: this machine's).
@@ -127,6 +130,7 @@ struct Ctx<'a> {
     packer: Packer,
     excludes: GlobSet,
     markers: Vec<ExcludeMarker>,
+    larger_than: Option<u64>,
     one_fs: bool,
     force: bool,
     cancel: Option<Arc<AtomicBool>>,
@@ -199,6 +203,11 @@ impl ExcludeMarker {
         let Some(header) = &self.header else {
             return std::fs::symlink_metadata(&path).is_ok();
         };
+        // Only a regular file is opened: opening a device can act on it (a tape drive
+        // rewinds), and a FIFO would wait for a writer.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_file()) {
+            return false;
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -227,6 +236,11 @@ pub fn marked(dir: &Path, markers: &[ExcludeMarker]) -> Vec<std::ffi::OsString> 
         .filter(|marker| marker.marks(dir))
         .map(|marker| marker.name.clone())
         .collect()
+}
+
+/// Whether `meta` is a regular file larger than `limit` bytes (`--exclude-larger-than`).
+pub fn too_large(meta: &Metadata, limit: Option<u64>) -> bool {
+    limit.is_some_and(|limit| meta.is_file() && meta.len() > limit)
 }
 
 /// Build the exclude matcher.
@@ -426,6 +440,7 @@ impl Ctx<'_> {
                 continue;
             }
             match std::fs::symlink_metadata(&p) {
+                Ok(m) if too_large(&m, self.larger_than) => {}
                 Ok(m) => entries.push((p, ent.file_name(), m)),
                 Err(e) => self.fail(&p, e),
             }
@@ -602,30 +617,32 @@ impl Ctx<'_> {
 pub fn scan(
     paths: &[PathBuf],
     excludes: &GlobSet,
-    markers: &[ExcludeMarker],
+    opts: &BackupOptions,
     progress: &BackupProgress,
 ) {
-    fn walk(p: &Path, ex: &GlobSet, markers: &[ExcludeMarker], pr: &BackupProgress) {
+    // `top`: a path given to back up, read whatever its size.
+    fn walk(p: &Path, ex: &GlobSet, opts: &BackupOptions, pr: &BackupProgress, top: bool) {
         let Ok(m) = std::fs::symlink_metadata(p) else {
             return;
         };
+        let markers = &opts.markers;
         if m.is_dir() {
             let only = marked(p, markers);
             if let Ok(rd) = std::fs::read_dir(p) {
                 for e in rd.flatten() {
                     let c = e.path();
                     if (only.is_empty() || only.contains(&e.file_name())) && !ex.is_match(&c) {
-                        walk(&c, ex, markers, pr);
+                        walk(&c, ex, opts, pr, false);
                     }
                 }
             }
-        } else if m.is_file() {
+        } else if m.is_file() && (top || !too_large(&m, opts.exclude_larger_than)) {
             pr.total_files.fetch_add(1, Ordering::Relaxed);
             pr.total_bytes.fetch_add(m.len(), Ordering::Relaxed);
         }
     }
     for p in paths {
-        walk(p, excludes, markers, progress);
+        walk(p, excludes, opts, progress, true);
     }
     progress.scan_done.store(true, Ordering::Relaxed);
 }
@@ -660,7 +677,7 @@ pub fn backup(
     let scan_paths: Vec<PathBuf> = roots.iter().map(|r| r.0.clone()).collect();
     run.finish(opts, |ctx, parent_root| {
         std::thread::scope(|s| {
-            s.spawn(|| scan(&scan_paths, &excludes, &opts.markers, progress));
+            s.spawn(|| scan(&scan_paths, &excludes, opts, progress));
             build_root(ctx, &roots, parent_root)
         })
     })
@@ -796,6 +813,7 @@ impl<'a> Run<'a> {
             packer: Packer::new(repo, 2, opts.step_hook.clone()).with_level(opts.compression_level),
             excludes,
             markers: opts.markers.clone(),
+            larger_than: opts.exclude_larger_than,
             one_fs: opts.one_file_system,
             force: opts.force,
             cancel: opts.cancel.clone(),
@@ -1010,6 +1028,12 @@ mod tests {
         write("real/CACHEDIR.TAG", tag.as_bytes());
         write("real/deep/image.iso", b"cached");
         write("linked/kept.txt", b"keep");
+        // A FIFO of the tag's name marks nothing, and the backup does not wait on it.
+        write("pipe/data", b"keep");
+        let fifo =
+            std::ffi::CString::new(root.join("pipe/CACHEDIR.TAG").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         std::os::unix::fs::symlink(
             root.join("real/CACHEDIR.TAG"),
             root.join("linked/CACHEDIR.TAG"),
@@ -1059,6 +1083,9 @@ mod tests {
                 "notes",
                 "notes/CACHEDIR.TAG",
                 "notes/todo.txt",
+                "pipe",
+                "pipe/CACHEDIR.TAG",
+                "pipe/data",
                 "real",
                 "real/CACHEDIR.TAG",
             ],
@@ -1071,6 +1098,51 @@ mod tests {
             ExcludeMarker::parse(&format!("CACHEDIR.TAG:{CACHEDIR_TAG_SIGNATURE}")).unwrap(),
             ExcludeMarker::cache_dir_tag()
         );
+    }
+
+    /// `--exclude-larger-than`: larger regular files are left out and not counted in the
+    /// progress totals; a file given as a path to back up is read whatever its size.
+    #[test]
+    fn files_larger_than_the_limit_are_left_out_unless_named() {
+        let (_runtime, _dir, repo) = test_repository();
+        let source = tempfile::tempdir().unwrap();
+        let root = source.path().join("srv");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("at-limit.txt"), [1u8; 10]).unwrap();
+        std::fs::write(root.join("over.iso"), [2u8; 11]).unwrap();
+        let named = source.path().join("named.iso");
+        std::fs::write(&named, [3u8; 100]).unwrap();
+        let opts = BackupOptions {
+            paths: vec![root.clone(), named.clone()],
+            exclude_larger_than: Some(10),
+            ..BackupOptions::default()
+        };
+        let progress = BackupProgress::default();
+        let done = backup(&repo, &opts, &progress).unwrap();
+        let (index, _) = repo.load_index().unwrap();
+        let found = crate::engine::browse::list(
+            &repo,
+            &index,
+            &done.snapshot.tree,
+            source.path().as_os_str().as_bytes(),
+            true,
+            1000,
+        )
+        .unwrap();
+        let names: Vec<String> = found
+            .entries
+            .iter()
+            .map(|entry| {
+                String::from_utf8_lossy(&entry.path)
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(names, ["named.iso", "srv", "at-limit.txt"]);
+        assert_eq!(progress.total_files.load(Ordering::Relaxed), 2);
+        assert_eq!(progress.total_bytes.load(Ordering::Relaxed), 110);
     }
 
     /// A stream that fails half-way writes no snapshot, but the chunks it stored are

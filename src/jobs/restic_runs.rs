@@ -192,6 +192,7 @@ async fn back_up_with_restic(
         excludes: spec.excludes.clone(),
         exclude_if_present: spec.exclude_if_present.clone(),
         exclude_caches: spec.exclude_caches,
+        exclude_larger_than: spec.exclude_larger_than,
         limit_upload_kib: spec
             .bandwidth_limit_kib
             .map(|kib| u32::try_from(kib).unwrap_or(u32::MAX)),

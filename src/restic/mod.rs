@@ -161,6 +161,8 @@ pub struct BackupOptions {
     pub exclude_if_present: Vec<String>,
     /// Pass `--exclude-caches`.
     pub exclude_caches: bool,
+    /// Bytes, passed as `--exclude-larger-than`.
+    pub exclude_larger_than: Option<u64>,
     /// Upload bandwidth limit in KiB/s (`--limit-upload`).
     pub limit_upload_kib: Option<u32>,
 }
@@ -485,6 +487,10 @@ impl Restic {
         }
         if opts.exclude_caches {
             args.push("--exclude-caches".into());
+        }
+        if let Some(limit) = opts.exclude_larger_than {
+            // restic reads a bare number as bytes.
+            args.push(format!("--exclude-larger-than={limit}").into());
         }
         for exclude in &opts.excludes {
             args.push(format!("--exclude={}", check_word("exclude pattern", exclude)?).into());

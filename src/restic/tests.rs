@@ -259,10 +259,11 @@ async fn versions_older_than_0_12_are_refused() -> TestResult {
     Ok(())
 }
 
-/// A plan's exclude markers reach restic, which keeps a marked directory and its marker
-/// and leaves out the rest of what it holds — as the engine and the agent do.
+/// A plan's exclude markers and size limit reach restic, which keeps a marked directory
+/// and its marker and leaves out the rest of what it holds — as the engine and the agent
+/// do — and files larger than the limit.
 #[tokio::test]
-async fn exclude_markers_reach_restic() -> TestResult {
+async fn exclude_markers_and_size_limit_reach_restic() -> TestResult {
     let Some(restic) = restic().await else {
         return Ok(());
     };
@@ -280,10 +281,12 @@ async fn exclude_markers_reach_restic() -> TestResult {
     std::fs::write(src.join("scratch/.nobackup"), "")?;
     std::fs::write(src.join("scratch/huge.bin"), "scratch")?;
     std::fs::write(src.join("a.txt"), "kept")?;
+    std::fs::write(src.join("big.iso"), vec![7u8; 1001])?;
     let opts = BackupOptions {
         paths: vec![src.clone()],
         exclude_if_present: vec![".nobackup".into()],
         exclude_caches: true,
+        exclude_larger_than: Some(1000),
         ..BackupOptions::default()
     };
     let done = restic
@@ -332,6 +335,7 @@ async fn backup_snapshots_ls_restore_forget_stats_check() -> TestResult {
         excludes: vec!["*.tmp".into()],
         exclude_if_present: Vec::new(),
         exclude_caches: false,
+        exclude_larger_than: None,
         limit_upload_kib: None,
     };
     let mut updates = Vec::new();
@@ -482,6 +486,7 @@ async fn copy_fills_a_replica_once_and_names_originals() -> TestResult {
         excludes: Vec::new(),
         exclude_if_present: Vec::new(),
         exclude_caches: false,
+        exclude_larger_than: None,
         limit_upload_kib: None,
     };
     let first = restic

@@ -645,6 +645,7 @@ impl Env {
                     excludes: vec![],
                     exclude_if_present: vec![],
                     exclude_caches: false,
+                    exclude_larger_than: None,
                     schedule: "0 2 * * *".into(),
                     time_zone: "Asia/Jakarta".into(),
                     retention: crate::app::Retention::default(),

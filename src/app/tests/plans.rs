@@ -17,6 +17,7 @@ pub(crate) fn spec(schedule: &str) -> PlanSpec {
         excludes: vec!["*.tmp".into()],
         exclude_if_present: vec![],
         exclude_caches: false,
+        exclude_larger_than: None,
         schedule: schedule.into(),
         time_zone: "Asia/Jakarta".into(),
         retention: Retention {
