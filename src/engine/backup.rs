@@ -221,11 +221,6 @@ impl ExcludeMarker {
             .read_to_end(&mut start)
             .is_ok_and(|_| start == *header)
     }
-
-    /// The file name.
-    pub fn name(&self) -> &std::ffi::OsStr {
-        &self.name
-    }
 }
 
 /// The names of the markers `dir` holds: when there are any, those files are all of
