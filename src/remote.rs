@@ -499,6 +499,11 @@ pub fn backup_via_agent(
         ingest = ingest.compressing_raw_chunks();
     }
     let parent = parent.map(|(id, _)| *id);
+    // Checked when the plan was written; a stored plan that no longer reads fails.
+    let markers: Vec<String> = match spec.markers() {
+        Ok(markers) => markers.iter().map(ToString::to_string).collect(),
+        Err(error) => return failed(error, json!({})),
+    };
     let config = repository.config();
     let (id_key, seed) = repository.keys().id_keys().to_parts();
     let job_id = format!("run:{}", run.id);
@@ -566,7 +571,7 @@ pub fn backup_via_agent(
             job_id: job_id.clone(),
             paths: spec.paths.clone(),
             excludes: spec.excludes.clone(),
-            exclude_if_present: spec.marker_specs(),
+            exclude_if_present: markers.clone(),
             exclude_larger_than: spec.exclude_larger_than.unwrap_or(0),
             chunker: "fastcdc-v2020".into(),
             chunk_min: config.chunker.min_size,
@@ -1029,11 +1034,12 @@ pub(crate) fn restore_excludes(restore: &RestoreRecord) -> Result<globset::GlobS
     crate::engine::backup::build_excludes(&patterns).map_err(|error| error.to_string())
 }
 
-/// Whether `abs` (a path from the snapshot's root, `/` first) is left out by `excludes`.
-pub(crate) fn excluded(excludes: &globset::GlobSet, abs: &[u8]) -> bool {
+/// Whether `rel` (a path below the snapshot's root, without its leading `/`) is left out
+/// by `excludes`, which match paths from the root.
+pub(crate) fn excluded(excludes: &globset::GlobSet, rel: &[u8]) -> bool {
     use std::os::unix::ffi::OsStrExt as _;
     !excludes.is_empty()
-        && excludes.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(abs)))
+        && excludes.is_match(std::path::Path::new("/").join(std::ffi::OsStr::from_bytes(rel)))
 }
 
 /// The entries of `tree` (at `prefix`, `depth` levels down) selected by `paths` and not
@@ -1077,7 +1083,7 @@ fn collect(
         rel.extend_from_slice(&node.name);
         let mut abs = b"/".to_vec();
         abs.extend_from_slice(&rel);
-        if excluded(excludes, &abs) {
+        if excluded(excludes, &rel) {
             continue;
         }
         let (take, all) = if whole {

@@ -2561,14 +2561,26 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         assert_eq!(first.ino(), second.ino(), "hard links restored as links");
         assert_eq!(first.nlink(), 2);
     }
-    // A restore of the web server's backups into `target`, waited for.
+    // A restore of the web server's backups, with `options`.
     let web_text = web.to_string();
+    let restore_args = |options: &[&str]| -> Vec<String> {
+        ["restore-job", "start", "--source", &web_text]
+            .iter()
+            .chain(options)
+            .map(|arg| (*arg).to_owned())
+            .collect()
+    };
+    // …into `target`, waited for.
     let restore_into = |target: &Path, options: &[&str]| {
         let target = target.display().to_string();
-        let mut args = vec!["restore-job", "start", "--source", &web_text];
-        args.extend_from_slice(options);
-        args.extend(["--target", &target, "--wait"]);
+        let args = restore_args(&[options, &["--target", &target, "--wait"]].concat());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ok(&server, &site.petugas, &args)
+    };
+    let refused_restore = |options: &[&str], code: &str| {
+        let args = restore_args(options);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&server, &site.petugas, &args, code)
     };
     // A subset, from the first snapshot.
     let first_snapshot = snapshots[0]["id"].as_str().unwrap();
@@ -2616,14 +2628,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
     assert!(trimmed_root.join("empty").is_file());
     // A pattern that cannot be read is refused before anything is queued.
-    refused(
-        &server,
-        &site.petugas,
+    refused_restore(
         &[
-            "restore-job",
-            "start",
-            "--source",
-            &web.to_string(),
             "--exclude",
             "/srv/[unclosed",
             "--target",
@@ -2642,19 +2648,8 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     );
 
     // Isolation: a restore never crosses agencies; agents and people hold different keys.
-    refused(
-        &server,
-        &site.petugas,
-        &[
-            "restore-job",
-            "start",
-            "--source",
-            &web.to_string(),
-            "--to-server",
-            &kendal_db.to_string(),
-            "--target",
-            "/tmp/x",
-        ],
+    refused_restore(
+        &["--to-server", &kendal_db.to_string(), "--target", "/tmp/x"],
         "PERMISSION_DENIED",
     );
     let credential_web = std::fs::read_to_string(state_web.join("credential")).unwrap();

@@ -729,26 +729,22 @@ fn listed_paths_are_backed_up_and_marked_directories_keep_only_their_marker() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, data).unwrap();
     }
-    let verbatim = tmp.path().join("list.txt");
-    std::fs::write(
-        &verbatim,
-        format!(
-            "{}\n\n{}\r\n",
-            src.join("a").display(),
-            src.join("c/with space .txt").display()
-        ),
-    )
-    .unwrap();
-    let raw = tmp.path().join("list.raw");
-    std::fs::write(
-        &raw,
-        format!(
-            "{}\0{}\0",
-            src.join("cache").display(),
-            src.join("scratch").display()
-        ),
-    )
-    .unwrap();
+    // A list file holding `entries` of `src`, each followed by `end`.
+    let list = |name: &str, entries: &[&str], end: &str| {
+        let path = tmp.path().join(name);
+        let text: String = entries
+            .iter()
+            .map(|entry| match entry {
+                &"" => end.to_owned(),
+                _ => format!("{}{end}", src.join(entry).display()),
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // An empty line, and a line ended by CRLF.
+    let verbatim = list("list.txt", &["a", "", "c/with space .txt"], "\r\n");
+    let raw = list("list.raw", &["cache", "scratch"], "\0");
     let repo = tmp.path().join("repo");
     let repo = repo.to_str().unwrap();
     run(cadang(repo).arg("init"), 0);

@@ -329,11 +329,7 @@ impl Job {
                 "a backup needs absolute paths".to_owned(),
             ));
         }
-        let markers = job
-            .exclude_if_present
-            .iter()
-            .map(|spec| crate::engine::backup::ExcludeMarker::parse(spec))
-            .collect::<Result<Vec<_>, _>>()
+        let markers = crate::engine::backup::exclude_markers(&job.exclude_if_present, false)
             .map_err(|error| WalkError::Invalid(error.to_string()))?;
         Ok(Self {
             job_id: job.job_id.clone(),
@@ -867,7 +863,9 @@ impl Walker<'_> {
                     if !only.is_empty() && !only.contains(&child.file_name()) {
                         continue;
                     }
+                    // Only regular files (as the listing already tells) are measured.
                     if self.larger_than.is_some()
+                        && child.file_type().is_ok_and(|kind| kind.is_file())
                         && child.metadata().is_ok_and(|meta| {
                             crate::engine::backup::too_large(&meta, self.larger_than)
                         })
@@ -1462,7 +1460,7 @@ pub fn run<L: Link + Send>(
             key.update(&job.larger_than.unwrap_or(0).to_le_bytes());
             key.update(b"\0markers\0");
             for marker in &job.markers {
-                key.update(format!("{marker:?}").as_bytes());
+                key.update(marker.to_string().as_bytes());
                 key.update(b"\0");
             }
             *key.finalize().as_bytes()

@@ -588,29 +588,8 @@ impl PlanSpec {
     /// # Errors
     /// A marker that cannot be read, named.
     pub fn markers(&self) -> Result<Vec<crate::engine::backup::ExcludeMarker>, String> {
-        let mut markers = self
-            .exclude_if_present
-            .iter()
-            .map(|spec| {
-                crate::engine::backup::ExcludeMarker::parse(spec).map_err(|e| e.to_string())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if self.exclude_caches {
-            markers.push(crate::engine::backup::ExcludeMarker::cache_dir_tag());
-        }
-        Ok(markers)
-    }
-
-    /// The markers as an agent's job carries them (`NAME[:HEADER]`).
-    pub fn marker_specs(&self) -> Vec<String> {
-        let mut specs = self.exclude_if_present.clone();
-        if self.exclude_caches {
-            specs.push(format!(
-                "CACHEDIR.TAG:{}",
-                crate::engine::backup::CACHEDIR_TAG_SIGNATURE
-            ));
-        }
-        specs
+        crate::engine::backup::exclude_markers(&self.exclude_if_present, self.exclude_caches)
+            .map_err(|error| error.to_string())
     }
 
     /// The five schedules: backup, retention, verification, drill, replication.
@@ -1726,13 +1705,11 @@ mod tests {
         excludes.exclude_if_present = vec![".nobackup".into(), "TAG:header".into()];
         excludes.exclude_caches = true;
         excludes.validate().unwrap();
-        assert_eq!(excludes.markers().unwrap().len(), 3);
+        let markers = excludes.markers().unwrap();
+        assert_eq!(markers.len(), 3);
         assert_eq!(
-            excludes.marker_specs()[2],
-            format!(
-                "CACHEDIR.TAG:{}",
-                crate::engine::backup::CACHEDIR_TAG_SIGNATURE
-            )
+            markers[2],
+            crate::engine::backup::ExcludeMarker::cache_dir_tag()
         );
         excludes.exclude_larger_than = Some(0);
         let error = excludes.validate().unwrap_err().to_string();

@@ -275,14 +275,7 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(repo.find_snapshot(p)?),
         None => None,
     };
-    let mut markers = a
-        .exclude_if_present
-        .iter()
-        .map(|spec| crate::engine::backup::ExcludeMarker::parse(spec))
-        .collect::<Result<Vec<_>, _>>()?;
-    if a.exclude_caches {
-        markers.push(crate::engine::backup::ExcludeMarker::cache_dir_tag());
-    }
+    let markers = crate::engine::backup::exclude_markers(&a.exclude_if_present, a.exclude_caches)?;
     let mut paths = a.paths.clone();
     for (lists, separator) in [(&a.files_from_verbatim, b'\n'), (&a.files_from_raw, b'\0')] {
         for list in lists {

@@ -223,6 +223,35 @@ impl ExcludeMarker {
     }
 }
 
+/// The `NAME:HEADER` (or `NAME`) form [`ExcludeMarker::parse`] reads back, as a job to
+/// an agent carries it.
+impl std::fmt::Display for ExcludeMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Both parts came from text (`parse`, `cache_dir_tag`): nothing is lost.
+        f.write_str(&self.name.to_string_lossy())?;
+        match &self.header {
+            Some(header) => write!(f, ":{}", String::from_utf8_lossy(header)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The markers of `--exclude-if-present` specifications and, with `caches`, the cache
+/// directory tag of `--exclude-caches`.
+///
+/// # Errors
+/// `InvalidInput` naming the first specification that cannot be read.
+pub fn exclude_markers(specs: &[String], caches: bool) -> Result<Vec<ExcludeMarker>> {
+    let mut markers = specs
+        .iter()
+        .map(|spec| ExcludeMarker::parse(spec))
+        .collect::<Result<Vec<_>>>()?;
+    if caches {
+        markers.push(ExcludeMarker::cache_dir_tag());
+    }
+    Ok(markers)
+}
+
 /// The names of the markers `dir` holds: when there are any, those files are all of
 /// `dir` a backup keeps. Empty when `dir` is not marked (or no markers are given).
 pub fn marked(dir: &Path, markers: &[ExcludeMarker]) -> Vec<std::ffi::OsString> {
@@ -1093,6 +1122,10 @@ mod tests {
             ExcludeMarker::parse(&format!("CACHEDIR.TAG:{CACHEDIR_TAG_SIGNATURE}")).unwrap(),
             ExcludeMarker::cache_dir_tag()
         );
+        // What a job carries reads back as the same marker.
+        for marker in exclude_markers(&[".nobackup".into(), "TAG:a:b".into()], true).unwrap() {
+            assert_eq!(ExcludeMarker::parse(&marker.to_string()).unwrap(), marker);
+        }
     }
 
     /// `--exclude-larger-than`: larger regular files are left out and not counted in the

@@ -582,7 +582,7 @@ fn staged_entries(
             .as_os_str()
             .as_bytes()
             .to_vec();
-        if skipped.contains(&rel) || super::excluded(excludes, &[b"/", rel.as_slice()].concat()) {
+        if skipped.contains(&rel) || super::excluded(excludes, &rel) {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path)
