@@ -252,7 +252,7 @@ impl Repositories {
 
     /// An agency's replica password: derived from the same key under another context, so
     /// the replica's key slot never opens with the primary's password nor the reverse.
-    fn replica_password(&self, agency_code: &str) -> SecretString {
+    pub fn replica_password(&self, agency_code: &str) -> SecretString {
         let replica_key = blake3::derive_key(REPLICA_PASSWORD_CONTEXT, &self.key);
         let derived = blake3::keyed_hash(&replica_key, agency_code.to_ascii_lowercase().as_bytes());
         SecretString::new(derived.to_hex().to_string())
@@ -416,7 +416,7 @@ pub fn execute(
         .and_then(|repository| match run.kind.as_str() {
             "backup" => run_backup(repositories, &repository, spec, run, cancel, now)
                 .map(|end| with_repository_size(&repository, end)),
-            "retention" => run_retention(&repository, spec, now)
+            "retention" => run_retention(&repository, spec, run, now)
                 .map(|end| with_repository_size(&repository, end)),
             "verify" => run_verify(&repository, spec, sequence),
             "drill" => run_drill(&repository, &repositories.scratch, run, cancel),
@@ -621,9 +621,12 @@ fn back_up_here(
     })
 }
 
+/// Applies the plan's retention to the plan's own snapshots (tagged `plan:ID`): the
+/// agency's repository holds every plan's, and another plan's keep longer.
 fn run_retention(
     repository: &Repository,
     spec: &PlanSpec,
+    run: &RunRecord,
     now: DateTime<Utc>,
 ) -> Result<RunEnd, String> {
     let retention = &spec.retention;
@@ -639,11 +642,14 @@ fn run_retention(
         weekly: retention.weekly,
         monthly: retention.monthly,
         yearly: retention.yearly,
+        keep_tags: retention.keep_tags.clone(),
         ..KeepPolicy::default()
     };
-    let (snapshots, _) = repository
+    let (mut snapshots, _) = repository
         .load_snapshots()
         .map_err(|error| error.to_string())?;
+    let tag = format!("plan:{}", run.plan_id);
+    snapshots.retain(|(_, snapshot)| snapshot.tags.contains(&tag));
     let decisions = apply(&policy, &snapshots, jakarta());
     let mut removed = 0u64;
     for decision in decisions.iter().filter(|decision| !decision.keep) {
@@ -1155,6 +1161,86 @@ mod tests {
         assert_ne!(damaged.status, "ok", "{damaged:?}");
         assert!(damaged.error.is_some());
         assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
+    }
+
+    /// A plan's retention removes its own snapshots only (another plan of the same agency,
+    /// which keeps more, loses nothing), and never one its holds keep.
+    #[test]
+    fn retention_keeps_to_its_own_plans_snapshots() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repositories = Repositories::new(
+            dir.path().join("repositories").display().to_string(),
+            [3; 32],
+            StoreOptions::default(),
+        );
+        let mut specs = Vec::new();
+        for name in ["web", "archive"] {
+            let source = dir.path().join(name);
+            std::fs::create_dir_all(&source).unwrap();
+            specs.push(spec(&source));
+        }
+        specs[0].retention = Retention {
+            last: 1,
+            ..Retention::default()
+        };
+        let run_of = |id: i64, plan: i64, kind: &str| RunRecord {
+            plan_id: PlanId(plan),
+            ..run(id, kind)
+        };
+        let execute_run = |spec: &PlanSpec, run: &RunRecord| {
+            execute(
+                &repositories,
+                runtime.handle(),
+                "DINKES",
+                spec,
+                run,
+                0,
+                Arc::new(AtomicBool::new(false)),
+                Utc::now(),
+            )
+        };
+        let mut id = 0;
+        for _ in 0..3 {
+            for (plan, spec) in [(7, &specs[0]), (8, &specs[1])] {
+                id += 1;
+                std::fs::write(Path::new(&spec.paths[0]).join("f"), id.to_string()).unwrap();
+                assert_eq!(execute_run(spec, &run_of(id, plan, "backup")).status, "ok");
+            }
+        }
+        // The plan's first snapshot is held (`cadang tag --add hold`).
+        let repository = repositories
+            .open(runtime.handle(), "DINKES", None, None)
+            .unwrap();
+        let (all, _) = repository.load_snapshots().unwrap();
+        let first = all
+            .into_iter()
+            .find(|(_, s)| s.tags.contains(&"plan:7".to_owned()))
+            .unwrap();
+        let hold = crate::engine::rewrite::TagChange {
+            add: vec!["hold".into()],
+            ..Default::default()
+        };
+        crate::engine::rewrite::retag(&repository, vec![first], &hold).unwrap();
+        specs[0].retention.keep_tags = vec!["hold".into()];
+
+        let retention = execute_run(&specs[0], &run_of(id + 1, 7, "retention"));
+        assert_eq!(retention.status, "ok", "{retention:?}");
+        let retention = stats(&retention);
+        assert_eq!(
+            (
+                retention["snapshots_kept"].as_u64(),
+                retention["snapshots_removed"].as_u64()
+            ),
+            (Some(2), Some(1))
+        );
+        let (left, _) = repository.load_snapshots().unwrap();
+        let of = |tag: &str| {
+            left.iter()
+                .filter(|(_, s)| s.tags.contains(&tag.to_owned()))
+                .count()
+        };
+        assert_eq!((of("plan:7"), of("plan:8"), of("hold")), (2, 3, 1));
     }
 
     /// Runs of several plans of one agency start together on a fresh daemon: each finds

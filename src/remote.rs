@@ -379,7 +379,9 @@ fn unaffected_by(spec: &str, unreadable: &[(SnapshotId, String)]) -> bool {
 
 /// Picks the snapshot a restore names among a server's (oldest first): `latest`, an id
 /// or unique prefix, `as-of:TIME` (the newest taken at or before it), or `before:SPEC`
-/// (the one before what SPEC names: the restore fallback's "previous snapshot").
+/// (the one before what SPEC names: the restore fallback's "previous snapshot"). An id
+/// no snapshot has any more names the snapshot that replaced it (`cadang rewrite
+/// --forget`), so a request written before the rewrite restores what is left.
 ///
 /// # Errors
 /// An ambiguous prefix, an unreadable time, or no such snapshot.
@@ -387,16 +389,50 @@ pub fn choose_snapshot<'a>(
     snapshots: &'a [(SnapshotId, Snapshot)],
     spec: &str,
 ) -> Result<&'a (SnapshotId, Snapshot), String> {
-    let chosen = choose_position(
+    let chosen = match choose_position(
         snapshots,
         |(id, _)| id.to_hex(),
         |(_, snapshot)| snapshot.time,
         spec,
         "the server",
-    )?;
+    ) {
+        Ok(chosen) => chosen,
+        Err(missing) => replacement(snapshots, spec).unwrap_or(Err(missing))?,
+    };
     snapshots
         .get(chosen)
         .ok_or_else(|| format!("the server has no snapshot `{spec}`"))
+}
+
+/// The position of the snapshot that replaced the one `spec` (an id or prefix) named, when
+/// no snapshot has that id any more; `None` when `spec` is another form, an id still
+/// there (an ambiguous prefix), or no rewrite came from it.
+fn replacement(snapshots: &[(SnapshotId, Snapshot)], spec: &str) -> Option<Result<usize, String>> {
+    if spec == "latest"
+        || spec.contains(':')
+        || snapshots
+            .iter()
+            .any(|(id, _)| id.to_hex().starts_with(spec))
+    {
+        return None;
+    }
+    let replacing: Vec<usize> = snapshots
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, snapshot))| {
+            snapshot
+                .rewritten_from
+                .is_some_and(|from| from.to_hex().starts_with(spec))
+        })
+        .map(|(n, _)| n)
+        .collect();
+    match replacing[..] {
+        [] => None,
+        [one] => Some(Ok(one)),
+        _ => Some(Err(format!(
+            "snapshot `{spec}` was rewritten into several snapshots: name one of them"
+        ))),
+    }
 }
 
 /// The position of the snapshot `spec` names among `snapshots` (oldest first), each
@@ -1517,12 +1553,19 @@ mod tests {
                     tree: BlobId([0; 32]),
                     summary: Default::default(),
                     original: None,
+                    rewritten_from: None,
                     indexes: Vec::new(),
                 },
             )
         };
-        let list = vec![snapshot(0xa1, 1), snapshot(0xa2, 2), snapshot(0xb3, 3)];
+        let mut list = vec![snapshot(0xa1, 1), snapshot(0xa2, 2), snapshot(0xb3, 3)];
+        // 0xc4 was rewritten into 0xa2 and forgotten.
+        list[1].1.rewritten_from = Some(SnapshotId([0xc4; 32]));
         let id = |spec: &str| choose_snapshot(&list, spec).map(|(id, _)| id.0[0]);
+        assert_eq!(id("c4c4"), Ok(0xa2));
+        assert_eq!(id(&"c4".repeat(32)), Ok(0xa2));
+        assert_eq!(id(&"a2".repeat(32)), Ok(0xa2));
+        assert!(id("before:c4c4").unwrap_err().contains("no snapshot"));
         assert_eq!(id("latest"), Ok(0xb3));
         assert_eq!(id("b3b3"), Ok(0xb3));
         assert!(id("a").unwrap_err().contains("ambiguous"));
@@ -1535,6 +1578,11 @@ mod tests {
         assert_eq!(id(&format!("before:{}", "b3".repeat(32))), Ok(0xa2));
         assert!(id("before:a1a1").unwrap_err().contains("no snapshot older"));
         assert!(choose_snapshot(&[], "latest").is_err());
+        // Rewritten twice (the first replacement kept, then the original forgotten): the
+        // request must name one.
+        list[2].1.rewritten_from = Some(SnapshotId([0xc4; 32]));
+        let id = |spec: &str| choose_snapshot(&list, spec).map(|(id, _)| id.0[0]);
+        assert!(id("c4").unwrap_err().contains("several"));
     }
 
     /// A one-worker runtime for a repository's I/O, and a directory for its store.
@@ -1572,6 +1620,7 @@ mod tests {
             tree: BlobId([0; 32]),
             summary: Default::default(),
             original,
+            rewritten_from: None,
             indexes: Vec::new(),
         };
         let older = primary.save_snapshot(&snapshot(1, 1, None)).unwrap();

@@ -1,4 +1,4 @@
-//! Crash-point enumeration of the commit protocols (backup, prune, copy):
+//! Crash-point enumeration of the commit protocols (backup, prune, copy, rewrite):
 //! the storage refuses every write after the k-th, for every k a clean run
 //! performs — exactly the state a crash right after that durable step
 //! leaves. After each: check passes (unreferenced leftovers allowed), the
@@ -17,6 +17,7 @@ use cadang::engine::backup::{BackupOptions, BackupProgress, backup};
 use cadang::engine::check::{CheckOptions, ReadData, check};
 use cadang::engine::copy::copy;
 use cadang::engine::prune::{PruneOptions, prune};
+use cadang::engine::rewrite::{RewriteOptions, rewrite};
 use common::*;
 use faulty::faulty_repo;
 
@@ -165,6 +166,85 @@ fn copy_crash_points() {
         assert!(check(&b, &CheckOptions::default()).unwrap().is_ok());
         copy(&a, &b, &[b1.snapshot_id], None).unwrap();
         verify(&b, &dir, std::slice::from_ref(&src));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A rewrite stopped after any durable step (tree pack, index, the new snapshot, the
+/// original's deletion) leaves every visible snapshot whole: the original stays until its
+/// replacement is stored, and the next rewrite finishes the job.
+#[test]
+fn rewrite_crash_points() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 1);
+    let setup = |dir: &Path| {
+        let (f, r) = faulty_repo(&rt, dir);
+        bk(&r, &src).unwrap();
+        (f, r)
+    };
+    let opts = RewriteOptions {
+        excludes: vec!["small".into()],
+        forget: true,
+        ..Default::default()
+    };
+    let rewrite_all = |r: &Repository| rewrite(r, r.load_snapshots().unwrap().0, &opts);
+    let (f, r) = setup(&tmp.path().join("count"));
+    let before = f.writes.load(Ordering::Relaxed);
+    assert_eq!(rewrite_all(&r).unwrap().rewritten.len(), 1);
+    let steps = f.writes.load(Ordering::Relaxed) - before;
+    assert!(steps >= 4, "pack, index, snapshot, deletion: {steps}");
+    for k in 0..steps {
+        let dir = tmp.path().join(format!("w{k}"));
+        let (f, r) = setup(&dir);
+        f.crash_after_writes(k);
+        assert!(rewrite_all(&r).is_err(), "crash point {k}");
+        f.clear();
+        assert!(
+            check(&r, &CheckOptions::default()).unwrap().is_ok(),
+            "crash point {k}"
+        );
+        let (snaps, bad) = r.load_snapshots().unwrap();
+        assert!(bad.is_empty());
+        assert!(
+            snaps.iter().any(|(_, s)| s.rewritten_from.is_none()),
+            "crash point {k}: the original is kept until the rewrite completes"
+        );
+        rewrite_all(&r).unwrap();
+        let (snaps, _) = r.load_snapshots().unwrap();
+        assert!(
+            snaps.iter().all(|(_, s)| s.rewritten_from.is_some()),
+            "crash point {k}"
+        );
+        for (id, _) in &snaps {
+            let target = dir.join(format!("r-{}", id.short()));
+            use cadang::engine::restore::{
+                RestoreOptions, RestoreProgress, restore as run_restore,
+            };
+            let res = run_restore(
+                &r,
+                id,
+                &RestoreOptions {
+                    target: target.clone(),
+                    verify: true,
+                    ..Default::default()
+                },
+                &RestoreProgress::default(),
+            )
+            .unwrap();
+            assert!(res.is_success(), "{res:?}");
+            let restored = restored_path(&target, &src);
+            for i in 0..3 {
+                let name = format!("f{i}");
+                assert!(
+                    std::fs::read(restored.join(&name)).unwrap()
+                        == std::fs::read(src.join(&name)).unwrap()
+                );
+            }
+            assert!(restored.join("sub").is_dir() && !restored.join("sub/small").exists());
+        }
+        assert!(rewrite_all(&r).unwrap().rewritten.is_empty());
+        assert!(check(&r, &CheckOptions::default()).unwrap().is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

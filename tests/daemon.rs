@@ -324,6 +324,8 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
             "0 2 * * *",
             "--keep-daily",
             "30",
+            "--keep-tag",
+            "hold",
             "--retention-schedule",
             "0 4 * * 0",
             "--verify-schedule",
@@ -335,6 +337,11 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
     .clone();
     let plan_id = plan["id"].as_i64().unwrap().to_string();
     assert_eq!(plan["status"], "approved");
+    assert_eq!(
+        plan["spec"]["retention"]["keep_tags"],
+        serde_json::json!(["hold"]),
+        "{plan}"
+    );
     refused(
         &server,
         &site.skpd,

@@ -52,6 +52,7 @@ fn plant(repo: &Repository, nodes: Vec<Node>, extra_trees: Vec<Tree>) -> String 
         tree: root,
         summary: SnapshotSummary::default(),
         original: None,
+        rewritten_from: None,
         indexes: Vec::new(),
     };
     repo.save_snapshot(&s).unwrap().to_hex()

@@ -303,6 +303,44 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     );
     let replicated = wait_for_run(&server, &site.kasi, &plan, 2);
     assert_eq!(replicated["status"], "ok", "{replicated}");
+    // Break glass on the replica: its location and password open it with the engine's
+    // own commands (a rewrite must reach the replica too); the primary's password does
+    // not.
+    let repository = |replica: bool| {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["admin", "repository", "--agency", "DINKES", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("CADANG_CATALOG_URL")
+            .env_remove("CADANG_MASTER_KEY");
+        if replica {
+            command.arg("--replica");
+        }
+        let printed = command.output().unwrap();
+        assert!(printed.status.success(), "{printed:?}");
+        let printed = String::from_utf8(printed.stdout).unwrap();
+        let mut lines = printed.lines().map(str::to_owned);
+        (lines.next().unwrap(), lines.next().unwrap())
+    };
+    let ((primary_at, primary_password), (replica_at, replica_password)) =
+        (repository(false), repository(true));
+    assert_eq!(PathBuf::from(&replica_at), replica_root.join("dinkes"));
+    let snapshots = |location: &str, password: &str| {
+        std::process::Command::new(BIN)
+            .args(["--json", "snapshots", "-r", location])
+            .env("CADANG_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let listed = snapshots(&replica_at, &replica_password);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let primary_listed: Value =
+        serde_json::from_slice(&snapshots(&primary_at, &primary_password).stdout).unwrap();
+    assert_eq!(listed[0]["original"], primary_listed[0]["id"], "{listed}");
+    assert!(!snapshots(&replica_at, &primary_password).status.success());
     let first_tree = tree_of(&source);
     let primary = data.join("repositories/dinkes");
     let replica = replica_root.join("dinkes");

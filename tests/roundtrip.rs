@@ -795,3 +795,318 @@ fn listed_paths_are_backed_up_and_marked_directories_keep_only_their_marker() {
         "{out:?}"
     );
 }
+
+/// `rewrite`: a key and a password file that should never have been backed up leave
+/// every snapshot; a prune then takes their data out of the repository.
+#[test]
+fn rewrite_leaves_files_out_of_snapshots_and_prune_frees_their_data() {
+    use cadang::engine::{OpenOptions, Repository, Store, StoreOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let other = tmp.path().join("other");
+    for dir in ["app/keys", "app/www", "app/sub"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    std::fs::create_dir_all(&other).unwrap();
+    let secret = b"DB_PASSWORD=rahasia-sekali-jangan-dicadangkan\n".repeat(40);
+    std::fs::write(src.join("app/.env"), &secret).unwrap();
+    std::fs::write(src.join("app/sub/.env"), b"NESTED=1\n").unwrap();
+    std::fs::write(src.join("app/keys/id_ed25519"), bytes(3000, 5)).unwrap();
+    std::fs::write(src.join("app/www/index.php"), b"<?php echo 1;").unwrap();
+    std::fs::write(src.join("app/data.bin"), bytes(200_000, 6)).unwrap();
+    std::fs::write(other.join("notes.txt"), b"no secrets here").unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    run(cadang(repo).arg("backup").arg(&src), 0);
+    std::fs::write(src.join("app/www/index.php"), b"<?php echo 2;").unwrap();
+    run(cadang(repo).arg("backup").arg(&src), 0);
+    run(cadang(repo).arg("backup").arg(&other), 0);
+    let ids = snapshot_ids(repo);
+    assert_eq!(ids.len(), 3);
+    let keys = format!("{}/app/keys", src.display());
+    let args = ["rewrite", "-e", ".env", "-e", &keys];
+    let summary = |out: &std::process::Output| last_json(out);
+    let removed = |rewritten: &serde_json::Value| -> Vec<String> {
+        let mut paths: Vec<String> = rewritten["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        paths.sort();
+        paths
+    };
+    let expected = vec![
+        format!("{}/app/.env", src.display()),
+        format!("{keys}/"),
+        format!("{}/app/sub/.env", src.display()),
+    ];
+
+    // A dry run names what would go and changes nothing.
+    let out = run(cadang(repo).arg("--json").args(args).arg("--dry-run"), 0);
+    let plan = summary(&out);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["rewritten"].as_array().unwrap().len(), 2, "{plan}");
+    assert_eq!(plan["rewritten"][0]["to"], serde_json::Value::Null);
+    assert_eq!(removed(&plan["rewritten"][0]), expected);
+    assert_eq!(plan["unchanged"], serde_json::json!([ids[2]]));
+    assert_eq!(snapshot_ids(repo), ids);
+    // No pattern, a malformed one, or one that leaves a snapshot empty: refused, nothing
+    // written.
+    let out = run(cadang(repo).args(["rewrite", &ids[0]]), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no exclude pattern"),
+        "{out:?}"
+    );
+    let out = run(cadang(repo).args(["rewrite", "-e", "[oops"]), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[oops"),
+        "{out:?}"
+    );
+    let out = run(cadang(repo).args(["rewrite", "-e"]).arg(&other), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forget it instead"),
+        "{out:?}"
+    );
+    assert_eq!(snapshot_ids(repo), ids);
+
+    // One snapshot by id, the original kept: the new one is tagged and names it.
+    let out = run(cadang(repo).arg("--json").args(args).arg(&ids[0][..8]), 0);
+    let first = summary(&out);
+    let kept_copy = first["rewritten"][0]["to"].as_str().unwrap().to_owned();
+    assert_eq!(first["forgotten"], serde_json::json!([]));
+    let listed = last_json(&run(cadang(repo).args(["--json", "snapshots"]), 0));
+    let new = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == kept_copy.as_str())
+        .unwrap();
+    assert_eq!(new["rewritten_from"], ids[0].as_str());
+    assert!(new["tags"].as_array().unwrap().contains(&"rewrite".into()));
+    let original = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == ids[0].as_str())
+        .unwrap();
+    assert_eq!(new["time"], original["time"], "the original's time is kept");
+    run(cadang(repo).args(["forget", &kept_copy]), 0);
+
+    // Every snapshot, originals forgotten: the parent of the second is the first's
+    // replacement, and the snapshot without a match is left as it was.
+    let out = run(cadang(repo).arg("--json").args(args).arg("--forget"), 0);
+    let done = summary(&out);
+    let rewritten = done["rewritten"].as_array().unwrap();
+    assert_eq!(rewritten.len(), 2, "{done}");
+    assert_eq!(removed(&rewritten[1]), expected);
+    assert_eq!(done["unchanged"], serde_json::json!([ids[2]]));
+    assert_eq!(done["forgotten"], serde_json::json!([ids[0], ids[1]]));
+    let listed = last_json(&run(cadang(repo).args(["--json", "snapshots"]), 0));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    let by_id = |id: &serde_json::Value| listed.iter().find(|s| &s["id"] == id).unwrap();
+    assert_eq!(by_id(&rewritten[1]["to"])["parent"], rewritten[0]["to"]);
+    assert!(
+        by_id(&rewritten[1]["to"])["tags"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let find = run(
+        cadang(repo).args(["--json", "find", ".env", "id_ed25519"]),
+        0,
+    );
+    assert_eq!(last_json(&find)["matches"], 0, "{find:?}");
+    // A second rewrite finds nothing to do.
+    let again = summary(&run(cadang(repo).arg("--json").args(args), 0));
+    assert_eq!(again["rewritten"], serde_json::json!([]));
+    assert_eq!(again["unchanged"].as_array().unwrap().len(), 3);
+
+    // The rest restores as it was; check finds nothing wrong.
+    let target = tmp.path().join("restored");
+    let second = rewritten[1]["to"].as_str().unwrap();
+    run(
+        cadang(repo)
+            .args(["restore", second, "--verify", "--target"])
+            .arg(&target),
+        0,
+    );
+    let restored = restored_path(&target, &src);
+    assert_eq!(
+        std::fs::read(restored.join("app/www/index.php")).unwrap(),
+        b"<?php echo 2;"
+    );
+    assert_eq!(
+        std::fs::read(restored.join("app/data.bin")).unwrap(),
+        bytes(200_000, 6)
+    );
+    assert!(restored.join("app/sub").is_dir());
+    for gone in ["app/.env", "app/sub/.env", "app/keys"] {
+        assert!(!restored.join(gone).exists(), "{gone} restored");
+    }
+    run(cadang(repo).args(["check", "--read-data"]), 0);
+
+    // Until a prune the secret's data is still stored. A prune that repacks every partly
+    // used pack takes it out of the index and marks its pack; the next one after the
+    // grace period deletes that pack.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stored = || {
+        let store = Store::open(repo, &StoreOptions::default()).unwrap();
+        let r = Repository::open(
+            rt.handle().clone(),
+            store,
+            PASSWORD.as_bytes(),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        let (index, _) = r.load_index().unwrap();
+        index.get(&r.blob_id(&secret)).map(|(pack, _)| pack)
+    };
+    let pack = stored().expect("the secret is stored before the prune");
+    let pack_file = std::path::Path::new(repo).join(cadang::engine::repo::pack_key(&pack));
+    assert!(pack_file.exists(), "{}", pack_file.display());
+    let prune = || {
+        run(
+            cadang(repo).args(["prune", "--max-unused", "0", "--grace", "0h"]),
+            0,
+        )
+    };
+    prune();
+    assert_eq!(
+        stored(),
+        None,
+        "the left-out file's data is no longer indexed"
+    );
+    prune();
+    assert!(!pack_file.exists(), "the pack that held it is deleted");
+    run(cadang(repo).args(["check", "--read-data"]), 0);
+}
+
+/// `tag` and `forget --keep-tag`: a snapshot held for an audit outlives the retention
+/// that removes its neighbours; the daemon's own tags cannot be taken off.
+#[test]
+fn a_held_snapshot_outlives_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    for n in 0..4 {
+        std::fs::write(src.join("ledger.csv"), format!("row {n}\n")).unwrap();
+        run(
+            cadang(repo).args(["backup", "--tag", "plan:3"]).arg(&src),
+            0,
+        );
+    }
+    let ids = snapshot_ids(repo);
+    let tags_of = |id: &str| -> Vec<String> {
+        let listed = last_json(&run(cadang(repo).args(["--json", "snapshots"]), 0));
+        let found = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned();
+        found.map_or_else(Vec::new, |s| {
+            s["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect()
+        })
+    };
+    let out = run(
+        cadang(repo).args([
+            "--json",
+            "tag",
+            "--add",
+            "hold",
+            "--add",
+            "bpk-2026",
+            &ids[1][..8],
+        ]),
+        0,
+    );
+    let changed = last_json(&out);
+    assert_eq!(changed["changed"][0]["from"], ids[1].as_str());
+    let held = changed["changed"][0]["to"].as_str().unwrap().to_owned();
+    assert_eq!(tags_of(&held), ["plan:3", "hold", "bpk-2026"]);
+    assert!(tags_of(&ids[1]).is_empty(), "the original is gone");
+    // Nothing to change, or a daemon tag to remove: refused, nothing written.
+    let out = run(cadang(repo).args(["tag", &held]), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to change"));
+    let out = run(cadang(repo).args(["tag", "--remove", "plan:3", &held]), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("daemon"),
+        "{out:?}"
+    );
+    let out = run(
+        cadang(repo).args(["--json", "tag", "--set", "audit", &held]),
+        0,
+    );
+    let reset = last_json(&out)["changed"][0]["to"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        tags_of(&reset),
+        ["plan:3", "audit"],
+        "--set keeps the daemon's tags"
+    );
+    let out = run(
+        cadang(repo).args([
+            "--json", "tag", "--set", "hold", "--set", "bpk-2026", &reset,
+        ]),
+        0,
+    );
+    let held = last_json(&out)["changed"][0]["to"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // keep-last 1 would leave one snapshot; the hold keeps a second. A list holds only
+    // snapshots with all of its tags.
+    let forget = |extra: &[&str]| {
+        let out = run(
+            cadang(repo)
+                .args(["--json", "forget", "--keep-last", "1", "--dry-run"])
+                .args(extra),
+            0,
+        );
+        let mut removed: Vec<String> = last_json(&out)["remove"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect();
+        removed.sort();
+        removed
+    };
+    let mut without_hold = vec![ids[0].clone(), ids[2].clone(), held.clone()];
+    without_hold.sort();
+    assert_eq!(forget(&[]), without_hold);
+    assert_eq!(forget(&["--keep-tag", "hold,bpk-2027"]), without_hold);
+    let mut with_hold = vec![ids[0].clone(), ids[2].clone()];
+    with_hold.sort();
+    assert_eq!(forget(&["--keep-tag", "hold,bpk-2026"]), with_hold);
+    run(
+        cadang(repo).args(["forget", "--keep-last", "1", "--keep-tag", "hold"]),
+        0,
+    );
+    let mut left = snapshot_ids(repo);
+    left.sort();
+    let mut expected = vec![held.clone(), ids[3].clone()];
+    expected.sort();
+    assert_eq!(left, expected);
+    // Released: the next retention takes it.
+    run(cadang(repo).args(["tag", "--remove", "hold", &held]), 0);
+    run(
+        cadang(repo).args(["forget", "--keep-last", "1", "--keep-tag", "hold"]),
+        0,
+    );
+    assert_eq!(snapshot_ids(repo), vec![ids[3].clone()]);
+}

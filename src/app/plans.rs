@@ -363,6 +363,10 @@ pub struct Retention {
     pub monthly: u32,
     /// One per year, N years.
     pub yearly: u32,
+    /// Snapshots carrying all the tags of any of these lists (`hold`, `hold,bpk-2026`)
+    /// are kept whatever the counts say: holds set with `cadang tag --add`. Holds alone
+    /// are not a policy (they would remove every other snapshot).
+    pub keep_tags: Vec<String>,
 }
 
 impl Retention {
@@ -557,6 +561,16 @@ impl PlanSpec {
         }
         if self.restic.is_none() {
             check_excludes(&self.excludes)?;
+        }
+        for list in &self.retention.keep_tags {
+            let tags: Vec<&str> = list.split(',').map(str::trim).collect();
+            if tags.iter().any(|tag| {
+                tag.is_empty() || tag.chars().any(|c| c.is_whitespace() || c.is_control())
+            }) {
+                return Err(AppError::invalid(format!(
+                    "retention.keep_tags `{list}`: tags separated by commas, none empty or with spaces"
+                )));
+            }
         }
         if self.exclude_if_present.len() > 64 {
             return Err(AppError::invalid("at most 64 exclude_if_present markers"));
@@ -1716,6 +1730,15 @@ mod tests {
         assert!(error.contains("exclude_larger_than"), "{error}");
         excludes.exclude_larger_than = Some(1 << 30);
         excludes.validate().unwrap();
+        // Holds: lists of tags, none empty or spaced.
+        excludes.retention.keep_tags = vec!["hold".into(), "hold,bpk-2026".into()];
+        excludes.validate().unwrap();
+        for bad in ["hold,", "", "two words"] {
+            excludes.retention.keep_tags = vec![bad.into()];
+            let error = excludes.validate().unwrap_err().to_string();
+            assert!(error.contains("keep_tags"), "{bad}: {error}");
+        }
+        excludes.retention.keep_tags = vec![];
         excludes.exclude_if_present = vec!["../.nobackup".into()];
         let error = excludes.validate().unwrap_err().to_string();
         assert!(error.contains("../.nobackup"), "{error}");

@@ -723,6 +723,10 @@ pub struct PlanCreateArgs {
     /// Keep one per year for N years.
     #[arg(long, default_value_t = 0)]
     pub keep_yearly: u32,
+    /// Keep every snapshot carrying these tags, whatever the counts say (a hold set with
+    /// `cadang tag --add hold`; `hold,bpk-2026` for both tags; repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
+    pub keep_tags: Vec<String>,
     /// When retention (forget + prune) runs, cron.
     #[arg(long)]
     pub retention_schedule: Option<String>,
@@ -2266,7 +2270,7 @@ async fn create_plan(
         "paths": args.paths, "excludes": args.excludes, "exclude_if_present": args.exclude_if_present,
         "exclude_caches": args.exclude_caches, "exclude_larger_than": args.exclude_larger_than,
         "schedule": args.schedule, "time_zone": args.time_zone,
-        "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly},
+        "retention": {"last": args.keep_last, "daily": args.keep_daily, "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly, "keep_tags": args.keep_tags},
         "retention_schedule": args.retention_schedule, "verify_schedule": args.verify_schedule, "verify_parts": args.verify_parts,
         "drill_schedule": args.drill_schedule, "replicate_schedule": args.replicate_schedule, "window": window, "bandwidth_limit_kib": args.bandwidth_limit,
         "server": args.server, "restic": restic, "compress_on": args.compress_on,

@@ -96,6 +96,12 @@ pub enum Command {
     Prune(PruneArgs),
     /// Copy snapshots to another repository.
     Copy(CopyArgs),
+    /// Rewrite snapshots without the files that match exclude patterns (a key or
+    /// personal data that must not be kept); `prune --max-unused 0` then frees the data.
+    Rewrite(RewriteArgs),
+    /// Add, remove or replace the tags of snapshots (`--add hold` with `forget
+    /// --keep-tag hold` keeps a snapshot past its retention).
+    Tag(TagArgs),
     /// Manage key slots (passwords).
     #[command(subcommand)]
     Key(KeyCmd),
@@ -382,6 +388,10 @@ pub struct PolicyArgs {
     /// Keep snapshots within this duration of the newest (e.g. 30d, 1y6m).
     #[arg(long = "keep-within")]
     pub within: Option<String>,
+    /// Keep every snapshot carrying these tags (`hold`, or `hold,bpk-2026` for both;
+    /// repeatable: any of the lists).
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
+    pub keep_tags: Vec<String>,
     /// Only consider snapshots with this tag (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -416,6 +426,58 @@ pub struct PruneArgs {
     /// Repack packs with more than this percentage unused.
     #[arg(long, default_value_t = 10.0)]
     pub max_unused: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct RewriteArgs {
+    /// Snapshots to rewrite (ids, prefixes or `latest`). Without any, every snapshot
+    /// that --host and --tag select: all of them when neither is given.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Leave out entries matching this glob, and what is below them (repeatable; as
+    /// `backup --exclude`: without `/` a name anywhere, with `/` an absolute path).
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line.
+    #[arg(long = "exclude-file")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Delete each original once the snapshot that replaces it is stored (else the
+    /// new snapshots are tagged `rewrite` and the originals kept).
+    #[arg(long)]
+    pub forget: bool,
+    /// Show what would be left out; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Only snapshots with this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to change (ids, prefixes or `latest`). Without any, every snapshot that
+    /// --host and --tag select: all of them when neither is given.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Add this tag (repeatable).
+    #[arg(long = "add", value_name = "TAG")]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable).
+    #[arg(long = "remove", value_name = "TAG")]
+    pub remove: Vec<String>,
+    /// Replace the tags by these (repeatable; the daemon's own `server:`, `plan:` and
+    /// `run:` tags are never removed).
+    #[arg(long = "set", value_name = "TAG", conflicts_with_all = ["add", "remove"])]
+    pub set: Vec<String>,
+    /// Only snapshots with this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
 }
 
 #[derive(Args, Debug)]

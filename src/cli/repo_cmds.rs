@@ -88,6 +88,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Forget(a) => forget(&ctx, a),
         Command::Prune(a) => prune(&ctx, a),
         Command::Copy(a) => copy(&ctx, a),
+        Command::Rewrite(a) => rewrite(&ctx, a),
+        Command::Tag(a) => tag(&ctx, a),
         Command::Key(k) => key(&ctx, k),
         Command::Unlock(a) => unlock(&ctx, a),
         Command::Repair(RepairCmd::Index) => repair_index(&ctx),
@@ -261,16 +263,7 @@ fn backup(ctx: &Ctx, a: super::BackupArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let repo = ctx.open()?;
-    let mut excludes = a.excludes.clone();
-    for f in &a.exclude_files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read exclude file {}", f.display()))?;
-        excludes.extend(
-            text.lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty() && !l.starts_with('#')),
-        );
-    }
+    let excludes = exclude_patterns(&a.excludes, &a.exclude_files)?;
     let parent = match &a.parent {
         Some(p) => Some(repo.find_snapshot(p)?),
         None => None,
@@ -499,7 +492,8 @@ fn snapshots(ctx: &Ctx, a: super::SnapshotsArgs) -> anyhow::Result<ExitCode> {
             .map(|(id, s)| {
                 json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time, "hostname": s.hostname, "username": s.username,
                        "paths": s.paths, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()), "tree": s.tree.to_hex(),
-                       "original": s.original.map(|p| p.to_hex()), "summary": s.summary})
+                       "original": s.original.map(|p| p.to_hex()),
+                       "rewritten_from": s.rewritten_from.map(|p| p.to_hex()), "summary": s.summary})
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));
@@ -1124,6 +1118,7 @@ fn policy(p: &PolicyArgs) -> anyhow::Result<KeepPolicy> {
             .transpose()
             .map_err(|e| anyhow!("--keep-within {e}"))?,
         tags: p.tags.clone(),
+        keep_tags: p.keep_tags.clone(),
     })
 }
 
@@ -1230,6 +1225,135 @@ fn prune(ctx: &Ctx, a: super::PruneArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     print_prune(ctx, &rep);
+    Ok(ExitCode::Ok)
+}
+
+/// The patterns given with `--exclude` and those read from `--exclude-file`s (one per
+/// line; blank lines and `#` comments skipped).
+fn exclude_patterns(given: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut patterns = given.to_vec();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read exclude file {}", f.display()))?;
+        patterns.extend(
+            text.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        );
+    }
+    Ok(patterns)
+}
+
+fn rewrite(ctx: &Ctx, a: super::RewriteArgs) -> anyhow::Result<ExitCode> {
+    use crate::engine::rewrite::{RewriteOptions, rewrite};
+    let excludes = exclude_patterns(&a.excludes, &a.exclude_files)?;
+    // A malformed pattern is refused before the password is asked for.
+    crate::engine::backup::build_excludes(&excludes)?;
+    let repo = ctx.open()?;
+    let (chosen, unreadable) =
+        choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "rewritten")?;
+    if chosen.is_empty() {
+        anyhow::bail!("no snapshot matches");
+    }
+    let rep = rewrite(
+        &repo,
+        chosen,
+        &RewriteOptions {
+            excludes,
+            forget: a.forget,
+            dry_run: a.dry_run,
+            hook: None,
+            cancel: Some(ctx.cancel.clone()),
+        },
+    )?;
+    if ctx.g.json {
+        let mut v = serde_json::to_value(&rep)?;
+        v["message_type"] = json!("summary");
+        v["snapshots_unreadable"] = json!(unreadable);
+        json_line(&v);
+    } else {
+        for r in &rep.rewritten {
+            match &r.to {
+                Some(to) => ctx.say(format!("snapshot {} -> {}", &r.from[..8], &to[..8])),
+                None => ctx.say(format!("snapshot {} would be rewritten", &r.from[..8])),
+            }
+            for path in &r.removed {
+                ctx.say(format!("  removed {path}"));
+            }
+        }
+        ctx.say(format!(
+            "{} snapshot(s) {}, {} unchanged{}",
+            rep.rewritten.len(),
+            if rep.dry_run {
+                "to rewrite (dry run)"
+            } else {
+                "rewritten"
+            },
+            rep.unchanged.len(),
+            if rep.forgotten.is_empty() {
+                String::new()
+            } else {
+                format!(", {} original(s) forgotten", rep.forgotten.len())
+            }
+        ));
+        if !rep.dry_run && !rep.rewritten.is_empty() {
+            ctx.say(
+                "the data left out stays in the repository until `cadang prune --max-unused 0` repacks its packs and a prune after the grace period deletes them",
+            );
+        }
+    }
+    // A snapshot that could not be read may still hold what was to be left out.
+    if unreadable > 0 && a.snapshots.is_empty() {
+        eprintln!("cadang: {unreadable} snapshot(s) could not be read and were not rewritten");
+        return Ok(ExitCode::Partial);
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// The tags the daemon finds its snapshots by (`server:ID`, `plan:ID`, `run:ID`): `tag`
+/// never removes them.
+const DAEMON_TAG_PREFIXES: [&str; 3] = ["server:", "plan:", "run:"];
+
+fn tag(ctx: &Ctx, a: super::TagArgs) -> anyhow::Result<ExitCode> {
+    use crate::engine::rewrite::{TagChange, retag};
+    if a.add.is_empty() && a.remove.is_empty() && a.set.is_empty() {
+        anyhow::bail!("nothing to change: give --add, --remove or --set");
+    }
+    let change = TagChange {
+        set: (!a.set.is_empty()).then(|| a.set.clone()),
+        add: a.add.clone(),
+        remove: a.remove.clone(),
+        protected_prefixes: DAEMON_TAG_PREFIXES
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect(),
+    };
+    if let Some(kept) = change.refused_removals().first() {
+        anyhow::bail!(
+            "tag `{kept}` is the daemon's: it finds its snapshots by it, so it is not removed"
+        );
+    }
+    let repo = ctx.open()?;
+    let (chosen, _) = choose_snapshots(&repo, &a.snapshots, a.host.as_ref(), &a.tags, "changed")?;
+    if chosen.is_empty() {
+        anyhow::bail!("no snapshot matches");
+    }
+    let count = chosen.len();
+    let replaced = retag(&repo, chosen, &change)?;
+    if ctx.g.json {
+        json_line(&json!({"message_type": "summary",
+            "changed": replaced.iter().map(|(from, to)| json!({"from": from.to_hex(), "to": to.to_hex()})).collect::<Vec<_>>(),
+            "unchanged": count - replaced.len()}));
+    } else {
+        for (from, to) in &replaced {
+            ctx.say(format!("snapshot {} -> {}", from.short(), to.short()));
+        }
+        ctx.say(format!(
+            "{} snapshot(s) changed, {} unchanged",
+            replaced.len(),
+            count - replaced.len()
+        ));
+    }
     Ok(ExitCode::Ok)
 }
 

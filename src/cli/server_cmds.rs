@@ -53,6 +53,9 @@ pub enum AdminCmd {
         /// The agency's code (DINKES).
         #[arg(long)]
         agency: String,
+        /// The agency's replica repository instead (`[repositories] replica_root`).
+        #[arg(long)]
+        replica: bool,
     },
     /// Send a test message on every channel of `[notify]` and say how each went (run it
     /// after configuring the webhook or SMTP relay).
@@ -133,11 +136,19 @@ pub fn admin(command: AdminCmd) -> ExitCode {
                 })
             })
         }
-        AdminCmd::Repository { config, data_dir, agency } => {
+        AdminCmd::Repository { config, data_dir, agency, replica } => {
             load(config.as_ref(), data_dir, None).and_then(|config| {
                 let repositories = daemon::repositories(&config).map_err(|error| error.to_string())?;
-                println!("{}", repositories.location(&agency));
-                println!("{}", repositories.password(&agency).expose());
+                if replica {
+                    let location = repositories
+                        .replica_location(&agency)
+                        .ok_or("no replicas are configured: [repositories] replica_root is not set")?;
+                    println!("{location}");
+                    println!("{}", repositories.replica_password(&agency).expose());
+                } else {
+                    println!("{}", repositories.location(&agency));
+                    println!("{}", repositories.password(&agency).expose());
+                }
                 eprintln!("line 1: the repository (-r); line 2: its password (CADANG_PASSWORD). Keep the password out of shell history and logs.");
                 Ok(())
             })

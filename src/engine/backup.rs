@@ -922,6 +922,7 @@ impl<'a> Run<'a> {
             tree,
             summary,
             original: None,
+            rewritten_from: None,
             indexes,
         };
         // The commit point: everything the snapshot references is durable.

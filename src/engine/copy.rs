@@ -228,7 +228,7 @@ impl Copier<'_> {
 }
 
 /// A tree nested deeper than [`tree::MAX_DEPTH`] levels is damage: the copy stops.
-fn refuse_deeper(id: &BlobId, depth: usize) -> Result<()> {
+pub(crate) fn refuse_deeper(id: &BlobId, depth: usize) -> Result<()> {
     if depth > tree::MAX_DEPTH {
         return Err(Error::Corrupt {
             what: format!("tree {}", id.short()),

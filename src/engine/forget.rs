@@ -4,8 +4,9 @@
 //! are grouped by host and paths; within a group, `keep-last N` keeps the N
 //! newest, `keep-hourly/daily/weekly/monthly/yearly N` keep the newest
 //! snapshot of each of the last N periods that have one, and `keep-within D`
-//! keeps everything within D of the newest snapshot. A snapshot is kept if
-//! any rule keeps it. An empty policy keeps everything (forget refuses it).
+//! keeps everything within D of the newest snapshot, and `keep-tag a,b` keeps every
+//! snapshot carrying both tags (a hold). A snapshot is kept if any rule keeps it. An
+//! empty policy keeps everything (forget refuses it).
 //!
 //! The times are those stamped into the snapshot by the repository's trusted
 //! writer (the key holder), so a client without the key cannot forge them.
@@ -38,6 +39,9 @@ pub struct KeepPolicy {
     pub within: Option<Duration>,
     /// Only consider snapshots with all of these tags (others are kept).
     pub tags: Vec<String>,
+    /// Keep every snapshot carrying all the tags of any of these lists (each
+    /// comma-separated: `legal-hold` or `hold,bpk-2026`).
+    pub keep_tags: Vec<String>,
 }
 
 impl KeepPolicy {
@@ -50,6 +54,15 @@ impl KeepPolicy {
             && self.monthly == 0
             && self.yearly == 0
             && self.within.is_none()
+            && self.keep_tags.is_empty()
+    }
+
+    /// Whether a keep-tag list holds a snapshot with `tags`.
+    fn held(&self, tags: &[String]) -> bool {
+        self.keep_tags.iter().any(|list| {
+            let mut wanted = list.split(',').map(str::trim).filter(|t| !t.is_empty());
+            wanted.clone().next().is_some() && wanted.all(|t| tags.iter().any(|have| have == t))
+        })
     }
 }
 
@@ -167,6 +180,11 @@ pub fn apply(
                 }
             }
         }
+        for (i, s) in g.iter().enumerate() {
+            if policy.held(&s.1.tags) {
+                reasons[i].push("tag".into());
+            }
+        }
         if let (Some(d), Some(newest)) = (policy.within, newest) {
             for (i, s) in g.iter().enumerate() {
                 if newest - s.1.time <= d {
@@ -216,6 +234,7 @@ mod tests {
                 tree: BlobId(random_bytes()),
                 summary: SnapshotSummary::default(),
                 original: None,
+                rewritten_from: None,
                 indexes: Vec::new(),
             },
         )
@@ -293,6 +312,44 @@ mod tests {
             d.iter().all(|x| x.keep),
             "snapshots outside the tag filter are never removed"
         );
+        // A hold: kept by its tags whatever the other rules say; a list needs all of its
+        // tags, and an empty list holds nothing.
+        s[1].1.tags = vec!["hold".into(), "bpk-2026".into()];
+        let kept = |keep_tags: &[&str]| {
+            apply(
+                &KeepPolicy {
+                    last: 1,
+                    keep_tags: keep_tags.iter().map(|t| (*t).to_owned()).collect(),
+                    ..Default::default()
+                },
+                &s,
+                jakarta(),
+            )
+            .iter()
+            .map(|x| (x.keep, x.reasons.join(",")))
+            .collect::<Vec<_>>()
+        };
+        let yes = |why: &str| (true, why.to_owned());
+        let no = (false, String::new());
+        assert_eq!(kept(&["hold"]), vec![no.clone(), yes("tag"), yes("last")]);
+        assert_eq!(
+            kept(&["hold,bpk-2026"]),
+            vec![no.clone(), yes("tag"), yes("last")]
+        );
+        assert_eq!(
+            kept(&["hold,bpk-2027"]),
+            vec![no.clone(), no.clone(), yes("last")]
+        );
+        assert_eq!(
+            kept(&["keep", "hold"]),
+            vec![yes("tag"), yes("tag"), yes("last")]
+        );
+        assert_eq!(kept(&[" , "]), vec![no.clone(), no, yes("last")]);
+        let holds_only = KeepPolicy {
+            keep_tags: vec!["hold".into()],
+            ..Default::default()
+        };
+        assert!(!holds_only.is_empty());
     }
 
     #[test]

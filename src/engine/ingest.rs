@@ -459,6 +459,7 @@ impl<'a> Ingest<'a> {
             tree,
             summary,
             original: None,
+            rewritten_from: None,
             indexes,
         };
         // The commit point: everything the snapshot references is durable.

@@ -26,6 +26,7 @@ pub mod prune;
 pub mod readahead;
 pub mod repo;
 pub mod restore;
+pub mod rewrite;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

@@ -33,6 +33,9 @@ pub struct Snapshot {
     /// Snapshot this was copied from (copy to another repository).
     #[serde(default)]
     pub original: Option<SnapshotId>,
+    /// The snapshot this one replaces without some of its entries (`cadang rewrite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten_from: Option<SnapshotId>,
     /// The index objects the run that made this snapshot wrote. Readers load
     /// them by name, so a snapshot restores at once even on a store whose
     /// listings lag behind its writes.
@@ -94,6 +97,7 @@ mod tests {
                 tree: BlobId(random_bytes()),
                 summary: SnapshotSummary { files_new: 3, ..Default::default() },
                 original: None,
+                rewritten_from: None,
                 indexes: Vec::new(),
             };
             let sealed = seal_json(&k, ObjectKind::Snapshot, &s);

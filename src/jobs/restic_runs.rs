@@ -289,6 +289,7 @@ async fn retention(
         monthly: keep(retention.monthly),
         yearly: keep(retention.yearly),
         tags: vec![format!("plan:{}", run.plan_id)],
+        keep_tags: retention.keep_tags.clone(),
         ..KeepPolicy::default()
     };
     let outcome = restic

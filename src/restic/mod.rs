@@ -267,6 +267,8 @@ pub struct KeepPolicy {
     pub tags: Vec<String>,
     /// Consider only snapshots of this host.
     pub host: Option<String>,
+    /// Keep snapshots carrying all the tags of any of these lists (`hold,bpk-2026`).
+    pub keep_tags: Vec<String>,
 }
 
 /// A located, version-checked restic binary.
@@ -884,9 +886,13 @@ impl Restic {
             }
             args.push(format!("--keep-within={within}").into());
         }
+        for list in &policy.keep_tags {
+            let tags: Vec<&str> = list.split(',').map(str::trim).collect();
+            args.push(format!("--keep-tag={}", tag_list(&tags)?).into());
+        }
         if args.len() == 1 {
             return Err(ResticError::InvalidInput(
-                "the keep policy keeps nothing explicitly; set at least one of last, hourly, daily, weekly, monthly, yearly or within"
+                "the keep policy keeps nothing explicitly; set at least one of last, hourly, daily, weekly, monthly, yearly, within or keep_tags"
                     .into(),
             ));
         }
@@ -1039,11 +1045,16 @@ fn check_tag(tag: &str) -> Result<&str, ResticError> {
 
 /// `--tag=a,b`: restic's filter for snapshots carrying all of the tags.
 fn tag_filter(tags: &[String]) -> Result<String, ResticError> {
+    Ok(format!("--tag={}", tag_list(tags)?))
+}
+
+/// `a,b`: restic's list of tags a snapshot must all carry, each checked.
+fn tag_list<S: AsRef<str>>(tags: &[S]) -> Result<String, ResticError> {
     let checked = tags
         .iter()
-        .map(|t| check_tag(t))
+        .map(|t| check_tag(t.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(format!("--tag={}", checked.join(",")))
+    Ok(checked.join(","))
 }
 
 /// A snapshot reference given as a positional argument: it must not look like a flag.

@@ -431,6 +431,24 @@ async fn backup_snapshots_ls_restore_forget_stats_check() -> TestResult {
     assert_eq!(snapshots.len(), 2);
     assert_eq!(snapshots[1].parent.as_ref(), Some(&snapshots[0].id));
 
+    // A hold keeps what the counts would remove.
+    let held = KeepPolicy {
+        last: Some(1),
+        keep_tags: vec!["daily, plan-7".into()],
+        ..KeepPolicy::default()
+    };
+    let forgotten = restic.forget(&repo, &held, false).await?;
+    assert!(forgotten.removed.is_empty(), "{forgotten:?}");
+    assert_eq!(forgotten.kept.len(), 2);
+    let spaced = KeepPolicy {
+        keep_tags: vec!["hold,".into()],
+        ..KeepPolicy::default()
+    };
+    assert!(matches!(
+        restic.forget(&repo, &spaced, false).await,
+        Err(ResticError::InvalidInput(_))
+    ));
+
     let policy = KeepPolicy {
         last: Some(1),
         tags: vec!["daily".into()],
