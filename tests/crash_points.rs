@@ -218,21 +218,7 @@ fn rewrite_crash_points() {
         );
         for (id, _) in &snaps {
             let target = dir.join(format!("r-{}", id.short()));
-            use cadang::engine::restore::{
-                RestoreOptions, RestoreProgress, restore as run_restore,
-            };
-            let res = run_restore(
-                &r,
-                id,
-                &RestoreOptions {
-                    target: target.clone(),
-                    verify: true,
-                    ..Default::default()
-                },
-                &RestoreProgress::default(),
-            )
-            .unwrap();
-            assert!(res.is_success(), "{res:?}");
+            restore_verified(&r, id, &target);
             let restored = restored_path(&target, &src);
             for i in 0..3 {
                 let name = format!("f{i}");

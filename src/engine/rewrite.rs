@@ -400,6 +400,23 @@ mod tests {
     use crate::engine::backup::{BackupOptions, BackupProgress, backup};
     use crate::engine::repo::test_repository;
 
+    fn back_up(
+        repo: &Repository,
+        src: &Path,
+        tags: &[&str],
+    ) -> crate::engine::backup::BackupResult {
+        backup(
+            repo,
+            &BackupOptions {
+                paths: vec![src.to_path_buf()],
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                ..Default::default()
+            },
+            &BackupProgress::default(),
+        )
+        .unwrap()
+    }
+
     /// The paths below `tree`, files and directories.
     fn paths(repo: &Repository, index: &Index, tree: &BlobId, at: &str, out: &mut Vec<String>) {
         for node in repo.load_tree(index, tree).unwrap().nodes {
@@ -422,15 +439,7 @@ mod tests {
             std::fs::write(src.join(place).join("secret"), b"same").unwrap();
             std::fs::write(src.join(place).join("kept"), b"same too").unwrap();
         }
-        let made = backup(
-            &repo,
-            &BackupOptions {
-                paths: vec![src.clone()],
-                ..Default::default()
-            },
-            &BackupProgress::default(),
-        )
-        .unwrap();
+        let made = back_up(&repo, &src, &[]);
         let secret_in_a = format!("{}/a/secret", src.display());
         let options = |cancel: bool| RewriteOptions {
             excludes: vec![secret_in_a.clone()],
@@ -502,17 +511,8 @@ mod tests {
         let mut made = Vec::new();
         for n in 0..3 {
             std::fs::write(src.join("f"), format!("{n}")).unwrap();
-            let result = backup(
-                &repo,
-                &BackupOptions {
-                    paths: vec![src.clone()],
-                    tags: if n == 2 { vec!["hold".into()] } else { vec![] },
-                    ..Default::default()
-                },
-                &BackupProgress::default(),
-            )
-            .unwrap();
-            made.push(result.snapshot_id);
+            let tags: &[&str] = if n == 2 { &["hold"] } else { &[] };
+            made.push(back_up(&repo, &src, tags).snapshot_id);
         }
         let change = TagChange {
             add: vec!["hold".into()],
