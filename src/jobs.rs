@@ -642,7 +642,7 @@ fn run_retention(
         weekly: retention.weekly,
         monthly: retention.monthly,
         yearly: retention.yearly,
-        keep_tags: retention.keep_tags.clone(),
+        keep_tags: with_hold(&retention.keep_tags),
         ..KeepPolicy::default()
     };
     let (mut snapshots, _) = repository
@@ -679,6 +679,15 @@ fn run_retention(
         snapshot_id: None,
         error: None,
     })
+}
+
+/// A plan's keep-tag lists and the hold's: a held snapshot outlives every retention.
+pub fn with_hold(keep_tags: &[String]) -> Vec<String> {
+    let mut lists = keep_tags.to_vec();
+    if !lists.iter().any(|list| list == crate::app::HOLD_TAG) {
+        lists.push(crate::app::HOLD_TAG.to_owned());
+    }
+    lists
 }
 
 /// The part (`n` of `t`) the `sequence`-th verification reads: consecutive runs read
@@ -1208,7 +1217,8 @@ mod tests {
                 assert_eq!(execute_run(spec, &run_of(id, plan, "backup")).status, "ok");
             }
         }
-        // The plan's first snapshot is held (`cadang tag --add hold`).
+        // The plan's first snapshot is held (`HoldSnapshot`): kept though the plan names
+        // no keep-tag.
         let repository = repositories
             .open(runtime.handle(), "DINKES", None, None)
             .unwrap();
@@ -1222,7 +1232,7 @@ mod tests {
             ..Default::default()
         };
         crate::engine::rewrite::retag(&repository, vec![first], &hold).unwrap();
-        specs[0].retention.keep_tags = vec!["hold".into()];
+        assert!(specs[0].retention.keep_tags.is_empty());
 
         let retention = execute_run(&specs[0], &run_of(id + 1, 7, "retention"));
         assert_eq!(retention.status, "ok", "{retention:?}");

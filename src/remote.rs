@@ -244,6 +244,36 @@ pub fn server_snapshots(
         .collect())
 }
 
+/// Sets (`hold`) or releases the hold on the server's snapshot `spec` names: the snapshot
+/// is replaced by one with the hold tag added or removed ([`crate::app::HOLD_TAG`]; see
+/// [`crate::engine::rewrite::retag`]). Returns the snapshot named and the snapshot as it
+/// is now, the same id when nothing changed.
+///
+/// # Errors
+/// [`BrowseError::Request`] for a snapshot the server does not have;
+/// [`BrowseError::Repository`] when the repository cannot be read or written.
+pub fn hold_snapshot(
+    repository: &Repository,
+    server: &Server,
+    spec: &str,
+    hold: bool,
+) -> Result<(SnapshotId, SnapshotId), BrowseError> {
+    let snapshots = server_snapshots(repository, server).map_err(BrowseError::Repository)?;
+    let chosen = choose_snapshot(&snapshots, spec)
+        .map_err(BrowseError::Request)?
+        .clone();
+    let named = chosen.0;
+    let tag = vec![crate::app::HOLD_TAG.to_owned()];
+    let change = crate::engine::rewrite::TagChange {
+        add: if hold { tag.clone() } else { Vec::new() },
+        remove: if hold { Vec::new() } else { tag },
+        ..Default::default()
+    };
+    let replaced = crate::engine::rewrite::retag(repository, vec![chosen], &change)
+        .map_err(|error| BrowseError::Repository(error.to_string()))?;
+    Ok((named, replaced.first().map_or(named, |(_, now)| *now)))
+}
+
 /// Why a server's snapshot could not be browsed.
 #[derive(Debug)]
 pub enum BrowseError {

@@ -863,9 +863,90 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let letter = bench.letter(lost);
     assert!(letter.contains("tidak berhasil"), "{letter}");
 
+    // A hold keeps the web server's latest snapshot past every retention: set and released
+    // by the heads of section and division (and the administrator), with a reason.
+    let web_id = web.to_string();
+    let hold = |reason: &str, extra: &[&str]| {
+        let mut args = vec!["restore-job", "hold", web_id.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--reason", reason]);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    fn as_strs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+    for token in [&site.petugas, &site.skpd] {
+        refused(
+            &server,
+            token,
+            &as_strs(&hold("pemeriksaan BPK 2026", &["latest"])),
+            "PERMISSION_DENIED",
+        );
+    }
+    refused(
+        &server,
+        &site.kasi,
+        &as_strs(&hold(" ", &["latest"])),
+        "INVALID_ARGUMENT",
+    );
+    refused(
+        &server,
+        &site.kasi,
+        &as_strs(&hold("pemeriksaan BPK 2026", &["ffffffff"])),
+        "INVALID_ARGUMENT",
+    );
+    let held = ok(
+        &server,
+        &site.kasi,
+        &as_strs(&hold("pemeriksaan BPK 2026", &["latest"])),
+    );
+    assert_eq!(
+        (held["held"].as_bool(), held["changed"].as_bool()),
+        (Some(true), Some(true)),
+        "{held}"
+    );
+    let held_id = held["snapshot"].as_str().unwrap().to_owned();
+    let listed = ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]);
+    let newest = listed.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (newest["id"].as_str(), newest["held"].as_bool()),
+        (Some(held_id.as_str()), Some(true)),
+        "{listed}"
+    );
+    let again = ok(
+        &server,
+        &site.kabid,
+        &as_strs(&hold("sekali lagi", &["latest"])),
+    );
+    assert_eq!(
+        (again["snapshot"].as_str(), again["changed"].as_bool()),
+        (Some(held_id.as_str()), Some(false))
+    );
+    let released = ok(
+        &server,
+        &site.kabid,
+        &as_strs(&hold("pemeriksaan selesai", &[&held_id[..12], "--release"])),
+    );
+    assert_eq!(
+        (released["held"].as_bool(), released["changed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let listed = ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["held"] == false),
+        "{listed}"
+    );
+
     // Every attempt and every step is in the audit trail.
     let audit = ok(&server, &site.admin, &["audit", "export"]).to_string();
     for needle in [
+        "snapshot.hold",
+        "pemeriksaan BPK 2026",
+        "snapshot.release",
         "restore_plan.set",
         "restore_plan.approve",
         "restore_plan.confirm_older",

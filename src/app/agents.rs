@@ -27,6 +27,25 @@ const CREDENTIAL_PREFIX: &str = "cdga_";
 const AGENT_ROLES: [Role; 3] = [Role::Admin, Role::KasiInfras, Role::Petugas];
 /// Who may start restores.
 const RESTORE_ROLES: [Role; 3] = [Role::Admin, Role::KasiInfras, Role::Petugas];
+/// Who holds a snapshot past its retention, or releases the hold.
+const HOLD_ROLES: [Role; 3] = [Role::Admin, Role::KabidTik, Role::KasiInfras];
+
+/// A hold set on a server's snapshot, or released ([`App::record_snapshot_hold`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotHold {
+    /// The server.
+    pub server: ServerId,
+    /// The snapshot named.
+    pub snapshot: String,
+    /// The snapshot as it is now (another id when the hold changed).
+    pub now_snapshot: String,
+    /// Set (true) or released.
+    pub held: bool,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Why.
+    pub reason: String,
+}
 /// Default lifetime of an enrolment token.
 const DEFAULT_ENROLLMENT_HOURS: i64 = 24;
 /// Most failed files kept in a restore's record.
@@ -624,6 +643,49 @@ impl App {
         caller.check_agency(record.agency_id, &format!("server {server}"))?;
         let (latest, reports) = tx.latest_inventory(server).await?;
         Ok(InventoryView { latest, reports })
+    }
+
+    /// The reason for a hold, checked before the hold is set: required, and the caller
+    /// must be ADMIN, KABID_TIK or KASI_INFRAS of the server's agency.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::InvalidInput`] for a blank reason.
+    pub fn check_snapshot_hold(&self, caller: &Caller, reason: &str) -> Result<String, AppError> {
+        if !HOLD_ROLES.iter().any(|role| caller.has(*role)) {
+            return Err(AppError::forbidden(
+                "only ADMIN, KABID_TIK or KASI_INFRAS may hold a snapshot or release it",
+            ));
+        }
+        super::required("the reason for the hold", reason)
+    }
+
+    /// Records a hold set on a server's snapshot (or released) in the audit trail, with
+    /// the snapshot before and after and the reason.
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; catalog errors.
+    pub async fn record_snapshot_hold(
+        &self,
+        username: &str,
+        hold: &SnapshotHold,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let mut work = self.work(username, now).await?;
+        work.require(&HOLD_ROLES, "hold a snapshot or release it")?;
+        let action = if hold.held {
+            "snapshot.hold"
+        } else {
+            "snapshot.release"
+        };
+        let entry = work.audit(action, "server", hold.server);
+        entry.before = Some(serde_json::json!({ "snapshot": hold.snapshot }));
+        entry.after = Some(serde_json::json!({
+            "snapshot": hold.now_snapshot,
+            "held": hold.held,
+            "changed": hold.changed,
+            "reason": hold.reason,
+        }));
+        work.commit().await
     }
 
     /// Queues a restore of a server's snapshot to an agent of the same agency. ADMIN,

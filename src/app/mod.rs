@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 pub use actions::ActionJob;
 pub use agents::{
-    AgentCaller, InventoryView, MAX_FAILED_LISTED, RestoreEnd, StartRestore,
+    AgentCaller, InventoryView, MAX_FAILED_LISTED, RestoreEnd, SnapshotHold, StartRestore,
     observed_from_inventory,
 };
 pub use assets::{ObservedServer, RegisterServer, SpecDifference};
@@ -62,8 +62,8 @@ pub use operations::{
     ScheduleReport, SizePoint, SlaGroup, SlaReport, StorageReport,
 };
 pub use plans::{
-    BackupProgram, ClaimedRun, CompressOn, PlanSpec, PlanView, ResticTarget, Retention, Schedule,
-    Window, WindowState, spec_of,
+    BackupProgram, ClaimedRun, CompressOn, HOLD_TAG, PlanSpec, PlanView, ResticTarget, Retention,
+    Schedule, Window, WindowState, spec_of,
 };
 pub use reports::{RequestOverruns, StepOverrun};
 pub use requests::{EventOutcome, IssuedDocument, RequestView};

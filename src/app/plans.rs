@@ -347,6 +347,10 @@ fn seven() -> u32 {
     7
 }
 
+/// The tag of a held snapshot (`HoldSnapshot`, `cadang restore-job hold`): no plan's
+/// retention removes it, whatever its `keep_tags`.
+pub const HOLD_TAG: &str = "hold";
+
 /// Snapshots to keep (restic's policy; days are days in the plan's time zone).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -363,9 +367,9 @@ pub struct Retention {
     pub monthly: u32,
     /// One per year, N years.
     pub yearly: u32,
-    /// Snapshots carrying all the tags of any of these lists (`hold`, `hold,bpk-2026`)
-    /// are kept whatever the counts say: holds set with `cadang tag --add`. Holds alone
-    /// are not a policy (they would remove every other snapshot).
+    /// Snapshots carrying all the tags of any of these lists (`legal`, `legal,2026`)
+    /// are kept whatever the counts say, as are held ones ([`HOLD_TAG`]) always. Tags
+    /// alone are not a policy (they would remove every other snapshot).
     pub keep_tags: Vec<String>,
 }
 

@@ -157,6 +157,21 @@ pub enum RestoreJobCmd {
         #[arg(long = "from-plan", value_name = "PLAN")]
         from_plan: Option<i64>,
     },
+    /// Hold a server's snapshot past its plan's retention (an audit, a dispute), or
+    /// release the hold; the reason goes into the audit trail.
+    Hold {
+        /// Server id in the register.
+        #[arg(id = "server_id", value_name = "SERVER")]
+        server: i64,
+        /// Snapshot id (prefix) or `latest`.
+        snapshot: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// Release the hold instead.
+        #[arg(long)]
+        release: bool,
+    },
     /// List the files of a server's snapshot: one directory, everything below it
     /// (`--recursive`), or the file a path names — to choose the `--path`s of a restore.
     Ls {
@@ -700,12 +715,12 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                         print_json(
                             &list
                                 .iter()
-                                .map(|s| json!({"id": s.id, "time": s.time, "host": s.host, "paths": s.paths, "files": s.files, "bytes": s.bytes, "run_id": s.run_id}))
+                                .map(|s| json!({"id": s.id, "time": s.time, "host": s.host, "paths": s.paths, "files": s.files, "bytes": s.bytes, "run_id": s.run_id, "held": s.held}))
                                 .collect::<Vec<_>>(),
                         );
                     } else {
                         table(
-                            &["ID", "TIME", "FILES", "BYTES", "RUN", "PATHS"],
+                            &["ID", "TIME", "FILES", "BYTES", "RUN", "HELD", "PATHS"],
                             list.iter()
                                 .map(|s| {
                                     vec![
@@ -714,10 +729,39 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                                         s.files.to_string(),
                                         s.bytes.to_string(),
                                         s.run_id.to_string(),
+                                        if s.held { "held" } else { "" }.to_owned(),
                                         s.paths.join(" "),
                                     ]
                                 })
                                 .collect(),
+                        );
+                    }
+                    Ok(ExitCode::Ok)
+                }
+                RestoreJobCmd::Hold {
+                    server,
+                    snapshot,
+                    reason,
+                    release,
+                } => {
+                    let held = restores
+                        .hold_snapshot(conn.req(pb::HoldSnapshotRequest {
+                            server_id: server,
+                            snapshot,
+                            release,
+                            reason,
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        print_json(&json!({"snapshot": held.snapshot, "held": held.held, "changed": held.changed}));
+                    } else {
+                        println!(
+                            "snapshot {} {}{}",
+                            held.snapshot.chars().take(12).collect::<String>(),
+                            if held.held { "held" } else { "released" },
+                            if held.changed { "" } else { " (it already was)" }
                         );
                     }
                     Ok(ExitCode::Ok)

@@ -723,8 +723,8 @@ pub struct PlanCreateArgs {
     /// Keep one per year for N years.
     #[arg(long, default_value_t = 0)]
     pub keep_yearly: u32,
-    /// Keep every snapshot carrying these tags, whatever the counts say (a hold set with
-    /// `cadang tag --add hold`; `hold,bpk-2026` for both tags; repeatable).
+    /// Keep every snapshot carrying these tags, whatever the counts say (`legal,2026` for
+    /// both tags; repeatable). Snapshots held with `restore-job hold` are always kept.
     #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
     pub keep_tags: Vec<String>,
     /// When retention (forget + prune) runs, cron.

@@ -289,7 +289,7 @@ async fn retention(
         monthly: keep(retention.monthly),
         yearly: keep(retention.yearly),
         tags: vec![format!("plan:{}", run.plan_id)],
-        keep_tags: retention.keep_tags.clone(),
+        keep_tags: super::with_hold(&retention.keep_tags),
         ..KeepPolicy::default()
     };
     let outcome = restic

@@ -626,6 +626,47 @@ impl restore_service_server::RestoreService for Restores {
         Ok(Response::new(restore_request_status(&view)))
     }
 
+    async fn hold_snapshot(
+        &self,
+        request: Request<HoldSnapshotRequest>,
+    ) -> Reply<HoldSnapshotResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let server = ServerId(id("server_id", message.server_id)?);
+        if message.snapshot.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the snapshot: an id, a unique prefix or `latest`",
+            ));
+        }
+        let app = &self.0.app;
+        let reason = app
+            .check_snapshot_hold(&caller, &message.reason)
+            .map_err(status)?;
+        let hold = !message.release;
+        let spec = message.snapshot.clone();
+        let (named, now) = self
+            .browse(&caller, message.server_id, move |repository, record| {
+                crate::remote::hold_snapshot(repository, record, &spec, hold)
+            })
+            .await?;
+        let recorded = crate::app::SnapshotHold {
+            server,
+            snapshot: named.to_hex(),
+            now_snapshot: now.to_hex(),
+            held: hold,
+            changed: named != now,
+            reason,
+        };
+        app.record_snapshot_hold(&caller.account.username, &recorded, self.0.now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(HoldSnapshotResponse {
+            snapshot: recorded.now_snapshot,
+            held: hold,
+            changed: recorded.changed,
+        }))
+    }
+
     async fn list_server_snapshots(
         &self,
         request: Request<ListServerSnapshotsRequest>,
@@ -654,6 +695,7 @@ impl restore_service_server::RestoreService for Restores {
                         bytes: 0,
                         run_id: run_of(&snapshot.tags),
                         host: snapshot.host.clone(),
+                        held: snapshot.tags.iter().any(|t| t == crate::app::HOLD_TAG),
                     })
                     .collect(),
             }));
@@ -675,6 +717,7 @@ impl restore_service_server::RestoreService for Restores {
                     bytes: snapshot.summary.total_bytes_processed as i64,
                     run_id: run_of(&snapshot.tags),
                     host: snapshot.hostname.clone(),
+                    held: snapshot.tags.iter().any(|t| t == crate::app::HOLD_TAG),
                 })
                 .collect(),
         }))

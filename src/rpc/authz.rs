@@ -40,6 +40,8 @@ const PLANNERS: &[Role] = &[KasiInfras, Petugas, Admin];
 const ADMIN: &[Role] = &[Admin];
 /// Those who approve restore plans (procedure C step 3).
 const RESTORE_APPROVERS: &[Role] = &[KabidTik, Admin];
+/// Who holds a snapshot past its retention, or releases it.
+const HOLDERS: &[Role] = &[KabidTik, KasiInfras, Admin];
 /// Those who hand servers over and look after their agents.
 const AGENT_OFFICERS: &[Role] = &[KasiInfras, Petugas, Admin];
 /// No person: the method is for agents, with their own credential.
@@ -117,6 +119,7 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.RestoreService/SetRestorePlan", roles: PLANNERS, scope: "the roles of the planning step (C2), while it is current; servers of the request's agency" },
     Rule { method: "/cadang.v1.RestoreService/GetRestoreRequest", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ConfirmOlderSnapshot", roles: RESTORE_APPROVERS, scope: "the roles of the approval step (C3), once the plan is approved" },
+    Rule { method: "/cadang.v1.RestoreService/HoldSnapshot", roles: HOLDERS, scope: "every hold and release audited with its reason" },
 ];
 
 /// Paths served without a token: health checks and server reflection (they reveal the
