@@ -174,6 +174,51 @@ fn keys_add_list_remove_and_forget_policy() {
             .env("CADANG_PASSWORD", "second password"),
         12,
     );
+    // passwd: the slot in use gets a new password; the old one stops working, and an
+    // empty one is refused with the old slot kept.
+    let third = tmp.path().join("third");
+    std::fs::write(&third, "third password\n").unwrap();
+    let changed = last_json(&run(
+        cadang(r)
+            .args(["--json", "key", "passwd", "--new-password-file"])
+            .arg(&third),
+        0,
+    ));
+    let keys = last_json(&run(
+        cadang(r)
+            .args(["key", "list", "--json"])
+            .env("CADANG_PASSWORD", "third password"),
+        0,
+    ));
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["id"], changed["id"]);
+    run(cadang(r).arg("snapshots"), 12);
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let o = run(
+        cadang(r)
+            .args(["key", "passwd", "--new-password-file"])
+            .arg(&empty)
+            .env("CADANG_PASSWORD", "third password"),
+        1,
+    );
+    assert!(stderr(&o).contains("empty password"), "{o:?}");
+    run(
+        cadang(r)
+            .arg("snapshots")
+            .env("CADANG_PASSWORD", "third password"),
+        0,
+    );
+    // The rest of this test opens with the first password again.
+    let first = tmp.path().join("first");
+    std::fs::write(&first, PASSWORD).unwrap();
+    run(
+        cadang(r)
+            .args(["key", "add", "--new-password-file"])
+            .arg(&first)
+            .env("CADANG_PASSWORD", "third password"),
+        0,
+    );
 
     // forget: keep-last 2 of 4 snapshots, dry run first changes nothing.
     let src = tmp.path().join("src");

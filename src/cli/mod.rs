@@ -507,6 +507,13 @@ pub enum KeyCmd {
         /// Key slot id or prefix.
         id: String,
     },
+    /// Change the password of the key slot in use: a new slot with the new password
+    /// replaces it (the old password stops working; other slots are untouched).
+    Passwd {
+        /// File holding the new password.
+        #[arg(long, env = "CADANG_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -1439,6 +1439,23 @@ fn key(ctx: &Ctx, k: KeyCmd) -> anyhow::Result<ExitCode> {
             repo.key_remove(&kid)?;
             ctx.say(format!("removed key slot {}", kid.short()));
         }
+        KeyCmd::Passwd { new_password_file } => {
+            let pw = password(
+                new_password_file.as_deref(),
+                "CADANG_NEW_PASSWORD",
+                "new password: ",
+                true,
+            )?;
+            let id = repo.key_passwd(&pw)?;
+            if ctx.g.json {
+                json_line(&json!({"message_type": "key_changed", "id": id.to_hex()}));
+            } else {
+                ctx.say(format!(
+                    "password changed: key slot {} replaces the old one",
+                    id.short()
+                ));
+            }
+        }
     }
     Ok(ExitCode::Ok)
 }

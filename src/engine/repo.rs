@@ -433,6 +433,19 @@ impl Repository {
         self.block_on(self.store.delete(&key))
     }
 
+    /// Change the password of the slot this session opened with: a new slot with
+    /// `password` is stored first, then the old slot is deleted, so a stop in between
+    /// leaves both passwords working, never neither. Returns the new slot's id.
+    ///
+    /// # Errors
+    /// As [`Repository::key_add`]; storage errors deleting the old slot (the new one then
+    /// works already).
+    pub fn key_passwd(&self, password: &[u8]) -> Result<KeyId> {
+        let id = self.key_add(password)?;
+        self.block_on(self.store.delete(&format!("keys/{}", self.key_id)))?;
+        Ok(id)
+    }
+
     /// Find a key slot by full id or unique prefix.
     ///
     /// # Errors
