@@ -411,7 +411,7 @@ fn unaffected_by(spec: &str, unreadable: &[(SnapshotId, String)]) -> bool {
 /// or unique prefix, `as-of:TIME` (the newest taken at or before it), or `before:SPEC`
 /// (the one before what SPEC names: the restore fallback's "previous snapshot"). An id
 /// no snapshot has any more names the snapshot that replaced it (`cadang rewrite
-/// --forget`), so a request written before the rewrite restores what is left.
+/// --forget`, `cadang tag`, a hold), so a request written before restores what is left.
 ///
 /// # Errors
 /// An ambiguous prefix, an unreadable time, or no such snapshot.

@@ -30,22 +30,6 @@ const RESTORE_ROLES: [Role; 3] = [Role::Admin, Role::KasiInfras, Role::Petugas];
 /// Who holds a snapshot past its retention, or releases the hold.
 const HOLD_ROLES: [Role; 3] = [Role::Admin, Role::KabidTik, Role::KasiInfras];
 
-/// A hold set on a server's snapshot, or released ([`App::record_snapshot_hold`]).
-#[derive(Debug, Clone)]
-pub struct SnapshotHold {
-    /// The server.
-    pub server: ServerId,
-    /// The snapshot named.
-    pub snapshot: String,
-    /// The snapshot as it is now (another id when the hold changed).
-    pub now_snapshot: String,
-    /// Set (true) or released.
-    pub held: bool,
-    /// Whether anything changed.
-    pub changed: bool,
-    /// Why.
-    pub reason: String,
-}
 /// Default lifetime of an enrolment token.
 const DEFAULT_ENROLLMENT_HOURS: i64 = 24;
 /// Most failed files kept in a restore's record.
@@ -188,6 +172,23 @@ fn decimal_size(bytes: u64) -> String {
     } else {
         format!("{} GB", gb.round())
     }
+}
+
+/// A hold set on a server's snapshot, or released ([`App::record_snapshot_hold`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotHold {
+    /// The server.
+    pub server: ServerId,
+    /// The snapshot named.
+    pub snapshot: String,
+    /// The snapshot as it is now (another id when the hold changed).
+    pub now_snapshot: String,
+    /// Set (true) or released.
+    pub held: bool,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Why.
+    pub reason: String,
 }
 
 impl App {
@@ -646,7 +647,8 @@ impl App {
     }
 
     /// The reason for a hold, checked before the hold is set: required, and the caller
-    /// must be ADMIN, KABID_TIK or KASI_INFRAS of the server's agency.
+    /// must be ADMIN, KABID_TIK or KASI_INFRAS (whether the caller may read the server's
+    /// repository at all is the transport's check, as for every browse).
     ///
     /// # Errors
     /// [`AppError::Forbidden`]; [`AppError::InvalidInput`] for a blank reason.
