@@ -648,8 +648,9 @@ async fn damaged_pack_is_found_by_check_and_restore_never_succeeds() -> TestResu
         .backup(&repo, &opts, &mut |_| {}, &Cancel::new())
         .await?;
 
-    // The largest pack holds file data (tree packs are small): flip bytes in its
-    // middle, so the listing still loads but file contents are damaged.
+    // The largest pack holds file data (tree packs are small): flip a byte every 64 KiB
+    // of it, short of its header at the end, so that every file blob in it is damaged
+    // whichever order restic packed them in, while the listing still loads.
     let mut packs = Vec::new();
     for sub in std::fs::read_dir(repo_dir.join("data"))? {
         for pack in std::fs::read_dir(sub?.path())? {
@@ -660,9 +661,9 @@ async fn damaged_pack_is_found_by_check_and_restore_never_succeeds() -> TestResu
     packs.sort();
     let (_, largest) = packs.last().ok_or("no packs")?;
     let mut bytes = std::fs::read(largest)?;
-    let middle = bytes.len() / 2;
-    for b in &mut bytes[middle..middle + 64] {
-        *b ^= 0xff;
+    let blobs_end = bytes.len().saturating_sub(8 << 10);
+    for at in (0..blobs_end).step_by(64 << 10) {
+        bytes[at] ^= 0xff;
     }
     std::fs::set_permissions(largest, std::fs::Permissions::from_mode(0o600))?;
     std::fs::write(largest, bytes)?;
