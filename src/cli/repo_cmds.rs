@@ -1395,17 +1395,16 @@ fn copy(ctx: &Ctx, a: super::CopyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// A new key slot's password: from `file`, `CADANG_NEW_PASSWORD`, or asked twice.
+fn new_password(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    password(file, "CADANG_NEW_PASSWORD", "new password: ", true)
+}
+
 fn key(ctx: &Ctx, k: KeyCmd) -> anyhow::Result<ExitCode> {
     let repo = ctx.open()?;
     match k {
         KeyCmd::Add { new_password_file } => {
-            let pw = password(
-                new_password_file.as_deref(),
-                "CADANG_NEW_PASSWORD",
-                "new password: ",
-                true,
-            )?;
-            let id = repo.key_add(&pw)?;
+            let id = repo.key_add(&new_password(new_password_file.as_deref())?)?;
             if ctx.g.json {
                 json_line(&json!({"message_type": "key_added", "id": id.to_hex()}));
             } else {
@@ -1440,13 +1439,7 @@ fn key(ctx: &Ctx, k: KeyCmd) -> anyhow::Result<ExitCode> {
             ctx.say(format!("removed key slot {}", kid.short()));
         }
         KeyCmd::Passwd { new_password_file } => {
-            let pw = password(
-                new_password_file.as_deref(),
-                "CADANG_NEW_PASSWORD",
-                "new password: ",
-                true,
-            )?;
-            let id = repo.key_passwd(&pw)?;
+            let id = repo.key_passwd(&new_password(new_password_file.as_deref())?)?;
             if ctx.g.json {
                 json_line(&json!({"message_type": "key_changed", "id": id.to_hex()}));
             } else {
