@@ -17,10 +17,12 @@
 //! blocking thread.
 
 mod engine;
+pub mod erase;
 mod restic_runs;
 
 pub use engine::{Context, Engine, NativeEngine, ResticEngine};
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -36,6 +38,7 @@ use crate::engine::check::{CheckOptions, ReadData, check};
 use crate::engine::copy::{CopyOptions, copy_with, read_back};
 use crate::engine::crypto::KdfParams;
 use crate::engine::forget::{KeepPolicy, apply, jakarta};
+use crate::engine::id::SnapshotId;
 use crate::engine::prune::{PruneOptions, prune};
 use crate::engine::repo::{OpenOptions, Repository};
 use crate::engine::restore::{RestoreOptions, RestoreProgress, restore};
@@ -304,6 +307,48 @@ impl Repositories {
         Ok(opened)
     }
 
+    /// Opens an agency's replica repository when there is one: `None` without replicas,
+    /// or before the first replication made it.
+    ///
+    /// # Errors
+    /// A replica that cannot be opened, or does not share `primary`'s keys.
+    pub fn existing_replica(
+        &self,
+        handle: &Handle,
+        agency_code: &str,
+        primary: &Repository,
+    ) -> Result<Option<Repository>, String> {
+        let Some(location) = self.replica_location(agency_code) else {
+            return Ok(None);
+        };
+        if !location.contains("://") && !Path::new(&location).exists() {
+            return Ok(None);
+        }
+        let store =
+            Store::open(&location, &self.replica_store).map_err(|error| error.to_string())?;
+        let password = self.replica_password(agency_code);
+        let replica = match Repository::open(
+            handle.clone(),
+            store,
+            password.expose().as_bytes(),
+            &daemon_open_options(),
+        ) {
+            Ok(replica) => replica,
+            Err(crate::engine::error::Error::NotARepository { .. }) => return Ok(None),
+            Err(error) => {
+                return Err(format!(
+                    "cannot open the replica repository at {location}: {error}"
+                ));
+            }
+        };
+        if replica.keys().fingerprint() != primary.keys().fingerprint() {
+            return Err(format!(
+                "the repository at {location} is not a replica of the agency's repository (other keys)"
+            ));
+        }
+        Ok(Some(replica))
+    }
+
     /// Opens an agency's repository, creating it on first use; new objects are written
     /// at most `upload_limit` bytes per second when one is given (a write waiting for
     /// its turn gives up when `cancel` is set).
@@ -374,6 +419,12 @@ const REPLICA_PASSWORD_CONTEXT: &str = "cadang 2026-11 replica repository passwo
 /// Derivation context of the passwords of restic plans' replicas.
 const RESTIC_REPLICA_PASSWORD_CONTEXT: &str = "cadang 2026-12 restic replica password v1";
 
+/// The host recorded in the key slots the daemon makes (and in the snapshots it takes
+/// of its own host): `cadang key` refuses to remove or replace such a slot without
+/// `--force`, since the daemon derives its password and cannot open the repository
+/// without it.
+pub const DAEMON_HOST: &str = "cadang-daemon";
+
 /// Key slots of the daemon's repositories: the passwords have 256 bits of entropy, so
 /// Argon2id at its lowest recommended cost.
 fn daemon_open_options() -> OpenOptions {
@@ -383,7 +434,7 @@ fn daemon_open_options() -> OpenOptions {
             iterations: 2,
             parallelism: 1,
         },
-        host: Some("cadang-daemon".into()),
+        host: Some(DAEMON_HOST.into()),
     }
 }
 
@@ -417,7 +468,19 @@ pub fn execute(
             "backup" => run_backup(repositories, &repository, spec, run, cancel, now)
                 .map(|end| with_repository_size(&repository, end)),
             "retention" => run_retention(&repository, spec, run, now)
-                .map(|end| with_repository_size(&repository, end)),
+                .map(|end| with_repository_size(&repository, end))
+                .and_then(|end| {
+                    replica_retention(
+                        repositories,
+                        handle,
+                        agency_code,
+                        &repository,
+                        spec,
+                        run,
+                        now,
+                        end,
+                    )
+                }),
             "verify" => run_verify(&repository, spec, sequence),
             "drill" => run_drill(&repository, &repositories.scratch, run, cancel),
             "replicate" => run_replicate(
@@ -559,7 +622,7 @@ fn back_up_here(
         excludes: spec.excludes.clone(),
         markers: spec.markers()?,
         exclude_larger_than: spec.exclude_larger_than,
-        host: Some("cadang-daemon".into()),
+        host: Some(DAEMON_HOST.into()),
         // The daemon's clock, not the source's, dates the snapshot: retention is steered
         // by trusted time.
         time: Some(now),
@@ -629,6 +692,80 @@ fn run_retention(
     run: &RunRecord,
     now: DateTime<Utc>,
 ) -> Result<RunEnd, String> {
+    let (removed, kept, report) = apply_retention(repository, spec, run, now, &HashSet::new())?;
+    Ok(RunEnd {
+        status: "ok",
+        stats_json: json!({
+            "snapshots_kept": kept,
+            "snapshots_removed": removed,
+            "packs_deleted": report.packs_deleted,
+            "packs_repacked": report.packs_repacked,
+            "bytes_deleted": report.bytes_deleted,
+        })
+        .to_string(),
+        snapshot_id: None,
+        error: None,
+    })
+}
+
+/// The plan's retention on the agency's replica, once it has been applied to the
+/// primary: the same policy, on the replica's copies of the plan's snapshots (a copy
+/// keeps its snapshot's time and tags, a hold included), then a prune. It is applied to
+/// what the replica holds, not mirrored from what the primary lost: a primary that lost
+/// snapshots to damage or to a mistake does not take their last copies with it. Nothing
+/// is done without replicas, or before the first replication made the replica.
+///
+/// # Errors
+/// The replica could not be opened, read or pruned (the primary's retention is done).
+#[allow(clippy::too_many_arguments)]
+fn replica_retention(
+    repositories: &Repositories,
+    handle: &Handle,
+    agency_code: &str,
+    primary: &Repository,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    now: DateTime<Utc>,
+    mut end: RunEnd,
+) -> Result<RunEnd, String> {
+    let Some(replica) = repositories.existing_replica(handle, agency_code, primary)? else {
+        return Ok(end);
+    };
+    // A copy made before its snapshot was held on the primary (the hold gave it a new
+    // id there) is kept as the held snapshot is, until the held one is copied too.
+    let (snapshots, _) = primary
+        .load_snapshots()
+        .map_err(|error| error.to_string())?;
+    let held: HashSet<SnapshotId> = snapshots
+        .iter()
+        .filter(|(_, snapshot)| snapshot.tags.iter().any(|tag| tag == crate::app::HOLD_TAG))
+        .flat_map(|(id, snapshot)| std::iter::once(*id).chain(snapshot.rewritten_from))
+        .collect();
+    let (removed, kept, report) =
+        apply_retention(&replica, spec, run, now, &held).map_err(|error| {
+            format!("the primary's retention is done; the replica's failed: {error}")
+        })?;
+    if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+        stats["replica_snapshots_kept"] = json!(kept);
+        stats["replica_snapshots_removed"] = json!(removed);
+        stats["replica_packs_deleted"] = json!(report.packs_deleted);
+        stats["replica_packs_repacked"] = json!(report.packs_repacked);
+        stats["replica_bytes_deleted"] = json!(report.bytes_deleted);
+        end.stats_json = stats.to_string();
+    }
+    Ok(end)
+}
+
+/// Applies the plan's retention policy to the plan's own snapshots in `repository`
+/// (held ones are always kept, and copies of the snapshots `held_originals` names),
+/// then prunes: (removed, kept, what prune did).
+fn apply_retention(
+    repository: &Repository,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    now: DateTime<Utc>,
+    held_originals: &HashSet<SnapshotId>,
+) -> Result<(u64, u64, crate::engine::prune::PruneReport), String> {
     let retention = &spec.retention;
     if retention.is_empty() {
         return Err(
@@ -651,8 +788,19 @@ fn run_retention(
     let tag = format!("plan:{}", run.plan_id);
     snapshots.retain(|(_, snapshot)| snapshot.tags.contains(&tag));
     let decisions = apply(&policy, &snapshots, jakarta());
+    let copy_of_held = |id: &SnapshotId| {
+        snapshots.iter().any(|(copy, snapshot)| {
+            copy == id
+                && snapshot
+                    .original
+                    .is_some_and(|o| held_originals.contains(&o))
+        })
+    };
     let mut removed = 0u64;
-    for decision in decisions.iter().filter(|decision| !decision.keep) {
+    for decision in decisions
+        .iter()
+        .filter(|decision| !decision.keep && !copy_of_held(&decision.id))
+    {
         repository
             .delete_snapshot(&decision.id)
             .map_err(|error| error.to_string())?;
@@ -666,19 +814,7 @@ fn run_retention(
         },
     )
     .map_err(|error| error.to_string())?;
-    Ok(RunEnd {
-        status: "ok",
-        stats_json: json!({
-            "snapshots_kept": decisions.len() as u64 - removed,
-            "snapshots_removed": removed,
-            "packs_deleted": report.packs_deleted,
-            "packs_repacked": report.packs_repacked,
-            "bytes_deleted": report.bytes_deleted,
-        })
-        .to_string(),
-        snapshot_id: None,
-        error: None,
-    })
+    Ok((removed, decisions.len() as u64 - removed, report))
 }
 
 /// A plan's keep-tag lists and the hold's: a held snapshot outlives every retention.
@@ -879,7 +1015,7 @@ fn run_replicate(
     let copied: Vec<_> = report
         .copied
         .iter()
-        .filter_map(|(_, copy)| crate::engine::id::SnapshotId::from_hex(copy).ok())
+        .filter_map(|(_, copy)| SnapshotId::from_hex(copy).ok())
         .collect();
     let read = read_back(&replica, &copied).map_err(|error| error.to_string())?;
     let present = replicated(&replica)?;
@@ -925,9 +1061,7 @@ fn run_replicate(
 }
 
 /// The primary snapshots a replica holds copies of.
-fn replicated(
-    replica: &Repository,
-) -> Result<std::collections::HashSet<crate::engine::id::SnapshotId>, String> {
+fn replicated(replica: &Repository) -> Result<HashSet<SnapshotId>, String> {
     let (copies, _) = replica
         .load_snapshots()
         .map_err(|error| error.to_string())?;
@@ -1178,9 +1312,14 @@ mod tests {
     fn retention_keeps_to_its_own_plans_snapshots() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let replicas = dir.path().join("replicas");
         let repositories = Repositories::new(
             dir.path().join("repositories").display().to_string(),
             [3; 32],
+            StoreOptions::default(),
+        )
+        .with_replica(
+            Some(replicas.display().to_string()),
             StoreOptions::default(),
         );
         let mut specs = Vec::new();
@@ -1190,7 +1329,7 @@ mod tests {
             specs.push(spec(&source));
         }
         specs[0].retention = Retention {
-            last: 1,
+            last: 3,
             ..Retention::default()
         };
         let run_of = |id: i64, plan: i64, kind: &str| RunRecord {
@@ -1217,8 +1356,22 @@ mod tests {
                 assert_eq!(execute_run(spec, &run_of(id, plan, "backup")).status, "ok");
             }
         }
-        // The plan's first snapshot is held (`HoldSnapshot`): kept though the plan names
-        // no keep-tag.
+        // Before the first replication there is no replica: retention makes none.
+        id += 1;
+        let nothing = execute_run(&specs[0], &run_of(id, 7, "retention"));
+        assert_eq!(nothing.status, "ok", "{nothing:?}");
+        assert_eq!(stats(&nothing)["snapshots_removed"], 0);
+        assert!(stats(&nothing).get("replica_snapshots_kept").is_none());
+        assert!(!replicas.exists());
+        for (plan, spec) in [(7, &specs[0]), (8, &specs[1])] {
+            id += 1;
+            let copied = execute_run(spec, &run_of(id, plan, "replicate"));
+            assert_eq!(stats(&copied)["snapshots_copied"], 3, "{copied:?}");
+        }
+        specs[0].retention.last = 1;
+        // The plan's first snapshot is held (`HoldSnapshot`) after it was replicated:
+        // kept though the plan names no keep-tag, and so is its copy in the replica
+        // (which carries no hold tag: the hold gave the primary's a new id).
         let repository = repositories
             .open(runtime.handle(), "DINKES", None, None)
             .unwrap();
@@ -1237,20 +1390,47 @@ mod tests {
         let retention = execute_run(&specs[0], &run_of(id + 1, 7, "retention"));
         assert_eq!(retention.status, "ok", "{retention:?}");
         let retention = stats(&retention);
-        assert_eq!(
+        let counts = |prefix: &str| {
             (
-                retention["snapshots_kept"].as_u64(),
-                retention["snapshots_removed"].as_u64()
-            ),
-            (Some(2), Some(1))
-        );
-        let (left, _) = repository.load_snapshots().unwrap();
-        let of = |tag: &str| {
+                retention[format!("{prefix}snapshots_kept")].as_u64(),
+                retention[format!("{prefix}snapshots_removed")].as_u64(),
+            )
+        };
+        assert_eq!(counts(""), (Some(2), Some(1)), "{retention}");
+        // The replica: the same policy on its copies of the plan's snapshots.
+        assert_eq!(counts("replica_"), (Some(2), Some(1)), "{retention}");
+        let of = |left: &[(SnapshotId, crate::engine::snapshot::Snapshot)], tag: &str| {
             left.iter()
                 .filter(|(_, s)| s.tags.contains(&tag.to_owned()))
                 .count()
         };
-        assert_eq!((of("plan:7"), of("plan:8"), of("hold")), (2, 3, 1));
+        let (left, _) = repository.load_snapshots().unwrap();
+        assert_eq!(
+            (of(&left, "plan:7"), of(&left, "plan:8"), of(&left, "hold")),
+            (2, 3, 1)
+        );
+        let replica = repositories
+            .existing_replica(runtime.handle(), "DINKES", &repository)
+            .unwrap()
+            .expect("the replica made by the replications");
+        let (copies, _) = replica.load_snapshots().unwrap();
+        assert_eq!((of(&copies, "plan:7"), of(&copies, "plan:8")), (2, 3));
+        // What the replica kept: the latest, and the copy of the held one.
+        let kept: HashSet<SnapshotId> = copies.iter().filter_map(|(_, s)| s.original).collect();
+        for (id, snapshot) in left
+            .iter()
+            .filter(|(_, s)| s.tags.contains(&"plan:7".to_owned()))
+        {
+            assert!(
+                kept.contains(id) || snapshot.rewritten_from.is_some_and(|o| kept.contains(&o)),
+                "{id:?} has a copy"
+            );
+        }
+        assert!(
+            crate::engine::check::check(&replica, &CheckOptions::default())
+                .unwrap()
+                .is_ok()
+        );
     }
 
     /// Runs of several plans of one agency start together on a fresh daemon: each finds

@@ -564,6 +564,7 @@ pub fn backup_via_agent(
     if spec.compress_on == CompressOn::Daemon {
         ingest = ingest.compressing_raw_chunks();
     }
+    let parent_tree = parent.map(|(_, s)| s.tree.to_hex()).unwrap_or_default();
     let parent = parent.map(|(id, _)| *id);
     // Checked when the plan was written; a stored plan that no longer reads fails.
     let markers: Vec<String> = match spec.markers() {
@@ -661,6 +662,7 @@ pub fn backup_via_agent(
             before_timeout_secs,
             after_command,
             after_timeout_secs,
+            parent_tree: parent_tree.clone(),
         };
         if !send(handle, &link, Down::Backup(job)) {
             hub.close_job(server.id, &job_id);
@@ -856,6 +858,7 @@ pub fn backup_via_agent(
                             ok: false,
                             snapshot_id: String::new(),
                             error: error.clone(),
+                            tree_id: String::new(),
                         }),
                     );
                 }
@@ -930,6 +933,10 @@ pub fn backup_via_agent(
                         ok: committed.is_ok(),
                         snapshot_id: snapshot.clone().unwrap_or_default(),
                         error: error.clone().unwrap_or_default(),
+                        tree_id: committed
+                            .as_ref()
+                            .map(|(_, s)| s.tree.to_hex())
+                            .unwrap_or_default(),
                     }),
                 );
                 let mut final_stats = final_stats;

@@ -278,3 +278,75 @@ fn a_stray_key_slot_from_a_lost_init_race_is_skipped() {
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
 }
+
+/// A key slot the cadang daemon made (its host is the daemon's) is neither replaced nor
+/// removed by `cadang key` without `--force`: the daemon derives that slot's password and
+/// could no longer open the agency's repository.
+#[test]
+fn the_daemons_key_slot_is_kept_without_force() {
+    use cadang::engine::crypto::KdfParams;
+    use cadang::engine::{OpenOptions, Repository, Store, StoreOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = repo.to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let options = OpenOptions {
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        host: Some(cadang::jobs::DAEMON_HOST.into()),
+    };
+    let store = Store::open(r, &StoreOptions::default()).unwrap();
+    Repository::init(
+        runtime.handle().clone(),
+        store,
+        PASSWORD.as_bytes(),
+        &options,
+    )
+    .unwrap();
+    let second = tmp.path().join("second");
+    std::fs::write(&second, "second password").unwrap();
+    let o = run(
+        cadang(r)
+            .args(["key", "passwd", "--new-password-file"])
+            .arg(&second),
+        1,
+    );
+    assert!(
+        stderr(&o).contains("refusing to replace key slot") && stderr(&o).contains("cadang-daemon"),
+        "{o:?}"
+    );
+    run(cadang(r).arg("snapshots"), 0);
+    // An officer's own slot beside it is theirs to change; the daemon's stays.
+    run(
+        cadang(r)
+            .args(["key", "add", "--new-password-file"])
+            .arg(&second),
+        0,
+    );
+    let as_officer = |cmd: &mut std::process::Command| {
+        cmd.env("CADANG_PASSWORD", "second password");
+    };
+    let mut list = cadang(r);
+    as_officer(list.args(["key", "list", "--json"]));
+    let keys = last_json(&run(&mut list, 0));
+    let daemons = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["host"] == cadang::jobs::DAEMON_HOST)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut remove = cadang(r);
+    as_officer(remove.args(["key", "remove", &daemons]));
+    assert!(stderr(&run(&mut remove, 1)).contains("refusing to remove key slot"));
+    run(cadang(r).arg("snapshots"), 0);
+    let mut forced = cadang(r);
+    as_officer(forced.args(["key", "remove", "--force", &daemons]));
+    run(&mut forced, 0);
+    run(cadang(r).arg("snapshots"), 12);
+}

@@ -2386,6 +2386,31 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         stats["wire_bytes"].as_u64().unwrap() < 4096,
         "a few messages on the wire: {stats}"
     );
+    // Holding the latest snapshot gives it a new id and keeps its tree: the agent's
+    // cache still describes it, and the next backup is again one entry.
+    let held = ok(
+        &server,
+        &site.kasi,
+        &[
+            "restore-job",
+            "hold",
+            &web.to_string(),
+            third["snapshot_id"].as_str().unwrap(),
+            "--reason",
+            "audit BPK 2026",
+        ],
+    );
+    assert_eq!(held["changed"], true, "{held}");
+    assert_ne!(held["snapshot"], third["snapshot_id"], "{held}");
+    ok(&server, &site.petugas, &["plan", "run-now", &plan_web]);
+    let fourth = wait_for_run(&server, &site.kasi, &plan_web, 4);
+    assert_eq!(fourth["status"], "ok", "{fourth}");
+    let stats = fourth["stats"].clone();
+    assert_eq!(stats["subtrees_unchanged"], 1, "{stats}");
+    assert!(
+        stats["wire_bytes"].as_u64().unwrap() < 4096,
+        "a few messages on the wire after the hold: {stats}"
+    );
 
     // Restore to another directory of the same server: byte for byte, verified.
     let snapshots = ok(
@@ -2393,7 +2418,9 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         &site.skpd,
         &["restore-job", "snapshots", &web.to_string()],
     );
-    assert_eq!(snapshots.as_array().unwrap().len(), 3, "{snapshots}");
+    assert_eq!(snapshots.as_array().unwrap().len(), 4, "{snapshots}");
+    assert_eq!(snapshots[2]["id"], held["snapshot"], "{snapshots}");
+    assert_eq!(snapshots[2]["held"], true, "{snapshots}");
     refused(
         &server,
         &site.skpd_other,
@@ -2426,7 +2453,7 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         &site.skpd,
         &["restore-job", "ls", &web_id, "latest", &html],
     );
-    assert_eq!(listing["snapshot"], snapshots[2]["id"], "{listing}");
+    assert_eq!(listing["snapshot"], snapshots[3]["id"], "{listing}");
     assert_eq!(listing["truncated"], false);
     let own = paths(&listing);
     assert!(own.contains(&("/img".into(), "dir".into())), "{listing}");
@@ -2532,7 +2559,11 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         .collect();
     assert_eq!(
         holding,
-        vec![&snapshots[2]["id"], &snapshots[1]["id"]],
+        vec![
+            &snapshots[3]["id"],
+            &snapshots[2]["id"],
+            &snapshots[1]["id"]
+        ],
         "{found}"
     );
     assert_eq!(

@@ -202,6 +202,37 @@ fn attempts(shown: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The location and password of Dinkes' repository (or its replica) from `cadang admin
+/// repository`: break glass, for the engine's own commands.
+fn break_glass(data: &Path, config: &Path, replica: bool) -> (String, String) {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["admin", "repository", "--agency", "DINKES", "--data-dir"])
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .env_remove("CADANG_CATALOG_URL")
+        .env_remove("CADANG_MASTER_KEY");
+    if replica {
+        command.arg("--replica");
+    }
+    let printed = command.output().unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let mut lines = printed.lines().map(str::to_owned);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
+/// The engine's own command on a repository: break glass.
+fn engine_cli(location: &str, password: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["-r", location])
+        .args(args)
+        .env("CADANG_PASSWORD", password)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,34 +337,12 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     // Break glass on the replica: its location and password open it with the engine's
     // own commands (a rewrite must reach the replica too); the primary's password does
     // not.
-    let repository = |replica: bool| {
-        let mut command = std::process::Command::new(BIN);
-        command
-            .args(["admin", "repository", "--agency", "DINKES", "--data-dir"])
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("CADANG_CATALOG_URL")
-            .env_remove("CADANG_MASTER_KEY");
-        if replica {
-            command.arg("--replica");
-        }
-        let printed = command.output().unwrap();
-        assert!(printed.status.success(), "{printed:?}");
-        let printed = String::from_utf8(printed.stdout).unwrap();
-        let mut lines = printed.lines().map(str::to_owned);
-        (lines.next().unwrap(), lines.next().unwrap())
-    };
+    let repository = |replica: bool| break_glass(&data, &config, replica);
     let ((primary_at, primary_password), (replica_at, replica_password)) =
         (repository(false), repository(true));
     assert_eq!(PathBuf::from(&replica_at), replica_root.join("dinkes"));
-    let snapshots = |location: &str, password: &str| {
-        std::process::Command::new(BIN)
-            .args(["--json", "snapshots", "-r", location])
-            .env("CADANG_PASSWORD", password)
-            .output()
-            .unwrap()
-    };
+    let snapshots =
+        |location: &str, password: &str| engine_cli(location, password, &["--json", "snapshots"]);
     let listed = snapshots(&replica_at, &replica_password);
     assert!(listed.status.success(), "{listed:?}");
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
@@ -956,4 +965,269 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         assert!(audit.contains(needle), "audit lacks {needle}");
     }
     drop(agents);
+}
+
+/// An erasure takes a file out of every backup of a server, in the agency's repository and
+/// its replica: only the head of the division (and the administrator) may, with a
+/// reason; a dry run shows what would go; a held snapshot stops it; the audit trail keeps
+/// the patterns and the snapshots, not the paths; afterwards no snapshot of either
+/// repository holds the file, both check clean, the replica restores without it, and
+/// the next replication copies nothing again.
+#[test]
+fn an_erasure_takes_files_out_of_every_backup_and_of_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let replica_root = dir.path().join("replica");
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n[repositories]\nreplica_root = \"{}\"\n",
+            replica_root.display()
+        ),
+    )
+    .unwrap();
+    let (_daemon, _admin, server, site) = Daemon::with_site(&data, Some(&config));
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-W1",
+    );
+    let state = dir.path().join("agent-web");
+    let enrolled = enroll(
+        &server,
+        &enrollment_token(&server, &site.petugas, web),
+        &state,
+    );
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    let _agent = AgentProcess::start(&state, &dir.path().join("agent-web.log"));
+
+    let source = dir.path().join("srv-simkes");
+    std::fs::create_dir_all(source.join("html")).unwrap();
+    std::fs::create_dir_all(source.join("data")).unwrap();
+    std::fs::write(source.join("html/index.html"), "<h1>SIMKES</h1>\n").unwrap();
+    std::fs::write(source.join("data/ktp-warga.csv"), noise(21, 300 << 10)).unwrap();
+    std::fs::write(source.join("data/jadwal.csv"), "senin,dokter umum\n").unwrap();
+    let backup_request = active_backup_request(&server, &site, site.dinkes, dir.path(), "simkes");
+    let plan = ok(
+        &server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &backup_request.to_string(),
+            "--name",
+            "simkes",
+            "--path",
+            &source.display().to_string(),
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(&server, &site.kasi, backup_request, "complete", 2, &[]);
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan, 1)["status"], "ok");
+    std::fs::write(source.join("html/index.html"), "<h1>SIMKES v2</h1>\n").unwrap();
+    ok(&server, &site.petugas, &["plan", "run-now", &plan]);
+    assert_eq!(wait_for_run(&server, &site.kasi, &plan, 2)["status"], "ok");
+    ok(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan, "--kind", "replicate"],
+    );
+    let replicated = wait_for_run(&server, &site.kasi, &plan, 3);
+    assert_eq!(replicated["stats"]["snapshots_copied"], 2, "{replicated}");
+    let (primary_at, primary_password) = break_glass(&data, &config, false);
+    let (replica_at, replica_password) = break_glass(&data, &config, true);
+    let holding = |location: &str, password: &str| {
+        let found = engine_cli(location, password, &["--json", "find", "ktp-warga.csv"]);
+        assert!(found.status.success(), "{found:?}");
+        String::from_utf8_lossy(&found.stdout)
+            .matches("ktp-warga.csv")
+            .count()
+    };
+    assert!(holding(&primary_at, &primary_password) >= 2);
+    assert!(holding(&replica_at, &replica_password) >= 2);
+
+    let web_id = web.to_string();
+    let erase = |token: &str, reason: &str, extra: &[&str]| {
+        let mut args = vec!["restore-job", "erase", web_id.as_str(), "--reason", reason];
+        args.extend_from_slice(extra);
+        (
+            token.to_owned(),
+            args.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+        )
+    };
+    let refuse = |(token, args): (String, Vec<String>), code: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&server, &token, &args, code)
+    };
+    let run_erase = |(token, args): (String, Vec<String>)| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&server, &token, &args)
+    };
+    let reason = "permintaan penghapusan data pribadi 12/2026";
+    for token in [&site.petugas, &site.kasi, &site.skpd] {
+        refuse(
+            erase(token, reason, &["-e", "ktp-*.csv"]),
+            "PERMISSION_DENIED",
+        );
+    }
+    refuse(
+        erase(&site.kabid, " ", &["-e", "ktp-*.csv"]),
+        "INVALID_ARGUMENT",
+    );
+    refuse(
+        erase(&site.kabid, reason, &["-e", "a["]),
+        "INVALID_ARGUMENT",
+    );
+    let emptied = refuse(
+        erase(&site.kabid, reason, &["-e", &source.display().to_string()]),
+        "INVALID_ARGUMENT",
+    );
+    assert!(emptied.contains("every path"), "{emptied}");
+
+    // A dry run lists what would go and changes nothing.
+    let before = ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]);
+    let preview = run_erase(erase(
+        &site.kabid,
+        reason,
+        &["-e", "ktp-*.csv", "--dry-run"],
+    ));
+    assert_eq!(preview["dry_run"], true, "{preview}");
+    let snapshots = preview["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "{preview}");
+    let csv = source.join("data/ktp-warga.csv").display().to_string();
+    for snapshot in snapshots {
+        assert_eq!(snapshot["paths"], serde_json::json!([csv]), "{preview}");
+        assert_eq!(snapshot["replaced_by"], "", "{preview}");
+    }
+    assert_eq!(
+        ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]),
+        before
+    );
+
+    // A held snapshot it would change stops it, until the hold is released.
+    ok(
+        &server,
+        &site.kasi,
+        &[
+            "restore-job",
+            "hold",
+            &web_id,
+            "latest",
+            "--reason",
+            "audit BPK",
+        ],
+    );
+    let why = refuse(
+        erase(&site.kabid, reason, &["-e", "ktp-*.csv"]),
+        "FAILED_PRECONDITION",
+    );
+    assert!(why.contains("held"), "{why}");
+    ok(
+        &server,
+        &site.kasi,
+        &[
+            "restore-job",
+            "hold",
+            &web_id,
+            "latest",
+            "--reason",
+            "selesai",
+            "--release",
+        ],
+    );
+
+    let erased = run_erase(erase(&site.kabid, reason, &["-e", "ktp-*.csv"]));
+    assert_eq!(erased["dry_run"], false, "{erased}");
+    assert_eq!(erased["snapshots"].as_array().unwrap().len(), 2, "{erased}");
+    assert_eq!(erased["replica"], true, "{erased}");
+    assert_eq!(erased["replica_copies_replaced"], 2, "{erased}");
+    assert!(erased["packs_repacked"].as_u64().unwrap() >= 1, "{erased}");
+    assert!(
+        erased["bytes_marked"].as_u64().unwrap() >= 300 << 10,
+        "{erased}"
+    );
+    assert!(!erased["deletable_after"].as_str().unwrap().is_empty());
+    assert_eq!(erased["notes"], serde_json::json!([]), "{erased}");
+    let listed = ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]);
+    let ids = |list: &Value, field: &str| {
+        let mut ids: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[field].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&listed, "id"),
+        ids(&erased["snapshots"], "replaced_by"),
+        "{listed}"
+    );
+    let found = ok(
+        &server,
+        &site.kasi,
+        &["restore-job", "find", &web_id, "ktp-warga.csv"],
+    );
+    assert_eq!(found["snapshots"], serde_json::json!([]), "{found}");
+    // Again: nothing left to take out.
+    let again = run_erase(erase(&site.kabid, reason, &["-e", "ktp-*.csv"]));
+    assert_eq!(again["snapshots"], serde_json::json!([]), "{again}");
+
+    // Neither repository holds it; both check clean; the replica restores without it.
+    for (location, password) in [
+        (&primary_at, &primary_password),
+        (&replica_at, &replica_password),
+    ] {
+        assert_eq!(holding(location, password), 0, "{location}");
+        let checked = engine_cli(location, password, &["check", "--read-data"]);
+        assert!(checked.status.success(), "{checked:?}");
+    }
+    let target = dir.path().join("from-replica");
+    let restored = engine_cli(
+        &replica_at,
+        &replica_password,
+        &[
+            "restore",
+            "latest",
+            "--verify",
+            "--target",
+            &target.display().to_string(),
+        ],
+    );
+    assert!(restored.status.success(), "{restored:?}");
+    let root = target.join(source.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(root.join("html/index.html")).unwrap(),
+        b"<h1>SIMKES v2</h1>\n"
+    );
+    assert!(root.join("data/jadwal.csv").exists());
+    assert!(!root.join("data/ktp-warga.csv").exists());
+    // The replica already holds copies of the replacements.
+    ok(
+        &server,
+        &site.petugas,
+        &["plan", "run-now", &plan, "--kind", "replicate"],
+    );
+    let replicated = wait_for_run(&server, &site.kasi, &plan, 4);
+    assert_eq!(replicated["stats"]["snapshots_copied"], 0, "{replicated}");
+
+    let audit = ok(&server, &site.admin, &["audit", "export"]).to_string();
+    assert!(audit.contains("snapshot.erase") && audit.contains(reason));
+    assert!(audit.contains("ktp-*.csv"));
+    assert!(
+        !audit.contains("ktp-warga.csv"),
+        "the audit trail names no path erased"
+    );
 }

@@ -583,7 +583,7 @@ fn backup_job(
     let cancel = link.cancel.clone();
     // A job that fails while directories were vouched for as unchanged may have failed
     // because of them: the next one vouches for none.
-    let vouched = cache.describes(&job.parent_snapshot);
+    let vouched = cache.describes(&job.parent_snapshot, &job.parent_tree);
     let forget_subtrees = || {
         if vouched && let Err(error) = walk::FilesCache::forget_subtrees(&cache_path) {
             tracing::warn!(%error, "cannot update the files cache");
@@ -649,7 +649,7 @@ fn backup_job(
     loop {
         match link.from_stream.recv() {
             Ok(ToBackup::End(end)) if end.ok => {
-                outcome.cache.set_snapshot(&end.snapshot_id);
+                outcome.cache.set_snapshot(&end.snapshot_id, &end.tree_id);
                 if let Err(error) = outcome.cache.save(&cache_path) {
                     tracing::warn!(%error, "cannot save the files cache; the next backup reads every file");
                 }

@@ -133,6 +133,10 @@ pub struct FilesCache {
     /// The snapshot committed from what this cache describes (hex id); empty when
     /// unknown, and then no directory is sent as unchanged.
     snapshot: String,
+    /// That snapshot's root tree (hex id), empty when unknown. A snapshot with this
+    /// tree is described as well: tagging or holding a snapshot gives it a new id, not
+    /// a new tree.
+    tree: String,
 }
 
 /// The directory digests of a cache, stored after the files: a cache written before
@@ -165,8 +169,15 @@ impl FilesCache {
             .ok()
             .and_then(|raw| {
                 let (files, rest) = postcard::take_from_bytes(&raw).ok()?;
-                let CachedDirs { dirs, snapshot } = if rest.is_empty() {
-                    CachedDirs::default()
+                let (CachedDirs { dirs, snapshot }, rest) = if rest.is_empty() {
+                    (CachedDirs::default(), rest)
+                } else {
+                    postcard::take_from_bytes(rest).ok()?
+                };
+                // The tree follows the directories; a cache written before it was
+                // kept has none.
+                let tree = if rest.is_empty() {
+                    String::new()
                 } else {
                     postcard::from_bytes(rest).ok()?
                 };
@@ -174,6 +185,7 @@ impl FilesCache {
                     files,
                     dirs,
                     snapshot,
+                    tree,
                 })
             })
             .unwrap_or_else(|| {
@@ -197,6 +209,7 @@ impl FilesCache {
             })
             .map_err(std::io::Error::other)?,
         );
+        raw.extend(postcard::to_stdvec(&self.tree).map_err(std::io::Error::other)?);
         let packed = zstd::encode_all(raw.as_slice(), 3)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -213,15 +226,20 @@ impl FilesCache {
         std::fs::rename(&tmp, path)
     }
 
-    /// Records the snapshot the daemon committed from this cache's walk.
-    pub fn set_snapshot(&mut self, snapshot: &str) {
+    /// Records the snapshot the daemon committed from this cache's walk, and its root
+    /// tree (hex ids; the tree empty when the daemon did not say).
+    pub fn set_snapshot(&mut self, snapshot: &str, tree: &str) {
         snapshot.clone_into(&mut self.snapshot);
+        tree.clone_into(&mut self.tree);
     }
 
-    /// Whether this cache was kept when `snapshot` (hex id) was committed: its
-    /// directory digests then describe that snapshot.
-    pub fn describes(&self, snapshot: &str) -> bool {
-        !snapshot.is_empty() && self.snapshot == snapshot
+    /// Whether this cache's directory digests describe the snapshot `snapshot` with
+    /// the root tree `tree` (hex ids, either may be empty): the cache was kept when
+    /// that snapshot was committed, or when one with the same tree was (the snapshot
+    /// was tagged or held since, which gives it a new id and keeps its content).
+    pub fn describes(&self, snapshot: &str, tree: &str) -> bool {
+        (!snapshot.is_empty() && self.snapshot == snapshot)
+            || (!tree.is_empty() && self.tree == tree)
     }
 
     /// Drops the directory digests of the cache at `path` (the file records stay): a
@@ -231,11 +249,12 @@ impl FilesCache {
     /// I/O errors writing the cache.
     pub fn forget_subtrees(path: &Path) -> std::io::Result<()> {
         let mut cache = Self::load(path);
-        if cache.snapshot.is_empty() && cache.dirs.is_empty() {
+        if cache.snapshot.is_empty() && cache.tree.is_empty() && cache.dirs.is_empty() {
             return Ok(());
         }
         cache.dirs.clear();
         cache.snapshot.clear();
+        cache.tree.clear();
         cache.save(path)
     }
 
@@ -294,6 +313,8 @@ pub struct Job {
     pub bandwidth_limit: u64,
     /// The snapshot the daemon builds on (hex id), empty for none.
     pub parent_snapshot: String,
+    /// Its root tree (hex id), empty for none or when the daemon did not say.
+    pub parent_tree: String,
 }
 
 impl Job {
@@ -342,6 +363,7 @@ impl Job {
             level: job.compression_level.clamp(0, 19),
             bandwidth_limit: job.bandwidth_limit,
             parent_snapshot: job.parent_snapshot.clone(),
+            parent_tree: job.parent_tree.clone(),
         })
     }
 }
@@ -1443,7 +1465,7 @@ pub fn run<L: Link + Send>(
         job,
         cancel: cancel.clone(),
         stopped: AtomicBool::new(false),
-        graft: cache.describes(&job.parent_snapshot),
+        graft: cache.describes(&job.parent_snapshot, &job.parent_tree),
         parent_chunks: cache
             .files
             .values()
@@ -1653,6 +1675,7 @@ mod tests {
             level: 3,
             bandwidth_limit: 0,
             parent_snapshot: String::new(),
+            parent_tree: String::new(),
         }
     }
 
@@ -2191,7 +2214,8 @@ mod tests {
     /// directory whose every entry is as sent then goes as one `unchanged_subtree`
     /// entry, with nothing below it — no entries, no chunk queries; a change sends its
     /// directory and those above it. A cache that describes another snapshot vouches
-    /// for nothing, and one that lost its digests (or predates them) still names files.
+    /// for nothing, one kept for a snapshot with the same tree (tagged or held since)
+    /// describes it, and one that lost its digests (or predates them) still names files.
     #[test]
     fn unchanged_directories_go_as_one_entry_when_the_cache_describes_the_parent() {
         let dir = tempfile::tempdir().unwrap();
@@ -2210,7 +2234,7 @@ mod tests {
         assert_eq!(first.subtrees_unchanged, 0);
         let sent_first = repo.entries.len();
         let mut cache = first.cache;
-        cache.set_snapshot("s1");
+        cache.set_snapshot("s1", "t1");
         cache.save(&cache_path).unwrap();
         let markers = |repo: &Repository| -> Vec<(String, u64)> {
             repo.entries
@@ -2225,16 +2249,20 @@ mod tests {
                 .collect()
         };
 
-        // The daemon builds on another snapshot: everything is sent, as without digests.
+        // The daemon builds on another snapshot (another tree: rewritten since, say):
+        // everything is sent, as without digests.
         job.parent_snapshot = "s0".into();
+        job.parent_tree = "t0".into();
         repo.entries.clear();
         let other = walk_over(&job, &mut repo, FilesCache::load(&cache_path));
         assert_eq!(repo.entries.len(), sent_first);
         assert!(markers(&repo).is_empty());
         assert_eq!(other.files_unchanged, 4);
 
-        // On the snapshot it describes: the whole source is one entry, nothing asked.
-        job.parent_snapshot = "s1".into();
+        // On the snapshot it describes, held since (a new id, the same tree): the whole
+        // source is one entry, nothing asked.
+        job.parent_snapshot = "s1-held".into();
+        job.parent_tree = "t1".into();
         repo.entries.clear();
         let queries = repo.queries;
         let sent_before = repo.sent;
@@ -2258,12 +2286,14 @@ mod tests {
             (4, 4, 1)
         );
         let mut cache = same.cache;
-        cache.set_snapshot("s2");
+        // A daemon that does not name the tree: the snapshot id alone.
+        cache.set_snapshot("s2", "");
         cache.save(&cache_path).unwrap();
 
         // One file changes: its directory and those above are sent, the others are not.
         std::fs::write(src.join("a/y.txt"), b"versi 2, lebih panjang").unwrap();
         job.parent_snapshot = "s2".into();
+        job.parent_tree = String::new();
         repo.entries.clear();
         let changed = walk_over(&job, &mut repo, FilesCache::load(&cache_path));
         let mut marked = markers(&repo);
@@ -2299,11 +2329,32 @@ mod tests {
 
         // A failed job forgets the digests; the files are still named from the cache.
         let mut cache = changed.cache;
-        cache.set_snapshot("s3");
+        cache.set_snapshot("s3", "t3");
         cache.save(&cache_path).unwrap();
+        let kept = FilesCache::load(&cache_path);
+        assert!(kept.describes("s3", "") && kept.describes("s3-tagged", "t3"));
+        assert!(!kept.describes("s3-rewritten", "t4") && !kept.describes("", ""));
+        // A cache written before trees were kept describes its snapshot by id only.
+        let mut before_trees = postcard::to_stdvec(&kept.files).unwrap();
+        before_trees.extend(
+            postcard::to_stdvec(&CachedDirs {
+                dirs: kept.dirs.clone(),
+                snapshot: kept.snapshot.clone(),
+            })
+            .unwrap(),
+        );
+        std::fs::write(
+            &cache_path,
+            zstd::encode_all(before_trees.as_slice(), 3).unwrap(),
+        )
+        .unwrap();
+        let untreed = FilesCache::load(&cache_path);
+        assert_eq!((untreed.len(), untreed.dirs.len()), (4, kept.dirs.len()));
+        assert!(untreed.describes("s3", "t3") && !untreed.describes("s3-tagged", "t3"));
+        kept.save(&cache_path).unwrap();
         FilesCache::forget_subtrees(&cache_path).unwrap();
         let forgot = FilesCache::load(&cache_path);
-        assert!(!forgot.describes("s3"));
+        assert!(!forgot.describes("s3", "t3"));
         assert!(forgot.dirs.is_empty());
         assert_eq!(forgot.len(), 4);
         // A cache written before directory digests existed loads with its files.
@@ -2315,6 +2366,6 @@ mod tests {
         .unwrap();
         let older = FilesCache::load(&cache_path);
         assert_eq!(older.len(), 4);
-        assert!(!older.describes("s3"));
+        assert!(!older.describes("s3", "t3"));
     }
 }

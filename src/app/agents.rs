@@ -29,6 +29,9 @@ const AGENT_ROLES: [Role; 3] = [Role::Admin, Role::KasiInfras, Role::Petugas];
 const RESTORE_ROLES: [Role; 3] = [Role::Admin, Role::KasiInfras, Role::Petugas];
 /// Who holds a snapshot past its retention, or releases the hold.
 const HOLD_ROLES: [Role; 3] = [Role::Admin, Role::KabidTik, Role::KasiInfras];
+/// Who takes files out of a server's backups: the head of the division and the
+/// administrator.
+const ERASE_ROLES: [Role; 2] = [Role::Admin, Role::KabidTik];
 
 /// Default lifetime of an enrolment token.
 const DEFAULT_ENROLLMENT_HOURS: i64 = 24;
@@ -187,6 +190,31 @@ pub struct SnapshotHold {
     pub held: bool,
     /// Whether anything changed.
     pub changed: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// Files taken out of a server's backups ([`App::record_erasure`]). The audit trail keeps
+/// the patterns, the snapshots replaced and counts, never the paths taken out: a name
+/// can itself be the personal data erased.
+#[derive(Debug, Clone)]
+pub struct Erasure {
+    /// The server.
+    pub server: ServerId,
+    /// The patterns, as given.
+    pub patterns: Vec<String>,
+    /// Each snapshot of the primary replaced: (original, replacement).
+    pub replaced: Vec<(String, String)>,
+    /// Entries taken out, in all snapshots.
+    pub entries: u64,
+    /// Whether the replica was erased as well.
+    pub replica: bool,
+    /// Snapshots of the replica replaced or rewritten.
+    pub replica_changed: u64,
+    /// Bytes marked for deletion by the prunes.
+    pub bytes_marked: u64,
+    /// What is left to do.
+    pub notes: Vec<String>,
     /// Why.
     pub reason: String,
 }
@@ -659,6 +687,54 @@ impl App {
             ));
         }
         super::required("the reason for the hold", reason)
+    }
+
+    /// The reason for an erasure, checked before anything is read: required, and the
+    /// caller must be ADMIN or KABID_TIK (whether the caller may read the server's
+    /// repository at all is the transport's check, as for every browse).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; [`AppError::InvalidInput`] for a blank reason.
+    pub fn check_erasure(&self, caller: &Caller, reason: &str) -> Result<String, AppError> {
+        if !ERASE_ROLES.iter().any(|role| caller.has(*role)) {
+            return Err(AppError::forbidden(
+                "only ADMIN or KABID_TIK may take files out of a server's backups",
+            ));
+        }
+        super::required("the reason for the erasure", reason)
+    }
+
+    /// Records an erasure in the audit trail (see [`Erasure`] for what is kept).
+    ///
+    /// # Errors
+    /// [`AppError::Forbidden`]; catalog errors.
+    pub async fn record_erasure(
+        &self,
+        username: &str,
+        erasure: &Erasure,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let mut work = self.work(username, now).await?;
+        work.require(&ERASE_ROLES, "take files out of a server's backups")?;
+        let entry = work.audit("snapshot.erase", "server", erasure.server);
+        entry.before = Some(serde_json::json!({
+            "snapshots": erasure.replaced.iter().map(|(from, _)| from).collect::<Vec<_>>(),
+        }));
+        entry.after = Some(serde_json::json!({
+            "replaced": erasure
+                .replaced
+                .iter()
+                .map(|(from, to)| serde_json::json!({ "from": from, "to": to }))
+                .collect::<Vec<_>>(),
+            "patterns": erasure.patterns,
+            "entries_removed": erasure.entries,
+            "replica": erasure.replica,
+            "replica_snapshots_changed": erasure.replica_changed,
+            "bytes_marked": erasure.bytes_marked,
+            "notes": erasure.notes,
+            "reason": erasure.reason,
+        }));
+        work.commit().await
     }
 
     /// Records a hold set on a server's snapshot (or released) in the audit trail, with

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 pub use actions::ActionJob;
 pub use agents::{
-    AgentCaller, InventoryView, MAX_FAILED_LISTED, RestoreEnd, SnapshotHold, StartRestore,
+    AgentCaller, Erasure, InventoryView, MAX_FAILED_LISTED, RestoreEnd, SnapshotHold, StartRestore,
     observed_from_inventory,
 };
 pub use assets::{ObservedServer, RegisterServer, SpecDifference};

@@ -172,6 +172,26 @@ pub enum RestoreJobCmd {
         #[arg(long)]
         release: bool,
     },
+    /// Take files out of every backup of a server, in the agency's repository and its
+    /// replica (personal data the agency must erase, a secret backed up by mistake), then
+    /// repack what held them; the reason goes into the audit trail. The files must also
+    /// leave the server, or the plan must exclude them, or the next backup takes them
+    /// again.
+    Erase {
+        /// Server id in the register.
+        #[arg(id = "server_id", value_name = "SERVER")]
+        server: i64,
+        /// What to take out: a plan's exclude pattern (without `/` a name anywhere, with
+        /// `/` an absolute path; a directory goes with everything below it). Repeatable.
+        #[arg(long = "exclude", short = 'e', value_name = "PATTERN", required = true)]
+        patterns: Vec<String>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// Show what would be taken out; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
     /// List the files of a server's snapshot: one directory, everything below it
     /// (`--recursive`), or the file a path names — to choose the `--path`s of a restore.
     Ls {
@@ -766,6 +786,45 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     }
                     Ok(ExitCode::Ok)
                 }
+                RestoreJobCmd::Erase {
+                    server,
+                    patterns,
+                    reason,
+                    dry_run,
+                } => {
+                    let erased = restores
+                        .erase_files(conn.req(pb::EraseFilesRequest {
+                            server_id: server,
+                            patterns,
+                            reason,
+                            dry_run,
+                        }))
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        print_json(&json!({
+                            "dry_run": erased.dry_run,
+                            "snapshots": erased.snapshots.iter().map(|s| json!({
+                                "snapshot": s.snapshot,
+                                "replaced_by": s.replaced_by,
+                                "paths": s.paths,
+                                "paths_total": s.paths_total,
+                            })).collect::<Vec<_>>(),
+                            "snapshots_unchanged": erased.snapshots_unchanged,
+                            "replica": erased.replica,
+                            "replica_copies_replaced": erased.replica_copies_replaced,
+                            "replica_rewritten": erased.replica_rewritten,
+                            "packs_repacked": erased.packs_repacked,
+                            "bytes_marked": erased.bytes_marked,
+                            "deletable_after": erased.deletable_after,
+                            "notes": erased.notes,
+                        }));
+                    } else {
+                        print_erasure(&erased);
+                    }
+                    Ok(ExitCode::Ok)
+                }
                 RestoreJobCmd::Ls {
                     server,
                     snapshot,
@@ -851,4 +910,56 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
             }
         })
     }))
+}
+
+/// An erasure's outcome, for a person.
+fn print_erasure(erased: &pb::EraseFilesResponse) {
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    for snapshot in &erased.snapshots {
+        if erased.dry_run {
+            println!("snapshot {} would lose:", short(&snapshot.snapshot));
+        } else {
+            println!(
+                "snapshot {} replaced by {}, without:",
+                short(&snapshot.snapshot),
+                short(&snapshot.replaced_by)
+            );
+        }
+        for path in &snapshot.paths {
+            println!("  {path}");
+        }
+        let more = snapshot
+            .paths_total
+            .saturating_sub(snapshot.paths.len() as u64);
+        if more > 0 {
+            println!("  … and {more} more");
+        }
+    }
+    println!(
+        "{} snapshot(s) {}, {} without matches",
+        erased.snapshots.len(),
+        if erased.dry_run {
+            "would change"
+        } else {
+            "changed"
+        },
+        erased.snapshots_unchanged
+    );
+    if !erased.dry_run {
+        if erased.replica {
+            println!(
+                "replica: {} copies replaced, {} other snapshots rewritten",
+                erased.replica_copies_replaced, erased.replica_rewritten
+            );
+        }
+        println!(
+            "{} packs repacked; {} marked, deleted by the first prune (a retention run) after {}",
+            erased.packs_repacked,
+            super::output::human_bytes(erased.bytes_marked),
+            erased.deletable_after
+        );
+    }
+    for note in &erased.notes {
+        println!("note: {note}");
+    }
 }

@@ -506,6 +506,10 @@ pub enum KeyCmd {
     Remove {
         /// Key slot id or prefix.
         id: String,
+        /// Remove a slot of the cadang daemon too (the daemon then cannot open the
+        /// repository).
+        #[arg(long)]
+        force: bool,
     },
     /// Change the password of the key slot in use: a new slot with the new password
     /// replaces it (the old password stops working; other slots are untouched).
@@ -513,6 +517,10 @@ pub enum KeyCmd {
         /// File holding the new password.
         #[arg(long, env = "CADANG_NEW_PASSWORD_FILE")]
         new_password_file: Option<PathBuf>,
+        /// Replace a slot of the cadang daemon too (the daemon then cannot open the
+        /// repository).
+        #[arg(long)]
+        force: bool,
     },
 }
 

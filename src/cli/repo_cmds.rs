@@ -1433,12 +1433,17 @@ fn key(ctx: &Ctx, k: KeyCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        KeyCmd::Remove { id } => {
+        KeyCmd::Remove { id, force } => {
             let kid = repo.find_key(&id)?;
+            refuse_daemon_slot(&repo, |k| k.id == kid, force, "remove")?;
             repo.key_remove(&kid)?;
             ctx.say(format!("removed key slot {}", kid.short()));
         }
-        KeyCmd::Passwd { new_password_file } => {
+        KeyCmd::Passwd {
+            new_password_file,
+            force,
+        } => {
+            refuse_daemon_slot(&repo, |k| k.current, force, "replace")?;
             let id = repo.key_passwd(&new_password(new_password_file.as_deref())?)?;
             if ctx.g.json {
                 json_line(&json!({"message_type": "key_changed", "id": id.to_hex()}));
@@ -1451,6 +1456,32 @@ fn key(ctx: &Ctx, k: KeyCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::Ok)
+}
+
+/// Refuses to `verb` the key slot `which` picks when the cadang daemon made it, unless
+/// `force`: the daemon derives that slot's password and could no longer open its
+/// repository.
+fn refuse_daemon_slot(
+    repo: &Repository,
+    which: impl Fn(&crate::engine::repo::KeyInfo) -> bool,
+    force: bool,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let daemons = repo
+        .key_list()?
+        .into_iter()
+        .find(|k| which(k) && k.host == crate::jobs::DAEMON_HOST);
+    if let Some(slot) = daemons
+        && !force
+    {
+        anyhow::bail!(
+            "refusing to {verb} key slot {}: the cadang daemon made it (host {}) and opens \
+             the repository with the password it derives for it; --force to {verb} it anyway",
+            slot.id.short(),
+            crate::jobs::DAEMON_HOST
+        );
+    }
+    Ok(())
 }
 
 fn unlock(ctx: &Ctx, a: super::UnlockArgs) -> anyhow::Result<ExitCode> {

@@ -188,7 +188,7 @@ async fn back_up_with_restic(
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),
         tags: vec![format!("plan:{}", run.plan_id), run_tag],
-        host: Some("cadang-daemon".into()),
+        host: Some(super::DAEMON_HOST.into()),
         excludes: spec.excludes.clone(),
         exclude_if_present: spec.exclude_if_present.clone(),
         exclude_caches: spec.exclude_caches,

@@ -419,6 +419,24 @@ fn browse_status(error: crate::remote::BrowseError, what: impl std::fmt::Display
     }
 }
 
+fn erase_status(error: crate::jobs::erase::EraseError, server: ServerId) -> Status {
+    use crate::jobs::erase::EraseError;
+    match error {
+        EraseError::Request(message) => Status::invalid_argument(message),
+        EraseError::Held(held) => Status::failed_precondition(format!(
+            "held snapshots would change ({}): release their holds first",
+            held.join(", ")
+        )),
+        EraseError::Repository(error) => {
+            tracing::error!(%error, %server, "erasure failed");
+            Status::unavailable(format!(
+                "the agency's repository (server {server}) cannot be erased now; the daemon's \
+                 log has the cause, and running the erasure again finishes it"
+            ))
+        }
+    }
+}
+
 impl Restores {
     /// The server `server_id` names with its agency's code, if `caller` may read its
     /// snapshots, and the daemon's repositories.
@@ -664,6 +682,96 @@ impl restore_service_server::RestoreService for Restores {
             snapshot: recorded.now_snapshot,
             held: hold,
             changed: recorded.changed,
+        }))
+    }
+
+    async fn erase_files(&self, request: Request<EraseFilesRequest>) -> Reply<EraseFilesResponse> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let server = ServerId(id("server_id", message.server_id)?);
+        let reason = self
+            .0
+            .app
+            .check_erasure(&caller, &message.reason)
+            .map_err(status)?;
+        if message.patterns.iter().all(|p| p.trim().is_empty()) {
+            return Err(Status::invalid_argument(
+                "name what to take out: at least one pattern",
+            ));
+        }
+        let (record, code, repositories) = self.readable_server(&caller, message.server_id).await?;
+        let turn = self.0.browsing_turn().await?;
+        let ctx = self.0.clone();
+        // The erasure and its audit record run to their end even when the caller has
+        // gone (an erasure of a large repository can outlast the caller's deadline).
+        let erased = tokio::spawn(async move {
+            let handle = tokio::runtime::Handle::current();
+            let patterns = message.patterns.clone();
+            let (dry_run, now) = (message.dry_run, ctx.now());
+            let erased = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                crate::jobs::erase::erase(
+                    &repositories,
+                    &handle,
+                    &code,
+                    &record,
+                    &patterns,
+                    dry_run,
+                    now,
+                )
+            })
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?
+            .map_err(|error| erase_status(error, server))?;
+            if !erased.dry_run {
+                let recorded = crate::app::Erasure {
+                    server,
+                    patterns: message.patterns,
+                    replaced: erased
+                        .rewritten
+                        .iter()
+                        .map(|r| (r.from.clone(), r.to.clone().unwrap_or_default()))
+                        .collect(),
+                    entries: erased
+                        .rewritten
+                        .iter()
+                        .map(|r| r.removed.len() as u64)
+                        .sum(),
+                    replica: erased.replica,
+                    replica_changed: erased.replica_copies_replaced + erased.replica_rewritten,
+                    bytes_marked: erased.bytes_marked,
+                    notes: erased.notes.clone(),
+                    reason,
+                };
+                ctx.app
+                    .record_erasure(&caller.account.username, &recorded, ctx.now())
+                    .await
+                    .map_err(status)?;
+            }
+            Ok::<_, Status>(erased)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))??;
+        Ok(Response::new(EraseFilesResponse {
+            snapshots: erased
+                .rewritten
+                .into_iter()
+                .map(|r| ErasedSnapshot {
+                    snapshot: r.from,
+                    replaced_by: r.to.unwrap_or_default(),
+                    paths_total: r.removed.len() as u64,
+                    paths: r.removed.into_iter().take(100).collect(),
+                })
+                .collect(),
+            snapshots_unchanged: erased.unchanged as u64,
+            dry_run: erased.dry_run,
+            replica: erased.replica,
+            replica_copies_replaced: erased.replica_copies_replaced,
+            replica_rewritten: erased.replica_rewritten,
+            packs_repacked: erased.packs_repacked,
+            bytes_marked: erased.bytes_marked,
+            deletable_after: convert::opt_time(erased.deletable_after),
+            notes: erased.notes,
         }))
     }
 

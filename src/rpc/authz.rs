@@ -42,6 +42,8 @@ const ADMIN: &[Role] = &[Admin];
 const RESTORE_APPROVERS: &[Role] = &[KabidTik, Admin];
 /// Who holds a snapshot past its retention, or releases it.
 const HOLDERS: &[Role] = &[KabidTik, KasiInfras, Admin];
+/// Who takes files out of a server's backups.
+const ERASERS: &[Role] = &[KabidTik, Admin];
 /// Those who hand servers over and look after their agents.
 const AGENT_OFFICERS: &[Role] = &[KasiInfras, Petugas, Admin];
 /// No person: the method is for agents, with their own credential.
@@ -120,6 +122,7 @@ pub const MATRIX: &[Rule] = &[
     Rule { method: "/cadang.v1.RestoreService/GetRestoreRequest", roles: EVERYONE, scope: OWN_AGENCY },
     Rule { method: "/cadang.v1.RestoreService/ConfirmOlderSnapshot", roles: RESTORE_APPROVERS, scope: "the roles of the approval step (C3), once the plan is approved" },
     Rule { method: "/cadang.v1.RestoreService/HoldSnapshot", roles: HOLDERS, scope: "every hold and release audited with its reason" },
+    Rule { method: "/cadang.v1.RestoreService/EraseFiles", roles: ERASERS, scope: "refused while a snapshot it would change is held; every erasure audited with its reason and patterns (not the paths removed)" },
 ];
 
 /// Paths served without a token: health checks and server reflection (they reveal the
