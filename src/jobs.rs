@@ -1307,9 +1307,11 @@ mod tests {
     }
 
     /// A plan's retention removes its own snapshots only (another plan of the same agency,
-    /// which keeps more, loses nothing), and never one its holds keep.
+    /// which keeps more, loses nothing), and never one its holds keep; once a replication
+    /// made the replica, the same policy applies there (a copy of a snapshot held after
+    /// it was copied is kept), and before that no replica is made.
     #[test]
-    fn retention_keeps_to_its_own_plans_snapshots() {
+    fn retention_keeps_to_its_own_plans_snapshots_in_the_primary_and_the_replica() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let replicas = dir.path().join("replicas");

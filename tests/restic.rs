@@ -429,7 +429,7 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
         &site.kasi,
         request,
         (&source, &repo, &password),
-        &[],
+        &["--keep-last", "1"],
     )["plan"]["id"]
         .as_i64()
         .unwrap()
@@ -867,6 +867,15 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
     assert_eq!(again["status"], "ok", "{again}");
     assert_eq!(stats(&again)["snapshots_copied"], 0, "{again}");
     assert_eq!(stats(&again)["snapshots_skipped"], 2, "{again}");
+    // Retention keeps the newest of the plan's snapshots, in the repository and in the
+    // replica alike.
+    let retention = run_now(&server, &site.petugas, &plan, "retention", 6);
+    assert_eq!(retention["status"], "ok", "{retention}");
+    let kept = stats(&retention);
+    for prefix in ["", "replica_"] {
+        assert_eq!(kept[format!("{prefix}snapshots_kept")], 1, "{retention}");
+        assert_eq!(kept[format!("{prefix}snapshots_removed")], 1, "{retention}");
+    }
     // The replica's password is the daemon's to derive: the primary's does not open it.
     let foreign = Command::new("restic")
         .args(["snapshots", "--no-cache"])

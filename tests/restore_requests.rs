@@ -202,6 +202,51 @@ fn attempts(shown: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The data directory and config of a daemon with Dinkes' replica on local disk under
+/// `dir`, and the replica root.
+fn replica_config(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let replica_root = dir.join("replica");
+    let config = dir.join("cadang.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n[repositories]\nreplica_root = \"{}\"\n",
+            replica_root.display()
+        ),
+    )
+    .unwrap();
+    (dir.join("var"), config, replica_root)
+}
+
+/// Dinkes' backup request for the web server taken to B2 with a plan backing `source`
+/// up through the server's agent (B2 completed: its first run is queued).
+fn simkes_plan(server: &str, site: &Site, dir: &Path, source: &Path, web: i64) -> (i64, String) {
+    let backup_request = active_backup_request(server, site, site.dinkes, dir, "simkes");
+    let plan = ok(
+        server,
+        &site.kasi,
+        &[
+            "plan",
+            "create",
+            "--request",
+            &backup_request.to_string(),
+            "--name",
+            "simkes",
+            "--path",
+            &source.display().to_string(),
+            "--on-server",
+            &web.to_string(),
+            "--schedule",
+            "0 1 * * *",
+        ],
+    )[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    step(server, &site.kasi, backup_request, "complete", 2, &[]);
+    (backup_request, plan)
+}
+
 /// The location and password of Dinkes' repository (or its replica) from `cadang admin
 /// repository`: break glass, for the engine's own commands.
 fn break_glass(data: &Path, config: &Path, replica: bool) -> (String, String) {
@@ -236,17 +281,7 @@ fn engine_cli(location: &str, password: &str, args: &[&str]) -> std::process::Ou
 #[test]
 fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("var");
-    let replica_root = dir.path().join("replica");
-    let config = dir.path().join("cadang.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n[repositories]\nreplica_root = \"{}\"\n",
-            replica_root.display()
-        ),
-    )
-    .unwrap();
+    let (data, config, replica_root) = replica_config(dir.path());
     let (_daemon, _admin, server, site) = Daemon::with_site(&data, Some(&config));
     let web = register_server(
         dir.path(),
@@ -303,29 +338,7 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     .unwrap();
     std::fs::write(source.join("db/dump.sql"), noise(11, 2 << 20)).unwrap();
     std::fs::write(source.join("db/config.ini"), "port = 5432\n").unwrap();
-    let backup_request = active_backup_request(&server, &site, site.dinkes, dir.path(), "simkes");
-    let plan = ok(
-        &server,
-        &site.kasi,
-        &[
-            "plan",
-            "create",
-            "--request",
-            &backup_request.to_string(),
-            "--name",
-            "simkes",
-            "--path",
-            &source.display().to_string(),
-            "--on-server",
-            &web.to_string(),
-            "--schedule",
-            "0 1 * * *",
-        ],
-    )[0]["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
-    step(&server, &site.kasi, backup_request, "complete", 2, &[]);
+    let (backup_request, plan) = simkes_plan(&server, &site, dir.path(), &source, web);
     assert_eq!(wait_for_run(&server, &site.kasi, &plan, 1)["status"], "ok");
     ok(
         &server,
@@ -976,17 +989,7 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
 #[test]
 fn an_erasure_takes_files_out_of_every_backup_and_of_the_replica() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("var");
-    let replica_root = dir.path().join("replica");
-    let config = dir.path().join("cadang.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nlisten = \"127.0.0.1:0\"\n[scheduler]\ntick_secs = 1\nlease_secs = 5\nagent_wait_secs = 30\n[repositories]\nreplica_root = \"{}\"\n",
-            replica_root.display()
-        ),
-    )
-    .unwrap();
+    let (data, config, _) = replica_config(dir.path());
     let (_daemon, _admin, server, site) = Daemon::with_site(&data, Some(&config));
     let web = register_server(
         dir.path(),
@@ -1011,29 +1014,7 @@ fn an_erasure_takes_files_out_of_every_backup_and_of_the_replica() {
     std::fs::write(source.join("html/index.html"), "<h1>SIMKES</h1>\n").unwrap();
     std::fs::write(source.join("data/ktp-warga.csv"), noise(21, 300 << 10)).unwrap();
     std::fs::write(source.join("data/jadwal.csv"), "senin,dokter umum\n").unwrap();
-    let backup_request = active_backup_request(&server, &site, site.dinkes, dir.path(), "simkes");
-    let plan = ok(
-        &server,
-        &site.kasi,
-        &[
-            "plan",
-            "create",
-            "--request",
-            &backup_request.to_string(),
-            "--name",
-            "simkes",
-            "--path",
-            &source.display().to_string(),
-            "--on-server",
-            &web.to_string(),
-            "--schedule",
-            "0 1 * * *",
-        ],
-    )[0]["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
-    step(&server, &site.kasi, backup_request, "complete", 2, &[]);
+    let (_, plan) = simkes_plan(&server, &site, dir.path(), &source, web);
     assert_eq!(wait_for_run(&server, &site.kasi, &plan, 1)["status"], "ok");
     std::fs::write(source.join("html/index.html"), "<h1>SIMKES v2</h1>\n").unwrap();
     ok(&server, &site.petugas, &["plan", "run-now", &plan]);

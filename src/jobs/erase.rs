@@ -79,8 +79,10 @@ fn engine(error: Error) -> EraseError {
 /// would go and changes nothing.
 ///
 /// # Errors
-/// [`EraseError`]; nothing is changed unless the error is a repository's, and then what
-/// was done is finished by running the erasure again.
+/// [`EraseError`], before anything is changed, or when the primary could not be
+/// rewritten (what was done is then finished by running the erasure again). Once the
+/// primary is rewritten, what could not be done (the replica's part, a prune) is in
+/// [`EraseReport::notes`].
 pub fn erase(
     repositories: &Repositories,
     handle: &Handle,
@@ -149,7 +151,18 @@ pub fn erase(
         .map_err(EraseError::Repository)?;
     if let Some(replica) = &replica {
         report.replica = true;
-        erase_replica(&primary, replica, server, &replaced, &options, &mut report)?;
+        // The primary is done: what stops the replica's part is left to a second run.
+        if let Err(error) =
+            erase_replica(&primary, replica, server, &replaced, &options, &mut report)
+        {
+            let why = match error {
+                EraseError::Request(why) | EraseError::Repository(why) => why,
+                EraseError::Held(held) => format!("held: {}", held.join(", ")),
+            };
+            report.notes.push(format!(
+                "the replica was not erased completely ({why}); run the erasure again"
+            ));
+        }
     }
     // Every pack that held a removed file is repacked and marked now, the replica's too.
     let grace = PruneOptions::default().grace;

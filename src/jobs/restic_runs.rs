@@ -78,7 +78,12 @@ pub async fn execute(
                 )
                 .await
             }
-            "retention" => retention(&restic, repo, spec, run).await,
+            "retention" => match retention(&restic, repo, spec, run).await {
+                Ok(end) => {
+                    replica_retention(&restic, repositories, agency_code, spec, run, end).await
+                }
+                Err(error) => Err(error),
+            },
             "verify" => verify(&restic, repo, spec, sequence).await,
             "drill" => drill(&restic, repo, &repositories.scratch, run, &signal).await,
             "import" => import(&restic, repo).await,
@@ -268,20 +273,16 @@ fn keep(count: u32) -> Option<u32> {
     (count > 0).then_some(count)
 }
 
-async fn retention(
-    restic: &Restic,
-    repo: &ResticRepo,
-    spec: &PlanSpec,
-    run: &RunRecord,
-) -> Result<RunEnd, String> {
+/// The plan's retention policy, on the plan's own snapshots (an adopted repository may
+/// hold others' too), keeping held ones.
+fn policy(spec: &PlanSpec, run: &RunRecord) -> Result<KeepPolicy, String> {
     let retention = &spec.retention;
     if retention.is_empty() {
         return Err(
             "the plan's retention policy keeps nothing; refusing to remove every snapshot".into(),
         );
     }
-    // Only the plan's own snapshots: an adopted repository may hold others' too.
-    let policy = KeepPolicy {
+    Ok(KeepPolicy {
         last: keep(retention.last),
         hourly: keep(retention.hourly),
         daily: keep(retention.daily),
@@ -291,9 +292,57 @@ async fn retention(
         tags: vec![format!("plan:{}", run.plan_id)],
         keep_tags: super::with_hold(&retention.keep_tags),
         ..KeepPolicy::default()
+    })
+}
+
+/// The plan's retention on its restic replica, once a replication made it: the same
+/// policy on the replica's copies (`restic copy` keeps times and tags), then a prune. As
+/// for cadang replicas, it is applied to what the replica holds, not mirrored from what
+/// the primary lost.
+async fn replica_retention(
+    restic: &Restic,
+    repositories: &Repositories,
+    agency_code: &str,
+    spec: &PlanSpec,
+    run: &RunRecord,
+    mut end: RunEnd,
+) -> Result<RunEnd, String> {
+    if !repositories.has_replica() {
+        return Ok(end);
+    }
+    let replica = repositories.restic_replica(agency_code, run.plan_id)?;
+    let failed = |error: ResticError| {
+        format!(
+            "the primary's retention is done; the replica's failed: {}",
+            restic_error(error)
+        )
     };
+    match restic.snapshots(&replica, &[]).await {
+        Ok(_) => {}
+        Err(ResticError::RepositoryNotFound { .. }) => return Ok(end),
+        Err(error) => return Err(failed(error)),
+    }
     let outcome = restic
-        .forget(repo, &policy, true)
+        .forget(&replica, &policy(spec, run)?, true)
+        .await
+        .map_err(failed)?;
+    if let Ok(mut stats) = serde_json::from_str::<serde_json::Value>(&end.stats_json) {
+        stats["replica_snapshots_kept"] = json!(outcome.kept.len());
+        stats["replica_snapshots_removed"] = json!(outcome.removed.len());
+        stats["replica_pruned"] = json!(outcome.pruned);
+        end.stats_json = stats.to_string();
+    }
+    Ok(end)
+}
+
+async fn retention(
+    restic: &Restic,
+    repo: &ResticRepo,
+    spec: &PlanSpec,
+    run: &RunRecord,
+) -> Result<RunEnd, String> {
+    let outcome = restic
+        .forget(repo, &policy(spec, run)?, true)
         .await
         .map_err(restic_error)?;
     Ok(RunEnd {
