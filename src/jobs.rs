@@ -299,12 +299,7 @@ impl Repositories {
                 Repository::init_from(handle, store, password, options, primary)
             },
         )?;
-        if opened.keys().fingerprint() != primary.keys().fingerprint() {
-            return Err(format!(
-                "the repository at {location} is not a replica of the agency's repository (other keys)"
-            ));
-        }
-        Ok(opened)
+        replica_of(primary, opened, &location)
     }
 
     /// Opens an agency's replica repository when there is one: `None` without replicas,
@@ -341,12 +336,7 @@ impl Repositories {
                 ));
             }
         };
-        if replica.keys().fingerprint() != primary.keys().fingerprint() {
-            return Err(format!(
-                "the repository at {location} is not a replica of the agency's repository (other keys)"
-            ));
-        }
-        Ok(Some(replica))
+        replica_of(primary, replica, &location).map(Some)
     }
 
     /// Opens an agency's repository, creating it on first use; new objects are written
@@ -412,6 +402,20 @@ fn open_or_create(
         }
         Err(error) => Err(format!("cannot open the {what} at {location}: {error}")),
     }
+}
+
+/// `replica`, when it shares `primary`'s keys (it was made from it).
+fn replica_of(
+    primary: &Repository,
+    replica: Repository,
+    location: &str,
+) -> Result<Repository, String> {
+    if replica.keys().fingerprint() != primary.keys().fingerprint() {
+        return Err(format!(
+            "the repository at {location} is not a replica of the agency's repository (other keys)"
+        ));
+    }
+    Ok(replica)
 }
 
 /// Derivation context of the replica passwords (from the repositories' sub-key).
