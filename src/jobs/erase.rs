@@ -124,9 +124,15 @@ pub fn erase(
         .iter()
         .map(|(id, snapshot)| (*id, snapshot.rewritten_from))
         .collect();
+    // Only the snapshots the preview found matches in are walked again.
+    let unchanged = preview.unchanged.len();
+    let touched: Vec<_> = snapshots
+        .into_iter()
+        .filter(|(id, _)| touched.contains(id.to_hex().as_str()))
+        .collect();
     let done = rewrite(
         &primary,
-        snapshots,
+        touched,
         &RewriteOptions {
             dry_run: false,
             ..options.clone()
@@ -145,7 +151,10 @@ pub fn erase(
             })
         })
         .collect();
-    let mut report = report_of(done);
+    let mut report = EraseReport {
+        unchanged,
+        ..report_of(done)
+    };
     let replica = repositories
         .existing_replica(handle, agency_code, &primary)
         .map_err(EraseError::Repository)?;
