@@ -1074,7 +1074,10 @@ fn an_erasure_takes_files_out_of_every_backup_and_of_the_replica() {
         erase(&site.kabid, reason, &["-e", &source.display().to_string()]),
         "INVALID_ARGUMENT",
     );
-    assert!(emptied.contains("every path"), "{emptied}");
+    assert!(
+        emptied.contains("every path") && emptied.contains("narrow the patterns"),
+        "{emptied}"
+    );
 
     // A dry run lists what would go and changes nothing.
     let before = ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]);
@@ -1140,6 +1143,7 @@ fn an_erasure_takes_files_out_of_every_backup_and_of_the_replica() {
     );
     assert!(!erased["deletable_after"].as_str().unwrap().is_empty());
     assert_eq!(erased["notes"], serde_json::json!([]), "{erased}");
+    assert_eq!(erased["remaining"], serde_json::json!([]), "{erased}");
     let listed = ok(&server, &site.kasi, &["restore-job", "snapshots", &web_id]);
     let ids = |list: &Value, field: &str| {
         let mut ids: Vec<String> = list

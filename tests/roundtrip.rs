@@ -866,7 +866,7 @@ fn rewrite_leaves_files_out_of_snapshots_and_prune_frees_their_data() {
     );
     let out = run(cadang(repo).args(["rewrite", "-e"]).arg(&other), 1);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("forget it instead"),
+        String::from_utf8_lossy(&out.stderr).contains("`cadang forget` removes a whole snapshot"),
         "{out:?}"
     );
     assert_eq!(snapshot_ids(repo), ids);
@@ -919,6 +919,17 @@ fn rewrite_leaves_files_out_of_snapshots_and_prune_frees_their_data() {
         0,
     );
     assert_eq!(last_json(&find)["matches"], 0, "{find:?}");
+    // An id that was forgotten for its replacement is named with the replacement, and
+    // nothing acts on it in its place.
+    let old = run(cadang(repo).args(["ls", &ids[1][..8]]), 1);
+    let to = rewritten[1]["to"].as_str().unwrap();
+    assert!(
+        String::from_utf8_lossy(&old.stderr)
+            .contains(&format!("it was replaced by snapshot {}", &to[..8])),
+        "{old:?}"
+    );
+    run(cadang(repo).args(["forget", &ids[1][..8]]), 1);
+    assert_eq!(snapshot_ids(repo).len(), 3);
     // A second rewrite finds nothing to do.
     let again = summary(&run(cadang(repo).arg("--json").args(args), 0));
     assert_eq!(again["rewritten"], serde_json::json!([]));

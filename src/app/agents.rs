@@ -215,6 +215,8 @@ pub struct Erasure {
     pub bytes_marked: u64,
     /// What is left to do.
     pub notes: Vec<String>,
+    /// Snapshots still holding matches at the end (`primary:ID`, `replica:ID`).
+    pub remaining: Vec<String>,
     /// Why.
     pub reason: String,
 }
@@ -732,6 +734,7 @@ impl App {
             "replica_snapshots_changed": erasure.replica_changed,
             "bytes_marked": erasure.bytes_marked,
             "notes": erasure.notes,
+            "remaining": erasure.remaining,
             "reason": erasure.reason,
         }));
         work.commit().await

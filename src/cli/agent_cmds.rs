@@ -819,11 +819,22 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             "bytes_marked": erased.bytes_marked,
                             "deletable_after": erased.deletable_after,
                             "notes": erased.notes,
+                            "remaining": erased.remaining.iter().map(|r| json!({
+                                "snapshot": r.snapshot,
+                                "replica": r.replica,
+                                "held": r.held,
+                                "paths_total": r.paths_total,
+                            })).collect::<Vec<_>>(),
                         }));
                     } else {
                         print_erasure(&erased);
                     }
-                    Ok(ExitCode::Ok)
+                    // Matches left behind (a hold, a backup while it ran): not complete.
+                    Ok(if erased.remaining.is_empty() {
+                        ExitCode::Ok
+                    } else {
+                        ExitCode::Partial
+                    })
                 }
                 RestoreJobCmd::Ls {
                     server,

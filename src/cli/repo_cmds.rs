@@ -1265,7 +1265,14 @@ fn rewrite(ctx: &Ctx, a: super::RewriteArgs) -> anyhow::Result<ExitCode> {
             hook: None,
             cancel: Some(ctx.cancel.clone()),
         },
-    )?;
+    )
+    .map_err(|error| match error {
+        // A snapshot the patterns would leave empty.
+        crate::engine::Error::Refused(message) => {
+            anyhow::anyhow!("{message}: `cadang forget` removes a whole snapshot")
+        }
+        other => other.into(),
+    })?;
     if ctx.g.json {
         let mut v = serde_json::to_value(&rep)?;
         v["message_type"] = json!("summary");

@@ -543,7 +543,33 @@ impl Repository {
                 .ok_or_else(|| Error::InvalidInput("the repository has no snapshots yet".into()));
         }
         let all: Vec<SnapshotId> = self.list_snapshot_ids()?.into_iter().map(|s| s.0).collect();
-        unique_prefix(spec, &all, "snapshot")
+        let missing = match unique_prefix(spec, &all, "snapshot") {
+            Err(Error::InvalidInput(missing)) if !all.iter().any(|id| id_matches(id, spec)) => {
+                missing
+            }
+            other => return other,
+        };
+        // An id that was replaced (`rewrite`, a tag change) is named with its replacement
+        // rather than followed: forgetting "the old id" must not reach the new snapshot.
+        let Ok((snaps, _)) = self.load_snapshots() else {
+            return Err(Error::InvalidInput(missing));
+        };
+        let by: Vec<SnapshotId> = snaps
+            .iter()
+            .filter(|(_, s)| s.rewritten_from.is_some_and(|from| id_matches(&from, spec)))
+            .map(|(id, _)| *id)
+            .collect();
+        Err(Error::InvalidInput(match by.as_slice() {
+            [one] => format!("{missing}: it was replaced by snapshot {}", one.short()),
+            [] => missing,
+            more => format!(
+                "{missing}: it was replaced by snapshots {}",
+                more.iter()
+                    .map(SnapshotId::short)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }))
     }
 
     /// Delete a snapshot object.
@@ -838,6 +864,11 @@ impl Repository {
 }
 
 /// Resolve an id prefix against candidates.
+/// Whether `id` starts with the hex digits of `prefix` (any case; 4 digits at least).
+fn id_matches(id: &SnapshotId, prefix: &str) -> bool {
+    prefix.len() >= 4 && id.to_string().starts_with(&prefix.to_ascii_lowercase())
+}
+
 fn unique_prefix<T: Copy + std::fmt::Display>(prefix: &str, all: &[T], what: &str) -> Result<T> {
     let p = prefix.to_ascii_lowercase();
     if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -184,7 +184,7 @@ impl Rewriter<'_> {
 ///
 /// # Errors
 /// `InvalidInput` without patterns or with a malformed one; `Refused` when a snapshot
-/// would be left empty (forget it instead); damage in a snapshot's trees and storage
+/// would be left empty; damage in a snapshot's trees and storage
 /// errors stop the rewrite before any snapshot is written.
 pub fn rewrite(
     repo: &Repository,
@@ -379,7 +379,8 @@ fn walk_all(w: &mut Rewriter<'_>, snapshots: Vec<(SnapshotId, Snapshot)>) -> Res
         .find(|(_, s)| !s.paths.is_empty() && s.paths.iter().all(|p| w.excludes.is_match(p)))
     {
         return Err(Error::Refused(format!(
-            "the patterns leave out every path of snapshot {}: forget it instead",
+            "the patterns leave out every path of snapshot {}, and a snapshot is never \
+             rewritten empty",
             id.short()
         )));
     }

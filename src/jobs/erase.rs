@@ -15,6 +15,11 @@
 //! A snapshot under a hold is never changed: the erasure is refused while one it would
 //! touch is held. An erasure stopped anywhere leaves every snapshot readable (a
 //! replacement is stored before its original goes) and is finished by running it again.
+//!
+//! The erasure ends by looking again: every snapshot of the server, in both repositories,
+//! is searched for the patterns once more. What still matches — a snapshot held or
+//! written by a backup while the erasure ran — is reported ([`EraseReport::remaining`]),
+//! never passed over in silence.
 
 use std::collections::HashSet;
 
@@ -54,6 +59,42 @@ pub struct EraseReport {
     pub deletable_after: Option<DateTime<Utc>>,
     /// What is left to do: a prune that could not run now, say.
     pub notes: Vec<String>,
+    /// Snapshots that still hold matches when the erasure ends (held, or written, while
+    /// it ran); empty in a dry run and after a complete erasure.
+    pub remaining: Vec<Remaining>,
+}
+
+/// A snapshot found still holding matches when an erasure ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remaining {
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// In the replica (otherwise the primary).
+    pub replica: bool,
+    /// It is held: only releasing it lets an erasure change it.
+    pub held: bool,
+    /// Matching paths in it.
+    pub paths: usize,
+}
+
+impl Remaining {
+    /// What the officer does about it.
+    pub fn note(&self) -> String {
+        let place = if self.replica { "replica" } else { "primary" };
+        let (id, n) = (self.snapshot.short(), self.paths);
+        if self.held {
+            format!(
+                "snapshot {id} ({place}) was held while the erasure ran and still holds {n} \
+                 matching path(s): release its hold and run the erasure again"
+            )
+        } else {
+            format!(
+                "snapshot {id} ({place}) still holds {n} matching path(s): it was written \
+                 while the erasure ran (are the files still on the server?); run the erasure \
+                 again"
+            )
+        }
+    }
 }
 
 /// Why an erasure did not run.
@@ -69,7 +110,12 @@ pub enum EraseError {
 
 fn engine(error: Error) -> EraseError {
     match error {
-        Error::InvalidInput(message) | Error::Refused(message) => EraseError::Request(message),
+        Error::InvalidInput(message) => EraseError::Request(message),
+        // The one refusal of a rewrite: a snapshot the patterns would leave empty.
+        Error::Refused(message) => EraseError::Request(format!(
+            "{message}; an erasure keeps every snapshot (only retention removes one), so \
+             narrow the patterns"
+        )),
         other => EraseError::Repository(other.to_string()),
     }
 }
@@ -91,6 +137,31 @@ pub fn erase(
     patterns: &[String],
     dry_run: bool,
     now: DateTime<Utc>,
+) -> Result<EraseReport, EraseError> {
+    erase_with(
+        repositories,
+        handle,
+        agency_code,
+        server,
+        patterns,
+        dry_run,
+        now,
+        |_| (),
+    )
+}
+
+/// [`erase`], with `meanwhile` run on the primary between the look at its snapshots and
+/// their rewrite: where a hold or a backup of another caller can land.
+#[allow(clippy::too_many_arguments)]
+fn erase_with(
+    repositories: &Repositories,
+    handle: &Handle,
+    agency_code: &str,
+    server: &Server,
+    patterns: &[String],
+    dry_run: bool,
+    now: DateTime<Utc>,
+    meanwhile: impl FnOnce(&Repository),
 ) -> Result<EraseReport, EraseError> {
     let primary = repositories
         .open(handle, agency_code, None, None)
@@ -124,11 +195,19 @@ pub fn erase(
         .iter()
         .map(|(id, snapshot)| (*id, snapshot.rewritten_from))
         .collect();
-    // Only the snapshots the preview found matches in are walked again.
+    meanwhile(&primary);
+    // Only the snapshots the preview found matches in are walked again, and only those
+    // still there: one held since has a new id (it is not to be changed, and the look at
+    // the end reports it), one forgotten since needs no replacement.
     let unchanged = preview.unchanged.len();
+    let present: HashSet<SnapshotId> = server_snapshots(&primary, server)
+        .map_err(EraseError::Repository)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let touched: Vec<_> = snapshots
         .into_iter()
-        .filter(|(id, _)| touched.contains(id.to_hex().as_str()))
+        .filter(|(id, _)| touched.contains(id.to_hex().as_str()) && present.contains(id))
         .collect();
     let done = rewrite(
         &primary,
@@ -199,7 +278,61 @@ pub fn erase(
         }
     }
     report.deletable_after = Some(now + grace);
+    // The look at the end: whatever still matches is named.
+    for (repository, is_replica) in [(Some(&primary), false), (replica.as_ref(), true)] {
+        let Some(repository) = repository else {
+            continue;
+        };
+        match remaining(repository, server, &options, is_replica) {
+            Ok(found) => report.remaining.extend(found),
+            Err(error) => report.notes.push(format!(
+                "the {} repository could not be searched again after the erasure ({error}); \
+                 run it again with --dry-run to see what still matches",
+                if is_replica { "replica" } else { "primary" }
+            )),
+        }
+    }
+    for found in &report.remaining {
+        report.notes.push(found.note());
+    }
     Ok(report)
+}
+
+/// The server's snapshots in `repository` that the patterns of `options` still match.
+fn remaining(
+    repository: &Repository,
+    server: &Server,
+    options: &RewriteOptions,
+    replica: bool,
+) -> Result<Vec<Remaining>, String> {
+    let snapshots = server_snapshots(repository, server)?;
+    let held: HashSet<SnapshotId> = snapshots
+        .iter()
+        .filter(|(_, snapshot)| snapshot.tags.iter().any(|tag| tag == crate::app::HOLD_TAG))
+        .map(|(id, _)| *id)
+        .collect();
+    let found = rewrite(
+        repository,
+        snapshots,
+        &RewriteOptions {
+            dry_run: true,
+            ..options.clone()
+        },
+    )
+    .map_err(|error| error.to_string())?;
+    Ok(found
+        .rewritten
+        .into_iter()
+        .filter_map(|r| {
+            let snapshot = SnapshotId::from_hex(&r.from).ok()?;
+            Some(Remaining {
+                snapshot,
+                replica,
+                held: held.contains(&snapshot),
+                paths: r.removed.len(),
+            })
+        })
+        .collect())
 }
 
 /// A snapshot of the primary the erasure replaced.
@@ -243,7 +376,12 @@ fn erase_replica(
             report.replica_copies_replaced += 1;
         }
     }
-    let rest = server_snapshots(replica, server).map_err(EraseError::Repository)?;
+    // A copy under a hold of its own is not changed (the look at the end reports it).
+    let rest: Vec<_> = server_snapshots(replica, server)
+        .map_err(EraseError::Repository)?
+        .into_iter()
+        .filter(|(_, copy)| !copy.tags.iter().any(|tag| tag == crate::app::HOLD_TAG))
+        .collect();
     let again = rewrite(
         replica,
         rest,
@@ -263,5 +401,203 @@ fn report_of(rewritten: RewriteReport) -> EraseReport {
         dry_run: rewritten.dry_run,
         rewritten: rewritten.rewritten,
         ..EraseReport::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::catalog::{AgencyId, HardwareSpec, ServerId, ServerStatus};
+    use crate::engine::backup::{BackupOptions, BackupProgress, backup};
+    use crate::engine::rewrite::{TagChange, retag};
+    use crate::engine::store::StoreOptions;
+
+    fn server() -> Server {
+        let now = Utc::now();
+        Server {
+            id: ServerId(5),
+            agency_id: AgencyId(1),
+            request_id: None,
+            name: "simkes".into(),
+            hardware: HardwareSpec::default(),
+            ip_addresses: vec![],
+            domain: None,
+            domain_activated_on: None,
+            noc: None,
+            rack_id: None,
+            u_position: None,
+            u_size: 1,
+            power_draw_w: 300,
+            bandwidth_mbps: 100,
+            permanent: true,
+            temporary_until: None,
+            status: ServerStatus::Active,
+            host_admin_user: None,
+            host_admin_secret_id: None,
+            contact: None,
+            registered_at: now,
+            updated_at: now,
+            withdrawn_at: None,
+        }
+    }
+
+    fn back_up(repository: &Repository, source: &Path) -> SnapshotId {
+        backup(
+            repository,
+            &BackupOptions {
+                paths: vec![source.to_path_buf()],
+                tags: vec!["server:5".into()],
+                ..Default::default()
+            },
+            &BackupProgress::default(),
+        )
+        .unwrap()
+        .snapshot_id
+    }
+
+    /// A hold set, and a backup committed, between an erasure's look at the snapshots and
+    /// its rewrite: the held snapshot is neither changed nor duplicated, and both are
+    /// reported as still holding the file instead of the erasure claiming it complete.
+    #[test]
+    fn what_is_held_or_written_while_an_erasure_runs_is_reported_not_passed_over() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repositories = Repositories::new(
+            dir.path().join("repositories").display().to_string(),
+            [4; 32],
+            StoreOptions::default(),
+        );
+        let source = dir.path().join("srv");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("kept"), b"kept").unwrap();
+        std::fs::write(source.join("ktp.csv"), b"personal data").unwrap();
+        let primary = repositories
+            .open(runtime.handle(), "DINKES", None, None)
+            .unwrap();
+        let first = back_up(&primary, &source);
+        std::fs::write(source.join("kept"), b"kept, changed").unwrap();
+        let second = back_up(&primary, &source);
+        let server = server();
+        let patterns = vec!["**/ktp.csv".to_owned()];
+
+        // A pattern that would leave a snapshot empty is refused in the daemon's words.
+        let everything = vec![format!("{}", source.display())];
+        match erase(
+            &repositories,
+            runtime.handle(),
+            "DINKES",
+            &server,
+            &everything,
+            false,
+            Utc::now(),
+        ) {
+            Err(EraseError::Request(message)) => {
+                assert!(message.contains("narrow the patterns"), "{message}");
+                assert!(!message.contains("forget it"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut held = None;
+        let mut written = None;
+        let report = erase_with(
+            &repositories,
+            runtime.handle(),
+            "DINKES",
+            &server,
+            &patterns,
+            false,
+            Utc::now(),
+            |primary| {
+                let (snapshots, _) = primary.load_snapshots().unwrap();
+                let chosen = snapshots.into_iter().find(|(id, _)| *id == first).unwrap();
+                let hold = TagChange {
+                    add: vec![crate::app::HOLD_TAG.into()],
+                    ..Default::default()
+                };
+                held = Some(retag(primary, vec![chosen], &hold).unwrap()[0].1);
+                written = Some(back_up(primary, &source));
+            },
+        )
+        .unwrap();
+        let (held, written) = (held.unwrap(), written.unwrap());
+        assert_eq!(
+            report
+                .rewritten
+                .iter()
+                .map(|r| r.from.clone())
+                .collect::<Vec<_>>(),
+            vec![second.to_hex()]
+        );
+        let mut remaining = report.remaining.clone();
+        remaining.sort_by_key(|r| r.held);
+        assert_eq!(
+            remaining,
+            vec![
+                Remaining {
+                    snapshot: written,
+                    replica: false,
+                    held: false,
+                    paths: 1
+                },
+                Remaining {
+                    snapshot: held,
+                    replica: false,
+                    held: true,
+                    paths: 1
+                },
+            ]
+        );
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains(&held.short()) && n.contains("release its hold")),
+            "{:?}",
+            report.notes
+        );
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains(&written.short()) && n.contains("written while")),
+            "{:?}",
+            report.notes
+        );
+        // The held snapshot, the new backup and the replacement of the second: no copy of
+        // the held one without the file.
+        let (snapshots, _) = primary.load_snapshots().unwrap();
+        assert_eq!(snapshots.len(), 3, "{snapshots:?}");
+        assert!(
+            snapshots
+                .iter()
+                .all(|(id, _)| *id != first && *id != second)
+        );
+
+        // Once the file is gone from the server and the hold released, the next erasure
+        // is complete.
+        std::fs::remove_file(source.join("ktp.csv")).unwrap();
+        let (snapshots, _) = primary.load_snapshots().unwrap();
+        let chosen = snapshots.into_iter().find(|(id, _)| *id == held).unwrap();
+        let release = TagChange {
+            remove: vec![crate::app::HOLD_TAG.into()],
+            ..Default::default()
+        };
+        retag(&primary, vec![chosen], &release).unwrap();
+        let report = erase(
+            &repositories,
+            runtime.handle(),
+            "DINKES",
+            &server,
+            &patterns,
+            false,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(report.rewritten.len(), 2);
+        assert!(report.remaining.is_empty(), "{:?}", report.remaining);
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
     }
 }

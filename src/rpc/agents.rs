@@ -741,6 +741,14 @@ impl restore_service_server::RestoreService for Restores {
                     replica_changed: erased.replica_copies_replaced + erased.replica_rewritten,
                     bytes_marked: erased.bytes_marked,
                     notes: erased.notes.clone(),
+                    remaining: erased
+                        .remaining
+                        .iter()
+                        .map(|r| {
+                            let place = if r.replica { "replica" } else { "primary" };
+                            format!("{place}:{}", r.snapshot.to_hex())
+                        })
+                        .collect(),
                     reason,
                 };
                 ctx.app
@@ -772,6 +780,16 @@ impl restore_service_server::RestoreService for Restores {
             bytes_marked: erased.bytes_marked,
             deletable_after: convert::opt_time(erased.deletable_after),
             notes: erased.notes,
+            remaining: erased
+                .remaining
+                .iter()
+                .map(|r| pb::RemainingMatch {
+                    snapshot: r.snapshot.to_hex(),
+                    replica: r.replica,
+                    held: r.held,
+                    paths_total: r.paths as u64,
+                })
+                .collect(),
         }))
     }
 
