@@ -474,6 +474,33 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
         &["restore-job", "snapshots", &kendal, "--from-plan", &plan],
         "PERMISSION_DENIED",
     );
+    // An erasure of the agency's server says that the plan's restic repository is out
+    // of its reach, and names the plan.
+    let erasure = ok(
+        &server,
+        &site.kabid,
+        &[
+            "restore-job",
+            "erase",
+            &web,
+            "-e",
+            "dump.sql",
+            "--reason",
+            "permintaan penghapusan",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(
+        erasure["restic_plans_unreached"],
+        serde_json::json!([plan.parse::<i64>().unwrap()]),
+        "{erasure}"
+    );
+    assert!(
+        erasure["notes"][0].as_str().unwrap().contains(&format!(
+            "plan {plan} keeps the agency's backups in a restic"
+        )),
+        "{erasure}"
+    );
 
     // What the plan's snapshots hold, to choose the `--path`s of a restore: read from
     // the restic repository, in the form of the server's own snapshots.

@@ -884,6 +884,31 @@ impl App {
         Ok((location, password, env))
     }
 
+    /// The plans of `agency` on restic repositories that may hold `server`'s files: its
+    /// own, and those run on the daemon's host (which read what they are given). An
+    /// erasure does not reach them (restic 0.14 cannot rewrite a snapshot).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn restic_plans_of_server(
+        &self,
+        agency: AgencyId,
+        server: ServerId,
+    ) -> Result<Vec<PlanId>, AppError> {
+        let mut tx = self.catalog().begin_read().await?;
+        Ok(tx
+            .plans(Some(agency))
+            .await?
+            .iter()
+            .filter(|record| {
+                spec_of(record).is_ok_and(|spec| {
+                    spec.restic.is_some() && spec.server.is_none_or(|on| on == server)
+                })
+            })
+            .map(|record| record.id)
+            .collect())
+    }
+
     /// Plans the caller may see (of one agency, or all).
     ///
     /// # Errors

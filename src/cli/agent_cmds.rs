@@ -825,12 +825,16 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                                 "held": r.held,
                                 "paths_total": r.paths_total,
                             })).collect::<Vec<_>>(),
+                            "restic_plans_unreached": erased.restic_plans_unreached,
                         }));
                     } else {
                         print_erasure(&erased);
                     }
-                    // Matches left behind (a hold, a backup while it ran): not complete.
-                    Ok(if erased.remaining.is_empty() {
+                    // Matches left behind (a hold, a backup while it ran, a restic plan's
+                    // repository): not complete.
+                    let complete =
+                        erased.remaining.is_empty() && erased.restic_plans_unreached.is_empty();
+                    Ok(if erased.dry_run || complete {
                         ExitCode::Ok
                     } else {
                         ExitCode::Partial

@@ -700,6 +700,13 @@ impl restore_service_server::RestoreService for Restores {
             ));
         }
         let (record, code, repositories) = self.readable_server(&caller, message.server_id).await?;
+        let unreached = self
+            .0
+            .app
+            .restic_plans_of_server(record.agency_id, server)
+            .await
+            .map_err(status)?;
+        let restic_plans_unreached = unreached.iter().map(|plan| plan.0).collect();
         let turn = self.0.browsing_turn().await?;
         let ctx = self.0.clone();
         // The erasure and its audit record run to their end even when the caller has
@@ -708,7 +715,7 @@ impl restore_service_server::RestoreService for Restores {
             let handle = tokio::runtime::Handle::current();
             let patterns = message.patterns.clone();
             let (dry_run, now) = (message.dry_run, ctx.now());
-            let erased = tokio::task::spawn_blocking(move || {
+            let mut erased = tokio::task::spawn_blocking(move || {
                 let _turn = turn;
                 crate::jobs::erase::erase(
                     &repositories,
@@ -723,6 +730,13 @@ impl restore_service_server::RestoreService for Restores {
             .await
             .map_err(|error| Status::internal(error.to_string()))?
             .map_err(|error| erase_status(error, server))?;
+            for plan in &unreached {
+                erased.notes.push(format!(
+                    "plan {plan} keeps the agency's backups in a restic repository, which an \
+                     erasure does not reach (restic cannot rewrite a snapshot): if its snapshots \
+                     hold the files, they keep them until its retention removes them"
+                ));
+            }
             if !erased.dry_run {
                 let recorded = crate::app::Erasure {
                     server,
@@ -748,6 +762,7 @@ impl restore_service_server::RestoreService for Restores {
                             let place = if r.replica { "replica" } else { "primary" };
                             format!("{place}:{}", r.snapshot.to_hex())
                         })
+                        .chain(unreached.iter().map(|plan| format!("restic-plan:{plan}")))
                         .collect(),
                     reason,
                 };
@@ -761,6 +776,7 @@ impl restore_service_server::RestoreService for Restores {
         .await
         .map_err(|error| Status::internal(error.to_string()))??;
         Ok(Response::new(EraseFilesResponse {
+            restic_plans_unreached,
             snapshots: erased
                 .rewritten
                 .into_iter()
