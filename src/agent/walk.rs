@@ -797,9 +797,10 @@ impl Walker<'_> {
     }
 
     /// Walks `path`; `None` when it could not be read (reported as a problem).
-    fn walk(&self, path: &Path) -> Result<Option<Walked>, WalkError> {
+    fn walk(&self, path: &Path, known: Option<Metadata>) -> Result<Option<Walked>, WalkError> {
         self.check_cancel()?;
-        let meta = match std::fs::symlink_metadata(path) {
+        // The metadata the directory's listing already read, else read here.
+        let meta = match known.map_or_else(|| std::fs::symlink_metadata(path), Ok) {
             Ok(meta) => meta,
             Err(error) => {
                 self.problem(path, error);
@@ -876,7 +877,7 @@ impl Walker<'_> {
             }
         };
         let mut clean = true;
-        let mut children: Vec<PathBuf> = Vec::new();
+        let mut children: Vec<(PathBuf, Option<Metadata>)> = Vec::new();
         // A marked directory keeps only its markers.
         let only = crate::engine::backup::marked(path, &self.markers);
         for child in listing {
@@ -885,19 +886,23 @@ impl Walker<'_> {
                     if !only.is_empty() && !only.contains(&child.file_name()) {
                         continue;
                     }
-                    // Only regular files (as the listing already tells) are measured.
-                    if self.larger_than.is_some()
-                        && child.file_type().is_ok_and(|kind| kind.is_file())
-                        && child.metadata().is_ok_and(|meta| {
-                            crate::engine::backup::too_large(&meta, self.larger_than)
-                        })
-                    {
+                    let p = child.path();
+                    if self.excludes.is_match(&p) {
                         continue;
                     }
-                    let p = child.path();
-                    if !self.excludes.is_match(&p) {
-                        children.push(p);
+                    // Only regular files (as the listing already tells) are measured, and
+                    // what was read for it is not read again.
+                    let mut known = None;
+                    if self.larger_than.is_some()
+                        && child.file_type().is_ok_and(|kind| kind.is_file())
+                        && let Ok(meta) = child.metadata()
+                    {
+                        if crate::engine::backup::too_large(&meta, self.larger_than) {
+                            continue;
+                        }
+                        known = Some(meta);
                     }
+                    children.push((p, known));
                 }
                 Err(error) => {
                     clean = false;
@@ -905,9 +910,11 @@ impl Walker<'_> {
                 }
             }
         }
-        children.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
-        let walked: Result<Vec<Option<Walked>>, WalkError> =
-            children.par_iter().map(|child| self.walk(child)).collect();
+        children.sort_by(|(a, _), (b, _)| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        let walked: Result<Vec<Option<Walked>>, WalkError> = children
+            .into_par_iter()
+            .map(|(child, known)| self.walk(&child, known))
+            .collect();
         let walked = match walked {
             Ok(walked) => walked,
             Err(error) => {
@@ -1511,7 +1518,7 @@ pub fn run<L: Link + Send>(
                 walker.push_entry(entry)?;
             }
             for root in &roots {
-                if let Some(walked) = walker.walk(root)? {
+                if let Some(walked) = walker.walk(root, None)? {
                     walker.release(walked.held)?;
                 }
             }
