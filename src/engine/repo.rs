@@ -544,7 +544,12 @@ impl Repository {
         }
         let all: Vec<SnapshotId> = self.list_snapshot_ids()?.into_iter().map(|s| s.0).collect();
         let missing = match unique_prefix(spec, &all, "snapshot") {
-            Err(Error::InvalidInput(missing)) if !all.iter().any(|id| id_matches(id, spec)) => {
+            // A well-formed id that matches nothing.
+            Err(Error::InvalidInput(missing))
+                if spec.len() >= 4
+                    && spec.bytes().all(|b| b.is_ascii_hexdigit())
+                    && !all.iter().any(|id| id_matches(id, spec)) =>
+            {
                 missing
             }
             other => return other,
@@ -863,12 +868,14 @@ impl Repository {
     }
 }
 
-/// Resolve an id prefix against candidates.
 /// Whether `id` starts with the hex digits of `prefix` (any case; 4 digits at least).
 fn id_matches(id: &SnapshotId, prefix: &str) -> bool {
-    prefix.len() >= 4 && id.to_string().starts_with(&prefix.to_ascii_lowercase())
+    prefix.len() >= 4
+        && prefix.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.to_string().starts_with(&prefix.to_ascii_lowercase())
 }
 
+/// Resolve an id prefix against candidates.
 fn unique_prefix<T: Copy + std::fmt::Display>(prefix: &str, all: &[T], what: &str) -> Result<T> {
     let p = prefix.to_ascii_lowercase();
     if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
