@@ -19,6 +19,7 @@
 mod engine;
 pub mod erase;
 mod restic_runs;
+pub mod tags;
 
 pub use engine::{Context, Engine, NativeEngine, ResticEngine};
 
@@ -111,7 +112,7 @@ impl Repositories {
             return Ok(());
         };
         owed.record(
-            &format!("run:{}", run.id),
+            &tags::run(run.id),
             &after.command,
             u32::try_from(after.timeout_secs).unwrap_or(u32::MAX),
         )
@@ -123,7 +124,7 @@ impl Repositories {
     /// The run's after-backup program has run: nothing is owed.
     pub(crate) fn settle_after(&self, run: &RunRecord) {
         if let Some(owed) = &self.owed {
-            owed.settle(&format!("run:{}", run.id));
+            owed.settle(&tags::run(run.id));
         }
     }
 
@@ -585,7 +586,7 @@ fn run_backup(
     cancel: Arc<AtomicBool>,
     now: DateTime<Utc>,
 ) -> Result<RunEnd, String> {
-    let run_tag = format!("run:{}", run.id);
+    let run_tag = tags::run(run.id);
     // A run taken over from a daemon that died after committing its snapshot but before
     // recording it: adopt that snapshot instead of backing up twice.
     if run.attempts > 1 {
@@ -622,7 +623,7 @@ fn back_up_here(
 ) -> Result<RunEnd, String> {
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),
-        tags: vec![format!("plan:{}", run.plan_id), format!("run:{}", run.id)],
+        tags: vec![tags::plan(run.plan_id), tags::run(run.id)],
         excludes: spec.excludes.clone(),
         markers: spec.markers()?,
         exclude_larger_than: spec.exclude_larger_than,
@@ -789,7 +790,7 @@ fn apply_retention(
     let (mut snapshots, _) = repository
         .load_snapshots()
         .map_err(|error| error.to_string())?;
-    let tag = format!("plan:{}", run.plan_id);
+    let tag = tags::plan(run.plan_id);
     snapshots.retain(|(_, snapshot)| snapshot.tags.contains(&tag));
     let decisions = apply(&policy, &snapshots, jakarta());
     let copy_of_held = |id: &SnapshotId| {
@@ -899,7 +900,7 @@ fn run_drill(
     run: &RunRecord,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunEnd, String> {
-    let tag = format!("plan:{}", run.plan_id);
+    let tag = tags::plan(run.plan_id);
     let (snapshots, _) = repository
         .load_snapshots()
         .map_err(|error| error.to_string())?;
@@ -985,7 +986,7 @@ fn run_replicate(
     now: DateTime<Utc>,
 ) -> Result<RunEnd, String> {
     let replica = repositories.open_replica(handle, agency_code, primary, Some(cancel.clone()))?;
-    let tag = format!("plan:{}", run.plan_id);
+    let tag = tags::plan(run.plan_id);
     let (snapshots, _) = primary
         .load_snapshots()
         .map_err(|error| error.to_string())?;

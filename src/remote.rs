@@ -234,7 +234,7 @@ pub fn server_snapshots(
     repository: &Repository,
     server: &Server,
 ) -> Result<Vec<(SnapshotId, Snapshot)>, String> {
-    let tag = format!("server:{}", server.id);
+    let tag = crate::jobs::tags::server(server.id);
     let (snapshots, _) = repository
         .load_snapshots()
         .map_err(|error| error.to_string())?;
@@ -366,7 +366,7 @@ fn restore_candidates(
     server: crate::catalog::ServerId,
     replica: Option<&Replica>,
 ) -> Result<RestoreCandidates, String> {
-    let tag = format!("server:{server}");
+    let tag = crate::jobs::tags::server(server);
     let (mut snapshots, bad) = repository
         .load_snapshots()
         .map_err(|error| error.to_string())?;
@@ -536,7 +536,7 @@ pub fn backup_via_agent(
         Err(error) => return failed(error, json!({})),
     };
     let run_tag = format!("run:{}", run.id);
-    let server_tag = format!("server:{}", server.id);
+    let server_tag = crate::jobs::tags::server(server.id);
     let earlier = match server_snapshots(&repository, server) {
         Ok(snapshots) => snapshots,
         Err(error) => return failed(error, json!({})),

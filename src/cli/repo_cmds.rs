@@ -1317,10 +1317,6 @@ fn rewrite(ctx: &Ctx, a: super::RewriteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-/// The tags the daemon finds its snapshots by (`server:ID`, `plan:ID`, `run:ID`): `tag`
-/// never removes them.
-const DAEMON_TAG_PREFIXES: [&str; 3] = ["server:", "plan:", "run:"];
-
 fn tag(ctx: &Ctx, a: super::TagArgs) -> anyhow::Result<ExitCode> {
     use crate::engine::rewrite::{TagChange, retag};
     if a.add.is_empty() && a.remove.is_empty() && a.set.is_empty() {
@@ -1330,7 +1326,8 @@ fn tag(ctx: &Ctx, a: super::TagArgs) -> anyhow::Result<ExitCode> {
         set: (!a.set.is_empty()).then(|| a.set.clone()),
         add: a.add.clone(),
         remove: a.remove.clone(),
-        protected_prefixes: DAEMON_TAG_PREFIXES
+        // The tags the daemon finds its snapshots by: `tag` never removes them.
+        protected_prefixes: crate::jobs::tags::PREFIXES
             .iter()
             .map(|p| (*p).to_owned())
             .collect(),

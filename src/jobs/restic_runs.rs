@@ -143,7 +143,7 @@ async fn backup(
     cancel: &Arc<AtomicBool>,
     progress: &Progress,
 ) -> Result<RunEnd, String> {
-    let run_tag = format!("run:{}", run.id);
+    let run_tag = super::tags::run(run.id);
     // A run taken over from a daemon that died after restic saved the snapshot but
     // before the run was recorded: adopt that snapshot instead of backing up twice.
     if run.attempts > 1
@@ -189,10 +189,10 @@ async fn back_up_with_restic(
     signal: &Cancel,
     progress: &Progress,
 ) -> Result<RunEnd, String> {
-    let run_tag = format!("run:{}", run.id);
+    let run_tag = super::tags::run(run.id);
     let options = BackupOptions {
         paths: spec.paths.iter().map(PathBuf::from).collect(),
-        tags: vec![format!("plan:{}", run.plan_id), run_tag],
+        tags: vec![super::tags::plan(run.plan_id), run_tag],
         host: Some(super::DAEMON_HOST.into()),
         excludes: spec.excludes.clone(),
         exclude_if_present: spec.exclude_if_present.clone(),
@@ -256,7 +256,7 @@ async fn back_up_with_restic(
     // Restic before 0.17 reports the snapshot's short id; the catalog keeps the full one.
     let mut snapshot_id = summary.snapshot_id.as_ref().map(ToString::to_string);
     if snapshot_id.as_ref().is_some_and(|id| id.len() < 64)
-        && let Ok(mut tagged) = restic.snapshots(repo, &[format!("run:{}", run.id)]).await
+        && let Ok(mut tagged) = restic.snapshots(repo, &[super::tags::run(run.id)]).await
         && let Some(full) = tagged.pop()
     {
         snapshot_id = Some(full.id.to_string());
@@ -289,7 +289,7 @@ fn policy(spec: &PlanSpec, run: &RunRecord) -> Result<KeepPolicy, String> {
         weekly: keep(retention.weekly),
         monthly: keep(retention.monthly),
         yearly: keep(retention.yearly),
-        tags: vec![format!("plan:{}", run.plan_id)],
+        tags: vec![super::tags::plan(run.plan_id)],
         keep_tags: super::with_hold(&retention.keep_tags),
         ..KeepPolicy::default()
     })
@@ -410,7 +410,7 @@ async fn drill(
     run: &RunRecord,
     signal: &Cancel,
 ) -> Result<RunEnd, String> {
-    let tag = format!("plan:{}", run.plan_id);
+    let tag = super::tags::plan(run.plan_id);
     let latest = restic
         .snapshots(repo, std::slice::from_ref(&tag))
         .await

@@ -63,9 +63,7 @@ fn agent(record: &AgentRecord, connected: bool, now: chrono::DateTime<chrono::Ut
 
 /// The run that made a snapshot, from its `run:N` tag; 0 when unknown.
 fn run_of(tags: &[String]) -> i64 {
-    tags.iter()
-        .find_map(|tag| tag.strip_prefix("run:")?.parse().ok())
-        .unwrap_or(0)
+    crate::jobs::tags::run_of(tags).map_or(0, |run| run.0)
 }
 
 /// The wire form of a restore.
