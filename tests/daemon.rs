@@ -3266,27 +3266,7 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
     let mut agent = runtime.block_on(DishonestAgent::connect(&server, credential.trim()));
 
     let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
-    let plan = ok(
-        &server,
-        &site.kasi,
-        &[
-            "plan",
-            "create",
-            "--request",
-            &b.to_string(),
-            "--name",
-            "web",
-            "--path",
-            "/srv",
-            "--on-server",
-            &web.to_string(),
-            "--schedule",
-            "0 1 * * *",
-        ],
-    )[0]["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
+    let plan = agent_plan(&server, &site.kasi, b, "web", "/srv", web);
     let honest = b"<h1>SIMKES</h1>\n".repeat(512);
     // Of the same length, so only the content gives the lie away.
     let forged = b"<h1>PALSU!</h1>\n".repeat(512);

@@ -222,27 +222,8 @@ fn replica_config(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// up through the server's agent (B2 completed: its first run is queued).
 fn simkes_plan(server: &str, site: &Site, dir: &Path, source: &Path, web: i64) -> (i64, String) {
     let backup_request = active_backup_request(server, site, site.dinkes, dir, "simkes");
-    let plan = ok(
-        server,
-        &site.kasi,
-        &[
-            "plan",
-            "create",
-            "--request",
-            &backup_request.to_string(),
-            "--name",
-            "simkes",
-            "--path",
-            &source.display().to_string(),
-            "--on-server",
-            &web.to_string(),
-            "--schedule",
-            "0 1 * * *",
-        ],
-    )[0]["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
+    let path = source.display().to_string();
+    let plan = agent_plan(server, &site.kasi, backup_request, "simkes", &path, web);
     step(server, &site.kasi, backup_request, "complete", 2, &[]);
     (backup_request, plan)
 }

@@ -120,9 +120,23 @@ fn engine(error: Error) -> EraseError {
     }
 }
 
-/// Takes what `patterns` match out of every snapshot of `server` in the agency's
-/// repository and its replica (see the module documentation); `dry_run` reports what
-/// would go and changes nothing.
+/// What to erase, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct EraseRequest<'a> {
+    /// The agency whose repository (and replica) hold the server's snapshots.
+    pub agency_code: &'a str,
+    /// The server whose snapshots are erased.
+    pub server: &'a Server,
+    /// What to take out (a plan's exclude syntax).
+    pub patterns: &'a [String],
+    /// Report what would go and change nothing.
+    pub dry_run: bool,
+    /// The daemon's clock: when the marked packs may be deleted follows from it.
+    pub now: DateTime<Utc>,
+}
+
+/// Takes what `request.patterns` match out of every snapshot of `request.server` in the
+/// agency's repository and its replica (see the module documentation).
 ///
 /// # Errors
 /// [`EraseError`], before anything is changed, or when the primary could not be
@@ -132,37 +146,26 @@ fn engine(error: Error) -> EraseError {
 pub fn erase(
     repositories: &Repositories,
     handle: &Handle,
-    agency_code: &str,
-    server: &Server,
-    patterns: &[String],
-    dry_run: bool,
-    now: DateTime<Utc>,
+    request: &EraseRequest<'_>,
 ) -> Result<EraseReport, EraseError> {
-    erase_with(
-        repositories,
-        handle,
+    erase_with(repositories, handle, request, |_| ())
+}
+
+/// [`erase`], with `meanwhile` run on the primary between the look at its snapshots and
+/// their rewrite: where a hold or a backup of another caller can land.
+fn erase_with(
+    repositories: &Repositories,
+    handle: &Handle,
+    request: &EraseRequest<'_>,
+    meanwhile: impl FnOnce(&Repository),
+) -> Result<EraseReport, EraseError> {
+    let EraseRequest {
         agency_code,
         server,
         patterns,
         dry_run,
         now,
-        |_| (),
-    )
-}
-
-/// [`erase`], with `meanwhile` run on the primary between the look at its snapshots and
-/// their rewrite: where a hold or a backup of another caller can land.
-#[allow(clippy::too_many_arguments)]
-fn erase_with(
-    repositories: &Repositories,
-    handle: &Handle,
-    agency_code: &str,
-    server: &Server,
-    patterns: &[String],
-    dry_run: bool,
-    now: DateTime<Utc>,
-    meanwhile: impl FnOnce(&Repository),
-) -> Result<EraseReport, EraseError> {
+    } = *request;
     let primary = repositories
         .open(handle, agency_code, None, None)
         .map_err(EraseError::Repository)?;
@@ -484,15 +487,14 @@ mod tests {
 
         // A pattern that would leave a snapshot empty is refused in the daemon's words.
         let everything = vec![format!("{}", source.display())];
-        match erase(
-            &repositories,
-            runtime.handle(),
-            "DINKES",
-            &server,
-            &everything,
-            false,
-            Utc::now(),
-        ) {
+        let request = |patterns| EraseRequest {
+            agency_code: "DINKES",
+            server: &server,
+            patterns,
+            dry_run: false,
+            now: Utc::now(),
+        };
+        match erase(&repositories, runtime.handle(), &request(&everything)) {
             Err(EraseError::Request(message)) => {
                 assert!(message.contains("narrow the patterns"), "{message}");
                 assert!(!message.contains("forget it"), "{message}");
@@ -505,11 +507,7 @@ mod tests {
         let report = erase_with(
             &repositories,
             runtime.handle(),
-            "DINKES",
-            &server,
-            &patterns,
-            false,
-            Utc::now(),
+            &request(&patterns),
             |primary| {
                 let (snapshots, _) = primary.load_snapshots().unwrap();
                 let chosen = snapshots.into_iter().find(|(id, _)| *id == first).unwrap();
@@ -586,16 +584,7 @@ mod tests {
             ..Default::default()
         };
         retag(&primary, vec![chosen], &release).unwrap();
-        let report = erase(
-            &repositories,
-            runtime.handle(),
-            "DINKES",
-            &server,
-            &patterns,
-            false,
-            Utc::now(),
-        )
-        .unwrap();
+        let report = erase(&repositories, runtime.handle(), &request(&patterns)).unwrap();
         assert_eq!(report.rewritten.len(), 2);
         assert!(report.remaining.is_empty(), "{:?}", report.remaining);
         assert!(report.notes.is_empty(), "{:?}", report.notes);

@@ -715,15 +715,14 @@ impl restore_service_server::RestoreService for Restores {
             let (dry_run, now) = (message.dry_run, ctx.now());
             let mut erased = tokio::task::spawn_blocking(move || {
                 let _turn = turn;
-                crate::jobs::erase::erase(
-                    &repositories,
-                    &handle,
-                    &code,
-                    &record,
-                    &patterns,
+                let request = crate::jobs::erase::EraseRequest {
+                    agency_code: &code,
+                    server: &record,
+                    patterns: &patterns,
                     dry_run,
                     now,
-                )
+                };
+                crate::jobs::erase::erase(&repositories, &handle, &request)
             })
             .await
             .map_err(|error| Status::internal(error.to_string()))?

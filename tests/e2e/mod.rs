@@ -546,6 +546,37 @@ pub fn register_server(
 }
 
 /// Pseudo-random bytes that do not compress (so wire and storage figures mean something).
+/// A plan of backup request `request` that backs `path` up through the agent of server
+/// `on_server` every night at 01:00; its id.
+pub fn agent_plan(
+    server: &str,
+    token: &str,
+    request: i64,
+    name: &str,
+    path: &str,
+    on_server: impl std::fmt::Display,
+) -> String {
+    let (request, on_server) = (request.to_string(), on_server.to_string());
+    let args = [
+        "plan",
+        "create",
+        "--request",
+        &request,
+        "--name",
+        name,
+        "--path",
+        path,
+        "--on-server",
+        &on_server,
+        "--schedule",
+        "0 1 * * *",
+    ];
+    ok(server, token, &args)[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string()
+}
+
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
