@@ -71,6 +71,43 @@ struct Local {
     buffers: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
+/// Creates `path` and the directories above it that are missing, and makes them
+/// durable: each new directory is synced, and so is the existing one it was made in.
+fn create_dir_durably(path: &std::path::Path) -> std::io::Result<()> {
+    let mut first_existing = path;
+    while !first_existing.exists() {
+        match first_existing.parent() {
+            Some(parent) => first_existing = parent,
+            None => break,
+        }
+    }
+    if first_existing == path {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path)?;
+    for dir in path.ancestors() {
+        std::fs::File::open(dir)?.sync_all()?;
+        if dir == first_existing {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Syncs the directory an object was deleted from, or the nearest one above it that
+/// still exists (object_store removes the directories a delete leaves empty), up to
+/// the repository's root.
+fn sync_nearest_dir(root: &std::path::Path, deleted: &std::path::Path) -> std::io::Result<()> {
+    for dir in deleted.ancestors().skip(1) {
+        match std::fs::File::open(dir) {
+            Ok(d) => return d.sync_all(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A bulk read's buffer, handed back to its store's [`Local::buffers`] when the
 /// [`Bytes`] made of it are dropped. A buffer taken fresh from the allocator for every
 /// pack read (16 MiB, above the allocator's mmap threshold) was zeroed, page by page
@@ -219,7 +256,7 @@ impl Store {
             )));
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
-        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        create_dir_durably(std::path::Path::new(path)).map_err(|e| Error::io(path, e))?;
         // fsync on: an acknowledged write must survive a power cut, because
         // the snapshot written after it assumes it is there.
         let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
@@ -523,9 +560,25 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<()> {
         let p = Path::from(key);
         match self.retry(key, || self.inner.delete(&p)).await {
-            Ok(()) | Err(Error::MissingObject { .. }) => Ok(()),
-            Err(e) => Err(e),
+            Ok(()) | Err(Error::MissingObject { .. }) => {}
+            Err(e) => return Err(e),
         }
+        // A delete, like a write, is acknowledged only once it survives a power cut:
+        // a forgotten snapshot whose packs prune then deletes, or an erased
+        // snapshot, must not come back at the next boot. object_store syncs the
+        // directories it writes to but not those it deletes from.
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let (root, owned_key) = (local.root.clone(), key.to_owned());
+        tokio::task::spawn_blocking(move || sync_nearest_dir(&root, &root.join(owned_key)))
+            .await
+            .map_err(|e| Error::Storage {
+                path: key.into(),
+                message: format!("the delete's sync was cancelled: {e}"),
+                transient: false,
+            })?
+            .map_err(|e| Error::io(local.root.join(key), e))
     }
 
     /// List every object under a prefix (e.g. `snapshots`).
