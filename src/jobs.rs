@@ -705,6 +705,7 @@ fn run_retention(
             "snapshots_removed": removed,
             "packs_deleted": report.packs_deleted,
             "packs_repacked": report.packs_repacked,
+            "partial_uploads_deleted": report.partial_uploads_deleted,
             "bytes_deleted": report.bytes_deleted,
         })
         .to_string(),

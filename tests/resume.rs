@@ -403,3 +403,112 @@ fn a_repacked_pack_is_swept_after_the_grace_period_not_put_back() {
     );
     restore_and_compare(&repo, &second.snapshot_id, &src, &tmp.path().join("out"));
 }
+
+#[test]
+fn prune_sweeps_what_interrupted_writes_left_once_past_the_grace_period() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), bytes(3 << 20, 7)).unwrap();
+    let root = tmp.path().join("repo");
+    let repo = open_new(&rt, &root);
+    let b = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        &BackupProgress::default(),
+    )
+    .unwrap();
+
+    // What a writer killed between staging an object and linking it into place leaves:
+    // `<name>#<n>` beside the final name, which no listing shows. One from two days ago,
+    // one that could be a running backup's upload; and a file that is not staged.
+    let old = format!("data/ab/{}#7", "ab".repeat(32));
+    let young = format!("snapshots/{}#2", "cd".repeat(32));
+    let foreign = "data/ab/notes#draft";
+    for (key, len) in [
+        (&old, 20_000usize),
+        (&young, 300),
+        (&foreign.to_string(), 10),
+    ] {
+        std::fs::create_dir_all(root.join(key).parent().unwrap()).unwrap();
+        std::fs::write(root.join(key), bytes(len, 1)).unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(root.join(&old))
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+
+    let rep = check(&repo, &CheckOptions::default()).unwrap();
+    assert!(rep.is_ok(), "{rep:?}");
+    for key in [&old, &young] {
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.starts_with(key.as_str()) && w.contains("partial upload")),
+            "{key} not reported: {:?}",
+            rep.warnings
+        );
+    }
+    assert!(
+        !rep.warnings
+            .iter()
+            .any(|w| w.contains("notes#draft") && w.contains("partial upload"))
+    );
+
+    let now = chrono::Utc::now();
+    let dry = prune(
+        &repo,
+        &PruneOptions {
+            now,
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(dry.partial_uploads_deleted, 1);
+    assert!(root.join(&old).exists(), "a dry run deletes nothing");
+
+    let r = prune(
+        &repo,
+        &PruneOptions {
+            now,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.partial_uploads_deleted, 1);
+    assert!(r.bytes_deleted >= 20_000);
+    assert!(!root.join(&old).exists());
+    assert!(
+        root.join(&young).exists(),
+        "within the grace period it may be a running upload"
+    );
+    assert!(
+        root.join(foreign).exists(),
+        "not a staged name: not prune's"
+    );
+
+    let later = prune(
+        &repo,
+        &PruneOptions {
+            now: now + chrono::Duration::hours(25),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(later.partial_uploads_deleted, 1);
+    assert!(!root.join(&young).exists());
+    let rep = check(&repo, &CheckOptions::default()).unwrap();
+    assert!(
+        rep.is_ok() && !rep.warnings.iter().any(|w| w.contains("partial upload")),
+        "{rep:?}"
+    );
+    restore_verified(&repo, &b.snapshot_id, &tmp.path().join("restored"));
+}

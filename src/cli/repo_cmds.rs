@@ -1207,6 +1207,12 @@ fn print_prune(ctx: &Ctx, rep: &crate::engine::prune::PruneReport) {
             human_bytes(rep.bytes_deleted),
             rep.packs_resurrected
         ));
+        if rep.partial_uploads_deleted > 0 {
+            ctx.say(format!(
+                "prune: {} partial upload(s) left by interrupted writes deleted",
+                rep.partial_uploads_deleted
+            ));
+        }
         for n in &rep.notes {
             ctx.say(format!("note: {n}"));
         }

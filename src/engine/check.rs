@@ -250,6 +250,12 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             rep.warnings.push(format!("{key}: not referenced by any index (left by an interrupted run; `cadang prune` removes it)"));
         }
     }
+    for p in repo.block_on(repo.store().partial_uploads())? {
+        rep.warnings.push(format!(
+            "{}: a partial upload of {} bytes left by an interrupted write (`cadang prune` removes it after the grace period)",
+            p.key, p.size
+        ));
+    }
 
     // Data: download and verify the selected packs.
     let selected: Vec<&PackId> = by_pack

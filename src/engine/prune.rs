@@ -33,6 +33,7 @@ use super::index::{IndexFile, IndexPack};
 use super::pack::{PackEntry, open_blob, parse_header};
 use super::packer::Packer;
 use super::repo::{Repository, pack_key};
+use super::store::ObjectInfo;
 use super::tree::NodeKind;
 
 /// Prune settings.
@@ -80,6 +81,9 @@ pub struct PruneReport {
     pub bytes_marked: u64,
     /// Index objects replaced by the consolidated one.
     pub index_objects_replaced: usize,
+    /// Partial uploads deleted (files an interrupted write left on a local store,
+    /// older than the grace period); their bytes count in `bytes_deleted`.
+    pub partial_uploads_deleted: usize,
     /// Notes for the operator.
     pub notes: Vec<String>,
 }
@@ -276,9 +280,18 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     rep.packs_marked = marked.len();
     rep.packs_repacked = repack.len();
     rep.packs_resurrected = resurrect.len();
+    // What interrupted writes left behind: only once older than the grace period, as
+    // a running backup's upload in progress looks the same.
+    let partial: Vec<ObjectInfo> = repo
+        .block_on(repo.store().partial_uploads())?
+        .into_iter()
+        .filter(|p| opts.now - p.last_modified >= opts.grace)
+        .collect();
     if opts.dry_run {
         rep.packs_deleted = delete.len();
-        rep.bytes_deleted = delete.iter().map(|d| d.1).sum();
+        rep.partial_uploads_deleted = partial.len();
+        rep.bytes_deleted =
+            delete.iter().map(|d| d.1).sum::<u64>() + partial.iter().map(|p| p.size).sum::<u64>();
         return Ok(rep);
     }
 
@@ -371,6 +384,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         repo.block_on(repo.store().delete(&pack_key(id)))?;
         rep.packs_deleted += 1;
         rep.bytes_deleted += size;
+    }
+    for p in &partial {
+        repo.block_on(repo.store().delete_partial_upload(&p.key))?;
+        rep.partial_uploads_deleted += 1;
+        rep.bytes_deleted += p.size;
     }
     if rep.packs_marked > 0 && opts.grace > Duration::zero() {
         rep.notes.push(format!(

@@ -71,6 +71,13 @@ struct Local {
     buffers: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
+/// Whether a file name is one object_store stages an upload under: the object's
+/// name, `#`, and a number. No object of the format has a `#` in its name.
+fn is_staged_name(name: &str) -> bool {
+    matches!(name.rsplit_once('#'), Some((object, n))
+        if !object.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Creates `path` and the directories above it that are missing, and makes them
 /// durable: each new directory is synced, and so is the existing one it was made in.
 fn create_dir_durably(path: &std::path::Path) -> std::io::Result<()> {
@@ -579,6 +586,97 @@ impl Store {
                 transient: false,
             })?
             .map_err(|e| Error::io(local.root.join(key), e))
+    }
+
+    /// Partial uploads on a local store: object_store writes each object as
+    /// `<name>#<n>` beside its final name and links it into place, so a process killed
+    /// (or a power cut) between the two leaves that staged file behind. No listing
+    /// shows it, so without this it would take space for ever (a pack's worth each).
+    /// Other stores write an object in one request and leave nothing: empty.
+    ///
+    /// # Errors
+    /// `Error::Io` when the repository's directories cannot be read.
+    pub async fn partial_uploads(&self) -> Result<Vec<ObjectInfo>> {
+        let Some(local) = &self.local else {
+            return Ok(Vec::new());
+        };
+        let root = local.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut dirs = vec![root.clone()];
+            while let Some(dir) = dirs.pop() {
+                let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io(&dir, e))?;
+                    let path = entry.path();
+                    let meta = match std::fs::symlink_metadata(&path) {
+                        Ok(m) => m,
+                        // Gone meanwhile (a writer finished it).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io(&path, e)),
+                    };
+                    if meta.is_dir() {
+                        dirs.push(path);
+                        continue;
+                    }
+                    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                        continue;
+                    };
+                    if !meta.is_file() || !is_staged_name(name) {
+                        continue;
+                    }
+                    let Ok(key) = path.strip_prefix(&root) else {
+                        continue;
+                    };
+                    out.push(ObjectInfo {
+                        key: key.to_string_lossy().into_owned(),
+                        size: meta.len(),
+                        last_modified: meta
+                            .modified()
+                            .map(DateTime::<Utc>::from)
+                            .unwrap_or_else(|_| Utc::now()),
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Storage {
+            path: "partial uploads".into(),
+            message: format!("the search was cancelled: {e}"),
+            transient: false,
+        })?
+    }
+
+    /// Deletes a partial upload found by [`Store::partial_uploads`], durably.
+    ///
+    /// # Errors
+    /// `Error::InvalidInput` for a key that does not name a partial upload;
+    /// `Error::Io` when it cannot be removed.
+    pub async fn delete_partial_upload(&self, key: &str) -> Result<()> {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let Some(local) = self.local.as_ref().filter(|_| is_staged_name(name)) else {
+            return Err(Error::InvalidInput(format!(
+                "`{key}` is not a partial upload of this repository"
+            )));
+        };
+        let (root, owned_key) = (local.root.clone(), key.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let path = root.join(&owned_key);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+            sync_nearest_dir(&root, &path).map_err(|e| Error::io(&path, e))
+        })
+        .await
+        .map_err(|e| Error::Storage {
+            path: key.into(),
+            message: format!("the delete was cancelled: {e}"),
+            transient: false,
+        })?
     }
 
     /// List every object under a prefix (e.g. `snapshots`).
