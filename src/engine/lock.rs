@@ -32,6 +32,52 @@ pub struct LockInfo {
     pub created: DateTime<Utc>,
     /// Expiry: after this the lease is stale.
     pub expires: DateTime<Utc>,
+    /// The process space the holder ran in: the kernel's boot id and the holder's pid
+    /// namespace. Within one process space a pid names one process, so a lease whose
+    /// holder ran here and is gone (killed, crashed) is stale at once; from anywhere
+    /// else (another machine, container or boot) only the expiry tells. Empty when
+    /// unknown, as in leases written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pid_space: String,
+}
+
+impl LockInfo {
+    /// Whether the lease is in force at `now` for a reader in process space `here`:
+    /// not expired, and its holder not known to be gone.
+    fn holds(&self, now: DateTime<Utc>, here: &str) -> bool {
+        if self.expires <= now {
+            return false;
+        }
+        let holder_gone = !here.is_empty() && self.pid_space == here && !process_exists(self.pid);
+        !holder_gone
+    }
+}
+
+/// This process's process space (see [`LockInfo::pid_space`]); empty where the kernel
+/// does not say.
+fn pid_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let namespace = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) if !boot.trim().is_empty() => {
+            format!("{}/{}", boot.trim(), namespace.display())
+        }
+        _ => String::new(),
+    }
+}
+
+/// Whether a process with this pid exists in our pid namespace; when that cannot be
+/// told, it is taken to exist (a lease is never broken on a guess).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// A held lease; renewed in the background, released on drop.
@@ -74,13 +120,14 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> 
 /// `Error::Locked` when a live lease exists; storage errors.
 pub fn acquire<'a>(repo: &'a Repository, purpose: &str) -> Result<Lease<'a>> {
     let now = Utc::now();
+    let here = pid_space();
     let live = |now: DateTime<Utc>, skip: &str| -> Result<Option<LockInfo>> {
         for (key, info) in list_locks(repo)? {
             if key == skip {
                 continue;
             }
             if let Some(i) = info
-                && i.expires > now
+                && i.holds(now, &here)
             {
                 return Ok(Some(i));
             }
@@ -102,6 +149,7 @@ pub fn acquire<'a>(repo: &'a Repository, purpose: &str) -> Result<Lease<'a>> {
         pid: std::process::id(),
         created: now,
         expires: now + LEASE_TTL,
+        pid_space: here.clone(),
     };
     let key = format!("locks/{}", LockId(random_bytes()));
     repo.block_on(
@@ -116,7 +164,7 @@ pub fn acquire<'a>(repo: &'a Repository, purpose: &str) -> Result<Lease<'a>> {
             continue;
         }
         if let Some(o) = oinfo
-            && o.expires > now
+            && o.holds(now, &here)
             && (o.created, other.as_str()) < (info.created, key.as_str())
         {
             let _ = repo.block_on(repo.store().delete(&key));
@@ -176,14 +224,117 @@ impl Drop for Lease<'_> {
 /// # Errors
 /// Storage errors.
 pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
-    let now = Utc::now();
+    let (now, here) = (Utc::now(), pid_space());
     let mut n = 0;
     for (key, info) in list_locks(repo)? {
-        let stale = info.as_ref().is_none_or(|i| i.expires <= now);
+        let stale = info.as_ref().is_none_or(|i| !i.holds(now, &here));
         if all || stale {
             repo.block_on(repo.store().delete(&key))?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::repo::test_repository;
+
+    /// Leaves a lease as a holder would, without a renewer.
+    fn plant(repo: &Repository, pid: u32, pid_space: &str, expires: DateTime<Utc>) -> String {
+        let info = LockInfo {
+            purpose: "prune".into(),
+            host: "elsewhere".into(),
+            pid,
+            created: Utc::now() - Duration::minutes(1),
+            expires,
+            pid_space: pid_space.into(),
+        };
+        let key = format!("locks/{}", LockId(random_bytes()));
+        repo.block_on(
+            repo.store()
+                .put_create(&key, encode(repo, &info), |_| false),
+        )
+        .unwrap();
+        key
+    }
+
+    /// The pid of a process that has exited (and been reaped).
+    fn exited_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_live_lease_refuses_a_second_holder_until_released() {
+        let (_rt, _dir, repo) = test_repository();
+        let held = acquire(&repo, "prune").unwrap();
+        let Err(Error::Locked { holder, .. }) = acquire(&repo, "prune") else {
+            panic!("a second lease was granted while the first is held");
+        };
+        assert!(
+            holder.contains(&format!("pid {}", std::process::id())),
+            "{holder}"
+        );
+        assert_eq!(
+            unlock(&repo, false).unwrap(),
+            0,
+            "a held lease is not stale"
+        );
+        drop(held);
+        assert!(list_locks(&repo).unwrap().is_empty(), "released on drop");
+        drop(acquire(&repo, "prune").unwrap());
+    }
+
+    #[test]
+    fn a_lease_whose_holder_exited_here_is_stale_at_once_elsewhere_it_waits_for_expiry() {
+        let (_rt, _dir, repo) = test_repository();
+        let here = pid_space();
+        assert!(
+            !here.is_empty(),
+            "Linux tells its boot id and pid namespace"
+        );
+        let in_force = Utc::now() + LEASE_TTL;
+
+        // A process of this machine that is still running holds its lease.
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let key = plant(&repo, running.id(), &here, in_force);
+        assert!(matches!(acquire(&repo, "prune"), Err(Error::Locked { .. })));
+        assert_eq!(unlock(&repo, false).unwrap(), 0);
+        running.kill().unwrap();
+        running.wait().unwrap();
+
+        // Once it is gone, its lease is stale: taken over, and `unlock` removes it.
+        drop(acquire(&repo, "prune").unwrap());
+        assert_eq!(unlock(&repo, false).unwrap(), 1);
+        assert!(list_locks(&repo).unwrap().iter().all(|(k, _)| *k != key));
+
+        // The same pid in another process space (another machine, container or boot)
+        // says nothing about that holder: the lease holds until it expires.
+        let dead = exited_pid();
+        plant(&repo, dead, "another-boot/pid:[4026531836]", in_force);
+        assert!(matches!(acquire(&repo, "prune"), Err(Error::Locked { .. })));
+        plant(&repo, dead, "", in_force);
+        assert_eq!(
+            unlock(&repo, false).unwrap(),
+            0,
+            "neither lease is stale yet"
+        );
+        assert_eq!(unlock(&repo, true).unwrap(), 2, "--remove-all removes them");
+
+        // An expired lease never holds.
+        plant(
+            &repo,
+            std::process::id(),
+            &here,
+            Utc::now() - Duration::seconds(1),
+        );
+        drop(acquire(&repo, "prune").unwrap());
+    }
 }
