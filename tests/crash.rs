@@ -16,18 +16,6 @@ use std::time::{Duration, Instant};
 const FILES: u64 = 12;
 const FILE_SIZE: usize = 4 << 20;
 
-fn seed() -> u64 {
-    std::env::var("CADANG_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 fn write_trial(src: &Path, trial: u64) {
     let cur = src.join("cur");
     let _ = std::fs::remove_dir_all(&cur);
@@ -43,29 +31,19 @@ fn write_trial(src: &Path, trial: u64) {
 
 /// Files object_store staged an upload under (`<name>#<n>`), relative to the repository.
 fn staged_files(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.file_name().unwrap().to_string_lossy().contains('#') {
-                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
+    let mut out: Vec<String> = files_under(root)
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.rsplit('/').next().unwrap_or(p).contains('#'))
+        .collect();
     out.sort();
     out
 }
 
 #[test]
 fn sigkill_during_backup_leaves_a_valid_repository() {
-    let trials: u64 = std::env::var("CADANG_CRASH_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    let seed = seed();
+    let trials: u64 = env_number("CADANG_CRASH_TRIALS", 20);
+    let seed = seed_from("CADANG_CRASH_SEED");
     eprintln!("crash test seed {seed} (set CADANG_CRASH_SEED to replay), {trials} trials");
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

@@ -65,20 +65,13 @@ fn materialize(dir: &Path, t: &Tree) {
 }
 
 fn read_tree(dir: &Path) -> Tree {
-    let mut t = Tree::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_str().unwrap().to_string();
-                t.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    t
+    files_under(dir)
+        .into_iter()
+        .map(|rel| {
+            let data = std::fs::read(dir.join(&rel)).unwrap();
+            (rel.to_str().unwrap().to_string(), data)
+        })
+        .collect()
 }
 
 /// One command of the day's work, and the snapshot tags the repository holds once it
@@ -215,19 +208,8 @@ fn a_power_cut_at_any_point_leaves_a_valid_repository() {
     assert_eq!((done, running), (STEPS.len() - 1, None));
     drop(calibration);
 
-    let seed: u64 = std::env::var("CADANG_POWER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let trials: usize = std::env::var("CADANG_POWER_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4 * (STEPS.len() + 1));
+    let seed = seed_from("CADANG_POWER_SEED");
+    let trials: usize = env_number("CADANG_POWER_TRIALS", 4 * (STEPS.len() + 1));
     eprintln!(
         "power-loss seed {seed} (CADANG_POWER_SEED replays), {trials} trials, spans {spans:?}"
     );

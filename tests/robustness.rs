@@ -266,19 +266,8 @@ fn restore_and_compare(repo: &str, id: &str, src: &Path, work: &Path, oracle: &O
 
 #[test]
 fn random_changes_backups_restores_and_pruning_agree_with_the_oracle() {
-    let steps: usize = std::env::var("CADANG_ROBUST_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
-    let seed: u64 = std::env::var("CADANG_ROBUST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let steps: usize = env_number("CADANG_ROBUST_STEPS", 150);
+    let seed = seed_from("CADANG_ROBUST_SEED");
     eprintln!("robustness run: seed {seed} (CADANG_ROBUST_SEED to replay), {steps} steps");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().unwrap();

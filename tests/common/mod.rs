@@ -177,6 +177,40 @@ pub struct Fingerprint {
     pub nlink: u64,
 }
 
+/// A number from the environment variable `var`, else `default` (test sizes).
+pub fn env_number<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The seed of a randomised test: from `var` to replay a run, else from the clock.
+pub fn seed_from(var: &str) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    env_number(var, clock)
+}
+
+/// The regular files under `root`, as paths relative to it (depth first, unsorted).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    out
+}
+
 /// Fingerprint every entry under `root` (relative paths as keys).
 pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
     let mut out = BTreeMap::new();
