@@ -71,6 +71,22 @@ struct Local {
     buffers: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
+/// Runs blocking file work of a local store on tokio's blocking pool; `what` names it
+/// for the error should the task be cancelled.
+async fn blocking<T: Send + 'static>(
+    key: &str,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Storage {
+            path: key.into(),
+            message: format!("the {what} was cancelled: {e}"),
+            transient: false,
+        })
+}
+
 /// Whether a file name is one object_store stages an upload under: the object's
 /// name, `#`, and a number. No object of the format has a `#` in its name.
 fn is_staged_name(name: &str) -> bool {
@@ -414,7 +430,7 @@ impl Store {
         range: Option<std::ops::Range<u64>>,
     ) -> Result<Bytes> {
         let (local, owned_key) = (Arc::clone(local), key.to_owned());
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+        let read = blocking(key, "read", move || -> std::io::Result<Bytes> {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(local.root.join(&owned_key))?;
             let range = match range {
@@ -437,12 +453,7 @@ impl Store {
             let _ = super::writebehind::drop_cached(&file, range.start, len as u64);
             Ok(Bytes::from_owner(KeptBuffer { buf, local }))
         })
-        .await
-        .map_err(|e| Error::Storage {
-            path: key.into(),
-            message: format!("the read was cancelled: {e}"),
-            transient: false,
-        })?;
+        .await?;
         match read {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::MissingObject {
@@ -578,14 +589,11 @@ impl Store {
             return Ok(());
         };
         let (root, owned_key) = (local.root.clone(), key.to_owned());
-        tokio::task::spawn_blocking(move || sync_nearest_dir(&root, &root.join(owned_key)))
-            .await
-            .map_err(|e| Error::Storage {
-                path: key.into(),
-                message: format!("the delete's sync was cancelled: {e}"),
-                transient: false,
-            })?
-            .map_err(|e| Error::io(local.root.join(key), e))
+        blocking(key, "delete's sync", move || {
+            sync_nearest_dir(&root, &root.join(owned_key))
+        })
+        .await?
+        .map_err(|e| Error::io(local.root.join(key), e))
     }
 
     /// Partial uploads on a local store: object_store writes each object as
@@ -601,7 +609,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let root = local.root.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking("partial uploads", "search", move || {
             let mut out = Vec::new();
             let mut dirs = vec![root.clone()];
             while let Some(dir) = dirs.pop() {
@@ -609,22 +617,23 @@ impl Store {
                 for entry in entries {
                     let entry = entry.map_err(|e| Error::io(&dir, e))?;
                     let path = entry.path();
-                    let meta = match std::fs::symlink_metadata(&path) {
-                        Ok(m) => m,
-                        // Gone meanwhile (a writer finished it).
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(Error::io(&path, e)),
-                    };
-                    if meta.is_dir() {
+                    // The directory entry tells dirs from files; only a staged name
+                    // is looked up further, not every pack of the repository.
+                    let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
+                    if kind.is_dir() {
                         dirs.push(path);
                         continue;
                     }
-                    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                        continue;
-                    };
-                    if !meta.is_file() || !is_staged_name(name) {
+                    let staged = entry.file_name().to_str().is_some_and(is_staged_name);
+                    if !kind.is_file() || !staged {
                         continue;
                     }
+                    let meta = match entry.metadata() {
+                        Ok(m) => m,
+                        // Gone meanwhile (its writer finished or a prune removed it).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io(&path, e)),
+                    };
                     let Ok(key) = path.strip_prefix(&root) else {
                         continue;
                     };
@@ -641,12 +650,7 @@ impl Store {
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
-        .await
-        .map_err(|e| Error::Storage {
-            path: "partial uploads".into(),
-            message: format!("the search was cancelled: {e}"),
-            transient: false,
-        })?
+        .await?
     }
 
     /// Deletes a partial upload found by [`Store::partial_uploads`], durably.
@@ -662,7 +666,7 @@ impl Store {
             )));
         };
         let (root, owned_key) = (local.root.clone(), key.to_owned());
-        tokio::task::spawn_blocking(move || {
+        blocking(key, "delete", move || {
             let path = root.join(&owned_key);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -671,12 +675,7 @@ impl Store {
             }
             sync_nearest_dir(&root, &path).map_err(|e| Error::io(&path, e))
         })
-        .await
-        .map_err(|e| Error::Storage {
-            path: key.into(),
-            message: format!("the delete was cancelled: {e}"),
-            transient: false,
-        })?
+        .await?
     }
 
     /// List every object under a prefix (e.g. `snapshots`).
