@@ -132,6 +132,12 @@ fn a_full_repository_disk_fails_the_backup_cleanly_and_recovers_when_space_is_fr
         stderr.lines().count() <= 3,
         "a short error, not a retry storm: {stderr}"
     );
+    for line in stderr.lines() {
+        assert!(
+            line.matches("storage error on").count() <= 1,
+            "the cause is said once, not wrapped once per blob that came after it: {line}"
+        );
+    }
 
     // The repository is still valid: one snapshot, check clean (orphans allowed), the
     // earlier snapshot restores.

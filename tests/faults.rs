@@ -150,6 +150,11 @@ fn permanent_write_failure_is_clear_and_harmless() {
         err.to_string().contains("injected permanent failure"),
         "{err}"
     );
+    assert_eq!(
+        err.to_string().matches("storage error on").count(),
+        1,
+        "the cause is said once: {err}"
+    );
     faulty.clear();
     assert!(repo.load_snapshots().unwrap().0.is_empty());
     assert!(check(&repo, &CheckOptions::default()).unwrap().is_ok());

@@ -6,11 +6,18 @@
 //! acknowledged command left is there and restores identically, nothing an acknowledged
 //! forget or erasure removed comes back, and the next backup succeeds.
 //!
-//! FUSE needs root and `/dev/fuse`; without them the test says so and passes, unless
-//! `CADANG_REQUIRE_FUSE=1` (set by `.ci/run`) makes it mandatory.
+//! The daemon is put to the same test: its data directory (catalog, master key, the
+//! agencies' repositories) on `cutfs`, the power goes while officers work through it,
+//! and the daemon that boots on what the disk kept must hold every step it acknowledged
+//! (accounts, agencies, tokens that still work), an intact audit trail, and nothing of
+//! a step that never ran.
+//!
+//! FUSE needs root and `/dev/fuse`; without them the tests say so and pass, unless
+//! `CADANG_REQUIRE_FUSE=1` (set by `.ci/run`) makes them mandatory.
 
 mod common;
 mod cutfs;
+mod e2e;
 
 use common::*;
 use cutfs::{Cut, CutFs, Rng};
@@ -183,21 +190,46 @@ fn run_until_the_power_goes(fs: &CutFs, c: &mut std::process::Command) -> Output
     child.wait_with_output().expect("wait for cadang")
 }
 
-#[test]
-fn a_power_cut_at_any_point_leaves_a_valid_repository() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let calibration = match CutFs::mount(&mnt) {
-        Ok(fs) => fs,
+/// A fresh cutfs at `mnt`, or `None` (the test skips) where FUSE cannot mount and
+/// `CADANG_REQUIRE_FUSE` is not set.
+fn mount_or_skip(mnt: &Path) -> Option<CutFs> {
+    std::fs::create_dir_all(mnt).unwrap();
+    match CutFs::mount(mnt) {
+        Ok(fs) => Some(fs),
         Err(e) => {
             assert!(
                 std::env::var_os("CADANG_REQUIRE_FUSE").is_none(),
                 "CADANG_REQUIRE_FUSE is set but cutfs cannot be mounted: {e}"
             );
             eprintln!("skipped: cannot mount a FUSE file system here ({e})");
-            return;
+            None
         }
+    }
+}
+
+/// Where trial `trial` of `steps` steps cuts the power, as a number of changes after
+/// the trial's setup: trial t cuts during step t % (steps + 1) (step 0 being the
+/// setup's last change), at a random change of the span the calibration run measured
+/// for it; `None` lets the whole day finish first.
+fn cut_offset(trial: usize, spans: &[(u64, u64)], rng: &mut Rng) -> Option<u64> {
+    let at = trial % (spans.len() + 1);
+    let setup_end = spans[0].1;
+    match at {
+        0 => Some(1),
+        a if a < spans.len() => {
+            let (from, to) = spans[a];
+            Some(from - setup_end + 1 + rng.below(to - from))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn a_power_cut_at_any_point_leaves_a_valid_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let Some(calibration) = mount_or_skip(&mnt) else {
+        return;
     };
     let repo_path = mnt.join("repo");
     let repo = repo_path.to_str().unwrap();
@@ -216,18 +248,7 @@ fn a_power_cut_at_any_point_leaves_a_valid_repository() {
     let mut rng = Rng(seed | 1);
 
     for trial in 0..trials {
-        // Trial t cuts during step t % (steps + 1), 0 meaning just after init and the
-        // last meaning after the whole day.
-        let at = trial % (STEPS.len() + 1);
-        let init_end = spans[0].1;
-        let offset = match at {
-            0 => Some(1),
-            a if a < STEPS.len() => {
-                let (from, to) = spans[a];
-                Some(from - init_end + 1 + rng.below(to - from))
-            }
-            _ => None,
-        };
+        let offset = cut_offset(trial, &spans, &mut rng);
         let _ = std::fs::remove_dir_all(&mnt);
         std::fs::create_dir_all(&mnt).unwrap();
         let fs = CutFs::mount(&mnt).expect("mount cutfs");
@@ -340,5 +361,246 @@ fn after_the_cut(
     assert_eq!(
         rep["ok"], true,
         "{what}: check after the next backup: {rep}"
+    );
+}
+
+/// One officer's action through the daemon in the daemon's day, and what it leaves.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// `agency add`: the agency is listed.
+    Agency(usize),
+    /// `user add`: the account is listed.
+    User(usize),
+    /// `token create` for that user: the token authenticates as that user.
+    Token(usize),
+}
+
+const ACTS: &[Act] = &[
+    Act::Agency(0),
+    Act::User(0),
+    Act::Token(0),
+    Act::Agency(1),
+    Act::User(1),
+    Act::Token(1),
+    Act::Agency(2),
+    Act::User(2),
+    Act::Token(2),
+];
+
+fn act_args(act: Act) -> Vec<String> {
+    let words: Vec<String> = match act {
+        Act::Agency(k) => format!("agency add --code AG{k} --name Agency-{k} --address Street-{k}")
+            .split(' ')
+            .map(String::from)
+            .collect(),
+        Act::User(k) => vec![
+            "user".into(),
+            "add".into(),
+            format!("officer{k}"),
+            "--role".into(),
+            "PETUGAS".into(),
+        ],
+        Act::Token(k) => vec![
+            "token".into(),
+            "create".into(),
+            "--user".into(),
+            format!("officer{k}"),
+            "--label".into(),
+            "shift".into(),
+        ],
+    };
+    words
+}
+
+/// The daemon's day from the setup on: runs the acts until the power goes. Returns the
+/// number of acts acknowledged, whether one was running when the power went, the
+/// tokens issued, and the span of changes of each act (the setup being span 0).
+struct Day {
+    acknowledged: usize,
+    running: Option<usize>,
+    tokens: BTreeMap<usize, String>,
+    spans: Vec<(u64, u64)>,
+}
+
+fn daemon_day(fs: &CutFs, server: &str, admin: &str, setup: (u64, u64)) -> Day {
+    let mut day = Day {
+        acknowledged: 0,
+        running: None,
+        tokens: BTreeMap::new(),
+        spans: vec![setup],
+    };
+    for (i, act) in ACTS.iter().enumerate() {
+        let start = fs.changes();
+        let args = act_args(*act);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = e2e::cli(server, admin, &args);
+        day.spans.push((start, fs.changes()));
+        if !out.status.success() {
+            assert!(
+                fs.dead(),
+                "act {i} {act:?} failed with the power on:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            day.running = Some(i);
+            return day;
+        }
+        if let Act::Token(k) = act {
+            let answer: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("the token as JSON");
+            let token = answer["token"].as_str().expect("a token").to_string();
+            day.tokens.insert(*k, token);
+        }
+        day.acknowledged = i + 1;
+        if fs.dead() {
+            return day;
+        }
+    }
+    day
+}
+
+/// A daemon on the mount's data directory; the set-up (first start, the first
+/// administrator) is done before any cut, as `init` is for the repository.
+fn start_daemon(mnt: &Path) -> (e2e::Daemon, String) {
+    let daemon = e2e::Daemon::start(mnt, &[], None);
+    let admin = e2e::Daemon::bootstrap(mnt, &[]);
+    (daemon, admin)
+}
+
+fn listed(server: &str, token: &str, what: &str, field: &str) -> BTreeSet<String> {
+    e2e::ok(server, token, &[what, "list"])
+        .as_array()
+        .unwrap_or_else(|| panic!("{what} list is a JSON array"))
+        .iter()
+        .filter_map(|entry| entry[field].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn a_power_cut_under_the_daemon_loses_no_acknowledged_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The data directory is the mount itself: the daemon's log and configuration lie
+    // beside it (`mnt.log`, `mnt.toml`), off the disk that loses power.
+    let mnt = tmp.path().join("mnt");
+    let Some(calibration) = mount_or_skip(&mnt) else {
+        return;
+    };
+    let (mut daemon, admin) = start_daemon(&mnt);
+    let day = daemon_day(
+        &calibration,
+        &daemon.url(),
+        &admin,
+        (0, calibration.changes()),
+    );
+    assert_eq!((day.acknowledged, day.running), (ACTS.len(), None));
+    let spans = day.spans;
+    daemon.stop();
+    drop(daemon);
+    drop(calibration);
+
+    let seed = seed_from("CADANG_POWER_SEED");
+    let trials: usize = env_number("CADANG_DAEMON_POWER_TRIALS", 2 * (ACTS.len() + 2));
+    eprintln!("daemon power-loss seed {seed} (CADANG_POWER_SEED replays), {trials} trials");
+    let mut rng = Rng(seed | 1);
+    for trial in 0..trials {
+        let offset = cut_offset(trial, &spans, &mut rng);
+        let _ = std::fs::remove_dir_all(&mnt);
+        let _ = std::fs::remove_file(mnt.with_extension("log"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let fs = CutFs::mount(&mnt).expect("mount cutfs");
+        let (mut daemon, admin) = start_daemon(&mnt);
+        let setup_end = fs.changes();
+        let cut = offset.map(|o| Cut(setup_end + o));
+        if let Some(cut) = cut {
+            fs.cut_at(cut);
+        }
+        let day = daemon_day(&fs, &daemon.url(), &admin, (0, setup_end));
+        // The daemon goes with the power.
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
+        let fs = fs
+            .after_power_loss(&mnt, &mut rng)
+            .expect("remount after the cut");
+        let what = format!(
+            "trial {trial} (seed {seed}, cut {cut:?}, {} acts acknowledged, running {:?})",
+            day.acknowledged, day.running
+        );
+        eprintln!("{what}");
+        let log = String::from_utf8_lossy(&std::fs::read(mnt.with_extension("log")).unwrap())
+            .into_owned();
+        assert!(
+            !log.contains("panicked"),
+            "{what}: the daemon panicked when its disk died:\n{log}"
+        );
+        // The daemon boots on what the disk kept.
+        daemon.kill_and_restart();
+        daemon_after_the_cut(&daemon.url(), &admin, &day, &what);
+        daemon.stop();
+        drop(daemon);
+        drop(fs);
+    }
+}
+
+fn daemon_after_the_cut(server: &str, admin: &str, day: &Day, what: &str) {
+    let verdict = e2e::ok(server, admin, &["audit", "verify"]);
+    assert_eq!(
+        verdict["intact"], true,
+        "{what}: the audit trail after the cut: {verdict}"
+    );
+    let agencies = listed(server, admin, "agency", "code");
+    let users = listed(server, admin, "user", "username");
+    for (i, act) in ACTS.iter().enumerate() {
+        let acknowledged = i < day.acknowledged;
+        let may_exist = acknowledged || day.running == Some(i);
+        let (present, name) = match act {
+            Act::Agency(k) => {
+                let code = format!("AG{k}");
+                (agencies.contains(&code), code)
+            }
+            Act::User(k) => {
+                let name = format!("officer{k}");
+                (users.contains(&name), name)
+            }
+            Act::Token(k) => {
+                let Some(token) = day.tokens.get(k) else {
+                    continue;
+                };
+                let out = e2e::cli(server, token, &["whoami"]);
+                let me: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+                assert!(
+                    out.status.success() && me.to_string().contains(&format!("officer{k}")),
+                    "{what}: the acknowledged token of officer{k} no longer works: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                continue;
+            }
+        };
+        if acknowledged {
+            assert!(present, "{what}: acknowledged {name} is lost");
+        }
+        if !may_exist {
+            assert!(!present, "{what}: {name} was never created, yet is there");
+        }
+    }
+    // Work goes on where it stopped: the next act is accepted and the trail stays whole.
+    e2e::ok(
+        server,
+        admin,
+        &[
+            "agency",
+            "add",
+            "--code",
+            "NEXT",
+            "--name",
+            "Next",
+            "--address",
+            "Street",
+        ],
+    );
+    let verdict = e2e::ok(server, admin, &["audit", "verify"]);
+    assert_eq!(
+        verdict["intact"], true,
+        "{what}: the audit trail after the next act: {verdict}"
     );
 }

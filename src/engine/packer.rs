@@ -155,11 +155,23 @@ impl Packer {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match e.take() {
             Some(err) => {
-                let msg = err.to_string();
-                *e = Some(Error::Storage {
-                    path: "upload".into(),
-                    message: msg,
-                    transient: false,
+                // Later callers see the same failure, said once: a storage error is
+                // kept as it is, anything else as its message.
+                *e = Some(match &err {
+                    Error::Storage {
+                        path,
+                        message,
+                        transient,
+                    } => Error::Storage {
+                        path: path.clone(),
+                        message: message.clone(),
+                        transient: *transient,
+                    },
+                    other => Error::Storage {
+                        path: "upload".into(),
+                        message: other.to_string(),
+                        transient: false,
+                    },
                 });
                 Err(err)
             }
@@ -420,4 +432,36 @@ async fn write_index(shared: &Shared, packs: Vec<IndexPack>) -> Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::repo::test_repository;
+
+    #[test]
+    fn an_upload_failure_is_reported_the_same_to_every_caller() {
+        let (_rt, _dir, repo) = test_repository();
+        let packer = Packer::new(&repo, 2, None);
+        for first in [
+            Error::Storage {
+                path: "data/ab/abcd".into(),
+                message: "No space left on device (os error 28)".into(),
+                transient: false,
+            },
+            Error::Cancelled,
+        ] {
+            let said = first.to_string();
+            *packer.shared.error.lock().unwrap() = Some(first);
+            let errors: Vec<String> = (0..20)
+                .map(|_| packer.check_failed().unwrap_err().to_string())
+                .collect();
+            assert_eq!(errors[0], said);
+            for later in &errors[1..] {
+                assert!(later.ends_with(&said), "{later}");
+                assert_eq!(later, &errors[1], "said once, not wrapped again");
+            }
+            packer.shared.error.lock().unwrap().take();
+        }
+    }
 }

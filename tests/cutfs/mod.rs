@@ -8,7 +8,7 @@
 //! [`CutFs::after_power_loss`] builds the file system found at the next boot: the
 //! durable state, plus, of each change that was never synced, an arbitrary
 //! choice — every unsynced directory entry independently kept or lost, every
-//! unsynced file kept, lost or torn — since a real disk may have written any of
+//! unsynced file kept, lost or torn (some of its blocks new, the rest as last synced) — since a real disk may have written any of
 //! them back before the cut (journal commits, page-cache writeback) or none.
 //! Software that is only crash-safe on a kind file system fails here.
 
@@ -27,6 +27,9 @@ use std::time::{Duration, SystemTime};
 /// Attributes and entries are not cached by the kernel: every lookup comes here,
 /// so nothing survives the cut in the kernel's caches either.
 const TTL: Duration = Duration::ZERO;
+
+/// The unit a disk writes back: a torn file is a mix of old and new blocks of this size.
+const BLOCK: usize = 4096;
 
 #[derive(Clone, PartialEq)]
 enum Content {
@@ -309,11 +312,26 @@ fn found_at_boot(s: &State, rng: &mut Rng) -> HashMap<u64, Node> {
                     match rng.below(3) {
                         0 => synced,
                         1 => now.clone(),
-                        // Torn: the new length, and only a prefix of the new bytes.
+                        // Torn: the disk wrote back some of the dirty blocks and not
+                        // others, in any order, and the old or the new length. A byte is
+                        // the new one or the last synced one (zero where there was none):
+                        // never anything else, so what was synced and not written since
+                        // stays.
                         _ => {
-                            let keep = rng.below(now.len() as u64 + 1) as usize;
-                            let mut d = vec![0; now.len()];
-                            d[..keep].copy_from_slice(&now[..keep]);
+                            let len = if rng.below(2) == 0 {
+                                now.len()
+                            } else {
+                                synced.len()
+                            };
+                            let mut d = vec![0; len];
+                            for start in (0..len).step_by(BLOCK) {
+                                let end = (start + BLOCK).min(len);
+                                let from = if rng.below(2) == 0 { now } else { &synced };
+                                let have = end.min(from.len());
+                                if have > start {
+                                    d[start..have].copy_from_slice(&from[start..have]);
+                                }
+                            }
                             d
                         }
                     }
