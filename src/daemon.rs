@@ -128,13 +128,30 @@ pub fn master_key(config: &Config) -> Result<MasterKey, DaemonError> {
         return MasterKey::from_hex(&hex)
             .map_err(|error| DaemonError(format!("CADANG_MASTER_KEY: {error}")));
     }
-    let path = config.master_key_file();
-    match std::fs::read_to_string(&path) {
-        Ok(text) => MasterKey::from_hex(&text)
-            .map_err(|error| DaemonError(format!("{}: {error}", path.display()))),
+    key_file(&config.master_key_file())
+}
+
+/// The master key in `path`, created there when there is none.
+fn key_file(path: &Path) -> Result<MasterKey, DaemonError> {
+    let read = |text: String| {
+        MasterKey::from_hex(&text)
+            .map_err(|error| DaemonError(format!("{}: {error}", path.display())))
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => read(text),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate().map_err(|error| DaemonError(error.to_string()))?;
-            write_new_key(&path, &key)?;
+            if !write_new_key(path, &key)? {
+                // Another process starting on the same data directory (the daemon and
+                // `cadang admin` at first start) published its key first: use that one.
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    DaemonError(format!(
+                        "cannot read the master key {}: {error}",
+                        path.display()
+                    ))
+                })?;
+                return read(text);
+            }
             tracing::warn!(path = %path.display(), "created a new master key: back it up apart from the catalog; sealed secrets cannot be read without it");
             Ok(key)
         }
@@ -145,19 +162,37 @@ pub fn master_key(config: &Config) -> Result<MasterKey, DaemonError> {
     }
 }
 
-fn write_new_key(path: &Path, key: &MasterKey) -> Result<(), DaemonError> {
+/// Publishes a new key file; `false` when another process published one first.
+///
+/// The key is written whole under a temporary name, synced, and linked into place, then
+/// the directory is synced: a power cut can leave a stray temporary file, never a torn
+/// or empty key file that would stop every later start. A link, unlike a rename, never
+/// replaces a key another process published in between.
+fn write_new_key(path: &Path, key: &MasterKey) -> Result<bool, DaemonError> {
     use std::os::unix::fs::OpenOptionsExt;
     let context = format!("cannot create the master key {}", path.display());
-    let mut file = std::fs::OpenOptions::new()
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    // What a process of this pid left before a crash or a power cut.
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|error| fail(&context)(error.to_string()))?;
-    file.write_all(key.to_hex().as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .and_then(|()| file.sync_all())
-        .map_err(|error| fail(&context)(error.to_string()))?;
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(key.to_hex().as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()
+        });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    let published = match linked {
+        Ok(()) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(error) => return Err(fail(&context)(error.to_string())),
+    };
     // The key file must survive a crash right after first start: sync its directory
     // entry too, or a power loss could leave a catalog whose secrets nothing can open.
     if let Some(dir) = path.parent() {
@@ -165,7 +200,7 @@ fn write_new_key(path: &Path, key: &MasterKey) -> Result<(), DaemonError> {
             .and_then(|dir| dir.sync_all())
             .map_err(|error| fail(&context)(error.to_string()))?;
     }
-    Ok(())
+    Ok(published)
 }
 
 /// Opens the catalog and the application as the daemon would (also used by
@@ -493,4 +528,41 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     app.catalog().close().await;
     tracing::info!("cadang daemon stopped");
     result.map_err(|error| DaemonError(format!("serving failed: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_file_is_published_whole_once_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        // A temporary key a power cut tore at an earlier first start is no key.
+        std::fs::write(dir.path().join("master.key.tmp.1"), b"3f2a").unwrap();
+        let first = key_file(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n", first.to_hex()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Read again on the next start.
+        assert_eq!(key_file(&path).unwrap().to_hex(), first.to_hex());
+        // A process that generated its own key in the meantime does not replace it.
+        let late = MasterKey::generate().unwrap();
+        assert!(!write_new_key(&path, &late).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        // No temporary file of this process is left.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(&format!(".tmp.{}", std::process::id())))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A torn key file (as the old create-in-place could leave) is refused clearly.
+        let torn = dir.path().join("torn.key");
+        std::fs::write(&torn, b"3f2a").unwrap();
+        let error = key_file(&torn).unwrap_err().to_string();
+        assert!(error.contains("torn.key"), "{error}");
+    }
 }
