@@ -101,19 +101,15 @@ pub fn definitions(sop_dir: Option<&Path>) -> Result<Vec<(String, String)>, Daem
     Ok(definitions)
 }
 
-/// Creates the data directory (mode 0700: it holds the master key and the catalog).
+/// Creates the data directory (mode 0700: it holds the master key and the catalog),
+/// durably.
 fn prepare_data_dir(dir: &Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|error| {
-            fail(format!(
-                "cannot create the data directory {}",
-                dir.display()
-            ))(error.to_string())
-        })
+    crate::engine::store::create_dir_durably(dir, 0o700).map_err(|error| {
+        fail(format!(
+            "cannot create the data directory {}",
+            dir.display()
+        ))(error.to_string())
+    })
 }
 
 /// The master key: `CADANG_MASTER_KEY`, or the key file, created with fresh randomness
@@ -319,7 +315,7 @@ fn single_daemon_guard(config: &Config) -> Result<Option<std::fs::File>, DaemonE
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {
         return Err(DaemonError(format!(
-            "another cadang daemon is running on the SQLite catalog {path}: SQLite serves one daemon;              use PostgreSQL ([catalog] url) to run several"
+            "another cadang daemon is running on the SQLite catalog {path}: SQLite serves one daemon; use PostgreSQL ([catalog] url) to run several"
         )));
     }
     Ok(Some(file))
@@ -464,6 +460,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             agent_wait: Duration::from_secs(config.scheduler.agent_wait_secs),
         };
         tracing::info!(owner = %options.owner, root = %config.repository_root(), "scheduler running");
+        // Alone on a SQLite catalog, this daemon knows that whoever holds a run's lease
+        // died (killed, or its host lost power): it takes that work back now rather
+        // than after the lease lapses. Several daemons on PostgreSQL wait for it.
+        if _single.is_some() {
+            match app
+                .take_back_work_of_gone_daemons(&options.owner, Utc::now())
+                .await
+            {
+                Ok((0, 0)) => {}
+                Ok((runs, restores)) => tracing::warn!(
+                    runs,
+                    restores,
+                    "work of a daemon that stopped without finishing it is taken back"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot take back the work of a stopped daemon; its leases will lapse")
+                }
+            }
+        }
         let notifier = notifier(&config)?.map(Arc::new);
         if let Some(notifier) = &notifier {
             tracing::info!(channels = ?notifier.channels(), "notifications on");

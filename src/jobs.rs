@@ -217,7 +217,7 @@ impl Repositories {
                 "restic cannot address the replica root {root}; plans on restic repositories replicate to a directory or an s3:// root"
             ));
         } else {
-            if let Err(error) = std::fs::create_dir_all(root) {
+            if let Err(error) = crate::engine::store::create_dir_durably(Path::new(root), 0o777) {
                 return Err(format!("cannot create {root}: {error}"));
             }
             format!("{}/{name}", root.trim_end_matches('/'))
@@ -280,10 +280,7 @@ impl Repositories {
         let location = self
             .replica_location(agency_code)
             .ok_or_else(|| "no replica configured ([repositories] replica_root)".to_owned())?;
-        if !location.contains("://") {
-            std::fs::create_dir_all(&location)
-                .map_err(|error| format!("cannot create {location}: {error}"))?;
-        }
+        // `Store::open` creates a local replica's directories, durably.
         if cancel.is_some_and(|cancel| cancel.load(std::sync::atomic::Ordering::Relaxed)) {
             return Err("cancelled before the replica was opened".into());
         }
@@ -354,10 +351,9 @@ impl Repositories {
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Repository, String> {
         let location = self.location(agency_code);
-        if !location.contains("://") {
-            std::fs::create_dir_all(&location)
-                .map_err(|error| format!("cannot create {location}: {error}"))?;
-        }
+        // `Store::open` creates a local repository's directories, durably: made here
+        // with `create_dir_all`, they would have been found existing and never synced,
+        // and a power cut could take the agency's whole repository with them.
         let mut store = Store::open(&location, &self.store).map_err(|error| error.to_string())?;
         if let Some(limit) = upload_limit {
             store = store.with_upload_limit(limit, cancel);

@@ -3068,11 +3068,20 @@ fn an_agent_killed_during_a_job_runs_its_owed_after_program_when_it_starts_again
 
 /// The same on the daemon's own host: a daemon killed while a plan's before-backup
 /// program runs there runs the plan's after-backup program as it starts again, before it
-/// takes the run up again.
+/// takes the run up again — at once: alone on its SQLite catalog, it knows the run's
+/// lease was its dead predecessor's and does not wait for it to lapse.
 #[test]
 fn a_daemon_killed_during_a_run_runs_its_owed_after_program_when_it_starts_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut daemon, _admin, server, site) = Daemon::with_site(&dir.path().join("var"), None);
+    // Leases of ten minutes, as in production (five): the run may not wait them out.
+    let config = dir.path().join("cadang.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nauth_max_failures = 100000\n[scheduler]\ntick_secs = 1\nlease_secs = 600\n",
+    )
+    .unwrap();
+    let (mut daemon, _admin, server, site) =
+        Daemon::with_site(&dir.path().join("var"), Some(&config));
     let hooks = HangingHooks::new(dir.path());
     let (before, after) = (hooks.before.as_str(), hooks.after.as_str());
     let source = dir.path().join("srv");
@@ -3107,10 +3116,21 @@ fn a_daemon_killed_during_a_run_runs_its_owed_after_program_when_it_starts_again
     let owed_dir = dir.path().join("var").join("after-backup-owed");
     assert_eq!(std::fs::read_dir(&owed_dir).unwrap().count(), 1);
     daemon.kill_and_restart();
+    let restarted = std::time::Instant::now();
     let server = daemon.url();
     let run = wait_for_run(&server, &site.kasi, &plan, 1);
     assert_eq!(run["status"], "ok", "{run}");
     assert!(run["attempts"].as_i64().unwrap() >= 2, "{run}");
+    assert!(
+        restarted.elapsed() < Duration::from_secs(60),
+        "the dead daemon's run was taken back at once, not after its lease: {:?}",
+        restarted.elapsed()
+    );
+    let said = std::fs::read_to_string(e2e::log_path(&dir.path().join("var"))).unwrap();
+    assert!(
+        said.contains("work of a daemon that stopped without finishing it is taken back"),
+        "the restarted daemon says what it took back"
+    );
     assert_eq!(
         hooks.lines(),
         ["before", "after-interrupted", "before", "after-ok"],

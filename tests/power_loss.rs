@@ -10,7 +10,11 @@
 //! agencies' repositories) on `cutfs`, the power goes while officers work through it,
 //! and the daemon that boots on what the disk kept must hold every step it acknowledged
 //! (accounts, agencies, tokens that still work), an intact audit trail, and nothing of
-//! a step that never ran.
+//! a step that never ran. A second day puts an agent's backups and the approval steps
+//! of procedure B under the cut: every acknowledged snapshot must be kept, a backup cut
+//! short must be taken back at once and finished by the agent, the newest snapshot must
+//! restore its version, the repository must check clean, and each approval must be
+//! there exactly when it was acknowledged.
 //!
 //! FUSE needs root and `/dev/fuse`; without them the tests say so and pass, unless
 //! `CADANG_REQUIRE_FUSE=1` (set by `.ci/run`) makes them mandatory.
@@ -602,5 +606,440 @@ fn daemon_after_the_cut(server: &str, admin: &str, day: &Day, what: &str) {
     assert_eq!(
         verdict["intact"], true,
         "{what}: the audit trail after the next act: {verdict}"
+    );
+}
+
+/// What officers and an agent do through the daemon in the agent day: a backup of
+/// the server's tree at a version (`plan run-now`, then waiting for the run), and the
+/// first steps of a second backup request (procedure B: submitted, approved at B1).
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    Backup(u32),
+    Submit,
+    Approve,
+}
+
+const WORK: &[Work] = &[
+    Work::Backup(2),
+    Work::Submit,
+    Work::Backup(3),
+    Work::Approve,
+    Work::Backup(4),
+];
+
+/// The server's tree at `version`: a file that never changes, one that does, and one
+/// of each version's own.
+fn server_tree(src: &Path, version: u32) {
+    std::fs::create_dir_all(src.join("db")).unwrap();
+    std::fs::write(src.join("db/base.dat"), e2e::noise(7, 600 << 10)).unwrap();
+    std::fs::write(
+        src.join("db/current.dat"),
+        e2e::noise(100 + u64::from(version), 300 << 10),
+    )
+    .unwrap();
+    std::fs::write(
+        src.join(format!("laporan-{version}.csv")),
+        format!("versi,{version}\n"),
+    )
+    .unwrap();
+}
+
+/// A daemon (data directory on the mount, `config` beside it) with the site's people,
+/// a server of Dinkes with its agent (state off the mount: the server keeps its power),
+/// and a backup plan through that agent whose first backup has run.
+struct AgentSite {
+    daemon: e2e::Daemon,
+    admin: String,
+    site: e2e::Site,
+    server_id: i64,
+    plan: String,
+    /// Held so the agent runs as long as the site (killed on drop).
+    _agent: e2e::AgentProcess,
+}
+
+fn agent_site(mnt: &Path, out: &Path, config: &Path) -> AgentSite {
+    let (daemon, admin, server, site) = e2e::Daemon::with_site(mnt, Some(config));
+    let server_id = e2e::register_server(
+        out,
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-WEB-01",
+    );
+    let state = out.join("agent");
+    let _ = std::fs::remove_dir_all(&state);
+    let token = e2e::enrollment_token(&server, &site.petugas, server_id);
+    let enrolled = e2e::enroll(&server, &token, &state);
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
+    let agent = e2e::AgentProcess::start(&state, &out.join("agent.log"));
+    let src = out.join("srv");
+    let _ = std::fs::remove_dir_all(&src);
+    server_tree(&src, 1);
+    let b = e2e::active_backup_request(&server, &site, site.dinkes, out, "web");
+    let plan = e2e::agent_plan(
+        &server,
+        &site.kasi,
+        b,
+        "web",
+        &src.display().to_string(),
+        server_id,
+    );
+    e2e::step(&server, &site.kasi, b, "complete", 2, &[]);
+    let first = e2e::wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(first["status"], "ok", "the first backup: {first}");
+    AgentSite {
+        daemon,
+        admin,
+        site,
+        server_id,
+        plan,
+        _agent: agent,
+    }
+}
+
+/// The agent day from the set-up on, until the power goes: how much work was
+/// acknowledged, what was running when the power went, the snapshot of each
+/// acknowledged backup, the second request, and each work item's span of changes.
+struct AgentDay {
+    acknowledged: usize,
+    running: Option<usize>,
+    snapshots: BTreeMap<u32, String>,
+    request: Option<i64>,
+    spans: Vec<(u64, u64)>,
+}
+
+/// The plan's runs, newest first; `None` when the daemon cannot answer.
+fn runs_of(server: &str, token: &str, plan: &str) -> Option<Vec<serde_json::Value>> {
+    let out = e2e::cli(server, token, &["run", "list", "--plan", plan]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()?
+        .as_array()
+        .cloned()
+}
+
+fn agent_day(fs: &CutFs, s: &AgentSite, out: &Path, setup: (u64, u64)) -> AgentDay {
+    let server = s.daemon.url();
+    let mut day = AgentDay {
+        acknowledged: 0,
+        running: None,
+        snapshots: BTreeMap::new(),
+        request: None,
+        spans: vec![setup],
+    };
+    let form = e2e::write(
+        out,
+        "second.toml",
+        "scope = \"/srv/db\"\nschedule = \"harian 03:00\"\nretention = \"30 hari\"\n",
+    );
+    for (i, work) in WORK.iter().enumerate() {
+        let start = fs.changes();
+        let done = match *work {
+            Work::Backup(version) => {
+                server_tree(&out.join("srv"), version);
+                let asked = e2e::cli(&server, &s.site.petugas, &["plan", "run-now", &s.plan]);
+                // The runs before this one: the set-up's and the day's.
+                let before = 1 + day.snapshots.len();
+                let mut finished = None;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+                while asked.status.success() && std::time::Instant::now() < deadline {
+                    let Some(runs) = runs_of(&server, &s.site.kasi, &s.plan) else {
+                        break;
+                    };
+                    let status = runs[0]["status"].as_str().unwrap_or_default();
+                    if runs.len() > before && !["queued", "running"].contains(&status) {
+                        finished = Some(runs[0].clone());
+                        break;
+                    }
+                    if fs.dead() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                match finished {
+                    Some(run) if run["status"] == "ok" => {
+                        let snapshot = run["snapshot_id"].as_str().expect("a snapshot id");
+                        day.snapshots.insert(version, snapshot.to_owned());
+                        true
+                    }
+                    other => {
+                        assert!(
+                            fs.dead(),
+                            "backup of v{version} did not end well with the power on: {other:?}\n{}",
+                            String::from_utf8_lossy(&asked.stderr)
+                        );
+                        false
+                    }
+                }
+            }
+            Work::Submit => {
+                let agency = s.site.dinkes.to_string();
+                let args = [
+                    "request",
+                    "backup",
+                    "submit",
+                    "--agency",
+                    &agency,
+                    "--subject",
+                    "second",
+                    "--form",
+                    &form,
+                ];
+                let answer = e2e::cli(&server, &s.site.skpd, &args);
+                if answer.status.success() {
+                    let shown: serde_json::Value =
+                        serde_json::from_slice(&answer.stdout).expect("the request as JSON");
+                    day.request = shown["request"]["id"].as_i64();
+                }
+                answer.status.success() || !assert_dead(fs, *work, &answer)
+            }
+            Work::Approve => {
+                let request = day.request.expect("submitted before").to_string();
+                let answer = e2e::cli(&server, &s.site.kadin, &["step", "complete", &request, "1"]);
+                answer.status.success() || !assert_dead(fs, *work, &answer)
+            }
+        };
+        day.spans.push((start, fs.changes()));
+        if !done {
+            day.running = Some(i);
+            return day;
+        }
+        day.acknowledged = i + 1;
+        if fs.dead() {
+            return day;
+        }
+    }
+    day
+}
+
+/// A step refused while the power was on is a failure of the test; returns `true`.
+fn assert_dead(fs: &CutFs, work: Work, answer: &Output) -> bool {
+    assert!(
+        fs.dead(),
+        "{work:?} failed with the power on:\n{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    true
+}
+
+/// A daemon configuration beside the mount with a fixed port (the agent finds the
+/// daemon again where it was) and leases of ten minutes: work the dead daemon held
+/// must be taken back at once, not when its lease lapses.
+fn agent_day_config(path: &Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        path,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nauth_max_failures = 100000\n[scheduler]\ntick_secs = 1\nlease_secs = 600\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_power_cut_under_agent_backups_and_approvals_loses_no_acknowledged_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let out = tmp.path().join("server");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = tmp.path().join("daemon.toml");
+    agent_day_config(&config);
+    let Some(calibration) = mount_or_skip(&mnt) else {
+        return;
+    };
+    let mut site = agent_site(&mnt, &out, &config);
+    let day = agent_day(&calibration, &site, &out, (0, calibration.changes()));
+    assert_eq!((day.acknowledged, day.running), (WORK.len(), None));
+    let spans = day.spans;
+    site.daemon.stop();
+    drop(site);
+    drop(calibration);
+
+    let seed = seed_from("CADANG_POWER_SEED");
+    let trials: usize = env_number("CADANG_AGENT_POWER_TRIALS", 2 * (WORK.len() + 2));
+    eprintln!("agent-day power-loss seed {seed} (CADANG_POWER_SEED replays), {trials} trials");
+    let mut rng = Rng(seed | 1);
+    for trial in 0..trials {
+        let offset = cut_offset(trial, &spans, &mut rng);
+        let _ = std::fs::remove_dir_all(&mnt);
+        let _ = std::fs::remove_file(mnt.with_extension("log"));
+        let _ = std::fs::remove_file(out.join("agent.log"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let fs = CutFs::mount(&mnt).expect("mount cutfs");
+        let mut site = agent_site(&mnt, &out, &config);
+        let setup_end = fs.changes();
+        let cut = offset.map(|o| Cut(setup_end + o));
+        if let Some(cut) = cut {
+            fs.cut_at(cut);
+        }
+        let day = agent_day(&fs, &site, &out, (0, setup_end));
+        // The daemon's host loses its power; the agency's server keeps running.
+        let _ = site.daemon.child.kill();
+        let _ = site.daemon.child.wait();
+        let fs = fs
+            .after_power_loss(&mnt, &mut rng)
+            .expect("remount after the cut");
+        let what = format!(
+            "trial {trial} (seed {seed}, cut {cut:?}, {} acknowledged, running {:?})",
+            day.acknowledged,
+            day.running.map(|i| WORK[i])
+        );
+        eprintln!("{what}");
+        let log = std::fs::read_to_string(mnt.with_extension("log")).unwrap_or_default();
+        assert!(
+            !log.contains("panicked"),
+            "{what}: the daemon panicked when its disk died:\n{log}"
+        );
+        site.daemon.kill_and_restart();
+        agent_day_after_the_cut(&site, &out, &day, trial, &what);
+        let said = std::fs::read_to_string(out.join("agent.log")).unwrap_or_default();
+        assert!(
+            !said.contains("panicked"),
+            "{what}: the agent panicked:\n{said}"
+        );
+        site.daemon.stop();
+        drop(site);
+        drop(fs);
+    }
+}
+
+fn agent_day_after_the_cut(s: &AgentSite, out: &Path, day: &AgentDay, trial: usize, what: &str) {
+    let server = s.daemon.url();
+    let verdict = e2e::ok(&server, &s.admin, &["audit", "verify"]);
+    assert_eq!(
+        verdict["intact"], true,
+        "{what}: the audit trail: {verdict}"
+    );
+    // Every run settles, and settles well: one the dead daemon held is taken back at
+    // once (its ten-minute lease notwithstanding) and its agent finishes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let runs = loop {
+        let runs = runs_of(&server, &s.site.kasi, &s.plan).expect("the runs after the cut");
+        if runs
+            .iter()
+            .all(|run| !["queued", "running"].contains(&run["status"].as_str().unwrap_or("")))
+        {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: runs still unsettled two minutes after the restart: {runs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for run in &runs {
+        assert_eq!(run["status"], "ok", "{what}: a run after the cut: {run}");
+    }
+    let kept: BTreeSet<&str> = runs
+        .iter()
+        .filter_map(|run| run["snapshot_id"].as_str())
+        .collect();
+    for (version, snapshot) in &day.snapshots {
+        assert!(
+            kept.contains(snapshot.as_str()),
+            "{what}: the acknowledged backup of v{version} ({snapshot}) is lost: {runs:?}"
+        );
+    }
+    let backups_begun = WORK[..day.acknowledged + usize::from(day.running.is_some())]
+        .iter()
+        .filter(|w| matches!(w, Work::Backup(_)))
+        .count();
+    assert!(
+        runs.len() <= 1 + backups_begun && runs.len() > day.snapshots.len(),
+        "{what}: {} runs for {backups_begun} backups begun: {runs:?}",
+        runs.len()
+    );
+    // The newest snapshot holds the server's tree of its version (the set-up's backup
+    // was v1, the day's are v2, v3, ...), whether its backup was acknowledged before the
+    // cut or finished after it.
+    let newest = runs[0]["snapshot_id"].as_str().expect("a snapshot");
+    let expected = out.join("expected");
+    let _ = std::fs::remove_dir_all(&expected);
+    for version in 1..=u32::try_from(runs.len()).unwrap() {
+        server_tree(&expected, version);
+    }
+    let target = out.join(format!("restored-{trial}"));
+    let restored = e2e::ok(
+        &server,
+        &s.site.petugas,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &s.server_id.to_string(),
+            "--snapshot",
+            newest,
+            "--target",
+            &target.display().to_string(),
+            "--wait",
+        ],
+    );
+    assert_eq!(restored["status"], "ok", "{what}: {restored}");
+    let src = out.join("srv");
+    assert_eq!(
+        e2e::tree_of(&expected),
+        e2e::tree_of(&target.join(src.strip_prefix("/").unwrap())),
+        "{what}: the newest snapshot restores the tree of v{}",
+        runs.len()
+    );
+    std::fs::remove_dir_all(&target).unwrap();
+    // The approvals: an acknowledged submission is there, an acknowledged B1 is done,
+    // and nothing of a step that never ran.
+    let requests = e2e::ok(&server, &s.site.kasi, &["request", "list"]);
+    let seconds = requests
+        .as_array()
+        .expect("the requests")
+        .iter()
+        .filter(|r| r["subject"] == "second")
+        .count();
+    let submit = WORK.iter().position(|w| matches!(w, Work::Submit)).unwrap();
+    let approve = WORK
+        .iter()
+        .position(|w| matches!(w, Work::Approve))
+        .unwrap();
+    if day.acknowledged > submit {
+        assert_eq!(seconds, 1, "{what}: the acknowledged request: {requests}");
+    } else if day.running != Some(submit) {
+        assert_eq!(seconds, 0, "{what}: a request never submitted: {requests}");
+    }
+    if let Some(request) = day.request {
+        let state = e2e::request_state(&server, &s.site.kasi, request);
+        let step = state["current_step"].as_i64().expect("a current step");
+        if day.acknowledged > approve {
+            assert_eq!(step, 2, "{what}: the acknowledged B1: {state}");
+        } else if day.running != Some(approve) {
+            assert_eq!(step, 1, "{what}: B1 was never approved: {state}");
+        }
+    }
+    // Work goes on: the repository checks clean and the next backup runs.
+    e2e::ok(
+        &server,
+        &s.site.petugas,
+        &["plan", "run-now", &s.plan, "--kind", "verify"],
+    );
+    let verify = e2e::wait_for_run(&server, &s.site.kasi, &s.plan, runs.len() + 1);
+    assert_eq!(
+        verify["status"], "ok",
+        "{what}: the check after the cut: {verify}"
+    );
+    server_tree(&src, 5);
+    e2e::ok(&server, &s.site.petugas, &["plan", "run-now", &s.plan]);
+    let next = e2e::wait_for_run(&server, &s.site.kasi, &s.plan, runs.len() + 2);
+    assert_eq!(next["status"], "ok", "{what}: the next backup: {next}");
+    let verdict = e2e::ok(&server, &s.admin, &["audit", "verify"]);
+    assert_eq!(
+        verdict["intact"], true,
+        "{what}: the audit trail at the end: {verdict}"
     );
 }

@@ -1256,6 +1256,27 @@ impl App {
         Ok(None)
     }
 
+    /// Takes back at once the runs and restores whose daemons are known to be gone:
+    /// their leases end now, so the next claims take them over (a backup through an
+    /// agent resumes where it stopped) instead of waiting for the leases to lapse.
+    /// Only for a daemon that is alone on its catalog (SQLite, whose daemons lock the
+    /// catalog file): every other holder of a lease there is a daemon that died (killed,
+    /// its host lost power). Returns the runs and restores taken back.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn take_back_work_of_gone_daemons(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, u64), AppError> {
+        let mut tx = self.catalog().begin().await?;
+        let runs = tx.lapse_run_leases_of_others(owner, now).await?;
+        let restores = tx.lapse_restore_leases_of_others(owner, now).await?;
+        tx.commit().await?;
+        Ok((runs, restores))
+    }
+
     /// Extends a lease; `false` when it was lost (taken over).
     ///
     /// # Errors

@@ -325,6 +325,8 @@ const INSERT_RESTORE: &str = "INSERT INTO restores (agency_id, server_id, target
 const CLAIM_RESTORE: &str = "UPDATE restores SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = $4 \
      AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))";
+const LAPSE_RESTORE_LEASES: &str = "UPDATE restores SET lease_expires_at = $1 WHERE status = 'running' \
+     AND lease_owner <> $2 AND lease_expires_at > $1";
 const RENEW_RESTORE: &str = "UPDATE restores SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 \
      AND status = 'running'";
 const PROGRESS_RESTORE: &str = "UPDATE restores SET stats_json = $1, snapshot = $2 WHERE id = $3 \
@@ -729,6 +731,26 @@ impl Tx {
                 .rows_affected()
         });
         Ok(affected > 0)
+    }
+
+    /// Ends now the leases of running restores held by anyone but `owner`, as
+    /// [`Tx::lapse_run_leases_of_others`] does for runs. Returns how many.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn lapse_restore_leases_of_others(
+        &mut self,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, CatalogError> {
+        Ok(with_conn!(self, |conn| {
+            sqlx::query(LAPSE_RESTORE_LEASES)
+                .bind(instant(now))
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// Extends a restore's lease; `false` when `owner` lost it.

@@ -262,6 +262,8 @@ const CLAIM_RUN_POSTGRES: &str = "UPDATE runs SET status = 'running', lease_owne
             AND p.status IN ('approved', 'active') \
             AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.plan_id = r.plan_id AND o.status = 'running')) \
      ORDER BY r.status DESC, r.due_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED) RETURNING id";
+const LAPSE_RUN_LEASES: &str = "UPDATE runs SET lease_expires_at = $1 WHERE status = 'running' \
+     AND lease_owner <> $2 AND lease_expires_at > $1";
 const RENEW_LEASE: &str = "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'";
 const FINISH_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, stats_json = $3, snapshot_id = $4, error = $5, \
      lease_owner = NULL, lease_expires_at = NULL WHERE id = $6 AND lease_owner = $7 AND status = 'running'";
@@ -477,6 +479,27 @@ impl Tx {
             Some(id) => Ok(Some(self.run(RunId(id)).await?)),
             None => Ok(None),
         }
+    }
+
+    /// Ends now the leases of running runs held by anyone but `owner`, so the next
+    /// claim takes them over; for a daemon that knows their holders are gone. Returns
+    /// how many.
+    ///
+    /// # Errors
+    /// From the driver.
+    pub async fn lapse_run_leases_of_others(
+        &mut self,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, CatalogError> {
+        Ok(with_conn!(self, |conn| {
+            sqlx::query(LAPSE_RUN_LEASES)
+                .bind(instant(now))
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// Extends a lease; `false` when `owner` no longer holds it.

@@ -4,7 +4,10 @@
 //! A lease names its holder and an expiry; the holder renews it while it
 //! works. A lease past its expiry is stale and ignored, so a crashed prune
 //! never blocks unattended jobs for longer than the lease time; `cadang
-//! unlock` removes stale leases (or all, when asked).
+//! unlock` removes stale leases (or all, when asked). Where the reader can
+//! tell that the holder is gone, the lease is stale at once: a holder of the
+//! same process space whose pid no longer exists, or a holder of the same
+//! machine whose boot has ended (the machine restarted since).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,17 +42,70 @@ pub struct LockInfo {
     /// unknown, as in leases written before it was recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pid_space: String,
+    /// The holder's machine id (`/etc/machine-id`). With the host name and the boot
+    /// id of [`LockInfo::pid_space`] it tells a reader on the same machine that the
+    /// holder's boot has ended, and with it the holder. Empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
+}
+
+/// Where the reader of a lease runs: what it can compare a holder with.
+#[derive(Clone, Debug)]
+struct Here {
+    /// See [`LockInfo::pid_space`].
+    pid_space: String,
+    /// See [`LockInfo::machine`].
+    machine: String,
+    host: String,
+}
+
+impl Here {
+    fn now() -> Self {
+        Self {
+            pid_space: pid_space(),
+            machine: std::fs::read_to_string("/etc/machine-id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The boot id part of a process space.
+fn boot_of(pid_space: &str) -> &str {
+    pid_space.split_once('/').map_or("", |(boot, _)| boot)
 }
 
 impl LockInfo {
-    /// Whether the lease is in force at `now` for a reader in process space `here`:
-    /// not expired, and its holder not known to be gone.
-    fn holds(&self, now: DateTime<Utc>, here: &str) -> bool {
+    /// Whether the lease is in force at `now` for a reader at `here`: not expired,
+    /// and its holder not known to be gone.
+    fn holds(&self, now: DateTime<Utc>, here: &Here) -> bool {
         if self.expires <= now {
             return false;
         }
-        let holder_gone = !here.is_empty() && self.pid_space == here && !process_exists(self.pid);
-        !holder_gone
+        !self.holder_gone(here)
+    }
+
+    /// Whether the reader knows the holder is gone: it ran in the reader's process
+    /// space and its pid no longer exists, or it ran on the reader's machine (same
+    /// machine id and host name) in a boot that has ended. A lease of another
+    /// machine, container or unknown origin is never broken on a guess.
+    fn holder_gone(&self, here: &Here) -> bool {
+        if here.pid_space.is_empty() {
+            return false;
+        }
+        if self.pid_space == here.pid_space {
+            return !process_exists(self.pid);
+        }
+        let (boot, our_boot) = (boot_of(&self.pid_space), boot_of(&here.pid_space));
+        !self.machine.is_empty()
+            && self.machine == here.machine
+            && self.host == here.host
+            && !boot.is_empty()
+            && !our_boot.is_empty()
+            && boot != our_boot
     }
 }
 
@@ -120,7 +176,7 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> 
 /// `Error::Locked` when a live lease exists; storage errors.
 pub fn acquire<'a>(repo: &'a Repository, purpose: &str) -> Result<Lease<'a>> {
     let now = Utc::now();
-    let here = pid_space();
+    let here = Here::now();
     let live = |now: DateTime<Utc>, skip: &str| -> Result<Option<LockInfo>> {
         for (key, info) in list_locks(repo)? {
             if key == skip {
@@ -140,16 +196,14 @@ pub fn acquire<'a>(repo: &'a Repository, purpose: &str) -> Result<Lease<'a>> {
             until: i.expires.to_rfc3339(),
         });
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
     let info = LockInfo {
         purpose: purpose.to_string(),
-        host,
+        host: here.host.clone(),
         pid: std::process::id(),
         created: now,
         expires: now + LEASE_TTL,
-        pid_space: here.clone(),
+        pid_space: here.pid_space.clone(),
+        machine: here.machine.clone(),
     };
     let key = format!("locks/{}", LockId(random_bytes()));
     repo.block_on(
@@ -224,7 +278,7 @@ impl Drop for Lease<'_> {
 /// # Errors
 /// Storage errors.
 pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
-    let (now, here) = (Utc::now(), pid_space());
+    let (now, here) = (Utc::now(), Here::now());
     let mut n = 0;
     for (key, info) in list_locks(repo)? {
         let stale = info.as_ref().is_none_or(|i| !i.holds(now, &here));
@@ -241,22 +295,28 @@ mod tests {
     use super::*;
     use crate::engine::repo::test_repository;
 
-    /// Leaves a lease as a holder would, without a renewer.
-    fn plant(repo: &Repository, pid: u32, pid_space: &str, expires: DateTime<Utc>) -> String {
-        let info = LockInfo {
+    /// A lease of a holder on another machine, of unknown machine id.
+    fn holder(pid: u32, pid_space: &str, expires: DateTime<Utc>) -> LockInfo {
+        LockInfo {
             purpose: "prune".into(),
             host: "elsewhere".into(),
             pid,
             created: Utc::now() - Duration::minutes(1),
             expires,
             pid_space: pid_space.into(),
-        };
+            machine: String::new(),
+        }
+    }
+
+    /// Leaves a lease as a holder would, without a renewer.
+    fn plant(repo: &Repository, pid: u32, pid_space: &str, expires: DateTime<Utc>) -> String {
+        plant_info(repo, &holder(pid, pid_space, expires))
+    }
+
+    fn plant_info(repo: &Repository, info: &LockInfo) -> String {
         let key = format!("locks/{}", LockId(random_bytes()));
-        repo.block_on(
-            repo.store()
-                .put_create(&key, encode(repo, &info), |_| false),
-        )
-        .unwrap();
+        repo.block_on(repo.store().put_create(&key, encode(repo, info), |_| false))
+            .unwrap();
         key
     }
 
@@ -336,5 +396,113 @@ mod tests {
             Utc::now() - Duration::seconds(1),
         );
         drop(acquire(&repo, "prune").unwrap());
+    }
+
+    #[test]
+    fn a_lease_from_an_ended_boot_of_this_machine_is_stale_at_once_nothing_else_is() {
+        let here = Here {
+            pid_space: "boot-now/pid:[4026531836]".into(),
+            machine: "3d1219c7c4c5404aaa1f6d2a48adfda4".into(),
+            host: "dc-backup-01".into(),
+        };
+        let now = Utc::now();
+        // Our own pid: a lease from another boot is judged without it.
+        let alive = std::process::id();
+        let before_reboot = LockInfo {
+            host: here.host.clone(),
+            machine: here.machine.clone(),
+            ..holder(alive, "boot-before/pid:[4026531836]", now + LEASE_TTL)
+        };
+        assert!(
+            !before_reboot.holds(now, &here),
+            "the machine restarted since: the holder is gone"
+        );
+        let cases = [
+            (
+                "another host of the same machine id (a cloned image)",
+                LockInfo {
+                    host: "dc-backup-02".into(),
+                    ..before_reboot.clone()
+                },
+            ),
+            (
+                "another machine of the same host name",
+                LockInfo {
+                    machine: "0123456789abcdef0123456789abcdef".into(),
+                    ..before_reboot.clone()
+                },
+            ),
+            (
+                "a holder that recorded no machine id",
+                LockInfo {
+                    machine: String::new(),
+                    ..before_reboot.clone()
+                },
+            ),
+            (
+                "a holder that recorded no boot",
+                LockInfo {
+                    pid_space: String::new(),
+                    ..before_reboot.clone()
+                },
+            ),
+            (
+                "a container of this boot (another pid namespace), its pid unknown here",
+                LockInfo {
+                    pid_space: "boot-now/pid:[4026532999]".into(),
+                    pid: exited_pid(),
+                    ..before_reboot.clone()
+                },
+            ),
+        ];
+        for (what, info) in cases {
+            assert!(info.holds(now, &here), "{what}: held until it expires");
+            let expired = LockInfo {
+                expires: now - Duration::seconds(1),
+                ..info
+            };
+            assert!(!expired.holds(now, &here), "{what}: expired");
+        }
+        // A reader that cannot tell its own process space breaks nothing.
+        let blind = Here {
+            pid_space: String::new(),
+            ..here
+        };
+        assert!(before_reboot.holds(now, &blind));
+    }
+
+    #[test]
+    fn a_prune_lease_left_by_a_reboot_here_does_not_block_the_next_prune() {
+        let (_rt, _dir, repo) = test_repository();
+        let here = Here::now();
+        assert!(
+            !here.machine.is_empty() && !boot_of(&here.pid_space).is_empty(),
+            "this machine tells its machine id and boot id"
+        );
+        // The daemon was pruning when the machine went down; it came back up.
+        let ns = here.pid_space.split_once('/').map(|(_, ns)| ns).unwrap();
+        let left = LockInfo {
+            host: here.host.clone(),
+            machine: here.machine.clone(),
+            ..holder(
+                std::process::id(),
+                &format!("00000000-0000-0000-0000-000000000000/{ns}"),
+                Utc::now() + LEASE_TTL,
+            )
+        };
+        let key = plant_info(&repo, &left);
+        drop(acquire(&repo, "prune").expect("the lease of the ended boot is stale"));
+        assert_eq!(unlock(&repo, false).unwrap(), 1, "and `unlock` removes it");
+        assert!(list_locks(&repo).unwrap().iter().all(|(k, _)| *k != key));
+
+        // The same lease from another machine holds until it expires.
+        plant_info(
+            &repo,
+            &LockInfo {
+                machine: "0123456789abcdef0123456789abcdef".into(),
+                ..left
+            },
+        );
+        assert!(matches!(acquire(&repo, "prune"), Err(Error::Locked { .. })));
     }
 }

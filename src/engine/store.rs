@@ -94,9 +94,16 @@ fn is_staged_name(name: &str) -> bool {
         if !object.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Creates `path` and the directories above it that are missing, and makes them
-/// durable: each new directory is synced, and so is the existing one it was made in.
-fn create_dir_durably(path: &std::path::Path) -> std::io::Result<()> {
+/// Creates `path` and the directories above it that are missing (with `mode`, less the
+/// umask), and makes them durable: each new directory is synced, and so is the existing
+/// one it was made in. A directory made with `create_dir_all` alone can vanish with
+/// everything below it at a power cut, however well its files were synced, because the
+/// entry naming it was never written out.
+///
+/// # Errors
+/// From creating or syncing the directories.
+pub fn create_dir_durably(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     let mut first_existing = path;
     while !first_existing.exists() {
         match first_existing.parent() {
@@ -107,7 +114,10 @@ fn create_dir_durably(path: &std::path::Path) -> std::io::Result<()> {
     if first_existing == path {
         return Ok(());
     }
-    std::fs::create_dir_all(path)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
     for dir in path.ancestors() {
         std::fs::File::open(dir)?.sync_all()?;
         if dir == first_existing {
@@ -279,7 +289,7 @@ impl Store {
             )));
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
-        create_dir_durably(std::path::Path::new(path)).map_err(|e| Error::io(path, e))?;
+        create_dir_durably(std::path::Path::new(path), 0o777).map_err(|e| Error::io(path, e))?;
         // fsync on: an acknowledged write must survive a power cut, because
         // the snapshot written after it assumes it is there.
         let fs = object_store::local::LocalFileSystem::new_with_prefix(path)

@@ -76,7 +76,7 @@ impl OwedAfter {
             command: command.to_vec(),
             timeout_secs,
         };
-        std::fs::create_dir_all(&self.dir)?;
+        crate::engine::store::create_dir_durably(&self.dir, 0o777)?;
         let path = self.path(job_id);
         let partial = path.with_extension("partial");
         let body = serde_json::to_vec(&record).map_err(std::io::Error::other)?;

@@ -16,11 +16,16 @@ pub fn log_file(data: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(match std::env::var_os("CADANG_E2E_LOG") {
-            Some(path) => PathBuf::from(path),
-            None => data.with_extension("log"),
-        })
+        .open(log_path(data))
         .expect("the log file opens")
+}
+
+/// Where the daemon of `data` logs (`CADANG_E2E_LOG` gathers every daemon's log).
+pub fn log_path(data: &Path) -> PathBuf {
+    match std::env::var_os("CADANG_E2E_LOG") {
+        Some(path) => PathBuf::from(path),
+        None => data.with_extension("log"),
+    }
 }
 
 /// Every byte the daemon left on disk: catalog, WAL, key file, log.
@@ -202,9 +207,11 @@ pub fn ok(server: &str, token: &str, args: &[&str]) -> Value {
     let output = cli(server, token, args);
     assert!(
         output.status.success(),
-        "`cadang {}` failed: {}",
+        "`cadang {}` failed ({}): {}{}",
         args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
     );
     let text = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()))

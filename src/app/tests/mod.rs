@@ -58,6 +58,7 @@ conformance! {
     plans: [
         the_backup_request_steers_its_plan,
         a_lapsed_lease_is_taken_over,
+        the_run_of_a_gone_daemon_is_taken_back_at_once,
         racing_daemons_run_every_slot_exactly_once,
         a_plan_action_of_a_dead_daemon_is_applied_once_by_another,
     ],
@@ -91,6 +92,7 @@ conformance! {
         backup_not_continued,
         restore_rejected,
         restore_succeeds_first_time,
+        the_restore_of_a_gone_daemon_is_taken_back_at_once,
         restore_falls_back_then_confirms,
         a_restore_whose_agent_stays_away_falls_back_to_the_alternate_target,
         withdrawal_approved,

@@ -336,6 +336,90 @@ pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
     assert_eq!(runs[0].status, "ok");
 }
 
+pub(crate) async fn the_run_of_a_gone_daemon_is_taken_back_at_once(catalog: Catalog) {
+    let env = Env::new(catalog).await;
+    let id = backup_request(&env).await;
+    let plan = env
+        .app
+        .create_plan(KASI, id, "p", spec("0 2 * * *"), env.now())
+        .await
+        .unwrap();
+    let now = env.now();
+    env.app.run_now(KASI, plan.id, now).await.unwrap();
+    let (run, _, _) = env
+        .app
+        .claim_run("dead", TimeDelta::minutes(10), now)
+        .await
+        .unwrap()
+        .map(parts)
+        .unwrap();
+    // The daemon restarted on its catalog: its predecessor's lease has nine minutes
+    // to go, and it knows that holder is gone.
+    let restarted = now + TimeDelta::minutes(1);
+    assert!(
+        env.app
+            .claim_run("alive", TimeDelta::minutes(10), restarted)
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease holds until it is taken back"
+    );
+    assert_eq!(
+        env.app
+            .take_back_work_of_gone_daemons("alive", restarted)
+            .await
+            .unwrap(),
+        (1, 0)
+    );
+    let (taken, _, _) = env
+        .app
+        .claim_run(
+            "alive",
+            TimeDelta::minutes(10),
+            restarted + TimeDelta::seconds(1),
+        )
+        .await
+        .unwrap()
+        .map(parts)
+        .expect("taken over at the next claim");
+    assert_eq!((taken.id, taken.attempts), (run.id, 2));
+    assert!(
+        !env.app
+            .renew_lease(run.id, "dead", TimeDelta::minutes(10), restarted)
+            .await
+            .unwrap(),
+        "the gone holder's lease is over"
+    );
+    // Its own runs are not taken back from itself, nor is anything done twice.
+    assert_eq!(
+        env.app
+            .take_back_work_of_gone_daemons("alive", restarted + TimeDelta::seconds(2))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    assert!(
+        env.app
+            .renew_lease(
+                run.id,
+                "alive",
+                TimeDelta::minutes(10),
+                restarted + TimeDelta::seconds(3)
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        env.app
+            .finish_run(run.id, "alive", &ok(), restarted + TimeDelta::seconds(4))
+            .await
+            .unwrap()
+    );
+    let runs = runs_of(&env, plan.id).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "ok");
+}
+
 pub(crate) async fn racing_daemons_run_every_slot_exactly_once(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = backup_request(&env).await;

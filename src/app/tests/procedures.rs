@@ -473,6 +473,56 @@ pub(crate) async fn restore_rejected(catalog: Catalog) {
     finished(&env, id, Outcome::Rejected, &[1, 2, 3]).await;
 }
 
+pub(crate) async fn the_restore_of_a_gone_daemon_is_taken_back_at_once(catalog: Catalog) {
+    let env = Env::new(catalog).await;
+    let id = restore_at_step_3(&env).await;
+    env.decide(KABID, id, 3, Answer::Yes, "rencana restore disetujui")
+        .await;
+    let now = env.now();
+    env.app
+        .advance_restore_requests("dead", now)
+        .await
+        .expect("advance");
+    let claim = |owner: &'static str, at| {
+        let app = env.app.clone();
+        async move {
+            app.claim_restore(
+                owner,
+                TimeDelta::minutes(10),
+                at,
+                &|_| true,
+                TimeDelta::minutes(5),
+            )
+            .await
+            .expect("claim")
+        }
+    };
+    let held = claim("dead", now).await.expect("a restore is queued");
+    let restarted = now + TimeDelta::minutes(1);
+    assert!(
+        claim("alive", restarted).await.is_none(),
+        "the lease holds until it is taken back"
+    );
+    assert_eq!(
+        env.app
+            .take_back_work_of_gone_daemons("alive", restarted)
+            .await
+            .expect("take back"),
+        (0, 1)
+    );
+    let taken = claim("alive", restarted + TimeDelta::seconds(1))
+        .await
+        .expect("taken over at the next claim");
+    assert_eq!((taken.id, taken.attempts), (held.id, 2));
+    assert!(
+        !env.app
+            .renew_restore_lease(held.id, "dead", TimeDelta::minutes(10), restarted)
+            .await
+            .expect("renew"),
+        "the gone holder's lease is over"
+    );
+}
+
 pub(crate) async fn restore_succeeds_first_time(catalog: Catalog) {
     let env = Env::new(catalog).await;
     let id = restore_at_step_3(&env).await;
