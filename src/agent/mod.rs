@@ -122,17 +122,16 @@ impl StateDir {
         Ok((config, credential))
     }
 
-    /// Writes `agent.toml` and the credential (mode 0600, directory 0700).
+    /// Writes `agent.toml` and the credential (mode 0600, directory 0700), durably: the
+    /// enrolment token is spent, so a credential lost to a power cut would take an
+    /// officer to enrol the server again.
     ///
     /// # Errors
     /// I/O errors.
     pub fn save(&self, config: &AgentConfig, credential: &str) -> anyhow::Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.0)
+        use std::os::unix::fs::OpenOptionsExt;
+        crate::engine::store::create_dir_durably(&self.0, 0o700)
             .with_context(|| format!("cannot create {}", self.0.display()))?;
         let write = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
             let tmp = path.with_extension("tmp");
@@ -155,6 +154,9 @@ impl StateDir {
                 .map_err(|e| anyhow!("cannot encode agent.toml: {e}"))?
                 .as_bytes(),
         )?;
+        std::fs::File::open(&self.0)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot sync {}", self.0.display()))?;
         Ok(())
     }
 }
