@@ -3487,3 +3487,102 @@ fn a_dishonest_agent_is_refused_and_nothing_it_sent_is_committed() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("stopping"), "{status:?}");
 }
+
+/// `cadang admin recover-token` on the daemon's host, as the operator runs it.
+fn recover_token(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["admin", "recover-token", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("CADANG_CATALOG_URL")
+        .env_remove("CADANG_MASTER_KEY")
+        .output()
+        .expect("the command runs")
+}
+
+/// Break glass: an administrator whose every token is revoked gets a new one on the
+/// daemon's host, and it works at once; an account that is not an administrator, an
+/// unknown one and a disabled administrator are refused; the recovery is in the audit
+/// trail, by `system:break-glass`, and its secret is nowhere on disk.
+#[test]
+fn a_locked_out_administrator_recovers_a_token_on_the_daemons_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let (_daemon, admin, server, site) = Daemon::with_site(&data, None);
+    ok(
+        &server,
+        &admin,
+        &["user", "add", "admin2", "--role", "ADMIN"],
+    );
+    ok(&server, &admin, &["user", "disable", "admin2"]);
+    // The administrator locks itself out: every one of its tokens revoked.
+    let tokens = ok(&server, &admin, &["token", "list", "--user", "admin"]);
+    let ids: Vec<String> = tokens
+        .as_array()
+        .expect("the tokens")
+        .iter()
+        .map(|t| t["id"].to_string())
+        .collect();
+    assert!(!ids.is_empty(), "{tokens}");
+    for id in &ids {
+        ok(&server, &admin, &["token", "revoke", id]);
+    }
+    refused(&server, &admin, &["whoami"], "UNAUTHENTICATED");
+
+    let recovered = recover_token(&data, &["--username", "admin", "--ttl", "1d"]);
+    assert!(
+        recovered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recovered.stderr)
+    );
+    let token = String::from_utf8(recovered.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let said = String::from_utf8_lossy(&recovered.stderr);
+    assert!(
+        said.contains("token.recover") && !said.contains(&token),
+        "{said}"
+    );
+    let me = ok(&server, &token, &["whoami"]);
+    assert!(me.to_string().contains("\"admin\""), "{me}");
+    // It administers: the directory answers it.
+    ok(&server, &token, &["user", "list"]);
+    let listed = ok(&server, &token, &["token", "list", "--user", "admin"]);
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "break-glass")
+        .unwrap_or_else(|| panic!("the recovered token is listed: {listed}"))
+        .clone();
+    assert!(
+        row["expires_at"].as_str().is_some_and(|at| !at.is_empty()),
+        "{row}"
+    );
+
+    // Refused, each with its reason, and nothing issued.
+    for (user, reason) in [
+        ("kasi", "not an administrator"),
+        ("nobody", "there is no account `nobody`"),
+        ("admin2", "disabled"),
+    ] {
+        let out = recover_token(&data, &["--username", user]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{user}: a token was issued");
+        assert!(out.stdout.is_empty(), "{user}: a token was printed");
+        assert!(stderr.contains(reason), "{user}: {stderr}");
+    }
+    let bad_ttl = recover_token(&data, &["--ttl", "soon"]);
+    assert!(!bad_ttl.status.success());
+    assert!(String::from_utf8_lossy(&bad_ttl.stderr).contains("bad --ttl"));
+
+    let audit = ok(&server, &token, &["audit", "export"]).to_string();
+    assert!(audit.contains("token.recover"), "audit lacks the recovery");
+    assert!(
+        audit.contains("system:break-glass"),
+        "audit lacks its actor"
+    );
+    assert_eq!(ok(&server, &token, &["audit", "verify"])["intact"], true);
+    assert_no_secret_under(&data, &[token, site.kasi]);
+}

@@ -14,7 +14,8 @@
 //! of procedure B under the cut: every acknowledged snapshot must be kept, a backup cut
 //! short must be taken back at once and finished by the agent, the newest snapshot must
 //! restore its version, the repository must check clean, and each approval must be
-//! there exactly when it was acknowledged.
+//! there exactly when it was acknowledged. The first start and the bootstrap are cut
+//! too: the daemon must boot on what was kept and the operator must get in.
 //!
 //! FUSE needs root and `/dev/fuse`; without them the tests say so and pass, unless
 //! `CADANG_REQUIRE_FUSE=1` (set by `.ci/run`) makes them mandatory.
@@ -488,7 +489,9 @@ fn a_power_cut_under_the_daemon_loses_no_acknowledged_step() {
     let Some(calibration) = mount_or_skip(&mnt) else {
         return;
     };
-    let (mut daemon, admin) = start_daemon(&mnt);
+    let mut daemon = e2e::Daemon::start(&mnt, &[], None);
+    let listening = calibration.changes();
+    let admin = e2e::Daemon::bootstrap(&mnt, &[]);
     let day = daemon_day(
         &calibration,
         &daemon.url(),
@@ -538,6 +541,91 @@ fn a_power_cut_under_the_daemon_loses_no_acknowledged_step() {
         // The daemon boots on what the disk kept.
         daemon.kill_and_restart();
         daemon_after_the_cut(&daemon.url(), &admin, &day, &what);
+        daemon.stop();
+        drop(daemon);
+        drop(fs);
+    }
+
+    // The power also goes during the first start and the bootstrap: the daemon must
+    // boot on what the disk kept (a master key whole or none, a catalog it can open),
+    // and the operator must get in — with the acknowledged bootstrap token, by
+    // bootstrapping again when nothing of it was kept, or by breaking the glass when
+    // the administrator was kept but its token never reached the operator.
+    let setup_trials: usize = env_number("CADANG_DAEMON_SETUP_POWER_TRIALS", 8);
+    for trial in 0..setup_trials {
+        // Half of them while the daemon starts, half during the bootstrap.
+        let cut = if trial % 2 == 0 {
+            Cut(1 + rng.below(listening))
+        } else {
+            Cut(listening + 1 + rng.below(spans[0].1 - listening))
+        };
+        let _ = std::fs::remove_dir_all(&mnt);
+        let _ = std::fs::remove_file(mnt.with_extension("log"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let fs = CutFs::mount(&mnt).expect("mount cutfs");
+        fs.cut_at(cut);
+        let started = e2e::Daemon::try_start(&mnt, &[], None);
+        let bootstrapped = started
+            .as_ref()
+            .and_then(|_| e2e::Daemon::try_bootstrap(&mnt, &[]).ok());
+        let what = format!(
+            "set-up trial {trial} (seed {seed}, cut {cut:?}, started {}, bootstrapped {})",
+            started.is_some(),
+            bootstrapped.is_some()
+        );
+        eprintln!("{what}");
+        if let Some(mut daemon) = started {
+            let _ = daemon.child.kill();
+            let _ = daemon.child.wait();
+        }
+        let fs = fs
+            .after_power_loss(&mnt, &mut rng)
+            .expect("remount after the cut");
+        let log = std::fs::read_to_string(mnt.with_extension("log")).unwrap_or_default();
+        assert!(
+            !log.contains("panicked"),
+            "{what}: the daemon panicked when its disk died:\n{log}"
+        );
+        let mut daemon = e2e::Daemon::start(&mnt, &[], None);
+        let server = daemon.url();
+        let admin = match bootstrapped {
+            Some(token) => token,
+            None => match e2e::Daemon::try_bootstrap(&mnt, &[]) {
+                Ok(token) => {
+                    eprintln!("  nothing of the bootstrap was kept: bootstrapped again");
+                    token
+                }
+                Err(said) => {
+                    eprintln!("  the administrator was kept, its token never shown: break glass");
+                    assert!(
+                        said.contains("can only be created once"),
+                        "{what}: bootstrap after the cut: {said}"
+                    );
+                    let out = std::process::Command::new(e2e::BIN)
+                        .args(["admin", "recover-token", "--data-dir"])
+                        .arg(&mnt)
+                        .env_remove("CADANG_CATALOG_URL")
+                        .env_remove("CADANG_MASTER_KEY")
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{what}: break glass: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+                }
+            },
+        };
+        let me = e2e::ok(&server, &admin, &["whoami"]);
+        assert!(me.to_string().contains("\"admin\""), "{what}: {me}");
+        let day = Day {
+            acknowledged: 0,
+            running: None,
+            tokens: BTreeMap::new(),
+            spans: Vec::new(),
+        };
+        daemon_after_the_cut(&server, &admin, &day, &what);
         daemon.stop();
         drop(daemon);
         drop(fs);

@@ -159,6 +159,50 @@ impl App {
         Ok(issued)
     }
 
+    /// Break glass, on the daemon's host: a new token for the administrator `username`
+    /// when no administrator can sign in any more (the bootstrap token lost, every
+    /// administrator's token expired or revoked). Whoever runs it can read the catalog
+    /// and the master key already; the control plane never offers it. Only an active
+    /// ADMIN account gets one — everyone else gets tokens from an administrator — and
+    /// it is in the audit trail as `token.recover`, by `system:break-glass`.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`] for an unknown account; [`AppError::Forbidden`] for an
+    /// account that is not ADMIN; [`AppError::Conflict`] for a disabled one;
+    /// [`AppError::InvalidInput`] for a bad label or lifetime.
+    pub async fn recover_admin_token(
+        &self,
+        username: &str,
+        label: &str,
+        ttl: Option<TimeDelta>,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, AppError> {
+        let mut work = self.system_work("system:break-glass", now).await?;
+        let account = work
+            .tx
+            .account_by_username(username)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("there is no account `{username}`")))?;
+        if !account.roles.contains(&Role::Admin) {
+            return Err(AppError::forbidden(format!(
+                "account `{username}` is not an administrator: break glass restores administration only; an administrator gives other accounts their tokens"
+            )));
+        }
+        if !account.active {
+            return Err(AppError::Conflict(format!(
+                "account `{username}` is disabled: recover the token of an active administrator"
+            )));
+        }
+        let issued = self.issue_token(&mut work, &account, label, ttl).await?;
+        work.audit("token.recover", "token", issued.record.id).after = Some(serde_json::json!({
+            "username": issued.record.username,
+            "label": issued.record.label,
+            "expires_at": issued.record.expires_at,
+        }));
+        work.commit().await?;
+        Ok(issued)
+    }
+
     /// Records in the audit trail that `peer` was locked out after `failures` failed
     /// authentications (by the control plane's throttle).
     ///

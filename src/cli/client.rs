@@ -934,7 +934,7 @@ pub fn run(conn: &ConnArgs, json: bool, command: ClientCommand) -> ExitCode {
     }
 }
 
-fn parse_ttl(text: &str) -> anyhow::Result<i64> {
+pub(super) fn parse_ttl(text: &str) -> anyhow::Result<i64> {
     let text = text.trim();
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())

@@ -38,6 +38,27 @@ pub enum AdminCmd {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Break glass: a new token for an administrator when none can sign in any more
+    /// (the bootstrap token lost, every administrator's token expired or revoked).
+    /// Printed once; audited as `token.recover`. Works only on the daemon's host, with
+    /// its catalog.
+    RecoverToken {
+        /// Configuration file of the daemon.
+        #[arg(long, env = "CADANG_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory instead of [daemon] data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The administrator's login name.
+        #[arg(long, default_value = "admin")]
+        username: String,
+        /// What the token is for.
+        #[arg(long, default_value = "break-glass")]
+        label: String,
+        /// Lifetime, such as 1d or 12h (default: none, as `token create`).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
     /// Print the authorisation matrix (Markdown; docs/AUTHORIZATION.md is this output).
     AuthzMatrix,
     /// Break glass: print an agency repository's location and password, for the engine's
@@ -132,6 +153,29 @@ pub fn admin(command: AdminCmd) -> ExitCode {
                         account.username, token.record.id
                     );
                     app.catalog().close().await;
+                    Ok(())
+                })
+            })
+        }
+        AdminCmd::RecoverToken { config, data_dir, username, label, ttl } => {
+            load(config.as_ref(), data_dir, None).and_then(|config| {
+                let ttl = ttl
+                    .map(|text| super::client::parse_ttl(&text).map(chrono::TimeDelta::seconds))
+                    .transpose()
+                    .map_err(|error| error.to_string())?;
+                runtime()?.block_on(async {
+                    let app = daemon::open_app(&config).await.map_err(|error| error.to_string())?;
+                    let issued = app
+                        .recover_admin_token(&username, &label, ttl, chrono::Utc::now())
+                        .await
+                        .map_err(|error| error.to_string());
+                    app.catalog().close().await;
+                    let issued = issued?;
+                    println!("{}", issued.secret.expose());
+                    eprintln!(
+                        "token {} for administrator `{}` created (audited as token.recover); store it now, it cannot be shown again",
+                        issued.record.id, issued.record.username
+                    );
                     Ok(())
                 })
             })

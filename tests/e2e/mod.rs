@@ -52,6 +52,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(data: &Path, env: &[(&str, &str)], config: Option<&Path>) -> Daemon {
+        Self::try_start(data, env, config).unwrap_or_else(|| {
+            panic!(
+                "the daemon did not start; its log:\n{}",
+                std::fs::read_to_string(log_path(data)).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Starts the daemon; `None` when it exits before it listens (its error is in its
+    /// log).
+    pub fn try_start(data: &Path, env: &[(&str, &str)], config: Option<&Path>) -> Option<Daemon> {
         let mut command = Command::new(BIN);
         command.arg("daemon").arg("--data-dir").arg(data);
         let config = match config {
@@ -85,16 +96,24 @@ impl Daemon {
         }
         let mut child = command.spawn().expect("the daemon starts");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the daemon prints its address");
-        let addr = line
-            .trim()
-            .strip_prefix("cadang daemon listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
-            .to_owned();
-        Daemon {
+        // A daemon that neither listens nor exits within a minute (its disk dead under
+        // it) did not start either.
+        let (said, first_line) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = said.send(line);
+        });
+        let line = first_line
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("cadang daemon listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        let addr = addr.to_owned();
+        Some(Daemon {
             child,
             addr,
             data: data.to_owned(),
@@ -103,7 +122,7 @@ impl Daemon {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             config: Some(config),
-        }
+        })
     }
 
     /// Stops with SIGTERM and waits; returns whether it exited cleanly.
@@ -160,6 +179,11 @@ impl Daemon {
     }
 
     pub fn bootstrap(data: &Path, env: &[(&str, &str)]) -> String {
+        Self::try_bootstrap(data, env).unwrap_or_else(|stderr| panic!("bootstrap: {stderr}"))
+    }
+
+    /// The first administrator's token, or what `cadang admin bootstrap` said.
+    pub fn try_bootstrap(data: &Path, env: &[(&str, &str)]) -> Result<String, String> {
         let mut command = Command::new(BIN);
         command
             .args(["admin", "bootstrap", "--username", "admin", "--data-dir"])
@@ -170,12 +194,10 @@ impl Daemon {
             command.env(key, value);
         }
         let output = command.output().expect("bootstrap runs");
-        assert!(
-            output.status.success(),
-            "bootstrap: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(String::from_utf8(output.stdout).unwrap().trim().to_owned())
     }
 }
 
