@@ -920,12 +920,22 @@ fn assert_dead(fs: &CutFs, work: Work, answer: &Output) -> bool {
 /// A daemon configuration beside the mount with a fixed port (the agent finds the
 /// daemon again where it was) and leases of ten minutes: work the dead daemon held
 /// must be taken back at once, not when its lease lapses.
-fn agent_day_config(path: &Path) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+///
+/// The port lies below the kernel's ephemeral range: while this daemon is down, the
+/// daemons of the other tests (listening on port 0) and every outgoing connection
+/// draw from that range, and could take a port from it.
+fn agent_day_config(path: &Path, rng: &mut Rng) {
+    let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let port = (0..100)
+        .map(|_| {
+            20000
+                + u16::try_from(rng.below(u64::from(ephemeral_from.saturating_sub(20000)))).unwrap()
+        })
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range");
     std::fs::write(
         path,
         format!(
@@ -942,7 +952,9 @@ fn a_power_cut_under_agent_backups_and_approvals_loses_no_acknowledged_step() {
     let out = tmp.path().join("server");
     std::fs::create_dir_all(&out).unwrap();
     let config = tmp.path().join("daemon.toml");
-    agent_day_config(&config);
+    let seed = seed_from("CADANG_POWER_SEED");
+    let mut rng = Rng(seed | 1);
+    agent_day_config(&config, &mut rng);
     let Some(calibration) = mount_or_skip(&mnt) else {
         return;
     };
@@ -954,10 +966,8 @@ fn a_power_cut_under_agent_backups_and_approvals_loses_no_acknowledged_step() {
     drop(site);
     drop(calibration);
 
-    let seed = seed_from("CADANG_POWER_SEED");
     let trials: usize = env_number("CADANG_AGENT_POWER_TRIALS", 2 * (WORK.len() + 2));
     eprintln!("agent-day power-loss seed {seed} (CADANG_POWER_SEED replays), {trials} trials");
-    let mut rng = Rng(seed | 1);
     for trial in 0..trials {
         let offset = cut_offset(trial, &spans, &mut rng);
         let _ = std::fs::remove_dir_all(&mnt);
