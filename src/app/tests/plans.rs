@@ -275,9 +275,13 @@ pub(crate) async fn the_backup_request_steers_its_plan(catalog: Catalog) {
     env.assert_audit_intact().await;
 }
 
-pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
-    let env = Env::new(catalog).await;
-    let id = backup_request(&env).await;
+/// A plan with one run, claimed under `lease` by the daemon `dead`; the plan, the run
+/// and the time of the claim.
+async fn run_claimed_by_dead(
+    env: &Env,
+    lease: TimeDelta,
+) -> (crate::app::PlanView, RunRecord, DateTime<Utc>) {
+    let id = backup_request(env).await;
     let plan = env
         .app
         .create_plan(KASI, id, "p", spec("0 2 * * *"), env.now())
@@ -287,11 +291,17 @@ pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
     env.app.run_now(KASI, plan.id, now).await.unwrap();
     let (run, _, _) = env
         .app
-        .claim_run("dead", TimeDelta::minutes(1), now)
+        .claim_run("dead", lease, now)
         .await
         .unwrap()
         .map(parts)
         .unwrap();
+    (plan, run, now)
+}
+
+pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
+    let env = Env::new(catalog).await;
+    let (plan, run, now) = run_claimed_by_dead(&env, TimeDelta::minutes(1)).await;
     // While the lease holds, nobody else gets it.
     assert!(
         env.app
@@ -338,21 +348,7 @@ pub(crate) async fn a_lapsed_lease_is_taken_over(catalog: Catalog) {
 
 pub(crate) async fn the_run_of_a_gone_daemon_is_taken_back_at_once(catalog: Catalog) {
     let env = Env::new(catalog).await;
-    let id = backup_request(&env).await;
-    let plan = env
-        .app
-        .create_plan(KASI, id, "p", spec("0 2 * * *"), env.now())
-        .await
-        .unwrap();
-    let now = env.now();
-    env.app.run_now(KASI, plan.id, now).await.unwrap();
-    let (run, _, _) = env
-        .app
-        .claim_run("dead", TimeDelta::minutes(10), now)
-        .await
-        .unwrap()
-        .map(parts)
-        .unwrap();
+    let (plan, run, now) = run_claimed_by_dead(&env, TimeDelta::minutes(10)).await;
     // The daemon restarted on its catalog: its predecessor's lease has nine minutes
     // to go, and it knows that holder is gone.
     let restarted = now + TimeDelta::minutes(1);
