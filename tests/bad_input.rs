@@ -128,6 +128,36 @@ fn unreadable_and_missing_sources() {
     assert!(stderr(&o).contains("unknown unit"));
     let o = run(cadang(r).args(["restore", "zz", "--target", "/tmp/x"]), 1);
     assert!(stderr(&o).contains("not a snapshot id"));
+    // A path the snapshot does not hold is an error, and nothing is written; one it holds
+    // beside it does not hide it.
+    let target = tmp.path().join("restored");
+    let ok_path = src.join("ok");
+    for includes in [
+        vec!["/no/such/dir"],
+        vec![ok_path.to_str().unwrap(), "/no/such/dir"],
+    ] {
+        let mut c = cadang(r);
+        c.args(["restore", &first, "--target"]).arg(&target);
+        for include in includes {
+            c.args(["--include", include]);
+        }
+        let o = run(&mut c, 1);
+        assert!(
+            stderr(&o).contains("/no/such/dir is not in the snapshot"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!target.exists());
+    }
+    let o = run(
+        cadang(r)
+            .args(["restore", &first, "--include"])
+            .arg(&ok_path)
+            .arg("--target")
+            .arg(&target),
+        0,
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 files"));
     let o = run(cadang(r).args(["backup", "--exclude", "a[", "/tmp"]), 1);
     assert!(stderr(&o).contains("exclude pattern"));
     let o = run(cadang("ftp://example/x").arg("snapshots"), 1);

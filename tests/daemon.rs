@@ -3586,3 +3586,121 @@ fn a_locked_out_administrator_recovers_a_token_on_the_daemons_host() {
     assert_eq!(ok(&server, &token, &["audit", "verify"])["intact"], true);
     assert_no_secret_under(&data, &[token, site.kasi]);
 }
+
+/// The README's quick start, from a fresh working directory with nothing configured:
+/// `cadang daemon` makes its data directory `var` there (a relative path), `admin
+/// bootstrap` finds the same catalog, the token works; and the engine's own quick start,
+/// with a repository named by a bare relative path as restic users write it.
+#[test]
+fn the_quick_start_works_in_a_fresh_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let clean = |c: &mut Command| {
+        for key in [
+            "CADANG_CONFIG",
+            "CADANG_CATALOG_URL",
+            "CADANG_MASTER_KEY",
+            "CADANG_REPOSITORY",
+            "CADANG_PASSWORD_FILE",
+            "CADANG_SERVER",
+            "CADANG_TOKEN",
+        ] {
+            c.env_remove(key);
+        }
+        c.current_dir(cwd);
+    };
+    let mut daemon = Command::new(BIN);
+    daemon
+        .args(["daemon", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(cwd.join("daemon.log")).unwrap());
+    clean(&mut daemon);
+    let mut child = daemon.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let log = || std::fs::read_to_string(cwd.join("daemon.log")).unwrap_or_default();
+    let Some(addr) = line.trim().strip_prefix("cadang daemon listening on ") else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the daemon did not start in a fresh directory:\n{}", log());
+    };
+    let server = format!("http://{addr}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(cwd.join("var")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "the data directory is private");
+
+    let mut bootstrap = Command::new(BIN);
+    bootstrap.args(["admin", "bootstrap"]);
+    clean(&mut bootstrap);
+    let out = bootstrap.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let me = ok(&server, &token, &["whoami"]);
+    assert!(me.to_string().contains("\"admin\""), "{me}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "{}", log());
+
+    std::fs::create_dir_all(cwd.join("src/docs")).unwrap();
+    std::fs::write(cwd.join("src/docs/laporan.txt"), b"laporan triwulan").unwrap();
+    for (repo, target) in [("./var/repo", "./var/restored"), ("repo", "restored")] {
+        for args in [
+            vec!["init"],
+            vec!["backup", "./src"],
+            vec!["restore", "latest", "--target", target, "--verify"],
+        ] {
+            let mut c = Command::new(BIN);
+            c.args(["-q", "-r", repo]).args(&args);
+            clean(&mut c);
+            let out = c
+                .env("CADANG_PASSWORD", "choose a long passphrase")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{repo}: {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A snapshot keeps the absolute path it read, and a restore puts it below the target.
+        let absolute = cwd.canonicalize().unwrap();
+        let restored = cwd
+            .join(target)
+            .join(absolute.strip_prefix("/").unwrap())
+            .join("src/docs/laporan.txt");
+        assert_eq!(
+            std::fs::read(&restored).unwrap(),
+            b"laporan triwulan",
+            "{repo}"
+        );
+    }
+}
+
+/// A client that cannot reach its daemon says which address it dialled and why it
+/// failed, not only "tcp connect error".
+#[test]
+fn a_client_says_which_daemon_it_could_not_reach_and_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let out = cli(&server, "cdg_not_a_token", &["whoami"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("cadang: error: UNAVAILABLE")
+            && said.contains("refused")
+            && said.contains(&format!("(the daemon at {server})"))
+            && said.lines().count() == 1,
+        "{said}"
+    );
+}

@@ -70,6 +70,8 @@ fn cli_file() -> anyhow::Result<CliFile> {
 /// A connection: the channel and the bearer header.
 pub struct Conn {
     channel: Channel,
+    /// The daemon's address, as dialled.
+    server: String,
     bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
@@ -124,6 +126,7 @@ impl Conn {
         };
         Ok(Conn {
             channel: endpoint.connect_lazy(),
+            server,
             bearer,
         })
     }
@@ -164,11 +167,24 @@ pub(crate) fn rpc_error(status: Status) -> anyhow::Error {
         tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         _ => "ERROR",
     };
-    let message = if status.code() == tonic::Code::Unavailable && status.message().is_empty() {
+    let mut message = if status.code() == tonic::Code::Unavailable && status.message().is_empty() {
         "the daemon cannot be reached".to_owned()
     } else {
         status.message().to_owned()
     };
+    if status.code() == tonic::Code::Unavailable {
+        // A transport failure says little by itself ("tcp connect error"); its causes
+        // say why (connection refused, no route, a certificate not trusted).
+        let mut cause = std::error::Error::source(&status);
+        while let Some(error) = cause {
+            let text = error.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = error.source();
+        }
+    }
     anyhow!("{code}: {message}")
 }
 
@@ -921,14 +937,24 @@ pub fn run(conn: &ConnArgs, json: bool, command: ClientCommand) -> ExitCode {
             return ExitCode::Failure;
         }
     };
+    let mut server = None;
     let result = runtime.block_on(async {
         let conn = Conn::open(conn)?;
+        server = Some(conn.server.clone());
         dispatch(&conn, json, command).await
     });
     match result {
         Ok(()) => ExitCode::Ok,
         Err(error) => {
-            eprintln!("cadang: error: {}", super::output::error_line(&error));
+            let line = super::output::error_line(&error);
+            match server {
+                // Which daemon could not be reached: the address came from a flag, the
+                // environment, cli.toml or the default, and the officer may not know which.
+                Some(server) if line.starts_with("UNAVAILABLE") => {
+                    eprintln!("cadang: error: {line} (the daemon at {server})");
+                }
+                _ => eprintln!("cadang: error: {line}"),
+            }
             ExitCode::Failure
         }
     }

@@ -500,7 +500,7 @@ fn snapshots(ctx: &Ctx, a: super::SnapshotsArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{:<10} {:<20} {:<15} {:<15} Paths",
-            "ID", "Time", "Host", "Tags"
+            "ID", "Time (WIB)", "Host", "Tags"
         );
         println!("{}", "-".repeat(80));
         for (id, s) in &snaps {

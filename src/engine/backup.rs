@@ -309,7 +309,9 @@ impl Ctx<'_> {
 
     fn fail(&self, path: &Path, err: impl std::fmt::Display) {
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(path = %path.display(), error = %err, "skipping unreadable file");
+        // Returned in the result, which its caller reports (the CLI once per file, the
+        // daemon in the run's record): a warning here too would print each one twice.
+        tracing::debug!(path = %path.display(), error = %err, "skipping unreadable file");
         self.errors
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

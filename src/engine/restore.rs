@@ -591,6 +591,22 @@ pub fn restore_tree(
         replica: opts.replica.as_deref(),
         repaired: Mutex::new(Vec::new()),
     };
+    let pool = super::worker_pool("cadang-restore", opts.threads, 2)?;
+    let collected = pool.install(|| collect(&sources, root, Path::new(""), &chosen, 1));
+    // A path asked for that the snapshot does not hold is a mistake (a typo, the wrong
+    // snapshot), not a restore of nothing that succeeds; unless a directory on its way
+    // could not be read, which is reported as damage below.
+    if collected.errors.is_empty()
+        && let Some(missing) = chosen
+            .includes
+            .iter()
+            .find(|inc| !collected.entries.iter().any(|e| e.rel.starts_with(inc)))
+    {
+        return Err(Error::InvalidInput(format!(
+            "/{} is not in the snapshot",
+            missing.display()
+        )));
+    }
     let target = &opts.target;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     if !std::fs::symlink_metadata(target)
@@ -602,9 +618,7 @@ pub fn restore_tree(
             target.display()
         )));
     }
-    let pool = super::worker_pool("cadang-restore", opts.threads, 2)?;
     let mut result = RestoreResult::default();
-    let collected = pool.install(|| collect(&sources, root, Path::new(""), &chosen, 1));
     let entries = collected.entries;
     result.errors = collected.errors;
     result.damaged_blobs = collected.damaged;

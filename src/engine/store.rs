@@ -104,7 +104,10 @@ fn is_staged_name(name: &str) -> bool {
 /// From creating or syncing the directories.
 pub fn create_dir_durably(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    let mut first_existing = path;
+    // Made absolute first: the ancestors of a relative path end in an empty one, which
+    // names no directory to sync (`cadang daemon` makes `var` in the working directory).
+    let path = &std::path::absolute(path)?;
+    let mut first_existing = path.as_path();
     while !first_existing.exists() {
         match first_existing.parent() {
             Some(parent) => first_existing = parent,
