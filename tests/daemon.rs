@@ -278,6 +278,28 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
             "server_id = {server_id}\nscope = \"/var/www dan database simkes\"\nschedule = \"harian 02:00\"\nretention = \"30 hari\"\nestimated_size_gb = 120\n"
         ),
     );
+    // A form without a field the procedure needs is refused, named as the form.
+    let incomplete = write(dir, "backup-incomplete.toml", "scope = \"/var/www\"\n");
+    let said = refused(
+        &server,
+        &site.skpd,
+        &[
+            "request",
+            "backup",
+            "submit",
+            "--agency",
+            &dinkes,
+            "--subject",
+            "x",
+            "--form",
+            &incomplete,
+        ],
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        said.contains("the request form (application_json) is not valid: missing field `schedule`"),
+        "{said}"
+    );
     let b = ok(
         &server,
         &site.skpd,
@@ -295,7 +317,43 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
     )["request"]["id"]
         .as_i64()
         .unwrap();
+    // What the request waits on, of whom and by when: B1, the head of agency, one hour.
+    let shown = ok(&server, &site.kasi, &["request", "show", &b.to_string()]);
+    let b1 = &shown["procedure_steps"][0];
+    assert_eq!(b1["number"], 1, "{shown}");
+    assert_eq!(b1["text_id"], "Menerima dan mendisposisi Surat dari SKPD");
+    assert_eq!(b1["roles"], serde_json::json!(["KADIN"]));
+    assert_eq!(b1["time_standard"], "1 jam");
+    let due = chrono::DateTime::parse_from_rfc3339(shown["current_step_due_at"].as_str().unwrap())
+        .unwrap();
+    let opened = chrono::DateTime::parse_from_rfc3339(
+        shown["state"]["steps"][0]["started_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    // The due time is given to the second, the opening time finer.
+    assert!(
+        (3599..=3600).contains(&(due - opened).num_seconds()),
+        "{shown}"
+    );
+    let text = Command::new(BIN)
+        .args(["--server", &server, "request", "show", &b.to_string()])
+        .env("CADANG_TOKEN", &site.kasi)
+        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Menerima dan mendisposisi Surat dari SKPD (Receive and dispose the letter from the SKPD)")
+            && text.contains("done by KADIN, within 1 jam, due ")
+            && text.contains("Receive and dispose the letter from the…"),
+        "{text}"
+    );
     step(&server, &site.kadin, b, "complete", 1, &[]);
+    let shown = ok(&server, &site.kasi, &["request", "show", &b.to_string()]);
+    assert_eq!(
+        shown["procedure_steps"][1]["roles"],
+        serde_json::json!(["KASI_INFRAS"])
+    );
     // B2 cannot be completed before the plan exists: B3 would have nothing to run.
     refused(
         &server,

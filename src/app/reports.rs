@@ -69,6 +69,21 @@ impl App {
         })
     }
 
+    /// When the step a request waits on is due by its time standard: `None` once the
+    /// request is finished, or while the step's clock has not started.
+    pub fn current_step_due(
+        &self,
+        view: &crate::app::RequestView,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        overrun_report(&view.state, &self.config().calendar, now)
+            .steps
+            .iter()
+            .rev()
+            .find(|timing| timing.is_open())
+            .and_then(|timing| timing.deadline)
+    }
+
     /// Every step visit that overran, over the requests matching `filter` (all of them
     /// by default), oldest request first.
     ///

@@ -1102,6 +1102,11 @@ fn request_json(request: &pb::Request) -> serde_json::Value {
         "version": request.version,
         "application": parse_json_text(&request.application_json),
         "state": parse_json_text(&request.state_json),
+        "procedure_steps": request.procedure_steps.iter().map(|step| serde_json::json!({
+            "number": step.number, "text_id": step.text_id, "text_en": step.text_en,
+            "roles": step.roles, "time_standard": step.time_standard, "decision": step.decision,
+        })).collect::<Vec<_>>(),
+        "current_step_due_at": (!request.current_step_due_at.is_empty()).then_some(&request.current_step_due_at),
     })
 }
 
@@ -2399,10 +2404,35 @@ fn print_request(request: &pb::Request) {
     );
     println!("subject: {}", request.subject);
     println!("agency:  {}", request.agency_id);
+    let defined = |number: u64| {
+        request
+            .procedure_steps
+            .iter()
+            .find(|step| u64::from(step.number) == number)
+    };
     if request.status == "finished" {
         println!("status:  finished ({})", request.outcome);
     } else {
         println!("status:  active, at step {}", request.current_step);
+        // What the step asks, of whom, and by when: what an officer needs to act on it.
+        if let Some(step) = defined(u64::from(request.current_step)) {
+            println!("         {} ({})", step.text_id, step.text_en);
+            let due = chrono::DateTime::parse_from_rfc3339(&request.current_step_due_at)
+                .map(|due| {
+                    format!(
+                        ", due {} WIB",
+                        due.with_timezone(&crate::engine::forget::jakarta())
+                            .format("%Y-%m-%d %H:%M")
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "         {} by {}, within {}{due}",
+                if step.decision { "answered" } else { "done" },
+                step.roles.join(" or "),
+                step.time_standard
+            );
+        }
     }
     let state = parse_json_text(&request.state_json);
     if let Some(steps) = state["steps"].as_array() {
@@ -2410,8 +2440,9 @@ fn print_request(request: &pb::Request) {
         table(
             &[
                 "STEP",
-                "STARTED",
-                "FINISHED",
+                "WHAT",
+                "STARTED (WIB)",
+                "FINISHED (WIB)",
                 "BY",
                 "ROLE",
                 "DECISION",
@@ -2420,10 +2451,16 @@ fn print_request(request: &pb::Request) {
             steps
                 .iter()
                 .map(|s| {
+                    let what = s["step"]
+                        .as_u64()
+                        .and_then(defined)
+                        .map(|step| shortened(&step.text_en, 40))
+                        .unwrap_or_default();
                     vec![
                         s["step"].to_string(),
-                        s["started_at"].as_str().unwrap_or("-").to_owned(),
-                        s["finished_at"].as_str().unwrap_or("-").to_owned(),
+                        what,
+                        wib_minute(s["started_at"].as_str()),
+                        wib_minute(s["finished_at"].as_str()),
                         s["actor"].as_str().unwrap_or("-").to_owned(),
                         s["role"].as_str().unwrap_or("-").to_owned(),
                         s["decision"].as_str().unwrap_or("-").to_owned(),
@@ -2437,6 +2474,32 @@ fn print_request(request: &pb::Request) {
                 .collect(),
         );
     }
+}
+
+/// An RFC 3339 instant as `YYYY-MM-DD HH:MM` in Western Indonesian Time (the SOP's
+/// clock); `-` for none, and the text itself when it is not an instant.
+fn wib_minute(at: Option<&str>) -> String {
+    match at {
+        None => "-".to_owned(),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text).map_or_else(
+            |_| text.to_owned(),
+            |at| {
+                at.with_timezone(&crate::engine::forget::jakarta())
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string()
+            },
+        ),
+    }
+}
+
+/// `text` cut to at most `max` characters, the cut marked with `…`.
+fn shortened(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 fn print_capacity(capacity: &serde_json::Value) {

@@ -162,7 +162,21 @@ pub fn request(view: &RequestView) -> Result<pb::Request, Status> {
         version: view.version,
         application_json: to_json(&view.details)?,
         state_json: to_json(&view.state)?,
+        procedure_steps: Vec::new(),
+        current_step_due_at: String::new(),
     })
+}
+
+/// A step of a procedure as the SOP defines it.
+pub fn procedure_step(step: &crate::workflow::Step) -> pb::ProcedureStep {
+    pb::ProcedureStep {
+        number: step.number.0,
+        text_id: step.text.indonesian.clone(),
+        text_en: step.text.english.clone(),
+        roles: role_codes(&step.roles),
+        time_standard: step.time_standard.to_string(),
+        decision: step.flow.is_decision(),
+    }
 }
 
 /// What a change did.

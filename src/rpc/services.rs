@@ -391,7 +391,10 @@ impl request_service_server::RequestService for Requests {
                 "application_json is required: the request's form as JSON",
             ));
         }
-        let details: RequestDetails = json_field("application_json", &message.application_json)?;
+        let details: RequestDetails = json_field(
+            "the request form (application_json)",
+            &message.application_json,
+        )?;
         let outcome = self
             .0
             .app
@@ -419,7 +422,18 @@ impl request_service_server::RequestService for Requests {
             .request_for(&caller, request)
             .await
             .map_err(status)?;
-        Ok(Response::new(convert::request(&view)?))
+        let mut message = convert::request(&view)?;
+        // What each step asks and of whom, so a client can say what comes next.
+        if let Ok(definition) = self.0.app.registry().for_request(&view.state) {
+            message.procedure_steps = definition
+                .steps()
+                .iter()
+                .map(convert::procedure_step)
+                .collect();
+        }
+        message.current_step_due_at =
+            convert::opt_time(self.0.app.current_step_due(&view, self.0.now()));
+        Ok(Response::new(message))
     }
 
     async fn list_requests(
@@ -599,7 +613,7 @@ impl asset_service_server::AssetService for Assets {
         let caller = caller(&request)?;
         let message = request.into_inner();
         let agency = AgencyId(id("agency_id", message.agency_id)?);
-        let entry: Entry = json_field("server_json", &message.server_json)?;
+        let entry: Entry = json_field("the server (server_json)", &message.server_json)?;
         let server = self
             .0
             .app
@@ -652,7 +666,10 @@ impl asset_service_server::AssetService for Assets {
         let caller = caller(&request)?;
         let message = request.into_inner();
         let request = RequestId(id("request_id", message.request_id)?);
-        let observed: Vec<ObservedServer> = json_field("observed_json", &message.observed_json)?;
+        let observed: Vec<ObservedServer> = json_field(
+            "the handover measurements (observed_json)",
+            &message.observed_json,
+        )?;
         self.0
             .app
             .record_handover_observation(&caller.account.username, request, observed, self.0.now())
@@ -1097,7 +1114,7 @@ impl plan_service_server::PlanService for Plans {
         let caller = caller(&request)?;
         let message = request.into_inner();
         let backup = RequestId(id("request_id", message.request_id)?);
-        let spec: crate::app::PlanSpec = json_field("spec_json", &message.spec_json)?;
+        let spec: crate::app::PlanSpec = json_field("the plan (spec_json)", &message.spec_json)?;
         let plan = self
             .0
             .app
