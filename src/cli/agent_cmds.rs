@@ -414,7 +414,7 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                                 "CONNECTED",
                                 "HOSTNAME",
                                 "VERSION",
-                                "LAST SEEN",
+                                "LAST SEEN (WIB)",
                             ],
                             agents
                                 .iter()
@@ -427,7 +427,7 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                                         if a.connected { "yes" } else { "no" }.into(),
                                         or_dash(&a.hostname),
                                         or_dash(&a.version),
-                                        or_dash(&a.last_seen_at),
+                                        super::client::wib(&a.last_seen_at),
                                     ]
                                 })
                                 .collect(),
@@ -703,7 +703,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                         print_json(&list.iter().map(restore_json).collect::<Vec<_>>());
                     } else {
                         table(
-                            &["ID", "SERVER", "TARGET", "STATUS", "SNAPSHOT", "DIRECTORY", "QUEUED"],
+                            &["ID", "SERVER", "TARGET", "STATUS", "SNAPSHOT", "DIRECTORY", "QUEUED (WIB)"],
                             list.iter()
                                 .map(|r| {
                                     vec![
@@ -713,7 +713,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                                         r.status.clone(),
                                         r.snapshot.chars().take(12).collect(),
                                         r.target_dir.clone(),
-                                        r.queued_at.clone(),
+                                        super::client::wib(&r.queued_at),
                                     ]
                                 })
                                 .collect(),

@@ -1244,10 +1244,10 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                         "ID",
                         "USER",
                         "LABEL",
-                        "CREATED",
-                        "EXPIRES",
-                        "REVOKED",
-                        "LAST USED",
+                        "CREATED (WIB)",
+                        "EXPIRES (WIB)",
+                        "REVOKED (WIB)",
+                        "LAST USED (WIB)",
                     ],
                     tokens
                         .iter()
@@ -1256,10 +1256,10 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                                 t.id.to_string(),
                                 t.username.clone(),
                                 t.label.clone(),
-                                t.created_at.clone(),
-                                or_dash(&t.expires_at),
-                                or_dash(&t.revoked_at),
-                                or_dash(&t.last_used_at),
+                                wib(&t.created_at),
+                                wib(&t.expires_at),
+                                wib(&t.revoked_at),
+                                wib(&t.last_used_at),
                             ]
                         })
                         .collect(),
@@ -1439,7 +1439,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                             "AGENCY",
                             "STATUS",
                             "STEP",
-                            "OPENED",
+                            "OPENED (WIB)",
                             "SUBJECT",
                         ],
                         list.iter()
@@ -1458,7 +1458,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                                     } else {
                                         r.current_step.to_string()
                                     },
-                                    r.opened_at.clone(),
+                                    wib(&r.opened_at),
                                     r.subject.clone(),
                                 ]
                             })
@@ -1730,7 +1730,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                             text(&run["id"]),
                             text(&run["kind"]),
                             text(&run["status"]),
-                            text(&run["due_at"]),
+                            run["due_at"].as_str().map_or_else(|| "—".to_owned(), wib),
                             run["duration_seconds"]
                                 .as_f64()
                                 .map_or_else(|| "—".into(), |s| format_seconds(s.round() as i64)),
@@ -1745,8 +1745,17 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 }
                 table(
                     &[
-                        "AGENCY", "PLAN", "RUN", "KIND", "STATUS", "DUE", "DURATION", "READ",
-                        "ADDED", "DEDUP", "ERROR",
+                        "AGENCY",
+                        "PLAN",
+                        "RUN",
+                        "KIND",
+                        "STATUS",
+                        "DUE (WIB)",
+                        "DURATION",
+                        "READ",
+                        "ADDED",
+                        "DEDUP",
+                        "ERROR",
                     ],
                     rows,
                 );
@@ -1871,7 +1880,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                         "KIND",
                         "STATUS",
                         "ATTEMPTS",
-                        "CREATED",
+                        "CREATED (WIB)",
                         "SUBJECT",
                         "LAST ERROR",
                     ],
@@ -1883,7 +1892,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                                 n.kind.clone(),
                                 n.status.clone(),
                                 n.attempts.to_string(),
-                                n.created_at.clone(),
+                                wib(&n.created_at),
                                 n.subject.clone(),
                                 or_dash(&n.last_error),
                             ]
@@ -1907,8 +1916,8 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                         "AGENCY",
                         "PLAN",
                         "STATUS",
-                        "LAST GOOD",
-                        "PROMISED BY",
+                        "LAST GOOD (WIB)",
+                        "PROMISED BY (WIB)",
                         "LATE BY",
                         "LAST RUN",
                     ],
@@ -1921,8 +1930,12 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                                 text(&plan["agency_code"]),
                                 format!("{} {}", plan["plan_id"], text(&plan["plan_name"])),
                                 text(&plan["status"]),
-                                text(&plan["last_good_at"]),
-                                text(&plan["expected_by"]),
+                                plan["last_good_at"]
+                                    .as_str()
+                                    .map_or_else(|| "—".to_owned(), wib),
+                                plan["expected_by"]
+                                    .as_str()
+                                    .map_or_else(|| "—".to_owned(), wib),
                                 if plan["overdue"] == serde_json::json!(true) {
                                     format_seconds(plan["late_by_seconds"].as_i64().unwrap_or(0))
                                 } else {
@@ -2148,14 +2161,14 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 print_json(&list.iter().map(|d| serde_json::json!({"kind": d.kind, "number": d.number, "title": d.title, "step": d.step, "issued_at": d.issued_at, "issued_by": d.issued_by})).collect::<Vec<_>>());
             } else {
                 table(
-                    &["NUMBER", "KIND", "STEP", "ISSUED", "TITLE"],
+                    &["NUMBER", "KIND", "STEP", "ISSUED (WIB)", "TITLE"],
                     list.iter()
                         .map(|d| {
                             vec![
                                 d.number.clone(),
                                 d.kind.clone(),
                                 d.step.to_string(),
-                                d.issued_at.clone(),
+                                wib(&d.issued_at),
                                 d.title.clone(),
                             ]
                         })
@@ -2323,7 +2336,7 @@ fn print_plans(json: bool, plans: &[pb::Plan]) {
         print_json(&plans.iter().map(plan_json).collect::<Vec<_>>());
     } else {
         table(
-            &["ID", "AGENCY", "NAME", "STATUS", "NEXT BACKUP"],
+            &["ID", "AGENCY", "NAME", "STATUS", "NEXT BACKUP (WIB)"],
             plans
                 .iter()
                 .map(|p| {
@@ -2332,7 +2345,7 @@ fn print_plans(json: bool, plans: &[pb::Plan]) {
                         p.agency_id.to_string(),
                         p.name.clone(),
                         p.status.clone(),
-                        or_dash(&p.next_backup_at),
+                        wib(&p.next_backup_at),
                     ]
                 })
                 .collect(),
@@ -2346,7 +2359,14 @@ fn print_runs(json: bool, runs: &[pb::Run]) {
     } else {
         table(
             &[
-                "ID", "PLAN", "KIND", "TRIGGER", "DUE", "STATUS", "SNAPSHOT", "ERROR",
+                "ID",
+                "PLAN",
+                "KIND",
+                "TRIGGER",
+                "DUE (WIB)",
+                "STATUS",
+                "SNAPSHOT",
+                "ERROR",
             ],
             runs.iter()
                 .map(|r| {
@@ -2355,7 +2375,7 @@ fn print_runs(json: bool, runs: &[pb::Run]) {
                         r.plan_id.to_string(),
                         r.kind.clone(),
                         r.trigger.clone(),
-                        r.due_at.clone(),
+                        wib(&r.due_at),
                         r.status.clone(),
                         or_dash(&r.snapshot_id.chars().take(12).collect::<String>()),
                         r.error.chars().take(60).collect(),
@@ -2459,8 +2479,8 @@ fn print_request(request: &pb::Request) {
                     vec![
                         s["step"].to_string(),
                         what,
-                        wib_minute(s["started_at"].as_str()),
-                        wib_minute(s["finished_at"].as_str()),
+                        wib(s["started_at"].as_str().unwrap_or_default()),
+                        wib(s["finished_at"].as_str().unwrap_or_default()),
                         s["actor"].as_str().unwrap_or("-").to_owned(),
                         s["role"].as_str().unwrap_or("-").to_owned(),
                         s["decision"].as_str().unwrap_or("-").to_owned(),
@@ -2477,19 +2497,20 @@ fn print_request(request: &pb::Request) {
 }
 
 /// An RFC 3339 instant as `YYYY-MM-DD HH:MM` in Western Indonesian Time (the SOP's
-/// clock); `-` for none, and the text itself when it is not an instant.
-fn wib_minute(at: Option<&str>) -> String {
-    match at {
-        None => "-".to_owned(),
-        Some(text) => chrono::DateTime::parse_from_rfc3339(text).map_or_else(
-            |_| text.to_owned(),
-            |at| {
-                at.with_timezone(&crate::engine::forget::jakarta())
-                    .format("%Y-%m-%d %H:%M")
-                    .to_string()
-            },
-        ),
+/// clock), for tables; `-` for none, and the text itself when it is not an instant.
+/// JSON output keeps RFC 3339 in UTC.
+pub(crate) fn wib(at: &str) -> String {
+    if at.is_empty() {
+        return "-".to_owned();
     }
+    chrono::DateTime::parse_from_rfc3339(at).map_or_else(
+        |_| at.to_owned(),
+        |at| {
+            at.with_timezone(&crate::engine::forget::jakarta())
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        },
+    )
 }
 
 /// `text` cut to at most `max` characters, the cut marked with `…`.
