@@ -400,6 +400,26 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         serde_json::json!(["hold"]),
         "{plan}"
     );
+    // As an officer reads it: the plan as agreed, one setting a line, nothing unset.
+    let shown = Command::new(BIN)
+        .args(["--server", &server, "plan", "show", &plan_id])
+        .env("CADANG_TOKEN", &site.kasi)
+        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for line in [
+        "retention:           daily 30, keep_tags hold",
+        "excludes:            *.tmp",
+        "retention schedule:  0 4 * * 0",
+        "time zone:           Asia/Jakarta",
+    ] {
+        assert!(shown.contains(line), "{line:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("null") && !shown.contains("hourly"),
+        "{shown}"
+    );
     refused(
         &server,
         &site.skpd,

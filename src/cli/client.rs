@@ -2072,7 +2072,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 } else {
                     if let Some(plan) = &shown.plan {
                         print_plans(false, std::slice::from_ref(plan));
-                        println!("\n{}", plan.spec_json);
+                        print_plan_spec(plan);
                     }
                     println!();
                     print_runs(false, &shown.runs);
@@ -2511,6 +2511,52 @@ pub(crate) fn wib(at: &str) -> String {
                 .to_string()
         },
     )
+}
+
+/// A plan's specification as `name: value` lines, leaving out what is unset, and its
+/// next scheduled runs.
+fn print_plan_spec(plan: &pb::Plan) {
+    fn shown(value: &serde_json::Value) -> Option<String> {
+        match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::Array(items) if items.is_empty() => None,
+            serde_json::Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(shown)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            serde_json::Value::Object(fields) => {
+                let set: Vec<String> = fields
+                    .iter()
+                    .filter(|(_, v)| *v != &serde_json::json!(0))
+                    .filter_map(|(k, v)| shown(v).map(|v| format!("{k} {v}")))
+                    .collect();
+                (!set.is_empty()).then(|| set.join(", "))
+            }
+            serde_json::Value::String(text) => Some(text.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+    println!();
+    let spec = parse_json_text(&plan.spec_json);
+    if let Some(fields) = spec.as_object() {
+        for (name, value) in fields {
+            if let Some(value) = shown(value) {
+                println!("{:<20} {value}", format!("{}:", name.replace('_', " ")));
+            }
+        }
+    }
+    for (name, at) in [
+        ("next retention", &plan.next_retention_at),
+        ("next verification", &plan.next_verify_at),
+        ("next replication", &plan.next_replicate_at),
+    ] {
+        if !at.is_empty() {
+            println!("{:<20} {} WIB", format!("{name}:"), wib(at));
+        }
+    }
 }
 
 /// `text` cut to at most `max` characters, the cut marked with `…`.
