@@ -23,17 +23,31 @@ pub struct DaemonArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The daemon's configuration and data directory, for the `admin` commands that work
+/// on its host with its catalog.
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// Configuration file of the daemon.
+    #[arg(long, env = "CADANG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory instead of [daemon] data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl HostArgs {
+    fn load(self) -> Result<Config, String> {
+        load(self.config.as_ref(), self.data_dir, None)
+    }
+}
+
 /// `cadang admin ...`.
 #[derive(Subcommand, Debug)]
 pub enum AdminCmd {
     /// Create the first administrator and print its token once.
     Bootstrap {
-        /// Configuration file of the daemon.
-        #[arg(long, env = "CADANG_CONFIG")]
-        config: Option<PathBuf>,
-        /// Data directory instead of [daemon] data_dir.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        host: HostArgs,
         /// Login name of the administrator.
         #[arg(long, default_value = "admin")]
         username: String,
@@ -43,12 +57,8 @@ pub enum AdminCmd {
     /// Printed once; audited as `token.recover`. Works only on the daemon's host, with
     /// its catalog.
     RecoverToken {
-        /// Configuration file of the daemon.
-        #[arg(long, env = "CADANG_CONFIG")]
-        config: Option<PathBuf>,
-        /// Data directory instead of [daemon] data_dir.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        host: HostArgs,
         /// The administrator's login name.
         #[arg(long, default_value = "admin")]
         username: String,
@@ -65,12 +75,8 @@ pub enum AdminCmd {
     /// own commands (`cadang -r LOCATION snapshots`) when the daemon cannot be used.
     /// Needs the master key, so it works only on the daemon's host.
     Repository {
-        /// Configuration file of the daemon.
-        #[arg(long, env = "CADANG_CONFIG")]
-        config: Option<PathBuf>,
-        /// Data directory instead of [daemon] data_dir.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        host: HostArgs,
         /// The agency's code (DINKES).
         #[arg(long)]
         agency: String,
@@ -139,8 +145,8 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
 /// Runs an admin command.
 pub fn admin(command: AdminCmd) -> ExitCode {
     let result = match command {
-        AdminCmd::Bootstrap { config, data_dir, username } => {
-            load(config.as_ref(), data_dir, None).and_then(|config| {
+        AdminCmd::Bootstrap { host, username } => {
+            host.load().and_then(|config| {
                 runtime()?.block_on(async {
                     let app = daemon::open_app(&config).await.map_err(|error| error.to_string())?;
                     let (account, token) = app
@@ -157,8 +163,8 @@ pub fn admin(command: AdminCmd) -> ExitCode {
                 })
             })
         }
-        AdminCmd::RecoverToken { config, data_dir, username, label, ttl } => {
-            load(config.as_ref(), data_dir, None).and_then(|config| {
+        AdminCmd::RecoverToken { host, username, label, ttl } => {
+            host.load().and_then(|config| {
                 let ttl = ttl
                     .map(|text| super::client::parse_ttl(&text).map(chrono::TimeDelta::seconds))
                     .transpose()
@@ -180,8 +186,8 @@ pub fn admin(command: AdminCmd) -> ExitCode {
                 })
             })
         }
-        AdminCmd::Repository { config, data_dir, agency, replica } => {
-            load(config.as_ref(), data_dir, None).and_then(|config| {
+        AdminCmd::Repository { host, agency, replica } => {
+            host.load().and_then(|config| {
                 let repositories = daemon::repositories(&config).map_err(|error| error.to_string())?;
                 if replica {
                     let location = repositories
