@@ -8,6 +8,7 @@ fn main() {
     // rustls); installing it first avoids a runtime choice between two.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = cadang::cli::Cli::parse();
+    cadang::cli::end_quietly_on_closed_output(&cli);
     let json_logs = cadang::cli::wants_json_logs(&cli);
     let default = match cli.global.verbose {
         0 if cadang::cli::is_daemon(&cli) => "info",

@@ -380,3 +380,44 @@ fn the_daemons_key_slot_is_kept_without_force() {
     run(&mut forced, 0);
     run(cadang(r).arg("snapshots"), 12);
 }
+
+/// A listing whose reader stops early (`cadang ls latest | head`) ends quietly, killed by
+/// SIGPIPE like any Unix tool, not with a panic and its backtrace.
+#[test]
+fn output_cut_short_by_its_reader_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("repo");
+    let r = r.to_str().unwrap();
+    run(cadang(r).arg("init"), 0);
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Far more listing than a pipe holds (64 KiB), so a write meets the closed pipe.
+    for i in 0..1500 {
+        std::fs::write(
+            src.join(format!(
+                "laporan-keuangan-triwulan-{i:05}-{}.txt",
+                "x".repeat(60)
+            )),
+            b"",
+        )
+        .unwrap();
+    }
+    run(cadang(r).args(["backup", "-q"]).arg(&src), 0);
+    let mut child = cadang(r)
+        .args(["ls", "latest"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {said}",
+        out.status
+    );
+    assert!(!said.contains("panicked"), "{said}");
+}

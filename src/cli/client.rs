@@ -5,6 +5,7 @@
 //! (`server`, `ca`, `token`). Output is a readable table, or JSON with `--json`; an error
 //! is one line with the gRPC status and a non-zero exit code.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +77,29 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Agency codes by id, for the tables of a text output: officers know agencies by
+    /// code (DINKES), not by number. Empty for JSON output, and when the listing fails
+    /// (the tables then show ids alone).
+    async fn agency_codes(&self, json: bool) -> HashMap<i64, String> {
+        if json {
+            return HashMap::new();
+        }
+        let mut directory =
+            directory_service_client::DirectoryServiceClient::new(self.channel.clone());
+        directory
+            .list_agencies(self.req(ListAgenciesRequest {}))
+            .await
+            .map(|reply| {
+                reply
+                    .into_inner()
+                    .agencies
+                    .into_iter()
+                    .map(|agency| (agency.id, agency.code))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Connects (lazily: the first call dials).
     ///
     /// # Errors
@@ -1432,6 +1456,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                         "outcome": r.outcome, "opened_at": r.opened_at,
                     })).collect::<Vec<_>>());
                 } else {
+                    let codes = conn.agency_codes(json).await;
                     table(
                         &[
                             "ID",
@@ -1447,7 +1472,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                                 vec![
                                     r.id.to_string(),
                                     r.procedure.clone(),
-                                    r.agency_id.to_string(),
+                                    agency_cell(&codes, r.agency_id),
                                     if r.status == "finished" {
                                         r.outcome.clone()
                                     } else {
@@ -1475,7 +1500,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                 if json {
                     print_json(&request_json(&request));
                 } else {
-                    print_request(&request);
+                    print_request(&request, &conn.agency_codes(json).await);
                 }
             }
             RequestCmd::Cancel { id, reason } => {
@@ -2035,14 +2060,14 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     &serde_json::json!({ "plan": plan_json(&plan), "import_run": run_json(&run) }),
                 );
             } else {
-                print_plans(false, &[plan]);
+                print_plans(false, &[plan], &conn.agency_codes(false).await);
                 print_runs(false, &[run]);
             }
         }
         ClientCommand::Plan(cmd) => match cmd {
             PlanCmd::Create(args) => {
                 let plan = create_plan(&mut plans, conn, args).await?;
-                print_plans(json, &[plan]);
+                print_plans(json, &[plan], &conn.agency_codes(json).await);
             }
             PlanCmd::List { agency } => {
                 let list = plans
@@ -2053,7 +2078,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     .map_err(rpc_error)?
                     .into_inner()
                     .plans;
-                print_plans(json, &list);
+                print_plans(json, &list, &conn.agency_codes(json).await);
             }
             PlanCmd::Show { id } => {
                 let shown = plans
@@ -2071,7 +2096,11 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     }));
                 } else {
                     if let Some(plan) = &shown.plan {
-                        print_plans(false, std::slice::from_ref(plan));
+                        print_plans(
+                            false,
+                            std::slice::from_ref(plan),
+                            &conn.agency_codes(false).await,
+                        );
                         print_plan_spec(plan);
                     }
                     println!();
@@ -2092,7 +2121,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     .await
                     .map_err(rpc_error)?
                     .into_inner();
-                print_plans(json, &[plan]);
+                print_plans(json, &[plan], &conn.agency_codes(json).await);
             }
             PlanCmd::Resume { id } => {
                 let plan = plans
@@ -2100,7 +2129,7 @@ async fn dispatch(conn: &Conn, json: bool, command: ClientCommand) -> anyhow::Re
                     .await
                     .map_err(rpc_error)?
                     .into_inner();
-                print_plans(json, &[plan]);
+                print_plans(json, &[plan], &conn.agency_codes(json).await);
             }
         },
         ClientCommand::Run(RunCmd::List {
@@ -2331,7 +2360,14 @@ async fn create_plan(
         .into_inner())
 }
 
-fn print_plans(json: bool, plans: &[pb::Plan]) {
+/// An agency's id and, when known, its code: `1 DINKES`.
+fn agency_cell(codes: &HashMap<i64, String>, id: i64) -> String {
+    codes
+        .get(&id)
+        .map_or_else(|| id.to_string(), |code| format!("{id} {code}"))
+}
+
+fn print_plans(json: bool, plans: &[pb::Plan], codes: &HashMap<i64, String>) {
     if json {
         print_json(&plans.iter().map(plan_json).collect::<Vec<_>>());
     } else {
@@ -2342,7 +2378,7 @@ fn print_plans(json: bool, plans: &[pb::Plan]) {
                 .map(|p| {
                     vec![
                         p.id.to_string(),
-                        p.agency_id.to_string(),
+                        agency_cell(codes, p.agency_id),
                         p.name.clone(),
                         p.status.clone(),
                         wib(&p.next_backup_at),
@@ -2417,13 +2453,13 @@ fn print_agencies(json: bool, agencies: &[pb::Agency]) {
     }
 }
 
-fn print_request(request: &pb::Request) {
+fn print_request(request: &pb::Request, codes: &HashMap<i64, String>) {
     println!(
         "request {}  {} r{} (SOP {})",
         request.id, request.procedure, request.revision, request.sop_number
     );
     println!("subject: {}", request.subject);
-    println!("agency:  {}", request.agency_id);
+    println!("agency:  {}", agency_cell(codes, request.agency_id));
     let defined = |number: u64| {
         request
             .procedure_steps

@@ -610,6 +610,20 @@ pub fn is_daemon(cli: &Cli) -> bool {
     }
 }
 
+/// Lets a command whose output is cut short by its reader (`cadang ls latest | head`)
+/// end quietly as other Unix tools do, killed by SIGPIPE, instead of panicking on the
+/// failed write (Rust ignores SIGPIPE, so every print would otherwise fail with EPIPE).
+/// Not for the daemon or the agent: they write to sockets and to the pipes of the
+/// programs they run, where a reader gone is an error to handle, not a reason to die.
+pub fn end_quietly_on_closed_output(cli: &Cli) {
+    if !is_daemon(cli) {
+        // SAFETY: restoring a signal's default disposition, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 /// Whether log lines should be JSON: `--log-json`, or the daemon's configured format.
 pub fn wants_json_logs(cli: &Cli) -> bool {
     match &cli.command {
