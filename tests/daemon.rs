@@ -345,6 +345,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
     assert!(
         text.contains("Menerima dan mendisposisi Surat dari SKPD (Receive and dispose the letter from the SKPD)")
             && text.contains("done by KADIN, within 1 jam, due ")
+            && text.contains(&format!("agency:  {dinkes} DINKES"))
             && text.contains("Receive and dispose the letter from the…"),
         "{text}"
     );
