@@ -27,6 +27,23 @@ fn round_trip_on_s3() {
     edge_case_tree(&src, 40);
     let repo = "s3://backups/agency-a/main";
 
+    // Without keys an S3-compatible store is refused at once, saying what is missing
+    // (not after minutes asking a cloud's instance metadata service for them).
+    let started = std::time::Instant::now();
+    let out = run(
+        s3_cmd(repo, addr)
+            .arg("init")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY"),
+        1,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            && !said.contains("169.254"),
+        "{said}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
     run(s3_cmd(repo, addr).arg("init"), 0);
     // A second init must refuse to overwrite.
     let out = run(s3_cmd(repo, addr).arg("init"), 1);

@@ -256,6 +256,25 @@ impl Store {
                 .clone()
                 .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
             if let Some(ep) = endpoint {
+                // An S3-compatible store (MinIO, Garage, Ceph RGW) takes its keys from
+                // the environment; without them object_store would ask a cloud's
+                // instance metadata service, which a data center's network does not have:
+                // minutes of retries, then an error naming 169.254.169.254.
+                use object_store::aws::AmazonS3ConfigKey as Key;
+                let keys = b.get_config_value(&Key::AccessKeyId).is_some()
+                    && b.get_config_value(&Key::SecretAccessKey).is_some();
+                let other_source = [
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                ]
+                .iter()
+                .any(|var| std::env::var_os(var).is_some());
+                if !keys && !other_source {
+                    return Err(Error::InvalidInput(format!(
+                        "`{url}` at {ep}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    )));
+                }
                 b = b
                     .with_allow_http(ep.starts_with("http://"))
                     .with_endpoint(ep);
