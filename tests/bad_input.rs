@@ -149,6 +149,14 @@ fn unreadable_and_missing_sources() {
         );
         assert!(!target.exists());
     }
+    // A target that is a file is named as such.
+    let a_file = tmp.path().join("a-file");
+    std::fs::write(&a_file, b"").unwrap();
+    let o = run(
+        cadang(r).args(["restore", &first, "--target"]).arg(&a_file),
+        1,
+    );
+    assert!(stderr(&o).contains("is not a directory"), "{}", stderr(&o));
     let o = run(
         cadang(r)
             .args(["restore", &first, "--include"])
@@ -158,6 +166,8 @@ fn unreadable_and_missing_sources() {
         0,
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 files"));
+    let o = run(cadang(r).args(["backup", "--host", "", "/tmp"]), 2);
+    assert!(stderr(&o).contains("--host"), "{}", stderr(&o));
     let o = run(cadang(r).args(["backup", "--exclude", "a[", "/tmp"]), 1);
     assert!(stderr(&o).contains("exclude pattern"));
     let o = run(cadang("ftp://example/x").arg("snapshots"), 1);

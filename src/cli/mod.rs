@@ -243,7 +243,7 @@ pub struct BackupArgs {
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
     /// Host name to record.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub host: Option<String>,
     /// Parent snapshot (default: latest with the same host and paths).
     #[arg(long)]

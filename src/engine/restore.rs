@@ -608,15 +608,17 @@ pub fn restore_tree(
         )));
     }
     let target = &opts.target;
+    let not_a_directory =
+        || Error::InvalidInput(format!("target {} is not a directory", target.display()));
+    if std::fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
+        return Err(not_a_directory());
+    }
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     if !std::fs::symlink_metadata(target)
         .map_err(|e| Error::io(target, e))?
         .is_dir()
     {
-        return Err(Error::InvalidInput(format!(
-            "target {} is not a directory",
-            target.display()
-        )));
+        return Err(not_a_directory());
     }
     let mut result = RestoreResult::default();
     let entries = collected.entries;
