@@ -169,6 +169,17 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
     let agents = ok(&server, &site.kasi, &["agent", "list"]);
     assert_eq!(agents[0]["server_id"], server_id, "{agents}");
     assert_eq!(agents[0]["request_id"], a, "{agents}");
+    let listed = Command::new(BIN)
+        .args(["--server", &server, "agent", "list"])
+        .env("CADANG_TOKEN", &site.kasi)
+        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&format!("{} DINKES", site.dinkes)),
+        "{listed}"
+    );
 
     // The asset register shows the measured mismatches (the agent's addresses are not
     // the declared 103.9.227.10); the minutes render.

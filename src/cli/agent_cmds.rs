@@ -405,6 +405,7 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                     if json {
                         print_json(&agents.iter().map(agent_json).collect::<Vec<_>>());
                     } else {
+                        let codes = conn.agency_codes(json).await;
                         table(
                             &[
                                 "ID",
@@ -422,7 +423,7 @@ async fn agent_async(conn: &ConnArgs, json: bool, command: AgentCmd) -> anyhow::
                                     vec![
                                         a.id.to_string(),
                                         a.server_id.to_string(),
-                                        a.agency_id.to_string(),
+                                        super::client::agency_cell(&codes, a.agency_id),
                                         a.status.clone(),
                                         if a.connected { "yes" } else { "no" }.into(),
                                         or_dash(&a.hostname),

@@ -80,7 +80,7 @@ impl Conn {
     /// Agency codes by id, for the tables of a text output: officers know agencies by
     /// code (DINKES), not by number. Empty for JSON output, and when the listing fails
     /// (the tables then show ids alone).
-    async fn agency_codes(&self, json: bool) -> HashMap<i64, String> {
+    pub(crate) async fn agency_codes(&self, json: bool) -> HashMap<i64, String> {
         if json {
             return HashMap::new();
         }
@@ -2361,7 +2361,7 @@ async fn create_plan(
 }
 
 /// An agency's id and, when known, its code: `1 DINKES`.
-fn agency_cell(codes: &HashMap<i64, String>, id: i64) -> String {
+pub(crate) fn agency_cell(codes: &HashMap<i64, String>, id: i64) -> String {
     codes
         .get(&id)
         .map_or_else(|| id.to_string(), |code| format!("{id} {code}"))
