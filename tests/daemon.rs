@@ -169,13 +169,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
     let agents = ok(&server, &site.kasi, &["agent", "list"]);
     assert_eq!(agents[0]["server_id"], server_id, "{agents}");
     assert_eq!(agents[0]["request_id"], a, "{agents}");
-    let listed = Command::new(BIN)
-        .args(["--server", &server, "agent", "list"])
-        .env("CADANG_TOKEN", &site.kasi)
-        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let listed = cli_text(&server, &site.kasi, &["agent", "list"]);
     assert!(
         listed.contains(&format!("{} DINKES", site.dinkes)),
         "{listed}"
@@ -346,13 +340,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         (3599..=3600).contains(&(due - opened).num_seconds()),
         "{shown}"
     );
-    let text = Command::new(BIN)
-        .args(["--server", &server, "request", "show", &b.to_string()])
-        .env("CADANG_TOKEN", &site.kasi)
-        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = cli_text(&server, &site.kasi, &["request", "show", &b.to_string()]);
     assert!(
         text.contains("Menerima dan mendisposisi Surat dari SKPD (Receive and dispose the letter from the SKPD)")
             && text.contains("done by KADIN, within 1 jam, due ")
@@ -413,13 +401,7 @@ fn walk_the_sop(daemon: &mut Daemon, dir: &Path) -> Vec<String> {
         "{plan}"
     );
     // As an officer reads it: the plan as agreed, one setting a line, nothing unset.
-    let shown = Command::new(BIN)
-        .args(["--server", &server, "plan", "show", &plan_id])
-        .env("CADANG_TOKEN", &site.kasi)
-        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&shown.stdout);
+    let shown = cli_text(&server, &site.kasi, &["plan", "show", &plan_id]);
     for line in [
         "retention:           daily 30, keep_tags hold",
         "excludes:            *.tmp",

@@ -224,6 +224,27 @@ pub fn cli(server: &str, token: &str, args: &[&str]) -> Output {
         .expect("the CLI runs")
 }
 
+/// Runs the CLI without `--json` and expects success; returns the text an officer reads.
+pub fn cli_text(server: &str, token: &str, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env("CADANG_TOKEN", token)
+        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
+        .env_remove("CADANG_SERVER")
+        .env_remove("CADANG_CA")
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        output.status.success(),
+        "`cadang {}`: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("text output")
+}
+
 /// Runs the CLI and expects success; returns its JSON output.
 pub fn ok(server: &str, token: &str, args: &[&str]) -> Value {
     let output = cli(server, token, args);
