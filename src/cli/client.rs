@@ -2473,15 +2473,11 @@ fn print_request(request: &pb::Request, codes: &HashMap<i64, String>) {
         // What the step asks, of whom, and by when: what an officer needs to act on it.
         if let Some(step) = defined(u64::from(request.current_step)) {
             println!("         {} ({})", step.text_id, step.text_en);
-            let due = chrono::DateTime::parse_from_rfc3339(&request.current_step_due_at)
-                .map(|due| {
-                    format!(
-                        ", due {} WIB",
-                        due.with_timezone(&crate::engine::forget::jakarta())
-                            .format("%Y-%m-%d %H:%M")
-                    )
-                })
-                .unwrap_or_default();
+            let due = if request.current_step_due_at.is_empty() {
+                String::new()
+            } else {
+                format!(", due {} WIB", wib(&request.current_step_due_at))
+            };
             println!(
                 "         {} by {}, within {}{due}",
                 if step.decision { "answered" } else { "done" },

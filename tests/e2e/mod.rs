@@ -211,29 +211,31 @@ impl Drop for Daemon {
 
 /// Runs the CLI against `server` with `token`.
 pub fn cli(server: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--server")
-        .arg(server)
+    client(server, token)
         .arg("--json")
         .args(args)
-        .env("CADANG_TOKEN", token)
-        .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
-        .env_remove("CADANG_SERVER")
-        .env_remove("CADANG_CA")
         .output()
         .expect("the CLI runs")
 }
 
-/// Runs the CLI without `--json` and expects success; returns the text an officer reads.
-pub fn cli_text(server: &str, token: &str, args: &[&str]) -> String {
-    let output = Command::new(BIN)
+/// The CLI pointed at `server` with `token`, and nothing from the environment or a
+/// `cli.toml` that could point it elsewhere.
+fn client(server: &str, token: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("--server")
         .arg(server)
-        .args(args)
         .env("CADANG_TOKEN", token)
         .env("CADANG_CLI_CONFIG", "/nonexistent/cadang-cli.toml")
         .env_remove("CADANG_SERVER")
-        .env_remove("CADANG_CA")
+        .env_remove("CADANG_CA");
+    command
+}
+
+/// Runs the CLI without `--json` and expects success; returns the text an officer reads.
+pub fn cli_text(server: &str, token: &str, args: &[&str]) -> String {
+    let output = client(server, token)
+        .args(args)
         .output()
         .expect("the CLI runs");
     assert!(
