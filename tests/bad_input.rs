@@ -2,6 +2,8 @@
 
 mod common;
 use common::*;
+#[path = "common/unprivileged.rs"]
+mod unprivileged;
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -76,6 +78,74 @@ fn wrong_password_missing_repo_and_unknown_version() {
     }
     let o = run(cadang(r).arg("snapshots"), 12);
     assert!(stderr(&o).contains("no key slot matches"));
+}
+
+#[test]
+fn a_directory_that_cannot_be_listed_is_kept_empty_and_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("repo");
+    let r = r.to_str().unwrap();
+    run(cadang(r).arg("init"), 0);
+    let src = tmp.path().join("src");
+    let closed = src.join("closed");
+    std::fs::create_dir_all(closed.join("inner")).unwrap();
+    std::fs::write(closed.join("inner/surat.pdf"), b"not read").unwrap();
+    std::fs::write(src.join("open.txt"), b"read").unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let o = run(
+        unprivileged::without_read_override(cadang(r).args(["backup", "--json"]).arg(&src)),
+        3,
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    let error = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message_type"] == "error")
+        .unwrap_or_else(|| panic!("no error reported: {text}"));
+    assert!(
+        error.to_string().contains(closed.to_str().unwrap()),
+        "{error}"
+    );
+    let sum = last_json(&o);
+    assert_eq!(sum["files_failed"], 1, "{sum}");
+    assert_eq!(sum["partial"], true, "{sum}");
+    // The snapshot holds the directory, with nothing below it, beside what was read.
+    let listed =
+        String::from_utf8_lossy(&run(cadang(r).args(["ls", "latest"]), 0).stdout).into_owned();
+    assert!(
+        listed.lines().any(|l| l.ends_with("/src/closed")),
+        "{listed}"
+    );
+    assert!(listed.contains("/src/open.txt"), "{listed}");
+    assert!(!listed.contains("inner"), "{listed}");
+    // A restore recreates it as it was: empty, with its mode.
+    let target = tmp.path().join("restored");
+    run(
+        cadang(r)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+        0,
+    );
+    let restored = restored_path(&target, &closed);
+    let mode = std::fs::symlink_metadata(&restored)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0, "{mode:o}");
+    std::fs::set_permissions(&restored, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(std::fs::read_dir(&restored).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read(restored_path(&target, &src.join("open.txt"))).unwrap(),
+        b"read"
+    );
+    // The next backup, the directory readable again, reads what it holds.
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sum = last_json(&run(cadang(r).args(["backup", "--json"]).arg(&src), 0));
+    assert_eq!(sum["files_failed"], 0, "{sum}");
+    let listed =
+        String::from_utf8_lossy(&run(cadang(r).args(["ls", "latest"]), 0).stdout).into_owned();
+    assert!(listed.contains("/src/closed/inner/surat.pdf"), "{listed}");
 }
 
 #[test]

@@ -2985,6 +2985,89 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
     restore_and_compare(&server, &site.petugas, &web.to_string(), &source, &target);
 }
 
+/// A directory the agent cannot list is kept in the snapshot, empty, and named in the
+/// run's problems; the run is partial, and a restore recreates the directory.
+#[test]
+fn an_agent_keeps_a_directory_it_cannot_list_and_names_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let (_daemon, _admin, server, site) = Daemon::with_site(&data, None);
+    let web = register_server(
+        dir.path(),
+        &server,
+        &site.kasi,
+        site.dinkes,
+        "simkes-web-01",
+        "SN-WEB-01",
+    );
+    let token = enrollment_token(&server, &site.petugas, web);
+    let state = dir.path().join("agent");
+    assert!(enroll(&server, &token, &state).status.success());
+    let log = dir.path().join("agent.log");
+    let agent = AgentProcess::start_unprivileged(&state, &log);
+    let source = dir.path().join("srv");
+    let closed = source.join("arsip");
+    std::fs::create_dir_all(closed.join("2025")).unwrap();
+    std::fs::write(closed.join("2025/surat.pdf"), noise(3, 1 << 16)).unwrap();
+    std::fs::write(source.join("index.html"), "<h1>SIMKES</h1>\n").unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
+    let plan = agent_plan(
+        &server,
+        &site.kasi,
+        b,
+        "web",
+        &source.display().to_string(),
+        web,
+    );
+    step(&server, &site.kasi, b, "complete", 2, &[]);
+    let run = wait_for_run(&server, &site.kasi, &plan, 1);
+    assert_eq!(run["status"], "partial", "{run}");
+    assert_eq!(run["stats"]["files_failed"], 1, "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(closed.to_str().unwrap())),
+        "{run}"
+    );
+    // Restored by an agent that may read anything the restore writes.
+    drop(agent);
+    let _agent = AgentProcess::start(&state, &log);
+    let target = dir.path().join("restored");
+    let restore = ok(
+        &server,
+        &site.petugas,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web.to_string(),
+            "--target",
+            &target.display().to_string(),
+            "--wait",
+        ],
+    );
+    assert_eq!(restore["status"], "ok", "{restore}");
+    let restored = target.join(closed.strip_prefix("/").unwrap());
+    let mode = std::fs::symlink_metadata(&restored)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0, "{mode:o}");
+    std::fs::set_permissions(&restored, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(std::fs::read_dir(&restored).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read(
+            target
+                .join(source.strip_prefix("/").unwrap())
+                .join("index.html")
+        )
+        .unwrap(),
+        b"<h1>SIMKES</h1>\n"
+    );
+}
+
 /// A before-backup program whose first run hangs (so that its host's process can be
 /// killed during it) and an after-backup program, both logging to one file.
 struct HangingHooks {
@@ -3719,6 +3802,10 @@ fn the_quick_start_works_in_a_fresh_working_directory() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success(), "{}", log());
+    // A log that is not a terminal (a file here, the journal under systemd) is plain
+    // text, without colour codes.
+    assert!(log().contains("control plane listening"), "{}", log());
+    assert!(!log().contains('\x1b'), "{}", log());
 
     std::fs::create_dir_all(cwd.join("src/docs")).unwrap();
     std::fs::write(cwd.join("src/docs/laporan.txt"), b"laporan triwulan").unwrap();

@@ -872,8 +872,17 @@ impl Walker<'_> {
         let listing = match std::fs::read_dir(path) {
             Ok(listing) => listing,
             Err(error) => {
+                // Kept, empty, with its own metadata, as a local backup keeps it; the
+                // problem says what it held was not read, and it is never taken as
+                // unchanged (nor is anything above it).
                 self.problem(path, error);
-                return Ok(None);
+                self.push_entry(entry)?;
+                return Ok(Some(Walked {
+                    digest: [0; 32],
+                    clean: false,
+                    dirs: 1,
+                    held: Held::Sent,
+                }));
             }
         };
         let mut clean = true;

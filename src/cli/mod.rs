@@ -37,6 +37,7 @@ pub struct GlobalArgs {
         long = "repo",
         env = "CADANG_REPOSITORY",
         global = true,
+        help_heading = "Repository",
         hide_env_values = true
     )]
     pub repo: Option<String>,
@@ -45,6 +46,7 @@ pub struct GlobalArgs {
         long,
         env = "CADANG_PASSWORD_FILE",
         global = true,
+        help_heading = "Repository",
         hide_env_values = true
     )]
     pub password_file: Option<PathBuf>,
@@ -58,7 +60,12 @@ pub struct GlobalArgs {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// S3 endpoint for S3-compatible stores (MinIO, Garage, Ceph RGW).
-    #[arg(long, env = "CADANG_S3_ENDPOINT", global = true)]
+    #[arg(
+        long,
+        env = "CADANG_S3_ENDPOINT",
+        global = true,
+        help_heading = "Repository"
+    )]
     pub s3_endpoint: Option<String>,
     /// Argon2id memory for new key slots, KiB (default 65536 with 3 passes;
     /// a lower value uses 2 passes and is raised to at least 19456).

@@ -411,8 +411,11 @@ impl Ctx<'_> {
                 match self.dir(path, &children, root_dev) {
                     Ok(tree) => node.subtree = Some(self.save_tree(tree)?),
                     Err(Error::Io { path: p, source }) => {
+                        // A directory that cannot be listed is kept, empty, with its own
+                        // metadata (as restic does): a restore recreates it, and the
+                        // error says what it held was not read.
                         self.fail(&p, source);
-                        return Ok(None);
+                        node.subtree = Some(self.save_tree(Tree::default())?);
                     }
                     Err(e) => return Err(e),
                 }

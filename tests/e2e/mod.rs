@@ -2,6 +2,9 @@
 //! directory, the real CLI as different users, a directory set up through it, agents.
 #![allow(dead_code)]
 
+#[path = "../common/unprivileged.rs"]
+pub mod unprivileged;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -495,7 +498,18 @@ impl AgentProcess {
 
     /// An agent that runs the programs (or directories ending in `/`) `allowed`.
     pub fn start_allowing(state: &Path, log: &Path, allowed: &[&str]) -> AgentProcess {
+        Self::spawn(Command::new(BIN), state, log, allowed)
+    }
+
+    /// An agent bound by mode bits even as root: files and directories of mode 0 are
+    /// unreadable to it.
+    pub fn start_unprivileged(state: &Path, log: &Path) -> AgentProcess {
         let mut command = Command::new(BIN);
+        unprivileged::without_read_override(&mut command);
+        Self::spawn(command, state, log, &[])
+    }
+
+    fn spawn(mut command: Command, state: &Path, log: &Path, allowed: &[&str]) -> AgentProcess {
         command.args(["agent", "run", "--state-dir"]).arg(state);
         for program in allowed {
             command.args(["--allow-program", program]);
