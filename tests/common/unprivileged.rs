@@ -2,7 +2,9 @@
 //! of mode 0 is still readable; a test that needs one a backup cannot read starts cadang
 //! without the two capabilities that override read permissions.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` (linux/capability.h).
@@ -22,4 +24,16 @@ pub fn without_read_override(command: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// A mode-0 directory that could not be listed, as a restore recreates it: mode 0, and
+/// empty (opened to look, then left readable by its owner).
+pub fn assert_restored_closed_and_empty(restored: &Path) {
+    let mode = std::fs::symlink_metadata(restored)
+        .unwrap_or_else(|e| panic!("{} was not restored: {e}", restored.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0, "{mode:o}");
+    std::fs::set_permissions(restored, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(std::fs::read_dir(restored).unwrap().count(), 0);
 }
