@@ -142,6 +142,72 @@ fn a_directory_that_cannot_be_listed_is_kept_empty_and_reported() {
     assert!(listed.contains("/src/closed/inner/surat.pdf"), "{listed}");
 }
 
+/// `cadang generate` writes completion scripts that complete subcommands and options;
+/// without a shell it says what it needs.
+#[test]
+fn shell_completions_complete_subcommands_and_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bash = tmp.path().join("cadang.bash");
+    let zsh = tmp.path().join("_cadang");
+    let o = run(
+        cadang("unused")
+            .arg("generate")
+            .arg("--bash-completion")
+            .arg(&bash)
+            .arg("--zsh-completion")
+            .arg(&zsh),
+        0,
+    );
+    assert!(o.stdout.is_empty());
+    // Completed by bash itself, as at a prompt: `cadang rest<TAB>`, `cadang forget --keep-d<TAB>`.
+    let complete = |words: &str| -> String {
+        let script = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             COMP_LINE=\"{words}\"; COMP_POINT=${{#COMP_LINE}}; _cadang cadang \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[*]}}\"",
+            bash.display()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["--norc", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let words: Vec<String> = complete("cadang rest")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(words, ["restore", "restore-job", "restore-request"]);
+    assert!(
+        complete("cadang forget --keep-d").contains("--keep-daily"),
+        "{}",
+        complete("cadang forget --keep-d")
+    );
+    let zsh_script = std::fs::read_to_string(&zsh).unwrap();
+    assert!(zsh_script.starts_with("#compdef cadang"), "{zsh_script}");
+    assert!(zsh_script.contains("restore-request"));
+    // To standard output with `-`.
+    let o = run(
+        cadang("unused").args(["generate", "--fish-completion", "-"]),
+        0,
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("complete -c cadang"));
+    // Nothing asked for, or nowhere to write: said plainly.
+    let o = run(cadang("unused").arg("generate"), 2);
+    assert!(stderr(&o).contains("--bash-completion"), "{}", stderr(&o));
+    let o = run(
+        cadang("unused")
+            .args(["generate", "--bash-completion"])
+            .arg(tmp.path().join("no/such/dir/cadang")),
+        1,
+    );
+    assert!(
+        stderr(&o).contains("cannot write the bash completion script"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn unreadable_and_missing_sources() {
     let tmp = tempfile::tempdir().unwrap();

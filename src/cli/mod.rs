@@ -117,6 +117,8 @@ pub enum Command {
     /// Repair repository metadata.
     #[command(subcommand)]
     Repair(RepairCmd),
+    /// Write shell completion scripts (bash, zsh, fish, PowerShell), as `restic generate`.
+    Generate(GenerateArgs),
 
     /// Run the daemon: the SOP's control plane (gRPC) on this host.
     Daemon(server_cmds::DaemonArgs),
@@ -538,6 +540,58 @@ pub struct UnlockArgs {
     pub remove_all: bool,
 }
 
+/// Which completion scripts to write, and where.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("scripts").required(true).multiple(true)))]
+pub struct GenerateArgs {
+    /// Write the bash completion script to FILE (`-` for standard output); install it
+    /// as /etc/bash_completion.d/cadang.
+    #[arg(long, value_name = "FILE", group = "scripts")]
+    pub bash_completion: Option<PathBuf>,
+    /// Write the zsh completion script to FILE (`-` for standard output), as `_cadang`
+    /// in a directory of $fpath.
+    #[arg(long, value_name = "FILE", group = "scripts")]
+    pub zsh_completion: Option<PathBuf>,
+    /// Write the fish completion script to FILE (`-` for standard output).
+    #[arg(long, value_name = "FILE", group = "scripts")]
+    pub fish_completion: Option<PathBuf>,
+    /// Write the PowerShell completion script to FILE (`-` for standard output).
+    #[arg(long, value_name = "FILE", group = "scripts")]
+    pub powershell_completion: Option<PathBuf>,
+}
+
+/// Writes the completion scripts `args` asks for; they complete every subcommand and
+/// option of this binary.
+fn generate(args: &GenerateArgs) -> ExitCode {
+    use clap_complete::Shell;
+    use std::io::Write;
+    let scripts = [
+        (Shell::Bash, &args.bash_completion),
+        (Shell::Zsh, &args.zsh_completion),
+        (Shell::Fish, &args.fish_completion),
+        (Shell::PowerShell, &args.powershell_completion),
+    ];
+    for (shell, file) in scripts {
+        let Some(file) = file else { continue };
+        let mut script = Vec::new();
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "cadang", &mut script);
+        let written = if file.as_os_str() == "-" {
+            std::io::stdout().lock().write_all(&script)
+        } else {
+            std::fs::write(file, &script)
+        };
+        if let Err(error) = written {
+            eprintln!(
+                "cadang: error: cannot write the {shell} completion script to {}: {error}",
+                file.display()
+            );
+            return ExitCode::Failure;
+        }
+    }
+    ExitCode::Ok
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RepairCmd {
     /// Rebuild the index from the packs.
@@ -550,6 +604,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let json = cli.global.json;
     let client = match cli.command {
         Command::Daemon(args) => return server_cmds::daemon(args),
+        Command::Generate(args) => return generate(&args),
         Command::Admin(command) => return server_cmds::admin(command),
         Command::WhoAmI => C::WhoAmI,
         Command::Token(command) => C::Token(command),
