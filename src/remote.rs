@@ -199,6 +199,7 @@ pub fn node_from_entry(entry: &pb::FileEntry) -> Result<Node, String> {
     node.size = entry.size;
     node.rdev = entry.rdev;
     node.hardlink = (entry.hardlink != 0).then_some(entry.hardlink);
+    node.xattrs = crate::rpc::xattrs_from_wire(&entry.xattrs)?;
     if kind == NodeKind::Symlink {
         node.link_target = Some(entry.link_target.clone());
     }
@@ -1365,6 +1366,7 @@ pub fn restore_to_agent(
                 },
                 link_target: node.link_target.unwrap_or_default(),
                 hardlink: if file { node.hardlink.unwrap_or(0) } else { 0 },
+                xattrs: crate::rpc::xattrs_to_wire(node.xattrs),
             }
         })
         .collect();

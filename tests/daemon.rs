@@ -2986,7 +2986,8 @@ fn a_backup_through_an_agent_survives_cut_connections_without_starting_over() {
 }
 
 /// A directory the agent cannot list is kept in the snapshot, empty, and named in the
-/// run's problems; the run is partial, and a restore recreates the directory.
+/// run's problems; the run is partial, and a restore recreates the directory. Extended
+/// attributes go with the entries to the daemon and back to the agent.
 #[test]
 fn an_agent_keeps_a_directory_it_cannot_list_and_names_it() {
     use std::os::unix::fs::PermissionsExt;
@@ -3011,6 +3012,8 @@ fn an_agent_keeps_a_directory_it_cannot_list_and_names_it() {
     std::fs::create_dir_all(closed.join("2025")).unwrap();
     std::fs::write(closed.join("2025/surat.pdf"), noise(3, 1 << 16)).unwrap();
     std::fs::write(source.join("index.html"), "<h1>SIMKES</h1>\n").unwrap();
+    // Extended attributes travel with the entries, both ways.
+    xattr::set(source.join("index.html"), "user.mime_type", b"text/html").unwrap();
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
     let b = active_backup_request(&server, &site, site.dinkes, dir.path(), "web");
     let plan = agent_plan(
@@ -3051,6 +3054,17 @@ fn an_agent_keeps_a_directory_it_cannot_list_and_names_it() {
     assert_eq!(restore["status"], "ok", "{restore}");
     let restored = target.join(closed.strip_prefix("/").unwrap());
     unprivileged::assert_restored_closed_and_empty(&restored);
+    assert_eq!(
+        xattr::get(
+            target
+                .join(source.strip_prefix("/").unwrap())
+                .join("index.html"),
+            "user.mime_type"
+        )
+        .unwrap()
+        .as_deref(),
+        Some(&b"text/html"[..])
+    );
     assert_eq!(
         std::fs::read(
             target

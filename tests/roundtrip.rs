@@ -1121,3 +1121,127 @@ fn a_held_snapshot_outlives_retention() {
     );
     assert_eq!(snapshot_ids(repo), vec![ids[3].clone()]);
 }
+
+/// Extended attributes come back as they were: `user.*` on files and directories, a
+/// POSIX ACL, and — as root, which CI is — a file capability, which a change of owner
+/// would clear if it were set before the owner. `--verify` compares them; a tree
+/// without any keeps version 1.
+#[test]
+fn extended_attributes_acls_and_file_capabilities_survive_a_round_trip() {
+    use std::ffi::OsStr;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("shared")).unwrap();
+    std::fs::write(src.join("laporan.pdf"), b"%PDF-1.7").unwrap();
+    std::fs::write(src.join("plain.txt"), b"no attributes").unwrap();
+    std::fs::write(src.join("shared/acl.txt"), b"read by uid 1000 too").unwrap();
+    std::fs::write(src.join("ping"), b"\x7fELF").unwrap();
+    std::os::unix::fs::symlink("laporan.pdf", src.join("link")).unwrap();
+    let set = |path: &std::path::Path, name: &str, value: &[u8]| {
+        xattr::set(path, name, value)
+            .unwrap_or_else(|e| panic!("{name} on {}: {e}", path.display()));
+    };
+    set(
+        &src.join("laporan.pdf"),
+        "user.mime_type",
+        b"application/pdf",
+    );
+    set(&src.join("laporan.pdf"), "user.checksum", &[0, 255, 7]);
+    set(&src.join("shared"), "user.owner", b"DINKES");
+    // user::rw-, user:1000:r--, group::r--, mask::r--, other::---
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    set(&src.join("shared/acl.txt"), "system.posix_acl_access", &acl);
+    let root = unsafe { libc::geteuid() } == 0;
+    // cap_net_raw+ep: revision 2, effective, permitted CAP_NET_RAW (13).
+    let mut capability = (0x0200_0000u32 | 1).to_le_bytes().to_vec();
+    capability.extend((1u32 << 13).to_le_bytes());
+    capability.extend([0u8; 12]);
+    if root {
+        std::os::unix::fs::chown(src.join("ping"), Some(1000), Some(1000)).unwrap();
+        set(&src.join("ping"), "security.capability", &capability);
+    }
+
+    let sum = last_json(&run(cadang(repo).args(["backup", "--json"]).arg(&src), 0));
+    assert_eq!(sum["files_failed"], 0, "{sum}");
+    let target = tmp.path().join("restored");
+    let r = last_json(&run(
+        cadang(repo)
+            .args(["restore", "latest", "--verify", "--json", "--target"])
+            .arg(&target),
+        0,
+    ));
+    assert_eq!(r["verify"]["mismatches"], serde_json::json!([]), "{r}");
+    let back = restored_path(&target, &src);
+    let get = |path: &str, name: &str| xattr::get(back.join(path), OsStr::new(name)).unwrap();
+    assert_eq!(
+        get("laporan.pdf", "user.mime_type").as_deref(),
+        Some(&b"application/pdf"[..])
+    );
+    assert_eq!(
+        get("laporan.pdf", "user.checksum").as_deref(),
+        Some(&[0, 255, 7][..])
+    );
+    assert_eq!(get("shared", "user.owner").as_deref(), Some(&b"DINKES"[..]));
+    assert_eq!(
+        get("shared/acl.txt", "system.posix_acl_access").as_deref(),
+        Some(acl.as_slice())
+    );
+    assert_eq!(
+        xattr::list(back.join("plain.txt")).unwrap().count(),
+        0,
+        "nothing invented"
+    );
+    if root {
+        let meta = std::fs::metadata(back.join("ping")).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                std::os::unix::fs::MetadataExt::gid(&meta)
+            ),
+            (1000, 1000)
+        );
+        assert_eq!(
+            get("ping", "security.capability").as_deref(),
+            Some(capability.as_slice()),
+            "the capability survives the change of owner"
+        );
+    }
+
+    // A changed attribute is in the next snapshot, though the content is the same.
+    set(
+        &src.join("laporan.pdf"),
+        "user.mime_type",
+        b"application/x-pdf",
+    );
+    run(cadang(repo).args(["backup"]).arg(&src), 0);
+    let again = tmp.path().join("again");
+    run(
+        cadang(repo)
+            .args(["restore", "latest", "--verify", "--target"])
+            .arg(&again),
+        0,
+    );
+    assert_eq!(
+        xattr::get(
+            restored_path(&again, &src).join("laporan.pdf"),
+            "user.mime_type"
+        )
+        .unwrap()
+        .as_deref(),
+        Some(&b"application/x-pdf"[..])
+    );
+}

@@ -509,6 +509,10 @@ impl RestoreWriter {
             std::os::unix::fs::fchown(&open.file, Some(entry.uid), Some(entry.gid))
                 .map_err(|e| format!("cannot set the owner: {e}"))?;
         }
+        // After the owner (which clears a file capability), before the mode.
+        let xattrs = crate::rpc::xattrs_from_wire(&entry.xattrs)?;
+        crate::engine::xattrs::restore_file(&open.file, &xattrs, self.is_root)
+            .map_err(|e| format!("cannot set {e}"))?;
         open.file
             .set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
             .map_err(|e| format!("cannot set the mode: {e}"))?;
@@ -570,6 +574,9 @@ impl RestoreWriter {
             std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid))
                 .map_err(|e| format!("cannot set the owner: {e}"))?;
         }
+        let xattrs = crate::rpc::xattrs_from_wire(&entry.xattrs)?;
+        crate::engine::xattrs::restore_path(path, &xattrs, self.is_root)
+            .map_err(|e| format!("cannot set {e}"))?;
         if chmod {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode & 0o7777))
                 .map_err(|e| format!("cannot set the mode: {e}"))?;
@@ -767,6 +774,7 @@ mod tests {
             lengths: chunks.iter().map(|c| c.len() as u32).collect(),
             link_target: Vec::new(),
             hardlink: 0,
+            xattrs: Vec::new(),
         };
         let messages = chunks
             .iter()
@@ -899,6 +907,50 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(names.len(), 3, "no temporary file left behind");
+    }
+
+    #[test]
+    fn extended_attributes_are_set_on_files_and_directories_and_bad_ones_refused() {
+        let target = tempfile::tempdir().unwrap();
+        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let xattr = |name: &str, value: &[u8]| pb::Xattr {
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        };
+        let mut dir = dir_entry("srv");
+        dir.xattrs = vec![xattr("user.owner", b"DINKES")];
+        w.entry(dir);
+        let (mut good, chunks) = file_entry("srv/laporan.pdf", b"%PDF-1.7");
+        good.xattrs = vec![
+            xattr("user.mime_type", b"application/pdf"),
+            xattr("user.checksum", &[0, 255]),
+        ];
+        w.entry(good);
+        for c in chunks {
+            w.chunk(c);
+        }
+        // A name no file system holds fails the file, which is not left behind.
+        let (mut bad, chunks) = file_entry("srv/bad", b"x");
+        bad.xattrs = vec![xattr("user.a", b"1"), xattr("user.a", b"2")];
+        w.entry(bad);
+        for c in chunks {
+            w.chunk(c);
+        }
+        let (summary, failed, _) = w.finish();
+        assert_eq!(summary.files_verified, 1, "{failed:?}");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].reason.contains("given twice"), "{failed:?}");
+        assert!(!target.path().join("srv/bad").exists());
+        let get = |path: &str, name: &str| xattr::get(target.path().join(path), name).unwrap();
+        assert_eq!(
+            get("srv/laporan.pdf", "user.mime_type").as_deref(),
+            Some(&b"application/pdf"[..])
+        );
+        assert_eq!(
+            get("srv/laporan.pdf", "user.checksum").as_deref(),
+            Some(&[0, 255][..])
+        );
+        assert_eq!(get("srv", "user.owner").as_deref(), Some(&b"DINKES"[..]));
     }
 
     #[test]

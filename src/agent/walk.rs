@@ -731,6 +731,7 @@ fn entry_from_meta(path: &Path, meta: &Metadata) -> pb::FileEntry {
         },
         unchanged_subtree: false,
         subtree_dirs: 0,
+        xattrs: Vec::new(),
     }
 }
 
@@ -808,6 +809,11 @@ impl Walker<'_> {
             }
         };
         let mut entry = entry_from_meta(path, &meta);
+        match crate::engine::xattrs::read(path) {
+            Ok(xattrs) => entry.xattrs = crate::rpc::xattrs_to_wire(xattrs),
+            // Sent without them, and said.
+            Err(error) => self.problem(path, format!("extended attributes: {error}")),
+        }
         let leaf = |entry: pb::FileEntry| Walked {
             digest: entry_digest(&entry),
             clean: true,

@@ -179,15 +179,30 @@ pub(crate) fn in_path(error: Error, path: &[u8]) -> Error {
 }
 
 impl<W: Write> Writer<'_, W> {
-    /// The PAX record of `node`'s exact modification time, where one is needed, to
-    /// precede its entry.
-    fn exact_mtime(&mut self, node: &Node) -> std::io::Result<()> {
-        match pax_mtime(node.mtime_ns) {
-            Some(mtime) => self
-                .builder
-                .append_pax_extensions([("mtime", mtime.as_bytes())]),
-            None => Ok(()),
+    /// The PAX records to precede `node`'s entry, where it needs any: its exact
+    /// modification time, and its extended attributes as GNU tar and bsdtar write them
+    /// (`SCHILY.xattr.NAME`; `tar --xattrs -x` restores them). A PAX key is text: an
+    /// attribute whose name is not UTF-8 has no record.
+    fn pax_records(&mut self, node: &Node) -> std::io::Result<()> {
+        let mtime = pax_mtime(node.mtime_ns);
+        let xattrs: Vec<(String, &[u8])> = node
+            .xattrs
+            .iter()
+            .filter_map(|x| {
+                let name = std::str::from_utf8(&x.name).ok()?;
+                Some((format!("SCHILY.xattr.{name}"), x.value.as_slice()))
+            })
+            .collect();
+        let records: Vec<(&str, &[u8])> = mtime
+            .as_ref()
+            .map(|m| ("mtime", m.as_bytes()))
+            .into_iter()
+            .chain(xattrs.iter().map(|(key, value)| (key.as_str(), *value)))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
         }
+        self.builder.append_pax_extensions(records)
     }
 
     fn output_error(&self, source: std::io::Error) -> Error {
@@ -231,7 +246,7 @@ impl<W: Write> Writer<'_, W> {
             NodeKind::Dir => {
                 self.done.dirs += 1;
                 let mut header = header_for(node, EntryType::Directory);
-                self.exact_mtime(node).and_then(|()| {
+                self.pax_records(node).and_then(|()| {
                     self.builder
                         .append_data(&mut header, name, std::io::empty())
                 })
@@ -256,7 +271,7 @@ impl<W: Write> Writer<'_, W> {
                 let target = node.link_target.as_deref().unwrap_or_default();
                 // The target's bytes as recorded; one too long for the header goes in a
                 // GNU long-link entry, also as recorded.
-                self.exact_mtime(node).and_then(|()| {
+                self.pax_records(node).and_then(|()| {
                     if header.set_link_name_literal(target).is_ok() {
                         self.builder
                             .append_data(&mut header, name, std::io::empty())
@@ -282,7 +297,7 @@ impl<W: Write> Writer<'_, W> {
                         .and_then(|()| header.set_device_minor(libc::minor(node.rdev)))
                 };
                 numbered
-                    .and_then(|()| self.exact_mtime(node))
+                    .and_then(|()| self.pax_records(node))
                     .and_then(|()| {
                         self.builder
                             .append_data(&mut header, name, std::io::empty())
@@ -300,7 +315,7 @@ impl<W: Write> Writer<'_, W> {
     fn file(&mut self, path: &[u8], node: &Node) -> Result<()> {
         let mut header = header_for(node, EntryType::Regular);
         header.set_size(node.size);
-        self.exact_mtime(node)
+        self.pax_records(node)
             .map_err(|source| self.output_error(source))?;
         let mut content = Content {
             repo: self.repo,
@@ -452,6 +467,7 @@ mod tests {
         fs::write(s.join("etc/deep/er").join(LONG_NAME), b"long name\n").unwrap();
         fs::write(s.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
         fs::set_permissions(s.join("etc/hosts"), fs::Permissions::from_mode(0o640)).unwrap();
+        xattr::set(s.join("etc/hosts"), "user.origin", b"DINKES\x00\xff").unwrap();
         fs::hard_link(s.join("etc/hosts"), s.join("etc/hosts.link")).unwrap();
         symlink("hosts", s.join("etc/to-hosts")).unwrap();
         // Kept byte for byte: not `x/y` as a path would be normalised to.
@@ -760,6 +776,36 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn extended_attributes_go_in_pax_records_as_gnu_tar_reads_them() {
+        let f = fixture();
+        let (done, out) = f.dump(f.etc().as_os_str().as_bytes());
+        done.unwrap();
+        let mut found = BTreeMap::new();
+        for entry in tar::Archive::new(out.as_slice()).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            if let Some(records) = entry.pax_extensions().unwrap() {
+                for record in records {
+                    let record = record.unwrap();
+                    let key = record.key().unwrap().to_owned();
+                    if key.starts_with("SCHILY.xattr.") {
+                        let base = name.rsplit('/').next().unwrap_or_default().to_owned();
+                        found.insert((base, key), record.value_bytes().to_vec());
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            found,
+            BTreeMap::from([(
+                ("hosts".to_owned(), "SCHILY.xattr.user.origin".to_owned()),
+                b"DINKES\x00\xff".to_vec()
+            )]),
+            "the file has its attribute, and nothing else has any"
+        );
     }
 
     #[test]

@@ -399,6 +399,13 @@ impl Ctx<'_> {
     ) -> Result<Option<Node>> {
         self.cancelled()?;
         let mut node = Self::node_from_meta(name, meta);
+        // Read every time, unchanged files too: a parent snapshot written before they
+        // were recorded has none, whatever the files had.
+        match super::xattrs::read(path) {
+            Ok(xattrs) => node.xattrs = xattrs,
+            // Kept without them, and said.
+            Err(e) => self.fail(path, format!("extended attributes: {e}")),
+        }
         match node.kind {
             NodeKind::Dir => {
                 self.dirs.fetch_add(1, Ordering::Relaxed);

@@ -32,6 +32,7 @@ pub mod stats;
 pub mod store;
 pub mod tree;
 pub mod writebehind;
+pub mod xattrs;
 
 pub use error::{Error, Result};
 

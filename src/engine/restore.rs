@@ -525,6 +525,8 @@ fn finish_file(f: &std::fs::File, node: &Node, owners: bool) -> std::io::Result<
     if owners {
         std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid))?;
     }
+    // After the owner (which clears a file capability), before the mode.
+    super::xattrs::restore_file(f, &node.xattrs, owners)?;
     f.set_permissions(std::fs::Permissions::from_mode(node.mode & 0o7777))?;
     let t = file_time(node.mtime_ns);
     filetime::set_file_handle_times(f, Some(t), Some(t))
@@ -967,6 +969,7 @@ pub fn restore_tree(
             if owners {
                 chown(&path, e.node.uid, e.node.gid)?;
             }
+            super::xattrs::restore_path(&path, &e.node.xattrs, owners)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.node.mode & 0o7777))?;
             set_times(&path, e.node.mtime_ns)
         })();
@@ -1029,6 +1032,7 @@ fn restore_special(path: &Path, node: &Node, owners: bool) -> std::io::Result<bo
         if owners {
             chown(&tmp, node.uid, node.gid)?;
         }
+        super::xattrs::restore_path(&tmp, &node.xattrs, owners)?;
         if node.kind != NodeKind::Symlink {
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(node.mode & 0o7777))?;
         }
@@ -1343,6 +1347,9 @@ fn verify_entries(
 
 fn verify_one(sources: &Sources<'_>, path: &Path, node: &Node) -> std::result::Result<u64, String> {
     let m = std::fs::symlink_metadata(path).map_err(|e| format!("missing after restore: {e}"))?;
+    if let Some(difference) = super::xattrs::difference(path, &node.xattrs, is_root()) {
+        return Err(difference);
+    }
     match node.kind {
         NodeKind::Dir => {
             if !m.is_dir() {

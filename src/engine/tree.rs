@@ -75,6 +75,92 @@ pub struct Node {
     /// Set on every path of a hard-linked file: the inode-derived group key;
     /// paths sharing it are restored as hard links of one file.
     pub hardlink: Option<u64>,
+    /// Extended attributes, sorted by name: POSIX ACLs (`system.posix_acl_access`,
+    /// `system.posix_acl_default`), file capabilities (`security.capability`), SELinux
+    /// labels (`security.selinux`), `user.*` and `trusted.*`. Empty in trees of version 1.
+    pub xattrs: Vec<Xattr>,
+}
+
+/// One extended attribute of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Its name with its namespace (`user.mime_type`), raw bytes without NUL.
+    pub name: Vec<u8>,
+    /// Its value, raw bytes.
+    pub value: Vec<u8>,
+}
+
+/// A node as trees of version 1 encode it: without extended attributes. A tree none of
+/// whose nodes has any is still written so, and keeps the id it had before they were
+/// recorded.
+#[derive(Serialize, Deserialize)]
+struct NodeV1 {
+    name: Vec<u8>,
+    kind: NodeKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+    dev: u64,
+    size: u64,
+    content: Vec<BlobId>,
+    subtree: Option<BlobId>,
+    link_target: Option<Vec<u8>>,
+    rdev: u64,
+    hardlink: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TreeV1 {
+    version: u8,
+    nodes: Vec<NodeV1>,
+}
+
+impl From<Node> for NodeV1 {
+    fn from(n: Node) -> Self {
+        NodeV1 {
+            name: n.name,
+            kind: n.kind,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            mtime_ns: n.mtime_ns,
+            ctime_ns: n.ctime_ns,
+            inode: n.inode,
+            dev: n.dev,
+            size: n.size,
+            content: n.content,
+            subtree: n.subtree,
+            link_target: n.link_target,
+            rdev: n.rdev,
+            hardlink: n.hardlink,
+        }
+    }
+}
+
+impl From<NodeV1> for Node {
+    fn from(n: NodeV1) -> Self {
+        Node {
+            name: n.name,
+            kind: n.kind,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            mtime_ns: n.mtime_ns,
+            ctime_ns: n.ctime_ns,
+            inode: n.inode,
+            dev: n.dev,
+            size: n.size,
+            content: n.content,
+            subtree: n.subtree,
+            link_target: n.link_target,
+            rdev: n.rdev,
+            hardlink: n.hardlink,
+            xattrs: Vec::new(),
+        }
+    }
 }
 
 impl Node {
@@ -96,6 +182,7 @@ impl Node {
             link_target: None,
             rdev: 0,
             hardlink: None,
+            xattrs: Vec::new(),
         }
     }
 
@@ -108,7 +195,7 @@ impl Node {
 /// A directory listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
-    /// Encoding version (1).
+    /// Encoding version: 1, or 2 when a node has extended attributes.
     pub version: u8,
     /// Entries sorted by name bytes.
     pub nodes: Vec<Node>,
@@ -137,8 +224,18 @@ pub fn check_name(name: &[u8]) -> Result<(), String> {
 impl Tree {
     /// Encode (sorting the nodes by name first).
     pub fn encode(mut self) -> Vec<u8> {
-        self.version = 1;
         self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for node in &mut self.nodes {
+            node.xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        if self.nodes.iter().all(|n| n.xattrs.is_empty()) {
+            let v1 = TreeV1 {
+                version: 1,
+                nodes: self.nodes.into_iter().map(NodeV1::from).collect(),
+            };
+            return postcard::to_stdvec(&v1).expect("trees always serialize");
+        }
+        self.version = 2;
         postcard::to_stdvec(&self).expect("trees always serialize")
     }
 
@@ -148,12 +245,36 @@ impl Tree {
     /// A message naming the problem: undecodable bytes, unknown version,
     /// an unsafe or duplicate name, or a node missing its required field.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let t: Tree = postcard::from_bytes(bytes).map_err(|e| format!("undecodable tree: {e}"))?;
-        if t.version != 1 {
-            return Err(format!("unknown tree version {}", t.version));
-        }
+        let undecodable = |e: postcard::Error| format!("undecodable tree: {e}");
+        // The version is the first byte (a u8 is one byte in postcard).
+        let t = match bytes.first() {
+            Some(1) => {
+                let v1: TreeV1 = postcard::from_bytes(bytes).map_err(undecodable)?;
+                Tree {
+                    version: 1,
+                    nodes: v1.nodes.into_iter().map(Node::from).collect(),
+                }
+            }
+            Some(2) => postcard::from_bytes::<Tree>(bytes).map_err(undecodable)?,
+            Some(other) => return Err(format!("unknown tree version {other}")),
+            None => return Err("undecodable tree: empty".into()),
+        };
         for (i, n) in t.nodes.iter().enumerate() {
             check_name(&n.name)?;
+            for (j, x) in n.xattrs.iter().enumerate() {
+                if x.name.is_empty() || x.name.contains(&0) {
+                    return Err(format!(
+                        "`{}` has an extended attribute with an empty name or a NUL in it",
+                        n.display_name()
+                    ));
+                }
+                if j > 0 && n.xattrs[j - 1].name >= x.name {
+                    return Err(format!(
+                        "extended attributes of `{}` unsorted or duplicated",
+                        n.display_name()
+                    ));
+                }
+            }
             if i > 0 && t.nodes[i - 1].name >= n.name {
                 return Err(format!(
                     "tree entries unsorted or duplicated at `{}`",
@@ -189,8 +310,13 @@ mod tests {
             any::<i64>(),
             any::<u64>(),
             proptest::collection::vec(any::<[u8; 32]>(), 0..4),
+            proptest::collection::btree_map(
+                proptest::collection::vec(1u8..=255, 1..12),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                0..3,
+            ),
         )
-            .prop_map(|(name, k, mode, t, size, content)| {
+            .prop_map(|(name, k, mode, t, size, content, xattrs)| {
                 let kind = [
                     NodeKind::File,
                     NodeKind::Dir,
@@ -211,6 +337,10 @@ mod tests {
                 if kind == NodeKind::Symlink {
                     n.link_target = Some(b"../x".to_vec());
                 }
+                n.xattrs = xattrs
+                    .into_iter()
+                    .map(|(name, value)| Xattr { name, value })
+                    .collect();
                 n
             })
     }
@@ -222,8 +352,29 @@ mod tests {
                 version: 1,
                 nodes: vec![Node::new(bad.to_vec(), NodeKind::File)],
             };
-            let raw = postcard::to_stdvec(&t).unwrap();
+            let raw = t.encode();
             assert!(Tree::decode(&raw).is_err(), "{bad:?} accepted");
+        }
+        // Extended attributes named empty, with a NUL, or twice.
+        for names in [
+            vec![&b""[..]],
+            vec![b"user.a\0b"],
+            vec![b"user.a", b"user.a"],
+        ] {
+            let mut node = Node::new("f", NodeKind::File);
+            node.xattrs = names
+                .into_iter()
+                .map(|n| Xattr {
+                    name: n.to_vec(),
+                    value: b"v".to_vec(),
+                })
+                .collect();
+            let t = Tree {
+                version: 2,
+                nodes: vec![node],
+            };
+            let raw = postcard::to_stdvec(&t).unwrap();
+            assert!(Tree::decode(&raw).is_err(), "{t:?} accepted");
         }
         let dup = Tree {
             version: 1,
@@ -235,15 +386,48 @@ mod tests {
         assert!(Tree::decode(&postcard::to_stdvec(&dup).unwrap()).is_err());
     }
 
+    /// Trees without extended attributes are encoded byte for byte as before they were
+    /// recorded (version 1), so their ids, and deduplication against old snapshots, stay.
+    #[test]
+    fn version_1_encoding_is_frozen() {
+        let t = Tree {
+            version: 0,
+            nodes: vec![Node::new("a", NodeKind::File)],
+        };
+        let raw = t.clone().encode();
+        assert_eq!(
+            hex::encode(&raw),
+            format!("0101016100a403{}", "00".repeat(12))
+        );
+        let back = Tree::decode(&raw).unwrap();
+        assert_eq!((back.version, back.nodes), (1, t.nodes));
+        let mut with = Node::new("a", NodeKind::File);
+        with.xattrs = vec![Xattr {
+            name: b"security.capability".to_vec(),
+            value: vec![1, 0, 0, 2],
+        }];
+        let raw = Tree {
+            version: 0,
+            nodes: vec![with.clone()],
+        }
+        .encode();
+        assert_eq!(raw[0], 2);
+        assert_eq!(Tree::decode(&raw).unwrap().nodes, vec![with]);
+    }
+
     proptest! {
         #[test]
         fn tree_round_trip(nodes in proptest::collection::vec(arb_node(), 0..10)) {
             let mut nodes = nodes;
             nodes.sort_by(|a, b| a.name.cmp(&b.name));
             nodes.dedup_by(|a, b| a.name == b.name);
+            let with_xattrs = nodes.iter().any(|n| !n.xattrs.is_empty());
             let t = Tree { version: 1, nodes };
             let enc = t.clone().encode();
-            prop_assert_eq!(Tree::decode(&enc).unwrap(), t);
+            let back = Tree::decode(&enc).unwrap();
+            // Version 2 only where a node has extended attributes.
+            prop_assert_eq!(back.version, if with_xattrs { 2 } else { 1 });
+            prop_assert_eq!(back.nodes, t.nodes);
         }
 
         #[test]

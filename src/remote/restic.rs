@@ -603,6 +603,15 @@ fn staged_entries(
             lengths: Vec::new(),
             link_target: Vec::new(),
             hardlink: 0,
+            // What restic restored into the staging copy.
+            xattrs: crate::rpc::xattrs_to_wire(crate::engine::xattrs::read(&path).map_err(
+                |error| {
+                    format!(
+                        "cannot read the extended attributes of the staged {}: {error}",
+                        path.display()
+                    )
+                },
+            )?),
         };
         if kind.is_dir() {
             entry.kind = "dir".into();

@@ -383,6 +383,45 @@ fn undecodable_is_invalid_argument(
     }
 }
 
+/// Extended attributes as an agent sends or receives them.
+pub fn xattrs_to_wire(xattrs: Vec<crate::engine::tree::Xattr>) -> Vec<pb::Xattr> {
+    xattrs
+        .into_iter()
+        .map(|x| pb::Xattr {
+            name: x.name,
+            value: x.value,
+        })
+        .collect()
+}
+
+/// Extended attributes from the wire, sorted by name; refused when a name is empty,
+/// holds a NUL or comes twice (nothing a file system can hold).
+///
+/// # Errors
+/// What is wrong, for the run's error.
+pub fn xattrs_from_wire(xattrs: &[pb::Xattr]) -> Result<Vec<crate::engine::tree::Xattr>, String> {
+    let mut out: Vec<crate::engine::tree::Xattr> = xattrs
+        .iter()
+        .map(|x| crate::engine::tree::Xattr {
+            name: x.name.clone(),
+            value: x.value.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    for (i, x) in out.iter().enumerate() {
+        if x.name.is_empty() || x.name.contains(&0) {
+            return Err("an extended attribute's name is empty or holds a NUL".into());
+        }
+        if i > 0 && out[i - 1].name == x.name {
+            return Err(format!(
+                "extended attribute {} given twice",
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
