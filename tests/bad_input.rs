@@ -178,6 +178,12 @@ fn shell_completions_complete_subcommands_and_options() {
         .map(str::to_owned)
         .collect();
     assert_eq!(words, ["restore", "restore-job", "restore-request"]);
+    // A hidden knob is not offered on the subcommands.
+    assert!(
+        !complete("cadang init --k").contains("--kdf"),
+        "{}",
+        complete("cadang init --k")
+    );
     assert!(
         complete("cadang forget --keep-d").contains("--keep-daily"),
         "{}",

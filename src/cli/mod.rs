@@ -68,8 +68,10 @@ pub struct GlobalArgs {
     )]
     pub s3_endpoint: Option<String>,
     /// Argon2id memory for new key slots, KiB (default 65536 with 3 passes;
-    /// a lower value uses 2 passes and is raised to at least 19456).
-    #[arg(long, global = true, hide = true, env = "CADANG_KDF_MEMORY_KIB")]
+    /// a lower value uses 2 passes and is raised to at least 19456). A knob for tests
+    /// and small machines, set through its variable: not global, so that it is not
+    /// offered on every subcommand by the shell completions.
+    #[arg(long, hide = true, env = "CADANG_KDF_MEMORY_KIB")]
     pub kdf_memory_kib: Option<u32>,
 }
 
