@@ -1221,13 +1221,29 @@ fn extended_attributes_acls_and_file_capabilities_survive_a_round_trip() {
         );
     }
 
-    // A changed attribute is in the next snapshot, though the content is the same.
+    // A changed attribute is in the next snapshot, though the content is the same, and
+    // `diff` names the file as changed in its metadata only.
     set(
         &src.join("laporan.pdf"),
         "user.mime_type",
         b"application/x-pdf",
     );
     run(cadang(repo).args(["backup"]).arg(&src), 0);
+    let ids = snapshot_ids(repo);
+    let changes =
+        String::from_utf8_lossy(&run(cadang(repo).args(["diff", &ids[0], &ids[1]]), 0).stdout)
+            .into_owned();
+    // (The temporary directory above the source changed too: the restore made a
+    // directory in it.)
+    let marked: Vec<&str> = changes
+        .lines()
+        .filter(|l| l.starts_with(['U', 'M', '+', '-']) && l.contains("/src"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{changes}");
+    assert!(
+        marked[0].starts_with('U') && marked[0].ends_with("/laporan.pdf"),
+        "{changes}"
+    );
     let again = tmp.path().join("again");
     run(
         cadang(repo)

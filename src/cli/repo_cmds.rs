@@ -944,7 +944,8 @@ fn diff(ctx: &Ctx, a: super::DiffArgs) -> anyhow::Result<ExitCode> {
                 if m.mode != n.mode
                     || m.uid != n.uid
                     || m.gid != n.gid
-                    || m.mtime_ns != n.mtime_ns =>
+                    || m.mtime_ns != n.mtime_ns
+                    || m.xattrs != n.xattrs =>
             {
                 modified += 1;
                 emit("U", p);
