@@ -201,6 +201,28 @@ pub struct Tree {
     pub nodes: Vec<Node>,
 }
 
+/// Why extended attributes, sorted by name, are not something a file system can hold:
+/// an empty name, a NUL in one, a name given twice (or out of order).
+///
+/// # Errors
+/// The first such problem.
+pub fn check_xattrs(xattrs: &[Xattr]) -> Result<(), String> {
+    for (i, x) in xattrs.iter().enumerate() {
+        if x.name.is_empty() || x.name.contains(&0) {
+            return Err("an extended attribute's name is empty or holds a NUL".into());
+        }
+        if i > 0 && xattrs[i - 1].name >= x.name {
+            let name = String::from_utf8_lossy(&x.name);
+            return Err(if xattrs[i - 1].name == x.name {
+                format!("extended attribute {name} given twice")
+            } else {
+                format!("extended attributes out of order at {name}")
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Why a name is unsafe to restore.
 pub fn check_name(name: &[u8]) -> Result<(), String> {
     if name.is_empty() {
@@ -261,20 +283,7 @@ impl Tree {
         };
         for (i, n) in t.nodes.iter().enumerate() {
             check_name(&n.name)?;
-            for (j, x) in n.xattrs.iter().enumerate() {
-                if x.name.is_empty() || x.name.contains(&0) {
-                    return Err(format!(
-                        "`{}` has an extended attribute with an empty name or a NUL in it",
-                        n.display_name()
-                    ));
-                }
-                if j > 0 && n.xattrs[j - 1].name >= x.name {
-                    return Err(format!(
-                        "extended attributes of `{}` unsorted or duplicated",
-                        n.display_name()
-                    ));
-                }
-            }
+            check_xattrs(&n.xattrs).map_err(|e| format!("`{}`: {e}", n.display_name()))?;
             if i > 0 && t.nodes[i - 1].name >= n.name {
                 return Err(format!(
                     "tree entries unsorted or duplicated at `{}`",

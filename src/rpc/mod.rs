@@ -408,17 +408,7 @@ pub fn xattrs_from_wire(xattrs: &[pb::Xattr]) -> Result<Vec<crate::engine::tree:
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    for (i, x) in out.iter().enumerate() {
-        if x.name.is_empty() || x.name.contains(&0) {
-            return Err("an extended attribute's name is empty or holds a NUL".into());
-        }
-        if i > 0 && out[i - 1].name == x.name {
-            return Err(format!(
-                "extended attribute {} given twice",
-                String::from_utf8_lossy(&x.name)
-            ));
-        }
-    }
+    crate::engine::tree::check_xattrs(&out)?;
     Ok(out)
 }
 
