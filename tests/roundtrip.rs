@@ -1261,3 +1261,188 @@ fn extended_attributes_acls_and_file_capabilities_survive_a_round_trip() {
         Some(&b"application/x-pdf"[..])
     );
 }
+
+#[test]
+fn a_restore_over_an_existing_tree_keeps_what_is_right_and_deletes_only_when_asked() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    run(cadang(repo).arg("init"), 0);
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::create_dir_all(src.join("db")).unwrap();
+    std::fs::write(src.join("docs/surat.txt"), b"nomor 800/123").unwrap();
+    std::fs::write(src.join("docs/anggaran.xlsx"), bytes(40_000, 1)).unwrap();
+    // Several chunks: damage to one is found by reading, not by size or time.
+    std::fs::write(src.join("db/data.bin"), bytes(6 << 20, 2)).unwrap();
+    std::fs::write(src.join("db/wal.log"), bytes(9_000, 3)).unwrap();
+    std::os::unix::fs::symlink("surat.txt", src.join("docs/latest")).unwrap();
+    run(cadang(repo).arg("backup").arg(&src), 0);
+
+    let target = tmp.path().join("server");
+    run(
+        cadang(repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+        0,
+    );
+    let live = restored_path(&target, &src);
+    let ino = |rel: &str| std::fs::symlink_metadata(live.join(rel)).unwrap().ino();
+    let summary = |args: &[&str], expect: i32| {
+        last_json(&run(
+            cadang(repo)
+                .args(["restore", "latest", "--json"])
+                .args(args)
+                .arg("--target")
+                .arg(&target),
+            expect,
+        ))
+    };
+
+    // The server drifts: one chunk of the database damaged in place (same size, and
+    // its time set back to the recorded one), a mode changed, a log rewritten, and
+    // things the snapshot never held, among them a link out of the target.
+    let data = live.join("db/data.bin");
+    let recorded = std::fs::metadata(src.join("db/data.bin")).unwrap();
+    let mut damaged = std::fs::read(&data).unwrap();
+    damaged[3 << 20] ^= 0x55;
+    std::fs::write(&data, &damaged).unwrap();
+    filetime::set_file_mtime(
+        &data,
+        filetime::FileTime::from_last_modification_time(&recorded),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        live.join("docs/surat.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(live.join("db/wal.log"), b"rewritten by the server").unwrap();
+    std::fs::write(live.join("docs/draft.txt"), b"not in the snapshot").unwrap();
+    std::fs::create_dir_all(live.join("tmp/cache")).unwrap();
+    std::fs::write(live.join("tmp/cache/x"), b"cache").unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), b"not the restore's").unwrap();
+    std::os::unix::fs::symlink(&outside, live.join("docs/outside")).unwrap();
+    let (surat, anggaran, data_ino) = (
+        ino("docs/surat.txt"),
+        ino("docs/anggaran.xlsx"),
+        ino("db/data.bin"),
+    );
+
+    // A dry run reads and decides, and changes nothing.
+    let before = fingerprint(&target);
+    let dry = summary(&["--delete", "--dry-run"], 0);
+    assert_eq!(fingerprint(&target), before, "a dry run wrote something");
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["files_restored"], 2, "data.bin and wal.log: {dry}");
+    assert_eq!(dry["files_unchanged"], 2, "{dry}");
+    let mut deleted: Vec<String> = dry["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .unwrap()
+                .rsplit("/src/")
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["docs/draft.txt", "docs/outside", "tmp"], "{dry}");
+
+    // if-changed trusts size and time: the damaged database stays as it is.
+    let trusted = summary(&["--overwrite", "if-changed"], 0);
+    assert_eq!(trusted["files_restored"], 1, "only wal.log: {trusted}");
+    assert_eq!(std::fs::read(&data).unwrap(), damaged);
+    assert_eq!(trusted["deleted"], serde_json::json!([]), "{trusted}");
+    assert!(live.join("docs/draft.txt").exists());
+
+    // always reads it, finds the damaged chunk and replaces the file; the files that
+    // were right stay in place with their metadata set again; --delete removes what
+    // the snapshot does not hold without following the link out of the target.
+    std::fs::set_permissions(
+        live.join("docs/surat.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let fixed = summary(&["--delete", "--verify"], 0);
+    assert_eq!(fixed["files_restored"], 1, "{fixed}");
+    assert_eq!(fixed["files_unchanged"], 3, "{fixed}");
+    assert_eq!(
+        fixed["verify"]["mismatches"],
+        serde_json::json!([]),
+        "{fixed}"
+    );
+    assert_same_tree(&src, &live);
+    assert_eq!(ino("docs/surat.txt"), surat, "rewritten though unchanged");
+    assert_eq!(ino("docs/anggaran.xlsx"), anggaran);
+    assert_ne!(ino("db/data.bin"), data_ino, "the damaged file was kept");
+    assert_eq!(
+        std::fs::read(outside.join("keep.txt")).unwrap(),
+        b"not the restore's"
+    );
+
+    // never and if-newer leave what exists; what they keep is not verified, and what
+    // is missing is still restored.
+    std::fs::write(live.join("docs/surat.txt"), b"edited on the server").unwrap();
+    std::fs::remove_file(live.join("db/wal.log")).unwrap();
+    let never = summary(&["--overwrite", "never", "--verify"], 0);
+    assert_eq!(never["files_restored"], 1, "{never}");
+    assert_eq!(never["files_kept"], 4, "three files and the link: {never}");
+    assert_eq!(
+        std::fs::read(live.join("docs/surat.txt")).unwrap(),
+        b"edited on the server"
+    );
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    filetime::set_file_mtime(live.join("docs/surat.txt"), old).unwrap();
+    std::fs::write(live.join("db/wal.log"), b"newer on the server").unwrap();
+    let newer = summary(&["--overwrite", "if-newer", "--verify"], 0);
+    assert_eq!(newer["files_restored"], 1, "the older surat.txt: {newer}");
+    assert_eq!(
+        std::fs::read(live.join("docs/surat.txt")).unwrap(),
+        b"nomor 800/123"
+    );
+    assert_eq!(
+        std::fs::read(live.join("db/wal.log")).unwrap(),
+        b"newer on the server"
+    );
+
+    // A link where the snapshot has a directory is never written through: refused,
+    // unless --delete replaces the link itself.
+    std::fs::remove_dir_all(live.join("db")).unwrap();
+    std::os::unix::fs::symlink(&outside, live.join("db")).unwrap();
+    let refused = summary(&[], 3);
+    assert!(
+        refused["errors"].to_string().contains("symbolic link"),
+        "{refused}"
+    );
+    let replaced = summary(&["--delete", "--verify"], 0);
+    assert_eq!(
+        replaced["verify"]["mismatches"],
+        serde_json::json!([]),
+        "{replaced}"
+    );
+    assert_same_tree(&src, &live);
+    assert_eq!(
+        files_under(&outside),
+        [std::path::PathBuf::from("keep.txt")]
+    );
+
+    // A mode no one knows is refused before anything is touched.
+    let out = run(
+        cadang(repo)
+            .args(["restore", "latest", "--overwrite", "sometimes", "--target"])
+            .arg(&target),
+        2,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("if-changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -362,8 +362,25 @@ pub struct RestoreArgs {
     #[arg(short = 'e', long = "exclude")]
     pub excludes: Vec<String>,
     /// Re-read the restored files and compare them with the snapshot.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub verify: bool,
+    /// What to do with files already at the target: `always` replaces them, but
+    /// keeps (and only gives the snapshot's metadata to) a file whose content, read
+    /// and compared, is already the snapshot's; `if-changed` takes a file of the
+    /// recorded size and modification time as unchanged without reading it;
+    /// `if-newer` replaces only what is older than the snapshot's copy; `never`
+    /// leaves everything that exists as it is.
+    #[arg(long, value_name = "MODE", default_value = "always")]
+    pub overwrite: crate::engine::restore::Overwrite,
+    /// Delete what the target holds that the snapshot does not (in the directories
+    /// restored, among the paths --include and --exclude select); check first with
+    /// --dry-run.
+    #[arg(long)]
+    pub delete: bool,
+    /// Read and compare, but write, replace and delete nothing: say what a restore
+    /// would do.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

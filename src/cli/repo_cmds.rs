@@ -977,6 +977,9 @@ fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
         verify: a.verify,
+        overwrite: a.overwrite,
+        delete: a.delete,
+        dry_run: a.dry_run,
         cancel: Some(ctx.cancel.clone()),
         threads: None,
         replica: None,
@@ -1011,13 +1014,25 @@ fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
         for e in &r.errors {
             eprintln!("error: {}: {}", e.path, e.error);
         }
+        let deleted = if r.dry_run { "would delete" } else { "deleted" };
+        if ctx.g.verbose > 0 || r.dry_run {
+            for d in &r.deleted {
+                ctx.say(format!("{deleted} /{d}"));
+            }
+        }
         ctx.say(format!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            "{} snapshot {} to {}: {} files, {} dirs, {}{} in {:.1}s",
+            if r.dry_run {
+                "would restore"
+            } else {
+                "restored"
+            },
             id.short(),
             a.target.display(),
             r.files_restored,
             r.dirs,
             human_bytes(r.bytes_restored),
+            restore_extras(&r, deleted),
             secs
         ));
         if let Some(v) = &r.verify {
@@ -1037,7 +1052,12 @@ fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("  {d}");
             }
         }
-        if !r.is_success() {
+        if r.dry_run && !r.is_success() {
+            eprintln!(
+                "a restore would fail {} entries; nothing was written",
+                r.errors.len()
+            );
+        } else if !r.is_success() {
             eprintln!(
                 "restore INCOMPLETE: {} entries failed; the other files were restored",
                 r.errors.len() + r.verify.as_ref().map_or(0, |v| v.mismatches.len())
@@ -1049,6 +1069,25 @@ fn restore(ctx: &Ctx, a: super::RestoreArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Partial
     })
+}
+
+/// The summary's clauses for what a restore found already at its target.
+fn restore_extras(r: &crate::engine::restore::RestoreResult, deleted: &str) -> String {
+    let mut extras = String::new();
+    if r.files_unchanged > 0 {
+        extras += &format!(
+            "; {} files ({}) already up to date",
+            r.files_unchanged,
+            human_bytes(r.bytes_unchanged)
+        );
+    }
+    if r.files_kept > 0 {
+        extras += &format!("; {} existing entries left as they were", r.files_kept);
+    }
+    if !r.deleted.is_empty() {
+        extras += &format!("; {deleted} {} entries", r.deleted.len());
+    }
+    extras
 }
 
 fn check(ctx: &Ctx, a: super::CheckArgs) -> anyhow::Result<ExitCode> {

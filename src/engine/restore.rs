@@ -215,6 +215,78 @@ impl Sources<'_> {
     }
 }
 
+/// What a restore does with an entry already at the target where the snapshot has a
+/// file, a symlink or a special file (directories are always reused and given the
+/// snapshot's metadata).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overwrite {
+    /// Replace it, unless it is a regular file whose content, read and compared chunk
+    /// by chunk with the snapshot's ids, is already the snapshot's: such a file is kept
+    /// and only given the snapshot's owner, mode, attributes and times.
+    #[default]
+    Always,
+    /// As `Always`, but a regular file of the recorded size and modification time is
+    /// taken as the snapshot's without being read.
+    IfChanged,
+    /// Replace only what is older (by modification time) than the snapshot's copy;
+    /// leave the rest as it is.
+    IfNewer,
+    /// Leave everything that exists as it is.
+    Never,
+}
+
+impl Overwrite {
+    /// Every mode, as the command line names them.
+    pub const ALL: [Overwrite; 4] = [
+        Overwrite::Always,
+        Overwrite::IfChanged,
+        Overwrite::IfNewer,
+        Overwrite::Never,
+    ];
+
+    /// The mode's name on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Overwrite::Always => "always",
+            Overwrite::IfChanged => "if-changed",
+            Overwrite::IfNewer => "if-newer",
+            Overwrite::Never => "never",
+        }
+    }
+
+    /// Whether an existing entry of modification time `existing_ns` is left as it is,
+    /// whatever it holds.
+    fn keeps(self, node: &Node, existing_ns: i64) -> bool {
+        match self {
+            Overwrite::Never => true,
+            Overwrite::IfNewer => node.mtime_ns <= existing_ns,
+            Overwrite::Always | Overwrite::IfChanged => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|o| o.name()).collect();
+                format!("unknown overwrite mode `{s}` (known: {})", known.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for Overwrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What to restore and where.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -228,6 +300,14 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// Re-read every restored file and compare it with the snapshot.
     pub verify: bool,
+    /// What to do with files already at the target.
+    pub overwrite: Overwrite,
+    /// Delete what the target holds that the snapshot does not, in every directory the
+    /// restore writes (only what the includes and excludes select).
+    pub delete: bool,
+    /// Decide everything (reading existing files to compare them) but write, replace
+    /// and delete nothing: the result says what a restore would do.
+    pub dry_run: bool,
     /// Set to stop at the next safe point.
     pub cancel: Option<Arc<AtomicBool>>,
     /// Worker threads (default: available cores).
@@ -274,6 +354,18 @@ pub struct RestoreResult {
     pub others: u64,
     /// Bytes of file content written.
     pub bytes_restored: u64,
+    /// Regular files already at the target with the snapshot's content, kept and
+    /// given the snapshot's metadata.
+    pub files_unchanged: u64,
+    /// Their bytes.
+    pub bytes_unchanged: u64,
+    /// Entries already at the target left as they were (`--overwrite never` or
+    /// `if-newer`); they are not verified.
+    pub files_kept: u64,
+    /// What was deleted from the target (`--delete`), relative to it.
+    pub deleted: Vec<String>,
+    /// Nothing was written: the counts say what a restore would do.
+    pub dry_run: bool,
     /// Files (or entries) that could not be restored, with the reason.
     pub errors: Vec<FileError>,
     /// Blobs found damaged or missing and not readable anywhere.
@@ -377,6 +469,9 @@ struct Collected {
     entries: Vec<Entry>,
     errors: Vec<FileError>,
     damaged: Vec<String>,
+    /// Directories whose listing could not be read: what they hold is unknown, so
+    /// `--delete` must not touch them.
+    unlisted: Vec<PathBuf>,
 }
 
 impl Collected {
@@ -384,6 +479,7 @@ impl Collected {
         self.entries.append(&mut other.entries);
         self.errors.append(&mut other.errors);
         self.damaged.append(&mut other.damaged);
+        self.unlisted.append(&mut other.unlisted);
     }
 }
 
@@ -399,6 +495,7 @@ fn collect(
 ) -> Collected {
     if depth > tree::MAX_DEPTH {
         let mut refused = Collected::default();
+        refused.unlisted.push(rel.to_path_buf());
         refused.errors.push(FileError {
             path: rel.display().to_string(),
             error: tree::too_deep(),
@@ -409,6 +506,7 @@ fn collect(
         Ok(t) => t,
         Err(e) => {
             let mut failed = Collected::default();
+            failed.unlisted.push(rel.to_path_buf());
             failed.damaged.push(format!("tree {}: {e}", tree.short()));
             failed.errors.push(FileError {
                 path: if rel.as_os_str().is_empty() {
@@ -460,17 +558,278 @@ fn collect(
 }
 
 /// Make sure `dir` (under the target) is a real directory, creating it if
-/// needed. Refuses to go through a symlink.
-fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+/// needed. Refuses to go through a symlink; with `replace` (`--delete`), removes a
+/// symlink or other non-directory in the way (never what it points to) instead, and
+/// says so. A dry run changes nothing and says what would happen.
+fn ensure_dir(dir: &Path, replace: bool, dry_run: bool) -> std::io::Result<bool> {
     match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_dir() => Ok(false),
+        Ok(_) if replace => {
+            if !dry_run {
+                std::fs::remove_file(dir)?;
+                std::fs::create_dir(dir)?;
+            }
+            Ok(true)
+        }
         Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(
-            "refusing to restore through a symbolic link",
+            "refusing to restore through a symbolic link (--delete replaces it)",
         )),
-        Ok(_) => Err(std::io::Error::other("a non-directory is in the way")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir),
+        Ok(_) => Err(std::io::Error::other(
+            "a non-directory is in the way (--delete replaces it)",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !dry_run {
+                std::fs::create_dir(dir)?;
+            }
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
+}
+
+/// Modification time of an existing entry, in nanoseconds since the epoch.
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+/// What the target holds where the snapshot has a regular file, and what becomes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Existing {
+    /// Nothing, or something to replace: the file is restored.
+    Replace,
+    /// A regular file with the snapshot's content, now with its metadata.
+    Unchanged,
+    /// Something left as it is (`--overwrite never` or `if-newer`).
+    Kept,
+}
+
+/// Decides what becomes of what `path` holds (the snapshot's `node` is a regular
+/// file); a file found unchanged is given the snapshot's metadata here, unless this
+/// is a dry run. Anything that cannot be decided is restored.
+fn existing_file(
+    sources: &Sources<'_>,
+    path: &Path,
+    node: &Node,
+    opts: &RestoreOptions,
+    owners: bool,
+) -> Existing {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Existing::Replace;
+    };
+    if opts.overwrite.keeps(node, mtime_ns(&m)) {
+        return Existing::Kept;
+    }
+    if !m.is_file() || m.len() != node.size {
+        return Existing::Replace;
+    }
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return Existing::Replace;
+    };
+    let trusted = opts.overwrite == Overwrite::IfChanged && mtime_ns(&m) == node.mtime_ns;
+    if !trusted && compare_content(sources, &f, node).is_err() {
+        return Existing::Replace;
+    }
+    if opts.dry_run || finish_file(&f, node, owners).is_ok() {
+        Existing::Unchanged
+    } else {
+        Existing::Replace
+    }
+}
+
+/// Whether what `path` holds is left as it is where the snapshot has `node`.
+fn keeps_existing(path: &Path, node: &Node, overwrite: Overwrite) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| overwrite.keeps(node, mtime_ns(&m)))
+}
+
+/// Whether two paths are links to one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The first path of a hard-link group that later paths are linked to.
+#[derive(Clone)]
+enum LinkTo<'a> {
+    /// A file this restore writes (index into the planned files).
+    Restored(usize),
+    /// A file already at the target with the snapshot's content.
+    InPlace(&'a Entry),
+}
+
+impl<'a> LinkTo<'a> {
+    fn node<'b>(&'b self, files: &'b [(FileState, &'a Node)]) -> &'b Node {
+        match self {
+            LinkTo::Restored(fi) => files[*fi].1,
+            LinkTo::InPlace(e) => &e.node,
+        }
+    }
+}
+
+/// `--delete`: removes from each directory the restore writes what the snapshot's
+/// copy of it does not hold (among the entries the includes and excludes select).
+struct Cleaner<'a> {
+    /// The names of each directory of the snapshot, by path, with their entries.
+    listings: HashMap<&'a Path, HashMap<&'a OsStr, &'a Node>>,
+    /// Directories whose listing is unknown: nothing is deleted there.
+    unlisted: &'a [PathBuf],
+    deleted: Vec<String>,
+    errors: Vec<FileError>,
+}
+
+impl<'a> Cleaner<'a> {
+    fn new(entries: &'a [Entry], unlisted: &'a [PathBuf]) -> Self {
+        let mut listings: HashMap<&Path, HashMap<&OsStr, &Node>> = HashMap::new();
+        for e in entries {
+            if let (Some(parent), Some(name)) = (e.rel.parent(), e.rel.file_name()) {
+                listings.entry(parent).or_default().insert(name, &e.node);
+            }
+        }
+        Self {
+            listings,
+            unlisted,
+            deleted: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Cleans directory `rel` of the target (a real directory, checked by the
+    /// caller, or absent in a dry run). With `replaces`, a directory where the
+    /// snapshot has something else goes too.
+    fn clean(&mut self, target: &Path, rel: &Path, chosen: &Chosen, replaces: bool, dry_run: bool) {
+        if self.unlisted.iter().any(|u| u == rel) {
+            return;
+        }
+        let dir = target.join(rel);
+        let listing = match std::fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            // A dry run does not create the directories it would restore into.
+            Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if dry_run && e.raw_os_error() == Some(libc::ENOTDIR) => return,
+            Err(e) => {
+                self.errors.push(FileError {
+                    path: rel.display().to_string(),
+                    error: format!("cannot list it to delete what the snapshot does not hold: {e}"),
+                });
+                return;
+            }
+        };
+        let snapshot = self.listings.get(rel);
+        for item in listing {
+            let (name, kind) = match item.and_then(|i| Ok((i.file_name(), i.file_type()?))) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.errors.push(FileError {
+                        path: rel.display().to_string(),
+                        error: format!(
+                            "cannot list it to delete what the snapshot does not hold: {e}"
+                        ),
+                    });
+                    return;
+                }
+            };
+            let child = rel.join(&name);
+            let goes = match snapshot.and_then(|names| names.get(name.as_os_str())) {
+                None => selected(&child, chosen).0,
+                Some(node) => replaces && kind.is_dir() && node.kind != NodeKind::Dir,
+            };
+            if !goes {
+                continue;
+            }
+            let path = dir.join(&name);
+            // Never followed: a symlink is removed itself, a directory with what it holds.
+            let removed = if dry_run {
+                Ok(())
+            } else if kind.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => self.deleted.push(child.display().to_string()),
+                Err(e) => self.errors.push(FileError {
+                    path: child.display().to_string(),
+                    error: format!("cannot delete it: {e}"),
+                }),
+            }
+        }
+    }
+}
+
+/// What a dry run reports once every file is planned: the files and entries a restore
+/// would write, and the damage it would meet.
+#[allow(clippy::too_many_arguments)]
+fn dry_run_result(
+    mut result: RestoreResult,
+    files: &[(FileState, &Node)],
+    hardlink_rest: &[(LinkTo<'_>, &Entry)],
+    entries: &[Entry],
+    in_bad_dir: &dyn Fn(&Path) -> bool,
+    bad_dirs: &[PathBuf],
+    target: &Path,
+    overwrite: Overwrite,
+    owners: bool,
+) -> RestoreResult {
+    let damaged = |fs: &FileState| fs.damaged.load(Ordering::Relaxed);
+    for (fs, node) in files {
+        if damaged(fs) {
+            result.errors.push(FileError {
+                path: fs.rel.display().to_string(),
+                error: fs
+                    .error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_else(|| "damaged".into()),
+            });
+        } else {
+            result.files_restored += 1;
+            result.bytes_restored += node.size;
+        }
+    }
+    for (first, e) in hardlink_rest {
+        match first {
+            LinkTo::Restored(fi) if damaged(&files[*fi].0) => result.errors.push(FileError {
+                path: e.rel.display().to_string(),
+                error: "hard link to a damaged file".into(),
+            }),
+            _ => result.files_restored += 1,
+        }
+    }
+    for e in entries {
+        if in_bad_dir(&e.rel) {
+            continue;
+        }
+        match e.node.kind {
+            NodeKind::File => {}
+            NodeKind::Dir => {
+                if !bad_dirs.contains(&e.rel) {
+                    result.dirs += 1;
+                }
+            }
+            NodeKind::Symlink | NodeKind::Fifo | NodeKind::BlockDev | NodeKind::CharDev => {
+                if keeps_existing(&target.join(&e.rel), &e.node, overwrite) {
+                    result.files_kept += 1;
+                } else if owners || matches!(e.node.kind, NodeKind::Symlink | NodeKind::Fifo) {
+                    result.others += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    result.dry_run = true;
+    result.damaged_blobs.sort();
+    result.damaged_blobs.dedup();
+    result
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
@@ -615,12 +974,14 @@ pub fn restore_tree(
     if std::fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
         return Err(not_a_directory());
     }
-    std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
-    if !std::fs::symlink_metadata(target)
-        .map_err(|e| Error::io(target, e))?
-        .is_dir()
-    {
-        return Err(not_a_directory());
+    if !opts.dry_run {
+        std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        if !std::fs::symlink_metadata(target)
+            .map_err(|e| Error::io(target, e))?
+            .is_dir()
+        {
+            return Err(not_a_directory());
+        }
     }
     let mut result = RestoreResult::default();
     let entries = collected.entries;
@@ -633,38 +994,114 @@ pub fn restore_tree(
             .is_some_and(|c| c.load(Ordering::Relaxed))
     };
 
-    // 1. Directories, parents first (entries are in tree order).
+    // 1. Directories, parents first (entries are in tree order); with --delete, each
+    // loses what the snapshot does not hold before anything is written into it.
+    let replaces =
+        opts.delete && matches!(opts.overwrite, Overwrite::Always | Overwrite::IfChanged);
+    let mut cleaner = opts
+        .delete
+        .then(|| Cleaner::new(&entries, &collected.unlisted));
+    if let Some(c) = &mut cleaner {
+        c.clean(target, Path::new(""), &chosen, replaces, opts.dry_run);
+    }
     let mut bad_dirs: Vec<PathBuf> = Vec::new();
     for e in entries.iter().filter(|e| e.node.kind == NodeKind::Dir) {
         if bad_dirs.iter().any(|b| e.rel.starts_with(b)) {
             continue;
         }
-        if let Err(err) = ensure_dir(&target.join(&e.rel)) {
-            result.errors.push(FileError {
-                path: e.rel.display().to_string(),
-                error: err.to_string(),
-            });
-            bad_dirs.push(e.rel.clone());
+        let path = target.join(&e.rel);
+        match ensure_dir(&path, replaces, opts.dry_run) {
+            Err(err) => {
+                result.errors.push(FileError {
+                    path: e.rel.display().to_string(),
+                    error: err.to_string(),
+                });
+                bad_dirs.push(e.rel.clone());
+            }
+            Ok(replaced) => {
+                if let Some(c) = &mut cleaner {
+                    if replaced {
+                        c.deleted.push(e.rel.display().to_string());
+                    }
+                    c.clean(target, &e.rel, &chosen, replaces, opts.dry_run);
+                }
+            }
         }
+    }
+    if let Some(c) = cleaner {
+        result.deleted = c.deleted;
+        result.errors.extend(c.errors);
     }
     let in_bad_dir = |rel: &Path| bad_dirs.iter().any(|b| rel.starts_with(b) && rel != b);
 
-    // 2. Plan file content: blob -> destinations, grouped by pack.
+    // 2. What is already at the target: files kept as they are, files whose content
+    // is already the snapshot's, and the rest, to restore.
+    let candidates: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.node.kind == NodeKind::File && !in_bad_dir(&e.rel))
+        .collect();
+    progress
+        .total_files
+        .store(candidates.len() as u64, Ordering::Relaxed);
+    progress.total_bytes.store(
+        candidates.iter().map(|e| e.node.size).sum(),
+        Ordering::Relaxed,
+    );
+    let decisions: Vec<Existing> = pool.install(|| {
+        candidates
+            .par_iter()
+            .map(|e| {
+                if cancelled() {
+                    return Existing::Replace;
+                }
+                let decision = existing_file(&sources, &target.join(&e.rel), &e.node, opts, owners);
+                if matches!(decision, Existing::Kept | Existing::Unchanged) {
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    if decision == Existing::Unchanged {
+                        progress
+                            .bytes_done
+                            .fetch_add(e.node.size, Ordering::Relaxed);
+                    }
+                }
+                decision
+            })
+            .collect()
+    });
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    // Plan file content: blob -> destinations, grouped by pack.
     let mut files: Vec<(FileState, &Node)> = Vec::new();
-    let mut hardlink_first: HashMap<u64, usize> = HashMap::new();
-    let mut hardlink_rest: Vec<(usize, &Entry)> = Vec::new();
-    for e in entries.iter().filter(|e| e.node.kind == NodeKind::File) {
-        if in_bad_dir(&e.rel) {
+    let mut kept: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+    let mut hardlink_first: HashMap<u64, LinkTo<'_>> = HashMap::new();
+    let mut hardlink_rest: Vec<(LinkTo<'_>, &Entry)> = Vec::new();
+    for (e, decision) in candidates.into_iter().zip(decisions) {
+        if decision == Existing::Kept {
+            result.files_kept += 1;
+            kept.insert(&e.rel);
             continue;
         }
         if let Some(h) = e.node.hardlink {
-            if let Some(&first) = hardlink_first.get(&h)
-                && files[first].1.content == e.node.content
+            if let Some(first) = hardlink_first.get(&h)
+                && first.node(&files).content == e.node.content
             {
-                hardlink_rest.push((first, e));
+                hardlink_rest.push((first.clone(), e));
                 continue;
             }
-            hardlink_first.insert(h, files.len());
+            hardlink_first.insert(
+                h,
+                if decision == Existing::Unchanged {
+                    LinkTo::InPlace(e)
+                } else {
+                    LinkTo::Restored(files.len())
+                },
+            );
+        }
+        if decision == Existing::Unchanged {
+            result.files_unchanged += 1;
+            result.bytes_unchanged += e.node.size;
+            continue;
         }
         let path = target.join(&e.rel);
         files.push((
@@ -679,12 +1116,6 @@ pub fn restore_tree(
             &e.node,
         ));
     }
-    progress
-        .total_files
-        .store(files.len() as u64, Ordering::Relaxed);
-    progress
-        .total_bytes
-        .store(files.iter().map(|f| f.1.size).sum(), Ordering::Relaxed);
 
     let mut by_pack: HashMap<PackId, HashMap<BlobId, Vec<(usize, u64)>>> = HashMap::new();
     // Blobs the primary's index lacks but the replica holds.
@@ -737,6 +1168,20 @@ pub fn restore_tree(
         if !ok {
             fs.damaged.store(true, Ordering::Relaxed);
         }
+    }
+
+    if opts.dry_run {
+        return Ok(dry_run_result(
+            result,
+            &files,
+            &hardlink_rest,
+            &entries,
+            &in_bad_dir,
+            &bad_dirs,
+            target,
+            opts.overwrite,
+            owners,
+        ));
     }
 
     let behind = WriteBehind::start()
@@ -907,15 +1352,29 @@ pub fn restore_tree(
         }
     }
     for (first, e) in &hardlink_rest {
-        let (fs, _) = &files[*first];
-        if fs.damaged.load(Ordering::Relaxed) {
-            result.errors.push(FileError {
-                path: e.rel.display().to_string(),
-                error: "hard link to a damaged file".into(),
-            });
+        let first_rel = match first {
+            LinkTo::Restored(fi) => {
+                let (fs, _) = &files[*fi];
+                if fs.damaged.load(Ordering::Relaxed) {
+                    result.errors.push(FileError {
+                        path: e.rel.display().to_string(),
+                        error: "hard link to a damaged file".into(),
+                    });
+                    continue;
+                }
+                &fs.rel
+            }
+            LinkTo::InPlace(first) => &first.rel,
+        };
+        let first_path = target.join(first_rel);
+        let dst = target.join(&e.rel);
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        if same_file(&first_path, &dst) {
+            // Already another link to the file the snapshot's content is in.
+            result.files_unchanged += 1;
+            result.bytes_unchanged += e.node.size;
             continue;
         }
-        let dst = target.join(&e.rel);
         let linked = (|| {
             if let Ok(m) = std::fs::symlink_metadata(&dst) {
                 if m.is_dir() {
@@ -923,7 +1382,7 @@ pub fn restore_tree(
                 }
                 std::fs::remove_file(&dst)?;
             }
-            std::fs::hard_link(target.join(&fs.rel), &dst)
+            std::fs::hard_link(&first_path, &dst)
         })();
         match linked {
             Ok(()) => result.files_restored += 1,
@@ -943,6 +1402,11 @@ pub fn restore_tree(
             continue;
         }
         let path = target.join(&e.rel);
+        if keeps_existing(&path, &e.node, opts.overwrite) {
+            result.files_kept += 1;
+            kept.insert(&e.rel);
+            continue;
+        }
         let res = restore_special(&path, &e.node, owners);
         match res {
             Ok(true) => result.others += 1,
@@ -983,7 +1447,7 @@ pub fn restore_tree(
     }
 
     if opts.verify {
-        let report = pool.install(|| verify_entries(&sources, target, &entries, progress));
+        let report = pool.install(|| verify_entries(&sources, target, &entries, &kept));
         result.verify = Some(report);
     }
     result.damaged_blobs.sort();
@@ -1308,7 +1772,7 @@ fn verify_entries(
     sources: &Sources<'_>,
     target: &Path,
     entries: &[Entry],
-    _progress: &RestoreProgress,
+    kept: &std::collections::HashSet<&Path>,
 ) -> VerifyReport {
     let results: Vec<(u64, Option<FileError>)> = entries
         .par_iter()
@@ -1316,7 +1780,7 @@ fn verify_entries(
             matches!(
                 e.node.kind,
                 NodeKind::File | NodeKind::Symlink | NodeKind::Dir
-            )
+            ) && !kept.contains(e.rel.as_path())
         })
         .map(|e| {
             let path = target.join(&e.rel);
@@ -1383,30 +1847,40 @@ fn verify_one(sources: &Sources<'_>, path: &Path, node: &Node) -> std::result::R
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .map_err(|e| e.to_string())?;
-            let mut buf = Vec::new();
-            let mut at = 0u64;
-            for (i, c) in node.content.iter().enumerate() {
-                let len = sources
-                    .raw_length(c)
-                    .map(|l| l as usize)
-                    .ok_or_else(|| format!("chunk {} unknown to the index", c.short()))?;
-                buf.resize(len, 0);
-                read_exact_sparse(&f, &mut buf, at)
-                    .map_err(|e| format!("read failed at chunk {i}: {e}"))?;
-                at += len as u64;
-                if sources.repo.keys().blob_id(&buf) != *c {
-                    return Err(format!("content differs from the snapshot in chunk {i}"));
-                }
-            }
-            let mut extra = [0u8; 1];
-            if f.read_at(&mut extra, at).map_err(|e| e.to_string())? != 0 {
-                return Err("file is longer than in the snapshot".into());
-            }
-            // Read once to check it, not to be read again from memory.
-            let _ = super::writebehind::drop_cached(&f, 0, 0);
+            compare_content(sources, &f, node)?;
             Ok(node.size)
         }
     }
+}
+
+/// Reads the open regular file `f` chunk by chunk and compares it with `node`'s
+/// content by keyed id; then drops what it read from the page cache.
+fn compare_content(
+    sources: &Sources<'_>,
+    f: &std::fs::File,
+    node: &Node,
+) -> std::result::Result<(), String> {
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    for (i, c) in node.content.iter().enumerate() {
+        let len = sources
+            .raw_length(c)
+            .map(|l| l as usize)
+            .ok_or_else(|| format!("chunk {} unknown to the index", c.short()))?;
+        buf.resize(len, 0);
+        read_exact_sparse(f, &mut buf, at).map_err(|e| format!("read failed at chunk {i}: {e}"))?;
+        at += len as u64;
+        if sources.repo.keys().blob_id(&buf) != *c {
+            return Err(format!("content differs from the snapshot in chunk {i}"));
+        }
+    }
+    let mut extra = [0u8; 1];
+    if f.read_at(&mut extra, at).map_err(|e| e.to_string())? != 0 {
+        return Err("file is longer than in the snapshot".into());
+    }
+    // Read once to check it, not to be read again from memory.
+    let _ = super::writebehind::drop_cached(f, 0, 0);
+    Ok(())
 }
 
 /// Verify an already restored target against a snapshot without writing
@@ -1436,7 +1910,7 @@ pub fn verify_target(
             &sources,
             target,
             &collected.entries,
-            &RestoreProgress::default(),
+            &std::collections::HashSet::new(),
         )
     });
     rep.mismatches.extend(collected.errors);
