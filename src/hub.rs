@@ -24,6 +24,8 @@ struct Session {
     connection: u64,
     server: ServerId,
     outbound: Outbound,
+    /// What the agent said it can do beyond what every agent does (its hello).
+    features: Arc<[String]>,
     jobs: HashMap<String, (JobKind, mpsc::Sender<pb::AgentMessage>)>,
     /// The jobs of this stream that ended last, newest at the back: what the agent still
     /// sends for them (a progress report, chunks in flight when the daemon ended the
@@ -88,6 +90,8 @@ pub struct JobLink {
     pub outbound: Outbound,
     /// From the agent, for this job only; `None` from `recv` when the stream ended.
     pub inbound: mpsc::Receiver<pb::AgentMessage>,
+    /// What the agent can do beyond what every agent does.
+    pub features: Arc<[String]>,
 }
 
 /// The job a message belongs to, if it belongs to one.
@@ -103,6 +107,7 @@ fn job_of(message: &pb::AgentMessage) -> Option<&str> {
         Body::RestoreDone(m) => &m.job_id,
         Body::Failed(m) => &m.job_id,
         Body::CheckDone(m) => &m.job_id,
+        Body::ProbeAnswer(m) => &m.job_id,
         Body::Hello(_) => return None,
     })
 }
@@ -117,6 +122,18 @@ impl AgentHub {
     /// Registers an agent's new stream (replacing an older one of the same agent) and
     /// returns its connection number; `None` once the daemon is stopping.
     pub fn register(&self, agent: AgentId, server: ServerId, outbound: Outbound) -> Option<u64> {
+        self.register_with(agent, server, outbound, Vec::new())
+    }
+
+    /// As [`AgentHub::register`], for an agent that can do `features` beyond what every
+    /// agent does.
+    pub fn register_with(
+        &self,
+        agent: AgentId,
+        server: ServerId,
+        outbound: Outbound,
+        features: Vec<String>,
+    ) -> Option<u64> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
         let mut sessions = self.lock();
         // Checked under the lock `close_all` empties the register under.
@@ -129,6 +146,7 @@ impl AgentHub {
                 connection,
                 server,
                 outbound,
+                features: features.into(),
                 jobs: HashMap::new(),
                 ended: VecDeque::new(),
             },
@@ -283,6 +301,7 @@ impl AgentHub {
         Ok(JobLink {
             outbound: session.outbound.clone(),
             inbound,
+            features: Arc::clone(&session.features),
         })
     }
 

@@ -1367,6 +1367,7 @@ pub fn restore_to_agent(
                 link_target: node.link_target.unwrap_or_default(),
                 hardlink: if file { node.hardlink.unwrap_or(0) } else { 0 },
                 xattrs: crate::rpc::xattrs_to_wire(node.xattrs),
+                in_place: false,
             }
         })
         .collect();
@@ -1424,6 +1425,16 @@ impl stream::RestoreSource for Reader<'_> {
             format!("chunk {} unreadable in the repository: {error}", id.short())
         })?;
         Ok(pb::RestoreChunk { payload, raw_len })
+    }
+
+    fn skip(&mut self, entry: &pb::RestoreEntry) {
+        if let Some(ahead) = self.ahead.as_mut() {
+            for id in &entry.content {
+                if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                    ahead.pass(&BlobId(id));
+                }
+            }
+        }
     }
 }
 

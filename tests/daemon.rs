@@ -2737,6 +2737,59 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         std::fs::read(source.join("html/index.html")).unwrap()
     );
     assert!(trimmed_root.join("empty").is_file());
+    // Restored again over itself: the agent reads each file, finds the snapshot's
+    // content, and is sent nothing.
+    let trim: &[&str] = &["--exclude", &img, "--exclude", "new.*"];
+    let again = restore_into(&trimmed, trim);
+    assert_eq!(again["status"], "ok", "{again}");
+    assert_eq!(again["stats"]["bytes_sent"], 0, "{again}");
+    assert_eq!(again["stats"]["bytes"], 0, "nothing written: {again}");
+    let unchanged = again["stats"]["files_unchanged"].as_u64().unwrap();
+    assert!(unchanged >= 3, "{again}");
+    // A file damaged in place, with its size and time as they were, is found by
+    // reading: its content is the only content sent.
+    let logo = trimmed_root.join("logo.bin");
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&logo).unwrap());
+    let mut damaged = std::fs::read(&logo).unwrap();
+    damaged[1 << 20] ^= 0xff;
+    std::fs::write(&logo, &damaged).unwrap();
+    filetime::set_file_mtime(&logo, mtime).unwrap();
+    let repaired = restore_into(&trimmed, trim);
+    assert_eq!(repaired["status"], "ok", "{repaired}");
+    assert_eq!(
+        repaired["stats"]["bytes"],
+        3 << 20,
+        "logo.bin alone: {repaired}"
+    );
+    assert_eq!(
+        repaired["stats"]["files_unchanged"],
+        unchanged - 1,
+        "{repaired}"
+    );
+    let sent = repaired["stats"]["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent > 0 && sent < 4 << 20,
+        "only logo.bin's content: {repaired}"
+    );
+    assert_eq!(std::fs::read(&logo).unwrap(), noise(1, 3 << 20));
+    // `never` leaves what the server changed as it is, and says so.
+    std::fs::write(
+        trimmed_root.join("html/index.html"),
+        b"edited on the server",
+    )
+    .unwrap();
+    let never = restore_into(&trimmed, &[trim, &["--overwrite", "never"]].concat());
+    assert_eq!(never["status"], "ok", "{never}");
+    assert_eq!(never["overwrite"], "never", "{never}");
+    assert_eq!(never["stats"]["bytes_sent"], 0, "{never}");
+    assert!(
+        never["stats"]["files_kept"].as_u64().unwrap() >= unchanged,
+        "{never}"
+    );
+    assert_eq!(
+        std::fs::read(trimmed_root.join("html/index.html")).unwrap(),
+        b"edited on the server"
+    );
     // A pattern that cannot be read is refused before anything is queued.
     refused_restore(
         &[
@@ -3322,6 +3375,7 @@ impl DishonestAgent {
             body: Some(pb::agent_message::Body::Hello(pb::AgentHello {
                 version: "0.0.0-dishonest".into(),
                 hostname: "simkes-web-01".into(),
+                features: Vec::new(),
             })),
         })
         .await

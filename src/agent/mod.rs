@@ -713,11 +713,13 @@ fn restore_job(
         up.blocking_send(pb::AgentMessage { body: Some(body) })
             .is_ok()
     };
-    let started = restore::RestoreWriter::new(&job.target_dir, &job.id_key).and_then(|writer| {
-        let steps = decode_ahead(writer.ids().clone(), from_stream)
-            .map_err(|error| format!("cannot start the decoding thread: {error}"))?;
-        Ok((writer, steps))
-    });
+    let started = crate::engine::restore::Overwrite::parse_or_always(&job.overwrite)
+        .and_then(|overwrite| restore::RestoreWriter::new(&job.target_dir, &job.id_key, overwrite))
+        .and_then(|writer| {
+            let steps = decode_ahead(writer.ids().clone(), from_stream)
+                .map_err(|error| format!("cannot start the decoding thread: {error}"))?;
+            Ok((writer, steps))
+        });
     let (mut writer, steps) = match started {
         Ok(started) => started,
         Err(error) => {
@@ -753,6 +755,17 @@ fn restore_job(
                     }
                 }
             }
+            Down::RestoreProbe(probe) => {
+                let (unchanged, kept) = writer.probe(&probe.files);
+                if !send(Up::ProbeAnswer(pb::RestoreProbeAnswer {
+                    job_id: job.job_id.clone(),
+                    batch: probe.batch,
+                    unchanged,
+                    kept,
+                })) {
+                    return;
+                }
+            }
             Down::RestoreEnd(end) => {
                 let (summary, failed, verified) = writer.finish();
                 tracing::info!(job = %job.job_id, verified = summary.files_verified, failed = summary.files_failed, unreadable = end.unreadable.len(), "restore finished");
@@ -766,6 +779,9 @@ fn restore_job(
                     files_verified: summary.files_verified,
                     files_failed: summary.files_failed,
                     bytes: summary.bytes,
+                    files_unchanged: summary.files_unchanged,
+                    bytes_unchanged: summary.bytes_unchanged,
+                    files_kept: summary.files_kept,
                 }));
                 return;
             }
@@ -788,6 +804,7 @@ async fn session(
         body: Some(Up::Hello(pb::AgentHello {
             version: VERSION.into(),
             hostname: hostname(),
+            features: vec![crate::rpc::FEATURE_RESTORE_IN_PLACE.into()],
         })),
     };
     up.send(hello)
@@ -876,7 +893,7 @@ async fn session(
                             crate::release_free_memory();
                         });
                     }
-                    Some(body @ (Down::RestoreEntry(_) | Down::RestoreChunk(_) | Down::RestoreEnd(_))) => {
+                    Some(body @ (Down::RestoreEntry(_) | Down::RestoreChunk(_) | Down::RestoreEnd(_) | Down::RestoreProbe(_))) => {
                         let end = matches!(body, Down::RestoreEnd(_));
                         if let Some(handle) = &restore
                             && handle.to_job.send(body).await.is_err()

@@ -24,6 +24,12 @@
 //! * Sparse stays sparse: 4 KiB blocks of zeros are left as holes in the new file (as
 //!   the engine's restore does), so a thin VM image comes back no larger on disk than
 //!   it was, and zero runs cost no writes.
+//! * In place: before each batch of entries the daemon names its files
+//!   ([`RestoreWriter::probe`]); a file already in the target with the snapshot's
+//!   content (read and compared by chunk id, or under `if-changed` of the recorded size
+//!   and time) is kept and sent no chunk, and so is what `if-newer` or `never` leaves
+//!   alone. When its entry comes, a kept file that changed since it was looked at
+//!   fails; one that did not is given the entry's owner, mode, attributes and times.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -33,9 +39,11 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::decode_blob_payload;
-use crate::engine::restore::{read_exact_sparse, write_sparse};
+use crate::engine::restore::{Overwrite, mtime_ns, read_exact_sparse, write_sparse};
 use crate::engine::tree::check_name;
 use crate::engine::writebehind::WriteBehind;
 use crate::rpc::pb;
@@ -49,6 +57,99 @@ pub struct RestoreSummary {
     pub files_failed: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Files the target held with the snapshot's content, kept in place.
+    pub files_unchanged: u64,
+    /// Their bytes.
+    pub bytes_unchanged: u64,
+    /// Entries the target held that were left as they were (`if-newer`, `never`).
+    pub files_kept: u64,
+}
+
+/// A file a probe found in the target and said it keeps.
+struct Found {
+    /// With the snapshot's content (else left alone by `if-newer` or `never`).
+    unchanged: bool,
+    /// The file seen: device, inode, size and modification time.
+    seen: (u64, u64, u64, i64),
+}
+
+fn seen(meta: &std::fs::Metadata) -> (u64, u64, u64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), meta.len(), mtime_ns(meta))
+}
+
+/// The chunk ids of a file entry, checked against its lengths and size.
+fn entry_ids(entry: &pb::RestoreEntry) -> Result<Vec<[u8; 32]>, String> {
+    let ids: Result<Vec<[u8; 32]>, _> = entry
+        .content
+        .iter()
+        .map(|id| <[u8; 32]>::try_from(id.as_slice()))
+        .collect();
+    let Ok(ids) = ids else {
+        return Err("a chunk id is not 32 bytes".into());
+    };
+    if ids.len() != entry.lengths.len() {
+        return Err("chunk ids and lengths do not match".into());
+    }
+    if entry.lengths.iter().map(|l| u64::from(*l)).sum::<u64>() != entry.size {
+        return Err("the chunk lengths do not add up to the file's size".into());
+    }
+    Ok(ids)
+}
+
+/// Whether the open file `file` (of `entry.size` bytes) holds `entry`'s content, read
+/// chunk by chunk and compared by keyed id. What was read leaves the page cache.
+fn holds_content(ids: &IdKeys, file: &File, entry: &pb::RestoreEntry) -> bool {
+    let Ok(chunk_ids) = entry_ids(entry) else {
+        return false;
+    };
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let same = chunk_ids.iter().zip(&entry.lengths).all(|(id, length)| {
+        buf.resize(*length as usize, 0);
+        let same = read_exact_sparse(file, &mut buf, offset).is_ok() && ids.blob_id(&buf).0 == *id;
+        offset += u64::from(*length);
+        same
+    });
+    let _ = crate::engine::writebehind::drop_cached(file, 0, 0);
+    same
+}
+
+/// Owner (when root), attributes, mode and times of `entry`, through an open file.
+fn set_file_metadata(file: &File, entry: &pb::RestoreEntry, is_root: bool) -> Result<(), String> {
+    if is_root {
+        std::os::unix::fs::fchown(file, Some(entry.uid), Some(entry.gid))
+            .map_err(|e| format!("cannot set the owner: {e}"))?;
+    }
+    // After the owner (which clears a file capability), before the mode.
+    let xattrs = crate::rpc::xattrs_from_wire(&entry.xattrs)?;
+    crate::engine::xattrs::restore_file(file, &xattrs, is_root)
+        .map_err(|e| format!("cannot set {e}"))?;
+    file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+        .map_err(|e| format!("cannot set the mode: {e}"))?;
+    let mtime = crate::engine::restore::file_time(entry.mtime_ns);
+    filetime::set_file_handle_times(file, Some(mtime), Some(mtime))
+        .map_err(|e| format!("cannot set the times: {e}"))
+}
+
+/// `rel` under `target` if every directory on the way is a real directory (none is
+/// created); `None` otherwise.
+fn existing_under(target: &Path, known: &HashSet<PathBuf>, rel: &[u8]) -> Option<PathBuf> {
+    if rel.is_empty() || rel.first() == Some(&b'/') {
+        return None;
+    }
+    let parts: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
+    if parts.iter().any(|part| check_name(part).is_err()) {
+        return None;
+    }
+    let mut dir = target.to_path_buf();
+    for part in &parts[..parts.len() - 1] {
+        dir.push(OsStr::from_bytes(part));
+        if !known.contains(&dir) && !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return None;
+        }
+    }
+    Some(dir.join(OsStr::from_bytes(parts[parts.len() - 1])))
 }
 
 struct OpenFile {
@@ -137,6 +238,10 @@ pub struct RestoreWriter {
     behind: Option<WriteBehind<Handed>>,
     /// A chunk read back from the file it was written to.
     readback: Vec<u8>,
+    /// What becomes of what the target already holds.
+    overwrite: Overwrite,
+    /// Files a probe said the target holds, by path, until their entries come.
+    found: HashMap<Vec<u8>, Found>,
 }
 
 fn lossy(path: &[u8]) -> String {
@@ -144,11 +249,12 @@ fn lossy(path: &[u8]) -> String {
 }
 
 impl RestoreWriter {
-    /// A writer into `target` (absolute; created if missing, and must not be a link).
+    /// A writer into `target` (absolute; created if missing, and must not be a link),
+    /// doing with what the target already holds as `overwrite` says.
     ///
     /// # Errors
     /// A message when the target is relative, cannot be created, or is not a directory.
-    pub fn new(target: &str, id_key: &[u8]) -> Result<Self, String> {
+    pub fn new(target: &str, id_key: &[u8], overwrite: Overwrite) -> Result<Self, String> {
         let ids = job_ids(id_key)?;
         let target = PathBuf::from(target);
         if !target.is_absolute() {
@@ -180,7 +286,120 @@ impl RestoreWriter {
             skip_chunks: 0,
             behind: Some(behind),
             readback: Vec::new(),
+            overwrite,
+            found: HashMap::new(),
         })
+    }
+
+    /// Which of `files` (regular files of entries still to come) the target already
+    /// holds: by position in the list, those with the snapshot's content and those left
+    /// as they are under `if-newer` or `never`. Files are read in parallel.
+    pub fn probe(&mut self, files: &[pb::RestoreEntry]) -> (Vec<u32>, Vec<u32>) {
+        let (target, known, ids, overwrite) =
+            (&self.target, &self.real_dirs, &self.ids, self.overwrite);
+        let found: Vec<Option<Found>> = files
+            .par_iter()
+            .map(|entry| {
+                if entry.kind != "file" {
+                    return None;
+                }
+                let path = existing_under(target, known, &entry.path)?;
+                let meta = std::fs::symlink_metadata(&path).ok()?;
+                if overwrite.keeps(entry.mtime_ns, mtime_ns(&meta)) {
+                    return Some(Found {
+                        unchanged: false,
+                        seen: seen(&meta),
+                    });
+                }
+                if !meta.is_file() || meta.len() != entry.size {
+                    return None;
+                }
+                let trusted =
+                    overwrite == Overwrite::IfChanged && mtime_ns(&meta) == entry.mtime_ns;
+                if !trusted {
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)
+                        .ok()?;
+                    // Compared with what was looked at: the same file, unchanged.
+                    let now = file.metadata().ok()?;
+                    if seen(&now) != seen(&meta) || !holds_content(ids, &file, entry) {
+                        return None;
+                    }
+                }
+                Some(Found {
+                    unchanged: true,
+                    seen: seen(&meta),
+                })
+            })
+            .collect();
+        let (mut unchanged, mut kept) = (Vec::new(), Vec::new());
+        for (k, (entry, found)) in files.iter().zip(found).enumerate() {
+            let Some(found) = found else { continue };
+            let k = k as u32;
+            if found.unchanged {
+                unchanged.push(k);
+            } else {
+                kept.push(k);
+            }
+            self.found.insert(entry.path.clone(), found);
+        }
+        (unchanged, kept)
+    }
+
+    /// A file the probe found in the target: kept as it is, or, unchanged since, given
+    /// the entry's metadata.
+    fn in_place(&mut self, entry: pb::RestoreEntry) {
+        let Some(found) = self.found.remove(&entry.path) else {
+            let path = entry.path.clone();
+            self.fail(
+                &path,
+                "the daemon sent the file as already in place, but this agent did not find it there",
+            );
+            return;
+        };
+        if !found.unchanged {
+            self.summary.files_kept += 1;
+            return;
+        }
+        let kept = (|| -> Result<PathBuf, String> {
+            let path = existing_under(&self.target, &self.real_dirs, &entry.path)
+                .ok_or("a directory on its way was removed during the restore")?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| format!("it cannot be opened any more: {e}"))?;
+            let meta = file.metadata().map_err(|e| e.to_string())?;
+            if seen(&meta) != found.seen {
+                return Err("it changed on the server during the restore; restore it again".into());
+            }
+            set_file_metadata(&file, &entry, self.is_root)?;
+            Ok(path)
+        })();
+        match kept {
+            Ok(path) => {
+                self.summary.files_unchanged += 1;
+                self.summary.bytes_unchanged += entry.size;
+                if entry.hardlink != 0
+                    && let Ok(ids) = entry_ids(&entry)
+                {
+                    self.links.entry(entry.hardlink).or_insert((path, ids));
+                }
+            }
+            Err(reason) => {
+                let path = entry.path.clone();
+                self.fail(&path, reason);
+            }
+        }
+    }
+
+    /// Whether what is at `path` stays as it is, where the snapshot has `entry` (a link
+    /// or a pipe).
+    fn keeps_existing(&self, path: &Path, entry: &pb::RestoreEntry) -> bool {
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|meta| self.overwrite.keeps(entry.mtime_ns, mtime_ns(&meta)))
     }
 
     /// The job's id key, for [`decode_chunk`] on another thread.
@@ -261,6 +480,10 @@ impl RestoreWriter {
                 "the restore stream ended before the file's last chunk",
             );
         }
+        if entry.in_place {
+            self.in_place(entry);
+            return;
+        }
         let path = match self.place(&entry.path) {
             Ok(path) => path,
             Err(reason) => {
@@ -308,23 +531,10 @@ impl RestoreWriter {
         path: PathBuf,
         entry: pb::RestoreEntry,
     ) -> Result<(), (Vec<u8>, String)> {
-        let ids: Result<Vec<[u8; 32]>, _> = entry
-            .content
-            .iter()
-            .map(|id| <[u8; 32]>::try_from(id.as_slice()))
-            .collect();
-        let Ok(ids) = ids else {
-            return Err((entry.path, "a chunk id is not 32 bytes".into()));
+        let ids = match entry_ids(&entry) {
+            Ok(ids) => ids,
+            Err(reason) => return Err((entry.path, reason)),
         };
-        if ids.len() != entry.lengths.len() {
-            return Err((entry.path, "chunk ids and lengths do not match".into()));
-        }
-        if entry.lengths.iter().map(|l| u64::from(*l)).sum::<u64>() != entry.size {
-            return Err((
-                entry.path,
-                "the chunk lengths do not add up to the file's size".into(),
-            ));
-        }
         let first = (entry.hardlink != 0)
             .then(|| self.links.get(&entry.hardlink))
             .flatten()
@@ -504,21 +714,7 @@ impl RestoreWriter {
         if on_disk != total || total != open.entry.size {
             return Err("verification: the file on disk has the wrong size".into());
         }
-        let entry = &open.entry;
-        if self.is_root {
-            std::os::unix::fs::fchown(&open.file, Some(entry.uid), Some(entry.gid))
-                .map_err(|e| format!("cannot set the owner: {e}"))?;
-        }
-        // After the owner (which clears a file capability), before the mode.
-        let xattrs = crate::rpc::xattrs_from_wire(&entry.xattrs)?;
-        crate::engine::xattrs::restore_file(&open.file, &xattrs, self.is_root)
-            .map_err(|e| format!("cannot set {e}"))?;
-        open.file
-            .set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
-            .map_err(|e| format!("cannot set the mode: {e}"))?;
-        let mtime = crate::engine::restore::file_time(entry.mtime_ns);
-        filetime::set_file_handle_times(&open.file, Some(mtime), Some(mtime))
-            .map_err(|e| format!("cannot set the times: {e}"))?;
+        set_file_metadata(&open.file, &open.entry, self.is_root)?;
         match rename_noreplace(&open.tmp_path, &open.final_path) {
             Ok(()) => {}
             // Something is there (or this file system or kernel cannot tell): the
@@ -587,6 +783,10 @@ impl RestoreWriter {
     }
 
     fn symlink(&mut self, path: &Path, entry: &pb::RestoreEntry) -> Result<(), (Vec<u8>, String)> {
+        if self.keeps_existing(path, entry) {
+            self.summary.files_kept += 1;
+            return Ok(());
+        }
         let tmp = Self::tmp_beside(path);
         let fail = |e: String| (entry.path.clone(), e);
         std::os::unix::fs::symlink(OsStr::from_bytes(&entry.link_target), &tmp)
@@ -604,6 +804,10 @@ impl RestoreWriter {
     }
 
     fn fifo(&mut self, path: &Path, entry: &pb::RestoreEntry) -> Result<(), (Vec<u8>, String)> {
+        if self.keeps_existing(path, entry) {
+            self.summary.files_kept += 1;
+            return Ok(());
+        }
         let tmp = Self::tmp_beside(path);
         let c_path = std::ffi::CString::new(tmp.as_os_str().as_bytes())
             .map_err(|_| (entry.path.clone(), "NUL in path".to_owned()))?;
@@ -775,6 +979,7 @@ mod tests {
             link_target: Vec::new(),
             hardlink: 0,
             xattrs: Vec::new(),
+            in_place: false,
         };
         let messages = chunks
             .iter()
@@ -803,7 +1008,9 @@ mod tests {
     fn zero_runs_stay_holes_and_the_file_keeps_its_size() {
         use std::os::unix::fs::MetadataExt;
         let target = tempfile::tempdir().unwrap();
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         let text: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8 | 1).collect();
         // Data, 1 MiB of zeros, data, and 512 KiB of zeros at the end; and a file of
         // zeros alone, of which nothing is written.
@@ -849,7 +1056,9 @@ mod tests {
     #[test]
     fn chunk_lengths_that_miss_the_size_fail_the_file_before_it_is_created() {
         let target = tempfile::tempdir().unwrap();
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         let (mut entry, chunks) = file_entry_in("f", &[9u8; 3000], 1000);
         entry.size = 1 << 40;
         w.entry(entry);
@@ -867,12 +1076,161 @@ mod tests {
     }
 
     #[test]
+    fn files_the_target_already_holds_are_kept_and_only_given_their_metadata() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        std::fs::create_dir(root.join("srv")).unwrap();
+        let good = b"laporan keuangan ".repeat(500);
+        let mut bad = good.clone();
+        bad[4321] ^= 1;
+        std::fs::write(root.join("srv/same.txt"), &good).unwrap();
+        std::fs::set_permissions(
+            root.join("srv/same.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(root.join("srv/damaged.txt"), &bad).unwrap();
+        std::fs::write(root.join("srv/changing.txt"), &good).unwrap();
+        let same_inode = std::fs::metadata(root.join("srv/same.txt")).unwrap().ino();
+        let entries: Vec<(pb::RestoreEntry, Vec<pb::RestoreChunk>)> =
+            ["same.txt", "damaged.txt", "changing.txt", "absent.txt"]
+                .iter()
+                .map(|name| file_entry(&format!("srv/{name}"), &good))
+                .collect();
+        let mut w =
+            RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always).unwrap();
+        let files: Vec<pb::RestoreEntry> = entries.iter().map(|(e, _)| e.clone()).collect();
+        let (unchanged, kept) = w.probe(&files);
+        assert_eq!(
+            unchanged,
+            [0, 2],
+            "the damaged one is read and found different"
+        );
+        assert!(kept.is_empty());
+        // Edited on the server after the agent looked: it must not be called restored.
+        std::fs::write(root.join("srv/changing.txt"), b"edited after the look").unwrap();
+        w.entry(dir_entry("srv"));
+        for (k, (mut entry, chunks)) in entries.into_iter().enumerate() {
+            if unchanged.contains(&(k as u32)) {
+                entry.in_place = true;
+                w.entry(entry);
+                continue;
+            }
+            w.entry(entry);
+            for c in chunks {
+                w.chunk(c);
+            }
+        }
+        // A file named in place that no probe found fails.
+        let (mut stray, _) = file_entry("srv/stray.txt", &good);
+        stray.in_place = true;
+        w.entry(stray);
+        let (summary, failed, _) = w.finish();
+        assert_eq!(summary.files_unchanged, 1, "{summary:?}");
+        assert_eq!(summary.bytes_unchanged, good.len() as u64);
+        assert_eq!(summary.files_verified, 2, "damaged.txt and absent.txt");
+        let mut reasons: Vec<(String, String)> =
+            failed.into_iter().map(|f| (f.path, f.reason)).collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!(reasons[0].0, "srv/changing.txt");
+        assert!(
+            reasons[0].1.contains("changed on the server"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons[1].0, "srv/stray.txt");
+        let same = std::fs::metadata(root.join("srv/same.txt")).unwrap();
+        assert_eq!(same.ino(), same_inode, "kept in place, not rewritten");
+        assert_eq!(same.mode() & 0o7777, 0o640, "given the snapshot's mode");
+        assert_eq!(same.mtime(), 1_700_000_000);
+        assert_eq!(std::fs::read(root.join("srv/damaged.txt")).unwrap(), good);
+        assert_eq!(std::fs::read(root.join("srv/absent.txt")).unwrap(), good);
+        assert_eq!(
+            std::fs::read(root.join("srv/changing.txt")).unwrap(),
+            b"edited after the look"
+        );
+    }
+
+    #[test]
+    fn never_and_if_newer_leave_what_exists_and_if_changed_trusts_size_and_time() {
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        let data = b"isi berkas ".repeat(300);
+        let (entry, _) = file_entry("f.txt", &data);
+        let recorded = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+        let probe = |overwrite: Overwrite, content: &[u8], mtime: filetime::FileTime| {
+            std::fs::write(root.join("f.txt"), content).unwrap();
+            filetime::set_file_mtime(root.join("f.txt"), mtime).unwrap();
+            let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32], overwrite).unwrap();
+            w.probe(std::slice::from_ref(&entry))
+        };
+        let other = b"something else entirely";
+        let older = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        let newer = filetime::FileTime::from_unix_time(1_800_000_000, 0);
+        let none: (Vec<u32>, Vec<u32>) = (vec![], vec![]);
+        let kept = (vec![], vec![0]);
+        let unchanged = (vec![0], vec![]);
+        assert_eq!(probe(Overwrite::Never, other, older), kept);
+        assert_eq!(probe(Overwrite::IfNewer, other, newer), kept);
+        assert_eq!(
+            probe(Overwrite::IfNewer, other, older),
+            none,
+            "older: replaced"
+        );
+        assert_eq!(
+            probe(Overwrite::IfNewer, &data, older),
+            unchanged,
+            "older but the same"
+        );
+        // Same size and time: taken as unchanged without being read.
+        let mut same_size = data.clone();
+        same_size[7] ^= 1;
+        assert_eq!(probe(Overwrite::IfChanged, &same_size, recorded), unchanged);
+        assert_eq!(
+            probe(Overwrite::Always, &same_size, recorded),
+            none,
+            "read: differs"
+        );
+        assert_eq!(
+            probe(Overwrite::IfChanged, &same_size, older),
+            none,
+            "time differs: read"
+        );
+        // A link where the snapshot has a link is kept under never, replaced otherwise.
+        std::os::unix::fs::symlink("elsewhere", root.join("link")).unwrap();
+        let link = pb::RestoreEntry {
+            path: b"link".to_vec(),
+            kind: "symlink".into(),
+            link_target: b"f.txt".to_vec(),
+            mtime_ns: 1_700_000_000_000_000_000,
+            ..Default::default()
+        };
+        for (overwrite, target) in [
+            (Overwrite::Never, "elsewhere"),
+            (Overwrite::Always, "f.txt"),
+        ] {
+            let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32], overwrite).unwrap();
+            w.entry(link.clone());
+            let (summary, failed, _) = w.finish();
+            assert!(failed.is_empty(), "{failed:?}");
+            assert_eq!(summary.files_kept, u64::from(overwrite == Overwrite::Never));
+            assert_eq!(
+                std::fs::read_link(root.join("link")).unwrap(),
+                Path::new(target)
+            );
+        }
+    }
+
+    #[test]
     fn files_are_written_verified_and_replace_old_ones_atomically() {
         let target = tempfile::tempdir().unwrap();
         std::fs::create_dir(target.path().join("etc")).unwrap();
         std::fs::write(target.path().join("etc/app.conf"), b"old").unwrap();
         std::fs::create_dir(target.path().join("etc/in-the-way")).unwrap();
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         w.entry(dir_entry("etc"));
         let data = b"new configuration ".repeat(300);
         // One replaces a file, one is new, one meets a directory in its place.
@@ -912,7 +1270,9 @@ mod tests {
     #[test]
     fn extended_attributes_are_set_on_files_and_directories_and_bad_ones_refused() {
         let target = tempfile::tempdir().unwrap();
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         let xattr = |name: &str, value: &[u8]| pb::Xattr {
             name: name.as_bytes().to_vec(),
             value: value.to_vec(),
@@ -974,7 +1334,8 @@ mod tests {
         // Restoring over an earlier restore: `b` is already a link to `a`'s old copy.
         std::fs::write(root.join("a"), b"old").unwrap();
         std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
-        let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always).unwrap();
         let data = b"shared content ".repeat(400);
         let other = b"a different file in a group it does not belong to ".repeat(50);
         let send = |w: &mut RestoreWriter, path: &str, content: &[u8], group: u64, damage: bool| {
@@ -1022,7 +1383,9 @@ mod tests {
     fn a_damaged_chunk_fails_the_file_and_keeps_the_old_copy() {
         let target = tempfile::tempdir().unwrap();
         std::fs::write(target.path().join("db"), b"good old copy").unwrap();
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         let data = vec![42u8; 3000];
         let (entry, mut chunks) = file_entry("db", &data);
         chunks[1].payload = vec![0, 1, 2, 3];
@@ -1039,7 +1402,9 @@ mod tests {
             b"good old copy"
         );
         // An unreadable chunk (empty payload) fails the file too.
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         let (entry, mut chunks) = file_entry("db", &data);
         chunks[0].payload.clear();
         w.entry(entry);
@@ -1054,7 +1419,9 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), target.path().join("link")).unwrap();
-        let mut w = RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32]).unwrap();
+        let mut w =
+            RestoreWriter::new(target.path().to_str().unwrap(), &[7; 32], Overwrite::Always)
+                .unwrap();
         for path in [
             "../escape",
             "/abs",

@@ -56,6 +56,8 @@ pub struct StartRestore {
     pub paths: Vec<String>,
     /// Left out, with what is below them (a backup plan's exclude syntax).
     pub excludes: Vec<String>,
+    /// What becomes of files already in the target directory.
+    pub overwrite: crate::engine::restore::Overwrite,
     /// The server to restore to (same agency).
     pub target_server_id: ServerId,
     /// Absolute directory on the target.
@@ -865,6 +867,7 @@ impl App {
                         .map_err(|error| AppError::internal(error.to_string()))?,
                     excludes_json: serde_json::to_string(&restore.excludes)
                         .map_err(|error| AppError::internal(error.to_string()))?,
+                    overwrite: restore.overwrite.name().to_owned(),
                     target_dir: target_dir.to_owned(),
                     request_id: restore.request_id,
                     requested_by: username,
@@ -880,7 +883,7 @@ impl App {
             "server": record.server_id, "target_server": record.target_server_id,
             "plan": record.plan_id,
             "snapshot": record.snapshot, "paths": restore.paths, "excludes": restore.excludes,
-            "target_dir": record.target_dir,
+            "overwrite": record.overwrite, "target_dir": record.target_dir,
             "request": record.request_id,
         }));
         work.commit().await?;

@@ -51,6 +51,10 @@ pub struct RestorePlan {
     /// (without `/` a name anywhere, with `/` a path from the snapshot's root).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
+    /// What becomes of files already in the target directory (`always` when not
+    /// given: replaced, unless the agent finds the snapshot's content there).
+    #[serde(default, skip_serializing_if = "is_always")]
+    pub overwrite: crate::engine::restore::Overwrite,
     /// Where the files go.
     pub target: RestoreTarget,
     /// A command run on the target after every file verified (no shell).
@@ -63,6 +67,10 @@ pub struct RestorePlan {
 
 fn latest() -> String {
     "latest".to_owned()
+}
+
+fn is_always(overwrite: &crate::engine::restore::Overwrite) -> bool {
+    *overwrite == crate::engine::restore::Overwrite::Always
 }
 
 /// A server of the agency (through its agent) and a directory on it.
@@ -972,6 +980,7 @@ impl App {
                         .map_err(|error| AppError::internal(error.to_string()))?,
                     excludes_json: serde_json::to_string(&plan.excludes)
                         .map_err(|error| AppError::internal(error.to_string()))?,
+                    overwrite: plan.overwrite.name().to_owned(),
                     target_dir: attempt.dir.clone(),
                     request_id: Some(record.id),
                     requested_by: work.actor_name.clone(),
@@ -1069,6 +1078,7 @@ mod tests {
             snapshot: "latest".into(),
             paths: vec![],
             excludes: vec![],
+            overwrite: crate::engine::restore::Overwrite::Always,
             target: RestoreTarget {
                 server: ServerId(1),
                 dir: "/srv/restore".into(),
@@ -1097,6 +1107,7 @@ mod tests {
             snapshot: "ab".repeat(32),
             paths_json: "[]".into(),
             excludes_json: "[]".into(),
+            overwrite: "always".into(),
             target_dir: "/srv/restore".into(),
             status: status.into(),
             request_id: Some(RequestId(1)),
@@ -1265,6 +1276,33 @@ mod tests {
         .expect("plan JSON");
         assert_eq!(parsed.snapshot, "latest");
         assert_eq!(parsed.check.as_ref().map(|c| c.timeout_secs), Some(60));
+        // What becomes of files already there: `always` unless said, and written out only
+        // when it is something else (so the digest of an older plan does not change).
+        assert_eq!(parsed.overwrite, crate::engine::restore::Overwrite::Always);
+        assert!(
+            !serde_json::to_string(&parsed)
+                .unwrap()
+                .contains("overwrite")
+        );
+        let keeping: RestorePlan = serde_json::from_str(
+            r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "overwrite": "if-newer"}"#,
+        )
+        .expect("plan JSON");
+        assert_eq!(
+            keeping.overwrite,
+            crate::engine::restore::Overwrite::IfNewer
+        );
+        assert!(
+            serde_json::to_string(&keeping)
+                .unwrap()
+                .contains(r#""overwrite":"if-newer""#)
+        );
+        assert!(
+            serde_json::from_str::<RestorePlan>(
+                r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "overwrite": "sometimes"}"#
+            )
+            .is_err()
+        );
         assert!(
             serde_json::from_str::<RestorePlan>(
                 r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "surprise": 1}"#

@@ -101,6 +101,9 @@ pub struct NewRestore {
     pub paths_json: String,
     /// Exclude patterns (JSON array): what the restore leaves out.
     pub excludes_json: String,
+    /// What becomes of files already in the target: `always`, `if-changed`,
+    /// `if-newer` or `never`.
+    pub overwrite: String,
     /// Target directory.
     pub target_dir: String,
     /// The request it serves.
@@ -149,6 +152,9 @@ pub struct RestoreRecord {
     pub paths_json: String,
     /// Exclude patterns (JSON array): what the restore leaves out.
     pub excludes_json: String,
+    /// What becomes of files already in the target: `always`, `if-changed`,
+    /// `if-newer` or `never`.
+    pub overwrite: String,
     /// Target directory.
     pub target_dir: String,
     /// `queued`, `running`, `ok`, `verify_differences`, `failed` or `cancelled`.
@@ -236,6 +242,7 @@ struct RestoreRow {
     snapshot: String,
     paths_json: String,
     excludes_json: String,
+    overwrite: String,
     target_dir: String,
     status: String,
     request_id: Option<i64>,
@@ -263,6 +270,7 @@ impl RestoreRow {
             snapshot: self.snapshot,
             paths_json: self.paths_json,
             excludes_json: self.excludes_json,
+            overwrite: self.overwrite,
             target_dir: self.target_dir,
             status: self.status,
             request_id: self.request_id.map(RequestId),
@@ -296,7 +304,7 @@ macro_rules! select_restores {
         concat!(
             "SELECT id, agency_id, server_id, target_server_id, snapshot, paths_json, target_dir, ",
             "status, request_id, requested_by, queued_at, started_at, finished_at, lease_owner, ",
-            "attempts, stats_json, error, attempt, use_replica, check_json, plan_id, excludes_json FROM restores ",
+            "attempts, stats_json, error, attempt, use_replica, check_json, plan_id, excludes_json, overwrite FROM restores ",
             $tail
         )
     };
@@ -321,7 +329,8 @@ const LATEST_INVENTORY: &str = "SELECT server_id, agent_id, reported_at, invento
 const COUNT_INVENTORIES: &str = "SELECT COUNT(*) FROM agent_inventories WHERE server_id = $1";
 const INSERT_RESTORE: &str = "INSERT INTO restores (agency_id, server_id, target_server_id, snapshot, paths_json, \
      target_dir, status, request_id, requested_by, queued_at, attempt, use_replica, check_json, plan_id, \
-     excludes_json) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id";
+     excludes_json, overwrite) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+     RETURNING id";
 const CLAIM_RESTORE: &str = "UPDATE restores SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = $4 \
      AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))";
@@ -603,6 +612,7 @@ impl Tx {
                 .bind(restore.check_json.as_deref())
                 .bind(restore.plan_id.map(|id| id.0))
                 .bind(&restore.excludes_json)
+                .bind(&restore.overwrite)
                 .fetch_one(&mut *conn)
                 .await?
         });

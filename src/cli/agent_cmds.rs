@@ -116,6 +116,14 @@ pub enum RestoreJobCmd {
         /// plan's `--exclude`: without `/` a name anywhere, with `/` a path from the root).
         #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
         excludes: Vec<String>,
+        /// What becomes of files already in the target directory: `always` replaces
+        /// them, but the agent reads each and keeps (sent no data, given the snapshot's
+        /// metadata) a file whose content is already the snapshot's; `if-changed` takes
+        /// a file of the recorded size and time as unchanged without reading it;
+        /// `if-newer` replaces only what is older than the snapshot's copy; `never`
+        /// leaves what exists as it is.
+        #[arg(long, value_name = "MODE", default_value = "always")]
+        overwrite: crate::engine::restore::Overwrite,
         /// Restore to another server of the same agency.
         #[arg(long)]
         to_server: Option<i64>,
@@ -524,7 +532,7 @@ pub(super) fn restore_json(restore: &pb::Restore) -> serde_json::Value {
     json!({
         "id": restore.id, "agency_id": restore.agency_id, "server_id": restore.server_id,
         "target_server_id": restore.target_server_id, "snapshot": restore.snapshot,
-        "paths": restore.paths, "excludes": restore.excludes,
+        "paths": restore.paths, "excludes": restore.excludes, "overwrite": restore.overwrite,
         "target_dir": restore.target_dir, "status": restore.status,
         "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
         "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
@@ -612,12 +620,26 @@ fn print_restore(json: bool, restore: &pb::Restore) {
     if !restore.excludes.is_empty() {
         println!("  leaving out {}", restore.excludes.join(", "));
     }
+    if !matches!(restore.overwrite.as_str(), "" | "always") {
+        println!("  files already in the target: {}", restore.overwrite);
+    }
     if let Some(verified) = stats["files_verified"].as_u64() {
         println!(
             "  {verified} files verified, {} failed, {} bytes written",
             stats["files_failed"].as_u64().unwrap_or(0),
             stats["bytes"].as_u64().unwrap_or(0)
         );
+    }
+    let unchanged = stats["files_unchanged"].as_u64().unwrap_or(0);
+    if unchanged > 0 {
+        println!(
+            "  {unchanged} files already in the target with the snapshot's content ({} bytes), kept",
+            stats["bytes_unchanged"].as_u64().unwrap_or(0)
+        );
+    }
+    let kept = stats["files_kept"].as_u64().unwrap_or(0);
+    if kept > 0 {
+        println!("  {kept} entries already in the target left as they were (not verified)");
     }
     if let Some(failed) = stats["failed"].as_array() {
         for item in failed {
@@ -646,6 +668,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     target,
                     paths,
                     excludes,
+                    overwrite,
                     to_server,
                     request,
                     from_plan,
@@ -657,6 +680,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             snapshot,
                             paths,
                             excludes,
+                            overwrite: overwrite.name().to_owned(),
                             target_server_id: to_server.unwrap_or(0),
                             target_dir: target,
                             request_id: request.unwrap_or(0),

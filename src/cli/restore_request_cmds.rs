@@ -45,6 +45,14 @@ pub enum RestoreRequestCmd {
         /// the root).
         #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
         excludes: Vec<String>,
+        /// What becomes of files already in the target directory: `always` replaces
+        /// them, but the agent reads each and keeps (sent no data, given the snapshot's
+        /// metadata) a file whose content is already the snapshot's; `if-changed` takes
+        /// a file of the recorded size and time as unchanged without reading it;
+        /// `if-newer` replaces only what is older than the snapshot's copy; `never`
+        /// leaves what exists as it is.
+        #[arg(long, value_name = "MODE", default_value = "always")]
+        overwrite: crate::engine::restore::Overwrite,
         /// The server restored to (default: the source itself).
         #[arg(long)]
         target_server: Option<i64>,
@@ -95,6 +103,7 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
         snapshot,
         paths,
         excludes,
+        overwrite,
         target_server,
         target,
         check,
@@ -135,6 +144,9 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
     });
     if !excludes.is_empty() {
         plan["excludes"] = json!(excludes);
+    }
+    if *overwrite != crate::engine::restore::Overwrite::Always {
+        plan["overwrite"] = json!(overwrite.name());
     }
     if let Some(from_plan) = from_plan {
         plan["backup_plan"] = json!(from_plan);

@@ -68,13 +68,7 @@ impl<'a> ReadAhead<'a> {
     /// # Errors
     /// As [`Repository::load_blob_payload`].
     pub fn payload(&mut self, id: &BlobId) -> Result<(Vec<u8>, u32)> {
-        if let Some(at) = self.plan[self.next..]
-            .iter()
-            .take(LOOKAHEAD)
-            .position(|(planned, _)| planned == id)
-        {
-            self.next += at + 1;
-        }
+        self.pass(id);
         let envelope = match self.held.remove(id) {
             Some(envelope) => {
                 self.held_bytes -= envelope.len();
@@ -90,6 +84,18 @@ impl<'a> ReadAhead<'a> {
         // Alone, with the repository's retries and its own account of what is wrong.
         self.requests += 1;
         self.repo.load_blob_payload(self.index, BlobType::Data, id)
+    }
+
+    /// Moves the plan's position past `id`, asked for now or not needed after all (a
+    /// file the target already holds): what is read ahead is what comes after it.
+    pub fn pass(&mut self, id: &BlobId) {
+        if let Some(at) = self.plan[self.next..]
+            .iter()
+            .take(LOOKAHEAD)
+            .position(|(planned, _)| planned == id)
+        {
+            self.next += at + 1;
+        }
     }
 
     /// Reads `id` with the neighbours the plan asks for next in one request; keeps the
@@ -244,6 +250,42 @@ mod tests {
             ahead.requests()
         );
         assert!(ahead.held_bytes <= MAX_HELD);
+    }
+
+    #[test]
+    fn chunks_passed_over_do_not_stop_reading_ahead() {
+        let Fixture {
+            repo,
+            index,
+            blobs,
+            dir: _dir,
+            _runtime,
+        } = fixture(200);
+        // Between two halves, files the target already holds: more chunks than the
+        // look-ahead searches, never asked for.
+        let held_by_target = vec![blobs[0].0; LOOKAHEAD + 10];
+        let plan: Vec<BlobId> = blobs[..100]
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(held_by_target.iter().copied())
+            .chain(blobs[100..].iter().map(|(id, _)| *id))
+            .collect();
+        let mut ahead = ReadAhead::new(&repo, &index, plan);
+        for (id, data) in &blobs[..100] {
+            assert_eq!(&plain(ahead.payload(id).unwrap()), data);
+        }
+        for id in &held_by_target {
+            ahead.pass(id);
+        }
+        let before = ahead.requests();
+        for (id, data) in &blobs[100..] {
+            assert_eq!(&plain(ahead.payload(id).unwrap()), data);
+        }
+        assert!(
+            ahead.requests() - before <= 3,
+            "{} reads for the 100 blobs after the pass",
+            ahead.requests() - before
+        );
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl Sources<'_> {
 /// What a restore does with an entry already at the target where the snapshot has a
 /// file, a symlink or a special file (directories are always reused and given the
 /// snapshot's metadata).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Overwrite {
     /// Replace it, unless it is a regular file whose content, read and compared chunk
@@ -245,6 +245,18 @@ impl Overwrite {
         Overwrite::Never,
     ];
 
+    /// `text` as a mode, `Always` when it is empty (as a message or record that does not
+    /// say leaves it).
+    ///
+    /// # Errors
+    /// An unknown mode, named with the known ones.
+    pub fn parse_or_always(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "" => Ok(Overwrite::Always),
+            text => text.parse(),
+        }
+    }
+
     /// The mode's name on the command line.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -257,11 +269,12 @@ impl Overwrite {
     }
 
     /// Whether an existing entry of modification time `existing_ns` is left as it is,
-    /// whatever it holds.
-    fn keeps(self, node: &Node, existing_ns: i64) -> bool {
+    /// whatever it holds, where the snapshot's copy was modified at `recorded_ns`.
+    #[must_use]
+    pub fn keeps(self, recorded_ns: i64, existing_ns: i64) -> bool {
         match self {
             Overwrite::Never => true,
-            Overwrite::IfNewer => node.mtime_ns <= existing_ns,
+            Overwrite::IfNewer => recorded_ns <= existing_ns,
             Overwrite::Always | Overwrite::IfChanged => false,
         }
     }
@@ -588,7 +601,8 @@ fn ensure_dir(dir: &Path, replace: bool, dry_run: bool) -> std::io::Result<bool>
 }
 
 /// Modification time of an existing entry, in nanoseconds since the epoch.
-fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+#[must_use]
+pub fn mtime_ns(m: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
     m.mtime()
         .saturating_mul(1_000_000_000)
@@ -619,7 +633,7 @@ fn existing_file(
     let Ok(m) = std::fs::symlink_metadata(path) else {
         return Existing::Replace;
     };
-    if opts.overwrite.keeps(node, mtime_ns(&m)) {
+    if opts.overwrite.keeps(node.mtime_ns, mtime_ns(&m)) {
         return Existing::Kept;
     }
     if !m.is_file() || m.len() != node.size {
@@ -645,7 +659,7 @@ fn existing_file(
 
 /// Whether what `path` holds is left as it is where the snapshot has `node`.
 fn keeps_existing(path: &Path, node: &Node, overwrite: Overwrite) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| overwrite.keeps(node, mtime_ns(&m)))
+    std::fs::symlink_metadata(path).is_ok_and(|m| overwrite.keeps(node.mtime_ns, mtime_ns(&m)))
 }
 
 /// Whether two paths are links to one file.
@@ -810,12 +824,7 @@ fn dry_run_result(
             continue;
         }
         match e.node.kind {
-            NodeKind::File => {}
-            NodeKind::Dir => {
-                if !bad_dirs.contains(&e.rel) {
-                    result.dirs += 1;
-                }
-            }
+            NodeKind::Dir if !bad_dirs.contains(&e.rel) => result.dirs += 1,
             NodeKind::Symlink | NodeKind::Fifo | NodeKind::BlockDev | NodeKind::CharDev => {
                 if keeps_existing(&target.join(&e.rel), &e.node, overwrite) {
                     result.files_kept += 1;
@@ -1086,6 +1095,10 @@ pub fn restore_tree(
             if let Some(first) = hardlink_first.get(&h)
                 && first.node(&files).content == e.node.content
             {
+                if decision == Existing::Replace {
+                    // Linked once its first path is in place: nothing to count later.
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
+                }
                 hardlink_rest.push((first.clone(), e));
                 continue;
             }
@@ -1368,7 +1381,6 @@ pub fn restore_tree(
         };
         let first_path = target.join(first_rel);
         let dst = target.join(&e.rel);
-        progress.files_done.fetch_add(1, Ordering::Relaxed);
         if same_file(&first_path, &dst) {
             // Already another link to the file the snapshot's content is in.
             result.files_unchanged += 1;

@@ -612,6 +612,7 @@ fn staged_entries(
                     )
                 },
             )?),
+            in_place: false,
         };
         if kind.is_dir() {
             entry.kind = "dir".into();

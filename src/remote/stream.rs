@@ -18,8 +18,10 @@ use tokio::runtime::Handle;
 use super::{Progress, Received, absorb, open_link, receive, send, set_progress};
 use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
 use crate::catalog::{RestoreRecord, Server};
-use crate::hub::{AgentHub, JobKind};
+use crate::engine::restore::Overwrite;
+use crate::hub::{AgentHub, JobKind, JobLink};
 use crate::rpc::pb;
+use crate::rpc::pb::agent_message::Body as Up;
 use crate::rpc::pb::daemon_message::Body as Down;
 
 /// Where a restore's file content comes from.
@@ -29,6 +31,12 @@ pub(crate) trait RestoreSource {
     /// the job's id key (the agent checks it); or why it cannot be given (named as the
     /// file's problem).
     fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<pb::RestoreChunk, String>;
+
+    /// The file `entry` is not sent after all (the target already holds it): a source
+    /// reading ahead moves past its chunks.
+    fn skip(&mut self, entry: &pb::RestoreEntry) {
+        let _ = entry;
+    }
 }
 
 /// What a restore to be streamed is.
@@ -60,6 +68,7 @@ impl<'a> Outgoing<'a> {
                 target_dir: restore.target_dir.clone(),
                 id_key: id_key.to_vec(),
                 snapshot_id: snapshot.to_owned(),
+                overwrite: restore.overwrite.clone(),
             },
             entries,
             reconnect_wait,
@@ -79,6 +88,38 @@ pub(crate) struct Streamed {
     pub failed: Vec<pb::FileProblem>,
     /// Files (and directories) the source could not give.
     pub unreadable: Vec<pb::FileProblem>,
+}
+
+/// Entries per batch of a restore whose files the agent is asked about at once.
+const PROBE_BATCH: usize = 1000;
+/// Most bytes of file entries named in one probe: well within the stream's largest
+/// message, however many chunks the files have.
+const PROBE_BYTES: usize = 4 << 20;
+
+/// `entries` in batches of at most [`PROBE_BATCH`] entries whose files' entries take at
+/// most [`PROBE_BYTES`] (a file larger on its own has a batch of its own).
+fn probe_batches(entries: Vec<pb::RestoreEntry>) -> Vec<Vec<pb::RestoreEntry>> {
+    use prost::Message as _;
+    let mut batches = Vec::new();
+    let mut batch: Vec<pb::RestoreEntry> = Vec::new();
+    let mut bytes = 0usize;
+    for entry in entries {
+        let size = if entry.kind == "file" {
+            entry.encoded_len()
+        } else {
+            0
+        };
+        if !batch.is_empty() && (batch.len() == PROBE_BATCH || bytes + size > PROBE_BYTES) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(entry);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
 fn end(status: &str, stats: serde_json::Value, error: Option<String>) -> RestoreEnd {
@@ -146,6 +187,46 @@ pub(crate) fn stream_restore(
             Some("stopped by the daemon".into()),
         )
     };
+    let stop = |link: &JobLink| {
+        send(
+            handle,
+            link,
+            Down::Cancel(pb::CancelJob {
+                job_id: job_id.clone(),
+                reason: "the daemon stops".into(),
+            }),
+        );
+        hub.close_job(target.id, &job_id);
+        stopped()
+    };
+    let overwrite = match Overwrite::parse_or_always(&job.overwrite) {
+        Ok(overwrite) => overwrite,
+        Err(error) => {
+            hub.close_job(target.id, &job_id);
+            return Err(end(
+                "failed",
+                json!({ "snapshot": snapshot }),
+                Some(format!("the restore's {error}")),
+            ));
+        }
+    };
+    // An agent that can say what the target already holds is asked, batch by batch,
+    // and is sent no chunk of what it holds; an older one is sent everything.
+    let probing = link
+        .features
+        .iter()
+        .any(|feature| feature == crate::rpc::FEATURE_RESTORE_IN_PLACE);
+    if !probing && overwrite != Overwrite::Always {
+        hub.close_job(target.id, &job_id);
+        return Err(end(
+            "failed",
+            json!({ "snapshot": snapshot }),
+            Some(format!(
+                "the agent of server {} is older than this daemon and cannot keep the files already in the target (--overwrite {overwrite}); upgrade it, or restore with --overwrite always",
+                target.id
+            )),
+        ));
+    }
     if !send(handle, &link, Down::Restore(job)) {
         return Err(lost());
     }
@@ -155,69 +236,136 @@ pub(crate) fn stream_restore(
     let mut agent_failure: Option<String> = None;
     let total = entries.len() as u64;
     let mut bytes_sent = 0u64;
-    for (n, entry) in entries.into_iter().enumerate() {
-        if cancel.load(Ordering::Relaxed) {
-            send(
-                handle,
-                &link,
-                Down::Cancel(pb::CancelJob {
-                    job_id: job_id.clone(),
-                    reason: "the daemon stops".into(),
-                }),
-            );
-            hub.close_job(target.id, &job_id);
-            return Err(stopped());
-        }
-        // Drain what the agent said so far, so neither side waits on a full stream.
-        while let Ok(message) = link.inbound.try_recv() {
-            absorb(
-                message,
-                &mut failed,
-                &mut verified,
-                &mut done,
-                &mut agent_failure,
-            );
-        }
-        if agent_failure.is_some() {
-            break;
-        }
-        if !send(handle, &link, Down::RestoreEntry(entry.clone())) {
-            return Err(lost());
-        }
-        // After a chunk the source cannot give, the file's other chunks are sent empty:
-        // the agent fails the file and keeps what was there before.
-        let mut file_problem: Option<String> = None;
-        for index in 0..entry.content.len() {
-            let chunk = if file_problem.is_some() {
-                pb::RestoreChunk::default()
-            } else {
-                match source.chunk(&entry, index) {
-                    Ok(chunk) => {
-                        bytes_sent += chunk.payload.len() as u64;
-                        chunk
-                    }
-                    Err(reason) => {
-                        file_problem = Some(reason);
-                        pb::RestoreChunk::default()
-                    }
+    let mut batches = probe_batches(entries);
+    let probe = |batch: usize, entries: &[pb::RestoreEntry]| {
+        Down::RestoreProbe(pb::RestoreProbe {
+            job_id: job_id.clone(),
+            batch: batch as u64,
+            files: entries
+                .iter()
+                .filter(|entry| entry.kind == "file")
+                .cloned()
+                .collect(),
+        })
+    };
+    if probing
+        && let Some(first) = batches.first()
+        && !send(handle, &link, probe(0, first))
+    {
+        return Err(lost());
+    }
+    let mut n = 0usize;
+    'batches: for b in 0..batches.len() {
+        // Positions in this batch of the files the target already holds.
+        let mut in_place: HashSet<usize> = HashSet::new();
+        if probing {
+            let answer = loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(stop(&link));
+                }
+                match receive(handle, &mut link) {
+                    Received::Message(pb::AgentMessage {
+                        body: Some(Up::ProbeAnswer(answer)),
+                    }) if answer.batch == b as u64 => break answer,
+                    Received::Message(message) => absorb(
+                        message,
+                        &mut failed,
+                        &mut verified,
+                        &mut done,
+                        &mut agent_failure,
+                    ),
+                    Received::Idle => {}
+                    Received::Closed => return Err(lost()),
+                }
+                if agent_failure.is_some() {
+                    break 'batches;
                 }
             };
-            if !send(handle, &link, Down::RestoreChunk(chunk)) {
+            let files: Vec<usize> = batches[b]
+                .iter()
+                .enumerate()
+                .filter(|(_, entry)| entry.kind == "file")
+                .map(|(position, _)| position)
+                .collect();
+            in_place.extend(
+                answer
+                    .unchanged
+                    .iter()
+                    .chain(&answer.kept)
+                    .filter_map(|k| files.get(*k as usize).copied()),
+            );
+            // The next batch's question goes ahead of this batch's entries, so that the
+            // agent answers it before it writes them and the stream never waits.
+            if let Some(next) = batches.get(b + 1)
+                && !send(handle, &link, probe(b + 1, next))
+            {
                 return Err(lost());
             }
         }
-        if let Some(reason) = file_problem {
-            unreadable.push(pb::FileProblem {
-                path: format!("/{}", String::from_utf8_lossy(&entry.path)),
-                reason,
-            });
-        }
-        if n % 200 == 0 {
-            set_progress(
-                progress,
-                json!({ "snapshot": snapshot, "entries_sent": n, "entries": total,
+        for (position, mut entry) in std::mem::take(&mut batches[b]).into_iter().enumerate() {
+            n += 1;
+            if cancel.load(Ordering::Relaxed) {
+                return Err(stop(&link));
+            }
+            // Drain what the agent said so far, so neither side waits on a full stream.
+            while let Ok(message) = link.inbound.try_recv() {
+                absorb(
+                    message,
+                    &mut failed,
+                    &mut verified,
+                    &mut done,
+                    &mut agent_failure,
+                );
+            }
+            if agent_failure.is_some() {
+                break 'batches;
+            }
+            if in_place.contains(&position) {
+                source.skip(&entry);
+                entry.in_place = true;
+                if !send(handle, &link, Down::RestoreEntry(entry)) {
+                    return Err(lost());
+                }
+                continue;
+            }
+            if !send(handle, &link, Down::RestoreEntry(entry.clone())) {
+                return Err(lost());
+            }
+            // After a chunk the source cannot give, the file's other chunks are sent empty:
+            // the agent fails the file and keeps what was there before.
+            let mut file_problem: Option<String> = None;
+            for index in 0..entry.content.len() {
+                let chunk = if file_problem.is_some() {
+                    pb::RestoreChunk::default()
+                } else {
+                    match source.chunk(&entry, index) {
+                        Ok(chunk) => {
+                            bytes_sent += chunk.payload.len() as u64;
+                            chunk
+                        }
+                        Err(reason) => {
+                            file_problem = Some(reason);
+                            pb::RestoreChunk::default()
+                        }
+                    }
+                };
+                if !send(handle, &link, Down::RestoreChunk(chunk)) {
+                    return Err(lost());
+                }
+            }
+            if let Some(reason) = file_problem {
+                unreadable.push(pb::FileProblem {
+                    path: format!("/{}", String::from_utf8_lossy(&entry.path)),
+                    reason,
+                });
+            }
+            if n.is_multiple_of(200) {
+                set_progress(
+                    progress,
+                    json!({ "snapshot": snapshot, "entries_sent": n, "entries": total,
                         "bytes_sent": bytes_sent, "files_verified": verified }),
-            );
+                );
+            }
         }
     }
     if agent_failure.is_none()
@@ -313,6 +461,9 @@ impl Streamed {
             "files_verified": self.done.files_verified,
             "files_failed": files_failed,
             "bytes": self.done.bytes,
+            "files_unchanged": self.done.files_unchanged,
+            "bytes_unchanged": self.done.bytes_unchanged,
+            "files_kept": self.done.files_kept,
             "bytes_sent": self.bytes_sent,
             "failed": listed,
         });
@@ -326,5 +477,55 @@ impl Streamed {
                 format!("{files_failed} file(s) could not be restored and verified; see the list")
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(chunks: usize) -> pb::RestoreEntry {
+        pb::RestoreEntry {
+            kind: "file".into(),
+            content: vec![vec![7; 32]; chunks],
+            lengths: vec![1 << 20; chunks],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn probes_stay_small_whatever_the_files() {
+        use prost::Message as _;
+        let dir = pb::RestoreEntry {
+            kind: "dir".into(),
+            ..Default::default()
+        };
+        // Many small entries: batches of PROBE_BATCH.
+        let small: Vec<pb::RestoreEntry> = (0..2500)
+            .map(|n| if n % 10 == 0 { dir.clone() } else { file(1) })
+            .collect();
+        let batches = probe_batches(small);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [PROBE_BATCH, PROBE_BATCH, 500]
+        );
+        // Files of a VM image's chunk count: batches end before PROBE_BYTES, and a file
+        // larger on its own goes alone; nothing is lost or reordered.
+        let mut big: Vec<pb::RestoreEntry> = (0..40).map(|_| file(30_000)).collect();
+        big.insert(7, file(200_000));
+        let sizes: Vec<usize> = big.iter().map(|e| e.encoded_len()).collect();
+        let batches = probe_batches(big);
+        let mut at = 0;
+        for batch in &batches {
+            let bytes: usize = sizes[at..at + batch.len()].iter().sum();
+            assert!(batch.len() == 1 || bytes <= PROBE_BYTES, "{bytes}");
+            at += batch.len();
+        }
+        assert_eq!(at, 41);
+        assert!(
+            batches
+                .iter()
+                .any(|b| b.len() == 1 && b[0].content.len() == 200_000)
+        );
     }
 }

@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{self, id, opt_id};
+use super::convert::{self, id, opt_id, overwrite_mode};
 use super::pb::{self, *};
 use super::{Ctx, caller, status};
 use crate::app::restore_requests::{RestorePlan, RestoreRequestView};
@@ -76,6 +76,7 @@ pub fn restore(record: &RestoreRecord) -> pb::Restore {
         snapshot: record.snapshot.clone(),
         paths: serde_json::from_str(&record.paths_json).unwrap_or_default(),
         excludes: serde_json::from_str(&record.excludes_json).unwrap_or_default(),
+        overwrite: record.overwrite.clone(),
         target_dir: record.target_dir.clone(),
         status: record.status.clone(),
         stats_json: record.stats_json.clone().unwrap_or_else(|| "{}".into()),
@@ -195,7 +196,9 @@ impl agent_service_server::AgentService for Agents {
         };
         let (outbound, receiver) = tokio::sync::mpsc::channel(64);
         let hub = self.0.hub.clone();
-        let Some(connection) = hub.register(agent.id, server, outbound.clone()) else {
+        let Some(connection) =
+            hub.register_with(agent.id, server, outbound.clone(), hello.features)
+        else {
             return Err(Status::unavailable("the daemon is stopping"));
         };
         tracing::info!(agent = %agent.id, server = %server, version = %hello.version, hostname = %hello.hostname, "agent connected");
@@ -539,6 +542,7 @@ impl restore_service_server::RestoreService for Restores {
                     snapshot: message.snapshot,
                     paths: message.paths,
                     excludes: message.excludes,
+                    overwrite: overwrite_mode(&message.overwrite)?,
                     target_server_id: target,
                     target_dir: message.target_dir,
                     request_id: opt_id("request_id", message.request_id)?.map(RequestId),

@@ -49,6 +49,11 @@ pub fn opt_id(field: &str, value: i64) -> Result<Option<i64>, Status> {
     }
 }
 
+/// A restore's overwrite mode: empty for `always`.
+pub fn overwrite_mode(value: &str) -> Result<crate::engine::restore::Overwrite, Status> {
+    crate::engine::restore::Overwrite::parse_or_always(value).map_err(Status::invalid_argument)
+}
+
 /// A required id field.
 pub fn id(field: &str, value: i64) -> Result<i64, Status> {
     opt_id(field, value)?.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))

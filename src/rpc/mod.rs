@@ -60,6 +60,10 @@ pub struct Ctx {
 /// Repository-reading requests served at once (see [`Ctx::browsing`]).
 pub const BROWSING_AT_ONCE: usize = 2;
 
+/// An agent's feature: it answers [`pb::RestoreProbe`] with what the target already
+/// holds, and honours `RestoreJob.overwrite` and `RestoreEntry.in_place`.
+pub const FEATURE_RESTORE_IN_PLACE: &str = "restore-in-place";
+
 impl Ctx {
     /// A context reading the system clock, with no agent connected yet and no
     /// repositories.

@@ -566,6 +566,7 @@ impl Env {
                     snapshot: "latest".into(),
                     paths: Vec::new(),
                     excludes: Vec::new(),
+                    overwrite: crate::engine::restore::Overwrite::Always,
                     target: crate::app::restore_requests::RestoreTarget {
                         server: server.id,
                         dir: "/srv/restore".into(),
