@@ -1151,6 +1151,8 @@ fn extended_attributes_acls_and_file_capabilities_survive_a_round_trip() {
     );
     set(&src.join("laporan.pdf"), "user.checksum", &[0, 255, 7]);
     set(&src.join("shared"), "user.owner", b"DINKES");
+    // A directory above the one backed up keeps its attributes too.
+    set(tmp.path(), "user.zone", b"colocation");
     // user::rw-, user:1000:r--, group::r--, mask::r--, other::---
     let mut acl = 2u32.to_le_bytes().to_vec();
     for (tag, perm, id) in [
@@ -1196,6 +1198,12 @@ fn extended_attributes_acls_and_file_capabilities_survive_a_round_trip() {
         Some(&[0, 255, 7][..])
     );
     assert_eq!(get("shared", "user.owner").as_deref(), Some(&b"DINKES"[..]));
+    assert_eq!(
+        xattr::get(restored_path(&target, tmp.path()), "user.zone")
+            .unwrap()
+            .as_deref(),
+        Some(&b"colocation"[..])
+    );
     assert_eq!(
         get("shared/acl.txt", "system.posix_acl_access").as_deref(),
         Some(acl.as_slice())

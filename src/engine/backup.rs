@@ -1008,6 +1008,12 @@ fn build_root(
             let sub = build(ctx, roots, child, &path, sub_parent.as_ref())?;
             let mut n = Ctx::node_from_meta(name, &meta);
             n.kind = NodeKind::Dir;
+            // A directory above what was given keeps its attributes too (an SELinux
+            // label, an ACL), as it keeps its mode and owner.
+            match super::xattrs::read(&path) {
+                Ok(xattrs) => n.xattrs = xattrs,
+                Err(e) => ctx.fail(&path, format!("extended attributes: {e}")),
+            }
             n.subtree = Some(ctx.save_tree(sub)?);
             tree.nodes.push(n);
         }
