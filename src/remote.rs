@@ -982,25 +982,6 @@ fn program_fields(program: Option<&BackupProgram>) -> (Vec<String>, u32) {
     })
 }
 
-/// Takes in what the agent reports during a restore.
-fn absorb(
-    message: pb::AgentMessage,
-    failed: &mut Vec<pb::FileProblem>,
-    verified: &mut u64,
-    done: &mut Option<pb::RestoreDone>,
-    agent_failure: &mut Option<String>,
-) {
-    match message.body {
-        Some(Up::RestoreResults(results)) => {
-            *verified += results.verified;
-            failed.extend(results.failed);
-        }
-        Some(Up::RestoreDone(d)) => *done = Some(d),
-        Some(Up::Failed(failure)) => *agent_failure = Some(failure.error),
-        _ => {}
-    }
-}
-
 /// A file, directory or link to send, with its path relative to the restore target.
 struct Item {
     rel: Vec<u8>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::runtime::Handle;
 
-use super::{Progress, Received, absorb, open_link, receive, send, set_progress};
+use super::{Progress, Received, open_link, receive, send, set_progress};
 use crate::app::{MAX_FAILED_LISTED, RestoreEnd};
 use crate::catalog::{RestoreRecord, Server};
 use crate::engine::restore::Overwrite;
@@ -88,6 +88,33 @@ pub(crate) struct Streamed {
     pub failed: Vec<pb::FileProblem>,
     /// Files (and directories) the source could not give.
     pub unreadable: Vec<pb::FileProblem>,
+}
+
+/// What the agent said so far of a restore.
+#[derive(Default)]
+struct Heard {
+    /// Files it could not write or verify.
+    failed: Vec<pb::FileProblem>,
+    /// Files it wrote and verified.
+    verified: u64,
+    /// Its summary, once it finished.
+    done: Option<pb::RestoreDone>,
+    /// Why it could not carry out the job.
+    failure: Option<String>,
+}
+
+impl Heard {
+    fn absorb(&mut self, message: pb::AgentMessage) {
+        match message.body {
+            Some(Up::RestoreResults(results)) => {
+                self.verified += results.verified;
+                self.failed.extend(results.failed);
+            }
+            Some(Up::RestoreDone(done)) => self.done = Some(done),
+            Some(Up::Failed(failure)) => self.failure = Some(failure.error),
+            _ => {}
+        }
+    }
 }
 
 /// Entries per batch of a restore whose files the agent is asked about at once.
@@ -230,10 +257,7 @@ pub(crate) fn stream_restore(
     if !send(handle, &link, Down::Restore(job)) {
         return Err(lost());
     }
-    let mut failed: Vec<pb::FileProblem> = Vec::new();
-    let mut verified = 0u64;
-    let mut done: Option<pb::RestoreDone> = None;
-    let mut agent_failure: Option<String> = None;
+    let mut heard = Heard::default();
     let total = entries.len() as u64;
     let mut bytes_sent = 0u64;
     let mut batches = probe_batches(entries);
@@ -267,17 +291,11 @@ pub(crate) fn stream_restore(
                     Received::Message(pb::AgentMessage {
                         body: Some(Up::ProbeAnswer(answer)),
                     }) if answer.batch == b as u64 => break answer,
-                    Received::Message(message) => absorb(
-                        message,
-                        &mut failed,
-                        &mut verified,
-                        &mut done,
-                        &mut agent_failure,
-                    ),
+                    Received::Message(message) => heard.absorb(message),
                     Received::Idle => {}
                     Received::Closed => return Err(lost()),
                 }
-                if agent_failure.is_some() {
+                if heard.failure.is_some() {
                     break 'batches;
                 }
             };
@@ -309,15 +327,9 @@ pub(crate) fn stream_restore(
             }
             // Drain what the agent said so far, so neither side waits on a full stream.
             while let Ok(message) = link.inbound.try_recv() {
-                absorb(
-                    message,
-                    &mut failed,
-                    &mut verified,
-                    &mut done,
-                    &mut agent_failure,
-                );
+                heard.absorb(message);
             }
-            if agent_failure.is_some() {
+            if heard.failure.is_some() {
                 break 'batches;
             }
             if in_place.contains(&position) {
@@ -363,12 +375,12 @@ pub(crate) fn stream_restore(
                 set_progress(
                     progress,
                     json!({ "snapshot": snapshot, "entries_sent": n, "entries": total,
-                        "bytes_sent": bytes_sent, "files_verified": verified }),
+                        "bytes_sent": bytes_sent, "files_verified": heard.verified }),
                 );
             }
         }
     }
-    if agent_failure.is_none()
+    if heard.failure.is_none()
         && !send(
             handle,
             &link,
@@ -381,38 +393,32 @@ pub(crate) fn stream_restore(
     {
         return Err(lost());
     }
-    while done.is_none() && agent_failure.is_none() {
+    while heard.done.is_none() && heard.failure.is_none() {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
         match receive(handle, &mut link) {
-            Received::Message(message) => absorb(
-                message,
-                &mut failed,
-                &mut verified,
-                &mut done,
-                &mut agent_failure,
-            ),
+            Received::Message(message) => heard.absorb(message),
             Received::Idle => {}
             Received::Closed => return Err(lost()),
         }
     }
     hub.close_job(target.id, &job_id);
-    if let Some(error) = agent_failure {
+    if let Some(error) = heard.failure {
         return Err(end(
             "failed",
             json!({ "snapshot": snapshot }),
             Some(format!("the agent could not restore: {error}")),
         ));
     }
-    let Some(done) = done else {
+    let Some(done) = heard.done else {
         return Err(stopped());
     };
     Ok(Streamed {
         entries: total,
         bytes_sent,
         done,
-        failed,
+        failed: heard.failed,
         unreadable,
     })
 }
