@@ -28,7 +28,10 @@
 #   restore the local repository's latest snapshot restored with `cadang restore`
 #           followed by `sync`, and the agent's restored through the agent (`restore-job
 #           start --wait`: every file verified, the file system flushed before the end is
-#           reported).
+#           reported);
+#   again   the same two restores once more, over the trees they wrote (evicted from the
+#           page cache first): every file is read, found with the snapshot's content and
+#           kept, and nothing is sent to the agent.
 # The agent figures come from the run's own statistics (duration_seconds, bytes_read,
 # wire_bytes, bytes_added). Medians and the agent/local throughput ratio go to stdout and to
 # $BENCH_DIR/agent-results-<date>.md.
@@ -226,6 +229,15 @@ PYEOF
     LOCAL_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: local restore and sync ${LOCAL_RESTORE_S}s"
     sync; sleep 2
+    "$PY" "$HERE/evict.py" "$RUN/local" "$RUN/local-restored"
+    t0=$(date +%s%N)
+    CADANG_REPOSITORY="$RUN/local" CADANG_PASSWORD=cadang-bench-password \
+        "${ON_AGENT_CORE[@]}" "$CADANG_BIN" restore latest --json --target "$RUN/local-restored" | tail -1 >"$RUN/local-again.json"
+    sync
+    t1=$(date +%s%N)
+    LOCAL_AGAIN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    log "rep $rep: local restore again over its tree ${LOCAL_AGAIN_S}s: $(head -c 300 "$RUN/local-again.json")"
+    sync; sleep 2
     "$PY" "$HERE/evict.py" "$RUN/local" "$RUN/var"
     profile_start agent-restore
     D0=$(cpu "$DAEMON_PID"); A0=$(cpu "$AGENT_PID")
@@ -237,10 +249,17 @@ PYEOF
     log "rep $rep: CPU seconds of the restore through the agent: daemon $(awk -v a="$D0" -v b="$D1" 'BEGIN {print b-a}'), agent $(awk -v a="$A0" -v b="$A1" 'BEGIN {print b-a}')"
     AGENT_RESTORE_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: restore through the agent ${AGENT_RESTORE_S}s: $(head -c 400 "$RUN/restore.json")"
+    sync; sleep 2
+    "$PY" "$HERE/evict.py" "$RUN/var" "$RUN/agent-restored"
+    t0=$(date +%s%N)
+    c "$KASI" restore-job start --source "$SERVER" --target "$RUN/agent-restored" --wait >"$RUN/restore-again.json"
+    t1=$(date +%s%N)
+    AGENT_AGAIN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    log "rep $rep: restore through the agent again over its tree ${AGENT_AGAIN_S}s"
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     AGENT_PID="" DAEMON_PID=""
-    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" "$THIRD" "$LOCAL_INCR_S" "$RUN/local-incr.json" "$CHANGED_BYTES" >>"$RESULTS" <<'PYEOF'
+    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" "$THIRD" "$LOCAL_INCR_S" "$RUN/local-incr.json" "$CHANGED_BYTES" "$LOCAL_AGAIN_S" "$RUN/local-again.json" "$AGENT_AGAIN_S" "$RUN/restore-again.json" >>"$RESULTS" <<'PYEOF'
 import json, sys
 first, second, third = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[9])
 local, size, rep = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -248,6 +267,10 @@ local_restore, agent_restore = float(sys.argv[6]), float(sys.argv[7])
 restored = json.load(open(sys.argv[8]))
 local_incr = json.load(open(sys.argv[11]))
 restored_size = int(sys.argv[12])
+local_again, agent_again = float(sys.argv[13]), float(sys.argv[15])
+local_again_json, agent_again_json = json.load(open(sys.argv[14])), json.load(open(sys.argv[16]))
+assert local_again_json["files_restored"] == 0, local_again_json
+assert agent_again_json["status"] == "ok", agent_again_json
 assert all(r["status"] == "ok" for r in (first, second, third)), (first, second, third)
 assert restored["status"] == "ok", restored
 assert local_incr["message_type"] == "summary", local_incr
@@ -262,6 +285,9 @@ print(json.dumps({
     "incr_added": s3["bytes_added"],
     "local_restore_s": local_restore, "local_restore_mbps": restored_size / 1e6 / local_restore,
     "agent_restore_s": agent_restore, "agent_restore_mbps": restored_size / 1e6 / agent_restore,
+    "local_again_s": local_again, "agent_again_s": agent_again,
+    "agent_again_sent": agent_again_json["stats"]["bytes_sent"],
+    "agent_again_unchanged": agent_again_json["stats"]["files_unchanged"],
 }))
 PYEOF
     log "rep $rep: $(tail -1 "$RESULTS")"
@@ -291,4 +317,6 @@ print(f"| after a day of changes: local `cadang backup` | {med('local_incr_s'):.
 print(f"| after a day of changes: through the agent | {med('incr_s'):.2f} s, {med('incr_wire_bytes')/1e6:.1f} MB on the wire, {med('incr_added')/1e6:.1f} MB added |")
 print(f"| local `cadang restore` and `sync` | {med('local_restore_mbps'):.1f} MB/s ({med('local_restore_s'):.2f} s) |")
 print(f"| restore through the agent, verified and flushed | {med('agent_restore_mbps'):.1f} MB/s ({med('agent_restore_s'):.2f} s) |")
+print(f"| the same restores again over their trees (every file read and kept): local | {med('local_again_s'):.2f} s |")
+print(f"| … through the agent | {med('agent_again_s'):.2f} s, {med('agent_again_unchanged'):.0f} files unchanged, {med('agent_again_sent')/1e3:.1f} kB on the wire |")
 PYEOF

@@ -448,6 +448,39 @@ pub struct Server {
     pub withdrawn_at: Option<DateTime<Utc>>,
 }
 
+#[cfg(test)]
+impl Server {
+    /// An active server of agency 1, for tests.
+    pub(crate) fn example(id: ServerId) -> Self {
+        let now = Utc::now();
+        Server {
+            id,
+            agency_id: AgencyId(1),
+            request_id: None,
+            name: "simkes".into(),
+            hardware: HardwareSpec::default(),
+            ip_addresses: vec![],
+            domain: None,
+            domain_activated_on: None,
+            noc: None,
+            rack_id: None,
+            u_position: None,
+            u_size: 1,
+            power_draw_w: 300,
+            bandwidth_mbps: 100,
+            permanent: true,
+            temporary_until: None,
+            status: ServerStatus::Active,
+            host_admin_user: None,
+            host_admin_secret_id: None,
+            contact: None,
+            registered_at: now,
+            updated_at: now,
+            withdrawn_at: None,
+        }
+    }
+}
+
 /// A sealed secret as stored. `Debug` shows only its length.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretRecord {

@@ -412,38 +412,13 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::catalog::{AgencyId, HardwareSpec, ServerId, ServerStatus};
+    use crate::catalog::ServerId;
     use crate::engine::backup::{BackupOptions, BackupProgress, backup};
     use crate::engine::rewrite::{TagChange, retag};
     use crate::engine::store::StoreOptions;
 
     fn server() -> Server {
-        let now = Utc::now();
-        Server {
-            id: ServerId(5),
-            agency_id: AgencyId(1),
-            request_id: None,
-            name: "simkes".into(),
-            hardware: HardwareSpec::default(),
-            ip_addresses: vec![],
-            domain: None,
-            domain_activated_on: None,
-            noc: None,
-            rack_id: None,
-            u_position: None,
-            u_size: 1,
-            power_draw_w: 300,
-            bandwidth_mbps: 100,
-            permanent: true,
-            temporary_until: None,
-            status: ServerStatus::Active,
-            host_admin_user: None,
-            host_admin_secret_id: None,
-            contact: None,
-            registered_at: now,
-            updated_at: now,
-            withdrawn_at: None,
-        }
+        Server::example(ServerId(5))
     }
 
     fn back_up(repository: &Repository, source: &Path) -> SnapshotId {

@@ -101,6 +101,9 @@ struct Heard {
     done: Option<pb::RestoreDone>,
     /// Why it could not carry out the job.
     failure: Option<String>,
+    /// Its answers to probes not yet waited for, by batch (an answer can come while
+    /// the batch before is being sent).
+    answers: std::collections::HashMap<u64, pb::RestoreProbeAnswer>,
 }
 
 impl Heard {
@@ -112,6 +115,9 @@ impl Heard {
             }
             Some(Up::RestoreDone(done)) => self.done = Some(done),
             Some(Up::Failed(failure)) => self.failure = Some(failure.error),
+            Some(Up::ProbeAnswer(answer)) => {
+                self.answers.insert(answer.batch, answer);
+            }
             _ => {}
         }
     }
@@ -284,13 +290,13 @@ pub(crate) fn stream_restore(
         let mut in_place: HashSet<usize> = HashSet::new();
         if probing {
             let answer = loop {
+                if let Some(answer) = heard.answers.remove(&(b as u64)) {
+                    break answer;
+                }
                 if cancel.load(Ordering::Relaxed) {
                     return Err(stop(&link));
                 }
                 match receive(handle, &mut link) {
-                    Received::Message(pb::AgentMessage {
-                        body: Some(Up::ProbeAnswer(answer)),
-                    }) if answer.batch == b as u64 => break answer,
                     Received::Message(message) => heard.absorb(message),
                     Received::Idle => {}
                     Received::Closed => return Err(lost()),
@@ -489,6 +495,128 @@ impl Streamed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{AgentId, ServerId};
+
+    /// Chunks asked of the source, each a one-byte raw payload.
+    struct Counting(u64);
+
+    impl RestoreSource for Counting {
+        fn chunk(&mut self, _: &pb::RestoreEntry, _: usize) -> Result<pb::RestoreChunk, String> {
+            self.0 += 1;
+            Ok(pb::RestoreChunk {
+                payload: vec![0, 7],
+                raw_len: 1,
+            })
+        }
+    }
+
+    #[test]
+    fn answers_that_come_while_a_batch_is_sent_are_kept_for_their_batch() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hub = Arc::new(AgentHub::default());
+        let (agent, server) = (AgentId(9), ServerId(5));
+        let (outbound, mut to_agent) = tokio::sync::mpsc::channel(64);
+        let connection = hub
+            .register_with(
+                agent,
+                server,
+                outbound,
+                vec![crate::rpc::FEATURE_RESTORE_IN_PLACE.into()],
+            )
+            .unwrap();
+        // An agent that answers each probe at once (every other file already there) and
+        // counts what it is sent.
+        let agent_hub = Arc::clone(&hub);
+        let simulated = runtime.spawn(async move {
+            let (mut entries, mut in_place, mut chunks) = (0u64, 0u64, 0u64);
+            while let Some(Ok(message)) = to_agent.recv().await {
+                let reply = match message.body {
+                    Some(Down::RestoreProbe(probe)) => Up::ProbeAnswer(pb::RestoreProbeAnswer {
+                        job_id: probe.job_id,
+                        batch: probe.batch,
+                        unchanged: (0..probe.files.len() as u32).step_by(2).collect(),
+                        kept: Vec::new(),
+                    }),
+                    Some(Down::RestoreEntry(entry)) => {
+                        entries += 1;
+                        in_place += u64::from(entry.in_place);
+                        continue;
+                    }
+                    Some(Down::RestoreChunk(_)) => {
+                        chunks += 1;
+                        continue;
+                    }
+                    Some(Down::RestoreEnd(end)) => Up::RestoreDone(pb::RestoreDone {
+                        job_id: end.job_id,
+                        files_unchanged: in_place,
+                        ..Default::default()
+                    }),
+                    _ => continue,
+                };
+                let done = matches!(reply, Up::RestoreDone(_));
+                let message = pb::AgentMessage { body: Some(reply) };
+                agent_hub.route(agent, connection, message).await.unwrap();
+                if done {
+                    break;
+                }
+            }
+            (entries, in_place, chunks)
+        });
+        let files = 2500u64;
+        let entries: Vec<pb::RestoreEntry> = (0..files)
+            .map(|n| pb::RestoreEntry {
+                path: format!("f{n}").into_bytes(),
+                kind: "file".into(),
+                size: 1,
+                content: vec![vec![7; 32]],
+                lengths: vec![1],
+                ..Default::default()
+            })
+            .collect();
+        let target = Server::example(server);
+        let outgoing = Outgoing {
+            target: &target,
+            job: pb::RestoreJob {
+                job_id: "restore:1".into(),
+                target_dir: "/srv".into(),
+                id_key: vec![0; 32],
+                snapshot_id: "ab".repeat(32),
+                overwrite: String::new(),
+            },
+            entries,
+            reconnect_wait: Duration::from_secs(5),
+        };
+        // A restore that waits for an answer already taken in is stopped, not waited on.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let watchdog = Arc::clone(&cancel);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(30));
+            watchdog.store(true, Ordering::Relaxed);
+        });
+        let mut source = Counting(0);
+        // As on the daemon's blocking threads.
+        let _entered = runtime.enter();
+        let streamed = stream_restore(
+            runtime.handle(),
+            &hub,
+            outgoing,
+            &mut source,
+            Vec::new(),
+            &cancel,
+            &Progress::default(),
+        )
+        .map_err(|end| end.error)
+        .expect("the restore ends");
+        let (entries, in_place, chunks) = runtime.block_on(simulated).unwrap();
+        assert_eq!((entries, in_place), (files, files / 2));
+        assert_eq!((chunks, source.0), (files / 2, files / 2));
+        assert_eq!(streamed.done.files_unchanged, files / 2);
+        assert_eq!(streamed.bytes_sent, 2 * files / 2);
+    }
 
     fn file(chunks: usize) -> pb::RestoreEntry {
         pb::RestoreEntry {
