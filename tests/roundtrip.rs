@@ -1334,6 +1334,11 @@ fn a_restore_over_an_existing_tree_keeps_what_is_right_and_deletes_only_when_ask
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("keep.txt"), b"not the restore's").unwrap();
     std::os::unix::fs::symlink(&outside, live.join("docs/outside")).unwrap();
+    // Beside the backed-up directory and at the target's root: the snapshot holds only
+    // the way to `src` there, so --delete must leave them alone.
+    let beside = live.parent().unwrap().join("other-service.conf");
+    std::fs::write(&beside, b"not backed up").unwrap();
+    std::fs::write(target.join("etc-like"), b"the server's own").unwrap();
     let (surat, anggaran, data_ino) = (
         ino("docs/surat.txt"),
         ino("docs/anggaran.xlsx"),
@@ -1394,6 +1399,7 @@ fn a_restore_over_an_existing_tree_keeps_what_is_right_and_deletes_only_when_ask
         std::fs::read(outside.join("keep.txt")).unwrap(),
         b"not the restore's"
     );
+    assert!(beside.exists() && target.join("etc-like").exists());
 
     // never and if-newer leave what exists; what they keep is not verified, and what
     // is missing is still restored.
@@ -1440,6 +1446,24 @@ fn a_restore_over_an_existing_tree_keeps_what_is_right_and_deletes_only_when_ask
         files_under(&outside),
         [std::path::PathBuf::from("keep.txt")]
     );
+    // A link above the backed-up directory is the server's own: refused, even with
+    // --delete, and left as it is.
+    let holder = live.parent().unwrap().to_path_buf();
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&holder, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &holder).unwrap();
+    let above = summary(&["--delete"], 3);
+    assert!(
+        above["errors"].to_string().contains("symbolic link"),
+        "{above}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&holder)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(moved.join("other-service.conf").exists());
 
     // A mode no one knows is refused before anything is touched.
     let out = run(

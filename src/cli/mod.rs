@@ -372,9 +372,10 @@ pub struct RestoreArgs {
     /// leaves everything that exists as it is.
     #[arg(long, value_name = "MODE", default_value = "always")]
     pub overwrite: crate::engine::restore::Overwrite,
-    /// Delete what the target holds that the snapshot does not (in the directories
-    /// restored, among the paths --include and --exclude select); check first with
-    /// --dry-run.
+    /// Delete what the target holds that the snapshot does not, in the directories
+    /// restored at and below the backed-up paths (never in those above them, which
+    /// the snapshot holds only as the way to them), among the paths --include and
+    /// --exclude select; check first with --dry-run.
     #[arg(long)]
     pub delete: bool,
     /// Read and compare, but write, replace and delete nothing: say what a restore

@@ -316,7 +316,8 @@ pub struct RestoreOptions {
     /// What to do with files already at the target.
     pub overwrite: Overwrite,
     /// Delete what the target holds that the snapshot does not, in every directory the
-    /// restore writes (only what the includes and excludes select).
+    /// restore writes at or below the snapshot's backed-up paths (only what the includes
+    /// and excludes select).
     pub delete: bool,
     /// Decide everything (reading existing files to compare them) but write, replace
     /// and delete nothing: the result says what a restore would do.
@@ -690,10 +691,15 @@ impl<'a> LinkTo<'a> {
 }
 
 /// `--delete`: removes from each directory the restore writes what the snapshot's
-/// copy of it does not hold (among the entries the includes and excludes select).
+/// copy of it does not hold (among the entries the includes and excludes select), at or
+/// below the paths that were backed up. The directories above those (the target itself
+/// among them) hold in the snapshot only the way to them, not what was beside it: they
+/// are never cleaned, so a restore of `/srv/www` into `/` cannot touch `/etc`.
 struct Cleaner<'a> {
     /// The names of each directory of the snapshot, by path, with their entries.
     listings: HashMap<&'a Path, HashMap<&'a OsStr, &'a Node>>,
+    /// The backed-up paths, relative to the snapshot's root.
+    within: Vec<PathBuf>,
     /// Directories whose listing is unknown: nothing is deleted there.
     unlisted: &'a [PathBuf],
     deleted: Vec<String>,
@@ -701,7 +707,7 @@ struct Cleaner<'a> {
 }
 
 impl<'a> Cleaner<'a> {
-    fn new(entries: &'a [Entry], unlisted: &'a [PathBuf]) -> Self {
+    fn new(entries: &'a [Entry], unlisted: &'a [PathBuf], backed_up: &[String]) -> Self {
         let mut listings: HashMap<&Path, HashMap<&OsStr, &Node>> = HashMap::new();
         for e in entries {
             if let (Some(parent), Some(name)) = (e.rel.parent(), e.rel.file_name()) {
@@ -710,17 +716,26 @@ impl<'a> Cleaner<'a> {
         }
         Self {
             listings,
+            within: backed_up
+                .iter()
+                .map(|p| PathBuf::from(p.trim_start_matches('/')))
+                .collect(),
             unlisted,
             deleted: Vec::new(),
             errors: Vec::new(),
         }
     }
 
+    /// Whether `rel` is a backed-up path or below one.
+    fn covers(&self, rel: &Path) -> bool {
+        self.within.iter().any(|w| rel.starts_with(w))
+    }
+
     /// Cleans directory `rel` of the target (a real directory, checked by the
     /// caller, or absent in a dry run). With `replaces`, a directory where the
     /// snapshot has something else goes too.
     fn clean(&mut self, target: &Path, rel: &Path, chosen: &Chosen, replaces: bool, dry_run: bool) {
-        if self.unlisted.iter().any(|u| u == rel) {
+        if !self.covers(rel) || self.unlisted.iter().any(|u| u == rel) {
             return;
         }
         let dir = target.join(rel);
@@ -926,7 +941,7 @@ pub fn restore(
 ) -> Result<RestoreResult> {
     let (snap, repaired) = load_snapshot_with_fallback(repo, id, opts.replica.as_deref())?;
     let (index, _) = repo.load_index_for(&snap)?;
-    let mut result = restore_tree(repo, &index, &snap.tree, opts, progress)?;
+    let mut result = restore_tree(repo, &index, &snap.tree, &snap.paths, opts, progress)?;
     if let Some(r) = repaired {
         result.repaired.insert(0, r);
     }
@@ -934,7 +949,8 @@ pub fn restore(
 }
 
 /// Restore from a root tree with a given index of `repo` (and the replica
-/// given in `opts`, if any, for what `repo` cannot give).
+/// given in `opts`, if any, for what `repo` cannot give). `backed_up` are the paths the
+/// tree was made of (a snapshot's `paths`): `--delete` acts only at and below them.
 ///
 /// # Errors
 /// As [`restore`]; `InvalidInput` when the replica does not share `repo`'s
@@ -943,6 +959,7 @@ pub fn restore_tree(
     repo: &Repository,
     index: &Index,
     root: &BlobId,
+    backed_up: &[String],
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreResult> {
@@ -1009,7 +1026,7 @@ pub fn restore_tree(
         opts.delete && matches!(opts.overwrite, Overwrite::Always | Overwrite::IfChanged);
     let mut cleaner = opts
         .delete
-        .then(|| Cleaner::new(&entries, &collected.unlisted));
+        .then(|| Cleaner::new(&entries, &collected.unlisted, backed_up));
     if let Some(c) = &mut cleaner {
         c.clean(target, Path::new(""), &chosen, replaces, opts.dry_run);
     }
@@ -1019,7 +1036,10 @@ pub fn restore_tree(
             continue;
         }
         let path = target.join(&e.rel);
-        match ensure_dir(&path, replaces, opts.dry_run) {
+        // Above the backed-up paths nothing is replaced: a link there (`/srv` to another
+        // volume) is the server's own.
+        let replace = replaces && cleaner.as_ref().is_some_and(|c| c.covers(&e.rel));
+        match ensure_dir(&path, replace, opts.dry_run) {
             Err(err) => {
                 result.errors.push(FileError {
                     path: e.rel.display().to_string(),
