@@ -452,7 +452,7 @@ pub struct Server {
 impl Server {
     /// An active server of agency 1, for tests.
     pub(crate) fn example(id: ServerId) -> Self {
-        let now = Utc::now();
+        let now = DateTime::<Utc>::UNIX_EPOCH;
         Server {
             id,
             agency_id: AgencyId(1),
