@@ -986,6 +986,22 @@ fn program_fields(program: Option<&BackupProgram>) -> (Vec<String>, u32) {
 struct Item {
     rel: Vec<u8>,
     node: Node,
+    /// Restored with all it holds (not only on the way to a selected path).
+    whole: bool,
+    /// A directory whose listing the repository gave.
+    listed: bool,
+}
+
+/// With `--delete`, whether the restore cleans the directory `rel` (relative to the
+/// snapshot's root, empty for the root): at or below one of the snapshot's backed-up
+/// `paths`. The directories above those hold in the snapshot only the way to them.
+fn cleaned(rel: &[u8], backed_up: &[String]) -> bool {
+    backed_up.iter().any(|path| {
+        let path = path.trim_matches('/').as_bytes();
+        path.is_empty()
+            || rel == path
+            || (rel.starts_with(path) && rel.get(path.len()) == Some(&b'/'))
+    })
 }
 
 /// Whether `abs` (absolute path in the snapshot) is selected by `paths`: equal to or
@@ -1098,7 +1114,8 @@ pub(crate) fn excluded(excludes: &globset::GlobSet, rel: &[u8]) -> bool {
 }
 
 /// The entries of `tree` (at `prefix`, `depth` levels down) selected by `paths` and not
-/// left out by `excludes`, in tree order, each directory before what it holds.
+/// left out by `excludes`, in tree order, each directory before what it holds. Whether
+/// `tree` could be read (else it is named in `unreadable`).
 #[allow(clippy::too_many_arguments)]
 fn collect(
     reader: &mut Reader<'_>,
@@ -1110,13 +1127,13 @@ fn collect(
     whole: bool,
     out: &mut Vec<Item>,
     unreadable: &mut Vec<pb::FileProblem>,
-) {
+) -> bool {
     if depth > crate::engine::tree::MAX_DEPTH {
         unreadable.push(pb::FileProblem {
             path: format!("/{}", String::from_utf8_lossy(prefix)),
             reason: crate::engine::tree::too_deep(),
         });
-        return;
+        return false;
     }
     let tree_data = match reader.load(BlobType::Tree, tree).and_then(|raw| {
         crate::engine::tree::Tree::decode(&raw).map_err(|error| format!("invalid tree: {error}"))
@@ -1127,7 +1144,7 @@ fn collect(
                 path: format!("/{}", String::from_utf8_lossy(prefix)),
                 reason: format!("directory unreadable in the repository: {error}"),
             });
-            return;
+            return false;
         }
     };
     for node in tree_data.nodes {
@@ -1155,9 +1172,12 @@ fn collect(
         out.push(Item {
             rel: rel.clone(),
             node,
+            whole: all,
+            listed: false,
         });
         if is_dir && let Some(subtree) = subtree {
-            collect(
+            let at = out.len() - 1;
+            out[at].listed = collect(
                 reader,
                 &subtree,
                 &rel,
@@ -1170,6 +1190,7 @@ fn collect(
             );
         }
     }
+    true
 }
 
 /// The wire name of an entry's kind.
@@ -1307,7 +1328,7 @@ pub fn restore_to_agent(
     };
     let mut items = Vec::new();
     let mut unreadable = Vec::new();
-    collect(
+    let root_listed = collect(
         &mut reader,
         &snapshot.tree,
         b"",
@@ -1319,9 +1340,21 @@ pub fn restore_to_agent(
         &mut unreadable,
     );
     let (id_key, _) = repository.keys().id_keys().to_parts();
+    // With --delete: the directories wholly restored, listed, at or below the backed-up
+    // paths.
+    let clean = |item: &Item| {
+        restore.delete
+            && item.node.kind == NodeKind::Dir
+            && item.whole
+            && item.listed
+            && cleaned(&item.rel, &snapshot.paths)
+    };
+    let clean_target =
+        restore.delete && root_listed && selected(b"/", &paths).1 && cleaned(b"", &snapshot.paths);
     let entries: Vec<pb::RestoreEntry> = items
         .into_iter()
         .map(|item| {
+            let clean = clean(&item);
             let node = item.node;
             let file = node.kind == NodeKind::File;
             pb::RestoreEntry {
@@ -1349,6 +1382,7 @@ pub fn restore_to_agent(
                 hardlink: if file { node.hardlink.unwrap_or(0) } else { 0 },
                 xattrs: crate::rpc::xattrs_to_wire(node.xattrs),
                 in_place: false,
+                clean,
             }
         })
         .collect();
@@ -1359,7 +1393,7 @@ pub fn restore_to_agent(
         .filter_map(|id| <[u8; 32]>::try_from(id.as_slice()).ok().map(BlobId))
         .collect();
     reader.ahead = Some(ReadAhead::new(&repository, &index, plan));
-    let outgoing = stream::Outgoing::for_restore(
+    let mut outgoing = stream::Outgoing::for_restore(
         target,
         restore,
         id_key,
@@ -1367,6 +1401,11 @@ pub fn restore_to_agent(
         entries,
         options.reconnect_wait,
     );
+    if restore.delete {
+        outgoing.job.delete = true;
+        outgoing.job.clean_target = clean_target;
+        outgoing.job.excludes = serde_json::from_str(&restore.excludes_json).unwrap_or_default();
+    }
     match stream::stream_restore(
         handle,
         hub,
@@ -1766,6 +1805,27 @@ mod tests {
                 .contains("nested deeper than 2048 levels")
         );
         assert_eq!(unreadable[0].path.matches('d').count(), MAX_DEPTH + 1);
+        // The deepest directory's listing is unknown, so --delete leaves it alone.
+        assert!(!items.last().unwrap().listed);
+        assert!(
+            items[..MAX_DEPTH]
+                .iter()
+                .all(|item| item.listed && item.whole)
+        );
+    }
+
+    #[test]
+    fn delete_cleans_only_at_and_below_the_backed_up_paths() {
+        let paths = ["/srv/www".to_owned(), "/etc/nginx/".to_owned()];
+        for rel in ["srv/www", "srv/www/html", "etc/nginx", "etc/nginx/sites"] {
+            assert!(cleaned(rel.as_bytes(), &paths), "{rel}");
+        }
+        for rel in ["", "srv", "etc", "srv/wwwx", "srv/ww", "var"] {
+            assert!(!cleaned(rel.as_bytes(), &paths), "{rel}");
+        }
+        // A snapshot of `/`: everything, the target itself too.
+        assert!(cleaned(b"", &["/".to_owned()]));
+        assert!(cleaned(b"home", &["/".to_owned()]));
     }
 
     #[test]

@@ -2790,6 +2790,53 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
         std::fs::read(trimmed_root.join("html/index.html")).unwrap(),
         b"edited on the server"
     );
+    // `--delete`: what the snapshot does not hold goes, at and below the backed-up
+    // path only, and never what the restore leaves out.
+    std::fs::write(
+        trimmed_root.join("html/planted.php"),
+        b"<?php eval($_POST[x]);",
+    )
+    .unwrap();
+    std::fs::create_dir_all(trimmed_root.join("html/cache/1")).unwrap();
+    std::fs::write(trimmed_root.join("html/new.txt"), b"left out by new.*").unwrap();
+    std::fs::create_dir_all(trimmed_root.join("html/img")).unwrap();
+    std::fs::write(trimmed_root.join("html/img/extra.png"), b"left out by path").unwrap();
+    let beside = trimmed_root.parent().unwrap().join("beside.txt");
+    std::fs::write(&beside, b"above the backed-up path").unwrap();
+    let deleting = restore_into(&trimmed, &[trim, &["--delete"]].concat());
+    assert_eq!(deleting["status"], "ok", "{deleting}");
+    assert_eq!(deleting["delete"], true, "{deleting}");
+    let mut deleted: Vec<String> = deleting["stats"]["deleted_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|path| path.as_str().unwrap().to_owned())
+        .collect();
+    deleted.sort();
+    let inner = trimmed_root
+        .strip_prefix(&trimmed)
+        .unwrap()
+        .display()
+        .to_string();
+    assert_eq!(
+        deleted,
+        [
+            format!("{inner}/html/cache"),
+            format!("{inner}/html/planted.php")
+        ],
+        "{deleting}"
+    );
+    assert_eq!(deleting["stats"]["deleted"], 2, "{deleting}");
+    assert!(!trimmed_root.join("html/planted.php").exists());
+    assert!(!trimmed_root.join("html/cache").exists());
+    assert!(trimmed_root.join("html/new.txt").exists());
+    assert!(trimmed_root.join("html/img/extra.png").exists());
+    assert!(beside.exists());
+    // `always` again: the edit `never` kept is replaced, and only it is sent.
+    assert_eq!(
+        std::fs::read(trimmed_root.join("html/index.html")).unwrap(),
+        std::fs::read(source.join("html/index.html")).unwrap()
+    );
     // A pattern that cannot be read is refused before anything is queued.
     refused_restore(
         &[

@@ -654,6 +654,24 @@ fn restores_from_a_restic_plan_reach_the_agent_verified() {
         all.extend_from_slice(&["--from-plan", &plan]);
         refused(&server, &site.petugas, &all, "PERMISSION_DENIED");
     }
+    // A restic snapshot is restored through a staging copy, which cannot say which
+    // directories it holds whole: deleting what it lacks is refused before anything runs.
+    refused(
+        &server,
+        &site.petugas,
+        &[
+            "restore-job",
+            "start",
+            "--source",
+            &web,
+            "--from-plan",
+            &plan,
+            "--target",
+            "/srv/pulih",
+            "--delete",
+        ],
+        "INVALID_ARGUMENT",
+    );
     let inside = |target: &Path| target.join(source.strip_prefix("/").unwrap());
     let staging_left = || {
         std::fs::read_dir(data.join("drills"))

@@ -716,6 +716,13 @@ fn restore_job(
     let started = crate::engine::restore::Overwrite::parse_or_always(&job.overwrite)
         .and_then(|overwrite| restore::RestoreWriter::new(&job.target_dir, &job.id_key, overwrite))
         .and_then(|writer| {
+            if job.delete {
+                writer.deleting(&job.excludes, job.clean_target)
+            } else {
+                Ok(writer)
+            }
+        })
+        .and_then(|writer| {
             let steps = decode_ahead(writer.ids().clone(), from_stream)
                 .map_err(|error| format!("cannot start the decoding thread: {error}"))?;
             Ok((writer, steps))
@@ -782,6 +789,8 @@ fn restore_job(
                     files_unchanged: summary.files_unchanged,
                     bytes_unchanged: summary.bytes_unchanged,
                     files_kept: summary.files_kept,
+                    deleted: summary.deleted,
+                    deleted_paths: summary.deleted_paths,
                 }));
                 return;
             }
@@ -804,7 +813,10 @@ async fn session(
         body: Some(Up::Hello(pb::AgentHello {
             version: VERSION.into(),
             hostname: hostname(),
-            features: vec![crate::rpc::FEATURE_RESTORE_IN_PLACE.into()],
+            features: vec![
+                crate::rpc::FEATURE_RESTORE_IN_PLACE.into(),
+                crate::rpc::FEATURE_RESTORE_DELETE.into(),
+            ],
         })),
     };
     up.send(hello)

@@ -30,6 +30,13 @@
 //!   and time) is kept and sent no chunk, and so is what `if-newer` or `never` leaves
 //!   alone. When its entry comes, a kept file that changed since it was looked at
 //!   fails; one that did not is given the entry's owner, mode, attributes and times.
+//! * Deleting what the snapshot does not hold (`RestoreJob.delete`), only in the
+//!   directories the daemon marks ([`pb::RestoreEntry::clean`]: at or below the
+//!   snapshot's backed-up paths, wholly restored, listed in the repository), once every
+//!   entry came and before directory times are set. What the restore's exclude patterns
+//!   leave out is never deleted; a link is removed, never followed, and a directory with
+//!   what it holds. With `always` or `if-changed`, a directory where the snapshot has
+//!   something else (or a file or link where it has a directory) is replaced.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -43,7 +50,7 @@ use rayon::prelude::*;
 
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::decode_blob_payload;
-use crate::engine::restore::{Overwrite, mtime_ns, read_exact_sparse, write_sparse};
+use crate::engine::restore::{Judged, Overwrite, mtime_ns, read_exact_sparse, write_sparse};
 use crate::engine::tree::check_name;
 use crate::engine::writebehind::WriteBehind;
 use crate::rpc::pb;
@@ -63,6 +70,54 @@ pub struct RestoreSummary {
     pub bytes_unchanged: u64,
     /// Entries the target held that were left as they were (`if-newer`, `never`).
     pub files_kept: u64,
+    /// Entries deleted because the snapshot does not hold them.
+    pub deleted: u64,
+    /// The first [`DELETED_LISTED`] of them, relative to the target.
+    pub deleted_paths: Vec<String>,
+}
+
+/// Deleted paths named in a restore's summary (all are logged).
+pub const DELETED_LISTED: usize = 1000;
+
+/// `--delete`: what the snapshot holds in each directory the restore cleans.
+struct Deleting {
+    /// Left out of the restore, so never deleted (they match paths from the root).
+    excludes: globset::GlobSet,
+    /// By directory (relative to the target, empty for the target itself): the names
+    /// the snapshot holds there, as their entries come.
+    dirs: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// The directories in the order they came.
+    order: Vec<Vec<u8>>,
+}
+
+impl Deleting {
+    fn cleans(&self, dir: &[u8]) -> bool {
+        self.dirs.contains_key(dir)
+    }
+
+    fn left_out(&self, rel: &[u8]) -> bool {
+        !self.excludes.is_empty()
+            && self
+                .excludes
+                .is_match(Path::new("/").join(OsStr::from_bytes(rel)))
+    }
+}
+
+/// The directory holding `rel` (empty for the target) and its name.
+fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(at) => (&rel[..at], &rel[at + 1..]),
+        None => (&[], rel),
+    }
+}
+
+fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut rel = dir.to_vec();
+    if !rel.is_empty() {
+        rel.push(b'/');
+    }
+    rel.extend_from_slice(name);
+    rel
 }
 
 /// A file a probe found in the target and said it keeps.
@@ -242,6 +297,8 @@ pub struct RestoreWriter {
     overwrite: Overwrite,
     /// Files a probe said the target holds, by path, until their entries come.
     found: HashMap<Vec<u8>, Found>,
+    /// What the restore deletes (`--delete`), when it does.
+    deleting: Option<Deleting>,
 }
 
 fn lossy(path: &[u8]) -> String {
@@ -288,7 +345,30 @@ impl RestoreWriter {
             readback: Vec::new(),
             overwrite,
             found: HashMap::new(),
+            deleting: None,
         })
+    }
+
+    /// This restore also deletes what the snapshot does not hold, in the directories
+    /// whose entries say so (and in the target itself with `target_too`), except what
+    /// `excludes` (the restore's exclude patterns) leave out.
+    ///
+    /// # Errors
+    /// A message naming a pattern that cannot be read.
+    pub fn deleting(mut self, excludes: &[String], target_too: bool) -> Result<Self, String> {
+        let excludes = crate::engine::backup::build_excludes(excludes)
+            .map_err(|e| format!("the restore's exclude patterns: {e}"))?;
+        let mut deleting = Deleting {
+            excludes,
+            dirs: HashMap::new(),
+            order: Vec::new(),
+        };
+        if target_too {
+            deleting.dirs.insert(Vec::new(), HashSet::new());
+            deleting.order.push(Vec::new());
+        }
+        self.deleting = Some(deleting);
+        Ok(self)
     }
 
     /// Which of `files` (regular files of entries still to come) the target already
@@ -305,27 +385,26 @@ impl RestoreWriter {
                 }
                 let path = existing_under(target, known, &entry.path)?;
                 let meta = std::fs::symlink_metadata(&path).ok()?;
-                if overwrite.keeps(entry.mtime_ns, mtime_ns(&meta)) {
-                    return Some(Found {
-                        unchanged: false,
-                        seen: seen(&meta),
-                    });
-                }
-                if !meta.is_file() || meta.len() != entry.size {
-                    return None;
-                }
-                let trusted =
-                    overwrite == Overwrite::IfChanged && mtime_ns(&meta) == entry.mtime_ns;
-                if !trusted {
-                    let file = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&path)
-                        .ok()?;
-                    // Compared with what was looked at: the same file, unchanged.
-                    let now = file.metadata().ok()?;
-                    if seen(&now) != seen(&meta) || !holds_content(ids, &file, entry) {
-                        return None;
+                match overwrite.judge(entry.size, entry.mtime_ns, &meta) {
+                    Judged::Kept => {
+                        return Some(Found {
+                            unchanged: false,
+                            seen: seen(&meta),
+                        });
+                    }
+                    Judged::Replace => return None,
+                    Judged::Trusted => {}
+                    Judged::Compare => {
+                        let file = std::fs::OpenOptions::new()
+                            .read(true)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(&path)
+                            .ok()?;
+                        // Compared with what was looked at: the same file, unchanged.
+                        let now = file.metadata().ok()?;
+                        if seen(&now) != seen(&meta) || !holds_content(ids, &file, entry) {
+                            return None;
+                        }
                     }
                 }
                 Some(Found {
@@ -376,6 +455,19 @@ impl RestoreWriter {
                 return Err("it changed on the server during the restore; restore it again".into());
             }
             set_file_metadata(&file, &entry, self.is_root)?;
+            // A later path of a hard-link group: linked to the group's first path when
+            // it is a copy of its own (the content is the same, the inode is not).
+            if entry.hardlink != 0
+                && let Ok(ids) = entry_ids(&entry)
+                && let Some((first, first_ids)) = self.links.get(&entry.hardlink)
+                && *first_ids == ids
+                && std::fs::symlink_metadata(first).is_ok_and(|first| {
+                    use std::os::unix::fs::MetadataExt;
+                    (first.dev(), first.ino()) != (meta.dev(), meta.ino())
+                })
+            {
+                link_to(&path, first)?;
+            }
             Ok(path)
         })();
         match kept {
@@ -480,6 +572,12 @@ impl RestoreWriter {
                 "the restore stream ended before the file's last chunk",
             );
         }
+        if let Some(deleting) = self.deleting.as_mut() {
+            let (dir, name) = split_parent(&entry.path);
+            if let Some(names) = deleting.dirs.get_mut(dir) {
+                names.insert(name.to_vec());
+            }
+        }
         if entry.in_place {
             self.in_place(entry);
             return;
@@ -492,6 +590,11 @@ impl RestoreWriter {
                 return;
             }
         };
+        if let Err(reason) = self.clear_the_way(&path, &entry) {
+            let p = entry.path.clone();
+            self.fail(&p, reason);
+            return;
+        }
         let result = match entry.kind.as_str() {
             "dir" => self.dir(&path, entry),
             "file" => self.start_file(path, entry),
@@ -522,8 +625,111 @@ impl RestoreWriter {
             }
         }
         self.real_dirs.insert(path.to_path_buf());
+        if entry.clean
+            && let Some(deleting) = self.deleting.as_mut()
+            && !deleting.cleans(&entry.path)
+        {
+            deleting.dirs.insert(entry.path.clone(), HashSet::new());
+            deleting.order.push(entry.path.clone());
+        }
         self.dirs.push((path.to_path_buf(), entry));
         Ok(())
+    }
+
+    /// With `--delete`, in a directory the restore cleans, and unless what exists is
+    /// kept (`if-newer`, `never`): removes a directory where the snapshot has something
+    /// else, or anything but a directory where it has one.
+    fn clear_the_way(&mut self, path: &Path, entry: &pb::RestoreEntry) -> Result<(), String> {
+        let Some(deleting) = self.deleting.as_ref() else {
+            return Ok(());
+        };
+        if !deleting.cleans(split_parent(&entry.path).0)
+            || !matches!(self.overwrite, Overwrite::Always | Overwrite::IfChanged)
+        {
+            return Ok(());
+        }
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        let wants_dir = entry.kind == "dir";
+        if meta.is_dir() == wants_dir {
+            return Ok(());
+        }
+        let removed = if meta.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        removed.map_err(|e| format!("cannot delete what is in its place: {e}"))?;
+        self.deleted(&entry.path);
+        Ok(())
+    }
+
+    fn deleted(&mut self, rel: &[u8]) {
+        tracing::info!(path = %lossy(rel), "deleted: not in the snapshot");
+        self.summary.deleted += 1;
+        if self.summary.deleted_paths.len() < DELETED_LISTED {
+            self.summary.deleted_paths.push(lossy(rel));
+        }
+    }
+
+    /// `--delete`, once every entry came: removes from each directory cleaned what the
+    /// snapshot does not hold there (and the restore's excludes do not leave out).
+    fn clean(&mut self) {
+        let Some(deleting) = self.deleting.take() else {
+            return;
+        };
+        for dir in &deleting.order {
+            let Some(names) = deleting.dirs.get(dir) else {
+                continue;
+            };
+            let path = self.target.join(OsStr::from_bytes(dir));
+            // A directory swapped for a link since it was restored is not followed.
+            let listing = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => std::fs::read_dir(&path),
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            };
+            let listing = match listing {
+                Ok(listing) => listing,
+                Err(e) => {
+                    self.fail(
+                        dir,
+                        format!("cannot list it to delete what the snapshot does not hold: {e}"),
+                    );
+                    continue;
+                }
+            };
+            for item in listing {
+                let (name, kind) = match item.and_then(|i| Ok((i.file_name(), i.file_type()?))) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        self.fail(
+                            dir,
+                            format!(
+                                "cannot list it to delete what the snapshot does not hold: {e}"
+                            ),
+                        );
+                        break;
+                    }
+                };
+                let rel = join_rel(dir, name.as_bytes());
+                if names.contains(name.as_bytes()) || deleting.left_out(&rel) {
+                    continue;
+                }
+                let child = path.join(&name);
+                // Never followed: a link is removed itself, a directory with what it holds.
+                let removed = if kind.is_dir() {
+                    std::fs::remove_dir_all(&child)
+                } else {
+                    std::fs::remove_file(&child)
+                };
+                match removed {
+                    Ok(()) => self.deleted(&rel),
+                    Err(e) => self.fail(&rel, format!("cannot delete it: {e}")),
+                }
+            }
+        }
     }
 
     fn start_file(
@@ -744,17 +950,7 @@ impl RestoreWriter {
         first: &Path,
         rel: &[u8],
     ) -> Result<(), (Vec<u8>, String)> {
-        let tmp = Self::tmp_beside(path);
-        std::fs::hard_link(first, &tmp).map_err(|e| {
-            (
-                rel.to_vec(),
-                format!("cannot link to {}: {e}", first.display()),
-            )
-        })?;
-        let placed = std::fs::rename(&tmp, path);
-        // A rename onto another link of the same file succeeds without moving anything.
-        let _ = std::fs::remove_file(&tmp);
-        placed.map_err(|e| (rel.to_vec(), format!("cannot move into place: {e}")))?;
+        link_to(path, first).map_err(|e| (rel.to_vec(), e))?;
         self.summary.files_verified += 1;
         self.verified_since += 1;
         Ok(())
@@ -846,6 +1042,8 @@ impl RestoreWriter {
                 "the restore stream ended before the file's last chunk",
             );
         }
+        // Before directory times are set: deleting changes them.
+        self.clean();
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.as_os_str().len()));
         for (path, entry) in &dirs {
@@ -896,6 +1094,17 @@ impl RestoreWriter {
         let (failed, verified) = self.take_results();
         (self.summary, failed, verified)
     }
+}
+
+/// Makes `path` another link to `first`: linked beside its place, then renamed over it.
+fn link_to(path: &Path, first: &Path) -> Result<(), String> {
+    let tmp = RestoreWriter::tmp_beside(path);
+    std::fs::hard_link(first, &tmp)
+        .map_err(|e| format!("cannot link to {}: {e}", first.display()))?;
+    let placed = std::fs::rename(&tmp, path);
+    // A rename onto another link of the same file succeeds without moving anything.
+    let _ = std::fs::remove_file(&tmp);
+    placed.map_err(|e| format!("cannot move into place: {e}"))
 }
 
 /// Renames `from` to `to` unless something is at `to` (`EEXIST`); `EINVAL` where the
@@ -980,6 +1189,7 @@ mod tests {
             hardlink: 0,
             xattrs: Vec::new(),
             in_place: false,
+            clean: false,
         };
         let messages = chunks
             .iter()
@@ -1324,6 +1534,175 @@ mod tests {
         assert_eq!(std::fs::read(&b).unwrap(), b"b");
         rename_noreplace(&a, &dir.path().join("c")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("c")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn copies_of_a_hard_link_group_found_in_place_are_linked_again() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        let data = b"satu berkas, dua nama ".repeat(300);
+        // Both paths hold the right content, but as two files (copied by hand, say).
+        std::fs::write(root.join("a"), &data).unwrap();
+        std::fs::write(root.join("b"), &data).unwrap();
+        let ino = |name: &str| std::fs::metadata(root.join(name)).unwrap().ino();
+        assert_ne!(ino("a"), ino("b"));
+        let mut w =
+            RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always).unwrap();
+        let entries: Vec<pb::RestoreEntry> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let (mut entry, _) = file_entry(name, &data);
+                entry.hardlink = 5;
+                entry
+            })
+            .collect();
+        let (unchanged, kept) = w.probe(&entries);
+        assert_eq!((unchanged, kept), (vec![0, 1], vec![]));
+        for mut entry in entries {
+            entry.in_place = true;
+            w.entry(entry);
+        }
+        let (summary, failed, _) = w.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(summary.files_unchanged, 2);
+        assert_eq!(summary.bytes, 0, "nothing written");
+        assert_eq!(ino("a"), ino("b"), "one file again, as in the snapshot");
+        assert_eq!(std::fs::metadata(root.join("a")).unwrap().nlink(), 2);
+        assert_eq!(std::fs::read(root.join("b")).unwrap(), data);
+        assert_eq!(
+            std::fs::read_dir(root).unwrap().count(),
+            2,
+            "no temporary name left"
+        );
+    }
+
+    #[test]
+    fn delete_removes_only_what_the_snapshot_lacks_where_the_daemon_says() {
+        let target = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep.txt"), b"not the restore's").unwrap();
+        let root = target.path();
+        // The server: /srv holds the restored www and things beside it; www holds a
+        // planted script, a link out, a stray directory, a log the restore leaves out, a
+        // directory where the snapshot has a file, and a file where it has a directory.
+        std::fs::create_dir_all(root.join("srv/www/uploads/old")).unwrap();
+        std::fs::create_dir_all(root.join("srv/www/index.html")).unwrap();
+        std::fs::write(root.join("srv/www/index.html/inner"), b"x").unwrap();
+        std::fs::write(root.join("srv/www/shell.php"), b"<?php system($_GET[c]);").unwrap();
+        std::fs::write(root.join("srv/www/uploads/old/a.jpg"), b"jpg").unwrap();
+        std::fs::write(root.join("srv/www/access.log"), b"GET /").unwrap();
+        std::fs::write(
+            root.join("srv/www/assets"),
+            b"a file in a directory's place",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("srv/www/out")).unwrap();
+        std::fs::write(root.join("srv/beside.txt"), b"another site").unwrap();
+        std::fs::write(root.join("top.txt"), b"the server's own").unwrap();
+        let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always)
+            .unwrap()
+            .deleting(&["*.log".to_owned()], false)
+            .unwrap();
+        let (index, index_chunks) = file_entry("srv/www/index.html", b"<h1>Dinas</h1>");
+        let (style, style_chunks) = file_entry("srv/www/assets/style.css", b"h1{}");
+        let mut www = dir_entry("srv/www");
+        www.clean = true;
+        let mut uploads = dir_entry("srv/www/uploads");
+        uploads.clean = true;
+        let mut assets = dir_entry("srv/www/assets");
+        assets.clean = true;
+        w.entry(dir_entry("srv"));
+        w.entry(www);
+        w.entry(index);
+        for c in index_chunks {
+            w.chunk(c);
+        }
+        w.entry(uploads);
+        w.entry(assets);
+        w.entry(style);
+        for c in style_chunks {
+            w.chunk(c);
+        }
+        let (summary, failed, _) = w.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        let mut deleted = summary.deleted_paths.clone();
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            [
+                "srv/www/assets",
+                "srv/www/index.html",
+                "srv/www/out",
+                "srv/www/shell.php",
+                "srv/www/uploads/old"
+            ]
+        );
+        assert_eq!(summary.deleted, 5);
+        assert_eq!(summary.files_verified, 2);
+        assert_eq!(
+            std::fs::read(root.join("srv/www/index.html")).unwrap(),
+            b"<h1>Dinas</h1>"
+        );
+        assert_eq!(
+            std::fs::read(root.join("srv/www/assets/style.css")).unwrap(),
+            b"h1{}"
+        );
+        assert!(root.join("srv/www/uploads").is_dir());
+        assert!(!root.join("srv/www/uploads/old").exists());
+        assert!(
+            root.join("srv/www/access.log").exists(),
+            "left out, so kept"
+        );
+        assert!(
+            root.join("srv/beside.txt").exists(),
+            "above the backed-up path"
+        );
+        assert!(
+            root.join("top.txt").exists(),
+            "the target itself is not cleaned"
+        );
+        assert!(
+            outside.path().join("keep.txt").exists(),
+            "the link was removed, not followed"
+        );
+        // Under `never` a directory in a file's place stays, and so does the file.
+        let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Never)
+            .unwrap()
+            .deleting(&["*.log".to_owned()], true)
+            .unwrap();
+        std::fs::create_dir(root.join("srv/www/new.html")).unwrap();
+        let (mut new, _) = file_entry("srv/www/new.html", b"new");
+        let (unchanged, kept) = w.probe(std::slice::from_ref(&new));
+        assert_eq!((unchanged, kept), (vec![], vec![0]));
+        let mut www = dir_entry("srv/www");
+        www.clean = true;
+        w.entry(dir_entry("srv"));
+        w.entry(www);
+        new.in_place = true;
+        w.entry(new);
+        let (summary, failed, _) = w.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(root.join("srv/www/new.html").is_dir(), "kept under never");
+        assert_eq!(summary.files_kept, 1);
+        // What the snapshot does not hold still goes; the target itself is cleaned too
+        // here (a snapshot of `/`).
+        let mut deleted = summary.deleted_paths.clone();
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            [
+                "srv/www/assets",
+                "srv/www/index.html",
+                "srv/www/uploads",
+                "top.txt"
+            ]
+        );
+        assert!(
+            root.join("srv/beside.txt").exists(),
+            "srv is not marked clean"
+        );
+        assert!(root.join("srv/www/access.log").exists());
     }
 
     #[test]

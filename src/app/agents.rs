@@ -58,6 +58,9 @@ pub struct StartRestore {
     pub excludes: Vec<String>,
     /// What becomes of files already in the target directory.
     pub overwrite: crate::engine::restore::Overwrite,
+    /// Also delete from the target what the snapshot does not hold, at or below the
+    /// snapshot's backed-up paths (only from the server's cadang snapshots).
+    pub delete: bool,
     /// The server to restore to (same agency).
     pub target_server_id: ServerId,
     /// Absolute directory on the target.
@@ -791,6 +794,11 @@ impl App {
         caller.check_agency(source.agency_id, &format!("server {}", source.id))?;
         if let Some(plan) = restore.plan_id {
             super::plans::restic_source(&mut work.tx, plan, source.agency_id).await?;
+            if restore.delete {
+                return Err(AppError::invalid(
+                    crate::remote::restic::DELETE_NEEDS_CADANG,
+                ));
+            }
         }
         let target = work.tx.server(restore.target_server_id).await?;
         if target.agency_id != source.agency_id {
@@ -868,6 +876,7 @@ impl App {
                     excludes_json: serde_json::to_string(&restore.excludes)
                         .map_err(|error| AppError::internal(error.to_string()))?,
                     overwrite: restore.overwrite.name().to_owned(),
+                    delete: restore.delete,
                     target_dir: target_dir.to_owned(),
                     request_id: restore.request_id,
                     requested_by: username,
@@ -883,7 +892,8 @@ impl App {
             "server": record.server_id, "target_server": record.target_server_id,
             "plan": record.plan_id,
             "snapshot": record.snapshot, "paths": restore.paths, "excludes": restore.excludes,
-            "overwrite": record.overwrite, "target_dir": record.target_dir,
+            "overwrite": record.overwrite, "delete": record.delete,
+            "target_dir": record.target_dir,
             "request": record.request_id,
         }));
         work.commit().await?;

@@ -55,6 +55,10 @@ pub struct RestorePlan {
     /// given: replaced, unless the agent finds the snapshot's content there).
     #[serde(default, skip_serializing_if = "is_always")]
     pub overwrite: crate::engine::restore::Overwrite,
+    /// Also delete from the target what the snapshot does not hold, at or below the
+    /// snapshot's backed-up paths: approved with the plan, like everything it does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
     /// Where the files go.
     pub target: RestoreTarget,
     /// A command run on the target after every file verified (no shell).
@@ -632,6 +636,11 @@ impl App {
         }
         if let Some(source) = plan.backup_plan {
             super::plans::restic_source(&mut work.tx, source, record.agency_id).await?;
+            if plan.delete {
+                return Err(AppError::invalid(
+                    crate::remote::restic::DELETE_NEEDS_CADANG,
+                ));
+            }
         }
         for server in plan.servers() {
             let found = work.tx.server(server).await?;
@@ -981,6 +990,7 @@ impl App {
                     excludes_json: serde_json::to_string(&plan.excludes)
                         .map_err(|error| AppError::internal(error.to_string()))?,
                     overwrite: plan.overwrite.name().to_owned(),
+                    delete: plan.delete,
                     target_dir: attempt.dir.clone(),
                     request_id: Some(record.id),
                     requested_by: work.actor_name.clone(),
@@ -1001,6 +1011,7 @@ impl App {
             "target_dir": attempt.dir,
             "snapshot": attempt.snapshot,
             "use_replica": attempt.use_replica,
+            "delete": plan.delete,
         }));
         if tried == 0 {
             settle_in(
@@ -1079,6 +1090,7 @@ mod tests {
             paths: vec![],
             excludes: vec![],
             overwrite: crate::engine::restore::Overwrite::Always,
+            delete: false,
             target: RestoreTarget {
                 server: ServerId(1),
                 dir: "/srv/restore".into(),
@@ -1108,6 +1120,7 @@ mod tests {
             paths_json: "[]".into(),
             excludes_json: "[]".into(),
             overwrite: "always".into(),
+            delete: false,
             target_dir: "/srv/restore".into(),
             status: status.into(),
             request_id: Some(RequestId(1)),
@@ -1302,6 +1315,19 @@ mod tests {
                 r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "overwrite": "sometimes"}"#
             )
             .is_err()
+        );
+        // Deleting is off unless the plan says so, and said only then.
+        assert!(!parsed.delete);
+        assert!(!serde_json::to_string(&parsed).unwrap().contains("delete"));
+        let deleting: RestorePlan = serde_json::from_str(
+            r#"{"server": 3, "target": {"server": 3, "dir": "/"}, "delete": true}"#,
+        )
+        .expect("plan JSON");
+        assert!(deleting.delete);
+        assert!(
+            serde_json::to_string(&deleting)
+                .unwrap()
+                .contains(r#""delete":true"#)
         );
         assert!(
             serde_json::from_str::<RestorePlan>(

@@ -124,6 +124,11 @@ pub enum RestoreJobCmd {
         /// leaves what exists as it is.
         #[arg(long, value_name = "MODE", default_value = "always")]
         overwrite: crate::engine::restore::Overwrite,
+        /// Also delete from the target what the snapshot does not hold, in the
+        /// directories restored at or below the snapshot's backed-up paths (never above
+        /// them), among what the paths and `--exclude` select.
+        #[arg(long)]
+        delete: bool,
         /// Restore to another server of the same agency.
         #[arg(long)]
         to_server: Option<i64>,
@@ -533,6 +538,7 @@ pub(super) fn restore_json(restore: &pb::Restore) -> serde_json::Value {
         "id": restore.id, "agency_id": restore.agency_id, "server_id": restore.server_id,
         "target_server_id": restore.target_server_id, "snapshot": restore.snapshot,
         "paths": restore.paths, "excludes": restore.excludes, "overwrite": restore.overwrite,
+        "delete": restore.delete,
         "target_dir": restore.target_dir, "status": restore.status,
         "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
         "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
@@ -623,6 +629,9 @@ fn print_restore(json: bool, restore: &pb::Restore) {
     if !matches!(restore.overwrite.as_str(), "" | "always") {
         println!("  files already in the target: {}", restore.overwrite);
     }
+    if restore.delete {
+        println!("  deleting what the snapshot does not hold");
+    }
     if let Some(verified) = stats["files_verified"].as_u64() {
         println!(
             "  {verified} files verified, {} failed, {} bytes written",
@@ -640,6 +649,25 @@ fn print_restore(json: bool, restore: &pb::Restore) {
     let kept = stats["files_kept"].as_u64().unwrap_or(0);
     if kept > 0 {
         println!("  {kept} entries already in the target left as they were (not verified)");
+    }
+    let deleted = stats["deleted"].as_u64().unwrap_or(0);
+    if deleted > 0 {
+        println!("  {deleted} entries the snapshot does not hold deleted:");
+        const SHOWN: usize = 20;
+        for path in stats["deleted_paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(SHOWN)
+        {
+            println!("    {}", path.as_str().unwrap_or_default());
+        }
+        if deleted > SHOWN as u64 {
+            println!(
+                "    and {} more (--json lists the first 1000; the agent's log names each)",
+                deleted - SHOWN as u64
+            );
+        }
     }
     if let Some(failed) = stats["failed"].as_array() {
         for item in failed {
@@ -669,6 +697,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     paths,
                     excludes,
                     overwrite,
+                    delete,
                     to_server,
                     request,
                     from_plan,
@@ -681,6 +710,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             paths,
                             excludes,
                             overwrite: overwrite.name().to_owned(),
+                            delete,
                             target_server_id: to_server.unwrap_or(0),
                             target_dir: target,
                             request_id: request.unwrap_or(0),

@@ -53,6 +53,11 @@ pub enum RestoreRequestCmd {
         /// leaves what exists as it is.
         #[arg(long, value_name = "MODE", default_value = "always")]
         overwrite: crate::engine::restore::Overwrite,
+        /// Also delete from the target what the snapshot does not hold, in the
+        /// directories restored at or below the snapshot's backed-up paths (never above
+        /// them), among what the paths and `--exclude` select.
+        #[arg(long)]
+        delete: bool,
         /// The server restored to (default: the source itself).
         #[arg(long)]
         target_server: Option<i64>,
@@ -104,6 +109,7 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
         paths,
         excludes,
         overwrite,
+        delete,
         target_server,
         target,
         check,
@@ -147,6 +153,9 @@ fn plan_from_options(command: &RestoreRequestCmd) -> anyhow::Result<serde_json::
     }
     if *overwrite != crate::engine::restore::Overwrite::Always {
         plan["overwrite"] = json!(overwrite.name());
+    }
+    if *delete {
+        plan["delete"] = json!(true);
     }
     if let Some(from_plan) = from_plan {
         plan["backup_plan"] = json!(from_plan);

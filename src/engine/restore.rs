@@ -278,6 +278,37 @@ impl Overwrite {
             Overwrite::Always | Overwrite::IfChanged => false,
         }
     }
+
+    /// What becomes of `found` (what the target holds, not followed) where the
+    /// snapshot has a regular file of `size` bytes modified at `recorded_ns`.
+    #[must_use]
+    pub fn judge(self, size: u64, recorded_ns: i64, found: &std::fs::Metadata) -> Judged {
+        let found_ns = mtime_ns(found);
+        if self.keeps(recorded_ns, found_ns) {
+            Judged::Kept
+        } else if !found.is_file() || found.len() != size {
+            Judged::Replace
+        } else if self == Overwrite::IfChanged && found_ns == recorded_ns {
+            Judged::Trusted
+        } else {
+            Judged::Compare
+        }
+    }
+}
+
+/// What a restore does with what the target holds where the snapshot has a regular
+/// file ([`Overwrite::judge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// Left as it is, whatever it holds (`if-newer`, `never`).
+    Kept,
+    /// Replaced: not a regular file, or not of the snapshot's size.
+    Replace,
+    /// Taken as the snapshot's content without reading it (`if-changed`, same size
+    /// and time).
+    Trusted,
+    /// Read and compared chunk by chunk with the snapshot's ids.
+    Compare,
 }
 
 impl std::str::FromStr for Overwrite {
@@ -634,11 +665,11 @@ fn existing_file(
     let Ok(m) = std::fs::symlink_metadata(path) else {
         return Existing::Replace;
     };
-    if opts.overwrite.keeps(node.mtime_ns, mtime_ns(&m)) {
-        return Existing::Kept;
-    }
-    if !m.is_file() || m.len() != node.size {
-        return Existing::Replace;
+    let judged = opts.overwrite.judge(node.size, node.mtime_ns, &m);
+    match judged {
+        Judged::Kept => return Existing::Kept,
+        Judged::Replace => return Existing::Replace,
+        Judged::Trusted | Judged::Compare => {}
     }
     let Ok(f) = OpenOptions::new()
         .read(true)
@@ -647,8 +678,7 @@ fn existing_file(
     else {
         return Existing::Replace;
     };
-    let trusted = opts.overwrite == Overwrite::IfChanged && mtime_ns(&m) == node.mtime_ns;
-    if !trusted && compare_content(sources, &f, node).is_err() {
+    if judged == Judged::Compare && compare_content(sources, &f, node).is_err() {
         return Existing::Replace;
     }
     if opts.dry_run || finish_file(&f, node, owners).is_ok() {

@@ -87,6 +87,9 @@ impl Drop for Staging {
     }
 }
 
+/// Why a restore from a restic repository cannot delete what its snapshot does not hold.
+pub const DELETE_NEEDS_CADANG: &str = "--delete restores only the server's cadang snapshots: a restic snapshot is restored through a staging copy, which does not say which directories it holds whole";
+
 /// Restores `restore` (which names `plan`) from the plan's restic repository `repo` to
 /// the agent of `target`. Returns how it ended and the snapshot restored (full id) once
 /// resolved. Blocks; runs on a blocking thread.
@@ -104,6 +107,14 @@ pub fn restore_from_restic(
     progress: &Progress,
     options: RemoteOptions,
 ) -> (RestoreEnd, Option<String>) {
+    // Refused when the restore is asked for; a record that holds it anyway is not
+    // restored without the deletion it asked for.
+    if restore.delete {
+        return (
+            failed(json!({ "engine": "restic" }), DELETE_NEEDS_CADANG.into()),
+            None,
+        );
+    }
     // Restic stages what the paths select; what the restore leaves out is left out of
     // what is streamed to the agent, with the engine's pattern syntax.
     let excludes = match super::restore_excludes(restore) {
@@ -613,6 +624,7 @@ fn staged_entries(
                 },
             )?),
             in_place: false,
+            clean: false,
         };
         if kind.is_dir() {
             entry.kind = "dir".into();

@@ -69,6 +69,10 @@ impl<'a> Outgoing<'a> {
                 id_key: id_key.to_vec(),
                 snapshot_id: snapshot.to_owned(),
                 overwrite: restore.overwrite.clone(),
+                // Set by the caller, which knows the snapshot's backed-up paths.
+                delete: false,
+                excludes: Vec::new(),
+                clean_target: false,
             },
             entries,
             reconnect_wait,
@@ -256,6 +260,22 @@ pub(crate) fn stream_restore(
             json!({ "snapshot": snapshot }),
             Some(format!(
                 "the agent of server {} is older than this daemon and cannot keep the files already in the target (--overwrite {overwrite}); upgrade it, or restore with --overwrite always",
+                target.id
+            )),
+        ));
+    }
+    if job.delete
+        && !link
+            .features
+            .iter()
+            .any(|feature| feature == crate::rpc::FEATURE_RESTORE_DELETE)
+    {
+        hub.close_job(target.id, &job_id);
+        return Err(end(
+            "failed",
+            json!({ "snapshot": snapshot }),
+            Some(format!(
+                "the agent of server {} is older than this daemon and cannot delete what the snapshot does not hold; upgrade it, or restore without --delete",
                 target.id
             )),
         ));
@@ -476,6 +496,8 @@ impl Streamed {
             "files_unchanged": self.done.files_unchanged,
             "bytes_unchanged": self.done.bytes_unchanged,
             "files_kept": self.done.files_kept,
+            "deleted": self.done.deleted,
+            "deleted_paths": self.done.deleted_paths,
             "bytes_sent": self.bytes_sent,
             "failed": listed,
         });
@@ -585,7 +607,7 @@ mod tests {
                 target_dir: "/srv".into(),
                 id_key: vec![0; 32],
                 snapshot_id: "ab".repeat(32),
-                overwrite: String::new(),
+                ..Default::default()
             },
             entries,
             reconnect_wait: Duration::from_secs(5),

@@ -64,6 +64,9 @@ pub const BROWSING_AT_ONCE: usize = 2;
 /// holds, and honours `RestoreJob.overwrite` and `RestoreEntry.in_place`.
 pub const FEATURE_RESTORE_IN_PLACE: &str = "restore-in-place";
 
+/// An agent's feature: it honours `RestoreJob.delete` and `RestoreEntry.clean`.
+pub const FEATURE_RESTORE_DELETE: &str = "restore-delete";
+
 impl Ctx {
     /// A context reading the system clock, with no agent connected yet and no
     /// repositories.

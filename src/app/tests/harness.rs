@@ -567,6 +567,7 @@ impl Env {
                     paths: Vec::new(),
                     excludes: Vec::new(),
                     overwrite: crate::engine::restore::Overwrite::Always,
+                    delete: false,
                     target: crate::app::restore_requests::RestoreTarget {
                         server: server.id,
                         dir: "/srv/restore".into(),
