@@ -2803,30 +2803,81 @@ fn agents_of_two_agencies_enrol_report_back_up_restore_and_stay_isolated() {
     std::fs::write(trimmed_root.join("html/img/extra.png"), b"left out by path").unwrap();
     let beside = trimmed_root.parent().unwrap().join("beside.txt");
     std::fs::write(&beside, b"above the backed-up path").unwrap();
-    let deleting = restore_into(&trimmed, &[trim, &["--delete"]].concat());
-    assert_eq!(deleting["status"], "ok", "{deleting}");
-    assert_eq!(deleting["delete"], true, "{deleting}");
-    let mut deleted: Vec<String> = deleting["stats"]["deleted_paths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|path| path.as_str().unwrap().to_owned())
-        .collect();
-    deleted.sort();
     let inner = trimmed_root
         .strip_prefix(&trimmed)
         .unwrap()
         .display()
         .to_string();
+    let planted = [
+        format!("{inner}/html/cache"),
+        format!("{inner}/html/planted.php"),
+    ];
+    let sorted = |list: &serde_json::Value| {
+        let mut paths: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|path| path.as_str().unwrap().to_owned())
+            .collect();
+        paths.sort();
+        paths
+    };
+    // A dry run first: it says what would be written and deleted, sends no content and
+    // changes nothing.
+    let preview = restore_into(&trimmed, &[trim, &["--delete", "--dry-run"]].concat());
+    assert_eq!(preview["status"], "ok", "{preview}");
+    assert_eq!(preview["dry_run"], true, "{preview}");
+    assert_eq!(preview["stats"]["bytes_sent"], 0, "{preview}");
     assert_eq!(
-        deleted,
-        [
-            format!("{inner}/html/cache"),
-            format!("{inner}/html/planted.php")
+        sorted(&preview["stats"]["to_delete_paths"]),
+        planted,
+        "{preview}"
+    );
+    // Only index.html, edited, has content to write (links are made again).
+    assert_eq!(
+        preview["stats"]["bytes_to_write"],
+        std::fs::metadata(source.join("html/index.html"))
+            .unwrap()
+            .len(),
+        "{preview}"
+    );
+    assert!(trimmed_root.join("html/planted.php").exists());
+    assert!(trimmed_root.join("html/cache/1").is_dir());
+    assert_eq!(
+        std::fs::read(trimmed_root.join("html/index.html")).unwrap(),
+        b"edited on the server"
+    );
+    // Not as an attempt of a restore request.
+    refused_restore(
+        &[
+            "--dry-run",
+            "--request",
+            "1",
+            "--target",
+            &trimmed.display().to_string(),
         ],
+        "INVALID_ARGUMENT",
+    );
+    let deleting = restore_into(&trimmed, &[trim, &["--delete"]].concat());
+    assert_eq!(deleting["status"], "ok", "{deleting}");
+    assert_eq!(deleting["delete"], true, "{deleting}");
+    assert_eq!(
+        sorted(&deleting["stats"]["deleted_paths"]),
+        planted,
         "{deleting}"
     );
     assert_eq!(deleting["stats"]["deleted"], 2, "{deleting}");
+    // The dry run said what the restore did.
+    for (said, done) in [
+        ("files_to_write", "files_verified"),
+        ("bytes_to_write", "bytes"),
+        ("files_unchanged", "files_unchanged"),
+    ] {
+        assert_eq!(
+            preview["stats"][said], deleting["stats"][done],
+            "{said}: {preview} {deleting}"
+        );
+    }
     assert!(!trimmed_root.join("html/planted.php").exists());
     assert!(!trimmed_root.join("html/cache").exists());
     assert!(trimmed_root.join("html/new.txt").exists());

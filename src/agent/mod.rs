@@ -714,7 +714,13 @@ fn restore_job(
             .is_ok()
     };
     let started = crate::engine::restore::Overwrite::parse_or_always(&job.overwrite)
-        .and_then(|overwrite| restore::RestoreWriter::new(&job.target_dir, &job.id_key, overwrite))
+        .and_then(|overwrite| {
+            if job.dry_run {
+                restore::RestoreWriter::new_dry_run(&job.target_dir, &job.id_key, overwrite)
+            } else {
+                restore::RestoreWriter::new(&job.target_dir, &job.id_key, overwrite)
+            }
+        })
         .and_then(|writer| {
             if job.delete {
                 writer.deleting(&job.excludes, job.clean_target)
@@ -816,6 +822,7 @@ async fn session(
             features: vec![
                 crate::rpc::FEATURE_RESTORE_IN_PLACE.into(),
                 crate::rpc::FEATURE_RESTORE_DELETE.into(),
+                crate::rpc::FEATURE_RESTORE_DRY_RUN.into(),
             ],
         })),
     };

@@ -37,6 +37,9 @@
 //!   leave out is never deleted; a link is removed, never followed, and a directory with
 //!   what it holds. With `always` or `if-changed`, a directory where the snapshot has
 //!   something else (or a file or link where it has a directory) is replaced.
+//! * A dry run ([`RestoreWriter::new_dry_run`]) reads what the target holds and decides
+//!   as a restore would, but creates, writes, changes and deletes nothing: what it
+//!   would write is counted as written, what it would delete as deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -299,6 +302,10 @@ pub struct RestoreWriter {
     found: HashMap<Vec<u8>, Found>,
     /// What the restore deletes (`--delete`), when it does.
     deleting: Option<Deleting>,
+    /// Only deciding: nothing is created, written, changed or deleted.
+    dry_run: bool,
+    /// In a dry run, the hard-link groups with a path counted already.
+    dry_groups: HashSet<u64>,
 }
 
 fn lossy(path: &[u8]) -> String {
@@ -312,22 +319,50 @@ impl RestoreWriter {
     /// # Errors
     /// A message when the target is relative, cannot be created, or is not a directory.
     pub fn new(target: &str, id_key: &[u8], overwrite: Overwrite) -> Result<Self, String> {
+        Self::start(target, id_key, overwrite, false)
+    }
+
+    /// A dry run into `target` (which need not exist): it reads what the target holds
+    /// and decides as [`RestoreWriter::new`]'s would, but creates, writes, changes and
+    /// deletes nothing.
+    ///
+    /// # Errors
+    /// A message when the target is relative or something else than a directory.
+    pub fn new_dry_run(target: &str, id_key: &[u8], overwrite: Overwrite) -> Result<Self, String> {
+        Self::start(target, id_key, overwrite, true)
+    }
+
+    fn start(
+        target: &str,
+        id_key: &[u8],
+        overwrite: Overwrite,
+        dry_run: bool,
+    ) -> Result<Self, String> {
         let ids = job_ids(id_key)?;
         let target = PathBuf::from(target);
         if !target.is_absolute() {
             return Err(format!("{} is not an absolute path", target.display()));
         }
-        std::fs::create_dir_all(&target)
-            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-        let meta =
-            std::fs::symlink_metadata(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-        if !meta.is_dir() {
-            return Err(format!("{} is not a directory", target.display()));
+        if !dry_run {
+            std::fs::create_dir_all(&target)
+                .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", target.display())),
+            Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", target.display())),
         }
         let mut real_dirs = HashSet::new();
         real_dirs.insert(target.clone());
-        let behind = WriteBehind::start()
-            .map_err(|e| format!("cannot start the write-behind thread: {e}"))?;
+        let behind = if dry_run {
+            None
+        } else {
+            Some(
+                WriteBehind::start()
+                    .map_err(|e| format!("cannot start the write-behind thread: {e}"))?,
+            )
+        };
         Ok(Self {
             target,
             ids,
@@ -341,11 +376,13 @@ impl RestoreWriter {
             is_root: unsafe { libc::geteuid() } == 0,
             links: HashMap::new(),
             skip_chunks: 0,
-            behind: Some(behind),
+            behind,
             readback: Vec::new(),
             overwrite,
             found: HashMap::new(),
             deleting: None,
+            dry_run,
+            dry_groups: HashSet::new(),
         })
     }
 
@@ -578,6 +615,10 @@ impl RestoreWriter {
                 names.insert(name.to_vec());
             }
         }
+        if self.dry_run {
+            self.dry_entry(entry);
+            return;
+        }
         if entry.in_place {
             self.in_place(entry);
             return;
@@ -606,6 +647,71 @@ impl RestoreWriter {
         };
         if let Err((p, reason)) = result {
             self.fail(&p, reason);
+        }
+    }
+
+    /// An entry of a dry run: counted as what the restore would do with it.
+    fn dry_entry(&mut self, entry: pb::RestoreEntry) {
+        if entry.in_place {
+            match self.found.remove(&entry.path) {
+                Some(found) if found.unchanged => {
+                    self.summary.files_unchanged += 1;
+                    self.summary.bytes_unchanged += entry.size;
+                }
+                Some(_) => self.summary.files_kept += 1,
+                None => self.fail(
+                    &entry.path,
+                    "the daemon sent the file as already in place, but this agent did not find it there",
+                ),
+            }
+            return;
+        }
+        if let Some(bad) = entry
+            .path
+            .split(|b| *b == b'/')
+            .find_map(|part| check_name(part).err())
+        {
+            self.fail(&entry.path, bad);
+            return;
+        }
+        // Where every directory on the way exists; else everything there is new.
+        let existing = existing_under(&self.target, &self.real_dirs, &entry.path);
+        if let Some(path) = &existing
+            && let Err(reason) = self.clear_the_way(path, &entry)
+        {
+            self.fail(&entry.path, reason);
+            return;
+        }
+        let kept = || {
+            existing
+                .as_deref()
+                .is_some_and(|path| self.keeps_existing(path, &entry))
+        };
+        match entry.kind.as_str() {
+            "dir" => {
+                if entry.clean
+                    && let Some(deleting) = self.deleting.as_mut()
+                    && !deleting.cleans(&entry.path)
+                {
+                    deleting.dirs.insert(entry.path.clone(), HashSet::new());
+                    deleting.order.push(entry.path.clone());
+                }
+            }
+            "file" => {
+                self.summary.files_verified += 1;
+                // A later path of a hard-link group would be a link to the first.
+                if entry.hardlink == 0 || self.dry_groups.insert(entry.hardlink) {
+                    self.summary.bytes += entry.size;
+                }
+            }
+            "symlink" | "fifo" => {
+                if kept() {
+                    self.summary.files_kept += 1;
+                } else {
+                    self.summary.files_verified += 1;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -655,7 +761,9 @@ impl RestoreWriter {
         if meta.is_dir() == wants_dir {
             return Ok(());
         }
-        let removed = if meta.is_dir() {
+        let removed = if self.dry_run {
+            Ok(())
+        } else if meta.is_dir() {
             std::fs::remove_dir_all(path)
         } else {
             std::fs::remove_file(path)
@@ -666,7 +774,11 @@ impl RestoreWriter {
     }
 
     fn deleted(&mut self, rel: &[u8]) {
-        tracing::info!(path = %lossy(rel), "deleted: not in the snapshot");
+        if self.dry_run {
+            tracing::info!(path = %lossy(rel), "would be deleted: not in the snapshot");
+        } else {
+            tracing::info!(path = %lossy(rel), "deleted: not in the snapshot");
+        }
         self.summary.deleted += 1;
         if self.summary.deleted_paths.len() < DELETED_LISTED {
             self.summary.deleted_paths.push(lossy(rel));
@@ -692,6 +804,14 @@ impl RestoreWriter {
             };
             let listing = match listing {
                 Ok(listing) => listing,
+                // A dry run creates no directory, and replaces nothing in one's way.
+                Err(e)
+                    if self.dry_run
+                        && (e.kind() == std::io::ErrorKind::NotFound
+                            || e.raw_os_error() == Some(libc::ENOTDIR)) =>
+                {
+                    continue;
+                }
                 Err(e) => {
                     self.fail(
                         dir,
@@ -719,7 +839,9 @@ impl RestoreWriter {
                 }
                 let child = path.join(&name);
                 // Never followed: a link is removed itself, a directory with what it holds.
-                let removed = if kind.is_dir() {
+                let removed = if self.dry_run {
+                    Ok(())
+                } else if kind.is_dir() {
                     std::fs::remove_dir_all(&child)
                 } else {
                     std::fs::remove_file(&child)
@@ -1045,6 +1167,9 @@ impl RestoreWriter {
         // Before directory times are set: deleting changes them.
         self.clean();
         let mut dirs = std::mem::take(&mut self.dirs);
+        if self.dry_run {
+            dirs.clear();
+        }
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.as_os_str().len()));
         for (path, entry) in &dirs {
             if let Err(reason) = self.apply_metadata(path, entry, true) {
@@ -1084,7 +1209,9 @@ impl RestoreWriter {
         }
         // One flush for every file written: a restore is not reported until what it
         // wrote is on disk.
-        if let Err(e) = sync_file_system(&self.target) {
+        if !self.dry_run
+            && let Err(e) = sync_file_system(&self.target)
+        {
             let target = self.target.as_os_str().as_bytes().to_vec();
             self.fail(
                 &target,
@@ -1534,6 +1661,90 @@ mod tests {
         assert_eq!(std::fs::read(&b).unwrap(), b"b");
         rename_noreplace(&a, &dir.path().join("c")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("c")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_dry_run_decides_as_a_restore_would_and_changes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        let good = b"data dinas ".repeat(300);
+        std::fs::create_dir_all(root.join("srv/www/cache")).unwrap();
+        std::fs::write(root.join("srv/www/same.txt"), &good).unwrap();
+        std::fs::write(root.join("srv/www/edited.txt"), b"edited").unwrap();
+        std::fs::write(root.join("srv/www/planted.php"), b"<?php").unwrap();
+        std::fs::write(root.join("srv/www/sub"), b"a file where a directory was").unwrap();
+        // Every name, kind, size, time and inode under the target.
+        let look = || {
+            let mut seen = Vec::new();
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                for item in std::fs::read_dir(&dir).unwrap() {
+                    let path = item.unwrap().path();
+                    let meta = std::fs::symlink_metadata(&path).unwrap();
+                    if meta.is_dir() {
+                        stack.push(path.clone());
+                    }
+                    seen.push((path, meta.ino(), meta.len(), meta.mtime(), meta.mode()));
+                }
+            }
+            seen.sort();
+            seen
+        };
+        let before = look();
+        let mut w = RestoreWriter::new_dry_run(root.to_str().unwrap(), &[7; 32], Overwrite::Always)
+            .unwrap()
+            .deleting(&[], false)
+            .unwrap();
+        let (same, _) = file_entry("srv/www/same.txt", &good);
+        let (edited, _) = file_entry("srv/www/edited.txt", &good);
+        let (first, _) = file_entry("srv/www/sub/new.txt", &good);
+        let (mut linked, _) = file_entry("srv/www/sub/linked.txt", &good);
+        let mut first = first;
+        first.hardlink = 3;
+        linked.hardlink = 3;
+        let files = vec![same.clone(), edited.clone(), first.clone(), linked.clone()];
+        let (unchanged, kept) = w.probe(&files);
+        assert_eq!((unchanged, kept), (vec![0], vec![]));
+        let mut www = dir_entry("srv/www");
+        www.clean = true;
+        let mut sub = dir_entry("srv/www/sub");
+        sub.clean = true;
+        w.entry(dir_entry("srv"));
+        w.entry(www);
+        let mut same = same;
+        same.in_place = true;
+        w.entry(same);
+        w.entry(edited);
+        w.entry(sub);
+        w.entry(first);
+        w.entry(linked);
+        let (summary, failed, _) = w.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(summary.files_unchanged, 1);
+        assert_eq!(
+            summary.files_verified, 3,
+            "edited.txt and the two links would be written"
+        );
+        assert_eq!(
+            summary.bytes,
+            2 * good.len() as u64,
+            "the second link writes nothing"
+        );
+        let mut deleted = summary.deleted_paths.clone();
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            ["srv/www/cache", "srv/www/planted.php", "srv/www/sub"],
+            "the file in the directory's way, and what the snapshot lacks"
+        );
+        assert_eq!(look(), before, "nothing changed");
+        // A target that does not exist is not created.
+        let absent = root.join("not-yet");
+        let w = RestoreWriter::new_dry_run(absent.to_str().unwrap(), &[7; 32], Overwrite::Always)
+            .unwrap();
+        let _ = w.finish();
+        assert!(!absent.exists());
     }
 
     #[test]

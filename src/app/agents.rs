@@ -61,6 +61,8 @@ pub struct StartRestore {
     /// Also delete from the target what the snapshot does not hold, at or below the
     /// snapshot's backed-up paths (only from the server's cadang snapshots).
     pub delete: bool,
+    /// Only find out what the restore would do (not for a restore request).
+    pub dry_run: bool,
     /// The server to restore to (same agency).
     pub target_server_id: ServerId,
     /// Absolute directory on the target.
@@ -792,6 +794,11 @@ impl App {
         work.require(&RESTORE_ROLES, "start restores")?;
         let source = work.tx.server(restore.server_id).await?;
         caller.check_agency(source.agency_id, &format!("server {}", source.id))?;
+        if restore.dry_run && restore.request_id.is_some() {
+            return Err(AppError::invalid(
+                "a dry run is no attempt of a restore request: start it without --request",
+            ));
+        }
         if let Some(plan) = restore.plan_id {
             super::plans::restic_source(&mut work.tx, plan, source.agency_id).await?;
             if restore.delete {
@@ -877,6 +884,7 @@ impl App {
                         .map_err(|error| AppError::internal(error.to_string()))?,
                     overwrite: restore.overwrite.name().to_owned(),
                     delete: restore.delete,
+                    dry_run: restore.dry_run,
                     target_dir: target_dir.to_owned(),
                     request_id: restore.request_id,
                     requested_by: username,
@@ -892,7 +900,7 @@ impl App {
             "server": record.server_id, "target_server": record.target_server_id,
             "plan": record.plan_id,
             "snapshot": record.snapshot, "paths": restore.paths, "excludes": restore.excludes,
-            "overwrite": record.overwrite, "delete": record.delete,
+            "overwrite": record.overwrite, "delete": record.delete, "dry_run": record.dry_run,
             "target_dir": record.target_dir,
             "request": record.request_id,
         }));

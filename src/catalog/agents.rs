@@ -107,6 +107,8 @@ pub struct NewRestore {
     /// What the snapshot does not hold is deleted from the target (at or below the
     /// snapshot's backed-up paths).
     pub delete: bool,
+    /// Only a dry run: the agent decides and writes nothing.
+    pub dry_run: bool,
     /// Target directory.
     pub target_dir: String,
     /// The request it serves.
@@ -161,6 +163,8 @@ pub struct RestoreRecord {
     /// What the snapshot does not hold is deleted from the target (at or below the
     /// snapshot's backed-up paths).
     pub delete: bool,
+    /// Only a dry run: the agent decides and writes nothing.
+    pub dry_run: bool,
     /// Target directory.
     pub target_dir: String,
     /// `queued`, `running`, `ok`, `verify_differences`, `failed` or `cancelled`.
@@ -250,6 +254,7 @@ struct RestoreRow {
     excludes_json: String,
     overwrite: String,
     delete_extra: bool,
+    dry_run: bool,
     target_dir: String,
     status: String,
     request_id: Option<i64>,
@@ -279,6 +284,7 @@ impl RestoreRow {
             excludes_json: self.excludes_json,
             overwrite: self.overwrite,
             delete: self.delete_extra,
+            dry_run: self.dry_run,
             target_dir: self.target_dir,
             status: self.status,
             request_id: self.request_id.map(RequestId),
@@ -312,7 +318,7 @@ macro_rules! select_restores {
         concat!(
             "SELECT id, agency_id, server_id, target_server_id, snapshot, paths_json, target_dir, ",
             "status, request_id, requested_by, queued_at, started_at, finished_at, lease_owner, ",
-            "attempts, stats_json, error, attempt, use_replica, check_json, plan_id, excludes_json, overwrite, delete_extra FROM restores ",
+            "attempts, stats_json, error, attempt, use_replica, check_json, plan_id, excludes_json, overwrite, delete_extra, dry_run FROM restores ",
             $tail
         )
     };
@@ -337,8 +343,8 @@ const LATEST_INVENTORY: &str = "SELECT server_id, agent_id, reported_at, invento
 const COUNT_INVENTORIES: &str = "SELECT COUNT(*) FROM agent_inventories WHERE server_id = $1";
 const INSERT_RESTORE: &str = "INSERT INTO restores (agency_id, server_id, target_server_id, snapshot, paths_json, \
      target_dir, status, request_id, requested_by, queued_at, attempt, use_replica, check_json, plan_id, \
-     excludes_json, overwrite, delete_extra) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, \
-     $14, $15, $16) RETURNING id";
+     excludes_json, overwrite, delete_extra, dry_run) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, \
+     $12, $13, $14, $15, $16, $17) RETURNING id";
 const CLAIM_RESTORE: &str = "UPDATE restores SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
      attempts = attempts + 1, started_at = COALESCE(started_at, $3) WHERE id = $4 \
      AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))";
@@ -622,6 +628,7 @@ impl Tx {
                 .bind(&restore.excludes_json)
                 .bind(&restore.overwrite)
                 .bind(restore.delete)
+                .bind(restore.dry_run)
                 .fetch_one(&mut *conn)
                 .await?
         });

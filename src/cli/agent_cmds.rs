@@ -129,6 +129,11 @@ pub enum RestoreJobCmd {
         /// them), among what the paths and `--exclude` select.
         #[arg(long)]
         delete: bool,
+        /// Only find out what the restore would do: the agent reads what the target
+        /// holds and says what it would write, keep and (with `--delete`) delete, but
+        /// writes nothing; no content is sent. Not with `--request`.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
         /// Restore to another server of the same agency.
         #[arg(long)]
         to_server: Option<i64>,
@@ -538,7 +543,7 @@ pub(super) fn restore_json(restore: &pb::Restore) -> serde_json::Value {
         "id": restore.id, "agency_id": restore.agency_id, "server_id": restore.server_id,
         "target_server_id": restore.target_server_id, "snapshot": restore.snapshot,
         "paths": restore.paths, "excludes": restore.excludes, "overwrite": restore.overwrite,
-        "delete": restore.delete,
+        "delete": restore.delete, "dry_run": restore.dry_run,
         "target_dir": restore.target_dir, "status": restore.status,
         "stats": serde_json::from_str::<serde_json::Value>(&restore.stats_json).unwrap_or_default(),
         "error": restore.error, "queued_at": restore.queued_at, "started_at": restore.started_at,
@@ -632,6 +637,16 @@ fn print_restore(json: bool, restore: &pb::Restore) {
     if restore.delete {
         println!("  deleting what the snapshot does not hold");
     }
+    if restore.dry_run {
+        println!("  dry run: nothing was written, changed or deleted");
+    }
+    if let Some(to_write) = stats["files_to_write"].as_u64() {
+        println!(
+            "  {to_write} files would be written ({} bytes), {} would fail",
+            stats["bytes_to_write"].as_u64().unwrap_or(0),
+            stats["files_failed"].as_u64().unwrap_or(0)
+        );
+    }
     if let Some(verified) = stats["files_verified"].as_u64() {
         println!(
             "  {verified} files verified, {} failed, {} bytes written",
@@ -650,16 +665,17 @@ fn print_restore(json: bool, restore: &pb::Restore) {
     if kept > 0 {
         println!("  {kept} entries already in the target left as they were (not verified)");
     }
-    let deleted = stats["deleted"].as_u64().unwrap_or(0);
+    let (deleted, listed, done) = if restore.dry_run {
+        ("to_delete", "to_delete_paths", "would be deleted")
+    } else {
+        ("deleted", "deleted_paths", "deleted")
+    };
+    let listed = &stats[listed];
+    let deleted = stats[deleted].as_u64().unwrap_or(0);
     if deleted > 0 {
-        println!("  {deleted} entries the snapshot does not hold deleted:");
+        println!("  {deleted} entries the snapshot does not hold {done}:");
         const SHOWN: usize = 20;
-        for path in stats["deleted_paths"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(SHOWN)
-        {
+        for path in listed.as_array().into_iter().flatten().take(SHOWN) {
             println!("    {}", path.as_str().unwrap_or_default());
         }
         if deleted > SHOWN as u64 {
@@ -698,6 +714,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                     excludes,
                     overwrite,
                     delete,
+                    dry_run,
                     to_server,
                     request,
                     from_plan,
@@ -711,6 +728,7 @@ pub fn restore_job(conn: &ConnArgs, json: bool, command: RestoreJobCmd) -> ExitC
                             excludes,
                             overwrite: overwrite.name().to_owned(),
                             delete,
+                            dry_run,
                             target_server_id: to_server.unwrap_or(0),
                             target_dir: target,
                             request_id: request.unwrap_or(0),

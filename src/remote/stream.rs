@@ -73,6 +73,7 @@ impl<'a> Outgoing<'a> {
                 delete: false,
                 excludes: Vec::new(),
                 clean_target: false,
+                dry_run: restore.dry_run,
             },
             entries,
             reconnect_wait,
@@ -86,6 +87,8 @@ pub(crate) struct Streamed {
     pub entries: u64,
     /// Bytes of chunk payloads sent.
     pub bytes_sent: u64,
+    /// Only a dry run: the agent's summary says what it would have done.
+    pub dry_run: bool,
     /// The agent's summary.
     pub done: pb::RestoreDone,
     /// Files the agent could not write or verify.
@@ -264,6 +267,25 @@ pub(crate) fn stream_restore(
             )),
         ));
     }
+    // A dry run needs the agent's answers: it is sent no content.
+    if job.dry_run
+        && !(probing
+            && link
+                .features
+                .iter()
+                .any(|feature| feature == crate::rpc::FEATURE_RESTORE_DRY_RUN))
+    {
+        hub.close_job(target.id, &job_id);
+        return Err(end(
+            "failed",
+            json!({ "snapshot": snapshot }),
+            Some(format!(
+                "the agent of server {} is older than this daemon and cannot do a dry run; upgrade it",
+                target.id
+            )),
+        ));
+    }
+    let dry_run = job.dry_run;
     if job.delete
         && !link
             .features
@@ -358,9 +380,10 @@ pub(crate) fn stream_restore(
             if heard.failure.is_some() {
                 break 'batches;
             }
-            if in_place.contains(&position) {
+            // A dry run sends no content: the agent only decides.
+            if dry_run || in_place.contains(&position) {
                 source.skip(&entry);
-                entry.in_place = true;
+                entry.in_place = in_place.contains(&position);
                 if !send(handle, &link, Down::RestoreEntry(entry)) {
                     return Err(lost());
                 }
@@ -443,6 +466,7 @@ pub(crate) fn stream_restore(
     Ok(Streamed {
         entries: total,
         bytes_sent,
+        dry_run,
         done,
         failed: heard.failed,
         unreadable,
@@ -487,7 +511,24 @@ impl Streamed {
             .count() as u64;
         let files_failed = self.done.files_failed + only_here;
         let ok = files_failed == 0 && self.unreadable.is_empty();
-        let mut stats = json!({
+        let mut stats = if self.dry_run {
+            json!({
+                "dry_run": true,
+                "snapshot": snapshot,
+                "entries": self.entries,
+                "files_to_write": self.done.files_verified,
+                "bytes_to_write": self.done.bytes,
+                "files_failed": files_failed,
+                "files_unchanged": self.done.files_unchanged,
+                "bytes_unchanged": self.done.bytes_unchanged,
+                "files_kept": self.done.files_kept,
+                "to_delete": self.done.deleted,
+                "to_delete_paths": self.done.deleted_paths,
+                "bytes_sent": self.bytes_sent,
+                "failed": listed,
+            })
+        } else {
+            json!({
             "snapshot": snapshot,
             "entries": self.entries,
             "files_verified": self.done.files_verified,
@@ -500,7 +541,8 @@ impl Streamed {
             "deleted_paths": self.done.deleted_paths,
             "bytes_sent": self.bytes_sent,
             "failed": listed,
-        });
+            })
+        };
         if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
             stats.extend(extra);
         }
@@ -508,7 +550,13 @@ impl Streamed {
             if ok { "ok" } else { "verify_differences" },
             stats,
             (!ok).then(|| {
-                format!("{files_failed} file(s) could not be restored and verified; see the list")
+                if self.dry_run {
+                    format!("{files_failed} file(s) could not be restored; see the list")
+                } else {
+                    format!(
+                        "{files_failed} file(s) could not be restored and verified; see the list"
+                    )
+                }
             }),
         )
     }

@@ -67,6 +67,9 @@ pub const FEATURE_RESTORE_IN_PLACE: &str = "restore-in-place";
 /// An agent's feature: it honours `RestoreJob.delete` and `RestoreEntry.clean`.
 pub const FEATURE_RESTORE_DELETE: &str = "restore-delete";
 
+/// An agent's feature: it honours `RestoreJob.dry_run`.
+pub const FEATURE_RESTORE_DRY_RUN: &str = "restore-dry-run";
+
 impl Ctx {
     /// A context reading the system clock, with no agent connected yet and no
     /// repositories.
