@@ -1383,6 +1383,7 @@ pub fn restore_to_agent(
                 xattrs: crate::rpc::xattrs_to_wire(node.xattrs),
                 in_place: false,
                 clean,
+                reuse: Vec::new(),
             }
         })
         .collect();
@@ -1447,13 +1448,14 @@ impl stream::RestoreSource for Reader<'_> {
         Ok(pb::RestoreChunk { payload, raw_len })
     }
 
-    fn skip(&mut self, entry: &pb::RestoreEntry) {
-        if let Some(ahead) = self.ahead.as_mut() {
-            for id in &entry.content {
-                if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                    ahead.pass(&BlobId(id));
-                }
-            }
+    fn skip_chunk(&mut self, entry: &pb::RestoreEntry, n: usize) {
+        if let Some(ahead) = self.ahead.as_mut()
+            && let Some(Ok(id)) = entry
+                .content
+                .get(n)
+                .map(|id| <[u8; 32]>::try_from(id.as_slice()))
+        {
+            ahead.pass(&BlobId(id));
         }
     }
 }

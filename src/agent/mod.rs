@@ -769,12 +769,11 @@ fn restore_job(
                 }
             }
             Down::RestoreProbe(probe) => {
-                let (unchanged, kept) = writer.probe(&probe.files);
+                let answer = writer.probe(&probe.files);
                 if !send(Up::ProbeAnswer(pb::RestoreProbeAnswer {
                     job_id: job.job_id.clone(),
                     batch: probe.batch,
-                    unchanged,
-                    kept,
+                    ..answer
                 })) {
                     return;
                 }
@@ -797,6 +796,7 @@ fn restore_job(
                     files_kept: summary.files_kept,
                     deleted: summary.deleted,
                     deleted_paths: summary.deleted_paths,
+                    bytes_reused: summary.bytes_reused,
                 }));
                 return;
             }

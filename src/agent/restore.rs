@@ -30,6 +30,11 @@
 //!   and time) is kept and sent no chunk, and so is what `if-newer` or `never` leaves
 //!   alone. When its entry comes, a kept file that changed since it was looked at
 //!   fails; one that did not is given the entry's owner, mode, attributes and times.
+//!   A file that differs but still holds some of the snapshot's chunks at their offsets
+//!   (a database or disk image changed in a few places, a log that grew) is answered
+//!   in part: those chunks are not sent but copied from it into the new file, each
+//!   checked against its id, written and read back like a received one, and the new
+//!   file replaces the old one atomically as ever.
 //! * Deleting what the snapshot does not hold (`RestoreJob.delete`), only in the
 //!   directories the daemon marks ([`pb::RestoreEntry::clean`]: at or below the
 //!   snapshot's backed-up paths, wholly restored, listed in the repository), once every
@@ -77,6 +82,8 @@ pub struct RestoreSummary {
     pub deleted: u64,
     /// The first [`DELETED_LISTED`] of them, relative to the target.
     pub deleted_paths: Vec<String>,
+    /// Bytes copied from files already in the target (included in `bytes`).
+    pub bytes_reused: u64,
 }
 
 /// Deleted paths named in a restore's summary (all are logged).
@@ -123,12 +130,30 @@ fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
     rel
 }
 
-/// A file a probe found in the target and said it keeps.
+/// A file a probe found in the target and what it said of it.
 struct Found {
-    /// With the snapshot's content (else left alone by `if-newer` or `never`).
-    unchanged: bool,
+    verdict: Verdict,
     /// The file seen: device, inode, size and modification time.
     seen: (u64, u64, u64, i64),
+}
+
+/// What a probe said of a file the target holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// With the snapshot's content: kept, given the entry's metadata.
+    Unchanged,
+    /// Left alone (`if-newer`, `never`).
+    Kept,
+    /// Holding some of the snapshot's chunks at their offsets (a bitmap, as
+    /// [`pb::PartialFile::chunks`]): those are copied from it, not sent.
+    Partial(Vec<u8>),
+}
+
+/// Whether bit `i` of a chunk bitmap is set.
+fn held(bitmap: &[u8], i: usize) -> bool {
+    bitmap
+        .get(i / 8)
+        .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
 }
 
 fn seen(meta: &std::fs::Metadata) -> (u64, u64, u64, i64) {
@@ -155,22 +180,31 @@ fn entry_ids(entry: &pb::RestoreEntry) -> Result<Vec<[u8; 32]>, String> {
     Ok(ids)
 }
 
-/// Whether the open file `file` (of `entry.size` bytes) holds `entry`'s content, read
-/// chunk by chunk and compared by keyed id. What was read leaves the page cache.
-fn holds_content(ids: &IdKeys, file: &File, entry: &pb::RestoreEntry) -> bool {
+/// Which of `entry`'s chunks the open file `file` (of `len` bytes) holds at their
+/// offsets, read and compared by keyed id: a bitmap (bit i for chunk i) and how many.
+/// What was read leaves the page cache.
+fn chunks_held(ids: &IdKeys, file: &File, len: u64, entry: &pb::RestoreEntry) -> (Vec<u8>, usize) {
     let Ok(chunk_ids) = entry_ids(entry) else {
-        return false;
+        return (Vec::new(), 0);
     };
+    let mut bitmap = vec![0u8; chunk_ids.len().div_ceil(8)];
+    let mut count = 0;
     let mut buf = Vec::new();
     let mut offset = 0u64;
-    let same = chunk_ids.iter().zip(&entry.lengths).all(|(id, length)| {
+    for (i, (id, length)) in chunk_ids.iter().zip(&entry.lengths).enumerate() {
+        let end = offset + u64::from(*length);
+        if end > len {
+            break;
+        }
         buf.resize(*length as usize, 0);
-        let same = read_exact_sparse(file, &mut buf, offset).is_ok() && ids.blob_id(&buf).0 == *id;
-        offset += u64::from(*length);
-        same
-    });
+        if read_exact_sparse(file, &mut buf, offset).is_ok() && ids.blob_id(&buf).0 == *id {
+            bitmap[i / 8] |= 1 << (i % 8);
+            count += 1;
+        }
+        offset = end;
+    }
     let _ = crate::engine::writebehind::drop_cached(file, 0, 0);
-    same
+    (bitmap, count)
 }
 
 /// Owner (when root), attributes, mode and times of `entry`, through an open file.
@@ -223,6 +257,11 @@ struct OpenFile {
     entry: pb::RestoreEntry,
     /// Names the file's ranges handed to the write-behind.
     handed: Handed,
+    /// The file already at its place, which the chunks `entry.reuse` names are copied
+    /// from (checked to be the one the probe read).
+    local: Option<File>,
+    /// Bytes copied from it.
+    reused: u64,
 }
 
 /// A file whose written ranges are on their way to disk, for a write the disk refuses.
@@ -296,6 +335,8 @@ pub struct RestoreWriter {
     behind: Option<WriteBehind<Handed>>,
     /// A chunk read back from the file it was written to.
     readback: Vec<u8>,
+    /// A chunk copied from the file already at its place.
+    copybuf: Vec<u8>,
     /// What becomes of what the target already holds.
     overwrite: Overwrite,
     /// Files a probe said the target holds, by path, until their entries come.
@@ -378,6 +419,7 @@ impl RestoreWriter {
             skip_chunks: 0,
             behind,
             readback: Vec::new(),
+            copybuf: Vec::new(),
             overwrite,
             found: HashMap::new(),
             deleting: None,
@@ -408,10 +450,12 @@ impl RestoreWriter {
         Ok(self)
     }
 
-    /// Which of `files` (regular files of entries still to come) the target already
-    /// holds: by position in the list, those with the snapshot's content and those left
-    /// as they are under `if-newer` or `never`. Files are read in parallel.
-    pub fn probe(&mut self, files: &[pb::RestoreEntry]) -> (Vec<u32>, Vec<u32>) {
+    /// What the target already holds of `files` (regular files of entries still to
+    /// come), by position in the list: those with the snapshot's content, those left as
+    /// they are under `if-newer` or `never`, and those that hold some of the snapshot's
+    /// chunks at their offsets (copied from there, not sent). Files are read in
+    /// parallel. The answer's job and batch are left for the caller.
+    pub fn probe(&mut self, files: &[pb::RestoreEntry]) -> pb::RestoreProbeAnswer {
         let (target, known, ids, overwrite) =
             (&self.target, &self.real_dirs, &self.ids, self.overwrite);
         let found: Vec<Option<Found>> = files
@@ -422,46 +466,53 @@ impl RestoreWriter {
                 }
                 let path = existing_under(target, known, &entry.path)?;
                 let meta = std::fs::symlink_metadata(&path).ok()?;
-                match overwrite.judge(entry.size, entry.mtime_ns, &meta) {
-                    Judged::Kept => {
-                        return Some(Found {
-                            unchanged: false,
-                            seen: seen(&meta),
-                        });
-                    }
-                    Judged::Replace => return None,
-                    Judged::Trusted => {}
-                    Judged::Compare => {
-                        let file = std::fs::OpenOptions::new()
-                            .read(true)
-                            .custom_flags(libc::O_NOFOLLOW)
-                            .open(&path)
-                            .ok()?;
-                        // Compared with what was looked at: the same file, unchanged.
-                        let now = file.metadata().ok()?;
-                        if seen(&now) != seen(&meta) || !holds_content(ids, &file, entry) {
-                            return None;
-                        }
-                    }
-                }
-                Some(Found {
-                    unchanged: true,
+                let found = |verdict| Found {
+                    verdict,
                     seen: seen(&meta),
-                })
+                };
+                let judged = overwrite.judge(entry.size, entry.mtime_ns, &meta);
+                match judged {
+                    Judged::Kept => return Some(found(Verdict::Kept)),
+                    Judged::Trusted => return Some(found(Verdict::Unchanged)),
+                    // Of another size: its chunks may still be in place.
+                    Judged::Replace if !meta.is_file() => return None,
+                    Judged::Replace | Judged::Compare => {}
+                }
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .ok()?;
+                // Compared with what was looked at: the same file, unchanged.
+                let now = file.metadata().ok()?;
+                if seen(&now) != seen(&meta) {
+                    return None;
+                }
+                let (bitmap, count) = chunks_held(ids, &file, meta.len(), entry);
+                if judged == Judged::Compare && count == entry.content.len() {
+                    Some(found(Verdict::Unchanged))
+                } else if count > 0 {
+                    Some(found(Verdict::Partial(bitmap)))
+                } else {
+                    None
+                }
             })
             .collect();
-        let (mut unchanged, mut kept) = (Vec::new(), Vec::new());
+        let mut answer = pb::RestoreProbeAnswer::default();
         for (k, (entry, found)) in files.iter().zip(found).enumerate() {
             let Some(found) = found else { continue };
             let k = k as u32;
-            if found.unchanged {
-                unchanged.push(k);
-            } else {
-                kept.push(k);
+            match &found.verdict {
+                Verdict::Unchanged => answer.unchanged.push(k),
+                Verdict::Kept => answer.kept.push(k),
+                Verdict::Partial(bitmap) => answer.partial.push(pb::PartialFile {
+                    file: k,
+                    chunks: bitmap.clone(),
+                }),
             }
             self.found.insert(entry.path.clone(), found);
         }
-        (unchanged, kept)
+        answer
     }
 
     /// A file the probe found in the target: kept as it is, or, unchanged since, given
@@ -475,9 +526,19 @@ impl RestoreWriter {
             );
             return;
         };
-        if !found.unchanged {
-            self.summary.files_kept += 1;
-            return;
+        match found.verdict {
+            Verdict::Unchanged => {}
+            Verdict::Kept => {
+                self.summary.files_kept += 1;
+                return;
+            }
+            Verdict::Partial(_) => {
+                self.fail(
+                    &entry.path,
+                    "the daemon sent the file as already in place, but this agent found it different",
+                );
+                return;
+            }
         }
         let kept = (|| -> Result<PathBuf, String> {
             let path = existing_under(&self.target, &self.real_dirs, &entry.path)
@@ -653,13 +714,13 @@ impl RestoreWriter {
     /// An entry of a dry run: counted as what the restore would do with it.
     fn dry_entry(&mut self, entry: pb::RestoreEntry) {
         if entry.in_place {
-            match self.found.remove(&entry.path) {
-                Some(found) if found.unchanged => {
+            match self.found.remove(&entry.path).map(|found| found.verdict) {
+                Some(Verdict::Unchanged) => {
                     self.summary.files_unchanged += 1;
                     self.summary.bytes_unchanged += entry.size;
                 }
-                Some(_) => self.summary.files_kept += 1,
-                None => self.fail(
+                Some(Verdict::Kept) => self.summary.files_kept += 1,
+                Some(Verdict::Partial(_)) | None => self.fail(
                     &entry.path,
                     "the daemon sent the file as already in place, but this agent did not find it there",
                 ),
@@ -698,6 +759,7 @@ impl RestoreWriter {
                 }
             }
             "file" => {
+                self.found.remove(&entry.path);
                 self.summary.files_verified += 1;
                 // A later path of a hard-link group would be a link to the first.
                 if entry.hardlink == 0 || self.dry_groups.insert(entry.hardlink) {
@@ -863,6 +925,9 @@ impl RestoreWriter {
             Ok(ids) => ids,
             Err(reason) => return Err((entry.path, reason)),
         };
+        // The chunks copied on the server are not sent.
+        let streamed = (0..ids.len()).filter(|i| !held(&entry.reuse, *i)).count();
+        let probed = self.found.remove(&entry.path);
         let first = (entry.hardlink != 0)
             .then(|| self.links.get(&entry.hardlink))
             .flatten()
@@ -870,9 +935,40 @@ impl RestoreWriter {
             .map(|(first, _)| first.clone());
         if let Some(first) = first {
             self.link_file(&path, &first, &entry.path)?;
-            self.skip_chunks = ids.len();
+            self.skip_chunks = streamed;
             return Ok(());
         }
+        let local = if entry.reuse.is_empty() {
+            None
+        } else {
+            let fail = |reason: &str| {
+                // The chunks that come are not for any file.
+                (entry.path.clone(), reason.to_owned())
+            };
+            let Some(Found {
+                verdict: Verdict::Partial(_),
+                seen: was,
+            }) = probed
+            else {
+                self.skip_chunks = streamed;
+                return Err(fail(
+                    "the daemon sent chunks to copy from a file this agent did not find in part",
+                ));
+            };
+            let local = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .ok()
+                .filter(|file| file.metadata().is_ok_and(|meta| seen(&meta) == was));
+            if local.is_none() {
+                self.skip_chunks = streamed;
+                return Err(fail(
+                    "it changed on the server during the restore; restore it again",
+                ));
+            }
+            local
+        };
         let tmp_path = Self::tmp_beside(&path);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -905,15 +1001,67 @@ impl RestoreWriter {
             failed: None,
             entry,
             handed,
+            local,
+            reused: 0,
         });
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|open| open.ids.is_empty())
-        {
+        self.advance();
+        Ok(())
+    }
+
+    /// Copies the current file's next chunks that the file already at its place holds
+    /// (each checked against its id, written and read back), and ends the file once it
+    /// has every chunk.
+    fn advance(&mut self) {
+        let Some(open) = self.current.as_mut() else {
+            return;
+        };
+        while open.next < open.ids.len() && held(&open.entry.reuse, open.next) {
+            let index = open.next;
+            open.next += 1;
+            let length = open.lengths[index] as usize;
+            if open.failed.is_none() {
+                let copied = (|| -> Result<(), String> {
+                    let local = open.local.as_ref().ok_or("no file to copy from")?;
+                    self.copybuf.resize(length, 0);
+                    read_exact_sparse(local, &mut self.copybuf, open.offset).map_err(|e| {
+                        format!(
+                            "chunk {} cannot be read from the file there: {e}",
+                            index + 1
+                        )
+                    })?;
+                    if self.ids.blob_id(&self.copybuf).0 != open.ids[index] {
+                        return Err(format!(
+                            "chunk {} changed on the server during the restore; restore it again",
+                            index + 1
+                        ));
+                    }
+                    write_sparse(&open.file, &self.copybuf, open.offset)
+                        .map_err(|e| format!("cannot write: {e}"))?;
+                    Self::read_back(&self.ids, &mut self.readback, open, index)
+                })();
+                match copied {
+                    Ok(()) => {
+                        open.reused += length as u64;
+                        if let (Some(behind), Ok(dup)) = (&self.behind, open.file.try_clone()) {
+                            behind.written(
+                                dup,
+                                open.offset,
+                                length as u64,
+                                Arc::clone(&open.handed),
+                            );
+                        }
+                    }
+                    Err(e) => open.failed = Some(e),
+                }
+            }
+            open.offset += length as u64;
+        }
+        if open.next >= open.ids.len() {
+            if let Some(local) = &open.local {
+                let _ = crate::engine::writebehind::drop_cached(local, 0, 0);
+            }
             self.finish_file();
         }
-        Ok(())
     }
 
     /// Decodes and takes the next chunk of the current file on this thread (the agent
@@ -974,9 +1122,7 @@ impl RestoreWriter {
                 Decoded::Invalid(e) => open.failed = Some(format!("chunk {}: {e}", index + 1)),
             }
         }
-        if open.next >= open.ids.len() {
-            self.finish_file();
-        }
+        self.advance();
     }
 
     fn finish_file(&mut self) {
@@ -991,6 +1137,7 @@ impl RestoreWriter {
             Ok(bytes) => {
                 self.summary.files_verified += 1;
                 self.summary.bytes += bytes;
+                self.summary.bytes_reused += open.reused;
                 self.verified_since += 1;
                 if open.entry.hardlink != 0 {
                     self.links
@@ -1317,6 +1464,7 @@ mod tests {
             xattrs: Vec::new(),
             in_place: false,
             clean: false,
+            reuse: Vec::new(),
         };
         let messages = chunks
             .iter()
@@ -1330,6 +1478,13 @@ mod tests {
             })
             .collect();
         (entry, messages)
+    }
+
+    /// What a probe says is unchanged and kept (none found in part).
+    fn probed(w: &mut RestoreWriter, files: &[pb::RestoreEntry]) -> (Vec<u32>, Vec<u32>) {
+        let answer = w.probe(files);
+        assert!(answer.partial.is_empty(), "{answer:?}");
+        (answer.unchanged, answer.kept)
     }
 
     fn dir_entry(path: &str) -> pb::RestoreEntry {
@@ -1419,8 +1574,8 @@ mod tests {
         let root = target.path();
         std::fs::create_dir(root.join("srv")).unwrap();
         let good = b"laporan keuangan ".repeat(500);
-        let mut bad = good.clone();
-        bad[4321] ^= 1;
+        // Damaged throughout: no chunk of it can be kept.
+        let bad: Vec<u8> = good.iter().map(|b| b ^ 1).collect();
         std::fs::write(root.join("srv/same.txt"), &good).unwrap();
         std::fs::set_permissions(
             root.join("srv/same.txt"),
@@ -1438,7 +1593,7 @@ mod tests {
         let mut w =
             RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always).unwrap();
         let files: Vec<pb::RestoreEntry> = entries.iter().map(|(e, _)| e.clone()).collect();
-        let (unchanged, kept) = w.probe(&files);
+        let (unchanged, kept) = probed(&mut w, &files);
         assert_eq!(
             unchanged,
             [0, 2],
@@ -1500,14 +1655,17 @@ mod tests {
             std::fs::write(root.join("f.txt"), content).unwrap();
             filetime::set_file_mtime(root.join("f.txt"), mtime).unwrap();
             let mut w = RestoreWriter::new(root.to_str().unwrap(), &[7; 32], overwrite).unwrap();
-            w.probe(std::slice::from_ref(&entry))
+            let answer = w.probe(std::slice::from_ref(&entry));
+            let partial: Vec<u32> = answer.partial.iter().map(|p| p.file).collect();
+            (answer.unchanged, answer.kept, partial)
         };
         let other = b"something else entirely";
         let older = filetime::FileTime::from_unix_time(1_600_000_000, 0);
         let newer = filetime::FileTime::from_unix_time(1_800_000_000, 0);
-        let none: (Vec<u32>, Vec<u32>) = (vec![], vec![]);
-        let kept = (vec![], vec![0]);
-        let unchanged = (vec![0], vec![]);
+        let none: (Vec<u32>, Vec<u32>, Vec<u32>) = (vec![], vec![], vec![]);
+        let kept = (vec![], vec![0], vec![]);
+        let unchanged = (vec![0], vec![], vec![]);
+        let in_part = (vec![], vec![], vec![0]);
         assert_eq!(probe(Overwrite::Never, other, older), kept);
         assert_eq!(probe(Overwrite::IfNewer, other, newer), kept);
         assert_eq!(
@@ -1526,12 +1684,12 @@ mod tests {
         assert_eq!(probe(Overwrite::IfChanged, &same_size, recorded), unchanged);
         assert_eq!(
             probe(Overwrite::Always, &same_size, recorded),
-            none,
-            "read: differs"
+            in_part,
+            "read: differs in its first chunk"
         );
         assert_eq!(
             probe(Overwrite::IfChanged, &same_size, older),
-            none,
+            in_part,
             "time differs: read"
         );
         // A link where the snapshot has a link is kept under never, replaced otherwise.
@@ -1704,7 +1862,7 @@ mod tests {
         first.hardlink = 3;
         linked.hardlink = 3;
         let files = vec![same.clone(), edited.clone(), first.clone(), linked.clone()];
-        let (unchanged, kept) = w.probe(&files);
+        let (unchanged, kept) = probed(&mut w, &files);
         assert_eq!((unchanged, kept), (vec![0], vec![]));
         let mut www = dir_entry("srv/www");
         www.clean = true;
@@ -1748,6 +1906,103 @@ mod tests {
     }
 
     #[test]
+    fn chunks_a_file_there_still_holds_are_copied_from_it_not_sent() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        // 9 chunks of 1000 bytes; the file there has chunk 4 damaged, another grew a
+        // tail, a third is a shorter older copy, a fourth changes after the look.
+        let good: Vec<u8> = (0..9000u32).map(|n| (n * 7 % 251) as u8).collect();
+        let mut damaged = good.clone();
+        damaged[4321] ^= 1;
+        std::fs::write(root.join("damaged.bin"), &damaged).unwrap();
+        let mut grown = good.clone();
+        grown.extend_from_slice(b"appended after the snapshot");
+        std::fs::write(root.join("grown.bin"), &grown).unwrap();
+        std::fs::write(root.join("short.bin"), &good[..2500]).unwrap();
+        std::fs::write(root.join("changing.bin"), &damaged).unwrap();
+        let names = ["damaged.bin", "grown.bin", "short.bin", "changing.bin"];
+        let entries: Vec<(pb::RestoreEntry, Vec<pb::RestoreChunk>)> =
+            names.iter().map(|name| file_entry(name, &good)).collect();
+        let mut w =
+            RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always).unwrap();
+        let files: Vec<pb::RestoreEntry> = entries.iter().map(|(e, _)| e.clone()).collect();
+        let answer = w.probe(&files);
+        assert!(
+            answer.unchanged.is_empty() && answer.kept.is_empty(),
+            "{answer:?}"
+        );
+        let bits = |file: &pb::PartialFile| -> Vec<usize> {
+            (0..9).filter(|i| held(&file.chunks, *i)).collect()
+        };
+        let partial: Vec<(u32, Vec<usize>)> =
+            answer.partial.iter().map(|p| (p.file, bits(p))).collect();
+        assert_eq!(
+            partial,
+            [
+                (0, vec![0, 1, 2, 3, 5, 6, 7, 8]),
+                (1, (0..9).collect()),
+                (2, vec![0, 1]),
+                (3, vec![0, 1, 2, 3, 5, 6, 7, 8]),
+            ]
+        );
+        std::fs::write(root.join("changing.bin"), &good).unwrap();
+        let mut sent = 0;
+        for (k, (mut entry, chunks)) in entries.into_iter().enumerate() {
+            entry.reuse = answer.partial[k].chunks.clone();
+            let reuse = entry.reuse.clone();
+            w.entry(entry);
+            for (i, c) in chunks.into_iter().enumerate() {
+                if !held(&reuse, i) {
+                    sent += 1;
+                    w.chunk(c);
+                }
+            }
+        }
+        // damaged.bin its chunk 4, grown.bin nothing, short.bin 7, changing.bin 1.
+        assert_eq!(sent, 9);
+        let (summary, failed, _) = w.finish();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].path, "changing.bin");
+        assert!(
+            failed[0].reason.contains("changed on the server"),
+            "{failed:?}"
+        );
+        assert_eq!(summary.files_verified, 3);
+        assert_eq!(summary.bytes_reused, 8000 + 9000 + 2000);
+        for name in ["damaged.bin", "grown.bin", "short.bin"] {
+            assert_eq!(std::fs::read(root.join(name)).unwrap(), good, "{name}");
+            assert_eq!(
+                std::fs::metadata(root.join(name)).unwrap().mode() & 0o777,
+                0o640
+            );
+        }
+        assert_eq!(std::fs::read(root.join("changing.bin")).unwrap(), good);
+        assert_eq!(
+            std::fs::read_dir(root).unwrap().count(),
+            4,
+            "no temporary name left"
+        );
+        // Chunks to copy from a file no probe found: the file fails, the stream goes on.
+        let mut w =
+            RestoreWriter::new(root.to_str().unwrap(), &[7; 32], Overwrite::Always).unwrap();
+        let (mut stray, chunks) = file_entry("stray.bin", &good);
+        stray.reuse = vec![0xff, 0x01];
+        w.entry(stray);
+        let (after, after_chunks) = file_entry("after.bin", b"after");
+        w.entry(after);
+        for c in after_chunks {
+            w.chunk(c);
+        }
+        drop(chunks);
+        let (summary, failed, _) = w.finish();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].path, "stray.bin");
+        assert_eq!(summary.files_verified, 1);
+        assert!(!root.join("stray.bin").exists());
+    }
+
+    #[test]
     fn copies_of_a_hard_link_group_found_in_place_are_linked_again() {
         use std::os::unix::fs::MetadataExt;
         let target = tempfile::tempdir().unwrap();
@@ -1768,7 +2023,7 @@ mod tests {
                 entry
             })
             .collect();
-        let (unchanged, kept) = w.probe(&entries);
+        let (unchanged, kept) = probed(&mut w, &entries);
         assert_eq!((unchanged, kept), (vec![0, 1], vec![]));
         for mut entry in entries {
             entry.in_place = true;
@@ -1884,7 +2139,7 @@ mod tests {
             .unwrap();
         std::fs::create_dir(root.join("srv/www/new.html")).unwrap();
         let (mut new, _) = file_entry("srv/www/new.html", b"new");
-        let (unchanged, kept) = w.probe(std::slice::from_ref(&new));
+        let (unchanged, kept) = probed(&mut w, std::slice::from_ref(&new));
         assert_eq!((unchanged, kept), (vec![], vec![0]));
         let mut www = dir_entry("srv/www");
         www.clean = true;

@@ -625,6 +625,7 @@ fn staged_entries(
             )?),
             in_place: false,
             clean: false,
+            reuse: Vec::new(),
         };
         if kind.is_dir() {
             entry.kind = "dir".into();
@@ -704,26 +705,34 @@ fn open_staged(path: &Path) -> std::io::Result<File> {
 struct Staged {
     root: PathBuf,
     ids: IdKeys,
-    /// The file being sent (its path relative to the root) and where it is open.
-    open: Option<(Vec<u8>, File)>,
+    /// The file being sent (its path relative to the root) where it is open, the next
+    /// piece to read and where that piece starts.
+    open: Option<(Vec<u8>, File, usize, u64)>,
 }
 
 impl RestoreSource for Staged {
     fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<pb::RestoreChunk, String> {
-        // Pieces are asked for in order: the file stays open from one to the next.
-        if n == 0 || !matches!(&self.open, Some((rel, _)) if *rel == entry.path) {
+        // Pieces are asked for in order (some skipped, which the agent holds already):
+        // the file stays open from one to the next.
+        if !matches!(&self.open, Some((rel, _, next, _)) if *rel == entry.path && *next <= n) {
             let path = self.root.join(std::ffi::OsStr::from_bytes(&entry.path));
             let file = open_staged(&path)
                 .map_err(|error| format!("cannot read the staged copy: {error}"))?;
-            self.open = Some((entry.path.clone(), file));
+            self.open = Some((entry.path.clone(), file, 0, 0));
         }
-        let Some((_, file)) = self.open.as_mut() else {
+        let Some((_, file, next, offset)) = self.open.as_mut() else {
             return Err("no staged file is open".into());
         };
+        while *next < n {
+            *offset += u64::from(entry.lengths.get(*next).copied().unwrap_or(0));
+            *next += 1;
+        }
         let length = entry.lengths.get(n).copied().unwrap_or(0) as usize;
         let mut data = vec![0; length];
-        file.read_exact(&mut data)
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut data, *offset)
             .map_err(|error| format!("cannot read the staged copy: {error}"))?;
+        *offset += length as u64;
+        *next = n + 1;
         if entry.content.get(n).map(Vec::as_slice) != Some(&self.ids.blob_id(&data).0[..]) {
             return Err(format!(
                 "piece {} of the staged copy changed after it was verified",
@@ -819,6 +828,25 @@ mod tests {
             back.extend(plain);
         }
         assert_eq!(back, big);
+        // Pieces the agent holds already are skipped: the next one asked for is read
+        // at its own offset.
+        let piece = |source: &mut Staged, n: usize| {
+            let chunk = source.chunk(dump, n).unwrap();
+            crate::engine::format::decode_blob_payload(&chunk.payload, chunk.raw_len as usize)
+                .unwrap()
+        };
+        source.open = None;
+        assert_eq!(
+            piece(&mut source, 1),
+            &big[PIECE as usize..2 * PIECE as usize]
+        );
+        assert_eq!(piece(&mut source, 2), &big[2 * PIECE as usize..]);
+        assert_eq!(
+            piece(&mut source, 0),
+            &big[..PIECE as usize],
+            "back to the start"
+        );
+        assert_eq!(piece(&mut source, 2), &big[2 * PIECE as usize..]);
         let mut changed = big.clone();
         changed[PIECE as usize + 5] ^= 1;
         std::fs::write(root.join("srv/db/dump.sql"), &changed).unwrap();

@@ -32,10 +32,18 @@ pub(crate) trait RestoreSource {
     /// file's problem).
     fn chunk(&mut self, entry: &pb::RestoreEntry, n: usize) -> Result<pb::RestoreChunk, String>;
 
-    /// The file `entry` is not sent after all (the target already holds it): a source
-    /// reading ahead moves past its chunks.
+    /// Chunk `n` of the file `entry` is not sent after all (the target already holds
+    /// it): a source reading ahead moves past it.
+    fn skip_chunk(&mut self, entry: &pb::RestoreEntry, n: usize) {
+        let _ = (entry, n);
+    }
+
+    /// The file `entry` is not sent after all: a source reading ahead moves past its
+    /// chunks.
     fn skip(&mut self, entry: &pb::RestoreEntry) {
-        let _ = entry;
+        for n in 0..entry.content.len() {
+            self.skip_chunk(entry, n);
+        }
     }
 }
 
@@ -328,8 +336,11 @@ pub(crate) fn stream_restore(
     }
     let mut n = 0usize;
     'batches: for b in 0..batches.len() {
-        // Positions in this batch of the files the target already holds.
+        // Positions in this batch of the files the target already holds, and of those
+        // it holds some chunks of (which are copied there, not sent).
         let mut in_place: HashSet<usize> = HashSet::new();
+        let mut partial: std::collections::HashMap<usize, Vec<u8>> =
+            std::collections::HashMap::new();
         if probing {
             let answer = loop {
                 if let Some(answer) = heard.answers.remove(&(b as u64)) {
@@ -360,6 +371,11 @@ pub(crate) fn stream_restore(
                     .chain(&answer.kept)
                     .filter_map(|k| files.get(*k as usize).copied()),
             );
+            partial.extend(answer.partial.into_iter().filter_map(|file| {
+                files
+                    .get(file.file as usize)
+                    .map(|position| (*position, file.chunks))
+            }));
             // The next batch's question goes ahead of this batch's entries, so that the
             // agent answers it before it writes them and the stream never waits.
             if let Some(next) = batches.get(b + 1)
@@ -389,6 +405,9 @@ pub(crate) fn stream_restore(
                 }
                 continue;
             }
+            if let Some(reuse) = partial.remove(&position) {
+                entry.reuse = reuse;
+            }
             if !send(handle, &link, Down::RestoreEntry(entry.clone())) {
                 return Err(lost());
             }
@@ -396,6 +415,15 @@ pub(crate) fn stream_restore(
             // the agent fails the file and keeps what was there before.
             let mut file_problem: Option<String> = None;
             for index in 0..entry.content.len() {
+                // Copied by the agent from the file already there.
+                if entry
+                    .reuse
+                    .get(index / 8)
+                    .is_some_and(|byte| byte & (1 << (index % 8)) != 0)
+                {
+                    source.skip_chunk(&entry, index);
+                    continue;
+                }
                 let chunk = if file_problem.is_some() {
                     pb::RestoreChunk::default()
                 } else {
@@ -539,6 +567,7 @@ impl Streamed {
             "files_kept": self.done.files_kept,
             "deleted": self.done.deleted,
             "deleted_paths": self.done.deleted_paths,
+            "bytes_reused": self.done.bytes_reused,
             "bytes_sent": self.bytes_sent,
             "failed": listed,
             })
@@ -567,8 +596,8 @@ mod tests {
     use super::*;
     use crate::catalog::{AgentId, ServerId};
 
-    /// Chunks asked of the source, each a one-byte raw payload.
-    struct Counting(u64);
+    /// Chunks asked of the source, each a one-byte raw payload, and chunks passed.
+    struct Counting(u64, u64);
 
     impl RestoreSource for Counting {
         fn chunk(&mut self, _: &pb::RestoreEntry, _: usize) -> Result<pb::RestoreChunk, String> {
@@ -577,6 +606,10 @@ mod tests {
                 payload: vec![0, 7],
                 raw_len: 1,
             })
+        }
+
+        fn skip_chunk(&mut self, _: &pb::RestoreEntry, _: usize) {
+            self.1 += 1;
         }
     }
 
@@ -602,7 +635,7 @@ mod tests {
         // counts what it is sent.
         let agent_hub = Arc::clone(&hub);
         let simulated = runtime.spawn(async move {
-            let (mut entries, mut in_place, mut chunks) = (0u64, 0u64, 0u64);
+            let (mut entries, mut in_place, mut chunks, mut reusing) = (0u64, 0u64, 0u64, 0u64);
             while let Some(Ok(message)) = to_agent.recv().await {
                 let reply = match message.body {
                     Some(Down::RestoreProbe(probe)) => Up::ProbeAnswer(pb::RestoreProbeAnswer {
@@ -610,10 +643,19 @@ mod tests {
                         batch: probe.batch,
                         unchanged: (0..probe.files.len() as u32).step_by(2).collect(),
                         kept: Vec::new(),
+                        // Every fourth file from the second holds its first chunk.
+                        partial: (1..probe.files.len() as u32)
+                            .step_by(4)
+                            .map(|file| pb::PartialFile {
+                                file,
+                                chunks: vec![1],
+                            })
+                            .collect(),
                     }),
                     Some(Down::RestoreEntry(entry)) => {
                         entries += 1;
                         in_place += u64::from(entry.in_place);
+                        reusing += u64::from(entry.reuse == [1]);
                         continue;
                     }
                     Some(Down::RestoreChunk(_)) => {
@@ -634,16 +676,16 @@ mod tests {
                     break;
                 }
             }
-            (entries, in_place, chunks)
+            (entries, in_place, chunks, reusing)
         });
         let files = 2500u64;
         let entries: Vec<pb::RestoreEntry> = (0..files)
             .map(|n| pb::RestoreEntry {
                 path: format!("f{n}").into_bytes(),
                 kind: "file".into(),
-                size: 1,
-                content: vec![vec![7; 32]],
-                lengths: vec![1],
+                size: 2,
+                content: vec![vec![7; 32]; 2],
+                lengths: vec![1, 1],
                 ..Default::default()
             })
             .collect();
@@ -667,7 +709,7 @@ mod tests {
             std::thread::sleep(Duration::from_secs(30));
             watchdog.store(true, Ordering::Relaxed);
         });
-        let mut source = Counting(0);
+        let mut source = Counting(0, 0);
         // As on the daemon's blocking threads.
         let _entered = runtime.enter();
         let streamed = stream_restore(
@@ -681,11 +723,15 @@ mod tests {
         )
         .map_err(|end| end.error)
         .expect("the restore ends");
-        let (entries, in_place, chunks) = runtime.block_on(simulated).unwrap();
-        assert_eq!((entries, in_place), (files, files / 2));
-        assert_eq!((chunks, source.0), (files / 2, files / 2));
+        let (entries, in_place, chunks, reusing) = runtime.block_on(simulated).unwrap();
+        assert_eq!((entries, in_place, reusing), (files, files / 2, files / 4));
+        // Two chunks of each file sent whole, one of each held in part; the source moves
+        // past the others.
+        let sent = 2 * files / 4 + files / 4;
+        assert_eq!((chunks, source.0), (sent, sent));
+        assert_eq!(source.1, 2 * files - sent);
         assert_eq!(streamed.done.files_unchanged, files / 2);
-        assert_eq!(streamed.bytes_sent, 2 * files / 2);
+        assert_eq!(streamed.bytes_sent, 2 * sent);
     }
 
     fn file(chunks: usize) -> pb::RestoreEntry {
