@@ -200,6 +200,7 @@ pub(crate) fn stream_restore(
     } = outgoing;
     let job_id = job.job_id.clone();
     let snapshot = job.snapshot_id.clone();
+    let failed = |error: String| end("failed", json!({ "snapshot": snapshot }), Some(error));
     let Some(mut link) = open_link(
         handle,
         hub,
@@ -210,22 +211,14 @@ pub(crate) fn stream_restore(
         cancel,
         &|other| set_progress(progress, json!({ "waiting_for_job": other })),
     ) else {
-        return Err(end(
-            "failed",
-            json!({ "snapshot": snapshot }),
-            Some(format!(
-                "the agent of server {} is not connected to this daemon",
-                target.id
-            )),
-        ));
+        return Err(failed(format!(
+            "the agent of server {} is not connected to this daemon",
+            target.id
+        )));
     };
     let lost = || {
-        end(
-            "failed",
-            json!({ "snapshot": snapshot }),
-            Some(
-                "the agent's stream ended during the restore; start it again (restored files are replaced atomically, so a second run is safe)".into(),
-            ),
+        failed(
+            "the agent's stream ended during the restore; start it again (restored files are replaced atomically, so a second run is safe)".into(),
         )
     };
     let stopped = || {
@@ -247,69 +240,38 @@ pub(crate) fn stream_restore(
         hub.close_job(target.id, &job_id);
         stopped()
     };
-    let overwrite = match Overwrite::parse_or_always(&job.overwrite) {
-        Ok(overwrite) => overwrite,
-        Err(error) => {
-            hub.close_job(target.id, &job_id);
-            return Err(end(
-                "failed",
-                json!({ "snapshot": snapshot }),
-                Some(format!("the restore's {error}")),
-            ));
-        }
+    // Refused before the job starts: the agent's link is given back.
+    let refuse = |error: String| {
+        hub.close_job(target.id, &job_id);
+        failed(error)
     };
+    let overwrite = Overwrite::parse_or_always(&job.overwrite)
+        .map_err(|error| refuse(format!("the restore's {error}")))?;
+    let has = |feature: &str| link.features.iter().any(|known| known == feature);
     // An agent that can say what the target already holds is asked, batch by batch,
     // and is sent no chunk of what it holds; an older one is sent everything.
-    let probing = link
-        .features
-        .iter()
-        .any(|feature| feature == crate::rpc::FEATURE_RESTORE_IN_PLACE);
+    let probing = has(crate::rpc::FEATURE_RESTORE_IN_PLACE);
+    let older = |cannot: &str| {
+        refuse(format!(
+            "the agent of server {} is older than this daemon and cannot {cannot}",
+            target.id
+        ))
+    };
     if !probing && overwrite != Overwrite::Always {
-        hub.close_job(target.id, &job_id);
-        return Err(end(
-            "failed",
-            json!({ "snapshot": snapshot }),
-            Some(format!(
-                "the agent of server {} is older than this daemon and cannot keep the files already in the target (--overwrite {overwrite}); upgrade it, or restore with --overwrite always",
-                target.id
-            )),
-        ));
+        return Err(older(&format!(
+            "keep the files already in the target (--overwrite {overwrite}); upgrade it, or restore with --overwrite always"
+        )));
     }
     // A dry run needs the agent's answers: it is sent no content.
-    if job.dry_run
-        && !(probing
-            && link
-                .features
-                .iter()
-                .any(|feature| feature == crate::rpc::FEATURE_RESTORE_DRY_RUN))
-    {
-        hub.close_job(target.id, &job_id);
-        return Err(end(
-            "failed",
-            json!({ "snapshot": snapshot }),
-            Some(format!(
-                "the agent of server {} is older than this daemon and cannot do a dry run; upgrade it",
-                target.id
-            )),
+    if job.dry_run && !(probing && has(crate::rpc::FEATURE_RESTORE_DRY_RUN)) {
+        return Err(older("do a dry run; upgrade it"));
+    }
+    if job.delete && !has(crate::rpc::FEATURE_RESTORE_DELETE) {
+        return Err(older(
+            "delete what the snapshot does not hold; upgrade it, or restore without --delete",
         ));
     }
     let dry_run = job.dry_run;
-    if job.delete
-        && !link
-            .features
-            .iter()
-            .any(|feature| feature == crate::rpc::FEATURE_RESTORE_DELETE)
-    {
-        hub.close_job(target.id, &job_id);
-        return Err(end(
-            "failed",
-            json!({ "snapshot": snapshot }),
-            Some(format!(
-                "the agent of server {} is older than this daemon and cannot delete what the snapshot does not hold; upgrade it, or restore without --delete",
-                target.id
-            )),
-        ));
-    }
     if !send(handle, &link, Down::Restore(job)) {
         return Err(lost());
     }
@@ -482,11 +444,7 @@ pub(crate) fn stream_restore(
     }
     hub.close_job(target.id, &job_id);
     if let Some(error) = heard.failure {
-        return Err(end(
-            "failed",
-            json!({ "snapshot": snapshot }),
-            Some(format!("the agent could not restore: {error}")),
-        ));
+        return Err(failed(format!("the agent could not restore: {error}")));
     }
     let Some(done) = heard.done else {
         return Err(stopped());
@@ -610,6 +568,86 @@ mod tests {
 
         fn skip_chunk(&mut self, _: &pb::RestoreEntry, _: usize) {
             self.1 += 1;
+        }
+    }
+
+    #[test]
+    fn an_agent_without_a_feature_a_restore_needs_is_refused_before_anything_is_sent() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        /// The agent's features, what the job asks, and what the refusal says.
+        type Case = (
+            &'static [&'static str],
+            fn(&mut pb::RestoreJob),
+            &'static str,
+        );
+        let cases: [Case; 4] = [
+            (
+                &[],
+                |job| job.overwrite = "never".into(),
+                "cannot keep the files",
+            ),
+            (
+                &[crate::rpc::FEATURE_RESTORE_IN_PLACE],
+                |job| job.dry_run = true,
+                "cannot do a dry run",
+            ),
+            (
+                &[crate::rpc::FEATURE_RESTORE_DRY_RUN],
+                |job| job.dry_run = true,
+                "cannot do a dry run",
+            ),
+            (
+                &[
+                    crate::rpc::FEATURE_RESTORE_IN_PLACE,
+                    crate::rpc::FEATURE_RESTORE_DRY_RUN,
+                ],
+                |job| job.delete = true,
+                "cannot delete what the snapshot does not hold",
+            ),
+        ];
+        for (features, asks, refused) in cases {
+            let hub = AgentHub::default();
+            let (agent, server) = (AgentId(9), ServerId(5));
+            let (outbound, mut to_agent) = tokio::sync::mpsc::channel(64);
+            let features = features.iter().map(|f| (*f).to_owned()).collect();
+            hub.register_with(agent, server, outbound, features)
+                .unwrap();
+            let target = Server::example(server);
+            let mut job = pb::RestoreJob {
+                job_id: "restore:1".into(),
+                target_dir: "/srv".into(),
+                id_key: vec![0; 32],
+                snapshot_id: "ab".repeat(32),
+                ..Default::default()
+            };
+            asks(&mut job);
+            let outgoing = Outgoing {
+                target: &target,
+                job,
+                entries: vec![file(1)],
+                reconnect_wait: Duration::from_secs(5),
+            };
+            let end = stream_restore(
+                runtime.handle(),
+                &hub,
+                outgoing,
+                &mut Counting(0, 0),
+                Vec::new(),
+                &Arc::new(AtomicBool::new(false)),
+                &Progress::default(),
+            )
+            .err()
+            .expect("refused");
+            assert_eq!(end.status, "failed");
+            let error = end.error.unwrap_or_default();
+            assert!(error.contains(refused), "{error}");
+            assert!(error.contains("upgrade it"), "{error}");
+            assert!(to_agent.try_recv().is_err(), "nothing sent to the agent");
         }
     }
 
