@@ -559,6 +559,14 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
     // that cannot be read is refused at C2. What is restored verifies without them.
     let partial = bench.open("tanpa-db");
     let partial_target = dir.path().join("restored-partial");
+    // The plan also deletes what the target holds and the snapshot does not, except
+    // under what it leaves out.
+    let stale = bench.restored(&partial_target).join("html/stale.php");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"<?php planted").unwrap();
+    let local_db = bench.restored(&partial_target).join("db/local.conf");
+    std::fs::create_dir_all(local_db.parent().unwrap()).unwrap();
+    std::fs::write(&local_db, b"left out, so kept").unwrap();
     refused(
         &server,
         &site.petugas,
@@ -582,8 +590,10 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
             &partial_target.display().to_string(),
             "--exclude",
             &source.join("db").display().to_string(),
+            "--delete",
         ],
     );
+    assert_eq!(planned["plan"]["delete"], true, "{planned}");
     assert_eq!(
         planned["plan"]["excludes"][0],
         source.join("db").display().to_string(),
@@ -596,15 +606,25 @@ fn restore_requests_run_their_plan_verify_fall_back_and_fill_the_letter() {
         std::fs::read(restored.join("html/index.html")).unwrap(),
         std::fs::read(source.join("html/index.html")).unwrap()
     );
-    assert!(
-        !restored.join("db").exists(),
-        "the excluded directory stays out"
+    let db: Vec<_> = std::fs::read_dir(restored.join("db"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        db,
+        ["local.conf"],
+        "the excluded directory stays out, and is kept"
     );
+    assert!(!stale.exists(), "deleted: the snapshot does not hold it");
     // The form the approver signs says what was left out.
     bench.wait_for_step(partial, 7);
     let form = bench.form(partial);
     assert!(
         form.contains("Dikecualikan") && form.contains(&source.join("db").display().to_string()),
+        "{form}"
+    );
+    assert!(
+        form.contains("Penghapusan") && form.contains("tidak ada dalam snapshot dihapus"),
         "{form}"
     );
     step(&server, &site.petugas, partial, "complete", 7, &[]);

@@ -24,6 +24,7 @@ use super::{App, AppError, Work};
 use crate::catalog::{
     Account, AllocationStatus, DocumentRecord, NewDocument, RequestId, RequestRecord, Server,
 };
+use crate::engine::restore::Overwrite;
 use crate::workflow::{Answer, DocumentKind, RequestState, Role, StepNumber};
 
 /// Who signs for a role, as printed under the signature line.
@@ -1422,6 +1423,24 @@ async fn plan_lines(
                     plan.target.dir
                 ),
             ));
+            // What the approver agrees the restore does to what the server holds.
+            let existing = match plan.overwrite {
+                Overwrite::Always => None,
+                Overwrite::IfChanged => {
+                    Some("diganti bila ukuran atau waktu ubahnya berbeda dari snapshot")
+                }
+                Overwrite::IfNewer => Some("diganti hanya bila lebih lama dari salinan snapshot"),
+                Overwrite::Never => Some("tidak diganti"),
+            };
+            if let Some(existing) = existing {
+                lines.push(("Berkas yang sudah ada".to_owned(), existing.to_owned()));
+            }
+            if plan.delete {
+                lines.push((
+                    "Penghapusan".to_owned(),
+                    "berkas di tujuan yang tidak ada dalam snapshot dihapus (hanya pada dan di bawah jalur yang di-back up)".to_owned(),
+                ));
+            }
             lines.push((
                 "Pemeriksaan setelah restore".to_owned(),
                 match &plan.check {
