@@ -31,7 +31,11 @@
 #           reported);
 #   again   the same two restores once more, over the trees they wrote (evicted from the
 #           page cache first): every file is read, found with the snapshot's content and
-#           kept, and nothing is sent to the agent.
+#           kept, and nothing is sent to the agent;
+#   damaged the 20 largest files of the agent's restored tree damaged in place (one byte
+#           flipped in the middle, size and time kept), and the restore through the agent
+#           once more: each is read, found different but holding most of its chunks, and
+#           only the damaged chunks are sent (bytes_reused counts what was copied).
 # The agent figures come from the run's own statistics (duration_seconds, bytes_read,
 # wire_bytes, bytes_added). Medians and the agent/local throughput ratio go to stdout and to
 # $BENCH_DIR/agent-results-<date>.md.
@@ -256,10 +260,38 @@ PYEOF
     t1=$(date +%s%N)
     AGENT_AGAIN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
     log "rep $rep: restore through the agent again over its tree ${AGENT_AGAIN_S}s"
+    DAMAGED_BYTES=$("$PY" - "$RUN/agent-restored" <<'PYEOF'
+import os, sys
+files = []
+for root, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            files.append((os.path.getsize(path), path))
+total = 0
+for size, path in sorted(files, reverse=True)[:20]:
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    total += size
+print(total)
+PYEOF
+)
+    sync; sleep 2
+    "$PY" "$HERE/evict.py" "$RUN/var" "$RUN/agent-restored"
+    t0=$(date +%s%N)
+    c "$KASI" restore-job start --source "$SERVER" --target "$RUN/agent-restored" --wait >"$RUN/restore-damaged.json"
+    t1=$(date +%s%N)
+    AGENT_DAMAGED_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')
+    log "rep $rep: restore through the agent over 20 damaged files (${DAMAGED_BYTES} bytes) ${AGENT_DAMAGED_S}s"
     kill "$AGENT_PID" "$DAEMON_PID" 2>/dev/null || true
     wait 2>/dev/null || true
     AGENT_PID="" DAEMON_PID=""
-    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" "$THIRD" "$LOCAL_INCR_S" "$RUN/local-incr.json" "$CHANGED_BYTES" "$LOCAL_AGAIN_S" "$RUN/local-again.json" "$AGENT_AGAIN_S" "$RUN/restore-again.json" >>"$RESULTS" <<'PYEOF'
+    "$PY" - "$FIRST" "$SECOND" "$LOCAL_S" "$SRC_BYTES" "$rep" "$LOCAL_RESTORE_S" "$AGENT_RESTORE_S" "$RUN/restore.json" "$THIRD" "$LOCAL_INCR_S" "$RUN/local-incr.json" "$CHANGED_BYTES" "$LOCAL_AGAIN_S" "$RUN/local-again.json" "$AGENT_AGAIN_S" "$RUN/restore-again.json" "$DAMAGED_BYTES" "$AGENT_DAMAGED_S" "$RUN/restore-damaged.json" >>"$RESULTS" <<'PYEOF'
 import json, sys
 first, second, third = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[9])
 local, size, rep = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -271,6 +303,9 @@ local_again, agent_again = float(sys.argv[13]), float(sys.argv[15])
 local_again_json, agent_again_json = json.load(open(sys.argv[14])), json.load(open(sys.argv[16]))
 assert local_again_json["files_restored"] == 0, local_again_json
 assert agent_again_json["status"] == "ok", agent_again_json
+damaged_bytes, agent_damaged = int(sys.argv[17]), float(sys.argv[18])
+damaged_json = json.load(open(sys.argv[19]))
+assert damaged_json["status"] == "ok", damaged_json
 assert all(r["status"] == "ok" for r in (first, second, third)), (first, second, third)
 assert restored["status"] == "ok", restored
 assert local_incr["message_type"] == "summary", local_incr
@@ -288,6 +323,9 @@ print(json.dumps({
     "local_again_s": local_again, "agent_again_s": agent_again,
     "agent_again_sent": agent_again_json["stats"]["bytes_sent"],
     "agent_again_unchanged": agent_again_json["stats"]["files_unchanged"],
+    "damaged_bytes": damaged_bytes, "agent_damaged_s": agent_damaged,
+    "agent_damaged_sent": damaged_json["stats"]["bytes_sent"],
+    "agent_damaged_reused": damaged_json["stats"]["bytes_reused"],
 }))
 PYEOF
     log "rep $rep: $(tail -1 "$RESULTS")"
@@ -319,4 +357,5 @@ print(f"| local `cadang restore` and `sync` | {med('local_restore_mbps'):.1f} MB
 print(f"| restore through the agent, verified and flushed | {med('agent_restore_mbps'):.1f} MB/s ({med('agent_restore_s'):.2f} s) |")
 print(f"| the same restores again over their trees (every file read and kept): local | {med('local_again_s'):.2f} s |")
 print(f"| … through the agent | {med('agent_again_s'):.2f} s, {med('agent_again_unchanged'):.0f} files unchanged, {med('agent_again_sent')/1e3:.1f} kB on the wire |")
+print(f"| … through the agent over 20 files damaged in place ({med('damaged_bytes')/1e6:.1f} MB) | {med('agent_damaged_s'):.2f} s, {med('agent_damaged_sent')/1e6:.1f} MB on the wire, {med('agent_damaged_reused')/1e6:.1f} MB copied on the server |")
 PYEOF

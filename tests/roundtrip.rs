@@ -1385,6 +1385,10 @@ fn a_restore_over_an_existing_tree_keeps_what_is_right_and_deletes_only_when_ask
     .unwrap();
     let fixed = summary(&["--delete", "--verify"], 0);
     assert_eq!(fixed["files_restored"], 1, "{fixed}");
+    // Its other chunks (at least 2 of its 6 MiB: a chunk is at most 4 MiB) are copied
+    // from the damaged file itself rather than read from the repository.
+    let reused = fixed["bytes_reused"].as_u64().unwrap();
+    assert!((2 << 20..6 << 20).contains(&reused), "{fixed}");
     assert_eq!(fixed["files_unchanged"], 3, "{fixed}");
     assert_eq!(
         fixed["verify"]["mismatches"],

@@ -1081,6 +1081,12 @@ fn restore_extras(r: &crate::engine::restore::RestoreResult, deleted: &str) -> S
             human_bytes(r.bytes_unchanged)
         );
     }
+    if r.bytes_reused > 0 {
+        extras += &format!(
+            "; {} copied from the files already there",
+            human_bytes(r.bytes_reused)
+        );
+    }
     if r.files_kept > 0 {
         extras += &format!("; {} existing entries left as they were", r.files_kept);
     }

@@ -7,6 +7,14 @@
 //! offset that needs it. Damage never stops the other files: a file with a
 //! damaged or missing chunk is not put in place and is listed by path.
 //!
+//! Over an existing tree ([`Overwrite`]): a regular file already at its place is read
+//! chunk by chunk at the snapshot's offsets. With every chunk there it is kept and
+//! only given the snapshot's metadata; with some, the file is still restored to a
+//! temporary name and renamed into place, but the chunks it holds are copied from it
+//! (each checked against its id again) instead of being read from the repository,
+//! which for a large file damaged in a few places, on a remote repository, is most
+//! of the restore.
+//!
 //! Confinement: names come from a possibly hostile repository. Tree decoding
 //! already refuses `..`, `/` and NUL in names; here every directory is
 //! created or checked to be a real directory (never a symlink), files are
@@ -36,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::backup::FileError;
+use super::crypto::IdKeys;
 use super::error::{Error, Result};
 use super::id::{BlobId, BlobType, PackId, SnapshotId};
 use super::index::Index;
@@ -407,6 +416,9 @@ pub struct RestoreResult {
     /// Entries already at the target left as they were (`--overwrite never` or
     /// `if-newer`); they are not verified.
     pub files_kept: u64,
+    /// Bytes of restored files copied from the files already at their places (the
+    /// chunks those still held at their offsets), included in `bytes_restored`.
+    pub bytes_reused: u64,
     /// What was deleted from the target (`--delete`), relative to it.
     pub deleted: Vec<String>,
     /// Nothing was written: the counts say what a restore would do.
@@ -450,6 +462,11 @@ struct FileState {
     whole: bool,
     /// A whole file that is in place.
     placed: AtomicBool,
+    /// The chunks the file already at its place holds at their offsets (a
+    /// [`chunks_held`] bitmap), copied from it; empty when none.
+    reuse: Vec<u8>,
+    /// Bytes copied so.
+    reused: AtomicU64,
 }
 
 /// Where verified chunks go: the files being restored under the target.
@@ -642,7 +659,7 @@ pub fn mtime_ns(m: &std::fs::Metadata) -> i64 {
 }
 
 /// What the target holds where the snapshot has a regular file, and what becomes of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Existing {
     /// Nothing, or something to replace: the file is restored.
     Replace,
@@ -650,6 +667,47 @@ enum Existing {
     Unchanged,
     /// Something left as it is (`--overwrite never` or `if-newer`).
     Kept,
+    /// A regular file that differs but holds some of the snapshot's chunks at their
+    /// offsets (a bitmap, see [`chunks_held`]): the file is restored, those chunks
+    /// copied from it rather than read from the repository.
+    Partial(Vec<u8>),
+}
+
+/// Which of a file's chunks (ids and lengths, in order) the open regular file `f`, of
+/// `len` bytes, holds at their offsets, compared by keyed id: a bitmap (bit `i % 8` of
+/// byte `i / 8` for chunk `i`) and how many. What was read leaves the page cache.
+pub fn chunks_held(
+    keys: &IdKeys,
+    f: &std::fs::File,
+    len: u64,
+    chunks: impl ExactSizeIterator<Item = ([u8; 32], u32)>,
+) -> (Vec<u8>, usize) {
+    let mut bitmap = vec![0u8; chunks.len().div_ceil(8)];
+    let mut count = 0;
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    for (i, (id, length)) in chunks.enumerate() {
+        let end = offset + u64::from(length);
+        if end > len {
+            break;
+        }
+        buf.resize(length as usize, 0);
+        if read_exact_sparse(f, &mut buf, offset).is_ok() && keys.blob_id(&buf).0 == id {
+            bitmap[i / 8] |= 1 << (i % 8);
+            count += 1;
+        }
+        offset = end;
+    }
+    let _ = super::writebehind::drop_cached(f, 0, 0);
+    (bitmap, count)
+}
+
+/// Whether chunk `i` is set in a [`chunks_held`] bitmap.
+#[must_use]
+pub fn is_held(bitmap: &[u8], i: usize) -> bool {
+    bitmap
+        .get(i / 8)
+        .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
 }
 
 /// Decides what becomes of what `path` holds (the snapshot's `node` is a regular
@@ -668,8 +726,9 @@ fn existing_file(
     let judged = opts.overwrite.judge(node.size, node.mtime_ns, &m);
     match judged {
         Judged::Kept => return Existing::Kept,
-        Judged::Replace => return Existing::Replace,
-        Judged::Trusted | Judged::Compare => {}
+        // Of another size: its chunks may still be in place.
+        Judged::Replace if !m.is_file() => return Existing::Replace,
+        Judged::Replace | Judged::Trusted | Judged::Compare => {}
     }
     let Ok(f) = OpenOptions::new()
         .read(true)
@@ -678,8 +737,26 @@ fn existing_file(
     else {
         return Existing::Replace;
     };
-    if judged == Judged::Compare && compare_content(sources, &f, node).is_err() {
-        return Existing::Replace;
+    if judged != Judged::Trusted {
+        let lengths: Option<Vec<u32>> =
+            node.content.iter().map(|c| sources.raw_length(c)).collect();
+        let Some(lengths) = lengths else {
+            return Existing::Replace;
+        };
+        let (bitmap, count) = chunks_held(
+            sources.repo.keys().id_keys(),
+            &f,
+            m.len(),
+            node.content.iter().map(|c| c.0).zip(lengths),
+        );
+        if judged == Judged::Replace || count < node.content.len() {
+            // A file of one chunk is read from the repository whole.
+            return if count > 0 && node.content.len() > 1 {
+                Existing::Partial(bitmap)
+            } else {
+                Existing::Replace
+            };
+        }
     }
     if opts.dry_run || finish_file(&f, node, owners).is_ok() {
         Existing::Unchanged
@@ -1175,6 +1252,11 @@ pub fn restore_tree(
                 error: Mutex::new(None),
                 whole: e.node.content.len() <= 1,
                 placed: AtomicBool::new(false),
+                reuse: match decision {
+                    Existing::Partial(bitmap) => bitmap,
+                    _ => Vec::new(),
+                },
+                reused: AtomicU64::new(0),
             },
             &e.node,
         ));
@@ -1183,15 +1265,23 @@ pub fn restore_tree(
     let mut by_pack: HashMap<PackId, HashMap<BlobId, Vec<(usize, u64)>>> = HashMap::new();
     // Blobs the primary's index lacks but the replica holds.
     let mut replica_only: BlobDestinations = HashMap::new();
+    // Chunks copied from the files already at their places: by file, offset and length.
+    let mut local: HashMap<usize, Vec<(BlobId, u64, u32)>> = HashMap::new();
     for (fi, (fs, node)) in files.iter().enumerate() {
         let mut off = 0u64;
         let mut ok = true;
-        for c in &node.content {
+        for (i, c) in node.content.iter().enumerate() {
             let in_replica = sources
                 .replica
                 .and_then(|r| r.index.get(c))
                 .filter(|(_, l)| l.ty == BlobType::Data);
             match (index.get(c), in_replica) {
+                (Some((_, loc)), _) | (_, Some((_, loc)))
+                    if loc.ty == BlobType::Data && is_held(&fs.reuse, i) =>
+                {
+                    local.entry(fi).or_default().push((*c, off, loc.raw_length));
+                    off += loc.raw_length as u64;
+                }
                 (Some((pack, loc)), _) if loc.ty == BlobType::Data => {
                     by_pack
                         .entry(pack)
@@ -1269,13 +1359,20 @@ pub fn restore_tree(
                 }
                 return;
             }
-            let created = create_tmp(&fs.tmp).and_then(|f| f.set_len(node.size));
-            if let Err(e) = created {
-                fs.damaged.store(true, Ordering::Relaxed);
-                *fs.error
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(format!("cannot create: {e}"));
+            let created = create_tmp(&fs.tmp).and_then(|f| f.set_len(node.size).map(|()| f));
+            match created {
+                Ok(f) => {
+                    if let Some(chunks) = local.get(&fi) {
+                        copy_held(fi, &f, chunks, &outputs, sources.repo.keys().id_keys());
+                    }
+                }
+                Err(e) => {
+                    fs.damaged.store(true, Ordering::Relaxed);
+                    *fs.error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(format!("cannot create: {e}"));
+                }
             }
         })
     });
@@ -1344,6 +1441,7 @@ pub fn restore_tree(
 
     // 4. Put files in place with their metadata (in parallel: each file is
     // independent, and on many small files this is mostly system calls).
+    let result_bytes_reused = AtomicU64::new(0);
     let placed: Vec<std::result::Result<u64, FileError>> = pool.install(|| {
         files
             .par_iter()
@@ -1395,6 +1493,8 @@ pub fn restore_tree(
                 match r {
                     Ok(()) => {
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        result_bytes_reused
+                            .fetch_add(fs.reused.load(Ordering::Relaxed), Ordering::Relaxed);
                         Ok(node.size)
                     }
                     Err(e) => {
@@ -1414,6 +1514,7 @@ pub fn restore_tree(
             Err(e) => result.errors.push(e),
         }
     }
+    result.bytes_reused = result_bytes_reused.into_inner();
     for (first, e) in &hardlink_rest {
         let first_rel = match first {
             LinkTo::Restored(fi) => {
@@ -1698,6 +1799,59 @@ fn write_blob(data: &[u8], dests: &[(usize, u64)], out: &Outputs<'_>) {
         progress
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Copies into the new file `f` of file `fi` the chunks the file already at its place
+/// holds (`chunks`: id, offset and length), each read and checked against its id; one
+/// that no longer matches (the file changed since it was read) fails the file.
+fn copy_held(
+    fi: usize,
+    f: &std::fs::File,
+    chunks: &[(BlobId, u64, u32)],
+    out: &Outputs<'_>,
+    keys: &IdKeys,
+) {
+    let (fs, _) = &out.files[fi];
+    let copied = (|| -> std::result::Result<u64, String> {
+        let old = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(out.target.join(&fs.rel))
+            .map_err(|e| format!("cannot read the file there to copy from: {e}"))?;
+        let mut buf = Vec::new();
+        let mut bytes = 0;
+        for (id, off, length) in chunks {
+            buf.resize(*length as usize, 0);
+            read_exact_sparse(&old, &mut buf, *off)
+                .map_err(|e| format!("cannot read the file there to copy from: {e}"))?;
+            if keys.blob_id(&buf) != *id {
+                return Err(format!(
+                    "chunk {} changed in the target during the restore; restore it again",
+                    id.short()
+                ));
+            }
+            write_sparse(f, &buf, *off).map_err(|e| format!("write failed: {e}"))?;
+            if let Ok(dup) = f.try_clone() {
+                out.behind.written(dup, *off, u64::from(*length), fi);
+            }
+            out.progress
+                .bytes_done
+                .fetch_add(u64::from(*length), Ordering::Relaxed);
+            bytes += u64::from(*length);
+        }
+        let _ = super::writebehind::drop_cached(&old, 0, 0);
+        Ok(bytes)
+    })();
+    match copied {
+        Ok(bytes) => fs.reused.store(bytes, Ordering::Relaxed),
+        Err(e) => {
+            fs.damaged.store(true, Ordering::Relaxed);
+            fs.error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert(e);
+        }
     }
 }
 
