@@ -58,7 +58,9 @@ use rayon::prelude::*;
 
 use crate::engine::crypto::IdKeys;
 use crate::engine::format::decode_blob_payload;
-use crate::engine::restore::{Judged, Overwrite, mtime_ns, read_exact_sparse, write_sparse};
+use crate::engine::restore::{
+    Judged, Overwrite, is_held, mtime_ns, read_exact_sparse, write_sparse,
+};
 use crate::engine::tree::check_name;
 use crate::engine::writebehind::WriteBehind;
 use crate::rpc::pb;
@@ -149,13 +151,6 @@ enum Verdict {
     Partial(Vec<u8>),
 }
 
-/// Whether bit `i` of a chunk bitmap is set.
-fn held(bitmap: &[u8], i: usize) -> bool {
-    bitmap
-        .get(i / 8)
-        .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
-}
-
 fn seen(meta: &std::fs::Metadata) -> (u64, u64, u64, i64) {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino(), meta.len(), mtime_ns(meta))
@@ -181,30 +176,18 @@ fn entry_ids(entry: &pb::RestoreEntry) -> Result<Vec<[u8; 32]>, String> {
 }
 
 /// Which of `entry`'s chunks the open file `file` (of `len` bytes) holds at their
-/// offsets, read and compared by keyed id: a bitmap (bit i for chunk i) and how many.
-/// What was read leaves the page cache.
+/// offsets: a bitmap ([`is_held`]) and how many (none for an entry whose chunk list
+/// does not add up).
 fn chunks_held(ids: &IdKeys, file: &File, len: u64, entry: &pb::RestoreEntry) -> (Vec<u8>, usize) {
-    let Ok(chunk_ids) = entry_ids(entry) else {
-        return (Vec::new(), 0);
-    };
-    let mut bitmap = vec![0u8; chunk_ids.len().div_ceil(8)];
-    let mut count = 0;
-    let mut buf = Vec::new();
-    let mut offset = 0u64;
-    for (i, (id, length)) in chunk_ids.iter().zip(&entry.lengths).enumerate() {
-        let end = offset + u64::from(*length);
-        if end > len {
-            break;
-        }
-        buf.resize(*length as usize, 0);
-        if read_exact_sparse(file, &mut buf, offset).is_ok() && ids.blob_id(&buf).0 == *id {
-            bitmap[i / 8] |= 1 << (i % 8);
-            count += 1;
-        }
-        offset = end;
+    match entry_ids(entry) {
+        Ok(chunk_ids) => crate::engine::restore::chunks_held(
+            ids,
+            file,
+            len,
+            chunk_ids.into_iter().zip(entry.lengths.iter().copied()),
+        ),
+        Err(_) => (Vec::new(), 0),
     }
-    let _ = crate::engine::writebehind::drop_cached(file, 0, 0);
-    (bitmap, count)
 }
 
 /// Owner (when root), attributes, mode and times of `entry`, through an open file.
@@ -926,7 +909,9 @@ impl RestoreWriter {
             Err(reason) => return Err((entry.path, reason)),
         };
         // The chunks copied on the server are not sent.
-        let streamed = (0..ids.len()).filter(|i| !held(&entry.reuse, *i)).count();
+        let streamed = (0..ids.len())
+            .filter(|i| !is_held(&entry.reuse, *i))
+            .count();
         let probed = self.found.remove(&entry.path);
         let first = (entry.hardlink != 0)
             .then(|| self.links.get(&entry.hardlink))
@@ -1015,7 +1000,7 @@ impl RestoreWriter {
         let Some(open) = self.current.as_mut() else {
             return;
         };
-        while open.next < open.ids.len() && held(&open.entry.reuse, open.next) {
+        while open.next < open.ids.len() && is_held(&open.entry.reuse, open.next) {
             let index = open.next;
             open.next += 1;
             let length = open.lengths[index] as usize;
@@ -1933,7 +1918,7 @@ mod tests {
             "{answer:?}"
         );
         let bits = |file: &pb::PartialFile| -> Vec<usize> {
-            (0..9).filter(|i| held(&file.chunks, *i)).collect()
+            (0..9).filter(|i| is_held(&file.chunks, *i)).collect()
         };
         let partial: Vec<(u32, Vec<usize>)> =
             answer.partial.iter().map(|p| (p.file, bits(p))).collect();
@@ -1953,7 +1938,7 @@ mod tests {
             let reuse = entry.reuse.clone();
             w.entry(entry);
             for (i, c) in chunks.into_iter().enumerate() {
-                if !held(&reuse, i) {
+                if !is_held(&reuse, i) {
                     sent += 1;
                     w.chunk(c);
                 }

@@ -378,11 +378,7 @@ pub(crate) fn stream_restore(
             let mut file_problem: Option<String> = None;
             for index in 0..entry.content.len() {
                 // Copied by the agent from the file already there.
-                if entry
-                    .reuse
-                    .get(index / 8)
-                    .is_some_and(|byte| byte & (1 << (index % 8)) != 0)
-                {
+                if crate::engine::restore::is_held(&entry.reuse, index) {
                     source.skip_chunk(&entry, index);
                     continue;
                 }
