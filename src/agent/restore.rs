@@ -1465,6 +1465,12 @@ mod tests {
         (entry, messages)
     }
 
+    fn sorted(paths: &[String]) -> Vec<String> {
+        let mut paths = paths.to_vec();
+        paths.sort();
+        paths
+    }
+
     /// What a probe says is unchanged and kept (none found in part).
     fn probed(w: &mut RestoreWriter, files: &[pb::RestoreEntry]) -> (Vec<u32>, Vec<u32>) {
         let answer = w.probe(files);
@@ -1874,10 +1880,8 @@ mod tests {
             2 * good.len() as u64,
             "the second link writes nothing"
         );
-        let mut deleted = summary.deleted_paths.clone();
-        deleted.sort();
         assert_eq!(
-            deleted,
+            sorted(&summary.deleted_paths),
             ["srv/www/cache", "srv/www/planted.php", "srv/www/sub"],
             "the file in the directory's way, and what the snapshot lacks"
         );
@@ -2077,10 +2081,8 @@ mod tests {
         }
         let (summary, failed, _) = w.finish();
         assert!(failed.is_empty(), "{failed:?}");
-        let mut deleted = summary.deleted_paths.clone();
-        deleted.sort();
         assert_eq!(
-            deleted,
+            sorted(&summary.deleted_paths),
             [
                 "srv/www/assets",
                 "srv/www/index.html",
@@ -2138,10 +2140,8 @@ mod tests {
         assert_eq!(summary.files_kept, 1);
         // What the snapshot does not hold still goes; the target itself is cleaned too
         // here (a snapshot of `/`).
-        let mut deleted = summary.deleted_paths.clone();
-        deleted.sort();
         assert_eq!(
-            deleted,
+            sorted(&summary.deleted_paths),
             [
                 "srv/www/assets",
                 "srv/www/index.html",
