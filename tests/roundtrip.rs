@@ -1213,6 +1213,28 @@ fn extended_attributes_acls_and_file_capabilities_survive_a_round_trip() {
         0,
         "nothing invented"
     );
+    // `ls --json` names them.
+    let listed = run(
+        cadang(repo)
+            .args(["ls", "--json", "latest"])
+            .arg(src.join("laporan.pdf")),
+        0,
+    );
+    let line: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = line["xattrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["user.checksum", "user.mime_type"], "{line}");
     if root {
         let meta = std::fs::metadata(back.join("ping")).unwrap();
         assert_eq!(

@@ -575,10 +575,18 @@ fn ls(ctx: &Ctx, a: super::LsArgs) -> anyhow::Result<ExitCode> {
     for listed in found.entries {
         let (p, n) = (String::from_utf8_lossy(&listed.path), listed.node);
         if ctx.g.json {
-            json_line(
-                &json!({"path": p, "type": kind_str(n.kind), "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size,
-                              "mtime_ns": n.mtime_ns, "link_target": n.link_target.as_ref().map(|t| String::from_utf8_lossy(t).into_owned())}),
-            );
+            let mut line = json!({"path": p, "type": kind_str(n.kind), "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size,
+                              "mtime_ns": n.mtime_ns, "link_target": n.link_target.as_ref().map(|t| String::from_utf8_lossy(t).into_owned())});
+            // The names of its extended attributes (ACLs, capabilities, labels), when it
+            // has any; their values can be binary.
+            if !n.xattrs.is_empty() {
+                line["xattrs"] = n
+                    .xattrs
+                    .iter()
+                    .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+                    .collect();
+            }
+            json_line(&line);
         } else {
             let t = chrono::DateTime::from_timestamp(n.mtime_ns.div_euclid(1_000_000_000), 0)
                 .map(|t| {
