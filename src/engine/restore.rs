@@ -1222,7 +1222,7 @@ pub fn restore_tree(
             if let Some(first) = hardlink_first.get(&h)
                 && first.node(&files).content == e.node.content
             {
-                if decision == Existing::Replace {
+                if matches!(decision, Existing::Replace | Existing::Partial(_)) {
                     // Linked once its first path is in place: nothing to count later.
                     progress.files_done.fetch_add(1, Ordering::Relaxed);
                 }
