@@ -1446,7 +1446,15 @@ pub fn run<L: Link + Send>(
     let mut above = Vec::new();
     for dir in &ancestors {
         match std::fs::symlink_metadata(dir) {
-            Ok(meta) if meta.is_dir() => above.push(entry_from_meta(dir, &meta)),
+            Ok(meta) if meta.is_dir() => {
+                let mut entry = entry_from_meta(dir, &meta);
+                // With its extended attributes, as the engine's backup keeps them: a
+                // directory above the backed-up paths can carry a label or an ACL.
+                if let Ok(xattrs) = crate::engine::xattrs::read(dir) {
+                    entry.xattrs = crate::rpc::xattrs_to_wire(xattrs);
+                }
+                above.push(entry);
+            }
             Ok(_) => {
                 return Err(WalkError::Invalid(format!(
                     "{} is not a directory",
@@ -1998,6 +2006,8 @@ mod tests {
         std::fs::write(src.join("db/b.bin"), noise(2, 1 << 20)).unwrap();
         std::fs::write(src.join("db/copy.bin"), noise(1, 3 << 20)).unwrap();
         std::fs::write(src.join("skip.tmp"), b"excluded").unwrap();
+        // A directory above the backed-up path keeps its extended attributes.
+        xattr::set(dir.path(), "user.zone", b"colocation").unwrap();
         let job = job(vec![src.clone()]);
         let mut repo = Repository::default();
         let first = walk_over(&job, &mut repo, FilesCache::default());
@@ -2012,6 +2022,18 @@ mod tests {
         assert!(
             paths.contains(&dir.path().display().to_string()),
             "ancestors sent"
+        );
+        let above = repo
+            .entries
+            .iter()
+            .find(|e| e.path == dir.path().as_os_str().as_bytes())
+            .unwrap();
+        let xattrs = crate::rpc::xattrs_from_wire(&above.xattrs).unwrap();
+        assert!(
+            xattrs
+                .iter()
+                .any(|x| x.name == b"user.zone" && x.value == b"colocation"),
+            "{xattrs:?}"
         );
         // The copy deduplicates: about 4 MiB uploaded, not 7.
         let uploaded: u64 = repo.sent;
